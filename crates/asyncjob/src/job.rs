@@ -1,0 +1,331 @@
+//! [`AsyncJob`]: start, check, kill, reap and wait on a job tracked by a state file.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use procyard_core::{
+    DaemonConfig, Daemonized, Deadline, FileLock, Pid, ProcStat, ProcessIdentity, Signal, daemonize,
+};
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::host;
+use crate::monitor::{self, StartReport};
+use crate::options::{AsyncJobOptions, JobSpec};
+use crate::state::{self, JobState, Status};
+use crate::{Error, Result, StartFailure};
+
+/// How long [`AsyncJob::kill`] waits for the monitor to record the end after the signal.
+pub const KILL_SETTLE: Duration = Duration::from_secs(10);
+
+/// A job run in the background by a detached monitor, and tracked through a state file, so
+/// that each operation can come from a new process (a serf handler, a cron job, a shell).
+#[derive(Clone, Debug)]
+pub struct AsyncJob {
+    spec: JobSpec,
+}
+
+impl AsyncJob {
+    /// Starts building a job.
+    pub fn options() -> AsyncJobOptions {
+        AsyncJobOptions::new()
+    }
+
+    pub(crate) fn from_spec(spec: JobSpec) -> AsyncJob {
+        AsyncJob { spec }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+
+    /// The state file (absolute), if the job has one.
+    pub fn state_file(&self) -> Option<&Path> {
+        self.spec.state.as_deref()
+    }
+
+    fn state_path(&self) -> Result<&Path> {
+        self.spec.state.as_deref().ok_or(Error::NoStateFile)
+    }
+
+    fn path_for_errors(&self) -> PathBuf {
+        self.spec.state.clone().unwrap_or_default()
+    }
+
+    /// Starts the job: detaches a monitor (its own session) that spawns the command in a
+    /// process group of its own, and returns once the state says `running`.
+    ///
+    /// It refuses ([`Error::AlreadyExists`] or [`Error::Busy`]) when a job already holds the
+    /// state file: two concurrent starts, from any processes, yield exactly one job. A command
+    /// that cannot start (missing program or working directory, unwritable output file) is
+    /// [`Error::StartFailed`], with the state recorded as `failed` when it can be written.
+    ///
+    /// In a single-threaded process the monitor is forked from this one (the fast path). In a
+    /// multi-threaded process, where forking is unsound, the monitor is hosted by the
+    /// `procyard-asyncjob` binary instead (see [`AsyncJobOptions::monitor_program`]).
+    pub fn start(&self) -> Result<JobState> {
+        if self.spec.program.is_none() {
+            return Err(Error::NoCommand);
+        }
+        let mut lock = match &self.spec.state {
+            Some(path) => {
+                let Some(lock) = state::try_lock(path)? else {
+                    let status = state::read(path)?.status;
+                    if status == Status::Absent {
+                        return Err(Error::Busy { path: path.clone() });
+                    }
+                    return Err(Error::AlreadyExists { path: path.clone(), status });
+                };
+                if let Some(mut existing) = state::read_raw(path)? {
+                    if !existing.status.is_terminal() {
+                        // We hold the lock, so no monitor does.
+                        existing.status = Status::Lost;
+                    }
+                    return Err(Error::AlreadyExists {
+                        path: path.clone(),
+                        status: existing.status,
+                    });
+                }
+                Some(lock)
+            }
+            None => None,
+        };
+        let single_threaded = procyard_core::fork::thread_count().is_ok_and(|n| n == 1);
+        let monitor_pid = if single_threaded {
+            self.detach_by_fork(lock.take())?
+        } else {
+            host::detach_by_exec(&self.spec, lock.as_ref())?
+        };
+        drop(lock);
+        match &self.spec.state {
+            Some(path) => state::read(path),
+            None => Ok(JobState {
+                status: Status::Running,
+                ppid: monitor_pid.map_or(-1, Pid::as_raw),
+                command: self.spec.command_words(),
+                ..JobState::absent()
+            }),
+        }
+    }
+
+    fn start_failed(&self, kind: StartFailure, message: String) -> Error {
+        host::start_failed(&self.spec, kind, message)
+    }
+
+    /// Forks the monitor from this (single-threaded) process.
+    fn detach_by_fork(&self, lock: Option<FileLock>) -> Result<Option<Pid>> {
+        match daemonize(&DaemonConfig::default()) {
+            Ok(Daemonized::Daemon(status)) => monitor::run(&self.spec, status, lock),
+            Ok(Daemonized::Parent(monitor_pid)) => Ok(Some(monitor_pid)),
+            Err(procyard_core::Error::DetachFailed { message }) => {
+                let report = StartReport::parse(message);
+                Err(self.start_failed(report.kind, report.message))
+            }
+            Err(source) => Err(Error::Sys {
+                action: "detach the monitor",
+                path: self.path_for_errors(),
+                source,
+            }),
+        }
+    }
+
+    /// The current state (`absent` without a state file or job; `lost` when the monitor died
+    /// without recording an end).
+    pub fn check(&self) -> Result<JobState> {
+        match &self.spec.state {
+            Some(path) => state::read(path),
+            None => Ok(JobState::absent()),
+        }
+    }
+
+    /// The current state as the JSON that the seed's `state_info` returned.
+    pub fn state_info(&self) -> Result<String> {
+        self.check().map(|state| state.to_json())
+    }
+
+    /// Sends `signal` to the job's process group, if the job is `running` and its process is
+    /// still the one the monitor started (pid + start time + boot). Then waits (up to
+    /// [`KILL_SETTLE`]) for the monitor to record the end, and returns the state it finds:
+    /// `finished` with the signal when the signal ended the job.
+    pub fn kill(&self, signal: Signal) -> Result<JobState> {
+        let path = self.state_path()?;
+        let current = state::read(path)?;
+        if current.status != Status::Running {
+            return Err(Error::WrongStatus {
+                path: path.to_owned(),
+                status: current.status,
+                expected: "running",
+            });
+        }
+        let mismatch = || Error::IdentityMismatch { path: path.to_owned(), pid: current.pid };
+        let pid = Pid::from_raw(current.pid).ok_or_else(mismatch)?;
+        let identity = ProcessIdentity {
+            pid,
+            start_time: current.job_start_time.ok_or_else(mismatch)?,
+            boot_id: current.boot_id.clone().ok_or_else(mismatch)?,
+        };
+        // Hold the job by pidfd while checking who it is: the pid cannot be recycled until the
+        // monitor reaps it, which needs it to exit first.
+        let _job = open_pidfd(pid).ok_or_else(mismatch)?;
+        let alive = identity.is_running().map_err(|source| Error::Sys {
+            action: "check the job's identity",
+            path: path.to_owned(),
+            source,
+        })?;
+        let leads_group =
+            ProcStat::read(pid).ok().flatten().is_some_and(|s| s.pgid == pid.as_raw());
+        if !alive || !leads_group {
+            return Err(mismatch());
+        }
+        let raw_signal =
+            rustix::process::Signal::from_named_raw(signal.as_raw()).ok_or_else(|| Error::Sys {
+                action: "signal the job",
+                path: path.to_owned(),
+                source: procyard_core::Error::InvalidSignal { input: signal.to_string() },
+            })?;
+        rustix::process::kill_process_group(rustix_pid(pid), raw_signal).map_err(|e| {
+            Error::Sys {
+                action: "signal the job",
+                path: path.to_owned(),
+                source: procyard_core::Error::Signal {
+                    pid,
+                    signal,
+                    source: std::io::Error::from(e),
+                },
+            }
+        })?;
+        tracing::debug!(%pid, %signal, "signalled the job's process group");
+        match self.wait(Some(KILL_SETTLE)) {
+            Ok(state) => Ok(state),
+            Err(Error::Timeout { .. }) => state::read(path),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the state of a terminal job (`finished`, `failed` or `lost`) and returns it;
+    /// refuses a live one. A corrupt state with no monitor is reaped as `lost`.
+    pub fn reap(&self) -> Result<JobState> {
+        let path = self.state_path()?;
+        // A terminal state whose lock is still held belongs to a monitor that is exiting
+        // right after its last write: wait for it (by pidfd) rather than fail.
+        let deadline = Deadline::after(KILL_SETTLE);
+        let lock = loop {
+            if let Some(lock) = state::try_lock(path)? {
+                break lock;
+            }
+            let current = state::read(path)?;
+            if !current.status.is_terminal() {
+                return Err(Error::WrongStatus {
+                    path: path.to_owned(),
+                    status: current.status,
+                    expected: "terminal",
+                });
+            }
+            if deadline.is_expired() {
+                return Err(Error::Busy { path: path.to_owned() });
+            }
+            match monitor_pidfd(&current) {
+                Some(fd) => {
+                    wait_readable(&fd, Some(deadline));
+                }
+                None => std::thread::yield_now(),
+            }
+        };
+        let existing = match state::read_raw(path) {
+            Ok(existing) => existing,
+            // No monitor holds the lock, so nothing will ever rewrite a corrupt state: it is
+            // reaped as a lost job rather than left to block the state file forever.
+            Err(Error::CorruptState { source, .. }) => Some(JobState {
+                status: Status::Lost,
+                error: Some(format!("corrupt state file: {source}")),
+                ..JobState::absent()
+            }),
+            Err(e) => return Err(e),
+        };
+        let Some(mut current) = existing else {
+            return Err(Error::WrongStatus {
+                path: path.to_owned(),
+                status: Status::Absent,
+                expected: "terminal",
+            });
+        };
+        if !current.status.is_terminal() {
+            current.status = Status::Lost;
+        }
+        state::remove(path, &lock)?;
+        Ok(current)
+    }
+
+    /// Blocks until the job is terminal (or absent), or until `timeout` passes
+    /// ([`Error::Timeout`]). It waits on a pidfd of the monitor, not by polling the file.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<JobState> {
+        let deadline = timeout.map(Deadline::after);
+        let Some(path) = &self.spec.state else {
+            return Ok(JobState::absent());
+        };
+        loop {
+            let current = state::read(path)?;
+            if current.status.is_terminal() || current.status == Status::Absent {
+                return Ok(current);
+            }
+            if deadline.is_some_and(Deadline::is_expired) {
+                return Err(Error::Timeout { path: path.clone() });
+            }
+            let monitor = monitor_pidfd(&current);
+            match monitor {
+                Some(fd) => {
+                    if !wait_readable(&fd, deadline) {
+                        return Err(Error::Timeout { path: path.clone() });
+                    }
+                }
+                // The monitor is gone (or not yet named): the next read tells terminal or
+                // lost; a lock still held by a `start` that is returning lets go at once.
+                None => std::thread::yield_now(),
+            }
+        }
+    }
+}
+
+fn rustix_pid(pid: Pid) -> rustix::process::Pid {
+    // A `Pid` is always positive.
+    rustix::process::Pid::from_raw(pid.as_raw()).unwrap_or(rustix::process::Pid::INIT)
+}
+
+/// A pidfd of the monitor named by `state`, if that process still runs (checked by identity
+/// after opening the pidfd, so the pidfd names the monitor and not a recycled pid).
+fn monitor_pidfd(state: &JobState) -> Option<OwnedFd> {
+    let pid = Pid::from_raw(state.ppid)?;
+    let fd = open_pidfd(pid)?;
+    let identity = ProcessIdentity {
+        pid,
+        start_time: state.monitor_start_time?,
+        boot_id: state.boot_id.clone()?,
+    };
+    identity.is_running().ok()?.then_some(fd)
+}
+
+fn open_pidfd(pid: Pid) -> Option<OwnedFd> {
+    rustix::process::pidfd_open(rustix_pid(pid), rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// Waits until `fd` is readable (the process exited); false if the deadline passed first.
+fn wait_readable(fd: &OwnedFd, deadline: Option<Deadline>) -> bool {
+    loop {
+        let timeout = match deadline {
+            Some(d) if d.is_expired() => return false,
+            Some(d) => Some(
+                Timespec::try_from(d.remaining())
+                    .unwrap_or(Timespec { tv_sec: i64::MAX / 2, tv_nsec: 0 }),
+            ),
+            None => None,
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(0) => continue,
+            Ok(_) => return true,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return true,
+        }
+    }
+}

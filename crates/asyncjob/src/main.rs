@@ -1,0 +1,277 @@
+//! `procyard-asyncjob`: start, check, kill, reap and wait on a detached job tracked by a state
+//! file, from a shell or a serf handler.
+
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use procyard_asyncjob::{AsyncJob, AsyncJobOptions, Error, JobState, Signal, error_chain};
+
+const AFTER_HELP: &str = "\
+Example (a serf handler that relays the query payload):
+  case \"$(cat)\" in
+    start) procyard-asyncjob --state /var/lib/serf/long_task --stdout /var/log/long_task.log \\
+             start --shell 'for i in $(seq 1 300); do echo $i; sleep 1; done' ;;
+    check) procyard-asyncjob --state /var/lib/serf/long_task check ;;
+    kill)  procyard-asyncjob --state /var/lib/serf/long_task kill ;;
+    reap)  procyard-asyncjob --state /var/lib/serf/long_task reap ;;
+    *)     echo failed ;;
+  esac";
+
+/// Run a long command in the background and track it through a state file.
+#[derive(Debug, Parser)]
+#[command(name = "procyard-asyncjob", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// The state file (relative paths are resolved against the current directory). Without
+    /// one, nothing is persisted: check says absent, kill and reap fail.
+    #[arg(long, value_name = "FILE", global = true)]
+    state: Option<PathBuf>,
+    /// The job's standard output file (default /dev/null).
+    #[arg(long, value_name = "FILE", global = true)]
+    stdout: Option<PathBuf>,
+    /// The job's standard error file (default /dev/null).
+    #[arg(long, value_name = "FILE", global = true)]
+    stderr: Option<PathBuf>,
+    /// Append to the output files instead of truncating them.
+    #[arg(long, global = true)]
+    append: bool,
+    /// The job's working directory (default: the current directory).
+    #[arg(long, value_name = "DIR", global = true)]
+    cwd: Option<PathBuf>,
+    /// Set an environment variable for the job (repeatable).
+    #[arg(long, value_name = "K=V", value_parser = parse_env, global = true)]
+    env: Vec<(OsString, OsString)>,
+    /// Remove an environment variable from the job's environment (repeatable).
+    #[arg(long, value_name = "K", global = true)]
+    unset_env: Vec<OsString>,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Start the job; prints `success` once it runs, or `failed` (reason on stderr).
+    #[command(after_help = "Examples:\n  procyard-asyncjob --state /tmp/job start -- sleep 60\n  \
+                            procyard-asyncjob --state /tmp/job --stdout out.log start --shell 'make test'")]
+    Start {
+        /// Run this string with /bin/sh -c instead of CMD.
+        #[arg(long, value_name = "STRING", conflicts_with = "command")]
+        shell: Option<OsString>,
+        /// Stop the job after this long (TERM, then KILL after --grace): 30s, 500ms, 5m, 1h.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Time between TERM and KILL when the timeout fires (default 5s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        grace: Option<Duration>,
+        /// Print the state as JSON instead of success/failed.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Print the state as JSON (`{"status":"absent"}` when there is none).
+    #[command(after_help = "Example:\n  procyard-asyncjob --state /tmp/job check")]
+    Check,
+    /// Signal the running job's process group (default KILL); prints success or failed.
+    #[command(after_help = "Example:\n  procyard-asyncjob --state /tmp/job kill --signal TERM")]
+    Kill {
+        /// The signal: a name (TERM, SIGTERM) or a number.
+        #[arg(long, value_name = "SIG", default_value = "KILL")]
+        signal: String,
+        /// Print the state as JSON instead of success/failed.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the state of a finished, failed or lost job; prints success or failed.
+    #[command(after_help = "Example:\n  procyard-asyncjob --state /tmp/job reap")]
+    Reap {
+        /// Print the reaped state as JSON instead of success/failed.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block until the job is finished, failed or lost, then print its state as JSON.
+    #[command(after_help = "Example:\n  procyard-asyncjob --state /tmp/job wait --timeout 10m")]
+    Wait {
+        /// Give up after this long (exit 1): 30s, 500ms, 5m, 1h.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
+        _ => Err(format!("expected K=V, got {text:?}")),
+    }
+}
+
+/// Parses `1.5s`, `250ms`, `5m`, `2h`, `3d`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("invalid duration {text:?}"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m, h or d)")),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("invalid duration {text:?}"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == procyard_asyncjob::MONITOR_HOST_ARG {
+        let code = procyard_asyncjob::host_monitor(&args[2].to_string_lossy());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    run(cli)
+}
+
+fn options(cli: &Cli) -> AsyncJobOptions {
+    let mut options = AsyncJob::options().append_output(cli.append);
+    if let Some(state) = &cli.state {
+        options = options.state_file(state);
+    }
+    if let Some(stdout) = &cli.stdout {
+        options = options.stdout(stdout);
+    }
+    if let Some(stderr) = &cli.stderr {
+        options = options.stderr(stderr);
+    }
+    if let Some(cwd) = &cli.cwd {
+        options = options.cwd(cwd);
+    }
+    for (key, value) in &cli.env {
+        options = options.env(key, value);
+    }
+    for key in &cli.unset_env {
+        options = options.env_remove(key);
+    }
+    options
+}
+
+fn complain(action: &str, error: &Error) {
+    tracing::debug!(action, "failed");
+    eprintln!("procyard-asyncjob: {}", error_chain(error));
+}
+
+/// Prints `success`/`failed` (or JSON) for start, kill and reap.
+fn verdict(action: &str, json: bool, outcome: Result<JobState, Error>) -> ExitCode {
+    match outcome {
+        Ok(state) => {
+            if json {
+                println!(r#"{{"result":"success","state":{}}}"#, state.to_json());
+            } else {
+                println!("success");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            complain(action, &error);
+            if json {
+                let message = serde_json::Value::String(error_chain(&error));
+                println!(r#"{{"result":"failed","error":{message}}}"#);
+            } else {
+                println!("failed");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> ExitCode {
+    let mut options = options(&cli);
+    match cli.action {
+        Action::Start { shell, timeout, grace, json, command } => {
+            options = match shell {
+                Some(script) => options.shell(script),
+                None => options.command(command),
+            };
+            if let Some(timeout) = timeout {
+                options = options.timeout(timeout);
+            }
+            if let Some(grace) = grace {
+                options = options.kill_grace(grace);
+            }
+            verdict("start the job", json, options.build().and_then(|job| job.start()))
+        }
+        Action::Check => match options.build().and_then(|job| job.state_info()) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                complain("check the job", &error);
+                ExitCode::FAILURE
+            }
+        },
+        Action::Kill { signal, json } => {
+            let signal: Signal = match signal.parse() {
+                Ok(signal) => signal,
+                Err(e) => {
+                    eprintln!("procyard-asyncjob: {e}");
+                    println!("failed");
+                    return ExitCode::from(2);
+                }
+            };
+            let job = options.build();
+            verdict("kill the job", json, job.and_then(|job| job.kill(signal)))
+        }
+        Action::Reap { json } => {
+            verdict("reap the job", json, options.build().and_then(|j| j.reap()))
+        }
+        Action::Wait { timeout } => match options.build().and_then(|job| job.wait(timeout)) {
+            Ok(state) => {
+                println!("{}", state.to_json());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                complain("wait for the job", &error);
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        for bad in ["", "x", "5y", "-1s", "1e999"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_pairs() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("novalue").is_err());
+        assert!(parse_env("=v").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

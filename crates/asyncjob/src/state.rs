@@ -1,0 +1,284 @@
+//! The job's state: what the monitor writes into the state file, and how it is read back.
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use procyard_core::{FileLock, state_file};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result, StartFailure};
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Status {
+    /// No state file: no job, or it was reaped.
+    Absent,
+    /// The monitor is starting the command.
+    Invoking,
+    /// The command runs.
+    Running,
+    /// The command ended (exit code or signal recorded).
+    Finished,
+    /// The command could not be started (`error` says why).
+    Failed,
+    /// The monitor died without recording an end (computed on read, never written).
+    Lost,
+}
+
+impl Status {
+    /// Whether the job can change no more (finished, failed or lost): it can be reaped.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Finished | Status::Failed | Status::Lost)
+    }
+
+    /// The lower-case name used in the state file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Absent => "absent",
+            Status::Invoking => "invoking",
+            Status::Running => "running",
+            Status::Finished => "finished",
+            Status::Failed => "failed",
+            Status::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The content of a state file (the seed's keys first, then procyard's additions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    /// Where the job is.
+    pub status: Status,
+    /// The job's pid (`-1` until it runs, as in the seed).
+    pub pid: i32,
+    /// The monitor's pid.
+    pub ppid: i32,
+    /// When the monitor started, in Unix seconds (the seed's `time`).
+    pub time: i64,
+    /// The job's exit code, once finished by exiting.
+    #[serde(default)]
+    pub exitstatus: Option<i32>,
+    /// The signal that ended the job (`SIGTERM`), once finished by a signal.
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// Why the job failed to start.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// What failed to start: `spawn`, `cwd`, `output` or `state`.
+    #[serde(default)]
+    pub error_kind: Option<StartFailure>,
+    /// When the job started, Unix seconds with fractions.
+    #[serde(default)]
+    pub started_at: Option<f64>,
+    /// When the job ended (or failed), Unix seconds with fractions.
+    #[serde(default)]
+    pub ended_at: Option<f64>,
+    /// Whether the monitor stopped the job because its timeout expired.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The job's start time in clock ticks since boot (identity, with `pid` and `boot_id`).
+    #[serde(default)]
+    pub job_start_time: Option<u64>,
+    /// The monitor's start time in clock ticks since boot.
+    #[serde(default)]
+    pub monitor_start_time: Option<u64>,
+    /// The boot the pids belong to.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// The command, for people reading the file.
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+impl JobState {
+    /// The state of a job that does not exist.
+    pub fn absent() -> JobState {
+        JobState {
+            status: Status::Absent,
+            pid: -1,
+            ppid: -1,
+            time: 0,
+            exitstatus: None,
+            signal: None,
+            error: None,
+            error_kind: None,
+            started_at: None,
+            ended_at: None,
+            timed_out: false,
+            job_start_time: None,
+            monitor_start_time: None,
+            boot_id: None,
+            command: Vec::new(),
+        }
+    }
+
+    /// The JSON that `check` prints: `{"status":"absent"}` for no job, else every field.
+    pub fn to_json(&self) -> String {
+        if self.status == Status::Absent {
+            return r#"{"status":"absent"}"#.to_owned();
+        }
+        serde_json::to_string(self).unwrap_or_else(|_| r#"{"status":"absent"}"#.to_owned())
+    }
+}
+
+/// Now, as Unix seconds with fractions.
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The sidecar lock file of a state file: `<state>.lock`.
+pub(crate) fn lock_path(state: &Path) -> PathBuf {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+fn sys<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(procyard_core::Error) -> Error + 'a {
+    move |source| Error::Sys { action, path: path.to_owned(), source }
+}
+
+/// Reads the state file as written (no `lost` inference); `None` when absent.
+pub(crate) fn read_raw(path: &Path) -> Result<Option<JobState>> {
+    match state_file::read_json::<JobState>(path) {
+        Ok(state) => Ok(state),
+        Err(procyard_core::Error::CorruptState { path, source }) => {
+            Err(Error::CorruptState { path, source })
+        }
+        Err(e) => Err(sys("read the state", path)(e)),
+    }
+}
+
+/// Reads the state, telling a dead monitor (`lost`) from a live one.
+///
+/// A non-terminal state whose lock is free belongs to a monitor that died, unless the monitor
+/// recorded the end between the two reads: the file is read again after the lock probe, and
+/// the monitor always writes its last state before it lets go of the lock.
+pub(crate) fn read(path: &Path) -> Result<JobState> {
+    let Some(state) = read_raw(path)? else {
+        return Ok(JobState::absent());
+    };
+    if state.status.is_terminal() {
+        return Ok(state);
+    }
+    let locked = FileLock::is_locked(lock_path(path)).map_err(sys("probe the lock", path))?;
+    if locked {
+        return Ok(state);
+    }
+    match read_raw(path)? {
+        None => Ok(JobState::absent()),
+        Some(again) if again.status.is_terminal() => Ok(again),
+        Some(mut again) => {
+            again.status = Status::Lost;
+            Ok(again)
+        }
+    }
+}
+
+/// Writes the state atomically (only the monitor calls this).
+///
+/// Readers always see a whole state (temp file + rename). Terminal states are also made
+/// durable (fsync of the file and the directory, by `state_file::write_atomic`); `invoking`
+/// and `running` are not, since they cannot outlive a crash anyway: after one, the monitor is
+/// gone and the state reads as `lost` (or names another boot).
+pub(crate) fn write(path: &Path, state: &JobState) -> Result<()> {
+    let mut bytes = serde_json::to_vec(state)
+        .map_err(|source| Error::CorruptState { path: path.to_owned(), source })?;
+    bytes.push(b'\n');
+    if state.status.is_terminal() {
+        state_file::write_atomic(path, &bytes).map_err(sys("write the state", path))
+    } else {
+        state_file::write_atomic_volatile(path, &bytes).map_err(sys("write the state", path))
+    }
+}
+
+/// Takes the state file's lock without waiting; `Ok(None)` if another process holds it.
+///
+/// A `reap` removes the lock file while holding the lock, so after locking, the path must
+/// still name the file that was locked; otherwise the lock is on an orphaned inode and the
+/// attempt is repeated.
+pub(crate) fn try_lock(path: &Path) -> Result<Option<FileLock>> {
+    let lock = lock_path(path);
+    loop {
+        let Some(held) = FileLock::try_exclusive(&lock).map_err(sys("lock the state", path))?
+        else {
+            return Ok(None);
+        };
+        let ours = held.file().metadata().map(|m| (m.dev(), m.ino())).ok();
+        let current = std::fs::metadata(&lock).map(|m| (m.dev(), m.ino())).ok();
+        if ours.is_some() && ours == current {
+            return Ok(Some(held));
+        }
+    }
+}
+
+/// Removes the state and its lock file; the caller holds the lock.
+pub(crate) fn remove(path: &Path, _lock: &FileLock) -> Result<()> {
+    state_file::remove(path).map_err(sys("remove the state", path))?;
+    state_file::remove(lock_path(path)).map_err(sys("remove the lock file", path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_json_is_the_seed_shape() {
+        assert_eq!(JobState::absent().to_json(), r#"{"status":"absent"}"#);
+    }
+
+    #[test]
+    fn seed_keys_are_present_and_round_trip() {
+        let mut state = JobState::absent();
+        state.status = Status::Finished;
+        state.pid = 42;
+        state.ppid = 41;
+        state.time = 1_700_000_000;
+        state.exitstatus = Some(7);
+        let json = state.to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for key in ["status", "pid", "ppid", "time", "exitstatus", "signal", "error"] {
+            assert!(value.get(key).is_some(), "{key} missing in {json}");
+        }
+        assert_eq!(value["status"], "finished");
+        assert_eq!(serde_json::from_str::<JobState>(&json).unwrap(), state);
+    }
+
+    #[test]
+    fn minimal_seed_state_parses() {
+        let state: JobState =
+            serde_json::from_str(r#"{"status":"running","pid":5,"ppid":4,"time":1}"#).unwrap();
+        assert_eq!(state.status, Status::Running);
+        assert!(!state.status.is_terminal());
+    }
+
+    #[test]
+    fn running_without_lock_holder_is_lost_and_lock_path_is_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job");
+        assert_eq!(lock_path(&path), dir.path().join("job.lock"));
+        let mut state = JobState::absent();
+        state.status = Status::Running;
+        state.pid = 1;
+        write(&path, &state).unwrap();
+        assert_eq!(read(&path).unwrap().status, Status::Lost);
+        let held = try_lock(&path).unwrap().unwrap();
+        assert_eq!(read(&path).unwrap().status, Status::Running);
+        assert!(try_lock(&path).unwrap().is_none());
+        remove(&path, &held).unwrap();
+        assert_eq!(read(&path).unwrap().status, Status::Absent);
+    }
+}

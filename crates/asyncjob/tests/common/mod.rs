@@ -1,0 +1,192 @@
+//! The sandbox every scenario runs in: a temp dir, the binary, a tag in the environment of
+//! every process the scenario starts (so strays can be found and killed), and waits with
+//! deadlines.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use procyard_core::Deadline;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_procyard-asyncjob");
+pub const TAG_VAR: &str = "PROCYARD_ASYNCJOB_TEST_TAG";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub tag: String,
+}
+
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("unparsable JSON {:?}: {e}", self.stdout))
+    }
+}
+
+impl From<Output> for Ran {
+    fn from(out: Output) -> Ran {
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Sandbox {
+            dir: tempfile::tempdir().expect("tempdir"),
+            tag: format!(
+                "{}-{n}-{}",
+                std::process::id(),
+                std::time::UNIX_EPOCH.elapsed().map(|d| d.as_nanos()).unwrap_or(0)
+            ),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn state(&self) -> String {
+        self.path("job.state").to_string_lossy().into_owned()
+    }
+
+    /// The binary, run in the sandbox directory with the tag in its environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path()).env(TAG_VAR, &self.tag).env_remove("RUST_LOG");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Ran {
+        self.command().args(args).output().expect("run procyard-asyncjob").into()
+    }
+
+    /// `--state <sandbox>/job.state` followed by `args`.
+    pub fn job(&self, args: &[&str]) -> Ran {
+        let state = self.state();
+        let mut all = vec!["--state", state.as_str()];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    pub fn check(&self) -> Value {
+        let ran = self.job(&["check"]);
+        assert_eq!(ran.code, 0, "check failed: {}", ran.stderr);
+        ran.json()
+    }
+
+    pub fn wait(&self) -> Value {
+        let ran = self.job(&["wait", "--timeout", "30s"]);
+        assert_eq!(ran.code, 0, "wait failed: {}", ran.stderr);
+        ran.json()
+    }
+
+    /// Every live process carrying this sandbox's tag (monitors and jobs).
+    pub fn tagged_pids(&self) -> Vec<i32> {
+        let needle = format!("{TAG_VAR}={}", self.tag);
+        let mut pids = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+            if environ.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+                let zombie = std::fs::read_to_string(entry.path().join("stat"))
+                    .ok()
+                    .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+                    .unwrap_or(false);
+                if !zombie {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    /// Waits (with a deadline) until no tagged process is left; panics otherwise.
+    pub fn assert_no_strays(&self) {
+        assert!(
+            wait_until(Duration::from_secs(20), || self.tagged_pids().is_empty()),
+            "stray processes left: {:?}",
+            self.tagged_pids()
+        );
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for pid in self.tagged_pids() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Loops on `condition` until it holds or `limit` passes, yielding between tries.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Deadline::after(limit);
+    loop {
+        if condition() {
+            return true;
+        }
+        if deadline.is_expired() {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn is_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| !s[i + 2..].starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The live members of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        if fields.get(2).and_then(|f| f.parse::<i32>().ok()) == Some(pgid) && fields[0] != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn make_fifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+}

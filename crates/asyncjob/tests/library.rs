@@ -1,0 +1,94 @@
+//! The library API from a multi-threaded process (a test harness): `start` cannot fork here,
+//! so the monitor is hosted by the `procyard-asyncjob` binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BIN, Sandbox, is_alive};
+use procyard_asyncjob::{AsyncJob, Error, Signal, StartFailure, Status};
+
+fn job(sb: &Sandbox) -> procyard_asyncjob::AsyncJobOptions {
+    AsyncJob::options()
+        .state_file(sb.path("lib.state"))
+        .monitor_program(BIN)
+        .env(common::TAG_VAR, &sb.tag)
+}
+
+#[test]
+fn threaded_caller_starts_kills_and_reaps() {
+    let sb = Sandbox::new();
+    let job = job(&sb).command(["sleep", "30"]).build().unwrap();
+    let started = job.start().unwrap();
+    assert_eq!(started.status, Status::Running);
+    assert!(is_alive(started.pid));
+    assert!(matches!(job.start(), Err(Error::AlreadyExists { status: Status::Running, .. })));
+    assert!(matches!(job.reap(), Err(Error::WrongStatus { status: Status::Running, .. })));
+    assert!(matches!(job.wait(Some(Duration::from_millis(50))), Err(Error::Timeout { .. })));
+    let killed = job.kill(Signal::TERM).unwrap();
+    assert_eq!(killed.status, Status::Finished);
+    assert_eq!(killed.signal.as_deref(), Some("SIGTERM"));
+    assert_eq!(job.reap().unwrap().status, Status::Finished);
+    assert_eq!(job.check().unwrap().status, Status::Absent);
+    sb.assert_no_strays();
+}
+
+#[test]
+fn threaded_caller_gets_start_errors() {
+    let sb = Sandbox::new();
+    let job = job(&sb).command(["procyard-no-such-program"]).build().unwrap();
+    match job.start() {
+        Err(Error::StartFailed { kind, message, .. }) => {
+            assert_eq!(kind, StartFailure::Spawn);
+            assert!(message.contains("procyard-no-such-program"), "{message}");
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+    let failed = job.check().unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(job.reap().unwrap().status, Status::Failed);
+    // A missing monitor host is a clear error too.
+    let job = AsyncJob::options()
+        .state_file(sb.path("other.state"))
+        .monitor_program(sb.path("no-such-binary"))
+        .command(["true"])
+        .build()
+        .unwrap();
+    assert!(matches!(job.start(), Err(Error::StartFailed { .. })));
+    sb.assert_no_strays();
+}
+
+#[test]
+fn threaded_concurrent_starts_yield_one_job_and_wait_sees_the_end() {
+    let sb = Sandbox::new();
+    let job = job(&sb).shell("exit 5").build().unwrap();
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| job.start())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    let done = job.wait(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(done.status, Status::Finished);
+    assert_eq!(done.exitstatus, Some(5));
+    assert!(done.ended_at.is_some());
+    job.reap().unwrap();
+    sb.assert_no_strays();
+}
+
+#[test]
+fn no_state_file_runs_but_tracks_nothing() {
+    let sb = Sandbox::new();
+    let job = AsyncJob::options()
+        .monitor_program(BIN)
+        .env(common::TAG_VAR, &sb.tag)
+        .stdout(sb.path("out"))
+        .shell("echo ran")
+        .build()
+        .unwrap();
+    assert_eq!(job.start().unwrap().status, Status::Running);
+    assert_eq!(job.check().unwrap().status, Status::Absent);
+    assert!(matches!(job.kill(Signal::KILL), Err(Error::NoStateFile)));
+    assert!(matches!(job.reap(), Err(Error::NoStateFile)));
+    sb.assert_no_strays();
+    assert_eq!(std::fs::read_to_string(sb.path("out")).unwrap(), "ran\n");
+}

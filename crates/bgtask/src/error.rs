@@ -1,0 +1,133 @@
+//! The one error type of procyard-bgtask.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in procyard-bgtask.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file-system operation on a path failed.
+    #[error("unable to {action} {}", path.display())]
+    Path {
+        /// What was being done ("create", "read", "connect to").
+        action: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// The pool directory is not safe to use (wrong owner, or writable by others).
+    #[error("refusing task pool {}: {reason}", path.display())]
+    InsecurePool {
+        /// The pool directory.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The task could not be started; the supervisor's own words.
+    #[error("unable to spawn {program}: {message}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        message: String,
+    },
+    /// The spawn request itself was invalid (empty command, non-UTF-8 argument, …).
+    #[error("invalid spawn request: {reason}")]
+    InvalidSpawn {
+        /// Why.
+        reason: String,
+    },
+    /// No task with this id exists in the pool.
+    #[error("no task {id} in the pool")]
+    NoSuchTask {
+        /// The id.
+        id: String,
+    },
+    /// A task id is malformed (ids are letters, digits, `-` and `_`).
+    #[error("invalid task id {id:?}")]
+    InvalidId {
+        /// What was given.
+        id: String,
+    },
+    /// The task's supervisor is gone (killed, crashed, or the machine rebooted).
+    #[error("the supervisor of task {id} is not running")]
+    SupervisorGone {
+        /// The task.
+        id: String,
+    },
+    /// The supervisor answered with another task's id or protocol version.
+    #[error("handshake with the supervisor of task {id} failed: {reason}")]
+    Handshake {
+        /// The task.
+        id: String,
+        /// What did not match.
+        reason: String,
+    },
+    /// The supervisor refused a request.
+    #[error("task {id}: {message}")]
+    Refused {
+        /// The task.
+        id: String,
+        /// What kind of refusal.
+        kind: RefusalKind,
+        /// The supervisor's words.
+        message: String,
+    },
+    /// Talking to the supervisor failed.
+    #[error("lost the connection to the supervisor of task {id}")]
+    Connection {
+        /// The task.
+        id: String,
+        /// The cause.
+        #[source]
+        source: procyard_core::Error,
+    },
+    /// The supervisor sent something that does not follow the protocol.
+    #[error("unexpected answer from the supervisor of task {id}: {what}")]
+    Protocol {
+        /// The task.
+        id: String,
+        /// What was wrong.
+        what: String,
+    },
+    /// A primitive from procyard-core failed.
+    #[error(transparent)]
+    Core(#[from] procyard_core::Error),
+    /// No `procyard-bgtask` binary was found to run a supervisor from a multi-threaded program.
+    #[error(
+        "cannot start a supervisor from a multi-threaded program: no procyard-bgtask binary found \
+         (set PROCYARD_BGTASK_BIN or TaskPool::supervisor_binary)"
+    )]
+    NoSupervisorBinary,
+}
+
+/// Why a supervisor refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RefusalKind {
+    /// The task is not running (it exited): signals would reach nobody, or the wrong process.
+    NotRunning,
+    /// The task is still running (restart of a live task).
+    StillRunning,
+    /// stdin was closed already.
+    StdinClosed,
+    /// The request was malformed or unknown.
+    BadRequest,
+    /// The operation failed inside the supervisor.
+    Failed,
+    /// The connecting user is neither the pool owner nor root (or the supervisor is busy).
+    PermissionDenied,
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn path(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Path { action, path: path.into(), source }
+    }
+}

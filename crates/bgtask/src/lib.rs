@@ -1,0 +1,87 @@
+//! Background tasks you can check on and talk to later from any process: each task runs
+//! under a supervisor of its own, reachable over a Unix socket in a task pool directory.
+//!
+//! # Concepts
+//!
+//! - A [`TaskPool`] is a directory (mode 0700). Each task has `<id>.sock` (its supervisor's
+//!   socket, mode 0600, serving only the pool owner and root, checked with `SO_PEERCRED`),
+//!   `<id>.json` (its state, written atomically and read by [`TaskPool::list`] without
+//!   connecting), `<id>.data` (a datagram channel the task finds in `PROCYARD_BGTASK_DATA`, see
+//!   [`TaskChannel`]) and, if asked, `<id>.stdout.log`/`<id>.stderr.log`.
+//! - [`TaskPool::spawn`] starts a supervisor fully detached from the caller (its own session)
+//!   and returns once the task runs, with a unique id (not a pid) — or the real spawn error.
+//! - The supervisor runs the command in its own process group, retains output per stream up
+//!   to a cap (oldest bytes dropped) with absolute offsets ([`Stream`]: `start`, `limit`,
+//!   read/peek/discard), writes stdin, signals the group, pauses/resumes, restarts a finished
+//!   task keeping its output, announces [`Event`]s to subscribers, and on delete kills the task
+//!   (INT → TERM → KILL with grace) and removes every file.
+//! - A task whose supervisor died is reported [`Status::Lost`] (the supervisor's identity is
+//!   pid + start time + boot id, so a recycled pid is not mistaken for it).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use procyard_bgtask::{Filter, SpawnOptions, StreamName, TaskPool};
+//! use serde_json::json;
+//!
+//! let pool = TaskPool::open_default()?;
+//! let options = SpawnOptions::new(["sh", "-c", "echo hello; echo oops >&2; cat"])
+//!     .env("DEBUG_STUFF", "1")
+//!     .meta("name", json!("Hello World"));
+//! let mut task = pool.spawn(&options)?;
+//! for record in pool.search(&Filter::new().status("running"))? {
+//!     let mut t = pool.task(&record.id)?;
+//!     t.pause()?;
+//!     t.apply_meta(json!({ "note": "paused" }).as_object().cloned().unwrap_or_default())?;
+//!     t.resume()?;
+//! }
+//! let mut stdout = task.stream(StreamName::Stdout);
+//! println!("bytes {}..{} on stdout", stdout.start()?, stdout.limit()?);
+//! let segment = stdout.peek(0, 5)?;
+//! assert_eq!(segment.offset, 0);
+//! task.delete()?;
+//! # Ok::<(), procyard_bgtask::Error>(())
+//! ```
+//!
+//! # Limitations
+//!
+//! Linux only. Output retained in memory goes with the supervisor unless `log` is set. From a
+//! multi-threaded program, [`TaskPool::spawn`] executes the `procyard-bgtask` binary in its
+//! hidden supervisor mode (found through [`TaskPool::supervisor_binary`],
+//! `PROCYARD_BGTASK_BIN`, or next to the current executable); without one it returns
+//! [`Error::NoSupervisorBinary`]. Command arguments, environment and metadata must be UTF-8.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod buffer;
+mod client;
+mod error;
+mod pool;
+pub mod protocol;
+mod record;
+mod supervisor;
+
+pub use client::{Chunk, DATA_ENV, ID_ENV, ReadMeta, Stream, Subscription, Task, TaskChannel};
+pub use error::{Error, RefusalKind, Result};
+pub use pool::{
+    BIN_ENV, DEFAULT_RETAIN, Launch, POOL_ENV, SpawnOptions, TaskPool, default_pool_dir,
+    supervise_from_stdio,
+};
+pub use protocol::{Event, Meta, StreamInfo, StreamName, TaskInfo};
+pub use record::{Filter, Status, TaskRecord, meta_matches, parse_meta_arg};
+
+/// An error and its causes, joined with `: ` (for messages).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let s = cause.to_string();
+        if !text.ends_with(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,810 @@
+//! The supervisor: one detached process per task, a mio loop over the task's pidfd, its
+//! stdio pipes, the Unix listener, client connections, the `data` datagram socket and a
+//! signalfd.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mio::net::{UnixDatagram, UnixListener};
+use mio::unix::pipe::{Receiver, Sender};
+use mio::{Events, Interest, Poll, Token};
+use procyard_core::{
+    Child, DaemonStatus, Deadline, Exit, FrameDecoder, ProcessIdentity, Signal, SignalFd, Stdio,
+    frame,
+};
+
+use crate::buffer::OutputBuffer;
+use crate::client::{DATA_ENV, ID_ENV};
+use crate::pool::{SpawnOptions, now_ms};
+use crate::protocol::{
+    Event, MAX_READ, MAX_REQUEST, Meta, PROTOCOL_VERSION, Request, Response, StreamInfo,
+    StreamName, TaskInfo,
+};
+use crate::record::{Status, TaskRecord};
+use crate::{RefusalKind, error_chain};
+
+const LISTENER: Token = Token(0);
+const DATA: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const CHILD: Token = Token(3);
+const STDOUT: Token = Token(4);
+const STDERR: Token = Token(5);
+const STDIN: Token = Token(6);
+const FIRST_CLIENT: usize = 16;
+
+/// Most clients served at once; more are refused.
+const MAX_CLIENTS: usize = 128;
+/// A client whose unsent answers exceed this is not read from until they drain.
+const OUT_HIGH: usize = 1024 * 1024;
+/// A subscriber whose unsent events exceed this is disconnected.
+const OUT_MAX: usize = 8 * 1024 * 1024;
+/// stdin bytes queued before writers are made to wait.
+const STDIN_CAP: usize = 1024 * 1024;
+/// Datagrams kept from the data channel.
+const MAX_DATAGRAMS: usize = 1024;
+/// Grace between the steps of the delete ladder.
+const GRACE: Duration = Duration::from_secs(2);
+/// Time a new connection has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pipe buffer size asked for (throughput).
+const PIPE_SIZE: usize = 1024 * 1024;
+
+struct Output {
+    name: StreamName,
+    buf: OutputBuffer,
+    pipe: Option<Receiver>,
+    eof: bool,
+    /// Stopped reading because the buffer is full of unconsumed bytes.
+    throttled: bool,
+    /// Stopped reading after a full budget: the pipe may hold more.
+    more: bool,
+    log: Option<File>,
+}
+
+struct Deleting {
+    requester: Option<Token>,
+    step: u8,
+    deadline: Deadline,
+}
+
+struct Supervisor {
+    dir: PathBuf,
+    id: String,
+    owner: u32,
+    options: SpawnOptions,
+    poll: Poll,
+    listener: UnixListener,
+    data: UnixDatagram,
+    child: Option<Child>,
+    status: Status,
+    outputs: [Output; 2],
+    stdin: Option<Sender>,
+    stdin_queue: VecDeque<u8>,
+    stdin_close: bool,
+    datagrams: VecDeque<serde_json::Value>,
+    meta: Meta,
+    clients: HashMap<Token, Client>,
+    next_token: usize,
+    identity: ProcessIdentity,
+    restarts: u32,
+    created_ms: u64,
+    started_ms: u64,
+    ended_ms: Option<u64>,
+    deleting: Option<Deleting>,
+    finished: bool,
+}
+
+fn path_of(dir: &Path, id: &str, suffix: &str) -> PathBuf {
+    dir.join(format!("{id}.{suffix}"))
+}
+
+/// Every file a task may own.
+pub(crate) fn task_files(dir: &Path, id: &str) -> Vec<PathBuf> {
+    ["json", "sock", "data", "stdout.log", "stderr.log"]
+        .iter()
+        .map(|s| path_of(dir, id, s))
+        .collect()
+}
+
+/// Runs the supervisor of task `id` until it is deleted; reports start-up through `status`.
+/// Returns the process exit code.
+pub(crate) fn run(
+    dir: &Path,
+    owner: u32,
+    id: &str,
+    options: &SpawnOptions,
+    status: DaemonStatus,
+) -> i32 {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let mut sup = match Supervisor::start(dir, owner, id, options) {
+        Ok(sup) => sup,
+        Err(message) => {
+            for f in task_files(dir, id) {
+                let _ = std::fs::remove_file(f);
+            }
+            let _ = status.fail(&message);
+            return 1;
+        }
+    };
+    let signals = match SignalFd::new(&[Signal::TERM, Signal::INT, Signal::HUP, Signal::PIPE]) {
+        Ok(s) => s,
+        Err(e) => {
+            sup.abort();
+            let _ = status.fail(&format!("cannot set up signals: {}", error_chain(&e)));
+            return 1;
+        }
+    };
+    if status.ready().is_err() {
+        // The spawner is gone; the task runs on regardless (it must outlive its spawner).
+    }
+    match sup.run(signals) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("supervisor of {id} failed: {e}");
+            sup.abort();
+            1
+        }
+    }
+}
+
+impl Supervisor {
+    fn start(
+        dir: &Path,
+        owner: u32,
+        id: &str,
+        options: &SpawnOptions,
+    ) -> Result<Supervisor, String> {
+        let poll = Poll::new().map_err(|e| format!("cannot create a poll: {e}"))?;
+        let sock_path = path_of(dir, id, "sock");
+        let data_path = path_of(dir, id, "data");
+        let mut listener = UnixListener::bind(&sock_path)
+            .map_err(|e| format!("cannot listen on {}: {e}", sock_path.display()))?;
+        let mut data = UnixDatagram::bind(&data_path)
+            .map_err(|e| format!("cannot bind {}: {e}", data_path.display()))?;
+        for p in [&sock_path, &data_path] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot restrict {}: {e}", p.display()))?;
+        }
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .and_then(|()| poll.registry().register(&mut data, DATA, Interest::READABLE))
+            .map_err(|e| format!("cannot register sockets: {e}"))?;
+        let identity = ProcessIdentity::current().map_err(|e| error_chain(&e))?;
+        let retain = usize::try_from(options.retain).unwrap_or(usize::MAX);
+        let open_log = |stream: &str| -> Result<Option<File>, String> {
+            if !options.log {
+                return Ok(None);
+            }
+            let path = path_of(dir, id, &format!("{stream}.log"));
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
+                .open(&path)
+                .map(Some)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))
+        };
+        let outputs = [
+            Output {
+                name: StreamName::Stdout,
+                buf: OutputBuffer::new(retain),
+                pipe: None,
+                eof: false,
+                throttled: false,
+                more: false,
+                log: open_log("stdout")?,
+            },
+            Output {
+                name: StreamName::Stderr,
+                buf: OutputBuffer::new(retain),
+                pipe: None,
+                eof: false,
+                throttled: false,
+                more: false,
+                log: open_log("stderr")?,
+            },
+        ];
+        let now = now_ms();
+        let mut sup = Supervisor {
+            dir: dir.to_owned(),
+            id: id.to_owned(),
+            owner,
+            options: options.clone(),
+            poll,
+            listener,
+            data,
+            child: None,
+            status: Status::Running,
+            outputs,
+            stdin: None,
+            stdin_queue: VecDeque::new(),
+            stdin_close: false,
+            datagrams: VecDeque::new(),
+            meta: options.meta.clone(),
+            clients: HashMap::new(),
+            next_token: FIRST_CLIENT,
+            identity,
+            restarts: 0,
+            created_ms: now,
+            started_ms: now,
+            ended_ms: None,
+            deleting: None,
+            finished: false,
+        };
+        sup.spawn_child()?;
+        if let Err(e) = sup.write_record() {
+            sup.abort();
+            return Err(e);
+        }
+        Ok(sup)
+    }
+
+    /// Kills the task and removes every file (start-up failure or fatal loop error).
+    fn abort(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill_and_reap();
+        }
+        self.remove_files();
+    }
+
+    fn remove_files(&self) {
+        for f in task_files(&self.dir, &self.id) {
+            let _ = procyard_core::state_file::remove(f);
+        }
+    }
+
+    fn spawn_child(&mut self) -> Result<(), String> {
+        let cmd = &self.options.command;
+        let mut command = procyard_core::Command::new(&cmd[0]);
+        command
+            .args(&cmd[1..])
+            .env(DATA_ENV, path_of(&self.dir, &self.id, "data"))
+            .env(ID_ENV, &self.id)
+            .env(crate::pool::POOL_ENV, &self.dir)
+            .stdin(Stdio::Pipe)
+            .stdout(Stdio::Pipe)
+            .stderr(Stdio::Pipe);
+        for (k, v) in &self.options.env {
+            command.env(k, v);
+        }
+        if let Some(cwd) = &self.options.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command.spawn().map_err(|e| error_chain(&e))?;
+        let registry = self.poll.registry();
+        let mut register = || -> io::Result<()> {
+            for (i, token) in [(0, STDOUT), (1, STDERR)] {
+                let fd = match i {
+                    0 => child.take_stdout(),
+                    _ => child.take_stderr(),
+                };
+                if let Some(fd) = fd {
+                    let _ = rustix::pipe::fcntl_setpipe_size(&fd, PIPE_SIZE);
+                    let mut rx = Receiver::from(fd);
+                    rx.set_nonblocking(true)?;
+                    registry.register(&mut rx, token, Interest::READABLE)?;
+                    self.outputs[i].pipe = Some(rx);
+                    self.outputs[i].eof = false;
+                    self.outputs[i].throttled = false;
+                    self.outputs[i].more = false;
+                }
+            }
+            if let Some(fd) = child.take_stdin() {
+                let mut tx = Sender::from(fd);
+                tx.set_nonblocking(true)?;
+                registry.register(&mut tx, STDIN, Interest::WRITABLE)?;
+                self.stdin = Some(tx);
+            }
+            registry.register(&mut child, CHILD, Interest::READABLE)?;
+            Ok(())
+        };
+        if let Err(e) = register() {
+            let _ = child.kill_and_reap();
+            return Err(format!("cannot watch the task: {e}"));
+        }
+        self.stdin_queue.clear();
+        self.stdin_close = false;
+        self.child = Some(child);
+        self.status = Status::Running;
+        self.started_ms = now_ms();
+        self.ended_ms = None;
+        Ok(())
+    }
+
+    fn record(&self) -> TaskRecord {
+        TaskRecord {
+            id: self.id.clone(),
+            command: self.options.command.clone(),
+            cwd: self.options.cwd.as_ref().map(|c| c.display().to_string()),
+            env: self.options.env.clone(),
+            meta: self.meta.clone(),
+            status: self.status.clone(),
+            supervisor: self.identity.clone(),
+            pid: self.child_pid(),
+            restarts: self.restarts,
+            created_ms: self.created_ms,
+            started_ms: self.started_ms,
+            ended_ms: self.ended_ms,
+            log: self.options.log,
+        }
+    }
+
+    fn child_pid(&self) -> Option<i32> {
+        match &self.child {
+            Some(c) if c.exit().is_none() => Some(c.id().as_raw()),
+            _ => None,
+        }
+    }
+
+    fn write_record(&self) -> Result<(), String> {
+        // Compact JSON: `list` parses a thousand of these.
+        let mut bytes = serde_json::to_vec(&self.record()).map_err(|e| e.to_string())?;
+        bytes.push(b'\n');
+        // Readers see whole records; durability is moot: after a crash the record reads as lost.
+        procyard_core::state_file::write_atomic_volatile(
+            path_of(&self.dir, &self.id, "json"),
+            &bytes,
+        )
+        .map_err(|e| error_chain(&e))
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.write_record() {
+            tracing::warn!("cannot save the state of {}: {e}", self.id);
+        }
+    }
+
+    fn info(&self) -> TaskInfo {
+        let mut streams = BTreeMap::new();
+        for out in &self.outputs {
+            streams.insert(out.name.as_str().to_owned(), stream_info(out));
+        }
+        TaskInfo {
+            id: self.id.clone(),
+            command: self.options.command.clone(),
+            meta: self.meta.clone(),
+            status: self.status.clone(),
+            pid: self.child_pid(),
+            supervisor_pid: self.identity.pid.as_raw(),
+            restarts: self.restarts,
+            retain: self.options.retain,
+            streams,
+            stdin_open: self.stdin.is_some() && !self.stdin_close,
+            datagrams: self.datagrams.len(),
+            created_ms: self.created_ms,
+            started_ms: self.started_ms,
+            ended_ms: self.ended_ms,
+        }
+    }
+
+    fn run(&mut self, mut signals: SignalFd) -> io::Result<()> {
+        self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut events = Events::with_capacity(256);
+        // The child may have written or exited before its sources were registered.
+        self.read_output(0);
+        self.read_output(1);
+        self.child_event();
+        while !self.finished {
+            let busy = self.outputs.iter().any(|o| o.more && o.pipe.is_some());
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                let hellos = self.clients.values().filter(|c| !c.hello).map(|c| c.hello_deadline);
+                Deadline::poll_timeout(
+                    self.deleting.as_ref().map(|d| d.deadline).into_iter().chain(hellos),
+                )
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    DATA => self.receive_datagrams(),
+                    SIGNALS => {
+                        for sig in signals.pending().unwrap_or_default() {
+                            if sig != Signal::PIPE && sig != Signal::HUP {
+                                tracing::info!("{sig} received: deleting task {}", self.id);
+                                self.start_delete(None);
+                            }
+                        }
+                    }
+                    CHILD => self.child_event(),
+                    STDOUT => self.read_output(0),
+                    STDERR => self.read_output(1),
+                    STDIN => self.flush_stdin(),
+                    token => {
+                        if let Some(c) = self.clients.get_mut(&token) {
+                            if event.is_readable() || event.is_read_closed() {
+                                c.readable = true;
+                            }
+                            if event.is_error() {
+                                c.dead = true;
+                            }
+                        }
+                    }
+                }
+            }
+            // A connection that does not greet in time gives its slot back.
+            for c in self.clients.values_mut().filter(|c| !c.hello) {
+                if c.hello_deadline.is_expired() {
+                    c.dead = true;
+                }
+            }
+            for i in 0..2 {
+                if self.outputs[i].more {
+                    self.read_output(i);
+                }
+            }
+            self.step_delete();
+            self.service_clients();
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let (mut stream, _) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let allowed = match rustix::net::sockopt::socket_peercred(&stream) {
+                Ok(cred) => cred.uid.is_root() || cred.uid.as_raw() == self.owner,
+                Err(_) => false,
+            };
+            if !allowed || self.clients.len() >= MAX_CLIENTS || self.deleting.is_some() {
+                let message = if allowed { "supervisor busy" } else { "permission denied" };
+                let resp = Response::Error {
+                    kind: RefusalKind::PermissionDenied,
+                    message: message.into(),
+                };
+                if let Ok(bytes) = frame::encode_frame(&resp) {
+                    let _ = stream.write(&bytes);
+                }
+                continue;
+            }
+            // Large reads then go out straight from the ring in one write (best effort;
+            // the kernel caps it at net.core.wmem_max).
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, 4 * 1024 * 1024);
+            let token = Token(self.next_token);
+            self.next_token += 1;
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.clients.insert(
+                token,
+                Client {
+                    stream,
+                    decoder: FrameDecoder::with_max(MAX_REQUEST + 1024),
+                    out: Vec::new(),
+                    out_pos: 0,
+                    readable: true,
+                    hello: false,
+                    hello_deadline: Deadline::after(HELLO_TIMEOUT),
+                    subscribed: false,
+                    parked: None,
+                    waiting_stdin: false,
+                    dirty: [false; 2],
+                    closing: false,
+                    dead: false,
+                },
+            );
+        }
+    }
+
+    fn receive_datagrams(&mut self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut meta_changed = false;
+        loop {
+            let n = match self.data.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let value: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&buf[..n]).into_owned())
+            });
+            if let Some(meta) = value.get("apply_meta").and_then(|m| m.as_object())
+                && value.as_object().is_some_and(|o| o.len() == 1)
+            {
+                merge_meta(&mut self.meta, meta);
+                meta_changed = true;
+                continue;
+            }
+            if self.datagrams.len() >= MAX_DATAGRAMS {
+                self.datagrams.pop_front();
+            }
+            self.datagrams.push_back(value);
+        }
+        if meta_changed {
+            self.save();
+        }
+    }
+
+    fn read_output(&mut self, i: usize) {
+        let block = self.options.block_when_full;
+        let mut got_any = false;
+        let out = &mut self.outputs[i];
+        let Some(pipe) = out.pipe.as_mut() else { return };
+        out.throttled = false;
+        out.more = false;
+        // Bounded per call so one chatty task cannot starve the clients.
+        let mut budget = 4 * PIPE_SIZE;
+        loop {
+            let want = if block { out.buf.room().min(budget) } else { budget };
+            if want == 0 {
+                out.throttled = true;
+                break;
+            }
+            let log = &mut out.log;
+            let result = out.buf.fill_from(pipe, want, |bytes| {
+                if let Some(file) = log.as_mut()
+                    && let Err(e) = file.write_all(bytes)
+                {
+                    tracing::warn!("cannot log output: {e}");
+                    *log = None;
+                }
+            });
+            match result {
+                Ok(0) => {
+                    out.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    got_any = true;
+                    budget -= n.min(budget);
+                    if budget == 0 {
+                        // More may be waiting: come back after serving the clients.
+                        out.more = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    out.eof = true;
+                    break;
+                }
+            }
+        }
+        if out.eof
+            && let Some(mut pipe) = out.pipe.take()
+        {
+            let _ = self.poll.registry().deregister(&mut pipe);
+        }
+        let (name, limit, eof) = (out.name, out.buf.limit(), out.eof);
+        if got_any {
+            for c in self.clients.values_mut().filter(|c| c.subscribed) {
+                c.dirty[i] = true;
+            }
+        }
+        if eof {
+            self.broadcast(&Event::EndOfStream { stream: name, limit });
+        }
+    }
+
+    fn broadcast(&mut self, event: &Event) {
+        let resp = Response::Event(event.clone());
+        let limits = [
+            (self.outputs[0].name, self.outputs[0].buf.limit()),
+            (self.outputs[1].name, self.outputs[1].buf.limit()),
+        ];
+        for c in self.clients.values_mut().filter(|c| c.subscribed) {
+            // Owed output events come first, so "output" never follows "end of stream".
+            for (i, (stream, limit)) in limits.into_iter().enumerate() {
+                if c.dirty[i] {
+                    c.dirty[i] = false;
+                    c.send(&Response::Event(Event::Output { stream, limit }));
+                }
+            }
+            c.send(&resp);
+            if c.pending() > OUT_MAX {
+                tracing::warn!("dropping a subscriber that does not read its events");
+                c.dead = true;
+            }
+        }
+    }
+
+    fn child_event(&mut self) {
+        let Some(child) = self.child.as_mut() else { return };
+        if child.exit().is_some() {
+            return;
+        }
+        let is_zombie =
+            matches!(procyard_core::ProcStat::read(child.id()), Ok(Some(st)) if st.is_zombie());
+        if self.deleting.is_some() && is_zombie {
+            // While the leader is an unreaped zombie its group id cannot be reused, so this
+            // reaches only the task's own leftovers (grandchildren).
+            let _ = child.signal_group(Signal::KILL);
+        }
+        let exit = match child.try_wait() {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("cannot wait for the task: {e}");
+                return;
+            }
+        };
+        let _ = self.poll.registry().deregister(child);
+        // Collect what the task wrote before it exited.
+        self.read_output(0);
+        self.read_output(1);
+        if let Some(mut tx) = self.stdin.take() {
+            let _ = self.poll.registry().deregister(&mut tx);
+        }
+        self.stdin_queue.clear();
+        for c in self.clients.values_mut().filter(|c| c.waiting_stdin) {
+            c.waiting_stdin = false;
+            c.refuse(RefusalKind::NotRunning, "the task exited before reading its stdin");
+        }
+        self.status = match exit {
+            Exit::Code(code) => Status::Exited { code },
+            Exit::Signal { signal, .. } => Status::Signaled { signal },
+        };
+        self.ended_ms = Some(now_ms());
+        self.save();
+        self.broadcast(&Event::Exit { status: self.status.clone() });
+        if self.deleting.is_some() {
+            self.finish_delete();
+        }
+    }
+
+    fn flush_stdin(&mut self) {
+        let Some(tx) = self.stdin.as_mut() else { return };
+        while !self.stdin_queue.is_empty() {
+            let (a, _) = self.stdin_queue.as_slices();
+            match tx.write(a) {
+                Ok(n) => {
+                    self.stdin_queue.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // The task closed its stdin: what is queued can never be written.
+                    self.stdin_queue.clear();
+                    self.stdin_close = true;
+                }
+            }
+        }
+        if self.stdin_queue.len() < STDIN_CAP {
+            for c in self.clients.values_mut().filter(|c| c.waiting_stdin) {
+                c.waiting_stdin = false;
+                c.send(&Response::Ok);
+            }
+        }
+        if self.stdin_close
+            && self.stdin_queue.is_empty()
+            && let Some(mut tx) = self.stdin.take()
+        {
+            let _ = self.poll.registry().deregister(&mut tx);
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| c.exit().is_none())
+    }
+
+    fn signal_task(&mut self, signal: Signal) -> Result<(), (RefusalKind, String)> {
+        let child = match self.child.as_ref() {
+            Some(c) if c.exit().is_none() => c,
+            _ => {
+                return Err((
+                    RefusalKind::NotRunning,
+                    format!("task {} is not running ({})", self.id, self.status),
+                ));
+            }
+        };
+        child.signal_group(signal).map_err(|e| (RefusalKind::Failed, error_chain(&e)))?;
+        let new_status = if signal == Signal::STOP {
+            Some(Status::Paused)
+        } else if signal == Signal::CONT {
+            Some(Status::Running)
+        } else {
+            None
+        };
+        if let Some(s) = new_status
+            && s != self.status
+        {
+            self.status = s;
+            self.save();
+        }
+        Ok(())
+    }
+
+    fn start_delete(&mut self, requester: Option<Token>) {
+        if self.deleting.is_some() {
+            return;
+        }
+        self.deleting =
+            Some(Deleting { requester, step: 0, deadline: Deadline::after(Duration::ZERO) });
+        if !self.is_alive() {
+            self.finish_delete();
+        }
+    }
+
+    /// The INT → TERM → KILL ladder, one step per grace period.
+    fn step_delete(&mut self) {
+        let Some(del) = self.deleting.as_mut() else { return };
+        if self.finished || !del.deadline.is_expired() {
+            return;
+        }
+        let signal = match del.step {
+            0 => Signal::INT,
+            1 => Signal::TERM,
+            _ => Signal::KILL,
+        };
+        del.step = del.step.saturating_add(1);
+        del.deadline = Deadline::after(GRACE);
+        if let Some(child) = self.child.as_ref().filter(|c| c.exit().is_none()) {
+            let _ = child.signal_group(signal);
+            // A paused task must run to act on INT or TERM.
+            let _ = child.signal_group(Signal::CONT);
+        }
+    }
+
+    fn finish_delete(&mut self) {
+        let Some(del) = self.deleting.take() else { return };
+        self.remove_files();
+        self.broadcast(&Event::Deleted);
+        if let Some(token) = del.requester
+            && let Some(c) = self.clients.get_mut(&token)
+        {
+            c.send(&Response::Ok);
+        }
+        // Deliver the last answers (bounded: a few small frames per client).
+        let deadline = Deadline::after(Duration::from_secs(1));
+        for c in self.clients.values_mut() {
+            let _ = c.stream_blocking_flush(deadline);
+        }
+        self.finished = true;
+    }
+}
+
+mod connection;
+mod requests;
+
+use connection::Client;
+
+fn stream_index(stream: StreamName) -> usize {
+    match stream {
+        StreamName::Stdout => 0,
+        StreamName::Stderr => 1,
+    }
+}
+
+fn stream_info(out: &Output) -> StreamInfo {
+    StreamInfo {
+        start: out.buf.start(),
+        limit: out.buf.limit(),
+        consumed: out.buf.consumed(),
+        eof: out.eof,
+    }
+}
+
+fn merge_meta(meta: &mut Meta, update: &Meta) {
+    for (k, v) in update {
+        if v.is_null() {
+            meta.remove(k);
+        } else {
+            meta.insert(k.clone(), v.clone());
+        }
+    }
+}

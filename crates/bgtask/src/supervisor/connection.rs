@@ -1,0 +1,140 @@
+//! A client connection of the supervisor: framed input, bounded output, flow control.
+
+use std::io::{self, Write};
+
+use mio::net::UnixStream;
+use procyard_core::{Deadline, FrameDecoder, frame};
+
+use super::OUT_HIGH;
+use crate::RefusalKind;
+use crate::protocol::{Request, Response};
+
+pub(super) struct Client {
+    pub(super) stream: UnixStream,
+    pub(super) decoder: FrameDecoder,
+    pub(super) out: Vec<u8>,
+    pub(super) out_pos: usize,
+    pub(super) readable: bool,
+    pub(super) hello: bool,
+    pub(super) hello_deadline: Deadline,
+    pub(super) subscribed: bool,
+    /// A read waiting for output.
+    pub(super) parked: Option<Request>,
+    /// An `Ok` owed once stdin drains below its cap.
+    pub(super) waiting_stdin: bool,
+    /// Output events owed to a subscriber (coalesced), per stream.
+    pub(super) dirty: [bool; 2],
+    /// Close once `out` is flushed.
+    pub(super) closing: bool,
+    pub(super) dead: bool,
+}
+
+impl Client {
+    pub(super) fn pending(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    pub(super) fn send(&mut self, response: &Response) {
+        match frame::encode_frame(response) {
+            Ok(bytes) => self.out.extend_from_slice(&bytes),
+            Err(e) => {
+                tracing::warn!("cannot encode a response: {e}");
+                self.dead = true;
+            }
+        }
+    }
+
+    pub(super) fn refuse(&mut self, kind: RefusalKind, message: impl Into<String>) {
+        self.send(&Response::Error { kind, message: message.into() });
+    }
+
+    pub(super) fn flush(&mut self) {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => {
+                    self.dead = true;
+                    return;
+                }
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.dead = true;
+                    return;
+                }
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.closing {
+                self.dead = true;
+            }
+        } else if self.out_pos > 1024 * 1024 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+    }
+
+    /// Writes what is pending, then `a` and `b`, straight to the socket (one `writev` per
+    /// round); whatever the socket does not take is appended to the pending output.
+    pub(super) fn write_direct(&mut self, a: &[u8], b: &[u8]) {
+        let (mut a, mut b) = (a, b);
+        if self.pending() <= 64 * 1024 {
+            while !self.dead && (!a.is_empty() || !b.is_empty()) {
+                let head = &self.out[self.out_pos..];
+                let iov = [io::IoSlice::new(head), io::IoSlice::new(a), io::IoSlice::new(b)];
+                match self.stream.write_vectored(&iov) {
+                    Ok(0) => self.dead = true,
+                    Ok(mut n) => {
+                        let from_head = n.min(head.len());
+                        self.out_pos += from_head;
+                        n -= from_head;
+                        let from_a = n.min(a.len());
+                        a = &a[from_a..];
+                        b = &b[n - from_a..];
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => self.dead = true,
+                }
+            }
+            if self.out_pos == self.out.len() {
+                self.out.clear();
+                self.out_pos = 0;
+            }
+        }
+        if !self.dead {
+            self.out.extend_from_slice(a);
+            self.out.extend_from_slice(b);
+        }
+    }
+
+    pub(super) fn can_process(&self) -> bool {
+        !self.dead
+            && !self.closing
+            && self.parked.is_none()
+            && !self.waiting_stdin
+            && self.pending() < OUT_HIGH
+    }
+}
+
+impl Client {
+    /// Flushes with a deadline, blocking (used only on the way out).
+    pub(super) fn stream_blocking_flush(&mut self, deadline: Deadline) -> io::Result<()> {
+        while self.pending() > 0 && !self.dead && !deadline.is_expired() {
+            self.flush();
+            if self.pending() > 0 {
+                let remaining = deadline.remaining();
+                let ts = rustix::event::Timespec {
+                    tv_sec: remaining.as_secs() as i64,
+                    tv_nsec: i64::from(remaining.subsec_nanos()),
+                };
+                let mut fds =
+                    [rustix::event::PollFd::new(&self.stream, rustix::event::PollFlags::OUT)];
+                let _ = rustix::event::poll(&mut fds, Some(&ts));
+            }
+        }
+        Ok(())
+    }
+}

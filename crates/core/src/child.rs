@@ -1,0 +1,248 @@
+//! [`Child`]: a spawned process, owned by pid and pidfd.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use rustix::process::{WaitId, WaitIdOptions};
+
+use crate::{Deadline, Error, Exit, Pid, Result, Signal, sys};
+
+/// A child process started by [`Command::spawn`](crate::Command::spawn) or
+/// [`fork`](crate::fork::fork).
+///
+/// It holds a pidfd opened right after the spawn, so signals sent through [`Child::signal`]
+/// reach exactly this process even after its pid is recycled, and it reaps only its own pid
+/// (`waitid(P_PIDFD)`, never `waitpid(-1)`). Register it with mio to learn of its exit without
+/// SIGCHLD.
+///
+/// Dropping a child that was neither waited for nor [detached](Child::detach) kills its
+/// process group (or itself) with SIGKILL and reaps it: a safety net, not the main path.
+#[derive(Debug)]
+pub struct Child {
+    pid: Pid,
+    pidfd: OwnedFd,
+    group: Option<Pid>,
+    exit: Option<Exit>,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+impl Child {
+    pub(crate) fn from_spawned(
+        pid: Pid,
+        group: Option<Pid>,
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    ) -> Result<Child> {
+        let pidfd =
+            rustix::process::pidfd_open(pid.to_rustix(), rustix::process::PidfdFlags::empty())
+                .map_err(|e| Error::Process {
+                    action: "open a pidfd for",
+                    pid,
+                    source: e.into(),
+                })?;
+        Ok(Child { pid, pidfd, group, exit: None, stdin, stdout, stderr })
+    }
+
+    /// The process id (stable until the child is reaped).
+    pub fn id(&self) -> Pid {
+        self.pid
+    }
+
+    /// The process group the child leads, if it was given one.
+    pub fn process_group(&self) -> Option<Pid> {
+        self.group
+    }
+
+    /// The pidfd; it becomes readable when the child exits.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The exit, if the child was reaped already.
+    pub fn exit(&self) -> Option<Exit> {
+        self.exit
+    }
+
+    /// Takes the parent's end of a [`Stdio::Pipe`](crate::Stdio::Pipe) stdin.
+    pub fn take_stdin(&mut self) -> Option<OwnedFd> {
+        self.stdin.take()
+    }
+
+    /// Takes the parent's end of a [`Stdio::Pipe`](crate::Stdio::Pipe) stdout.
+    pub fn take_stdout(&mut self) -> Option<OwnedFd> {
+        self.stdout.take()
+    }
+
+    /// Takes the parent's end of a [`Stdio::Pipe`](crate::Stdio::Pipe) stderr.
+    pub fn take_stderr(&mut self) -> Option<OwnedFd> {
+        self.stderr.take()
+    }
+
+    fn reap(&mut self, options: WaitIdOptions) -> Result<Option<Exit>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        loop {
+            match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options) {
+                Ok(Some(status)) => {
+                    if let Some(exit) = Exit::from_waitid(&status) {
+                        self.exit = Some(exit);
+                        self.stdin = None;
+                        return Ok(Some(exit));
+                    }
+                    if options.contains(WaitIdOptions::NOHANG) {
+                        return Ok(None);
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(Error::Process {
+                        action: "wait for",
+                        pid: self.pid,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reaps the child if it has exited; never blocks.
+    pub fn try_wait(&mut self) -> Result<Option<Exit>> {
+        self.reap(WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
+    }
+
+    /// Blocks until the child exits, then reaps it. Stopped children are not "exited".
+    pub fn wait(&mut self) -> Result<Exit> {
+        loop {
+            if let Some(exit) = self.reap(WaitIdOptions::EXITED)? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Waits at most `timeout`; `Ok(None)` if the child is still running then.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Exit>> {
+        self.wait_deadline(Deadline::after(timeout))
+    }
+
+    /// Waits until `deadline`; `Ok(None)` if the child is still running then.
+    pub fn wait_deadline(&mut self, deadline: Deadline) -> Result<Option<Exit>> {
+        loop {
+            if let Some(exit) = self.try_wait()? {
+                return Ok(Some(exit));
+            }
+            if deadline.is_expired() {
+                return Ok(None);
+            }
+            let remaining = deadline.remaining();
+            let timeout = rustix::event::Timespec::try_from(remaining)
+                .unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX / 2, tv_nsec: 0 });
+            let mut fds = [rustix::event::PollFd::new(&self.pidfd, rustix::event::PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(Error::Process { action: "poll", pid: self.pid, source: e.into() });
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` to this process (through its pidfd, so never to a recycled pid).
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        if self.exit.is_some() {
+            return Err(Error::AlreadyReaped { pid: self.pid });
+        }
+        sys::signal::pidfd_send_signal(self.pidfd.as_fd(), signal.as_raw())
+            .map_err(|source| Error::Signal { pid: self.pid, signal, source })
+    }
+
+    /// Sends `signal` to the child's whole process group (grandchildren included).
+    ///
+    /// Refused once the child has been reaped: its group id could then name another group.
+    pub fn signal_group(&self, signal: Signal) -> Result<()> {
+        let group = self.group.ok_or(Error::NoProcessGroup { pid: self.pid })?;
+        if self.exit.is_some() {
+            return Err(Error::AlreadyReaped { pid: self.pid });
+        }
+        sys::signal::kill(-group.as_raw(), signal.as_raw()).map_err(|source| Error::Signal {
+            pid: group,
+            signal,
+            source,
+        })
+    }
+
+    /// SIGKILLs the process group (or the process if it has no group of its own). The child
+    /// still has to be waited for.
+    pub fn kill(&self) -> Result<()> {
+        if self.group.is_some() {
+            self.signal_group(Signal::KILL)
+        } else {
+            self.signal(Signal::KILL)
+        }
+    }
+
+    /// Gives up ownership without killing or reaping: the process lives on. Returns its pid.
+    pub fn detach(mut self) -> Pid {
+        // Mark as finished so Drop leaves the process alone; the pidfd and pipes close.
+        self.exit = Some(Exit::Code(0));
+        self.pid
+    }
+
+    /// Kills the group (or process) with SIGKILL and reaps the child.
+    pub fn kill_and_reap(&mut self) -> Result<Exit> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        match self.kill() {
+            Ok(()) => {}
+            // The group may be gone while the leader is an unreaped zombie.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(e),
+        }
+        self.wait()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.kill_and_reap();
+        }
+    }
+}
+
+impl AsFd for Child {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+}
+
+impl Source for Child {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        SourceFd(&self.pidfd.as_raw_fd()).register(registry, token, interests)
+    }
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        SourceFd(&self.pidfd.as_raw_fd()).reregister(registry, token, interests)
+    }
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        SourceFd(&self.pidfd.as_raw_fd()).deregister(registry)
+    }
+}

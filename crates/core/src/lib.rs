@@ -1,0 +1,82 @@
+//! The process primitives every procyard component stands on: spawn, wait, signal,
+//! fork/daemonize, pidfd event sources, IPC framing, atomic state files and process identity,
+//! for Linux.
+//!
+//! # Concepts
+//!
+//! - A [`Command`] builds a child process. It uses `posix_spawn` (the vfork-like fast path)
+//!   unless an option needs `fork`, starts the child in a process group of its own with an
+//!   empty signal mask and default dispositions, and reports exec failures from
+//!   [`Command::spawn`] itself.
+//! - A [`Child`] owns its pid through a pidfd opened right after the spawn: it reaps only its
+//!   own pid (never `waitpid(-1)`), signals only the process it started, and is a mio
+//!   [`Source`](mio::event::Source) that becomes readable when the process exits.
+//! - A [`ProcessIdentity`] (pid + start time + boot id) recognises a process across program
+//!   runs, so a stale state file never leads to signalling a recycled pid.
+//! - [`frame`] is the one wire format: big-endian `u32` length, then JSON, the length checked
+//!   against [`MAX_FRAME`] before allocating. [`FrameDecoder`] decodes non-blocking streams.
+//! - [`state_file`] writes atomically and reads with "absent" told from "corrupt";
+//!   [`FileLock`] is an `flock` held for a lifetime.
+//! - [`SignalSource`] (signal-hook's self-pipe, for libraries) and [`SignalFd`] (for binaries
+//!   that own `main`) deliver signals to a mio loop; [`Deadline`] is for real deadlines only.
+//! - [`fork()`] and [`daemonize`] are checked at run time to be called from a single-threaded
+//!   process; [`ready_pipe`] lets a child say "ready" through a descriptor.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use procyard_core::{Command, Exit, Signal, Stdio};
+//!
+//! // A shell whose grandchild (sleep) shares its process group.
+//! let mut child = Command::shell("sleep 30 & wait").stdout(Stdio::Null).spawn()?;
+//! assert_eq!(child.wait_timeout(Duration::from_millis(20))?, None);
+//! child.signal_group(Signal::TERM)?;
+//! let exit = child.wait()?;
+//! assert_eq!(exit.signal(), Some(Signal::TERM));
+//! # Ok::<(), procyard_core::Error>(())
+//! ```
+//!
+//! # Limitations
+//!
+//! Linux only (kernel 5.4 or later, for pidfds and `waitid(P_PIDFD)`). `posix_spawnp` searches
+//! the `PATH` of the parent, not the one set with [`Command::env`]. A parent-death signal needs
+//! the slower `fork` path.
+
+#![deny(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("procyard supports Linux only");
+
+mod child;
+mod deadline;
+mod error;
+mod exit;
+pub mod fd;
+pub mod fork;
+pub mod frame;
+mod identity;
+mod pid;
+mod ready;
+mod signal;
+mod spawn;
+pub mod state_file;
+mod sys;
+
+pub use child::Child;
+pub use deadline::Deadline;
+pub use error::{Error, Result};
+pub use exit::Exit;
+pub use fork::{
+    DaemonConfig, DaemonStatus, Daemonized, ForkConfig, Forked, daemonize, exit_immediately, fork,
+};
+pub use frame::{FrameDecoder, MAX_FRAME, StreamState};
+pub use identity::{ProcStat, ProcessIdentity, boot_id};
+pub use pid::Pid;
+pub use ready::{Readiness, ReadyReader, ReadyWriter, ready_pipe};
+pub use signal::{Signal, SignalFd, SignalSource, restore_default};
+pub use spawn::{Command, Grouping, Stdio};
+pub use state_file::FileLock;
+
+/// mio, re-exported so components use the same version for their event loops.
+pub use mio;

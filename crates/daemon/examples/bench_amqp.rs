@@ -1,0 +1,439 @@
+//! Benchmark: 10,000 no-op jobs through RabbitMQ with two `procyard-daemon` processes, beside
+//! the embedded SQLite queue (one daemon) and Celery's prefork worker on the same broker.
+//!
+//! Run: `cargo run --release -p procyard-daemon --example bench_amqp` (builds the daemon
+//! binary first: `cargo build --release -p procyard-daemon`). Needs RabbitMQ at
+//! `PROCYARD_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`). Celery is measured
+//! when `pip install celery` works in a venv under /tmp (`CELERY_VENV` to reuse one).
+//!
+//! Every job is handled by a longlived worker (this example re-executed as `worker FILE`) that
+//! appends `JOB_ID DONE_NS` to FILE; latency is done time minus publish time.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use procyard_daemon::queue::{self, BackendKind, OpenMode, QueueConfig, TaskBinding};
+
+const JOBS: usize = 10_000;
+const WORKERS_PER_DAEMON: usize = 2;
+const PUBLISHERS: usize = 4;
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+fn worker(file: &str) -> anyhow::Result<()> {
+    let mut out = OpenOptions::new().create(true).append(true).open(file)?;
+    procyard_daemon::worker::serve(|job| {
+        let line = format!("{} {}\n", job.id, now_ns());
+        let _ = out.write_all(line.as_bytes());
+        procyard_daemon::worker::Outcome::Done
+    })?;
+    Ok(())
+}
+
+fn daemon_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/examples/bench_amqp → target/<profile>/procyard-daemon
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("procyard-daemon"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory"))?;
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release -p procyard-daemon` first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn write_config(dir: &Path, name: &str, queue: &str, socket: &Path) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let done = dir.join("done.log");
+    let text = format!(
+        r#"[daemon]
+grace_period = "5s"
+control_socket = "{socket}"
+[queue]
+{queue}
+[[task]]
+name = "noop"
+routing_keys = ["noop"]
+command = ["{exe}", "worker", "{done}"]
+work_model = "longlived"
+min_workers = {w}
+max_workers = {w}
+max_attempts = 3
+"#,
+        socket = socket.display(),
+        exe = exe.display(),
+        done = done.display(),
+        w = WORKERS_PER_DAEMON,
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Starts a daemon and waits for its readiness line on stdout (`--ready-fd 1`).
+fn start_daemon(bin: &Path, config: &Path) -> anyhow::Result<Child> {
+    let mut child = Command::new(bin)
+        .args(["run", "--ready-fd", "1", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    anyhow::ensure!(line.starts_with("ready"), "daemon did not become ready: {line:?}");
+    Ok(child)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+/// Waits until `file` names `n` distinct jobs; returns job id → done time.
+fn wait_done(file: &Path, n: usize, limit: Duration) -> anyhow::Result<HashMap<String, u128>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let mut done = HashMap::new();
+        for line in text.lines() {
+            if let Some((id, ns)) = line.split_once(' ')
+                && let Ok(ns) = ns.parse::<u128>()
+            {
+                done.entry(id.to_owned()).or_insert(ns);
+            }
+        }
+        if done.len() >= n {
+            return Ok(done);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {} of {n} jobs done", done.len());
+        // A benchmark harness, not a test: a short wait between reads of the result file.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Figures {
+    jobs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn figures(published: &HashMap<String, u128>, done: &HashMap<String, u128>) -> Figures {
+    let first = published.values().min().copied().unwrap_or(0);
+    let last = done.values().max().copied().unwrap_or(first);
+    let mut lat: Vec<u128> =
+        published.iter().filter_map(|(id, p)| done.get(id).map(|d| d.saturating_sub(*p))).collect();
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |ns| *ns as f64 / 1e6)
+    };
+    let secs = (last.saturating_sub(first)) as f64 / 1e9;
+    Figures {
+        jobs_per_s: published.len() as f64 / secs.max(1e-9),
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    }
+}
+
+/// Publishes `JOBS` jobs from `PUBLISHERS` threads; returns id → publish time.
+fn publish_all(config: &QueueConfig) -> anyhow::Result<HashMap<String, u128>> {
+    let binding =
+        TaskBinding { name: "noop".into(), routing_keys: vec!["noop".into()], max_attempts: 3 };
+    let handles: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (config, binding) = (config.clone(), binding.clone());
+            std::thread::spawn(move || -> anyhow::Result<Vec<(String, u128)>> {
+                let mut client = queue::open(&config, OpenMode::Client)?;
+                client.bind(&[binding])?;
+                let mut out = Vec::new();
+                for i in (p..JOBS).step_by(PUBLISHERS) {
+                    let t = now_ns();
+                    for id in client.publish("noop", i.to_string().as_bytes())? {
+                        out.push((id, t));
+                    }
+                }
+                client.shutdown()?;
+                Ok(out)
+            })
+        })
+        .collect();
+    let mut published = HashMap::new();
+    for h in handles {
+        let part = h.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+        published.extend(part);
+    }
+    Ok(published)
+}
+
+/// Live: daemons running while jobs are published (latency, end-to-end rate). Drain
+/// (`prepublish`): jobs published first, then the daemons start; the rate is from the first
+/// to the last completion, as Celery's is measured.
+fn run_amqp(bin: &Path, url: &str, dir: &Path, prepublish: bool) -> anyhow::Result<Figures> {
+    std::fs::create_dir_all(dir)?;
+    let exchange = format!("procyard-bench-{}", uuid::Uuid::now_v7().simple());
+    let queue = format!("backend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{exchange}\"");
+    let c1 = write_config(dir, "amqp1", &queue, &dir.join("d1.sock"))?;
+    let c2 = write_config(dir, "amqp2", &queue, &dir.join("d2.sock"))?;
+    let config = QueueConfig {
+        backend: BackendKind::Amqp,
+        path: PathBuf::new(),
+        url: Some(url.to_owned()),
+        exchange: exchange.clone(),
+    };
+    let early = if prepublish { Some(publish_all(&config)?) } else { None };
+    let d1 = start_daemon(bin, &c1)?;
+    let d2 = start_daemon(bin, &c2)?;
+    let result = match early {
+        Some(published) => Ok(published),
+        None => publish_all(&config),
+    }
+    .and_then(|published| {
+        Ok((wait_done(&dir.join("done.log"), JOBS, Duration::from_secs(120))?, published))
+    });
+    stop(d1);
+    stop(d2);
+    let queues = [format!("{exchange}.noop"), format!("{exchange}.noop.dead")];
+    delete_topology(url, &queues, &[exchange.clone(), format!("{exchange}.dead")]);
+    let (done, published) = result?;
+    let mut f = figures(&published, &done);
+    if prepublish {
+        let first = done.values().min().copied().unwrap_or(0);
+        let last = done.values().max().copied().unwrap_or(0);
+        f.jobs_per_s = JOBS as f64 / (last.saturating_sub(first) as f64 / 1e9).max(1e-9);
+    }
+    Ok(f)
+}
+
+fn run_sqlite(bin: &Path, dir: &Path) -> anyhow::Result<Figures> {
+    let db = dir.join("queue.db");
+    let socket = dir.join("s.sock");
+    let queue = format!("backend = \"sqlite\"\npath = \"{}\"", db.display());
+    // One daemon with the same total number of workers as the two AMQP daemons.
+    let text = std::fs::read_to_string(write_config(dir, "sqlite", &queue, &socket)?)?
+        .replace(&format!("= {WORKERS_PER_DAEMON}\n"), &format!("= {}\n", 2 * WORKERS_PER_DAEMON));
+    let config_path = dir.join("sqlite.toml");
+    std::fs::write(&config_path, text)?;
+    let d = start_daemon(bin, &config_path)?;
+    let config = QueueConfig {
+        backend: BackendKind::Sqlite,
+        path: db,
+        url: None,
+        exchange: "procyard".into(),
+    };
+    let binding =
+        TaskBinding { name: "noop".into(), routing_keys: vec!["noop".into()], max_attempts: 3 };
+    let result = (|| -> anyhow::Result<_> {
+        let mut client = queue::open(&config, OpenMode::Client)?;
+        client.bind(&[binding])?;
+        let mut published = HashMap::new();
+        for i in 0..JOBS {
+            let t = now_ns();
+            for id in client.publish("noop", i.to_string().as_bytes())? {
+                published.insert(id, t);
+            }
+            if i % 64 == 0 {
+                let _ = procyard_daemon::control::poke(&socket);
+            }
+        }
+        let _ = procyard_daemon::control::poke(&socket);
+        Ok((wait_done(&dir.join("done.log"), JOBS, Duration::from_secs(120))?, published))
+    })();
+    stop(d);
+    let (done, published) = result?;
+    Ok(figures(&published, &done))
+}
+
+fn delete_topology(url: &str, queues: &[String], exchanges: &[String]) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    rt.block_on(async {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        let Ok(conn) = lapin::Connection::connect(url, Default::default()).await else { return };
+        for q in queues.iter().cloned() {
+            if let Ok(ch) = conn.create_channel().await {
+                let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
+            }
+        }
+        for x in exchanges.iter().cloned() {
+            if let Ok(ch) = conn.create_channel().await {
+                let _ = ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await;
+            }
+        }
+        let _ = conn.close(200, "bench cleanup".into()).await;
+    });
+}
+
+const CELERY_APP: &str = r#"
+import os, time
+from celery import Celery
+app = Celery("procyard_bench", broker=os.environ["BENCH_BROKER"])
+app.conf.task_default_queue = os.environ["BENCH_QUEUE"]
+app.conf.worker_prefetch_multiplier = 1
+app.conf.task_acks_late = True
+OUT = os.environ["BENCH_DONE"]
+
+@app.task(ignore_result=True)
+def noop(i):
+    with open(OUT, "a") as f:
+        f.write("%s %d\n" % (i, time.time_ns()))
+"#;
+
+const CELERY_PUBLISH: &str = r#"
+import sys, time, os
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from bench_app import noop
+n = int(sys.argv[1])
+with open(os.environ["BENCH_PUB"], "w") as f:
+    for i in range(n):
+        t = time.time_ns()
+        noop.delay(i)
+        f.write("%d %d\n" % (i, t))
+"#;
+
+/// Celery's prefork worker (concurrency = 2 × workers per daemon) on the same broker.
+fn run_celery(url: &str, dir: &Path) -> anyhow::Result<Figures> {
+    let venv = match std::env::var("CELERY_VENV") {
+        Ok(v) => PathBuf::from(v),
+        Err(_) => {
+            let venv = PathBuf::from("/tmp/procyard-bench-celery-venv");
+            if !venv.join("bin/celery").exists() {
+                let ok =
+                    Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?.success()
+                        && Command::new(venv.join("bin/pip"))
+                            .args(["install", "-q", "celery"])
+                            .status()?
+                            .success();
+                anyhow::ensure!(ok, "pip install celery failed");
+            }
+            venv
+        }
+    };
+    let python = venv.join("bin/python");
+    let cdir = dir.join("celery");
+    std::fs::create_dir_all(&cdir)?;
+    std::fs::write(cdir.join("bench_app.py"), CELERY_APP)?;
+    std::fs::write(cdir.join("publish.py"), CELERY_PUBLISH)?;
+    let queue_name = format!("procyard-bench-celery-{}", uuid::Uuid::now_v7().simple());
+    let done = cdir.join("done.log");
+    let pubs = cdir.join("pub.log");
+    let envs = [
+        ("BENCH_BROKER", url.replace("%2f", "")),
+        ("BENCH_QUEUE", queue_name.clone()),
+        ("BENCH_DONE", done.display().to_string()),
+        ("BENCH_PUB", pubs.display().to_string()),
+        ("BENCH_DIR", cdir.display().to_string()),
+    ];
+    // Publish first (the queue is declared by the publisher), then time the worker.
+    let status = Command::new(&python)
+        .arg(cdir.join("publish.py"))
+        .arg(JOBS.to_string())
+        .envs(envs.clone())
+        .status()?;
+    anyhow::ensure!(status.success(), "celery publish failed");
+    let mut worker = Command::new(&python)
+        .args(["-m", "celery", "-A", "bench_app", "worker", "--pool", "prefork", "-c"])
+        .arg((2 * WORKERS_PER_DAEMON).to_string())
+        .args(["--loglevel", "warning", "-Q", &queue_name, "--without-gossip", "--without-mingle"])
+        .current_dir(&cdir)
+        .envs(envs)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let result = wait_done(&done, JOBS, Duration::from_secs(180));
+    let _ = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+    let _ = worker.wait();
+    // Celery declares a queue and a direct exchange named after it.
+    delete_topology(url, std::slice::from_ref(&queue_name), std::slice::from_ref(&queue_name));
+    let done = result?;
+    // Throughput from the first to the last completion (publishing happened before).
+    let first = done.values().min().copied().unwrap_or(0);
+    let last = done.values().max().copied().unwrap_or(0);
+    let secs = last.saturating_sub(first) as f64 / 1e9;
+    Ok(Figures { jobs_per_s: JOBS as f64 / secs.max(1e-9), p50_ms: f64::NAN, p99_ms: f64::NAN })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("worker") {
+        return worker(args.get(2).map_or("/dev/null", String::as_str));
+    }
+    let url = std::env::var("PROCYARD_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    let bin = daemon_bin()?;
+    let root = tempfile::tempdir()?;
+    let sqlite_dir = root.path().join("sqlite");
+    std::fs::create_dir_all(&sqlite_dir)?;
+
+    let sqlite = run_sqlite(&bin, &sqlite_dir)?;
+    println!(
+        "sqlite (1 daemon, {} workers): {:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms",
+        2 * WORKERS_PER_DAEMON,
+        sqlite.jobs_per_s,
+        sqlite.p50_ms,
+        sqlite.p99_ms
+    );
+    let measured = run_amqp(&bin, &url, &root.path().join("amqp-live"), false)
+        .and_then(|live| Ok((live, run_amqp(&bin, &url, &root.path().join("amqp-drain"), true)?)));
+    let (amqp, drain) = match measured {
+        Ok(f) => f,
+        Err(e) => {
+            println!("amqp: not measured: {e:#} (is RabbitMQ running at {url}?)");
+            return Ok(());
+        }
+    };
+    println!(
+        "amqp (2 daemons x {WORKERS_PER_DAEMON} workers), published live: {:.0} jobs/s end to end, p50 {:.1} ms, p99 {:.1} ms",
+        amqp.jobs_per_s, amqp.p50_ms, amqp.p99_ms
+    );
+    println!("amqp, {JOBS} jobs published first: drained at {:.0} jobs/s", drain.jobs_per_s);
+    let celery = match run_celery(&url, root.path()) {
+        Ok(f) => {
+            println!("celery prefork (-c {}): {:.0} jobs/s", 2 * WORKERS_PER_DAEMON, f.jobs_per_s);
+            Some(f)
+        }
+        Err(e) => {
+            println!("celery: could not be measured: {e:#}");
+            None
+        }
+    };
+    let (cname, cval, ratio) = match &celery {
+        Some(c) => (
+            "celery_prefork",
+            format!("{:.0}", c.jobs_per_s),
+            format!("{:.2}", drain.jobs_per_s / c.jobs_per_s),
+        ),
+        None => ("celery_prefork(unavailable)", "-".to_owned(), "-".to_owned()),
+    };
+    println!(
+        "BENCH\tamqp_drain_jobs_per_s\t{:.0}\tjobs/s\t{cname}\t{cval}\t{ratio}",
+        drain.jobs_per_s
+    );
+    println!(
+        "BENCH\tamqp_live_jobs_per_s\t{:.0}\tjobs/s\tsqlite_embedded\t{:.0}\t{:.2}",
+        amqp.jobs_per_s,
+        sqlite.jobs_per_s,
+        amqp.jobs_per_s / sqlite.jobs_per_s
+    );
+    println!(
+        "BENCH\tamqp_publish_to_done_p50\t{:.2}\tms\tsqlite_embedded\t{:.2}\t{:.2}",
+        amqp.p50_ms,
+        sqlite.p50_ms,
+        amqp.p50_ms / sqlite.p50_ms
+    );
+    println!(
+        "BENCH\tamqp_publish_to_done_p99\t{:.2}\tms\tsqlite_embedded\t{:.2}\t{:.2}",
+        amqp.p99_ms,
+        sqlite.p99_ms,
+        amqp.p99_ms / sqlite.p99_ms
+    );
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The one error type of procyard-daemon.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A boxed cause, for errors from libraries whose types we do not expose (the AMQP client).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in procyard-daemon.
+///
+/// Each variant names what it concerns (a file and line, a path, a routing key, a task); the
+/// underlying cause, when there is one, is the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration file could not be read.
+    #[error("unable to read config {}", path.display())]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration is invalid. `line` is 1-based; `field` is a dotted path such as
+    /// `task[2].max_workers`.
+    #[error("{}{}: {}{message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The line, when known.
+        line: Option<usize>,
+        /// The field, when known.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// An operation on the SQLite queue failed.
+    #[error("unable to {action} queue {}", path.display())]
+    Queue {
+        /// What was being done ("open", "claim jobs from").
+        action: &'static str,
+        /// The queue file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// An operation on the message broker failed.
+    #[error("unable to {action} on the AMQP broker")]
+    Broker {
+        /// What was being done ("connect", "declare the topology", "publish").
+        action: &'static str,
+        /// What the client library said.
+        #[source]
+        source: BoxError,
+    },
+    /// This build has no AMQP backend.
+    #[error("AMQP backend not available in this build")]
+    AmqpUnavailable,
+    /// No task is bound to the routing key, so a published job would be dropped.
+    #[error("no task is bound to routing key {routing_key:?}")]
+    Unroutable {
+        /// The key.
+        routing_key: String,
+    },
+    /// The broker refused a published message (negative confirm).
+    #[error("the broker refused the job published to {routing_key:?}: {reason}")]
+    PublishRejected {
+        /// The key.
+        routing_key: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// A routing key or pattern is malformed.
+    #[error("invalid routing key {key:?}: {reason}")]
+    InvalidRoutingKey {
+        /// The key or pattern.
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A payload is invalid (too large, unreadable).
+    #[error("invalid payload: {reason}")]
+    InvalidPayload {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file-system or socket operation on a path failed.
+    #[error("unable to {action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// A system call that concerns no path failed.
+    #[error("unable to {action}")]
+    Os {
+        /// What was being done.
+        action: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// A process primitive from procyard-core failed.
+    #[error("unable to {action}")]
+    Process {
+        /// What was being done ("spawn worker for task mail").
+        action: String,
+        /// The cause.
+        #[source]
+        source: procyard_core::Error,
+    },
+    /// No daemon answers on the control socket.
+    #[error("no daemon is running on control socket {}", socket.display())]
+    NotRunning {
+        /// The socket path.
+        socket: PathBuf,
+    },
+    /// Another daemon already serves this queue.
+    #[error("another daemon already serves queue {} (lock {} is held)", queue.display(), lock.display())]
+    AlreadyRunning {
+        /// The queue.
+        queue: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// A peer spoke the control or worker protocol wrongly.
+    #[error("protocol error on {peer}: {reason}")]
+    Protocol {
+        /// Who ("control socket", "worker 1234").
+        peer: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The daemon answered a control request with an error.
+    #[error("the daemon refused the request: {message}")]
+    Refused {
+        /// The daemon's message.
+        message: String,
+    },
+    /// The backend cannot do this.
+    #[error("the {backend} backend cannot {what}")]
+    Unsupported {
+        /// `sqlite` or `amqp`.
+        backend: &'static str,
+        /// The operation.
+        what: &'static str,
+    },
+    /// A job id names no job in the expected state.
+    #[error("no dead-lettered job {id}")]
+    NoSuchJob {
+        /// The id.
+        id: String,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn queue(
+        action: &'static str,
+        path: &std::path::Path,
+        source: rusqlite::Error,
+    ) -> Self {
+        Error::Queue { action, path: path.to_owned(), source }
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { action, path: path.into(), source }
+    }
+
+    pub(crate) fn process(action: impl Into<String>, source: procyard_core::Error) -> Self {
+        Error::Process { action: action.into(), source }
+    }
+}

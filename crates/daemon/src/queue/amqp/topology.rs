@@ -1,0 +1,167 @@
+//! Names, arguments and headers of the AMQP topology, kept in one place so that every
+//! daemon and client on a broker agrees on them.
+//!
+//! For the exchange `E` (default `procyard`) and a task `T`:
+//!
+//! | object | name | kind |
+//! | --- | --- | --- |
+//! | jobs exchange | `E` | durable topic exchange; publishers send here |
+//! | task queue | `E.T` | durable, quorum where the broker supports it, else classic; bound to `E` with each of the task's routing keys; its dead-letter exchange is `E.dead` |
+//! | dead-letter exchange | `E.dead` | durable direct exchange, routing key = task name |
+//! | dead queue | `E.T.dead` | durable, bound to `E.dead` with `T` |
+//! | retry queue | `E.T.retry.<ms>ms` | durable classic queue with `x-message-ttl = ms` that dead-letters (default exchange) back into `E.T` |
+//!
+//! Messages are persistent and carry the job id as `message-id` and these headers:
+//! [`H_ATTEMPT`] (1 for the first delivery), [`H_ROUTING_KEY`] (the key it was published with;
+//! a retry travels through the default exchange, which changes the delivery's key),
+//! and on dead letters [`H_REASON`] and [`H_TASK`].
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+/// Header: the attempt number of the next delivery (1 for a fresh job).
+pub(crate) const H_ATTEMPT: &str = "x-procyard-attempt";
+/// Header: the routing key the job was published with.
+pub(crate) const H_ROUTING_KEY: &str = "x-procyard-routing-key";
+/// Header: why a dead-lettered job failed for the last time.
+pub(crate) const H_REASON: &str = "x-procyard-reason";
+/// Header: the task a dead-lettered job belonged to.
+pub(crate) const H_TASK: &str = "x-procyard-task";
+
+/// The dead-letter exchange of jobs exchange `exchange`.
+pub(crate) fn dead_exchange(exchange: &str) -> String {
+    format!("{exchange}.dead")
+}
+
+/// The queue of `task`.
+pub(crate) fn task_queue(exchange: &str, task: &str) -> String {
+    format!("{exchange}.{task}")
+}
+
+/// The dead-letter queue of `task`.
+pub(crate) fn dead_queue(exchange: &str, task: &str) -> String {
+    format!("{exchange}.{task}.dead")
+}
+
+/// The retry queue of `task` for a delay of `delay_ms` (already quantized).
+pub(crate) fn retry_queue(exchange: &str, task: &str, delay_ms: u64) -> String {
+    format!("{exchange}.{task}.retry.{delay_ms}ms")
+}
+
+/// Rounds a retry delay to two significant digits (at least 1 ms), so that an exponential
+/// backoff with jitter uses a bounded number of retry queues.
+pub(crate) fn quantize_delay_ms(ms: u128) -> u64 {
+    let ms = u64::try_from(ms).unwrap_or(u64::MAX).clamp(1, 24 * 3600 * 1000);
+    let mut scale = 1;
+    while ms / scale >= 100 {
+        scale *= 10;
+    }
+    // Round up, so that a job never runs earlier than the daemon asked.
+    ms.div_ceil(scale) * scale
+}
+
+/// Arguments of a task queue or dead queue; `quorum` asks for a quorum queue.
+pub(crate) fn durable_queue_args(quorum: bool, dead_letter: Option<(&str, &str)>) -> FieldTable {
+    let mut args = FieldTable::default();
+    if quorum {
+        args.insert("x-queue-type".into(), long_string("quorum"));
+    }
+    if let Some((exchange, key)) = dead_letter {
+        args.insert("x-dead-letter-exchange".into(), long_string(exchange));
+        args.insert("x-dead-letter-routing-key".into(), long_string(key));
+    }
+    args
+}
+
+/// Arguments of a retry queue: hold each message `delay_ms`, then send it back to
+/// `task_queue` through the default exchange.
+pub(crate) fn retry_queue_args(task_queue: &str, delay_ms: u64) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
+    );
+    args.insert("x-dead-letter-exchange".into(), long_string(""));
+    args.insert("x-dead-letter-routing-key".into(), long_string(task_queue));
+    args
+}
+
+/// A header table for a job.
+pub(crate) fn job_headers(attempt: u32, routing_key: &str) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    headers.insert(H_ROUTING_KEY.into(), long_string(routing_key));
+    headers
+}
+
+/// An AMQP long string value.
+pub(crate) fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// Reads a string header (long or short string).
+pub(crate) fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    let value = headers?.inner().get(&ShortString::from(name))?;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Reads an integer header of any width; negative or absent → `None`.
+pub(crate) fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
+    let value = headers?.inner().get(&ShortString::from(name))?;
+    let n: i128 = match *value {
+        AMQPValue::ShortShortInt(v) => v.into(),
+        AMQPValue::ShortShortUInt(v) => v.into(),
+        AMQPValue::ShortInt(v) => v.into(),
+        AMQPValue::ShortUInt(v) => v.into(),
+        AMQPValue::LongInt(v) => v.into(),
+        AMQPValue::LongUInt(v) => v.into(),
+        AMQPValue::LongLongInt(v) => v.into(),
+        _ => return None,
+    };
+    u32::try_from(n).ok()
+}
+
+/// The URL without its password, for logs and `status`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_are_quantized_upwards_to_two_digits() {
+        assert_eq!(quantize_delay_ms(0), 1);
+        assert_eq!(quantize_delay_ms(57), 57);
+        assert_eq!(quantize_delay_ms(100), 100);
+        assert_eq!(quantize_delay_ms(1234), 1300);
+        assert_eq!(quantize_delay_ms(60_000), 60_000);
+        assert_eq!(quantize_delay_ms(60_001), 61_000);
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let h = job_headers(3, "mail.send");
+        assert_eq!(header_u32(Some(&h), H_ATTEMPT), Some(3));
+        assert_eq!(header_str(Some(&h), H_ROUTING_KEY).as_deref(), Some("mail.send"));
+        assert_eq!(header_u32(Some(&h), "absent"), None);
+        assert_eq!(header_u32(None, H_ATTEMPT), None);
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(redact_url("amqp://guest:secret@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+        assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
+    }
+}

@@ -1,0 +1,271 @@
+//! The queue abstraction: what the daemon needs from a job queue, with two backends —
+//! [`sqlite`] (embedded, the default) and [`amqp`] (RabbitMQ, AMQP 0-9-1).
+//!
+//! # How the daemon drives a backend
+//!
+//! The daemon runs one single-threaded mio event loop. It owns one `Box<dyn QueueBackend>`
+//! opened with [`open`] in [`OpenMode::Daemon`] and calls it only from that thread:
+//!
+//! 1. [`QueueBackend::bind`] with every configured task (at start and after each reload that
+//!    changed tasks): declare topology, remember which routing patterns feed which task.
+//! 2. [`QueueBackend::attach`] once, with the loop's [`mio::Registry`] and the [`mio::Token`]
+//!    reserved for the queue. A backend whose work happens on another thread (AMQP: lapin on a
+//!    dedicated tokio thread) creates the poll's single [`mio::Waker`] with that token (the
+//!    daemon creates no other waker) and wakes the loop whenever it has something new: a
+//!    delivery pushed into its crossbeam channel, a confirm/ack result, a connection change.
+//!    A backend may instead register a descriptor of its own under that token. The SQLite
+//!    backend registers nothing: publishers poke the daemon through the control socket.
+//! 3. Whenever the token fires (and after a poke, a completion, a deadline, a scale change),
+//!    the daemon calls [`QueueBackend::on_wake`], then for every task group with free
+//!    capacity [`QueueBackend::claim`]`(task, free)`. `claim` never blocks: it returns the jobs
+//!    that are available right now (at most `max`), possibly none.
+//! 4. [`QueueBackend::set_capacity`]`(task, n)` tells the backend the most jobs of that task
+//!    the daemon can hold unfinished at once (claimed and not yet completed). The AMQP backend
+//!    maps it to the consumer's prefetch (`basic.qos`), so a busy daemon does not hoard jobs;
+//!    `0` means "stop delivering" (graceful stop, removed task). The daemon calls it at start,
+//!    on scaling and on reload. Jobs already buffered inside the backend beyond a lowered
+//!    capacity stay claimable later or are returned to the broker; they are never dropped.
+//! 5. When a job's outcome is known the daemon calls [`QueueBackend::complete`] with an
+//!    [`Outcome`]: `Done` (ack), `Retry { delay }` (make it available again after `delay`, with
+//!    its attempt count + 1 on the next delivery) or `DeadLetter { reason }` (move it where
+//!    [`QueueBackend::dead_letters`] lists it). The daemon decides between retry and dead
+//!    letter from `max_attempts` and [`Job::attempt`]; the backend only carries the count.
+//!    Only then is the job acknowledged: a job that was claimed but never completed (daemon
+//!    killed) must become available again (SQLite: on the next start; AMQP: the broker
+//!    redelivers unacked messages when the channel closes). `complete` may buffer;
+//!    [`QueueBackend::flush`] is called at the end of every loop iteration and must make
+//!    buffered outcomes durable (or hand them to the broker thread).
+//! 6. [`QueueBackend::next_due`] returns the earliest instant at which a delayed job becomes
+//!    available by itself (SQLite retry backoff), so the loop sleeps until exactly then — a
+//!    real deadline, not a poll. A backend that wakes the loop itself returns `None`.
+//! 7. [`QueueBackend::depths`] feeds `status` and scaling (backlog = ready + in flight);
+//!    [`QueueBackend::health`] says whether the backend works (shown in `status`).
+//! 8. [`QueueBackend::shutdown`] at exit, after every in-flight job is completed or abandoned.
+//!
+//! The command-line client (`publish`, `dead`, `requeue`) opens a backend in
+//! [`OpenMode::Client`] and uses only [`QueueBackend::bind`] (with the config's tasks, so a
+//! publisher knows which keys are bound), [`QueueBackend::publish`],
+//! [`QueueBackend::depths`], [`QueueBackend::dead_letters`] and
+//! [`QueueBackend::requeue_dead`].
+//!
+//! # Errors
+//!
+//! A backend never panics and never kills the daemon: it returns [`crate::Error`] values
+//! ([`Error::Broker`](crate::Error::Broker) with an action and a boxed source for broker
+//! failures, [`Error::Unroutable`](crate::Error::Unroutable) when no task is bound to a key,
+//! [`Error::PublishRejected`](crate::Error::PublishRejected) on a negative confirm), and
+//! reports lasting trouble through [`QueueBackend::health`].
+
+pub mod amqp;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// Which backend a config asks for (`[queue] backend = "sqlite" | "amqp"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The embedded SQLite file.
+    #[default]
+    Sqlite,
+    /// A RabbitMQ broker.
+    Amqp,
+}
+
+impl BackendKind {
+    /// `sqlite` or `amqp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Amqp => "amqp",
+        }
+    }
+}
+
+/// The `[queue]` section of the config, resolved (paths absolute).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Which backend.
+    pub backend: BackendKind,
+    /// The SQLite file (backend `sqlite`).
+    pub path: PathBuf,
+    /// The broker URL, `amqp://user:pass@host:port/vhost` (backend `amqp`).
+    pub url: Option<String>,
+    /// The topic exchange jobs are published to (default `procyard`).
+    pub exchange: String,
+}
+
+/// What a backend needs to know about one task: its name (the queue name) and its bindings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskBinding {
+    /// The task's name, unique in the config; also the queue's name.
+    pub name: String,
+    /// AMQP topic patterns (`*` one word, `#` zero or more) this task receives.
+    pub routing_keys: Vec<String>,
+    /// How many deliveries a job gets before it is dead-lettered (the daemon decides; AMQP
+    /// may use it to size retry queues).
+    pub max_attempts: u32,
+}
+
+/// Whether a backend serves a daemon (consumes jobs) or a command-line client (publishes,
+/// inspects, requeues).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The daemon: exclusive where the backend needs it (SQLite takes a lock), recovers jobs
+    /// left claimed by a previous run, consumes.
+    Daemon,
+    /// A client: never consumes.
+    Client,
+}
+
+/// A backend-specific handle that identifies one delivery of a job (SQLite: the row; AMQP:
+/// the delivery tag). Only meaningful to the backend that issued it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Receipt(pub u64);
+
+/// A job handed to the daemon by [`QueueBackend::claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// The job's id (a UUID v7 string), stable across retries.
+    pub id: String,
+    /// The task it was routed to.
+    pub task: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// The payload, given to the worker on stdin.
+    pub payload: Vec<u8>,
+    /// 1 for the first delivery, 2 for the first retry, …
+    pub attempt: u32,
+    /// The backend's handle for this delivery, passed back in [`QueueBackend::complete`].
+    pub receipt: Receipt,
+}
+
+/// What happened to a job, given to [`QueueBackend::complete`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The job is done: acknowledge and forget it.
+    Done,
+    /// Run it again after `delay`; the next delivery has `attempt + 1`.
+    Retry {
+        /// How long to wait before the job becomes available again.
+        delay: Duration,
+        /// Why it failed (kept for `status` and logs).
+        reason: String,
+    },
+    /// Give up: move the job to the dead letters.
+    DeadLetter {
+        /// Why it failed for the last time.
+        reason: String,
+    },
+}
+
+/// Queue depth of one task, for `status` and scaling.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    /// Jobs available now.
+    pub ready: u64,
+    /// Jobs waiting for a retry delay to pass (`None` when the backend cannot tell).
+    pub delayed: Option<u64>,
+    /// Jobs claimed and not yet completed.
+    pub in_flight: u64,
+    /// Dead-lettered jobs (`None` when the backend cannot tell).
+    pub dead: Option<u64>,
+    /// Jobs done since the queue was created (`None` when the backend cannot tell).
+    pub done_total: Option<u64>,
+}
+
+/// A dead-lettered job, as [`QueueBackend::dead_letters`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The job's id.
+    pub id: String,
+    /// The task.
+    pub task: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// How many deliveries it had.
+    pub attempts: u32,
+    /// Why the last one failed.
+    pub reason: String,
+    /// The payload size in bytes.
+    pub payload_len: usize,
+}
+
+/// How the backend is doing, for `status` and logs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `sqlite` or `amqp`.
+    pub backend: String,
+    /// Whether jobs can flow right now (AMQP: connected).
+    pub ok: bool,
+    /// What is wrong, or where it is connected.
+    pub detail: String,
+}
+
+/// A job queue, as the daemon and the command-line client use it. See the [module
+/// documentation](self) for the calling sequence. Every method is called from one thread.
+pub trait QueueBackend {
+    /// Declares or updates the task bindings (topology). Called again after a reload with the
+    /// full new list; tasks absent from it are no longer consumed (their queued jobs stay).
+    fn bind(&mut self, tasks: &[TaskBinding]) -> Result<()>;
+
+    /// Daemon only: hooks the backend to the event loop (see step 2 of the module docs).
+    fn attach(&mut self, registry: &mio::Registry, token: mio::Token) -> Result<()>;
+
+    /// Daemon only: processes whatever woke the loop on the backend's token (drain channels,
+    /// note acks that failed). Called often; cheap when there is nothing.
+    fn on_wake(&mut self) -> Result<()>;
+
+    /// Publishes one job: a copy to every task whose binding matches `routing_key`. Returns
+    /// the new job ids (one per receiving task) once the queue has them durably (SQLite:
+    /// committed; AMQP: publisher confirm received). No matching task is
+    /// [`Error::Unroutable`](crate::Error::Unroutable).
+    fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>>;
+
+    /// Daemon only: the most unfinished jobs of `task` the daemon can hold (see step 4).
+    fn set_capacity(&mut self, task: &str, capacity: usize) -> Result<()>;
+
+    /// Daemon only: takes up to `max` jobs of `task` available now, never blocking.
+    fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>>;
+
+    /// Daemon only: records the outcome of a claimed job (may be buffered until
+    /// [`QueueBackend::flush`]).
+    fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()>;
+
+    /// Makes buffered outcomes durable. Called at the end of every loop iteration.
+    fn flush(&mut self) -> Result<()>;
+
+    /// The earliest instant a delayed job becomes available on its own, if the daemon must
+    /// wake up for it (see step 6).
+    fn next_due(&mut self) -> Result<Option<Instant>>;
+
+    /// Depth per bound task.
+    fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>>;
+
+    /// Dead-lettered jobs, oldest first, at most `limit`, of one task or all.
+    fn dead_letters(&mut self, task: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Makes dead-lettered jobs available again with a fresh attempt count: those in `ids`,
+    /// or every one (of `task`, or of all tasks) when `ids` is empty. Returns how many.
+    fn requeue_dead(&mut self, task: Option<&str>, ids: &[String]) -> Result<u64>;
+
+    /// How the backend is doing.
+    fn health(&self) -> Health;
+
+    /// Stops consuming and closes cleanly; unfinished claimed jobs become available again.
+    fn shutdown(&mut self) -> Result<()>;
+}
+
+/// Opens the backend the config names.
+pub fn open(config: &QueueConfig, mode: OpenMode) -> Result<Box<dyn QueueBackend>> {
+    match config.backend {
+        BackendKind::Sqlite => Ok(Box::new(sqlite::SqliteQueue::open(&config.path, mode)?)),
+        BackendKind::Amqp => amqp::open(config, mode),
+    }
+}

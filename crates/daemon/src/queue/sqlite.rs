@@ -1,0 +1,584 @@
+//! The embedded queue: one SQLite file in WAL mode.
+//!
+//! Each published job is one row per receiving task. A daemon claims rows (state `leased`,
+//! attempt count + 1) inside a transaction, and holds `<file>.lock` (an `flock`) for as long
+//! as it runs, so exactly one daemon serves a queue file. Leases do not expire while that
+//! daemon lives; when it dies — even by SIGKILL — the kernel drops the lock, and the next
+//! daemon puts every leased row back (without counting the interrupted attempt), so a job is
+//! never lost. Done rows are deleted and counted; retries wait in the table with a
+//! `not_before` time; dead letters stay until requeued.
+//!
+//! Publishers (the `publish` command) write to the same file concurrently (WAL: readers and
+//! one writer at a time, `busy_timeout` for the rest) and then poke the daemon through its
+//! control socket, so the daemon never polls the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    DeadLetter, Health, Job, OpenMode, Outcome, QueueBackend, QueueDepth, Receipt, TaskBinding,
+};
+use crate::{Error, Result, routing};
+
+/// The largest payload the embedded queue accepts: 16 MiB.
+pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+
+const STATE_READY: i64 = 0;
+const STATE_LEASED: i64 = 1;
+const STATE_DEAD: i64 = 3;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT NOT NULL UNIQUE,
+    task         TEXT NOT NULL,
+    routing_key  TEXT NOT NULL,
+    payload      BLOB NOT NULL,
+    state        INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    not_before   INTEGER NOT NULL DEFAULT 0,
+    lease_owner  TEXT,
+    published_ms INTEGER NOT NULL,
+    finished_ms  INTEGER,
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(task, state, not_before, seq);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, not_before);
+CREATE TABLE IF NOT EXISTS stats (
+    task TEXT PRIMARY KEY,
+    done INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// The SQLite queue backend.
+pub struct SqliteQueue {
+    path: PathBuf,
+    conn: Connection,
+    tasks: Vec<TaskBinding>,
+    mode: OpenMode,
+    owner: String,
+    _lock: Option<procyard_core::FileLock>,
+    pending: Vec<(i64, String, Outcome)>,
+    due_cache: Option<Option<i64>>,
+    recovered: u64,
+}
+
+impl std::fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteQueue").field("path", &self.path).field("mode", &self.mode).finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The lock file that marks the daemon serving `queue`.
+pub fn lock_path(queue: &Path) -> PathBuf {
+    let mut p = queue.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+impl SqliteQueue {
+    /// Opens (creating if needed) the queue file. In [`OpenMode::Daemon`] it takes the
+    /// daemon lock and puts back the jobs a previous daemon left leased.
+    pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteQueue> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        }
+        let lock = match mode {
+            OpenMode::Client => None,
+            OpenMode::Daemon => {
+                let lock_file = lock_path(path);
+                match procyard_core::FileLock::try_exclusive(&lock_file) {
+                    Ok(Some(lock)) => Some(lock),
+                    Ok(None) => {
+                        return Err(Error::AlreadyRunning {
+                            queue: path.to_owned(),
+                            lock: lock_file,
+                        });
+                    }
+                    Err(e) => {
+                        return Err(Error::process(format!("lock {}", lock_file.display()), e));
+                    }
+                }
+            }
+        };
+        let q = |action, e| Error::queue(action, path, e);
+        let conn = Connection::open(path).map_err(|e| q("open", e))?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| q("configure", e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| q("enable WAL on", e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| q("configure", e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| q("create the schema of", e))?;
+        let mut queue = SqliteQueue {
+            path: path.to_owned(),
+            conn,
+            tasks: Vec::new(),
+            mode,
+            owner: uuid::Uuid::now_v7().to_string(),
+            _lock: lock,
+            pending: Vec::new(),
+            due_cache: None,
+            recovered: 0,
+        };
+        if mode == OpenMode::Daemon {
+            queue.recovered = queue.release_leases()?;
+            if queue.recovered > 0 {
+                tracing::warn!(jobs = queue.recovered, queue = %path.display(), "put back jobs a previous daemon left in flight");
+            }
+        }
+        Ok(queue)
+    }
+
+    /// How many in-flight jobs of a previous daemon were put back when this one opened.
+    pub fn recovered(&self) -> u64 {
+        self.recovered
+    }
+
+    /// The queue file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, action: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |e| Error::queue(action, &self.path, e)
+    }
+
+    /// Leased rows become ready again, the interrupted attempt not counted.
+    fn release_leases(&mut self) -> Result<u64> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE jobs SET state = ?1, attempts = MAX(attempts - 1, 0), lease_owner = NULL
+                 WHERE state = ?2",
+                params![STATE_READY, STATE_LEASED],
+            )
+            .map_err(|e| Error::queue("recover jobs in", &self.path, e))?;
+        self.due_cache = None;
+        Ok(n as u64)
+    }
+
+    fn is_bound(&self, task: &str) -> bool {
+        self.tasks.iter().any(|t| t.name == task)
+    }
+}
+
+impl QueueBackend for SqliteQueue {
+    fn bind(&mut self, tasks: &[TaskBinding]) -> Result<()> {
+        for t in tasks {
+            for p in &t.routing_keys {
+                routing::validate_pattern(p)?;
+            }
+        }
+        self.tasks = tasks.to_vec();
+        self.due_cache = None;
+        Ok(())
+    }
+
+    fn attach(&mut self, _registry: &mio::Registry, _token: mio::Token) -> Result<()> {
+        Ok(())
+    }
+
+    fn on_wake(&mut self) -> Result<()> {
+        self.due_cache = None;
+        Ok(())
+    }
+
+    fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
+        routing::validate_key(routing_key)?;
+        if payload.len() > MAX_PAYLOAD {
+            return Err(Error::InvalidPayload {
+                reason: format!(
+                    "{} bytes is more than the {MAX_PAYLOAD} bytes allowed",
+                    payload.len()
+                ),
+            });
+        }
+        let targets: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|t| t.routing_keys.iter().any(|p| routing::matches(p, routing_key)))
+            .map(|t| t.name.clone())
+            .collect();
+        if targets.is_empty() {
+            return Err(Error::Unroutable { routing_key: routing_key.to_owned() });
+        }
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| Error::queue("publish to", &path, e))?;
+        let mut ids = Vec::with_capacity(targets.len());
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(|e| Error::queue("publish to", &path, e))?;
+            let now = now_ms();
+            for task in targets {
+                let id = uuid::Uuid::now_v7().to_string();
+                stmt.execute(params![id, task, routing_key, payload, STATE_READY, now])
+                    .map_err(|e| Error::queue("publish to", &path, e))?;
+                ids.push(id);
+            }
+        }
+        tx.commit().map_err(|e| Error::queue("publish to", &path, e))?;
+        Ok(ids)
+    }
+
+    fn set_capacity(&mut self, _task: &str, _capacity: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+        if max == 0 || self.mode != OpenMode::Daemon || !self.is_bound(task) {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2
+                 WHERE seq IN (SELECT seq FROM jobs WHERE task = ?3 AND state = ?4
+                               AND not_before <= ?5 ORDER BY seq LIMIT ?6)
+                 RETURNING seq, id, routing_key, payload, attempts",
+            )
+            .map_err(|e| Error::queue("claim jobs from", &self.path, e))?;
+        let rows = stmt
+            .query_map(
+                params![STATE_LEASED, self.owner, task, STATE_READY, now, max as i64],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Vec<u8>>(3)?,
+                        row.get::<_, i64>(4)?,
+                    ))
+                },
+            )
+            .map_err(|e| Error::queue("claim jobs from", &self.path, e))?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            let (seq, id, routing_key, payload, attempts) =
+                row.map_err(|e| Error::queue("claim jobs from", &self.path, e))?;
+            jobs.push(Job {
+                id,
+                task: task.to_owned(),
+                routing_key,
+                payload,
+                attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+                receipt: Receipt(seq as u64),
+            });
+        }
+        jobs.sort_by_key(|j| j.receipt.0);
+        Ok(jobs)
+    }
+
+    fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
+        self.pending.push((job.receipt.0 as i64, job.task.clone(), outcome));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let path = self.path.clone();
+        let e = |err| Error::queue("record job outcomes in", &path, err);
+        let tx = self.conn.transaction().map_err(e)?;
+        let now = now_ms();
+        let mut done_per_task: BTreeMap<String, i64> = BTreeMap::new();
+        let mut retried = false;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1").map_err(e)?;
+            let mut retry = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = ?1, not_before = ?2, last_error = ?3, lease_owner = NULL
+                     WHERE seq = ?4",
+                )
+                .map_err(e)?;
+            let mut dead = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = ?1, finished_ms = ?2, last_error = ?3, lease_owner = NULL
+                     WHERE seq = ?4",
+                )
+                .map_err(e)?;
+            for (seq, task, outcome) in &pending {
+                match outcome {
+                    Outcome::Done => {
+                        del.execute(params![seq]).map_err(e)?;
+                        *done_per_task.entry(task.clone()).or_default() += 1;
+                    }
+                    Outcome::Retry { delay, reason } => {
+                        let due =
+                            now.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
+                        retry.execute(params![STATE_READY, due, reason, seq]).map_err(e)?;
+                        retried = true;
+                    }
+                    Outcome::DeadLetter { reason } => {
+                        dead.execute(params![STATE_DEAD, now, reason, seq]).map_err(e)?;
+                    }
+                }
+            }
+            let mut stats = tx
+                .prepare_cached(
+                    "INSERT INTO stats (task, done) VALUES (?1, ?2)
+                     ON CONFLICT(task) DO UPDATE SET done = done + excluded.done",
+                )
+                .map_err(e)?;
+            for (task, n) in done_per_task {
+                stats.execute(params![task, n]).map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)?;
+        if retried {
+            self.due_cache = None;
+        }
+        Ok(())
+    }
+
+    fn next_due(&mut self) -> Result<Option<Instant>> {
+        let now = now_ms();
+        let cached = match self.due_cache {
+            Some(Some(due)) if due > now => Some(due),
+            Some(None) => None,
+            _ => {
+                let due: Option<i64> = self
+                    .conn
+                    .query_row(
+                        "SELECT MIN(not_before) FROM jobs WHERE state = ?1 AND not_before > ?2",
+                        params![STATE_READY, now],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(self.err("read retry times from"))?
+                    .flatten();
+                self.due_cache = Some(due);
+                due
+            }
+        };
+        Ok(cached.map(|due| Instant::now() + Duration::from_millis((due - now).max(0) as u64 + 1)))
+    }
+
+    fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
+        let now = now_ms();
+        let mut out: BTreeMap<String, QueueDepth> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    QueueDepth {
+                        delayed: Some(0),
+                        dead: Some(0),
+                        done_total: Some(0),
+                        ..QueueDepth::default()
+                    },
+                )
+            })
+            .collect();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT task, state, not_before > ?1, COUNT(*) FROM jobs GROUP BY task, state, not_before > ?1",
+            )
+            .map_err(self.err("count jobs in"))?;
+        let rows = stmt
+            .query_map(params![now], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| Error::queue("count jobs in", &self.path, e))?;
+        for row in rows {
+            let (task, state, delayed, n) =
+                row.map_err(|e| Error::queue("count jobs in", &self.path, e))?;
+            let d = out.entry(task).or_insert_with(|| QueueDepth {
+                delayed: Some(0),
+                dead: Some(0),
+                done_total: Some(0),
+                ..QueueDepth::default()
+            });
+            let n = n as u64;
+            match state {
+                STATE_READY if delayed => *d.delayed.get_or_insert(0) += n,
+                STATE_READY => d.ready += n,
+                STATE_LEASED => d.in_flight += n,
+                STATE_DEAD => *d.dead.get_or_insert(0) += n,
+                _ => {}
+            }
+        }
+        drop(stmt);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT task, done FROM stats")
+            .map_err(|e| Error::queue("count jobs in", &self.path, e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| Error::queue("count jobs in", &self.path, e))?;
+        for row in rows {
+            let (task, done) = row.map_err(|e| Error::queue("count jobs in", &self.path, e))?;
+            if let Some(d) = out.get_mut(&task) {
+                d.done_total = Some(done as u64);
+            }
+        }
+        Ok(out)
+    }
+
+    fn dead_letters(&mut self, task: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, task, routing_key, attempts, COALESCE(last_error, ''), LENGTH(payload)
+                 FROM jobs WHERE state = ?1 AND (?2 IS NULL OR task = ?2) ORDER BY seq LIMIT ?3",
+            )
+            .map_err(|e| Error::queue("list dead letters in", &self.path, e))?;
+        let rows = stmt
+            .query_map(params![STATE_DEAD, task, limit.min(i64::MAX as usize) as i64], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    task: r.get(1)?,
+                    routing_key: r.get(2)?,
+                    attempts: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(u32::MAX),
+                    reason: r.get(4)?,
+                    payload_len: usize::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                })
+            })
+            .map_err(|e| Error::queue("list dead letters in", &self.path, e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| Error::queue("list dead letters in", &self.path, e))
+    }
+
+    fn requeue_dead(&mut self, task: Option<&str>, ids: &[String]) -> Result<u64> {
+        let path = self.path.clone();
+        let e = |err| Error::queue("requeue dead letters in", &path, err);
+        let tx = self.conn.transaction().map_err(e)?;
+        let mut n = 0u64;
+        {
+            let sql = "UPDATE jobs SET state = ?1, attempts = 0, not_before = 0, finished_ms = NULL
+                       WHERE state = ?2 AND (?3 IS NULL OR task = ?3) AND (?4 IS NULL OR id = ?4)";
+            let mut stmt = tx.prepare_cached(sql).map_err(e)?;
+            if ids.is_empty() {
+                n += stmt
+                    .execute(params![STATE_READY, STATE_DEAD, task, None::<String>])
+                    .map_err(e)? as u64;
+            } else {
+                for id in ids {
+                    let changed =
+                        stmt.execute(params![STATE_READY, STATE_DEAD, task, id]).map_err(e)?;
+                    if changed == 0 {
+                        return Err(Error::NoSuchJob { id: id.clone() });
+                    }
+                    n += changed as u64;
+                }
+            }
+        }
+        tx.commit().map_err(e)?;
+        self.due_cache = None;
+        Ok(n)
+    }
+
+    fn health(&self) -> Health {
+        Health { backend: "sqlite".to_owned(), ok: true, detail: self.path.display().to_string() }
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.flush()?;
+        if self.mode == OpenMode::Daemon {
+            let n = self.release_leases()?;
+            if n > 0 {
+                tracing::info!(jobs = n, "returned unfinished jobs to the queue");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bindings() -> Vec<TaskBinding> {
+        vec![
+            TaskBinding {
+                name: "mail".into(),
+                routing_keys: vec!["mail.#".into()],
+                max_attempts: 3,
+            },
+            TaskBinding { name: "all".into(), routing_keys: vec!["#".into()], max_attempts: 3 },
+        ]
+    }
+
+    #[test]
+    fn publish_claim_complete_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut client = SqliteQueue::open(&path, OpenMode::Client).unwrap();
+        client.bind(&bindings()).unwrap();
+        let ids = client.publish("mail.send", b"hi").unwrap();
+        assert_eq!(ids.len(), 2, "both tasks receive a copy");
+        assert!(matches!(client.publish("x.y", b""), Ok(v) if v.len() == 1));
+        let mut only_mail =
+            SqliteQueue::open(dir.path().join("q2.db").as_path(), OpenMode::Client).unwrap();
+        only_mail.bind(&bindings()[..1]).unwrap();
+        assert!(matches!(only_mail.publish("x.y", b""), Err(Error::Unroutable { .. })));
+
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        assert!(matches!(
+            SqliteQueue::open(&path, OpenMode::Daemon),
+            Err(Error::AlreadyRunning { .. })
+        ));
+        daemon.bind(&bindings()).unwrap();
+        let jobs = daemon.claim("mail", 10).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].attempt, 1);
+        assert_eq!(jobs[0].payload, b"hi");
+        daemon
+            .complete(
+                &jobs[0],
+                Outcome::Retry { delay: Duration::from_secs(60), reason: "x".into() },
+            )
+            .unwrap();
+        daemon.flush().unwrap();
+        assert!(daemon.claim("mail", 10).unwrap().is_empty(), "delayed");
+        assert!(daemon.next_due().unwrap().is_some());
+        let d = daemon.depths().unwrap();
+        assert_eq!(d["mail"].delayed, Some(1));
+        assert_eq!(d["all"].ready, 2);
+        let all = daemon.claim("all", 10).unwrap();
+        daemon.complete(&all[0], Outcome::Done).unwrap();
+        daemon.complete(&all[1], Outcome::DeadLetter { reason: "boom".into() }).unwrap();
+        daemon.flush().unwrap();
+        let dead = daemon.dead_letters(None, 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, "boom");
+        assert_eq!(daemon.depths().unwrap()["all"].done_total, Some(1));
+        assert_eq!(daemon.requeue_dead(None, &[]).unwrap(), 1);
+        assert_eq!(daemon.claim("all", 10).unwrap()[0].attempt, 1);
+    }
+
+    #[test]
+    fn leases_return_after_daemon_death() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        daemon.bind(&bindings()).unwrap();
+        daemon.publish("mail.a", b"1").unwrap();
+        assert_eq!(daemon.claim("mail", 5).unwrap().len(), 1);
+        drop(daemon); // the lock goes, as when the process dies
+        let mut again = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        assert_eq!(again.recovered(), 1);
+        again.bind(&bindings()).unwrap();
+        let jobs = again.claim("mail", 5).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].attempt, 1, "the interrupted attempt is not counted");
+    }
+}

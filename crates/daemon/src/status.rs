@@ -1,0 +1,169 @@
+//! What `status` reports: the daemon, its task groups, their workers and queues.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::WorkModel;
+use crate::queue::{DeadLetter, Health, QueueDepth};
+
+/// The daemon's status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// The daemon's pid.
+    pub pid: i32,
+    /// Seconds since it started.
+    pub uptime_secs: f64,
+    /// The config file it runs.
+    pub config: String,
+    /// `running` or `stopping`.
+    pub state: String,
+    /// How many times the config was reloaded successfully / unsuccessfully.
+    pub reloads: u64,
+    /// Failed reloads (the old config was kept).
+    pub failed_reloads: u64,
+    /// The last reload error, if the last reload failed.
+    pub last_reload_error: Option<String>,
+    /// The queue backend.
+    pub queue: Health,
+    /// One entry per task group (including groups being drained after a reload).
+    pub groups: Vec<GroupStatus>,
+    /// The oldest dead letters (at most 100).
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// One task group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The task name.
+    pub name: String,
+    /// The work model.
+    pub work_model: WorkModel,
+    /// Configured minimum.
+    pub min_workers: usize,
+    /// Configured maximum.
+    pub max_workers: usize,
+    /// `false` once removed from the config (draining).
+    pub configured: bool,
+    /// Its queue, as the backend reports it.
+    pub queue: Option<QueueDepth>,
+    /// Jobs claimed and waiting for a worker.
+    pub pending: usize,
+    /// Jobs running now.
+    pub in_flight: usize,
+    /// Jobs done since the daemon started.
+    pub done: u64,
+    /// Failed attempts since the daemon started.
+    pub failed: u64,
+    /// Jobs scheduled for a retry since the daemon started.
+    pub retried: u64,
+    /// Jobs dead-lettered since the daemon started.
+    pub dead_lettered: u64,
+    /// Jobs killed for running past their timeout.
+    pub timeouts: u64,
+    /// Workers that died unexpectedly (longlived) or could not start.
+    pub crashes: u64,
+    /// Whether restarts are being delayed by crash-loop backoff.
+    pub crash_loop: bool,
+    /// The workers.
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One worker process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its pid (also its process group).
+    pub pid: i32,
+    /// `idle`, `busy`, `stopped` (SIGSTOP), `draining`, `stopping`.
+    pub state: String,
+    /// The job it runs.
+    pub job: Option<String>,
+    /// Seconds since it started.
+    pub uptime_secs: f64,
+    /// Jobs it completed.
+    pub jobs_done: u64,
+}
+
+impl Status {
+    /// A human-readable rendering.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "procyard-daemon pid {} {} for {:.0}s, config {}",
+            self.pid, self.state, self.uptime_secs, self.config
+        );
+        let _ = writeln!(
+            out,
+            "queue: {} ({}{})",
+            self.queue.backend,
+            self.queue.detail,
+            if self.queue.ok { "" } else { ", NOT OK" }
+        );
+        if let Some(e) = &self.last_reload_error {
+            let _ = writeln!(out, "last reload failed (old config kept): {e}");
+        }
+        let _ = writeln!(
+            out,
+            "{:<20} {:<9} {:>7} {:>6} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}",
+            "TASK",
+            "MODEL",
+            "WORKERS",
+            "READY",
+            "DELAYED",
+            "INFLIGHT",
+            "DONE",
+            "FAILED",
+            "DEAD",
+            "DLQ"
+        );
+        for g in &self.groups {
+            let q = g.queue.clone().unwrap_or_default();
+            let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:<20} {:<9} {:>7} {:>6} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}{}{}",
+                g.name,
+                match g.work_model {
+                    WorkModel::Oneshot => "oneshot",
+                    WorkModel::Longlived => "longlived",
+                },
+                format!("{}/{}", g.workers.len(), g.max_workers),
+                q.ready,
+                opt(q.delayed),
+                g.in_flight,
+                g.done,
+                g.failed,
+                g.dead_lettered,
+                opt(q.dead),
+                if g.configured { "" } else { " (removed, draining)" },
+                if g.crash_loop { " (crash loop: restarts delayed)" } else { "" },
+            );
+            for w in &g.workers {
+                let _ = writeln!(
+                    out,
+                    "    pid {:<8} {:<9} up {:>6.1}s done {:<6} {}",
+                    w.pid,
+                    w.state,
+                    w.uptime_secs,
+                    w.jobs_done,
+                    w.job.as_deref().map(|j| format!("job {j}")).unwrap_or_default()
+                );
+            }
+        }
+        if !self.dead_letters.is_empty() {
+            let _ = writeln!(
+                out,
+                "dead letters (requeue with `procyard-daemon requeue --config FILE ID…|--all`):"
+            );
+            for d in &self.dead_letters {
+                let _ = writeln!(
+                    out,
+                    "    {} {} {} after {} attempts: {}",
+                    d.id, d.task, d.routing_key, d.attempts, d.reason
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,499 @@
+//! [`ProcessManager`]: runs tasks in child processes and hands their messages and outcomes to
+//! handlers, from one `mio` event loop. No strategy here: that is the scheduler's job.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use procyard_core::mio::unix::pipe::Receiver;
+use procyard_core::mio::{Events, Interest, Poll, Token, Waker};
+use procyard_core::{Child, Deadline, Exit, FrameDecoder, Pid, Signal, fork::ForkConfig};
+use serde_json::Value;
+
+use crate::registry::WORKER_FLAG;
+use crate::task::{ClosureFn, TaskKind, Wire, panic_message};
+use crate::{Endpoint, Error, Outcome, Result, Task};
+
+const WAKER: Token = Token(usize::MAX);
+/// Bytes read from a task's pipe per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Identifies one child of a [`ProcessManager`] (never reused by that manager).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessId(u64);
+
+type MessageHandler = Box<dyn FnMut(Value) + Send>;
+type CompletionHandler = Box<dyn FnOnce(Outcome) + Send>;
+
+/// A cloneable handle that wakes a [`ProcessManager`] blocked in [`ProcessManager::step`]
+/// from any thread. It never blocks (an `eventfd` behind `mio::Waker`).
+#[derive(Clone, Debug)]
+pub struct WakeHandle(Arc<Waker>);
+
+impl WakeHandle {
+    /// Makes the manager's current or next `step` return.
+    pub fn wakeup(&self) {
+        if let Err(e) = self.0.wake() {
+            tracing::warn!("procyard-procmgr: unable to wake the process manager: {e}");
+        }
+    }
+}
+
+struct Running {
+    child: Child,
+    pipe: Option<Receiver>,
+    decoder: FrameDecoder,
+    result: Option<Result<Value, String>>,
+    truncated: Option<(usize, usize)>,
+    broken: Option<String>,
+    exit: Option<std::result::Result<Exit, String>>,
+    on_message: Option<MessageHandler>,
+    on_complete: CompletionHandler,
+}
+
+/// Runs tasks in child processes; see the crate documentation for an example.
+///
+/// Each child is watched through its pidfd and the read end of its pipe, both registered with
+/// one `mio::Poll`: [`step`](ProcessManager::step) sleeps until something happens and never
+/// polls on a timer. The manager reaps only its own children, by pidfd, and installs no signal
+/// handler, so several managers (and any other child-spawning code) live in one process.
+///
+/// Dropping a manager SIGKILLs the process groups of its remaining children and reaps them
+/// without running their handlers (a safety net: call [`teardown`](ProcessManager::teardown)
+/// for an orderly stop).
+pub struct ProcessManager {
+    poll: Poll,
+    events: Events,
+    waker: WakeHandle,
+    children: HashMap<u64, Running>,
+    next_id: u64,
+    wakeups: u64,
+    read_buf: Vec<u8>,
+}
+
+impl fmt::Debug for ProcessManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessManager")
+            .field("children", &self.children.len())
+            .field("wakeups", &self.wakeups)
+            .finish()
+    }
+}
+
+impl ProcessManager {
+    /// A manager with no children.
+    pub fn new() -> Result<ProcessManager> {
+        let poll = Poll::new().map_err(|e| Error::os("create an event loop", e))?;
+        let waker = Waker::new(poll.registry(), WAKER)
+            .map_err(|e| Error::os("create the event loop's waker", e))?;
+        Ok(ProcessManager {
+            poll,
+            events: Events::with_capacity(256),
+            waker: WakeHandle(Arc::new(waker)),
+            children: HashMap::new(),
+            next_id: 0,
+            wakeups: 0,
+            read_buf: vec![0; READ_CHUNK],
+        })
+    }
+
+    /// Runs `task` in a new child; `on_complete` is called (in the thread that calls `step`)
+    /// with its outcome once it has exited and all its messages were delivered.
+    pub fn create_process<F>(&mut self, task: Task, on_complete: F) -> Result<ProcessId>
+    where
+        F: FnOnce(Outcome) + Send + 'static,
+    {
+        self.start(task, None, Box::new(on_complete))
+    }
+
+    /// Like [`create_process`](ProcessManager::create_process), with `on_message` called for
+    /// every message the task sends, in order, before `on_complete`.
+    pub fn create_process_with_messages<M, F>(
+        &mut self,
+        task: Task,
+        on_message: M,
+        on_complete: F,
+    ) -> Result<ProcessId>
+    where
+        M: FnMut(Value) + Send + 'static,
+        F: FnOnce(Outcome) + Send + 'static,
+    {
+        self.start(task, Some(Box::new(on_message)), Box::new(on_complete))
+    }
+
+    fn start(
+        &mut self,
+        task: Task,
+        on_message: Option<MessageHandler>,
+        on_complete: CompletionHandler,
+    ) -> Result<ProcessId> {
+        let describe = task.describe();
+        let spawn_err = |source| Error::Spawn { task: describe.clone(), source };
+        let (child, pipe) = match task.kind {
+            TaskKind::Command(mut command) => (command.spawn().map_err(spawn_err)?, None),
+            TaskKind::Function { name, args } => {
+                let (read, write) = pipe()?;
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::os("find the current executable", e))?;
+                let mut command = procyard_core::Command::new(exe);
+                command.args([WORKER_FLAG, &name, &args]).stdin(procyard_core::Stdio::Fd(write));
+                (command.spawn().map_err(spawn_err)?, Some(read))
+            }
+            TaskKind::Closure(f) => {
+                let (read, write) = pipe()?;
+                let config = ForkConfig { new_process_group: true, parent_death_signal: None };
+                match procyard_core::fork(config) {
+                    Ok(procyard_core::Forked::Parent(child)) => {
+                        drop(write);
+                        (child, Some(read))
+                    }
+                    Ok(procyard_core::Forked::Child) => {
+                        drop(read);
+                        self.run_forked_child(f, write)
+                    }
+                    Err(procyard_core::Error::NotSingleThreaded { threads, .. }) => {
+                        return Err(Error::NotSingleThreaded { threads });
+                    }
+                    Err(e) => return Err(spawn_err(e)),
+                }
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut running = Running {
+            child,
+            pipe: pipe.map(Receiver::from),
+            decoder: FrameDecoder::new(),
+            result: None,
+            truncated: None,
+            broken: None,
+            exit: None,
+            on_message,
+            on_complete,
+        };
+        let registry = self.poll.registry();
+        let pid = running.child.id();
+        let registered = registry
+            .register(&mut running.child, Token((id * 2) as usize), Interest::READABLE)
+            .and_then(|()| match &mut running.pipe {
+                Some(pipe) => {
+                    pipe.set_nonblocking(true)?;
+                    registry.register(pipe, Token((id * 2 + 1) as usize), Interest::READABLE)
+                }
+                None => Ok(()),
+            });
+        if let Err(e) = registered {
+            // Dropping `running` kills and reaps the child.
+            tracing::warn!("procyard-procmgr: unable to register process {pid}: {e}");
+            return Err(Error::os("register a child with the event loop", e));
+        }
+        self.children.insert(id, running);
+        Ok(ProcessId(id))
+    }
+
+    /// In the forked child: release what the manager holds for other children (their pipes
+    /// and pidfds, without killing them), run the closure, report, `_exit`.
+    fn run_forked_child(&mut self, f: ClosureFn, write: std::os::fd::OwnedFd) -> ! {
+        for (_, mut sibling) in self.children.drain() {
+            sibling.pipe = None;
+            let _ = sibling.child.detach();
+        }
+        let mut endpoint = Endpoint::new(write);
+        let result =
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut endpoint))) {
+                Ok(result) => result,
+                Err(payload) => Err(panic_message(payload.as_ref())),
+            };
+        let code = if endpoint.finish(result).is_ok() { 0 } else { 1 };
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        procyard_core::exit_immediately(code)
+    }
+
+    /// The pid of a live child.
+    pub fn pid(&self, id: ProcessId) -> Option<Pid> {
+        self.children.get(&id.0).map(|r| r.child.id())
+    }
+
+    /// Children whose completion handler has not run yet (an exited child counts until its
+    /// messages and outcome were delivered).
+    pub fn process_count(&self) -> usize {
+        self.children.len()
+    }
+
+    /// How many times the event loop woke up so far (events, wake-ups and timeouts).
+    pub fn wakeup_count(&self) -> u64 {
+        self.wakeups
+    }
+
+    /// A handle that wakes this manager from any thread.
+    pub fn waker(&self) -> WakeHandle {
+        self.waker.clone()
+    }
+
+    /// Makes the current or next `step` return; never blocks.
+    pub fn wakeup(&self) {
+        self.waker.wakeup();
+    }
+
+    /// Sleeps until a child exits, a message arrives or [`wakeup`](ProcessManager::wakeup) is
+    /// called, and handles what happened. Returns the number of events handled. With no
+    /// children and no wake-up, it sleeps until the next wake-up.
+    pub fn step(&mut self) -> Result<usize> {
+        self.step_timeout(None)
+    }
+
+    /// [`step`](ProcessManager::step), returning after `timeout` at the latest (a real
+    /// deadline: nothing is polled on a timer).
+    pub fn step_timeout(&mut self, timeout: Option<Duration>) -> Result<usize> {
+        loop {
+            match self.poll.poll(&mut self.events, timeout) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    if timeout.is_some() {
+                        // Do not restart a full timeout: return and let the caller decide.
+                        self.events.clear();
+                        break;
+                    }
+                }
+                Err(e) => return Err(Error::os("wait for events", e)),
+            }
+        }
+        self.wakeups += 1;
+        let mut handled = 0;
+        let tokens: Vec<Token> = self.events.iter().map(|e| e.token()).collect();
+        for token in tokens {
+            handled += 1;
+            if token == WAKER {
+                continue;
+            }
+            let id = token.0 as u64 / 2;
+            if token.0 % 2 == 1 {
+                self.on_pipe(id);
+            } else {
+                self.on_exit(id);
+            }
+        }
+        Ok(handled)
+    }
+
+    fn on_pipe(&mut self, id: u64) {
+        if let Some(running) = self.children.get_mut(&id) {
+            running.drain_pipe(self.poll.registry(), &mut self.read_buf);
+        }
+        self.maybe_complete(id);
+    }
+
+    fn on_exit(&mut self, id: u64) {
+        let Some(running) = self.children.get_mut(&id) else { return };
+        if running.exit.is_some() {
+            return;
+        }
+        match running.child.try_wait() {
+            Ok(Some(exit)) => running.exit = Some(Ok(exit)),
+            Ok(None) => return, // spurious readiness: not exited yet
+            Err(e) => running.exit = Some(Err(format!("unable to reap the child: {e}"))),
+        }
+        let _ = self.poll.registry().deregister(&mut running.child);
+        // Everything the child wrote is in the pipe now: take it all, then complete even if a
+        // grandchild still holds a copy of the write end.
+        running.drain_pipe(self.poll.registry(), &mut self.read_buf);
+        if let Some(mut pipe) = running.pipe.take() {
+            let _ = self.poll.registry().deregister(&mut pipe);
+            if running.truncated.is_none()
+                && running.broken.is_none()
+                && let Err(procyard_core::Error::FrameTruncated { expected, got }) =
+                    running.decoder.finish()
+            {
+                running.truncated = Some((got, expected));
+            }
+        }
+        self.maybe_complete(id);
+    }
+
+    fn maybe_complete(&mut self, id: u64) {
+        let done = self.children.get(&id).is_some_and(|r| r.exit.is_some() && r.pipe.is_none());
+        if !done {
+            return;
+        }
+        if let Some(mut running) = self.children.remove(&id) {
+            let outcome = running.outcome();
+            (running.on_complete)(outcome);
+        }
+    }
+
+    /// Sends `signal` to every live child's process group (or to the child itself when it has
+    /// no group of its own). Children already exited are skipped: no reaped pid is ever
+    /// signalled. Returns how many children were signalled.
+    pub fn kill_processes(&mut self, signal: Signal) -> Result<usize> {
+        let mut count = 0;
+        for running in self.children.values() {
+            if running.exit.is_some() {
+                continue;
+            }
+            let child = &running.child;
+            let sent = if child.process_group().is_some() {
+                child.signal_group(signal)
+            } else {
+                child.signal(signal)
+            };
+            match sent {
+                Ok(()) => count += 1,
+                // The group is empty but the leader is not reaped yet: it is exiting.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => {}
+                Err(source) => return Err(Error::Signal { pid: child.id(), source }),
+            }
+        }
+        Ok(count)
+    }
+
+    /// Stops every child and waits for all of them: SIGTERM to their groups, SIGKILL to those
+    /// still running after `grace`. Every completion handler runs before this returns.
+    pub fn teardown(&mut self, grace: Duration) -> Result<()> {
+        if self.children.is_empty() {
+            return Ok(());
+        }
+        self.kill_processes(Signal::TERM)?;
+        let deadline = Deadline::after(grace);
+        while !self.children.is_empty() && !deadline.is_expired() {
+            self.step_timeout(Some(deadline.remaining()))?;
+        }
+        if !self.children.is_empty() {
+            self.kill_processes(Signal::KILL)?;
+        }
+        while !self.children.is_empty() {
+            self.step()?;
+        }
+        Ok(())
+    }
+}
+
+impl Running {
+    /// Reads everything available (until `WouldBlock` or end of stream), delivering whole
+    /// frames as they complete. `buf` belongs to the manager: a buffer on the stack would be
+    /// zeroed, and so copied page by page after each fork (copy-on-write).
+    fn drain_pipe(&mut self, registry: &procyard_core::mio::Registry, buf: &mut [u8]) {
+        let mut closed = false;
+        loop {
+            let Some(pipe) = self.pipe.as_mut() else { return };
+            match pipe.read(buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.decoder.feed(&buf[..n]);
+                    self.take_frames();
+                    if self.broken.is_some() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.broken.get_or_insert_with(|| format!("unable to read from the task: {e}"));
+                    break;
+                }
+            }
+        }
+        if closed
+            && self.broken.is_none()
+            && let Err(procyard_core::Error::FrameTruncated { expected, got }) =
+                self.decoder.finish()
+        {
+            self.truncated = Some((got, expected));
+        }
+        if (closed || self.broken.is_some())
+            && let Some(mut pipe) = self.pipe.take()
+        {
+            let _ = registry.deregister(&mut pipe);
+        }
+    }
+
+    fn take_frames(&mut self) {
+        loop {
+            match self.decoder.next_bytes() {
+                Ok(Some(bytes)) => self.deliver(&bytes),
+                Ok(None) => break,
+                Err(e) => {
+                    self.broken.get_or_insert_with(|| format!("bad frame from the task: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, bytes: &[u8]) {
+        match serde_json::from_slice::<Wire>(bytes) {
+            Ok(Wire::Message(v)) => {
+                if let Some(handler) = self.on_message.as_mut() {
+                    handler(v);
+                }
+            }
+            Ok(Wire::Value(v)) => self.result = Some(Ok(v)),
+            Ok(Wire::Error(m)) => self.result = Some(Err(m)),
+            Err(e) => {
+                self.broken.get_or_insert_with(|| format!("undecodable frame from the task: {e}"));
+            }
+        }
+    }
+
+    fn outcome(&mut self) -> Outcome {
+        if let Some(reason) = self.broken.take() {
+            return Outcome::Lost { reason };
+        }
+        match self.result.take() {
+            Some(Ok(v)) => return Outcome::Value(v),
+            Some(Err(message)) => return Outcome::TaskError { message },
+            None => {}
+        }
+        match self.exit.take() {
+            Some(Ok(exit)) => match self.truncated {
+                Some((received, expected)) => Outcome::DiedMidMessage { exit, received, expected },
+                None => Outcome::from_exit(exit),
+            },
+            Some(Err(reason)) => Outcome::Lost { reason },
+            None => Outcome::Lost { reason: "the child was not reaped".to_owned() },
+        }
+    }
+}
+
+fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::os("create a pipe for a task", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_outcomes_are_typed() {
+        let mut mgr = ProcessManager::new().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, script) in ["exit 0", "exit 7", "kill -TERM $$"].into_iter().enumerate() {
+            let tx = tx.clone();
+            let task = Task::command(procyard_core::Command::shell(script));
+            mgr.create_process(task, move |o| tx.send((i, o)).unwrap()).unwrap();
+        }
+        while mgr.process_count() > 0 {
+            mgr.step().unwrap();
+        }
+        let mut got: Vec<(usize, Outcome)> = rx.try_iter().collect();
+        got.sort_by_key(|(i, _)| *i);
+        assert_eq!(got[0].1, Outcome::Exited { code: 0 });
+        assert_eq!(got[1].1, Outcome::Exited { code: 7 });
+        assert_eq!(got[2].1, Outcome::Killed { signal: Signal::TERM });
+    }
+
+    #[test]
+    fn closure_refused_in_threaded_process() {
+        // libtest runs this on a thread of its own: the process has several threads.
+        let mut mgr = ProcessManager::new().unwrap();
+        let err = mgr.create_process(Task::closure(|_| Ok::<_, String>(1)), |_| {}).unwrap_err();
+        assert!(matches!(err, Error::NotSingleThreaded { .. }), "{err}");
+        assert_eq!(mgr.process_count(), 0);
+    }
+}

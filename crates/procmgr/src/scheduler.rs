@@ -1,0 +1,439 @@
+//! [`Scheduler`]: the strategy level over a [`ProcessManager`]: queueing, throttling, result
+//! [`Handle`]s that are also futures, `join`, and shutdown.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use procyard_core::Deadline;
+use serde_json::Value;
+
+use crate::task::TaskKind;
+use crate::{Error, Outcome, ProcessManager, Result, Task, WakeHandle};
+
+/// How many tasks a [`Scheduler`] runs at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every task starts at once, in a child of its own.
+    Simple,
+    /// At most this many children at once (0 is taken as 1); the rest wait in order.
+    Throttled(usize),
+}
+
+impl Default for Strategy {
+    /// `Throttled(number of cores)`.
+    fn default() -> Strategy {
+        Strategy::Throttled(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+impl Strategy {
+    fn limit(self) -> usize {
+        match self {
+            Strategy::Simple => usize::MAX,
+            Strategy::Throttled(n) => n.max(1),
+        }
+    }
+}
+
+type MessageHandler = Box<dyn FnMut(Value) + Send>;
+
+struct Queued {
+    task: Task,
+    on_message: Option<MessageHandler>,
+    slot: Arc<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    inner: Mutex<SlotInner>,
+}
+
+#[derive(Default)]
+struct SlotInner {
+    outcome: Option<Outcome>,
+    waker: Option<std::task::Waker>,
+}
+
+struct State {
+    queue: VecDeque<Queued>,
+    running: usize,
+    unfinished: usize,
+    accepting: bool,
+    driving: bool,
+    stopping: bool,
+    helper: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+    manager: Mutex<ProcessManager>,
+    waker: WakeHandle,
+    limit: usize,
+}
+
+/// Lock a mutex even if a panicking thread poisoned it: the state stays consistent because
+/// every critical section here is a few plain assignments.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs tasks in child processes under a [`Strategy`]. Cheap to clone; usable from any
+/// thread.
+///
+/// The scheduler has no thread of its own: whichever thread waits (a [`Handle`], [`join`]) or
+/// schedules drives the event loop for everybody, one at a time, so in a single-threaded
+/// program closure tasks fork soundly. A handle awaited as a future with nobody else waiting
+/// starts a helper thread that drives until the work is done; while it runs the process is
+/// threaded, so `schedule` refuses closures ([`Error::NotSingleThreaded`]) and a closure
+/// already queued ends as [`Outcome::Lost`] ("not started: …"). Do not wait on the scheduler
+/// from inside a message handler: handlers run in the driving thread.
+///
+/// [`join`]: Scheduler::join
+#[derive(Clone)]
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = lock(&self.shared.state);
+        f.debug_struct("Scheduler")
+            .field("queued", &st.queue.len())
+            .field("running", &st.running)
+            .field("limit", &self.shared.limit)
+            .finish()
+    }
+}
+
+impl Scheduler {
+    /// A scheduler with its own [`ProcessManager`].
+    pub fn start(strategy: Strategy) -> Result<Scheduler> {
+        let manager = ProcessManager::new()?;
+        let waker = manager.waker();
+        Ok(Scheduler {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    running: 0,
+                    unfinished: 0,
+                    accepting: true,
+                    driving: false,
+                    stopping: false,
+                    helper: false,
+                }),
+                cond: Condvar::new(),
+                manager: Mutex::new(manager),
+                waker,
+                limit: strategy.limit(),
+            }),
+        })
+    }
+
+    /// Queues `task`; it starts as soon as the strategy allows.
+    pub fn schedule(&self, task: Task) -> Result<Handle> {
+        self.enqueue(task, None)
+    }
+
+    /// Like [`schedule`](Scheduler::schedule), with `on_message` called (in the driving
+    /// thread) for each message of the task, in order, before the handle completes.
+    pub fn schedule_with_messages<M>(&self, task: Task, on_message: M) -> Result<Handle>
+    where
+        M: FnMut(Value) + Send + 'static,
+    {
+        self.enqueue(task, Some(Box::new(on_message)))
+    }
+
+    fn enqueue(&self, task: Task, on_message: Option<MessageHandler>) -> Result<Handle> {
+        if matches!(task.kind, TaskKind::Closure(_)) {
+            let threads = procyard_core::fork::thread_count()
+                .map_err(|source| Error::Spawn { task: "closure".into(), source })?;
+            if threads > 1 {
+                return Err(Error::NotSingleThreaded { threads });
+            }
+        }
+        let slot = Arc::new(Slot::default());
+        let driving = {
+            let mut st = lock(&self.shared.state);
+            if !st.accepting {
+                return Err(Error::ShutDown);
+            }
+            st.queue.push_back(Queued { task, on_message, slot: slot.clone() });
+            st.unfinished += 1;
+            st.driving
+        };
+        if driving {
+            self.shared.waker.wakeup();
+        } else if let Ok(mut manager) = self.shared.manager.try_lock() {
+            self.fill(&mut manager);
+        } else {
+            self.shared.waker.wakeup();
+        }
+        Ok(Handle { slot, scheduler: self.clone() })
+    }
+
+    /// Starts queued tasks while the strategy allows.
+    fn fill(&self, manager: &mut ProcessManager) {
+        loop {
+            let queued = {
+                let mut st = lock(&self.shared.state);
+                if st.running >= self.shared.limit {
+                    return;
+                }
+                let Some(queued) = st.queue.pop_front() else { return };
+                st.running += 1;
+                queued
+            };
+            let Queued { task, on_message, slot } = queued;
+            let shared = Arc::clone(&self.shared);
+            let done_slot = slot.clone();
+            let on_complete = move |outcome: Outcome| shared.complete(&done_slot, outcome);
+            let started = match on_message {
+                Some(m) => manager.create_process_with_messages(task, m, on_complete),
+                None => manager.create_process(task, on_complete),
+            };
+            if let Err(e) = started {
+                self.shared.complete(&slot, Outcome::Lost { reason: format!("not started: {e}") });
+            }
+        }
+    }
+
+    /// Drives the event loop until `done` holds or `deadline` passes; whether `done` held.
+    fn drive_until(&self, done: &dyn Fn(&State) -> bool, deadline: Option<Deadline>) -> bool {
+        let shared = &self.shared;
+        let mut st = lock(&shared.state);
+        loop {
+            if done(&st) {
+                return true;
+            }
+            if deadline.is_some_and(Deadline::is_expired) {
+                return false;
+            }
+            if !st.driving && !st.stopping {
+                st.driving = true;
+                drop(st);
+                {
+                    let mut manager = lock(&shared.manager);
+                    self.fill(&mut manager);
+                    if !done(&lock(&shared.state)) {
+                        let timeout = deadline.map(Deadline::remaining);
+                        if let Err(e) = manager.step_timeout(timeout) {
+                            tracing::warn!("procyard-procmgr: scheduler event loop: {e}");
+                        }
+                        self.fill(&mut manager);
+                    }
+                }
+                st = lock(&shared.state);
+                st.driving = false;
+                shared.cond.notify_all();
+            } else {
+                st = match deadline {
+                    None => shared.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                    Some(d) => {
+                        shared
+                            .cond
+                            .wait_timeout(st, d.remaining())
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
+            }
+        }
+    }
+
+    /// One non-blocking turn of the event loop, if no other thread is driving.
+    fn drive_now(&self) {
+        {
+            let mut st = lock(&self.shared.state);
+            if st.driving || st.stopping {
+                return;
+            }
+            st.driving = true;
+        }
+        {
+            let mut manager = lock(&self.shared.manager);
+            self.fill(&mut manager);
+            if let Err(e) = manager.step_timeout(Some(Duration::ZERO)) {
+                tracing::warn!("procyard-procmgr: scheduler event loop: {e}");
+            }
+            self.fill(&mut manager);
+        }
+        let mut st = lock(&self.shared.state);
+        st.driving = false;
+        self.shared.cond.notify_all();
+    }
+
+    /// Waits until every task scheduled so far, and every task scheduled meanwhile from other
+    /// threads, has completed. Never refuses concurrent `schedule` calls.
+    pub fn join(&self) {
+        self.drive_until(&|st| st.unfinished == 0, None);
+    }
+
+    /// Like [`join`](Scheduler::join), giving up at `timeout`; whether all work was done.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.drive_until(&|st| st.unfinished == 0, Some(Deadline::after(timeout)))
+    }
+
+    /// Tasks queued and not started yet.
+    pub fn queued(&self) -> usize {
+        lock(&self.shared.state).queue.len()
+    }
+
+    /// Tasks running now (started, completion not delivered yet).
+    pub fn running(&self) -> usize {
+        lock(&self.shared.state).running
+    }
+
+    /// Refuses new work ([`Error::ShutDown`]) and waits for everything already scheduled.
+    pub fn shutdown(&self) {
+        lock(&self.shared.state).accepting = false;
+        self.join();
+    }
+
+    /// Refuses new work, cancels queued tasks ([`Outcome::Cancelled`]) and stops running ones:
+    /// SIGTERM to their groups, SIGKILL after `grace`. Returns once every child is reaped.
+    pub fn shutdown_now(&self, grace: Duration) -> Result<()> {
+        let shared = &self.shared;
+        let cancelled: Vec<Queued> = {
+            let mut st = lock(&shared.state);
+            st.accepting = false;
+            st.stopping = true;
+            st.queue.drain(..).collect()
+        };
+        for q in cancelled {
+            shared.complete_queued(&q.slot);
+        }
+        let mut st = lock(&shared.state);
+        while st.driving {
+            shared.waker.wakeup();
+            st = shared.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.driving = true;
+        drop(st);
+        let result = lock(&shared.manager).teardown(grace);
+        let mut st = lock(&shared.state);
+        st.driving = false;
+        st.stopping = false;
+        shared.cond.notify_all();
+        result
+    }
+}
+
+impl Shared {
+    fn complete(&self, slot: &Slot, outcome: Outcome) {
+        self.finish_slot(slot, outcome);
+        let mut st = lock(&self.state);
+        st.running = st.running.saturating_sub(1);
+        st.unfinished = st.unfinished.saturating_sub(1);
+        self.cond.notify_all();
+    }
+
+    fn complete_queued(&self, slot: &Slot) {
+        self.finish_slot(slot, Outcome::Cancelled);
+        let mut st = lock(&self.state);
+        st.unfinished = st.unfinished.saturating_sub(1);
+        self.cond.notify_all();
+    }
+
+    fn finish_slot(&self, slot: &Slot, outcome: Outcome) {
+        let waker = {
+            let mut inner = lock(&slot.inner);
+            inner.outcome = Some(outcome);
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The result of one scheduled task: wait for it, poll it, or `.await` it.
+pub struct Handle {
+    slot: Arc<Slot>,
+    scheduler: Scheduler,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("outcome", &self.peek()).finish()
+    }
+}
+
+impl Handle {
+    fn peek(&self) -> Option<Outcome> {
+        lock(&self.slot.inner).outcome.clone()
+    }
+
+    fn is_done(&self) -> bool {
+        lock(&self.slot.inner).outcome.is_some()
+    }
+
+    /// Blocks until the task completes.
+    pub fn wait(self) -> Outcome {
+        let slot = self.slot.clone();
+        let done = move |_: &State| lock(&slot.inner).outcome.is_some();
+        self.scheduler.drive_until(&done, None);
+        self.peek().unwrap_or(Outcome::Lost { reason: "no outcome recorded".to_owned() })
+    }
+
+    /// Waits at most `timeout`; `None` if the task has not completed by then.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Outcome> {
+        let slot = self.slot.clone();
+        let done = move |_: &State| lock(&slot.inner).outcome.is_some();
+        self.scheduler.drive_until(&done, Some(Deadline::after(timeout)));
+        self.peek()
+    }
+
+    /// The outcome if the task has completed; never blocks.
+    pub fn try_result(&self) -> Option<Outcome> {
+        if !self.is_done() {
+            self.scheduler.drive_now();
+        }
+        self.peek()
+    }
+}
+
+impl Future for Handle {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        if let Some(o) = self.try_result() {
+            return Poll::Ready(o);
+        }
+        {
+            let mut inner = lock(&self.slot.inner);
+            if let Some(o) = inner.outcome.clone() {
+                return Poll::Ready(o);
+            }
+            inner.waker = Some(cx.waker().clone());
+        }
+        let shared = &self.scheduler.shared;
+        let mut st = lock(&shared.state);
+        if !st.helper {
+            st.helper = true;
+            drop(st);
+            let scheduler = self.scheduler.clone();
+            let spawned = std::thread::Builder::new().name("procyard-procmgr-driver".into()).spawn(
+                move || {
+                    loop {
+                        scheduler.join();
+                        let mut st = lock(&scheduler.shared.state);
+                        if st.unfinished == 0 {
+                            st.helper = false;
+                            break;
+                        }
+                    }
+                },
+            );
+            if let Err(e) = spawned {
+                tracing::warn!("procyard-procmgr: unable to start a driver thread: {e}");
+                lock(&shared.state).helper = false;
+            }
+        }
+        Poll::Pending
+    }
+}

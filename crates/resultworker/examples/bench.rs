@@ -1,0 +1,166 @@
+//! Benchmark: round trip of a trivial job (submit → value, p50 and p99) and throughput of
+//! 10,000 trivial jobs with `max_workers` = cores, beside Python's
+//! `concurrent.futures.ProcessPoolExecutor` running the same trivial job in the same run.
+//!
+//! Run with `cargo run --release -p procyard-resultworker --example bench`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use procyard_resultworker::{Config, Function, ResultFuture, ResultWorker, register};
+
+const ROUND_TRIPS: usize = 1_000;
+const JOBS: usize = 10_000;
+const RUNS: usize = 3;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    jobs_per_s: f64,
+}
+
+fn bench_procyard(
+    cores: usize,
+    noop: &Function<u64, u64>,
+    reuse: bool,
+) -> Result<Figures, procyard_resultworker::Error> {
+    let config = Config::default().max_workers(cores).reuse_processes(reuse);
+    let worker = ResultWorker::new(config)?;
+    for i in 0..50 {
+        worker.call(noop, &i).wait()?;
+    }
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    let mut rates = Vec::new();
+    for _ in 0..RUNS {
+        let mut samples = Vec::with_capacity(ROUND_TRIPS);
+        for i in 0..ROUND_TRIPS as u64 {
+            let t = Instant::now();
+            let v = worker.call(noop, &i).wait()?;
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(v, i);
+        }
+        samples.sort_by(f64::total_cmp);
+        p50s.push(percentile(&samples, 0.5));
+        p99s.push(percentile(&samples, 0.99));
+        let t = Instant::now();
+        let futures: Vec<ResultFuture<u64>> =
+            (0..JOBS as u64).map(|i| worker.call(noop, &i)).collect();
+        for f in &futures {
+            f.wait()?;
+        }
+        rates.push(JOBS as f64 / t.elapsed().as_secs_f64());
+    }
+    worker.stop(Duration::from_secs(5));
+    Ok(Figures { p50_us: median(p50s), p99_us: median(p99s), jobs_per_s: median(rates) })
+}
+
+const PYTHON: &str = r#"
+import concurrent.futures as cf, multiprocessing as mp, sys, time, statistics, json
+def noop(x):
+    return x
+def main():
+    cores, trips, jobs, runs = (int(a) for a in sys.argv[1:5])
+    ctx = mp.get_context("fork")
+    with cf.ProcessPoolExecutor(max_workers=cores, mp_context=ctx) as ex:
+        for i in range(50):
+            ex.submit(noop, i).result()
+        p50s, p99s, rates = [], [], []
+        for _ in range(runs):
+            samples = []
+            for i in range(trips):
+                t = time.perf_counter()
+                ex.submit(noop, i).result()
+                samples.append((time.perf_counter() - t) * 1e6)
+            samples.sort()
+            p50s.append(samples[round((len(samples) - 1) * 0.5)])
+            p99s.append(samples[round((len(samples) - 1) * 0.99)])
+            t = time.perf_counter()
+            fs = [ex.submit(noop, i) for i in range(jobs)]
+            for f in fs:
+                f.result()
+            rates.append(jobs / (time.perf_counter() - t))
+    print(json.dumps({"p50_us": statistics.median(p50s), "p99_us": statistics.median(p99s),
+                      "jobs_per_s": statistics.median(rates)}))
+if __name__ == "__main__":
+    main()
+"#;
+
+fn bench_python(cores: usize) -> Option<Figures> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PYTHON)
+        .args([cores, ROUND_TRIPS, JOBS, RUNS].map(|n| n.to_string()))
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("python baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(Figures {
+        p50_us: v["p50_us"].as_f64()?,
+        p99_us: v["p99_us"].as_f64()?,
+        jobs_per_s: v["jobs_per_s"].as_f64()?,
+    })
+}
+
+fn main() {
+    let noop = register("noop", |x: u64| Ok::<_, String>(x));
+    procyard_resultworker::init();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "# procyard-resultworker bench: {cores} cores, {ROUND_TRIPS} round trips x {RUNS}, {JOBS} jobs x {RUNS}, medians"
+    );
+    let run = |reuse| match bench_procyard(cores, &noop, reuse) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("bench: procyard-resultworker failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    let ours = run(false);
+    let reused = run(true);
+    let python = bench_python(cores);
+    let line = |metric: &str, value: f64, unit: &str, base: Option<f64>, lower_is_better: bool| {
+        let (base_s, ratio) = match base {
+            Some(b) => {
+                let r = if lower_is_better { b / value } else { value / b };
+                (format!("{b:.1}"), format!("{r:.2}"))
+            }
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "BENCH\t{metric}\t{value:.1}\t{unit}\tpython_processpoolexecutor\t{base_s}\t{ratio}"
+        );
+    };
+    println!(
+        "# ratio = how many times better than the baseline (baseline/ours for times, ours/baseline for rates)"
+    );
+    line("round_trip_p50", ours.p50_us, "us", python.as_ref().map(|p| p.p50_us), true);
+    line("round_trip_p99", ours.p99_us, "us", python.as_ref().map(|p| p.p99_us), true);
+    line("throughput_10k", ours.jobs_per_s, "jobs/s", python.as_ref().map(|p| p.jobs_per_s), false);
+    println!("# with Config::reuse_processes(true): no fork per job (children run job after job)");
+    line("round_trip_p50_reuse", reused.p50_us, "us", python.as_ref().map(|p| p.p50_us), true);
+    line("round_trip_p99_reuse", reused.p99_us, "us", python.as_ref().map(|p| p.p99_us), true);
+    line(
+        "throughput_10k_reuse",
+        reused.jobs_per_s,
+        "jobs/s",
+        python.as_ref().map(|p| p.jobs_per_s),
+        false,
+    );
+}

@@ -1,0 +1,101 @@
+//! Run jobs in a background worker process and get futures for their results.
+//!
+//! procyard's take on AWS Flow's `ResultWorker`: one worker process per application (or per
+//! [`ResultWorker`] instance), results sent back over a pipe to a listener thread that
+//! completes the future of each job's key.
+//!
+//! # Concepts
+//!
+//! - The **worker** is this same program started again by exec: [`init`] (called first thing
+//!   in `main`) returns at once in a normal run and turns the process into the worker when
+//!   its environment says so. The worker is single-threaded and forks one child per function
+//!   job — which is sound, unlike forking a multi-threaded application — or spawns the
+//!   command, up to [`Config::max_workers`] at once, each in its own process group.
+//! - A **job** ([`Job`]) is a function registered with [`register`] (before [`init`]) called
+//!   with JSON arguments, or a command. Its outcome is `Result<T, Error>`: the value, or the
+//!   job's own error, a crash (exit code or signal), a timeout, the worker's death
+//!   ([`Error::WorkerLost`]) or a stop ([`Error::Stopped`]).
+//! - A **future** ([`ResultFuture`]) is keyed by a unique [`Key`]: wait, wait with a timeout,
+//!   poll, register a callback, or `.await` it. The key is forgotten once the result arrives
+//!   or when the last future of the job is dropped.
+//! - Forking is kept off the path of a job: the worker keeps a spare child forked ahead of
+//!   time, and a result is forwarded as soon as its report arrives, before the child exits.
+//!   [`Config::reuse_processes`] lets children run job after job instead (no fork per job,
+//!   no isolation between consecutive jobs of one child).
+//! - Frames are procyard-core's length-prefixed frames, so payloads are binary-safe. If the
+//!   worker dies, every pending future fails with [`Error::WorkerLost`] and the worker is
+//!   restarted with backoff. The worker dies with the application (parent-death signal and
+//!   end of file on its request pipe). No signal handler is installed anywhere.
+//!
+//! # Example
+//!
+//! ```rust,standalone_crate
+//! use std::time::Duration;
+//! use procyard_resultworker::{Config, Job, ResultWorker, register};
+//!
+//! fn main() -> Result<(), procyard_resultworker::Error> {
+//!     let square = register("square", |x: u64| Ok::<_, String>(x * x));
+//!     procyard_resultworker::init(); // the worker process never returns from here
+//!
+//!     let worker = ResultWorker::start(Config::default().max_workers(2))?;
+//!     let a = worker.call(&square, &7);
+//!     let b = worker.submit::<procyard_resultworker::CommandOutput>(Job::command("echo", ["hi"]));
+//!     assert_eq!(a.wait()?, 49);
+//!     assert_eq!(b.wait()?.stdout, b"hi\n");
+//!     worker.stop(Duration::from_secs(5));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Limitations
+//!
+//! Linux only. A dropped future does not cancel its job. A job that has reported its value
+//! no longer counts against `max_workers`, even while its process is still exiting. After the
+//! application forks, the child sees the parent's workers as stopped and may start its own
+//! (the usual caveat applies: a multi-threaded process should only exec after `fork`).
+//! Registered functions must be registered before [`init`] runs, and arguments and values
+//! travel as JSON (at most 64 MiB).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod error;
+mod future;
+mod handle;
+mod job;
+mod listener;
+mod wire;
+mod worker;
+
+pub use error::{Error, JobError, Result};
+pub use future::{Key, ResultFuture, wait_all, wait_any, wait_any_deadline};
+pub use handle::{Config, ResultWorker};
+pub use job::{CommandOutput, Function, Job, register};
+
+/// Call first thing in `main` (after [`register`]ing functions). In a normal run it returns
+/// at once; in the worker process started by a [`ResultWorker`] it runs the worker and exits
+/// the process when the worker is done.
+pub fn init() {
+    if let Some(max_workers) = worker::worker_mode() {
+        let code = worker::run(max_workers);
+        std::process::exit(code);
+    }
+}
+
+/// Whether this process is a worker (only ever true inside [`init`] or a job).
+pub fn is_worker_process() -> bool {
+    worker::worker_mode().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_and_futures_cross_threads() {
+        assert_send_sync::<crate::ResultWorker>();
+        assert_send_sync::<crate::ResultFuture<std::rc::Rc<u8>>>();
+        assert_send_sync::<crate::Error>();
+        assert_send_sync::<crate::Job>();
+    }
+}

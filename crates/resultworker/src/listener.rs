@@ -1,0 +1,430 @@
+//! The listener thread: it owns the worker process (so the worker's parent-death signal is
+//! tied to a thread that lives as long as the [`ResultWorker`](crate::ResultWorker)), reads
+//! its results, notices its death, fails what it held, and restarts it with backoff.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use procyard_core::mio::{Events, Interest, Poll, Token};
+use procyard_core::{Child, Command, Deadline, FrameDecoder, Grouping, Signal, Stdio, StreamState};
+
+use crate::future::lock_map;
+use crate::handle::{Shared, lock};
+use crate::wire::{self, Decoded, Request};
+use crate::worker::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER};
+use crate::{Error, Result};
+
+const READER: Token = Token(1);
+const PIDFD: Token = Token(2);
+
+/// How long the worker may take beyond a stop's grace period (its own TERM → KILL ladder
+/// included) before the application TERMs it, and then KILLs it.
+const STOP_SLACK: Duration = Duration::from_secs(2);
+/// How long a new worker may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A worker that lived this long resets the restart backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+struct Running {
+    child: Child,
+    reader: File,
+    decoder: FrameDecoder,
+    started: Instant,
+}
+
+pub(crate) struct Listener {
+    shared: Arc<Shared>,
+    poll: Poll,
+    worker: Option<Running>,
+    restart_at: Option<Deadline>,
+    failures: u32,
+    term_at: Option<Deadline>,
+    kill_at: Option<Deadline>,
+}
+
+impl Listener {
+    pub(crate) fn run(shared: Arc<Shared>, poll: Poll, started: mpsc::Sender<Result<()>>) {
+        let mut listener = Listener {
+            shared,
+            poll,
+            worker: None,
+            restart_at: None,
+            failures: 0,
+            term_at: None,
+            kill_at: None,
+        };
+        let ready = listener.spawn().and_then(|()| listener.wait_ready(READY_TIMEOUT));
+        match ready {
+            Ok(()) => {
+                let _ = started.send(Ok(()));
+            }
+            Err(e) => {
+                listener.kill_worker();
+                *lock(&listener.shared.worker_pid) = None;
+                let _ = started.send(Err(e));
+                return;
+            }
+        }
+        listener.event_loop();
+    }
+
+    /// Waits for the first worker's ready frame, so a program that does not call `init`
+    /// first is an error of `start`, not a worker that dies again and again.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Deadline::after(timeout);
+        let not_ready = |reason: String| Error::WorkerNotReady { reason };
+        loop {
+            let Some(worker) = self.worker.as_mut() else {
+                return Err(not_ready("no worker process".into()));
+            };
+            let state = worker.decoder.read_from(&mut worker.reader);
+            match worker.decoder.next_bytes() {
+                Ok(Some(payload)) => {
+                    return match wire::decode_result(payload) {
+                        Decoded::Result { key: wire::READY_KEY, outcome: Ok(_) } => Ok(()),
+                        _ => Err(not_ready("its first frame was not a ready message".into())),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => return Err(not_ready(format!("bad frame: {e}"))),
+            }
+            if !matches!(wire::stream_state(state, &worker.decoder), Ok(StreamState::Open)) {
+                let program = self
+                    .shared
+                    .config
+                    .program
+                    .as_ref()
+                    .map_or_else(|| "this program".to_owned(), |p| p.display().to_string());
+                return Err(not_ready(format!(
+                    "{program} exited before it was ready (its main must call \
+                     procyard_resultworker::init() first)"
+                )));
+            }
+            if deadline.is_expired() {
+                return Err(not_ready(format!("no ready message within {timeout:?}")));
+            }
+            let remaining = deadline.remaining();
+            let ts = rustix::event::Timespec {
+                tv_sec: remaining.as_secs().min(86_400) as i64,
+                tv_nsec: i64::from(remaining.subsec_nanos()),
+            };
+            let mut fds =
+                [rustix::event::PollFd::new(&worker.reader, rustix::event::PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::os("wait for the worker", e)),
+            }
+        }
+    }
+
+    fn stopping(&self) -> Option<Duration> {
+        *lock(&self.shared.stop_grace)
+    }
+
+    fn event_loop(&mut self) {
+        let mut events = Events::with_capacity(16);
+        loop {
+            if let Some(grace) = self.stopping() {
+                if self.worker.is_none() {
+                    self.shared.fail_all_except(&HashSet::new(), &Error::Stopped);
+                    return;
+                }
+                if self.term_at.is_none() {
+                    let term_at = Deadline::after(grace.saturating_add(STOP_SLACK));
+                    self.term_at = Some(term_at);
+                    self.kill_at = Some(Deadline::at(term_at.instant() + STOP_SLACK));
+                }
+            }
+            let deadlines = [self.restart_at, self.term_at, self.kill_at];
+            let timeout = Deadline::poll_timeout(deadlines.into_iter().flatten());
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!("procyard-resultworker: listener poll failed: {e}");
+                    self.kill_worker();
+                    self.shared.fail_all_except(&HashSet::new(), &Error::WorkerLost);
+                    return;
+                }
+            }
+            let mut exited = false;
+            for event in events.iter() {
+                match event.token() {
+                    READER => exited |= self.read_results(),
+                    PIDFD => exited = true,
+                    _ => {}
+                }
+            }
+            if exited {
+                self.on_exit();
+            }
+            self.handle_deadlines();
+        }
+    }
+
+    fn handle_deadlines(&mut self) {
+        if self.restart_at.is_some_and(Deadline::is_expired) {
+            self.restart_at = None;
+            if self.stopping().is_none() {
+                self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self.spawn() {
+                    eprintln!("procyard-resultworker: {}", crate::worker::chain(&e));
+                    let backlog: Vec<u64> =
+                        lock(&self.shared.writer).backlog.drain(..).map(|(k, _)| k).collect();
+                    self.shared.fail(backlog, &Error::WorkerLost);
+                    self.schedule_restart();
+                }
+            }
+        }
+        if let Some(worker) = &self.worker {
+            if self.kill_at.is_some_and(Deadline::is_expired) {
+                let _ = worker.child.kill();
+                self.kill_at = None;
+            } else if self.term_at.is_some_and(Deadline::is_expired) {
+                let _ = worker.child.signal_group(Signal::TERM);
+                self.term_at = Some(Deadline::after(Duration::from_secs(86_400)));
+            }
+        }
+    }
+
+    fn kill_worker(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            let _ = worker.child.kill_and_reap();
+        }
+    }
+
+    /// Reads and dispatches every complete frame; returns whether the stream ended (or is
+    /// corrupt, in which case the worker is killed).
+    fn read_results(&mut self) -> bool {
+        let Some(worker) = self.worker.as_mut() else { return false };
+        let state = worker.decoder.read_from(&mut worker.reader);
+        loop {
+            match worker.decoder.next_bytes() {
+                Ok(Some(payload)) => dispatch(&self.shared, payload),
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("procyard-resultworker: corrupt result stream: {e}");
+                    let _ = worker.child.kill();
+                    return true;
+                }
+            }
+        }
+        match wire::stream_state(state, &worker.decoder) {
+            Ok(StreamState::Open) => false,
+            Ok(StreamState::Closed) => true,
+            Err(e) => {
+                eprintln!("procyard-resultworker: corrupt result stream: {e}");
+                let _ = worker.child.kill();
+                true
+            }
+        }
+    }
+
+    /// The worker exited (or closed its pipe): take its last results, reap it, fail what it
+    /// still had, and restart it unless stopping.
+    fn on_exit(&mut self) {
+        if self.worker.is_none() {
+            return;
+        }
+        self.read_results();
+        let Some(mut worker) = self.worker.take() else { return };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut worker.child);
+        let _ = registry.deregister(&mut procyard_core::mio::unix::SourceFd(&raw(&worker.reader)));
+        // A closed pipe with a live worker means it is broken: make sure it is gone.
+        if !matches!(worker.child.try_wait(), Ok(Some(_))) {
+            let _ = worker.child.kill_and_reap();
+        }
+        *lock(&self.shared.worker_pid) = None;
+        let stopping = self.stopping().is_some();
+        let error = if stopping { Error::Stopped } else { Error::WorkerLost };
+        let keep: HashSet<u64> = {
+            let mut writer = lock(&self.shared.writer);
+            writer.file = None;
+            writer.backlog.iter().map(|(k, _)| *k).collect()
+        };
+        self.shared.fail_all_except(&keep, &error);
+        if !stopping {
+            if worker.started.elapsed() >= STABLE_AFTER {
+                self.failures = 0;
+            }
+            self.schedule_restart();
+        }
+    }
+
+    fn schedule_restart(&mut self) {
+        let config = &self.shared.config;
+        let factor = 1u32.checked_shl(self.failures.min(20)).unwrap_or(u32::MAX);
+        let delay = config.backoff_min.saturating_mul(factor).min(config.backoff_max);
+        self.failures = self.failures.saturating_add(1);
+        self.restart_at = Some(Deadline::after(delay));
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let start_err = |e: procyard_core::Error| Error::Start { source: Arc::new(e) };
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| Error::os("create a pipe", e))
+        };
+        let (job_read, job_write) = pipe()?;
+        let (result_read, result_write) = pipe()?;
+        let config = &self.shared.config;
+        let program = match &config.program {
+            Some(p) => p.clone(),
+            None => PathBuf::from("/proc/self/exe"),
+        };
+        let mut cmd = Command::new(&program);
+        cmd.arg0("procyard-resultworker")
+            .env(ENV_WORKER, self.shared.owner.as_raw().to_string())
+            .env(ENV_MAX_WORKERS, config.max_workers.max(1).to_string())
+            .env(ENV_REUSE, if config.reuse_processes { "1" } else { "0" })
+            .stdin(Stdio::Fd(job_read))
+            .stdout(Stdio::Fd(result_write))
+            .stderr(Stdio::Inherit)
+            .grouping(Grouping::NewProcessGroup)
+            .parent_death_signal(Signal::KILL);
+        let spawned = cmd.spawn();
+        // Closes this process's copies of the worker's ends.
+        drop(cmd);
+        let mut child = spawned.map_err(start_err)?;
+        rustix::io::ioctl_fionbio(&result_read, true)
+            .map_err(|e| Error::os("make the result pipe non-blocking", e))?;
+        let registry = self.poll.registry();
+        let reader = File::from(result_read);
+        registry
+            .register(&mut child, PIDFD, Interest::READABLE)
+            .and_then(|()| {
+                registry.register(
+                    &mut procyard_core::mio::unix::SourceFd(&raw(&reader)),
+                    READER,
+                    Interest::READABLE,
+                )
+            })
+            .map_err(|e| Error::os("watch the worker", e))?;
+        *lock(&self.shared.worker_pid) = Some(child.id());
+        let mut file = File::from(job_write);
+        {
+            let mut writer = lock(&self.shared.writer);
+            let mut ok = true;
+            for (_, payload) in writer.backlog.drain(..) {
+                if ok && wire::write_frame(&mut file, &payload).is_err() {
+                    ok = false;
+                }
+            }
+            if writer.stopping {
+                let payload = wire::encode_request(&Request::Stop { grace_ms: 0 }, &[]);
+                let _ = wire::write_frame(&mut file, &payload);
+            } else if ok {
+                writer.file = Some(file);
+            }
+        }
+        self.worker =
+            Some(Running { child, reader, decoder: FrameDecoder::new(), started: Instant::now() });
+        Ok(())
+    }
+}
+
+fn raw(fd: &impl std::os::fd::AsRawFd) -> std::os::fd::RawFd {
+    fd.as_raw_fd()
+}
+
+/// Completes the future a result frame names; a malformed frame fails only its own key.
+fn dispatch(shared: &Shared, payload: Vec<u8>) {
+    let (key, outcome) = match wire::decode_result(payload) {
+        Decoded::Result { key, outcome } => (key, outcome.map(Arc::from).map_err(Error::from)),
+        Decoded::BadBody { key, reason } => (key, Err(Error::Malformed { reason })),
+        Decoded::NoKey { len } => {
+            eprintln!(
+                "procyard-resultworker: ignoring a result frame of {len} bytes without a key"
+            );
+            return;
+        }
+    };
+    let slot = lock_map(&shared.keys).remove(&key).and_then(|w| w.upgrade());
+    if let Some(slot) = slot {
+        slot.set(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+    use crate::future::{Key, ResultFuture, Slot};
+    use crate::handle::WAKE;
+    use crate::wire::{TAG_ERROR, TAG_VALUE, WireError, encode_report, encode_result, error_body};
+    use procyard_core::mio::Waker;
+
+    fn shared() -> Arc<Shared> {
+        let poll = Poll::new().unwrap();
+        let waker = Waker::new(poll.registry(), WAKE).unwrap();
+        Arc::new(Shared::new(Config::default(), waker))
+    }
+
+    fn pending(shared: &Shared, key: u64) -> ResultFuture<String> {
+        let slot = Arc::new(Slot::default());
+        lock_map(&shared.keys).insert(key, Arc::downgrade(&slot));
+        ResultFuture::new(Key(key), slot, Arc::clone(&shared.keys))
+    }
+
+    #[test]
+    fn resultworker_r1_malformed_frame_fails_only_its_own_result() {
+        let shared = shared();
+        let a = pending(&shared, 1);
+        let b = pending(&shared, 2);
+        let c = pending(&shared, 3);
+        dispatch(&shared, vec![1, 2, 3]);
+        dispatch(&shared, encode_result(2, &[TAG_ERROR, b'{', b'x']));
+        dispatch(&shared, encode_result(99, &encode_report(TAG_VALUE, b"\"nobody\"")));
+        dispatch(&shared, encode_result(1, &encode_report(TAG_VALUE, b"\"a\\nb\"")));
+        let stopped = encode_report(TAG_ERROR, &error_body(&WireError::Stopped));
+        dispatch(&shared, encode_result(3, &stopped));
+        assert_eq!(a.try_get().unwrap().unwrap(), "a\nb");
+        assert!(matches!(b.try_get(), Some(Err(Error::Malformed { .. }))));
+        assert!(matches!(c.try_get(), Some(Err(Error::Stopped))));
+        assert!(lock_map(&shared.keys).is_empty(), "set keys are removed");
+    }
+
+    #[test]
+    fn resultworker_r2_worker_loss_fails_sent_jobs_not_the_backlog() {
+        let shared = shared();
+        let sent = pending(&shared, 1);
+        let queued = pending(&shared, 2);
+        shared.fail_all_except(&HashSet::from([2]), &Error::WorkerLost);
+        assert!(matches!(sent.try_get(), Some(Err(Error::WorkerLost))));
+        assert!(queued.try_get().is_none());
+        assert_eq!(lock_map(&shared.keys).len(), 1);
+    }
+
+    #[test]
+    fn restart_backoff_doubles_up_to_the_cap() {
+        let shared = shared();
+        let mut config =
+            Config::default().backoff(Duration::from_millis(10), Duration::from_millis(50));
+        config.max_workers = 1;
+        let shared = Arc::new(Shared { config, ..Arc::into_inner(shared).unwrap() });
+        let mut listener = Listener {
+            shared,
+            poll: Poll::new().unwrap(),
+            worker: None,
+            restart_at: None,
+            failures: 0,
+            term_at: None,
+            kill_at: None,
+        };
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            let before = Instant::now();
+            listener.schedule_restart();
+            let at = listener.restart_at.unwrap().instant();
+            delays.push(at.saturating_duration_since(before).as_millis());
+        }
+        assert!(delays[0] >= 9 && delays[0] <= 15, "{delays:?}");
+        assert!(delays[1] >= 19 && delays[1] <= 25, "{delays:?}");
+        assert!(delays[4] >= 49 && delays[4] <= 55, "{delays:?}");
+    }
+}

@@ -1,0 +1,252 @@
+//! The wire formats between the application and its worker, all inside procyard-core's
+//! length-prefixed frames (so any byte, newline included, is just payload: R1).
+//!
+//! - Requests (application → worker): `u32` header length, a JSON [`Request`] header, then the
+//!   raw body (a function's JSON arguments).
+//! - Results (worker → application): `u64` key, one tag byte (`0` value, `1` error), then the
+//!   body: the value's JSON, or a JSON [`WireError`].
+//! - Inside the worker, a job child reports to the worker with one tag byte and the body.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use procyard_core::Exit;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The key of the worker's first frame, which says it is ready (job keys start at 1).
+pub(crate) const READY_KEY: u64 = 0;
+
+/// Tag byte of a value.
+pub(crate) const TAG_VALUE: u8 = 0;
+/// Tag byte of an error.
+pub(crate) const TAG_ERROR: u8 = 1;
+
+/// What the worker runs for one job.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) enum Spec {
+    /// A registered function; its JSON arguments travel as the frame body.
+    Function { name: String },
+    /// A program to execute.
+    Command(CommandSpec),
+}
+
+/// A command job as it travels to the worker.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct CommandSpec {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) cwd: Option<String>,
+}
+
+/// A request header from the application to the worker.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) enum Request {
+    /// Run a job.
+    Run { key: u64, spec: Spec, timeout_ms: Option<u64> },
+    /// Accept no more jobs, give running ones `grace_ms`, then TERM, then KILL, then exit.
+    Stop { grace_ms: u64 },
+}
+
+/// An error as it travels from the worker.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) enum WireError {
+    Failed { message: String },
+    Crashed { exit: Exit },
+    TimedOut { timeout_ms: u64 },
+    Stopped,
+    UnknownFunction { name: String },
+    Malformed { reason: String },
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Error {
+        match e {
+            WireError::Failed { message } => Error::Failed { message },
+            WireError::Crashed { exit } => Error::Crashed { exit },
+            WireError::TimedOut { timeout_ms } => {
+                Error::TimedOut { timeout: Duration::from_millis(timeout_ms) }
+            }
+            WireError::Stopped => Error::Stopped,
+            WireError::UnknownFunction { name } => Error::UnknownFunction { name },
+            WireError::Malformed { reason } => Error::Malformed { reason },
+        }
+    }
+}
+
+/// Encodes a request payload (without the frame's length prefix).
+pub(crate) fn encode_request(header: &Request, body: &[u8]) -> Vec<u8> {
+    // A request header holds only strings and numbers: serializing it cannot fail.
+    let json = serde_json::to_vec(header).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + json.len() + body.len());
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Writes `payload` as one procyard-core frame with a single `write` where the pipe allows
+/// (the reader wakes once per frame, not once for the header and again for the payload).
+pub(crate) fn write_frame<W: std::io::Write + ?Sized>(
+    w: &mut W,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    if payload.len() > procyard_core::MAX_FRAME {
+        return Err(std::io::Error::other(procyard_core::Error::FrameTooLarge {
+            len: payload.len(),
+            max: procyard_core::MAX_FRAME,
+        }));
+    }
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    w.write_all(&frame)
+}
+
+/// Splits a request payload into its header and body.
+pub(crate) fn decode_request(payload: &[u8]) -> Result<(Request, &[u8]), String> {
+    if payload.len() < 4 {
+        return Err(format!("request of {} bytes is shorter than its header", payload.len()));
+    }
+    let len = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
+    let rest = &payload[4..];
+    if len > rest.len() {
+        return Err(format!("request header of {len} bytes exceeds the {} left", rest.len()));
+    }
+    let header = serde_json::from_slice(&rest[..len]).map_err(|e| e.to_string())?;
+    Ok((header, &rest[len..]))
+}
+
+/// A tagged report: `tag` then `body`.
+pub(crate) fn encode_report(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + body.len());
+    out.push(tag);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The body of an error report.
+pub(crate) fn error_body(error: &WireError) -> Vec<u8> {
+    serde_json::to_vec(error).unwrap_or_default()
+}
+
+/// Encodes a result payload for `key` (without the frame's length prefix).
+pub(crate) fn encode_result(key: u64, report: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + report.len());
+    out.extend_from_slice(&key.to_be_bytes());
+    out.extend_from_slice(report);
+    out
+}
+
+/// What a result payload says: which key, and its value's JSON or its error.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Decoded {
+    /// A well-formed result.
+    Result { key: u64, outcome: Result<Vec<u8>, WireError> },
+    /// The key could be read but not the rest: that one result fails.
+    BadBody { key: u64, reason: String },
+    /// Not even a key: nothing to complete.
+    NoKey { len: usize },
+}
+
+/// Decodes a result payload; never panics.
+pub(crate) fn decode_result(mut payload: Vec<u8>) -> Decoded {
+    if payload.len() < 8 {
+        return Decoded::NoKey { len: payload.len() };
+    }
+    let mut key_bytes = [0u8; 8];
+    key_bytes.copy_from_slice(&payload[..8]);
+    let key = u64::from_be_bytes(key_bytes);
+    match payload.get(8) {
+        Some(&TAG_VALUE) => {
+            payload.drain(..9);
+            Decoded::Result { key, outcome: Ok(payload) }
+        }
+        Some(&TAG_ERROR) => match serde_json::from_slice::<WireError>(&payload[9..]) {
+            Ok(e) => Decoded::Result { key, outcome: Err(e) },
+            Err(e) => Decoded::BadBody { key, reason: format!("undecodable error: {e}") },
+        },
+        Some(tag) => Decoded::BadBody { key, reason: format!("unknown tag {tag}") },
+        None => Decoded::BadBody { key, reason: "no tag".into() },
+    }
+}
+
+/// Decodes a job child's report (tag + body) into an outcome.
+pub(crate) fn decode_report(report: &[u8]) -> Option<Result<Vec<u8>, WireError>> {
+    match report.split_first() {
+        Some((&TAG_VALUE, body)) => Some(Ok(body.to_vec())),
+        Some((&TAG_ERROR, body)) => serde_json::from_slice(body).ok().map(Err),
+        _ => None,
+    }
+}
+
+/// What a [`FrameDecoder::read_from`](procyard_core::FrameDecoder::read_from) result means
+/// once the complete frames have been taken out: the decoder reports a truncation when the end
+/// of stream arrives in the same read as the last frames, which is a clean end if nothing is
+/// left over.
+pub(crate) fn stream_state(
+    state: procyard_core::Result<procyard_core::StreamState>,
+    decoder: &procyard_core::FrameDecoder,
+) -> procyard_core::Result<procyard_core::StreamState> {
+    match state {
+        Err(procyard_core::Error::FrameTruncated { .. }) if decoder.buffered() == 0 => {
+            Ok(procyard_core::StreamState::Closed)
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_is_binary_safe() {
+        let req = Request::Run {
+            key: 7,
+            spec: Spec::Function { name: "a\nb".into() },
+            timeout_ms: Some(5),
+        };
+        let body = b"\"12345\"\n\0\xff";
+        let wire = encode_request(&req, body);
+        let (back, rest) = decode_request(&wire).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(rest, body);
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        assert!(decode_request(b"").is_err());
+        assert!(decode_request(&[0, 0, 0, 9, b'{']).is_err());
+        assert!(decode_request(&[0, 0, 0, 1, b'{']).is_err());
+    }
+
+    #[test]
+    fn results_decode_or_fail_one_key() {
+        let ok = encode_result(3, &encode_report(TAG_VALUE, b"[1,2,3,4,5]"));
+        assert_eq!(
+            decode_result(ok),
+            Decoded::Result { key: 3, outcome: Ok(b"[1,2,3,4,5]".to_vec()) }
+        );
+        let err = encode_result(4, &encode_report(TAG_ERROR, &error_body(&WireError::Stopped)));
+        assert_eq!(
+            decode_result(err),
+            Decoded::Result { key: 4, outcome: Err(WireError::Stopped) }
+        );
+        let bad = encode_result(5, &encode_report(TAG_ERROR, b"{nope"));
+        assert!(matches!(decode_result(bad), Decoded::BadBody { key: 5, .. }));
+        let bad_tag = encode_result(6, &[9]);
+        assert!(matches!(decode_result(bad_tag), Decoded::BadBody { key: 6, .. }));
+        assert!(matches!(decode_result(encode_result(8, &[])), Decoded::BadBody { key: 8, .. }));
+        assert_eq!(decode_result(vec![1, 2]), Decoded::NoKey { len: 2 });
+    }
+
+    #[test]
+    fn reports_decode() {
+        assert_eq!(decode_report(&encode_report(TAG_VALUE, b"1")), Some(Ok(b"1".to_vec())));
+        assert_eq!(decode_report(&[]), None);
+        assert_eq!(decode_report(&[1, b'x']), None);
+    }
+}

@@ -1,0 +1,48 @@
+//! The invariants of DESIGN.md that can be read off the source tree, as a test (the same
+//! checks `cargo xtask tidy` runs).
+
+#[path = "../../xtask/src/tidy.rs"]
+#[allow(dead_code, reason = "shared with xtask, which uses more of it")]
+mod tidy;
+
+#[test]
+fn crate_graph_is_a_star_and_unsafe_stays_in_core_sys() {
+    let problems = tidy::check(&procyard_tests::workspace_root());
+    assert!(problems.is_empty(), "tidy problems:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn tidy_catches_a_sibling_dependency_and_stray_unsafe() {
+    // The checker itself must be able to fail: build a bad workspace and look.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("crates/core/src/sys")).unwrap();
+    std::fs::write(
+        root.join("crates/core/Cargo.toml"),
+        "[package]\nname = \"procyard-core\"\n[dependencies]\nlibc = \"0.2\"\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("crates/core/src/lib.rs"), "//! core\nfn f() { unsafe { g() } }\n")
+        .unwrap();
+    for (folder, package) in tidy::COMPONENTS {
+        let dir = root.join("crates").join(folder);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        let deps = if *folder == "daemon" {
+            "procyard-core.workspace = true\nprocyard-bgtask.workspace = true\n"
+        } else {
+            "procyard-core.workspace = true\n"
+        };
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            format!("[package]\nname = \"{package}\"\n[dependencies]\n{deps}"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("src/lib.rs"), "//! x\n#![forbid(unsafe_code)]\n").unwrap();
+    }
+    std::fs::write(root.join("crates/bgtask/src/extra.rs"), "fn no_header() {}\n").unwrap();
+    let problems = tidy::check(root);
+    let text = problems.join("\n");
+    assert!(text.contains("depends on sibling procyard-bgtask"), "{text}");
+    assert!(text.contains("crates/core/src/lib.rs:2: `unsafe` outside"), "{text}");
+    assert!(text.contains("crates/bgtask/src/extra.rs: must open with a //! line"), "{text}");
+}

@@ -1,0 +1,267 @@
+//! `cargo xtask`: procyard's task runner (test, ci, tidy, bench).
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+mod tidy;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  test    run every unit, doc, integration and end-to-end test of the workspace
+          (starts RabbitMQ first when it is not answering and can be started or installed)
+  ci      cargo fmt --check, clippy -D warnings, cargo doc (warnings denied), tidy, then test
+  tidy    check the architecture rules (crate graph, unsafe, file headers)
+  bench   run every benchmark and print a table of ratios against same-run baselines
+
+examples:
+  cargo xtask test
+  CI=true cargo xtask ci
+  cargo xtask bench
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("ci") => ci(),
+        Some("tidy") => run_tidy(),
+        Some("bench") => bench(),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprint!("xtask: unknown command {:?}\n\n{USAGE}", other.unwrap_or(""));
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(what: &str, mut cmd: Command) -> Result<()> {
+    eprintln!("xtask: {what}");
+    let started = Instant::now();
+    let status = cmd.status().with_context(|| format!("unable to run {what}"))?;
+    eprintln!("xtask: {what}: {status} after {:.1}s", started.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn ci() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run("cargo fmt --check", fmt)?;
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    run("cargo clippy", clippy)?;
+    let mut doc = cargo();
+    doc.args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings");
+    run("cargo doc", doc)?;
+    run_tidy()?;
+    test()
+}
+
+fn run_tidy() -> Result<()> {
+    let problems = tidy::check(&root());
+    if problems.is_empty() {
+        eprintln!("xtask: tidy: ok");
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("tidy: {p}");
+    }
+    bail!("tidy found {} problem(s)", problems.len())
+}
+
+fn test() -> Result<()> {
+    ensure_rabbitmq()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    let result = run("cargo test --workspace", cmd);
+    let strays = stray_processes();
+    if !strays.is_empty() {
+        for s in &strays {
+            eprintln!("xtask: stray process left by the tests: {s}");
+        }
+    }
+    result?;
+    if !strays.is_empty() {
+        bail!("{} stray process(es) or zombie(s) left behind by the tests", strays.len());
+    }
+    Ok(())
+}
+
+/// Processes still running (or unreaped) from binaries built in this workspace's target dir.
+fn stray_processes() -> Vec<String> {
+    let target = root().join("target");
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let ours = exe.as_ref().is_some_and(|e| e.starts_with(&target) && !e.ends_with("xtask"));
+        let zombie_of_ours = stat.contains(") Z ") && stat.contains("procyard");
+        if ours || zombie_of_ours {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            out.push(format!(
+                "pid {pid}: {}",
+                if cmdline.is_empty() { stat.trim().to_owned() } else { cmdline }
+            ));
+        }
+    }
+    out
+}
+
+fn broker_answers() -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], 5672).into();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// The AMQP tests need a broker: use `PROCYARD_AMQP_URL` or one on 127.0.0.1:5672; start or
+/// install Debian's rabbitmq-server when none answers. Under CI a broker is mandatory.
+fn ensure_rabbitmq() -> Result<()> {
+    if std::env::var_os("PROCYARD_AMQP_URL").is_some() || broker_answers() {
+        return Ok(());
+    }
+    eprintln!("xtask: no AMQP broker on 127.0.0.1:5672; trying to start rabbitmq-server");
+    let have_server = Command::new("sh")
+        .args(["-c", "command -v rabbitmq-server"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_server {
+        eprintln!("xtask: installing rabbitmq-server from Debian's packages");
+        let install = Command::new("sh")
+            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server"])
+            .status();
+        if !install.is_ok_and(|s| s.success()) && is_ci() {
+            bail!("RabbitMQ is needed by the tests under CI=true and could not be installed");
+        }
+    }
+    let _ = Command::new("sh").args(["-c", "rabbitmq-server -detached"]).status();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if broker_answers() {
+            eprintln!("xtask: RabbitMQ is answering");
+            return Ok(());
+        }
+        // Waiting for an external service to open its port: there is no event to wait on.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if is_ci() {
+        bail!("RabbitMQ is needed by the tests under CI=true and did not start within 120 s");
+    }
+    eprintln!("xtask: RabbitMQ unavailable; the AMQP tests will say they were skipped");
+    Ok(())
+}
+
+/// Each crate's benchmark example (name, file under the crate's `examples/`), in report order.
+/// Example names are unique across the workspace so their binaries do not collide.
+const BENCHES: &[(&str, &str, &str)] = &[
+    ("procyard-core", "bench_core", "bench.rs"),
+    ("procyard-asyncjob", "bench_asyncjob", "bench.rs"),
+    ("procyard-procmgr", "bench_procmgr", "bench.rs"),
+    ("procyard-daemon", "bench_daemon", "bench.rs"),
+    ("procyard-daemon", "bench_amqp", "bench_amqp.rs"),
+    ("procyard-bgtask", "bench_bgtask", "bench.rs"),
+    ("procyard-resultworker", "bench_resultworker", "bench.rs"),
+];
+
+fn bench() -> Result<()> {
+    ensure_rabbitmq()?;
+    // The benchmarks drive the release binaries (daemons, supervisors): build them first.
+    let mut build = cargo();
+    build.args(["build", "--quiet", "--release", "--workspace", "--bins"]);
+    run("cargo build --release (binaries)", build)?;
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut failures = Vec::new();
+    for (package, example, file) in BENCHES {
+        let file = root()
+            .join("crates")
+            .join(package.trim_start_matches("procyard-"))
+            .join("examples")
+            .join(file);
+        if !file.exists() {
+            continue;
+        }
+        eprintln!("xtask: bench {package} {example}");
+        let output = cargo()
+            .args(["run", "--quiet", "--release", "-p", package, "--example", example])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("unable to run the {package} benchmark"))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            if fields.first() == Some(&"BENCH") && fields.len() >= 7 {
+                let mut row: [String; 7] = Default::default();
+                row[0] = package.trim_start_matches("procyard-").to_owned();
+                for (i, f) in fields[1..7].iter().enumerate() {
+                    row[i + 1] = (*f).to_owned();
+                }
+                rows.push(row);
+            } else if !line.is_empty() {
+                eprintln!("  {line}");
+            }
+        }
+        if !output.status.success() {
+            failures.push(format!("{package} {example}: {}", output.status));
+        }
+    }
+    let header = ["crate", "metric", "value", "unit", "baseline", "baseline value", "ratio"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let print_row = |cells: &[String]| {
+        let line: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("| {} |", line.join(" | "));
+    };
+    print_row(&header.map(str::to_owned));
+    println!("|{}|", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|"));
+    for row in &rows {
+        print_row(row);
+    }
+    if !failures.is_empty() {
+        bail!("benchmarks failed: {}", failures.join("; "));
+    }
+    Ok(())
+}

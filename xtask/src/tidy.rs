@@ -1,0 +1,175 @@
+//! Architecture checks that a test can run: the crate graph is a star around procyard-core,
+//! `unsafe` appears only in procyard-core's `sys` module, every other crate forbids it, and
+//! every Rust file opens with a `//!` line.
+//!
+//! Shared by `cargo xtask tidy` and the `tidy` test of procyard-tests (included by path).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The component crates: folder under `crates/` and package name.
+pub const COMPONENTS: &[(&str, &str)] = &[
+    ("asyncjob", "procyard-asyncjob"),
+    ("procmgr", "procyard-procmgr"),
+    ("daemon", "procyard-daemon"),
+    ("bgtask", "procyard-bgtask"),
+    ("resultworker", "procyard-resultworker"),
+];
+
+/// Runs every check on the workspace at `root`; returns the list of problems (empty: tidy).
+pub fn check(root: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    check_star(root, &mut problems);
+    for file in rust_files(root) {
+        check_file(root, &file, &mut problems);
+    }
+    problems
+}
+
+/// Names in the `[dependencies]`-like tables of a Cargo.toml (normal, dev and build).
+fn dependency_names(manifest: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_deps = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = line.ends_with("dependencies]");
+            continue;
+        }
+        if in_deps
+            && !line.starts_with('#')
+            && let Some((name, _)) = line.split_once('=')
+        {
+            let name = name.trim().trim_end_matches(".workspace").trim();
+            names.push(name.split('.').next().unwrap_or(name).to_owned());
+        }
+    }
+    names
+}
+
+fn check_star(root: &Path, problems: &mut Vec<String>) {
+    let core = root.join("crates/core/Cargo.toml");
+    match std::fs::read_to_string(&core) {
+        Ok(text) => {
+            for dep in dependency_names(&text) {
+                if dep.starts_with("procyard-") {
+                    problems.push(format!(
+                        "crates/core/Cargo.toml: procyard-core must not depend on {dep}"
+                    ));
+                }
+            }
+        }
+        Err(e) => problems.push(format!("crates/core/Cargo.toml: unreadable: {e}")),
+    }
+    for (folder, package) in COMPONENTS {
+        let path = root.join("crates").join(folder).join("Cargo.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("crates/{folder}/Cargo.toml: unreadable: {e}"));
+                continue;
+            }
+        };
+        if !text.contains(&format!("name = \"{package}\"")) {
+            problems.push(format!("crates/{folder}/Cargo.toml: package must be named {package}"));
+        }
+        let deps = dependency_names(&text);
+        if !deps.iter().any(|d| d == "procyard-core") {
+            problems.push(format!("crates/{folder}/Cargo.toml: must depend on procyard-core"));
+        }
+        for dep in deps.iter().filter(|d| d.starts_with("procyard-") && *d != "procyard-core") {
+            problems.push(format!(
+                "crates/{folder}/Cargo.toml: depends on sibling {dep}; the crate graph is a star"
+            ));
+        }
+        for root_file in ["src/lib.rs", "src/main.rs"] {
+            let p = root.join("crates").join(folder).join(root_file);
+            if let Ok(src) = std::fs::read_to_string(&p)
+                && !src.contains("#![forbid(unsafe_code)]")
+            {
+                problems
+                    .push(format!("crates/{folder}/{root_file}: must say #![forbid(unsafe_code)]"));
+            }
+        }
+    }
+}
+
+fn rust_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> =
+        ["crates", "xtask", "tests"].iter().map(|d| root.join(d)).collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if name == "target" || name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn check_file(root: &Path, file: &Path, problems: &mut Vec<String>) {
+    let rel = file.strip_prefix(root).unwrap_or(file).display().to_string();
+    let Ok(text) = std::fs::read_to_string(file) else {
+        problems.push(format!("{rel}: unreadable"));
+        return;
+    };
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    if !first.starts_with("//!") {
+        problems.push(format!("{rel}: must open with a //! line saying what the file is"));
+    }
+    let in_core_sys = rel.starts_with("crates/core/src/sys/");
+    let lines: Vec<&str> = text.lines().collect();
+    for (idx, line) in lines.iter().enumerate() {
+        let code = strip_strings(line.split("//").next().unwrap_or(""));
+        let code = code.as_str();
+        let has_unsafe =
+            code.contains("unsafe {") || code.contains("unsafe fn") || code.contains("unsafe impl");
+        if !has_unsafe || code.trim_start().starts_with("#!") {
+            continue;
+        }
+        if !in_core_sys {
+            let mut msg = String::new();
+            let _ = write!(msg, "{rel}:{}: `unsafe` outside procyard-core's sys module", idx + 1);
+            problems.push(msg);
+        } else if code.contains("unsafe {") {
+            let documented = lines[..idx].iter().rev().take(12).any(|l| l.contains("SAFETY:"));
+            if !documented {
+                problems
+                    .push(format!("{rel}:{}: unsafe block without a // SAFETY: comment", idx + 1));
+            }
+        }
+    }
+}
+
+/// The line without the contents of its string literals (so messages may name keywords).
+fn strip_strings(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in line.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    out
+}
