@@ -127,6 +127,8 @@ retry_backoff = "50ms"
     sb.wait_until("the second attempt", SECS(20), |sb| {
         sb.side_effects() == vec![("done".to_owned(), 1)]
     });
+    // The side effect is written before the worker exits; the daemon records the outcome after.
+    sb.wait_until("the outcome recorded", SECS(20), |sb| group(&sb.status(), "victim").done == 1);
     let status = sb.status();
     let g = group(&status, "victim");
     assert_eq!((g.done, g.failed, g.retried), (1, 1, 1));
