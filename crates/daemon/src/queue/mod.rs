@@ -235,7 +235,8 @@ pub trait QueueBackend {
     fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>>;
 
     /// Daemon only: records the outcome of a claimed job (may be buffered until
-    /// [`QueueBackend::flush`]).
+    /// [`QueueBackend::flush`]). A retry's delay counts from this call, not from the flush:
+    /// the job is claimable again once `delay` has passed after `complete` returned.
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()>;
 
     /// Makes buffered outcomes durable. Called at the end of every loop iteration.

@@ -61,7 +61,9 @@ pub struct SqliteQueue {
     mode: OpenMode,
     owner: String,
     _lock: Option<procyard_core::FileLock>,
-    pending: Vec<(i64, String, Outcome)>,
+    /// Outcomes not yet written: row, task, outcome and the wall-clock ms it was reported at
+    /// (a retry's delay counts from there, not from the later flush).
+    pending: Vec<(i64, String, Outcome, i64)>,
     due_cache: Option<Option<i64>>,
     recovered: u64,
 }
@@ -279,7 +281,9 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
-        self.pending.push((job.receipt.0 as i64, job.task.clone(), outcome));
+        // The retry delay runs from now: the caller may compute when the job falls due right
+        // after this call, and a flush that comes later must not push that time back.
+        self.pending.push((job.receipt.0 as i64, job.task.clone(), outcome, now_ms()));
         Ok(())
     }
 
@@ -308,15 +312,15 @@ impl QueueBackend for SqliteQueue {
                      WHERE seq = ?4",
                 )
                 .map_err(e)?;
-            for (seq, task, outcome) in &pending {
+            for (seq, task, outcome, reported_ms) in &pending {
                 match outcome {
                     Outcome::Done => {
                         del.execute(params![seq]).map_err(e)?;
                         *done_per_task.entry(task.clone()).or_default() += 1;
                     }
                     Outcome::Retry { delay, reason } => {
-                        let due =
-                            now.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
+                        let due = reported_ms
+                            .saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
                         retry.execute(params![STATE_READY, due, reason, seq]).map_err(e)?;
                         retried = true;
                     }
@@ -563,6 +567,30 @@ mod tests {
         assert_eq!(daemon.depths().unwrap()["all"].done_total, Some(1));
         assert_eq!(daemon.requeue_dead(None, &[]).unwrap(), 1);
         assert_eq!(daemon.claim("all", 10).unwrap()[0].attempt, 1);
+    }
+
+    /// The daemon computes when a retry falls due right after `complete`; a flush that comes
+    /// later (a busy loop iteration, a loaded machine) must not push the job's time back, or
+    /// the daemon claims at its instant, finds nothing, and the job waits for an unrelated
+    /// wake-up (it was once lost this way until the next publish).
+    #[test]
+    fn retry_delay_counts_from_complete_not_from_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        daemon.bind(&bindings()).unwrap();
+        daemon.publish("mail.a", b"1").unwrap();
+        let job = daemon.claim("mail", 1).unwrap().remove(0);
+        let delay = Duration::from_millis(50);
+        daemon.complete(&job, Outcome::Retry { delay, reason: "x".into() }).unwrap();
+        let due = Instant::now() + delay;
+        // A late flush: the delay has fully passed by the time the outcome is written.
+        std::thread::sleep(delay * 2);
+        daemon.flush().unwrap();
+        assert!(Instant::now() >= due);
+        let again = daemon.claim("mail", 1).unwrap();
+        assert_eq!(again.len(), 1, "the retry is claimable once its delay after complete passed");
+        assert_eq!(again[0].attempt, 2);
     }
 
     #[test]

@@ -617,7 +617,7 @@ impl Daemon {
         job: &crate::queue::Job,
         result: std::result::Result<(), (String, bool)>,
     ) {
-        let mut retry_due = None;
+        let mut retry_delay = None;
         let outcome = match result {
             Ok(()) => {
                 g.done += 1;
@@ -634,7 +634,7 @@ impl Daemon {
                     g.retried += 1;
                     let delay = g.cfg.backoff(job.attempt);
                     tracing::info!(task = %g.cfg.name, job = %job.id, attempt = job.attempt, temporary, %reason, delay_ms = delay.as_millis() as u64, "job failed: retrying");
-                    retry_due = Some(Instant::now() + delay);
+                    retry_delay = Some(delay);
                     Outcome::Retry { delay, reason }
                 }
             }
@@ -644,8 +644,12 @@ impl Daemon {
         }
         // Remember when the retry falls due: if its delay has already passed by the time the
         // outcome is flushed, the queue no longer reports it as a future instant, and without
-        // this the loop would sleep with a claimable job waiting.
-        if let Some(due) = retry_due {
+        // this the loop would sleep with a claimable job waiting. The delay runs from
+        // `complete` (queue contract), so this instant, taken after it (plus a millisecond for
+        // the queue's clock granularity), is never before the job is claimable: a claim made
+        // at this instant finds it, instead of finding nothing and forgetting it.
+        if let Some(delay) = retry_delay {
+            let due = Instant::now() + delay + Duration::from_millis(1);
             self.queue_due = Some(self.queue_due.map_or(due, |d| d.min(due)));
         }
     }
