@@ -179,7 +179,8 @@ fn exit_without_answer() -> Result<()> {
     let started = Instant::now();
     let (_, outcome) =
         run_one(Task::closure(|_| -> Result<(), String> { procyard_core::exit_immediately(3) }))?;
-    ensure!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    // Not waiting for an answer that never comes (a generous bound: the machine may be loaded).
+    ensure!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     ensure!(outcome == Outcome::Exited { code: 3 }, "{outcome:?}");
     let (_, outcome) = run_one(Task::closure(|_| Ok::<_, String>("next")))?;
     ensure!(outcome == Outcome::Value(Value::from("next")), "{outcome:?}");
@@ -279,7 +280,8 @@ fn p3_killed_mid_message() -> Result<()> {
         let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
         Ok(())
     }))?;
-    ensure!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    // No hang on the half-written frame (a generous bound: the machine may be loaded).
+    ensure!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     match outcome {
         Outcome::DiedMidMessage { exit, received, expected } => {
             ensure!(exit.signal() == Some(Signal::KILL), "{exit}");
@@ -404,7 +406,8 @@ fn threaded_process() -> Result<()> {
     });
     worker.join().map_err(|_| anyhow::anyhow!("worker thread panicked"))??;
     // The thread is gone: closures work again.
-    let deadline = Deadline::after(Duration::from_secs(5));
+    // Joined, but the kernel may list the exiting thread a little longer.
+    let deadline = Deadline::after(Duration::from_secs(30));
     while procyard_core::fork::thread_count()? > 1 {
         ensure!(!deadline.is_expired(), "the worker thread lingers");
         std::thread::yield_now();
