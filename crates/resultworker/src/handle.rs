@@ -144,6 +144,21 @@ impl Shared {
         }
     }
 
+    /// The worker is gone: forgets its request pipe and fails, with `error`, every job that
+    /// was sent to it, but not the backlog (those go to the next worker). The keys are taken
+    /// under the writer lock, which `submit` holds while it adds a key, so a job submitted
+    /// meanwhile is either failed here or goes to the backlog, never both (failed here, it
+    /// would still run on the next worker, and its result be discarded).
+    pub(crate) fn fail_sent(&self, error: &Error) {
+        let keys: Vec<u64> = {
+            let mut writer = lock(&self.writer);
+            writer.file = None;
+            let backlog: HashSet<u64> = writer.backlog.iter().map(|(k, _)| *k).collect();
+            lock_map(&self.keys).keys().copied().filter(|k| !backlog.contains(k)).collect()
+        };
+        self.fail(keys, error);
+    }
+
     pub(crate) fn fail_all_except(&self, keep: &HashSet<u64>, error: &Error) {
         let keys: Vec<u64> =
             lock_map(&self.keys).keys().copied().filter(|k| !keep.contains(k)).collect();
