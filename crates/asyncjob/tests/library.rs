@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BIN, Sandbox, is_alive};
+use common::{BIN, Sandbox, is_alive, wait_until};
 use procyard_asyncjob::{AsyncJob, Error, Signal, StartFailure, Status};
 
 fn job(sb: &Sandbox) -> procyard_asyncjob::AsyncJobOptions {
@@ -89,6 +89,16 @@ fn no_state_file_runs_but_tracks_nothing() {
     assert_eq!(job.check().unwrap().status, Status::Absent);
     assert!(matches!(job.kill(Signal::KILL), Err(Error::NoStateFile)));
     assert!(matches!(job.reap(), Err(Error::NoStateFile)));
+    // Nothing tracks this job, so its output is the only sign of its end. `start` returns once
+    // the job's exec is committed, which may be before the new program (and its tagged
+    // environment, which `assert_no_strays` looks for) is in place: wait for the output first.
+    let out = sb.path("out");
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&out)
+            .is_ok_and(|s| s == "ran\n")),
+        "the job never wrote its output: {:?}",
+        std::fs::read_to_string(&out)
+    );
     sb.assert_no_strays();
-    assert_eq!(std::fs::read_to_string(sb.path("out")).unwrap(), "ran\n");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
 }
