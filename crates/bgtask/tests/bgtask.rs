@@ -178,6 +178,9 @@ fn bgtask_seed_example_end_to_end() {
             .retain(1_000_000);
         let mut task = sb.spawn(options);
         wait_for_output(&mut task, StreamName::Stdout, "Hello World 1\n");
+        // The stderr line comes after the stdout one: have it before the task is paused below
+        // (a paused task writes nothing, and a waiting read would wait for good).
+        wait_for_output(&mut task, StreamName::Stderr, "Hello World\n");
         wait_until("self-applied meta", || {
             task.info().unwrap().meta.get("purpose") == Some(&json!("World Domination"))
         });
@@ -300,6 +303,7 @@ fn bgtask_b2_delete_leaves_no_files() {
     wait_for_output(&mut task, StreamName::Stdout, "out");
     let info = task.info().unwrap();
     let pid = Pid::from_raw(info.pid.unwrap()).unwrap();
+    let task_ident = ProcessIdentity::of(pid).unwrap().expect("task alive");
     let sup = ProcessIdentity::of(Pid::from_raw(info.supervisor_pid).unwrap()).unwrap().unwrap();
     let id = task.id().to_owned();
     assert_eq!(
@@ -314,11 +318,13 @@ fn bgtask_b2_delete_leaves_no_files() {
     let mut stubborn = stubborn;
     wait_for_output(&mut stubborn, StreamName::Stdout, "ready");
     let stubborn_pid = Pid::from_raw(stubborn.info().unwrap().pid.unwrap()).unwrap();
+    let stubborn_ident = ProcessIdentity::of(stubborn_pid).unwrap().expect("task alive");
     task.delete().unwrap();
     stubborn.delete().unwrap();
     assert!(sb.files().is_empty(), "left behind: {:?}", sb.files());
-    for p in [pid, stubborn_pid] {
-        assert!(ProcStat::read(p).unwrap().is_none_or(|s| s.is_zombie()), "task {p} survived");
+    // By identity: once reaped, a pid may name another process.
+    for ident in [task_ident, stubborn_ident] {
+        assert!(!ident.is_running().unwrap(), "task {} survived", ident.pid);
     }
     wait_until("the supervisor to exit", || !sup.is_running().unwrap());
 }
@@ -654,12 +660,14 @@ fn bgtask_supervisor_term_deletes_its_task() {
     wait_for_output(&mut task, StreamName::Stdout, "up");
     let info = task.info().unwrap();
     let pid = Pid::from_raw(info.pid.unwrap()).unwrap();
+    let task_ident = ProcessIdentity::of(pid).unwrap().expect("task alive");
     let sup = ProcessIdentity::of(Pid::from_raw(info.supervisor_pid).unwrap()).unwrap().unwrap();
     let raw = rustix::process::Pid::from_raw(sup.pid.as_raw()).unwrap();
     rustix::process::kill_process(raw, rustix::process::Signal::TERM).unwrap();
     wait_until("the supervisor to exit", || !sup.is_running().unwrap());
     assert!(sb.files().is_empty(), "{:?}", sb.files());
-    assert!(ProcStat::read(pid).unwrap().is_none_or(|s| s.is_zombie()), "task {pid} survived");
+    // By identity: once reaped, a pid may name another process.
+    assert!(!task_ident.is_running().unwrap(), "task {pid} survived");
 }
 
 #[test]
