@@ -291,7 +291,9 @@ impl QueueBackend for SqliteQueue {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
+        // Kept until the transaction commits: after a failure (a writer holding the file past
+        // `busy_timeout`) the next flush writes them, instead of leaving the jobs leased.
+        let pending = &self.pending;
         let path = self.path.clone();
         let e = |err| Error::queue("record job outcomes in", &path, err);
         let tx = self.conn.transaction().map_err(e)?;
@@ -312,7 +314,7 @@ impl QueueBackend for SqliteQueue {
                      WHERE seq = ?4",
                 )
                 .map_err(e)?;
-            for (seq, task, outcome, reported_ms) in &pending {
+            for (seq, task, outcome, reported_ms) in pending {
                 match outcome {
                     Outcome::Done => {
                         del.execute(params![seq]).map_err(e)?;
@@ -340,6 +342,7 @@ impl QueueBackend for SqliteQueue {
             }
         }
         tx.commit().map_err(e)?;
+        self.pending.clear();
         if retried {
             self.due_cache = None;
         }

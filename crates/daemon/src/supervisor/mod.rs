@@ -130,6 +130,9 @@ impl Daemon {
     }
 
     fn start(&mut self, options: RunOptions) -> Result<()> {
+        // A child inherited from the process that exec'd the daemon may have exited before
+        // the signalfd existed: its SIGCHLD is gone, and none may follow. Reap it now.
+        self.reap_unknown_children();
         for g in self.groups.values() {
             self.queue.set_capacity(&g.cfg.name, g.cfg.max_workers)?;
         }
@@ -203,6 +206,13 @@ impl Daemon {
                 self.reap_unknown_children();
             }
             self.on_deadlines();
+            // Record the outcomes of this iteration before claiming more: the queue then never
+            // holds more leased jobs than `max_workers` per task, so a daemon killed at any
+            // moment leaves at most that many to run again (not also the finished ones whose
+            // outcome was still buffered when the new jobs were claimed).
+            if let Err(e) = self.queue.flush() {
+                tracing::error!(error = %e, "unable to record job outcomes; will retry");
+            }
             self.reconcile();
             if let Err(e) = self.queue.flush() {
                 tracing::error!(error = %e, "unable to record job outcomes; will retry");
