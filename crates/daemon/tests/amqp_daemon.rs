@@ -13,11 +13,15 @@ use std::time::{Duration, Instant};
 
 #[path = "common/broker.rs"]
 mod broker;
-use broker::broker_url;
+use broker::{broker_url, wait_consumers};
 
 use procyard_daemon::queue::{self, BackendKind, OpenMode, QueueConfig, TaskBinding};
 
 const MAX_WORKERS: usize = 4;
+/// How long a test may wait for its jobs. The work takes seconds (about 15 s for 2,000 jobs
+/// on a quiet 2-core machine); this holds on a machine several times slower, and a real hang
+/// still fails.
+const JOBS_DEADLINE: Duration = Duration::from_secs(240);
 
 /// Wakes up when a file in a directory is created or written (inotify), so tests wait for
 /// output without polling on a timer.
@@ -81,6 +85,10 @@ impl Cluster {
             assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}");
             cluster.daemons.push(Some(child));
         }
+        // Ready does not mean subscribed (the daemon sets its prefetch asynchronously): wait
+        // until every daemon consumes, so none finds the queue drained by the others.
+        let queue = format!("{}.work", cluster.exchange);
+        wait_consumers(url, &queue, n as u32, Duration::from_secs(60));
         cluster
     }
 
@@ -191,13 +199,12 @@ impl Drop for Cluster {
     }
 }
 
+/// The complete lines of a file: a line still being appended (a write can become visible in
+/// parts) is not counted until its newline is there.
 fn read_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
 
 /// SIGTERM, then wait (a graceful stop finishes quickly with idle workers).
@@ -214,7 +221,7 @@ fn amqp_daemons_three_share_one_queue_each_job_once() {
     const JOBS: usize = 2_000;
     let mut cluster = Cluster::start(&url, 3);
     cluster.publish(JOBS);
-    let runs = cluster.wait_distinct(JOBS, Duration::from_secs(100));
+    let runs = cluster.wait_distinct(JOBS, JOBS_DEADLINE);
     cluster.stop_all();
     let runs_after_stop = cluster.runs();
     let mut count: BTreeMap<&String, usize> = BTreeMap::new();
@@ -236,7 +243,7 @@ fn amqp_daemons_sigkilled_daemon_loses_nothing() {
     const JOBS: usize = 2_000;
     let mut cluster = Cluster::start(&url, 3);
     cluster.publish(JOBS);
-    let deadline = Instant::now() + Duration::from_secs(100);
+    let deadline = Instant::now() + JOBS_DEADLINE;
     while read_lines(&cluster.out(0)).len() < 100 {
         assert!(Instant::now() < deadline, "daemon 0 never ran 100 jobs");
         cluster.watch.wait(Duration::from_millis(500));
@@ -244,7 +251,7 @@ fn amqp_daemons_sigkilled_daemon_loses_nothing() {
     let mut victim = cluster.daemons[0].take().expect("daemon 0");
     victim.kill().expect("SIGKILL");
     victim.wait().expect("reap");
-    cluster.wait_distinct(JOBS, Duration::from_secs(100));
+    cluster.wait_distinct(JOBS, JOBS_DEADLINE);
     // Every run is in the files once the daemons have stopped.
     cluster.stop_all();
     let runs = cluster.runs();
@@ -284,7 +291,7 @@ fn amqp_daemons_failing_job_retried_dead_lettered_and_requeued() {
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     // Three attempts (max_attempts = 3), through the broker's retry queues, then dead.
     let dead = loop {
         let dead: serde_json::Value =

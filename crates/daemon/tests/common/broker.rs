@@ -29,3 +29,36 @@ pub fn broker_url(test: &str) -> Option<String> {
     eprintln!("SKIP {test}: no AMQP broker answers at {hostport} (set PROCYARD_AMQP_URL)");
     None
 }
+
+/// Waits until `queue` has at least `n` consumers on the broker (polling a passive declare:
+/// the broker offers no event for it), so a test publishes only once every consumer it started
+/// can receive: one that subscribed late would otherwise find the queue already drained.
+/// Panics after `timeout`.
+pub fn wait_consumers(url: &str, queue: &str, n: u32, timeout: Duration) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        use lapin::options::QueueDeclareOptions;
+        let conn =
+            lapin::Connection::connect(url, Default::default()).await.expect("connect to broker");
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = 0;
+        while seen < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue {queue}: {seen} of {n} consumers after {timeout:?}"
+            );
+            // A passive declare of a queue not declared yet closes the channel: use a new one.
+            let ch = conn.create_channel().await.expect("channel");
+            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+            seen = match ch.queue_declare(queue.into(), passive, Default::default()).await {
+                Ok(q) => q.consumer_count(),
+                Err(_) => 0,
+            };
+            let _ = ch.close(200, "".into()).await;
+            if seen < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let _ = conn.close(200, "".into()).await;
+    });
+}

@@ -201,14 +201,14 @@ fn daemon_s8_timeout_kills_the_group_and_dead_letters() {
 name = "hang"
 routing_keys = ["hang"]
 command = ["sh", "-c", "sleep 30 & echo $! > {out}/grandchild.$PROCYARD_ATTEMPT; wait"]
-timeout = "300ms"
+timeout = "2s"
 max_attempts = 2
 retry_backoff = "20ms"
 "#,
     );
     sb.start();
     sb.publish("hang", b"");
-    sb.wait_until("dead-lettered after 2 timeouts", SECS(20), |sb| {
+    sb.wait_until("dead-lettered after 2 timeouts", SECS(40), |sb| {
         group(&sb.status(), "hang").dead_lettered == 1
     });
     let status = sb.status();
@@ -225,13 +225,17 @@ retry_backoff = "20ms"
             .trim()
             .parse()
             .expect("number");
-        sb.wait_until("grandchild gone", SECS(5), |_| !is_alive(pid));
+        sb.wait_until("grandchild gone", SECS(20), |_| !is_alive(pid));
     }
 }
 
 #[test]
 fn daemon_s1_graceful_stop_with_idle_workers_is_fast() {
-    let mut sb = Sandbox::new(&longlived_task("idle", "\"idle\"", 10, 10, ""));
+    // Long grace and kill timeouts: a stop that waited for either would take a minute.
+    let mut sb = Sandbox::with(
+        "grace_period = \"60s\"\nkill_timeout = \"60s\"",
+        &longlived_task("idle", "\"idle\"", 10, 10, ""),
+    );
     sb.start();
     sb.wait_until("10 workers", SECS(20), |sb| sb.worker_pids("idle").len() == 10);
     let pids = sb.worker_pids("idle");
@@ -240,7 +244,10 @@ fn daemon_s1_graceful_stop_with_idle_workers_is_fast() {
     let exit = sb.wait_exit(SECS(10)).expect("daemon exits");
     let took = t0.elapsed();
     assert!(exit.success(), "{exit}");
-    assert!(took < Duration::from_millis(1000), "graceful stop took {took:?} (Symphony: >= 5 s)");
+    assert!(
+        took < SECS(30),
+        "graceful stop took {took:?}: it waited for the grace period (Symphony did)"
+    );
     for pid in pids {
         assert!(!is_alive(pid), "worker {pid} left behind");
     }
@@ -268,11 +275,12 @@ command = ["sh", "-c", "trap '' TERM; echo $$ > {out}/pid; sleep 60"]
         sb.wait_exit(Duration::from_millis(300)).is_none(),
         "graceful stop waits for the in-flight job"
     );
-    assert_eq!(sb.status().state, "stopping");
+    sb.wait_until("stopping reported", SECS(10), |sb| sb.status().state == "stopping");
     let t0 = Instant::now();
     sb.signal(Signal::TERM);
     let exit = sb.wait_exit(SECS(10)).expect("forced stop");
-    assert!(t0.elapsed() < SECS(2), "forced stop took {:?}", t0.elapsed());
+    // kill_timeout is 60 s: a forced stop does not wait for it.
+    assert!(t0.elapsed() < SECS(30), "forced stop took {:?}", t0.elapsed());
     assert!(exit.success());
     assert!(!is_alive(pid), "the stubborn worker was killed");
     // The interrupted job is back in the queue, its attempt not counted.
@@ -467,10 +475,11 @@ fn daemon_s6_scales_up_at_once_and_down_after_idle_timeout() {
         Sandbox::new(&longlived_task("burst", "\"burst\"", 0, 4, "idle_timeout = \"300ms\""));
     sb.start();
     assert!(sb.worker_pids("burst").is_empty(), "min_workers = 0: nothing runs without work");
-    sb.publish_many("burst", (0..8).map(|_| b"sleep 0.4".to_vec()));
-    sb.wait_until("4 workers at once", SECS(5), |sb| sb.worker_pids("burst").len() == 4);
-    sb.wait_until("8 jobs done", SECS(20), |sb| group(&sb.status(), "burst").done == 8);
-    sb.wait_until("scaled down to min", SECS(10), |sb| sb.worker_pids("burst").is_empty());
+    // Jobs long enough that the four workers surely live at the same time while we look.
+    sb.publish_many("burst", (0..8).map(|_| b"sleep 1".to_vec()));
+    sb.wait_until("4 workers at once", SECS(20), |sb| sb.worker_pids("burst").len() == 4);
+    sb.wait_until("8 jobs done", SECS(40), |sb| group(&sb.status(), "burst").done == 8);
+    sb.wait_until("scaled down to min", SECS(20), |sb| sb.worker_pids("burst").is_empty());
     assert_eq!(group(&sb.status(), "burst").crashes, 0, "scale-down is not a crash");
 }
 
@@ -486,12 +495,19 @@ min_workers = 1
 max_workers = 1
 "#,
     );
+    let t0 = Instant::now();
     sb.start();
+    let starts = |sb: &Sandbox| sb.side_effects().first().map(|(_, n)| *n).unwrap_or(0);
+    sb.wait_until("a restart", SECS(20), |sb| starts(sb) >= 2);
+    sb.wait_until("the crash loop reported", SECS(20), |sb| {
+        group(&sb.status(), "crashy").crash_loop
+    });
     sb.pause(Duration::from_millis(1500));
-    let starts = sb.side_effects().first().map(|(_, n)| *n).unwrap_or(0);
-    // 100 ms doubling: about 5 starts in 1.5 s (Symphony: ~1,000).
-    assert!((2..=8).contains(&starts), "{starts} starts in 1.5 s");
-    assert!(group(&sb.status(), "crashy").crash_loop || starts >= 2);
+    let (n, elapsed) = (starts(&sb), t0.elapsed());
+    // 100 ms doubling: the k-th restart comes at least 100 ms * (2^k - 1) after the start, so
+    // a slow machine only means fewer starts (Symphony: ~1,000 in 1.5 s).
+    let ceiling = 2 + (elapsed.as_millis() / 100 + 1).ilog2() as usize;
+    assert!(n <= ceiling, "{n} starts in {elapsed:?}: restarts are not throttled");
 }
 
 #[test]
