@@ -900,6 +900,11 @@ impl Daemon {
     }
 
     fn status(&mut self) -> Status {
+        // The counters below already include outcomes of this loop iteration: write them
+        // first, so the queue's depths and dead letters agree with the counters.
+        if let Err(e) = self.queue.flush() {
+            tracing::error!(error = %e, "unable to record job outcomes; will retry");
+        }
         let depths = self.queue.depths().unwrap_or_else(|e| {
             tracing::error!(error = %e, "unable to read queue depths");
             BTreeMap::new()
