@@ -3,9 +3,9 @@
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use procyard_core::{FileLock, state_file};
+use procyard_core::{Deadline, FileLock, state_file};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, StartFailure};
@@ -204,17 +204,33 @@ pub(crate) fn write(path: &Path, state: &JobState) -> Result<()> {
     }
 }
 
+/// How long [`try_lock`] keeps retrying while only readers' probes are in its way.
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
 /// Takes the state file's lock without waiting; `Ok(None)` if another process holds it.
+///
+/// [`read`] probes the lock with a shared `flock` for a moment whenever it sees a live state,
+/// and a probe makes the exclusive attempt fail as a holder would. So a failed attempt is
+/// checked with a probe of our own: a shared lock is granted unless someone holds the lock
+/// exclusively (a `start` or its monitor, a `reap`); if it is granted, only probes were in the
+/// way and the attempt is repeated (for at most [`PROBE_LIMIT`]).
 ///
 /// A `reap` removes the lock file while holding the lock, so after locking, the path must
 /// still name the file that was locked; otherwise the lock is on an orphaned inode and the
 /// attempt is repeated.
 pub(crate) fn try_lock(path: &Path) -> Result<Option<FileLock>> {
     let lock = lock_path(path);
+    let probes_until = Deadline::after(PROBE_LIMIT);
     loop {
         let Some(held) = FileLock::try_exclusive(&lock).map_err(sys("lock the state", path))?
         else {
-            return Ok(None);
+            let held_exclusively =
+                FileLock::is_locked(&lock).map_err(sys("probe the lock", path))?;
+            if held_exclusively || probes_until.is_expired() {
+                return Ok(None);
+            }
+            std::thread::yield_now();
+            continue;
         };
         let ours = held.file().metadata().map(|m| (m.dev(), m.ino())).ok();
         let current = std::fs::metadata(&lock).map(|m| (m.dev(), m.ino())).ok();
@@ -263,6 +279,48 @@ mod tests {
             serde_json::from_str(r#"{"status":"running","pid":5,"ppid":4,"time":1}"#).unwrap();
         assert_eq!(state.status, Status::Running);
         assert!(!state.status.is_terminal());
+    }
+
+    #[test]
+    fn readers_probing_the_lock_do_not_make_it_look_taken() {
+        // `read` probes the lock (a shared flock, for a moment) whenever it sees a live
+        // state; a `start` or `reap` meeting such a probe must not take it for a holder.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job");
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        /// Stops the prober however the attempts end (a failed assertion included).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stop = AtomicBool::new(false);
+        let probes = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            let _stop = Stop(&stop);
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        FileLock::is_locked(lock_path(&path)).unwrap();
+                        probes.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            // Attempts overlap many probes (the probers may start late).
+            let deadline = procyard_core::Deadline::after(std::time::Duration::from_secs(60));
+            let mut attempt = 0;
+            while attempt < 2000 || probes.load(Ordering::Relaxed) < 20_000 {
+                assert!(!deadline.is_expired(), "the probers never ran");
+                let held = try_lock(&path).unwrap();
+                assert!(held.is_some(), "attempt {attempt}: a probe was taken for a holder");
+                attempt += 1;
+            }
+        });
+        // A real holder still makes it busy.
+        let held = try_lock(&path).unwrap().unwrap();
+        assert!(try_lock(&path).unwrap().is_none());
+        drop(held);
     }
 
     #[test]
