@@ -481,7 +481,7 @@ fn stop_children(children: Vec<ChildConsumer>) {
         std::thread::spawn(move || {
             let _ = tx.send(c.child.wait());
         });
-        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             let _ = rx.recv_timeout(Duration::from_secs(5));
             panic!("child consumer {pid} did not stop when its stdin closed");
