@@ -400,6 +400,40 @@ fn daemon_s2_unknown_child_pid_does_not_crash() {
     sb.wait_until("job done", SECS(20), |sb| sb.side_effects().len() == 1);
 }
 
+/// A child that exited before the daemon's signalfd existed sent its SIGCHLD to the process
+/// that exec'd the daemon, where it was ignored: no SIGCHLD will ever come for it. The daemon
+/// still reaps it (at start), instead of leaving a zombie until some other child exits.
+#[test]
+fn daemon_s2_child_exited_before_exec_is_reaped() {
+    const WRAPPER: &str = r#"
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os._exit(3)
+# Not reaped here (default SIGCHLD: ignored, no wait): a zombie when the daemon starts.
+while True:
+    with open(f"/proc/{pid}/stat") as f:
+        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+with open(sys.argv[1], "w") as f:
+    f.write(str(pid))
+os.execv(sys.argv[2], sys.argv[2:])
+"#;
+    let mut sb = Sandbox::new(&counting_task(1));
+    sb.start_wrapped(&["python3", "-c", WRAPPER, "{out}/zombie"]);
+    let pid: i32 = std::fs::read_to_string(sb.out_dir().join("zombie"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("n");
+    std::fs::remove_file(sb.out_dir().join("zombie")).expect("rm");
+    sb.wait_until("the zombie reaped", SECS(10), |_| {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    sb.publish("count.x", b"still-alive");
+    sb.wait_until("job done", SECS(20), |sb| sb.side_effects().len() == 1);
+}
+
 #[test]
 fn daemon_s4_foreign_children_are_neither_reaped_nor_signalled() {
     let mut sb = Sandbox::new(&counting_task(1));

@@ -83,12 +83,21 @@ impl Sandbox {
         self.wait_ready(reader)
     }
 
+    /// Starts the daemon as `wrapper… daemon-command…`: the wrapper program execs the daemon
+    /// (with its arguments) after doing what it must first.
+    pub fn start_wrapped(&mut self, wrapper: &[&str]) -> Pid {
+        let mut cmd = Command::new(wrapper[0]);
+        for arg in &wrapper[1..] {
+            cmd.arg(self.expand(arg));
+        }
+        cmd.arg(BIN).arg("run").arg("--config").arg(&self.config).arg("--ready-fd").arg("3");
+        let reader = self.spawn_command(cmd);
+        self.wait_ready(reader)
+    }
+
     /// Spawns the daemon without waiting; see [`Sandbox::wait_ready`].
     pub fn spawn_daemon(&mut self, shell_prefix: Option<&str>) -> ReadyReader {
-        let (reader, writer) = ready_pipe().expect("ready pipe");
-        let log = self.path().join("daemon.log");
-        let out = self.path().join("daemon.out");
-        let mut cmd = match shell_prefix {
+        let cmd = match shell_prefix {
             None => {
                 let mut c = Command::new(BIN);
                 c.arg("run").arg("--config").arg(&self.config).arg("--ready-fd").arg("3");
@@ -100,6 +109,13 @@ impl Sandbox {
                 self.config.display()
             )),
         };
+        self.spawn_command(cmd)
+    }
+
+    fn spawn_command(&mut self, mut cmd: Command) -> ReadyReader {
+        let (reader, writer) = ready_pipe().expect("ready pipe");
+        let log = self.path().join("daemon.log");
+        let out = self.path().join("daemon.out");
         cmd.stdin(Stdio::Null)
             .stdout(Stdio::Append(out))
             .stderr(Stdio::Append(log))
