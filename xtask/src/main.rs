@@ -101,11 +101,19 @@ fn run_tidy() -> Result<()> {
     bail!("tidy found {} problem(s)", problems.len())
 }
 
+/// How long the whole test run may take before it is called hung (CI stops at 90 minutes).
+const TEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+
 fn test() -> Result<()> {
     ensure_rabbitmq()?;
-    let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--no-fail-fast"]);
-    let result = run("cargo test --workspace", cmd);
+    let timeout = match std::env::var("PROCYARD_TEST_TIMEOUT_SECS") {
+        Ok(v) => Duration::from_secs(
+            v.parse()
+                .with_context(|| format!("PROCYARD_TEST_TIMEOUT_SECS={v:?} is not seconds"))?,
+        ),
+        Err(_) => TEST_TIMEOUT,
+    };
+    let result = run_cargo_test(timeout);
     let strays = stray_processes();
     if !strays.is_empty() {
         for s in &strays {
@@ -119,8 +127,80 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// Processes still running (or unreaped) from binaries built in this workspace's target dir.
+/// `cargo test --workspace --no-fail-fast`, stopped with the test binaries it runs if it is
+/// still going after `timeout`: a hung test fails the run instead of stalling it.
+fn run_cargo_test(timeout: Duration) -> Result<()> {
+    let what = "cargo test --workspace";
+    eprintln!("xtask: {what} (gives up after {} s)", timeout.as_secs());
+    let started = Instant::now();
+    // Same process group as xtask, so a terminal's Ctrl-C still reaches cargo and its tests.
+    let mut child =
+        procyard_core::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .current_dir(root())
+            .grouping(procyard_core::Grouping::Inherit)
+            .spawn()
+            .with_context(|| format!("unable to run {what}"))?;
+    let Some(exit) = child.wait_timeout(timeout).context("waiting for cargo test")? else {
+        eprintln!("xtask: {what} still running after {} s; these were running:", timeout.as_secs());
+        for s in stray_processes() {
+            eprintln!("xtask:   {s}");
+        }
+        kill_descendants(child.id().as_raw() as u32);
+        let _ = child.kill_and_reap();
+        bail!("{what} timed out after {} s (a test hangs)", timeout.as_secs());
+    };
+    eprintln!("xtask: {what}: {exit} after {:.1}s", started.elapsed().as_secs_f64());
+    if !exit.success() {
+        bail!("{what} failed ({exit})");
+    }
+    Ok(())
+}
+
+/// SIGKILLs `root`'s descendants (test binaries and what they started), leaves first.
+fn kill_descendants(root: u32) {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the parenthesised command name: state, then ppid.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if let Some(ppid) = ppid.and_then(|p| p.parse().ok()) {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    for pid in tree.into_iter().skip(1).rev() {
+        if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Processes still running (or unreaped) from binaries built in this workspace's target dir,
+/// described for a report.
 fn stray_processes() -> Vec<String> {
+    our_processes()
+        .into_iter()
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            format!("pid {pid}: {}", if cmdline.is_empty() { stat.trim() } else { &cmdline })
+        })
+        .collect()
+}
+
+/// Pids of processes running (or unreaped) from binaries of this workspace's target dir.
+fn our_processes() -> Vec<u32> {
     let target = root().join("target");
     let me = std::process::id();
     let mut out = Vec::new();
@@ -137,12 +217,7 @@ fn stray_processes() -> Vec<String> {
         let ours = exe.as_ref().is_some_and(|e| e.starts_with(&target) && !e.ends_with("xtask"));
         let zombie_of_ours = stat.contains(") Z ") && stat.contains("procyard");
         if ours || zombie_of_ours {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            out.push(format!(
-                "pid {pid}: {}",
-                if cmdline.is_empty() { stat.trim().to_owned() } else { cmdline }
-            ));
+            out.push(pid);
         }
     }
     out
