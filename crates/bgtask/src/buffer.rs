@@ -2,19 +2,30 @@
 
 use std::io::{self, Read};
 
-/// Smallest allocation of a ring that grows.
-const MIN_RING: usize = 64 * 1024;
+/// First reservation of a ring that grows. Large enough that the allocator maps it apart
+/// from the heap (so growing it moves pages instead of copying them and leaves no freed
+/// block behind); its pages cost memory only once written.
+const FIRST_RING: usize = 256 * 1024;
+
+/// Most bytes made ready (zeroed) ahead of the write position before the ring has been
+/// filled once: reserved pages stay untouched, so memory follows the output.
+const INIT_AHEAD: usize = 16 * 1024;
 
 /// The bytes of one output stream that are still retained, with absolute offsets: offset 0 is
 /// the first byte the task ever wrote (restarts keep counting), `start` the first byte still
 /// held, `limit` the next byte to be written. When more than `cap` bytes are held, the oldest
 /// are dropped; `consumed` marks how far readers have consumed.
 ///
-/// It is a ring over one allocation that grows (by doubling) up to `cap`, and pipes are read
+/// It is a ring over one reservation that grows (by doubling) up to `cap`, and pipes are read
 /// straight into it ([`OutputBuffer::fill_from`]), so output is copied once on its way in.
+/// Memory follows the bytes written: nothing is reserved before the first byte, and the
+/// reservation is initialised only just ahead of the write position.
 #[derive(Debug)]
 pub(crate) struct OutputBuffer {
+    /// The reservation (capacity at least `size`); its length is the initialised prefix.
     ring: Vec<u8>,
+    /// Ring size in use (0 until the first byte).
+    size: usize,
     /// Physical index of `start`.
     head: usize,
     /// Bytes held.
@@ -26,7 +37,15 @@ pub(crate) struct OutputBuffer {
 
 impl OutputBuffer {
     pub(crate) fn new(cap: usize) -> OutputBuffer {
-        OutputBuffer { ring: Vec::new(), head: 0, len: 0, start: 0, consumed: 0, cap: cap.max(1) }
+        OutputBuffer {
+            ring: Vec::new(),
+            size: 0,
+            head: 0,
+            len: 0,
+            start: 0,
+            consumed: 0,
+            cap: cap.max(1),
+        }
     }
 
     /// First retained offset.
@@ -57,17 +76,17 @@ impl OutputBuffer {
     /// Grows the ring (linearising it) when it is full and below the cap. Allocation failure
     /// just leaves it smaller: the oldest bytes are then dropped sooner.
     fn grow(&mut self) {
-        let size = self.ring.len();
+        let size = self.size;
         if self.len < size || size >= self.cap {
             return;
         }
-        let new_size = (size * 2).clamp(MIN_RING.min(self.cap), self.cap);
-        if self.ring.try_reserve_exact(new_size - size).is_err() {
-            return;
-        }
+        let new_size = (size * 2).clamp(FIRST_RING.min(self.cap), self.cap);
+        // A full ring is wholly initialised: `ring.len() == size`.
         self.ring.rotate_left(self.head);
         self.head = 0;
-        self.ring.resize(new_size, 0);
+        if self.ring.try_reserve_exact(new_size - self.ring.len()).is_ok() {
+            self.size = new_size;
+        }
     }
 
     /// Reads once from `r` into the ring (at most `max` bytes), dropping the oldest bytes if
@@ -80,15 +99,23 @@ impl OutputBuffer {
         on_bytes: impl FnOnce(&[u8]),
     ) -> io::Result<usize> {
         self.grow();
-        let size = self.ring.len();
-        if size == 0 || max == 0 {
+        let size = self.size;
+        if max == 0 {
             return Ok(0);
+        }
+        if size == 0 {
+            return Err(io::ErrorKind::OutOfMemory.into());
         }
         let full = self.len == size;
         let tail = (self.head + self.len) % size;
         // When full, the tail is the head: the read overwrites exactly the oldest bytes.
         let end = if full || tail >= self.head { size } else { self.head };
-        let slot_end = end.min(tail.saturating_add(max));
+        // Bytes below `ring.len()` are initialised, and `tail` never lies beyond them.
+        let slot_end =
+            end.min(tail.saturating_add(max)).min(self.ring.len().max(tail + INIT_AHEAD));
+        if slot_end > self.ring.len() {
+            self.ring.resize(slot_end, 0);
+        }
         let n = r.read(&mut self.ring[tail..slot_end])?;
         on_bytes(&self.ring[tail..tail + n]);
         if full {
@@ -129,7 +156,7 @@ impl OutputBuffer {
         if n == 0 {
             return (&[], &[]);
         }
-        let size = self.ring.len();
+        let size = self.size;
         let from = (self.head + skip) % size;
         let first = n.min(size - from);
         (&self.ring[from..from + first], &self.ring[..n - first])
@@ -148,7 +175,7 @@ impl OutputBuffer {
         self.consumed = self.consumed.max(upto);
         let n = (upto - self.start) as usize;
         if n > 0 {
-            self.head = (self.head + n) % self.ring.len();
+            self.head = (self.head + n) % self.size;
             self.len -= n;
             self.start = upto;
         }
@@ -194,6 +221,39 @@ mod tests {
         }
         assert_eq!(read(&buf, 0, 10), (6, b"ghij".to_vec()));
         assert_eq!(read(&buf, 7, 2), (7, b"hi".to_vec()));
+    }
+
+    #[test]
+    fn memory_follows_the_output() {
+        let mut buf = OutputBuffer::new(8 * 1024 * 1024);
+        assert_eq!(buf.ring.capacity(), 0, "nothing reserved before the first byte");
+        buf.push(b"hello");
+        assert!(buf.ring.len() <= INIT_AHEAD, "initialised only just ahead");
+        assert_eq!(buf.size, FIRST_RING);
+        let data: Vec<u8> = (0..FIRST_RING as u32 + 10).map(|i| (i % 253) as u8).collect();
+        buf.push(&data);
+        assert_eq!(buf.size, 2 * FIRST_RING);
+        assert!(buf.ring.len() <= FIRST_RING + 5 + 10 + INIT_AHEAD);
+        let (at, got) = read(&buf, 5, usize::MAX);
+        assert_eq!((at, got.as_slice()), (5, data.as_slice()));
+    }
+
+    #[test]
+    fn grows_after_a_wrap_and_discard_keeps_order() {
+        let mut buf = OutputBuffer::new(FIRST_RING + 100);
+        let data: Vec<u8> = (0..FIRST_RING as u32).map(|i| (i % 241) as u8).collect();
+        buf.push(&data);
+        buf.discard(1000);
+        buf.push(&data[..1000]);
+        // Full again, with its head mid-ring: growing linearises it.
+        buf.push(b"xyz");
+        assert_eq!(buf.size, FIRST_RING + 100);
+        let (at, got) = read(&buf, 0, usize::MAX);
+        assert_eq!(at, 1000);
+        let mut want = data[1000..].to_vec();
+        want.extend_from_slice(&data[..1000]);
+        want.extend_from_slice(b"xyz");
+        assert_eq!(got, want);
     }
 
     #[test]
