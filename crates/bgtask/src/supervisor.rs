@@ -46,6 +46,8 @@ const OUT_MAX: usize = 8 * 1024 * 1024;
 const STDIN_CAP: usize = 1024 * 1024;
 /// Datagrams kept from the data channel.
 const MAX_DATAGRAMS: usize = 1024;
+/// Longest datagram kept whole (longer ones are cut).
+const MAX_DATAGRAM: usize = 64 * 1024;
 /// Grace between the steps of the delete ladder.
 const GRACE: Duration = Duration::from_secs(2);
 /// Time a new connection has to send its hello.
@@ -510,9 +512,16 @@ impl Supervisor {
     }
 
     fn receive_datagrams(&mut self) {
-        let mut buf = vec![0u8; 64 * 1024];
         let mut meta_changed = false;
         loop {
+            // Each datagram gets a buffer of its own size (peeked), none is kept in between.
+            let peek = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::TRUNC;
+            let size = match rustix::net::recv(&self.data, &mut [0u8; 0], peek) {
+                Ok((_, size)) => size,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            };
+            let mut buf = vec![0u8; size.min(MAX_DATAGRAM)];
             let n = match self.data.recv(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -90,7 +90,8 @@ impl Supervisor {
                     if !c.readable {
                         break;
                     }
-                    let mut chunk = [0u8; 64 * 1024];
+                    // Small: every page of the stack it touches stays resident.
+                    let mut chunk = [0u8; 8 * 1024];
                     match c.stream.read(&mut chunk) {
                         Ok(0) => {
                             c.readable = false;
