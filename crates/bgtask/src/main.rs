@@ -217,6 +217,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__supervise") {
+        return ExitCode::from(procyard_bgtask::supervise_from_stdio() as u8);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
