@@ -1,6 +1,10 @@
 //! procyard-bgtask benchmarks: output capture throughput through the supervisor against a
 //! plain pipe, spawn → running latency, supervisor RSS beyond retained output, and `list`
-//! over 1,000 tasks. Run with `cargo run --release -p procyard-bgtask --example bench`.
+//! over 1,000 tasks. Run with `cargo run --release -p procyard-bgtask --example bench_bgtask`.
+//! Supervisor RSS is the median over several supervisors, each with its task still running,
+//! after an idle moment. Supervisors forked from this process are always measured; with the
+//! binary built (`cargo build --release -p procyard-bgtask`), so are supervisors started by
+//! executing it (`_exec`, also its spawn latency) and by its `spawn` command (`_cli`).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -75,53 +79,116 @@ fn rss_kib(pid: i32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Writes 1 MiB to stdout, then stays running.
+const RSS_TASK: &str = "head -c 1048576 /dev/zero; exec sleep 300";
+/// Supervisors measured per launch path (their text RSS varies with where ASLR puts them).
+const RSS_SAMPLES: usize = 5;
+
+/// Median RSS (MiB) beyond retained output of supervisors started by `spawn`, each with a task
+/// still running, measured after its 1 MiB of output is in and the supervisor sat idle a bit.
+fn supervisor_rss(mut spawn: impl FnMut() -> String, pool: &TaskPool) -> f64 {
+    let ids: Vec<String> = (0..RSS_SAMPLES).map(|_| spawn()).collect();
+    let mut tasks: Vec<Task> = ids.iter().map(|id| pool.task(id).expect("task")).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut infos = Vec::new();
+    for task in &mut tasks {
+        let mut info = task.info().expect("info");
+        while info.streams["stdout"].limit < MIB && Instant::now() < deadline {
+            // Waits (server side) for more output than we have seen.
+            let _ = task.stream(StreamName::Stdout).read_request(
+                Some(info.streams["stdout"].limit),
+                1,
+                false,
+                true,
+            );
+            info = task.info().expect("info");
+        }
+        infos.push(info);
+    }
+    // Steady state: the supervisors idle with their tasks running.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rss = Vec::new();
+    for (task, info) in tasks.iter_mut().zip(&infos) {
+        let info2 = task.info().expect("info");
+        assert_eq!(info2.status.to_string(), "running", "the task still runs");
+        let retained: u64 = info.streams.values().map(|s| s.limit - s.start).sum();
+        let kib = rss_kib(info.supervisor_pid).unwrap_or(0) as f64 - retained as f64 / 1024.0;
+        rss.push(kib / 1024.0);
+    }
+    for task in tasks {
+        task.delete().expect("delete");
+    }
+    median(rss)
+}
+
+/// RSS of `sleep` once it runs its own code (asleep).
+fn sleep_rss_kib() -> f64 {
+    let mut sleeper = Command::new("sleep").arg("300").spawn().expect("sleep");
+    let sleeper_pid = procyard_core::Pid::from_raw(sleeper.id() as i32).expect("pid");
+    let comm = format!("/proc/{}/comm", sleeper.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep")
+        && procyard_core::ProcStat::read(sleeper_pid)
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.state == 'S'))
+        && Instant::now() < deadline
+    {
+        std::thread::yield_now();
+    }
+    let rss = rss_kib(sleeper.id() as i32).unwrap_or(0) as f64;
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    rss
+}
+
 fn main() {
     let root = tempfile::tempdir().expect("tempdir");
     // Forked supervisors, as the CLI starts them (no dependency on a built binary).
     let pool = TaskPool::open(root.path().join("pool")).expect("pool").launch(Launch::Fork);
 
     // Supervisor RSS first, while this (forking) process is still small.
-    let mut task = pool
-        .spawn(&SpawnOptions::new(["sh", "-c", "head -c 1048576 /dev/zero; exec sleep 300"]))
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut info = task.info().expect("info");
-    while info.streams["stdout"].limit < MIB && Instant::now() < deadline {
-        let _ = task.stream(StreamName::Stdout).read_request(
-            Some(info.streams["stdout"].limit),
-            1,
-            false,
-            true,
-        );
-        info = task.info().expect("info");
-    }
-    let retained: u64 = info.streams.values().map(|s| s.limit - s.start).sum();
-    let sup_rss = rss_kib(info.supervisor_pid).unwrap_or(0) as f64 - retained as f64 / 1024.0;
-    let mut sleeper = Command::new("sleep").arg("300").spawn().expect("sleep");
-    // Wait until sleep runs its own code (asleep), so its RSS is the real one.
-    let sleeper_pid = procyard_core::Pid::from_raw(sleeper.id() as i32).expect("pid");
-    let comm = format!("/proc/{}/comm", sleeper.id());
-    while !(std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep")
-        && procyard_core::ProcStat::read(sleeper_pid)
-            .ok()
-            .flatten()
-            .is_some_and(|s| s.state == 'S'))
-        && Instant::now() < deadline + Duration::from_secs(10)
-    {
-        std::thread::yield_now();
-    }
-    let sleep_rss = rss_kib(sleeper.id() as i32).unwrap_or(0) as f64;
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
-    task.delete().expect("delete");
-    bench(
-        "supervisor_rss_beyond_retained",
-        sup_rss / 1024.0,
-        "MiB",
-        "sleep_rss",
-        sleep_rss / 1024.0,
-        false,
+    let fork_rss = supervisor_rss(
+        || pool.spawn(&SpawnOptions::new(["sh", "-c", RSS_TASK])).expect("spawn").id().to_owned(),
+        &pool,
     );
+    let sleep_rss = sleep_rss_kib() / 1024.0;
+    bench("supervisor_rss_beyond_retained", fork_rss, "MiB", "sleep_rss", sleep_rss, false);
+    // The same, for supervisors started by executing the binary (library callers with
+    // threads) and by the CLI, when the binary is built (target/<profile>/procyard-bgtask).
+    let exec_pool = pool.clone().launch(Launch::Exec);
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent()?.parent().map(|d| d.join("procyard-bgtask")))
+        .filter(|b| b.is_file());
+    if let Some(bin) = &bin {
+        let exec_pool = exec_pool.clone().supervisor_binary(bin);
+        let rss = supervisor_rss(
+            || {
+                exec_pool
+                    .spawn(&SpawnOptions::new(["sh", "-c", RSS_TASK]))
+                    .expect("spawn")
+                    .id()
+                    .to_owned()
+            },
+            &pool,
+        );
+        bench("supervisor_rss_beyond_retained_exec", rss, "MiB", "sleep_rss", sleep_rss, false);
+        let rss = supervisor_rss(
+            || {
+                let out = Command::new(bin)
+                    .args(["--pool"])
+                    .arg(pool.dir())
+                    .args(["spawn", "--", "sh", "-c", RSS_TASK])
+                    .output()
+                    .expect("cli spawn");
+                assert!(out.status.success(), "cli spawn failed");
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            },
+            &pool,
+        );
+        bench("supervisor_rss_beyond_retained_cli", rss, "MiB", "sleep_rss", sleep_rss, false);
+    }
 
     // Spawn → running latency.
     let mut ours = Vec::new();
@@ -137,7 +204,32 @@ fn main() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    bench("spawn_to_running_median", median(ours), "ms", "std_command_spawn", median(base), false);
+    bench(
+        "spawn_to_running_median",
+        median(ours),
+        "ms",
+        "std_command_spawn",
+        median(base.clone()),
+        false,
+    );
+    if let Some(bin) = &bin {
+        let exec_pool = exec_pool.supervisor_binary(bin);
+        let mut ours = Vec::new();
+        for _ in 0..25 {
+            let t = Instant::now();
+            let task = exec_pool.spawn(&SpawnOptions::new(["sleep", "300"])).expect("spawn");
+            ours.push(t.elapsed().as_secs_f64() * 1000.0);
+            task.delete().expect("delete");
+        }
+        bench(
+            "spawn_to_running_exec_median",
+            median(ours),
+            "ms",
+            "std_command_spawn",
+            median(base.clone()),
+            false,
+        );
+    }
 
     // list with 1,000 tasks (state files) in the pool.
     let mut live = pool.spawn(&SpawnOptions::new(["sleep", "300"])).expect("spawn");
