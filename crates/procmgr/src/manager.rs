@@ -71,6 +71,8 @@ pub struct ProcessManager {
     next_id: u64,
     wakeups: u64,
     read_buf: Vec<u8>,
+    /// The tokens of the last poll, kept to reuse the allocation.
+    tokens: Vec<Token>,
 }
 
 impl fmt::Debug for ProcessManager {
@@ -96,6 +98,7 @@ impl ProcessManager {
             next_id: 0,
             wakeups: 0,
             read_buf: vec![0; READ_CHUNK],
+            tokens: Vec::new(),
         })
     }
 
@@ -129,17 +132,25 @@ impl ProcessManager {
         on_message: Option<MessageHandler>,
         on_complete: CompletionHandler,
     ) -> Result<ProcessId> {
-        let describe = task.describe();
-        let spawn_err = |source| Error::Spawn { task: describe.clone(), source };
+        // A task's description is made only when it fails to start.
         let (child, pipe) = match task.kind {
-            TaskKind::Command(mut command) => (command.spawn().map_err(spawn_err)?, None),
+            TaskKind::Command(mut command) => {
+                let child = command.spawn().map_err(|source| Error::Spawn {
+                    task: format!("command {}", command.get_program().to_string_lossy()),
+                    source,
+                })?;
+                (child, None)
+            }
             TaskKind::Function { name, args } => {
                 let (read, write) = pipe()?;
                 let exe = std::env::current_exe()
                     .map_err(|e| Error::os("find the current executable", e))?;
                 let mut command = procyard_core::Command::new(exe);
                 command.args([WORKER_FLAG, &name, &args]).stdin(procyard_core::Stdio::Fd(write));
-                (command.spawn().map_err(spawn_err)?, Some(read))
+                let child = command
+                    .spawn()
+                    .map_err(|source| Error::Spawn { task: format!("function {name}"), source })?;
+                (child, Some(read))
             }
             TaskKind::Closure(f) => {
                 let (read, write) = pipe()?;
@@ -156,7 +167,9 @@ impl ProcessManager {
                     Err(procyard_core::Error::NotSingleThreaded { threads, .. }) => {
                         return Err(Error::NotSingleThreaded { threads });
                     }
-                    Err(e) => return Err(spawn_err(e)),
+                    Err(source) => {
+                        return Err(Error::Spawn { task: "closure".to_owned(), source });
+                    }
                 }
             }
         };
@@ -195,11 +208,29 @@ impl ProcessManager {
 
     /// In the forked child: release what the manager holds for other children (their pipes
     /// and pidfds, without killing them), run the closure, report, `_exit`.
+    ///
+    /// The siblings' memory is left as it is (the process ends with `_exit` anyway): freeing
+    /// it, or dropping the handlers' captures, would write to pages shared with the parent and
+    /// so copy each of them (copy-on-write) for nothing.
     fn run_forked_child(&mut self, f: ClosureFn, write: std::os::fd::OwnedFd) -> ! {
-        for (_, mut sibling) in self.children.drain() {
-            sibling.pipe = None;
-            let _ = sibling.child.detach();
+        let mut siblings = std::mem::take(&mut self.children).into_iter();
+        for (_, sibling) in siblings.by_ref() {
+            let Running {
+                child,
+                pipe,
+                decoder,
+                result,
+                truncated: _,
+                broken,
+                exit,
+                on_message,
+                on_complete,
+            } = sibling;
+            drop(pipe);
+            let _ = child.detach();
+            std::mem::forget((decoder, result, broken, exit, on_message, on_complete));
         }
+        std::mem::forget(siblings);
         let mut endpoint = Endpoint::new(write);
         let result =
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut endpoint))) {
@@ -207,8 +238,8 @@ impl ProcessManager {
                 Err(payload) => Err(panic_message(payload.as_ref())),
             };
         let code = if endpoint.finish(result).is_ok() { 0 } else { 1 };
+        // Stderr is unbuffered: only stdout may hold output of the task.
         let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
         procyard_core::exit_immediately(code)
     }
 
@@ -263,8 +294,10 @@ impl ProcessManager {
         }
         self.wakeups += 1;
         let mut handled = 0;
-        let tokens: Vec<Token> = self.events.iter().map(|e| e.token()).collect();
-        for token in tokens {
+        let mut tokens = std::mem::take(&mut self.tokens);
+        tokens.clear();
+        tokens.extend(self.events.iter().map(|e| e.token()));
+        for &token in &tokens {
             handled += 1;
             if token == WAKER {
                 continue;
@@ -276,6 +309,7 @@ impl ProcessManager {
                 self.on_exit(id);
             }
         }
+        self.tokens = tokens;
         Ok(handled)
     }
 
@@ -412,30 +446,28 @@ impl Running {
         }
     }
 
+    /// Delivers the whole frames buffered, each decoded in place (no copy of its payload).
     fn take_frames(&mut self) {
         loop {
-            match self.decoder.next_bytes() {
-                Ok(Some(bytes)) => self.deliver(&bytes),
+            match self.decoder.next::<Wire>() {
+                Ok(Some(Wire::Message(v))) => {
+                    if let Some(handler) = self.on_message.as_mut() {
+                        handler(v);
+                    }
+                }
+                Ok(Some(Wire::Value(v))) => self.result = Some(Ok(v)),
+                Ok(Some(Wire::Error(m))) => self.result = Some(Err(m)),
                 Ok(None) => break,
+                // A whole frame that is no `Wire`: consumed; the frames after it still count.
+                Err(procyard_core::Error::FrameDecode { source }) => {
+                    self.broken.get_or_insert_with(|| {
+                        format!("undecodable frame from the task: {source}")
+                    });
+                }
                 Err(e) => {
                     self.broken.get_or_insert_with(|| format!("bad frame from the task: {e}"));
                     break;
                 }
-            }
-        }
-    }
-
-    fn deliver(&mut self, bytes: &[u8]) {
-        match serde_json::from_slice::<Wire>(bytes) {
-            Ok(Wire::Message(v)) => {
-                if let Some(handler) = self.on_message.as_mut() {
-                    handler(v);
-                }
-            }
-            Ok(Wire::Value(v)) => self.result = Some(Ok(v)),
-            Ok(Wire::Error(m)) => self.result = Some(Err(m)),
-            Err(e) => {
-                self.broken.get_or_insert_with(|| format!("undecodable frame from the task: {e}"));
             }
         }
     }

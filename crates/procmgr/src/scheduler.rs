@@ -66,6 +66,9 @@ struct State {
     driving: bool,
     stopping: bool,
     helper: bool,
+    /// Threads blocked on `Shared::cond` (counted under the lock): with none, a change of state
+    /// needs no `futex` wake-up.
+    waiting: usize,
 }
 
 struct Shared {
@@ -74,6 +77,22 @@ struct Shared {
     manager: Mutex<ProcessManager>,
     waker: WakeHandle,
     limit: usize,
+}
+
+/// The number of threads of this process, for the early refusal of closures in `schedule`
+/// (the fork itself checks again, in `procyard_core::fork`). One `statx` of `/proc/self/task`,
+/// whose link count is 2 plus the number of threads (procfs counts the threads there, as
+/// Chromium's sandbox relies on); the full read of `/proc/self/stat` when that is unavailable.
+fn thread_count() -> Result<usize> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata("/proc/self/task")
+        && let Some(threads) = meta.nlink().checked_sub(2)
+        && threads >= 1
+    {
+        return Ok(usize::try_from(threads).unwrap_or(usize::MAX));
+    }
+    procyard_core::fork::thread_count()
+        .map_err(|source| Error::Spawn { task: "closure".into(), source })
 }
 
 /// Lock a mutex even if a panicking thread poisoned it: the state stays consistent because
@@ -125,6 +144,7 @@ impl Scheduler {
                     driving: false,
                     stopping: false,
                     helper: false,
+                    waiting: 0,
                 }),
                 cond: Condvar::new(),
                 manager: Mutex::new(manager),
@@ -150,8 +170,7 @@ impl Scheduler {
 
     fn enqueue(&self, task: Task, on_message: Option<MessageHandler>) -> Result<Handle> {
         if matches!(task.kind, TaskKind::Closure(_)) {
-            let threads = procyard_core::fork::thread_count()
-                .map_err(|source| Error::Spawn { task: "closure".into(), source })?;
+            let threads = thread_count()?;
             if threads > 1 {
                 return Err(Error::NotSingleThreaded { threads });
             }
@@ -229,8 +248,9 @@ impl Scheduler {
                 }
                 st = lock(&shared.state);
                 st.driving = false;
-                shared.cond.notify_all();
+                shared.notify(&st);
             } else {
+                st.waiting += 1;
                 st = match deadline {
                     None => shared.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
                     Some(d) => {
@@ -241,6 +261,7 @@ impl Scheduler {
                             .0
                     }
                 };
+                st.waiting -= 1;
             }
         }
     }
@@ -264,7 +285,7 @@ impl Scheduler {
         }
         let mut st = lock(&self.shared.state);
         st.driving = false;
-        self.shared.cond.notify_all();
+        self.shared.notify(&st);
     }
 
     /// Waits until every task scheduled so far, and every task scheduled meanwhile from other
@@ -310,7 +331,9 @@ impl Scheduler {
         let mut st = lock(&shared.state);
         while st.driving {
             shared.waker.wakeup();
+            st.waiting += 1;
             st = shared.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.waiting -= 1;
         }
         st.driving = true;
         drop(st);
@@ -318,25 +341,32 @@ impl Scheduler {
         let mut st = lock(&shared.state);
         st.driving = false;
         st.stopping = false;
-        shared.cond.notify_all();
+        shared.notify(&st);
         result
     }
 }
 
 impl Shared {
+    /// Wakes the threads waiting on `cond`, if any; called with the state locked.
+    fn notify(&self, st: &State) {
+        if st.waiting > 0 {
+            self.cond.notify_all();
+        }
+    }
+
     fn complete(&self, slot: &Slot, outcome: Outcome) {
         self.finish_slot(slot, outcome);
         let mut st = lock(&self.state);
         st.running = st.running.saturating_sub(1);
         st.unfinished = st.unfinished.saturating_sub(1);
-        self.cond.notify_all();
+        self.notify(&st);
     }
 
     fn complete_queued(&self, slot: &Slot) {
         self.finish_slot(slot, Outcome::Cancelled);
         let mut st = lock(&self.state);
         st.unfinished = st.unfinished.saturating_sub(1);
-        self.cond.notify_all();
+        self.notify(&st);
     }
 
     fn finish_slot(&self, slot: &Slot, outcome: Outcome) {

@@ -62,7 +62,7 @@ impl Task {
     /// a [`Outcome::TaskError`](crate::Outcome::TaskError).
     ///
     /// The child ends with `_exit` right after `f` returns (no destructors, no atexit), after
-    /// flushing stdout and stderr.
+    /// flushing stdout (stderr is unbuffered).
     pub fn closure<F, T, E>(f: F) -> Task
     where
         F: FnOnce(&mut Endpoint) -> std::result::Result<T, E> + Send + 'static,
