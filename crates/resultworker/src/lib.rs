@@ -18,10 +18,16 @@
 //! - A **future** ([`ResultFuture`]) is keyed by a unique [`Key`]: wait, wait with a timeout,
 //!   poll, register a callback, or `.await` it. The key is forgotten once the result arrives
 //!   or when the last future of the job is dropped.
-//! - Forking is kept off the path of a job: the worker keeps a spare child forked ahead of
-//!   time, and a result is forwarded as soon as its report arrives, before the child exits.
-//!   [`Config::reuse_processes`] lets children run job after job instead (no fork per job,
-//!   no isolation between consecutive jobs of one child).
+//! - A fork per job is the cost of isolation, so the worker keeps it cheap: when idle it
+//!   keeps a spare child forked ahead of time (the next job does not wait for a fork); when
+//!   jobs queue up, each is forked with its job already in memory (no job pipe, no wake-up).
+//!   Every function child reports into one pipe shared by all (whole chunks of at most
+//!   `PIPE_BUF` bytes, tagged with the child's id), and a result is forwarded as soon as its
+//!   report arrives, before the child exits. The worker keeps few resident pages and writes
+//!   few of them per job: a fork copies the page tables of every resident page, and each
+//!   page written while a child shares it is copied. [`Config::reuse_processes`] lets
+//!   children run job after job instead (no fork per job, no isolation between consecutive
+//!   jobs of one child).
 //! - Frames are procyard-core's length-prefixed frames, so payloads are binary-safe. If the
 //!   worker dies, every pending future fails with [`Error::WorkerLost`] and the worker is
 //!   restarted with backoff. The worker dies with the application (parent-death signal and

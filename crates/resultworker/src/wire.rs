@@ -132,12 +132,26 @@ pub(crate) fn error_body(error: &WireError) -> Vec<u8> {
     serde_json::to_vec(error).unwrap_or_default()
 }
 
-/// Encodes a result payload for `key` (without the frame's length prefix).
-pub(crate) fn encode_result(key: u64, report: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + report.len());
+/// Appends the result frame for `key` (length prefix, key, report) to `out`; false, with
+/// nothing appended, if it would exceed the frame limit.
+pub(crate) fn push_result(out: &mut Vec<u8>, key: u64, report: &[u8]) -> bool {
+    let len = 8 + report.len();
+    if len > procyard_core::MAX_FRAME {
+        return false;
+    }
+    out.reserve(4 + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
     out.extend_from_slice(&key.to_be_bytes());
     out.extend_from_slice(report);
-    out
+    true
+}
+
+/// Encodes a result payload for `key` (without the frame's length prefix).
+#[cfg(test)]
+pub(crate) fn encode_result(key: u64, report: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    assert!(push_result(&mut out, key, report));
+    out.split_off(4)
 }
 
 /// What a result payload says: which key, and its value's JSON or its error.
@@ -173,12 +187,13 @@ pub(crate) fn decode_result(mut payload: Vec<u8>) -> Decoded {
     }
 }
 
-/// Decodes a job child's report (tag + body) into an outcome.
-pub(crate) fn decode_report(report: &[u8]) -> Option<Result<Vec<u8>, WireError>> {
+/// Whether a job child's report (tag + body) is well formed: a value, or an error that
+/// decodes.
+pub(crate) fn is_report(report: &[u8]) -> bool {
     match report.split_first() {
-        Some((&TAG_VALUE, body)) => Some(Ok(body.to_vec())),
-        Some((&TAG_ERROR, body)) => serde_json::from_slice(body).ok().map(Err),
-        _ => None,
+        Some((&TAG_VALUE, _)) => true,
+        Some((&TAG_ERROR, body)) => serde_json::from_slice::<WireError>(body).is_ok(),
+        _ => false,
     }
 }
 
@@ -245,8 +260,10 @@ mod tests {
 
     #[test]
     fn reports_decode() {
-        assert_eq!(decode_report(&encode_report(TAG_VALUE, b"1")), Some(Ok(b"1".to_vec())));
-        assert_eq!(decode_report(&[]), None);
-        assert_eq!(decode_report(&[1, b'x']), None);
+        assert!(is_report(&encode_report(TAG_VALUE, b"1")));
+        assert!(is_report(&encode_report(TAG_ERROR, &error_body(&WireError::Stopped))));
+        assert!(!is_report(&[]));
+        assert!(!is_report(&[1, b'x']));
+        assert!(!is_report(&[7, b'1']));
     }
 }

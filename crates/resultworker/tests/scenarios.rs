@@ -560,8 +560,8 @@ fn resultworker_job_children_hold_no_sibling_pipes() {
     let fds = get(&w.submit::<Vec<String>>(Job::function("fds", &()))).unwrap();
     let private = |f: &&String| f.split(' ').next().and_then(|n| n.parse::<i32>().ok()) >= Some(3);
     let pipes = fds.iter().filter(private).filter(|f| f.contains("pipe:")).count();
-    // Beyond stdio: its own job pipe and report pipe, and nothing of its three running
-    // siblings or of the application.
+    // Beyond stdio: its job pipe and the report pipe all job children share, and nothing of
+    // its three running siblings or of the application.
     assert!(pipes <= 2, "job child holds {pipes} pipes: {fds:?}");
     assert!(fds.len() <= 8, "job child holds {} descriptors: {fds:?}", fds.len());
 }

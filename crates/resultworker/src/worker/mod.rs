@@ -3,9 +3,10 @@
 //! sends each outcome back as a frame.
 //!
 //! Its stdin is the request pipe and its stdout the result pipe; both are moved to private
-//! descriptors at start, so a job that prints writes to stderr. It dies with the application:
-//! parent-death signal (set by the spawner) and end of file on the request pipe (R3). It
-//! installs no signal handler, so TERM and INT end it (R7).
+//! descriptors at start, so a job that prints writes to stderr. Function children report
+//! through one pipe they all share (see `write_report`); commands through their stdout. It
+//! dies with the application: parent-death signal (set by the spawner) and end of file on the
+//! request pipe (R3). It installs no signal handler, so TERM and INT end it (R7).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -20,16 +21,16 @@ use procyard_core::{Child, Deadline, Forked, FrameDecoder, Signal, StreamState};
 
 use crate::job::{ErasedFn, registered};
 use crate::wire::{
-    self, Request, Spec, TAG_ERROR, TAG_VALUE, WireError, decode_report, encode_report,
-    encode_result, error_body,
+    self, CommandSpec, Request, Spec, TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body,
+    is_report, push_result,
 };
 
 mod process;
 
 pub(crate) use process::chain;
 use process::{
-    PIPE_ATOMIC, PIPELINE_BYTES, PIPELINE_DEPTH, drain, frame, job_message, outcome, pipelined_len,
-    raw, read_small, spawn_command, write_all,
+    PIPE_ATOMIC, PIPELINE_BYTES, PIPELINE_DEPTH, SCRATCH, drain, frame, function_name, job_message,
+    outcome, pipelined_len, raw, read_small, spawn_command, write_all, write_report,
 };
 
 /// Set (to the application's pid) in the worker's environment.
@@ -39,12 +40,17 @@ pub(crate) const ENV_MAX_WORKERS: &str = "PROCYARD_RESULTWORKER_MAX_WORKERS";
 /// `1` when job children are reused (see `Config::reuse_processes`).
 pub(crate) const ENV_REUSE: &str = "PROCYARD_RESULTWORKER_REUSE";
 
+/// Buffers a large job grew beyond this are freed once empty: every resident page of the
+/// worker costs each fork (its page table entries are copied into the child's).
+const KEEP_BUFFER: usize = 64 * 1024;
+
 /// How long a job gets between TERM and KILL during a stop.
 const TERM_GRACE: Duration = Duration::from_millis(500);
 
 const IN: Token = Token(0);
 const OUT: Token = Token(1);
-const FIRST_JOB: usize = 2;
+const REPORTS: Token = Token(2);
+const FIRST_JOB: usize = 3;
 
 /// `Some(max_workers)` when this process was started as a worker by its parent.
 pub(crate) fn worker_mode() -> Option<usize> {
@@ -93,11 +99,19 @@ struct Running {
     next_bytes: usize,
 }
 
+/// A job waiting for a free slot. Kept small (48 bytes and one allocation): a burst of
+/// submissions can queue thousands, and every page the queue occupies is copied into the page
+/// tables of each child forked meanwhile.
 struct Queued {
     key: u64,
-    spec: Spec,
-    body: Vec<u8>,
+    work: Work,
     timeout: Option<Duration>,
+}
+
+enum Work {
+    /// A function job's message as its child reads it (see [`job_message`]).
+    Function(Box<[u8]>),
+    Command(Box<CommandSpec>),
 }
 
 struct Stopping {
@@ -124,13 +138,26 @@ struct Worker {
     idle: Vec<Spare>,
     /// Children run function jobs one after another instead of exiting after one.
     reuse: bool,
+    /// The one buffer pipes are read through (see [`SCRATCH`]).
+    scratch: Vec<u8>,
+    /// The pipe every function child writes its reports into, as chunks of at most
+    /// `PIPE_BUF` bytes tagged with the child's id (see [`write_report`]): one pipe for all,
+    /// not one more pipe to create, watch and close per job.
+    reports: Option<OwnedFd>,
+    /// Its write end, which the children inherit.
+    reports_write: OwnedFd,
+    /// Chunks read from `reports`, the last one possibly incomplete.
+    report_chunks: Vec<u8>,
+    /// Ids of the children whose chunks the last read of `reports` brought (reused).
+    touched: Vec<usize>,
 }
 
 /// An idle child forked ahead of time, waiting for one function job on `job`.
 struct Spare {
+    /// Its id (which tags its reports).
+    id: usize,
     child: Child,
     job: OwnedFd,
-    report: OwnedFd,
 }
 
 fn io_err(e: impl Into<io::Error>) -> io::Error {
@@ -151,9 +178,15 @@ impl Worker {
         rustix::stdio::dup2_stdout(io::stderr().as_fd()).map_err(io_err)?;
         rustix::io::ioctl_fionbio(&input, true).map_err(io_err)?;
         rustix::io::ioctl_fionbio(&output, true).map_err(io_err)?;
+        let (reports, reports_write) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(io_err)?;
+        // The read end only: the children's writes block (a write of up to PIPE_BUF bytes is
+        // then all or nothing, never split or mixed with another child's).
+        rustix::io::ioctl_fionbio(&reports, true).map_err(io_err)?;
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&raw(&input)), IN, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&raw(&output)), OUT, Interest::WRITABLE)?;
+        poll.registry().register(&mut SourceFd(&raw(&reports)), REPORTS, Interest::READABLE)?;
         Ok(Worker {
             poll,
             input: Some(std::fs::File::from(input)),
@@ -170,6 +203,11 @@ impl Worker {
             input_closed: false,
             idle: Vec::new(),
             reuse: std::env::var(ENV_REUSE).is_ok_and(|v| v == "1"),
+            scratch: vec![0; SCRATCH],
+            reports: Some(reports),
+            reports_write,
+            report_chunks: Vec::new(),
+            touched: Vec::new(),
         })
     }
 
@@ -203,6 +241,7 @@ impl Worker {
                 match event.token() {
                     IN => self.read_requests(),
                     OUT => self.flush(),
+                    REPORTS => self.read_reports(None),
                     Token(t) => {
                         let id = (t - FIRST_JOB) / 2;
                         if (t - FIRST_JOB).is_multiple_of(2) {
@@ -265,11 +304,20 @@ impl Worker {
 
     fn read_requests(&mut self) {
         let Some(input) = self.input.as_mut() else { return };
-        let state = read_small(input, &mut self.decoder);
+        let state = read_small(input, &mut self.decoder, &mut self.scratch);
+        let mut large = false;
         loop {
             match self.decoder.next_bytes() {
-                Ok(Some(payload)) => self.request(&payload),
-                Ok(None) => break,
+                Ok(Some(payload)) => {
+                    large |= payload.len() > KEEP_BUFFER;
+                    self.request(&payload);
+                }
+                Ok(None) => {
+                    if large && self.decoder.buffered() == 0 {
+                        self.decoder = FrameDecoder::new();
+                    }
+                    break;
+                }
                 Err(e) => {
                     eprintln!("procyard-resultworker: bad request stream: {e}");
                     self.close_input();
@@ -297,12 +345,13 @@ impl Worker {
     fn request(&mut self, payload: &[u8]) {
         match wire::decode_request(payload) {
             Ok((Request::Run { key, spec, timeout_ms }, body)) => {
-                let queued = Queued {
-                    key,
-                    spec,
-                    body: body.to_vec(),
-                    timeout: timeout_ms.map(Duration::from_millis),
+                let work = match spec {
+                    Spec::Function { name } => {
+                        Work::Function(job_message(&name, body).into_boxed_slice())
+                    }
+                    Spec::Command(spec) => Work::Command(Box::new(spec)),
                 };
+                let queued = Queued { key, work, timeout: timeout_ms.map(Duration::from_millis) };
                 if self.stopping.is_some() {
                     self.send_error(key, &WireError::Stopped);
                 } else {
@@ -334,9 +383,12 @@ impl Worker {
         if self.stopping.is_some() {
             // Closing their job pipes lets idle children exit; dropping a Child reaps it.
             self.idle.clear();
-        } else if self.idle.is_empty() && (self.busy() == 0 || !self.queue.is_empty()) {
-            // Forked while idle (or when jobs wait), not while a lone job runs: the fork
-            // would then delay forwarding that job's result.
+        } else if self.idle.is_empty()
+            && (self.busy() == 0 || (self.reuse && !self.queue.is_empty()))
+        {
+            // Forked while idle, not while a lone job runs: the fork would then delay
+            // forwarding that job's result. Nor while jobs wait for a free slot (unless
+            // children are reused): each is then forked with its job, see `fork_job`.
             match self.fork_spare() {
                 Ok(spare) => self.idle.push(spare),
                 Err(e) => eprintln!("procyard-resultworker: no spare child: {e:?}"),
@@ -352,28 +404,30 @@ impl Worker {
 
     fn start(&mut self, job: Queued) {
         let key = job.key;
-        let started = match &job.spec {
-            Spec::Function { name } if !self.functions.contains_key(name) => {
-                Err(WireError::UnknownFunction { name: name.clone() })
+        let started = match &job.work {
+            Work::Function(message) if !self.is_registered(message) => {
+                let name = String::from_utf8_lossy(function_name(message)).into_owned();
+                Err(WireError::UnknownFunction { name })
             }
-            Spec::Function { name } => self
-                .dispatch_function(name, &job.body)
-                .map(|(c, p, j)| (c, p, Kind::Function, Some(j))),
-            Spec::Command(spec) => spawn_command(spec).map(|(c, p)| (c, p, Kind::Command, None)),
+            Work::Function(message) => {
+                self.dispatch_function(message).map(|(id, c, j)| (id, c, None, Kind::Function, j))
+            }
+            Work::Command(spec) => {
+                spawn_command(spec).map(|(c, p)| (self.new_id(), c, Some(p), Kind::Command, None))
+            }
         };
-        let (mut child, pipe, kind, job_pipe) = match started {
+        let (id, mut child, pipe, kind, job_pipe) = match started {
             Ok(started) => started,
             Err(e) => return self.send_error(key, &e),
         };
-        let id = self.next_id;
-        self.next_id += 1;
         let pid_token = Token(FIRST_JOB + id * 2);
         let pipe_token = Token(FIRST_JOB + id * 2 + 1);
         let registry = self.poll.registry();
         let registered =
             registry.register(&mut child, pid_token, Interest::READABLE).and_then(|()| {
-                rustix::io::ioctl_fionbio(&pipe, true).map_err(io_err)?;
-                registry.register(&mut SourceFd(&raw(&pipe)), pipe_token, Interest::READABLE)
+                let Some(pipe) = &pipe else { return Ok(()) };
+                rustix::io::ioctl_fionbio(pipe, true).map_err(io_err)?;
+                registry.register(&mut SourceFd(&raw(pipe)), pipe_token, Interest::READABLE)
             });
         if let Err(e) = registered {
             let _ = child.kill_and_reap();
@@ -386,7 +440,7 @@ impl Worker {
                 key,
                 kind,
                 child,
-                pipe: Some(pipe),
+                pipe,
                 job_pipe,
                 buf: Vec::new(),
                 timeout: job.timeout,
@@ -400,14 +454,13 @@ impl Worker {
         );
     }
 
-    /// Sends a function job to the spare child (forking one if there is none, or if the spare
-    /// died), which becomes the job's child.
+    /// Sends a function job to the spare child, which becomes the job's child; without a
+    /// spare (or if it died), forks a child for the job (which then has no job pipe), or in
+    /// reuse mode a spare to send it to.
     fn dispatch_function(
         &mut self,
-        name: &str,
-        body: &[u8],
-    ) -> Result<(Child, OwnedFd, OwnedFd), WireError> {
-        let message = job_message(name, body);
+        message: &[u8],
+    ) -> Result<(usize, Child, Option<OwnedFd>), WireError> {
         if message.len() > procyard_core::MAX_FRAME {
             let reason = format!("job of {} bytes exceeds the frame limit", message.len());
             return Err(WireError::Malformed { reason });
@@ -416,20 +469,50 @@ impl Worker {
         while fresh < 2 {
             let spare = match self.idle.pop() {
                 Some(spare) => spare,
+                None if !self.reuse => {
+                    let (id, child) = self.fork_job(message)?;
+                    return Ok((id, child, None));
+                }
                 None => {
                     fresh += 1;
                     self.fork_spare()?
                 }
             };
-            let Spare { child, job, report } = spare;
+            let Spare { id, child, job } = spare;
             // Blocking (the child reads its job as it arrives).
             let mut file = std::fs::File::from(job);
-            if wire::write_frame(&mut file, &message).is_ok() {
-                return Ok((child, report, OwnedFd::from(file)));
+            if wire::write_frame(&mut file, message).is_ok() {
+                return Ok((id, child, Some(OwnedFd::from(file))));
             }
             // The idle child died (EPIPE): its Child is killed and reaped on drop; next one.
         }
         Err(WireError::Failed { message: "the job's process died before taking the job".into() })
+    }
+
+    /// Forks a child that runs the job `message` (it has it in memory: no job pipe, and it
+    /// starts at once), reports and exits. Used when no spare is waiting: when jobs queue up,
+    /// a spare would only add its pipe and a wake-up to every job.
+    fn fork_job(&mut self, message: &[u8]) -> Result<(usize, Child), WireError> {
+        let id = self.new_id();
+        let config =
+            ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
+        match procyard_core::fork(config) {
+            Err(e) => Err(WireError::Failed { message: format!("unable to fork: {e}") }),
+            Ok(Forked::Parent(child)) => Ok((id, child)),
+            Ok(Forked::Child) => {
+                self.close_for_child();
+                let report = self.run_function(message);
+                let code = if write_report(&self.reports_write, id, &report) { 0 } else { 70 };
+                procyard_core::exit_immediately(code)
+            }
+        }
+    }
+
+    /// A new job (or spare child) id.
+    fn new_id(&mut self) -> usize {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 
     /// Forks an idle child that waits for one function job, runs it, reports and exits.
@@ -443,18 +526,16 @@ impl Worker {
                 .map_err(|e| failed("create a pipe", &e))
         };
         let (job_read, job_write) = pipe()?;
-        let (report_read, report_write) = pipe()?;
+        let id = self.new_id();
         let config =
             ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
         match procyard_core::fork(config) {
             Err(e) => Err(failed("fork", &e)),
-            Ok(Forked::Parent(child)) => Ok(Spare { child, job: job_write, report: report_read }),
+            Ok(Forked::Parent(child)) => Ok(Spare { id, child, job: job_write }),
             Ok(Forked::Child) => {
                 drop(job_write);
-                drop(report_read);
                 self.close_for_child();
                 let mut input = std::fs::File::from(job_read);
-                let mut output = std::fs::File::from(report_write);
                 loop {
                     let message = match procyard_core::frame::read_frame_bytes(
                         &mut input,
@@ -465,7 +546,7 @@ impl Worker {
                         _ => procyard_core::exit_immediately(0),
                     };
                     let report = self.run_function(&message);
-                    if wire::write_frame(&mut output, &report).is_err() {
+                    if !write_report(&self.reports_write, id, &report) {
                         procyard_core::exit_immediately(70);
                     }
                     if !self.reuse {
@@ -474,6 +555,11 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether the function a job message names is registered.
+    fn is_registered(&self, message: &[u8]) -> bool {
+        self.functions.contains_key(String::from_utf8_lossy(function_name(message)).as_ref())
     }
 
     /// In a job child: runs the function a job message names and returns the report.
@@ -512,6 +598,7 @@ impl Worker {
     fn close_for_child(&mut self) {
         self.input = None;
         self.output = None;
+        self.reports = None;
         for spare in self.idle.drain(..) {
             spare.child.detach();
         }
@@ -521,10 +608,57 @@ impl Worker {
         }
     }
 
-    /// Reads a job's pipe; a function's complete report is sent at once, before its exit.
+    /// Reads the function children's shared report pipe and sends each complete report at
+    /// once, before its child exits. The child `exited` is not recycled.
+    fn read_reports(&mut self, exited: Option<usize>) {
+        let Some(reports) = &self.reports else { return };
+        loop {
+            match rustix::io::read(reports, &mut self.scratch[..]) {
+                Ok(0) => break,
+                Ok(n) => self.report_chunks.extend_from_slice(&self.scratch[..n]),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => break,
+            }
+        }
+        let mut touched = std::mem::take(&mut self.touched);
+        let mut pos = 0;
+        while let Some(header) = self.report_chunks.get(pos..pos + 12) {
+            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            if !(8..=PIPE_ATOMIC - 4).contains(&len) {
+                // Only this crate's code writes there, whole chunks at a time.
+                eprintln!("procyard-resultworker: corrupt report chunk of {len} bytes");
+                pos = self.report_chunks.len();
+                break;
+            }
+            if self.report_chunks.len() < pos + 4 + len {
+                break;
+            }
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&header[4..12]);
+            let id = u64::from_be_bytes(id) as usize;
+            if let Some(job) = self.running.get_mut(&id) {
+                job.buf.extend_from_slice(&self.report_chunks[pos + 12..pos + 4 + len]);
+                if touched.last() != Some(&id) {
+                    touched.push(id);
+                }
+            }
+            pos += 4 + len;
+        }
+        self.report_chunks.drain(..pos);
+        if self.report_chunks.is_empty() && self.report_chunks.capacity() > KEEP_BUFFER {
+            self.report_chunks = Vec::new();
+        }
+        for &id in &touched {
+            self.take_reports(id, Some(id) != exited);
+        }
+        touched.clear();
+        self.touched = touched;
+    }
+
+    /// Reads a command's pipe.
     fn read_job(&mut self, id: usize) {
         let Some(job) = self.running.get_mut(&id) else { return };
-        drain(job);
+        drain(job, &mut self.scratch);
         self.take_reports(id, true);
     }
 
@@ -545,10 +679,9 @@ impl Worker {
             if job.buf.len() < 4 + len {
                 return;
             }
-            let rest = job.buf.split_off(4 + len);
-            let report = std::mem::replace(&mut job.buf, rest).split_off(4);
             let key = job.key;
-            if decode_report(&report).is_none() {
+            let report = &job.buf[4..4 + len];
+            if !is_report(report) {
                 // The child is in no state to trust: its exit settles what it still holds.
                 job.sent = true;
                 let _ = job.child.kill();
@@ -556,17 +689,22 @@ impl Worker {
                 self.send_error(key, &WireError::Malformed { reason });
                 return;
             }
+            // Straight from the child's buffer into the output (no copy of its own).
+            let fits = push_result(&mut self.out_buf, key, report);
+            job.buf.drain(..4 + len);
+            if !fits {
+                self.send_too_large(key, len);
+            }
+            let Some(job) = self.running.get_mut(&id) else { return };
             if let Some(next) = job.next.pop_front() {
                 job.next_bytes = job.next_bytes.saturating_sub(pipelined_len(&next));
                 job.key = next.key;
                 job.timeout = next.timeout;
                 job.deadline = next.timeout.map(Deadline::after);
-                self.send(key, &report);
                 continue;
             }
             job.sent = true;
             job.buf = Vec::new();
-            self.send(key, &report);
             if recycle && self.reuse && self.stopping.is_none() {
                 self.recycle(id);
             } else if let Some(job) = self.running.get_mut(&id) {
@@ -598,9 +736,9 @@ impl Worker {
         for depth in 0..PIPELINE_DEPTH {
             for &id in &ids {
                 let Some(front) = self.queue.front() else { return };
-                let Spec::Function { name } = &front.spec else { return };
+                let Work::Function(message) = &front.work else { return };
                 let len = pipelined_len(front);
-                if !self.functions.contains_key(name) || len > PIPE_ATOMIC {
+                if !self.is_registered(message) || len > PIPE_ATOMIC {
                     return;
                 }
                 let Some(job) = self.running.get_mut(&id) else { continue };
@@ -608,8 +746,8 @@ impl Worker {
                     continue;
                 }
                 let Some(next) = self.queue.pop_front() else { return };
-                let Spec::Function { name } = &next.spec else { return };
-                let frame = frame(&job_message(name, &next.body));
+                let Work::Function(message) = &next.work else { return };
+                let frame = frame(message);
                 if job.job_pipe.as_ref().is_some_and(|pipe| write_all(pipe, &frame)) {
                     job.next_bytes += len;
                     job.next.push_back(next);
@@ -626,12 +764,9 @@ impl Worker {
         let Some(mut job) = self.running.remove(&id) else { return };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut job.child);
-        let (Some(pipe), Some(job_pipe)) = (job.pipe.take(), job.job_pipe.take()) else {
-            return;
-        };
-        let _ = registry.deregister(&mut SourceFd(&raw(&pipe)));
+        let Some(job_pipe) = job.job_pipe.take() else { return };
         if self.idle.len() < self.max_workers {
-            self.idle.push(Spare { child: job.child, job: job_pipe, report: pipe });
+            self.idle.push(Spare { id, child: job.child, job: job_pipe });
         }
     }
 
@@ -645,7 +780,12 @@ impl Worker {
                 return;
             }
         };
-        drain(job);
+        if matches!(job.kind, Kind::Function) {
+            // Everything it wrote is in the pipe by now.
+            self.read_reports(Some(id));
+        } else {
+            drain(job, &mut self.scratch);
+        }
         self.take_reports(id, false);
         let Some(mut job) = self.running.remove(&id) else { return };
         // Written to the child but never started: run them elsewhere (or not, if stopping).
@@ -671,15 +811,17 @@ impl Worker {
         self.send(key, &encode_report(TAG_ERROR, &error_body(error)));
     }
 
+    /// Queues the result frame of `key` (flushed once per pass of the event loop: a burst of
+    /// results goes out in one write).
     fn send(&mut self, key: u64, report: &[u8]) {
-        let payload = encode_result(key, report);
-        if payload.len() > procyard_core::MAX_FRAME {
-            let reason = format!("result of {} bytes exceeds the frame limit", payload.len());
-            return self.send_error(key, &WireError::Malformed { reason });
+        if !push_result(&mut self.out_buf, key, report) {
+            self.send_too_large(key, report.len());
         }
-        self.out_buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        self.out_buf.extend_from_slice(&payload);
-        // Flushed once per pass of the event loop: a burst of results goes out in one write.
+    }
+
+    fn send_too_large(&mut self, key: u64, report_len: usize) {
+        let reason = format!("result of {} bytes exceeds the frame limit", 8 + report_len);
+        self.send_error(key, &WireError::Malformed { reason });
     }
 
     /// Writes what the pipe takes now; the rest waits for the next writable event.
@@ -698,6 +840,9 @@ impl Worker {
         }
         if self.out_pos == self.out_buf.len() {
             self.out_buf.clear();
+            if self.out_buf.capacity() > KEEP_BUFFER {
+                self.out_buf = Vec::new();
+            }
             self.out_pos = 0;
         } else if self.out_pos > 1 << 20 {
             self.out_buf.drain(..self.out_pos);

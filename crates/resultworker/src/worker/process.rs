@@ -6,29 +6,31 @@ use std::os::fd::OwnedFd;
 
 use procyard_core::{Child, Exit, FrameDecoder, Signal, Stdio, StreamState};
 
-use super::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, Kind, Queued, Running};
+use super::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, Kind, Queued, Running, Work};
 use crate::job::CommandOutput;
 use crate::wire::{
-    CommandSpec, Spec, TAG_ERROR, TAG_VALUE, WireError, decode_report, encode_report, error_body,
+    CommandSpec, TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body, is_report,
 };
 
 pub(super) fn raw(fd: &impl std::os::fd::AsRawFd) -> std::os::fd::RawFd {
     fd.as_raw_fd()
 }
 
-/// Read buffers stay small in the worker: every page it writes after a fork is copied (the
-/// fork shared it copy-on-write), so a 64 KiB stack buffer would cost 16 page copies per job.
-pub(super) const SMALL_READ: usize = 8 * 1024;
+/// The size of the worker's one read buffer. Every page the worker writes after a fork is
+/// copied (the fork shared it copy-on-write): the buffer is allocated once and reused, and a
+/// read touches only the pages it fills, where a zeroed buffer on the stack would touch all
+/// of them for every read.
+pub(super) const SCRATCH: usize = 8 * 1024;
 
-/// [`FrameDecoder::read_from`] with a small buffer (see [`SMALL_READ`]).
+/// [`FrameDecoder::read_from`] through the worker's `scratch` buffer (see [`SCRATCH`]).
 pub(super) fn read_small(
     input: &mut std::fs::File,
     decoder: &mut FrameDecoder,
+    chunk: &mut [u8],
 ) -> procyard_core::Result<StreamState> {
     use std::io::Read;
-    let mut chunk = [0u8; SMALL_READ];
     loop {
-        match input.read(&mut chunk) {
+        match input.read(chunk) {
             Ok(0) => return decoder.finish().map(|()| StreamState::Closed),
             Ok(n) => decoder.feed(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(StreamState::Open),
@@ -49,11 +51,16 @@ pub(super) const PIPELINE_BYTES: usize = 16 * 1024;
 
 /// The framed size of a queued function job.
 pub(super) fn pipelined_len(job: &Queued) -> usize {
-    let name = match &job.spec {
-        Spec::Function { name } => name.len(),
-        Spec::Command(_) => 0,
-    };
-    8 + name + job.body.len()
+    match &job.work {
+        Work::Function(message) => 4 + message.len(),
+        Work::Command(_) => 0,
+    }
+}
+
+/// The name a job message (see [`job_message`]) calls; empty if it is truncated.
+pub(super) fn function_name(message: &[u8]) -> &[u8] {
+    let Some((len, rest)) = message.split_first_chunk::<4>() else { return &[] };
+    rest.get(..u32::from_be_bytes(*len) as usize).unwrap_or(&[])
 }
 
 /// A function job as a child reads it: name length, name, JSON arguments.
@@ -86,12 +93,41 @@ pub(super) fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> bool {
     true
 }
 
-/// Reads everything available from a job's pipe; closes it at end of file.
-pub(super) fn drain(job: &mut Running) {
-    let Some(pipe) = &job.pipe else { return };
-    let mut chunk = [0u8; SMALL_READ];
+/// In a function child: writes `report` (framed) into the shared report pipe as chunks of at
+/// most [`PIPE_ATOMIC`] bytes, each `u32` length, `u64` child id, data. The pipe is blocking
+/// and `PIPE_BUF` is 4096 on Linux, so each chunk is written whole, never mixed with another
+/// child's. False on any error.
+pub(super) fn write_report(fd: &OwnedFd, id: usize, report: &[u8]) -> bool {
+    let Ok(len) = u32::try_from(report.len()) else { return false };
+    let mut chunk = Vec::with_capacity(PIPE_ATOMIC.min(16 + report.len()));
+    let mut rest = report;
     loop {
-        match rustix::io::read(pipe, &mut chunk) {
+        chunk.clear();
+        chunk.extend_from_slice(&[0; 4]);
+        chunk.extend_from_slice(&(id as u64).to_be_bytes());
+        if rest.len() == report.len() {
+            // The report's own frame header travels as data, like the rest.
+            chunk.extend_from_slice(&len.to_be_bytes());
+        }
+        let take = (PIPE_ATOMIC - chunk.len()).min(rest.len());
+        chunk.extend_from_slice(&rest[..take]);
+        rest = &rest[take..];
+        let n = (chunk.len() - 4) as u32;
+        chunk[..4].copy_from_slice(&n.to_be_bytes());
+        if !write_all(fd, &chunk) {
+            return false;
+        }
+        if rest.is_empty() {
+            return true;
+        }
+    }
+}
+
+/// Reads everything available from a job's pipe (through the worker's `chunk` buffer).
+pub(super) fn drain(job: &mut Running, chunk: &mut [u8]) {
+    let Some(pipe) = &job.pipe else { return };
+    loop {
+        match rustix::io::read(pipe, &mut *chunk) {
             Ok(0) => break,
             Ok(n) => job.buf.extend_from_slice(&chunk[..n]),
             Err(rustix::io::Errno::INTR) => {}
@@ -116,7 +152,7 @@ pub(super) fn outcome(job: &mut Running, exit: Exit) -> Vec<u8> {
             let report =
                 procyard_core::frame::read_frame_bytes(&mut bytes, procyard_core::MAX_FRAME);
             match (exit, report) {
-                (Exit::Code(0), Ok(Some(report))) if decode_report(&report).is_some() => report,
+                (Exit::Code(0), Ok(Some(report))) if is_report(&report) => report,
                 (Exit::Code(0), _) => error(WireError::Malformed {
                     reason: "the job exited without a complete report".into(),
                 }),
