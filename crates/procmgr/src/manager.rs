@@ -212,7 +212,7 @@ impl ProcessManager {
     /// The siblings' memory is left as it is (the process ends with `_exit` anyway): freeing
     /// it, or dropping the handlers' captures, would write to pages shared with the parent and
     /// so copy each of them (copy-on-write) for nothing.
-    fn run_forked_child(&mut self, f: ClosureFn, write: std::os::fd::OwnedFd) -> ! {
+    fn run_forked_child(&mut self, mut f: ClosureFn, write: std::os::fd::OwnedFd) -> ! {
         let mut siblings = std::mem::take(&mut self.children).into_iter();
         for (_, sibling) in siblings.by_ref() {
             let Running {
@@ -232,12 +232,14 @@ impl ProcessManager {
         }
         std::mem::forget(siblings);
         let mut endpoint = Endpoint::new(write);
-        let result =
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut endpoint))) {
-                Ok(result) => result,
-                Err(payload) => Err(panic_message(payload.as_ref())),
-            };
-        let code = if endpoint.finish(result).is_ok() { 0 } else { 1 };
+        // The closure's wrapper sends the final frame itself (straight from the value's type).
+        let sent = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut endpoint)))
+        {
+            Ok(sent) => sent,
+            Err(payload) => endpoint.finish(Err(panic_message(payload.as_ref()))),
+        };
+        let code = if sent.is_ok() { 0 } else { 1 };
+        std::mem::forget(f);
         // Stderr is unbuffered: only stdout may hold output of the task.
         let _ = std::io::stdout().flush();
         procyard_core::exit_immediately(code)

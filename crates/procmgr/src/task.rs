@@ -24,7 +24,11 @@ pub struct Task {
     pub(crate) kind: TaskKind,
 }
 
-pub(crate) type ClosureFn = Box<dyn FnOnce(&mut Endpoint) -> Result<Value, String> + Send>;
+/// A closure task: runs the user's closure (the first call; later calls do nothing) and sends
+/// its final frame (value or error). `FnMut` rather than `FnOnce`, so the forked child can run
+/// it without freeing its box: freeing writes the allocator's pages, each then copied from the
+/// parent's (copy-on-write) just before `_exit`.
+pub(crate) type ClosureFn = Box<dyn FnMut(&mut Endpoint) -> Result<()> + Send>;
 
 pub(crate) enum TaskKind {
     Command(Box<procyard_core::Command>),
@@ -69,11 +73,14 @@ impl Task {
         T: Serialize,
         E: fmt::Display,
     {
+        let mut f = Some(f);
         Task {
-            kind: TaskKind::Closure(Box::new(move |endpoint| match f(endpoint) {
-                Ok(value) => serde_json::to_value(value)
-                    .map_err(|e| format!("unable to serialize the task's value: {e}")),
-                Err(e) => Err(e.to_string()),
+            kind: TaskKind::Closure(Box::new(move |endpoint| {
+                match f.take().map(|f| f(endpoint)) {
+                    Some(Ok(value)) => endpoint.finish_value(&value),
+                    Some(Err(e)) => endpoint.finish(Err(e.to_string())),
+                    None => Ok(()),
+                }
             })),
         }
     }
@@ -103,6 +110,20 @@ pub(crate) enum Wire {
     Error(String),
 }
 
+/// The same frames as [`Wire`], serialized straight from the task's own types (no
+/// intermediate `Value`).
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum WireRef<'a, T: Serialize + ?Sized> {
+    Message(&'a T),
+    Value(&'a T),
+}
+
+/// The length prefix of a frame (`procyard_core::frame`: a big-endian `u32`).
+const FRAME_HEADER: usize = 4;
+/// Frames up to this size (header included) are built on the stack.
+const STACK_FRAME: usize = 64;
+
 /// A task's end of the pipe to its parent: messages sent here reach the task's message
 /// handler in order, before its completion handler runs.
 #[derive(Debug)]
@@ -117,22 +138,47 @@ impl Endpoint {
 
     /// Sends one message to the parent (blocks while the pipe is full).
     pub fn send<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<()> {
-        let value = serde_json::to_value(message)
-            .map_err(|source| Error::Encode { what: "a message", source })?;
-        self.write(&Wire::Message(value))
+        self.write(&WireRef::Message(message), "a message")
     }
 
-    pub(crate) fn write(&mut self, wire: &Wire) -> Result<()> {
-        let frame = procyard_core::frame::encode_frame(wire).map_err(|e| Error::Send {
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    /// Writes one frame with a single `write` (while it fits in the pipe). A small frame is
+    /// built on the stack: in a forked child every heap page the allocator writes is copied
+    /// from the parent's (copy-on-write), so the common case allocates nothing.
+    fn write<T: Serialize + ?Sized>(&mut self, wire: &T, what: &'static str) -> Result<()> {
+        let mut stack = [0u8; STACK_FRAME];
+        let (header, mut payload) = stack.split_at_mut(FRAME_HEADER);
+        let room = payload.len();
+        // Fails when the frame does not fit (or does not serialize): the general path below
+        // then serializes it again and reports the error, if any.
+        if serde_json::to_writer(&mut payload, wire).is_ok() {
+            let len = room - payload.len();
+            header.copy_from_slice(&(len as u32).to_be_bytes());
+            let frame = &stack[..FRAME_HEADER + len];
+            return self.file.write_all(frame).map_err(|source| Error::Send { source });
+        }
+        let frame = procyard_core::frame::encode_frame(wire).map_err(|e| match e {
+            procyard_core::Error::Encode { source } => Error::Encode { what, source },
+            e => Error::Send { source: std::io::Error::new(std::io::ErrorKind::InvalidData, e) },
         })?;
         self.file.write_all(&frame).map_err(|source| Error::Send { source })
     }
 
+    /// Sends a task's final frame: its value or its error message.
     pub(crate) fn finish(&mut self, result: Result<Value, String>) -> Result<()> {
         match result {
-            Ok(v) => self.write(&Wire::Value(v)),
-            Err(m) => self.write(&Wire::Error(m)),
+            Ok(v) => self.write(&Wire::Value(v), "the task's value"),
+            Err(m) => self.write(&Wire::Error(m), "the task's error"),
+        }
+    }
+
+    /// Sends a closure's value as its final frame, or, if it does not serialize, the reason
+    /// as the task's error.
+    pub(crate) fn finish_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        match self.write(&WireRef::Value(value), "the task's value") {
+            Err(Error::Encode { source, .. }) => {
+                self.finish(Err(format!("unable to serialize the task's value: {source}")))
+            }
+            sent => sent,
         }
     }
 }
@@ -167,6 +213,56 @@ mod tests {
         assert!(matches!(Task::function("f", &big), Err(Error::ArgumentsTooLarge { .. })));
         let t = Task::function("f", &[1, 2]).unwrap();
         assert_eq!(t.describe(), "function f");
+    }
+
+    /// The frames an endpoint writes, decoded as the manager decodes them.
+    fn frames_of(send: impl FnOnce(&mut Endpoint)) -> Vec<Wire> {
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        let mut endpoint = Endpoint::new(write);
+        send(&mut endpoint);
+        drop(endpoint);
+        let mut decoder = procyard_core::FrameDecoder::new();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut File::from(read), &mut bytes).unwrap();
+        decoder.feed(&bytes);
+        decoder.finish().unwrap();
+        std::iter::from_fn(|| decoder.next::<Wire>().unwrap()).collect()
+    }
+
+    #[test]
+    fn small_and_large_frames_alike() {
+        let large = "x".repeat(10 * STACK_FRAME);
+        let frames = frames_of(|e| {
+            e.send(&1).unwrap();
+            e.send(&large).unwrap();
+            e.send(&serde_json::json!({"b": [1, 2], "a": null})).unwrap();
+            e.finish_value(&(7, "seven")).unwrap();
+        });
+        let shapes: Vec<String> =
+            frames.iter().map(|w| serde_json::to_string(w).unwrap()).collect();
+        assert_eq!(
+            shapes,
+            [
+                r#"{"message":1}"#.to_owned(),
+                format!(r#"{{"message":"{large}"}}"#),
+                r#"{"message":{"a":null,"b":[1,2]}}"#.to_owned(),
+                r#"{"value":[7,"seven"]}"#.to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn unserializable_value_is_a_task_error() {
+        let mut bad = std::collections::BTreeMap::new();
+        bad.insert(vec![1u8], 1);
+        let frames = frames_of(|e| {
+            assert!(matches!(e.send(&bad), Err(Error::Encode { what: "a message", .. })));
+            e.finish_value(&bad).unwrap();
+        });
+        assert!(
+            matches!(&frames[..], [Wire::Error(m)] if m.starts_with("unable to serialize the task's value: ")),
+            "{frames:?}"
+        );
     }
 
     #[test]
