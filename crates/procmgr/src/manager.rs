@@ -317,7 +317,7 @@ impl ProcessManager {
 
     fn on_pipe(&mut self, id: u64) {
         if let Some(running) = self.children.get_mut(&id) {
-            running.drain_pipe(self.poll.registry(), &mut self.read_buf);
+            running.drain_pipe(&mut self.read_buf);
         }
         self.maybe_complete(id);
     }
@@ -332,19 +332,19 @@ impl ProcessManager {
             Ok(None) => return, // spurious readiness: not exited yet
             Err(e) => running.exit = Some(Err(format!("unable to reap the child: {e}"))),
         }
-        let _ = self.poll.registry().deregister(&mut running.child);
+        // No `epoll_ctl` to deregister the pidfd and the pipe: closing a descriptor takes it
+        // out of the `epoll` set (once a sibling forked meanwhile has closed its copy too; until
+        // then a late event carries the token of a finished id, never reused, and is ignored).
         // Everything the child wrote is in the pipe now: take it all, then complete even if a
         // grandchild still holds a copy of the write end.
-        running.drain_pipe(self.poll.registry(), &mut self.read_buf);
-        if let Some(mut pipe) = running.pipe.take() {
-            let _ = self.poll.registry().deregister(&mut pipe);
-            if running.truncated.is_none()
-                && running.broken.is_none()
-                && let Err(procyard_core::Error::FrameTruncated { expected, got }) =
-                    running.decoder.finish()
-            {
-                running.truncated = Some((got, expected));
-            }
+        running.drain_pipe(&mut self.read_buf);
+        if running.pipe.take().is_some()
+            && running.truncated.is_none()
+            && running.broken.is_none()
+            && let Err(procyard_core::Error::FrameTruncated { expected, got }) =
+                running.decoder.finish()
+        {
+            running.truncated = Some((got, expected));
         }
         self.maybe_complete(id);
     }
@@ -410,7 +410,7 @@ impl Running {
     /// Reads everything available (until `WouldBlock` or end of stream), delivering whole
     /// frames as they complete. `buf` belongs to the manager: a buffer on the stack would be
     /// zeroed, and so copied page by page after each fork (copy-on-write).
-    fn drain_pipe(&mut self, registry: &procyard_core::mio::Registry, buf: &mut [u8]) {
+    fn drain_pipe(&mut self, buf: &mut [u8]) {
         let mut closed = false;
         loop {
             let Some(pipe) = self.pipe.as_mut() else { return };
@@ -441,10 +441,9 @@ impl Running {
         {
             self.truncated = Some((got, expected));
         }
-        if (closed || self.broken.is_some())
-            && let Some(mut pipe) = self.pipe.take()
-        {
-            let _ = registry.deregister(&mut pipe);
+        if closed || self.broken.is_some() {
+            // Closing the pipe takes it out of the `epoll` set (see `on_exit`).
+            self.pipe = None;
         }
     }
 
