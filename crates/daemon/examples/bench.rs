@@ -5,6 +5,9 @@
 //! oneshot jobs/s (2,000 `true` jobs) vs raw spawn+wait; longlived jobs/s with an echo worker
 //! (this program re-executed in worker mode); publish→done latency p50/p99; daemon RSS idle
 //! and with 100 workers; graceful stop time with 10 idle workers.
+//!
+//! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
+//! `longlived`, `latency`, `rss`, `stop`) runs only those parts.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -24,27 +27,40 @@ fn main() -> anyhow::Result<()> {
     let daemon_bin = build_daemon()?;
     let me = std::env::current_exe()?;
 
-    let raw = raw_spawn_rate(2000)?;
-    let oneshot = oneshot_rate(&daemon_bin, 2000)?;
-    bench("oneshot_jobs_per_s", oneshot, "jobs/s", "raw_spawn_wait_per_s", raw);
+    let only = std::env::var("PROCYARD_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p == name));
 
-    let longlived = longlived_rate(&daemon_bin, &me, 20_000)?;
-    bench("longlived_jobs_per_s", longlived, "jobs/s", "goal_jobs_per_s", 5000.0);
-
-    let spawn_us = raw_spawn_latency_us(200)?;
-    let (p50, p99) = latency(&daemon_bin, &me, 300)?;
-    bench("publish_done_p50_us", p50, "us", "raw_spawn_wait_us", spawn_us);
-    bench("publish_done_p99_us", p99, "us", "raw_spawn_wait_us", spawn_us);
-
-    let (idle, busy) = rss(&daemon_bin, &me)?;
-    bench("daemon_rss_idle_kib", idle, "KiB", "goal_idle_kib", 10.0 * 1024.0);
-    bench("daemon_rss_100_workers_kib", busy, "KiB", "daemon_rss_idle_kib", idle);
-
-    let mut stops = Vec::new();
-    for _ in 0..5 {
-        stops.push(stop_time_ms(&daemon_bin, &me)?);
+    if part("oneshot") {
+        let raw = raw_spawn_rate(2000)?;
+        let oneshot = oneshot_rate(&daemon_bin, 2000)?;
+        bench("oneshot_jobs_per_s", oneshot, "jobs/s", "raw_spawn_wait_per_s", raw);
     }
-    bench("graceful_stop_10_idle_ms", median(&mut stops), "ms", "symphony_stop_ms", 5000.0);
+
+    if part("longlived") {
+        let longlived = longlived_rate(&daemon_bin, &me, 20_000)?;
+        bench("longlived_jobs_per_s", longlived, "jobs/s", "goal_jobs_per_s", 5000.0);
+    }
+
+    if part("latency") {
+        let spawn_us = raw_spawn_latency_us(200)?;
+        let (p50, p99) = latency(&daemon_bin, &me, 300)?;
+        bench("publish_done_p50_us", p50, "us", "raw_spawn_wait_us", spawn_us);
+        bench("publish_done_p99_us", p99, "us", "raw_spawn_wait_us", spawn_us);
+    }
+
+    if part("rss") {
+        let (idle, busy) = rss(&daemon_bin, &me)?;
+        bench("daemon_rss_idle_kib", idle, "KiB", "goal_idle_kib", 10.0 * 1024.0);
+        bench("daemon_rss_100_workers_kib", busy, "KiB", "daemon_rss_idle_kib", idle);
+    }
+
+    if part("stop") {
+        let mut stops = Vec::new();
+        for _ in 0..5 {
+            stops.push(stop_time_ms(&daemon_bin, &me)?);
+        }
+        bench("graceful_stop_10_idle_ms", median(&mut stops), "ms", "symphony_stop_ms", 5000.0);
+    }
     Ok(())
 }
 

@@ -34,7 +34,8 @@
 //!    killed) must become available again (SQLite: on the next start; AMQP: the broker
 //!    redelivers unacked messages when the channel closes). `complete` may buffer;
 //!    [`QueueBackend::flush`] is called at the end of every loop iteration and must make
-//!    buffered outcomes durable (or hand them to the broker thread).
+//!    buffered outcomes durable (or hand them to the broker thread), and so must the next
+//!    [`QueueBackend::claim`] before (or atomically with) the leases it takes.
 //! 6. [`QueueBackend::next_due`] returns the earliest instant at which a delayed job becomes
 //!    available by itself (SQLite retry backoff), so the loop sleeps until exactly then — a
 //!    real deadline, not a poll. A backend that wakes the loop itself returns `None`.
@@ -231,7 +232,10 @@ pub trait QueueBackend {
     /// Daemon only: the most unfinished jobs of `task` the daemon can hold (see step 4).
     fn set_capacity(&mut self, task: &str, capacity: usize) -> Result<()>;
 
-    /// Daemon only: takes up to `max` jobs of `task` available now, never blocking.
+    /// Daemon only: takes up to `max` jobs of `task` available now, never blocking. Outcomes
+    /// buffered by earlier [`QueueBackend::complete`] calls become durable no later than the
+    /// leases it takes (SQLite: in the same transaction), so the queue never holds a finished
+    /// job leased next to the job claimed in its place.
     fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>>;
 
     /// Daemon only: records the outcome of a claimed job (may be buffered until

@@ -1,7 +1,9 @@
 //! The embedded queue: one SQLite file in WAL mode.
 //!
 //! Each published job is one row per receiving task. A daemon claims rows (state `leased`,
-//! attempt count + 1) inside a transaction, and holds `<file>.lock` (an `flock`) for as long
+//! attempt count + 1, oldest first through the `jobs_ready` index, so a claim costs the rows
+//! it takes, not the backlog) inside a transaction that also records the outcomes buffered
+//! since the last one (one write transaction per loop turn), and holds `<file>.lock` (an `flock`) for as long
 //! as it runs, so exactly one daemon serves a queue file. Leases do not expire while that
 //! daemon lives; when it dies — even by SIGKILL — the kernel drops the lock, and the next
 //! daemon puts every leased row back (without counting the interrupted attempt), so a job is
@@ -16,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
@@ -45,7 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_ms  INTEGER,
     last_error   TEXT
 );
-CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(task, state, not_before, seq);
+DROP INDEX IF EXISTS jobs_claim;
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(task, state, seq, not_before);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, not_before);
 CREATE TABLE IF NOT EXISTS stats (
     task TEXT PRIMARY KEY,
@@ -113,6 +117,9 @@ impl SqliteQueue {
         let q = |action, e| Error::queue(action, path, e);
         let conn = Connection::open(path).map_err(|e| q("open", e))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(|e| q("configure", e))?;
+        // Plans stay as prepared: otherwise a new `LIMIT` value re-prepares the claim.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(|e| q("configure", e))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| q("enable WAL on", e))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| q("configure", e))?;
         conn.execute_batch(SCHEMA).map_err(|e| q("create the schema of", e))?;
@@ -239,42 +246,42 @@ impl QueueBackend for SqliteQueue {
         if max == 0 || self.mode != OpenMode::Daemon || !self.is_bound(task) {
             return Ok(Vec::new());
         }
+        // One transaction records the buffered outcomes and takes the new leases: a daemon
+        // killed at any moment has either both or neither, so the jobs it finished are never
+        // still leased next to the ones it claimed in their place.
+        let path = self.path.clone();
+        let e = |err| Error::queue("claim jobs from", &path, err);
+        let tx = self.conn.transaction().map_err(e)?;
+        let retried = write_outcomes(&tx, &self.pending).map_err(e)?;
         let now = now_ms();
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2
-                 WHERE seq IN (SELECT seq FROM jobs WHERE task = ?3 AND state = ?4
-                               AND not_before <= ?5 ORDER BY seq LIMIT ?6)
-                 RETURNING seq, id, routing_key, payload, attempts",
-            )
-            .map_err(|e| Error::queue("claim jobs from", &self.path, e))?;
-        let rows = stmt
-            .query_map(
-                params![STATE_LEASED, self.owner, task, STATE_READY, now, max as i64],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, Vec<u8>>(3)?,
-                        row.get::<_, i64>(4)?,
-                    ))
-                },
-            )
-            .map_err(|e| Error::queue("claim jobs from", &self.path, e))?;
         let mut jobs = Vec::new();
-        for row in rows {
-            let (seq, id, routing_key, payload, attempts) =
-                row.map_err(|e| Error::queue("claim jobs from", &self.path, e))?;
-            jobs.push(Job {
-                id,
-                task: task.to_owned(),
-                routing_key,
-                payload,
-                attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-                receipt: Receipt(seq as u64),
-            });
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2
+                     WHERE seq IN (SELECT seq FROM jobs WHERE task = ?3 AND state = ?4
+                                   AND not_before <= ?5 ORDER BY seq LIMIT ?6)
+                     RETURNING seq, id, routing_key, payload, attempts",
+                )
+                .map_err(e)?;
+            let mut rows = stmt
+                .query(params![STATE_LEASED, self.owner, task, STATE_READY, now, max as i64])
+                .map_err(e)?;
+            while let Some(row) = rows.next().map_err(e)? {
+                jobs.push(Job {
+                    id: row.get(1).map_err(e)?,
+                    task: task.to_owned(),
+                    routing_key: row.get(2).map_err(e)?,
+                    payload: row.get(3).map_err(e)?,
+                    attempt: u32::try_from(row.get::<_, i64>(4).map_err(e)?).unwrap_or(u32::MAX),
+                    receipt: Receipt(row.get::<_, i64>(0).map_err(e)? as u64),
+                });
+            }
+        }
+        tx.commit().map_err(e)?;
+        self.pending.clear();
+        if retried {
+            self.due_cache = None;
         }
         jobs.sort_by_key(|j| j.receipt.0);
         Ok(jobs)
@@ -293,54 +300,10 @@ impl QueueBackend for SqliteQueue {
         }
         // Kept until the transaction commits: after a failure (a writer holding the file past
         // `busy_timeout`) the next flush writes them, instead of leaving the jobs leased.
-        let pending = &self.pending;
         let path = self.path.clone();
         let e = |err| Error::queue("record job outcomes in", &path, err);
         let tx = self.conn.transaction().map_err(e)?;
-        let now = now_ms();
-        let mut done_per_task: BTreeMap<String, i64> = BTreeMap::new();
-        let mut retried = false;
-        {
-            let mut del = tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1").map_err(e)?;
-            let mut retry = tx
-                .prepare_cached(
-                    "UPDATE jobs SET state = ?1, not_before = ?2, last_error = ?3, lease_owner = NULL
-                     WHERE seq = ?4",
-                )
-                .map_err(e)?;
-            let mut dead = tx
-                .prepare_cached(
-                    "UPDATE jobs SET state = ?1, finished_ms = ?2, last_error = ?3, lease_owner = NULL
-                     WHERE seq = ?4",
-                )
-                .map_err(e)?;
-            for (seq, task, outcome, reported_ms) in pending {
-                match outcome {
-                    Outcome::Done => {
-                        del.execute(params![seq]).map_err(e)?;
-                        *done_per_task.entry(task.clone()).or_default() += 1;
-                    }
-                    Outcome::Retry { delay, reason } => {
-                        let due = reported_ms
-                            .saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
-                        retry.execute(params![STATE_READY, due, reason, seq]).map_err(e)?;
-                        retried = true;
-                    }
-                    Outcome::DeadLetter { reason } => {
-                        dead.execute(params![STATE_DEAD, now, reason, seq]).map_err(e)?;
-                    }
-                }
-            }
-            let mut stats = tx
-                .prepare_cached(
-                    "INSERT INTO stats (task, done) VALUES (?1, ?2)
-                     ON CONFLICT(task) DO UPDATE SET done = done + excluded.done",
-                )
-                .map_err(e)?;
-            for (task, n) in done_per_task {
-                stats.execute(params![task, n]).map_err(e)?;
-            }
-        }
+        let retried = write_outcomes(&tx, &self.pending).map_err(e)?;
         tx.commit().map_err(e)?;
         self.pending.clear();
         if retried {
@@ -392,7 +355,7 @@ impl QueueBackend for SqliteQueue {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT task, state, not_before > ?1, COUNT(*) FROM jobs GROUP BY task, state, not_before > ?1",
+                "SELECT task, state, COUNT(*), SUM(not_before > ?1) FROM jobs GROUP BY task, state",
             )
             .map_err(self.err("count jobs in"))?;
         let rows = stmt
@@ -400,13 +363,13 @@ impl QueueBackend for SqliteQueue {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
-                    r.get::<_, bool>(2)?,
+                    r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
                 ))
             })
             .map_err(|e| Error::queue("count jobs in", &self.path, e))?;
         for row in rows {
-            let (task, state, delayed, n) =
+            let (task, state, n, delayed) =
                 row.map_err(|e| Error::queue("count jobs in", &self.path, e))?;
             let d = out.entry(task).or_insert_with(|| QueueDepth {
                 delayed: Some(0),
@@ -414,10 +377,12 @@ impl QueueBackend for SqliteQueue {
                 done_total: Some(0),
                 ..QueueDepth::default()
             });
-            let n = n as u64;
+            let (n, delayed) = (n as u64, delayed as u64);
             match state {
-                STATE_READY if delayed => *d.delayed.get_or_insert(0) += n,
-                STATE_READY => d.ready += n,
+                STATE_READY => {
+                    *d.delayed.get_or_insert(0) += delayed;
+                    d.ready += n - delayed;
+                }
                 STATE_LEASED => d.in_flight += n,
                 STATE_DEAD => *d.dead.get_or_insert(0) += n,
                 _ => {}
@@ -509,6 +474,55 @@ impl QueueBackend for SqliteQueue {
     }
 }
 
+/// Writes buffered outcomes inside `tx`; `true` if one of them is a retry.
+fn write_outcomes(
+    tx: &rusqlite::Transaction<'_>,
+    pending: &[(i64, String, Outcome, i64)],
+) -> rusqlite::Result<bool> {
+    if pending.is_empty() {
+        return Ok(false);
+    }
+    let now = now_ms();
+    let mut done_per_task: BTreeMap<String, i64> = BTreeMap::new();
+    let mut retried = false;
+    {
+        let mut del = tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?;
+        let mut retry = tx.prepare_cached(
+            "UPDATE jobs SET state = ?1, not_before = ?2, last_error = ?3, lease_owner = NULL
+                     WHERE seq = ?4",
+        )?;
+        let mut dead = tx.prepare_cached(
+            "UPDATE jobs SET state = ?1, finished_ms = ?2, last_error = ?3, lease_owner = NULL
+                     WHERE seq = ?4",
+        )?;
+        for (seq, task, outcome, reported_ms) in pending {
+            match outcome {
+                Outcome::Done => {
+                    del.execute(params![seq])?;
+                    *done_per_task.entry(task.clone()).or_default() += 1;
+                }
+                Outcome::Retry { delay, reason } => {
+                    let due =
+                        reported_ms.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64);
+                    retry.execute(params![STATE_READY, due, reason, seq])?;
+                    retried = true;
+                }
+                Outcome::DeadLetter { reason } => {
+                    dead.execute(params![STATE_DEAD, now, reason, seq])?;
+                }
+            }
+        }
+        let mut stats = tx.prepare_cached(
+            "INSERT INTO stats (task, done) VALUES (?1, ?2)
+                     ON CONFLICT(task) DO UPDATE SET done = done + excluded.done",
+        )?;
+        for (task, n) in done_per_task {
+            stats.execute(params![task, n])?;
+        }
+    }
+    Ok(retried)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +608,32 @@ mod tests {
         let again = daemon.claim("mail", 1).unwrap();
         assert_eq!(again.len(), 1, "the retry is claimable once its delay after complete passed");
         assert_eq!(again[0].attempt, 2);
+    }
+
+    /// A claim records the buffered outcomes in its own transaction: a daemon that dies right
+    /// after it leaves only the newly claimed jobs leased, never the finished ones too.
+    #[test]
+    fn claim_records_buffered_outcomes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        daemon.bind(&bindings()).unwrap();
+        for i in 0..5 {
+            daemon.publish("mail.a", format!("{i}").as_bytes()).unwrap();
+        }
+        let first = daemon.claim("mail", 2).unwrap();
+        daemon.complete(&first[0], Outcome::Done).unwrap();
+        let delay = Duration::from_secs(3600);
+        daemon.complete(&first[1], Outcome::Retry { delay, reason: "later".into() }).unwrap();
+        let next = daemon.claim("mail", 2).unwrap();
+        let payloads: Vec<&[u8]> = next.iter().map(|j| &j.payload[..]).collect();
+        assert_eq!(payloads, [b"2", b"3"], "oldest ready first, the delayed retry skipped");
+        drop(daemon); // no flush: as if killed
+        let mut again = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        assert_eq!(again.recovered(), 2, "only the jobs claimed last were still leased");
+        again.bind(&bindings()).unwrap();
+        let d = &again.depths().unwrap()["mail"];
+        assert_eq!((d.ready, d.delayed, d.done_total), (3, Some(1), Some(1)));
     }
 
     #[test]

@@ -206,13 +206,12 @@ impl Daemon {
                 self.reap_unknown_children();
             }
             self.on_deadlines();
-            // Record the outcomes of this iteration before claiming more: the queue then never
-            // holds more leased jobs than `max_workers` per task, so a daemon killed at any
-            // moment leaves at most that many to run again (not also the finished ones whose
-            // outcome was still buffered when the new jobs were claimed).
-            if let Err(e) = self.queue.flush() {
-                tracing::error!(error = %e, "unable to record job outcomes; will retry");
-            }
+            // The outcomes of this iteration are recorded no later than the claims that refill
+            // the freed capacity (the SQLite backend writes both in one transaction; others
+            // flush buffered outcomes before claiming): the queue then never holds more leased
+            // jobs than `max_workers` per task, so a daemon killed at any moment leaves at most
+            // that many to run again (not also the finished ones whose outcome was still
+            // buffered when the new jobs were claimed).
             self.reconcile();
             if let Err(e) = self.queue.flush() {
                 tracing::error!(error = %e, "unable to record job outcomes; will retry");
