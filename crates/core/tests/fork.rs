@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use procyard_core::fork::{
-    DaemonConfig, Daemonized, ForkConfig, Forked, daemonize, exit_immediately, fork,
+    DaemonConfig, Daemonized, ForkConfig, Forked, daemonize, exit_immediately, fork, thread_count,
 };
-use procyard_core::{Deadline, Error, Exit, ProcessIdentity, Signal};
+use procyard_core::{Deadline, Error, Exit, Pid, ProcStat, ProcessIdentity, Signal};
 
 fn fork_reports_exit_and_group() {
     match fork(ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) })
@@ -17,6 +17,33 @@ fn fork_reports_exit_and_group() {
             assert_eq!(child.process_group(), Some(child.id()));
             assert_eq!(child.wait().unwrap(), Exit::Code(9));
         }
+    }
+}
+
+fn thread_count_follows_threads() {
+    let stat_threads = || ProcStat::read(Pid::current()).unwrap().unwrap().num_threads as usize;
+    assert_eq!(thread_count().unwrap(), 1);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let rx = rx.clone();
+            std::thread::spawn(move || {
+                let _ = rx.lock().unwrap().recv();
+            })
+        })
+        .collect();
+    assert_eq!(thread_count().unwrap(), 4);
+    assert_eq!(stat_threads(), 4, "the same count as /proc/self/stat");
+    drop(tx);
+    for t in threads {
+        t.join().unwrap();
+    }
+    // A joined thread leaves the thread group a moment after it wakes its joiner.
+    let deadline = Deadline::after(Duration::from_secs(30));
+    while thread_count().unwrap() != 1 {
+        assert!(!deadline.is_expired(), "threads still counted: {}", thread_count().unwrap());
+        std::thread::yield_now();
     }
 }
 
@@ -104,7 +131,8 @@ fn main() {
         ("daemonize_reports_the_daemon_pid", daemonize_reports_the_daemon_pid),
         ("daemonize_failure_is_an_error", daemonize_failure_is_an_error),
         ("daemon_dying_silently_is_an_error", daemon_dying_silently_is_an_error),
-        // Last: it starts a thread.
+        // Last: they start threads.
+        ("thread_count_follows_threads", thread_count_follows_threads),
         ("fork_refuses_in_a_threaded_process", fork_refuses_in_a_threaded_process),
     ];
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();

@@ -32,8 +32,20 @@ pub enum Forked {
     Child,
 }
 
-/// The number of threads in this process (one read of `/proc/self/stat`).
+/// The number of threads in this process.
+///
+/// One `stat` of `/proc/self/task`, whose link count procfs reports as 2 plus the number of
+/// threads (the check Chromium's sandbox relies on); a read of `/proc/self/stat` where that
+/// does not give a plausible answer. Both come from the same kernel counter. Every [`fork`]
+/// asks, so it must be cheap.
 pub fn thread_count() -> Result<usize> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata("/proc/self/task")
+        && let Some(threads) = meta.nlink().checked_sub(2)
+        && threads >= 1
+    {
+        return Ok(usize::try_from(threads).unwrap_or(usize::MAX));
+    }
     let stat = crate::ProcStat::read(Pid::current())?.ok_or_else(|| {
         Error::path("read", "/proc/self/stat", std::io::Error::from(std::io::ErrorKind::NotFound))
     })?;
