@@ -242,6 +242,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`… | head`): nothing left to say to anyone.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(is_stdout_closed) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let mut msg = format!("{e}");
             for cause in e.chain().skip(1) {
@@ -279,7 +283,7 @@ fn run(cli: Cli) -> Result<()> {
         None => TaskPool::open_default(),
     }
     .map_err(lib)?;
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = Stdout(std::io::stdout().lock());
     match cli.command {
         Cmd::Spawn { meta, env, cwd, retain, log, block_when_full, json, command } => {
             let mut options =
@@ -468,6 +472,46 @@ fn read_log(
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
     std::io::copy(&mut file.take(count), out)?;
     Ok(())
+}
+
+/// Standard output, whose "broken pipe" errors say that it was stdout that closed (and not,
+/// say, a supervisor's socket), so `main` can end quietly.
+struct Stdout(std::io::StdoutLock<'static>);
+
+/// The payload of a stdout write error meaning the reader is gone.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+fn is_stdout_closed(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<StdoutClosed>())
+}
+
+fn mark_closed(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, StdoutClosed)
+    } else {
+        e
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(mark_closed)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(buf).map_err(mark_closed)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(mark_closed)
+    }
 }
 
 fn print_table(out: &mut dyn Write, records: &[TaskRecord]) -> std::io::Result<()> {

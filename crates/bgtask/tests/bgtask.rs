@@ -600,6 +600,31 @@ fn bgtask_tail_follow_live_task() {
 }
 
 #[test]
+fn bgtask_read_into_a_closed_pipe_ends_quietly() {
+    let sb = Sandbox::new();
+    // 1.3 MB of output: far more than a pipe holds, so the CLI meets the closed pipe.
+    let mut task = sb.spawn(sh("seq 1 200000").retain(4 << 20));
+    let all = read_until_final(&mut task, StreamName::Stdout);
+    assert_eq!(all.len(), 1_288_895);
+    let mut read = Command::new(BIN)
+        .arg("--pool")
+        .arg(&sb.pool_dir)
+        .args(["read", task.id()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 2];
+    read.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"1\n");
+    // The reader is gone (as with `| head -1`): stdout was dropped above.
+    let out = read.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no error for a reader that left");
+    task.delete().unwrap();
+}
+
+#[test]
 fn bgtask_spawn_errors_are_reported() {
     let sb = Sandbox::new();
     let out = sb.cli(&["spawn", "--", "/nonexistent/program"]);
