@@ -80,17 +80,8 @@ struct Shared {
 }
 
 /// The number of threads of this process, for the early refusal of closures in `schedule`
-/// (the fork itself checks again, in `procyard_core::fork`). One `statx` of `/proc/self/task`,
-/// whose link count is 2 plus the number of threads (procfs counts the threads there, as
-/// Chromium's sandbox relies on); the full read of `/proc/self/stat` when that is unavailable.
+/// (the fork itself checks again, in `procyard_core::fork`).
 fn thread_count() -> Result<usize> {
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(meta) = std::fs::metadata("/proc/self/task")
-        && let Some(threads) = meta.nlink().checked_sub(2)
-        && threads >= 1
-    {
-        return Ok(usize::try_from(threads).unwrap_or(usize::MAX));
-    }
     procyard_core::fork::thread_count()
         .map_err(|source| Error::Spawn { task: "closure".into(), source })
 }
