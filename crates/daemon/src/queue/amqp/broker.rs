@@ -114,20 +114,9 @@ pub(super) enum Cmd {
 /// What the broker thread tells the daemon's thread.
 #[derive(Debug)]
 pub(super) enum Ev {
-    /// A delivery, with the channel it came on (the daemon's thread acknowledges on it).
-    Delivery {
-        epoch: u64,
-        task: String,
-        channel: Channel,
-        delivery: Box<Delivery>,
-    },
-    Connected {
-        epoch: u64,
-    },
-    Disconnected {
-        epoch: u64,
-        error: String,
-    },
+    Delivery { epoch: u64, task: String, delivery: Box<Delivery> },
+    Connected { epoch: u64 },
+    Disconnected { epoch: u64, error: String },
     Warning(String),
 }
 
@@ -631,21 +620,16 @@ impl Broker {
         let cmd_tx = self.cmd_tx.clone();
         let task_name = task.to_owned();
         let consumer_tag = tag.clone();
-        let consumer_channel = channel.clone();
         consumer.set_delegate(move |result: DeliveryResult| {
             let sink = sink.clone();
             let cmd_tx = cmd_tx.clone();
             let task = task_name.clone();
             let tag = consumer_tag.clone();
-            let channel = consumer_channel.clone();
             async move {
                 match result {
-                    Ok(Some(delivery)) => sink.send(Ev::Delivery {
-                        epoch,
-                        task,
-                        channel,
-                        delivery: Box::new(delivery),
-                    }),
+                    Ok(Some(delivery)) => {
+                        sink.send(Ev::Delivery { epoch, task, delivery: Box::new(delivery) })
+                    }
                     Ok(None) => {
                         let error = "consumer cancelled".to_owned();
                         let _ = cmd_tx.send(Cmd::ConsumerLost { epoch, task, tag, error });

@@ -6,10 +6,7 @@
 //! runtime (module `broker`). The daemon's thread talks to it through a tokio unbounded channel
 //! (commands; sending never blocks) and receives deliveries and connection changes through a
 //! crossbeam channel, each followed by a wake-up of the daemon's [`mio::Waker`] (created in
-//! [`QueueBackend::attach`]). Nothing polls. One exception keeps the hot path short: a `Done`
-//! job is acknowledged from the daemon's thread on the delivery's channel (lapin queues the
-//! frame and wakes its I/O thread at once), not through the broker thread; with prefetch =
-//! capacity the next delivery waits for that ack, so every hop saved is throughput.
+//! [`QueueBackend::attach`]). Nothing polls.
 //!
 //! The topology (table below) is declared idempotently by daemons and clients alike: a
 //! durable topic exchange, one durable queue per task (quorum where the broker supports it)
@@ -17,8 +14,7 @@
 //! and per-delay retry queues whose TTL dead-letters jobs back into their task queue with the
 //! attempt count in a header.
 //!
-//! - **Acknowledgement** happens only when the daemon reports the job's outcome: `Done` acks
-//!   (directly, see above);
+//! - **Acknowledgement** happens only when the daemon reports the job's outcome: `Done` acks;
 //!   `Retry` publishes a copy to the retry queue (publisher confirm) and then acks;
 //!   `DeadLetter` publishes a copy, with the reason, to the dead queue and then acks.
 //! - **Prefetch** (`basic.qos`, per consumer) equals the capacity the daemon sets for the
@@ -63,9 +59,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use lapin::Acker;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
-use lapin::{Acker, Channel};
 use tokio::sync::mpsc::UnboundedSender;
 
 use self::broker::{Broker, BrokerDepth, Cmd, Ev, JobMeta, Reply, Sink};
@@ -91,7 +86,6 @@ pub(crate) fn open(config: &QueueConfig, mode: OpenMode) -> Result<Box<dyn Queue
 /// A delivery received and not yet claimed.
 struct Pending {
     epoch: u64,
-    channel: Channel,
     delivery: Box<Delivery>,
 }
 
@@ -99,9 +93,6 @@ struct Pending {
 struct InFlight {
     epoch: u64,
     task: String,
-    /// The channel the job came on, and its delivery tag there (for a direct ack).
-    channel: Channel,
-    delivery_tag: u64,
     acker: Acker,
 }
 
@@ -206,13 +197,12 @@ impl AmqpQueue {
     fn drain(&mut self) {
         while let Ok(ev) = self.events.try_recv() {
             match ev {
-                Ev::Delivery { epoch, task, channel, delivery } => {
+                Ev::Delivery { epoch, task, delivery } => {
                     if self.live_epoch == Some(epoch) {
-                        self.buffered.entry(task).or_default().push_back(Pending {
-                            epoch,
-                            channel,
-                            delivery,
-                        });
+                        self.buffered
+                            .entry(task)
+                            .or_default()
+                            .push_back(Pending { epoch, delivery });
                     }
                 }
                 Ev::Connected { epoch } => {
@@ -267,12 +257,9 @@ impl AmqpQueue {
         let attempt = topology::header_u32(headers, topology::H_ATTEMPT).unwrap_or(1).max(1);
         let receipt = self.next_receipt;
         self.next_receipt += 1;
-        let Pending { epoch, channel, delivery } = pending;
-        let Delivery { delivery_tag, data, acker, .. } = *delivery;
-        self.in_flight.insert(
-            receipt,
-            InFlight { epoch, task: task.to_owned(), channel, delivery_tag, acker },
-        );
+        let Pending { epoch, delivery } = pending;
+        let Delivery { data, acker, .. } = *delivery;
+        self.in_flight.insert(receipt, InFlight { epoch, task: task.to_owned(), acker });
         Job {
             id,
             task: task.to_owned(),
@@ -382,10 +369,6 @@ impl QueueBackend for AmqpQueue {
                 job.id,
                 flight.task
             );
-            return Ok(());
-        }
-        if matches!(outcome, Outcome::Done) {
-            ack_now(&flight.channel, flight.delivery_tag, &job.id, &flight.task);
             return Ok(());
         }
         let meta = JobMeta {
@@ -498,22 +481,6 @@ impl QueueBackend for AmqpQueue {
         self.join();
         self.drain();
         result
-    }
-}
-
-/// Acknowledges a delivery from the daemon's thread, without a trip through the broker thread:
-/// `Channel::basic_ack` queues the frame and wakes lapin's I/O thread on its first poll, so
-/// one poll is enough and the future (which only waits for the frame to be written) is
-/// dropped. A closed channel answers at once and the job is reported: the broker delivers it
-/// again. A write that fails later fails the connection, whose loss is reported.
-fn ack_now(channel: &Channel, delivery_tag: u64, job: &str, task: &str) {
-    let ack = channel.basic_ack(delivery_tag, BasicAckOptions { multiple: false });
-    let mut ack = std::pin::pin!(ack);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    if let std::task::Poll::Ready(Err(e)) = ack.as_mut().poll(&mut cx) {
-        tracing::warn!(
-            "amqp: job {job} of task {task}: not acknowledged ({e}); the broker will deliver it again"
-        );
     }
 }
 
