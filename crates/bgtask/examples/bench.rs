@@ -3,10 +3,13 @@
 //! over 1,000 tasks. Run with `cargo run --release -p procyard-bgtask --example bench_bgtask`.
 //! Supervisor RSS is the median over several supervisors, each with its task still running,
 //! after an idle moment. Supervisors forked from this process are always measured; with the
-//! binary built (`cargo build --release -p procyard-bgtask`), so are supervisors started by
-//! executing it (`_exec`, also its spawn latency) and by its `spawn` command (`_cli`).
+//! binaries built (`cargo build --release -p procyard-bgtask`), so are supervisors started by
+//! executing `procyard-bgtask-supervise` (`_exec`, the default; also its spawn latency), by
+//! executing the CLI binary's hidden mode (`_exec_cli_binary`) and by the CLI's `spawn`
+//! command (`_cli`).
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -154,16 +157,18 @@ fn main() {
     );
     let sleep_rss = sleep_rss_kib() / 1024.0;
     bench("supervisor_rss_beyond_retained", fork_rss, "MiB", "sleep_rss", sleep_rss, false);
-    // The same, for supervisors started by executing the binary (library callers with
-    // threads) and by the CLI, when the binary is built (target/<profile>/procyard-bgtask).
-    let exec_pool = pool.clone().launch(Launch::Exec);
-    let bin = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent()?.parent().map(|d| d.join("procyard-bgtask")))
-        .filter(|b| b.is_file());
-    if let Some(bin) = &bin {
-        let exec_pool = exec_pool.clone().supervisor_binary(bin);
-        let rss = supervisor_rss(
+    // The same, for supervisors started by executing a program (the default wherever
+    // `procyard-bgtask-supervise` is found) and by the CLI, when the binaries are built
+    // (target/<profile>/).
+    let built = |name: &str| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent()?.parent().map(|d| d.join(name)))
+            .filter(|b| b.is_file())
+    };
+    let exec_rss = |bin: &Path| {
+        let exec_pool = pool.clone().launch(Launch::Exec).supervisor_binary(bin);
+        supervisor_rss(
             || {
                 exec_pool
                     .spawn(&SpawnOptions::new(["sh", "-c", RSS_TASK]))
@@ -172,8 +177,22 @@ fn main() {
                     .to_owned()
             },
             &pool,
-        );
+        )
+    };
+    if let Some(small) = built(procyard_bgtask::SUPERVISOR_BIN) {
+        let rss = exec_rss(&small);
         bench("supervisor_rss_beyond_retained_exec", rss, "MiB", "sleep_rss", sleep_rss, false);
+    }
+    if let Some(bin) = &built("procyard-bgtask") {
+        let rss = exec_rss(bin);
+        bench(
+            "supervisor_rss_beyond_retained_exec_cli_binary",
+            rss,
+            "MiB",
+            "sleep_rss",
+            sleep_rss,
+            false,
+        );
         let rss = supervisor_rss(
             || {
                 let out = Command::new(bin)
@@ -212,8 +231,8 @@ fn main() {
         median(base.clone()),
         false,
     );
-    if let Some(bin) = &bin {
-        let exec_pool = exec_pool.supervisor_binary(bin);
+    if let Some(small) = built(procyard_bgtask::SUPERVISOR_BIN) {
+        let exec_pool = pool.clone().launch(Launch::Exec).supervisor_binary(small);
         let mut ours = Vec::new();
         for _ in 0..25 {
             let t = Instant::now();

@@ -96,9 +96,10 @@ pub enum Error {
     /// A primitive from procyard-core failed.
     #[error(transparent)]
     Core(#[from] procyard_core::Error),
-    /// No `procyard-bgtask` binary was found to run a supervisor from a multi-threaded program.
+    /// No supervisor program was found to run a supervisor from a multi-threaded program.
     #[error(
-        "cannot start a supervisor from a multi-threaded program: no procyard-bgtask binary found \
+        "cannot start a supervisor from a multi-threaded program: neither \
+         procyard-bgtask-supervise nor procyard-bgtask was found next to this program or on PATH \
          (set PROCYARD_BGTASK_BIN or TaskPool::supervisor_binary)"
     )]
     NoSupervisorBinary,

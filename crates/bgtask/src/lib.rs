@@ -45,10 +45,11 @@
 //!
 //! # Limitations
 //!
-//! Linux only. Output retained in memory goes with the supervisor unless `log` is set. From a
-//! multi-threaded program, [`TaskPool::spawn`] executes the `procyard-bgtask` binary in its
-//! hidden supervisor mode (found through [`TaskPool::supervisor_binary`],
-//! `PROCYARD_BGTASK_BIN`, or next to the current executable); without one it returns
+//! Linux only. Output retained in memory goes with the supervisor unless `log` is set.
+//! Supervisors are started by executing the small `procyard-bgtask-supervise` program (or the
+//! `procyard-bgtask` CLI's hidden mode), found through [`TaskPool::supervisor_binary`],
+//! `PROCYARD_BGTASK_BIN`, next to the current executable or on `PATH`; a single-threaded
+//! program without either forks them instead, and a multi-threaded one gets
 //! [`Error::NoSupervisorBinary`]. Command arguments, environment and metadata must be UTF-8.
 
 #![forbid(unsafe_code)]
@@ -65,8 +66,8 @@ mod supervisor;
 pub use client::{Chunk, DATA_ENV, ID_ENV, ReadMeta, Stream, Subscription, Task, TaskChannel};
 pub use error::{Error, RefusalKind, Result};
 pub use pool::{
-    BIN_ENV, DEFAULT_RETAIN, Launch, POOL_ENV, SpawnOptions, TaskPool, default_pool_dir,
-    supervise_from_stdio,
+    BIN_ENV, DEFAULT_RETAIN, Launch, POOL_ENV, SUPERVISOR_BIN, SpawnOptions, TaskPool,
+    default_pool_dir, supervise_from_stdio,
 };
 pub use protocol::{Event, Meta, StreamInfo, StreamName, TaskInfo};
 pub use record::{Filter, Status, TaskRecord, meta_matches, parse_meta_arg};

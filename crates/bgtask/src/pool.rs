@@ -20,9 +20,16 @@ pub const DEFAULT_RETAIN: u64 = 1024 * 1024;
 /// Environment variable naming the pool directory.
 pub const POOL_ENV: &str = "PROCYARD_POOL";
 
-/// Environment variable naming the `procyard-bgtask` binary (used to start supervisors from
-/// multi-threaded programs).
+/// Environment variable naming the program that runs supervisors: `procyard-bgtask-supervise`
+/// or the `procyard-bgtask` CLI (which has the same hidden mode).
 pub const BIN_ENV: &str = "PROCYARD_BGTASK_BIN";
+
+/// The small program that runs one supervisor (it links only the supervisor's code, so each
+/// supervisor keeps fewer pages resident than the CLI would).
+pub const SUPERVISOR_BIN: &str = "procyard-bgtask-supervise";
+
+/// The CLI, which can also run a supervisor (hidden `__supervise` mode).
+const CLI_BIN: &str = "procyard-bgtask";
 
 /// What to run and how; built with [`SpawnOptions::new`] and its setters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,14 +120,15 @@ pub struct TaskPool {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Launch {
-    /// Fork when this program is the `procyard-bgtask` CLI (small and single-threaded);
-    /// otherwise execute the `procyard-bgtask` binary if one is found (a supervisor forked
-    /// from a large program would carry its memory); otherwise fork if single-threaded.
+    /// Execute `procyard-bgtask-supervise` when it is found (the smallest supervisor);
+    /// otherwise fork when this program is the `procyard-bgtask` CLI (single-threaded),
+    /// execute the `procyard-bgtask` binary if one is found (a supervisor forked from a large
+    /// program would carry its memory), and fork if single-threaded.
     #[default]
     Auto,
     /// Always fork (daemonize) this process; refused if it has several threads.
     Fork,
-    /// Always execute the `procyard-bgtask` binary in its hidden supervisor mode.
+    /// Always execute the supervisor program (see [`TaskPool::supervisor_binary`]).
     Exec,
 }
 
@@ -213,8 +221,9 @@ impl TaskPool {
         self.owner
     }
 
-    /// Sets the `procyard-bgtask` binary used to start supervisors when the calling program
-    /// has several threads (forking it would be unsound).
+    /// Sets the program executed to start supervisors: `procyard-bgtask-supervise` or the
+    /// `procyard-bgtask` CLI. Without it, [`BIN_ENV`] names it, else it is looked for next to
+    /// the current executable (and one directory up), then on `PATH`, the small program first.
     pub fn supervisor_binary(mut self, path: impl Into<PathBuf>) -> TaskPool {
         self.supervisor_binary = Some(path.into());
         self
@@ -257,19 +266,22 @@ impl TaskPool {
         options.cwd = Some(cwd);
         let id = uuid::Uuid::now_v7().simple().to_string();
         let single_threaded = procyard_core::fork::thread_count()? == 1;
-        let fork = match self.launch {
-            Launch::Fork => true,
-            Launch::Exec => false,
-            Launch::Auto => {
-                let is_cli = std::env::current_exe()
-                    .is_ok_and(|exe| exe.file_name() == Some(OsStr::new("procyard-bgtask")));
-                single_threaded && (is_cli || self.find_binary().is_err())
-            }
+        let exec = match self.launch {
+            Launch::Fork => None,
+            Launch::Exec => Some(self.find_binary()?),
+            Launch::Auto => match self.find_binary() {
+                Ok(bin) if bin.file_name() == Some(OsStr::new(SUPERVISOR_BIN)) => Some(bin),
+                Ok(bin) => {
+                    let is_cli = std::env::current_exe()
+                        .is_ok_and(|exe| exe.file_name() == Some(OsStr::new(CLI_BIN)));
+                    (!single_threaded || !is_cli).then_some(bin)
+                }
+                Err(_) => None,
+            },
         };
-        if fork {
-            self.spawn_forked(&id, &options)?;
-        } else {
-            self.spawn_exec(&id, &options)?;
+        match exec {
+            Some(bin) => self.spawn_exec(&bin, &id, &options)?,
+            None => self.spawn_forked(&id, &options)?,
         }
         self.task(&id)
     }
@@ -289,6 +301,9 @@ impl TaskPool {
         }
     }
 
+    /// The supervisor program: the one set on the pool, else [`BIN_ENV`], else
+    /// `procyard-bgtask-supervise` or `procyard-bgtask` (in that order) next to the current
+    /// executable, one directory up (cargo puts tests in `target/*/deps`), then on `PATH`.
     fn find_binary(&self) -> Result<PathBuf> {
         if let Some(bin) = &self.supervisor_binary {
             return Ok(bin.clone());
@@ -296,23 +311,20 @@ impl TaskPool {
         if let Some(bin) = std::env::var_os(BIN_ENV).filter(|b| !b.is_empty()) {
             return Ok(PathBuf::from(bin));
         }
-        let exe = std::env::current_exe().map_err(|_| Error::NoSupervisorBinary)?;
-        if exe.file_name() == Some(OsStr::new("procyard-bgtask")) {
-            return Ok(exe);
-        }
-        // Next to the program, or one level up (cargo puts tests in target/*/deps).
-        for dir in exe.ancestors().skip(1).take(2) {
-            let candidate = dir.join("procyard-bgtask");
-            if candidate.is_file() {
-                return Ok(candidate);
+        let exe = std::env::current_exe().ok();
+        let near = exe.iter().flat_map(|exe| exe.ancestors().skip(1).take(2).map(Path::to_owned));
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs: Vec<PathBuf> = near.chain(std::env::split_paths(&path)).collect();
+        for name in [SUPERVISOR_BIN, CLI_BIN] {
+            if let Some(found) = dirs.iter().map(|d| d.join(name)).find(|c| c.is_file()) {
+                return Ok(found);
             }
         }
         Err(Error::NoSupervisorBinary)
     }
 
-    fn spawn_exec(&self, id: &str, options: &SpawnOptions) -> Result<()> {
-        let bin = self.find_binary()?;
-        let mut child = Command::new(&bin)
+    fn spawn_exec(&self, bin: &Path, id: &str, options: &SpawnOptions) -> Result<()> {
+        let mut child = Command::new(bin)
             .arg("__supervise")
             .stdin(Stdio::Pipe)
             .stdout(Stdio::Pipe)

@@ -16,6 +16,7 @@ use procyard_core::{Deadline, Pid, ProcStat, ProcessIdentity};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_procyard-bgtask");
+const SUPERVISE_BIN: &str = env!("CARGO_BIN_EXE_procyard-bgtask-supervise");
 
 /// A temporary pool whose tasks are all deleted (and supervisors killed) on drop.
 struct Sandbox {
@@ -644,7 +645,7 @@ fn bgtask_spawn_errors_are_reported() {
     assert_eq!(sb.cli(&["info", "nosuchtask"]).status.code(), Some(1));
     assert_eq!(sb.cli(&["info", "../etc"]).status.code(), Some(1));
     assert_eq!(sb.cli(&["spawn"]).status.code(), Some(2));
-    // The CLI spawns (single-threaded: forks) and the id works.
+    // The CLI spawns (executing procyard-bgtask-supervise) and the id works.
     let id = sb.cli_ok(&["spawn", "--meta", "k=1", "--", "sleep", "300"]);
     let id = id.trim();
     let info: serde_json::Value =
@@ -710,4 +711,46 @@ fn bgtask_stdin_streams_megabytes_in_order() {
     assert_eq!(out.len(), payload.len());
     assert!(out == payload, "output differs from what was written");
     task.delete().unwrap();
+}
+
+/// The program running task `id`'s supervisor, as the kernel names it.
+fn supervisor_exe(pool: &TaskPool, id: &str) -> PathBuf {
+    let pid = pool.task(id).unwrap().info().unwrap().supervisor_pid;
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+#[test]
+fn bgtask_supervisors_run_the_small_program_wherever_it_is_found() {
+    let sb = Sandbox::new();
+    let small = Path::new(SUPERVISE_BIN).canonicalize().unwrap();
+    // The CLI executes the small program beside it rather than forking itself.
+    let id = sb.cli_ok(&["spawn", "--", "sleep", "300"]);
+    assert_eq!(supervisor_exe(&sb.pool, id.trim()), small);
+    // So does a library caller that names no program (found beside the test's executable).
+    let auto = TaskPool::open(&sb.pool_dir).unwrap();
+    let task = auto.spawn(&SpawnOptions::new(["sleep", "300"])).unwrap();
+    assert_eq!(supervisor_exe(&sb.pool, task.id()), small);
+    // A CLI installed alone (no small program beside it or on PATH) forks its supervisors.
+    let alone = sb.root().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    let cli = alone.join("procyard-bgtask");
+    if std::fs::hard_link(BIN, &cli).is_err() {
+        std::fs::copy(BIN, &cli).unwrap();
+    }
+    let out = Command::new(&cli)
+        .arg("--pool")
+        .arg(&sb.pool_dir)
+        .args(["spawn", "--", "sleep", "300"])
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("PROCYARD_BGTASK_BIN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(supervisor_exe(&sb.pool, id.trim()), cli);
+    assert_eq!(sb.pool.list(&Filter::new()).unwrap().len(), 3);
+    // Run by hand, the small program says what it is for instead of waiting on stdin.
+    let out = Command::new(SUPERVISE_BIN).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not meant to be run by hand"));
 }
