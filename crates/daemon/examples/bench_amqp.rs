@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use procyard_daemon::queue::{self, BackendKind, OpenMode, QueueConfig, TaskBinding};
+use procyard_daemon::queue::{
+    self, AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding,
+};
 
 const JOBS: usize = 10_000;
 const WORKERS_PER_DAEMON: usize = 2;
@@ -180,10 +182,22 @@ fn publish_all(config: &QueueConfig) -> anyhow::Result<HashMap<String, u128>> {
 /// Live: daemons running while jobs are published (latency, end-to-end rate). Drain
 /// (`prepublish`): jobs published first, then the daemons start; the rate is from the first
 /// to the last completion, as Celery's is measured.
-fn run_amqp(bin: &Path, url: &str, dir: &Path, prepublish: bool) -> anyhow::Result<Figures> {
+fn run_amqp(
+    bin: &Path,
+    url: &str,
+    dir: &Path,
+    queue_type: AmqpQueueType,
+    prepublish: bool,
+) -> anyhow::Result<Figures> {
     std::fs::create_dir_all(dir)?;
     let exchange = format!("procyard-bench-{}", uuid::Uuid::now_v7().simple());
-    let queue = format!("backend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{exchange}\"");
+    let kind = match queue_type {
+        AmqpQueueType::Quorum => "quorum",
+        AmqpQueueType::Classic => "classic",
+    };
+    let queue = format!(
+        "backend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{exchange}\"\nqueue_type = \"{kind}\""
+    );
     let c1 = write_config(dir, "amqp1", &queue, &dir.join("d1.sock"))?;
     let c2 = write_config(dir, "amqp2", &queue, &dir.join("d2.sock"))?;
     let config = QueueConfig {
@@ -191,6 +205,7 @@ fn run_amqp(bin: &Path, url: &str, dir: &Path, prepublish: bool) -> anyhow::Resu
         path: PathBuf::new(),
         url: Some(url.to_owned()),
         exchange: exchange.clone(),
+        queue_type,
     };
     let early = if prepublish { Some(publish_all(&config)?) } else { None };
     let d1 = start_daemon(bin, &c1)?;
@@ -231,6 +246,7 @@ fn run_sqlite(bin: &Path, dir: &Path) -> anyhow::Result<Figures> {
         path: db,
         url: None,
         exchange: "procyard".into(),
+        queue_type: AmqpQueueType::default(),
     };
     let binding =
         TaskBinding { name: "noop".into(), routing_keys: vec!["noop".into()], max_attempts: 3 };
@@ -274,11 +290,43 @@ fn delete_topology(url: &str, queues: &[String], exchanges: &[String]) {
     });
 }
 
+/// Whether exchange `name` exists on the broker (a passive declare).
+fn exchange_exists(url: &str, name: &str) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return true;
+    };
+    rt.block_on(async {
+        use lapin::options::ExchangeDeclareOptions;
+        let Ok(conn) = lapin::Connection::connect(url, Default::default()).await else {
+            return true;
+        };
+        let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+        let exists = match conn.create_channel().await {
+            Ok(ch) => ch
+                .exchange_declare(
+                    name.into(),
+                    lapin::ExchangeKind::Topic,
+                    passive,
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .is_ok(),
+            Err(_) => true,
+        };
+        let _ = conn.close(200, "bench check".into()).await;
+        exists
+    })
+}
+
+/// Celery's delayed-delivery topology (declared by a worker on quorum queues).
+const CELERY_DELAYED_LEVELS: usize = 28;
+
 const CELERY_APP: &str = r#"
 import os, time
 from celery import Celery
 app = Celery("procyard_bench", broker=os.environ["BENCH_BROKER"])
 app.conf.task_default_queue = os.environ["BENCH_QUEUE"]
+app.conf.task_default_queue_type = os.environ["BENCH_QUEUE_TYPE"]
 app.conf.worker_prefetch_multiplier = 1
 app.conf.task_acks_late = True
 OUT = os.environ["BENCH_DONE"]
@@ -302,7 +350,7 @@ with open(os.environ["BENCH_PUB"], "w") as f:
 "#;
 
 /// Celery's prefork worker (concurrency = 2 × workers per daemon) on the same broker.
-fn run_celery(url: &str, dir: &Path) -> anyhow::Result<Figures> {
+fn run_celery(url: &str, dir: &Path, queue_type: &str) -> anyhow::Result<Figures> {
     let venv = match std::env::var("CELERY_VENV") {
         Ok(v) => PathBuf::from(v),
         Err(_) => {
@@ -320,7 +368,7 @@ fn run_celery(url: &str, dir: &Path) -> anyhow::Result<Figures> {
         }
     };
     let python = venv.join("bin/python");
-    let cdir = dir.join("celery");
+    let cdir = dir.join(format!("celery-{queue_type}"));
     std::fs::create_dir_all(&cdir)?;
     std::fs::write(cdir.join("bench_app.py"), CELERY_APP)?;
     std::fs::write(cdir.join("publish.py"), CELERY_PUBLISH)?;
@@ -330,10 +378,14 @@ fn run_celery(url: &str, dir: &Path) -> anyhow::Result<Figures> {
     let envs = [
         ("BENCH_BROKER", url.replace("%2f", "")),
         ("BENCH_QUEUE", queue_name.clone()),
+        ("BENCH_QUEUE_TYPE", queue_type.to_owned()),
         ("BENCH_DONE", done.display().to_string()),
         ("BENCH_PUB", pubs.display().to_string()),
         ("BENCH_DIR", cdir.display().to_string()),
     ];
+    // On quorum queues Celery declares a delayed-delivery topology shared by every Celery
+    // app on the vhost: remove it afterwards only if this run created it.
+    let delayed_existed = queue_type != "quorum" || exchange_exists(url, "celery_delayed_delivery");
     // Publish first (the queue is declared by the publisher), then time the worker.
     let status = Command::new(&python)
         .arg(cdir.join("publish.py"))
@@ -354,6 +406,13 @@ fn run_celery(url: &str, dir: &Path) -> anyhow::Result<Figures> {
     let _ = worker.wait();
     // Celery declares a queue and a direct exchange named after it.
     delete_topology(url, std::slice::from_ref(&queue_name), std::slice::from_ref(&queue_name));
+    if !delayed_existed {
+        let levels: Vec<String> =
+            (0..CELERY_DELAYED_LEVELS).map(|i| format!("celery_delayed_{i}")).collect();
+        let mut exchanges = levels.clone();
+        exchanges.push("celery_delayed_delivery".into());
+        delete_topology(url, &levels, &exchanges);
+    }
     let done = result?;
     // Throughput from the first to the last completion (publishing happened before).
     let first = done.values().min().copied().unwrap_or(0);
@@ -381,59 +440,81 @@ fn main() -> anyhow::Result<()> {
         sqlite.p50_ms,
         sqlite.p99_ms
     );
-    let measured = run_amqp(&bin, &url, &root.path().join("amqp-live"), false)
-        .and_then(|live| Ok((live, run_amqp(&bin, &url, &root.path().join("amqp-drain"), true)?)));
-    let (amqp, drain) = match measured {
-        Ok(f) => f,
-        Err(e) => {
-            println!("amqp: not measured: {e:#} (is RabbitMQ running at {url}?)");
-            return Ok(());
+    // Quorum queues (the default) and classic queues, each published live (latency) and
+    // published first (drain rate, measured as Celery's is).
+    let mut amqp = Vec::new();
+    for (kind, queue_type) in
+        [("quorum", AmqpQueueType::Quorum), ("classic", AmqpQueueType::Classic)]
+    {
+        let dir = root.path().join(format!("amqp-{kind}"));
+        let measured =
+            run_amqp(&bin, &url, &dir.join("live"), queue_type, false).and_then(|live| {
+                Ok((live, run_amqp(&bin, &url, &dir.join("drain"), queue_type, true)?))
+            });
+        let (live, drain) = match measured {
+            Ok(f) => f,
+            Err(e) => {
+                println!("amqp: not measured: {e:#} (is RabbitMQ running at {url}?)");
+                return Ok(());
+            }
+        };
+        println!(
+            "amqp {kind} queues (2 daemons x {WORKERS_PER_DAEMON} workers), published live: {:.0} jobs/s end to end, p50 {:.1} ms, p99 {:.1} ms; {JOBS} jobs published first: drained at {:.0} jobs/s",
+            live.jobs_per_s, live.p50_ms, live.p99_ms, drain.jobs_per_s
+        );
+        amqp.push((kind, live, drain));
+    }
+    // Celery's prefork worker on each queue type (its default is classic).
+    let mut celery = Vec::new();
+    for kind in ["classic", "quorum"] {
+        match run_celery(&url, root.path(), kind) {
+            Ok(f) => {
+                println!(
+                    "celery prefork (-c {}), {kind} queue: {:.0} jobs/s",
+                    2 * WORKERS_PER_DAEMON,
+                    f.jobs_per_s
+                );
+                celery.push((kind, Some(f)));
+            }
+            Err(e) => {
+                println!("celery ({kind} queue): could not be measured: {e:#}");
+                celery.push((kind, None));
+            }
         }
-    };
-    println!(
-        "amqp (2 daemons x {WORKERS_PER_DAEMON} workers), published live: {:.0} jobs/s end to end, p50 {:.1} ms, p99 {:.1} ms",
-        amqp.jobs_per_s, amqp.p50_ms, amqp.p99_ms
-    );
-    println!("amqp, {JOBS} jobs published first: drained at {:.0} jobs/s", drain.jobs_per_s);
-    let celery = match run_celery(&url, root.path()) {
-        Ok(f) => {
-            println!("celery prefork (-c {}): {:.0} jobs/s", 2 * WORKERS_PER_DAEMON, f.jobs_per_s);
-            Some(f)
+    }
+    for (kind, live, drain) in &amqp {
+        for (ckind, c) in &celery {
+            let (cname, cval, ratio) = match c {
+                Some(c) => (
+                    format!("celery_prefork_{ckind}"),
+                    format!("{:.0}", c.jobs_per_s),
+                    format!("{:.2}", drain.jobs_per_s / c.jobs_per_s),
+                ),
+                None => (format!("celery_prefork_{ckind}(unavailable)"), "-".into(), "-".into()),
+            };
+            println!(
+                "BENCH\tamqp_{kind}_drain_jobs_per_s\t{:.0}\tjobs/s\t{cname}\t{cval}\t{ratio}",
+                drain.jobs_per_s
+            );
         }
-        Err(e) => {
-            println!("celery: could not be measured: {e:#}");
-            None
-        }
-    };
-    let (cname, cval, ratio) = match &celery {
-        Some(c) => (
-            "celery_prefork",
-            format!("{:.0}", c.jobs_per_s),
-            format!("{:.2}", drain.jobs_per_s / c.jobs_per_s),
-        ),
-        None => ("celery_prefork(unavailable)", "-".to_owned(), "-".to_owned()),
-    };
-    println!(
-        "BENCH\tamqp_drain_jobs_per_s\t{:.0}\tjobs/s\t{cname}\t{cval}\t{ratio}",
-        drain.jobs_per_s
-    );
-    println!(
-        "BENCH\tamqp_live_jobs_per_s\t{:.0}\tjobs/s\tsqlite_embedded\t{:.0}\t{:.2}",
-        amqp.jobs_per_s,
-        sqlite.jobs_per_s,
-        amqp.jobs_per_s / sqlite.jobs_per_s
-    );
-    println!(
-        "BENCH\tamqp_publish_to_done_p50\t{:.2}\tms\tsqlite_embedded\t{:.2}\t{:.2}",
-        amqp.p50_ms,
-        sqlite.p50_ms,
-        amqp.p50_ms / sqlite.p50_ms
-    );
-    println!(
-        "BENCH\tamqp_publish_to_done_p99\t{:.2}\tms\tsqlite_embedded\t{:.2}\t{:.2}",
-        amqp.p99_ms,
-        sqlite.p99_ms,
-        amqp.p99_ms / sqlite.p99_ms
-    );
+        println!(
+            "BENCH\tamqp_{kind}_live_jobs_per_s\t{:.0}\tjobs/s\tsqlite_embedded\t{:.0}\t{:.2}",
+            live.jobs_per_s,
+            sqlite.jobs_per_s,
+            live.jobs_per_s / sqlite.jobs_per_s
+        );
+        println!(
+            "BENCH\tamqp_{kind}_publish_to_done_p50\t{:.2}\tms\tsqlite_embedded\t{:.2}\t{:.2}",
+            live.p50_ms,
+            sqlite.p50_ms,
+            live.p50_ms / sqlite.p50_ms
+        );
+        println!(
+            "BENCH\tamqp_{kind}_publish_to_done_p99\t{:.2}\tms\tsqlite_embedded\t{:.2}\t{:.2}",
+            live.p99_ms,
+            sqlite.p99_ms,
+            live.p99_ms / sqlite.p99_ms
+        );
+    }
     Ok(())
 }

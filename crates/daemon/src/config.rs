@@ -13,6 +13,7 @@
 //! path = "/tmp/procyard/q.db"   # relative paths are relative to this file
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
+//! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
 //!
 //! [[task]]
 //! name = "thumbnail"
@@ -41,7 +42,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::queue::{BackendKind, QueueConfig, TaskBinding};
+use crate::queue::{AmqpQueueType, BackendKind, QueueConfig, TaskBinding};
 use crate::{Error, Result, routing};
 
 /// How a task's workers take jobs.
@@ -257,6 +258,8 @@ struct RawQueue {
     path: Option<Spanned<PathBuf>>,
     url: Option<Spanned<String>>,
     exchange: Option<Spanned<String>>,
+    #[serde(default)]
+    queue_type: AmqpQueueType,
 }
 
 #[derive(Deserialize)]
@@ -572,7 +575,13 @@ impl Validator<'_> {
         Ok(Config {
             path: self.path.to_owned(),
             daemon,
-            queue: QueueConfig { backend, path: queue_path, url, exchange },
+            queue: QueueConfig {
+                backend,
+                path: queue_path,
+                url,
+                exchange,
+                queue_type: raw.queue.queue_type,
+            },
             tasks,
         })
     }
@@ -658,6 +667,20 @@ env = { A = "b" }
         assert_eq!(line, Some(1));
         let (_, field, _) = error_of("[queue]\npath = \"q\"\n");
         assert_eq!(field.as_deref(), Some("task"));
+    }
+
+    #[test]
+    fn amqp_queue_type_defaults_to_quorum_and_names_bad_values() {
+        let c = Config::parse(Path::new("/x.toml"), GOOD).unwrap();
+        assert_eq!(c.queue.queue_type, AmqpQueueType::Quorum);
+        let classic = GOOD.replace("path = \"q.db\"", "path = \"q.db\"\nqueue_type = \"classic\"");
+        let c = Config::parse(Path::new("/x.toml"), &classic).unwrap();
+        assert_eq!(c.queue.queue_type, AmqpQueueType::Classic);
+        let bad = GOOD.replace("path = \"q.db\"", "path = \"q.db\"\nqueue_type = \"fast\"");
+        let (line, field, msg) = error_of(&bad);
+        assert_eq!(line, Some(bad.lines().position(|l| l.contains("fast")).unwrap() + 1));
+        assert_eq!(field.as_deref(), Some("queue.queue_type"));
+        assert!(msg.contains("quorum") && msg.contains("classic"), "{msg}");
     }
 
     #[test]

@@ -25,7 +25,8 @@ const TEST_DEADLINE: Duration = Duration::from_secs(240);
 const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(60);
 
 use procyard_daemon::queue::{
-    self, BackendKind, Job, OpenMode, Outcome, QueueBackend, QueueConfig, TaskBinding,
+    self, AmqpQueueType, BackendKind, Job, OpenMode, Outcome, QueueBackend, QueueConfig,
+    TaskBinding,
 };
 
 const CHILD_ENV: &str = "PROCYARD_AMQP_TEST_CHILD";
@@ -33,11 +34,16 @@ const QUEUE_TOKEN: mio::Token = mio::Token(0);
 const STDIN_TOKEN: mio::Token = mio::Token(1);
 
 fn config(url: &str, exchange: &str) -> QueueConfig {
+    config_of(url, exchange, AmqpQueueType::Quorum)
+}
+
+fn config_of(url: &str, exchange: &str, queue_type: AmqpQueueType) -> QueueConfig {
     QueueConfig {
         backend: BackendKind::Amqp,
         path: std::path::PathBuf::new(),
         url: Some(url.to_owned()),
         exchange: exchange.to_owned(),
+        queue_type,
     }
 }
 
@@ -112,8 +118,11 @@ struct Consumer {
 
 impl Consumer {
     fn new(url: &str, exchange: &str, tasks: &[TaskBinding], task: &str, capacity: usize) -> Self {
-        let mut backend =
-            queue::open(&config(url, exchange), OpenMode::Daemon).expect("open daemon");
+        Consumer::open(&config(url, exchange), tasks, task, capacity)
+    }
+
+    fn open(config: &QueueConfig, tasks: &[TaskBinding], task: &str, capacity: usize) -> Self {
+        let mut backend = queue::open(config, OpenMode::Daemon).expect("open daemon");
         let poll = mio::Poll::new().expect("poll");
         backend.bind(tasks).expect("bind");
         backend.attach(poll.registry(), QUEUE_TOKEN).expect("attach");
@@ -713,4 +722,62 @@ fn amqp_connection_cut_consumers_reconnect_and_finish() {
     assert!(duplicates <= 16, "{duplicates} duplicates for two consumers with a prefetch of 8");
     stop_children(children);
     client.shutdown().expect("shutdown");
+}
+
+/// The type of each queue whose name starts with `prefix`, as `rabbitmqctl` lists them.
+fn queue_types(prefix: &str) -> BTreeMap<String, String> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "type", "-q", "--no-table-headers"])
+        .output()
+        .expect("rabbitmqctl (needed to list queue types)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_queues: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn amqp_queue_type_follows_the_config_and_classic_queues_run_jobs() {
+    let Some(url) = broker_url("amqp_queue_type_follows_the_config_and_classic_queues_run_jobs")
+    else {
+        return;
+    };
+    const JOBS: usize = 300;
+    let tasks = vec![binding("work", &["jobs.#"], 3)];
+    let quorum = Topology::new(&url, &["work"]);
+    let classic = Topology::new(&url, &["work"]);
+    publisher(&url, &quorum.exchange, &tasks).shutdown().expect("shutdown");
+    let classic_config = config_of(&url, &classic.exchange, AmqpQueueType::Classic);
+    let mut client = queue::open(&classic_config, OpenMode::Client).expect("open client");
+    client.bind(&tasks).expect("bind client");
+    publish_numbered(&mut *client, "jobs.a", JOBS);
+    let mut consumer = Consumer::open(&classic_config, &tasks, "work", 4);
+    let mut done = BTreeSet::new();
+    let deadline = Instant::now() + TEST_DEADLINE;
+    while done.len() < JOBS {
+        assert!(Instant::now() < deadline, "only {} of {JOBS} jobs done", done.len());
+        let (_, finished) =
+            consumer.step(Duration::ZERO, Duration::from_millis(20), &mut |_| Outcome::Done);
+        done.extend(finished.into_iter().map(|j| j.payload));
+    }
+    consumer.backend.shutdown().expect("shutdown");
+    assert_eq!(client.depths().expect("depths")["work"].ready, 0);
+    client.shutdown().expect("shutdown");
+    let q = quorum.exchange.clone();
+    let c = classic.exchange.clone();
+    let expect = |exchange: &str, kind: &str| {
+        [
+            (format!("{exchange}.work"), kind.to_owned()),
+            (format!("{exchange}.work.dead"), kind.to_owned()),
+        ]
+    };
+    assert_eq!(queue_types(&q), expect(&q, "quorum").into_iter().collect());
+    assert_eq!(queue_types(&c), expect(&c, "classic").into_iter().collect());
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 mod broker;
 use broker::{broker_url, wait_consumers};
 
-use procyard_daemon::queue::{self, BackendKind, OpenMode, QueueConfig, TaskBinding};
+use procyard_daemon::queue::{
+    self, AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding,
+};
 
 const MAX_WORKERS: usize = 4;
 /// How long a test may wait for its jobs. The work takes seconds (about 15 s for 2,000 jobs
@@ -130,6 +132,7 @@ retry_backoff = "50ms"
             path: PathBuf::new(),
             url: Some(self.url.clone()),
             exchange: self.exchange.clone(),
+            queue_type: AmqpQueueType::Quorum,
         };
         let mut client = queue::open(&config, OpenMode::Client).expect("client");
         let binding = TaskBinding {

@@ -29,7 +29,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
 use super::topology::{self as topo, H_ATTEMPT, H_REASON, H_TASK};
-use crate::queue::{DeadLetter, OpenMode, Outcome, TaskBinding};
+use crate::queue::{AmqpQueueType, DeadLetter, OpenMode, Outcome, TaskBinding};
 use crate::{BoxError, Error, Result};
 
 /// A reply channel for a synchronous request.
@@ -174,7 +174,8 @@ pub(super) struct Broker {
     capacity: BTreeMap<String, u16>,
     epoch: u64,
     live: Option<Live>,
-    /// `Some(false)` once the broker refused a quorum queue that a classic one replaced.
+    /// `Some(false)` when classic queues were asked for, or once the broker refused a quorum
+    /// queue that a classic one replaced.
     quorum: Option<bool>,
     failures: u32,
     last_error: String,
@@ -187,6 +188,7 @@ impl Broker {
     pub(super) fn new(
         url: String,
         exchange: String,
+        queue_type: AmqpQueueType,
         mode: OpenMode,
         cmd_tx: UnboundedSender<Cmd>,
         sink: Sink,
@@ -203,7 +205,7 @@ impl Broker {
             capacity: BTreeMap::new(),
             epoch: 0,
             live: None,
-            quorum: None,
+            quorum: (queue_type == AmqpQueueType::Classic).then_some(false),
             failures: 0,
             last_error: String::new(),
             retry_at: None,
@@ -534,7 +536,8 @@ impl Broker {
         Ok(())
     }
 
-    /// Declares a durable queue: quorum where the broker supports it, else classic. A queue
+    /// Declares a durable queue: quorum where the broker supports it (unless classic queues
+    /// were asked for), else classic. A queue
     /// that already exists with other arguments (declared classic by an older broker or by
     /// hand) is refused by the broker; it is then used as it is, after a passive check.
     async fn declare_durable_queue(

@@ -9,8 +9,8 @@
 //! [`QueueBackend::attach`]). Nothing polls.
 //!
 //! The topology (table below) is declared idempotently by daemons and clients alike: a
-//! durable topic exchange, one durable queue per task (quorum where the broker supports it)
-//! bound with the task's routing keys, a dead-letter exchange with one dead queue per task,
+//! durable topic exchange, one durable queue per task (quorum where the broker supports it,
+//! or classic when `[queue] queue_type = "classic"`) bound with the task's routing keys, a dead-letter exchange with one dead queue per task,
 //! and per-delay retry queues whose TTL dead-letters jobs back into their task queue with the
 //! attempt count in a header.
 //!
@@ -21,6 +21,10 @@
 //!   task, so a busy daemon does not hoard jobs an idle one could run.
 //! - **Publish** waits for the publisher confirm and uses the mandatory flag: a key no queue is
 //!   bound to is [`Error::Unroutable`], a negative confirm [`Error::PublishRejected`].
+//! - **Queue type**: a quorum queue commits every acknowledgement to its Raft log before it
+//!   returns the consumer's credit, so with prefetch = capacity each job waits for a log
+//!   commit; classic queues skip it and run about twice the jobs per second on one broker
+//!   node, without replication. A queue that already exists keeps the type it has.
 //! - **Depths** come from passive declares (ready messages on the broker), plus what this
 //!   daemon holds; never from the broker-wide consumer count.
 //! - **Connection loss**: the broker thread reconnects with exponential backoff and jitter,
@@ -33,7 +37,7 @@
 //! | object | name | kind |
 //! | --- | --- | --- |
 //! | jobs exchange | `E` | durable topic exchange; publishers send here |
-//! | task queue | `E.T` | durable, quorum where supported; bound to `E` with the task's keys; dead-letters to `E.dead` |
+//! | task queue | `E.T` | durable, quorum where supported (or classic by config); bound to `E` with the task's keys; dead-letters to `E.dead` |
 //! | dead-letter exchange | `E.dead` | durable direct exchange, routing key = task name |
 //! | dead queue | `E.T.dead` | durable, bound to `E.dead` with `T` |
 //! | retry queue | `E.T.retry.<ms>ms` | durable, `x-message-ttl = ms`, dead-letters back into `E.T` |
@@ -131,7 +135,14 @@ impl AmqpQueue {
             .build()
             .map_err(|source| Error::Os { action: "start the AMQP client runtime", source })?;
         let (started_tx, started_rx) = crossbeam_channel::bounded(1);
-        let broker = Broker::new(url.clone(), config.exchange.clone(), mode, cmd_tx.clone(), sink);
+        let broker = Broker::new(
+            url.clone(),
+            config.exchange.clone(),
+            config.queue_type,
+            mode,
+            cmd_tx.clone(),
+            sink,
+        );
         let thread = std::thread::Builder::new()
             .name("procyard-amqp".into())
             .spawn(move || runtime.block_on(broker.run(cmd_rx, started_tx)))
