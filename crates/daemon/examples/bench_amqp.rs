@@ -93,10 +93,21 @@ fn start_daemon(bin: &Path, config: &Path) -> anyhow::Result<Child> {
         .stderr(Stdio::inherit())
         .spawn()?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    anyhow::ensure!(line.starts_with("ready"), "daemon did not become ready: {line:?}");
-    Ok(child)
+    // The readiness line (or EOF) within a deadline: a daemon that cannot reach the broker
+    // fails the benchmark instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) if line.starts_with("ready") => Ok(child),
+        outcome => {
+            stop(child);
+            anyhow::bail!("daemon did not become ready within 60 s: {outcome:?}")
+        }
+    }
 }
 
 fn stop(mut child: Child) {

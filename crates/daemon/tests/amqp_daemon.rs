@@ -82,10 +82,20 @@ impl Cluster {
                 .spawn()
                 .expect("spawn procyard-daemon");
             let stdout = child.stdout.take().expect("stdout");
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).expect("readiness");
-            assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}");
+            // The readiness line, or EOF, within a deadline (a daemon stuck connecting to
+            // the broker must fail the test, not hang it).
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = BufReader::new(stdout).read_line(&mut line);
+                let _ = tx.send(line);
+            });
+            let line = rx.recv_timeout(Duration::from_secs(60));
             cluster.daemons.push(Some(child));
+            match line {
+                Ok(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
+                Err(_) => panic!("daemon {i} not ready within 60 s"),
+            }
         }
         // Ready does not mean subscribed (the daemon sets its prefetch asynchronously): wait
         // until every daemon consumes, so none finds the queue drained by the others.
