@@ -4,6 +4,7 @@
 use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use procyard_core::{Deadline, FrameDecoder, Signal, frame};
 use rustix::event::{PollFd, PollFlags};
@@ -24,6 +25,7 @@ pub struct Task {
     dir: PathBuf,
     id: String,
     conn: Option<UnixStream>,
+    timeout: Option<Duration>,
 }
 
 /// Bytes read from a stream.
@@ -54,7 +56,37 @@ impl Chunk {
 
 impl Task {
     pub(crate) fn new(dir: PathBuf, id: String) -> Task {
-        Task { dir, id, conn: None }
+        Task { dir, id, conn: None, timeout: None }
+    }
+
+    /// Bounds how long each call waits for the supervisor (connecting, sending, and the
+    /// answer, including a waiting read); `None` (the default) waits as long as it takes.
+    /// A call that runs out of time returns [`Error::TimedOut`] and drops the connection.
+    /// A zero duration is raised to one millisecond.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        if let Some(sock) = &self.conn
+            && self.apply_timeout(sock).is_err()
+        {
+            self.conn = None;
+        }
+    }
+
+    fn apply_timeout(&self, sock: &UnixStream) -> std::io::Result<()> {
+        sock.set_read_timeout(self.timeout)?;
+        sock.set_write_timeout(self.timeout)
+    }
+
+    /// Turns an I/O timeout on the connection into [`Error::TimedOut`].
+    fn classify(&self, e: Error) -> Error {
+        match &e {
+            Error::Connection { source: procyard_core::Error::Os { source, .. }, .. }
+                if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                Error::TimedOut { id: self.id.clone(), after: self.timeout.unwrap_or_default() }
+            }
+            _ => e,
+        }
     }
 
     /// The task id.
@@ -75,7 +107,7 @@ impl Task {
     /// Connects to the supervisor now (if not connected yet) and checks the handshake.
     pub fn connect(&mut self) -> Result<()> {
         if self.conn.is_none() {
-            self.conn = Some(self.open_connection()?);
+            self.conn = Some(self.open_connection().map_err(|e| self.classify(e))?);
         }
         Ok(())
     }
@@ -99,6 +131,7 @@ impl Task {
             }
             Err(e) => return Err(Error::path("connect to", path, e)),
         };
+        self.apply_timeout(&sock).map_err(|e| self.io_err(e))?;
         let hello = Request::Hello { version: PROTOCOL_VERSION, task: self.id.clone() };
         // A refused client may find the socket closed before its hello is written: the
         // supervisor's refusal is still waiting to be read.
@@ -147,8 +180,8 @@ impl Task {
     /// Sends one request and returns its answer (refusals become [`Error::Refused`]).
     fn call(&mut self, request: &Request) -> Result<Response> {
         self.connect()?;
-        let result = self.call_connected(request);
-        if matches!(result, Err(Error::Connection { .. })) {
+        let result = self.call_connected(request).map_err(|e| self.classify(e));
+        if matches!(result, Err(Error::Connection { .. } | Error::TimedOut { .. })) {
             self.conn = None;
         }
         result
@@ -266,9 +299,10 @@ impl Task {
 
     /// Opens a second connection that receives [`Event`]s.
     pub fn subscribe(&self) -> Result<Subscription> {
-        let mut sock = self.open_connection()?;
-        frame::write_frame(&mut sock, &Request::Subscribe).map_err(|e| self.io_err(e))?;
-        match self.read_response(&mut sock)? {
+        let mut sock = self.open_connection().map_err(|e| self.classify(e))?;
+        frame::write_frame(&mut sock, &Request::Subscribe)
+            .map_err(|e| self.classify(self.io_err(e)))?;
+        match self.read_response(&mut sock).map_err(|e| self.classify(e))? {
             Response::Ok => {}
             other => return Err(self.unexpected(&other)),
         }
@@ -316,7 +350,7 @@ impl Task {
             Err(e) => {
                 buf.truncate(before);
                 self.conn = None;
-                Err(self.io_err(e))
+                Err(self.classify(self.io_err(e)))
             }
         }
     }
@@ -398,7 +432,8 @@ impl Stream<'_> {
     }
 
     /// The general read: `offset` (`None`: the consumed mark), `consume`, and `wait` (block
-    /// until bytes arrive, the stream ends, or the task exits).
+    /// until bytes arrive, the stream ends, the task exits, or the time set with
+    /// [`Task::set_timeout`] runs out: [`Error::TimedOut`]).
     pub fn read_request(
         &mut self,
         offset: Option<u64>,

@@ -85,6 +85,16 @@ pub enum Error {
         #[source]
         source: procyard_core::Error,
     },
+    /// The supervisor did not answer within the time set with
+    /// [`Task::set_timeout`](crate::Task::set_timeout); the connection was dropped (the next
+    /// call opens a new one).
+    #[error("the supervisor of task {id} did not answer within {after:?}")]
+    TimedOut {
+        /// The task.
+        id: String,
+        /// The timeout that expired.
+        after: std::time::Duration,
+    },
     /// The supervisor sent something that does not follow the protocol.
     #[error("unexpected answer from the supervisor of task {id}: {what}")]
     Protocol {

@@ -93,9 +93,12 @@ fn sh(script: &str) -> SpawnOptions {
 
 /// Reads the whole stream (peeking) until it is final (ended, or the task exited).
 fn read_until_final(task: &mut Task, stream: StreamName) -> Vec<u8> {
+    let deadline = Deadline::after(Duration::from_secs(20));
+    task.set_timeout(Some(Duration::from_secs(20)));
     let mut at = 0;
     let mut out = Vec::new();
     loop {
+        assert!(!deadline.is_expired(), "{stream:?} not final after {} bytes", out.len());
         let chunk = task.stream(stream).read_request(Some(at), 1 << 20, false, true).unwrap();
         out.extend_from_slice(&chunk.data);
         at = chunk.end();
@@ -108,6 +111,7 @@ fn read_until_final(task: &mut Task, stream: StreamName) -> Vec<u8> {
 /// Reads (peeking, waiting) until `needle` shows up on the stream.
 fn wait_for_output(task: &mut Task, stream: StreamName, needle: &str) -> String {
     let deadline = Deadline::after(Duration::from_secs(20));
+    task.set_timeout(Some(Duration::from_secs(20)));
     let mut at = 0;
     let mut out = Vec::new();
     while !String::from_utf8_lossy(&out).contains(needle) {
@@ -753,4 +757,37 @@ fn bgtask_supervisors_run_the_small_program_wherever_it_is_found() {
     let out = Command::new(SUPERVISE_BIN).stdin(Stdio::null()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not meant to be run by hand"));
+}
+
+#[test]
+fn bgtask_waiting_read_gives_up_at_the_timeout_and_the_task_stays_usable() {
+    let sb = Sandbox::new();
+    let task = sb.spawn(sh("read line; echo \"got $line\"; sleep 300"));
+    let id = task.id().to_owned();
+    let pool = sb.pool.clone();
+    // A silent task: the waiting read must come back with TimedOut, not block. Run it on a
+    // thread so a regression fails here instead of hanging the suite.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut task = pool.task(&id).unwrap();
+        task.set_timeout(Some(Duration::from_millis(200)));
+        let silent = task.stream(StreamName::Stdout).read_request(Some(0), 10, false, true);
+        // The connection is dropped on timeout; the next calls reconnect and work.
+        let info = task.info();
+        let _ = tx.send((silent, info, task));
+    });
+    let (silent, info, mut task) = rx.recv_timeout(Duration::from_secs(20)).expect("read hung");
+    match silent {
+        Err(Error::TimedOut { id, after }) => {
+            assert_eq!(id, task.id());
+            assert_eq!(after, Duration::from_millis(200));
+        }
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    assert_eq!(info.unwrap().status, Status::Running);
+    task.write(b"hello\n").unwrap();
+    // With bytes to read, the same timeout is no obstacle.
+    assert_eq!(wait_for_output(&mut task, StreamName::Stdout, "got hello"), "got hello\n");
+    task.set_timeout(None);
+    task.delete().unwrap();
 }
