@@ -286,7 +286,7 @@ impl Daemon {
             match sig {
                 Signal::TERM | Signal::INT | Signal::QUIT => match self.phase {
                     Phase::Running => {
-                        tracing::warn!(signal = %sig, "graceful stop: finishing in-flight jobs");
+                        tracing::info!(signal = %sig, "graceful stop: finishing in-flight jobs");
                         self.begin_graceful_stop();
                     }
                     Phase::Stopping { .. } => {
