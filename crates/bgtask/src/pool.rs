@@ -223,7 +223,8 @@ impl TaskPool {
 
     /// Sets the program executed to start supervisors: `procyard-bgtask-supervise` or the
     /// `procyard-bgtask` CLI. Without it, [`BIN_ENV`] names it, else it is looked for next to
-    /// the current executable (and one directory up), then on `PATH`, the small program first.
+    /// the current executable (and one directory up), then on `PATH`, the small program first
+    /// in each directory.
     pub fn supervisor_binary(mut self, path: impl Into<PathBuf>) -> TaskPool {
         self.supervisor_binary = Some(path.into());
         self
@@ -301,9 +302,10 @@ impl TaskPool {
         }
     }
 
-    /// The supervisor program: the one set on the pool, else [`BIN_ENV`], else
-    /// `procyard-bgtask-supervise` or `procyard-bgtask` (in that order) next to the current
-    /// executable, one directory up (cargo puts tests in `target/*/deps`), then on `PATH`.
+    /// The supervisor program: the one set on the pool, else [`BIN_ENV`], else the first
+    /// directory holding `procyard-bgtask-supervise` or `procyard-bgtask` (the small one
+    /// first): the current executable's, the one above it (cargo puts tests in
+    /// `target/*/deps`), then those on `PATH`.
     fn find_binary(&self) -> Result<PathBuf> {
         if let Some(bin) = &self.supervisor_binary {
             return Ok(bin.clone());
@@ -314,13 +316,12 @@ impl TaskPool {
         let exe = std::env::current_exe().ok();
         let near = exe.iter().flat_map(|exe| exe.ancestors().skip(1).take(2).map(Path::to_owned));
         let path = std::env::var_os("PATH").unwrap_or_default();
-        let dirs: Vec<PathBuf> = near.chain(std::env::split_paths(&path)).collect();
-        for name in [SUPERVISOR_BIN, CLI_BIN] {
-            if let Some(found) = dirs.iter().map(|d| d.join(name)).find(|c| c.is_file()) {
-                return Ok(found);
-            }
-        }
-        Err(Error::NoSupervisorBinary)
+        // Directory by directory, so a program finds its own build's supervisor before an
+        // older one installed on PATH.
+        near.chain(std::env::split_paths(&path))
+            .flat_map(|dir| [dir.join(SUPERVISOR_BIN), dir.join(CLI_BIN)])
+            .find(|candidate| candidate.is_file())
+            .ok_or(Error::NoSupervisorBinary)
     }
 
     fn spawn_exec(&self, bin: &Path, id: &str, options: &SpawnOptions) -> Result<()> {
