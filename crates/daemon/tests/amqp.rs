@@ -114,6 +114,10 @@ struct Consumer {
     running: Vec<(Instant, Job)>,
     /// Whether an event arrived for [`STDIN_TOKEN`] (child mode: stdin closed).
     stdin_closed: bool,
+    /// Child mode: `start ID` is printed once a job is claimed and `done ID` before its
+    /// outcome goes to the backend, each flushed at once, so that a SIGKILL never leaves an
+    /// acknowledged job the parent did not see done.
+    log: Option<std::io::Stdout>,
 }
 
 impl Consumer {
@@ -134,6 +138,7 @@ impl Consumer {
             capacity,
             running: Vec::new(),
             stdin_closed: false,
+            log: None,
         }
     }
 
@@ -159,6 +164,7 @@ impl Consumer {
         let free = self.capacity.saturating_sub(self.running.len());
         let started = self.backend.claim(&self.task, free).expect("claim");
         for job in &started {
+            self.log_line("start", job);
             self.running.push((Instant::now() + job_time, job.clone()));
         }
         let now = Instant::now();
@@ -168,6 +174,7 @@ impl Consumer {
             if self.running[i].0 <= now {
                 let (_, job) = self.running.swap_remove(i);
                 let outcome = decide(&job);
+                self.log_line("done", &job);
                 self.backend.complete(&job, outcome).expect("complete");
                 finished.push(job);
             } else {
@@ -176,6 +183,14 @@ impl Consumer {
         }
         self.backend.flush().expect("flush");
         (started, finished)
+    }
+
+    fn log_line(&mut self, what: &str, job: &Job) {
+        if let Some(out) = &mut self.log {
+            let mut out = out.lock();
+            let _ = writeln!(out, "{what} {}", String::from_utf8_lossy(&job.payload));
+            let _ = out.flush();
+        }
     }
 }
 
@@ -418,27 +433,18 @@ fn child_main(spec: &str) {
         .registry()
         .register(&mut mio::unix::SourceFd(&fd), STDIN_TOKEN, mio::Interest::READABLE)
         .expect("register stdin");
-    let mut out = std::io::stdout().lock();
     let mut was_ok = c.backend.health().ok;
     // After a newline: libtest prints "test NAME ... " without one.
-    let _ = writeln!(out, "\npid {}", std::process::id());
-    let _ = out.flush();
+    println!("\npid {}", std::process::id());
+    c.log = Some(std::io::stdout());
     // stdin readable means EOF (the parent never writes): stop.
     while !c.stdin_closed {
-        let (started, finished) =
-            c.step(job_time, Duration::from_millis(200), &mut |_| Outcome::Done);
-        for j in &started {
-            let _ = writeln!(out, "start {}", String::from_utf8_lossy(&j.payload));
-        }
-        for j in &finished {
-            let _ = writeln!(out, "done {}", String::from_utf8_lossy(&j.payload));
-        }
+        c.step(job_time, Duration::from_millis(200), &mut |_| Outcome::Done);
         let ok = c.backend.health().ok;
         if ok && !was_ok {
-            let _ = writeln!(out, "connected");
+            println!("connected");
         }
         was_ok = ok;
-        let _ = out.flush();
     }
     c.backend.shutdown().expect("shutdown");
 }

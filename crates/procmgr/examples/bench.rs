@@ -96,6 +96,25 @@ fn main() -> anyhow::Result<()> {
     }
     let fork_rate = TASKS as f64 / started.elapsed().as_secs_f64();
     println!("raw fork+_exit+wait: {fork_rate:.0}/s, median {:.0} us", median(fork_latency));
+    // The ceiling for closure tasks on this machine: the same with `limit` children in
+    // flight (fork rates differ 2x between machines of one kind; this ratio does not).
+    let started = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(limit);
+    for _ in 0..TASKS {
+        if in_flight.len() == limit
+            && let Some(mut oldest) = in_flight.pop_front()
+        {
+            procyard_core::Child::wait(&mut oldest)?;
+        }
+        match procyard_core::fork(procyard_core::ForkConfig::default())? {
+            procyard_core::Forked::Child => procyard_core::exit_immediately(0),
+            procyard_core::Forked::Parent(child) => in_flight.push_back(child),
+        }
+    }
+    for mut child in in_flight {
+        child.wait()?;
+    }
+    let fork_parallel_rate = TASKS as f64 / started.elapsed().as_secs_f64();
 
     let closure_rate = throughput(limit, &|i| Task::closure(move |_| Ok::<_, String>(i)))?;
     bench_line(
@@ -104,6 +123,13 @@ fn main() -> anyhow::Result<()> {
         "tasks/s",
         "raw_spawn_wait_true",
         Some(raw_rate),
+    );
+    bench_line(
+        "closure_tasks_per_s_vs_bare_fork",
+        closure_rate,
+        "tasks/s",
+        &format!("raw_fork_exit_wait_{limit}_in_flight"),
+        Some(fork_parallel_rate),
     );
     println!(
         "closure tasks vs Procrastinate (~{RUBY_TASKS_PER_S} tasks/s): {:.1}x",
