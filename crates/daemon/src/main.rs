@@ -15,7 +15,12 @@ use procyard_daemon::{Config, DAEMON_SIGNALS, RunOptions, control};
 
 /// A supervisor daemon: groups of worker processes fed by a job queue.
 #[derive(Parser, Debug)]
-#[command(name = "procyard-daemon", version, about)]
+#[command(
+    name = "procyard-daemon",
+    version,
+    about,
+    after_help = "Examples:\n  procyard-daemon check-config --config procyard.toml\n  procyard-daemon run --config procyard.toml\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  procyard-daemon status --config procyard.toml --json"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
