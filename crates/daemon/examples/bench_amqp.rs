@@ -1,5 +1,7 @@
-//! Benchmark: 10,000 no-op jobs through RabbitMQ with two `procyard-daemon` processes, beside
-//! the embedded SQLite queue (one daemon) and Celery's prefork worker on the same broker.
+//! Benchmark: 10,000 no-op jobs through RabbitMQ with two `procyard-daemon` processes, on
+//! quorum queues (the default) and on classic queues (`queue_type = "classic"`), beside the
+//! embedded SQLite queue (one daemon) and Celery's prefork worker on the same broker, itself on
+//! classic queues (its default) and on quorum queues.
 //!
 //! Run: `cargo run --release -p procyard-daemon --example bench_amqp` (builds the daemon
 //! binary first: `cargo build --release -p procyard-daemon`). Needs RabbitMQ at
