@@ -334,6 +334,9 @@ fn exchange_exists(url: &str, name: &str) -> bool {
 /// Celery's delayed-delivery topology (declared by a worker on quorum queues).
 const CELERY_DELAYED_LEVELS: usize = 28;
 
+/// Exchanges a Celery worker declares for events and remote control.
+const CELERY_SHARED_EXCHANGES: [&str; 2] = ["celeryev", "celery.pidbox"];
+
 const CELERY_APP: &str = r#"
 import os, time
 from celery import Celery
@@ -396,8 +399,11 @@ fn run_celery(url: &str, dir: &Path, queue_type: &str) -> anyhow::Result<Figures
         ("BENCH_PUB", pubs.display().to_string()),
         ("BENCH_DIR", cdir.display().to_string()),
     ];
-    // On quorum queues Celery declares a delayed-delivery topology shared by every Celery
-    // app on the vhost: remove it afterwards only if this run created it.
+    // A Celery worker declares exchanges shared by every Celery app on the vhost (events,
+    // remote control, and on quorum queues a delayed-delivery topology): remove afterwards
+    // only what this run created.
+    let shared_existed: Vec<(&str, bool)> =
+        CELERY_SHARED_EXCHANGES.iter().map(|&name| (name, exchange_exists(url, name))).collect();
     let delayed_existed = queue_type != "quorum" || exchange_exists(url, "celery_delayed_delivery");
     // Publish first (the queue is declared by the publisher), then time the worker.
     let status = Command::new(&python)
@@ -419,6 +425,12 @@ fn run_celery(url: &str, dir: &Path, queue_type: &str) -> anyhow::Result<Figures
     let _ = worker.wait();
     // Celery declares a queue and a direct exchange named after it.
     delete_topology(url, std::slice::from_ref(&queue_name), std::slice::from_ref(&queue_name));
+    let created: Vec<String> = shared_existed
+        .iter()
+        .filter(|(_, existed)| !existed)
+        .map(|(n, _)| (*n).to_owned())
+        .collect();
+    delete_topology(url, &[], &created);
     if !delayed_existed {
         let levels: Vec<String> =
             (0..CELERY_DELAYED_LEVELS).map(|i| format!("celery_delayed_{i}")).collect();
