@@ -97,7 +97,7 @@ pub enum AmqpQueueType {
     #[default]
     Quorum,
     /// Classic durable queues: no replication, but no log commit per acknowledgement, so
-    /// several times the throughput on a single broker node.
+    /// about twice the throughput on a single broker node.
     Classic,
 }
 

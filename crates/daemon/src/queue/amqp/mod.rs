@@ -10,9 +10,9 @@
 //!
 //! The topology (table below) is declared idempotently by daemons and clients alike: a
 //! durable topic exchange, one durable queue per task (quorum where the broker supports it,
-//! or classic when `[queue] queue_type = "classic"`) bound with the task's routing keys, a dead-letter exchange with one dead queue per task,
-//! and per-delay retry queues whose TTL dead-letters jobs back into their task queue with the
-//! attempt count in a header.
+//! or classic when `[queue] queue_type = "classic"`) bound with the task's routing keys, a
+//! dead-letter exchange with one dead queue per task, and per-delay retry queues whose TTL
+//! dead-letters jobs back into their task queue with the attempt count in a header.
 //!
 //! - **Acknowledgement** happens only when the daemon reports the job's outcome: `Done` acks;
 //!   `Retry` publishes a copy to the retry queue (publisher confirm) and then acks;
