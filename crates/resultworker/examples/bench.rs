@@ -118,10 +118,34 @@ fn bench_python(cores: usize) -> Option<Figures> {
     })
 }
 
+/// The ceiling for a fork per job on this machine: fork + `_exit` + wait with `in_flight`
+/// children at once, from this (still single-threaded) process. Fork rates differ 2x between
+/// machines of one kind; the ratio to this does not.
+fn bare_fork_rate(in_flight: usize) -> Option<f64> {
+    let mut running = std::collections::VecDeque::with_capacity(in_flight);
+    let started = Instant::now();
+    for _ in 0..JOBS {
+        if running.len() == in_flight
+            && let Some(mut oldest) = running.pop_front()
+        {
+            procyard_core::Child::wait(&mut oldest).ok()?;
+        }
+        match procyard_core::fork(procyard_core::ForkConfig::default()).ok()? {
+            procyard_core::Forked::Child => procyard_core::exit_immediately(0),
+            procyard_core::Forked::Parent(child) => running.push_back(child),
+        }
+    }
+    for mut child in running {
+        child.wait().ok()?;
+    }
+    Some(JOBS as f64 / started.elapsed().as_secs_f64())
+}
+
 fn main() {
     let noop = register("noop", |x: u64| Ok::<_, String>(x));
     procyard_resultworker::init();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bare_fork = bare_fork_rate(cores);
     println!(
         "# procyard-resultworker bench: {cores} cores, {ROUND_TRIPS} round trips x {RUNS}, {JOBS} jobs x {RUNS}, medians"
     );
@@ -153,6 +177,13 @@ fn main() {
     line("round_trip_p50", ours.p50_us, "us", python.as_ref().map(|p| p.p50_us), true);
     line("round_trip_p99", ours.p99_us, "us", python.as_ref().map(|p| p.p99_us), true);
     line("throughput_10k", ours.jobs_per_s, "jobs/s", python.as_ref().map(|p| p.jobs_per_s), false);
+    if let Some(bare) = bare_fork {
+        println!(
+            "BENCH\tthroughput_10k_vs_bare_fork\t{:.1}\tjobs/s\tbare_fork_exit_wait_{cores}_in_flight\t{bare:.1}\t{:.2}",
+            ours.jobs_per_s,
+            ours.jobs_per_s / bare
+        );
+    }
     println!("# with Config::reuse_processes(true): no fork per job (children run job after job)");
     line("round_trip_p50_reuse", reused.p50_us, "us", python.as_ref().map(|p| p.p50_us), true);
     line("round_trip_p99_reuse", reused.p99_us, "us", python.as_ref().map(|p| p.p99_us), true);
