@@ -172,11 +172,7 @@ impl Child {
         if self.exit.is_some() {
             return Err(Error::AlreadyReaped { pid: self.pid });
         }
-        sys::signal::kill(-group.as_raw(), signal.as_raw()).map_err(|source| Error::Signal {
-            pid: group,
-            signal,
-            source,
-        })
+        crate::signal::kill_process_group(group, signal)
     }
 
     /// SIGKILLs the process group (or the process if it has no group of its own). The child

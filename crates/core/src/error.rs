@@ -140,6 +140,54 @@ pub enum Error {
         /// Its own words.
         message: String,
     },
+    /// A signal was refused before any system call because its target could name more than
+    /// one process or somebody's init: pid or process group 1 (`kill(-1)` signals every
+    /// process the caller may signal; pid 1 is the init of some namespace).
+    #[error("refused to send {signal} to {} {pid}: pid 1 and its group are never signalled", if *group { "process group" } else { "process" })]
+    RefusedSignalTarget {
+        /// The target as recorded.
+        pid: Pid,
+        /// Whether a process group was to be signalled.
+        group: bool,
+        /// The signal.
+        signal: Signal,
+    },
+    /// A path that must be a regular file (or a socket) is something else.
+    #[error("{} is a {found}, not a {expected}", path.display())]
+    WrongFileType {
+        /// The path.
+        path: PathBuf,
+        /// What it must be ("regular file", "socket").
+        expected: &'static str,
+        /// What it is ("FIFO", "directory", "symbolic link", …).
+        found: &'static str,
+    },
+    /// A file or directory whose content would be acted on belongs to another user.
+    #[error("{} belongs to uid {owner}, not to uid {caller} (or root): refusing to use it", path.display())]
+    NotOwned {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The caller's effective uid.
+        caller: u32,
+    },
+    /// A file or directory whose content would be acted on can be written by other users.
+    #[error("{} is writable by {who} (mode {mode:04o}): refusing to use it", path.display())]
+    InsecurePermissions {
+        /// The path.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// "group" or "others".
+        who: &'static str,
+    },
+    /// Something answers on a socket path we were to bind.
+    #[error("{} is in use: another process listens on it", path.display())]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
     /// A signal could not be delivered.
     #[error("unable to send {signal} to process {pid}")]
     Signal {

@@ -56,11 +56,14 @@ pub mod fd;
 pub mod fork;
 pub mod frame;
 mod identity;
+pub mod owner;
 mod pid;
 mod ready;
 mod signal;
+pub mod socket;
 mod spawn;
 pub mod state_file;
+pub mod subreaper;
 mod sys;
 
 pub use child::Child;
@@ -74,7 +77,9 @@ pub use frame::{FrameDecoder, MAX_FRAME, StreamState};
 pub use identity::{ProcStat, ProcessIdentity, boot_id};
 pub use pid::Pid;
 pub use ready::{Readiness, ReadyReader, ReadyWriter, ready_pipe};
-pub use signal::{Signal, SignalFd, SignalSource, restore_default};
+pub use signal::{
+    Signal, SignalFd, SignalSource, kill_process, kill_process_group, restore_default,
+};
 pub use spawn::{Command, Grouping, Stdio};
 pub use state_file::FileLock;
 

@@ -10,7 +10,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, sys};
+use crate::{Error, Pid, Result, sys};
 
 /// A signal number, 1 to 64. Parses from `TERM`, `SIGTERM`, `term` or `15`; displays as
 /// `SIGTERM` (or `SIGRTMIN+n` for real-time signals).
@@ -100,6 +100,45 @@ impl Signal {
     pub fn short_name(self) -> Option<&'static str> {
         NAMES.iter().find(|(_, n)| *n == self.0).map(|(name, _)| *name)
     }
+}
+
+/// Sends `signal` to the process `pid` named by a record (a state file, a lease, a pid file).
+///
+/// This is the one checked path for signalling by a recorded pid: pid 1 (somebody's init, in
+/// any pid namespace) is refused with [`Error::RefusedSignalTarget`] before any system call.
+/// The caller is still responsible for checking that the pid names the process it means
+/// ([`ProcessIdentity`](crate::ProcessIdentity)); a [`Child`](crate::Child) you hold signals
+/// through its pidfd instead.
+pub fn kill_process(pid: Pid, signal: Signal) -> Result<()> {
+    let target = checked_target(pid, false, signal)?;
+    sys::signal::kill(target, signal.as_raw()).map_err(|source| Error::Signal {
+        pid,
+        signal,
+        source,
+    })
+}
+
+/// Sends `signal` to the process group led by `group` (grandchildren included).
+///
+/// Refuses group 1 with [`Error::RefusedSignalTarget`]: `kill(-1, …)` would signal every process
+/// the caller may signal. Check first that `group` still leads the group you mean.
+pub fn kill_process_group(group: Pid, signal: Signal) -> Result<()> {
+    let target = checked_target(group, true, signal)?;
+    sys::signal::kill(-target, signal.as_raw()).map_err(|source| Error::Signal {
+        pid: group,
+        signal,
+        source,
+    })
+}
+
+/// The raw target of a signal call, or the refusal: a [`Pid`] is never zero or negative, and
+/// this refuses 1, so no call here can become `kill(0)`, `kill(-1)` or a signal to an init.
+fn checked_target(pid: Pid, group: bool, signal: Signal) -> Result<i32> {
+    let raw = pid.as_raw();
+    if raw <= 1 {
+        return Err(Error::RefusedSignalTarget { pid, group, signal });
+    }
+    Ok(raw)
 }
 
 impl FromStr for Signal {
@@ -280,6 +319,18 @@ impl Source for SignalFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn core_hardening_pid1_and_group1_are_refused() {
+        // Signal 0 would only probe, but the refusal must come before any system call.
+        let init = Pid::from_raw(1).unwrap();
+        for result in [kill_process(init, Signal::TERM), kill_process_group(init, Signal::TERM)] {
+            let err = result.unwrap_err();
+            assert!(matches!(err, Error::RefusedSignalTarget { .. }), "{err}");
+        }
+        // Our own process is a valid target (SIGCONT is harmless).
+        kill_process(Pid::current(), Signal::CONT).unwrap();
+    }
 
     #[test]
     fn parses_every_spelling() {

@@ -2,7 +2,7 @@
 //! directory) and reads that tell "absent" from "corrupt".
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +14,11 @@ use crate::{Error, Result};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Atomically replaces `path` with `bytes` (mode 0644, subject to the umask). A reader sees
+/// Atomically replaces `path` with `bytes` (mode 0600: state is private to its owner). A reader sees
 /// either the old content or the new one, never a mix, and the new content survives a crash
 /// once this returns.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
-    write_atomic_mode(path, bytes, 0o644)
+    write_atomic_mode(path, bytes, 0o600)
 }
 
 /// [`write_atomic`] with an explicit file mode.
@@ -30,7 +30,7 @@ pub fn write_atomic_mode(path: impl AsRef<Path>, bytes: &[u8], mode: u32) -> Res
 /// that means nothing after a crash (a live process's progress, which then reads as lost), where
 /// the two fsyncs would cost milliseconds on every update.
 pub fn write_atomic_volatile(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
-    replace(path.as_ref(), bytes, 0o644, false)
+    replace(path.as_ref(), bytes, 0o600, false)
 }
 
 fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
@@ -80,14 +80,50 @@ pub fn write_json_atomic<T: Serialize + ?Sized>(path: impl AsRef<Path>, value: &
 /// [`Error::CorruptState`] when it exists but does not parse.
 pub fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Option<T>> {
     let path = path.as_ref();
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::path("read", path, e)),
+    let mut file = match open_regular(path, OpenOptions::new().read(true)) {
+        Ok(f) => f,
+        Err(Error::Path { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
     };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| Error::path("read", path, e))?;
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|source| Error::CorruptState { path: path.to_owned(), source })
+}
+
+/// Opens `path` with `options` as a regular file only: never follows a final symbolic link
+/// (`O_NOFOLLOW`), never blocks on a FIFO or device (`O_NONBLOCK` at open, cleared after), and
+/// refuses anything that is not a regular file with [`Error::WrongFileType`] before reading
+/// from it. A missing file is `Error::Path` with a `NotFound` source.
+pub fn open_regular(path: impl AsRef<Path>, options: &mut OpenOptions) -> Result<File> {
+    let path = path.as_ref();
+    let file = options
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // O_NOFOLLOW on a symbolic link.
+            Some(libc::ELOOP) => Error::WrongFileType {
+                path: path.to_owned(),
+                expected: "regular file",
+                found: "symbolic link",
+            },
+            _ => Error::path("open", path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| Error::path("inspect", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::WrongFileType {
+            path: path.to_owned(),
+            expected: "regular file",
+            found: crate::owner::file_type_name(&meta),
+        });
+    }
+    let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| Error::path("inspect", path, e))?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| Error::path("configure", path, e))?;
+    Ok(file)
 }
 
 /// Removes a file; absent is fine. The directory is synced so the removal survives a crash.
@@ -125,15 +161,10 @@ pub struct FileLock {
 
 impl FileLock {
     fn open(path: &Path) -> Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| Error::path("open lock file", path, e))
+        open_regular(
+            path,
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600),
+        )
     }
 
     /// Takes the lock, or `Ok(None)` if another holder has it. Creates the file if missing.
@@ -164,10 +195,12 @@ impl FileLock {
     /// file is unlocked.
     pub fn is_locked(path: impl AsRef<Path>) -> Result<bool> {
         let path = path.as_ref();
-        let file = match OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(path) {
+        let file = match open_regular(path, OpenOptions::new().read(true)) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::path("open lock file", path, e)),
+            Err(Error::Path { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
         };
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
             Ok(()) => Ok(false),
@@ -191,6 +224,25 @@ impl FileLock {
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn fifo_and_symlink_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("state");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600))
+            .unwrap();
+        // With no writer, a blocking open of a FIFO would hang forever here.
+        let err = read_json::<serde_json::Value>(&fifo).unwrap_err();
+        assert!(matches!(err, Error::WrongFileType { found: "FIFO", .. }), "{err}");
+        let err = FileLock::try_exclusive(&fifo).unwrap_err();
+        assert!(matches!(err, Error::WrongFileType { found: "FIFO", .. }), "{err}");
+        assert!(FileLock::is_locked(&fifo).is_err());
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        let err = read_json::<serde_json::Value>(&link).unwrap_err();
+        assert!(matches!(err, Error::WrongFileType { found: "symbolic link", .. }), "{err}");
+    }
 
     #[derive(Serialize, Deserialize, Debug, PartialEq)]
     struct S {

@@ -87,7 +87,7 @@ pub unsafe fn fork_unchecked(config: ForkConfig) -> Result<Forked> {
             if let Some(sig) = config.parent_death_signal {
                 let _ = sys::fork::set_parent_death_signal(sig.as_raw());
                 if Pid::parent() != Some(parent) {
-                    let _ = sys::signal::kill(Pid::current().as_raw(), sig.as_raw());
+                    let _ = sys::signal::raise_self(sig.as_raw());
                 }
             }
             Ok(Forked::Child)

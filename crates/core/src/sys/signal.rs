@@ -12,6 +12,13 @@ pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `sig` to the calling process itself (re-raising after `PR_SET_PDEATHSIG` lost a race).
+pub(crate) fn raise_self(sig: i32) -> io::Result<()> {
+    // SAFETY: getpid and kill take plain integers; the target is this very process.
+    cvt(unsafe { libc::kill(libc::getpid(), sig) })?;
+    Ok(())
+}
+
 /// `pidfd_send_signal(pidfd, sig, NULL, 0)`: signals exactly the process the pidfd names.
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     // SAFETY: the syscall takes a valid descriptor (borrowed for the call), a signal number and
