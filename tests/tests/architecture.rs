@@ -12,7 +12,7 @@ fn crate_graph_is_a_star_and_unsafe_stays_in_core_sys() {
 }
 
 #[test]
-fn tidy_catches_a_sibling_dependency_and_stray_unsafe() {
+fn tidy_catches_a_sibling_dependency_stray_unsafe_raw_signals_and_socket_unlinks() {
     // The checker itself must be able to fail: build a bad workspace and look.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -40,9 +40,21 @@ fn tidy_catches_a_sibling_dependency_and_stray_unsafe() {
         std::fs::write(dir.join("src/lib.rs"), "//! x\n#![forbid(unsafe_code)]\n").unwrap();
     }
     std::fs::write(root.join("crates/bgtask/src/extra.rs"), "fn no_header() {}\n").unwrap();
+    std::fs::write(
+        root.join("crates/asyncjob/src/kill.rs"),
+        "//! x\nfn f(p: Pid) { let _ = rustix::process::kill_process_group(p, s); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("crates/daemon/src/sock.rs"),
+        "//! x\nfn f() { std::fs::remove_file(&self.socket_path); }\n",
+    )
+    .unwrap();
     let problems = tidy::check(root);
     let text = problems.join("\n");
     assert!(text.contains("depends on sibling procyard-bgtask"), "{text}");
     assert!(text.contains("crates/core/src/lib.rs:2: `unsafe` outside"), "{text}");
     assert!(text.contains("crates/bgtask/src/extra.rs: must open with a //! line"), "{text}");
+    assert!(text.contains("crates/asyncjob/src/kill.rs:2: raw signal call"), "{text}");
+    assert!(text.contains("crates/daemon/src/sock.rs:2: socket path removed by hand"), "{text}");
 }

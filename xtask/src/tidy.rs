@@ -132,6 +132,7 @@ fn check_file(root: &Path, file: &Path, problems: &mut Vec<String>) {
     for (idx, line) in lines.iter().enumerate() {
         let code = strip_strings(line.split("//").next().unwrap_or(""));
         let code = code.as_str();
+        check_boundary_calls(&rel, idx + 1, code, problems);
         let has_unsafe =
             code.contains("unsafe {") || code.contains("unsafe fn") || code.contains("unsafe impl");
         if !has_unsafe || code.trim_start().starts_with("#!") {
@@ -148,6 +149,40 @@ fn check_file(root: &Path, file: &Path, problems: &mut Vec<String>) {
                     .push(format!("{rel}:{}: unsafe block without a // SAFETY: comment", idx + 1));
             }
         }
+    }
+}
+
+/// Raw signal calls: only core's checked path (`procyard_core::kill_process`,
+/// `kill_process_group`, `Child::signal*`) may reach `kill(2)`, so no pid or group <= 1 ever does.
+const RAW_SIGNAL_CALLS: &[&str] = &[
+    "libc::kill(",
+    "libc::killpg(",
+    "process::kill_process",
+    "process::kill_current_process_group",
+    "sys::signal::kill(",
+    "signal::kill(",
+];
+
+/// Invariants 10 and 12 as text rules: no raw signal call outside core's signal path, and no
+/// `remove_file` of a socket path outside core's socket module (which removes only stale sockets
+/// or the one it bound).
+fn check_boundary_calls(rel: &str, line: usize, code: &str, problems: &mut Vec<String>) {
+    let signal_path = rel == "crates/core/src/signal.rs" || rel.starts_with("crates/core/src/sys/");
+    if !signal_path
+        && let Some(call) = RAW_SIGNAL_CALLS.iter().find(|c| code.contains(*c))
+    {
+        problems.push(format!(
+            "{rel}:{line}: raw signal call `{call}`: use procyard_core::kill_process or kill_process_group"
+        ));
+    }
+    let lower = code.to_ascii_lowercase();
+    if rel != "crates/core/src/socket.rs"
+        && (lower.contains("remove_file(") || lower.contains("unlink("))
+        && lower.contains("sock")
+    {
+        problems.push(format!(
+            "{rel}:{line}: socket path removed by hand: use procyard_core::socket (only stale sockets are unlinked)"
+        ));
     }
 }
 
