@@ -179,8 +179,8 @@ fn kill_descendants(root: u32) {
         i += 1;
     }
     for pid in tree.into_iter().skip(1).rev() {
-        if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        if let Some(pid) = i32::try_from(pid).ok().and_then(procyard_core::Pid::from_raw) {
+            let _ = procyard_core::kill_process(pid, procyard_core::Signal::KILL);
         }
     }
 }
