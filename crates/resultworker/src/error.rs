@@ -1,6 +1,7 @@
 //! The one error type of procyard-resultworker: why a job has no value, or why the worker
 //! could not start.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +72,21 @@ pub enum Error {
         /// What went wrong.
         #[source]
         source: Arc<procyard_core::Error>,
+    },
+    /// The program's `main` does not call [`init`](crate::init) first: the worker process
+    /// started from it ran `main` again and reached [`ResultWorker::start`] (or `new`) instead
+    /// of becoming the worker. That copy exits at once rather than start a worker of its own
+    /// (which would start another, and so on).
+    ///
+    /// [`ResultWorker::start`]: crate::ResultWorker::start
+    #[error(
+        "{} does not call procyard_resultworker::init() first thing in main: its worker \
+         process ran main again and reached ResultWorker::start instead of serving jobs",
+        program.display()
+    )]
+    InitNotCalled {
+        /// The program started as the worker.
+        program: PathBuf,
     },
     /// The worker process did not report that it was ready.
     #[error("the result worker did not start: {reason}")]

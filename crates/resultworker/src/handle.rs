@@ -202,7 +202,8 @@ impl ResultWorker {
     /// The process's global worker: started by the first call (from any thread; concurrent
     /// callers wait for it), returned as is afterwards. `config` is used only when it starts
     /// (again after a [`stop`](ResultWorker::stop), or in a forked child, which never shares
-    /// its parent's worker).
+    /// its parent's worker). Like [`new`](ResultWorker::new), it never returns in a worker
+    /// process whose `main` did not call [`init`](crate::init) first.
     pub fn start(config: Config) -> Result<ResultWorker> {
         let mut global = lock(global());
         if let Some(worker) = global.as_ref().filter(|w| w.is_running()) {
@@ -214,7 +215,14 @@ impl ResultWorker {
     }
 
     /// A separate worker of its own, stopped when its last clone is dropped.
+    ///
+    /// In a worker process whose `main` did not call [`init`](crate::init) first, this does
+    /// not return: the process tells the application (which gets [`Error::InitNotCalled`]),
+    /// says why on stderr and exits, instead of starting a worker of its own.
     pub fn new(config: Config) -> Result<ResultWorker> {
+        if crate::worker::worker_mode().is_some() {
+            crate::worker::refuse_start_in_worker_mode();
+        }
         let poll = Poll::new().map_err(|e| Error::os("create a poll instance", e))?;
         let waker =
             Waker::new(poll.registry(), WAKE).map_err(|e| Error::os("create a waker", e))?;

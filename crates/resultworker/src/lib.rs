@@ -81,6 +81,10 @@ pub use job::{CommandOutput, Function, Job, register};
 /// Call first thing in `main` (after [`register`]ing functions). In a normal run it returns
 /// at once; in the worker process started by a [`ResultWorker`] it runs the worker and exits
 /// the process when the worker is done.
+///
+/// A program that forgets it gets [`Error::InitNotCalled`] from [`ResultWorker::start`]: the
+/// worker process runs `main` again, and when it reaches `start` it exits at once (saying why
+/// on stderr) instead of starting a worker of its own.
 pub fn init() {
     if let Some(max_workers) = worker::worker_mode() {
         let code = worker::run(max_workers);

@@ -10,12 +10,14 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use procyard_core::mio::{Events, Interest, Poll, Token};
-use procyard_core::{Child, Command, Deadline, FrameDecoder, Grouping, Signal, Stdio, StreamState};
+use procyard_core::{
+    Child, Command, Deadline, Exit, FrameDecoder, Grouping, Signal, Stdio, StreamState,
+};
 
 use crate::future::lock_map;
 use crate::handle::{Shared, lock};
-use crate::wire::{self, Decoded, Request};
-use crate::worker::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER};
+use crate::wire::{self, Decoded, Request, WireError};
+use crate::worker::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, EXIT_INIT_NOT_CALLED};
 use crate::{Error, Result};
 
 const READER: Token = Token(1);
@@ -26,6 +28,9 @@ const PIDFD: Token = Token(2);
 const STOP_SLACK: Duration = Duration::from_secs(2);
 /// How long a new worker may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a worker that failed before its ready message gets to exit, so that its exit code
+/// can say whether it refused to start (see `Listener::not_ready`).
+const REFUSAL_EXIT_WAIT: Duration = Duration::from_secs(1);
 /// A worker that lived this long resets the restart backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
@@ -76,36 +81,35 @@ impl Listener {
     /// first is an error of `start`, not a worker that dies again and again.
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Deadline::after(timeout);
-        let not_ready = |reason: String| Error::WorkerNotReady { reason };
         loop {
             let Some(worker) = self.worker.as_mut() else {
-                return Err(not_ready("no worker process".into()));
+                return Err(Error::WorkerNotReady { reason: "no worker process".into() });
             };
             let state = worker.decoder.read_from(&mut worker.reader);
             match worker.decoder.next_bytes() {
                 Ok(Some(payload)) => {
                     return match wire::decode_result(payload) {
                         Decoded::Result { key: wire::READY_KEY, outcome: Ok(_) } => Ok(()),
-                        _ => Err(not_ready("its first frame was not a ready message".into())),
+                        Decoded::Result {
+                            key: wire::READY_KEY,
+                            outcome: Err(refusal @ WireError::InitNotCalled { .. }),
+                        } => Err(refusal.into()),
+                        _ => Err(self.not_ready("its first frame was not a ready message".into())),
                     };
                 }
                 Ok(None) => {}
-                Err(e) => return Err(not_ready(format!("bad frame: {e}"))),
+                Err(e) => return Err(self.not_ready(format!("bad frame: {e}"))),
             }
             if !matches!(wire::stream_state(state, &worker.decoder), Ok(StreamState::Open)) {
-                let program = self
-                    .shared
-                    .config
-                    .program
-                    .as_ref()
-                    .map_or_else(|| "this program".to_owned(), |p| p.display().to_string());
-                return Err(not_ready(format!(
-                    "{program} exited before it was ready (its main must call \
-                     procyard_resultworker::init() first)"
+                let program = self.program();
+                return Err(self.not_ready(format!(
+                    "{} exited before it was ready (its main must call \
+                     procyard_resultworker::init() first)",
+                    program.display()
                 )));
             }
             if deadline.is_expired() {
-                return Err(not_ready(format!("no ready message within {timeout:?}")));
+                return Err(self.not_ready(format!("no ready message within {timeout:?}")));
             }
             let remaining = deadline.remaining();
             let ts = rustix::event::Timespec {
@@ -118,6 +122,27 @@ impl Listener {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::os("wait for the worker", e)),
             }
+        }
+    }
+
+    /// Why the new worker is not ready: [`Error::InitNotCalled`] if it exits with the code of a
+    /// worker-mode process that reached `start` (its refusal frame can be lost behind what
+    /// `main` printed to stdout, the result pipe, before it), else `reason`.
+    fn not_ready(&mut self, reason: String) -> Error {
+        if let Some(worker) = self.worker.as_mut()
+            && let Ok(Some(Exit::Code(code))) = worker.child.wait_timeout(REFUSAL_EXIT_WAIT)
+            && i32::from(code) == EXIT_INIT_NOT_CALLED
+        {
+            return Error::InitNotCalled { program: self.program() };
+        }
+        Error::WorkerNotReady { reason }
+    }
+
+    /// The program started as the worker.
+    fn program(&self) -> PathBuf {
+        match &self.shared.config.program {
+            Some(program) => program.clone(),
+            None => std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
         }
     }
 

@@ -53,12 +53,27 @@ pub(crate) enum Request {
 /// An error as it travels from the worker.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) enum WireError {
-    Failed { message: String },
-    Crashed { exit: Exit },
-    TimedOut { timeout_ms: u64 },
+    Failed {
+        message: String,
+    },
+    Crashed {
+        exit: Exit,
+    },
+    TimedOut {
+        timeout_ms: u64,
+    },
     Stopped,
-    UnknownFunction { name: String },
-    Malformed { reason: String },
+    UnknownFunction {
+        name: String,
+    },
+    Malformed {
+        reason: String,
+    },
+    /// Sent instead of the ready message by a worker-mode process whose `main` did not call
+    /// `init` first (`program`: its executable).
+    InitNotCalled {
+        program: String,
+    },
 }
 
 impl From<WireError> for Error {
@@ -72,6 +87,9 @@ impl From<WireError> for Error {
             WireError::Stopped => Error::Stopped,
             WireError::UnknownFunction { name } => Error::UnknownFunction { name },
             WireError::Malformed { reason } => Error::Malformed { reason },
+            WireError::InitNotCalled { program } => {
+                Error::InitNotCalled { program: program.into() }
+            }
         }
     }
 }
@@ -256,6 +274,21 @@ mod tests {
         assert!(matches!(decode_result(bad_tag), Decoded::BadBody { key: 6, .. }));
         assert!(matches!(decode_result(encode_result(8, &[])), Decoded::BadBody { key: 8, .. }));
         assert_eq!(decode_result(vec![1, 2]), Decoded::NoKey { len: 2 });
+    }
+
+    #[test]
+    fn refusal_decodes_as_init_not_called() {
+        let refusal = WireError::InitNotCalled { program: "/usr/bin/app".into() };
+        let frame = encode_result(READY_KEY, &encode_report(TAG_ERROR, &error_body(&refusal)));
+        let Decoded::Result { key: READY_KEY, outcome: Err(e) } = decode_result(frame) else {
+            panic!("not a refusal of the ready key");
+        };
+        let error = Error::from(e);
+        assert!(
+            matches!(&error, Error::InitNotCalled { program } if program.as_os_str() == "/usr/bin/app"),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("procyard_resultworker::init()"), "{error}");
     }
 
     #[test]

@@ -16,6 +16,9 @@ use procyard_resultworker::{
 };
 use serde_json::{Value, json};
 
+#[path = "scenarios/hardening.rs"]
+mod hardening;
+
 fn micros_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
@@ -169,8 +172,8 @@ fn children(any: bool) -> Vec<u32> {
 }
 
 fn sigkill(pid: u32) {
-    let pid = rustix::process::Pid::from_raw(pid as i32).expect("positive pid");
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    let pid = Pid::from_raw(pid as i32).expect("positive pid");
+    let _ = procyard_core::kill_process(pid, procyard_core::Signal::KILL);
 }
 
 // ---- the seed's scenarios ----
@@ -412,20 +415,36 @@ fn resultworker_r6_keys_do_not_leak() {
     assert_eq!(w.pending_count(), 0);
 }
 
-fn signals_caught() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find(|l| l.starts_with("SigCgt:")).unwrap_or("").to_owned()
+/// glibc's reserved real-time signals (32 and 33, below `SIGRTMIN`): glibc itself installs a
+/// handler for one of them when the process starts its first thread (thread cancellation), so
+/// they say nothing about what this library does.
+const GLIBC_RESERVED_SIGNALS: u64 = (1 << (32 - 1)) | (1 << (33 - 1));
+
+/// The caught signals an application can see (`SigCgt` of `/proc/self/status`, bit n-1 for
+/// signal n): 1..=31 and `SIGRTMIN` (34)..=64, without glibc's reserved 32 and 33.
+fn signals_caught() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("a SigCgt line in /proc/self/status");
+    mask & !GLIBC_RESERVED_SIGNALS
 }
 
 fn resultworker_r7_no_signal_handlers_and_term_ends_worker() {
     let before = signals_caught();
     let w = worker(1);
     assert_eq!(get(&w.submit::<u64>(Job::function("square", &2))).unwrap(), 4);
-    assert_eq!(signals_caught(), before, "starting a worker installed a signal handler");
+    assert_eq!(
+        signals_caught(),
+        before,
+        "starting a worker installed a signal handler (SigCgt {:#x}, was {before:#x})",
+        signals_caught()
+    );
     let pending = w.submit::<(u64, u64)>(Job::function("span", &30_000u64));
     let pid = w.worker_pid().expect("worker pid");
-    let pid_r = rustix::process::Pid::from_raw(pid.as_raw()).expect("pid");
-    rustix::process::kill_process(pid_r, rustix::process::Signal::TERM).expect("TERM the worker");
+    procyard_core::kill_process(pid, procyard_core::Signal::TERM).expect("TERM the worker");
     assert!(matches!(get(&pending), Err(Error::WorkerLost)), "TERM did not end the worker");
     w.stop(Duration::from_secs(2));
     assert_eq!(signals_caught(), before);
@@ -666,6 +685,10 @@ const TESTS: &[Test] = &[
         "resultworker_program_without_init_is_a_start_error",
         resultworker_program_without_init_is_a_start_error,
     ),
+    (
+        "resultworker_hardening_missing_init_fails_fast",
+        hardening::resultworker_hardening_missing_init_fails_fast,
+    ),
     ("resultworker_reuse_processes_mode", resultworker_reuse_processes_mode),
     (
         "resultworker_job_children_hold_no_sibling_pipes",
@@ -675,6 +698,9 @@ const TESTS: &[Test] = &[
 
 fn main() -> std::process::ExitCode {
     register_functions();
+    if let Some(code) = hardening::forgetful_main() {
+        return code;
+    }
     procyard_resultworker::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--app-helper") {

@@ -25,8 +25,10 @@ use crate::wire::{
     is_report, push_result,
 };
 
+mod mode;
 mod process;
 
+pub(crate) use mode::{EXIT_INIT_NOT_CALLED, refuse_start_in_worker_mode, worker_mode};
 pub(crate) use process::chain;
 use process::{
     PIPE_ATOMIC, PIPELINE_BYTES, PIPELINE_DEPTH, SCRATCH, drain, frame, function_name, job_message,
@@ -51,17 +53,6 @@ const IN: Token = Token(0);
 const OUT: Token = Token(1);
 const REPORTS: Token = Token(2);
 const FIRST_JOB: usize = 3;
-
-/// `Some(max_workers)` when this process was started as a worker by its parent.
-pub(crate) fn worker_mode() -> Option<usize> {
-    let parent = std::env::var(ENV_WORKER).ok()?;
-    let ppid = procyard_core::Pid::parent()?;
-    if parent.trim() != ppid.as_raw().to_string() {
-        return None;
-    }
-    let max = std::env::var(ENV_MAX_WORKERS).ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    Some(usize::max(max, 1))
-}
 
 /// Runs the worker until it is stopped or its parent goes away; returns the exit code.
 pub(crate) fn run(max_workers: usize) -> i32 {

@@ -1,0 +1,62 @@
+//! Worker mode: whether this process is a worker its parent started, and what a worker-mode
+//! process does when its `main` did not call `init` first and reaches `ResultWorker::start`.
+//!
+//! Without that refusal each copy would start another worker from the same binary, which
+//! would run `main` again and start another: a chain of thousands of processes, and the
+//! application told only after its ready timeout.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use super::{ENV_MAX_WORKERS, ENV_WORKER};
+use crate::wire::{self, TAG_ERROR, WireError, encode_report, error_body, push_result};
+
+/// The exit code of a worker-mode process whose `main` reached `ResultWorker::start`
+/// (`EX_CONFIG`): the application reads it when the refusal frame could not be read (the
+/// program wrote to stdout, the result pipe, before it).
+pub(crate) const EXIT_INIT_NOT_CALLED: i32 = 78;
+
+/// `Some(max_workers)` when this process was started as a worker by its parent.
+pub(crate) fn worker_mode() -> Option<usize> {
+    let parent = std::env::var(ENV_WORKER).ok()?;
+    let ppid = procyard_core::Pid::parent()?;
+    if parent.trim() != ppid.as_raw().to_string() {
+        return None;
+    }
+    let max = std::env::var(ENV_MAX_WORKERS).ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    Some(usize::max(max, 1))
+}
+
+/// In a worker-mode process that reached `ResultWorker::start` (its `main` did not call
+/// `init` first): sends the refusal to the application in place of the ready message (its
+/// stdout is the result pipe), says why on stderr, and exits with [`EXIT_INIT_NOT_CALLED`]
+/// without running destructors or flushing stdout (whatever `main` printed there would land
+/// in the result pipe).
+pub(crate) fn refuse_start_in_worker_mode() -> ! {
+    let program = std::env::current_exe()
+        .map_or_else(|_| "this program".to_owned(), |p| p.display().to_string());
+    let error = WireError::InitNotCalled { program: program.clone() };
+    let mut frame = Vec::new();
+    if push_result(&mut frame, wire::READY_KEY, &encode_report(TAG_ERROR, &error_body(&error))) {
+        // Best effort: the exit code tells the application too.
+        let _ = write_all(io::stdout().as_fd(), &frame);
+    }
+    eprintln!(
+        "procyard-resultworker: {program}: main does not call procyard_resultworker::init() \
+         first; this worker process reached ResultWorker::start and exits instead of starting \
+         another worker"
+    );
+    procyard_core::exit_immediately(EXIT_INIT_NOT_CALLED)
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
