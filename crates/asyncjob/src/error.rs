@@ -69,6 +69,35 @@ pub enum Error {
         /// The pid the state named.
         pid: i32,
     },
+    /// The state named process 1 (or a lower pid): pid 1 is the init of some pid namespace and
+    /// `kill(-1)` would signal every process the caller may signal, so it is never signalled,
+    /// whatever the rest of the state says.
+    #[error("job {} names process {pid}, which is never signalled", path.display())]
+    RefusedSignalTarget {
+        /// The state file.
+        path: PathBuf,
+        /// The pid the state named.
+        pid: i32,
+    },
+    /// The state file, its lock file or its directory cannot be trusted, so nothing in it is
+    /// acted on: it belongs to another user, others can write it, or it is not a regular file
+    /// (a FIFO, a socket, a device or a symbolic link). The source says which and why.
+    #[error("unsafe state file {}", path.display())]
+    UnsafeStateFile {
+        /// The state file.
+        path: PathBuf,
+        /// What was found (`NotOwned`, `InsecurePermissions` or `WrongFileType`).
+        #[source]
+        source: procyard_core::Error,
+    },
+    /// The state file is far larger than any state (a few hundred bytes): it is not read.
+    #[error("state file {} is {size} bytes, more than a state can be", path.display())]
+    StateTooLarge {
+        /// The state file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
     /// The operation needs a state file, and the job has none.
     #[error("the job has no state file")]
     NoStateFile,

@@ -158,6 +158,11 @@ impl AsyncJob {
                 expected: "running",
             });
         }
+        // Pid 1 (any namespace's init) leading "its group" would make the group kill a
+        // kill(-1): refused before anything else is looked at.
+        if current.pid <= 1 {
+            return Err(Error::RefusedSignalTarget { path: path.to_owned(), pid: current.pid });
+        }
         let mismatch = || Error::IdentityMismatch { path: path.to_owned(), pid: current.pid };
         let pid = Pid::from_raw(current.pid).ok_or_else(mismatch)?;
         let identity = ProcessIdentity {
@@ -178,22 +183,10 @@ impl AsyncJob {
         if !alive || !leads_group {
             return Err(mismatch());
         }
-        let raw_signal =
-            rustix::process::Signal::from_named_raw(signal.as_raw()).ok_or_else(|| Error::Sys {
-                action: "signal the job",
-                path: path.to_owned(),
-                source: procyard_core::Error::InvalidSignal { input: signal.to_string() },
-            })?;
-        rustix::process::kill_process_group(rustix_pid(pid), raw_signal).map_err(|e| {
-            Error::Sys {
-                action: "signal the job",
-                path: path.to_owned(),
-                source: procyard_core::Error::Signal {
-                    pid,
-                    signal,
-                    source: std::io::Error::from(e),
-                },
-            }
+        procyard_core::kill_process_group(pid, signal).map_err(|source| Error::Sys {
+            action: "signal the job",
+            path: path.to_owned(),
+            source,
         })?;
         tracing::debug!(%pid, %signal, "signalled the job's process group");
         match self.wait(Some(KILL_SETTLE)) {
@@ -239,6 +232,11 @@ impl AsyncJob {
             Err(Error::CorruptState { source, .. }) => Some(JobState {
                 status: Status::Lost,
                 error: Some(format!("corrupt state file: {source}")),
+                ..JobState::absent()
+            }),
+            Err(Error::StateTooLarge { size, .. }) => Some(JobState {
+                status: Status::Lost,
+                error: Some(format!("corrupt state file: {size} bytes")),
                 ..JobState::absent()
             }),
             Err(e) => return Err(e),

@@ -14,9 +14,23 @@
 //!   so concurrent starts yield exactly one job; a free lock with a non-terminal state reads as
 //!   [`Status::Lost`] (the monitor died).
 //! - [`AsyncJob::kill`] signals the job's process group only if the job's identity (pid + start
-//!   time + boot id) still matches, then waits for the monitor to record the end.
+//!   time + boot id) still matches, and never pid 1 or its group (the init of some pid
+//!   namespace; a group kill of it would be `kill(-1)`), then waits for the monitor to record
+//!   the end.
 //!   [`AsyncJob::reap`] removes any terminal state. [`AsyncJob::wait`] blocks on a pidfd of
 //!   the monitor.
+//! - Nothing in a state file is believed unless the file is ours: every operation first checks
+//!   that the state file, its lock file and their directory are owned by the caller's
+//!   effective uid (or root) and not writable by others (a world-writable directory must be
+//!   sticky, as `/tmp` is), and that the state and lock paths are regular files, opened without
+//!   following a symbolic link and without blocking. Anything else is
+//!   [`Error::UnsafeStateFile`]: a forged state cannot make root signal a process of the
+//!   forger's choosing, and a FIFO at the path cannot make a command hang.
+//! - The monitor is a child subreaper: a descendant that leaves the job's process group
+//!   (`setsid`, a double fork) is reparented to the monitor when its parent exits. When the job
+//!   is stopped (it ends by a signal, from [`AsyncJob::kill`] or its timeout), the monitor
+//!   stops those escapees too (SIGTERM, SIGKILL after the grace; SIGKILL at once after a
+//!   SIGKILL) and reaps them before it records the end.
 //!
 //! # Example
 //!
@@ -59,7 +73,16 @@
 //! it runs the `procyard-asyncjob` binary to host the monitor, which must then be installed
 //! (in `PATH`, named by `$PROCYARD_ASYNCJOB_BIN`, or given with
 //! [`AsyncJobOptions::monitor_program`]). Only named signals (not real-time ones) can be sent by [`AsyncJob::kill`].
-//! When the job's leader exits, other members of its process group are left running.
+//! When the job's leader exits normally, other members of its process group, and escapees the
+//! monitor adopted, are left running (they go to init when the monitor exits).
+//!
+//! Without cgroups (not mounted on the machines procyard targets) some escapes remain
+//! possible. A descendant is adopted only once every process between it and the monitor has
+//! exited, so one whose ancestor lives on outside the job's group when the job is stopped (a
+//! descendant that made itself a subreaper, say) is not stopped with the job. Escapees of a
+//! monitor that died (SIGKILLed: the job reads `lost`) go to init. A process tree that forks
+//! faster than the monitor's stop rounds scan `/proc` can outrun them. A job that must never
+//! leave anything behind should run in a cgroup or a pid namespace of its own.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -70,6 +93,7 @@ mod job;
 mod monitor;
 mod options;
 mod state;
+mod subreaper;
 
 pub use error::{Error, Result, StartFailure, error_chain};
 pub use host::{MONITOR_HOST_ARG, host_monitor};

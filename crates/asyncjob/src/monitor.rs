@@ -3,13 +3,14 @@
 //! with a non-terminal state means it died.
 
 use procyard_core::{
-    Child, Command, DaemonStatus, Exit, FileLock, Pid, ProcessIdentity, Signal, Stdio,
+    Child, Command, DaemonStatus, Deadline, Exit, FileLock, Pid, ProcessIdentity, Signal, Stdio,
     exit_immediately,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::options::{JobSpec, Program};
 use crate::state::{self, JobState, Status, unix_now};
+use crate::subreaper::Adopter;
 use crate::{Error, StartFailure, error_chain};
 
 /// What the monitor tells `start` when it cannot start the job (sent through the daemon status
@@ -67,6 +68,8 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
         return fail(status, StartFailure::State, error_chain(&e));
     }
 
+    // Before the job exists, so every escapee of it is reparented to us.
+    let adopter = Adopter::new();
     let mut child = match command(spec).spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -97,7 +100,9 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
         tracing::debug!("the caller of start went away before the job was reported running");
     }
 
-    let (outcome, timed_out) = wait_job(&mut child, spec);
+    let (outcome, timed_out) = wait_job(&mut child, spec, &adopter);
+    // Escapees are gone before the end is recorded: a `kill` that sees `finished` is done.
+    adopter.finish(outcome.as_ref().ok().copied(), timed_out, spec.grace);
     record.ended_at = Some(unix_now());
     record.timed_out = timed_out;
     match outcome {
@@ -147,18 +152,28 @@ fn command(spec: &JobSpec) -> Command {
 }
 
 /// Waits for the job; with a timeout, stops its group with TERM, then KILL after the grace.
-fn wait_job(child: &mut Child, spec: &JobSpec) -> (procyard_core::Result<Exit>, bool) {
+fn wait_job(
+    child: &mut Child,
+    spec: &JobSpec,
+    adopter: &Adopter,
+) -> (procyard_core::Result<Exit>, bool) {
     let Some(timeout) = spec.timeout else {
-        return (child.wait(), false);
+        // Without a deadline the wait returns only with the exit (or an error).
+        let outcome = match adopter.wait(child, None) {
+            Ok(Some(exit)) => Ok(exit),
+            Ok(None) => child.wait(),
+            Err(e) => Err(e),
+        };
+        return (outcome, false);
     };
-    match child.wait_timeout(timeout) {
+    match adopter.wait(child, Some(Deadline::after(timeout))) {
         Ok(Some(exit)) => return (Ok(exit), false),
         Ok(None) => {}
         Err(e) => return (Err(e), false),
     }
     tracing::debug!(pid = %child.id(), "timeout: stopping the job's process group");
     let _ = child.signal_group(Signal::TERM);
-    match child.wait_timeout(spec.grace) {
+    match adopter.wait(child, Some(Deadline::after(spec.grace))) {
         Ok(Some(exit)) => return (Ok(exit), true),
         Ok(None) => {}
         Err(e) => return (Err(e), true),

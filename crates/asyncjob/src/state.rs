@@ -1,11 +1,13 @@
 //! The job's state: what the monitor writes into the state file, and how it is read back.
 
 use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use procyard_core::{Deadline, FileLock, state_file};
+use procyard_core::{Deadline, FileLock, owner, state_file};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, StartFailure};
@@ -143,22 +145,129 @@ pub(crate) fn lock_path(state: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Maps a core error to ours: a refusal to trust a file (wrong type, foreign owner, loose
+/// mode) is [`Error::UnsafeStateFile`], anything else a system error while doing `action`.
 fn sys<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(procyard_core::Error) -> Error + 'a {
-    move |source| Error::Sys { action, path: path.to_owned(), source }
+    move |source| match source {
+        procyard_core::Error::WrongFileType { .. }
+        | procyard_core::Error::NotOwned { .. }
+        | procyard_core::Error::InsecurePermissions { .. } => {
+            Error::UnsafeStateFile { path: path.to_owned(), source }
+        }
+        source => Error::Sys { action, path: path.to_owned(), source },
+    }
+}
+
+/// The most a state file may hold: a state is a few hundred bytes.
+pub(crate) const MAX_STATE_BYTES: u64 = 1 << 20;
+
+/// Refuses a state directory that another user owns or could rewrite (group- or
+/// world-writable without the sticky bit, which lets others replace our files). A missing
+/// directory passes: the operation that needs it then fails (or reads "absent") on its own.
+pub(crate) fn check_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) => owner::check_owned(dir, &meta).map_err(sys("trust the state directory", path)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(sys("inspect the state directory", path)(procyard_core::Error::Path {
+            action: "inspect",
+            path: dir.to_owned(),
+            source: e,
+        })),
+    }
 }
 
 /// Reads the state file as written (no `lost` inference); `None` when absent.
+///
+/// Before anything in it is believed, the file and its directory must be ours (owned by the
+/// caller's effective uid or by root, not writable by others): a forged state would otherwise
+/// make `kill` signal a process of the forger's choosing. The file is opened without following
+/// a symbolic link and without blocking (a FIFO or a device at the path is refused, never
+/// waited on), and checked through the open descriptor, so what is checked is what is read.
 pub(crate) fn read_raw(path: &Path) -> Result<Option<JobState>> {
-    match state_file::read_json::<JobState>(path) {
-        Ok(state) => Ok(state),
-        Err(procyard_core::Error::CorruptState { path, source }) => {
-            Err(Error::CorruptState { path, source })
-        }
-        Err(e) => Err(sys("read the state", path)(e)),
+    check_dir(path)?;
+    if !check_regular(path, path)? {
+        return Ok(None);
     }
+    let file = match state_file::open_regular(path, OpenOptions::new().read(true)) {
+        Ok(file) => file,
+        Err(procyard_core::Error::Path { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(sys("open the state", path)(e)),
+    };
+    let meta = file.metadata().map_err(|source| {
+        sys("inspect the state", path)(procyard_core::Error::Path {
+            action: "inspect",
+            path: path.to_owned(),
+            source,
+        })
+    })?;
+    owner::check_owned(path, &meta).map_err(sys("trust the state", path))?;
+    if meta.len() > MAX_STATE_BYTES {
+        return Err(Error::StateTooLarge { path: path.to_owned(), size: meta.len() });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes).map_err(|source| {
+        sys("read the state", path)(procyard_core::Error::Path {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        })
+    })?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(Error::StateTooLarge { path: path.to_owned(), size: bytes.len() as u64 });
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| Error::CorruptState { path: path.to_owned(), source })
+}
+
+/// Whether `file` exists (`false` when absent); refuses anything there but a regular file of
+/// ours, looked at without following a symbolic link. Errors name the state file `path`.
+///
+/// The open that follows checks again through its descriptor; this first look gives a clear
+/// refusal for what cannot even be opened (a socket) or must not be (a FIFO, a device).
+fn check_regular(file: &Path, path: &Path) -> Result<bool> {
+    let meta = match std::fs::symlink_metadata(file) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(sys("inspect the state", path)(procyard_core::Error::Path {
+                action: "inspect",
+                path: file.to_owned(),
+                source,
+            }));
+        }
+    };
+    if !meta.is_file() {
+        return Err(Error::UnsafeStateFile {
+            path: path.to_owned(),
+            source: procyard_core::Error::WrongFileType {
+                path: file.to_owned(),
+                expected: "regular file",
+                found: owner::file_type_name(&meta),
+            },
+        });
+    }
+    owner::check_owned(file, &meta).map_err(sys("trust the state", path))?;
+    Ok(true)
+}
+
+/// Whether a monitor holds the state's lock. The lock file must be ours too (a stranger's
+/// lock could make a dead job look alive) and a regular file (a FIFO there would block).
+fn is_locked(path: &Path) -> Result<bool> {
+    let lock = lock_path(path);
+    if !check_regular(&lock, path)? {
+        return Ok(false);
+    }
+    FileLock::is_locked(&lock).map_err(sys("probe the lock", path))
 }
 
 /// Reads the state, telling a dead monitor (`lost`) from a live one.
@@ -173,8 +282,7 @@ pub(crate) fn read(path: &Path) -> Result<JobState> {
     if state.status.is_terminal() {
         return Ok(state);
     }
-    let locked = FileLock::is_locked(lock_path(path)).map_err(sys("probe the lock", path))?;
-    if locked {
+    if is_locked(path)? {
         return Ok(state);
     }
     match read_raw(path)? {
@@ -218,20 +326,27 @@ const PROBE_LIMIT: Duration = Duration::from_secs(5);
 /// A `reap` removes the lock file while holding the lock, so after locking, the path must
 /// still name the file that was locked; otherwise the lock is on an orphaned inode and the
 /// attempt is repeated.
+///
+/// The directory and the lock file must be ours (see [`read_raw`]); a lock path that is not a
+/// regular file is refused without blocking.
 pub(crate) fn try_lock(path: &Path) -> Result<Option<FileLock>> {
+    check_dir(path)?;
     let lock = lock_path(path);
+    check_regular(&lock, path)?;
     let probes_until = Deadline::after(PROBE_LIMIT);
     loop {
         let Some(held) = FileLock::try_exclusive(&lock).map_err(sys("lock the state", path))?
         else {
-            let held_exclusively =
-                FileLock::is_locked(&lock).map_err(sys("probe the lock", path))?;
+            let held_exclusively = is_locked(path)?;
             if held_exclusively || probes_until.is_expired() {
                 return Ok(None);
             }
             std::thread::yield_now();
             continue;
         };
+        if let Ok(meta) = held.file().metadata() {
+            owner::check_owned(&lock, &meta).map_err(sys("trust the lock file", path))?;
+        }
         let ours = held.file().metadata().map(|m| (m.dev(), m.ino())).ok();
         let current = std::fs::metadata(&lock).map(|m| (m.dev(), m.ino())).ok();
         if ours.is_some() && ours == current {

@@ -217,9 +217,9 @@ fn asyncjob_b3_lost_monitor_is_reapable() {
     let running = sb.check();
     let monitor = pid_of(&running, "ppid");
     let job = pid_of(&running, "pid");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(monitor).unwrap(),
-        rustix::process::Signal::KILL,
+    procyard_core::kill_process(
+        procyard_core::Pid::from_raw(monitor).unwrap(),
+        procyard_core::Signal::KILL,
     )
     .unwrap();
     // wait returns as soon as the monitor is gone, with `lost`.
@@ -231,9 +231,9 @@ fn asyncjob_b3_lost_monitor_is_reapable() {
     assert_eq!(sb.check()["status"], "absent");
     // The orphaned job is ours to clean up.
     assert!(is_alive(job));
-    rustix::process::kill_process_group(
-        rustix::process::Pid::from_raw(job).unwrap(),
-        rustix::process::Signal::KILL,
+    procyard_core::kill_process_group(
+        procyard_core::Pid::from_raw(job).unwrap(),
+        procyard_core::Signal::KILL,
     )
     .unwrap();
     sb.assert_no_strays();

@@ -85,6 +85,43 @@ impl Sandbox {
         self.run(&all)
     }
 
+    /// Runs `program args` in the sandbox (tagged, stdin from /dev/null), giving up after
+    /// `limit`: a command that would hang is SIGKILLed and the test fails instead of hanging.
+    pub fn run_with_deadline(&self, program: &str, args: &[&str], limit: Duration) -> Ran {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let (out, err) = (self.path(&format!("run-{n}.out")), self.path(&format!("run-{n}.err")));
+        let mut cmd = procyard_core::Command::new(program);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env(TAG_VAR, &self.tag)
+            .env_remove("RUST_LOG")
+            .stdin(procyard_core::Stdio::Null)
+            .stdout(procyard_core::Stdio::Truncate(out.clone()))
+            .stderr(procyard_core::Stdio::Truncate(err.clone()));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {program}: {e}"));
+        let Some(exit) = child.wait_timeout(limit).expect("wait for the command") else {
+            let _ = child.kill_and_reap();
+            panic!("{program} {args:?} still running after {limit:?}: it hangs");
+        };
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        let ran = Ran {
+            code: exit.code().map(i32::from).unwrap_or(-1),
+            stdout: read(&out).trim().to_owned(),
+            stderr: read(&err),
+        };
+        let _ = std::fs::remove_file(out);
+        let _ = std::fs::remove_file(err);
+        ran
+    }
+
+    /// [`Sandbox::job`] with a deadline (see [`Sandbox::run_with_deadline`]).
+    pub fn job_with_deadline(&self, state: &Path, args: &[&str], limit: Duration) -> Ran {
+        let state = state.to_string_lossy();
+        let mut all = vec!["--state", state.as_ref()];
+        all.extend_from_slice(args);
+        self.run_with_deadline(BIN, &all, limit)
+    }
+
     pub fn check(&self) -> Value {
         let ran = self.job(&["check"]);
         assert_eq!(ran.code, 0, "check failed: {}", ran.stderr);
@@ -133,8 +170,8 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         for pid in self.tagged_pids() {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            if let Some(pid) = procyard_core::Pid::from_raw(pid) {
+                let _ = procyard_core::kill_process(pid, procyard_core::Signal::KILL);
             }
         }
     }
