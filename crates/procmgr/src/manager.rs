@@ -45,7 +45,8 @@ struct Running {
     child: Child,
     pipe: Option<Receiver>,
     decoder: FrameDecoder,
-    result: Option<Result<Value, String>>,
+    /// The outcome the child's final frame gave.
+    result: Option<Outcome>,
     truncated: Option<(usize, usize)>,
     broken: Option<String>,
     exit: Option<std::result::Result<Exit, String>>,
@@ -86,7 +87,13 @@ impl fmt::Debug for ProcessManager {
 
 impl ProcessManager {
     /// A manager with no children.
+    ///
+    /// In a process started for a function task whose `main` did not call
+    /// [`init`](crate::init) first, this does not return: the process reports
+    /// [`Outcome::InitNotCalled`] to its parent, says why on stderr and exits, instead of
+    /// starting a copy of the program in turn.
     pub fn new() -> Result<ProcessManager> {
+        crate::registry::refuse_if_init_skipped();
         let poll = Poll::new().map_err(|e| Error::os("create an event loop", e))?;
         let waker = Waker::new(poll.registry(), WAKER)
             .map_err(|e| Error::os("create the event loop's waker", e))?;
@@ -456,8 +463,13 @@ impl Running {
                         handler(v);
                     }
                 }
-                Ok(Some(Wire::Value(v))) => self.result = Some(Ok(v)),
-                Ok(Some(Wire::Error(m))) => self.result = Some(Err(m)),
+                Ok(Some(Wire::Value(v))) => self.result = Some(Outcome::Value(v)),
+                Ok(Some(Wire::Error(message))) => {
+                    self.result = Some(Outcome::TaskError { message });
+                }
+                Ok(Some(Wire::InitNotCalled { program })) => {
+                    self.result = Some(Outcome::InitNotCalled { program: program.into() });
+                }
                 Ok(None) => break,
                 // A whole frame that is no `Wire`: consumed; the frames after it still count.
                 Err(procyard_core::Error::FrameDecode { source }) => {
@@ -477,10 +489,8 @@ impl Running {
         if let Some(reason) = self.broken.take() {
             return Outcome::Lost { reason };
         }
-        match self.result.take() {
-            Some(Ok(v)) => return Outcome::Value(v),
-            Some(Err(message)) => return Outcome::TaskError { message },
-            None => {}
+        if let Some(outcome) = self.result.take() {
+            return outcome;
         }
         match self.exit.take() {
             Some(Ok(exit)) => match self.truncated {

@@ -1,6 +1,7 @@
 //! [`Outcome`]: how a task ended, typed, with nothing swallowed.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use procyard_core::{Exit, Signal};
 use serde_json::Value;
@@ -44,6 +45,14 @@ pub enum Outcome {
     },
     /// The task was dropped by `shutdown_now` before it started.
     Cancelled,
+    /// A function task did not run: the program's `main` does not call
+    /// [`init`](crate::init) first, so the process started for the task ran `main` again and
+    /// reached a [`ProcessManager`](crate::ProcessManager), where it exited instead of
+    /// starting another copy of the program.
+    InitNotCalled {
+        /// The program started for the task.
+        program: PathBuf,
+    },
 }
 
 impl Outcome {
@@ -85,6 +94,12 @@ impl fmt::Display for Outcome {
             }
             Outcome::Lost { reason } => write!(f, "lost: {reason}"),
             Outcome::Cancelled => write!(f, "cancelled before it started"),
+            Outcome::InitNotCalled { program } => write!(
+                f,
+                "not run: {} does not call procyard_procmgr::init() first thing in main (the \
+                 process started for the task ran main again instead of the function)",
+                program.display()
+            ),
         }
     }
 }

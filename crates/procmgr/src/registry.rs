@@ -1,9 +1,12 @@
 //! Registered functions and the worker mode that runs them ([`Registry`], [`init`]).
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,6 +17,43 @@ use crate::{Endpoint, Error, Result};
 
 /// The first argument that puts a re-executed binary in worker mode.
 pub(crate) const WORKER_FLAG: &str = "--procyard-procmgr-worker";
+
+/// The exit code of a process started for a function task whose `main` did not call
+/// [`init`] first and reached a [`ProcessManager`](crate::ProcessManager) (`EX_CONFIG`).
+pub(crate) const EXIT_INIT_NOT_CALLED: i32 = 78;
+
+/// Set once [`init`] runs a function in worker mode: a manager made from there (by the
+/// function itself) is one the program asked for.
+static INIT_RUNS_FUNCTION: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process was started for a function task (its first argument is the flag).
+fn started_for_a_function() -> bool {
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    *STARTED.get_or_init(|| std::env::args_os().nth(1).as_deref() == Some(OsStr::new(WORKER_FLAG)))
+}
+
+/// In a process started for a function task whose `main` did not call [`init`] first and now
+/// makes a manager (which would start the next copy of the binary, and so on): tells the
+/// parent through the task's endpoint (its outcome becomes
+/// [`Outcome::InitNotCalled`](crate::Outcome::InitNotCalled)), says why on stderr and exits
+/// at once with [`EXIT_INIT_NOT_CALLED`]. Returns in every other process.
+pub(crate) fn refuse_if_init_skipped() {
+    if INIT_RUNS_FUNCTION.load(Ordering::Relaxed) || !started_for_a_function() {
+        return;
+    }
+    let program = std::env::current_exe()
+        .map_or_else(|_| "this program".to_owned(), |p| p.display().to_string());
+    // The endpoint is the process's stdin until `init` takes it.
+    if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() {
+        let _ = Endpoint::new(fd).refuse_init_not_called(&program);
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "procyard-procmgr: {program}: main does not call procyard_procmgr::init() first; this \
+         process was started for a function task and exits instead of starting another"
+    );
+    procyard_core::exit_immediately(EXIT_INIT_NOT_CALLED)
+}
 
 type Entry = Box<dyn Fn(Value, &mut Endpoint) -> Result<Value, String> + Send + Sync>;
 
@@ -85,11 +125,17 @@ impl fmt::Debug for Registry {
 /// Call first thing in `main`. In a normal run it returns at once. In a process that a
 /// manager started for a [`Task::function`](crate::Task::function), it runs that function,
 /// reports its outcome to the parent and exits without returning.
+///
+/// A program that forgets it gets [`Outcome::InitNotCalled`](crate::Outcome::InitNotCalled)
+/// as the outcome of its function tasks: the process started for the task runs `main` again,
+/// and when it makes a [`ProcessManager`](crate::ProcessManager) (a scheduler or a server makes
+/// one too) it exits at once, saying why on stderr, instead of starting another copy.
 pub fn init(registry: &Registry) {
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() != Some(std::ffi::OsStr::new(WORKER_FLAG)) {
         return;
     }
+    INIT_RUNS_FUNCTION.store(true, Ordering::Relaxed);
     let name = args.next().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let fn_args = args.next().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let code = match run_worker(registry, &name, &fn_args) {

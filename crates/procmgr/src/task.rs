@@ -108,6 +108,11 @@ pub(crate) enum Wire {
     Message(Value),
     Value(Value),
     Error(String),
+    /// Sent by a process started for a function task whose `main` did not call `init` first
+    /// (`program`: its executable), instead of running the function.
+    InitNotCalled {
+        program: String,
+    },
 }
 
 /// The same frames as [`Wire`], serialized straight from the task's own types (no
@@ -169,6 +174,13 @@ impl Endpoint {
             Ok(v) => self.write(&Wire::Value(v), "the task's value"),
             Err(m) => self.write(&Wire::Error(m), "the task's error"),
         }
+    }
+
+    /// Sends the final frame of a process started for a function task whose `main` did not
+    /// call `init` first.
+    pub(crate) fn refuse_init_not_called(&mut self, program: &str) -> Result<()> {
+        let refusal = Wire::InitNotCalled { program: program.to_owned() };
+        self.write(&refusal, "the refusal")
     }
 
     /// Sends a closure's value as its final frame, or, if it does not serialize, the reason
@@ -269,5 +281,10 @@ mod tests {
     fn wire_shape() {
         let frame = serde_json::to_string(&Wire::Error("boom".into())).unwrap();
         assert_eq!(frame, r#"{"error":"boom"}"#);
+        let frames = frames_of(|e| e.refuse_init_not_called("/bin/app").unwrap());
+        assert!(
+            matches!(&frames[..], [Wire::InitNotCalled { program }] if program == "/bin/app"),
+            "{frames:?}"
+        );
     }
 }

@@ -16,6 +16,9 @@ use procyard_procmgr::{
 };
 use serde_json::Value;
 
+#[path = "forked/hardening.rs"]
+mod hardening;
+
 fn double(x: u64, _: &mut Endpoint) -> Result<u64, String> {
     Ok(x * 2)
 }
@@ -31,15 +34,25 @@ fn count_to(n: u64, endpoint: &mut Endpoint) -> Result<u64, procyard_procmgr::Er
     Ok(n)
 }
 
+/// Runs `double(x)` as a function task of its own, from inside a function task.
+fn nested_double(x: u64, _: &mut Endpoint) -> Result<u64, String> {
+    let outcome = hardening::run_function("double", x).map_err(|e| format!("{e:#}"))?;
+    outcome.value_as().ok_or_else(|| format!("the nested task: {outcome}"))
+}
+
 fn registry() -> Registry {
     let mut r = Registry::new();
     r.register("double", double).register("fail", fail).register("count_to", count_to);
+    r.register("nested_double", nested_double);
     r
 }
 
 type TestFn = fn() -> Result<()>;
 
 fn main() -> ExitCode {
+    if let Some(code) = hardening::forgetful_main() {
+        return code;
+    }
     procyard_procmgr::init(&registry());
     let tests: &[(&str, TestFn)] = &[
         ("procmgr_closure_value_comes_back", closure_value_comes_back),
@@ -55,6 +68,10 @@ fn main() -> ExitCode {
         ("procmgr_p8_children_inherit_no_sibling_fds", p8_no_sibling_fds),
         ("procmgr_scheduler_closures_single_threaded", scheduler_closures),
         ("procmgr_threaded_process_runs_functions_refuses_closures", threaded_process),
+        (
+            "procmgr_hardening_missing_init_fails_fast",
+            hardening::procmgr_hardening_missing_init_fails_fast,
+        ),
     ];
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
@@ -276,8 +293,7 @@ fn p3_killed_mid_message() -> Result<()> {
         let len: u32 = 1024 * 1024;
         pipe.write_all(&len.to_be_bytes()).map_err(|e| e.to_string())?;
         pipe.write_all(&vec![b'x'; 512 * 1024]).map_err(|e| e.to_string())?;
-        let me = rustix::process::getpid();
-        let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+        let _ = procyard_core::kill_process(Pid::current(), Signal::KILL);
         Ok(())
     }))?;
     // No hang on the half-written frame (a generous bound: the machine may be loaded).

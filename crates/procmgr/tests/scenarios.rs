@@ -306,9 +306,8 @@ fn procmgr_server_of_5_keeps_5_pids_and_replaces_killed() {
     let first: BTreeSet<Pid> = server.status().pids().into_iter().collect();
     assert_eq!(first.len(), 5, "pids not distinct");
     let victims: Vec<Pid> = first.iter().copied().take(2).collect();
-    for pid in &victims {
-        let pid = rustix::process::Pid::from_raw(pid.as_raw()).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    for &pid in &victims {
+        procyard_core::kill_process(pid, Signal::KILL).unwrap();
     }
     let replaced = server.wait_until(Duration::from_secs(10), |s| {
         let pids: BTreeSet<Pid> = s.pids().into_iter().collect();
