@@ -252,8 +252,15 @@ impl Task {
     }
 
     /// Sends `signal` to the task's process group; refused once the task has exited.
+    ///
+    /// For a `lost` task (its supervisor died), the signal goes to the group the record names
+    /// once its identity is checked (pid, start time, boot, session); if that process is gone,
+    /// [`Error::SupervisorGone`].
     pub fn signal(&mut self, signal: Signal) -> Result<()> {
-        self.expect_ok(&Request::Signal { signal })
+        match self.expect_ok(&Request::Signal { signal }) {
+            Err(Error::SupervisorGone { id }) => crate::lost::signal(&self.dir, &id, signal),
+            other => other,
+        }
     }
 
     /// [`Task::signal`] (the seed's name; the CLI defaults to SIGTERM).
@@ -279,20 +286,13 @@ impl Task {
     /// Kills the task (INT, TERM, KILL with grace) and removes every file of it; returns
     /// once that is done.
     ///
-    /// A `lost` task (its supervisor died) only has its files removed: its process, known
-    /// by pid alone, is never signalled (the pid may name another process by now).
+    /// A `lost` task (its supervisor died) is stopped all the same: its process group gets
+    /// TERM, then KILL after a grace period, once the record's identity (pid, start time,
+    /// boot, session) proves the process is still the task — a recycled pid is never
+    /// signalled — and then its files are removed (a socket only if it is stale).
     pub fn delete(mut self) -> Result<()> {
         match self.expect_ok(&Request::Delete) {
-            Err(Error::SupervisorGone { id }) => {
-                let record = crate::TaskPool::open(&self.dir)?.record(&id)?;
-                if record.status != crate::Status::Lost {
-                    return Err(Error::SupervisorGone { id });
-                }
-                for path in crate::supervisor::task_files(&self.dir, &id) {
-                    procyard_core::state_file::remove(&path)?;
-                }
-                Ok(())
-            }
+            Err(Error::SupervisorGone { id }) => crate::lost::delete(&self.dir, &id),
             other => other,
         }
     }

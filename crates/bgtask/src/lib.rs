@@ -58,6 +58,7 @@
 mod buffer;
 mod client;
 mod error;
+mod lost;
 mod pool;
 pub mod protocol;
 mod record;

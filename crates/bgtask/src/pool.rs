@@ -208,6 +208,9 @@ impl TaskPool {
         if md.mode() & 0o022 != 0 {
             return Err(Error::InsecurePool { path: dir, reason: "writable by group or others" });
         }
+        // Another user's pool is refused (even for root): its supervisors would serve that
+        // user, and its files are that user's to forge.
+        procyard_core::owner::check_owned(&dir, &md)?;
         Ok(TaskPool { dir, owner: md.uid(), supervisor_binary: None, launch: Launch::Auto })
     }
 
@@ -426,7 +429,7 @@ impl TaskPool {
             return Err(Error::InvalidId { id: id.to_owned() });
         }
         let path = self.dir.join(format!("{id}.json"));
-        match procyard_core::state_file::read_json::<TaskRecord>(&path)? {
+        match crate::lost::read_owned_record(&path)? {
             Some(r) if r.id == id => Ok(self.check_lost(r, &mut HashMap::new())),
             _ => Err(Error::NoSuchTask { id: id.to_owned() }),
         }

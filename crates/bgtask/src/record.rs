@@ -84,6 +84,15 @@ pub struct TaskRecord {
     pub supervisor: ProcessIdentity,
     /// The task's pid while it runs.
     pub pid: Option<i32>,
+    /// The task's process (pid + start time) while it runs: what lets a client stop the task
+    /// of a lost supervisor without ever signalling a recycled pid. Kept as last written when
+    /// the supervisor is lost; checked against `/proc` before any use.
+    #[serde(default)]
+    pub process: Option<ProcessIdentity>,
+    /// The session the supervisor runs its tasks in: a lost task's process must still be in
+    /// it (or lead a session of its own) to be recognised as the task.
+    #[serde(default)]
+    pub session: Option<i32>,
     /// Restart count.
     pub restarts: u32,
     /// Creation time, milliseconds since the Unix epoch.

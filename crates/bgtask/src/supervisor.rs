@@ -5,13 +5,14 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mio::net::{UnixDatagram, UnixListener};
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token};
+use procyard_core::socket::{self, SocketPath};
 use procyard_core::{
     Child, DaemonStatus, Deadline, Exit, FrameDecoder, ProcessIdentity, Signal, SignalFd, Stdio,
     frame,
@@ -69,8 +70,7 @@ struct Output {
 
 struct Deleting {
     requester: Option<Token>,
-    step: u8,
-    deadline: Deadline,
+    stop: Stop,
 }
 
 struct Supervisor {
@@ -81,7 +81,13 @@ struct Supervisor {
     poll: Poll,
     listener: UnixListener,
     data: UnixDatagram,
+    /// The two socket paths we bound, removed (only if still ours) when the task is deleted.
+    sockets: Vec<SocketPath>,
     child: Option<Child>,
+    /// The running task's identity (pid + start time), written to the record.
+    process: Option<ProcessIdentity>,
+    /// Our session (the task's too), written to the record.
+    session: Option<i32>,
     status: Status,
     outputs: [Output; 2],
     stdin: Option<Sender>,
@@ -97,6 +103,8 @@ struct Supervisor {
     started_ms: u64,
     ended_ms: Option<u64>,
     deleting: Option<Deleting>,
+    /// Stopping what the task left running after its leader exited (not while deleting).
+    sweep: Option<Stop>,
     finished: bool,
 }
 
@@ -104,12 +112,15 @@ fn path_of(dir: &Path, id: &str, suffix: &str) -> PathBuf {
     dir.join(format!("{id}.{suffix}"))
 }
 
-/// Every file a task may own.
-pub(crate) fn task_files(dir: &Path, id: &str) -> Vec<PathBuf> {
-    ["json", "sock", "data", "stdout.log", "stderr.log"]
-        .iter()
-        .map(|s| path_of(dir, id, s))
-        .collect()
+/// The suffixes of a task's regular files (its sockets are `sock` and `data`).
+pub(crate) const STATE_FILES: [&str; 3] = ["json", "stdout.log", "stderr.log"];
+
+/// The suffixes of a task's sockets.
+pub(crate) const SOCKET_FILES: [&str; 2] = ["sock", "data"];
+
+/// A file of task `id` in pool `dir`.
+pub(crate) fn task_file(dir: &Path, id: &str, suffix: &str) -> PathBuf {
+    path_of(dir, id, suffix)
 }
 
 /// Runs the supervisor of task `id` until it is deleted; reports start-up through `status`.
@@ -122,17 +133,22 @@ pub(crate) fn run(
     status: DaemonStatus,
 ) -> i32 {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // Our own files only: `start` removes whatever it created before failing.
     let mut sup = match Supervisor::start(dir, owner, id, options) {
         Ok(sup) => sup,
         Err(message) => {
-            for f in task_files(dir, id) {
-                let _ = std::fs::remove_file(f);
-            }
             let _ = status.fail(&message);
             return 1;
         }
     };
-    let signals = match SignalFd::new(&[Signal::TERM, Signal::INT, Signal::HUP, Signal::PIPE]) {
+    // SIGCHLD: adopted escapees (see `escapees`) exit and must be reaped.
+    let signals = match SignalFd::new(&[
+        Signal::TERM,
+        Signal::INT,
+        Signal::HUP,
+        Signal::PIPE,
+        Signal::CHLD,
+    ]) {
         Ok(s) => s,
         Err(e) => {
             sup.abort();
@@ -163,18 +179,66 @@ impl Supervisor {
         let poll = Poll::new().map_err(|e| format!("cannot create a poll: {e}"))?;
         let sock_path = path_of(dir, id, "sock");
         let data_path = path_of(dir, id, "data");
-        let mut listener = UnixListener::bind(&sock_path)
-            .map_err(|e| format!("cannot listen on {}: {e}", sock_path.display()))?;
-        let mut data = UnixDatagram::bind(&data_path)
-            .map_err(|e| format!("cannot bind {}: {e}", data_path.display()))?;
-        for p in [&sock_path, &data_path] {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("cannot restrict {}: {e}", p.display()))?;
+        // Only a stale socket at either path is replaced; anything else there stays, and is
+        // reported.
+        let (listener, sock_bound) = socket::bind_unix_listener(&sock_path)
+            .map_err(|e| format!("cannot listen: {}", error_chain(&e)))?;
+        let mut sockets = vec![sock_bound];
+        let cleanup = |sockets: Vec<SocketPath>| {
+            for s in sockets {
+                let _ = s.remove();
+            }
+        };
+        let (data, data_bound) = match socket::bind_unix_datagram(&data_path) {
+            Ok(bound) => bound,
+            Err(e) => {
+                cleanup(sockets);
+                return Err(format!("cannot bind the data channel: {}", error_chain(&e)));
+            }
+        };
+        sockets.push(data_bound);
+        let mut sup = match Supervisor::build(dir, owner, id, options, poll, listener, data) {
+            Ok(sup) => sup,
+            Err(message) => {
+                cleanup(sockets);
+                return Err(message);
+            }
+        };
+        sup.sockets = sockets;
+        if let Err(e) = sup.spawn_child().and_then(|()| sup.write_record()) {
+            sup.abort();
+            return Err(e);
         }
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .and_then(|()| poll.registry().register(&mut data, DATA, Interest::READABLE))
-            .map_err(|e| format!("cannot register sockets: {e}"))?;
+        Ok(sup)
+    }
+
+    /// Everything but the sockets' paths and the task.
+    fn build(
+        dir: &Path,
+        owner: u32,
+        id: &str,
+        options: &SpawnOptions,
+        poll: Poll,
+        listener: std::os::unix::net::UnixListener,
+        data: std::os::unix::net::UnixDatagram,
+    ) -> Result<Supervisor, String> {
+        let prepare = || -> io::Result<(UnixListener, UnixDatagram)> {
+            listener.set_nonblocking(true)?;
+            data.set_nonblocking(true)?;
+            // Every datagram then carries its sender's credentials (checked on receipt).
+            rustix::net::sockopt::set_socket_passcred(&data, true)?;
+            let mut listener = UnixListener::from_std(listener);
+            let mut data = UnixDatagram::from_std(data);
+            poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+            poll.registry().register(&mut data, DATA, Interest::READABLE)?;
+            Ok((listener, data))
+        };
+        let (listener, data) = prepare().map_err(|e| format!("cannot set up the sockets: {e}"))?;
+        // Orphans of the task (setsid escapees included) are reparented to us, stopped with
+        // the task and reaped. A kernel without it leaves them to init, as before.
+        if let Err(e) = procyard_core::subreaper::become_subreaper() {
+            tracing::warn!("escapees of task {id} will not be caught: {}", error_chain(&e));
+        }
         let identity = ProcessIdentity::current().map_err(|e| error_chain(&e))?;
         let retain = usize::try_from(options.retain).unwrap_or(usize::MAX);
         let open_log = |stream: &str| -> Result<Option<File>, String> {
@@ -212,7 +276,7 @@ impl Supervisor {
             },
         ];
         let now = now_ms();
-        let mut sup = Supervisor {
+        Ok(Supervisor {
             dir: dir.to_owned(),
             id: id.to_owned(),
             owner,
@@ -220,7 +284,10 @@ impl Supervisor {
             poll,
             listener,
             data,
+            sockets: Vec::new(),
             child: None,
+            process: None,
+            session: procyard_core::ProcStat::read(identity.pid).ok().flatten().map(|st| st.sid),
             status: Status::Running,
             outputs,
             stdin: None,
@@ -236,14 +303,9 @@ impl Supervisor {
             started_ms: now,
             ended_ms: None,
             deleting: None,
+            sweep: None,
             finished: false,
-        };
-        sup.spawn_child()?;
-        if let Err(e) = sup.write_record() {
-            sup.abort();
-            return Err(e);
-        }
-        Ok(sup)
+        })
     }
 
     /// Kills the task and removes every file (start-up failure or fatal loop error).
@@ -251,12 +313,18 @@ impl Supervisor {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill_and_reap();
         }
+        self.kill_escapees();
         self.remove_files();
     }
 
-    fn remove_files(&self) {
-        for f in task_files(&self.dir, &self.id) {
-            let _ = procyard_core::state_file::remove(f);
+    /// Removes the task's files: the state and log files, and the two sockets if their paths
+    /// still name the sockets we bound.
+    fn remove_files(&mut self) {
+        for s in std::mem::take(&mut self.sockets) {
+            let _ = s.remove();
+        }
+        for suffix in STATE_FILES {
+            let _ = procyard_core::state_file::remove(path_of(&self.dir, &self.id, suffix));
         }
     }
 
@@ -278,6 +346,8 @@ impl Supervisor {
             command.current_dir(cwd);
         }
         let mut child = command.spawn().map_err(|e| error_chain(&e))?;
+        // Read while the child is unreaped (so its pid is still its own).
+        self.process = ProcessIdentity::of(child.id()).ok().flatten();
         let registry = self.poll.registry();
         let mut register = || -> io::Result<()> {
             for (i, token) in [(0, STDOUT), (1, STDERR)] {
@@ -328,6 +398,8 @@ impl Supervisor {
             status: self.status.clone(),
             supervisor: self.identity.clone(),
             pid: self.child_pid(),
+            process: self.child_pid().and(self.process.clone()),
+            session: self.session,
             restarts: self.restarts,
             created_ms: self.created_ms,
             started_ms: self.started_ms,
@@ -397,9 +469,8 @@ impl Supervisor {
                 Some(Duration::ZERO)
             } else {
                 let hellos = self.clients.values().filter(|c| !c.hello).map(|c| c.hello_deadline);
-                Deadline::poll_timeout(
-                    self.deleting.as_ref().map(|d| d.deadline).into_iter().chain(hellos),
-                )
+                let stops = self.deleting.as_ref().map(|d| &d.stop).into_iter().chain(&self.sweep);
+                Deadline::poll_timeout(stops.map(|s| s.deadline).chain(hellos))
             };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -412,7 +483,9 @@ impl Supervisor {
                     DATA => self.receive_datagrams(),
                     SIGNALS => {
                         for sig in signals.pending().unwrap_or_default() {
-                            if sig != Signal::PIPE && sig != Signal::HUP {
+                            if sig == Signal::CHLD {
+                                self.escapee_exited();
+                            } else if sig != Signal::PIPE && sig != Signal::HUP {
                                 tracing::info!("{sig} received: deleting task {}", self.id);
                                 self.start_delete(None);
                             }
@@ -446,6 +519,7 @@ impl Supervisor {
                 }
             }
             self.step_delete();
+            self.step_sweep();
             self.service_clients();
         }
         Ok(())
@@ -508,43 +582,6 @@ impl Supervisor {
                     dead: false,
                 },
             );
-        }
-    }
-
-    fn receive_datagrams(&mut self) {
-        let mut meta_changed = false;
-        loop {
-            // Each datagram gets a buffer of its own size (peeked), none is kept in between.
-            let peek = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::TRUNC;
-            let size = match rustix::net::recv(&self.data, &mut [0u8; 0], peek) {
-                Ok((_, size)) => size,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => break,
-            };
-            let mut buf = vec![0u8; size.min(MAX_DATAGRAM)];
-            let n = match self.data.recv(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            let value: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&buf[..n]).into_owned())
-            });
-            if let Some(meta) = value.get("apply_meta").and_then(|m| m.as_object())
-                && value.as_object().is_some_and(|o| o.len() == 1)
-            {
-                merge_meta(&mut self.meta, meta);
-                meta_changed = true;
-                continue;
-            }
-            if self.datagrams.len() >= MAX_DATAGRAMS {
-                self.datagrams.pop_front();
-            }
-            self.datagrams.push_back(value);
-        }
-        if meta_changed {
-            self.save();
         }
     }
 
@@ -639,10 +676,12 @@ impl Supervisor {
         }
         let is_zombie =
             matches!(procyard_core::ProcStat::read(child.id()), Ok(Some(st)) if st.is_zombie());
-        if self.deleting.is_some() && is_zombie {
+        if is_zombie {
             // While the leader is an unreaped zombie its group id cannot be reused, so this
-            // reaches only the task's own leftovers (grandchildren).
-            let _ = child.signal_group(Signal::KILL);
+            // reaches only the task's own leftovers (grandchildren): they end with it.
+            let signal = if self.deleting.is_some() { Signal::KILL } else { Signal::TERM };
+            let _ = child.signal_group(signal);
+            let _ = child.signal_group(Signal::CONT);
         }
         let exit = match child.try_wait() {
             Ok(Some(exit)) => exit,
@@ -672,7 +711,29 @@ impl Supervisor {
         self.save();
         self.broadcast(&Event::Exit { status: self.status.clone() });
         if self.deleting.is_some() {
-            self.finish_delete();
+            self.escapee_exited();
+        } else {
+            self.start_sweep();
+        }
+    }
+
+    /// SIGCHLD (or the leader's exit): reaps escapees, signals new ones, and ends a delete
+    /// once nothing of the task is left.
+    fn escapee_exited(&mut self) {
+        if let Some(mut del) = self.deleting.take() {
+            self.catch_escapees(Some(&mut del.stop));
+            let done = self.stop_done(&del.stop);
+            self.deleting = Some(del);
+            if done {
+                self.finish_delete();
+            }
+        } else if let Some(mut sweep) = self.sweep.take() {
+            self.catch_escapees(Some(&mut sweep));
+            if !self.stop_done(&sweep) {
+                self.sweep = Some(sweep);
+            }
+        } else {
+            self.catch_escapees(None);
         }
     }
 
@@ -722,6 +783,8 @@ impl Supervisor {
             }
         };
         child.signal_group(signal).map_err(|e| (RefusalKind::Failed, error_chain(&e)))?;
+        // Escapees get what the task gets (they are stopped with it, paused with it).
+        self.signal_all_escapees(signal);
         let new_status = if signal == Signal::STOP {
             Some(Status::Paused)
         } else if signal == Signal::CONT {
@@ -742,30 +805,28 @@ impl Supervisor {
         if self.deleting.is_some() {
             return;
         }
-        self.deleting =
-            Some(Deleting { requester, step: 0, deadline: Deadline::after(Duration::ZERO) });
-        if !self.is_alive() {
+        // A sweep in progress goes on as the delete's ladder (no step back to INT).
+        let stop = self.sweep.take().unwrap_or_else(|| Stop::new(DELETE_LADDER));
+        if self.stop_done(&stop) {
+            self.deleting = Some(Deleting { requester, stop });
             self.finish_delete();
+        } else {
+            self.deleting = Some(Deleting { requester, stop });
         }
     }
 
-    /// The INT → TERM → KILL ladder, one step per grace period.
+    /// The INT → TERM → KILL ladder, one step per grace period, to the task's group and its
+    /// escapees.
     fn step_delete(&mut self) {
-        let Some(del) = self.deleting.as_mut() else { return };
-        if self.finished || !del.deadline.is_expired() {
+        if self.finished {
             return;
         }
-        let signal = match del.step {
-            0 => Signal::INT,
-            1 => Signal::TERM,
-            _ => Signal::KILL,
-        };
-        del.step = del.step.saturating_add(1);
-        del.deadline = Deadline::after(GRACE);
-        if let Some(child) = self.child.as_ref().filter(|c| c.exit().is_none()) {
-            let _ = child.signal_group(signal);
-            // A paused task must run to act on INT or TERM.
-            let _ = child.signal_group(Signal::CONT);
+        let Some(mut del) = self.deleting.take() else { return };
+        del.stop = self.step_stop(del.stop);
+        let done = self.stop_done(&del.stop);
+        self.deleting = Some(del);
+        if done {
+            self.finish_delete();
         }
     }
 
@@ -788,9 +849,12 @@ impl Supervisor {
 }
 
 mod connection;
+mod datagrams;
+mod escapees;
 mod requests;
 
 use connection::Client;
+use escapees::{DELETE_LADDER, Stop};
 
 fn stream_index(stream: StreamName) -> usize {
     match stream {

@@ -313,6 +313,9 @@ impl Supervisor {
             }
         }
         self.child = None;
+        // What the last run left running does not carry over into the new one.
+        self.sweep = None;
+        self.kill_escapees();
         match self.spawn_child() {
             Ok(()) => {
                 self.restarts = self.restarts.saturating_add(1);

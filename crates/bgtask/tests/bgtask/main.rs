@@ -12,8 +12,10 @@ use procyard_bgtask::{
     DEFAULT_RETAIN, Error, Event, Filter, Launch, RefusalKind, SpawnOptions, Status, StreamName,
     Task, TaskPool, TaskRecord,
 };
-use procyard_core::{Deadline, Pid, ProcStat, ProcessIdentity};
+use procyard_core::{Deadline, Pid, ProcStat, ProcessIdentity, Signal};
 use serde_json::json;
+
+mod hardening;
 
 const BIN: &str = env!("CARGO_BIN_EXE_procyard-bgtask");
 const SUPERVISE_BIN: &str = env!("CARGO_BIN_EXE_procyard-bgtask-supervise");
@@ -78,10 +80,8 @@ impl Drop for Sandbox {
                 continue;
             }
             // Last resort: kill the supervisor if it is still the process the record names.
-            if record.supervisor.is_running().unwrap_or(false)
-                && let Some(pid) = rustix::process::Pid::from_raw(record.supervisor.pid.as_raw())
-            {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            if record.supervisor.is_running().unwrap_or(false) {
+                let _ = procyard_core::kill_process(record.supervisor.pid, Signal::KILL);
             }
         }
     }
@@ -285,8 +285,8 @@ fn bgtask_b1_outlives_spawner() {
     BufReader::new(shell.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let id = line.trim().to_owned();
     // Kill the spawner's whole process group, as a closing terminal would.
-    let group = rustix::process::Pid::from_raw(shell.id() as i32).unwrap();
-    rustix::process::kill_process_group(group, rustix::process::Signal::KILL).unwrap();
+    let group = Pid::from_raw(shell.id() as i32).unwrap();
+    procyard_core::kill_process_group(group, Signal::KILL).unwrap();
     shell.wait().unwrap();
     let mut task = sb.pool.task(&id).unwrap();
     let info = task.info().unwrap();
@@ -406,6 +406,8 @@ fn bgtask_b5_recycled_supervisor_pid_shows_lost() {
     let me = ProcessIdentity::current().unwrap();
     record.id = "stale".into();
     record.supervisor = ProcessIdentity { start_time: me.start_time + 1, ..me.clone() };
+    // Its task's pid was recycled too (it names this process, started at another time).
+    record.process = Some(ProcessIdentity { start_time: me.start_time + 1, ..me.clone() });
     std::fs::write(sb.pool_dir.join("stale.json"), serde_json::to_vec(&record).unwrap()).unwrap();
     assert_eq!(sb.pool.record("stale").unwrap().status, Status::Lost);
     let lost = sb.pool.list(&Filter::new().status("lost")).unwrap();
@@ -668,8 +670,7 @@ fn bgtask_b8_logged_output_survives_the_supervisor() {
     let info = task.info().unwrap();
     let sup = ProcessIdentity::of(Pid::from_raw(info.supervisor_pid).unwrap()).unwrap().unwrap();
     // The supervisor dies hard (this test started it, and checked its identity just now).
-    let raw = rustix::process::Pid::from_raw(sup.pid.as_raw()).unwrap();
-    rustix::process::kill_process(raw, rustix::process::Signal::KILL).unwrap();
+    procyard_core::kill_process(sup.pid, Signal::KILL).unwrap();
     wait_until("the supervisor to die", || !sup.is_running().unwrap());
     assert_eq!(sb.pool.record(task.id()).unwrap().status, Status::Lost);
     let listed = sb.cli_ok(&["list", "--status", "lost"]);
@@ -678,7 +679,7 @@ fn bgtask_b8_logged_output_survives_the_supervisor() {
     assert_eq!(sb.cli_ok(&["read", task.id(), "--offset", "0"]), "logged\n");
     assert_eq!(sb.cli_ok(&["read", task.id(), "--offset", "2", "--count", "3"]), "gge");
     assert_eq!(sb.cli_ok(&["read", task.id(), "--stream", "stderr", "--offset", "0"]), "also\n");
-    // Deleting a lost task removes its files (and signals nothing).
+    // Deleting a lost task whose process is gone removes its files (and signals nothing).
     sb.cli_ok(&["delete", task.id()]);
     assert!(sb.files().is_empty(), "{:?}", sb.files());
 }
@@ -692,8 +693,7 @@ fn bgtask_supervisor_term_deletes_its_task() {
     let pid = Pid::from_raw(info.pid.unwrap()).unwrap();
     let task_ident = ProcessIdentity::of(pid).unwrap().expect("task alive");
     let sup = ProcessIdentity::of(Pid::from_raw(info.supervisor_pid).unwrap()).unwrap().unwrap();
-    let raw = rustix::process::Pid::from_raw(sup.pid.as_raw()).unwrap();
-    rustix::process::kill_process(raw, rustix::process::Signal::TERM).unwrap();
+    procyard_core::kill_process(sup.pid, Signal::TERM).unwrap();
     wait_until("the supervisor to exit", || !sup.is_running().unwrap());
     assert!(sb.files().is_empty(), "{:?}", sb.files());
     // By identity: once reaped, a pid may name another process.
