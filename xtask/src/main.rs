@@ -106,6 +106,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 fn test() -> Result<()> {
     ensure_rabbitmq()?;
+    ensure_serf()?;
     let timeout = match std::env::var("PROCYARD_TEST_TIMEOUT_SECS") {
         Ok(v) => Duration::from_secs(
             v.parse()
@@ -262,6 +263,36 @@ fn ensure_rabbitmq() -> Result<()> {
         bail!("RabbitMQ is needed by the tests under CI=true and did not start within 120 s");
     }
     eprintln!("xtask: RabbitMQ unavailable; the AMQP tests will say they were skipped");
+    Ok(())
+}
+
+/// The serf agent for asyncjob's interop test: installed from Debian's packages when missing.
+/// Under `CI=true` a serf that cannot be installed is an error; elsewhere the test says it was
+/// skipped.
+fn ensure_serf() -> Result<()> {
+    let have_serf = || {
+        Command::new("sh")
+            .args(["-c", "command -v serf"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have_serf() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing serf from Debian's packages");
+    let install = Command::new("sh")
+        .args([
+            "-c",
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq serf",
+        ])
+        .status();
+    if install.is_ok_and(|s| s.success()) && have_serf() {
+        return Ok(());
+    }
+    if is_ci() {
+        bail!("serf is needed by the tests under CI=true and could not be installed");
+    }
+    eprintln!("xtask: serf unavailable; the serf interop test will say it was skipped");
     Ok(())
 }
 

@@ -12,15 +12,18 @@ use clap::{Parser, Subcommand};
 use procyard_asyncjob::{AsyncJob, AsyncJobOptions, Error, JobState, Signal, error_chain};
 
 const AFTER_HELP: &str = "\
-Example (a serf handler that relays the query payload):
+Example (a serf handler for queries; serf relays a handler's output only when it exits 0,
+and relays its standard error too: keep the reasons out of the answer, always exit 0):
+  state=/var/lib/serf/long_task
   case \"$(cat)\" in
-    start) procyard-asyncjob --state /var/lib/serf/long_task --stdout /var/log/long_task.log \\
+    start) procyard-asyncjob --state $state --stdout /var/log/long_task.log \\
              start --shell 'for i in $(seq 1 300); do echo $i; sleep 1; done' ;;
-    check) procyard-asyncjob --state /var/lib/serf/long_task check ;;
-    kill)  procyard-asyncjob --state /var/lib/serf/long_task kill ;;
-    reap)  procyard-asyncjob --state /var/lib/serf/long_task reap ;;
+    check) procyard-asyncjob --state $state check || echo failed ;;
+    kill)  procyard-asyncjob --state $state kill ;;
+    reap)  procyard-asyncjob --state $state reap ;;
     *)     echo failed ;;
-  esac";
+  esac 2>>/var/log/long_task.err
+  exit 0";
 
 /// Run a long command in the background and track it through a state file.
 #[derive(Debug, Parser)]
