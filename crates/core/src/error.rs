@@ -81,6 +81,14 @@ pub enum Error {
         /// What was given.
         input: String,
     },
+    /// A duration could not be parsed.
+    #[error(
+        "invalid duration {input:?} (expected a number and a unit: 250ms, 1.5s, 30, 5m, 2h, 3d)"
+    )]
+    InvalidDuration {
+        /// What was given.
+        input: String,
+    },
     /// A frame announced a length above the maximum.
     #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
     FrameTooLarge {

@@ -48,9 +48,12 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("procyard supports Linux only");
 
+mod backoff;
 mod child;
 mod deadline;
+mod duration;
 mod error;
+pub mod event;
 mod exit;
 pub mod fd;
 pub mod fork;
@@ -59,15 +62,20 @@ mod identity;
 pub mod owner;
 mod pid;
 mod ready;
+mod report;
+mod runtime_dir;
 mod signal;
 pub mod socket;
 mod spawn;
 pub mod state_file;
+mod stop;
 pub mod subreaper;
 mod sys;
 
+pub use backoff::Backoff;
 pub use child::Child;
 pub use deadline::Deadline;
+pub use duration::parse_duration;
 pub use error::{Error, Result};
 pub use exit::Exit;
 pub use fork::{
@@ -77,11 +85,14 @@ pub use frame::{FrameDecoder, MAX_FRAME, StreamState};
 pub use identity::{ProcStat, ProcessIdentity, boot_id};
 pub use pid::Pid;
 pub use ready::{Readiness, ReadyReader, ReadyWriter, ready_pipe};
+pub use report::{Report, report};
+pub use runtime_dir::runtime_dir;
 pub use signal::{
     Signal, SignalFd, SignalSource, kill_process, kill_process_group, restore_default,
 };
 pub use spawn::{Command, Grouping, Stdio};
 pub use state_file::FileLock;
+pub use stop::{Escalation, KILL_SETTLE, StopLadder, Stopping};
 
 /// mio, re-exported so components use the same version for their event loops.
 pub use mio;

@@ -1,0 +1,72 @@
+//! Error reports: an error and every cause, on one line, each said once.
+//!
+//! `report(&e)` gives `unable to spawn worker for task app: unable to spawn /opt/app: No such
+//! file or directory (os error 2)`. A cause whose text the previous message already contains
+//! (an error that formats its source inline) is not repeated.
+
+use std::error::Error;
+use std::fmt;
+
+/// Formats `error` and its chain of sources as `outer: cause: root cause`.
+pub fn report(error: &(dyn Error + 'static)) -> String {
+    Report(error).to_string()
+}
+
+/// [`report`] as a `Display` value, for `format!` and `tracing` fields without an allocation.
+#[derive(Clone, Copy)]
+pub struct Report<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !text.is_empty() && !previous.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            previous = text;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<dyn Error + 'static>>);
+    impl fmt::Display for Wrap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl Error for Wrap {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref()
+        }
+    }
+
+    #[test]
+    fn every_cause_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let inner = Wrap("unable to spawn /opt/app", Some(Box::new(io)));
+        let outer = Wrap("unable to start a worker for task app", Some(Box::new(inner)));
+        assert_eq!(
+            report(&outer),
+            "unable to start a worker for task app: unable to spawn /opt/app: \
+             No such file or directory (os error 2)"
+        );
+        let inline = Wrap("read failed: broken", Some(Box::new(Wrap("broken", None))));
+        assert_eq!(report(&inline), "read failed: broken");
+    }
+}
