@@ -71,6 +71,8 @@ pub mod state_file;
 mod stop;
 pub mod subreaper;
 mod sys;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use backoff::Backoff;
 pub use child::Child;

@@ -1,0 +1,162 @@
+//! Test helpers shared by the workspace's tests (feature `testkit`, for dev-dependencies).
+//!
+//! - [`wait_for`]: wait until a condition holds, with a deadline and a message naming what
+//!   was awaited. For state that offers no event to wait on (a process table, a file another
+//!   process writes); checks back off from 1 ms to 20 ms, so a wait costs little CPU.
+//! - [`Sandbox`]: a private temporary directory and a watchdog that ends a hung test process
+//!   with a message instead of letting it run into CI's wall.
+//! - [`run_tests`]: the single-threaded test runner for `harness = false` targets (fork tests
+//!   need a process with one thread, and libtest runs each test on a thread of its own). It
+//!   understands the libtest arguments cargo and nextest pass.
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::Deadline;
+
+/// Waits until `condition` holds; panics with `what` and the time waited after `timeout`.
+#[track_caller]
+pub fn wait_for(what: &str, timeout: Duration, condition: impl FnMut() -> bool) {
+    if !try_wait_for(timeout, condition) {
+        panic!("timed out after {timeout:?} waiting for {what}");
+    }
+}
+
+/// Waits until `condition` holds or `timeout` passes; returns whether it held.
+pub fn try_wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Deadline::after(timeout);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if condition() {
+            return true;
+        }
+        if deadline.is_expired() {
+            return false;
+        }
+        std::thread::sleep(pause.min(deadline.remaining()));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// A test's private temporary directory, plus a watchdog: if the sandbox is still alive after
+/// its time limit, the whole test process is ended with a message naming the test, so a hang
+/// fails fast and by name.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+    done: Arc<AtomicBool>,
+}
+
+impl Sandbox {
+    /// A sandbox for test `name` that may live `limit` at most.
+    pub fn new(name: &str, limit: Duration) -> Sandbox {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("procyard-{name}-"))
+            .tempdir()
+            .expect("create a temporary directory for the test");
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        let name = name.to_owned();
+        std::thread::Builder::new()
+            .name(format!("watchdog-{name}"))
+            .spawn(move || {
+                let started = Instant::now();
+                while started.elapsed() < limit {
+                    std::thread::park_timeout(limit - started.elapsed());
+                    if flag.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                if !flag.load(Ordering::Acquire) {
+                    eprintln!("watchdog: test {name} still running after {limit:?}: aborting");
+                    std::process::abort();
+                }
+            })
+            .expect("start the watchdog thread");
+        Sandbox { dir, done }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+    }
+}
+
+/// A test of a `harness = false` target: a name and a function that panics on failure.
+pub type Test = (&'static str, fn());
+
+/// Runs `tests` one after the other on the calling thread, with libtest's arguments (name
+/// filters, `--exact`, `--skip NAME`, `--list`; other flags are accepted and ignored), and
+/// prints libtest's lines, so cargo and nextest read the outcome as usual.
+pub fn run_tests(tests: &[Test]) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters: Vec<&str> = Vec::new();
+    let mut skips: Vec<&str> = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--skip" => skips.extend(iter.next().map(String::as_str)),
+            "--test-threads" | "--format" | "--color" | "--logfile" | "--shuffle-seed" | "-Z" => {
+                iter.next();
+            }
+            a if a.starts_with('-') => {}
+            a => filters.push(a),
+        }
+    }
+    let exact = args.iter().any(|a| a == "--exact");
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let matches =
+        |name: &str, pattern: &str| if exact { name == pattern } else { name.contains(pattern) };
+    let selected: Vec<&Test> = tests
+        .iter()
+        .filter(|(name, _)| !skips.iter().any(|s| matches(name, s)))
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| matches(name, f)))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for (name, test) in &selected {
+        let began = Instant::now();
+        match std::panic::catch_unwind(AssertUnwindSafe(test)) {
+            Ok(()) => println!("test {name} ... ok ({:.2?})", began.elapsed()),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(*name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for name in &failed {
+            println!("    {name}");
+        }
+    }
+    let verdict = if failed.is_empty() { "ok" } else { "FAILED" };
+    println!(
+        "\ntest result: {verdict}. {} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        selected.len() - failed.len(),
+        failed.len(),
+        tests.len() - selected.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
