@@ -74,6 +74,10 @@ impl Adopter {
                     });
                 }
             }
+            if fds[0].revents().contains(PollFlags::IN) {
+                // The job ended: reaped at the top of the loop, adopted ones by `finish`.
+                continue;
+            }
             if fds[1].revents().contains(PollFlags::IN) {
                 let _ = children.pending();
                 reap_adopted(&job);
@@ -83,9 +87,9 @@ impl Adopter {
 
     /// After the job ended: when it was stopped (ended by a signal, or by its timeout), stops
     /// the escapees adopted meanwhile — SIGKILL if SIGKILL ended the job, otherwise SIGTERM and
-    /// SIGKILL after `grace` — and reaps them. After a normal exit, escapees that still run are
-    /// left alone (as the other members of the job's process group are); the monitor reaps
-    /// those that exited, and the others go to init when it exits.
+    /// SIGKILL after `grace` — and reaps them. After a normal exit, escapees are left alone (as
+    /// the other members of the job's process group are): they go to init, which reaps them,
+    /// when the monitor exits right after.
     pub fn finish(&self, outcome: Option<Exit>, timed_out: bool, grace: Duration) {
         if self.children.is_none() {
             return;
@@ -95,10 +99,7 @@ impl Adopter {
             Some(Signal::KILL) => Signal::KILL,
             Some(_) => Signal::TERM,
             None if timed_out => Signal::TERM,
-            None => {
-                reap_adopted(&[]);
-                return;
-            }
+            None => return,
         };
         match stop_adopted(&[], signal, grace) {
             Ok(0) => {}
