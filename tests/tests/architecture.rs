@@ -58,3 +58,21 @@ fn tidy_catches_a_sibling_dependency_stray_unsafe_raw_signals_and_socket_unlinks
     assert!(text.contains("crates/asyncjob/src/kill.rs:2: raw signal call"), "{text}");
     assert!(text.contains("crates/daemon/src/sock.rs:2: socket path removed by hand"), "{text}");
 }
+
+#[test]
+fn tidy_structure_catches_module_cycles_and_long_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("crates/bgtask/src");
+    std::fs::create_dir_all(src.join("supervisor")).unwrap();
+    std::fs::write(src.join("lib.rs"), "//! x\nmod client;\nmod supervisor;\nmod pool;\n").unwrap();
+    std::fs::write(src.join("client.rs"), "//! x\nuse crate::pool::Layout;\n").unwrap();
+    std::fs::write(src.join("pool.rs"), "//! x\nuse crate::{\n    supervisor::{self, Run},\n};\n")
+        .unwrap();
+    std::fs::write(src.join("supervisor/mod.rs"), "//! x\nfn f() { crate::client::X; }\n").unwrap();
+    std::fs::write(src.join("big.rs"), "//! x\n".repeat(tidy::MAX_SOURCE_LINES + 1)).unwrap();
+    let problems = tidy::structure(dir.path());
+    let text = problems.join("\n");
+    assert!(text.contains("module cycle client -> pool -> supervisor -> client"), "{text}");
+    assert!(text.contains("crates/bgtask/src/big.rs: 501 lines"), "{text}");
+    assert_eq!(problems.len(), 2, "{text}");
+}

@@ -90,6 +90,11 @@ fn ci() -> Result<()> {
 }
 
 fn run_tidy() -> Result<()> {
+    if !tidy::STRUCTURE_ENFORCED {
+        for advisory in tidy::structure(&root()) {
+            eprintln!("tidy (advisory): {advisory}");
+        }
+    }
     let problems = tidy::check(&root());
     if problems.is_empty() {
         eprintln!("xtask: tidy: ok");

@@ -23,7 +23,129 @@ pub fn check(root: &Path) -> Vec<String> {
     for file in rust_files(root) {
         check_file(root, &file, &mut problems);
     }
+    if STRUCTURE_ENFORCED {
+        problems.extend(structure(root));
+    }
     problems
+}
+
+/// Whether [`structure`] findings fail tidy. Off while the structure issue's refactors are
+/// under way (tidy prints them as advisories); on once the tree is clean.
+pub const STRUCTURE_ENFORCED: bool = false;
+
+/// The structure rules: no module cycle within a crate, no source file over
+/// [`MAX_SOURCE_LINES`] outside tests.
+pub fn structure(root: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    for file in rust_files(root) {
+        let rel = file.strip_prefix(root).unwrap_or(&file).display().to_string();
+        let is_source = rel.starts_with("crates/") && rel.contains("/src/");
+        let lines = std::fs::read_to_string(&file).map_or(0, |t| t.lines().count());
+        if is_source && lines > MAX_SOURCE_LINES {
+            problems.push(format!(
+                "{rel}: {lines} lines; split it (at most {MAX_SOURCE_LINES} per source file outside tests)"
+            ));
+        }
+    }
+    for folder in std::iter::once("core").chain(COMPONENTS.iter().map(|(f, _)| *f)) {
+        check_module_cycles(root, folder, &mut problems);
+    }
+    problems
+}
+
+/// The longest a library or binary source file may be (tests and examples excepted).
+pub const MAX_SOURCE_LINES: usize = 500;
+
+/// The top-level module a source file belongs to (`src/supervisor/worker.rs` → `supervisor`),
+/// or `None` for a crate root (`lib.rs`, `main.rs`) and for binaries under `src/bin`.
+fn top_module(src: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).ok()?;
+    let first = rel.components().next()?.as_os_str().to_str()?;
+    match first {
+        "lib.rs" | "main.rs" | "bin" => None,
+        name => Some(name.trim_end_matches(".rs").to_owned()),
+    }
+}
+
+/// The identifier at the start of `text`.
+fn ident(text: &str) -> String {
+    text.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+}
+
+/// The first path segment of each item of a `{…}` use-group (`a::X, b::{c, d}, e` → a, b, e),
+/// `text` starting just after the opening brace.
+fn top_level_segments(text: &str) -> Vec<String> {
+    let mut out = vec![ident(text)];
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => out.push(ident(&text[i + 1..])),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// No cycle of `crate::` references between the top-level modules of one crate: a module
+/// graph with cycles cannot be read (or split) one module at a time.
+fn check_module_cycles(root: &Path, folder: &str, problems: &mut Vec<String>) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let src = root.join("crates").join(folder).join("src");
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in rust_files(root).into_iter().filter(|f| f.starts_with(&src)) {
+        let Some(module) = top_module(&src, &file) else { continue };
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let code: String = text
+            .lines()
+            .map(|l| strip_strings(l.split("//").next().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let is_module = |name: &str| {
+            !name.is_empty()
+                && name != module
+                && (src.join(format!("{name}.rs")).exists() || src.join(name).is_dir())
+        };
+        let targets = edges.entry(module.clone()).or_default();
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let names = if let Some(inner) = rest.strip_prefix('{') {
+                top_level_segments(inner)
+            } else {
+                vec![ident(rest)]
+            };
+            targets.extend(names.into_iter().filter(|n| is_module(n)));
+        }
+    }
+    // Report each cycle once, as the path around it from its smallest module.
+    let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
+    for start in edges.keys() {
+        let mut stack = vec![(start.clone(), vec![start.clone()])];
+        while let Some((node, path)) = stack.pop() {
+            for next in edges.get(&node).into_iter().flatten() {
+                if next == start {
+                    let mut cycle = path.clone();
+                    let min =
+                        cycle.iter().enumerate().min_by_key(|(_, m)| *m).map_or(0, |(i, _)| i);
+                    cycle.rotate_left(min);
+                    if reported.insert(cycle.clone()) {
+                        problems.push(format!(
+                            "crates/{folder}/src: module cycle {} -> {}",
+                            cycle.join(" -> "),
+                            cycle[0]
+                        ));
+                    }
+                } else if !path.contains(next) && next > start {
+                    let mut longer = path.clone();
+                    longer.push(next.clone());
+                    stack.push((next.clone(), longer));
+                }
+            }
+        }
+    }
 }
 
 /// Names in the `[dependencies]`-like tables of a Cargo.toml (normal, dev and build).
@@ -129,6 +251,7 @@ fn check_file(root: &Path, file: &Path, problems: &mut Vec<String>) {
     }
     let in_core_sys = rel.starts_with("crates/core/src/sys/");
     let lines: Vec<&str> = text.lines().collect();
+
     for (idx, line) in lines.iter().enumerate() {
         let code = strip_strings(line.split("//").next().unwrap_or(""));
         let code = code.as_str();
@@ -168,9 +291,7 @@ const RAW_SIGNAL_CALLS: &[&str] = &[
 /// or the one it bound).
 fn check_boundary_calls(rel: &str, line: usize, code: &str, problems: &mut Vec<String>) {
     let signal_path = rel == "crates/core/src/signal.rs" || rel.starts_with("crates/core/src/sys/");
-    if !signal_path
-        && let Some(call) = RAW_SIGNAL_CALLS.iter().find(|c| code.contains(*c))
-    {
+    if !signal_path && let Some(call) = RAW_SIGNAL_CALLS.iter().find(|c| code.contains(*c)) {
         problems.push(format!(
             "{rel}:{line}: raw signal call `{call}`: use procyard_core::kill_process or kill_process_group"
         ));
