@@ -454,4 +454,48 @@ mod tests {
         remove(&path, &held).unwrap();
         assert_eq!(read(&path).unwrap().status, Status::Absent);
     }
+
+    #[test]
+    fn special_files_and_loose_modes_are_typed_refusals() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &path, rustix::fs::Mode::from_raw_mode(0o600))
+            .unwrap();
+        // A FIFO with no writer: refused at once, never opened for a blocking read.
+        let err = read(&path).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::UnsafeStateFile {
+                    source: procyard_core::Error::WrongFileType { found: "FIFO", .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let mut state = JobState::absent();
+        state.status = Status::Finished;
+        write(&path, &state).unwrap();
+        assert_eq!(read(&path).unwrap().status, Status::Finished);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::UnsafeStateFile {
+                    source: procyard_core::Error::InsecurePermissions { who: "others", .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The lock file is held to the same rules.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let lock = lock_path(&path);
+        rustix::fs::mkfifoat(rustix::fs::CWD, &lock, rustix::fs::Mode::from_raw_mode(0o600))
+            .unwrap();
+        assert!(matches!(try_lock(&path), Err(Error::UnsafeStateFile { .. })));
+    }
 }
