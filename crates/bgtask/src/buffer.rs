@@ -63,6 +63,12 @@ impl OutputBuffer {
         self.consumed.max(self.start)
     }
 
+    /// The consumed mark as readers left it: below `start` when bytes were dropped before
+    /// anyone consumed them (the gap a consuming reader must be told about).
+    pub(crate) fn consumed_mark(&self) -> u64 {
+        self.consumed
+    }
+
     /// Bytes held and not consumed yet.
     pub(crate) fn unconsumed(&self) -> usize {
         (self.limit() - self.consumed()) as usize

@@ -33,6 +33,10 @@ pub struct Task {
 pub struct Chunk {
     /// Absolute offset of `data[0]` (above the requested offset if older bytes were dropped).
     pub offset: u64,
+    /// How many bytes between the requested offset (or the consumed mark) and `offset` were
+    /// dropped beyond the retain cap before they could be read: 0 when `data` follows on
+    /// from what was asked for, otherwise a gap no reader should mistake for contiguous output.
+    pub dropped: u64,
     /// The bytes.
     pub data: Vec<u8>,
     /// The stream's offsets after the read.
@@ -148,8 +152,9 @@ impl Task {
                 id: self.id.clone(),
                 reason: format!("supervisor speaks version {version} for task {task}"),
             }),
-            Response::Error { message, .. } => {
-                Err(Error::Handshake { id: self.id.clone(), reason: message })
+            // Refused: not the owner, busy, an unsupported version, another task.
+            Response::Error { kind, message } => {
+                Err(Error::Refused { id: self.id.clone(), kind, message })
             }
             other => Err(self.unexpected(&other)),
         }
@@ -178,9 +183,19 @@ impl Task {
     }
 
     /// Sends one request and returns its answer (refusals become [`Error::Refused`]).
+    ///
+    /// A kept connection that the supervisor closed while it was idle (idle timeout, or room
+    /// made for a new connection) is found closed before any answer: the request was never
+    /// served, so it is sent again once on a new connection.
     fn call(&mut self, request: &Request) -> Result<Response> {
+        let reused = self.conn.is_some();
         self.connect()?;
-        let result = self.call_connected(request).map_err(|e| self.classify(e));
+        let mut result = self.call_connected(request).map_err(|e| self.classify(e));
+        if reused && result.as_ref().is_err_and(closed_before_answer) {
+            self.conn = None;
+            self.connect()?;
+            result = self.call_connected(request).map_err(|e| self.classify(e));
+        }
         if matches!(result, Err(Error::Connection { .. } | Error::TimedOut { .. })) {
             self.conn = None;
         }
@@ -313,13 +328,21 @@ impl Task {
     fn read(&mut self, req: Request) -> Result<Chunk> {
         let mut data = Vec::new();
         let meta = self.read_into(req, &mut data)?;
-        Ok(Chunk { offset: meta.offset, data, info: meta.info, exited: meta.exited })
+        Ok(Chunk {
+            offset: meta.offset,
+            dropped: meta.dropped,
+            data,
+            info: meta.info,
+            exited: meta.exited,
+        })
     }
 
     /// Sends a read request and appends the bytes to `buf` (reusing its capacity).
     fn read_into(&mut self, req: Request, buf: &mut Vec<u8>) -> Result<ReadMeta> {
-        let (offset, len, info, exited) = match self.call(&req)? {
-            Response::Data { offset, len, info, exited, .. } => (offset, len, info, exited),
+        let (offset, len, dropped, info, exited) = match self.call(&req)? {
+            Response::Data { offset, len, dropped, info, exited, .. } => {
+                (offset, len, dropped, info, exited)
+            }
             other => return Err(self.unexpected(&other)),
         };
         if len > MAX_READ {
@@ -337,7 +360,7 @@ impl Task {
         });
         match got {
             Ok(n) if n as u64 == len && u64::from(u32::from_be_bytes(header)) == len => {
-                Ok(ReadMeta { offset, len, info, exited })
+                Ok(ReadMeta { offset, len, dropped, info, exited })
             }
             Ok(_) => {
                 buf.truncate(before);
@@ -363,6 +386,8 @@ pub struct ReadMeta {
     pub offset: u64,
     /// Bytes appended.
     pub len: u64,
+    /// Bytes dropped before `offset` that were asked for (see [`Chunk::dropped`]).
+    pub dropped: u64,
     /// The stream's offsets after the read.
     pub info: StreamInfo,
     /// Whether the task had ended (with all its output collected).
@@ -426,7 +451,7 @@ impl Stream<'_> {
     }
 
     /// Reads `count` bytes at `offset` without consuming them (`offset` is raised to `start`
-    /// if those bytes were dropped).
+    /// if those bytes were dropped, and [`Chunk::dropped`] says by how much).
     pub fn peek(&mut self, offset: u64, count: u64) -> Result<Chunk> {
         self.read_request(Some(offset), count, false, false)
     }
@@ -573,6 +598,20 @@ impl TaskChannel {
     /// Merges keys into the task's own metadata.
     pub fn apply_meta(&self, meta: Meta) -> Result<()> {
         self.send(&serde_json::json!({ "apply_meta": meta }))
+    }
+}
+
+/// Whether `e` says the connection was closed before any byte of the answer arrived (or
+/// before the request could be written).
+fn closed_before_answer(e: &Error) -> bool {
+    let Error::Connection { source, .. } = e else { return false };
+    match source {
+        procyard_core::Error::FrameTruncated { got: 0, .. } => true,
+        procyard_core::Error::Os { source, .. } => matches!(
+            source.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof
+        ),
+        _ => false,
     }
 }
 

@@ -132,6 +132,8 @@ pub enum RefusalKind {
     Failed,
     /// The connecting user is neither the pool owner nor root (or the supervisor is busy).
     PermissionDenied,
+    /// The handshake named a protocol version the supervisor does not speak.
+    UnsupportedVersion,
 }
 
 /// `Result` with [`Error`].

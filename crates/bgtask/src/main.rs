@@ -91,8 +91,12 @@ enum Cmd {
         json: bool,
     },
     /// Write a stream's retained bytes to stdout.
+    ///
+    /// If some of the bytes asked for were already dropped (beyond the retain cap), what is
+    /// retained is still written, a note on stderr says how many bytes are missing and where
+    /// output resumes, and the exit status is 3.
     #[command(
-        after_help = "Example:\n  procyard-bgtask read ID --stream stderr --offset 12 --count 23"
+        after_help = "Example:\n  procyard-bgtask read ID --stream stderr --offset 12 --count 23\n\nExit status: 0, 1 on error, 3 when bytes asked for had been dropped (a gap)."
     )]
     Read {
         /// Task id.
@@ -111,6 +115,9 @@ enum Cmd {
         peek: bool,
     },
     /// Print retained output; with -f, follow it until the task ends.
+    ///
+    /// Output dropped while following (a task faster than the reader, beyond the retain cap)
+    /// is noted on stderr and makes the exit status 3.
     #[command(after_help = "Example:\n  procyard-bgtask tail -f ID")]
     Tail {
         /// Task id.
@@ -246,6 +253,10 @@ fn main() -> ExitCode {
         Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(is_stdout_closed) => {
             ExitCode::SUCCESS
         }
+        Err(e) if e.downcast_ref::<Gap>().is_some() => {
+            eprintln!("procyard-bgtask: {e}");
+            ExitCode::from(EXIT_GAP)
+        }
         Err(e) => {
             let mut msg = format!("{e}");
             for cause in e.chain().skip(1) {
@@ -363,6 +374,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut remaining = count.unwrap_or(u64::MAX);
             let mut at = offset;
             let consume = !peek && offset.is_none();
+            let mut gap = Gap::new(&id, stream);
             loop {
                 if remaining == 0 {
                     break;
@@ -386,6 +398,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     Err(e) => return Err(lib(e)),
                 };
+                gap.note(&chunk);
                 if chunk.data.is_empty() {
                     break;
                 }
@@ -395,6 +408,8 @@ fn run(cli: Cli) -> Result<()> {
                     at = Some(chunk.end());
                 }
             }
+            stdout.flush()?;
+            gap.check()?;
         }
         Cmd::Tail { id, follow, stream, bytes } => {
             let mut task = pool.task(&id).map_err(lib)?;
@@ -403,11 +418,13 @@ fn run(cli: Cli) -> Result<()> {
                 Some(n) => info.limit.saturating_sub(n).max(info.start),
                 None => info.start,
             };
+            let mut gap = Gap::new(&id, stream);
             loop {
                 let chunk = task
                     .stream(stream)
                     .read_request(Some(at), MAX_READ, false, follow)
                     .map_err(lib)?;
+                gap.note(&chunk);
                 stdout.write_all(&chunk.data)?;
                 stdout.flush()?;
                 at = chunk.end();
@@ -415,6 +432,7 @@ fn run(cli: Cli) -> Result<()> {
                     break;
                 }
             }
+            gap.check()?;
         }
         Cmd::Write { id, data } => {
             let mut task = pool.task(&id).map_err(lib)?;
@@ -453,6 +471,56 @@ fn run(cli: Cli) -> Result<()> {
     stdout.flush()?;
     Ok(())
 }
+
+/// Exit status of `read` and `tail` when bytes asked for had been dropped.
+const EXIT_GAP: u8 = 3;
+
+/// Bytes a reader asked for that were dropped before it could read them: the bytes written to
+/// stdout are not contiguous with what was asked for.
+#[derive(Debug)]
+struct Gap {
+    id: String,
+    stream: StreamName,
+    dropped: u64,
+    /// Where output resumed after the first gap.
+    resumed_at: u64,
+}
+
+impl Gap {
+    fn new(id: &str, stream: StreamName) -> Gap {
+        Gap { id: id.to_owned(), stream, dropped: 0, resumed_at: 0 }
+    }
+
+    fn note(&mut self, chunk: &procyard_bgtask::Chunk) {
+        if chunk.dropped > 0 {
+            if self.dropped == 0 {
+                self.resumed_at = chunk.offset;
+            }
+            self.dropped += chunk.dropped;
+        }
+    }
+
+    /// Fails with the gap, if there was one.
+    fn check(self) -> Result<()> {
+        if self.dropped == 0 { Ok(()) } else { Err(self.into()) }
+    }
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "task {} {}: {} bytes asked for were dropped (beyond the retain cap) before they \
+             could be read; the output written resumes at offset {}",
+            self.id,
+            self.stream.as_str(),
+            self.dropped,
+            self.resumed_at
+        )
+    }
+}
+
+impl std::error::Error for Gap {}
 
 fn read_log(
     pool: &TaskPool,

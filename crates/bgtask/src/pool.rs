@@ -256,12 +256,7 @@ impl TaskPool {
     /// [`Error::NoSupervisorBinary`].
     pub fn spawn(&self, options: &SpawnOptions) -> Result<Task> {
         let mut options = options.clone();
-        if options.command.is_empty() || options.command[0].is_empty() {
-            return Err(Error::InvalidSpawn { reason: "empty command".into() });
-        }
-        if options.retain == 0 {
-            return Err(Error::InvalidSpawn { reason: "retain must be at least 1 byte".into() });
-        }
+        check_options(&options)?;
         let cwd = match options.cwd.take() {
             Some(d) if d.is_absolute() => d,
             Some(d) => std::env::current_dir().map_err(|e| Error::path("resolve", &d, e))?.join(d),
@@ -455,26 +450,94 @@ impl TaskPool {
     }
 }
 
+/// Refuses options no task can be started with: an empty command or program name, a NUL
+/// byte in an argument, an environment variable, or the working directory, an environment
+/// name with `=`, a zero retain cap.
+fn check_options(options: &SpawnOptions) -> Result<()> {
+    let invalid = |reason: String| Err(Error::InvalidSpawn { reason });
+    match options.command.first() {
+        None => return invalid("empty command".into()),
+        Some(program) if program.is_empty() => return invalid("empty program name".into()),
+        Some(_) => {}
+    }
+    if let Some(arg) = options.command.iter().find(|a| a.contains('\0')) {
+        return invalid(format!("NUL byte in command argument {arg:?}"));
+    }
+    for (k, v) in &options.env {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return invalid(format!("invalid environment variable {k:?}"));
+        }
+    }
+    if let Some(cwd) = &options.cwd
+        && cwd.as_os_str().as_encoded_bytes().contains(&0)
+    {
+        return invalid(format!("NUL byte in working directory {}", cwd.display()));
+    }
+    if options.retain == 0 {
+        return invalid("retain must be at least 1 byte".into());
+    }
+    Ok(())
+}
+
+/// Checks a request read by the hidden supervisor entry point before anything acts on it:
+/// the id is one [`TaskPool::task`] would accept (no path tricks), the pool an absolute path
+/// to an existing directory, the options startable.
+fn check_request(req: &SuperviseRequest) -> Result<()> {
+    if !valid_id(&req.id) {
+        return Err(Error::InvalidId { id: req.id.clone() });
+    }
+    if !req.pool.is_absolute() || !req.pool.is_dir() {
+        return Err(Error::InvalidSpawn {
+            reason: format!("the pool {} is not an existing directory", req.pool.display()),
+        });
+    }
+    check_options(&req.options)?;
+    if req.options.cwd.as_ref().is_none_or(|d| !d.is_absolute()) {
+        return Err(Error::InvalidSpawn {
+            reason: "the working directory must be absolute".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Exit status of the hidden supervisor entry point for a request it refuses to act on.
+const EXIT_INVALID_REQUEST: i32 = 2;
+
 /// The hidden supervisor mode of the `procyard-bgtask` binary: reads a spawn request frame
-/// on stdin, starts the supervisor (daemonized) and answers on stdout. Returns the exit code.
-/// Must be called from a single-threaded program (the binary's `main`).
+/// on stdin, starts the supervisor (daemonized) and answers on stdout. Returns the exit code:
+/// 0 once the task runs, 1 if it could not be started, 2 for a request that is missing,
+/// malformed or invalid (said on stderr as well as in the answer). Must be called from a
+/// single-threaded program (the binary's `main`).
 pub fn supervise_from_stdio() -> i32 {
     let mut stdin = std::io::stdin().lock();
-    let reply = match frame::read_frame::<_, SuperviseRequest>(&mut stdin) {
-        Ok(Some(req)) => match TaskPool::open(&req.pool) {
-            Ok(pool) => match pool.spawn_forked(&req.id, &req.options) {
-                Ok(()) => SuperviseReply { error: None },
-                Err(Error::Spawn { message, .. }) => SuperviseReply { error: Some(message) },
-                Err(e) => SuperviseReply { error: Some(crate::error_chain(&e)) },
-            },
-            Err(e) => SuperviseReply { error: Some(crate::error_chain(&e)) },
-        },
-        Ok(None) => SuperviseReply { error: Some("no spawn request".into()) },
-        Err(e) => SuperviseReply { error: Some(e.to_string()) },
+    let request = match frame::read_frame::<_, SuperviseRequest>(&mut stdin) {
+        Ok(Some(req)) => check_request(&req).map(|()| req),
+        Ok(None) => Err(Error::InvalidSpawn { reason: "no spawn request on stdin".into() }),
+        Err(e) => Err(Error::InvalidSpawn { reason: format!("unreadable spawn request: {e}") }),
+    };
+    let (reply, code) = match request {
+        Ok(req) => {
+            let started =
+                TaskPool::open(&req.pool).and_then(|p| p.spawn_forked(&req.id, &req.options));
+            match started {
+                Ok(()) => (SuperviseReply { error: None }, 0),
+                Err(Error::Spawn { message, .. }) => (SuperviseReply { error: Some(message) }, 1),
+                Err(e) => (SuperviseReply { error: Some(crate::error_chain(&e)) }, 1),
+            }
+        }
+        Err(e) => {
+            let message = crate::error_chain(&e);
+            let program = std::env::args().next().unwrap_or_default();
+            let program = Path::new(&program)
+                .file_name()
+                .map_or(SUPERVISOR_BIN.into(), |n| n.to_string_lossy());
+            let _ = writeln!(std::io::stderr(), "{program}: {message}");
+            (SuperviseReply { error: Some(message) }, EXIT_INVALID_REQUEST)
+        }
     };
     let mut stdout = std::io::stdout().lock();
     match frame::write_frame(&mut stdout, &reply) {
-        Ok(()) if reply.error.is_none() => 0,
-        _ => 1,
+        Ok(()) => code,
+        Err(_) => code.max(1),
     }
 }

@@ -219,10 +219,14 @@ pub enum Response {
     Data {
         /// The stream.
         stream: StreamName,
-        /// Offset of the first byte (may be above the requested one if it was dropped).
+        /// Offset of the first byte (above the requested one if those bytes were dropped).
         offset: u64,
         /// How many bytes follow.
         len: u64,
+        /// How many of the bytes asked for (from the requested offset, or the consumed mark)
+        /// were dropped beyond the retain cap before this read: the gap before `offset`.
+        #[serde(default)]
+        dropped: u64,
         /// The stream's state after the read.
         info: StreamInfo,
         /// Whether the task has ended (and its output was collected).

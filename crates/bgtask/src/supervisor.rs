@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{UnixDatagram, UnixListener};
 use mio::unix::pipe::{Receiver, Sender};
@@ -37,8 +37,6 @@ const STDERR: Token = Token(5);
 const STDIN: Token = Token(6);
 const FIRST_CLIENT: usize = 16;
 
-/// Most clients served at once; more are refused.
-const MAX_CLIENTS: usize = 128;
 /// A client whose unsent answers exceed this is not read from until they drain.
 const OUT_HIGH: usize = 1024 * 1024;
 /// A subscriber whose unsent events exceed this is disconnected.
@@ -469,6 +467,12 @@ impl Supervisor {
                 Some(Duration::ZERO)
             } else {
                 let hellos = self.clients.values().filter(|c| !c.hello).map(|c| c.hello_deadline);
+                let idle = self
+                    .clients
+                    .iter()
+                    .filter_map(|(t, c)| admission::idle_deadline(&c.slot(*t)))
+                    .map(Deadline::at);
+                let hellos = hellos.chain(idle);
                 let stops = self.deleting.as_ref().map(|d| &d.stop).into_iter().chain(&self.sweep);
                 Deadline::poll_timeout(stops.map(|s| s.deadline).chain(hellos))
             };
@@ -507,9 +511,13 @@ impl Supervisor {
                     }
                 }
             }
-            // A connection that does not greet in time gives its slot back.
-            for c in self.clients.values_mut().filter(|c| !c.hello) {
-                if c.hello_deadline.is_expired() {
+            // A connection that does not greet in time, or stays idle too long, gives its
+            // slot back.
+            let now = Instant::now();
+            for (token, c) in self.clients.iter_mut() {
+                let idle_expired =
+                    admission::idle_deadline(&c.slot(*token)).is_some_and(|d| d <= now);
+                if idle_expired || (!c.hello && c.hello_deadline.is_expired()) {
                     c.dead = true;
                 }
             }
@@ -536,11 +544,22 @@ impl Supervisor {
                     return;
                 }
             };
-            let allowed = match rustix::net::sockopt::socket_peercred(&stream) {
-                Ok(cred) => cred.uid.is_root() || cred.uid.as_raw() == self.owner,
-                Err(_) => false,
+            let uid = rustix::net::sockopt::socket_peercred(&stream).ok().map(|c| c.uid);
+            let allowed = uid.is_some_and(|uid| uid.is_root() || uid.as_raw() == self.owner);
+            let uid = uid.map_or(u32::MAX, |uid| uid.as_raw());
+            let admission = if allowed && self.deleting.is_none() {
+                let slots: Vec<_> = self.clients.iter().map(|(t, c)| c.slot(*t)).collect();
+                admission::admit(&slots, uid)
+            } else {
+                Admission::Refuse
             };
-            if !allowed || self.clients.len() >= MAX_CLIENTS || self.deleting.is_some() {
+            if let Admission::Evict(victim) = admission
+                && let Some(mut c) = self.clients.remove(&victim)
+            {
+                tracing::debug!("closing an idle connection to make room");
+                let _ = self.poll.registry().deregister(&mut c.stream);
+            }
+            if admission == Admission::Refuse {
                 let message = if allowed { "supervisor busy" } else { "permission denied" };
                 let resp = Response::Error {
                     kind: RefusalKind::PermissionDenied,
@@ -580,6 +599,8 @@ impl Supervisor {
                     dirty: [false; 2],
                     closing: false,
                     dead: false,
+                    uid,
+                    last_active: Instant::now(),
                 },
             );
         }
@@ -848,11 +869,13 @@ impl Supervisor {
     }
 }
 
+mod admission;
 mod connection;
 mod datagrams;
 mod escapees;
 mod requests;
 
+use admission::Admission;
 use connection::Client;
 use escapees::{DELETE_LADDER, Stop};
 

@@ -1,11 +1,14 @@
 //! A client connection of the supervisor: framed input, bounded output, flow control.
 
 use std::io::{self, Write};
+use std::time::Instant;
 
+use mio::Token;
 use mio::net::UnixStream;
 use procyard_core::{Deadline, FrameDecoder, frame};
 
 use super::OUT_HIGH;
+use super::admission::Slot;
 use crate::RefusalKind;
 use crate::protocol::{Request, Response};
 
@@ -27,9 +30,29 @@ pub(super) struct Client {
     /// Close once `out` is flushed.
     pub(super) closing: bool,
     pub(super) dead: bool,
+    /// The connecting uid (`SO_PEERCRED`).
+    pub(super) uid: u32,
+    /// When it last sent a request or was last answered.
+    pub(super) last_active: Instant,
 }
 
 impl Client {
+    /// What the admission sees of it.
+    pub(super) fn slot(&self, token: Token) -> Slot {
+        let idle = !self.dead
+            && !self.readable
+            && self.parked.is_none()
+            && !self.waiting_stdin
+            && self.pending() == 0
+            && self.decoder.buffered() == 0;
+        Slot {
+            token,
+            uid: self.uid,
+            idle_since: idle.then_some(self.last_active),
+            subscribed: self.subscribed,
+        }
+    }
+
     pub(super) fn pending(&self) -> usize {
         self.out.len() - self.out_pos
     }

@@ -1,6 +1,7 @@
 //! Serving clients: reading their frames, the handshake, and each request of the protocol.
 
 use std::io::{self, Read};
+use std::time::Instant;
 
 use mio::Token;
 use procyard_core::Signal;
@@ -59,6 +60,9 @@ impl Supervisor {
             if (offset < out.buf.limit() || out.eof || !self.is_alive())
                 && let Some(req) = self.clients.get_mut(&token).and_then(|c| c.parked.take())
             {
+                if let Some(c) = self.clients.get_mut(&token) {
+                    c.last_active = Instant::now();
+                }
                 self.handle(token, req);
                 progress = true;
             }
@@ -123,6 +127,7 @@ impl Supervisor {
                 }
             };
             progress = true;
+            c.last_active = Instant::now();
             let request: Request = match serde_json::from_slice(&frame) {
                 Ok(r) => r,
                 Err(e) => {
@@ -144,11 +149,21 @@ impl Supervisor {
                             task: self.id.clone(),
                         });
                     }
-                    Request::Hello { .. } => {
-                        c.send(&Response::Hello {
-                            version: PROTOCOL_VERSION,
-                            task: self.id.clone(),
-                        });
+                    Request::Hello { version, .. } if version != PROTOCOL_VERSION => {
+                        c.refuse(
+                            RefusalKind::UnsupportedVersion,
+                            format!(
+                                "protocol version {version} is not supported (this supervisor \
+                                 speaks version {PROTOCOL_VERSION})"
+                            ),
+                        );
+                        c.closing = true;
+                    }
+                    Request::Hello { task, .. } => {
+                        c.refuse(
+                            RefusalKind::BadRequest,
+                            format!("this supervisor serves task {}, not {task:?}", self.id),
+                        );
                         c.closing = true;
                     }
                     _ => {
@@ -194,9 +209,10 @@ impl Supervisor {
             Request::Read { stream, offset, count, consume, wait } => {
                 let i = stream_index(stream);
                 let out = &mut self.outputs[i];
-                let at = offset
-                    .unwrap_or_else(|| out.buf.consumed())
-                    .clamp(out.buf.start(), out.buf.limit());
+                // Below `start`, the bytes asked for were dropped: the answer says how many.
+                let requested = offset.unwrap_or_else(|| out.buf.consumed_mark());
+                let at = requested.clamp(out.buf.start(), out.buf.limit());
+                let dropped = out.buf.start().saturating_sub(requested);
                 if wait
                     && at >= out.buf.limit()
                     && !out.eof
@@ -214,7 +230,8 @@ impl Supervisor {
                 if consume {
                     out.buf.consume(at + len);
                 }
-                c.send(&Response::Data { stream, offset: at, len, info: stream_info(out), exited });
+                let info = stream_info(out);
+                c.send(&Response::Data { stream, offset: at, len, dropped, info, exited });
                 // The raw frame, written straight from the retained bytes; only what the
                 // socket does not take now is copied.
                 c.out.extend_from_slice(&(len as u32).to_be_bytes());

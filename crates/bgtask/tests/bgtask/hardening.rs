@@ -251,3 +251,246 @@ fn bgtask_hardening_datagram_from_other_uid_ignored() {
     assert_eq!(task.read_data(true).unwrap(), [json!("from me")]);
     task.delete().unwrap();
 }
+
+/// A connection that greeted the supervisor of `task` and then says nothing.
+fn greeted(task: &Task) -> UnixStream {
+    let mut s = raw_connect(task);
+    raw_frame(
+        &mut s,
+        json!({"request": "hello", "version": 1, "task": task.id()}).to_string().as_bytes(),
+    );
+    assert_eq!(raw_response(&mut s)["response"], "hello");
+    s
+}
+
+#[test]
+fn bgtask_hardening_idle_connections_do_not_lock_out_owner() {
+    let sb = Sandbox::new();
+    let mut task = sb.spawn(sh("read line; echo \"got $line\"; sleep 300"));
+    // A client that keeps its connection, and a subscriber, from before the flood.
+    task.info().unwrap();
+    let mut sub = task.subscribe().unwrap();
+    // Idle connections, greeted and not, far beyond every cap (the owner's own uid).
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        idle.push(if i % 2 == 0 { greeted(&task) } else { raw_connect(&task) });
+    }
+    // Before: "supervisor busy" for everyone once 128 were open. Now the oldest idle
+    // connection makes room for each newcomer.
+    let info: serde_json::Value =
+        serde_json::from_str(&sb.cli_ok(&["info", task.id(), "--json"])).unwrap();
+    assert_eq!(info["status"]["state"], "running");
+    let mut late = greeted(&task);
+    raw_frame(&mut late, br#"{"request":"info"}"#);
+    assert_eq!(raw_response(&mut late)["response"], "info");
+    // The kept connection was closed to make room; the library reconnects on its own.
+    assert_eq!(task.info().unwrap().status, Status::Running);
+    task.write(b"hi\n").unwrap();
+    // The subscription, busy or not, was spared: it hears the task's output.
+    let deadline = Deadline::after(Duration::from_secs(20));
+    loop {
+        match sub.next(deadline).unwrap() {
+            Some(Event::Output { stream: StreamName::Stdout, .. }) => break,
+            Some(_) => {}
+            None => panic!("the subscription was closed or heard nothing"),
+        }
+    }
+    assert_eq!(wait_for_output(&mut task, StreamName::Stdout, "got hi"), "got hi\n");
+    // Most of the idle connections were closed by the supervisor (end of file, no answer).
+    let closed = idle
+        .iter_mut()
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            matches!(s.read(&mut [0u8; 1]), Ok(0))
+        })
+        .filter(|closed| *closed)
+        .count();
+    assert!(closed >= 300 - 96, "only {closed} of 300 idle connections were closed");
+    drop(idle);
+    task.delete().unwrap();
+}
+
+#[test]
+fn bgtask_hardening_unknown_protocol_version_refused() {
+    let sb = Sandbox::new();
+    let task = sb.spawn(sh("sleep 300"));
+    // Before: answered "hello v1" as if the version were fine.
+    for version in [0, 2, u32::MAX] {
+        let mut s = raw_connect(&task);
+        let hello = json!({"request": "hello", "version": version, "task": task.id()});
+        raw_frame(&mut s, hello.to_string().as_bytes());
+        let answer = raw_response(&mut s);
+        assert_eq!(answer["response"], "error", "{answer}");
+        assert_eq!(answer["kind"], "unsupported_version", "{answer}");
+        assert!(answer["message"].as_str().unwrap().contains(&format!("version {version}")));
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the connection stays open after a refused hello");
+    }
+    // The right version for another task is refused too.
+    let mut s = raw_connect(&task);
+    raw_frame(
+        &mut s,
+        json!({"request": "hello", "version": 1, "task": "other"}).to_string().as_bytes(),
+    );
+    assert_eq!(raw_response(&mut s)["kind"], "bad_request");
+    // The client side: a supervisor speaking another version, or refusing ours, is a typed
+    // error (not a hang, not a misread).
+    let fake_sock = sb.pool_dir.join("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&fake_sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let answers = [
+            json!({"response": "hello", "version": 2, "task": "fake"}),
+            json!({"response": "error", "kind": "unsupported_version", "message": "no v1 here"}),
+        ];
+        for answer in answers {
+            let (mut conn, _) = listener.accept().unwrap();
+            let hello: serde_json::Value = raw_response(&mut conn);
+            assert_eq!(hello["version"], 1);
+            raw_frame(&mut conn, answer.to_string().as_bytes());
+        }
+    });
+    let mut fake = sb.pool.task("fake").unwrap();
+    fake.set_timeout(Some(Duration::from_secs(20)));
+    let err = fake.info().unwrap_err();
+    assert!(matches!(err, Error::Handshake { .. }), "{err}");
+    let err = fake.info().unwrap_err();
+    assert!(err.is_refusal(RefusalKind::UnsupportedVersion), "{err}");
+    server.join().unwrap();
+    task.delete().unwrap();
+}
+
+#[test]
+fn bgtask_hardening_read_below_start_reports_gap() {
+    let sb = Sandbox::new();
+    // 3893 bytes written, the last 1000 retained.
+    let mut task = sb.spawn(sh("seq 1 1000").retain(1000));
+    wait_exit(&task);
+    let all: Vec<u8> = (1..=1000).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+    let info = task.stream(StreamName::Stdout).info().unwrap();
+    let start = all.len() as u64 - 1000;
+    assert_eq!((info.start, info.limit), (start, all.len() as u64));
+    // Before: bytes from `start`, offset raised, nothing to say that a gap was skipped.
+    let chunk = task.stream(StreamName::Stdout).peek(10, 100).unwrap();
+    assert_eq!((chunk.offset, chunk.dropped), (start, start - 10));
+    assert_eq!(chunk.data, all[start as usize..start as usize + 100]);
+    let chunk = task.stream(StreamName::Stdout).peek(start, 10).unwrap();
+    assert_eq!(chunk.dropped, 0);
+    // A consuming reader that never read: the bytes dropped before its mark are a gap too,
+    // told once.
+    let chunk = task.stream(StreamName::Stdout).read(100).unwrap();
+    assert_eq!((chunk.offset, chunk.dropped), (start, start));
+    let chunk = task.stream(StreamName::Stdout).read(100).unwrap();
+    assert_eq!((chunk.offset, chunk.dropped), (start + 100, 0));
+    // The CLI writes the retained bytes raw, notes the gap on stderr and exits 3.
+    let out = sb.cli(&["read", task.id(), "--offset", "0"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(out.stdout, all[start as usize..]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{start} bytes")) && err.contains("dropped"), "{err}");
+    assert!(err.contains(&format!("resumes at offset {start}")), "{err}");
+    // Reading what is retained is no gap.
+    let out = sb.cli(&["read", task.id(), "--offset", &start.to_string(), "--count", "4"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, all[start as usize..start as usize + 4]);
+    task.delete().unwrap();
+}
+
+#[test]
+fn bgtask_hardening_supervise_validates_input() {
+    let sb = Sandbox::new();
+    let escape = sb.root().join("escape");
+    let mut nul_arg = supervise_request(&sb.pool_dir, "nularg", &["sleep", "3\u{0}00"]);
+    let truncated = {
+        let mut r = supervise_request(&sb.pool_dir, "short", &["sleep", "300"]);
+        r.truncate(r.len() - 3);
+        r
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("no request", Vec::new(), "no spawn request"),
+        ("empty command", supervise_request(&sb.pool_dir, "empty", &[]), "empty command"),
+        ("empty program", supervise_request(&sb.pool_dir, "blank", &[""]), "empty program"),
+        (
+            "path in the id",
+            supervise_request(&sb.pool_dir, "../escape", &["sleep", "300"]),
+            "invalid task id",
+        ),
+        (
+            "id too long",
+            supervise_request(&sb.pool_dir, &"x".repeat(65), &["sleep", "300"]),
+            "invalid task id",
+        ),
+        ("NUL in an argument", std::mem::take(&mut nul_arg), "NUL"),
+        ("truncated frame", truncated, "unreadable spawn request"),
+        ("garbage", b"\x00\x00\x00\x05hello".to_vec(), "unreadable spawn request"),
+        (
+            "relative pool",
+            supervise_request(Path::new("pool"), "rel", &["sleep", "300"]),
+            "not an existing directory",
+        ),
+    ];
+    for (what, stdin, expected) in cases {
+        // Before: a panic (exit 101) on the empty command; the bad id was acted on.
+        let out = run_supervise(&stdin);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        assert!(err.starts_with("procyard-bgtask-supervise: "), "{what}: {err}");
+        assert!(err.contains(expected), "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        // The spawner still gets an answer naming the problem.
+        let reply: serde_json::Value =
+            procyard_core::frame::read_frame(&mut &out.stdout[..]).unwrap().unwrap();
+        assert!(reply["error"].as_str().unwrap().contains(expected), "{what}: {reply}");
+    }
+    assert!(sb.files().is_empty(), "{:?}", sb.files());
+    assert!(!escape.with_extension("sock").exists() && !escape.with_extension("json").exists());
+    // The CLI's hidden mode is the same entry point.
+    let mut child = Command::new(BIN)
+        .arg("__supervise")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&supervise_request(&sb.pool_dir, "e", &[])).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty command"), "{out:?}");
+    // A valid request still starts a task.
+    let out = run_supervise(&supervise_request(&sb.pool_dir, "good", &["sleep", "300"]));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(sb.pool.record("good").unwrap().status, Status::Running);
+    sb.pool.task("good").unwrap().delete().unwrap();
+}
+
+#[test]
+fn bgtask_hardening_pool_files_are_private() {
+    let sb = Sandbox::new();
+    // Even under a permissive umask, what the pool creates is the owner's alone.
+    let pool = sb.root().join("a/b/pool");
+    let script = format!(
+        "umask 000; exec {BIN} --pool '{}' spawn --log -- sh -c 'echo hi; echo ho >&2; sleep 300'",
+        pool.display()
+    );
+    let out = Command::new("/bin/sh").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let opened = TaskPool::open(&pool).unwrap();
+    let mut task = opened.task(&id).unwrap();
+    wait_for_output(&mut task, StreamName::Stderr, "ho");
+    for dir in [sb.root().join("a"), sb.root().join("a/b"), pool.clone()] {
+        let mode = std::fs::metadata(&dir).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+    }
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&pool).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().mode() & 0o777;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert_eq!(mode, 0o600, "{name} is {mode:o}");
+        seen.push(name.strip_prefix(&id).unwrap().to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, [".data", ".json", ".sock", ".stderr.log", ".stdout.log"]);
+    task.delete().unwrap();
+}

@@ -548,13 +548,15 @@ fn bgtask_garbage_and_oversized_frames_refused() {
     assert_eq!(raw_response(&mut s)["kind"], "bad_request");
     raw_frame(&mut s, br#"{"request":"info"}"#);
     assert_eq!(raw_response(&mut s)["response"], "info");
-    // A wrong task id in the handshake is answered with the real one, then closed.
+    // A wrong task id in the handshake is refused, then the connection is closed.
     let mut s2 = raw_connect(&task);
     raw_frame(
         &mut s2,
         json!({"request": "hello", "version": 1, "task": "other"}).to_string().as_bytes(),
     );
-    assert_eq!(raw_response(&mut s2)["task"], task.id());
+    let refusal = raw_response(&mut s2);
+    assert_eq!(refusal["kind"], "bad_request");
+    assert!(refusal["message"].as_str().unwrap().contains(task.id()), "{refusal}");
     // Oversized: refused from the header alone, connection closed.
     let mut s3 = raw_connect(&task);
     raw_frame(&mut s3, hello.as_bytes());
