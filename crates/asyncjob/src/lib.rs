@@ -94,6 +94,7 @@ mod monitor;
 mod options;
 mod state;
 mod subreaper;
+mod trust;
 
 pub use error::{Error, Result, StartFailure, error_chain};
 pub use host::{MONITOR_HOST_ARG, host_monitor};
