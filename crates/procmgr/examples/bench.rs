@@ -45,7 +45,7 @@ fn rss_bytes() -> u64 {
 
 /// Tasks per second for `TASKS` tasks made by `make` under `Throttled(limit)`.
 fn throughput(limit: usize, make: &dyn Fn(usize) -> Task) -> anyhow::Result<f64> {
-    let scheduler = Scheduler::start(Strategy::Throttled(limit))?;
+    let scheduler = Scheduler::new(Strategy::Throttled(limit))?;
     let started = Instant::now();
     let mut handles = Vec::with_capacity(TASKS);
     for i in 0..TASKS {
@@ -161,7 +161,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Round trip of one closure task: schedule -> value.
-    let scheduler = Scheduler::start(Strategy::Throttled(limit))?;
+    let scheduler = Scheduler::new(Strategy::Throttled(limit))?;
     let mut trips = Vec::new();
     for i in 0..500u32 {
         let t = Instant::now();

@@ -1,7 +1,7 @@
 //! Run tasks in child processes: a low-level [`ProcessManager`] with completion handlers,
 //! child→parent messages and typed outcomes; a [`Scheduler`] with throttling and result
 //! [`Handle`]s (also futures); a supervised [`Server`] of n workers; and a [`NamedLock`]
-//! between processes. The Rust successor of Procrastinate's process manager.
+//! between processes.
 //!
 //! # Concepts
 //!
@@ -25,7 +25,7 @@
 //! use procyard_core::Command;
 //! use procyard_procmgr::{Outcome, Scheduler, Strategy, Task};
 //!
-//! let scheduler = Scheduler::start(Strategy::Throttled(2))?;
+//! let scheduler = Scheduler::new(Strategy::Throttled(2))?;
 //! let ok = scheduler.schedule(Task::command(Command::new("true")))?;
 //! let failed = scheduler.schedule(Task::command(Command::shell("exit 3")))?;
 //! assert_eq!(ok.wait(), Outcome::Exited { code: 0 });

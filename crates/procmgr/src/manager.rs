@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use procyard_core::event::retry_interrupted;
 use procyard_core::mio::unix::pipe::Receiver;
 use procyard_core::mio::{Events, Interest, Poll, Token, Waker};
-use procyard_core::{Child, Deadline, Exit, FrameDecoder, Pid, Signal, fork::ForkConfig};
+use procyard_core::{
+    Child, Escalation, Exit, FrameDecoder, Pid, Signal, StopLadder, fork::ForkConfig,
+};
 use serde_json::Value;
 
 use crate::registry::WORKER_FLAG;
@@ -288,19 +291,8 @@ impl ProcessManager {
     /// [`step`](ProcessManager::step), returning after `timeout` at the latest (a real
     /// deadline: nothing is polled on a timer).
     pub fn step_timeout(&mut self, timeout: Option<Duration>) -> Result<usize> {
-        loop {
-            match self.poll.poll(&mut self.events, timeout) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    if timeout.is_some() {
-                        // Do not restart a full timeout: return and let the caller decide.
-                        self.events.clear();
-                        break;
-                    }
-                }
-                Err(e) => return Err(Error::os("wait for events", e)),
-            }
-        }
+        procyard_core::event::poll(&mut self.poll, &mut self.events, timeout)
+            .map_err(|e| Error::os("wait for events", e))?;
         self.wakeups += 1;
         let mut handled = 0;
         let mut tokens = std::mem::take(&mut self.tokens);
@@ -398,16 +390,15 @@ impl ProcessManager {
         if self.children.is_empty() {
             return Ok(());
         }
-        self.kill_processes(Signal::TERM)?;
-        let deadline = Deadline::after(grace);
-        while !self.children.is_empty() && !deadline.is_expired() {
-            self.step_timeout(Some(deadline.remaining()))?;
-        }
-        if !self.children.is_empty() {
-            self.kill_processes(Signal::KILL)?;
-        }
+        let (signal, mut stopping) = StopLadder::term_then_kill(grace).begin(Instant::now());
+        self.kill_processes(signal)?;
         while !self.children.is_empty() {
-            self.step()?;
+            if let Escalation::Send(signal) = stopping.escalate(Instant::now()) {
+                self.kill_processes(signal)?;
+            }
+            // After the KILL every child exits: wait for the exits, however long reaping takes.
+            let timeout = (!stopping.is_last_step()).then(|| stopping.deadline().remaining());
+            self.step_timeout(timeout)?;
         }
         Ok(())
     }
@@ -421,7 +412,7 @@ impl Running {
         let mut closed = false;
         loop {
             let Some(pipe) = self.pipe.as_mut() else { return };
-            match pipe.read(buf) {
+            match retry_interrupted(|| pipe.read(buf)) {
                 Ok(0) => {
                     closed = true;
                     break;
@@ -434,7 +425,6 @@ impl Running {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.broken.get_or_insert_with(|| format!("unable to read from the task: {e}"));
                     break;

@@ -43,7 +43,7 @@ pub enum Outcome {
         /// What went wrong.
         reason: String,
     },
-    /// The task was dropped by `shutdown_now` before it started.
+    /// The task was dropped by [`Scheduler::stop`](crate::Scheduler::stop) before it started.
     Cancelled,
     /// A function task did not run: the program's `main` does not call
     /// [`init`](crate::init) first, so the process started for the task ran `main` again and

@@ -122,7 +122,7 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     /// A scheduler with its own [`ProcessManager`].
-    pub fn start(strategy: Strategy) -> Result<Scheduler> {
+    pub fn new(strategy: Strategy) -> Result<Scheduler> {
         let manager = ProcessManager::new()?;
         let waker = manager.waker();
         Ok(Scheduler {
@@ -308,7 +308,7 @@ impl Scheduler {
 
     /// Refuses new work, cancels queued tasks ([`Outcome::Cancelled`]) and stops running ones:
     /// SIGTERM to their groups, SIGKILL after `grace`. Returns once every child is reaped.
-    pub fn shutdown_now(&self, grace: Duration) -> Result<()> {
+    pub fn stop(&self, grace: Duration) -> Result<()> {
         let shared = &self.shared;
         let cancelled: Vec<Queued> = {
             let mut st = lock(&shared.state);

@@ -6,28 +6,30 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use procyard_core::{Deadline, Pid};
+use procyard_core::{Backoff, Deadline, Pid};
 
 use crate::{Error, Outcome, ProcessManager, Result, Task, WakeHandle};
 
-/// How a [`Server`] runs its workers.
-#[derive(Clone, Debug)]
+/// How a [`Server`] runs its workers: `ServerConfig::default()` and the builder methods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerConfig {
-    /// How many workers to keep running.
+    /// How many workers to keep running. Default: 1.
     pub workers: usize,
     /// Wait after the first crash of a worker before restarting it; doubled at each crash in a
-    /// row, up to `max_backoff`.
-    pub initial_backoff: Duration,
-    /// The longest wait before a restart.
-    pub max_backoff: Duration,
-    /// A worker that ran at least this long before ending resets its backoff.
+    /// row, up to `backoff_max`. Default: 50 ms.
+    pub backoff_initial: Duration,
+    /// The longest wait before a restart. Default: 10 s.
+    pub backoff_max: Duration,
+    /// A worker that ran at least this long before ending resets its backoff. Default: 5 s.
     pub healthy_after: Duration,
     /// A worker slot that ends more than this many times within `crash_window` is given up
-    /// ([`WorkerState::Failed`]).
+    /// ([`WorkerState::Failed`]). Default: 10.
     pub crash_limit: usize,
-    /// The window for `crash_limit`.
+    /// How far back ends count against `crash_limit`. Default: 60 s.
     pub crash_window: Duration,
-    /// Between SIGTERM and SIGKILL when stopping.
+    /// Between SIGTERM and SIGKILL when the server is dropped without
+    /// [`stop`](Server::stop). Default: 5 s.
     pub grace: Duration,
 }
 
@@ -35,13 +37,52 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             workers: 1,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(10),
             healthy_after: Duration::from_secs(5),
             crash_limit: 10,
             crash_window: Duration::from_secs(60),
             grace: Duration::from_secs(5),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Sets [`ServerConfig::workers`].
+    pub fn workers(mut self, n: usize) -> ServerConfig {
+        self.workers = n;
+        self
+    }
+
+    /// Sets the restart backoff range ([`ServerConfig::backoff_initial`],
+    /// [`ServerConfig::backoff_max`]; a `max` below `initial` is raised to it).
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> ServerConfig {
+        self.backoff_initial = initial;
+        self.backoff_max = max.max(initial);
+        self
+    }
+
+    /// Sets [`ServerConfig::healthy_after`].
+    pub fn healthy_after(mut self, after: Duration) -> ServerConfig {
+        self.healthy_after = after;
+        self
+    }
+
+    /// Sets [`ServerConfig::crash_limit`] and [`ServerConfig::crash_window`].
+    pub fn crash_limit(mut self, limit: usize, window: Duration) -> ServerConfig {
+        self.crash_limit = limit;
+        self.crash_window = window;
+        self
+    }
+
+    /// Sets [`ServerConfig::grace`].
+    pub fn grace(mut self, grace: Duration) -> ServerConfig {
+        self.grace = grace;
+        self
+    }
+
+    fn backoff_policy(&self) -> Backoff {
+        Backoff::new(self.backoff_initial, self.backoff_max)
     }
 }
 
@@ -95,7 +136,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// registered functions: closures cannot be forked from a threaded process).
 pub struct Server {
     published: Arc<Published>,
-    stop_tx: mpsc::Sender<()>,
+    stop_tx: mpsc::Sender<Duration>,
+    drop_grace: Duration,
     waker: WakeHandle,
     thread: Option<JoinHandle<Result<()>>>,
 }
@@ -109,7 +151,8 @@ impl std::fmt::Debug for Server {
 struct Slot {
     state: WorkerState,
     started_at: Option<Instant>,
-    backoff: Duration,
+    /// Ends in a row since the slot last ran healthily (the backoff's attempt number).
+    failures: u32,
     restart_at: Option<Deadline>,
     ends: Vec<Instant>,
 }
@@ -132,12 +175,13 @@ impl Server {
             changed: Condvar::new(),
         });
         let (stop_tx, stop_rx) = mpsc::channel();
+        let drop_grace = config.grace;
         let thread_published = published.clone();
         let thread = std::thread::Builder::new()
             .name("procyard-procmgr-server".into())
             .spawn(move || supervise(manager, config, make_task, stop_rx, &thread_published))
             .map_err(|_| Error::ServerThread { what: "could not be started" })?;
-        Ok(Server { published, stop_tx, waker, thread: Some(thread) })
+        Ok(Server { published, stop_tx, drop_grace, waker, thread: Some(thread) })
     }
 
     /// The current status.
@@ -165,14 +209,15 @@ impl Server {
         }
     }
 
-    /// Stops every worker (TERM to its group, KILL after the grace period) and waits for them.
-    pub fn stop(mut self) -> Result<()> {
-        self.stop_inner()
+    /// Stops every worker (TERM to its group, KILL to those still running after `grace`) and
+    /// waits for them.
+    pub fn stop(mut self, grace: Duration) -> Result<()> {
+        self.stop_inner(grace)
     }
 
-    fn stop_inner(&mut self) -> Result<()> {
+    fn stop_inner(&mut self, grace: Duration) -> Result<()> {
         let Some(thread) = self.thread.take() else { return Ok(()) };
-        let _ = self.stop_tx.send(());
+        let _ = self.stop_tx.send(grace);
         self.waker.wakeup();
         thread.join().map_err(|_| Error::ServerThread { what: "panicked" })?
     }
@@ -180,7 +225,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Err(e) = self.stop_inner() {
+        if let Err(e) = self.stop_inner(self.drop_grace) {
             tracing::warn!("procyard-procmgr: stopping a server: {e}");
         }
     }
@@ -190,7 +235,7 @@ fn supervise<F>(
     mut manager: ProcessManager,
     config: ServerConfig,
     make_task: F,
-    stop_rx: mpsc::Receiver<()>,
+    stop_rx: mpsc::Receiver<Duration>,
     published: &Published,
 ) -> Result<()>
 where
@@ -200,16 +245,16 @@ where
         .map(|_| Slot {
             state: WorkerState::Backoff,
             started_at: None,
-            backoff: config.initial_backoff,
+            failures: 0,
             restart_at: None,
             ends: Vec::new(),
         })
         .collect();
     let (ended_tx, ended_rx) = mpsc::channel::<(usize, Outcome)>();
     let mut starts = 0u64;
-    loop {
-        if stop_rx.try_recv().is_ok() {
-            break;
+    let grace = loop {
+        if let Ok(grace) = stop_rx.try_recv() {
+            break grace;
         }
         for (index, slot) in slots.iter_mut().enumerate() {
             let due = slot.restart_at.is_none_or(Deadline::is_expired);
@@ -243,12 +288,12 @@ where
             tracing::info!("procyard-procmgr: server worker {index} ended: {outcome}");
             let now = Instant::now();
             if slot.started_at.is_some_and(|t| now.duration_since(t) >= config.healthy_after) {
-                slot.backoff = config.initial_backoff;
+                slot.failures = 0;
             }
             schedule_restart(slot, &config, now);
         }
-    }
-    let result = manager.teardown(config.grace);
+    };
+    let result = manager.teardown(grace);
     for slot in &mut slots {
         slot.state = WorkerState::Stopped;
     }
@@ -266,8 +311,8 @@ fn schedule_restart(slot: &mut Slot, config: &ServerConfig, now: Instant) {
         return;
     }
     slot.state = WorkerState::Backoff;
-    slot.restart_at = Some(Deadline::after(slot.backoff));
-    slot.backoff = (slot.backoff * 2).min(config.max_backoff);
+    slot.failures = slot.failures.saturating_add(1);
+    slot.restart_at = Some(Deadline::after(config.backoff_policy().delay(slot.failures)));
 }
 
 fn publish(published: &Published, slots: &[Slot], starts: u64, stopped: bool) {
@@ -285,31 +330,27 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_crash_limit_fails_the_slot() {
-        let config = ServerConfig {
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(40),
-            crash_limit: 3,
-            ..ServerConfig::default()
-        };
+        let config = ServerConfig::default()
+            .backoff(Duration::from_millis(10), Duration::from_millis(40))
+            .crash_limit(3, Duration::from_secs(60));
         let mut slot = Slot {
             state: WorkerState::Backoff,
             started_at: None,
-            backoff: config.initial_backoff,
+            failures: 0,
             restart_at: None,
             ends: Vec::new(),
         };
         let now = Instant::now();
         let mut waits = Vec::new();
         for _ in 0..3 {
-            waits.push(slot.backoff);
             schedule_restart(&mut slot, &config, now);
             assert_eq!(slot.state, WorkerState::Backoff);
+            waits.push(config.backoff_policy().delay(slot.failures));
         }
         assert_eq!(
             waits,
             [Duration::from_millis(10), Duration::from_millis(20), Duration::from_millis(40)]
         );
-        assert_eq!(slot.backoff, Duration::from_millis(40));
         schedule_restart(&mut slot, &config, now);
         assert_eq!(slot.state, WorkerState::Failed);
     }

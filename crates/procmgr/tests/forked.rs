@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use procyard_core::testkit::{self, wait_for};
 use procyard_core::{Deadline, Pid, ProcStat, Signal};
 use procyard_procmgr::{
     Endpoint, NamedLock, Outcome, ProcessManager, Registry, Scheduler, Strategy, Task,
@@ -47,81 +48,49 @@ fn registry() -> Registry {
     r
 }
 
-type TestFn = fn() -> Result<()>;
+/// Each test as a `fn()` for the runner: its error becomes a panic, and a test that leaves a
+/// child process of this one behind (live or zombie) fails.
+macro_rules! tests {
+    ($($name:literal => $test:path),* $(,)?) => {
+        &[$(($name, {
+            fn checked() {
+                checked_test($test)
+            }
+            checked as fn()
+        })),*]
+    };
+}
+
+fn checked_test(test: fn() -> Result<()>) {
+    if let Err(e) = test() {
+        panic!("{e:#}");
+    }
+    let leftovers = my_children();
+    assert!(leftovers.is_empty(), "left children behind: {leftovers:?}");
+}
 
 fn main() -> ExitCode {
     if let Some(code) = hardening::forgetful_main() {
         return code;
     }
     procyard_procmgr::init(&registry());
-    let tests: &[(&str, TestFn)] = &[
-        ("procmgr_closure_value_comes_back", closure_value_comes_back),
-        ("procmgr_function_value_comes_back", function_value_comes_back),
-        ("procmgr_exit_without_answer_is_typed_and_next_runs", exit_without_answer),
-        ("procmgr_100_tasks_leave_no_fds_processes_zombies", hundred_tasks_leave_nothing),
-        ("procmgr_10_results_of_64k_intact", ten_results_of_64k),
-        ("procmgr_lock_100_tasks_never_overlap", lock_never_overlaps),
-        ("procmgr_p3_killed_mid_1mib_message_is_typed", p3_killed_mid_message),
-        ("procmgr_p4_1000_messages_in_order", p4_thousand_messages),
-        ("procmgr_p4_function_messages_in_order", p4_function_messages),
-        ("procmgr_p5_errors_keep_message_code_signal", p5_errors_kept),
-        ("procmgr_p8_children_inherit_no_sibling_fds", p8_no_sibling_fds),
-        ("procmgr_scheduler_closures_single_threaded", scheduler_closures),
-        ("procmgr_threaded_process_runs_functions_refuses_closures", threaded_process),
-        (
-            "procmgr_hardening_missing_init_fails_fast",
+    testkit::run_tests(tests![
+        "procmgr_closure_value_comes_back" => closure_value_comes_back,
+        "procmgr_function_value_comes_back" => function_value_comes_back,
+        "procmgr_exit_without_answer_is_typed_and_next_runs" => exit_without_answer,
+        "procmgr_100_tasks_leave_no_fds_processes_zombies" => hundred_tasks_leave_nothing,
+        "procmgr_10_results_of_64k_intact" => ten_results_of_64k,
+        "procmgr_lock_100_tasks_never_overlap" => lock_never_overlaps,
+        "procmgr_p3_killed_mid_1mib_message_is_typed" => p3_killed_mid_message,
+        "procmgr_p4_1000_messages_in_order" => p4_thousand_messages,
+        "procmgr_p4_function_messages_in_order" => p4_function_messages,
+        "procmgr_p5_errors_keep_message_code_signal" => p5_errors_kept,
+        "procmgr_p8_children_inherit_no_sibling_fds" => p8_no_sibling_fds,
+        "procmgr_scheduler_closures_single_threaded" => scheduler_closures,
+        "procmgr_threaded_process_runs_functions_refuses_closures" => threaded_process,
+        "procmgr_hardening_missing_init_fails_fast" =>
             hardening::procmgr_hardening_missing_init_fails_fast,
-        ),
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in tests {
-            println!("{name}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let exact = args.iter().any(|a| a == "--exact");
-    let selected: Vec<&(&str, TestFn)> = tests
-        .iter()
-        .filter(|(name, _)| {
-            filters.is_empty()
-                || filters.iter().any(|f| if exact { name == f } else { name.contains(f.as_str()) })
-        })
-        .collect();
-    println!("\nrunning {} tests", selected.len());
-    let mut failed = Vec::new();
-    for (name, test) in &selected {
-        let started = Instant::now();
-        let result = std::panic::catch_unwind(test).unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(anyhow::anyhow!("panicked: {msg}"))
-        });
-        let leftovers = my_children();
-        let result = result.and_then(|()| {
-            ensure!(leftovers.is_empty(), "left children behind: {leftovers:?}");
-            Ok(())
-        });
-        match result {
-            Ok(()) => println!("test {name} ... ok ({:.0?})", started.elapsed()),
-            Err(e) => {
-                println!("test {name} ... FAILED: {e:#}");
-                failed.push(*name);
-            }
-        }
-    }
-    let _ = std::io::stdout().flush();
-    if failed.is_empty() {
-        println!("\ntest result: ok. {} passed", selected.len());
-        ExitCode::SUCCESS
-    } else {
-        println!("\ntest result: FAILED. failures: {failed:?}");
-        ExitCode::FAILURE
-    }
+    ])
 }
 
 /// Live or zombie processes whose parent is this process.
@@ -255,7 +224,7 @@ fn ten_results_of_64k() -> Result<()> {
 
 fn lock_never_overlaps() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let scheduler = Scheduler::start(Strategy::Throttled(8))?;
+    let scheduler = Scheduler::new(Strategy::Throttled(8))?;
     let mut handles = Vec::new();
     for i in 0..100u32 {
         let path = dir.path().to_owned();
@@ -383,7 +352,7 @@ fn p8_no_sibling_fds() -> Result<()> {
 }
 
 fn scheduler_closures() -> Result<()> {
-    let scheduler = Scheduler::start(Strategy::Throttled(4))?;
+    let scheduler = Scheduler::new(Strategy::Throttled(4))?;
     let handles: Vec<_> = (0..20u32)
         .map(|i| scheduler.schedule(Task::closure(move |_| Ok::<_, String>(i * i))))
         .collect::<Result<_, _>>()?;
@@ -412,7 +381,7 @@ fn threaded_process() -> Result<()> {
             matches!(refused, Err(procyard_procmgr::Error::NotSingleThreaded { threads }) if threads >= 2),
             "closure not refused: {refused:?}"
         );
-        let scheduler = Scheduler::start(Strategy::Throttled(2))?;
+        let scheduler = Scheduler::new(Strategy::Throttled(2))?;
         let refused = scheduler.schedule(Task::closure(|_| Ok::<_, String>(1)));
         ensure!(matches!(refused, Err(procyard_procmgr::Error::NotSingleThreaded { .. })));
         // Registered functions are re-executed, so they are fine from any thread.
@@ -423,11 +392,9 @@ fn threaded_process() -> Result<()> {
     worker.join().map_err(|_| anyhow::anyhow!("worker thread panicked"))??;
     // The thread is gone: closures work again.
     // Joined, but the kernel may list the exiting thread a little longer.
-    let deadline = Deadline::after(Duration::from_secs(30));
-    while procyard_core::fork::thread_count()? > 1 {
-        ensure!(!deadline.is_expired(), "the worker thread lingers");
-        std::thread::yield_now();
-    }
+    wait_for("the worker thread to leave the process", Duration::from_secs(30), || {
+        procyard_core::fork::thread_count().is_ok_and(|n| n == 1)
+    });
     let (_, outcome) = run_one(Task::closure(|_| Ok::<_, String>("single again")))?;
     ensure!(outcome == Outcome::Value(Value::from("single again")), "{outcome:?}");
     Ok(())

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use procyard_core::testkit::{try_wait_for, wait_for};
 use procyard_core::{Command, Deadline, Pid, ProcStat, Signal};
 use procyard_procmgr::{
     Error, Outcome, ProcessManager, Scheduler, Server, ServerConfig, Strategy, Task, WorkerState,
@@ -43,14 +44,7 @@ fn group_alive(pgid: Pid) -> bool {
 /// until process group `pgid` is empty; whether it emptied within `within`. A SIGKILLed
 /// process is not gone the moment the signal is sent: it still has to be scheduled to exit.
 fn group_gone_within(pgid: Pid, within: Duration) -> bool {
-    let deadline = Deadline::after(within);
-    while group_alive(pgid) {
-        if deadline.is_expired() {
-            return false;
-        }
-        std::thread::yield_now();
-    }
-    true
+    try_wait_for(within, || !group_alive(pgid))
 }
 
 #[test]
@@ -124,15 +118,10 @@ fn procmgr_p6_kill_processes_skips_exited_children() {
 
 #[test]
 fn procmgr_p7_crash_loop_backs_off_then_gives_up() {
-    let config = ServerConfig {
-        workers: 1,
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_secs(1),
-        crash_limit: 5,
-        crash_window: Duration::from_secs(60),
-        grace: Duration::from_millis(200),
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig::default()
+        .workers(1)
+        .backoff(Duration::from_millis(20), Duration::from_secs(1))
+        .crash_limit(5, Duration::from_secs(60));
     let started = Instant::now();
     let server = Server::start(config, |_| Task::command(Command::new("false"))).unwrap();
     assert!(
@@ -144,14 +133,13 @@ fn procmgr_p7_crash_loop_backs_off_then_gives_up() {
     // 6 runs with waits of 20 + 40 + 80 + 160 + 320 ms between them.
     assert_eq!(server.status().starts, 6);
     assert!(elapsed >= Duration::from_millis(600), "restarted too fast: {elapsed:?}");
-    server.stop().unwrap();
+    server.stop(Duration::from_millis(200)).unwrap();
 }
 
 #[test]
 fn procmgr_p7_stop_kills_workers_that_ignore_term() {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        ServerConfig { workers: 2, grace: Duration::from_millis(300), ..Default::default() };
+    let config = ServerConfig::default().workers(2);
     let d = dir.path().display().to_string();
     let server = Server::start(config, move |_| {
         sh(&format!("trap '' TERM; touch '{d}/ready.'$$; while :; do sleep 1; done"))
@@ -159,14 +147,12 @@ fn procmgr_p7_stop_kills_workers_that_ignore_term() {
     .unwrap();
     assert!(server.wait_until(Duration::from_secs(10), |s| s.pids().len() == 2));
     // Wait (on a condition, with a deadline) until both shells ignore TERM.
-    let deadline = Deadline::after(Duration::from_secs(10));
-    while std::fs::read_dir(dir.path()).unwrap().count() < 2 {
-        assert!(!deadline.is_expired(), "workers never became ready");
-        std::thread::yield_now();
-    }
+    wait_for("both workers to ignore TERM", Duration::from_secs(10), || {
+        std::fs::read_dir(dir.path()).unwrap().count() >= 2
+    });
     let pids = server.status().pids();
     let started = Instant::now();
-    server.stop().unwrap();
+    server.stop(Duration::from_millis(300)).unwrap();
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(250), "KILL came before the grace: {elapsed:?}");
     // Not waiting forever for workers that ignore TERM (a generous bound: the machine may be
@@ -183,7 +169,7 @@ fn procmgr_p7_stop_kills_workers_that_ignore_term() {
 fn procmgr_p9_two_schedulers_in_one_process() {
     let run = |code: u8| {
         std::thread::spawn(move || {
-            let scheduler = Scheduler::start(Strategy::Throttled(3)).unwrap();
+            let scheduler = Scheduler::new(Strategy::Throttled(3)).unwrap();
             let handles: Vec<_> =
                 (0..15).map(|_| scheduler.schedule(sh(&format!("exit {code}"))).unwrap()).collect();
             for h in handles {
@@ -211,7 +197,7 @@ fn procmgr_p9_two_schedulers_in_one_process() {
 
 #[test]
 fn procmgr_p11_join_accepts_concurrent_schedule() {
-    let scheduler = Scheduler::start(Strategy::Throttled(4)).unwrap();
+    let scheduler = Scheduler::new(Strategy::Throttled(4)).unwrap();
     let first = scheduler.schedule(sh("exit 0")).unwrap();
     let producer = {
         let scheduler = scheduler.clone();
@@ -252,7 +238,7 @@ fn procmgr_p12_wakeup_never_blocks() {
 #[test]
 fn procmgr_throttled_4_runs_at_most_4_of_8() {
     let dir = tempfile::tempdir().unwrap();
-    let scheduler = Scheduler::start(Strategy::Throttled(4)).unwrap();
+    let scheduler = Scheduler::new(Strategy::Throttled(4)).unwrap();
     let d = dir.path().display().to_string();
     let handles: Vec<_> = (0..8)
         .map(|i| {
@@ -295,12 +281,9 @@ fn procmgr_throttled_4_runs_at_most_4_of_8() {
 
 #[test]
 fn procmgr_server_of_5_keeps_5_pids_and_replaces_killed() {
-    let config = ServerConfig {
-        workers: 5,
-        initial_backoff: Duration::from_millis(10),
-        grace: Duration::from_millis(500),
-        ..Default::default()
-    };
+    let config = ServerConfig::default()
+        .workers(5)
+        .backoff(Duration::from_millis(10), Duration::from_secs(10));
     let server = Server::start(config, |_| sh("exec sleep 1000")).unwrap();
     assert!(server.wait_until(Duration::from_secs(10), |s| s.pids().len() == 5));
     let first: BTreeSet<Pid> = server.status().pids().into_iter().collect();
@@ -316,21 +299,21 @@ fn procmgr_server_of_5_keeps_5_pids_and_replaces_killed() {
     assert!(replaced, "{:?}", server.status());
     let now: BTreeSet<Pid> = server.status().pids().into_iter().collect();
     assert_eq!(now.intersection(&first).count(), 3);
-    server.stop().unwrap();
+    server.stop(Duration::from_millis(500)).unwrap();
 }
 
 #[test]
-fn procmgr_shutdown_now_cancels_queued_and_stops_running() {
-    let scheduler = Scheduler::start(Strategy::Throttled(2)).unwrap();
+fn procmgr_stop_cancels_queued_and_stops_running() {
+    let scheduler = Scheduler::new(Strategy::Throttled(2)).unwrap();
     let handles: Vec<_> =
         (0..5).map(|_| scheduler.schedule(sh("exec sleep 30")).unwrap()).collect();
     assert_eq!(scheduler.running(), 2);
     // A grace long enough for TERM to take effect on a loaded machine: the children die of
-    // TERM, and `shutdown_now` returns as soon as they are reaped, not after the grace.
+    // TERM, and `stop` returns as soon as they are reaped, not after the grace.
     let grace = Duration::from_secs(30);
     let started = Instant::now();
-    scheduler.shutdown_now(grace).unwrap();
-    assert!(started.elapsed() < grace, "shutdown_now waited for the grace");
+    scheduler.stop(grace).unwrap();
+    assert!(started.elapsed() < grace, "stop waited for the grace");
     let outcomes: Vec<Outcome> = handles.into_iter().map(|h| h.wait()).collect();
     assert_eq!(
         outcomes.iter().filter(|o| **o == Outcome::Killed { signal: Signal::TERM }).count(),
@@ -342,14 +325,14 @@ fn procmgr_shutdown_now_cancels_queued_and_stops_running() {
 
 #[test]
 fn procmgr_handle_wait_timeout_and_try_result() {
-    let scheduler = Scheduler::start(Strategy::default()).unwrap();
+    let scheduler = Scheduler::new(Strategy::default()).unwrap();
     let slow = scheduler.schedule(sh("exec sleep 30")).unwrap();
     assert_eq!(slow.try_result(), None);
     let started = Instant::now();
     assert_eq!(slow.wait_timeout(Duration::from_millis(100)), None);
     assert!(started.elapsed() >= Duration::from_millis(100));
     // TERM ends `sleep`; the grace only has to outlast a loaded machine's scheduling delay.
-    scheduler.shutdown_now(Duration::from_secs(30)).unwrap();
+    scheduler.stop(Duration::from_secs(30)).unwrap();
     assert_eq!(slow.try_result(), Some(Outcome::Killed { signal: Signal::TERM }));
 }
 
@@ -377,7 +360,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
 
 #[test]
 fn procmgr_handle_is_a_future() {
-    let scheduler = Scheduler::start(Strategy::Simple).unwrap();
+    let scheduler = Scheduler::new(Strategy::Simple).unwrap();
     let a = scheduler.schedule(sh("sleep 0.1; exit 2")).unwrap();
     let b = scheduler.schedule(sh("exit 3")).unwrap();
     assert_eq!(block_on(a), Outcome::Exited { code: 2 });
@@ -397,7 +380,7 @@ fn procmgr_command_missing_program_is_an_error() {
 
 #[test]
 fn procmgr_scheduler_many_waiting_threads() {
-    let scheduler = Scheduler::start(Strategy::Throttled(4)).unwrap();
+    let scheduler = Scheduler::new(Strategy::Throttled(4)).unwrap();
     let workers: Vec<_> = (0..4u8)
         .map(|t| {
             let scheduler = scheduler.clone();
