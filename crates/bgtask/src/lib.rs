@@ -3,20 +3,35 @@
 //!
 //! # Concepts
 //!
-//! - A [`TaskPool`] is a directory (mode 0700). Each task has `<id>.sock` (its supervisor's
-//!   socket, mode 0600, serving only the pool owner and root, checked with `SO_PEERCRED`),
-//!   `<id>.json` (its state, written atomically and read by [`TaskPool::list`] without
-//!   connecting), `<id>.data` (a datagram channel the task finds in `PROCYARD_BGTASK_DATA`, see
-//!   [`TaskChannel`]) and, if asked, `<id>.stdout.log`/`<id>.stderr.log`.
+//! - A [`TaskPool`] is a directory (mode 0700, owned by the caller or root; another user's
+//!   pool is refused). Each task has `<id>.sock` (its supervisor's socket, mode 0600, serving
+//!   only the pool owner and root, checked with `SO_PEERCRED`), `<id>.json` (its state,
+//!   written atomically and read by [`TaskPool::list`] without connecting), `<id>.data` (a
+//!   datagram channel the task finds in `PROCYARD_BGTASK_DATA`, see [`TaskChannel`]; each
+//!   datagram's sender is checked with `SCM_CREDENTIALS`, so only the owner and root are heard)
+//!   and, if asked, `<id>.stdout.log`/`<id>.stderr.log` (files 0600). Only a stale socket is
+//!   ever replaced at a socket path; a regular file there is an error and stays.
 //! - [`TaskPool::spawn`] starts a supervisor fully detached from the caller (its own session)
 //!   and returns once the task runs, with a unique id (not a pid) — or the real spawn error.
 //! - The supervisor runs the command in its own process group, retains output per stream up
 //!   to a cap (oldest bytes dropped) with absolute offsets ([`Stream`]: `start`, `limit`,
-//!   read/peek/discard), writes stdin, signals the group, pauses/resumes, restarts a finished
-//!   task keeping its output, announces [`Event`]s to subscribers, and on delete kills the task
-//!   (INT → TERM → KILL with grace) and removes every file.
+//!   read/peek/discard; a read asking for dropped bytes says how many in [`Chunk::dropped`]),
+//!   writes stdin, signals the group, pauses/resumes, restarts a finished task keeping its
+//!   output, announces [`Event`]s to subscribers, and on delete kills the task (INT → TERM →
+//!   KILL with grace) and removes every file.
+//! - The supervisor is a child subreaper: processes of the task that escape its group
+//!   (`setsid`) are reparented to it once their parent exits; they get the signals the task
+//!   gets (kill, pause, resume, delete), and when the task's leader exits whatever it left
+//!   running is stopped (TERM, then KILL after a grace period) and reaped.
 //! - A task whose supervisor died is reported [`Status::Lost`] (the supervisor's identity is
-//!   pid + start time + boot id, so a recycled pid is not mistaken for it).
+//!   pid + start time + boot id, so a recycled pid is not mistaken for it). Its process group
+//!   is still ours: [`Task::kill`] signals it and [`Task::delete`] stops it (TERM, grace, KILL)
+//!   before removing its files, once the task's recorded identity (pid, start time, boot,
+//!   session) matches `/proc`.
+//! - Connections that stay idle are closed after a minute, and when the connection caps (in
+//!   all, and per uid) are reached the oldest idle connection makes room, so idle connections
+//!   never lock the owner out; [`Task`] reconnects by itself when its idle connection was
+//!   closed.
 //!
 //! # Example
 //!
@@ -46,6 +61,10 @@
 //! # Limitations
 //!
 //! Linux only. Output retained in memory goes with the supervisor unless `log` is set.
+//! Without cgroups, a process can still leave a task for good: one that escapes its group
+//! while its own parent lives on outside the group is reparented to the supervisor only when
+//! that parent exits; and the escapees of a supervisor that was SIGKILLed went to init with
+//! it, where nothing tells them from strangers (a lost task's delete stops its group only).
 //! Supervisors are started by executing the small `procyard-bgtask-supervise` program (or the
 //! `procyard-bgtask` CLI's hidden mode), found through [`TaskPool::supervisor_binary`],
 //! `PROCYARD_BGTASK_BIN`, next to the current executable or on `PATH`; a single-threaded
@@ -58,20 +77,23 @@
 mod buffer;
 mod client;
 mod error;
+mod files;
 mod lost;
 mod pool;
 pub mod protocol;
 mod record;
+mod supervise;
 mod supervisor;
 
 pub use client::{Chunk, DATA_ENV, ID_ENV, ReadMeta, Stream, Subscription, Task, TaskChannel};
 pub use error::{Error, RefusalKind, Result};
 pub use pool::{
     BIN_ENV, DEFAULT_RETAIN, Launch, POOL_ENV, SUPERVISOR_BIN, SpawnOptions, TaskPool,
-    default_pool_dir, supervise_from_stdio,
+    default_pool_dir,
 };
 pub use protocol::{Event, Meta, StreamInfo, StreamName, TaskInfo};
 pub use record::{Filter, Status, TaskRecord, meta_matches, parse_meta_arg};
+pub use supervise::supervise_from_stdio;
 
 /// An error and its causes, joined with `: ` (for messages).
 pub fn error_chain(error: &dyn std::error::Error) -> String {

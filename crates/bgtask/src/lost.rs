@@ -12,42 +12,20 @@
 //! Escapees adopted by the dead supervisor went to init with it: without a supervisor they
 //! can no longer be told from strangers, and are left alone.
 
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
-use procyard_core::{Deadline, Pid, ProcStat, Signal, owner, socket, state_file};
+use procyard_core::{Deadline, Pid, ProcStat, Signal, socket, state_file};
 
+use crate::files::{SOCKET_FILES, STATE_FILES, task_file};
 use crate::record::{Status, TaskRecord};
-use crate::supervisor::{SOCKET_FILES, STATE_FILES, task_file};
 use crate::{Error, RefusalKind, Result, TaskPool};
 
 /// Time the task's group gets to act on SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(2);
 /// Time given to the group to vanish after SIGKILL.
 const KILL_SETTLE: Duration = Duration::from_secs(1);
-
-/// Reads `path` as a task record: a regular file (no symlink followed, no FIFO waited on),
-/// owned by us or root and writable by nobody else. `Ok(None)` when it does not exist.
-pub(crate) fn read_owned_record(path: &Path) -> Result<Option<TaskRecord>> {
-    let mut file = match state_file::open_regular(path, std::fs::OpenOptions::new().read(true)) {
-        Ok(f) => f,
-        Err(procyard_core::Error::Path { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let meta = file.metadata().map_err(|e| Error::path("inspect", path, e))?;
-    owner::check_owned(path, &meta)?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| Error::path("read", path, e))?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|source| {
-        Error::Core(procyard_core::Error::CorruptState { path: path.to_owned(), source })
-    })
-}
 
 /// The record of `id`, which must be lost (else: its supervisor is alive but unreachable).
 fn lost_record(dir: &Path, id: &str) -> Result<TaskRecord> {

@@ -163,16 +163,45 @@ pub(crate) fn now_ms() -> u64 {
 
 /// What a `__supervise` process answers on its stdout.
 #[derive(Serialize, Deserialize)]
-struct SuperviseReply {
-    error: Option<String>,
+pub(crate) struct SuperviseReply {
+    pub(crate) error: Option<String>,
 }
 
 /// What a `__supervise` process reads on its stdin.
 #[derive(Serialize, Deserialize)]
-struct SuperviseRequest {
-    pool: PathBuf,
-    id: String,
-    options: SpawnOptions,
+pub(crate) struct SuperviseRequest {
+    pub(crate) pool: PathBuf,
+    pub(crate) id: String,
+    pub(crate) options: SpawnOptions,
+}
+
+/// Refuses options no task can be started with: an empty command or program name, a NUL
+/// byte in an argument, an environment variable, or the working directory, an environment
+/// name with `=`, a zero retain cap.
+pub(crate) fn check_options(options: &SpawnOptions) -> Result<()> {
+    let invalid = |reason: String| Err(Error::InvalidSpawn { reason });
+    match options.command.first() {
+        None => return invalid("empty command".into()),
+        Some(program) if program.is_empty() => return invalid("empty program name".into()),
+        Some(_) => {}
+    }
+    if let Some(arg) = options.command.iter().find(|a| a.contains('\0')) {
+        return invalid(format!("NUL byte in command argument {arg:?}"));
+    }
+    for (k, v) in &options.env {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return invalid(format!("invalid environment variable {k:?}"));
+        }
+    }
+    if let Some(cwd) = &options.cwd
+        && cwd.as_os_str().as_encoded_bytes().contains(&0)
+    {
+        return invalid(format!("NUL byte in working directory {}", cwd.display()));
+    }
+    if options.retain == 0 {
+        return invalid("retain must be at least 1 byte".into());
+    }
+    Ok(())
 }
 
 impl TaskPool {
@@ -285,7 +314,7 @@ impl TaskPool {
         self.task(&id)
     }
 
-    fn spawn_forked(&self, id: &str, options: &SpawnOptions) -> Result<()> {
+    pub(crate) fn spawn_forked(&self, id: &str, options: &SpawnOptions) -> Result<()> {
         let program = options.command[0].clone();
         match procyard_core::daemonize(&DaemonConfig::default()) {
             Ok(Daemonized::Parent(_)) => Ok(()),
@@ -424,7 +453,7 @@ impl TaskPool {
             return Err(Error::InvalidId { id: id.to_owned() });
         }
         let path = self.dir.join(format!("{id}.json"));
-        match crate::lost::read_owned_record(&path)? {
+        match crate::record::read_owned_record(&path)? {
             Some(r) if r.id == id => Ok(self.check_lost(r, &mut HashMap::new())),
             _ => Err(Error::NoSuchTask { id: id.to_owned() }),
         }
@@ -447,97 +476,5 @@ impl TaskPool {
             record.pid = None;
         }
         record
-    }
-}
-
-/// Refuses options no task can be started with: an empty command or program name, a NUL
-/// byte in an argument, an environment variable, or the working directory, an environment
-/// name with `=`, a zero retain cap.
-fn check_options(options: &SpawnOptions) -> Result<()> {
-    let invalid = |reason: String| Err(Error::InvalidSpawn { reason });
-    match options.command.first() {
-        None => return invalid("empty command".into()),
-        Some(program) if program.is_empty() => return invalid("empty program name".into()),
-        Some(_) => {}
-    }
-    if let Some(arg) = options.command.iter().find(|a| a.contains('\0')) {
-        return invalid(format!("NUL byte in command argument {arg:?}"));
-    }
-    for (k, v) in &options.env {
-        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
-            return invalid(format!("invalid environment variable {k:?}"));
-        }
-    }
-    if let Some(cwd) = &options.cwd
-        && cwd.as_os_str().as_encoded_bytes().contains(&0)
-    {
-        return invalid(format!("NUL byte in working directory {}", cwd.display()));
-    }
-    if options.retain == 0 {
-        return invalid("retain must be at least 1 byte".into());
-    }
-    Ok(())
-}
-
-/// Checks a request read by the hidden supervisor entry point before anything acts on it:
-/// the id is one [`TaskPool::task`] would accept (no path tricks), the pool an absolute path
-/// to an existing directory, the options startable.
-fn check_request(req: &SuperviseRequest) -> Result<()> {
-    if !valid_id(&req.id) {
-        return Err(Error::InvalidId { id: req.id.clone() });
-    }
-    if !req.pool.is_absolute() || !req.pool.is_dir() {
-        return Err(Error::InvalidSpawn {
-            reason: format!("the pool {} is not an existing directory", req.pool.display()),
-        });
-    }
-    check_options(&req.options)?;
-    if req.options.cwd.as_ref().is_none_or(|d| !d.is_absolute()) {
-        return Err(Error::InvalidSpawn {
-            reason: "the working directory must be absolute".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Exit status of the hidden supervisor entry point for a request it refuses to act on.
-const EXIT_INVALID_REQUEST: i32 = 2;
-
-/// The hidden supervisor mode of the `procyard-bgtask` binary: reads a spawn request frame
-/// on stdin, starts the supervisor (daemonized) and answers on stdout. Returns the exit code:
-/// 0 once the task runs, 1 if it could not be started, 2 for a request that is missing,
-/// malformed or invalid (said on stderr as well as in the answer). Must be called from a
-/// single-threaded program (the binary's `main`).
-pub fn supervise_from_stdio() -> i32 {
-    let mut stdin = std::io::stdin().lock();
-    let request = match frame::read_frame::<_, SuperviseRequest>(&mut stdin) {
-        Ok(Some(req)) => check_request(&req).map(|()| req),
-        Ok(None) => Err(Error::InvalidSpawn { reason: "no spawn request on stdin".into() }),
-        Err(e) => Err(Error::InvalidSpawn { reason: format!("unreadable spawn request: {e}") }),
-    };
-    let (reply, code) = match request {
-        Ok(req) => {
-            let started =
-                TaskPool::open(&req.pool).and_then(|p| p.spawn_forked(&req.id, &req.options));
-            match started {
-                Ok(()) => (SuperviseReply { error: None }, 0),
-                Err(Error::Spawn { message, .. }) => (SuperviseReply { error: Some(message) }, 1),
-                Err(e) => (SuperviseReply { error: Some(crate::error_chain(&e)) }, 1),
-            }
-        }
-        Err(e) => {
-            let message = crate::error_chain(&e);
-            let program = std::env::args().next().unwrap_or_default();
-            let program = Path::new(&program)
-                .file_name()
-                .map_or(SUPERVISOR_BIN.into(), |n| n.to_string_lossy());
-            let _ = writeln!(std::io::stderr(), "{program}: {message}");
-            (SuperviseReply { error: Some(message) }, EXIT_INVALID_REQUEST)
-        }
-    };
-    let mut stdout = std::io::stdout().lock();
-    match frame::write_frame(&mut stdout, &reply) {
-        Ok(()) => code,
-        Err(_) => code.max(1),
     }
 }

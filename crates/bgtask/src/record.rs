@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
+use std::path::Path;
 
-use procyard_core::{ProcessIdentity, Signal};
+use procyard_core::{ProcessIdentity, Signal, owner, state_file};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Meta;
+use crate::{Error, Result};
 
 /// A task's status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +106,27 @@ pub struct TaskRecord {
     pub ended_ms: Option<u64>,
     /// Whether output is also logged to `<id>.stdout.log` / `<id>.stderr.log`.
     pub log: bool,
+}
+
+/// Reads `path` as a task record: a regular file (no symlink followed, no FIFO waited on),
+/// owned by us or root and writable by nobody else. `Ok(None)` when it does not exist.
+pub(crate) fn read_owned_record(path: &Path) -> Result<Option<TaskRecord>> {
+    let mut file = match state_file::open_regular(path, std::fs::OpenOptions::new().read(true)) {
+        Ok(f) => f,
+        Err(procyard_core::Error::Path { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let meta = file.metadata().map_err(|e| Error::path("inspect", path, e))?;
+    owner::check_owned(path, &meta)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| Error::path("read", path, e))?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|source| {
+        Error::Core(procyard_core::Error::CorruptState { path: path.to_owned(), source })
+    })
 }
 
 /// Which tasks `list`/`search` return: every condition must hold.

@@ -14,12 +14,12 @@ use mio::unix::pipe::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token};
 use procyard_core::socket::{self, SocketPath};
 use procyard_core::{
-    Child, DaemonStatus, Deadline, Exit, FrameDecoder, ProcessIdentity, Signal, SignalFd, Stdio,
-    frame,
+    Child, DaemonStatus, Deadline, Exit, ProcessIdentity, Signal, SignalFd, Stdio,
 };
 
 use crate::buffer::OutputBuffer;
 use crate::client::{DATA_ENV, ID_ENV};
+use crate::files::{STATE_FILES, task_file};
 use crate::pool::{SpawnOptions, now_ms};
 use crate::protocol::{
     Event, MAX_READ, MAX_REQUEST, Meta, PROTOCOL_VERSION, Request, Response, StreamInfo,
@@ -106,21 +106,6 @@ struct Supervisor {
     finished: bool,
 }
 
-fn path_of(dir: &Path, id: &str, suffix: &str) -> PathBuf {
-    dir.join(format!("{id}.{suffix}"))
-}
-
-/// The suffixes of a task's regular files (its sockets are `sock` and `data`).
-pub(crate) const STATE_FILES: [&str; 3] = ["json", "stdout.log", "stderr.log"];
-
-/// The suffixes of a task's sockets.
-pub(crate) const SOCKET_FILES: [&str; 2] = ["sock", "data"];
-
-/// A file of task `id` in pool `dir`.
-pub(crate) fn task_file(dir: &Path, id: &str, suffix: &str) -> PathBuf {
-    path_of(dir, id, suffix)
-}
-
 /// Runs the supervisor of task `id` until it is deleted; reports start-up through `status`.
 /// Returns the process exit code.
 pub(crate) fn run(
@@ -175,8 +160,8 @@ impl Supervisor {
         options: &SpawnOptions,
     ) -> Result<Supervisor, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create a poll: {e}"))?;
-        let sock_path = path_of(dir, id, "sock");
-        let data_path = path_of(dir, id, "data");
+        let sock_path = task_file(dir, id, "sock");
+        let data_path = task_file(dir, id, "data");
         // Only a stale socket at either path is replaced; anything else there stays, and is
         // reported.
         let (listener, sock_bound) = socket::bind_unix_listener(&sock_path)
@@ -243,7 +228,7 @@ impl Supervisor {
             if !options.log {
                 return Ok(None);
             }
-            let path = path_of(dir, id, &format!("{stream}.log"));
+            let path = task_file(dir, id, &format!("{stream}.log"));
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -322,7 +307,7 @@ impl Supervisor {
             let _ = s.remove();
         }
         for suffix in STATE_FILES {
-            let _ = procyard_core::state_file::remove(path_of(&self.dir, &self.id, suffix));
+            let _ = procyard_core::state_file::remove(task_file(&self.dir, &self.id, suffix));
         }
     }
 
@@ -331,7 +316,7 @@ impl Supervisor {
         let mut command = procyard_core::Command::new(&cmd[0]);
         command
             .args(&cmd[1..])
-            .env(DATA_ENV, path_of(&self.dir, &self.id, "data"))
+            .env(DATA_ENV, task_file(&self.dir, &self.id, "data"))
             .env(ID_ENV, &self.id)
             .env(crate::pool::POOL_ENV, &self.dir)
             .stdin(Stdio::Pipe)
@@ -419,7 +404,7 @@ impl Supervisor {
         bytes.push(b'\n');
         // Readers see whole records; durability is moot: after a crash the record reads as lost.
         procyard_core::state_file::write_atomic_volatile(
-            path_of(&self.dir, &self.id, "json"),
+            task_file(&self.dir, &self.id, "json"),
             &bytes,
         )
         .map_err(|e| error_chain(&e))
@@ -531,79 +516,6 @@ impl Supervisor {
             self.service_clients();
         }
         Ok(())
-    }
-
-    fn accept(&mut self) {
-        loop {
-            let (mut stream, _) = match self.listener.accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    return;
-                }
-            };
-            let uid = rustix::net::sockopt::socket_peercred(&stream).ok().map(|c| c.uid);
-            let allowed = uid.is_some_and(|uid| uid.is_root() || uid.as_raw() == self.owner);
-            let uid = uid.map_or(u32::MAX, |uid| uid.as_raw());
-            let admission = if allowed && self.deleting.is_none() {
-                let slots: Vec<_> = self.clients.iter().map(|(t, c)| c.slot(*t)).collect();
-                admission::admit(&slots, uid)
-            } else {
-                Admission::Refuse
-            };
-            if let Admission::Evict(victim) = admission
-                && let Some(mut c) = self.clients.remove(&victim)
-            {
-                tracing::debug!("closing an idle connection to make room");
-                let _ = self.poll.registry().deregister(&mut c.stream);
-            }
-            if admission == Admission::Refuse {
-                let message = if allowed { "supervisor busy" } else { "permission denied" };
-                let resp = Response::Error {
-                    kind: RefusalKind::PermissionDenied,
-                    message: message.into(),
-                };
-                if let Ok(bytes) = frame::encode_frame(&resp) {
-                    let _ = stream.write(&bytes);
-                }
-                continue;
-            }
-            // Large reads then go out straight from the ring in one write (best effort;
-            // the kernel caps it at net.core.wmem_max).
-            let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, 4 * 1024 * 1024);
-            let token = Token(self.next_token);
-            self.next_token += 1;
-            if self
-                .poll
-                .registry()
-                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-                .is_err()
-            {
-                continue;
-            }
-            self.clients.insert(
-                token,
-                Client {
-                    stream,
-                    decoder: FrameDecoder::with_max(MAX_REQUEST + 1024),
-                    out: Vec::new(),
-                    out_pos: 0,
-                    readable: true,
-                    hello: false,
-                    hello_deadline: Deadline::after(HELLO_TIMEOUT),
-                    subscribed: false,
-                    parked: None,
-                    waiting_stdin: false,
-                    dirty: [false; 2],
-                    closing: false,
-                    dead: false,
-                    uid,
-                    last_active: Instant::now(),
-                },
-            );
-        }
     }
 
     fn read_output(&mut self, i: usize) {
@@ -738,26 +650,6 @@ impl Supervisor {
         }
     }
 
-    /// SIGCHLD (or the leader's exit): reaps escapees, signals new ones, and ends a delete
-    /// once nothing of the task is left.
-    fn escapee_exited(&mut self) {
-        if let Some(mut del) = self.deleting.take() {
-            self.catch_escapees(Some(&mut del.stop));
-            let done = self.stop_done(&del.stop);
-            self.deleting = Some(del);
-            if done {
-                self.finish_delete();
-            }
-        } else if let Some(mut sweep) = self.sweep.take() {
-            self.catch_escapees(Some(&mut sweep));
-            if !self.stop_done(&sweep) {
-                self.sweep = Some(sweep);
-            }
-        } else {
-            self.catch_escapees(None);
-        }
-    }
-
     fn flush_stdin(&mut self) {
         let Some(tx) = self.stdin.as_mut() else { return };
         while !self.stdin_queue.is_empty() {
@@ -821,63 +713,16 @@ impl Supervisor {
         }
         Ok(())
     }
-
-    fn start_delete(&mut self, requester: Option<Token>) {
-        if self.deleting.is_some() {
-            return;
-        }
-        // A sweep in progress goes on as the delete's ladder (no step back to INT).
-        let stop = self.sweep.take().unwrap_or_else(|| Stop::new(DELETE_LADDER));
-        if self.stop_done(&stop) {
-            self.deleting = Some(Deleting { requester, stop });
-            self.finish_delete();
-        } else {
-            self.deleting = Some(Deleting { requester, stop });
-        }
-    }
-
-    /// The INT → TERM → KILL ladder, one step per grace period, to the task's group and its
-    /// escapees.
-    fn step_delete(&mut self) {
-        if self.finished {
-            return;
-        }
-        let Some(mut del) = self.deleting.take() else { return };
-        del.stop = self.step_stop(del.stop);
-        let done = self.stop_done(&del.stop);
-        self.deleting = Some(del);
-        if done {
-            self.finish_delete();
-        }
-    }
-
-    fn finish_delete(&mut self) {
-        let Some(del) = self.deleting.take() else { return };
-        self.remove_files();
-        self.broadcast(&Event::Deleted);
-        if let Some(token) = del.requester
-            && let Some(c) = self.clients.get_mut(&token)
-        {
-            c.send(&Response::Ok);
-        }
-        // Deliver the last answers (bounded: a few small frames per client).
-        let deadline = Deadline::after(Duration::from_secs(1));
-        for c in self.clients.values_mut() {
-            let _ = c.stream_blocking_flush(deadline);
-        }
-        self.finished = true;
-    }
 }
 
 mod admission;
 mod connection;
 mod datagrams;
-mod escapees;
 mod requests;
+mod stop;
 
-use admission::Admission;
 use connection::Client;
-use escapees::{DELETE_LADDER, Stop};
+use stop::Stop;
 
 fn stream_index(stream: StreamName) -> usize {
     match stream {

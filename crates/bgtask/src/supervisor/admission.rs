@@ -10,9 +10,14 @@
 //! resends) when it finds its idle connection closed, so eviction costs a well-behaved client
 //! one reconnection.
 
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use mio::Token;
+use mio::{Interest, Token};
+use procyard_core::{Deadline, FrameDecoder, frame};
+
+use super::{Client, HELLO_TIMEOUT, MAX_REQUEST, Response, Supervisor};
+use crate::RefusalKind;
 
 /// Most connections served at once.
 pub(super) const MAX_CLIENTS: usize = 128;
@@ -68,6 +73,81 @@ pub(super) fn idle_deadline(slot: &Slot) -> Option<Instant> {
         return None;
     }
     slot.idle_since.map(|since| since + IDLE_TIMEOUT)
+}
+
+impl Supervisor {
+    pub(super) fn accept(&mut self) {
+        loop {
+            let (mut stream, _) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let uid = rustix::net::sockopt::socket_peercred(&stream).ok().map(|c| c.uid);
+            let allowed = uid.is_some_and(|uid| uid.is_root() || uid.as_raw() == self.owner);
+            let uid = uid.map_or(u32::MAX, |uid| uid.as_raw());
+            let admission = if allowed && self.deleting.is_none() {
+                let slots: Vec<_> = self.clients.iter().map(|(t, c)| c.slot(*t)).collect();
+                admit(&slots, uid)
+            } else {
+                Admission::Refuse
+            };
+            if let Admission::Evict(victim) = admission
+                && let Some(mut c) = self.clients.remove(&victim)
+            {
+                tracing::debug!("closing an idle connection to make room");
+                let _ = self.poll.registry().deregister(&mut c.stream);
+            }
+            if admission == Admission::Refuse {
+                let message = if allowed { "supervisor busy" } else { "permission denied" };
+                let resp = Response::Error {
+                    kind: RefusalKind::PermissionDenied,
+                    message: message.into(),
+                };
+                if let Ok(bytes) = frame::encode_frame(&resp) {
+                    let _ = stream.write(&bytes);
+                }
+                continue;
+            }
+            // Large reads then go out straight from the ring in one write (best effort;
+            // the kernel caps it at net.core.wmem_max).
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, 4 * 1024 * 1024);
+            let token = Token(self.next_token);
+            self.next_token += 1;
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.clients.insert(
+                token,
+                Client {
+                    stream,
+                    decoder: FrameDecoder::with_max(MAX_REQUEST + 1024),
+                    out: Vec::new(),
+                    out_pos: 0,
+                    readable: true,
+                    hello: false,
+                    hello_deadline: Deadline::after(HELLO_TIMEOUT),
+                    subscribed: false,
+                    parked: None,
+                    waiting_stdin: false,
+                    dirty: [false; 2],
+                    closing: false,
+                    dead: false,
+                    uid,
+                    last_active: Instant::now(),
+                },
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,9 +17,10 @@
 
 use std::time::Duration;
 
+use mio::Token;
 use procyard_core::{Deadline, Pid, ProcStat, Signal, subreaper};
 
-use super::{GRACE, Supervisor};
+use super::{Deleting, Event, GRACE, Response, Supervisor};
 
 /// KILLs re-sent to processes that outlive the last step before the ladder gives up on them
 /// (a process stuck in the kernel).
@@ -184,6 +185,74 @@ impl Supervisor {
             return;
         }
         self.sweep = Some(self.step_stop(stop));
+    }
+}
+
+impl Supervisor {
+    pub(super) fn start_delete(&mut self, requester: Option<Token>) {
+        if self.deleting.is_some() {
+            return;
+        }
+        // A sweep in progress goes on as the delete's ladder (no step back to INT).
+        let stop = self.sweep.take().unwrap_or_else(|| Stop::new(DELETE_LADDER));
+        if self.stop_done(&stop) {
+            self.deleting = Some(Deleting { requester, stop });
+            self.finish_delete();
+        } else {
+            self.deleting = Some(Deleting { requester, stop });
+        }
+    }
+
+    /// The INT → TERM → KILL ladder, one step per grace period, to the task's group and its
+    /// escapees.
+    pub(super) fn step_delete(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Some(mut del) = self.deleting.take() else { return };
+        del.stop = self.step_stop(del.stop);
+        let done = self.stop_done(&del.stop);
+        self.deleting = Some(del);
+        if done {
+            self.finish_delete();
+        }
+    }
+
+    pub(super) fn finish_delete(&mut self) {
+        let Some(del) = self.deleting.take() else { return };
+        self.remove_files();
+        self.broadcast(&Event::Deleted);
+        if let Some(token) = del.requester
+            && let Some(c) = self.clients.get_mut(&token)
+        {
+            c.send(&Response::Ok);
+        }
+        // Deliver the last answers (bounded: a few small frames per client).
+        let deadline = Deadline::after(Duration::from_secs(1));
+        for c in self.clients.values_mut() {
+            let _ = c.stream_blocking_flush(deadline);
+        }
+        self.finished = true;
+    }
+
+    /// SIGCHLD (or the leader's exit): reaps escapees, signals new ones, and ends a delete
+    /// once nothing of the task is left.
+    pub(super) fn escapee_exited(&mut self) {
+        if let Some(mut del) = self.deleting.take() {
+            self.catch_escapees(Some(&mut del.stop));
+            let done = self.stop_done(&del.stop);
+            self.deleting = Some(del);
+            if done {
+                self.finish_delete();
+            }
+        } else if let Some(mut sweep) = self.sweep.take() {
+            self.catch_escapees(Some(&mut sweep));
+            if !self.stop_done(&sweep) {
+                self.sweep = Some(sweep);
+            }
+        } else {
+            self.catch_escapees(None);
+        }
     }
 }
 

@@ -1,0 +1,76 @@
+//! The hidden supervisor entry point (`procyard-bgtask-supervise __supervise`, and the CLI's
+//! `__supervise` mode): a spawn request read from stdin, checked before anything acts on it,
+//! and the answer written to stdout.
+
+use std::io::Write;
+use std::path::Path;
+
+use procyard_core::frame;
+
+use crate::pool::{
+    SUPERVISOR_BIN, SuperviseReply, SuperviseRequest, TaskPool, check_options, valid_id,
+};
+use crate::{Error, Result};
+
+/// Checks a request read by the hidden supervisor entry point before anything acts on it:
+/// the id is one [`TaskPool::task`] would accept (no path tricks), the pool an absolute path
+/// to an existing directory, the options startable.
+fn check_request(req: &SuperviseRequest) -> Result<()> {
+    if !valid_id(&req.id) {
+        return Err(Error::InvalidId { id: req.id.clone() });
+    }
+    if !req.pool.is_absolute() || !req.pool.is_dir() {
+        return Err(Error::InvalidSpawn {
+            reason: format!("the pool {} is not an existing directory", req.pool.display()),
+        });
+    }
+    check_options(&req.options)?;
+    if req.options.cwd.as_ref().is_none_or(|d| !d.is_absolute()) {
+        return Err(Error::InvalidSpawn {
+            reason: "the working directory must be absolute".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Exit status of the hidden supervisor entry point for a request it refuses to act on.
+const EXIT_INVALID_REQUEST: i32 = 2;
+
+/// The hidden supervisor mode of the `procyard-bgtask` binary: reads a spawn request frame
+/// on stdin, starts the supervisor (daemonized) and answers on stdout. Returns the exit code:
+/// 0 once the task runs, 1 if it could not be started, 2 for a request that is missing,
+/// malformed or invalid (said on stderr as well as in the answer). Must be called from a
+/// single-threaded program (the binary's `main`).
+pub fn supervise_from_stdio() -> i32 {
+    let mut stdin = std::io::stdin().lock();
+    let request = match frame::read_frame::<_, SuperviseRequest>(&mut stdin) {
+        Ok(Some(req)) => check_request(&req).map(|()| req),
+        Ok(None) => Err(Error::InvalidSpawn { reason: "no spawn request on stdin".into() }),
+        Err(e) => Err(Error::InvalidSpawn { reason: format!("unreadable spawn request: {e}") }),
+    };
+    let (reply, code) = match request {
+        Ok(req) => {
+            let started =
+                TaskPool::open(&req.pool).and_then(|p| p.spawn_forked(&req.id, &req.options));
+            match started {
+                Ok(()) => (SuperviseReply { error: None }, 0),
+                Err(Error::Spawn { message, .. }) => (SuperviseReply { error: Some(message) }, 1),
+                Err(e) => (SuperviseReply { error: Some(crate::error_chain(&e)) }, 1),
+            }
+        }
+        Err(e) => {
+            let message = crate::error_chain(&e);
+            let program = std::env::args().next().unwrap_or_default();
+            let program = Path::new(&program)
+                .file_name()
+                .map_or(SUPERVISOR_BIN.into(), |n| n.to_string_lossy());
+            let _ = writeln!(std::io::stderr(), "{program}: {message}");
+            (SuperviseReply { error: Some(message) }, EXIT_INVALID_REQUEST)
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match frame::write_frame(&mut stdout, &reply) {
+        Ok(()) => code,
+        Err(_) => code.max(1),
+    }
+}
