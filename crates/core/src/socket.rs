@@ -61,6 +61,16 @@ pub fn bind_unix_datagram(path: &Path) -> Result<(UnixDatagram, SocketPath)> {
     bind_with(path, |p| UnixDatagram::bind(p))
 }
 
+/// Unlinks the socket at `path` if it is stale (nothing answers on it): for cleaning up after a
+/// process that died without removing its socket. Returns whether it unlinked; a live socket
+/// is [`Error::SocketInUse`], anything that is not a socket is [`Error::WrongFileType`], and
+/// both are left in place. An absent path is `Ok(false)`.
+pub fn remove_stale(path: &Path) -> Result<bool> {
+    let existed = std::fs::symlink_metadata(path).is_ok();
+    clear_stale(path)?;
+    Ok(existed)
+}
+
 /// Checks that `path` could be bound: absent, or a socket (live or stale). Anything else is
 /// [`Error::WrongFileType`]. For configuration checks; binding checks again.
 pub fn check_socket_path(path: &Path) -> Result<()> {
@@ -172,5 +182,20 @@ mod tests {
         assert!(matches!(bind_unix_datagram(&path).unwrap_err(), Error::SocketInUse { .. }));
         drop(sock);
         bind_unix_datagram(&path).unwrap();
+    }
+
+    #[test]
+    fn remove_stale_leaves_live_sockets_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        assert!(!remove_stale(&path).unwrap());
+        let (listener, _bound) = bind_unix_listener(&path).unwrap();
+        assert!(matches!(remove_stale(&path).unwrap_err(), Error::SocketInUse { .. }));
+        drop(listener);
+        assert!(remove_stale(&path).unwrap());
+        assert!(!path.exists());
+        std::fs::write(&path, b"data").unwrap();
+        assert!(remove_stale(&path).is_err());
+        assert!(path.exists());
     }
 }
