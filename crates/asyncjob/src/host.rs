@@ -9,7 +9,7 @@ use procyard_core::{DaemonConfig, Daemonized, Deadline, FileLock, Pid, Readiness
 
 use crate::monitor::{self, StartReport};
 use crate::options::JobSpec;
-use crate::{Error, Result, StartFailure, error_chain};
+use crate::{Error, Result, StartFailure};
 
 /// The argument that makes `procyard-asyncjob` host a monitor for a threaded caller.
 #[doc(hidden)]
@@ -59,8 +59,9 @@ pub(crate) fn detach_by_exec(spec: &JobSpec, lock: Option<&FileLock>) -> Result<
         })?;
         cmd.pass_fd(OwnedFd::from(shared), 4);
     }
-    let mut host =
-        cmd.spawn().map_err(|e| start_failed(spec, StartFailure::Detach, error_chain(&e)))?;
+    let mut host = cmd
+        .spawn()
+        .map_err(|e| start_failed(spec, StartFailure::Detach, procyard_core::report(&e)))?;
     let readiness = reader.wait(Deadline::after(HOST_REPORT_LIMIT));
     let _ = host.wait_timeout(HOST_REPORT_LIMIT);
     match readiness {
@@ -116,7 +117,7 @@ pub fn host_monitor(spec_json: &str) -> i32 {
             1
         }
         Err(e) => {
-            report(&failure(StartFailure::Detach, error_chain(&e)));
+            report(&failure(StartFailure::Detach, procyard_core::report(&e)));
             1
         }
     }

@@ -96,7 +96,7 @@ mod state;
 mod subreaper;
 mod trust;
 
-pub use error::{Error, Result, StartFailure, error_chain};
+pub use error::{Error, Result, StartFailure};
 pub use host::{MONITOR_HOST_ARG, host_monitor};
 pub use job::{AsyncJob, KILL_SETTLE};
 pub use options::{AsyncJobOptions, DEFAULT_GRACE};

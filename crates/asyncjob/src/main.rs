@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use procyard_asyncjob::{AsyncJob, AsyncJobOptions, Error, JobState, Signal, error_chain};
+use procyard_asyncjob::{AsyncJob, AsyncJobOptions, Error, JobState, Signal};
+use procyard_core::report;
 
 const AFTER_HELP: &str = "\
 Example (a serf handler for queries; serf relays a handler's output only when it exits 0,
@@ -65,10 +66,10 @@ enum Action {
         #[arg(long, value_name = "STRING", conflicts_with = "command")]
         shell: Option<OsString>,
         /// Stop the job after this long (TERM, then KILL after --grace): 30s, 500ms, 5m, 1h.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = procyard_core::parse_duration)]
         timeout: Option<Duration>,
         /// Time between TERM and KILL when the timeout fires (default 5s).
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = procyard_core::parse_duration)]
         grace: Option<Duration>,
         /// Print the state as JSON instead of success/failed.
         #[arg(long)]
@@ -101,7 +102,7 @@ enum Action {
     #[command(after_help = "Example:\n  procyard-asyncjob --state /tmp/job wait --timeout 10m")]
     Wait {
         /// Give up after this long (exit 1): 30s, 500ms, 5m, 1h.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = procyard_core::parse_duration)]
         timeout: Option<Duration>,
     },
 }
@@ -111,23 +112,6 @@ fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
         _ => Err(format!("expected K=V, got {text:?}")),
     }
-}
-
-/// Parses `1.5s`, `250ms`, `5m`, `2h`, `3d`, or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("invalid duration {text:?}"))?;
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m, h or d)")),
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("invalid duration {text:?}"))
 }
 
 fn main() -> ExitCode {
@@ -170,7 +154,7 @@ fn options(cli: &Cli) -> AsyncJobOptions {
 
 fn complain(action: &str, error: &Error) {
     tracing::debug!(action, "failed");
-    eprintln!("procyard-asyncjob: {}", error_chain(error));
+    eprintln!("procyard-asyncjob: {}", report(error));
 }
 
 /// Prints `success`/`failed` (or JSON) for start, kill and reap.
@@ -187,7 +171,7 @@ fn verdict(action: &str, json: bool, outcome: Result<JobState, Error>) -> ExitCo
         Err(error) => {
             complain(action, &error);
             if json {
-                let message = serde_json::Value::String(error_chain(&error));
+                let message = serde_json::Value::String(report(&error));
                 println!(r#"{{"result":"failed","error":{message}}}"#);
             } else {
                 println!("failed");
@@ -256,13 +240,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        for bad in ["", "x", "5y", "-1s", "1e999"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+    fn duration_flags_use_the_shared_grammar() {
+        let timeout = |text: &str| match Cli::try_parse_from([
+            "procyard-asyncjob",
+            "start",
+            &format!("--timeout={text}"),
+            "--",
+            "true",
+        ]) {
+            Ok(Cli { action: Action::Start { timeout, .. }, .. }) => Ok(timeout),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(timeout("250ms"), Ok(Some(Duration::from_millis(250))));
+        assert_eq!(timeout("3d"), Ok(Some(Duration::from_secs(3 * 86400))));
+        for bad in ["x", "5y", "-1s", "1e999"] {
+            let err = timeout(bad).unwrap_err();
+            assert!(err.contains("invalid duration"), "{bad}: {err}");
         }
     }
 

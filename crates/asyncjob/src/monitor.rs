@@ -4,14 +4,14 @@
 
 use procyard_core::{
     Child, Command, DaemonStatus, Deadline, Exit, FileLock, Pid, ProcessIdentity, Signal, Stdio,
-    exit_immediately,
+    exit_immediately, report,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::options::{JobSpec, Program};
 use crate::state::{self, JobState, Status, unix_now};
 use crate::subreaper::Adopter;
-use crate::{Error, StartFailure, error_chain};
+use crate::{Error, StartFailure};
 
 /// What the monitor tells `start` when it cannot start the job (sent through the daemon status
 /// pipe as JSON).
@@ -65,7 +65,7 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
         }
     };
     if let Err(e) = write(&record) {
-        return fail(status, StartFailure::State, error_chain(&e));
+        return fail(status, StartFailure::State, report(&e));
     }
 
     // Before the job exists, so every escapee of it is reparented to us.
@@ -78,7 +78,7 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
                 procyard_core::Error::Path { .. } => StartFailure::Output,
                 _ => StartFailure::Spawn,
             };
-            let message = error_chain(&e);
+            let message = report(&e);
             record.status = Status::Failed;
             record.error = Some(message.clone());
             record.error_kind = Some(kind);
@@ -94,7 +94,7 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
     record.job_start_time = ProcessIdentity::of(child.id()).ok().flatten().map(|id| id.start_time);
     if let Err(e) = write(&record) {
         let _ = child.kill_and_reap();
-        return fail(status, StartFailure::State, error_chain(&e));
+        return fail(status, StartFailure::State, report(&e));
     }
     if status.ready().is_err() {
         tracing::debug!("the caller of start went away before the job was reported running");
@@ -113,7 +113,7 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
         }
         Err(e) => {
             record.status = Status::Finished;
-            record.error = Some(error_chain(&e));
+            record.error = Some(report(&e));
         }
     }
     match write(&record) {
