@@ -46,6 +46,18 @@
 //! Linux only. One daemon per SQLite queue file (an `flock` enforces it); use the AMQP
 //! backend to spread one queue over several daemons. Changing `[queue]` or the control socket
 //! needs a restart, not a reload.
+//!
+//! A job's processes stop with it: its worker's process group is signalled, and the
+//! `procyard-daemon` binary is a child subreaper, so a descendant that left the group
+//! (`setsid`, a double fork) is reparented to it and stopped with its worker, recognised by
+//! the `PROCYARD_WORKER` variable it inherited. A worker gets SIGKILL when its daemon dies (a
+//! parent-death signal), and the next daemon on the same SQLite queue stops what is left in
+//! the process groups recorded with the leases before it runs those jobs again. Without
+//! cgroups some escapes remain: a descendant that cleared its environment; one whose own
+//! parent is still alive (it is caught once that parent exits); the descendants that left the
+//! group of a worker whose daemon was SIGKILLed (they go to init); a set-user-ID worker
+//! program (the kernel drops its parent-death signal); and, on AMQP, a killed daemon's job
+//! subprocesses (the broker redelivers at once and nothing records them).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Run { config, ready_fd } => {
             init_logs(&config);
-            procyard_daemon::run(&config, signals, RunOptions { ready_fd })
+            procyard_daemon::run(&config, signals, RunOptions { ready_fd, subreaper: true })
                 .map_err(|e| error_chain("run", &e))
         }
         other => {

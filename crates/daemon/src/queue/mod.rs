@@ -36,6 +36,17 @@
 //!    [`QueueBackend::flush`] is called at the end of every loop iteration and must make
 //!    buffered outcomes durable (or hand them to the broker thread), and so must the next
 //!    [`QueueBackend::claim`] before (or atomically with) the leases it takes.
+//!
+//!    When the daemon hands a claimed job to a worker process, it calls
+//!    [`QueueBackend::record_holder`] with that worker's [`LeaseHolder`] (pid, start time,
+//!    process group). A backend whose leases outlive the daemon (SQLite) stores it with the
+//!    lease no later than the next [`QueueBackend::flush`]; at the next start, before any
+//!    claim, the daemon reads [`QueueBackend::abandoned`], stops every recorded worker that is
+//!    still there (by identity, then its process group), and only then calls
+//!    [`QueueBackend::recover`], which puts the jobs back — all but those whose worker would not
+//!    die, which stay leased until a later start. A backend whose leases end with the daemon's
+//!    connection (AMQP: the broker redelivers at once) keeps the defaults, which record
+//!    nothing; there the workers die with the daemon (a parent-death signal).
 //! 6. [`QueueBackend::next_due`] returns the earliest instant at which a delayed job becomes
 //!    available by itself (SQLite retry backoff), so the loop sleeps until exactly then — a
 //!    real deadline, not a poll. A backend that wakes the loop itself returns `None`.
@@ -161,6 +172,30 @@ pub struct Job {
     pub receipt: Receipt,
 }
 
+/// The worker process a job was handed to, recorded with its lease (step 5 of the [module
+/// documentation](self)) so that a daemon starting after this one died can find it and stop it
+/// before the job runs again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// The worker process: pid, start time and boot, so a recycled pid is never taken for it.
+    pub process: procyard_core::ProcessIdentity,
+    /// The process group the worker leads, where the job's own subprocesses run too.
+    pub process_group: procyard_core::Pid,
+}
+
+/// A job that a previous daemon left in flight, as [`QueueBackend::abandoned`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Abandoned {
+    /// The job's id.
+    pub id: String,
+    /// The task it was routed to.
+    pub task: String,
+    /// The backend's handle for the lease, as [`QueueBackend::recover`] takes it.
+    pub receipt: Receipt,
+    /// The worker it was handed to, when that was recorded before the daemon died.
+    pub holder: Option<LeaseHolder>,
+}
+
 /// What happened to a job, given to [`QueueBackend::complete`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -251,6 +286,29 @@ pub trait QueueBackend {
     /// leases it takes (SQLite: in the same transaction), so the queue never holds a finished
     /// job leased next to the job claimed in its place.
     fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>>;
+
+    /// Daemon only: records which worker process runs `job` (step 5); may be buffered until
+    /// [`QueueBackend::flush`]. The default records nothing, for backends whose leases end
+    /// with the daemon.
+    fn record_holder(&mut self, job: &Job, holder: &LeaseHolder) -> Result<()> {
+        let _ = (job, holder);
+        Ok(())
+    }
+
+    /// Daemon only, before the first claim: the jobs a previous daemon left in flight, with
+    /// the worker each was handed to (step 5). The default is none.
+    fn abandoned(&mut self) -> Result<Vec<Abandoned>> {
+        Ok(Vec::new())
+    }
+
+    /// Daemon only, after [`QueueBackend::abandoned`]'s workers were stopped: puts those jobs
+    /// back (the interrupted attempt not counted), except the ones in `keep`, which stay leased
+    /// (their worker could not be stopped: running them again would run them twice at once).
+    /// Returns how many were put back. The default puts back nothing.
+    fn recover(&mut self, keep: &[Receipt]) -> Result<u64> {
+        let _ = keep;
+        Ok(0)
+    }
 
     /// Daemon only: records the outcome of a claimed job (may be buffered until
     /// [`QueueBackend::flush`]). A retry's delay counts from this call, not from the flush:

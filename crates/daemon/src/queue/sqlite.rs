@@ -26,6 +26,8 @@ use super::{
 };
 use crate::{Error, Result, routing};
 
+mod holders;
+
 /// The largest payload the embedded queue accepts: 16 MiB.
 pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
 
@@ -70,6 +72,8 @@ pub struct SqliteQueue {
     pending: Vec<(i64, String, Outcome, i64)>,
     due_cache: Option<Option<i64>>,
     recovered: u64,
+    /// Holders of jobs handed to workers, written with the next write transaction.
+    holders: Vec<(i64, super::LeaseHolder)>,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -91,7 +95,8 @@ pub fn lock_path(queue: &Path) -> PathBuf {
 
 impl SqliteQueue {
     /// Opens (creating if needed) the queue file. In [`OpenMode::Daemon`] it takes the
-    /// daemon lock and puts back the jobs a previous daemon left leased.
+    /// daemon lock; the jobs a previous daemon left leased stay leased until
+    /// [`QueueBackend::recover`] (after the daemon stopped their workers).
     pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteQueue> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
@@ -115,7 +120,7 @@ impl SqliteQueue {
             }
         };
         let q = |action, e| Error::queue(action, path, e);
-        let conn = Connection::open(path).map_err(|e| q("open", e))?;
+        let mut conn = Connection::open(path).map_err(|e| q("open", e))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(|e| q("configure", e))?;
         // Plans stay as prepared: otherwise a new `LIMIT` value re-prepares the claim.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
@@ -123,7 +128,8 @@ impl SqliteQueue {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| q("enable WAL on", e))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| q("configure", e))?;
         conn.execute_batch(SCHEMA).map_err(|e| q("create the schema of", e))?;
-        let mut queue = SqliteQueue {
+        holders::migrate(&mut conn).map_err(|e| q("add the lease holder columns to", e))?;
+        let queue = SqliteQueue {
             path: path.to_owned(),
             conn,
             tasks: Vec::new(),
@@ -133,17 +139,12 @@ impl SqliteQueue {
             pending: Vec::new(),
             due_cache: None,
             recovered: 0,
+            holders: Vec::new(),
         };
-        if mode == OpenMode::Daemon {
-            queue.recovered = queue.release_leases()?;
-            if queue.recovered > 0 {
-                tracing::warn!(jobs = queue.recovered, queue = %path.display(), "put back jobs a previous daemon left in flight");
-            }
-        }
         Ok(queue)
     }
 
-    /// How many in-flight jobs of a previous daemon were put back when this one opened.
+    /// How many in-flight jobs of a previous daemon [`QueueBackend::recover`] put back.
     pub fn recovered(&self) -> u64 {
         self.recovered
     }
@@ -157,14 +158,19 @@ impl SqliteQueue {
         move |e| Error::queue(action, &self.path, e)
     }
 
-    /// Leased rows become ready again, the interrupted attempt not counted.
-    fn release_leases(&mut self) -> Result<u64> {
+    /// Leased rows become ready again, the interrupted attempt not counted: only this
+    /// daemon's (`ours`) or every one, but never those in `keep`.
+    fn release_leases(&mut self, ours: bool, keep: &[Receipt]) -> Result<u64> {
+        let owner = ours.then_some(self.owner.as_str());
+        let keep = serde_json::to_string(&keep.iter().map(|r| r.0).collect::<Vec<u64>>())
+            .unwrap_or_else(|_| "[]".to_owned());
         let n = self
             .conn
             .execute(
                 "UPDATE jobs SET state = ?1, attempts = MAX(attempts - 1, 0), lease_owner = NULL
-                 WHERE state = ?2",
-                params![STATE_READY, STATE_LEASED],
+                 WHERE state = ?2 AND (?3 IS NULL OR lease_owner = ?3)
+                   AND seq NOT IN (SELECT value FROM json_each(?4))",
+                params![STATE_READY, STATE_LEASED, owner, keep],
             )
             .map_err(|e| Error::queue("recover jobs in", &self.path, e))?;
         self.due_cache = None;
@@ -253,12 +259,15 @@ impl QueueBackend for SqliteQueue {
         let e = |err| Error::queue("claim jobs from", &path, err);
         let tx = self.conn.transaction().map_err(e)?;
         let retried = write_outcomes(&tx, &self.pending).map_err(e)?;
+        holders::write(&tx, &self.holders).map_err(e)?;
         let now = now_ms();
         let mut jobs = Vec::new();
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2
+                    "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2,
+                         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL,
+                         worker_boot = NULL
                      WHERE seq IN (SELECT seq FROM jobs WHERE task = ?3 AND state = ?4
                                    AND not_before <= ?5 ORDER BY seq LIMIT ?6)
                      RETURNING seq, id, routing_key, payload, attempts",
@@ -280,6 +289,7 @@ impl QueueBackend for SqliteQueue {
         }
         tx.commit().map_err(e)?;
         self.pending.clear();
+        self.holders.clear();
         if retried {
             self.due_cache = None;
         }
@@ -294,8 +304,33 @@ impl QueueBackend for SqliteQueue {
         Ok(())
     }
 
+    fn record_holder(&mut self, job: &Job, holder: &super::LeaseHolder) -> Result<()> {
+        self.holders.push((job.receipt.0 as i64, holder.clone()));
+        Ok(())
+    }
+
+    fn abandoned(&mut self) -> Result<Vec<super::Abandoned>> {
+        if self.mode != OpenMode::Daemon {
+            return Ok(Vec::new());
+        }
+        holders::abandoned(&self.conn)
+            .map_err(|e| Error::queue("read the jobs a previous daemon left in", &self.path, e))
+    }
+
+    fn recover(&mut self, keep: &[Receipt]) -> Result<u64> {
+        if self.mode != OpenMode::Daemon {
+            return Ok(0);
+        }
+        let n = self.release_leases(false, keep)?;
+        self.recovered += n;
+        if n > 0 {
+            tracing::warn!(jobs = n, queue = %self.path.display(), "put back jobs a previous daemon left in flight");
+        }
+        Ok(n)
+    }
+
     fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.holders.is_empty() {
             return Ok(());
         }
         // Kept until the transaction commits: after a failure (a writer holding the file past
@@ -304,8 +339,10 @@ impl QueueBackend for SqliteQueue {
         let e = |err| Error::queue("record job outcomes in", &path, err);
         let tx = self.conn.transaction().map_err(e)?;
         let retried = write_outcomes(&tx, &self.pending).map_err(e)?;
+        holders::write(&tx, &self.holders).map_err(e)?;
         tx.commit().map_err(e)?;
         self.pending.clear();
+        self.holders.clear();
         if retried {
             self.due_cache = None;
         }
@@ -465,7 +502,7 @@ impl QueueBackend for SqliteQueue {
     fn shutdown(&mut self) -> Result<()> {
         self.flush()?;
         if self.mode == OpenMode::Daemon {
-            let n = self.release_leases()?;
+            let n = self.release_leases(true, &[])?;
             if n > 0 {
                 tracing::info!(jobs = n, "returned unfinished jobs to the queue");
             }
@@ -630,6 +667,7 @@ mod tests {
         assert_eq!(payloads, [b"2", b"3"], "oldest ready first, the delayed retry skipped");
         drop(daemon); // no flush: as if killed
         let mut again = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        again.recover(&[]).unwrap();
         assert_eq!(again.recovered(), 2, "only the jobs claimed last were still leased");
         again.bind(&bindings()).unwrap();
         let d = &again.depths().unwrap()["mail"];
@@ -646,6 +684,7 @@ mod tests {
         assert_eq!(daemon.claim("mail", 5).unwrap().len(), 1);
         drop(daemon); // the lock goes, as when the process dies
         let mut again = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        again.recover(&[]).unwrap();
         assert_eq!(again.recovered(), 1);
         again.bind(&bindings()).unwrap();
         let jobs = again.claim("mail", 5).unwrap();

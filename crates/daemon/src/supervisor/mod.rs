@@ -2,7 +2,9 @@
 //! pipes, the control socket, the queue backend's token and real deadlines (job timeouts,
 //! stop ladders, retry backoff, idle timeouts, restart backoff). Nothing polls.
 
+mod escapees;
 mod group;
+mod orphans;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +23,7 @@ use crate::protocol::{Reply, ReplyOutcome};
 use crate::queue::{self, OpenMode, Outcome, QueueBackend};
 use crate::status::{GroupStatus, Status, WorkerStatus};
 use crate::{Error, Result};
+use escapees::Escapees;
 use group::Group;
 use worker::{KIND_CONN, KIND_PIDFD, KIND_STDIN, KIND_STDOUT, StopStage, Worker};
 
@@ -38,6 +41,11 @@ pub const DAEMON_SIGNALS: &[Signal] =
 pub struct RunOptions {
     /// Write `ready\n` to this inherited descriptor once the daemon serves.
     pub ready_fd: Option<RawFd>,
+    /// Make the process a child subreaper (`PR_SET_CHILD_SUBREAPER`), so that a job's
+    /// descendant that leaves its worker's process group (`setsid`) is reparented to the
+    /// daemon and stopped with that worker. Process-wide: set it only in a program that owns
+    /// all its children (the `procyard-daemon` binary does).
+    pub subreaper: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +94,8 @@ struct Daemon {
     forced: bool,
     /// When the queue said a delayed job becomes available.
     queue_due: Option<Instant>,
+    /// Descendants of workers that escaped their process group, adopted as a subreaper.
+    escapees: Escapees,
 }
 
 fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -99,6 +109,9 @@ impl Daemon {
             .register(&mut signals, SIGNAL, Interest::READABLE)
             .map_err(os("register the signalfd"))?;
         let mut queue = queue::open(&config.queue, OpenMode::Daemon)?;
+        // Before any claim: the workers a killed daemon left running are stopped, and only
+        // then are their jobs put back.
+        orphans::recover(&mut *queue, config.daemon.kill_timeout)?;
         queue.bind(&config.bindings())?;
         queue.attach(poll.registry(), QUEUE)?;
         let socket_path = config.daemon.control_socket.clone();
@@ -126,6 +139,7 @@ impl Daemon {
             child_signal: false,
             forced: false,
             queue_due: None,
+            escapees: Escapees::default(),
         })
     }
 
@@ -133,6 +147,12 @@ impl Daemon {
         // A child inherited from the process that exec'd the daemon may have exited before
         // the signalfd existed: its SIGCHLD is gone, and none may follow. Reap it now.
         self.reap_unknown_children();
+        if options.subreaper {
+            procyard_core::subreaper::become_subreaper()
+                .map_err(|e| Error::process("become a child subreaper", e))?;
+        }
+        // Children the daemon has before its first worker are not its to stop.
+        self.escapees.note_foreign(&children_of_self());
         for g in self.groups.values() {
             self.queue.set_capacity(&g.cfg.name, g.cfg.max_workers)?;
         }
@@ -204,6 +224,8 @@ impl Daemon {
             if self.child_signal {
                 self.child_signal = false;
                 self.reap_unknown_children();
+                // An escapee may have been reparented to us when its parent exited.
+                self.stop_escapees();
             }
             self.on_deadlines();
             // The outcomes of this iteration are recorded no later than the claims that refill
@@ -216,7 +238,10 @@ impl Daemon {
             if let Err(e) = self.queue.flush() {
                 tracing::error!(error = %e, "unable to record job outcomes; will retry");
             }
-            if matches!(self.phase, Phase::Stopping { .. }) && self.workers.is_empty() {
+            if matches!(self.phase, Phase::Stopping { .. })
+                && self.workers.is_empty()
+                && self.escapees.is_empty()
+            {
                 return self.finish_stop();
             }
         }
@@ -256,6 +281,7 @@ impl Daemon {
         if let Phase::Stopping { grace_until, terminated: false } = self.phase {
             consider(Some(grace_until));
         }
+        consider(self.escapees.next_deadline());
         if self.phase == Phase::Running {
             match self.queue.next_due() {
                 Ok(d) => {
@@ -334,6 +360,9 @@ impl Daemon {
                 tracing::error!(pid = %w.child.id(), error = %e, "unable to reap worker");
             }
         }
+        // Escapees too, at once (the daemon exits next; init reaps them).
+        self.stop_escapees();
+        self.escapees.kill_all();
         self.finish_stop()
     }
 
@@ -431,6 +460,7 @@ impl Daemon {
     fn on_deadlines(&mut self) {
         let now = Instant::now();
         let kill_timeout = self.config.daemon.kill_timeout;
+        self.escapees.on_deadlines(now);
         if let Phase::Stopping { grace_until, terminated: false } = self.phase
             && grace_until <= now
         {
@@ -558,6 +588,7 @@ impl Daemon {
                         self.poll.registry(),
                     ) {
                         Ok(w) => {
+                            record_holder(&mut *self.queue, &job, &w);
                             self.workers.insert(id, w);
                         }
                         Err(e) => {
@@ -613,6 +644,7 @@ impl Daemon {
                 continue;
             }
             let Some(job) = g.pending.pop_front() else { break };
+            record_holder(&mut *self.queue, &job, w);
             if let Err(e) = w.send_job(job, g.cfg.timeout, registry) {
                 tracing::error!(error = %e, "unable to send a job to a worker");
             }
@@ -683,6 +715,8 @@ impl Daemon {
             }
         };
         let Some(mut w) = self.workers.remove(&id) else { return };
+        // What escaped the worker's group (and was reparented to us) goes with it.
+        self.stop_escapees();
         // Read the last replies a longlived worker wrote before it exited.
         if w.stdout.is_some() {
             self.read_replies(&mut w);
@@ -775,9 +809,11 @@ impl Daemon {
                         w.begin_stop(self.poll.registry(), eof, self.config.daemon.kill_timeout);
                     } else if w.stop.is_none()
                         && let Some(job) = g.pending.pop_front()
-                        && let Err(e) = w.send_job(job, g.cfg.timeout, self.poll.registry())
                     {
-                        tracing::error!(error = %e, "unable to send a job to a worker");
+                        record_holder(&mut *self.queue, &job, w);
+                        if let Err(e) = w.send_job(job, g.cfg.timeout, self.poll.registry()) {
+                            tracing::error!(error = %e, "unable to send a job to a worker");
+                        }
                     }
                     self.groups.insert(w.group.clone(), g);
                 }
@@ -963,6 +999,15 @@ impl Daemon {
         }
     }
 
+    /// Starts stopping the adopted escapees of workers that no longer run.
+    fn stop_escapees(&mut self) {
+        let known: std::collections::HashSet<i32> =
+            self.workers.values().map(|w| w.child.id().as_raw()).collect();
+        let running: std::collections::HashSet<u64> = self.workers.keys().copied().collect();
+        let kill_timeout = self.config.daemon.kill_timeout;
+        self.escapees.stop_orphaned(&children_of_self(), &known, &running, kill_timeout);
+    }
+
     /// Reaps children this daemon did not start (it can inherit some, e.g. when a shell
     /// `exec`s it after starting background jobs), by their pid only — never `waitpid(-1)`,
     /// never a pid of one of its workers (those are reaped through their pidfds).
@@ -982,12 +1027,25 @@ impl Daemon {
             let Some(rpid) = rustix::process::Pid::from_raw(pid) else { continue };
             match rustix::process::waitpid(Some(rpid), rustix::process::WaitOptions::NOHANG) {
                 Ok(Some((_, status))) => {
-                    tracing::warn!(pid, ?status, "reaped a child this daemon did not start")
+                    if self.escapees.reaped(p) {
+                        tracing::debug!(pid, ?status, "reaped a process that escaped its worker");
+                    } else {
+                        tracing::warn!(pid, ?status, "reaped a child this daemon did not start");
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(pid, error = %e, "unable to reap an unknown child"),
             }
         }
+    }
+}
+
+/// Records with the lease which worker runs `job`.
+fn record_holder(queue: &mut dyn QueueBackend, job: &queue::Job, w: &Worker) {
+    if let Some(holder) = &w.holder
+        && let Err(e) = queue.record_holder(job, holder)
+    {
+        tracing::error!(job = %job.id, error = %e, "unable to record a job's worker");
     }
 }
 

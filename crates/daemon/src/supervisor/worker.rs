@@ -1,6 +1,6 @@
 //! One worker process: its child, pipes, current job and stop ladder.
 
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use procyard_core::{Child, Command, FrameDecoder, Signal, Stdio, frame};
 
 use crate::config::{TaskConfig, WorkModel};
 use crate::protocol::{JobHeader, MAX_WORKER_FRAME};
-use crate::queue::Job;
+use crate::queue::{Job, LeaseHolder};
 use crate::{Error, Result};
 
 /// Token kinds in the low two bits.
@@ -62,6 +62,45 @@ pub(crate) struct Worker {
     /// the queue gets it back without counting the attempt).
     pub abandon_job: bool,
     pub jobs_done: u64,
+    /// Who the worker is, recorded with the lease of each job it is handed.
+    pub holder: Option<LeaseHolder>,
+}
+
+/// The environment variable that tags a worker and everything it starts with
+/// `<daemon pid>-<daemon start time>-<worker id>`, so a descendant that escapes the worker's
+/// process group (`setsid`) and is reparented to the daemon (a child subreaper) is still
+/// stopped with that worker.
+pub(crate) const WORKER_TAG_ENV: &str = "PROCYARD_WORKER";
+
+/// This daemon's part of [`WORKER_TAG_ENV`].
+pub(crate) fn daemon_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let pid = procyard_core::Pid::current();
+        let start =
+            procyard_core::ProcessIdentity::of(pid).ok().flatten().map_or(0, |me| me.start_time);
+        format!("{pid}-{start}")
+    })
+}
+
+/// The payload as a sealed memfd read from offset 0: it is complete before the worker's
+/// program starts, and nothing (not the worker, not a daemon killed half-way) can change it
+/// afterwards. With a pipe that the daemon filled after the spawn, a daemon killed in between
+/// left the job reading a cut payload — or none — to its end.
+fn sealed_payload(payload: &[u8]) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "procyard-payload",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(payload)?;
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file.into())
 }
 
 fn nonblocking(fd: OwnedFd) -> Result<OwnedFd> {
@@ -85,21 +124,36 @@ impl Worker {
             cmd.env(k, v);
         }
         cmd.env("PROCYARD_TASK", &cfg.name);
+        cmd.env(WORKER_TAG_ENV, format!("{}-{id}", daemon_tag()));
         if let Some(cwd) = &cfg.cwd {
             cmd.current_dir(cwd);
         }
-        cmd.stdin(Stdio::Pipe).stderr(Stdio::Inherit);
+        // A worker must not outlive its daemon: the next daemon (or, on AMQP, the broker at
+        // once) gives its job to another worker, and both would run it. (The job's own
+        // subprocesses are the next daemon's to stop, by the identity recorded with the lease.)
+        cmd.parent_death_signal(Signal::KILL);
+        cmd.stderr(Stdio::Inherit);
         match cfg.work_model {
             WorkModel::Oneshot => {
                 cmd.stdout(Stdio::Inherit);
-                if let Some(job) = &job {
-                    cmd.env("PROCYARD_JOB_ID", &job.id)
-                        .env("PROCYARD_ROUTING_KEY", &job.routing_key)
-                        .env("PROCYARD_ATTEMPT", job.attempt.to_string());
+                match &job {
+                    Some(job) => {
+                        let payload = sealed_payload(&job.payload).map_err(|e| Error::Os {
+                            action: "write a job's payload to a sealed memfd",
+                            source: e,
+                        })?;
+                        cmd.stdin(Stdio::Fd(payload))
+                            .env("PROCYARD_JOB_ID", &job.id)
+                            .env("PROCYARD_ROUTING_KEY", &job.routing_key)
+                            .env("PROCYARD_ATTEMPT", job.attempt.to_string());
+                    }
+                    None => {
+                        cmd.stdin(Stdio::Null);
+                    }
                 }
             }
             WorkModel::Longlived => {
-                cmd.stdout(Stdio::Pipe);
+                cmd.stdin(Stdio::Pipe).stdout(Stdio::Pipe);
             }
         }
         let mut child = cmd
@@ -108,6 +162,7 @@ impl Worker {
         let stdin = child.take_stdin().map(nonblocking).transpose()?.map(pipe::Sender::from);
         let stdout = child.take_stdout().map(nonblocking).transpose()?.map(pipe::Receiver::from);
         let now = Instant::now();
+        let holder = worker_holder(&child);
         let mut worker = Worker {
             id,
             group: cfg.name.clone(),
@@ -125,6 +180,7 @@ impl Worker {
             stop: None,
             abandon_job: false,
             jobs_done: 0,
+            holder,
         };
         let reg = |e: std::io::Error| Error::Os {
             action: "register a worker with the event loop",
@@ -140,12 +196,7 @@ impl Worker {
             registry.register(s, token(id, KIND_STDIN), Interest::WRITABLE).map_err(reg)?;
         }
         if let Some(job) = job {
-            worker.out = job.payload.clone();
             worker.start_job(job, cfg.timeout, now);
-            worker.flush_stdin(registry);
-            if worker.out.is_empty() {
-                worker.close_stdin(registry);
-            }
         }
         Ok(worker)
     }
@@ -177,8 +228,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes what it can of the pending stdin bytes. A worker that closed its stdin (EPIPE)
-    /// just loses them: its exit tells the rest.
+    /// Writes what it can of the pending stdin bytes (longlived workers). A worker that closed
+    /// its stdin (EPIPE) just loses them: its exit tells the rest.
     pub fn flush_stdin(&mut self, registry: &Registry) {
         let Some(stdin) = self.stdin.as_mut() else {
             self.out.clear();
@@ -307,5 +358,35 @@ impl Worker {
             (None, Some(_)) => "busy",
             (None, None) => "idle",
         }
+    }
+}
+
+/// The worker's identity for the lease, read right after the spawn (a worker that is already
+/// gone has none: there is nothing left to stop).
+fn worker_holder(child: &Child) -> Option<LeaseHolder> {
+    let process = procyard_core::ProcessIdentity::of(child.id()).ok().flatten()?;
+    Some(LeaseHolder { process, process_group: child.process_group()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// The payload reads back whole from the start, and nobody can write to it, grow it or
+    /// shrink it once it is handed over.
+    #[test]
+    fn sealed_payload_is_complete_and_immutable() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let fd = sealed_payload(&payload).unwrap();
+        let mut file = std::fs::File::from(fd);
+        assert!(file.write_all(b"x").is_err(), "sealed against writes");
+        assert!(file.set_len(1).is_err(), "sealed against shrinking");
+        assert!(file.set_len(1 << 20).is_err(), "sealed against growing");
+        let mut back = Vec::new();
+        file.read_to_end(&mut back).unwrap();
+        assert_eq!(back, payload);
+        assert!(sealed_payload(b"").is_ok(), "an empty payload is a valid one");
     }
 }

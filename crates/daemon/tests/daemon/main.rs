@@ -1,6 +1,9 @@
 //! End-to-end scenarios for procyard-daemon: the real binary, real worker processes, a real
 //! SQLite queue file, real signals.
 
+#[path = "../common/broker.rs"]
+mod broker;
+mod hardening_orphans;
 mod sandbox;
 
 use std::time::{Duration, Instant};

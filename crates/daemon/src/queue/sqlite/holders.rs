@@ -1,0 +1,190 @@
+//! The worker recorded with each lease (step 5 of the queue contract): four columns on the
+//! job's row, added to a queue file made before they existed, written with the daemon's next
+//! write transaction after the hand-off, and read back by the next daemon to stop the workers
+//! of a dead one before their jobs are put back.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::STATE_LEASED;
+use crate::queue::{Abandoned, LeaseHolder, Receipt};
+
+/// The columns, in the order [`write`] and [`abandoned`] use them.
+const COLUMNS: [(&str, &str); 4] = [
+    ("worker_pid", "INTEGER"),
+    ("worker_start", "INTEGER"),
+    ("worker_pgid", "INTEGER"),
+    ("worker_boot", "TEXT"),
+];
+
+/// Adds the holder columns to a `jobs` table that lacks them (a queue file made by an older
+/// version). The check and the change run in one immediate transaction, so two processes
+/// opening an old file at once cannot both add a column.
+pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    if missing(conn)?.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (name, kind) in missing(&tx)? {
+        tx.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {kind}"))?;
+    }
+    tx.commit()
+}
+
+fn missing(conn: &Connection) -> rusqlite::Result<Vec<(&'static str, &'static str)>> {
+    let mut out = Vec::new();
+    for (name, kind) in COLUMNS {
+        let present: Option<i64> = conn
+            .query_row("SELECT 1 FROM pragma_table_info('jobs') WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if present.is_none() {
+            out.push((name, kind));
+        }
+    }
+    Ok(out)
+}
+
+/// Records the holders of leased rows (a row no longer leased — its outcome came first — is
+/// left alone).
+pub(super) fn write(tx: &Transaction<'_>, holders: &[(i64, LeaseHolder)]) -> rusqlite::Result<()> {
+    if holders.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(
+        "UPDATE jobs SET worker_pid = ?1, worker_start = ?2, worker_pgid = ?3, worker_boot = ?4
+         WHERE seq = ?5 AND state = ?6",
+    )?;
+    for (seq, h) in holders {
+        stmt.execute(params![
+            h.process.pid.as_raw(),
+            i64::try_from(h.process.start_time).unwrap_or(i64::MAX),
+            h.process_group.as_raw(),
+            h.process.boot_id,
+            seq,
+            STATE_LEASED,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Every leased row, with its holder when one was recorded (and is well-formed: a pid or
+/// group that is not a positive number is no holder at all).
+pub(super) fn abandoned(conn: &Connection) -> rusqlite::Result<Vec<Abandoned>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, id, task, worker_pid, worker_start, worker_pgid, worker_boot
+         FROM jobs WHERE state = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([STATE_LEASED], |r| {
+        let pid: Option<i64> = r.get(3)?;
+        let start: Option<i64> = r.get(4)?;
+        let pgid: Option<i64> = r.get(5)?;
+        let boot: Option<String> = r.get(6)?;
+        Ok(Abandoned {
+            receipt: Receipt(r.get::<_, i64>(0)? as u64),
+            id: r.get(1)?,
+            task: r.get(2)?,
+            holder: holder(pid, start, pgid, boot),
+        })
+    })?;
+    rows.collect()
+}
+
+fn holder(
+    pid: Option<i64>,
+    start: Option<i64>,
+    pgid: Option<i64>,
+    boot: Option<String>,
+) -> Option<LeaseHolder> {
+    let as_pid = |v: i64| i32::try_from(v).ok().and_then(procyard_core::Pid::from_raw);
+    Some(LeaseHolder {
+        process: procyard_core::ProcessIdentity {
+            pid: as_pid(pid?)?,
+            start_time: u64::try_from(start?).ok()?,
+            boot_id: boot?,
+        },
+        process_group: as_pid(pgid?)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue file from before the holder columns gains them, keeps its jobs, and a second
+    /// migration changes nothing.
+    #[test]
+    fn old_queue_file_gains_the_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("old.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY, id TEXT, task TEXT, state INTEGER);
+             INSERT INTO jobs VALUES (1, 'a', 't', 1);",
+        )
+        .unwrap();
+        assert_eq!(missing(&conn).unwrap().len(), 4);
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        assert!(missing(&conn).unwrap().is_empty());
+        let found = abandoned(&conn).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].id.as_str(), found[0].holder.clone()), ("a", None));
+    }
+
+    /// The holder recorded at hand-off is what the next daemon finds; a kept job stays leased
+    /// through recovery and through that daemon's own shutdown.
+    #[test]
+    fn holders_survive_the_daemon_and_kept_jobs_stay_leased() {
+        use crate::queue::sqlite::SqliteQueue;
+        use crate::queue::{OpenMode, QueueBackend, TaskBinding};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let bind =
+            [TaskBinding { name: "t".into(), routing_keys: vec!["#".into()], max_attempts: 3 }];
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        daemon.bind(&bind).unwrap();
+        daemon.publish("a", b"1").unwrap();
+        daemon.publish("a", b"2").unwrap();
+        let jobs = daemon.claim("t", 2).unwrap();
+        let me = procyard_core::ProcessIdentity::current().unwrap();
+        let holder = LeaseHolder { process_group: me.pid, process: me };
+        daemon.record_holder(&jobs[0], &holder).unwrap();
+        daemon.flush().unwrap();
+        drop(daemon); // as if killed
+
+        let mut again = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        again.bind(&bind).unwrap();
+        assert!(again.claim("t", 5).unwrap().is_empty(), "nothing put back before recover");
+        let found = again.abandoned().unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].holder.as_ref(), Some(&holder));
+        assert_eq!(found[1].holder, None);
+        assert_eq!(again.recover(&[found[0].receipt]).unwrap(), 1);
+        let rerun = again.claim("t", 5).unwrap();
+        assert_eq!((rerun.len(), rerun[0].attempt), (1, 1));
+        assert_eq!(rerun[0].id, jobs[1].id);
+        again.shutdown().unwrap();
+        drop(again);
+
+        let mut third = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        let left = third.abandoned().unwrap();
+        assert_eq!(left.len(), 1, "the kept job is still leased");
+        assert_eq!(
+            (left[0].id.as_str(), left[0].holder.as_ref()),
+            (jobs[0].id.as_str(), Some(&holder))
+        );
+        assert_eq!(third.recover(&[]).unwrap(), 1);
+    }
+
+    #[test]
+    fn malformed_holders_are_none() {
+        let boot = || Some("b".to_owned());
+        assert!(holder(Some(0), Some(1), Some(5), boot()).is_none());
+        assert!(holder(Some(5), Some(-1), Some(5), boot()).is_none());
+        assert!(holder(Some(5), Some(1), Some(-3), boot()).is_none());
+        assert!(holder(Some(1 << 40), Some(1), Some(5), boot()).is_none());
+        assert!(holder(Some(5), Some(1), Some(5), None).is_none());
+        let h = holder(Some(5), Some(7), Some(5), boot()).unwrap();
+        assert_eq!((h.process.pid.as_raw(), h.process.start_time), (5, 7));
+    }
+}
