@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use procyard_asyncjob::{AsyncJob, Signal, Status};
+use procyard_asyncjob::{AsyncJob, Status};
 
 const JOBS: usize = 100;
 
@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = long.start()?;
         starts.push(t.elapsed());
         assert_eq!(started.status, Status::Running, "start returned before running");
-        long.kill(Signal::KILL)?;
+        long.kill()?;
         long.reap()?;
     }
 

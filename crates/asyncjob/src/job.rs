@@ -1,22 +1,22 @@
 //! [`AsyncJob`]: start, check, kill, reap and wait on a job tracked by a state file.
 
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use procyard_core::{
-    DaemonConfig, Daemonized, Deadline, FileLock, Pid, ProcStat, ProcessIdentity, Signal, daemonize,
+    DaemonConfig, Daemonized, Deadline, Escalation, FileLock, Pid, ProcStat, ProcessIdentity,
+    Signal, StopLadder, daemonize,
 };
-use rustix::event::{PollFd, PollFlags, Timespec};
 
-use crate::host;
 use crate::monitor::{self, StartReport};
 use crate::options::{AsyncJobOptions, JobSpec};
 use crate::state::{self, JobState, Status};
 use crate::{Error, Result, StartFailure};
+use crate::{host, pidfd};
 
-/// How long [`AsyncJob::kill`] waits for the monitor to record the end after the signal.
-pub const KILL_SETTLE: Duration = Duration::from_secs(10);
+/// How long [`AsyncJob::signal`] and [`AsyncJob::kill`] wait for the monitor to record the
+/// end after the signal.
+pub const SIGNAL_SETTLE: Duration = Duration::from_secs(10);
 
 /// A job run in the background by a detached monitor, and tracked through a state file, so
 /// that each operation can come from a new process (a serf handler, a cron job, a shell).
@@ -139,18 +139,58 @@ impl AsyncJob {
         }
     }
 
-    /// The current state as the JSON that the seed's `state_info` returned.
+    /// The current state as JSON, as `procyard-asyncjob check` prints it:
+    /// `{"status":"absent"}` when there is no job.
     pub fn state_info(&self) -> Result<String> {
         self.check().map(|state| state.to_json())
     }
 
     /// Sends `signal` to the job's process group, if the job is `running` and its process is
     /// still the one the monitor started (pid + start time + boot). Then waits (up to
-    /// [`KILL_SETTLE`]) for the monitor to record the end, and returns the state it finds:
-    /// `finished` with the signal when the signal ended the job.
-    pub fn kill(&self, signal: Signal) -> Result<JobState> {
+    /// [`SIGNAL_SETTLE`]) for the monitor to record the end, and returns the state it finds:
+    /// `finished` with the signal when the signal ended the job, still `running` when the job
+    /// survived it (SIGHUP to a job that ignores it, SIGSTOP).
+    pub fn signal(&self, signal: Signal) -> Result<JobState> {
         let path = self.state_path()?;
-        let current = state::read(path)?;
+        self.send(path, &state::read(path)?, signal)?;
+        self.settle(path, Deadline::after(SIGNAL_SETTLE))
+    }
+
+    /// SIGKILLs the job's process group: [`signal`](AsyncJob::signal) with [`Signal::KILL`].
+    pub fn kill(&self) -> Result<JobState> {
+        self.signal(Signal::KILL)
+    }
+
+    /// Stops the job gracefully: SIGTERM to its process group, then SIGKILL if it has not
+    /// ended within `grace`, and returns the state once the monitor has recorded the end (or,
+    /// if even SIGKILL does not end it within [`SIGNAL_SETTLE`], the state then). The job is
+    /// checked by identity before each signal, as for [`signal`](AsyncJob::signal).
+    pub fn stop(&self, grace: Duration) -> Result<JobState> {
+        let path = self.state_path()?;
+        let ladder = StopLadder::new([(Signal::TERM, grace), (Signal::KILL, SIGNAL_SETTLE)]);
+        let (first, mut stopping) = ladder.begin(Instant::now());
+        self.send(path, &state::read(path)?, first)?;
+        loop {
+            let current = self.settle(path, stopping.deadline())?;
+            if current.status != Status::Running {
+                return Ok(current);
+            }
+            match stopping.escalate(Instant::now()) {
+                Escalation::Send(signal) => match self.send(path, &current, signal) {
+                    Ok(()) => {}
+                    // It ended between the look and the signal: the state says how.
+                    Err(Error::IdentityMismatch { .. }) => return state::read(path),
+                    Err(e) => return Err(e),
+                },
+                Escalation::Wait => {}
+                Escalation::Exhausted => return Ok(current),
+            }
+        }
+    }
+
+    /// Signals the job's process group, if `current` is a running job whose process is still
+    /// the one the monitor started.
+    fn send(&self, path: &Path, current: &JobState, signal: Signal) -> Result<()> {
         if current.status != Status::Running {
             return Err(Error::WrongStatus {
                 path: path.to_owned(),
@@ -172,7 +212,7 @@ impl AsyncJob {
         };
         // Hold the job by pidfd while checking who it is: the pid cannot be recycled until the
         // monitor reaps it, which needs it to exit first.
-        let _job = open_pidfd(pid).ok_or_else(mismatch)?;
+        let _job = pidfd::open(pid).ok_or_else(mismatch)?;
         let alive = identity.is_running().map_err(|source| Error::Sys {
             action: "check the job's identity",
             path: path.to_owned(),
@@ -189,10 +229,14 @@ impl AsyncJob {
             source,
         })?;
         tracing::debug!(%pid, %signal, "signalled the job's process group");
-        match self.wait(Some(KILL_SETTLE)) {
-            Ok(state) => Ok(state),
+        Ok(())
+    }
+
+    /// Waits until the monitor records the end or `deadline` passes; the state then.
+    fn settle(&self, path: &Path, deadline: Deadline) -> Result<JobState> {
+        match self.wait_until(path, Some(deadline)) {
             Err(Error::Timeout { .. }) => state::read(path),
-            Err(e) => Err(e),
+            other => other,
         }
     }
 
@@ -202,7 +246,8 @@ impl AsyncJob {
         let path = self.state_path()?;
         // A terminal state whose lock is still held belongs to a monitor that is exiting
         // right after its last write: wait for it (by pidfd) rather than fail.
-        let deadline = Deadline::after(KILL_SETTLE);
+        let deadline = Deadline::after(SIGNAL_SETTLE);
+        let mut looks = 0;
         let lock = loop {
             if let Some(lock) = state::try_lock(path)? {
                 break lock;
@@ -218,11 +263,14 @@ impl AsyncJob {
             if deadline.is_expired() {
                 return Err(Error::Busy { path: path.to_owned() });
             }
-            match monitor_pidfd(&current) {
+            match pidfd::monitor(&current) {
                 Some(fd) => {
-                    wait_readable(&fd, Some(deadline));
+                    pidfd::wait_exit(&fd, Some(deadline));
                 }
-                None => std::thread::yield_now(),
+                None => {
+                    looks += 1;
+                    pidfd::pause(looks, Some(deadline));
+                }
             }
         };
         let existing = match state::read_raw(path) {
@@ -258,72 +306,35 @@ impl AsyncJob {
     /// Blocks until the job is terminal (or absent), or until `timeout` passes
     /// ([`Error::Timeout`]). It waits on a pidfd of the monitor, not by polling the file.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<JobState> {
-        let deadline = timeout.map(Deadline::after);
-        let Some(path) = &self.spec.state else {
-            return Ok(JobState::absent());
-        };
+        match &self.spec.state {
+            Some(path) => self.wait_until(path, timeout.map(Deadline::after)),
+            None => Ok(JobState::absent()),
+        }
+    }
+
+    fn wait_until(&self, path: &Path, deadline: Option<Deadline>) -> Result<JobState> {
+        let mut looks = 0;
         loop {
             let current = state::read(path)?;
             if current.status.is_terminal() || current.status == Status::Absent {
                 return Ok(current);
             }
             if deadline.is_some_and(Deadline::is_expired) {
-                return Err(Error::Timeout { path: path.clone() });
+                return Err(Error::Timeout { path: path.to_owned() });
             }
-            let monitor = monitor_pidfd(&current);
-            match monitor {
+            match pidfd::monitor(&current) {
                 Some(fd) => {
-                    if !wait_readable(&fd, deadline) {
-                        return Err(Error::Timeout { path: path.clone() });
+                    if !pidfd::wait_exit(&fd, deadline) {
+                        return Err(Error::Timeout { path: path.to_owned() });
                     }
                 }
                 // The monitor is gone (or not yet named): the next read tells terminal or
                 // lost; a lock still held by a `start` that is returning lets go at once.
-                None => std::thread::yield_now(),
+                None => {
+                    looks += 1;
+                    pidfd::pause(looks, deadline);
+                }
             }
-        }
-    }
-}
-
-fn rustix_pid(pid: Pid) -> rustix::process::Pid {
-    // A `Pid` is always positive.
-    rustix::process::Pid::from_raw(pid.as_raw()).unwrap_or(rustix::process::Pid::INIT)
-}
-
-/// A pidfd of the monitor named by `state`, if that process still runs (checked by identity
-/// after opening the pidfd, so the pidfd names the monitor and not a recycled pid).
-fn monitor_pidfd(state: &JobState) -> Option<OwnedFd> {
-    let pid = Pid::from_raw(state.ppid)?;
-    let fd = open_pidfd(pid)?;
-    let identity = ProcessIdentity {
-        pid,
-        start_time: state.monitor_start_time?,
-        boot_id: state.boot_id.clone()?,
-    };
-    identity.is_running().ok()?.then_some(fd)
-}
-
-fn open_pidfd(pid: Pid) -> Option<OwnedFd> {
-    rustix::process::pidfd_open(rustix_pid(pid), rustix::process::PidfdFlags::empty()).ok()
-}
-
-/// Waits until `fd` is readable (the process exited); false if the deadline passed first.
-fn wait_readable(fd: &OwnedFd, deadline: Option<Deadline>) -> bool {
-    loop {
-        let timeout = match deadline {
-            Some(d) if d.is_expired() => return false,
-            Some(d) => Some(
-                Timespec::try_from(d.remaining())
-                    .unwrap_or(Timespec { tv_sec: i64::MAX / 2, tv_nsec: 0 }),
-            ),
-            None => None,
-        };
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
-            Ok(0) => continue,
-            Ok(_) => return true,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return true,
         }
     }
 }

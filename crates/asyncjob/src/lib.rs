@@ -13,10 +13,11 @@
 //!   on the sidecar `<state>.lock` for its whole life. `start` takes that lock before forking,
 //!   so concurrent starts yield exactly one job; a free lock with a non-terminal state reads as
 //!   [`Status::Lost`] (the monitor died).
-//! - [`AsyncJob::kill`] signals the job's process group only if the job's identity (pid + start
-//!   time + boot id) still matches, and never pid 1 or its group (the init of some pid
+//! - [`AsyncJob::signal`] signals the job's process group only if the job's identity (pid +
+//!   start time + boot id) still matches, and never pid 1 or its group (the init of some pid
 //!   namespace; a group kill of it would be `kill(-1)`), then waits for the monitor to record
-//!   the end.
+//!   the end. [`AsyncJob::kill`] is `signal(Signal::KILL)`; [`AsyncJob::stop`] sends SIGTERM,
+//!   then SIGKILL after a grace period.
 //!   [`AsyncJob::reap`] removes any terminal state. [`AsyncJob::wait`] blocks on a pidfd of
 //!   the monitor.
 //! - Nothing in a state file is believed unless the file is ours: every operation first checks
@@ -28,7 +29,7 @@
 //!   forger's choosing, and a FIFO at the path cannot make a command hang.
 //! - The monitor is a child subreaper: a descendant that leaves the job's process group
 //!   (`setsid`, a double fork) is reparented to the monitor when its parent exits. When the job
-//!   is stopped (it ends by a signal, from [`AsyncJob::kill`] or its timeout), the monitor
+//!   is stopped (it ends by a signal, from [`AsyncJob::signal`] or its timeout), the monitor
 //!   stops those escapees too (SIGTERM, SIGKILL after the grace; SIGKILL at once after a
 //!   SIGKILL) and reaps them before it records the end.
 //!
@@ -61,8 +62,8 @@
 //!     .build()?;
 //! assert_eq!(job.start()?.status, Status::Running); // returns once it runs
 //! println!("{}", job.state_info()?); // {"status":"running","pid":…}
-//! let ended = job.kill(Signal::TERM)?; // the whole process group
-//! assert_eq!(ended.signal.as_deref(), Some("SIGTERM"));
+//! let ended = job.stop(Duration::from_secs(5))?; // TERM, KILL after 5 s; the whole group
+//! assert_eq!(ended.signal, Some(Signal::TERM));
 //! job.reap()?; // back to {"status":"absent"}
 //! # Ok::<(), procyard_asyncjob::Error>(())
 //! ```
@@ -72,7 +73,7 @@
 //! `start` forks the calling process when it is single-threaded; from a multi-threaded process
 //! it runs the `procyard-asyncjob` binary to host the monitor, which must then be installed
 //! (in `PATH`, named by `$PROCYARD_ASYNCJOB_BIN`, or given with
-//! [`AsyncJobOptions::monitor_program`]). Only named signals (not real-time ones) can be sent by [`AsyncJob::kill`].
+//! [`AsyncJobOptions::monitor_program`]).
 //! When the job's leader exits normally, other members of its process group, and escapees the
 //! monitor adopted, are left running (they go to init when the monitor exits).
 //!
@@ -92,13 +93,14 @@ mod host;
 mod job;
 mod monitor;
 mod options;
+mod pidfd;
 mod state;
 mod subreaper;
 mod trust;
 
 pub use error::{Error, Result, StartFailure};
 pub use host::{MONITOR_HOST_ARG, host_monitor};
-pub use job::{AsyncJob, KILL_SETTLE};
+pub use job::{AsyncJob, SIGNAL_SETTLE};
 pub use options::{AsyncJobOptions, DEFAULT_GRACE};
 pub use procyard_core::Signal;
 pub use state::{JobState, Status};

@@ -193,7 +193,7 @@ fn run(cli: Cli) -> ExitCode {
                 options = options.timeout(timeout);
             }
             if let Some(grace) = grace {
-                options = options.kill_grace(grace);
+                options = options.grace(grace);
             }
             verdict("start the job", json, options.build().and_then(|job| job.start()))
         }
@@ -217,7 +217,7 @@ fn run(cli: Cli) -> ExitCode {
                 }
             };
             let job = options.build();
-            verdict("kill the job", json, job.and_then(|job| job.kill(signal)))
+            verdict("kill the job", json, job.and_then(|job| job.signal(signal)))
         }
         Action::Reap { json } => {
             verdict("reap the job", json, options.build().and_then(|j| j.reap()))

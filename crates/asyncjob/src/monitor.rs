@@ -109,7 +109,7 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
         Ok(exit) => {
             record.status = Status::Finished;
             record.exitstatus = exit.code().map(i32::from);
-            record.signal = exit.signal().map(|s| s.to_string());
+            record.signal = exit.signal();
         }
         Err(e) => {
             record.status = Status::Finished;

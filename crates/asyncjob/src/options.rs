@@ -156,7 +156,7 @@ impl AsyncJobOptions {
     }
 
     /// The time between SIGTERM and SIGKILL when the timeout fires (default 5 s).
-    pub fn kill_grace(mut self, grace: Duration) -> Self {
+    pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = Some(grace);
         self
     }

@@ -7,8 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use procyard_core::{Deadline, FileLock, owner, state_file};
-use serde::{Deserialize, Serialize};
+use procyard_core::{Deadline, FileLock, Signal, owner, state_file};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::trust::{check_dir, check_regular, sys};
 use crate::{Error, Result, StartFailure};
@@ -71,9 +71,10 @@ pub struct JobState {
     /// The job's exit code, once finished by exiting.
     #[serde(default)]
     pub exitstatus: Option<i32>,
-    /// The signal that ended the job (`SIGTERM`), once finished by a signal.
-    #[serde(default)]
-    pub signal: Option<String>,
+    /// The signal that ended the job, once finished by a signal; written as its name
+    /// (`"SIGTERM"`).
+    #[serde(default, deserialize_with = "signal_name")]
+    pub signal: Option<Signal>,
     /// Why the job failed to start.
     #[serde(default)]
     pub error: Option<String>,
@@ -132,6 +133,23 @@ impl JobState {
         }
         serde_json::to_string(self).unwrap_or_else(|_| r#"{"status":"absent"}"#.to_owned())
     }
+}
+
+/// Reads the `signal` of a state: a name (`SIGTERM`, `TERM`, `SIGRTMIN+2`), a number, or null.
+/// A name this version does not know reads as null rather than making the whole state
+/// unreadable.
+fn signal_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Signal>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Name(String),
+        Number(i32),
+    }
+    Ok(match Option::<Raw>::deserialize(deserializer)? {
+        None => None,
+        Some(Raw::Number(n)) => Signal::from_raw(n),
+        Some(Raw::Name(name)) => name.parse().ok(),
+    })
 }
 
 /// Now, as Unix seconds with fractions.
@@ -321,6 +339,25 @@ mod tests {
         }
         assert_eq!(value["status"], "finished");
         assert_eq!(serde_json::from_str::<JobState>(&json).unwrap(), state);
+    }
+
+    #[test]
+    fn signal_is_written_as_its_name_and_read_from_old_states() {
+        let mut state = JobState::absent();
+        state.status = Status::Finished;
+        state.signal = Some(Signal::TERM);
+        let value: serde_json::Value = serde_json::from_str(&state.to_json()).unwrap();
+        assert_eq!(value["signal"], "SIGTERM");
+        let read = |signal: &str| {
+            let json =
+                format!(r#"{{"status":"finished","pid":5,"ppid":4,"time":1,"signal":{signal}}}"#);
+            serde_json::from_str::<JobState>(&json).unwrap().signal
+        };
+        assert_eq!(read(r#""SIGKILL""#), Some(Signal::KILL));
+        assert_eq!(read(r#""SIGRTMIN+2""#), Signal::from_raw(34));
+        assert_eq!(read("15"), Some(Signal::TERM));
+        assert_eq!(read("null"), None);
+        assert_eq!(read(r#""SIGNONSENSE""#), None);
     }
 
     #[test]

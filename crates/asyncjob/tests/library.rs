@@ -25,11 +25,40 @@ fn threaded_caller_starts_kills_and_reaps() {
     assert!(matches!(job.start(), Err(Error::AlreadyExists { status: Status::Running, .. })));
     assert!(matches!(job.reap(), Err(Error::WrongStatus { status: Status::Running, .. })));
     assert!(matches!(job.wait(Some(Duration::from_millis(50))), Err(Error::Timeout { .. })));
-    let killed = job.kill(Signal::TERM).unwrap();
+    let killed = job.signal(Signal::TERM).unwrap();
     assert_eq!(killed.status, Status::Finished);
-    assert_eq!(killed.signal.as_deref(), Some("SIGTERM"));
+    assert_eq!(killed.signal, Some(Signal::TERM));
     assert_eq!(job.reap().unwrap().status, Status::Finished);
     assert_eq!(job.check().unwrap().status, Status::Absent);
+    sb.assert_no_strays();
+}
+
+#[test]
+fn threaded_caller_stops_with_term_then_kill() {
+    let sb = Sandbox::new();
+    // A job that obeys SIGTERM ends with it, well within the grace.
+    let obeys = job(&sb).command(["sleep", "30"]).build().unwrap();
+    obeys.start().unwrap();
+    let stopped = obeys.stop(Duration::from_secs(20)).unwrap();
+    assert_eq!(stopped.status, Status::Finished);
+    assert_eq!(stopped.signal, Some(Signal::TERM));
+    obeys.reap().unwrap();
+    // One that ignores it is SIGKILLed once the grace is over.
+    let ready = sb.path("trapped");
+    let script = format!("trap '' TERM; touch {}; sleep 30", ready.display());
+    let job = job(&sb).shell(script).build().unwrap();
+    job.start().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || ready.exists()), "the trap was never set");
+    let stopped = job.stop(Duration::from_millis(200)).unwrap();
+    assert_eq!(stopped.status, Status::Finished);
+    assert_eq!(stopped.signal, Some(Signal::KILL));
+    assert!(!stopped.timed_out, "a stop is not a timeout");
+    // Only a running job can be stopped.
+    assert!(matches!(
+        job.stop(Duration::from_secs(1)),
+        Err(Error::WrongStatus { status: Status::Finished, .. })
+    ));
+    job.reap().unwrap();
     sb.assert_no_strays();
 }
 
@@ -87,7 +116,8 @@ fn no_state_file_runs_but_tracks_nothing() {
         .unwrap();
     assert_eq!(job.start().unwrap().status, Status::Running);
     assert_eq!(job.check().unwrap().status, Status::Absent);
-    assert!(matches!(job.kill(Signal::KILL), Err(Error::NoStateFile)));
+    assert!(matches!(job.kill(), Err(Error::NoStateFile)));
+    assert!(matches!(job.stop(Duration::from_secs(1)), Err(Error::NoStateFile)));
     assert!(matches!(job.reap(), Err(Error::NoStateFile)));
     // Nothing tracks this job, so its output is the only sign of its end. `start` returns once
     // the job's exec is committed, which may be before the new program (and its tagged
