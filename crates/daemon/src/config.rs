@@ -33,6 +33,12 @@
 //!
 //! Durations are an integer or float number of seconds, or a string with a unit: `250ms`,
 //! `10s`, `5m`, `1h`.
+//!
+//! [`Config::load`] checks the file itself; [`Config::load_runnable`] (what `run` and
+//! `check-config` use) also checks that it can run here: every task's program exists and can
+//! be executed, every `cwd` exists, and the control socket's path is free or a socket.
+
+mod runnable;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -152,14 +158,29 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config> {
+        Config::load_checked(path, false)
+    }
+
+    /// Reads and validates `path`, and checks that it can run on this machine: the programs
+    /// and working directories of its tasks exist, and its control socket path is free or a
+    /// socket (never a file the daemon would have to delete). For `run` and `check-config`.
+    pub fn load_runnable(path: &Path) -> Result<Config> {
+        Config::load_checked(path, true)
+    }
+
+    fn load_checked(path: &Path, runnable: bool) -> Result<Config> {
         let abs = absolute(path)?;
         let text = std::fs::read_to_string(&abs)
             .map_err(|source| Error::ConfigRead { path: abs.clone(), source })?;
-        Config::parse(&abs, &text)
+        Config::parse_checked(&abs, &text, runnable)
     }
 
     /// Validates `text` as if read from `path` (relative paths resolve against its directory).
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        Config::parse_checked(path, text, false)
+    }
+
+    fn parse_checked(path: &Path, text: &str, runnable: bool) -> Result<Config> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span();
             let (line, field) = match &span {
@@ -173,7 +194,7 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
-        Validator { path, text }.validate(raw)
+        Validator { path, text, runnable }.validate(raw)
     }
 
     /// The task bindings for the queue backend.
@@ -245,7 +266,7 @@ struct RawConfig {
 struct RawDaemon {
     grace_period: Option<Spanned<DurationValue>>,
     kill_timeout: Option<Spanned<DurationValue>>,
-    control_socket: Option<PathBuf>,
+    control_socket: Option<Spanned<PathBuf>>,
     #[serde(default)]
     log_format: LogFormat,
 }
@@ -279,7 +300,7 @@ struct RawTask {
     idle_timeout: Option<Spanned<DurationValue>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    cwd: Option<PathBuf>,
+    cwd: Option<Spanned<PathBuf>>,
 }
 
 fn default_model() -> WorkModel {
@@ -318,6 +339,8 @@ pub fn parse_duration(input: &str) -> Option<Duration> {
 struct Validator<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Also check the machine (programs, directories, the socket path).
+    runnable: bool,
 }
 
 impl Validator<'_> {
@@ -388,6 +411,16 @@ impl Validator<'_> {
     fn validate(&self, raw: RawConfig) -> Result<Config> {
         let backend = raw.queue.backend;
         let queue_path = match &raw.queue.path {
+            Some(p) if p.get_ref().as_os_str().is_empty() => {
+                return Err(self.err(
+                    Some(p.span()),
+                    "queue.path",
+                    "must not be empty: name the queue's file",
+                ));
+            }
+            Some(p) if runnable::has_nul(p.get_ref()) => {
+                return Err(self.err(Some(p.span()), "queue.path", "contains a NUL byte"));
+            }
             Some(p) => self.resolve(p.get_ref()),
             None if backend == BackendKind::Sqlite => {
                 return Err(self.err(
@@ -425,8 +458,16 @@ impl Validator<'_> {
             let span = raw.queue.exchange.as_ref().map(Spanned::span);
             return Err(self.err(span, "queue.exchange", "must not be empty"));
         }
+        let socket_span = raw.daemon.control_socket.as_ref().map(Spanned::span);
         let control_socket = match &raw.daemon.control_socket {
-            Some(p) => self.resolve(p),
+            Some(p) if p.get_ref().as_os_str().is_empty() || runnable::has_nul(p.get_ref()) => {
+                return Err(self.err(
+                    socket_span,
+                    "daemon.control_socket",
+                    "must be a non-empty path without NUL bytes",
+                ));
+            }
+            Some(p) => self.resolve(p.get_ref()),
             None if backend == BackendKind::Sqlite => {
                 let mut s = queue_path.as_os_str().to_owned();
                 s.push(".sock");
@@ -436,10 +477,27 @@ impl Validator<'_> {
         };
         if control_socket.as_os_str().len() > 100 {
             return Err(self.err(
-                None,
+                socket_span.clone(),
                 "daemon.control_socket",
                 format!("path {} is too long for a Unix socket", control_socket.display()),
             ));
+        }
+        if backend == BackendKind::Sqlite
+            && crate::queue::sqlite::companion_files(&queue_path).contains(&control_socket)
+        {
+            return Err(self.err(
+                socket_span.clone(),
+                "daemon.control_socket",
+                format!(
+                    "{} is a file of the queue; the socket needs a path of its own",
+                    control_socket.display()
+                ),
+            ));
+        }
+        if self.runnable
+            && let Err(message) = runnable::check_socket(&control_socket)
+        {
+            return Err(self.err(socket_span, "daemon.control_socket", message));
         }
         let daemon = DaemonSettings {
             grace_period: self.duration(
@@ -502,6 +560,45 @@ impl Validator<'_> {
                     "needs a program (an array: [\"prog\", \"arg\"])",
                 ));
             }
+            if let Some(n) = t.command.get_ref().iter().position(runnable::has_nul) {
+                return Err(self.err(
+                    Some(t.command.span()),
+                    f("command"),
+                    format!("argument {n} contains a NUL byte, which no program can receive"),
+                ));
+            }
+            if let Some((k, _)) = t.env.iter().find(|(k, v)| {
+                k.is_empty() || k.contains('=') || runnable::has_nul(k) || runnable::has_nul(v)
+            }) {
+                return Err(self.err(
+                    Some(span.clone()),
+                    f("env"),
+                    format!("variable {k:?}: names must be non-empty without '=' and values without NUL bytes"),
+                ));
+            }
+            let cwd = match &t.cwd {
+                Some(c) if c.get_ref().as_os_str().is_empty() || runnable::has_nul(c.get_ref()) => {
+                    return Err(self.err(
+                        Some(c.span()),
+                        f("cwd"),
+                        "must be a non-empty path without NUL bytes",
+                    ));
+                }
+                Some(c) => Some(self.resolve(c.get_ref())),
+                None => None,
+            };
+            if self.runnable {
+                if let (Some(dir), Some(c)) = (&cwd, &t.cwd)
+                    && let Err(message) = runnable::check_dir(dir)
+                {
+                    return Err(self.err(Some(c.span()), f("cwd"), message));
+                }
+                if let Err(message) =
+                    runnable::find_program(&t.command.get_ref()[0], cwd.as_deref())
+                {
+                    return Err(self.err(Some(t.command.span()), f("command"), message));
+                }
+            }
             let min_workers = self.count(&t.min_workers, f("min_workers"), 0, 0, 10_000)? as usize;
             let max_default = (min_workers as i64).max(1);
             let max_workers =
@@ -538,7 +635,6 @@ impl Validator<'_> {
                 let s = t.retry_backoff_max.as_ref().map(Spanned::span);
                 return Err(self.err(s, f("retry_backoff_max"), "is shorter than retry_backoff"));
             }
-            let _ = span;
             tasks.push(TaskConfig {
                 name,
                 routing_keys: t
@@ -562,7 +658,7 @@ impl Validator<'_> {
                     Duration::from_secs(60),
                 )?,
                 env: t.env.clone(),
-                cwd: t.cwd.as_deref().map(|c| self.resolve(c)),
+                cwd,
             });
         }
         if tasks.is_empty() {

@@ -1,6 +1,7 @@
 //! The control socket: a Unix stream socket (mode 0600, in a directory only the owner can
 //! enter, peers checked with `SO_PEERCRED`) that takes one framed JSON [`Request`] per
-//! connection and answers one [`Response`].
+//! connection and answers one [`Response`]. A connection lives at most [`IDLE_TIMEOUT`]; a
+//! user holds at most [`MAX_PER_UID`] of them (a new one closes that user's oldest).
 
 use std::io::ErrorKind;
 use std::os::unix::net::UnixStream;
@@ -11,6 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::Status;
 use crate::{Error, Result};
+
+mod server;
+
+pub use server::{ACCEPT_RETRY, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_UID};
+pub(crate) use server::{ControlServer, Incoming};
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -121,6 +121,12 @@ pub enum Error {
         /// The socket path.
         socket: PathBuf,
     },
+    /// Something already answers on the control socket's path.
+    #[error("another process listens on control socket {} (is a daemon already running with it?)", socket.display())]
+    ControlSocketInUse {
+        /// The socket path.
+        socket: PathBuf,
+    },
     /// Another daemon already serves this queue.
     #[error("another daemon already serves queue {} (lock {} is held)", queue.display(), lock.display())]
     AlreadyRunning {
@@ -157,12 +163,42 @@ pub enum Error {
         /// The id.
         id: String,
     },
+    /// `PRAGMA quick_check` found damage in the queue file.
+    #[error("queue {} is corrupt ({report}): restore it from a backup or move it aside", path.display())]
+    QueueCorrupt {
+        /// The queue file.
+        path: PathBuf,
+        /// The first problems SQLite reported.
+        report: String,
+    },
+    /// The queue file the daemon opened is no longer the file at its path: it was deleted,
+    /// or another file was put in its place. Jobs published now would go to a file nobody
+    /// serves, so the daemon stops.
+    #[error("queue {} was {change} while the daemon ran: stopping (start it again to serve the file now at that path)", path.display())]
+    QueueFileChanged {
+        /// The queue file.
+        path: PathBuf,
+        /// `deleted` or `replaced by another file`.
+        change: &'static str,
+    },
 }
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// This error with its whole chain of causes (`what: why: deeper why`), for messages and
+    /// logs: [`Error`]'s own message never repeats its cause, so anything shown to a user goes
+    /// through this and the cause is never lost.
+    pub fn chain(&self) -> procyard_core::Report<'_> {
+        procyard_core::Report(self)
+    }
+
+    /// Whether the daemon cannot go on with its queue (it was deleted or replaced): it stops.
+    pub fn is_queue_lost(&self) -> bool {
+        matches!(self, Error::QueueFileChanged { .. })
+    }
+
     pub(crate) fn queue(
         action: &'static str,
         path: &std::path::Path,
@@ -177,5 +213,32 @@ impl Error {
 
     pub(crate) fn process(action: impl Into<String>, source: procyard_core::Error) -> Self {
         Error::Process { action: action.into(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_every_cause_once() {
+        let e = Error::io(
+            "open",
+            "/srv/q.db",
+            io::Error::new(io::ErrorKind::NotFound, "No such file or directory"),
+        );
+        assert_eq!(e.chain().to_string(), "unable to open /srv/q.db: No such file or directory");
+        let sqlite = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        let e = Error::queue("claim jobs from", std::path::Path::new("/q.db"), sqlite);
+        assert!(
+            e.chain()
+                .to_string()
+                .starts_with("unable to claim jobs from queue /q.db: database or disk is full"),
+            "{}",
+            e.chain()
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use procyard_core::SignalFd;
 use procyard_daemon::config::LogFormat;
-use procyard_daemon::queue::{self, OpenMode};
+use procyard_daemon::queue::{self, OpenMode, PartialPublish};
 use procyard_daemon::{Config, DAEMON_SIGNALS, RunOptions, control};
 
 /// A supervisor daemon: groups of worker processes fed by a job queue.
@@ -48,7 +48,8 @@ enum Cmd {
         /// The TOML config.
         #[arg(long)]
         config: PathBuf,
-        /// Publish one job per line of stdin.
+        /// Publish one job per line of stdin, as one batch: with the SQLite queue all of them
+        /// are queued or, on an error, none; ids of jobs queued are printed before any error.
         #[arg(long)]
         lines: bool,
         /// Print the job ids as JSON.
@@ -161,14 +162,20 @@ fn init_logs(config: &Path) {
     };
 }
 
-fn error_chain(action: &str, e: &dyn std::error::Error) -> String {
-    let mut msg = format!("unable to {action}: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    msg
+fn error_chain(action: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    format!("unable to {action}: {}", procyard_core::Report(e))
+}
+
+/// Reads stdin whole, refusing more than the queue would take before reading it all.
+fn read_payload() -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(queue::MAX_PAYLOAD as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("unable to read stdin: {e}"))?;
+    queue::check_payload(&buf).map_err(|e| error_chain("read the payload", &e))?;
+    Ok(buf)
 }
 
 fn load(path: &Path) -> Result<Config, String> {
@@ -179,7 +186,7 @@ fn client(cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Run { .. } => Ok(()),
         Cmd::CheckConfig { config } => {
-            let c = load(&config)?;
+            let c = Config::load_runnable(&config).map_err(|e| error_chain("load config", &e))?;
             println!(
                 "{}: ok ({} tasks, {} queue)",
                 c.path.display(),
@@ -195,41 +202,55 @@ fn client(cmd: Cmd) -> Result<(), String> {
             q.bind(&c.bindings()).map_err(|e| error_chain("bind tasks", &e))?;
             let mut payloads: Vec<Vec<u8>> = Vec::new();
             if lines {
-                for line in std::io::stdin().lock().lines() {
-                    payloads
-                        .push(line.map_err(|e| format!("unable to read stdin: {e}"))?.into_bytes());
+                for line in std::io::stdin().lock().split(b'\n') {
+                    let mut line = line.map_err(|e| format!("unable to read stdin: {e}"))?;
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    payloads.push(line);
                 }
             } else {
                 payloads.push(match payload.as_deref() {
-                    Some("-") => {
-                        let mut buf = Vec::new();
-                        std::io::stdin()
-                            .read_to_end(&mut buf)
-                            .map_err(|e| format!("unable to read stdin: {e}"))?;
-                        buf
-                    }
+                    Some("-") => read_payload()?,
                     Some(p) => p.as_bytes().to_vec(),
                     None => Vec::new(),
                 });
             }
-            let mut ids = Vec::new();
-            for p in &payloads {
-                let new = q
-                    .publish(&routing_key, p)
-                    .map_err(|e| error_chain(&format!("publish to {routing_key:?}"), &e))?;
-                ids.extend(new);
-            }
-            if let Err(e) = control::poke(&c.daemon.control_socket) {
+            // One batch: the SQLite queue commits all of it or none; a backend that cannot
+            // reports the jobs it queued before the error, and those are printed too.
+            let (ids, failure) = match q.publish_batch(&routing_key, &payloads) {
+                Ok(ids) => (ids, None),
+                Err(partial) => {
+                    let PartialPublish { committed, error } = *partial;
+                    (committed, Some(error))
+                }
+            };
+            if !ids.is_empty()
+                && let Err(e) = control::poke(&c.daemon.control_socket)
+            {
                 tracing::debug!(error = %e, "could not poke the daemon");
             }
             if json {
                 println!("{}", serde_json::json!({ "routing_key": routing_key, "jobs": ids }));
             } else {
-                for id in ids {
+                for id in &ids {
                     println!("{id}");
                 }
             }
-            Ok(())
+            match failure {
+                None => Ok(()),
+                Some(e) => {
+                    let what = format!("publish to {routing_key:?}");
+                    let mut msg = error_chain(&what, &e);
+                    if !ids.is_empty() {
+                        msg.push_str(&format!(
+                            " ({} job(s) were queued before the error; their ids are printed)",
+                            ids.len()
+                        ));
+                    }
+                    Err(msg)
+                }
+            }
         }
         Cmd::Status { config, json } => {
             let c = load(&config)?;

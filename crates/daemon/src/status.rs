@@ -30,6 +30,9 @@ pub struct Status {
     pub groups: Vec<GroupStatus>,
     /// The oldest dead letters (at most 100).
     pub dead_letters: Vec<DeadLetter>,
+    /// Control connections open (this one included).
+    #[serde(default)]
+    pub control_connections: usize,
 }
 
 /// One task group.
@@ -93,13 +96,11 @@ impl Status {
             "procyard-daemon pid {} {} for {:.0}s, config {}",
             self.pid, self.state, self.uptime_secs, self.config
         );
-        let _ = writeln!(
-            out,
-            "queue: {} ({}{})",
-            self.queue.backend,
-            self.queue.detail,
-            if self.queue.ok { "" } else { ", NOT OK" }
-        );
+        if self.queue.ok {
+            let _ = writeln!(out, "queue: {} ({})", self.queue.backend, self.queue.detail);
+        } else {
+            let _ = writeln!(out, "queue: {} UNHEALTHY: {}", self.queue.backend, self.queue.detail);
+        }
         if let Some(e) = &self.last_reload_error {
             let _ = writeln!(out, "last reload failed (old config kept): {e}");
         }

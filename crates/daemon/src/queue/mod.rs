@@ -49,7 +49,12 @@
 //!    nothing; there the workers die with the daemon (a parent-death signal).
 //! 6. [`QueueBackend::next_due`] returns the earliest instant at which a delayed job becomes
 //!    available by itself (SQLite retry backoff), so the loop sleeps until exactly then — a
-//!    real deadline, not a poll. A backend that wakes the loop itself returns `None`.
+//!    real deadline, not a poll. A backend that wakes the loop itself returns `None`. A
+//!    backend that depends on pokes (SQLite) also returns a due-check a few seconds ahead, so
+//!    a lost poke delays a job by seconds, never forever, and after a failed claim or flush
+//!    (a full disk) the instant of its next attempt (backoff), so it recovers by itself.
+//!    A backend whose queue is gone (the file deleted or replaced) returns an error for
+//!    which [`Error::is_queue_lost`](crate::Error::is_queue_lost) holds: the daemon stops.
 //! 7. [`QueueBackend::depths`] feeds `status` and scaling (backlog = ready + in flight);
 //!    [`QueueBackend::health`] says whether the backend works (shown in `status`).
 //! 8. [`QueueBackend::shutdown`] at exit, after every in-flight job is completed or abandoned.
@@ -57,6 +62,7 @@
 //! The command-line client (`publish`, `dead`, `requeue`) opens a backend in
 //! [`OpenMode::Client`] and uses only [`QueueBackend::bind`] (with the config's tasks, so a
 //! publisher knows which keys are bound), [`QueueBackend::publish`],
+//! [`QueueBackend::publish_batch`],
 //! [`QueueBackend::depths`], [`QueueBackend::dead_letters`] and
 //! [`QueueBackend::requeue_dead`].
 //!
@@ -78,6 +84,31 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
+
+/// The largest payload any backend accepts: 16 MiB. The same for every backend, so a job
+/// that one queue takes is never refused by another; checked before anything is published.
+pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+
+/// Refuses a payload larger than [`MAX_PAYLOAD`] with
+/// [`Error::InvalidPayload`](crate::Error::InvalidPayload).
+pub fn check_payload(payload: &[u8]) -> Result<()> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(crate::Error::InvalidPayload {
+            reason: format!("{} bytes is more than the {MAX_PAYLOAD} bytes allowed", payload.len()),
+        });
+    }
+    Ok(())
+}
+
+/// A batch publish that failed: the ids of the jobs queued before the error (none for a
+/// backend that commits a batch all or nothing), and the error.
+#[derive(Debug)]
+pub struct PartialPublish {
+    /// Jobs that are queued (durably) despite the error.
+    pub committed: Vec<String>,
+    /// What went wrong.
+    pub error: crate::Error,
+}
 
 /// Which backend a config asks for (`[queue] backend = "sqlite" | "amqp"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -275,8 +306,35 @@ pub trait QueueBackend {
     /// Publishes one job: a copy to every task whose binding matches `routing_key`. Returns
     /// the new job ids (one per receiving task) once the queue has them durably (SQLite:
     /// committed; AMQP: publisher confirm received). No matching task is
-    /// [`Error::Unroutable`](crate::Error::Unroutable).
+    /// [`Error::Unroutable`](crate::Error::Unroutable); a payload larger than [`MAX_PAYLOAD`]
+    /// is [`Error::InvalidPayload`](crate::Error::InvalidPayload), refused before anything is
+    /// sent.
     fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>>;
+
+    /// Publishes one job per payload, all to `routing_key`, and returns their ids in order.
+    /// Every payload and the key are checked before anything is published. The SQLite backend
+    /// commits the whole batch or none of it (one transaction); the default, for backends
+    /// that cannot (AMQP), publishes in order and stops at the first error, whose
+    /// [`PartialPublish::committed`] lists what was queued before it.
+    fn publish_batch(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+    ) -> Result<Vec<String>, Box<PartialPublish>> {
+        let early = |error| Box::new(PartialPublish { committed: Vec::new(), error });
+        crate::routing::validate_key(routing_key).map_err(early)?;
+        for p in payloads {
+            check_payload(p).map_err(early)?;
+        }
+        let mut committed = Vec::with_capacity(payloads.len());
+        for p in payloads {
+            match self.publish(routing_key, p) {
+                Ok(ids) => committed.extend(ids),
+                Err(error) => return Err(Box::new(PartialPublish { committed, error })),
+            }
+        }
+        Ok(committed)
+    }
 
     /// Daemon only: the most unfinished jobs of `task` the daemon can hold (see step 4).
     fn set_capacity(&mut self, task: &str, capacity: usize) -> Result<()>;

@@ -12,7 +12,18 @@
 //!
 //! Publishers (the `publish` command) write to the same file concurrently (WAL: readers and
 //! one writer at a time, `busy_timeout` for the rest) and then poke the daemon through its
-//! control socket, so the daemon never polls the file.
+//! control socket. A poke can be lost (the daemon busy, its descriptors exhausted), so the
+//! daemon also checks the queue every few seconds ([`DUE_CHECK_EVERY`]).
+//!
+//! # Files and failures
+//!
+//! The directory is created 0700 and every file of the queue 0600, whatever the umask (an
+//! existing directory open to others is warned about). A daemon runs `PRAGMA quick_check`
+//! when it opens the file and refuses a corrupt queue ([`Error::QueueCorrupt`]); it notices
+//! when the file at the path is deleted or replaced while it runs
+//! ([`Error::QueueFileChanged`], it stops rather than serve a ghost); and when writes fail
+//! (a full disk) it reports the queue unhealthy with the cause and tries again with backoff,
+//! so it recovers by itself when space comes back.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,14 +33,23 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    DeadLetter, Health, Job, OpenMode, Outcome, QueueBackend, QueueDepth, Receipt, TaskBinding,
+    DeadLetter, Health, Job, OpenMode, Outcome, PartialPublish, QueueBackend, QueueDepth, Receipt,
+    TaskBinding,
 };
 use crate::{Error, Result, routing};
 
+mod files;
 mod holders;
+mod trouble;
 
-/// The largest payload the embedded queue accepts: 16 MiB.
-pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+use files::FileIdentity;
+use trouble::Trouble;
+
+/// The largest payload the embedded queue accepts: the limit every backend shares.
+pub use super::MAX_PAYLOAD;
+
+/// How often a daemon looks at the queue without being poked.
+pub const DUE_CHECK_EVERY: Duration = Duration::from_secs(3);
 
 const STATE_READY: i64 = 0;
 const STATE_LEASED: i64 = 1;
@@ -74,6 +94,14 @@ pub struct SqliteQueue {
     recovered: u64,
     /// Holders of jobs handed to workers, written with the next write transaction.
     holders: Vec<(i64, super::LeaseHolder)>,
+    /// Daemon: the file it serves, to notice it deleted or replaced.
+    identity: Option<FileIdentity>,
+    /// Set once the file at the path is no longer the one served: every call fails.
+    lost: Option<&'static str>,
+    /// Failing writes (claims, outcomes), with the next attempt's deadline.
+    trouble: Option<Trouble>,
+    /// Daemon: the next look at the queue without a poke.
+    next_check: Instant,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -84,6 +112,12 @@ impl std::fmt::Debug for SqliteQueue {
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Every file of the queue at `queue`: the database, its `-wal` and `-shm` files, and the
+/// daemon's lock.
+pub fn companion_files(queue: &Path) -> [PathBuf; 4] {
+    files::queue_files(queue)
 }
 
 /// The lock file that marks the daemon serving `queue`.
@@ -98,9 +132,11 @@ impl SqliteQueue {
     /// daemon lock; the jobs a previous daemon left leased stay leased until
     /// [`QueueBackend::recover`] (after the daemon stopped their workers).
     pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteQueue> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        if path.as_os_str().is_empty() {
+            return Err(Error::io("open queue", path, std::io::ErrorKind::InvalidInput.into()));
         }
+        files::prepare_dir(path)?;
+        files::create_private(path)?;
         let lock = match mode {
             OpenMode::Client => None,
             OpenMode::Daemon => {
@@ -127,8 +163,16 @@ impl SqliteQueue {
             .map_err(|e| q("configure", e))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| q("enable WAL on", e))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| q("configure", e))?;
+        if mode == OpenMode::Daemon {
+            files::quick_check(&conn, path)?;
+        }
         conn.execute_batch(SCHEMA).map_err(|e| q("create the schema of", e))?;
         holders::migrate(&mut conn).map_err(|e| q("add the lease holder columns to", e))?;
+        files::tighten(path);
+        let identity = match mode {
+            OpenMode::Daemon => Some(FileIdentity::of(path)?),
+            OpenMode::Client => None,
+        };
         let queue = SqliteQueue {
             path: path.to_owned(),
             conn,
@@ -140,6 +184,10 @@ impl SqliteQueue {
             due_cache: None,
             recovered: 0,
             holders: Vec::new(),
+            identity,
+            lost: None,
+            trouble: None,
+            next_check: Instant::now() + DUE_CHECK_EVERY,
         };
         Ok(queue)
     }
@@ -180,38 +228,40 @@ impl SqliteQueue {
     fn is_bound(&self, task: &str) -> bool {
         self.tasks.iter().any(|t| t.name == task)
     }
-}
 
-impl QueueBackend for SqliteQueue {
-    fn bind(&mut self, tasks: &[TaskBinding]) -> Result<()> {
-        for t in tasks {
-            for p in &t.routing_keys {
-                routing::validate_pattern(p)?;
-            }
+    /// Fails once the path no longer names the file this daemon serves (checked at most
+    /// once a second, or now when `now_please`).
+    fn check_served(&mut self, now_please: bool) -> Result<()> {
+        if self.lost.is_none()
+            && let Some(id) = self.identity.as_mut()
+            && let Err(change) = id.check(&self.path, now_please)
+        {
+            self.lost = Some(change);
         }
-        self.tasks = tasks.to_vec();
-        self.due_cache = None;
-        Ok(())
+        match self.lost {
+            Some(change) => Err(Error::QueueFileChanged { path: self.path.clone(), change }),
+            None => Ok(()),
+        }
     }
 
-    fn attach(&mut self, _registry: &mio::Registry, _token: mio::Token) -> Result<()> {
-        Ok(())
+    /// Keeps track of failing writes: a failure starts (or lengthens) the backoff and is
+    /// shown by `health`; a success ends it.
+    fn note_write<T>(&mut self, result: &Result<T>) {
+        match result {
+            Ok(_) => {
+                if let Some(t) = self.trouble.take() {
+                    tracing::info!(queue = %self.path.display(), after = %t.cause, "the queue works again");
+                }
+            }
+            Err(e) => Trouble::note(&mut self.trouble, e.chain().to_string()),
+        }
     }
 
-    fn on_wake(&mut self) -> Result<()> {
-        self.due_cache = None;
-        Ok(())
-    }
-
-    fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
+    /// Inserts one job per payload and target task, all in one transaction.
+    fn insert_jobs(&mut self, routing_key: &str, payloads: &[&[u8]]) -> Result<Vec<String>> {
         routing::validate_key(routing_key)?;
-        if payload.len() > MAX_PAYLOAD {
-            return Err(Error::InvalidPayload {
-                reason: format!(
-                    "{} bytes is more than the {MAX_PAYLOAD} bytes allowed",
-                    payload.len()
-                ),
-            });
+        for p in payloads {
+            super::check_payload(p)?;
         }
         let targets: Vec<String> = self
             .tasks
@@ -224,7 +274,7 @@ impl QueueBackend for SqliteQueue {
         }
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| Error::queue("publish to", &path, e))?;
-        let mut ids = Vec::with_capacity(targets.len());
+        let mut ids = Vec::with_capacity(targets.len() * payloads.len());
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -233,22 +283,22 @@ impl QueueBackend for SqliteQueue {
                 )
                 .map_err(|e| Error::queue("publish to", &path, e))?;
             let now = now_ms();
-            for task in targets {
-                let id = uuid::Uuid::now_v7().to_string();
-                stmt.execute(params![id, task, routing_key, payload, STATE_READY, now])
-                    .map_err(|e| Error::queue("publish to", &path, e))?;
-                ids.push(id);
+            for payload in payloads {
+                for task in &targets {
+                    let id = uuid::Uuid::now_v7().to_string();
+                    stmt.execute(params![id, task, routing_key, payload, STATE_READY, now])
+                        .map_err(|e| Error::queue("publish to", &path, e))?;
+                    ids.push(id);
+                }
             }
         }
         tx.commit().map_err(|e| Error::queue("publish to", &path, e))?;
         Ok(ids)
     }
 
-    fn set_capacity(&mut self, _task: &str, _capacity: usize) -> Result<()> {
-        Ok(())
-    }
-
-    fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+    /// Records the buffered outcomes and takes up to `max` leases of `task`, in one
+    /// transaction.
+    fn take_leases(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
         if max == 0 || self.mode != OpenMode::Daemon || !self.is_bound(task) {
             return Ok(Vec::new());
         }
@@ -297,6 +347,97 @@ impl QueueBackend for SqliteQueue {
         Ok(jobs)
     }
 
+    /// When the earliest delayed job (a retry) becomes available.
+    fn retry_due(&mut self) -> Result<Option<Instant>> {
+        let now = now_ms();
+        let cached = match self.due_cache {
+            Some(Some(due)) if due > now => Some(due),
+            Some(None) => None,
+            _ => {
+                let due: Option<i64> = self
+                    .conn
+                    .query_row(
+                        "SELECT MIN(not_before) FROM jobs WHERE state = ?1 AND not_before > ?2",
+                        params![STATE_READY, now],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(self.err("read retry times from"))?
+                    .flatten();
+                self.due_cache = Some(due);
+                due
+            }
+        };
+        Ok(cached.map(|due| Instant::now() + Duration::from_millis((due - now).max(0) as u64 + 1)))
+    }
+
+    /// Writes the buffered outcomes in one transaction.
+    fn write_pending(&mut self) -> Result<()> {
+        // Kept until the transaction commits: after a failure (a writer holding the file past
+        // `busy_timeout`) the next flush writes them, instead of leaving the jobs leased.
+        let path = self.path.clone();
+        let e = |err| Error::queue("record job outcomes in", &path, err);
+        let tx = self.conn.transaction().map_err(e)?;
+        let retried = write_outcomes(&tx, &self.pending).map_err(e)?;
+        holders::write(&tx, &self.holders).map_err(e)?;
+        tx.commit().map_err(e)?;
+        self.pending.clear();
+        self.holders.clear();
+        if retried {
+            self.due_cache = None;
+        }
+        Ok(())
+    }
+}
+
+impl QueueBackend for SqliteQueue {
+    fn bind(&mut self, tasks: &[TaskBinding]) -> Result<()> {
+        for t in tasks {
+            for p in &t.routing_keys {
+                routing::validate_pattern(p)?;
+            }
+        }
+        self.tasks = tasks.to_vec();
+        self.due_cache = None;
+        Ok(())
+    }
+
+    fn attach(&mut self, _registry: &mio::Registry, _token: mio::Token) -> Result<()> {
+        Ok(())
+    }
+
+    fn on_wake(&mut self) -> Result<()> {
+        self.due_cache = None;
+        // A poke may come from a publisher that wrote to a new file at the path.
+        self.check_served(true)
+    }
+
+    fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
+        self.insert_jobs(routing_key, &[payload])
+    }
+
+    fn publish_batch(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+    ) -> Result<Vec<String>, Box<PartialPublish>> {
+        // One transaction: all of the batch or none of it.
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.insert_jobs(routing_key, &payloads)
+            .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
+    }
+
+    fn set_capacity(&mut self, _task: &str, _capacity: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+        self.check_served(false)?;
+        let jobs = self.take_leases(task, max);
+        self.note_write(&jobs);
+        jobs
+    }
+
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
         // The retry delay runs from now: the caller may compute when the job falls due right
         // after this call, and a flush that comes later must not push that time back.
@@ -333,43 +474,28 @@ impl QueueBackend for SqliteQueue {
         if self.pending.is_empty() && self.holders.is_empty() {
             return Ok(());
         }
-        // Kept until the transaction commits: after a failure (a writer holding the file past
-        // `busy_timeout`) the next flush writes them, instead of leaving the jobs leased.
-        let path = self.path.clone();
-        let e = |err| Error::queue("record job outcomes in", &path, err);
-        let tx = self.conn.transaction().map_err(e)?;
-        let retried = write_outcomes(&tx, &self.pending).map_err(e)?;
-        holders::write(&tx, &self.holders).map_err(e)?;
-        tx.commit().map_err(e)?;
-        self.pending.clear();
-        self.holders.clear();
-        if retried {
-            self.due_cache = None;
-        }
-        Ok(())
+        let result = self.write_pending();
+        self.note_write(&result);
+        result
     }
 
     fn next_due(&mut self) -> Result<Option<Instant>> {
-        let now = now_ms();
-        let cached = match self.due_cache {
-            Some(Some(due)) if due > now => Some(due),
-            Some(None) => None,
-            _ => {
-                let due: Option<i64> = self
-                    .conn
-                    .query_row(
-                        "SELECT MIN(not_before) FROM jobs WHERE state = ?1 AND not_before > ?2",
-                        params![STATE_READY, now],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                    .map_err(self.err("read retry times from"))?
-                    .flatten();
-                self.due_cache = Some(due);
-                due
-            }
-        };
-        Ok(cached.map(|due| Instant::now() + Duration::from_millis((due - now).max(0) as u64 + 1)))
+        self.check_served(false)?;
+        let retry = self.retry_due()?;
+        if self.mode != OpenMode::Daemon {
+            return Ok(retry);
+        }
+        // A look without a poke every few seconds (a poke can be lost), and the next attempt
+        // after a failed write (once its instant is past, the attempt is being made now).
+        let now = Instant::now();
+        if self.next_check <= now {
+            self.next_check = now + DUE_CHECK_EVERY;
+        }
+        let mut due = retry.map_or(self.next_check, |r| r.min(self.next_check));
+        if let Some(t) = self.trouble.as_ref().filter(|t| t.retry_at > now) {
+            due = due.min(t.retry_at);
+        }
+        Ok(Some(due))
     }
 
     fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
@@ -496,7 +622,13 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn health(&self) -> Health {
-        Health { backend: "sqlite".to_owned(), ok: true, detail: self.path.display().to_string() }
+        let path = self.path.display();
+        let (ok, detail) = match (self.lost, &self.trouble) {
+            (Some(change), _) => (false, format!("{path}: the file was {change}")),
+            (None, Some(t)) => (false, format!("{path}: {}", t.describe())),
+            (None, None) => (true, path.to_string()),
+        };
+        Health { backend: "sqlite".to_owned(), ok, detail }
     }
 
     fn shutdown(&mut self) -> Result<()> {

@@ -8,28 +8,30 @@ mod orphans;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
-use procyard_core::{Deadline, FrameDecoder, Signal, SignalFd, StreamState};
+use procyard_core::{Deadline, Signal, SignalFd, StreamState};
 
 use crate::config::{Config, WorkModel};
-use crate::control::{Request, Response};
+use crate::control::{ControlServer, Incoming, Request, Response};
 use crate::protocol::{Reply, ReplyOutcome};
 use crate::queue::{self, OpenMode, Outcome, QueueBackend};
 use crate::status::{GroupStatus, Status, WorkerStatus};
 use crate::{Error, Result};
 use escapees::Escapees;
 use group::Group;
+use procyard_core::Report;
 use worker::{KIND_CONN, KIND_PIDFD, KIND_STDIN, KIND_STDOUT, StopStage, Worker};
 
 const SIGNAL: Token = Token(0);
 const LISTENER: Token = Token(1);
 const QUEUE: Token = Token(2);
+/// How soon to ask the queue again when it could not say when jobs fall due.
+const RETRY_READ: Duration = Duration::from_secs(1);
 
 /// The signals the daemon handles; block them with [`SignalFd`] in `main` before any thread
 /// starts: `SignalFd::new(procyard_daemon::DAEMON_SIGNALS)`.
@@ -58,17 +60,10 @@ enum Phase {
     },
 }
 
-struct Conn {
-    stream: UnixStream,
-    decoder: FrameDecoder,
-    out: Vec<u8>,
-    answered: bool,
-}
-
 /// Runs the daemon for the config at `config_path` until a stop signal; `signals` must come
 /// from [`SignalFd::new`] with [`DAEMON_SIGNALS`], created before any thread.
 pub fn run(config_path: &Path, signals: SignalFd, options: RunOptions) -> Result<()> {
-    let config = Config::load(config_path)?;
+    let config = Config::load_runnable(config_path)?;
     let mut daemon = Daemon::new(config, signals)?;
     daemon.start(options)?;
     daemon.run_loop()
@@ -78,12 +73,10 @@ struct Daemon {
     config: Config,
     poll: Poll,
     signals: SignalFd,
-    listener: UnixListener,
-    socket_path: PathBuf,
+    control: ControlServer,
     queue: Box<dyn QueueBackend>,
     groups: BTreeMap<String, Group>,
     workers: HashMap<u64, Worker>,
-    conns: HashMap<u64, Conn>,
     next_id: u64,
     phase: Phase,
     started: Instant,
@@ -94,6 +87,8 @@ struct Daemon {
     forced: bool,
     /// When the queue said a delayed job becomes available.
     queue_due: Option<Instant>,
+    /// Why the daemon must stop with an error (its queue is gone), once it has stopped.
+    fatal: Option<Error>,
     /// Descendants of workers that escaped their process group, adopted as a subreaper.
     escapees: Escapees,
 }
@@ -114,22 +109,19 @@ impl Daemon {
         orphans::recover(&mut *queue, config.daemon.kill_timeout)?;
         queue.bind(&config.bindings())?;
         queue.attach(poll.registry(), QUEUE)?;
-        let socket_path = config.daemon.control_socket.clone();
-        let mut listener = bind_control_socket(&socket_path)?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(os("register the control socket"))?;
+        let control =
+            ControlServer::bind(&config.daemon.control_socket, poll.registry(), LISTENER, |id| {
+                worker::token(id, KIND_CONN)
+            })?;
         let groups = config.tasks.iter().map(|t| (t.name.clone(), Group::new(t.clone()))).collect();
         Ok(Daemon {
             config,
             poll,
             signals,
-            listener,
-            socket_path,
+            control,
             queue,
             groups,
             workers: HashMap::new(),
-            conns: HashMap::new(),
             next_id: 1,
             phase: Phase::Running,
             started: Instant::now(),
@@ -139,6 +131,7 @@ impl Daemon {
             child_signal: false,
             forced: false,
             queue_due: None,
+            fatal: None,
             escapees: Escapees::default(),
         })
     }
@@ -158,11 +151,11 @@ impl Daemon {
         }
         self.reconcile();
         if let Err(e) = self.queue.flush() {
-            tracing::error!(error = %e, "queue flush failed");
+            tracing::error!(error = %Report(&e), "queue flush failed");
         }
         tracing::info!(
             config = %self.config.path.display(),
-            socket = %self.socket_path.display(),
+            socket = %self.control.path().display(),
             queue = %self.queue.health().detail,
             tasks = self.groups.len(),
             "procyard-daemon ready"
@@ -195,10 +188,13 @@ impl Daemon {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL => self.on_signals(),
-                    LISTENER => self.on_accept(),
+                    LISTENER => {
+                        let requests = self.control.accept(self.poll.registry());
+                        self.handle_requests(requests);
+                    }
                     QUEUE => {
                         if let Err(e) = self.queue.on_wake() {
-                            tracing::error!(error = %e, "queue backend error");
+                            self.on_queue_error(e, "queue backend error");
                         }
                         self.poke_groups();
                     }
@@ -212,7 +208,13 @@ impl Daemon {
                                     w.flush_stdin(self.poll.registry());
                                 }
                             }
-                            KIND_CONN => self.on_conn(id),
+                            KIND_CONN => {
+                                if let Incoming::Request(r) =
+                                    self.control.on_ready(id, self.poll.registry())
+                                {
+                                    self.handle_requests(vec![(id, r)]);
+                                }
+                            }
                             _ => {}
                         }
                     }
@@ -236,7 +238,7 @@ impl Daemon {
             // buffered when the new jobs were claimed).
             self.reconcile();
             if let Err(e) = self.queue.flush() {
-                tracing::error!(error = %e, "unable to record job outcomes; will retry");
+                tracing::error!(error = %Report(&e), "unable to record job outcomes; will retry");
             }
             if matches!(self.phase, Phase::Stopping { .. })
                 && self.workers.is_empty()
@@ -281,6 +283,7 @@ impl Daemon {
         if let Phase::Stopping { grace_until, terminated: false } = self.phase {
             consider(Some(grace_until));
         }
+        consider(self.control.next_deadline());
         consider(self.escapees.next_deadline());
         if self.phase == Phase::Running {
             match self.queue.next_due() {
@@ -294,7 +297,12 @@ impl Daemon {
                     self.queue_due = due;
                     consider(due);
                 }
-                Err(e) => tracing::error!(error = %e, "unable to read retry times"),
+                Err(e) => {
+                    self.on_queue_error(e, "unable to read retry times");
+                    // Look again soon; at once if the queue is gone (the stop has begun).
+                    let again = if self.fatal.is_some() { Duration::ZERO } else { RETRY_READ };
+                    consider(Some(Instant::now() + again));
+                }
             }
         }
         next
@@ -304,7 +312,7 @@ impl Daemon {
         let signals = match self.signals.pending() {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "unable to read signals");
+                tracing::error!(error = %Report(&e), "unable to read signals");
                 return;
             }
         };
@@ -357,7 +365,7 @@ impl Daemon {
         }
         for (_, mut w) in self.workers.drain() {
             if let Err(e) = w.child.wait() {
-                tracing::error!(pid = %w.child.id(), error = %e, "unable to reap worker");
+                tracing::error!(pid = %w.child.id(), error = %Report(&e), "unable to reap worker");
             }
         }
         // Escapees too, at once (the daemon exits next; init reaps them).
@@ -368,11 +376,35 @@ impl Daemon {
 
     fn finish_stop(&mut self) -> Result<()> {
         if let Err(e) = self.queue.shutdown() {
-            tracing::error!(error = %e, "queue shutdown failed");
+            tracing::error!(error = %Report(&e), "queue shutdown failed");
         }
-        let _ = std::fs::remove_file(&self.socket_path);
-        tracing::info!("procyard-daemon stopped");
-        Ok(())
+        self.control.shut_down(self.poll.registry());
+        match self.fatal.take() {
+            Some(e) => {
+                tracing::error!(error = %e.chain(), "procyard-daemon stopped");
+                Err(e)
+            }
+            None => {
+                tracing::info!("procyard-daemon stopped");
+                Ok(())
+            }
+        }
+    }
+
+    /// Logs a queue error; a queue that is gone (its file deleted or replaced) stops the
+    /// daemon, which then exits with that error.
+    fn on_queue_error(&mut self, e: Error, what: &'static str) {
+        if !e.is_queue_lost() {
+            tracing::error!(error = %e.chain(), "{what}");
+            return;
+        }
+        if self.fatal.is_none() {
+            tracing::error!(error = %e.chain(), "the queue is gone: stopping");
+            self.fatal = Some(e);
+            if self.phase == Phase::Running {
+                self.begin_graceful_stop();
+            }
+        }
     }
 
     fn poke_groups(&mut self) {
@@ -382,12 +414,12 @@ impl Daemon {
     }
 
     fn reload(&mut self) {
-        let new = match Config::load(&self.config.path) {
+        let new = match Config::load_runnable(&self.config.path) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "reload failed: keeping the running config");
+                tracing::error!(error = %Report(&e), "reload failed: keeping the running config");
                 self.failed_reloads += 1;
-                self.last_reload_error = Some(e.to_string());
+                self.last_reload_error = Some(e.chain().to_string());
                 return;
             }
         };
@@ -405,9 +437,9 @@ impl Daemon {
             new.daemon.control_socket = self.config.daemon.control_socket.clone();
         }
         if let Err(e) = self.queue.bind(&new.bindings()) {
-            tracing::error!(error = %e, "reload failed: the queue refused the new bindings; keeping the running config");
+            tracing::error!(error = %Report(&e), "reload failed: the queue refused the new bindings; keeping the running config");
             self.failed_reloads += 1;
-            self.last_reload_error = Some(e.to_string());
+            self.last_reload_error = Some(e.chain().to_string());
             let _ = self.queue.bind(&self.config.bindings());
             return;
         }
@@ -459,6 +491,8 @@ impl Daemon {
 
     fn on_deadlines(&mut self) {
         let now = Instant::now();
+        let requests = self.control.on_deadlines(now, self.poll.registry());
+        self.handle_requests(requests);
         let kill_timeout = self.config.daemon.kill_timeout;
         self.escapees.on_deadlines(now);
         if let Phase::Stopping { grace_until, terminated: false } = self.phase
@@ -569,7 +603,7 @@ impl Daemon {
                         g.pending.extend(jobs);
                     }
                     Err(e) => {
-                        tracing::error!(task = %g.cfg.name, error = %e, "unable to claim jobs");
+                        tracing::error!(task = %g.cfg.name, error = %Report(&e), "unable to claim jobs");
                         g.maybe_more = false;
                     }
                 }
@@ -592,9 +626,9 @@ impl Daemon {
                             self.workers.insert(id, w);
                         }
                         Err(e) => {
-                            tracing::error!(task = %g.cfg.name, error = %e, "unable to start a oneshot worker");
+                            tracing::error!(task = %g.cfg.name, error = %Report(&e), "unable to start a oneshot worker");
                             g.note_crash(now);
-                            self.finish_job(g, &job, Err((e.to_string(), false)));
+                            self.finish_job(g, &job, Err((e.chain().to_string(), false)));
                             break;
                         }
                     }
@@ -621,7 +655,7 @@ impl Daemon {
                                 self.workers.insert(id, w);
                             }
                             Err(e) => {
-                                tracing::error!(task = %g.cfg.name, error = %e, "unable to start a worker");
+                                tracing::error!(task = %g.cfg.name, error = %Report(&e), "unable to start a worker");
                                 g.note_crash(now);
                                 break;
                             }
@@ -646,7 +680,7 @@ impl Daemon {
             let Some(job) = g.pending.pop_front() else { break };
             record_holder(&mut *self.queue, &job, w);
             if let Err(e) = w.send_job(job, g.cfg.timeout, registry) {
-                tracing::error!(error = %e, "unable to send a job to a worker");
+                tracing::error!(error = %Report(&e), "unable to send a job to a worker");
             }
         }
     }
@@ -681,7 +715,7 @@ impl Daemon {
             }
         };
         if let Err(e) = self.queue.complete(job, outcome) {
-            tracing::error!(job = %job.id, error = %e, "unable to record a job outcome");
+            tracing::error!(job = %job.id, error = %Report(&e), "unable to record a job outcome");
         }
         // Remember when the retry falls due: if its delay has already passed by the time the
         // outcome is flushed, the queue no longer reports it as a future instant, and without
@@ -710,7 +744,7 @@ impl Daemon {
             None | Some(Ok(None)) => return,
             Some(Ok(Some(exit))) => exit,
             Some(Err(e)) => {
-                tracing::error!(error = %e, "unable to reap a worker");
+                tracing::error!(error = %Report(&e), "unable to reap a worker");
                 return;
             }
         };
@@ -812,7 +846,7 @@ impl Daemon {
                     {
                         record_holder(&mut *self.queue, &job, w);
                         if let Err(e) = w.send_job(job, g.cfg.timeout, self.poll.registry()) {
-                            tracing::error!(error = %e, "unable to send a job to a worker");
+                            tracing::error!(error = %Report(&e), "unable to send a job to a worker");
                         }
                     }
                     self.groups.insert(w.group.clone(), g);
@@ -835,113 +869,33 @@ impl Daemon {
         }
     }
 
-    fn on_accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    if !peer_is_owner(&stream) {
-                        tracing::warn!("refused a control connection from another user");
-                        continue;
+    /// Answers control requests (a poke closes its connection; a status is answered).
+    fn handle_requests(&mut self, requests: Vec<(u64, Request)>) {
+        for (id, request) in requests {
+            match request {
+                Request::Poke => {
+                    if let Err(e) = self.queue.on_wake() {
+                        self.on_queue_error(e, "queue backend error");
                     }
-                    let id = self.alloc_id();
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            worker::token(id, KIND_CONN),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_ok()
-                    {
-                        self.conns.insert(
-                            id,
-                            Conn {
-                                stream,
-                                decoder: FrameDecoder::with_max(64 * 1024),
-                                out: Vec::new(),
-                                answered: false,
-                            },
-                        );
-                        self.on_conn(id);
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "unable to accept a control connection");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_conn(&mut self, id: u64) {
-        let Some(mut conn) = self.conns.remove(&id) else { return };
-        let mut close = false;
-        if !conn.answered {
-            let state = conn.decoder.read_from(&mut conn.stream);
-            match conn.decoder.next::<Request>() {
-                Ok(Some(Request::Poke)) => {
-                    let _ = self.queue.on_wake();
                     self.poke_groups();
-                    close = true;
+                    self.control.close(id, self.poll.registry());
                 }
-                Ok(Some(Request::Status)) => {
+                Request::Status => {
                     let response = Response::Status(Box::new(self.status()));
-                    self.answer(&mut conn, &response);
-                }
-                Ok(None) => match state {
-                    Ok(StreamState::Open) => {}
-                    Ok(StreamState::Closed) => close = true,
-                    Err(e) => self.answer(&mut conn, &Response::Error { message: e.to_string() }),
-                },
-                Err(e) => self
-                    .answer(&mut conn, &Response::Error { message: format!("bad request: {e}") }),
-            }
-        }
-        if conn.answered {
-            while !conn.out.is_empty() {
-                match conn.stream.write(&conn.out) {
-                    Ok(n) => {
-                        conn.out.drain(..n);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        conn.out.clear();
-                    }
+                    self.control.respond(id, &response, self.poll.registry());
                 }
             }
-            if conn.out.is_empty() {
-                close = true;
-            }
         }
-        if close {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-        } else {
-            self.conns.insert(id, conn);
-        }
-    }
-
-    fn answer(&self, conn: &mut Conn, response: &Response) {
-        conn.answered = true;
-        match procyard_core::frame::encode_frame(response) {
-            Ok(bytes) => conn.out = bytes,
-            Err(e) => tracing::error!(error = %e, "unable to encode a control response"),
-        }
-        let mut sink = [0u8; 0];
-        let _ = conn.stream.read(&mut sink);
     }
 
     fn status(&mut self) -> Status {
         // The counters below already include outcomes of this loop iteration: write them
         // first, so the queue's depths and dead letters agree with the counters.
         if let Err(e) = self.queue.flush() {
-            tracing::error!(error = %e, "unable to record job outcomes; will retry");
+            tracing::error!(error = %Report(&e), "unable to record job outcomes; will retry");
         }
         let depths = self.queue.depths().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "unable to read queue depths");
+            tracing::error!(error = %Report(&e), "unable to read queue depths");
             BTreeMap::new()
         });
         let now = Instant::now();
@@ -996,6 +950,7 @@ impl Daemon {
             queue: self.queue.health(),
             groups,
             dead_letters: self.queue.dead_letters(None, 100).unwrap_or_default(),
+            control_connections: self.control.connections(),
         }
     }
 
@@ -1034,7 +989,9 @@ impl Daemon {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::debug!(pid, error = %e, "unable to reap an unknown child"),
+                Err(e) => {
+                    tracing::debug!(pid, error = %Report(&e), "unable to reap an unknown child")
+                }
             }
         }
     }
@@ -1045,7 +1002,7 @@ fn record_holder(queue: &mut dyn QueueBackend, job: &queue::Job, w: &Worker) {
     if let Some(holder) = &w.holder
         && let Err(e) = queue.record_holder(job, holder)
     {
-        tracing::error!(job = %job.id, error = %e, "unable to record a job's worker");
+        tracing::error!(job = %job.id, error = %Report(&e), "unable to record a job's worker");
     }
 }
 
@@ -1058,52 +1015,4 @@ fn children_of_self() -> Vec<i32> {
         }
     }
     out
-}
-
-fn peer_is_owner(stream: &UnixStream) -> bool {
-    match rustix::net::sockopt::socket_peercred(stream) {
-        Ok(cred) => {
-            let me = rustix::process::geteuid();
-            cred.uid == me || cred.uid.is_root()
-        }
-        Err(_) => false,
-    }
-}
-
-/// Binds the control socket, owner-only: its directory is created 0700 if missing, and the
-/// socket is made with umask 077. A stale socket (nobody listening) is replaced; a live one
-/// means another daemon runs.
-fn bind_control_socket(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io("create directory", dir, e))?;
-    }
-    if path.exists() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(Error::AlreadyRunning {
-                    queue: path.to_owned(),
-                    lock: path.to_owned(),
-                });
-            }
-            Err(_) => {
-                std::fs::remove_file(path)
-                    .map_err(|e| Error::io("remove stale socket", path, e))?;
-            }
-        }
-    }
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let listener = UnixListener::bind(path);
-    rustix::process::umask(old);
-    let listener = listener.map_err(|e| Error::io("listen on control socket", path, e))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io("restrict", path, e))?;
-    Ok(listener)
 }

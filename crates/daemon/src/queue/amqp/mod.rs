@@ -318,6 +318,8 @@ impl QueueBackend for AmqpQueue {
 
     fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
         crate::routing::validate_key(routing_key)?;
+        // The same limit as the embedded queue, before anything reaches the broker.
+        super::check_payload(payload)?;
         let id = uuid::Uuid::now_v7().to_string();
         let (key, data, job_id) = (routing_key.to_owned(), payload.to_vec(), id.clone());
         self.request("publish", REQUEST_TIMEOUT, |reply| Cmd::Publish {
