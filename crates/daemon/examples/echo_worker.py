@@ -41,7 +41,11 @@ while True:
     if header is None:
         break
     job = json.loads(header)
-    payload = read_frame() or b""
+    payload = read_frame()
+    if payload is None:
+        # The daemon went away between a job's header and its payload: never run a job
+        # with a payload it was not given.
+        raise SystemExit("stdin ended between a job header and its payload")
     text = payload.decode("utf-8", errors="replace")
     # A few payloads change behaviour, for demos and tests.
     if text == "fail":

@@ -165,4 +165,22 @@ mod tests {
         assert!(serve_on(&input[..], Vec::new(), |_| Outcome::Done).is_err());
         assert!(serve_on(&b"\x00\x00\x00\x02{x"[..], Vec::new(), |_| Outcome::Done).is_err());
     }
+
+    /// A payload frame cut short (the daemon died while writing it) is an error, and the
+    /// handler never sees the job.
+    #[test]
+    fn truncated_payload_never_runs() {
+        let mut input = Vec::new();
+        let h = JobHeader { id: "x".into(), task: "t".into(), routing_key: "k".into(), attempt: 1 };
+        frame::write_frame(&mut input, &h).unwrap();
+        frame::write_frame_bytes(&mut input, b"0123456789").unwrap();
+        for cut in 1..10 {
+            let mut ran = false;
+            let result = serve_on(&input[..input.len() - cut], Vec::new(), |_| {
+                ran = true;
+                Outcome::Done
+            });
+            assert!(result.is_err() && !ran, "a payload cut {cut} bytes short ran");
+        }
+    }
 }
