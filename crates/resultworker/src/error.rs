@@ -88,6 +88,10 @@ pub enum Error {
         /// The program started as the worker.
         program: PathBuf,
     },
+    /// [`ResultWorker::start`](crate::ResultWorker::start) was asked for a configuration
+    /// other than that of the global worker, which runs already.
+    #[error("the global result worker runs already, with another configuration")]
+    AlreadyRunning,
     /// The worker process did not report that it was ready.
     #[error("the result worker did not start: {reason}")]
     WorkerNotReady {

@@ -1,13 +1,9 @@
-//! [`ResultWorker`]: the application's handle, and the listener thread that owns the worker
-//! process, reads its results, notices its death and restarts it.
+//! [`ResultWorker`]: the application's handle. It writes requests into the worker's pipe;
+//! the listener thread (`listener.rs`) owns the worker process and completes the futures.
 
-use std::collections::HashSet;
-use std::fs::File;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::thread::{JoinHandle, ThreadId};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use procyard_core::Pid;
@@ -15,156 +11,15 @@ use procyard_core::mio::{Poll, Token, Waker};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::future::{Key, KeyMap, ResultFuture, Slot, lock_map};
+use crate::config::Config;
+use crate::future::{Key, ResultFuture, Slot, lock_map};
 use crate::job::{Function, Job};
 use crate::listener::Listener;
+use crate::shared::{Shared, lock};
 use crate::wire::{self, Request};
 use crate::{Error, Result};
 
-pub(crate) const WAKE: Token = Token(0);
-
-/// How a [`ResultWorker`] runs.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct Config {
-    /// Jobs running at once (each in its own child process). Default: the number of CPUs.
-    pub max_workers: usize,
-    /// The first restart delay after the worker dies; it doubles up to `backoff_max`.
-    pub backoff_min: Duration,
-    /// The longest restart delay.
-    pub backoff_max: Duration,
-    /// The program to start as the worker; default: this program (`/proc/self/exe`). It must
-    /// call [`init`](crate::init) first thing in `main`.
-    pub program: Option<PathBuf>,
-    /// Let a job's child process run further function jobs instead of exiting after one
-    /// (default false). Much faster: no fork per job, and small jobs are written ahead into a
-    /// busy child's pipe (up to 8, 16 KiB) so it never waits for the worker. But jobs then
-    /// share a process one after another: state a function leaves behind (globals, leaked
-    /// memory, a changed working directory) is seen by later jobs. A child that crashes or
-    /// times out is replaced, and the jobs written ahead to it run elsewhere. Commands are
-    /// unaffected.
-    pub reuse_processes: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            max_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            backoff_min: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(5),
-            program: None,
-            reuse_processes: false,
-        }
-    }
-}
-
-impl Config {
-    /// Sets [`Config::max_workers`] (at least 1).
-    pub fn max_workers(mut self, n: usize) -> Config {
-        self.max_workers = n.max(1);
-        self
-    }
-
-    /// Sets the restart backoff range.
-    pub fn backoff(mut self, min: Duration, max: Duration) -> Config {
-        self.backoff_min = min;
-        self.backoff_max = max.max(min);
-        self
-    }
-
-    /// Sets [`Config::reuse_processes`].
-    pub fn reuse_processes(mut self, reuse: bool) -> Config {
-        self.reuse_processes = reuse;
-        self
-    }
-
-    /// Sets the worker program.
-    pub fn program(mut self, program: impl Into<PathBuf>) -> Config {
-        self.program = Some(program.into());
-        self
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-#[derive(Default)]
-pub(crate) struct WriterState {
-    pub(crate) file: Option<File>,
-    pub(crate) backlog: Vec<(u64, Vec<u8>)>,
-    pub(crate) stopping: bool,
-}
-
-pub(crate) struct Shared {
-    pub(crate) owner: Pid,
-    pub(crate) config: Config,
-    pub(crate) keys: Arc<KeyMap>,
-    pub(crate) next_key: AtomicU64,
-    pub(crate) writer: Mutex<WriterState>,
-    pub(crate) stop_grace: Mutex<Option<Duration>>,
-    pub(crate) waker: Waker,
-    pub(crate) thread: Mutex<Option<JoinHandle<()>>>,
-    pub(crate) thread_id: OnceLock<ThreadId>,
-    pub(crate) worker_pid: Mutex<Option<Pid>>,
-    pub(crate) restarts: AtomicU64,
-}
-
-impl Shared {
-    /// Fresh state for an instance owned by this process, nothing submitted yet.
-    pub(crate) fn new(config: Config, waker: Waker) -> Shared {
-        Shared {
-            owner: Pid::current(),
-            config,
-            keys: Arc::default(),
-            next_key: AtomicU64::new(1),
-            writer: Mutex::default(),
-            stop_grace: Mutex::new(None),
-            waker,
-            thread: Mutex::new(None),
-            thread_id: OnceLock::new(),
-            worker_pid: Mutex::new(None),
-            restarts: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn is_owner(&self) -> bool {
-        Pid::current() == self.owner
-    }
-
-    /// Removes `keys` from the map and fails their futures with `error` (outside the lock:
-    /// callbacks may drop futures, which takes the lock).
-    pub(crate) fn fail(&self, keys: impl IntoIterator<Item = u64>, error: &Error) {
-        let slots: Vec<Arc<Slot>> = {
-            let mut map = lock_map(&self.keys);
-            keys.into_iter().filter_map(|k| map.remove(&k)).filter_map(|w| w.upgrade()).collect()
-        };
-        for slot in slots {
-            slot.set(Err(error.clone()));
-        }
-    }
-
-    /// The worker is gone: forgets its request pipe and fails, with `error`, every job that
-    /// was sent to it, but not the backlog (those go to the next worker). The keys are taken
-    /// under the writer lock, which `submit` holds while it adds a key, so a job submitted
-    /// meanwhile is either failed here or goes to the backlog, never both (failed here, it
-    /// would still run on the next worker, and its result be discarded).
-    pub(crate) fn fail_sent(&self, error: &Error) {
-        let keys: Vec<u64> = {
-            let mut writer = lock(&self.writer);
-            writer.file = None;
-            let backlog: HashSet<u64> = writer.backlog.iter().map(|(k, _)| *k).collect();
-            lock_map(&self.keys).keys().copied().filter(|k| !backlog.contains(k)).collect()
-        };
-        self.fail(keys, error);
-    }
-
-    pub(crate) fn fail_all_except(&self, keep: &HashSet<u64>, error: &Error) {
-        let keys: Vec<u64> =
-            lock_map(&self.keys).keys().copied().filter(|k| !keep.contains(k)).collect();
-        self.fail(keys, error);
-    }
-}
+const WAKE: Token = Token(0);
 
 struct Handle {
     shared: Arc<Shared>,
@@ -177,8 +32,9 @@ impl Drop for Handle {
 }
 
 /// A background worker process and the futures of the jobs sent to it. Cheap to clone; the
-/// worker stops when the last clone of a separate instance is dropped (the global one from
-/// [`ResultWorker::start`] lives until [`ResultWorker::stop`] or the end of the process).
+/// worker stops when the last clone of an instance from [`new`](ResultWorker::new) is dropped
+/// (the process's global one, from [`start`](ResultWorker::start), lives until
+/// [`stop`](ResultWorker::stop) or the end of the process).
 #[derive(Clone)]
 pub struct ResultWorker {
     handle: Arc<Handle>,
@@ -193,25 +49,39 @@ impl std::fmt::Debug for ResultWorker {
     }
 }
 
-fn global() -> &'static Mutex<Option<ResultWorker>> {
+fn global_slot() -> &'static Mutex<Option<ResultWorker>> {
     static GLOBAL: Mutex<Option<ResultWorker>> = Mutex::new(None);
     &GLOBAL
 }
 
 impl ResultWorker {
-    /// The process's global worker: started by the first call (from any thread; concurrent
-    /// callers wait for it), returned as is afterwards. `config` is used only when it starts
-    /// (again after a [`stop`](ResultWorker::stop), or in a forked child, which never shares
-    /// its parent's worker). Like [`new`](ResultWorker::new), it never returns in a worker
-    /// process whose `main` did not call [`init`](crate::init) first.
+    /// Starts the process's global worker with `config` (from any thread; concurrent callers
+    /// wait for it). If it runs already with the same `config`, returns it; with a different
+    /// one, [`Error::AlreadyRunning`] (stop it first, or take it as it is with
+    /// [`global`](ResultWorker::global)). A forked child never shares its parent's worker:
+    /// there, `start` starts one of its own. Like [`new`](ResultWorker::new), it never
+    /// returns in a worker process whose `main` did not call [`init`](crate::init) first.
     pub fn start(config: Config) -> Result<ResultWorker> {
-        let mut global = lock(global());
+        let mut global = lock(global_slot());
         if let Some(worker) = global.as_ref().filter(|w| w.is_running()) {
+            if worker.config() != &config {
+                return Err(Error::AlreadyRunning);
+            }
             return Ok(worker.clone());
         }
         let worker = ResultWorker::new(config)?;
         *global = Some(worker.clone());
         Ok(worker)
+    }
+
+    /// The process's global worker, while it runs (see [`start`](ResultWorker::start)).
+    pub fn global() -> Option<ResultWorker> {
+        lock(global_slot()).as_ref().filter(|w| w.is_running()).cloned()
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared().config
     }
 
     /// A separate worker of its own, stopped when its last clone is dropped.
@@ -220,8 +90,8 @@ impl ResultWorker {
     /// not return: the process tells the application (which gets [`Error::InitNotCalled`]),
     /// says why on stderr and exits, instead of starting a worker of its own.
     pub fn new(config: Config) -> Result<ResultWorker> {
-        if crate::worker::worker_mode().is_some() {
-            crate::worker::refuse_start_in_worker_mode();
+        if crate::mode::worker_mode().is_some() {
+            crate::mode::refuse_start_in_worker_mode();
         }
         let poll = Poll::new().map_err(|e| Error::os("create a poll instance", e))?;
         let waker =
@@ -233,12 +103,12 @@ impl ResultWorker {
             .name("procyard-resultworker".into())
             .spawn(move || Listener::run(for_thread, poll, tx))
             .map_err(|e| Error::os("start the listener thread", e))?;
-        let _ = shared.thread_id.set(thread.thread().id());
-        *lock(&shared.thread) = Some(thread);
+        let _ = shared.thread.id.set(thread.thread().id());
+        *lock(&shared.thread.handle) = Some(thread);
         match rx.recv() {
             Ok(Ok(())) => Ok(ResultWorker { handle: Arc::new(Handle { shared }) }),
             Ok(Err(e)) => {
-                if let Some(t) = lock(&shared.thread).take() {
+                if let Some(t) = lock(&shared.thread.handle).take() {
                     let _ = t.join();
                 }
                 Err(e)
@@ -256,7 +126,7 @@ impl ResultWorker {
     /// Whether jobs can be submitted (not stopped, and this is the process that started it).
     pub fn is_running(&self) -> bool {
         let shared = self.shared();
-        shared.is_owner() && !lock(&shared.writer).stopping
+        shared.is_owner() && lock(&shared.link).stop.is_none()
     }
 
     /// Sends `job` to the worker; the future receives its value as `T`. A job that cannot be
@@ -285,22 +155,22 @@ impl ResultWorker {
             slot.set(Err(Error::Malformed { reason }));
             return future;
         }
-        let mut writer = lock(&shared.writer);
-        if writer.stopping {
-            drop(writer);
+        let mut link = lock(&shared.link);
+        if link.stop.is_some() {
+            drop(link);
             slot.set(Err(Error::Stopped));
             return future;
         }
         lock_map(&shared.keys).insert(key, Arc::downgrade(&slot));
-        match &mut writer.file {
+        match &mut link.file {
             Some(file) => {
                 if wire::write_frame(file, &payload).is_err() {
-                    writer.file = None;
-                    drop(writer);
+                    link.file = None;
+                    drop(link);
                     shared.fail([key], &Error::WorkerLost);
                 }
             }
-            None => writer.backlog.push((key, payload)),
+            None => link.backlog.push((key, payload)),
         }
         future
     }
@@ -331,12 +201,12 @@ impl ResultWorker {
 
     /// The worker process's pid, while one runs.
     pub fn worker_pid(&self) -> Option<Pid> {
-        *lock(&self.shared().worker_pid)
+        lock(&self.shared().status).worker_pid
     }
 
     /// How many times the worker was restarted after dying.
     pub fn restart_count(&self) -> u64 {
-        self.shared().restarts.load(Ordering::Relaxed)
+        lock(&self.shared().status).restarts
     }
 
     /// Stops: no new jobs; running jobs get `grace`, then TERM, then KILL; every pending
@@ -351,31 +221,26 @@ fn stop(shared: &Arc<Shared>, grace: Duration) {
     if !shared.is_owner() {
         return;
     }
-    {
-        let mut writer = lock(&shared.writer);
-        if !writer.stopping {
-            writer.stopping = true;
-            let backlog: Vec<u64> = writer.backlog.drain(..).map(|(k, _)| k).collect();
-            if let Some(mut file) = writer.file.take() {
+    let backlog: Vec<u64> = {
+        let mut link = lock(&shared.link);
+        if link.stop.is_some() {
+            Vec::new()
+        } else {
+            link.stop = Some(grace);
+            if let Some(mut file) = link.file.take() {
                 let grace_ms = grace.as_millis().min(u128::from(u64::MAX)) as u64;
                 let payload = wire::encode_request(&Request::Stop { grace_ms }, &[]);
                 let _ = wire::write_frame(&mut file, &payload);
             }
-            drop(writer);
-            shared.fail(backlog, &Error::Stopped);
+            link.backlog.drain(..).map(|(k, _)| k).collect()
         }
-    }
-    {
-        let mut requested = lock(&shared.stop_grace);
-        if requested.is_none() {
-            *requested = Some(grace);
-        }
-    }
+    };
+    shared.fail(backlog, &Error::Stopped);
     let _ = shared.waker.wake();
-    if shared.thread_id.get() == Some(&std::thread::current().id()) {
+    if shared.thread.id.get() == Some(&std::thread::current().id()) {
         return;
     }
-    let thread = lock(&shared.thread).take();
+    let thread = lock(&shared.thread.handle).take();
     if let Some(thread) = thread {
         let _ = thread.join();
     }

@@ -65,17 +65,22 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod config;
 mod error;
 mod future;
 mod handle;
 mod job;
 mod listener;
+mod mode;
+mod shared;
+mod stop;
 mod wire;
 mod worker;
 
+pub use config::Config;
 pub use error::{Error, JobError, Result};
 pub use future::{Key, ResultFuture, wait_all, wait_any, wait_any_deadline};
-pub use handle::{Config, ResultWorker};
+pub use handle::ResultWorker;
 pub use job::{CommandOutput, Function, Job, register};
 
 /// Call first thing in `main` (after [`register`]ing functions). In a normal run it returns
@@ -86,7 +91,7 @@ pub use job::{CommandOutput, Function, Job, register};
 /// worker process runs `main` again, and when it reaches `start` it exits at once (saying why
 /// on stderr) instead of starting a worker of its own.
 pub fn init() {
-    if let Some(max_workers) = worker::worker_mode() {
+    if let Some(max_workers) = mode::worker_mode() {
         let code = worker::run(max_workers);
         std::process::exit(code);
     }
@@ -94,7 +99,7 @@ pub fn init() {
 
 /// Whether this process is a worker (only ever true inside [`init`] or a job).
 pub fn is_worker_process() -> bool {
-    worker::worker_mode().is_some()
+    mode::worker_mode().is_some()
 }
 
 #[cfg(test)]

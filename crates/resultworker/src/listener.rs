@@ -2,22 +2,22 @@
 //! tied to a thread that lives as long as the [`ResultWorker`](crate::ResultWorker)), reads
 //! its results, notices its death, fails what it held, and restarts it with backoff.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use procyard_core::mio::{Events, Interest, Poll, Token};
 use procyard_core::{
-    Child, Command, Deadline, Exit, FrameDecoder, Grouping, Signal, Stdio, StreamState,
+    Child, Command, Deadline, Exit, FrameDecoder, Grouping, Report, Signal, Stdio, StopLadder,
+    StreamState,
 };
 
 use crate::future::lock_map;
-use crate::handle::{Shared, lock};
+use crate::mode::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, EXIT_INIT_NOT_CALLED};
+use crate::shared::{Shared, lock};
+use crate::stop::GracefulStop;
 use crate::wire::{self, Decoded, Request, WireError};
-use crate::worker::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, EXIT_INIT_NOT_CALLED};
 use crate::{Error, Result};
 
 const READER: Token = Token(1);
@@ -46,22 +46,19 @@ pub(crate) struct Listener {
     poll: Poll,
     worker: Option<Running>,
     restart_at: Option<Deadline>,
+    /// Deaths in a row (the restart backoff's attempt number).
     failures: u32,
-    term_at: Option<Deadline>,
-    kill_at: Option<Deadline>,
+    /// The worker's stop, once one was asked for.
+    stop: Option<GracefulStop>,
 }
 
 impl Listener {
+    fn new(shared: Arc<Shared>, poll: Poll) -> Listener {
+        Listener { shared, poll, worker: None, restart_at: None, failures: 0, stop: None }
+    }
+
     pub(crate) fn run(shared: Arc<Shared>, poll: Poll, started: mpsc::Sender<Result<()>>) {
-        let mut listener = Listener {
-            shared,
-            poll,
-            worker: None,
-            restart_at: None,
-            failures: 0,
-            term_at: None,
-            kill_at: None,
-        };
+        let mut listener = Listener::new(shared, poll);
         let ready = listener.spawn().and_then(|()| listener.wait_ready(READY_TIMEOUT));
         match ready {
             Ok(()) => {
@@ -69,7 +66,7 @@ impl Listener {
             }
             Err(e) => {
                 listener.kill_worker();
-                *lock(&listener.shared.worker_pid) = None;
+                lock(&listener.shared.status).worker_pid = None;
                 let _ = started.send(Err(e));
                 return;
             }
@@ -118,10 +115,10 @@ impl Listener {
             };
             let mut fds =
                 [rustix::event::PollFd::new(&worker.reader, rustix::event::PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(Error::os("wait for the worker", e)),
-            }
+            procyard_core::event::retry_interrupted(|| {
+                rustix::event::poll(&mut fds, Some(&ts)).map_err(Into::into)
+            })
+            .map_err(|e| Error::os("wait for the worker", e))?;
         }
     }
 
@@ -146,35 +143,29 @@ impl Listener {
         }
     }
 
-    fn stopping(&self) -> Option<Duration> {
-        *lock(&self.shared.stop_grace)
-    }
-
     fn event_loop(&mut self) {
         let mut events = Events::with_capacity(16);
         loop {
-            if let Some(grace) = self.stopping() {
+            if let Some(grace) = self.shared.stop_grace() {
                 if self.worker.is_none() {
-                    self.shared.fail_all_except(&HashSet::new(), &Error::Stopped);
+                    self.shared.fail_all(&Error::Stopped);
                     return;
                 }
-                if self.term_at.is_none() {
-                    let term_at = Deadline::after(grace.saturating_add(STOP_SLACK));
-                    self.term_at = Some(term_at);
-                    self.kill_at = Some(Deadline::at(term_at.instant() + STOP_SLACK));
+                if self.stop.is_none() {
+                    // The worker runs its own ladder for its jobs within `grace`; the slack
+                    // is for that, before the application TERMs and then KILLs the worker.
+                    let ladder = StopLadder::term_then_kill(STOP_SLACK);
+                    let grace = grace.saturating_add(STOP_SLACK);
+                    self.stop = Some(GracefulStop::new(Instant::now(), grace, ladder));
                 }
             }
-            let deadlines = [self.restart_at, self.term_at, self.kill_at];
-            let timeout = Deadline::poll_timeout(deadlines.into_iter().flatten());
-            match self.poll.poll(&mut events, timeout) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    eprintln!("procyard-resultworker: listener poll failed: {e}");
-                    self.kill_worker();
-                    self.shared.fail_all_except(&HashSet::new(), &Error::WorkerLost);
-                    return;
-                }
+            let stop_at = self.stop.as_ref().and_then(GracefulStop::deadline).map(Deadline::at);
+            let timeout = Deadline::poll_timeout(self.restart_at.into_iter().chain(stop_at));
+            if let Err(e) = procyard_core::event::poll(&mut self.poll, &mut events, timeout) {
+                tracing::error!(error = %e, "procyard-resultworker: the listener's poll failed");
+                self.kill_worker();
+                self.shared.fail_all(&Error::WorkerLost);
+                return;
             }
             let mut exited = false;
             for event in events.iter() {
@@ -194,25 +185,19 @@ impl Listener {
     fn handle_deadlines(&mut self) {
         if self.restart_at.is_some_and(Deadline::is_expired) {
             self.restart_at = None;
-            if self.stopping().is_none() {
-                self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+            if self.shared.stop_grace().is_none() {
+                lock(&self.shared.status).restarts += 1;
                 if let Err(e) = self.spawn() {
-                    eprintln!("procyard-resultworker: {}", crate::worker::chain(&e));
-                    let backlog: Vec<u64> =
-                        lock(&self.shared.writer).backlog.drain(..).map(|(k, _)| k).collect();
-                    self.shared.fail(backlog, &Error::WorkerLost);
+                    tracing::warn!(error = %Report(&e), "procyard-resultworker: restart failed");
+                    self.shared.fail_backlog(&Error::WorkerLost);
                     self.schedule_restart();
                 }
             }
         }
-        if let Some(worker) = &self.worker {
-            if self.kill_at.is_some_and(Deadline::is_expired) {
-                let _ = worker.child.kill();
-                self.kill_at = None;
-            } else if self.term_at.is_some_and(Deadline::is_expired) {
-                let _ = worker.child.signal_group(Signal::TERM);
-                self.term_at = Some(Deadline::after(Duration::from_secs(86_400)));
-            }
+        if let Some(worker) = &self.worker
+            && let Some(signal) = self.stop.as_mut().and_then(|s| s.tick(Instant::now()))
+        {
+            let _ = worker.child.signal_group(signal);
         }
     }
 
@@ -232,7 +217,7 @@ impl Listener {
                 Ok(Some(payload)) => dispatch(&self.shared, payload),
                 Ok(None) => break,
                 Err(e) => {
-                    eprintln!("procyard-resultworker: corrupt result stream: {e}");
+                    tracing::error!(error = %e, "procyard-resultworker: corrupt result stream");
                     let _ = worker.child.kill();
                     return true;
                 }
@@ -242,7 +227,7 @@ impl Listener {
             Ok(StreamState::Open) => false,
             Ok(StreamState::Closed) => true,
             Err(e) => {
-                eprintln!("procyard-resultworker: corrupt result stream: {e}");
+                tracing::error!(error = %e, "procyard-resultworker: corrupt result stream");
                 let _ = worker.child.kill();
                 true
             }
@@ -264,8 +249,8 @@ impl Listener {
         if !matches!(worker.child.try_wait(), Ok(Some(_))) {
             let _ = worker.child.kill_and_reap();
         }
-        *lock(&self.shared.worker_pid) = None;
-        let stopping = self.stopping().is_some();
+        lock(&self.shared.status).worker_pid = None;
+        let stopping = self.shared.stop_grace().is_some();
         let error = if stopping { Error::Stopped } else { Error::WorkerLost };
         self.shared.fail_sent(&error);
         if !stopping {
@@ -277,10 +262,8 @@ impl Listener {
     }
 
     fn schedule_restart(&mut self) {
-        let config = &self.shared.config;
-        let factor = 1u32.checked_shl(self.failures.min(20)).unwrap_or(u32::MAX);
-        let delay = config.backoff_min.saturating_mul(factor).min(config.backoff_max);
         self.failures = self.failures.saturating_add(1);
+        let delay = self.shared.config.restart_backoff().delay(self.failures);
         self.restart_at = Some(Deadline::after(delay));
     }
 
@@ -325,21 +308,21 @@ impl Listener {
                 )
             })
             .map_err(|e| Error::os("watch the worker", e))?;
-        *lock(&self.shared.worker_pid) = Some(child.id());
+        lock(&self.shared.status).worker_pid = Some(child.id());
         let mut file = File::from(job_write);
         {
-            let mut writer = lock(&self.shared.writer);
+            let mut link = lock(&self.shared.link);
             let mut ok = true;
-            for (_, payload) in writer.backlog.drain(..) {
+            for (_, payload) in link.backlog.drain(..) {
                 if ok && wire::write_frame(&mut file, &payload).is_err() {
                     ok = false;
                 }
             }
-            if writer.stopping {
+            if link.stop.is_some() {
                 let payload = wire::encode_request(&Request::Stop { grace_ms: 0 }, &[]);
                 let _ = wire::write_frame(&mut file, &payload);
             } else if ok {
-                writer.file = Some(file);
+                link.file = Some(file);
             }
         }
         self.worker =
@@ -358,9 +341,7 @@ fn dispatch(shared: &Shared, payload: Vec<u8>) {
         Decoded::Result { key, outcome } => (key, outcome.map(Arc::from).map_err(Error::from)),
         Decoded::BadBody { key, reason } => (key, Err(Error::Malformed { reason })),
         Decoded::NoKey { len } => {
-            eprintln!(
-                "procyard-resultworker: ignoring a result frame of {len} bytes without a key"
-            );
+            tracing::warn!(len, "procyard-resultworker: ignoring a result frame without a key");
             return;
         }
     };
@@ -373,16 +354,15 @@ fn dispatch(shared: &Shared, payload: Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Config;
+    use crate::config::Config;
     use crate::future::{Key, ResultFuture, Slot};
-    use crate::handle::WAKE;
     use crate::wire::{TAG_ERROR, TAG_VALUE, WireError, encode_report, encode_result, error_body};
     use procyard_core::mio::Waker;
 
-    fn shared() -> Arc<Shared> {
+    fn shared(config: Config) -> Arc<Shared> {
         let poll = Poll::new().unwrap();
-        let waker = Waker::new(poll.registry(), WAKE).unwrap();
-        Arc::new(Shared::new(Config::default(), waker))
+        let waker = Waker::new(poll.registry(), Token(0)).unwrap();
+        Arc::new(Shared::new(config, waker))
     }
 
     fn pending(shared: &Shared, key: u64) -> ResultFuture<String> {
@@ -393,7 +373,7 @@ mod tests {
 
     #[test]
     fn resultworker_r1_malformed_frame_fails_only_its_own_result() {
-        let shared = shared();
+        let shared = shared(Config::default());
         let a = pending(&shared, 1);
         let b = pending(&shared, 2);
         let c = pending(&shared, 3);
@@ -411,45 +391,21 @@ mod tests {
 
     #[test]
     fn resultworker_r2_worker_loss_fails_sent_jobs_not_the_backlog() {
-        let shared = shared();
+        let shared = shared(Config::default());
         let sent = pending(&shared, 1);
         let queued = pending(&shared, 2);
-        shared.fail_all_except(&HashSet::from([2]), &Error::WorkerLost);
+        lock(&shared.link).backlog.push((2, Vec::new()));
+        shared.fail_sent(&Error::WorkerLost);
         assert!(matches!(sent.try_get(), Some(Err(Error::WorkerLost))));
         assert!(queued.try_get().is_none());
         assert_eq!(lock_map(&shared.keys).len(), 1);
     }
 
     #[test]
-    fn resultworker_r2_worker_loss_keeps_jobs_submitted_after_it() {
-        let shared = shared();
-        let sent = pending(&shared, 1);
-        // Submitted once the worker was gone: in the backlog, for the next worker.
-        let later = pending(&shared, 2);
-        lock(&shared.writer).backlog.push((2, Vec::new()));
-        shared.fail_sent(&Error::WorkerLost);
-        assert!(matches!(sent.try_get(), Some(Err(Error::WorkerLost))));
-        assert!(later.try_get().is_none());
-        assert_eq!(lock_map(&shared.keys).keys().copied().collect::<Vec<_>>(), [2]);
-        assert!(lock(&shared.writer).file.is_none());
-    }
-
-    #[test]
     fn restart_backoff_doubles_up_to_the_cap() {
-        let shared = shared();
-        let mut config =
+        let config =
             Config::default().backoff(Duration::from_millis(10), Duration::from_millis(50));
-        config.max_workers = 1;
-        let shared = Arc::new(Shared { config, ..Arc::into_inner(shared).unwrap() });
-        let mut listener = Listener {
-            shared,
-            poll: Poll::new().unwrap(),
-            worker: None,
-            restart_at: None,
-            failures: 0,
-            term_at: None,
-            kill_at: None,
-        };
+        let mut listener = Listener::new(shared(config), Poll::new().unwrap());
         // The restart is due `delay` after some instant within the call: bracket that instant
         // (this thread may be preempted for any time in between on a loaded machine).
         for expected in [10, 20, 40, 50, 50].map(Duration::from_millis) {

@@ -1,5 +1,5 @@
 //! The wire formats between the application and its worker, all inside procyard-core's
-//! length-prefixed frames (so any byte, newline included, is just payload: R1).
+//! length-prefixed frames (so any byte, newline included, is just payload).
 //!
 //! - Requests (application → worker): `u32` header length, a JSON [`Request`] header, then the
 //!   raw body (a function's JSON arguments).
@@ -105,8 +105,17 @@ pub(crate) fn encode_request(header: &Request, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes `payload` as one procyard-core frame with a single `write` where the pipe allows
-/// (the reader wakes once per frame, not once for the header and again for the payload).
+/// `payload` as one procyard-core frame (length prefix and payload) in one buffer, so that it
+/// goes out in a single `write` where the pipe allows (the reader wakes once per frame, not
+/// once for the header and again for the payload).
+pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Writes `payload` as one frame (see [`frame`]); refuses one over the frame limit.
 pub(crate) fn write_frame<W: std::io::Write + ?Sized>(
     w: &mut W,
     payload: &[u8],
@@ -117,10 +126,16 @@ pub(crate) fn write_frame<W: std::io::Write + ?Sized>(
             max: procyard_core::MAX_FRAME,
         }));
     }
-    let mut frame = Vec::with_capacity(4 + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    w.write_all(&frame)
+    w.write_all(&frame(payload))
+}
+
+/// A function job as the job child reads it: name length, name, JSON arguments.
+pub(crate) fn job_message(name: &str, body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(4 + name.len() + body.len());
+    message.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    message.extend_from_slice(name.as_bytes());
+    message.extend_from_slice(body);
+    message
 }
 
 /// Splits a request payload into its header and body.

@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use procyard_core::testkit::{self, wait_for};
 use procyard_core::{Deadline, Exit, Pid};
 use procyard_resultworker::{
     CommandOutput, Config, Error, Job, ResultFuture, ResultWorker, register, wait_all, wait_any,
@@ -106,25 +106,17 @@ fn is_gone(pid: u32) -> bool {
 }
 
 fn wait_gone(pids: &[u32], within: Duration) {
-    let deadline = Deadline::after(within);
-    while !pids.iter().all(|&p| is_gone(p)) {
-        assert!(!deadline.is_expired(), "processes {pids:?} still alive after {within:?}");
-        std::thread::yield_now();
-    }
+    wait_for(&format!("processes {pids:?} to end"), within, || pids.iter().all(|&p| is_gone(p)));
 }
 
 fn recorded_pids(dir: &Path, n: usize) -> Vec<u32> {
-    let deadline = Deadline::after(LONG);
-    loop {
-        let pids: Vec<u32> = std::fs::read_dir(dir)
+    let read = || -> Vec<u32> {
+        std::fs::read_dir(dir)
             .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-            .unwrap_or_default();
-        if pids.len() >= n {
-            return pids;
-        }
-        assert!(!deadline.is_expired(), "only {} of {n} jobs started", pids.len());
-        std::thread::yield_now();
-    }
+            .unwrap_or_default()
+    };
+    wait_for(&format!("{n} jobs to record their pids"), LONG, || read().len() >= n);
+    read()
 }
 
 /// A job that stays pending until [`open_gate`] (see the `rendezvous` function).
@@ -138,11 +130,7 @@ fn open_gate(dir: &Path) {
 
 /// Waits (polling: a job's files have no event to wait on) until `path` exists.
 fn wait_for_file(path: &Path) {
-    let deadline = Deadline::after(LONG);
-    while !path.exists() {
-        assert!(!deadline.is_expired(), "{} did not appear within {LONG:?}", path.display());
-        std::thread::yield_now();
-    }
+    wait_for(&format!("{} to appear", path.display()), LONG, || path.exists());
 }
 
 /// Children of this process that are resultworker workers.
@@ -180,12 +168,18 @@ fn sigkill(pid: u32) {
 
 fn seed_start_twice_returns_same_worker() {
     let a = ResultWorker::start(cfg(2)).expect("start");
-    let b = ResultWorker::start(cfg(3)).expect("start again");
+    let b = ResultWorker::start(cfg(2)).expect("start again");
     assert!(a.worker_pid().is_some());
     assert_eq!(a.worker_pid(), b.worker_pid());
+    // Another configuration is not silently ignored: an error, and the running one is intact.
+    assert!(matches!(ResultWorker::start(cfg(3)), Err(Error::AlreadyRunning)));
+    let global = ResultWorker::global().expect("the global worker");
+    assert_eq!(global.worker_pid(), a.worker_pid());
+    assert_eq!(global.config().max_workers, 2);
     assert_eq!(get(&b.submit::<u64>(Job::function("square", &5))).unwrap(), 25);
     a.stop(Duration::from_secs(5));
     assert!(!b.is_running());
+    assert!(ResultWorker::global().is_none());
     let c = ResultWorker::start(cfg(2)).expect("start after stop");
     assert!(c.is_running());
     assert_ne!(c.worker_pid(), a.worker_pid());
@@ -654,7 +648,7 @@ fn resultworker_program_without_init_is_a_start_error() {
     }
 }
 
-type Test = (&'static str, fn());
+type Test = testkit::Test;
 
 const TESTS: &[Test] = &[
     (
@@ -707,67 +701,13 @@ fn main() -> std::process::ExitCode {
         app_helper();
         return std::process::ExitCode::SUCCESS;
     }
-    // libtest-style arguments: name filters, `--skip NAME`, `--exact`; other flags ignored
-    // (with their values, for those that take one).
-    let mut filters: Vec<&String> = Vec::new();
-    let mut skips: Vec<&String> = Vec::new();
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--skip" => skips.extend(iter.next()),
-            "--test-threads" | "--format" | "--color" | "--logfile" | "--shuffle-seed" | "-Z" => {
-                iter.next();
-            }
-            a if a.starts_with('-') => {}
-            _ => filters.push(arg),
-        }
-    }
-    let exact = args.iter().any(|a| a == "--exact");
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in TESTS {
-            println!("{name}: test");
-        }
-        return std::process::ExitCode::SUCCESS;
-    }
-    let selected: Vec<&Test> = TESTS
-        .iter()
-        .filter(|(name, _)| !skips.iter().any(|s| name.contains(s.as_str())))
-        .filter(|(name, _)| {
-            filters.is_empty()
-                || filters.iter().any(|f| if exact { name == f } else { name.contains(f.as_str()) })
-        })
-        .collect();
-    println!("\nrunning {} tests", selected.len());
-    let (mut passed, mut failed) = (0, Vec::new());
-    for (name, test) in selected {
-        let started = Instant::now();
-        match std::panic::catch_unwind(AssertUnwindSafe(test)) {
-            Ok(()) => {
-                println!("test {name} ... ok ({:.2?})", started.elapsed());
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
-            }
-        }
-    }
+    let result = testkit::run_tests(TESTS);
     // Every worker is gone and reaped: no child process of this one is left, not even a
     // zombie.
     let strays = children(true);
     if !strays.is_empty() {
         println!("stray child processes left behind: {strays:?}");
-        failed.push("no_stray_workers");
+        return std::process::ExitCode::FAILURE;
     }
-    println!(
-        "\ntest result: {}. {passed} passed; {} failed",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        failed.len()
-    );
-    if failed.is_empty() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        println!("failures: {failed:?}");
-        std::process::ExitCode::FAILURE
-    }
+    result
 }

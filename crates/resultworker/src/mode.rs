@@ -8,8 +8,16 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use super::{ENV_MAX_WORKERS, ENV_WORKER};
+use procyard_core::event::retry_interrupted;
+
 use crate::wire::{self, TAG_ERROR, WireError, encode_report, error_body, push_result};
+
+/// Set (to the application's pid) in the worker's environment.
+pub(crate) const ENV_WORKER: &str = "PROCYARD_RESULTWORKER_PARENT";
+/// The worker's `max_workers`.
+pub(crate) const ENV_MAX_WORKERS: &str = "PROCYARD_RESULTWORKER_MAX_WORKERS";
+/// `1` when job children are reused (see `Config::reuse_processes`).
+pub(crate) const ENV_REUSE: &str = "PROCYARD_RESULTWORKER_REUSE";
 
 /// The exit code of a worker-mode process whose `main` reached `ResultWorker::start`
 /// (`EX_CONFIG`): the application reads it when the refusal frame could not be read (the
@@ -51,11 +59,9 @@ pub(crate) fn refuse_start_in_worker_mode() -> ! {
 
 fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        match rustix::io::write(fd, bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
+        match retry_interrupted(|| rustix::io::write(fd, bytes).map_err(Into::into))? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => bytes = &bytes[n..],
         }
     }
     Ok(())

@@ -1,0 +1,316 @@
+//! The shell's job children: starting a job (a spare child forked ahead of time, a child
+//! forked with its job, or a spawned command), recycling and spares, the function children's
+//! side (run the function, report), and reading their reports and exits back as events.
+
+use std::os::fd::OwnedFd;
+use std::panic::AssertUnwindSafe;
+
+use procyard_core::fork::ForkConfig;
+use procyard_core::mio::Interest;
+use procyard_core::mio::Token;
+use procyard_core::mio::unix::SourceFd;
+use procyard_core::{Child, Forked, Signal};
+
+use super::process::{drain, raw, spawn_command, write_report};
+use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, Shell, Spare};
+use super::state::{ChildId, Event, Kind, PIPE_ATOMIC, StartJob};
+use crate::wire::{self, TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body};
+
+impl Shell {
+    /// Starts a job: returns its child's id, its kind and whether the child is reusable.
+    pub(super) fn start(&mut self, job: StartJob) -> Result<(ChildId, Kind, bool), WireError> {
+        let (id, mut child, pipe, kind, job_pipe) = match (job.function, job.command) {
+            (Some(message), _) => {
+                let (id, child, job_pipe) = self.dispatch_function(&message)?;
+                (id, child, None, Kind::Function, job_pipe)
+            }
+            (None, Some(spec)) => {
+                let (child, pipe) = spawn_command(&spec)?;
+                (self.new_id(), child, Some(pipe), Kind::Command, None)
+            }
+            (None, None) => {
+                return Err(WireError::Malformed { reason: "a job with no work".into() });
+            }
+        };
+        let registry = self.poll.registry();
+        let registered = registry
+            .register(&mut child, Token(FIRST_JOB + id * 2), Interest::READABLE)
+            .and_then(|()| {
+                let Some(pipe) = &pipe else { return Ok(()) };
+                rustix::io::ioctl_fionbio(pipe, true)?;
+                let token = Token(FIRST_JOB + id * 2 + 1);
+                registry.register(&mut SourceFd(&raw(pipe)), token, Interest::READABLE)
+            });
+        if let Err(e) = registered {
+            let _ = child.kill_and_reap();
+            return Err(WireError::Failed { message: format!("unable to watch the job: {e}") });
+        }
+        let reusable = job_pipe.is_some();
+        self.children.insert(id, JobChild { child, kind, pipe, job_pipe, buf: Vec::new() });
+        Ok((id, kind, reusable))
+    }
+
+    /// Forks a spare child when the state wants one; lets the idle ones go when stopping
+    /// (closing their job pipes lets them exit; dropping a `Child` reaps it).
+    pub(super) fn tend_spares(&mut self) {
+        if self.state.is_stopping() {
+            self.idle.clear();
+        } else if self.state.wants_spare(self.idle.len()) {
+            match self.fork_spare() {
+                Ok(spare) => self.idle.push(spare),
+                Err(e) => tracing::warn!(?e, "procyard-resultworker: no spare child"),
+            }
+        }
+    }
+
+    /// A new job (or spare child) id.
+    fn new_id(&mut self) -> ChildId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Sends a function job to a spare child, which becomes the job's child; without a spare
+    /// (or if it died), forks a child for the job (which then has no job pipe), or in reuse
+    /// mode a spare to send it to.
+    fn dispatch_function(
+        &mut self,
+        message: &[u8],
+    ) -> Result<(ChildId, Child, Option<OwnedFd>), WireError> {
+        if message.len() > procyard_core::MAX_FRAME {
+            let reason = format!("job of {} bytes exceeds the frame limit", message.len());
+            return Err(WireError::Malformed { reason });
+        }
+        let mut fresh = 0;
+        while fresh < 2 {
+            let spare = match self.idle.pop() {
+                Some(spare) => spare,
+                None if !self.reuse => {
+                    let (id, child) = self.fork_job(message)?;
+                    return Ok((id, child, None));
+                }
+                None => {
+                    fresh += 1;
+                    self.fork_spare()?
+                }
+            };
+            let Spare { id, child, job } = spare;
+            // Blocking (the child reads its job as it arrives).
+            if super::process::write_all(&job, &wire::frame(message)) {
+                return Ok((id, child, Some(job)));
+            }
+            // The idle child died (EPIPE): its Child is killed and reaped on drop; next one.
+        }
+        Err(WireError::Failed { message: "the job's process died before taking the job".into() })
+    }
+
+    /// Forks a child that runs the job `message` (it has it in memory: no job pipe, and it
+    /// starts at once), reports and exits. Used when no spare is waiting: when jobs queue up,
+    /// a spare would only add its pipe and a wake-up to every job.
+    fn fork_job(&mut self, message: &[u8]) -> Result<(ChildId, Child), WireError> {
+        let id = self.new_id();
+        let config =
+            ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
+        match procyard_core::fork(config) {
+            Err(e) => Err(WireError::Failed { message: format!("unable to fork: {e}") }),
+            Ok(Forked::Parent(child)) => Ok((id, child)),
+            Ok(Forked::Child) => {
+                self.close_for_child();
+                let report = self.run_function(message);
+                let code = if write_report(&self.reports_write, id, &report) { 0 } else { 70 };
+                procyard_core::exit_immediately(code)
+            }
+        }
+    }
+
+    /// Forks an idle child that waits for function jobs, runs each, reports, and exits after
+    /// one (or at the end of its job pipe, in reuse mode). Forking ahead of time keeps the
+    /// fork off the path of the next job.
+    fn fork_spare(&mut self) -> Result<Spare, WireError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| WireError::Failed {
+            message: format!("unable to {what}: {e}"),
+        };
+        let (job_read, job_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| failed("create a pipe", &e))?;
+        let id = self.new_id();
+        let config =
+            ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
+        match procyard_core::fork(config) {
+            Err(e) => Err(failed("fork", &e)),
+            Ok(Forked::Parent(child)) => Ok(Spare { id, child, job: job_write }),
+            Ok(Forked::Child) => {
+                drop(job_write);
+                self.close_for_child();
+                let mut input = std::fs::File::from(job_read);
+                loop {
+                    let max = procyard_core::MAX_FRAME;
+                    let message = match procyard_core::frame::read_frame_bytes(&mut input, max) {
+                        Ok(Some(message)) => message,
+                        // The worker closed the pipe without a job: it is stopping.
+                        _ => procyard_core::exit_immediately(0),
+                    };
+                    let report = self.run_function(&message);
+                    if !write_report(&self.reports_write, id, &report) {
+                        procyard_core::exit_immediately(70);
+                    }
+                    if !self.reuse {
+                        procyard_core::exit_immediately(0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// In a job child: runs the function a job message names and returns the report.
+    fn run_function(&self, message: &[u8]) -> Vec<u8> {
+        let failed =
+            |message: String| encode_report(TAG_ERROR, &error_body(&WireError::Failed { message }));
+        let Some((len, rest)) = message.split_first_chunk::<4>() else {
+            return failed("truncated job message".into());
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > rest.len() {
+            return failed("truncated job message".into());
+        }
+        let (name, body) = rest.split_at(len);
+        let name = String::from_utf8_lossy(name);
+        let Some(f) = self.functions.get(name.as_ref()) else {
+            let error = WireError::UnknownFunction { name: name.into_owned() };
+            return encode_report(TAG_ERROR, &error_body(&error));
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(body))) {
+            Ok(Ok(value)) => encode_report(TAG_VALUE, &value),
+            Ok(Err(message)) => failed(message),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string payload".into());
+                failed(format!("panicked: {what}"))
+            }
+        }
+    }
+
+    /// In a forked job child: closes the worker's descriptors (pipes of the application and of
+    /// sibling jobs) without signalling anything.
+    fn close_for_child(&mut self) {
+        self.input = None;
+        self.output = None;
+        self.reports = None;
+        for spare in self.idle.drain(..) {
+            spare.child.detach();
+        }
+        for (_, job) in self.children.drain() {
+            drop(job.pipe);
+            job.child.detach();
+        }
+    }
+
+    /// Puts a function job's child back among the idle ones, for the next job.
+    pub(super) fn recycle(&mut self, id: ChildId) {
+        let Some(mut job) = self.children.remove(&id) else { return };
+        let _ = self.poll.registry().deregister(&mut job.child);
+        let Some(job_pipe) = job.job_pipe.take() else { return };
+        if self.idle.len() < self.max_workers {
+            self.idle.push(Spare { id, child: job.child, job: job_pipe });
+        }
+    }
+
+    /// A child's pidfd is readable: if it exited, takes what it still wrote and tells the
+    /// state.
+    pub(super) fn finish(&mut self, id: ChildId) {
+        let Some(job) = self.children.get_mut(&id) else { return };
+        let exit = match job.child.try_wait() {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "procyard-resultworker: unable to reap a job");
+                return;
+            }
+        };
+        if job.kind == Kind::Function {
+            // Everything it wrote is in the pipe by now.
+            self.read_reports(Some(id));
+        } else {
+            drain(job, &mut self.scratch);
+        }
+        let Some(mut job) = self.children.remove(&id) else { return };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut job.child);
+        if let Some(pipe) = job.pipe.take() {
+            let _ = registry.deregister(&mut SourceFd(&raw(&pipe)));
+        }
+        let output = std::mem::take(&mut job.buf);
+        self.step(Event::Exited { id, exit, output });
+    }
+
+    /// Reads the function children's shared report pipe and hands each complete report to the
+    /// state at once, before its child exits. The child `exited` is not recyclable.
+    pub(super) fn read_reports(&mut self, exited: Option<ChildId>) {
+        let Some(reports) = &self.reports else { return };
+        loop {
+            let read = procyard_core::event::retry_interrupted(|| {
+                rustix::io::read(reports, &mut self.scratch[..]).map_err(Into::into)
+            });
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.report_chunks.extend_from_slice(&self.scratch[..n]),
+            }
+        }
+        let mut touched = std::mem::take(&mut self.touched);
+        let mut pos = 0;
+        while let Some(header) = self.report_chunks.get(pos..pos + 12) {
+            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            if !(8..=PIPE_ATOMIC - 4).contains(&len) {
+                // Only this crate's code writes there, whole chunks at a time.
+                tracing::error!(len, "procyard-resultworker: corrupt report chunk");
+                pos = self.report_chunks.len();
+                break;
+            }
+            if self.report_chunks.len() < pos + 4 + len {
+                break;
+            }
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&header[4..12]);
+            let id = u64::from_be_bytes(id) as usize;
+            if let Some(job) = self.children.get_mut(&id) {
+                job.buf.extend_from_slice(&self.report_chunks[pos + 12..pos + 4 + len]);
+                if touched.last() != Some(&id) {
+                    touched.push(id);
+                }
+            }
+            pos += 4 + len;
+        }
+        self.report_chunks.drain(..pos);
+        if self.report_chunks.is_empty() && self.report_chunks.capacity() > KEEP_BUFFER {
+            self.report_chunks = Vec::new();
+        }
+        for &id in &touched {
+            self.take_reports(id, Some(id) != exited);
+        }
+        touched.clear();
+        self.touched = touched;
+    }
+
+    /// Hands every complete report buffered for a function child to the state, in order.
+    fn take_reports(&mut self, id: ChildId, recyclable: bool) {
+        loop {
+            let Some(job) = self.children.get_mut(&id) else { return };
+            // A report only once its whole frame is there (the header gives its length).
+            let Some(len) = job.buf.first_chunk::<4>().map(|l| u32::from_be_bytes(*l) as usize)
+            else {
+                return;
+            };
+            if job.buf.len() < 4 + len {
+                return;
+            }
+            let report = job.buf[4..4 + len].to_vec();
+            job.buf.drain(..4 + len);
+            if job.buf.is_empty() && job.buf.capacity() > KEEP_BUFFER {
+                job.buf = Vec::new();
+            }
+            self.step(Event::Report { id, report, recyclable });
+        }
+    }
+}
