@@ -123,11 +123,8 @@ retry_backoff = "50ms"
     sb.wait_until("the first attempt", SECS(20), |_| pid_file.exists());
     let pid: i32 =
         std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid number");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid).expect("pid"),
-        rustix::process::Signal::KILL,
-    )
-    .expect("kill worker");
+    procyard_core::kill_process(procyard_core::Pid::from_raw(pid).expect("pid"), Signal::KILL)
+        .expect("kill worker");
     sb.wait_until("the second attempt", SECS(20), |sb| {
         sb.side_effects() == vec![("done".to_owned(), 1)]
     });
@@ -450,10 +447,8 @@ fn daemon_s4_foreign_children_are_neither_reaped_nor_signalled() {
     sb.signal(Signal::TERM);
     sb.wait_exit(SECS(10)).expect("stopped");
     assert!(is_alive(pid), "stop signals only the daemon's own worker groups");
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid).expect("pid"),
-        rustix::process::Signal::KILL,
-    );
+    let _ =
+        procyard_core::kill_process(procyard_core::Pid::from_raw(pid).expect("pid"), Signal::KILL);
 }
 
 #[test]
@@ -462,8 +457,8 @@ fn daemon_s3_stopped_worker_is_not_replaced() {
     sb.start();
     sb.wait_until("worker", SECS(20), |sb| sb.worker_pids("frozen").len() == 1);
     let pid = sb.worker_pids("frozen")[0];
-    let rpid = rustix::process::Pid::from_raw(pid).expect("pid");
-    rustix::process::kill_process(rpid, rustix::process::Signal::STOP).expect("stop");
+    let rpid = procyard_core::Pid::from_raw(pid).expect("pid");
+    procyard_core::kill_process(rpid, Signal::STOP).expect("stop");
     sb.wait_until("seen as stopped", SECS(10), |sb| {
         let s = sb.status();
         group(&s, "frozen").workers.iter().any(|w| w.pid == pid && w.state == "stopped")
@@ -472,7 +467,7 @@ fn daemon_s3_stopped_worker_is_not_replaced() {
     sb.pause(Duration::from_millis(300));
     assert_eq!(sb.worker_pids("frozen"), vec![pid], "a stopped worker is not taken for dead");
     assert_eq!(group(&sb.status(), "frozen").crashes, 0);
-    rustix::process::kill_process(rpid, rustix::process::Signal::CONT).expect("cont");
+    procyard_core::kill_process(rpid, Signal::CONT).expect("cont");
     sb.wait_until("job done", SECS(20), |sb| group(&sb.status(), "frozen").done == 1);
     assert_eq!(sb.worker_pids("frozen"), vec![pid]);
 }
