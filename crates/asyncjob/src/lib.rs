@@ -95,7 +95,6 @@ mod monitor;
 mod options;
 mod pidfd;
 mod state;
-mod subreaper;
 mod trust;
 
 pub use error::{Error, Result, StartFailure};

@@ -1,16 +1,23 @@
 //! The monitor: the detached process that runs the job, waits for it by pidfd and is the only
 //! writer of the state file. It holds the state file's lock for its whole life, so a free lock
 //! with a non-terminal state means it died.
+//!
+//! The monitor records `invoking`, spawns the job and records `running`; then its event loop
+//! ([`shell`]) drives the pure state machine of [`watch`] until the job ends, and the monitor
+//! records how.
+
+mod adopter;
+mod shell;
+mod watch;
 
 use procyard_core::{
-    Child, Command, DaemonStatus, Deadline, Exit, FileLock, Pid, ProcessIdentity, Signal, Stdio,
-    exit_immediately, report,
+    Command, DaemonStatus, FileLock, Pid, ProcessIdentity, Stdio, exit_immediately, report,
 };
 use serde::{Deserialize, Serialize};
 
+use self::adopter::Adopter;
 use crate::options::{JobSpec, Program};
 use crate::state::{self, JobState, Status, unix_now};
-use crate::subreaper::Adopter;
 use crate::{Error, StartFailure};
 
 /// What the monitor tells `start` when it cannot start the job (sent through the daemon status
@@ -69,7 +76,7 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
     }
 
     // Before the job exists, so every escapee of it is reparented to us.
-    let adopter = Adopter::new();
+    let mut adopter = Adopter::new();
     let mut child = match command(spec).spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -100,21 +107,17 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
         tracing::debug!("the caller of start went away before the job was reported running");
     }
 
-    let (outcome, timed_out) = wait_job(&mut child, spec, &adopter);
     // Escapees are gone before the end is recorded: a `kill` that sees `finished` is done.
-    adopter.finish(outcome.as_ref().ok().copied(), timed_out, spec.grace);
+    let ending = shell::watch(&mut child, spec, &mut adopter);
+    record.status = Status::Finished;
     record.ended_at = Some(unix_now());
-    record.timed_out = timed_out;
-    match outcome {
+    record.timed_out = ending.timed_out;
+    match ending.outcome {
         Ok(exit) => {
-            record.status = Status::Finished;
             record.exitstatus = exit.code().map(i32::from);
             record.signal = exit.signal();
         }
-        Err(e) => {
-            record.status = Status::Finished;
-            record.error = Some(report(&e));
-        }
+        Err(why) => record.error = Some(why),
     }
     match write(&record) {
         Ok(()) => 0,
@@ -149,34 +152,4 @@ fn command(spec: &JobSpec) -> Command {
         .stdout(output(&spec.stdout))
         .stderr(output(&spec.stderr));
     cmd
-}
-
-/// Waits for the job; with a timeout, stops its group with TERM, then KILL after the grace.
-fn wait_job(
-    child: &mut Child,
-    spec: &JobSpec,
-    adopter: &Adopter,
-) -> (procyard_core::Result<Exit>, bool) {
-    let Some(timeout) = spec.timeout else {
-        // Without a deadline the wait returns only with the exit (or an error).
-        let outcome = match adopter.wait(child, None) {
-            Ok(Some(exit)) => Ok(exit),
-            Ok(None) => child.wait(),
-            Err(e) => Err(e),
-        };
-        return (outcome, false);
-    };
-    match adopter.wait(child, Some(Deadline::after(timeout))) {
-        Ok(Some(exit)) => return (Ok(exit), false),
-        Ok(None) => {}
-        Err(e) => return (Err(e), false),
-    }
-    tracing::debug!(pid = %child.id(), "timeout: stopping the job's process group");
-    let _ = child.signal_group(Signal::TERM);
-    match adopter.wait(child, Some(Deadline::after(spec.grace))) {
-        Ok(Some(exit)) => return (Ok(exit), true),
-        Ok(None) => {}
-        Err(e) => return (Err(e), true),
-    }
-    (child.kill_and_reap(), true)
 }
