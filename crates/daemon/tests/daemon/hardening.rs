@@ -418,6 +418,12 @@ fn daemon_hardening_idle_control_connections() {
     sb.wait_until("the job published after the idle ones", SECS(20), |sb| {
         sb.side_effects() == vec![("after".to_owned(), 1)]
     });
+    // A wake-up that never arrives (a publish whose poke was lost) is recovered by the
+    // daemon's periodic look at the queue, within seconds.
+    sb.publish_quiet("count.job", b"unpoked");
+    sb.wait_until("the job whose poke was lost", SECS(20), |sb| {
+        sb.side_effects().iter().any(|(name, n)| name == "unpoked" && *n == 1)
+    });
     let open = sb.status().control_connections;
     assert!(open <= procyard_daemon::control::MAX_PER_UID, "{open} connections held");
 
