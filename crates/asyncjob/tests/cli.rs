@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use common::{Sandbox, group_members, is_alive, make_fifo, wait_until};
+use common::{Sandbox, group_members, is_alive, make_fifo, try_wait_for, wait_for};
 use serde_json::Value;
 
 fn pid_of(state: &Value, key: &str) -> i32 {
@@ -17,15 +17,12 @@ fn pid_of(state: &Value, key: &str) -> i32 {
 /// Waits until the monitor named by `state` has exited.
 fn wait_monitor_gone(state: &Value) {
     let monitor = pid_of(state, "ppid");
-    assert!(
-        wait_until(Duration::from_secs(20), || !is_alive(monitor)),
-        "monitor {monitor} lingers"
-    );
+    wait_for(&format!("monitor {monitor} to exit"), Duration::from_secs(20), || !is_alive(monitor));
 }
 
 #[test]
 fn lifecycle_start_running_finished_reap_absent_start_again() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("lifecycle_start_running_finished_reap_absent_start_again");
     let fifo = sb.path("go");
     make_fifo(&fifo);
     assert_eq!(sb.check(), serde_json::json!({"status": "absent"}));
@@ -58,7 +55,7 @@ fn lifecycle_start_running_finished_reap_absent_start_again() {
 
 #[test]
 fn exit_status_7_is_recorded() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("exit_status_7_is_recorded");
     assert_eq!(sb.job(&["start", "--", "sh", "-c", "exit 7"]).stdout, "success");
     let state = sb.wait();
     assert_eq!(state["status"], "finished");
@@ -69,7 +66,7 @@ fn exit_status_7_is_recorded() {
 
 #[test]
 fn env_cwd_stdout_and_stderr_are_applied() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("env_cwd_stdout_and_stderr_are_applied");
     std::fs::create_dir(sb.path("work")).unwrap();
     let out = sb.path("out.txt");
     let err = sb.path("err.txt");
@@ -112,7 +109,7 @@ fn env_cwd_stdout_and_stderr_are_applied() {
 
 #[test]
 fn asyncjob_b1_concurrent_starts_yield_one_job() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b1_concurrent_starts_yield_one_job");
     let state = sb.state();
     let mut children = Vec::new();
     for _ in 0..50 {
@@ -140,7 +137,7 @@ fn asyncjob_b1_concurrent_starts_yield_one_job() {
     // `start` returns once the job's exec is committed; the new program image (its command
     // line and tagged environment) may still be on its way in.
     let job = pid_of(&running, "pid");
-    assert!(wait_until(Duration::from_secs(20), || is_sleep(job)), "job {job} is not sleep 30");
+    wait_for(&format!("job {job} to be sleep 30"), Duration::from_secs(20), || is_sleep(job));
     let sleeps: Vec<i32> = sb.tagged_pids().into_iter().filter(|pid| is_sleep(*pid)).collect();
     assert_eq!(sleeps, vec![job]);
     assert_eq!(sb.job(&["kill"]).stdout, "success");
@@ -150,7 +147,7 @@ fn asyncjob_b1_concurrent_starts_yield_one_job() {
 
 #[test]
 fn asyncjob_b1_state_is_running_when_start_returns() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b1_state_is_running_when_start_returns");
     for _ in 0..5 {
         assert_eq!(sb.job(&["start", "--", "sleep", "30"]).stdout, "success");
         // Read the file itself, at once: it exists and says running.
@@ -166,7 +163,7 @@ fn asyncjob_b1_state_is_running_when_start_returns() {
 
 #[test]
 fn asyncjob_b2_kill_does_not_resurrect() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b2_kill_does_not_resurrect");
     assert_eq!(sb.job(&["start", "--", "sleep", "30"]).stdout, "success");
     let running = sb.check();
     let killed = sb.job(&["kill"]);
@@ -188,7 +185,7 @@ fn asyncjob_b2_kill_does_not_resurrect() {
 
 #[test]
 fn asyncjob_b3_failed_jobs_can_be_reaped() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b3_failed_jobs_can_be_reaped");
     let missing_cwd = sb.path("nowhere");
     let cases: [&[&str]; 2] = [
         &["start", "--", "procyard-no-such-program"],
@@ -212,7 +209,7 @@ fn asyncjob_b3_failed_jobs_can_be_reaped() {
 
 #[test]
 fn asyncjob_b3_lost_monitor_is_reapable() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b3_lost_monitor_is_reapable");
     assert_eq!(sb.job(&["start", "--", "sleep", "30"]).stdout, "success");
     let running = sb.check();
     let monitor = pid_of(&running, "ppid");
@@ -241,7 +238,7 @@ fn asyncjob_b3_lost_monitor_is_reapable() {
 
 #[test]
 fn asyncjob_b4_stale_pid_not_signalled() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b4_stale_pid_not_signalled");
     // The victim leads its own process group, as a job would: only the identity check
     // stands between it and a group kill.
     let mut victim = std::process::Command::new("sleep")
@@ -283,18 +280,18 @@ fn asyncjob_b4_stale_pid_not_signalled() {
 
 #[test]
 fn asyncjob_b5_kill_reaches_grandchildren() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b5_kill_reaches_grandchildren");
     let ran = sb.job(&["start", "--shell", "sleep 31 & sleep 32; wait"]);
     assert_eq!(ran.stdout, "success");
     let job = pid_of(&sb.check(), "pid");
     assert!(
-        wait_until(Duration::from_secs(10), || group_members(job).len() >= 3),
+        try_wait_for(Duration::from_secs(10), || group_members(job).len() >= 3),
         "sh and two sleeps expected in group {job}: {:?}",
         group_members(job)
     );
     assert_eq!(sb.job(&["kill", "--signal", "TERM"]).stdout, "success");
     assert!(
-        wait_until(Duration::from_secs(10), || group_members(job).is_empty()),
+        try_wait_for(Duration::from_secs(10), || group_members(job).is_empty()),
         "grandchildren leaked: {:?}",
         group_members(job)
     );
@@ -306,7 +303,7 @@ fn asyncjob_b5_kill_reaches_grandchildren() {
 
 #[test]
 fn asyncjob_b6_relative_paths_resolve_against_caller() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b6_relative_paths_resolve_against_caller");
     std::fs::create_dir(sb.path("rel")).unwrap();
     let ran = sb.run(&[
         "--state",
@@ -334,7 +331,7 @@ fn asyncjob_b6_relative_paths_resolve_against_caller() {
 
 #[test]
 fn asyncjob_b7_start_errors_reach_the_caller() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b7_start_errors_reach_the_caller");
     let marker = sb.path("marker");
     let touch = format!("touch '{}'", marker.display());
     // Missing state directory: failed, and nothing ran.
@@ -370,7 +367,7 @@ fn asyncjob_b7_start_errors_reach_the_caller() {
 
 #[test]
 fn asyncjob_b8_concurrent_checks_always_parse() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b8_concurrent_checks_always_parse");
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     let stop = Arc::new(AtomicBool::new(false));
@@ -435,7 +432,7 @@ fn asyncjob_b8_concurrent_checks_always_parse() {
 
 #[test]
 fn asyncjob_b9_end_time_signal_and_timeout() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b9_end_time_signal_and_timeout");
     // A job that obeys TERM: stopped at the timeout with SIGTERM.
     let ran = sb.job(&["start", "--timeout", "300ms", "--", "sleep", "30"]);
     assert_eq!(ran.stdout, "success");
@@ -457,7 +454,7 @@ fn asyncjob_b9_end_time_signal_and_timeout() {
 
 #[test]
 fn asyncjob_b9_timeout_kills_a_job_that_ignores_term() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_b9_timeout_kills_a_job_that_ignores_term");
     // KILLed after the grace period. The shell must have set its trap before the timeout
     // sends TERM (it is spawned with default dispositions), and nothing tells the monitor
     // when that happened: the timeout is generous, so a loaded machine still gets there.
@@ -484,7 +481,7 @@ fn asyncjob_b9_timeout_kills_a_job_that_ignores_term() {
 
 #[test]
 fn no_state_file_means_nothing_persisted() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("no_state_file_means_nothing_persisted");
     assert_eq!(sb.run(&["check"]).stdout, r#"{"status":"absent"}"#);
     assert_eq!(sb.run(&["kill"]).stdout, "failed");
     assert_eq!(sb.run(&["reap"]).stdout, "failed");
@@ -495,7 +492,7 @@ fn no_state_file_means_nothing_persisted() {
 
 #[test]
 fn usage_errors_and_help() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("usage_errors_and_help");
     assert_eq!(sb.job(&["kill", "--signal", "NOPE"]).code, 2);
     assert_eq!(sb.run(&["--env", "novalue", "check"]).code, 2);
     assert_eq!(sb.job(&["frobnicate"]).code, 2);
@@ -522,7 +519,7 @@ fn usage_errors_and_help() {
 
 #[test]
 fn corrupt_state_is_an_error_not_a_panic() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("corrupt_state_is_an_error_not_a_panic");
     std::fs::write(sb.state(), b"{\"status\": ").unwrap();
     let ran = sb.job(&["check"]);
     assert_eq!(ran.code, 1);
@@ -540,7 +537,7 @@ fn corrupt_state_is_an_error_not_a_panic() {
 
 #[test]
 fn serf_handler_example_drives_the_binary() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("serf_handler_example_drives_the_binary");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/serf-handler.sh");
     let query = |payload: &str| -> String {
         let mut child = std::process::Command::new("/bin/sh")

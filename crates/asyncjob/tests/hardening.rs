@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{BIN, Sandbox, is_alive, make_fifo, wait_until};
+use common::{BIN, Sandbox, is_alive, make_fifo, wait_for};
 use serde_json::Value;
 
 /// How long any single command may take before the test calls it a hang.
@@ -44,7 +44,7 @@ fn asyncjob_hardening_pid1_never_signalled() {
     if skip_unless_root("asyncjob_hardening_pid1_never_signalled") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_hardening_pid1_never_signalled");
     // Pid 1 of a new pid namespace (leading its own session, so its own group) forges a
     // running state naming itself, holds the lock as a monitor would, and runs `kill`. A
     // group kill of "its group" would be kill(-1): every other process of the namespace.
@@ -106,7 +106,7 @@ fn asyncjob_hardening_foreign_state_file_refused() {
     if skip_unless_root("asyncjob_hardening_foreign_state_file_refused") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_hardening_foreign_state_file_refused");
     chmod(sb.dir.path(), 0o755);
     // A shared directory like /tmp: world-writable and sticky.
     let shared = sb.path("shared");
@@ -225,7 +225,7 @@ fn make_special(sb: &Sandbox, path: &Path, kind: &str) -> &'static str {
 
 #[test]
 fn asyncjob_hardening_fifo_state_path_refused() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_hardening_fifo_state_path_refused");
     let mut kinds = vec!["fifo", "socket", "symlink"];
     if is_root() {
         kinds.push("device");
@@ -277,7 +277,7 @@ fn asyncjob_hardening_fifo_state_path_refused() {
 
 #[test]
 fn asyncjob_hardening_setsid_grandchild_stopped_by_kill() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_hardening_setsid_grandchild_stopped_by_kill");
     let pid_file = sb.path("escapee.pid");
     let script = format!("setsid sleep 300 & echo $! > '{}'; wait", pid_file.display());
     let ran = sb.job(&["start", "--shell", &script]);
@@ -289,7 +289,7 @@ fn asyncjob_hardening_setsid_grandchild_stopped_by_kill() {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
         (stat.pgid == pid && comm.trim() == "sleep").then_some(pid)
     };
-    assert!(wait_until(Duration::from_secs(20), || escapee().is_some()), "no setsid'd sleep");
+    wait_for("the setsid'd sleep", Duration::from_secs(20), || escapee().is_some());
     let escapee = escapee().unwrap();
     let job = sb.check()["pid"].as_i64().unwrap() as i32;
     assert_ne!(

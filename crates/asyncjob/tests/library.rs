@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BIN, Sandbox, is_alive, wait_until};
+use common::{BIN, Sandbox, is_alive, try_wait_for, wait_for};
 use procyard_asyncjob::{AsyncJob, Error, Signal, StartFailure, Status};
 
 fn job(sb: &Sandbox) -> procyard_asyncjob::AsyncJobOptions {
@@ -17,7 +17,7 @@ fn job(sb: &Sandbox) -> procyard_asyncjob::AsyncJobOptions {
 
 #[test]
 fn threaded_caller_starts_kills_and_reaps() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("threaded_caller_starts_kills_and_reaps");
     let job = job(&sb).command(["sleep", "30"]).build().unwrap();
     let started = job.start().unwrap();
     assert_eq!(started.status, Status::Running);
@@ -35,7 +35,7 @@ fn threaded_caller_starts_kills_and_reaps() {
 
 #[test]
 fn threaded_caller_stops_with_term_then_kill() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("threaded_caller_stops_with_term_then_kill");
     // A job that obeys SIGTERM ends with it, well within the grace.
     let obeys = job(&sb).command(["sleep", "30"]).build().unwrap();
     obeys.start().unwrap();
@@ -48,7 +48,7 @@ fn threaded_caller_stops_with_term_then_kill() {
     let script = format!("trap '' TERM; touch {}; sleep 30", ready.display());
     let job = job(&sb).shell(script).build().unwrap();
     job.start().unwrap();
-    assert!(wait_until(Duration::from_secs(20), || ready.exists()), "the trap was never set");
+    wait_for("the job to set its trap", Duration::from_secs(20), || ready.exists());
     let stopped = job.stop(Duration::from_millis(200)).unwrap();
     assert_eq!(stopped.status, Status::Finished);
     assert_eq!(stopped.signal, Some(Signal::KILL));
@@ -64,7 +64,7 @@ fn threaded_caller_stops_with_term_then_kill() {
 
 #[test]
 fn threaded_caller_gets_start_errors() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("threaded_caller_gets_start_errors");
     let job = job(&sb).command(["procyard-no-such-program"]).build().unwrap();
     match job.start() {
         Err(Error::StartFailed { kind, message, .. }) => {
@@ -89,7 +89,7 @@ fn threaded_caller_gets_start_errors() {
 
 #[test]
 fn threaded_concurrent_starts_yield_one_job_and_wait_sees_the_end() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("threaded_concurrent_starts_yield_one_job_and_wait_sees_the_end");
     let job = job(&sb).shell("exit 5").build().unwrap();
     let results: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| job.start())).collect();
@@ -106,7 +106,7 @@ fn threaded_concurrent_starts_yield_one_job_and_wait_sees_the_end() {
 
 #[test]
 fn no_state_file_runs_but_tracks_nothing() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("no_state_file_runs_but_tracks_nothing");
     let job = AsyncJob::options()
         .monitor_program(BIN)
         .env(common::TAG_VAR, &sb.tag)
@@ -124,7 +124,7 @@ fn no_state_file_runs_but_tracks_nothing() {
     // environment, which `assert_no_strays` looks for) is in place: wait for the output first.
     let out = sb.path("out");
     assert!(
-        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&out)
+        try_wait_for(Duration::from_secs(20), || std::fs::read_to_string(&out)
             .is_ok_and(|s| s == "ran\n")),
         "the job never wrote its output: {:?}",
         std::fs::read_to_string(&out)

@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Sandbox, wait_until};
+use common::{BIN, Sandbox, try_wait_for};
 use serde_json::Value;
 
 const HANDLER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/serf-handler.sh");
@@ -71,7 +71,7 @@ impl Agent {
             .spawn()
             .expect("run serf agent");
         let mut agent = Agent { child, node, rpc, log };
-        let answers = wait_until(Duration::from_secs(30), || {
+        let answers = try_wait_for(Duration::from_secs(30), || {
             if let Ok(Some(exit)) = agent.child.try_wait() {
                 panic!("serf agent exited ({exit}):\n{}", agent.log());
             }
@@ -123,7 +123,7 @@ fn asyncjob_hardening_serf_query_delivers_failed() {
     if !serf_available("asyncjob_hardening_serf_query_delivers_failed") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::new("asyncjob_hardening_serf_query_delivers_failed");
     let agent = Agent::start(&sb);
     assert_eq!(agent.answer(&sb, "start"), "success");
     let checked: Value = serde_json::from_str(&agent.answer(&sb, "check")).unwrap();

@@ -1,15 +1,17 @@
-//! The sandbox every scenario runs in: a temp dir, the binary, a tag in the environment of
-//! every process the scenario starts (so strays can be found and killed), and waits with
-//! deadlines.
+//! The sandbox every scenario runs in: core's testkit sandbox (a temp dir and a watchdog), the
+//! binary, and a tag in the environment of every process the scenario starts (so strays can be
+//! found and killed). Waits are testkit's `wait_for` / `try_wait_for`.
 
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(dead_code, unused_imports, reason = "each test binary uses a different subset")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use procyard_core::Deadline;
+use procyard_core::testkit;
+pub use procyard_core::testkit::{try_wait_for, wait_for};
+use procyard_core::{Pid, ProcStat};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_procyard-asyncjob");
@@ -17,8 +19,11 @@ pub const TAG_VAR: &str = "PROCYARD_ASYNCJOB_TEST_TAG";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// How long a scenario may run before the watchdog ends the test process, naming it.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
+
 pub struct Sandbox {
-    pub dir: tempfile::TempDir,
+    pub dir: testkit::Sandbox,
     pub tag: String,
 }
 
@@ -46,10 +51,11 @@ impl From<Output> for Ran {
 }
 
 impl Sandbox {
-    pub fn new() -> Sandbox {
+    /// A sandbox for the scenario `name`.
+    pub fn new(name: &str) -> Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         Sandbox {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: testkit::Sandbox::new(name, SCENARIO_LIMIT),
             tag: format!(
                 "{}-{n}-{}",
                 std::process::id(),
@@ -137,30 +143,22 @@ impl Sandbox {
     /// Every live process carrying this sandbox's tag (monitors and jobs).
     pub fn tagged_pids(&self) -> Vec<i32> {
         let needle = format!("{TAG_VAR}={}", self.tag);
-        let mut pids = Vec::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-            if environ.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
-                let zombie = std::fs::read_to_string(entry.path().join("stat"))
-                    .ok()
-                    .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-                    .unwrap_or(false);
-                if !zombie {
-                    pids.push(pid);
-                }
-            }
-        }
-        pids
+        let tagged = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| tagged(*pid) && is_alive(*pid))
+            .collect()
     }
 
     /// Waits (with a deadline) until no tagged process is left; panics otherwise.
     pub fn assert_no_strays(&self) {
         assert!(
-            wait_until(Duration::from_secs(20), || self.tagged_pids().is_empty()),
+            try_wait_for(Duration::from_secs(20), || self.tagged_pids().is_empty()),
             "stray processes left: {:?}",
             self.tagged_pids()
         );
@@ -177,44 +175,24 @@ impl Drop for Sandbox {
     }
 }
 
-/// Loops on `condition` until it holds or `limit` passes, yielding between tries.
-pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Deadline::after(limit);
-    loop {
-        if condition() {
-            return true;
-        }
-        if deadline.is_expired() {
-            return false;
-        }
-        std::thread::yield_now();
-    }
+/// The process's `/proc` stat line, if it exists.
+fn stat(pid: i32) -> Option<ProcStat> {
+    ProcStat::read(Pid::from_raw(pid)?).ok().flatten()
 }
 
 /// Whether a process exists (and is not a zombie).
 pub fn is_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| !s[i + 2..].starts_with('Z')))
-        .unwrap_or(false)
+    stat(pid).is_some_and(|stat| !stat.is_zombie())
 }
 
 /// The live members of process group `pgid`.
 pub fn group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some(close) = stat.rfind(')') else { continue };
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        if fields.get(2).and_then(|f| f.parse::<i32>().ok()) == Some(pgid) && fields[0] != "Z" {
-            out.push(pid);
-        }
-    }
-    out
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| stat(*pid).is_some_and(|stat| stat.pgid == pgid && !stat.is_zombie()))
+        .collect()
 }
 
 pub fn make_fifo(path: &Path) {
