@@ -69,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "# {JOBS} jobs each; medians; the Ruby seed measured 5.6 ms to running, 6.7 ms to finished"
+        "# {JOBS} jobs each; medians; the Ruby AsyncJob library measured 5.6 ms to running, 6.7 ms to finished"
     );
     line("start_returns_running", median(starts), "std_spawn_wait_true", baseline);
     line("start_to_finished_true", median(finishes), "std_spawn_wait_true", baseline);

@@ -1,7 +1,7 @@
 #!/bin/sh
-# A serf event handler that drives a long job through procyard-asyncjob, as the serfx
-# AsyncJob example did: serf runs handlers one at a time, so the handler starts the work in
-# the background and returns at once; later queries check, kill or reap it.
+# A serf event handler that drives a long job through procyard-asyncjob: serf runs handlers
+# one at a time, so the handler starts the work in the background and returns at once; later
+# queries check, kill or reap it.
 #
 # Install:  serf agent -event-handler "query:bash_test=/path/to/serf-handler.sh"
 # Drive:    serf query bash_test start

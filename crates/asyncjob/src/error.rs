@@ -30,7 +30,7 @@ pub enum Error {
     AlreadyExists {
         /// The state file.
         path: PathBuf,
-        /// Its status.
+        /// The status it holds.
         status: Status,
     },
     /// Another process (a monitor, a `start` or a `reap`) holds the state file's lock.
@@ -55,7 +55,7 @@ pub enum Error {
     WrongStatus {
         /// The state file.
         path: PathBuf,
-        /// Its status.
+        /// The status it holds.
         status: Status,
         /// What the operation needed ("running", "terminal").
         expected: &'static str,
@@ -95,7 +95,7 @@ pub enum Error {
     StateTooLarge {
         /// The state file.
         path: PathBuf,
-        /// Its size.
+        /// Its size in bytes.
         size: u64,
     },
     /// The operation needs a state file, and the job has none.
@@ -106,7 +106,7 @@ pub enum Error {
     CorruptState {
         /// The state file.
         path: PathBuf,
-        /// The JSON error.
+        /// Why it does not parse.
         #[source]
         source: serde_json::Error,
     },
@@ -123,7 +123,7 @@ pub enum Error {
         action: &'static str,
         /// The state file.
         path: PathBuf,
-        /// The underlying error.
+        /// What failed underneath.
         #[source]
         source: procyard_core::Error,
     },

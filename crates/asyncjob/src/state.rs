@@ -57,16 +57,19 @@ impl fmt::Display for Status {
     }
 }
 
-/// The content of a state file (the seed's keys first, then procyard's additions).
+/// The content of a state file, and what `check` prints: first the keys that handlers read
+/// (`status`, `pid`, `ppid`, `time`, `exitstatus`, `signal`, `error`), then when the job ran and
+/// who its processes are.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobState {
-    /// Where the job is.
+    /// Where the job is in its life.
     pub status: Status,
-    /// The job's pid (`-1` until it runs, as in the seed).
+    /// The job's pid, `-1` until it runs.
     pub pid: i32,
-    /// The monitor's pid.
+    /// The pid of the job's monitor (the detached process that runs it and records its end),
+    /// `-1` when there is none.
     pub ppid: i32,
-    /// When the monitor started, in Unix seconds (the seed's `time`).
+    /// When the monitor started, in Unix seconds.
     pub time: i64,
     /// The job's exit code, once finished by exiting.
     #[serde(default)]
@@ -93,10 +96,11 @@ pub struct JobState {
     /// The job's start time in clock ticks since boot (identity, with `pid` and `boot_id`).
     #[serde(default)]
     pub job_start_time: Option<u64>,
-    /// The monitor's start time in clock ticks since boot.
+    /// The monitor's start time in clock ticks since boot (its identity, with `ppid`).
     #[serde(default)]
     pub monitor_start_time: Option<u64>,
-    /// The boot the pids belong to.
+    /// The kernel's boot id when the pids were recorded: after a reboot they name other
+    /// processes.
     #[serde(default)]
     pub boot_id: Option<String>,
     /// The command, for people reading the file.
@@ -320,12 +324,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn absent_json_is_the_seed_shape() {
+    fn absent_json_is_the_status_alone() {
         assert_eq!(JobState::absent().to_json(), r#"{"status":"absent"}"#);
     }
 
     #[test]
-    fn seed_keys_are_present_and_round_trip() {
+    fn handler_keys_are_present_and_round_trip() {
         let mut state = JobState::absent();
         state.status = Status::Finished;
         state.pid = 42;
@@ -361,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn minimal_seed_state_parses() {
+    fn minimal_state_parses() {
         let state: JobState =
             serde_json::from_str(r#"{"status":"running","pid":5,"ppid":4,"time":1}"#).unwrap();
         assert_eq!(state.status, Status::Running);
