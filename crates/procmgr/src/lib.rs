@@ -69,6 +69,7 @@ mod lock;
 mod manager;
 mod outcome;
 mod registry;
+mod running;
 mod scheduler;
 mod server;
 mod task;

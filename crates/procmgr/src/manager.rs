@@ -3,20 +3,18 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procyard_core::event::retry_interrupted;
 use procyard_core::mio::unix::pipe::Receiver;
 use procyard_core::mio::{Events, Interest, Poll, Token, Waker};
-use procyard_core::{
-    Child, Escalation, Exit, FrameDecoder, Pid, Signal, StopLadder, fork::ForkConfig,
-};
+use procyard_core::{Escalation, FrameDecoder, Pid, Signal, StopLadder, fork::ForkConfig};
 use serde_json::Value;
 
 use crate::registry::WORKER_FLAG;
-use crate::task::{ClosureFn, TaskKind, Wire, panic_message};
+use crate::running::{CompletionHandler, MessageHandler, Running};
+use crate::task::{ClosureFn, TaskKind, panic_message};
 use crate::{Endpoint, Error, Outcome, Result, Task};
 
 const WAKER: Token = Token(usize::MAX);
@@ -26,9 +24,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Identifies one child of a [`ProcessManager`] (never reused by that manager).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessId(u64);
-
-type MessageHandler = Box<dyn FnMut(Value) + Send>;
-type CompletionHandler = Box<dyn FnOnce(Outcome) + Send>;
 
 /// A cloneable handle that wakes a [`ProcessManager`] blocked in [`ProcessManager::step`]
 /// from any thread. It never blocks (an `eventfd` behind `mio::Waker`).
@@ -42,19 +37,6 @@ impl WakeHandle {
             tracing::warn!("procyard-procmgr: unable to wake the process manager: {e}");
         }
     }
-}
-
-struct Running {
-    child: Child,
-    pipe: Option<Receiver>,
-    decoder: FrameDecoder,
-    /// The outcome the child's final frame gave.
-    result: Option<Outcome>,
-    truncated: Option<(usize, usize)>,
-    broken: Option<String>,
-    exit: Option<std::result::Result<Exit, String>>,
-    on_message: Option<MessageHandler>,
-    on_complete: CompletionHandler,
 }
 
 /// Runs tasks in child processes; see the crate documentation for an example.
@@ -401,95 +383,6 @@ impl ProcessManager {
             self.step_timeout(timeout)?;
         }
         Ok(())
-    }
-}
-
-impl Running {
-    /// Reads everything available (until `WouldBlock` or end of stream), delivering whole
-    /// frames as they complete. `buf` belongs to the manager: a buffer on the stack would be
-    /// zeroed, and so copied page by page after each fork (copy-on-write).
-    fn drain_pipe(&mut self, buf: &mut [u8]) {
-        let mut closed = false;
-        loop {
-            let Some(pipe) = self.pipe.as_mut() else { return };
-            match retry_interrupted(|| pipe.read(buf)) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => {
-                    self.decoder.feed(&buf[..n]);
-                    self.take_frames();
-                    if self.broken.is_some() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    self.broken.get_or_insert_with(|| format!("unable to read from the task: {e}"));
-                    break;
-                }
-            }
-        }
-        if closed
-            && self.broken.is_none()
-            && let Err(procyard_core::Error::FrameTruncated { expected, got }) =
-                self.decoder.finish()
-        {
-            self.truncated = Some((got, expected));
-        }
-        if closed || self.broken.is_some() {
-            // Closing the pipe takes it out of the `epoll` set (see `on_exit`).
-            self.pipe = None;
-        }
-    }
-
-    /// Delivers the whole frames buffered, each decoded in place (no copy of its payload).
-    fn take_frames(&mut self) {
-        loop {
-            match self.decoder.next::<Wire>() {
-                Ok(Some(Wire::Message(v))) => {
-                    if let Some(handler) = self.on_message.as_mut() {
-                        handler(v);
-                    }
-                }
-                Ok(Some(Wire::Value(v))) => self.result = Some(Outcome::Value(v)),
-                Ok(Some(Wire::Error(message))) => {
-                    self.result = Some(Outcome::TaskError { message });
-                }
-                Ok(Some(Wire::InitNotCalled { program })) => {
-                    self.result = Some(Outcome::InitNotCalled { program: program.into() });
-                }
-                Ok(None) => break,
-                // A whole frame that is no `Wire`: consumed; the frames after it still count.
-                Err(procyard_core::Error::FrameDecode { source }) => {
-                    self.broken.get_or_insert_with(|| {
-                        format!("undecodable frame from the task: {source}")
-                    });
-                }
-                Err(e) => {
-                    self.broken.get_or_insert_with(|| format!("bad frame from the task: {e}"));
-                    break;
-                }
-            }
-        }
-    }
-
-    fn outcome(&mut self) -> Outcome {
-        if let Some(reason) = self.broken.take() {
-            return Outcome::Lost { reason };
-        }
-        if let Some(outcome) = self.result.take() {
-            return outcome;
-        }
-        match self.exit.take() {
-            Some(Ok(exit)) => match self.truncated {
-                Some((received, expected)) => Outcome::DiedMidMessage { exit, received, expected },
-                None => Outcome::from_exit(exit),
-            },
-            Some(Err(reason)) => Outcome::Lost { reason },
-            None => Outcome::Lost { reason: "the child was not reaped".to_owned() },
-        }
     }
 }
 

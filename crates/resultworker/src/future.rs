@@ -2,7 +2,7 @@
 //!
 //! The outcome is stored and every waiter, callback and waker is taken under the slot's lock
 //! (no lost wake-up), waits loop on the stored outcome (spurious wake-ups are harmless), and
-//! a callback registered after the outcome runs at once (R5).
+//! a callback registered after the outcome runs at once.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -256,13 +256,13 @@ impl<T: DeserializeOwned> Future for ResultFuture<T> {
 impl<T> Unpin for ResultFuture<T> {}
 
 /// Waits for every future; the outcomes in the same order. Always a `Vec`, whatever the
-/// timing (R8).
+/// timing.
 pub fn wait_all<T: DeserializeOwned>(futures: &[ResultFuture<T>]) -> Vec<Result<T, Error>> {
     futures.iter().map(ResultFuture::wait).collect()
 }
 
 /// Waits until one of the futures has its outcome; returns its index and outcome (the lowest
-/// index among those already set). Always this pair, whatever the timing (R8); `None` only for
+/// index among those already set). Always this pair, whatever the timing; `None` only for
 /// an empty slice.
 pub fn wait_any<T: DeserializeOwned>(
     futures: &[ResultFuture<T>],

@@ -126,7 +126,7 @@ impl ResultWorker {
     /// Whether jobs can be submitted (not stopped, and this is the process that started it).
     pub fn is_running(&self) -> bool {
         let shared = self.shared();
-        shared.is_owner() && lock(&shared.link).stop.is_none()
+        shared.is_owner() && shared.stop.get().is_none()
     }
 
     /// Sends `job` to the worker; the future receives its value as `T`. A job that cannot be
@@ -156,7 +156,7 @@ impl ResultWorker {
             return future;
         }
         let mut link = lock(&shared.link);
-        if link.stop.is_some() {
+        if shared.stop.get().is_some() {
             drop(link);
             slot.set(Err(Error::Stopped));
             return future;
@@ -223,10 +223,9 @@ fn stop(shared: &Arc<Shared>, grace: Duration) {
     }
     let backlog: Vec<u64> = {
         let mut link = lock(&shared.link);
-        if link.stop.is_some() {
+        if shared.stop.set(grace).is_err() {
             Vec::new()
         } else {
-            link.stop = Some(grace);
             if let Some(mut file) = link.file.take() {
                 let grace_ms = grace.as_millis().min(u128::from(u64::MAX)) as u64;
                 let payload = wire::encode_request(&Request::Stop { grace_ms }, &[]);

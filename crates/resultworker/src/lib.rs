@@ -1,8 +1,8 @@
 //! Run jobs in a background worker process and get futures for their results.
 //!
-//! procyard's take on AWS Flow's `ResultWorker`: one worker process per application (or per
-//! [`ResultWorker`] instance), results sent back over a pipe to a listener thread that
-//! completes the future of each job's key.
+//! One worker process per application (or per [`ResultWorker`] instance) runs the jobs;
+//! results come back over a pipe to a listener thread that completes the future of each
+//! job's key.
 //!
 //! # Concepts
 //!
@@ -11,6 +11,10 @@
 //!   its environment says so. The worker is single-threaded and forks one child per function
 //!   job — which is sound, unlike forking a multi-threaded application — or spawns the
 //!   command, up to [`Config::max_workers`] at once, each in its own process group.
+//! - A **handle** ([`ResultWorker`]): [`ResultWorker::new`] makes a worker of its own,
+//!   stopped when its last clone is dropped; [`ResultWorker::start`] starts the process's
+//!   global one (an error if it runs already with another [`Config`]), and
+//!   [`ResultWorker::global`] returns it. [`ResultWorker::stop`] takes a grace period.
 //! - A **job** ([`Job`]) is a function registered with [`register`] (before [`init`]) called
 //!   with JSON arguments, or a command. Its outcome is `Result<T, Error>`: the value, or the
 //!   job's own error, a crash (exit code or signal), a timeout, the worker's death

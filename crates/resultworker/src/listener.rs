@@ -318,7 +318,7 @@ impl Listener {
                     ok = false;
                 }
             }
-            if link.stop.is_some() {
+            if self.shared.stop.get().is_some() {
                 let payload = wire::encode_request(&Request::Stop { grace_ms: 0 }, &[]);
                 let _ = wire::write_frame(&mut file, &payload);
             } else if ok {

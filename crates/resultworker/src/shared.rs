@@ -32,8 +32,6 @@ pub(crate) struct Link {
     pub(crate) file: Option<File>,
     /// Requests submitted while no worker runs (key, payload), for the next one.
     pub(crate) backlog: Vec<(u64, Vec<u8>)>,
-    /// The grace of the stop that was asked for (the first one counts).
-    pub(crate) stop: Option<Duration>,
 }
 
 /// What the handles show of the worker.
@@ -57,6 +55,10 @@ pub(crate) struct Shared {
     pub(crate) keys: Arc<KeyMap>,
     pub(crate) next_key: AtomicU64,
     pub(crate) link: Mutex<Link>,
+    /// The grace of the stop that was asked for (the first one counts). Set under the
+    /// `link` lock, so that a submission sees either no stop or a drained backlog; read
+    /// without it by the listener, which must not contend with submissions.
+    pub(crate) stop: OnceLock<Duration>,
     pub(crate) status: Mutex<Status>,
     /// Wakes the listener (a stop).
     pub(crate) waker: Waker,
@@ -72,6 +74,7 @@ impl Shared {
             keys: Arc::default(),
             next_key: AtomicU64::new(1),
             link: Mutex::default(),
+            stop: OnceLock::new(),
             status: Mutex::default(),
             waker,
             thread: Thread::default(),
@@ -84,7 +87,7 @@ impl Shared {
 
     /// The grace of the stop asked for, if one was.
     pub(crate) fn stop_grace(&self) -> Option<Duration> {
-        lock(&self.link).stop
+        self.stop.get().copied()
     }
 
     /// Removes `keys` from the map and fails their futures with `error` (outside the lock:
