@@ -2,7 +2,8 @@
 //!
 //! `report(&e)` gives `unable to spawn worker for task app: unable to spawn /opt/app: No such
 //! file or directory (os error 2)`. A cause whose text the previous message already contains
-//! (an error that formats its source inline) is not repeated.
+//! (an error that formats its source inline), or that repeats the previous message inside its
+//! own (a library that says its error twice), is not printed.
 
 use std::error::Error;
 use std::fmt;
@@ -23,7 +24,7 @@ impl fmt::Display for Report<'_> {
         let mut source = self.0.source();
         while let Some(cause) = source {
             let text = cause.to_string();
-            if !text.is_empty() && !previous.contains(&text) {
+            if !text.is_empty() && !previous.contains(&text) && !text.contains(&previous) {
                 write!(f, ": {text}")?;
             }
             previous = text;
@@ -68,5 +69,7 @@ mod tests {
         );
         let inline = Wrap("read failed: broken", Some(Box::new(Wrap("broken", None))));
         assert_eq!(report(&inline), "read failed: broken");
+        let echo = Wrap("disk is full", Some(Box::new(Wrap("Error code 13: disk is full", None))));
+        assert_eq!(report(&echo), "disk is full");
     }
 }
