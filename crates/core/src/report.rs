@@ -3,7 +3,7 @@
 //! `report(&e)` gives `unable to spawn worker for task app: unable to spawn /opt/app: No such
 //! file or directory (os error 2)`. A cause whose text the previous message already contains
 //! (an error that formats its source inline), or that repeats the previous message inside its
-//! own (a library that says its error twice), is not printed.
+//! own (a library that says its error twice), adds only what is new.
 
 use std::error::Error;
 use std::fmt;
@@ -24,8 +24,17 @@ impl fmt::Display for Report<'_> {
         let mut source = self.0.source();
         while let Some(cause) = source {
             let text = cause.to_string();
-            if !text.is_empty() && !previous.contains(&text) && !text.contains(&previous) {
-                write!(f, ": {text}")?;
+            if !text.is_empty() && !previous.contains(&text) {
+                // A cause that repeats the previous message inside its own adds only the rest.
+                let added = if previous.is_empty() {
+                    text.clone()
+                } else {
+                    text.replacen(&previous, "", 1)
+                };
+                let added = added.trim_matches(|c: char| c == ':' || c.is_whitespace());
+                if !added.is_empty() {
+                    write!(f, ": {added}")?;
+                }
             }
             previous = text;
             source = cause.source();
@@ -70,6 +79,8 @@ mod tests {
         let inline = Wrap("read failed: broken", Some(Box::new(Wrap("broken", None))));
         assert_eq!(report(&inline), "read failed: broken");
         let echo = Wrap("disk is full", Some(Box::new(Wrap("Error code 13: disk is full", None))));
-        assert_eq!(report(&echo), "disk is full");
+        assert_eq!(report(&echo), "disk is full: Error code 13");
+        let more = Wrap("open q", Some(Box::new(Wrap("open q: permission denied", None))));
+        assert_eq!(report(&more), "open q: permission denied");
     }
 }
