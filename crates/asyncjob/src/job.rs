@@ -10,7 +10,8 @@ use procyard_core::{
 
 use crate::monitor::{self, StartReport};
 use crate::options::{AsyncJobOptions, JobSpec};
-use crate::state::{self, JobState, Status};
+use crate::state::{JobState, Status};
+use crate::store;
 use crate::{Error, Result, StartFailure};
 use crate::{host, pidfd};
 
@@ -70,14 +71,14 @@ impl AsyncJob {
         }
         let mut lock = match &self.spec.state {
             Some(path) => {
-                let Some(lock) = state::try_lock(path)? else {
-                    let status = state::read(path)?.status;
+                let Some(lock) = store::try_lock(path)? else {
+                    let status = store::read(path)?.status;
                     if status == Status::Absent {
                         return Err(Error::Busy { path: path.clone() });
                     }
                     return Err(Error::AlreadyExists { path: path.clone(), status });
                 };
-                if let Some(mut existing) = state::read_raw(path)? {
+                if let Some(mut existing) = store::read_raw(path)? {
                     if !existing.status.is_terminal() {
                         // We hold the lock, so no monitor does.
                         existing.status = Status::Lost;
@@ -99,7 +100,7 @@ impl AsyncJob {
         };
         drop(lock);
         match &self.spec.state {
-            Some(path) => state::read(path),
+            Some(path) => store::read(path),
             None => Ok(JobState {
                 status: Status::Running,
                 ppid: monitor_pid.map_or(-1, Pid::as_raw),
@@ -134,7 +135,7 @@ impl AsyncJob {
     /// without recording an end).
     pub fn check(&self) -> Result<JobState> {
         match &self.spec.state {
-            Some(path) => state::read(path),
+            Some(path) => store::read(path),
             None => Ok(JobState::absent()),
         }
     }
@@ -152,7 +153,7 @@ impl AsyncJob {
     /// survived it (SIGHUP to a job that ignores it, SIGSTOP).
     pub fn signal(&self, signal: Signal) -> Result<JobState> {
         let path = self.state_path()?;
-        self.send(path, &state::read(path)?, signal)?;
+        self.send(path, &store::read(path)?, signal)?;
         self.settle(path, Deadline::after(SIGNAL_SETTLE))
     }
 
@@ -169,7 +170,7 @@ impl AsyncJob {
         let path = self.state_path()?;
         let ladder = StopLadder::new([(Signal::TERM, grace), (Signal::KILL, SIGNAL_SETTLE)]);
         let (first, mut stopping) = ladder.begin(Instant::now());
-        self.send(path, &state::read(path)?, first)?;
+        self.send(path, &store::read(path)?, first)?;
         loop {
             let current = self.settle(path, stopping.deadline())?;
             if current.status != Status::Running {
@@ -179,7 +180,7 @@ impl AsyncJob {
                 Escalation::Send(signal) => match self.send(path, &current, signal) {
                     Ok(()) => {}
                     // It ended between the look and the signal: the state says how.
-                    Err(Error::IdentityMismatch { .. }) => return state::read(path),
+                    Err(Error::IdentityMismatch { .. }) => return store::read(path),
                     Err(e) => return Err(e),
                 },
                 Escalation::Wait => {}
@@ -235,7 +236,7 @@ impl AsyncJob {
     /// Waits until the monitor records the end or `deadline` passes; the state then.
     fn settle(&self, path: &Path, deadline: Deadline) -> Result<JobState> {
         match self.wait_until(path, Some(deadline)) {
-            Err(Error::Timeout { .. }) => state::read(path),
+            Err(Error::Timeout { .. }) => store::read(path),
             other => other,
         }
     }
@@ -249,10 +250,10 @@ impl AsyncJob {
         let deadline = Deadline::after(SIGNAL_SETTLE);
         let mut looks = 0;
         let lock = loop {
-            if let Some(lock) = state::try_lock(path)? {
+            if let Some(lock) = store::try_lock(path)? {
                 break lock;
             }
-            let current = state::read(path)?;
+            let current = store::read(path)?;
             if !current.status.is_terminal() {
                 return Err(Error::WrongStatus {
                     path: path.to_owned(),
@@ -273,7 +274,7 @@ impl AsyncJob {
                 }
             }
         };
-        let existing = match state::read_raw(path) {
+        let existing = match store::read_raw(path) {
             Ok(existing) => existing,
             // No monitor holds the lock, so nothing will ever rewrite a corrupt state: it is
             // reaped as a lost job rather than left to block the state file forever.
@@ -299,7 +300,7 @@ impl AsyncJob {
         if !current.status.is_terminal() {
             current.status = Status::Lost;
         }
-        state::remove(path, &lock)?;
+        store::remove(path, &lock)?;
         Ok(current)
     }
 
@@ -315,7 +316,7 @@ impl AsyncJob {
     fn wait_until(&self, path: &Path, deadline: Option<Deadline>) -> Result<JobState> {
         let mut looks = 0;
         loop {
-            let current = state::read(path)?;
+            let current = store::read(path)?;
             if current.status.is_terminal() || current.status == Status::Absent {
                 return Ok(current);
             }

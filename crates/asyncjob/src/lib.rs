@@ -95,6 +95,7 @@ mod monitor;
 mod options;
 mod pidfd;
 mod state;
+mod store;
 mod trust;
 
 pub use error::{Error, Result, StartFailure};

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use self::adopter::Adopter;
 use crate::options::{JobSpec, Program};
-use crate::state::{self, JobState, Status, unix_now};
+use crate::state::{JobState, Status, unix_now};
+use crate::store;
 use crate::{Error, StartFailure};
 
 /// What the monitor tells `start` when it cannot start the job (sent through the daemon status
@@ -67,7 +68,7 @@ fn monitor(spec: &JobSpec, status: DaemonStatus) -> i32 {
     };
     let write = |record: &JobState| -> Result<(), Error> {
         match &spec.state {
-            Some(path) => state::write(path, record),
+            Some(path) => store::write(path, record),
             None => Ok(()),
         }
     };
