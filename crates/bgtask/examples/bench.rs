@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use procyard_bgtask::{Filter, Launch, SpawnOptions, StreamName, Task, TaskPool};
+use procyard_bgtask::{Filter, Launch, ReadOptions, SpawnOptions, StreamName, Task, TaskPool};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -64,8 +64,8 @@ fn through_supervisor(pool: &TaskPool, bytes: u64) -> f64 {
     let mut task = pool.spawn(&options).expect("spawn");
     let mut total = 0u64;
     loop {
-        let chunk =
-            task.stream(StreamName::Stdout).read_request(None, 4 * MIB, true, true).expect("read");
+        let read = ReadOptions::new().count(4 * MIB).consume(true).wait(true);
+        let chunk = task.stream(StreamName::Stdout).read_with(read).expect("read");
         total += chunk.data.len() as u64;
         if chunk.is_final() {
             break;
@@ -77,7 +77,7 @@ fn through_supervisor(pool: &TaskPool, bytes: u64) -> f64 {
     rate
 }
 
-fn rss_kib(pid: i32) -> Option<u64> {
+fn rss_kib(pid: procyard_core::Pid) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -97,14 +97,12 @@ fn supervisor_rss(mut spawn: impl FnMut() -> String, pool: &TaskPool) -> f64 {
     let mut infos = Vec::new();
     for task in &mut tasks {
         let mut info = task.info().expect("info");
-        while info.streams["stdout"].limit < MIB && Instant::now() < deadline {
+        while info.streams[&StreamName::Stdout].limit < MIB && Instant::now() < deadline {
             // Waits (server side) for more output than we have seen.
-            let _ = task.stream(StreamName::Stdout).read_request(
-                Some(info.streams["stdout"].limit),
-                1,
-                false,
-                true,
-            );
+            let seen = info.streams[&StreamName::Stdout].limit;
+            let _ = task
+                .stream(StreamName::Stdout)
+                .read_with(ReadOptions::new().offset(seen).count(1).wait(true));
             info = task.info().expect("info");
         }
         infos.push(info);
@@ -140,7 +138,8 @@ fn sleep_rss_kib() -> f64 {
     {
         std::thread::yield_now();
     }
-    let rss = rss_kib(sleeper.id() as i32).unwrap_or(0) as f64;
+    let rss =
+        procyard_core::Pid::from_raw(sleeper.id() as i32).and_then(rss_kib).unwrap_or(0) as f64;
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     rss

@@ -1,22 +1,25 @@
-//! The client side: [`Task`] (one task, reached through its supervisor's socket), [`Stream`]
-//! (one of its output streams) and [`Subscription`] (its events).
+//! [`Task`]: one task, reached through its supervisor's socket (request, answer), with its
+//! [`Stream`]s and [`Subscription`]s.
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use procyard_core::{Deadline, FrameDecoder, Signal, frame};
-use rustix::event::{PollFd, PollFlags};
+use procyard_core::{FrameDecoder, Signal, frame};
 
+use crate::layout::TaskPaths;
+use crate::meta::Meta;
 use crate::protocol::{
-    Event, MAX_READ, Meta, PROTOCOL_VERSION, Request, Response, StreamInfo, StreamName, TaskInfo,
+    MAX_READ, MAX_REQUEST, PROTOCOL_VERSION, Request, Response, StreamName, TaskInfo,
 };
 use crate::record::TaskRecord;
+use crate::stream::{ReadMeta, Stream};
+use crate::subscription::Subscription;
 use crate::{Error, RefusalKind, Result};
 
-/// Largest stdin chunk per request (JSON encodes each byte as up to 4 characters).
-const WRITE_CHUNK: usize = 128 * 1024;
+/// Largest stdin chunk per request (sent as a raw frame).
+const WRITE_CHUNK: usize = MAX_REQUEST / 4;
 
 /// An interface to one task. Creating it is cheap; the connection to the supervisor is
 /// opened on first use and kept.
@@ -26,36 +29,6 @@ pub struct Task {
     id: String,
     conn: Option<UnixStream>,
     timeout: Option<Duration>,
-}
-
-/// Bytes read from a stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Chunk {
-    /// Absolute offset of `data[0]` (above the requested offset if older bytes were dropped).
-    pub offset: u64,
-    /// How many bytes between the requested offset (or the consumed mark) and `offset` were
-    /// dropped beyond the retain cap before they could be read: 0 when `data` follows on
-    /// from what was asked for, otherwise a gap no reader should mistake for contiguous output.
-    pub dropped: u64,
-    /// The bytes.
-    pub data: Vec<u8>,
-    /// The stream's offsets after the read.
-    pub info: StreamInfo,
-    /// Whether the task had ended (with all its output collected) at the time of the read.
-    pub exited: bool,
-}
-
-impl Chunk {
-    /// The offset just past the bytes read.
-    pub fn end(&self) -> u64 {
-        self.offset + self.data.len() as u64
-    }
-
-    /// Whether nothing more can come for the current run: the stream ended, or the task
-    /// ended and everything retained was read.
-    pub fn is_final(&self) -> bool {
-        self.end() >= self.info.limit && (self.info.eof || self.exited)
-    }
 }
 
 impl Task {
@@ -98,14 +71,24 @@ impl Task {
         &self.id
     }
 
+    fn paths(&self) -> TaskPaths<'_> {
+        TaskPaths::new(&self.dir, &self.id)
+    }
+
     /// `<pool>/<id>.sock`.
     pub fn socket_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.sock", self.id))
+        self.paths().socket()
+    }
+
+    /// `<pool>/<id>.<stream>.log`: where the output of `stream` is logged when the task was
+    /// spawned with [`SpawnOptions::log`](crate::SpawnOptions::log).
+    pub fn log_path(&self, stream: StreamName) -> PathBuf {
+        self.paths().log(stream)
     }
 
     /// `<pool>/<id>.json`, read without connecting (status `lost` if the supervisor died).
     pub fn record(&self) -> Result<TaskRecord> {
-        crate::TaskPool::open(&self.dir)?.record(&self.id)
+        crate::record::read_record(&self.dir, &self.id)
     }
 
     /// Connects to the supervisor now (if not connected yet) and checks the handshake.
@@ -126,8 +109,7 @@ impl Task {
         let mut sock = match UnixStream::connect(&path) {
             Ok(s) => s,
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-                let json = self.dir.join(format!("{}.json", self.id));
-                return Err(if json.exists() {
+                return Err(if self.paths().record().exists() {
                     Error::SupervisorGone { id: self.id.clone() }
                 } else {
                     Error::NoSuchTask { id: self.id.clone() }
@@ -142,7 +124,7 @@ impl Task {
         let sent = frame::write_frame(&mut sock, &hello);
         let answer = self.read_response(&mut sock);
         if let (Err(e), Err(_)) = (&sent, &answer) {
-            return Err(self_io_err(&self.id, std::io::Error::new(e.kind(), e.to_string())));
+            return Err(connection_error(&self.id, std::io::Error::new(e.kind(), e.to_string())));
         }
         match answer? {
             Response::Hello { version, task } if version == PROTOCOL_VERSION && task == self.id => {
@@ -161,10 +143,7 @@ impl Task {
     }
 
     fn io_err(&self, e: std::io::Error) -> Error {
-        Error::Connection {
-            id: self.id.clone(),
-            source: procyard_core::Error::Os { action: "talk to the supervisor", source: e },
-        }
+        connection_error(&self.id, e)
     }
 
     fn unexpected(&self, r: &Response) -> Error {
@@ -188,13 +167,18 @@ impl Task {
     /// made for a new connection) is found closed before any answer: the request was never
     /// served, so it is sent again once on a new connection.
     fn call(&mut self, request: &Request) -> Result<Response> {
+        self.call_with(request, &[])
+    }
+
+    /// [`Task::call`] with `raw` sent as a raw frame after the request (a stdin write).
+    fn call_with(&mut self, request: &Request, raw: &[u8]) -> Result<Response> {
         let reused = self.conn.is_some();
         self.connect()?;
-        let mut result = self.call_connected(request).map_err(|e| self.classify(e));
+        let mut result = self.call_connected(request, raw).map_err(|e| self.classify(e));
         if reused && result.as_ref().is_err_and(closed_before_answer) {
             self.conn = None;
             self.connect()?;
-            result = self.call_connected(request).map_err(|e| self.classify(e));
+            result = self.call_connected(request, raw).map_err(|e| self.classify(e));
         }
         if matches!(result, Err(Error::Connection { .. } | Error::TimedOut { .. })) {
             self.conn = None;
@@ -202,13 +186,19 @@ impl Task {
         result
     }
 
-    fn call_connected(&mut self, request: &Request) -> Result<Response> {
+    fn call_connected(&mut self, request: &Request, raw: &[u8]) -> Result<Response> {
         let mut sock = match self.conn.take() {
             Some(s) => s,
             None => return Err(Error::SupervisorGone { id: self.id.clone() }),
         };
         let result = (|| {
-            frame::write_frame(&mut sock, request).map_err(|e| self.io_err(e))?;
+            let mut bytes = frame::encode_frame(request)
+                .map_err(|source| Error::Connection { id: self.id.clone(), source })?;
+            if let Request::Write { .. } = request {
+                bytes.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+                bytes.extend_from_slice(raw);
+            }
+            sock.write_all(&bytes).map_err(|e| self.io_err(e))?;
             match self.read_response(&mut sock)? {
                 Response::Error { kind, message } => {
                     Err(Error::Refused { id: self.id.clone(), kind, message })
@@ -220,7 +210,7 @@ impl Task {
         result
     }
 
-    fn expect_ok(&mut self, request: &Request) -> Result<()> {
+    pub(crate) fn expect_ok(&mut self, request: &Request) -> Result<()> {
         match self.call(request)? {
             Response::Ok => Ok(()),
             other => Err(self.unexpected(&other)),
@@ -256,7 +246,10 @@ impl Task {
     /// Writes to the task's stdin; returns once the supervisor has queued the bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         for chunk in data.chunks(WRITE_CHUNK) {
-            self.expect_ok(&Request::Write { data: chunk.to_vec() })?;
+            match self.call_with(&Request::Write { len: chunk.len() as u64 }, chunk)? {
+                Response::Ok => {}
+                other => return Err(self.unexpected(&other)),
+            }
         }
         Ok(())
     }
@@ -266,7 +259,8 @@ impl Task {
         self.expect_ok(&Request::CloseStdin)
     }
 
-    /// Sends `signal` to the task's process group; refused once the task has exited.
+    /// Sends `signal` (any signal) to the task's process group; refused once the task has
+    /// exited.
     ///
     /// For a `lost` task (its supervisor died), the signal goes to the group the record names
     /// once its identity is checked (pid, start time, boot, session); if that process is gone,
@@ -278,9 +272,10 @@ impl Task {
         }
     }
 
-    /// [`Task::signal`] (the seed's name; the CLI defaults to SIGTERM).
-    pub fn kill(&mut self, signal: Signal) -> Result<()> {
-        self.signal(signal)
+    /// SIGKILL to the task's process group ([`Task::signal`] sends any other signal; the
+    /// CLI's `kill --signal` is that); refused once the task has exited.
+    pub fn kill(&mut self) -> Result<()> {
+        self.signal(Signal::KILL)
     }
 
     /// SIGSTOP to the group; refused once the task has exited.
@@ -325,20 +320,8 @@ impl Task {
         Ok(Subscription { id: self.id.clone(), sock, decoder: FrameDecoder::new(), closed: false })
     }
 
-    fn read(&mut self, req: Request) -> Result<Chunk> {
-        let mut data = Vec::new();
-        let meta = self.read_into(req, &mut data)?;
-        Ok(Chunk {
-            offset: meta.offset,
-            dropped: meta.dropped,
-            data,
-            info: meta.info,
-            exited: meta.exited,
-        })
-    }
-
     /// Sends a read request and appends the bytes to `buf` (reusing its capacity).
-    fn read_into(&mut self, req: Request, buf: &mut Vec<u8>) -> Result<ReadMeta> {
+    pub(crate) fn read_into(&mut self, req: Request, buf: &mut Vec<u8>) -> Result<ReadMeta> {
         let (offset, len, dropped, info, exited) = match self.call(&req)? {
             Response::Data { offset, len, dropped, info, exited, .. } => {
                 (offset, len, dropped, info, exited)
@@ -379,228 +362,6 @@ impl Task {
     }
 }
 
-/// What a read into a caller's buffer returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadMeta {
-    /// Absolute offset of the first byte appended.
-    pub offset: u64,
-    /// Bytes appended.
-    pub len: u64,
-    /// Bytes dropped before `offset` that were asked for (see [`Chunk::dropped`]).
-    pub dropped: u64,
-    /// The stream's offsets after the read.
-    pub info: StreamInfo,
-    /// Whether the task had ended (with all its output collected).
-    pub exited: bool,
-}
-
-impl ReadMeta {
-    /// The offset just past the bytes read.
-    pub fn end(&self) -> u64 {
-        self.offset + self.len
-    }
-
-    /// Whether nothing more can come for the current run (see [`Chunk::is_final`]).
-    pub fn is_final(&self) -> bool {
-        self.end() >= self.info.limit && (self.info.eof || self.exited)
-    }
-}
-
-/// One output stream of a task, read by absolute offset.
-#[derive(Debug)]
-pub struct Stream<'a> {
-    task: &'a mut Task,
-    name: StreamName,
-}
-
-impl Stream<'_> {
-    /// `start` (first retained offset), `limit` (next offset) and the consumed mark.
-    pub fn info(&mut self) -> Result<StreamInfo> {
-        let info = self.task.info()?;
-        info.streams.get(self.name.as_str()).copied().ok_or_else(|| Error::Protocol {
-            id: self.task.id.clone(),
-            what: format!("no stream {}", self.name.as_str()),
-        })
-    }
-
-    /// First retained offset.
-    pub fn start(&mut self) -> Result<u64> {
-        Ok(self.info()?.start)
-    }
-
-    /// Next offset to be written.
-    pub fn limit(&mut self) -> Result<u64> {
-        Ok(self.info()?.limit)
-    }
-
-    /// Reads (and consumes) up to `count` bytes from the consumed mark.
-    pub fn read(&mut self, count: u64) -> Result<Chunk> {
-        self.read_request(None, count, true, false)
-    }
-
-    /// Reads (and consumes) everything retained from the consumed mark.
-    pub fn read_all(&mut self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        loop {
-            let chunk = self.read(MAX_READ)?;
-            if chunk.data.is_empty() {
-                return Ok(out);
-            }
-            out.extend_from_slice(&chunk.data);
-        }
-    }
-
-    /// Reads `count` bytes at `offset` without consuming them (`offset` is raised to `start`
-    /// if those bytes were dropped, and [`Chunk::dropped`] says by how much).
-    pub fn peek(&mut self, offset: u64, count: u64) -> Result<Chunk> {
-        self.read_request(Some(offset), count, false, false)
-    }
-
-    /// The general read: `offset` (`None`: the consumed mark), `consume`, and `wait` (block
-    /// until bytes arrive, the stream ends, the task exits, or the time set with
-    /// [`Task::set_timeout`] runs out: [`Error::TimedOut`]).
-    pub fn read_request(
-        &mut self,
-        offset: Option<u64>,
-        count: u64,
-        consume: bool,
-        wait: bool,
-    ) -> Result<Chunk> {
-        self.task.read(Request::Read {
-            stream: self.name,
-            offset,
-            count: count.min(MAX_READ),
-            consume,
-            wait,
-        })
-    }
-
-    /// [`Stream::read_request`] appending to `buf` instead of allocating (for high
-    /// throughput readers).
-    pub fn read_request_into(
-        &mut self,
-        offset: Option<u64>,
-        count: u64,
-        consume: bool,
-        wait: bool,
-        buf: &mut Vec<u8>,
-    ) -> Result<ReadMeta> {
-        self.task.read_into(
-            Request::Read { stream: self.name, offset, count: count.min(MAX_READ), consume, wait },
-            buf,
-        )
-    }
-
-    /// Drops retained bytes before `upto`.
-    pub fn discard(&mut self, upto: u64) -> Result<()> {
-        self.task.expect_ok(&Request::Discard { stream: self.name, upto })
-    }
-}
-
-/// A connection receiving a task's events.
-#[derive(Debug)]
-pub struct Subscription {
-    id: String,
-    sock: UnixStream,
-    decoder: FrameDecoder,
-    closed: bool,
-}
-
-impl Subscription {
-    /// The next event, waiting until `deadline`; `Ok(None)` on timeout or once the
-    /// supervisor closed the connection (see [`Subscription::is_closed`]).
-    pub fn next(&mut self, deadline: Deadline) -> Result<Option<Event>> {
-        loop {
-            match self.decoder.next::<Response>() {
-                Ok(Some(Response::Event(ev))) => return Ok(Some(ev)),
-                Ok(Some(other)) => {
-                    return Err(Error::Protocol {
-                        id: self.id.clone(),
-                        what: format!("{other:?}"),
-                    });
-                }
-                Ok(None) => {}
-                Err(source) => return Err(Error::Connection { id: self.id.clone(), source }),
-            }
-            if self.closed || deadline.is_expired() {
-                return Ok(None);
-            }
-            let remaining = deadline.remaining();
-            let ts = rustix::event::Timespec {
-                tv_sec: remaining.as_secs().min(86_400) as i64,
-                tv_nsec: i64::from(remaining.subsec_nanos()),
-            };
-            let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    return Err(Error::Connection {
-                        id: self.id.clone(),
-                        source: procyard_core::Error::Os { action: "poll", source: e.into() },
-                    });
-                }
-            }
-            // Read what is there; end of stream is noted, whole frames already received are
-            // still delivered first.
-            let mut chunk = [0u8; 16 * 1024];
-            loop {
-                match self.sock.read(&mut chunk) {
-                    Ok(0) => {
-                        self.closed = true;
-                        break;
-                    }
-                    Ok(n) => self.decoder.feed(&chunk[..n]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self_io_err(&self.id, e)),
-                }
-            }
-        }
-    }
-
-    /// Whether the supervisor closed the connection.
-    pub fn is_closed(&self) -> bool {
-        self.closed
-    }
-}
-
-/// The task's side: the data channel its supervisor announced in `PROCYARD_BGTASK_DATA`.
-#[derive(Debug)]
-pub struct TaskChannel {
-    sock: std::os::unix::net::UnixDatagram,
-    path: PathBuf,
-}
-
-/// Environment variable holding the data channel's path.
-pub const DATA_ENV: &str = "PROCYARD_BGTASK_DATA";
-
-/// Environment variable holding the task's own id.
-pub const ID_ENV: &str = "PROCYARD_BGTASK_ID";
-
-impl TaskChannel {
-    /// Opens the channel named by `PROCYARD_BGTASK_DATA` (`None` outside a task).
-    pub fn from_env() -> Result<Option<TaskChannel>> {
-        let Some(path) = std::env::var_os(DATA_ENV) else { return Ok(None) };
-        let path = PathBuf::from(path);
-        let sock = std::os::unix::net::UnixDatagram::unbound()
-            .map_err(|e| Error::path("create a socket for", &path, e))?;
-        Ok(Some(TaskChannel { sock, path }))
-    }
-
-    /// Sends one message (kept by the supervisor, read with [`Task::read_data`]).
-    pub fn send(&self, message: &serde_json::Value) -> Result<()> {
-        let bytes = serde_json::to_vec(message)
-            .map_err(|source| Error::Core(procyard_core::Error::Encode { source }))?;
-        self.sock.send_to(&bytes, &self.path).map_err(|e| Error::path("send to", &self.path, e))?;
-        Ok(())
-    }
-
-    /// Merges keys into the task's own metadata.
-    pub fn apply_meta(&self, meta: Meta) -> Result<()> {
-        self.send(&serde_json::json!({ "apply_meta": meta }))
-    }
-}
-
 /// Whether `e` says the connection was closed before any byte of the answer arrived (or
 /// before the request could be written).
 fn closed_before_answer(e: &Error) -> bool {
@@ -615,7 +376,8 @@ fn closed_before_answer(e: &Error) -> bool {
     }
 }
 
-fn self_io_err(id: &str, e: std::io::Error) -> Error {
+/// An I/O error on the connection to the supervisor of task `id`.
+pub(crate) fn connection_error(id: &str, e: std::io::Error) -> Error {
     Error::Connection {
         id: id.to_owned(),
         source: procyard_core::Error::Os { action: "talk to the supervisor", source: e },

@@ -29,39 +29,51 @@ pub enum Error {
     /// The task could not be started; the supervisor's own words.
     #[error("unable to spawn {program}: {message}")]
     Spawn {
-        /// The program.
+        /// The program that was to run (the command's first word).
         program: String,
-        /// Why.
+        /// Why it did not start, as the supervisor said.
         message: String,
     },
     /// The spawn request itself was invalid (empty command, non-UTF-8 argument, …).
     #[error("invalid spawn request: {reason}")]
     InvalidSpawn {
-        /// Why.
+        /// What is wrong with it.
         reason: String,
     },
     /// No task with this id exists in the pool.
     #[error("no task {id} in the pool")]
     NoSuchTask {
-        /// The id.
+        /// The id asked for.
         id: String,
     },
     /// A task id is malformed (ids are letters, digits, `-` and `_`).
     #[error("invalid task id {id:?}")]
     InvalidId {
-        /// What was given.
+        /// The text given as an id.
         id: String,
+    },
+    /// A status name that is none of `running`, `paused`, `exited`, `signaled`, `lost`.
+    #[error("unknown task status {given:?} (expected running, paused, exited, signaled or lost)")]
+    UnknownStatus {
+        /// The text given as a status.
+        given: String,
+    },
+    /// A stream name that is neither `stdout` nor `stderr`.
+    #[error("unknown stream {given:?} (expected stdout or stderr)")]
+    UnknownStream {
+        /// The text given as a stream.
+        given: String,
     },
     /// The task's supervisor is gone (killed, crashed, or the machine rebooted).
     #[error("the supervisor of task {id} is not running")]
     SupervisorGone {
-        /// The task.
+        /// The task whose supervisor is gone.
         id: String,
     },
     /// The supervisor answered with another task's id or protocol version.
     #[error("handshake with the supervisor of task {id} failed: {reason}")]
     Handshake {
-        /// The task.
+        /// The task the client asked for.
         id: String,
         /// What did not match.
         reason: String,
@@ -69,19 +81,19 @@ pub enum Error {
     /// The supervisor refused a request.
     #[error("task {id}: {message}")]
     Refused {
-        /// The task.
+        /// The task whose supervisor refused.
         id: String,
-        /// What kind of refusal.
+        /// Why, for a program to act on.
         kind: RefusalKind,
-        /// The supervisor's words.
+        /// Why, in the supervisor's words.
         message: String,
     },
     /// Talking to the supervisor failed.
     #[error("lost the connection to the supervisor of task {id}")]
     Connection {
-        /// The task.
+        /// The task whose supervisor was being talked to.
         id: String,
-        /// The cause.
+        /// What failed on the connection.
         #[source]
         source: procyard_core::Error,
     },
@@ -90,7 +102,7 @@ pub enum Error {
     /// call opens a new one).
     #[error("the supervisor of task {id} did not answer within {after:?}")]
     TimedOut {
-        /// The task.
+        /// The task whose supervisor did not answer.
         id: String,
         /// The timeout that expired.
         after: std::time::Duration,
@@ -98,7 +110,7 @@ pub enum Error {
     /// The supervisor sent something that does not follow the protocol.
     #[error("unexpected answer from the supervisor of task {id}: {what}")]
     Protocol {
-        /// The task.
+        /// The task whose supervisor answered.
         id: String,
         /// What was wrong.
         what: String,

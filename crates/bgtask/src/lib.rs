@@ -25,7 +25,7 @@
 //!   running is stopped (TERM, then KILL after a grace period) and reaped.
 //! - A task whose supervisor died is reported [`Status::Lost`] (the supervisor's identity is
 //!   pid + start time + boot id, so a recycled pid is not mistaken for it). Its process group
-//!   is still ours: [`Task::kill`] signals it and [`Task::delete`] stops it (TERM, grace, KILL)
+//!   is still ours: [`Task::signal`] signals it and [`Task::delete`] stops it (TERM, grace, KILL)
 //!   before removing its files, once the task's recorded identity (pid, start time, boot,
 //!   session) matches `/proc`.
 //! - Connections that stay idle are closed after a minute, and when the connection caps (in
@@ -36,7 +36,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use procyard_bgtask::{Filter, SpawnOptions, StreamName, TaskPool};
+//! use procyard_bgtask::{Filter, SpawnOptions, StatusKind, StreamName, TaskPool};
 //! use serde_json::json;
 //!
 //! let pool = TaskPool::open_default()?;
@@ -44,7 +44,7 @@
 //!     .env("DEBUG_STUFF", "1")
 //!     .meta("name", json!("Hello World"));
 //! let mut task = pool.spawn(&options)?;
-//! for record in pool.search(&Filter::new().status("running"))? {
+//! for record in pool.search(&Filter::new().status(StatusKind::Running))? {
 //!     let mut t = pool.task(&record.id)?;
 //!     t.pause()?;
 //!     t.apply_meta(json!({ "note": "paused" }).as_object().cloned().unwrap_or_default())?;
@@ -75,37 +75,37 @@
 #![deny(missing_docs)]
 
 mod buffer;
+mod channel;
 mod client;
 mod error;
-mod files;
+mod layout;
 mod lost;
+mod meta;
+mod options;
 mod pool;
 pub mod protocol;
 mod record;
+mod status;
+mod stream;
+mod subscription;
 mod supervise;
 mod supervisor;
 
-pub use client::{Chunk, DATA_ENV, ID_ENV, ReadMeta, Stream, Subscription, Task, TaskChannel};
+pub use channel::TaskChannel;
+pub use client::Task;
 pub use error::{Error, RefusalKind, Result};
-pub use pool::{
-    BIN_ENV, DEFAULT_RETAIN, Launch, POOL_ENV, SUPERVISOR_BIN, SpawnOptions, TaskPool,
-    default_pool_dir,
-};
-pub use protocol::{Event, Meta, StreamInfo, StreamName, TaskInfo};
-pub use record::{Filter, Status, TaskRecord, meta_matches, parse_meta_arg};
-pub use supervise::supervise_from_stdio;
+pub use layout::{BIN_ENV, DATA_ENV, ID_ENV, POOL_ENV, SUPERVISOR_BIN};
+pub use meta::{Meta, meta_matches};
+pub use options::{DEFAULT_RETAIN, SpawnOptions};
+pub use pool::{Launch, TaskPool, default_pool_dir};
+pub use protocol::{Event, StreamInfo, StreamName, TaskInfo};
+pub use record::{Filter, TaskRecord};
+pub use status::{Status, StatusKind};
+pub use stream::{Chunk, ReadMeta, ReadOptions, Stream};
+pub use subscription::Subscription;
 
-/// An error and its causes, joined with `: ` (for messages).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let s = cause.to_string();
-        if !text.ends_with(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = cause.source();
-    }
-    text
+/// Plumbing for this crate's own binaries (the hidden supervisor entry point); not an API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::supervise::supervise_from_stdio;
 }

@@ -16,20 +16,19 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
-use procyard_core::{Deadline, Pid, ProcStat, Signal, socket, state_file};
+use procyard_core::{Deadline, KILL_SETTLE, Pid, ProcStat, Signal, socket, state_file};
 
-use crate::files::{SOCKET_FILES, STATE_FILES, task_file};
-use crate::record::{Status, TaskRecord};
-use crate::{Error, RefusalKind, Result, TaskPool};
+use crate::layout::{SOCKET_FILES, STATE_FILES, TaskPaths};
+use crate::record::{TaskRecord, read_record};
+use crate::status::Status;
+use crate::{Error, RefusalKind, Result};
 
 /// Time the task's group gets to act on SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(2);
-/// Time given to the group to vanish after SIGKILL.
-const KILL_SETTLE: Duration = Duration::from_secs(1);
 
 /// The record of `id`, which must be lost (else: its supervisor is alive but unreachable).
 fn lost_record(dir: &Path, id: &str) -> Result<TaskRecord> {
-    let record = TaskPool::open(dir)?.record(id)?;
+    let record = read_record(dir, id)?;
     if record.status != Status::Lost {
         return Err(Error::SupervisorGone { id: id.to_owned() });
     }
@@ -43,7 +42,8 @@ fn verified_leader(record: &TaskRecord) -> Result<Option<(Pid, ProcStat)>> {
         return Ok(None);
     }
     let Some(stat) = ProcStat::read(ident.pid)? else { return Ok(None) };
-    let session_ok = Some(stat.sid) == record.session || stat.sid == ident.pid.as_raw();
+    let session_ok =
+        record.session.is_some_and(|s| s.as_raw() == stat.sid) || stat.sid == ident.pid.as_raw();
     if stat.start_time != ident.start_time || !session_ok {
         return Ok(None);
     }
@@ -77,18 +77,19 @@ pub(crate) fn signal(dir: &Path, id: &str, signal: Signal) -> Result<()> {
 /// `delete` on a lost task: TERM → grace → KILL to its identity-checked group, then its files.
 pub(crate) fn delete(dir: &Path, id: &str) -> Result<()> {
     let record = lost_record(dir, id)?;
+    let paths = TaskPaths::new(dir, id);
     // Refuse before acting if a socket path holds something that is not a socket.
     for suffix in SOCKET_FILES {
-        socket::check_socket_path(&task_file(dir, id, suffix))?;
+        socket::check_socket_path(&paths.file(suffix))?;
     }
     if let Some((pid, stat)) = verified_leader(&record)? {
         stop_group(pid, &stat)?;
     }
     for suffix in SOCKET_FILES {
-        remove_stale_socket(&task_file(dir, id, suffix), suffix == "data")?;
+        remove_stale_socket(&paths.file(suffix), suffix == "data")?;
     }
     for suffix in STATE_FILES {
-        state_file::remove(task_file(dir, id, suffix))?;
+        state_file::remove(paths.file(suffix))?;
     }
     Ok(())
 }

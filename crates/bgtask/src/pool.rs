@@ -1,110 +1,18 @@
 //! [`TaskPool`]: the directory holding every task's socket and state file; spawning
 //! supervisors and listing tasks.
 
-use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use procyard_core::{Command, DaemonConfig, Daemonized, ProcStat, Stdio, frame};
+use procyard_core::{Command, DaemonConfig, Daemonized, Stdio, frame};
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Meta;
-use crate::record::{Filter, Status, TaskRecord};
+use crate::layout::{BIN_ENV, CLI_BIN, POOL_ENV, SUPERVISOR_BIN, valid_id};
+use crate::options::{SpawnOptions, check_options};
+use crate::record::{Filter, Liveness, TaskRecord};
 use crate::{Error, Result, Task, supervisor};
-
-/// The retain cap used when none is given: 1 MiB per stream.
-pub const DEFAULT_RETAIN: u64 = 1024 * 1024;
-
-/// Environment variable naming the pool directory.
-pub const POOL_ENV: &str = "PROCYARD_POOL";
-
-/// Environment variable naming the program that runs supervisors: `procyard-bgtask-supervise`
-/// or the `procyard-bgtask` CLI (which has the same hidden mode).
-pub const BIN_ENV: &str = "PROCYARD_BGTASK_BIN";
-
-/// The small program that runs one supervisor (it links only the supervisor's code, so each
-/// supervisor keeps fewer pages resident than the CLI would).
-pub const SUPERVISOR_BIN: &str = "procyard-bgtask-supervise";
-
-/// The CLI, which can also run a supervisor (hidden `__supervise` mode).
-const CLI_BIN: &str = "procyard-bgtask";
-
-/// What to run and how; built with [`SpawnOptions::new`] and its setters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SpawnOptions {
-    /// Program and arguments.
-    pub command: Vec<String>,
-    /// Extra environment variables.
-    pub env: BTreeMap<String, String>,
-    /// Working directory (default: the caller's).
-    pub cwd: Option<PathBuf>,
-    /// Initial metadata.
-    pub meta: Meta,
-    /// Bytes retained per output stream (oldest dropped beyond it).
-    pub retain: u64,
-    /// Also append output to `<id>.stdout.log` / `<id>.stderr.log` in the pool.
-    pub log: bool,
-    /// Instead of dropping unconsumed output beyond `retain`, stop reading the task's pipe
-    /// (the task then blocks on its writes until a client consumes).
-    pub block_when_full: bool,
-}
-
-impl SpawnOptions {
-    /// Runs `program` with `args`.
-    pub fn new<I, S>(command: I) -> SpawnOptions
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        SpawnOptions {
-            command: command.into_iter().map(Into::into).collect(),
-            env: BTreeMap::new(),
-            cwd: None,
-            meta: Meta::new(),
-            retain: DEFAULT_RETAIN,
-            log: false,
-            block_when_full: false,
-        }
-    }
-
-    /// Sets an environment variable.
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> SpawnOptions {
-        self.env.insert(key.into(), value.into());
-        self
-    }
-
-    /// Sets a metadata key.
-    pub fn meta(mut self, key: impl Into<String>, value: serde_json::Value) -> SpawnOptions {
-        self.meta.insert(key.into(), value);
-        self
-    }
-
-    /// Sets the working directory.
-    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> SpawnOptions {
-        self.cwd = Some(dir.into());
-        self
-    }
-
-    /// Sets the retain cap per stream.
-    pub fn retain(mut self, bytes: u64) -> SpawnOptions {
-        self.retain = bytes;
-        self
-    }
-
-    /// Logs output to files in the pool.
-    pub fn log(mut self, log: bool) -> SpawnOptions {
-        self.log = log;
-        self
-    }
-
-    /// Applies backpressure instead of dropping output (see the field).
-    pub fn block_when_full(mut self, block: bool) -> SpawnOptions {
-        self.block_when_full = block;
-        self
-    }
-}
 
 /// A directory of tasks. Every task has `<id>.sock` (its supervisor), `<id>.json` (its state,
 /// readable without connecting) and, if asked, log files; the directory is mode 0700.
@@ -132,33 +40,14 @@ pub enum Launch {
     Exec,
 }
 
-/// The default pool directory: `$PROCYARD_POOL`, else `/run/procyard/bgtask` for root, else
-/// `$XDG_RUNTIME_DIR/procyard/bgtask`, else `/tmp/procyard-$UID/bgtask`.
+/// The default pool directory: `$PROCYARD_POOL`, else `bgtask` in the runtime directory
+/// ([`procyard_core::runtime_dir`]: `/run/procyard` for root, else
+/// `$XDG_RUNTIME_DIR/procyard`, else `/tmp/procyard-$EUID`).
 pub fn default_pool_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(POOL_ENV).filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
+    match std::env::var_os(POOL_ENV).filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => procyard_core::runtime_dir().join("bgtask"),
     }
-    let uid = rustix::process::geteuid();
-    if uid.is_root() {
-        return PathBuf::from("/run/procyard/bgtask");
-    }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return Path::new(&dir).join("procyard/bgtask");
-    }
-    PathBuf::from(format!("/tmp/procyard-{}/bgtask", uid.as_raw()))
-}
-
-pub(crate) fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// What a `__supervise` process answers on its stdout.
@@ -173,35 +62,6 @@ pub(crate) struct SuperviseRequest {
     pub(crate) pool: PathBuf,
     pub(crate) id: String,
     pub(crate) options: SpawnOptions,
-}
-
-/// Refuses options no task can be started with: an empty command or program name, a NUL
-/// byte in an argument, an environment variable, or the working directory, an environment
-/// name with `=`, a zero retain cap.
-pub(crate) fn check_options(options: &SpawnOptions) -> Result<()> {
-    let invalid = |reason: String| Err(Error::InvalidSpawn { reason });
-    match options.command.first() {
-        None => return invalid("empty command".into()),
-        Some(program) if program.is_empty() => return invalid("empty program name".into()),
-        Some(_) => {}
-    }
-    if let Some(arg) = options.command.iter().find(|a| a.contains('\0')) {
-        return invalid(format!("NUL byte in command argument {arg:?}"));
-    }
-    for (k, v) in &options.env {
-        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
-            return invalid(format!("invalid environment variable {k:?}"));
-        }
-    }
-    if let Some(cwd) = &options.cwd
-        && cwd.as_os_str().as_encoded_bytes().contains(&0)
-    {
-        return invalid(format!("NUL byte in working directory {}", cwd.display()));
-    }
-    if options.retain == 0 {
-        return invalid("retain must be at least 1 byte".into());
-    }
-    Ok(())
 }
 
 impl TaskPool {
@@ -396,7 +256,7 @@ impl TaskPool {
         let entries =
             std::fs::read_dir(&self.dir).map_err(|e| Error::path("read", &self.dir, e))?;
         let me = rustix::process::geteuid().as_raw();
-        let mut alive: HashMap<(i32, u64), bool> = HashMap::new();
+        let mut liveness = Liveness::default();
         let mut out = Vec::new();
         let mut buf = Vec::with_capacity(4096);
         for entry in entries.flatten() {
@@ -433,7 +293,7 @@ impl TaskPool {
                     continue;
                 }
             };
-            let record = self.check_lost(record, &mut alive);
+            let record = liveness.apply(record);
             if filter.matches(&record.status, &record.meta) {
                 out.push(record);
             }
@@ -449,32 +309,6 @@ impl TaskPool {
 
     /// The state file of one task, with `lost` computed.
     pub fn record(&self, id: &str) -> Result<TaskRecord> {
-        if !valid_id(id) {
-            return Err(Error::InvalidId { id: id.to_owned() });
-        }
-        let path = self.dir.join(format!("{id}.json"));
-        match crate::record::read_owned_record(&path)? {
-            Some(r) if r.id == id => Ok(self.check_lost(r, &mut HashMap::new())),
-            _ => Err(Error::NoSuchTask { id: id.to_owned() }),
-        }
-    }
-
-    fn check_lost(
-        &self,
-        mut record: TaskRecord,
-        cache: &mut HashMap<(i32, u64), bool>,
-    ) -> TaskRecord {
-        let sup = &record.supervisor;
-        let key = (sup.pid.as_raw(), sup.start_time);
-        let running = *cache.entry(key).or_insert_with(|| {
-            sup.boot_id == procyard_core::boot_id()
-                && matches!(ProcStat::read(sup.pid), Ok(Some(st))
-                    if st.start_time == sup.start_time && !st.is_zombie())
-        });
-        if !running {
-            record.status = Status::Lost;
-            record.pid = None;
-        }
-        record
+        crate::record::read_record(&self.dir, id)
     }
 }

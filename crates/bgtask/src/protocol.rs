@@ -1,8 +1,9 @@
 //! The wire protocol between clients and a supervisor: procyard-core frames (big-endian `u32`
 //! length, then JSON), a version handshake, and a closed set of requests.
 //!
-//! Every request gets exactly one [`Response`] frame, in order. A [`Response::Data`] frame is
-//! followed by one raw frame holding the bytes (so binary output is not JSON-encoded). After
+//! Every request gets exactly one [`Response`] frame, in order. A [`Request::Write`] frame is
+//! followed by one raw frame holding the bytes for the task's stdin, and a [`Response::Data`]
+//! frame by one raw frame holding the output bytes, so bytes are never JSON-encoded. After
 //! [`Request::Subscribe`], the supervisor also sends [`Response::Event`] frames on that
 //! connection whenever something happens.
 
@@ -10,11 +11,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::RefusalKind;
-use crate::record::Status;
+use procyard_core::Pid;
 
-/// The protocol version; the handshake refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub use crate::meta::Meta;
+use crate::status::Status;
+use crate::{Error, RefusalKind};
+
+/// The protocol version; the handshake refuses any other. Version 2 sends stdin bytes as a raw
+/// frame after [`Request::Write`] (version 1 sent them as a JSON array of numbers).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest request frame a supervisor accepts (a stdin write is at most this big).
 pub const MAX_REQUEST: usize = 1024 * 1024;
@@ -22,11 +27,8 @@ pub const MAX_REQUEST: usize = 1024 * 1024;
 /// Largest number of bytes returned by one read.
 pub const MAX_READ: u64 = 4 * 1024 * 1024;
 
-/// Metadata: a JSON object.
-pub type Meta = serde_json::Map<String, serde_json::Value>;
-
 /// An output stream of a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamName {
     /// Standard output.
@@ -45,13 +47,21 @@ impl StreamName {
     }
 }
 
+impl std::fmt::Display for StreamName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for StreamName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+
+    /// `stdout` or `1`, `stderr` or `2`; anything else is [`Error::UnknownStream`].
+    fn from_str(s: &str) -> Result<Self, Error> {
         match s {
             "stdout" | "1" => Ok(StreamName::Stdout),
             "stderr" | "2" => Ok(StreamName::Stderr),
-            _ => Err(format!("unknown stream {s:?} (expected stdout or stderr)")),
+            _ => Err(Error::UnknownStream { given: s.to_owned() }),
         }
     }
 }
@@ -71,12 +81,12 @@ pub enum Request {
     Info,
     /// Merges keys into the metadata (a `null` value removes the key).
     ApplyMeta {
-        /// The keys.
+        /// Keys to set (a `null` value removes its key).
         meta: Meta,
     },
     /// Reads output bytes.
     Read {
-        /// The stream.
+        /// Which output stream to read.
         stream: StreamName,
         /// Absolute offset; `None` means "from the consumed mark".
         offset: Option<u64>,
@@ -90,7 +100,7 @@ pub enum Request {
     },
     /// Drops retained bytes before `upto`.
     Discard {
-        /// The stream.
+        /// Which output stream to trim.
         stream: StreamName,
         /// Absolute offset.
         upto: u64,
@@ -100,17 +110,18 @@ pub enum Request {
         /// Remove them from the supervisor.
         consume: bool,
     },
-    /// Writes to the task's stdin. The answer comes once the bytes are queued within the
-    /// supervisor's stdin buffer (backpressure).
+    /// Writes to the task's stdin: the next frame holds `len` raw bytes (at most
+    /// [`MAX_REQUEST`]). The answer comes once the bytes are queued within the supervisor's
+    /// stdin buffer (backpressure).
     Write {
-        /// The bytes.
-        data: Vec<u8>,
+        /// How many bytes the raw frame after this one holds.
+        len: u64,
     },
     /// Closes the task's stdin (after the queued bytes).
     CloseStdin,
     /// Sends a signal to the task's process group.
     Signal {
-        /// The signal.
+        /// What to send (any signal, by name or number on the CLI).
         signal: procyard_core::Signal,
     },
     /// SIGSTOP to the group.
@@ -143,31 +154,31 @@ pub struct StreamInfo {
 pub struct TaskInfo {
     /// The task id.
     pub id: String,
-    /// The command.
+    /// The program and its arguments.
     pub command: Vec<String>,
     /// Metadata.
     pub meta: Meta,
-    /// The status.
+    /// Whether it runs, is paused, or how it ended.
     pub status: Status,
     /// The task's pid while it runs.
-    pub pid: Option<i32>,
+    pub pid: Option<Pid>,
     /// The supervisor's pid.
-    pub supervisor_pid: i32,
+    pub supervisor_pid: Pid,
     /// How many times it was restarted.
     pub restarts: u32,
     /// The retain cap per stream, in bytes.
     pub retain: u64,
-    /// stdout and stderr.
-    pub streams: BTreeMap<String, StreamInfo>,
+    /// The offsets of stdout and stderr.
+    pub streams: BTreeMap<StreamName, StreamInfo>,
     /// Whether stdin is still open.
     pub stdin_open: bool,
     /// Datagrams waiting on the data channel.
     pub datagrams: usize,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: u64,
-    /// Start of the current run.
+    /// When the current (or last) run started, milliseconds since the Unix epoch.
     pub started_ms: u64,
-    /// End of the last run.
+    /// When the last run ended (`None` while it runs).
     pub ended_ms: Option<u64>,
 }
 
@@ -177,21 +188,21 @@ pub struct TaskInfo {
 pub enum Event {
     /// New output is available on `stream` up to `limit` (coalesced).
     Output {
-        /// The stream.
+        /// Which stream grew.
         stream: StreamName,
-        /// Its limit.
+        /// The offset just past the newest byte.
         limit: u64,
     },
     /// The stream's pipe closed.
     EndOfStream {
-        /// The stream.
+        /// Which stream ended.
         stream: StreamName,
         /// Its final limit for this run.
         limit: u64,
     },
     /// The task ended.
     Exit {
-        /// How.
+        /// How it ended.
         status: Status,
     },
     /// The task was restarted.
@@ -208,7 +219,7 @@ pub enum Response {
     Hello {
         /// The supervisor's [`PROTOCOL_VERSION`].
         version: u32,
-        /// Its task.
+        /// The id of the task it supervises.
         task: String,
     },
     /// Done.
@@ -217,7 +228,7 @@ pub enum Response {
     Info(Box<TaskInfo>),
     /// Output bytes; the next frame holds `len` raw bytes.
     Data {
-        /// The stream.
+        /// Which stream the bytes are from.
         stream: StreamName,
         /// Offset of the first byte (above the requested one if those bytes were dropped).
         offset: u64,
@@ -241,9 +252,9 @@ pub enum Response {
     Event(Event),
     /// The request was refused.
     Error {
-        /// Why.
+        /// Why, for a program to act on.
         kind: RefusalKind,
-        /// In words.
+        /// Why, in words for a person.
         message: String,
     },
 }
@@ -266,7 +277,7 @@ mod tests {
                 wait: true,
             },
             Request::Signal { signal: procyard_core::Signal::HUP },
-            Request::Write { data: vec![0, 255, b'\n'] },
+            Request::Write { len: 3 },
             Request::Delete,
         ];
         for r in requests {
@@ -292,8 +303,12 @@ mod tests {
 
     #[test]
     fn stream_names() {
-        assert_eq!("1".parse::<StreamName>(), Ok(StreamName::Stdout));
-        assert_eq!("stderr".parse::<StreamName>(), Ok(StreamName::Stderr));
-        assert!("data".parse::<StreamName>().is_err());
+        assert!(matches!("1".parse::<StreamName>(), Ok(StreamName::Stdout)));
+        assert!(matches!("stderr".parse::<StreamName>(), Ok(StreamName::Stderr)));
+        assert!(matches!("data".parse::<StreamName>(), Err(Error::UnknownStream { .. })));
+        let info = StreamInfo { start: 0, limit: 1, consumed: 0, eof: false };
+        let streams = BTreeMap::from([(StreamName::Stdout, info)]);
+        let text = serde_json::to_string(&streams).unwrap();
+        assert!(text.starts_with(r#"{"stdout":"#), "{text}");
     }
 }

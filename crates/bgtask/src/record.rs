@@ -1,71 +1,17 @@
 //! `<id>.json`: what a supervisor writes about its task, read by `list` without connecting,
 //! and the filters `list`/`search` apply.
 
-use std::collections::BTreeMap;
-use std::fmt;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
 
-use procyard_core::{ProcessIdentity, Signal, owner, state_file};
+use procyard_core::{Pid, ProcessIdentity, owner, state_file};
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Meta;
+use crate::layout::{TaskPaths, valid_id};
+use crate::meta::{Meta, meta_matches};
+use crate::status::{Status, StatusKind};
 use crate::{Error, Result};
-
-/// A task's status.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum Status {
-    /// Running.
-    Running,
-    /// Stopped by [`Task::pause`](crate::Task::pause).
-    Paused,
-    /// Exited with a code.
-    Exited {
-        /// The exit code.
-        code: u8,
-    },
-    /// Killed by a signal.
-    Signaled {
-        /// The signal.
-        signal: Signal,
-    },
-    /// The supervisor is gone (its output went with it unless logged).
-    Lost,
-}
-
-impl Status {
-    /// The state's name: `running`, `paused`, `exited`, `signaled`, `lost`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Exited { .. } => "exited",
-            Status::Signaled { .. } => "signaled",
-            Status::Lost => "lost",
-        }
-    }
-
-    /// Whether the task's process is alive (running or paused).
-    pub fn is_alive(&self) -> bool {
-        matches!(self, Status::Running | Status::Paused)
-    }
-
-    /// Whether the task ended (exited or signaled).
-    pub fn is_finished(&self) -> bool {
-        matches!(self, Status::Exited { .. } | Status::Signaled { .. })
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Status::Exited { code } => write!(f, "exited({code})"),
-            Status::Signaled { signal } => write!(f, "signaled({signal})"),
-            other => f.write_str(other.name()),
-        }
-    }
-}
 
 /// The content of `<id>.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,10 +29,10 @@ pub struct TaskRecord {
     /// The status the supervisor last wrote (`list` turns it into `lost` when the supervisor
     /// is gone).
     pub status: Status,
-    /// The supervisor.
+    /// Who the supervisor is (pid, start time, boot): tells a live one from a recycled pid.
     pub supervisor: ProcessIdentity,
     /// The task's pid while it runs.
-    pub pid: Option<i32>,
+    pub pid: Option<Pid>,
     /// The task's process (pid + start time) while it runs: what lets a client stop the task
     /// of a lost supervisor without ever signalling a recycled pid. Kept as last written when
     /// the supervisor is lost; checked against `/proc` before any use.
@@ -95,14 +41,14 @@ pub struct TaskRecord {
     /// The session the supervisor runs its tasks in: a lost task's process must still be in
     /// it (or lead a session of its own) to be recognised as the task.
     #[serde(default)]
-    pub session: Option<i32>,
-    /// Restart count.
+    pub session: Option<Pid>,
+    /// How many times the task was restarted.
     pub restarts: u32,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: u64,
-    /// Start of the current run.
+    /// When the current (or last) run started, milliseconds since the Unix epoch.
     pub started_ms: u64,
-    /// End of the last run.
+    /// When the last run ended (`None` while it runs).
     pub ended_ms: Option<u64>,
     /// Whether output is also logged to `<id>.stdout.log` / `<id>.stderr.log`.
     pub log: bool,
@@ -129,11 +75,55 @@ pub(crate) fn read_owned_record(path: &Path) -> Result<Option<TaskRecord>> {
     })
 }
 
+/// The record of task `id` in pool `dir`, with `lost` computed.
+pub(crate) fn read_record(dir: &Path, id: &str) -> Result<TaskRecord> {
+    if !valid_id(id) {
+        return Err(Error::InvalidId { id: id.to_owned() });
+    }
+    match read_owned_record(&TaskPaths::new(dir, id).record())? {
+        Some(r) if r.id == id => Ok(Liveness::default().apply(r)),
+        _ => Err(Error::NoSuchTask { id: id.to_owned() }),
+    }
+}
+
+/// Marks records whose supervisor is no longer running `lost`, asking `/proc` once per
+/// supervisor ([`ProcessIdentity::is_running`]: pid, start time and boot must match).
+#[derive(Debug, Default)]
+pub(crate) struct Liveness {
+    known: HashMap<ProcessIdentity, bool>,
+}
+
+impl Liveness {
+    pub(crate) fn apply(&mut self, mut record: TaskRecord) -> TaskRecord {
+        let running = match self.known.get(&record.supervisor) {
+            Some(running) => *running,
+            None => {
+                let running = record.supervisor.is_running().unwrap_or(false);
+                self.known.insert(record.supervisor.clone(), running);
+                running
+            }
+        };
+        if !running {
+            record.status = Status::Lost;
+            record.pid = None;
+        }
+        record
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Which tasks `list`/`search` return: every condition must hold.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
-    /// Status names accepted (`running`, `paused`, `exited`, `signaled`, `lost`); empty = any.
-    pub statuses: Vec<String>,
+    /// The kinds of status accepted; empty = any.
+    pub statuses: Vec<StatusKind>,
     /// Metadata subset: each key must be present with an equal value (arrays and objects are
     /// compared whole).
     pub meta: Meta,
@@ -146,8 +136,8 @@ impl Filter {
     }
 
     /// Accepts tasks in this status (may be called several times: any of them).
-    pub fn status(mut self, status: &str) -> Filter {
-        self.statuses.push(status.to_owned());
+    pub fn status(mut self, status: StatusKind) -> Filter {
+        self.statuses.push(status);
         self
     }
 
@@ -159,25 +149,9 @@ impl Filter {
 
     /// Whether a task with this status and metadata passes.
     pub fn matches(&self, status: &Status, meta: &Meta) -> bool {
-        (self.statuses.is_empty() || self.statuses.iter().any(|s| s == status.name()))
+        (self.statuses.is_empty() || self.statuses.contains(&status.kind()))
             && meta_matches(&self.meta, meta)
     }
-}
-
-/// Subset match: every key of `wanted` is in `meta` with an equal value. Arrays are compared
-/// element by element over their whole length (the seed skipped the last element).
-pub fn meta_matches(wanted: &Meta, meta: &Meta) -> bool {
-    wanted.iter().all(|(k, v)| meta.get(k) == Some(v))
-}
-
-/// Parses a `K=V` metadata argument: `V` is taken as JSON when it parses, else as a string.
-pub fn parse_meta_arg(arg: &str) -> Option<(String, serde_json::Value)> {
-    let (k, v) = arg.split_once('=')?;
-    if k.is_empty() {
-        return None;
-    }
-    let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
-    Some((k.to_owned(), value))
 }
 
 #[cfg(test)]
@@ -185,45 +159,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn meta(v: serde_json::Value) -> Meta {
-        v.as_object().cloned().unwrap_or_default()
-    }
-
-    #[test]
-    fn arrays_compare_whole() {
-        let task = meta(json!({"tags": ["a", "b", "c"], "name": "x"}));
-        assert!(meta_matches(&meta(json!({"tags": ["a", "b", "c"]})), &task));
-        assert!(!meta_matches(&meta(json!({"tags": ["a", "b", "d"]})), &task));
-        assert!(!meta_matches(&meta(json!({"tags": ["a", "b"]})), &task));
-        assert!(!meta_matches(&meta(json!({"tags": ["a", "b", "c", "d"]})), &task));
-        assert!(meta_matches(&meta(json!({})), &task));
-        assert!(!meta_matches(&meta(json!({"missing": 1})), &task));
-    }
-
     #[test]
     fn filter_status_and_meta() {
-        let m = meta(json!({"name": "Hello World"}));
-        let f = Filter::new().status("running").meta("name", json!("Hello World"));
+        let m = json!({"name": "Hello World"}).as_object().cloned().unwrap_or_default();
+        let f = Filter::new().status(StatusKind::Running).meta("name", json!("Hello World"));
         assert!(f.matches(&Status::Running, &m));
         assert!(!f.matches(&Status::Paused, &m));
         assert!(!f.matches(&Status::Running, &Meta::new()));
         assert!(Filter::new().matches(&Status::Lost, &m));
-    }
-
-    #[test]
-    fn meta_args() {
-        assert_eq!(parse_meta_arg("a=1"), Some(("a".into(), json!(1))));
-        assert_eq!(parse_meta_arg("a=hi there"), Some(("a".into(), json!("hi there"))));
-        assert_eq!(parse_meta_arg("t=[1,2]"), Some(("t".into(), json!([1, 2]))));
-        assert_eq!(parse_meta_arg("=x"), None);
-        assert_eq!(parse_meta_arg("novalue"), None);
-    }
-
-    #[test]
-    fn status_serde_shape() {
-        let s = Status::Signaled { signal: Signal::TERM };
-        let j = serde_json::to_string(&s).unwrap();
-        assert_eq!(j, r#"{"state":"signaled","signal":"SIGTERM"}"#);
-        assert_eq!(serde_json::from_str::<Status>(&j).unwrap(), s);
     }
 }

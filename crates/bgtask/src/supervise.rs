@@ -7,9 +7,9 @@ use std::path::Path;
 
 use procyard_core::frame;
 
-use crate::pool::{
-    SUPERVISOR_BIN, SuperviseReply, SuperviseRequest, TaskPool, check_options, valid_id,
-};
+use crate::layout::{SUPERVISOR_BIN, valid_id};
+use crate::options::check_options;
+use crate::pool::{SuperviseReply, SuperviseRequest, TaskPool};
 use crate::{Error, Result};
 
 /// Checks a request read by the hidden supervisor entry point before anything acts on it:
@@ -55,11 +55,11 @@ pub fn supervise_from_stdio() -> i32 {
             match started {
                 Ok(()) => (SuperviseReply { error: None }, 0),
                 Err(Error::Spawn { message, .. }) => (SuperviseReply { error: Some(message) }, 1),
-                Err(e) => (SuperviseReply { error: Some(crate::error_chain(&e)) }, 1),
+                Err(e) => (SuperviseReply { error: Some(procyard_core::report(&e)) }, 1),
             }
         }
         Err(e) => {
-            let message = crate::error_chain(&e);
+            let message = procyard_core::report(&e);
             let program = std::env::args().next().unwrap_or_default();
             let program = Path::new(&program)
                 .file_name()

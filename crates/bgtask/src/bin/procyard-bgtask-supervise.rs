@@ -17,5 +17,5 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    ExitCode::from(procyard_bgtask::supervise_from_stdio() as u8)
+    ExitCode::from(procyard_bgtask::__private::supervise_from_stdio() as u8)
 }

@@ -14,10 +14,13 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
+use procyard_core::event::retry_interrupted;
 use procyard_core::{Deadline, FrameDecoder, frame};
 
-use super::{Client, HELLO_TIMEOUT, MAX_REQUEST, Response, Supervisor};
+use super::connection::Client;
+use super::{HELLO_TIMEOUT, Supervisor};
 use crate::RefusalKind;
+use crate::protocol::{MAX_REQUEST, Response};
 
 /// Most connections served at once.
 pub(super) const MAX_CLIENTS: usize = 128;
@@ -78,10 +81,9 @@ pub(super) fn idle_deadline(slot: &Slot) -> Option<Instant> {
 impl Supervisor {
     pub(super) fn accept(&mut self) {
         loop {
-            let (mut stream, _) = match self.listener.accept() {
+            let (mut stream, _) = match retry_interrupted(|| self.listener.accept()) {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     return;
@@ -90,8 +92,8 @@ impl Supervisor {
             let uid = rustix::net::sockopt::socket_peercred(&stream).ok().map(|c| c.uid);
             let allowed = uid.is_some_and(|uid| uid.is_root() || uid.as_raw() == self.owner);
             let uid = uid.map_or(u32::MAX, |uid| uid.as_raw());
-            let admission = if allowed && self.deleting.is_none() {
-                let slots: Vec<_> = self.clients.iter().map(|(t, c)| c.slot(*t)).collect();
+            let admission = if allowed && !self.state.is_deleting() {
+                let slots: Vec<_> = self.clients.iter().map(|(t, c)| self.slot(*t, c)).collect();
                 admit(&slots, uid)
             } else {
                 Admission::Refuse
@@ -101,6 +103,7 @@ impl Supervisor {
             {
                 tracing::debug!("closing an idle connection to make room");
                 let _ = self.poll.registry().deregister(&mut c.stream);
+                self.emit(super::state::Event::ClientGone { client: victim });
             }
             if admission == Admission::Refuse {
                 let message = if allowed { "supervisor busy" } else { "permission denied" };
@@ -136,10 +139,7 @@ impl Supervisor {
                     readable: true,
                     hello: false,
                     hello_deadline: Deadline::after(HELLO_TIMEOUT),
-                    subscribed: false,
-                    parked: None,
-                    waiting_stdin: false,
-                    dirty: [false; 2],
+                    raw_write: None,
                     closing: false,
                     dead: false,
                     uid,

@@ -5,12 +5,13 @@ use std::time::Instant;
 
 use mio::Token;
 use mio::net::UnixStream;
+use procyard_core::event::retry_interrupted;
 use procyard_core::{Deadline, FrameDecoder, frame};
 
 use super::OUT_HIGH;
 use super::admission::Slot;
 use crate::RefusalKind;
-use crate::protocol::{Request, Response};
+use crate::protocol::Response;
 
 pub(super) struct Client {
     pub(super) stream: UnixStream,
@@ -20,13 +21,8 @@ pub(super) struct Client {
     pub(super) readable: bool,
     pub(super) hello: bool,
     pub(super) hello_deadline: Deadline,
-    pub(super) subscribed: bool,
-    /// A read waiting for output.
-    pub(super) parked: Option<Request>,
-    /// An `Ok` owed once stdin drains below its cap.
-    pub(super) waiting_stdin: bool,
-    /// Output events owed to a subscriber (coalesced), per stream.
-    pub(super) dirty: [bool; 2],
+    /// The length of the raw frame expected next: the bytes of a stdin write.
+    pub(super) raw_write: Option<u64>,
     /// Close once `out` is flushed.
     pub(super) closing: bool,
     pub(super) dead: bool,
@@ -37,20 +33,16 @@ pub(super) struct Client {
 }
 
 impl Client {
-    /// What the admission sees of it.
-    pub(super) fn slot(&self, token: Token) -> Slot {
+    /// What the admission sees of it; `busy`: the supervisor owes it an answer (a parked
+    /// read, room for its stdin bytes).
+    pub(super) fn slot(&self, token: Token, busy: bool, subscribed: bool) -> Slot {
         let idle = !self.dead
             && !self.readable
-            && self.parked.is_none()
-            && !self.waiting_stdin
+            && !busy
+            && self.raw_write.is_none()
             && self.pending() == 0
             && self.decoder.buffered() == 0;
-        Slot {
-            token,
-            uid: self.uid,
-            idle_since: idle.then_some(self.last_active),
-            subscribed: self.subscribed,
-        }
+        Slot { token, uid: self.uid, idle_since: idle.then_some(self.last_active), subscribed }
     }
 
     pub(super) fn pending(&self) -> usize {
@@ -73,14 +65,13 @@ impl Client {
 
     pub(super) fn flush(&mut self) {
         while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
+            match retry_interrupted(|| self.stream.write(&self.out[self.out_pos..])) {
                 Ok(0) => {
                     self.dead = true;
                     return;
                 }
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.dead = true;
                     return;
@@ -107,7 +98,7 @@ impl Client {
             while !self.dead && (!a.is_empty() || !b.is_empty()) {
                 let head = &self.out[self.out_pos..];
                 let iov = [io::IoSlice::new(head), io::IoSlice::new(a), io::IoSlice::new(b)];
-                match self.stream.write_vectored(&iov) {
+                match retry_interrupted(|| self.stream.write_vectored(&iov)) {
                     Ok(0) => self.dead = true,
                     Ok(mut n) => {
                         let from_head = n.min(head.len());
@@ -117,7 +108,6 @@ impl Client {
                         a = &a[from_a..];
                         b = &b[n - from_a..];
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => self.dead = true,
                 }
@@ -133,18 +123,13 @@ impl Client {
         }
     }
 
-    pub(super) fn can_process(&self) -> bool {
-        !self.dead
-            && !self.closing
-            && self.parked.is_none()
-            && !self.waiting_stdin
-            && self.pending() < OUT_HIGH
+    /// Whether its next request may be read (`busy`: it waits for an answer).
+    pub(super) fn can_process(&self, busy: bool) -> bool {
+        !self.dead && !self.closing && !busy && self.pending() < OUT_HIGH
     }
-}
 
-impl Client {
     /// Flushes with a deadline, blocking (used only on the way out).
-    pub(super) fn stream_blocking_flush(&mut self, deadline: Deadline) -> io::Result<()> {
+    pub(super) fn blocking_flush(&mut self, deadline: Deadline) {
         while self.pending() > 0 && !self.dead && !deadline.is_expired() {
             self.flush();
             if self.pending() > 0 {
@@ -158,6 +143,5 @@ impl Client {
                 let _ = rustix::event::poll(&mut fds, Some(&ts));
             }
         }
-        Ok(())
     }
 }

@@ -12,7 +12,11 @@ use std::mem::MaybeUninit;
 
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
-use super::{MAX_DATAGRAM, MAX_DATAGRAMS, Supervisor, merge_meta};
+use super::Supervisor;
+use super::state::Event;
+
+/// Longest datagram kept whole (longer ones are cut).
+const MAX_DATAGRAM: usize = 64 * 1024;
 
 /// Whether a datagram from `sender` (its uid, if it came with credentials) is heard by the
 /// supervisor of a pool owned by `owner`.
@@ -22,7 +26,7 @@ fn sender_allowed(sender: Option<u32>, owner: u32) -> bool {
 
 impl Supervisor {
     pub(super) fn receive_datagrams(&mut self) {
-        let mut meta_changed = false;
+        let mut received = Vec::new();
         let mut dropped = 0usize;
         loop {
             // Each datagram gets a buffer of its own size (peeked), none is kept in between.
@@ -35,13 +39,13 @@ impl Supervisor {
             let mut buf = vec![0u8; size.min(MAX_DATAGRAM)];
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
-            let received = rustix::net::recvmsg(
+            let got = rustix::net::recvmsg(
                 &self.data,
                 &mut [IoSliceMut::new(&mut buf)],
                 &mut control,
                 RecvFlags::CMSG_CLOEXEC,
             );
-            let n = match received {
+            let n = match got {
                 Ok(msg) => msg.bytes.min(buf.len()),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => break,
@@ -59,26 +63,16 @@ impl Supervisor {
             let value: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&buf[..n]).into_owned())
             });
-            if let Some(meta) = value.get("apply_meta").and_then(|m| m.as_object())
-                && value.as_object().is_some_and(|o| o.len() == 1)
-            {
-                merge_meta(&mut self.meta, meta);
-                meta_changed = true;
-                continue;
-            }
-            if self.datagrams.len() >= MAX_DATAGRAMS {
-                self.datagrams.pop_front();
-            }
-            self.datagrams.push_back(value);
+            received.push(value);
         }
         if dropped > 0 {
             tracing::warn!(
                 "task {}: ignored {dropped} datagram(s) from users other than the pool owner",
-                self.id
+                self.state.task.id
             );
         }
-        if meta_changed {
-            self.save();
+        if !received.is_empty() {
+            self.emit(Event::Datagrams(received));
         }
     }
 }

@@ -22,9 +22,9 @@ fn reaped(ident: &ProcessIdentity) -> bool {
 /// SIGKILLs the task's supervisor (identity checked) and waits until the task reads as lost.
 fn kill_supervisor(sb: &Sandbox, task: &mut Task) {
     let sup = task.info().unwrap().supervisor_pid;
-    let sup = ProcessIdentity::of(Pid::from_raw(sup).unwrap()).unwrap().expect("supervisor");
+    let sup = ProcessIdentity::of(sup).unwrap().expect("supervisor");
     procyard_core::kill_process(sup.pid, Signal::KILL).unwrap();
-    wait_until("the supervisor to die", || !sup.is_running().unwrap());
+    wait_for("the supervisor to die", WAIT, || !sup.is_running().unwrap());
     assert_eq!(sb.pool.record(task.id()).unwrap().status, Status::Lost);
     task.disconnect();
 }
@@ -32,7 +32,7 @@ fn kill_supervisor(sb: &Sandbox, task: &mut Task) {
 /// The task's leader and every process of its group, once `ready` was printed.
 fn task_group(task: &mut Task, ready: &str) -> (ProcessIdentity, Vec<ProcessIdentity>) {
     wait_for_output(task, StreamName::Stdout, ready);
-    let pid = Pid::from_raw(task.info().unwrap().pid.unwrap()).unwrap();
+    let pid = task.info().unwrap().pid.unwrap();
     let leader = ProcessIdentity::of(pid).unwrap().expect("task alive");
     let members = group_members(pid.as_raw());
     assert!(members.len() >= 2, "the task's group: {members:?}");
@@ -80,7 +80,7 @@ fn bgtask_hardening_lost_supervisor_kill_signals_group() {
     // Before: "the supervisor is not running", nothing signalled. Now: TERM to the group.
     sb.cli_ok(&["kill", task.id(), "--signal", "TERM"]);
     for m in &members {
-        wait_until("the lost task's group to end", || !m.is_running().unwrap());
+        wait_for("the lost task's group to end", WAIT, || !m.is_running().unwrap());
     }
     // Once it is gone, there is nothing left to signal.
     let out = sb.cli(&["kill", task.id()]);
@@ -98,7 +98,7 @@ fn bgtask_hardening_setsid_grandchild_stopped() {
         let pid: i32 = out.trim().strip_prefix("escapee ").unwrap().parse().unwrap();
         let pid = Pid::from_raw(pid).unwrap();
         // It really escaped: a session (and group) of its own.
-        wait_until("the escapee's setsid", || {
+        wait_for("the escapee's setsid", WAIT, || {
             ProcStat::read(pid).unwrap().is_some_and(|st| st.sid == pid.as_raw())
         });
         ProcessIdentity::of(pid).unwrap().expect("escapee alive")
@@ -107,9 +107,9 @@ fn bgtask_hardening_setsid_grandchild_stopped() {
     // supervisor, which stops it and reaps it.
     let mut killed = sb.spawn(sh("setsid sleep 300 & echo \"escapee $!\"; wait"));
     let escapee = escapee_of(&mut killed);
-    killed.kill(Signal::TERM).unwrap();
+    killed.signal(Signal::TERM).unwrap();
     wait_exit(&killed);
-    wait_until("the escapee of a killed task to be stopped and reaped", || reaped(&escapee));
+    wait_for("the escapee of a killed task to be stopped and reaped", WAIT, || reaped(&escapee));
     killed.delete().unwrap();
 
     // Ended on its own: what it left running is stopped with it.
@@ -117,7 +117,7 @@ fn bgtask_hardening_setsid_grandchild_stopped() {
     let escapee = escapee_of(&mut ended);
     ended.write(b"bye\n").unwrap();
     assert_eq!(wait_exit(&ended), Status::Exited { code: 0 });
-    wait_until("the escapee of an ended task to be stopped and reaped", || reaped(&escapee));
+    wait_for("the escapee of an ended task to be stopped and reaped", WAIT, || reaped(&escapee));
     ended.delete().unwrap();
 
     // Orphaned at once (its parent, a subshell, exits): paused and resumed with the task,
@@ -125,15 +125,15 @@ fn bgtask_hardening_setsid_grandchild_stopped() {
     let mut deleted = sb.spawn(sh("(setsid sleep 300 & echo \"escapee $!\"); sleep 300"));
     let escapee = escapee_of(&mut deleted);
     let sup = deleted.info().unwrap().supervisor_pid;
-    wait_until("the escapee to be adopted by the supervisor", || {
-        ProcStat::read(escapee.pid).unwrap().is_some_and(|st| st.ppid == sup)
+    wait_for("the escapee to be adopted by the supervisor", WAIT, || {
+        ProcStat::read(escapee.pid).unwrap().is_some_and(|st| st.ppid == sup.as_raw())
     });
     deleted.pause().unwrap();
-    wait_until("the escapee to be paused", || {
+    wait_for("the escapee to be paused", WAIT, || {
         ProcStat::read(escapee.pid).unwrap().is_some_and(|st| st.is_stopped())
     });
     deleted.resume().unwrap();
-    wait_until("the escapee to be resumed", || {
+    wait_for("the escapee to be resumed", WAIT, || {
         ProcStat::read(escapee.pid).unwrap().is_some_and(|st| !st.is_stopped())
     });
     deleted.delete().unwrap();
@@ -240,14 +240,14 @@ fn bgtask_hardening_datagram_from_other_uid_ignored() {
     send(true, &["task-send", "from nobody"]);
     // The owner's datagram comes after: once it is applied, nobody's were handled.
     send(false, &["task-meta", "marker=1"]);
-    wait_until("the owner's datagram", || task.info().unwrap().meta.get("marker").is_some());
+    wait_for("the owner's datagram", WAIT, || task.info().unwrap().meta.get("marker").is_some());
     let info = task.info().unwrap();
     assert_eq!(info.meta.get("owner"), Some(&json!("me")), "another uid rewrote the metadata");
     assert_eq!(info.datagrams, 0, "{:?}", task.read_data(false).unwrap());
     assert_eq!(sb.pool.record(task.id()).unwrap().meta.get("owner"), Some(&json!("me")));
     // The owner is still heard.
     send(false, &["task-send", "from me"]);
-    wait_until("the owner's message", || task.info().unwrap().datagrams == 1);
+    wait_for("the owner's message", WAIT, || task.info().unwrap().datagrams == 1);
     assert_eq!(task.read_data(true).unwrap(), [json!("from me")]);
     task.delete().unwrap();
 }
@@ -257,7 +257,9 @@ fn greeted(task: &Task) -> UnixStream {
     let mut s = raw_connect(task);
     raw_frame(
         &mut s,
-        json!({"request": "hello", "version": 1, "task": task.id()}).to_string().as_bytes(),
+        json!({"request": "hello", "version": PROTOCOL_VERSION, "task": task.id()})
+            .to_string()
+            .as_bytes(),
     );
     assert_eq!(raw_response(&mut s)["response"], "hello");
     s
@@ -315,7 +317,8 @@ fn bgtask_hardening_unknown_protocol_version_refused() {
     let sb = Sandbox::new();
     let task = sb.spawn(sh("sleep 300"));
     // Before: answered "hello v1" as if the version were fine.
-    for version in [0, 2, u32::MAX] {
+    // Version 1 (stdin bytes as a JSON array of numbers) is refused like any other.
+    for version in [0, 1, PROTOCOL_VERSION + 1, u32::MAX] {
         let mut s = raw_connect(&task);
         let hello = json!({"request": "hello", "version": version, "task": task.id()});
         raw_frame(&mut s, hello.to_string().as_bytes());
@@ -331,7 +334,9 @@ fn bgtask_hardening_unknown_protocol_version_refused() {
     let mut s = raw_connect(&task);
     raw_frame(
         &mut s,
-        json!({"request": "hello", "version": 1, "task": "other"}).to_string().as_bytes(),
+        json!({"request": "hello", "version": PROTOCOL_VERSION, "task": "other"})
+            .to_string()
+            .as_bytes(),
     );
     assert_eq!(raw_response(&mut s)["kind"], "bad_request");
     // The client side: a supervisor speaking another version, or refusing ours, is a typed
@@ -340,13 +345,13 @@ fn bgtask_hardening_unknown_protocol_version_refused() {
     let listener = std::os::unix::net::UnixListener::bind(&fake_sock).unwrap();
     let server = std::thread::spawn(move || {
         let answers = [
-            json!({"response": "hello", "version": 2, "task": "fake"}),
-            json!({"response": "error", "kind": "unsupported_version", "message": "no v1 here"}),
+            json!({"response": "hello", "version": PROTOCOL_VERSION + 1, "task": "fake"}),
+            json!({"response": "error", "kind": "unsupported_version", "message": "not ours"}),
         ];
         for answer in answers {
             let (mut conn, _) = listener.accept().unwrap();
             let hello: serde_json::Value = raw_response(&mut conn);
-            assert_eq!(hello["version"], 1);
+            assert_eq!(hello["version"], PROTOCOL_VERSION);
             raw_frame(&mut conn, answer.to_string().as_bytes());
         }
     });

@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use procyard_bgtask::protocol::PROTOCOL_VERSION;
 use procyard_bgtask::{
-    DEFAULT_RETAIN, Error, Event, Filter, Launch, RefusalKind, SpawnOptions, Status, StreamName,
-    Task, TaskPool, TaskRecord,
+    DEFAULT_RETAIN, Error, Event, Filter, Launch, ReadOptions, RefusalKind, SpawnOptions, Status,
+    StatusKind, StreamName, Task, TaskPool, TaskRecord,
 };
+use procyard_core::testkit::{self, wait_for};
 use procyard_core::{Deadline, Pid, ProcStat, ProcessIdentity, Signal};
 use serde_json::json;
 
@@ -20,23 +22,24 @@ mod hardening;
 const BIN: &str = env!("CARGO_BIN_EXE_procyard-bgtask");
 const SUPERVISE_BIN: &str = env!("CARGO_BIN_EXE_procyard-bgtask-supervise");
 
-/// A temporary pool whose tasks are all deleted (and supervisors killed) on drop.
+/// A temporary pool (in core's test sandbox, whose watchdog ends a hung test) whose tasks
+/// are all deleted (and supervisors killed) on drop.
 struct Sandbox {
-    _root: tempfile::TempDir,
+    dir: testkit::Sandbox,
     pool_dir: PathBuf,
     pool: TaskPool,
 }
 
 impl Sandbox {
     fn new() -> Sandbox {
-        let root = tempfile::tempdir().unwrap();
-        let pool_dir = root.path().join("pool");
+        let dir = testkit::Sandbox::new("bgtask", Duration::from_secs(300));
+        let pool_dir = dir.join("pool");
         let pool = TaskPool::open(&pool_dir).unwrap().supervisor_binary(BIN);
-        Sandbox { _root: root, pool_dir, pool }
+        Sandbox { dir, pool_dir, pool }
     }
 
     fn root(&self) -> &Path {
-        self._root.path()
+        self.dir.path()
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -99,7 +102,10 @@ fn read_until_final(task: &mut Task, stream: StreamName) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         assert!(!deadline.is_expired(), "{stream:?} not final after {} bytes", out.len());
-        let chunk = task.stream(stream).read_request(Some(at), 1 << 20, false, true).unwrap();
+        let chunk = task
+            .stream(stream)
+            .read_with(ReadOptions::new().offset(at).count(1 << 20).wait(true))
+            .unwrap();
         out.extend_from_slice(&chunk.data);
         at = chunk.end();
         if chunk.is_final() {
@@ -116,7 +122,10 @@ fn wait_for_output(task: &mut Task, stream: StreamName, needle: &str) -> String 
     let mut out = Vec::new();
     while !String::from_utf8_lossy(&out).contains(needle) {
         assert!(!deadline.is_expired(), "no {needle:?} in {:?}", String::from_utf8_lossy(&out));
-        let chunk = task.stream(stream).read_request(Some(at), 1 << 20, false, true).unwrap();
+        let chunk = task
+            .stream(stream)
+            .read_with(ReadOptions::new().offset(at).count(1 << 20).wait(true))
+            .unwrap();
         out.extend_from_slice(&chunk.data);
         at = chunk.end();
         assert!(
@@ -158,13 +167,8 @@ impl CloneOf for Task {
     }
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Deadline::after(Duration::from_secs(20));
-    while !cond() {
-        assert!(!deadline.is_expired(), "timed out waiting for {what}");
-        std::thread::yield_now();
-    }
-}
+/// How long a test waits for what it observes from outside (a process table, a file).
+const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn bgtask_seed_example_end_to_end() {
@@ -186,7 +190,7 @@ fn bgtask_seed_example_end_to_end() {
         // The stderr line comes after the stdout one: have it before the task is paused below
         // (a paused task writes nothing, and a waiting read would wait for good).
         wait_for_output(&mut task, StreamName::Stderr, "Hello World\n");
-        wait_until("self-applied meta", || {
+        wait_for("self-applied meta", WAIT, || {
             task.info().unwrap().meta.get("purpose") == Some(&json!("World Domination"))
         });
         ids.push(task.id().to_owned());
@@ -196,7 +200,7 @@ fn bgtask_seed_example_end_to_end() {
     wait_exit(&done);
     let running = sb
         .pool
-        .search(&Filter::new().status("running").meta("name", json!("Hello World")))
+        .search(&Filter::new().status(StatusKind::Running).meta("name", json!("Hello World")))
         .unwrap();
     let mut found: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
     found.sort();
@@ -211,7 +215,7 @@ fn bgtask_seed_example_end_to_end() {
         meta.insert("note".into(), json!(format!("Paused by {me}")));
         task.apply_meta(meta).unwrap();
     }
-    let paused = sb.pool.list(&Filter::new().status("paused")).unwrap();
+    let paused = sb.pool.list(&Filter::new().status(StatusKind::Paused)).unwrap();
     assert_eq!(paused.len(), 2);
     assert!(paused.iter().all(|r| r.meta["note"] == json!(format!("Paused by {me}"))));
     assert!(paused.iter().any(|r| r.meta["target"] == json!("mars")));
@@ -259,7 +263,7 @@ fn bgtask_retain_cap_and_offsets_across_restart() {
     read_until_final(&mut task, StreamName::Stdout);
     let info = task.info().unwrap();
     assert_eq!(info.restarts, 1);
-    let out = info.streams["stdout"];
+    let out = info.streams[&StreamName::Stdout];
     assert_eq!((out.start, out.limit), (400, 500));
     let chunk = task.stream(StreamName::Stdout).peek(450, 1000).unwrap();
     assert_eq!((chunk.offset, chunk.data.len()), (450, 50));
@@ -291,10 +295,10 @@ fn bgtask_b1_outlives_spawner() {
     let mut task = sb.pool.task(&id).unwrap();
     let info = task.info().unwrap();
     assert_eq!(info.status, Status::Running);
-    let pid = Pid::from_raw(info.pid.unwrap()).unwrap();
+    let pid = info.pid.unwrap();
     let stat = ProcStat::read(pid).unwrap().expect("task alive");
     assert!(!stat.is_zombie());
-    let sup = ProcStat::read(Pid::from_raw(info.supervisor_pid).unwrap()).unwrap().unwrap();
+    let sup = ProcStat::read(info.supervisor_pid).unwrap().unwrap();
     assert_ne!(sup.sid as u32, shell.id(), "the supervisor has a session of its own");
     assert_eq!(stat.pgid, pid.as_raw(), "the task leads its own process group");
     assert_eq!(sb.pool.record(&id).unwrap().status, Status::Running);
@@ -307,9 +311,9 @@ fn bgtask_b2_delete_leaves_no_files() {
     let mut task = sb.spawn(sh("echo out; echo err >&2; sleep 300").log(true));
     wait_for_output(&mut task, StreamName::Stdout, "out");
     let info = task.info().unwrap();
-    let pid = Pid::from_raw(info.pid.unwrap()).unwrap();
+    let pid = info.pid.unwrap();
     let task_ident = ProcessIdentity::of(pid).unwrap().expect("task alive");
-    let sup = ProcessIdentity::of(Pid::from_raw(info.supervisor_pid).unwrap()).unwrap().unwrap();
+    let sup = ProcessIdentity::of(info.supervisor_pid).unwrap().unwrap();
     let id = task.id().to_owned();
     assert_eq!(
         sb.files(),
@@ -322,7 +326,7 @@ fn bgtask_b2_delete_leaves_no_files() {
     let stubborn = sb.spawn(sh("trap '' INT; echo ready; sleep 300"));
     let mut stubborn = stubborn;
     wait_for_output(&mut stubborn, StreamName::Stdout, "ready");
-    let stubborn_pid = Pid::from_raw(stubborn.info().unwrap().pid.unwrap()).unwrap();
+    let stubborn_pid = stubborn.info().unwrap().pid.unwrap();
     let stubborn_ident = ProcessIdentity::of(stubborn_pid).unwrap().expect("task alive");
     task.delete().unwrap();
     stubborn.delete().unwrap();
@@ -331,7 +335,7 @@ fn bgtask_b2_delete_leaves_no_files() {
     for ident in [task_ident, stubborn_ident] {
         assert!(!ident.is_running().unwrap(), "task {} survived", ident.pid);
     }
-    wait_until("the supervisor to exit", || !sup.is_running().unwrap());
+    wait_for("the supervisor to exit", WAIT, || !sup.is_running().unwrap());
 }
 
 fn as_nobody(args: &[&str]) -> Output {
@@ -382,7 +386,7 @@ fn bgtask_b4_kill_and_pause_after_exit_refused() {
     let sb = Sandbox::new();
     let mut task = sb.spawn(sh("exit 3"));
     assert_eq!(wait_exit(&task), Status::Exited { code: 3 });
-    for result in [task.kill(procyard_core::Signal::TERM), task.pause(), task.resume()] {
+    for result in [task.signal(procyard_core::Signal::TERM), task.pause(), task.resume()] {
         let err = result.unwrap_err();
         assert!(err.is_refusal(RefusalKind::NotRunning), "{err}");
     }
@@ -410,13 +414,13 @@ fn bgtask_b5_recycled_supervisor_pid_shows_lost() {
     record.process = Some(ProcessIdentity { start_time: me.start_time + 1, ..me.clone() });
     std::fs::write(sb.pool_dir.join("stale.json"), serde_json::to_vec(&record).unwrap()).unwrap();
     assert_eq!(sb.pool.record("stale").unwrap().status, Status::Lost);
-    let lost = sb.pool.list(&Filter::new().status("lost")).unwrap();
+    let lost = sb.pool.list(&Filter::new().status(StatusKind::Lost)).unwrap();
     assert_eq!(lost.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["stale"]);
     let listed = sb.cli_ok(&["list", "--json"]);
     let listed: Vec<TaskRecord> = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed.len(), 2);
     // Talking to it fails cleanly and signals nobody (this process is alive to tell).
-    let err = sb.pool.task("stale").unwrap().kill(procyard_core::Signal::KILL).unwrap_err();
+    let err = sb.pool.task("stale").unwrap().kill().unwrap_err();
     assert!(matches!(err, Error::SupervisorGone { .. }), "{err}");
     assert_eq!(sb.cli(&["pause", "stale"]).status.code(), Some(1));
     std::fs::remove_file(sb.pool_dir.join("stale.json")).unwrap();
@@ -504,7 +508,7 @@ fn bgtask_b8_subscriber_sees_end_of_stream_and_exit() {
     wait_exit(&big);
     let info = big.info().unwrap();
     assert_eq!(info.retain, DEFAULT_RETAIN);
-    let out = info.streams["stdout"];
+    let out = info.streams[&StreamName::Stdout];
     assert_eq!((out.start, out.limit), (3 * 1024 * 1024 - DEFAULT_RETAIN, 3 * 1024 * 1024));
     big.delete().unwrap();
 }
@@ -528,7 +532,8 @@ fn raw_response(stream: &mut UnixStream) -> serde_json::Value {
 fn bgtask_garbage_and_oversized_frames_refused() {
     let sb = Sandbox::new();
     let mut task = sb.spawn(sh("sleep 300"));
-    let hello = json!({"request": "hello", "version": 1, "task": task.id()}).to_string();
+    let hello =
+        json!({"request": "hello", "version": PROTOCOL_VERSION, "task": task.id()}).to_string();
     // A connection that never greets is closed after the hello timeout.
     let mut idle = raw_connect(&task);
     // Garbage before the handshake: refused, connection closed.
@@ -552,7 +557,9 @@ fn bgtask_garbage_and_oversized_frames_refused() {
     let mut s2 = raw_connect(&task);
     raw_frame(
         &mut s2,
-        json!({"request": "hello", "version": 1, "task": "other"}).to_string().as_bytes(),
+        json!({"request": "hello", "version": PROTOCOL_VERSION, "task": "other"})
+            .to_string()
+            .as_bytes(),
     );
     let refusal = raw_response(&mut s2);
     assert_eq!(refusal["kind"], "bad_request");
@@ -670,10 +677,10 @@ fn bgtask_b8_logged_output_survives_the_supervisor() {
     let mut task = sb.spawn(sh("echo logged; echo also >&2").log(true));
     wait_exit(&task);
     let info = task.info().unwrap();
-    let sup = ProcessIdentity::of(Pid::from_raw(info.supervisor_pid).unwrap()).unwrap().unwrap();
+    let sup = ProcessIdentity::of(info.supervisor_pid).unwrap().unwrap();
     // The supervisor dies hard (this test started it, and checked its identity just now).
     procyard_core::kill_process(sup.pid, Signal::KILL).unwrap();
-    wait_until("the supervisor to die", || !sup.is_running().unwrap());
+    wait_for("the supervisor to die", WAIT, || !sup.is_running().unwrap());
     assert_eq!(sb.pool.record(task.id()).unwrap().status, Status::Lost);
     let listed = sb.cli_ok(&["list", "--status", "lost"]);
     assert!(listed.contains(task.id()), "{listed}");
@@ -692,11 +699,11 @@ fn bgtask_supervisor_term_deletes_its_task() {
     let mut task = sb.spawn(sh("echo up; sleep 300"));
     wait_for_output(&mut task, StreamName::Stdout, "up");
     let info = task.info().unwrap();
-    let pid = Pid::from_raw(info.pid.unwrap()).unwrap();
+    let pid = info.pid.unwrap();
     let task_ident = ProcessIdentity::of(pid).unwrap().expect("task alive");
-    let sup = ProcessIdentity::of(Pid::from_raw(info.supervisor_pid).unwrap()).unwrap().unwrap();
+    let sup = ProcessIdentity::of(info.supervisor_pid).unwrap().unwrap();
     procyard_core::kill_process(sup.pid, Signal::TERM).unwrap();
-    wait_until("the supervisor to exit", || !sup.is_running().unwrap());
+    wait_for("the supervisor to exit", WAIT, || !sup.is_running().unwrap());
     assert!(sb.files().is_empty(), "{:?}", sb.files());
     // By identity: once reaped, a pid may name another process.
     assert!(!task_ident.is_running().unwrap(), "task {pid} survived");
@@ -773,7 +780,9 @@ fn bgtask_waiting_read_gives_up_at_the_timeout_and_the_task_stays_usable() {
     std::thread::spawn(move || {
         let mut task = pool.task(&id).unwrap();
         task.set_timeout(Some(Duration::from_millis(200)));
-        let silent = task.stream(StreamName::Stdout).read_request(Some(0), 10, false, true);
+        let silent = task
+            .stream(StreamName::Stdout)
+            .read_with(ReadOptions::new().offset(0).count(10).wait(true));
         // The connection is dropped on timeout; the next calls reconnect and work.
         let info = task.info();
         let _ = tx.send((silent, info, task));

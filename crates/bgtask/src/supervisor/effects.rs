@@ -1,0 +1,205 @@
+//! Performing the transition's [`Action`]s, and the byte paths: output pipes into the
+//! retained buffers, the stdin queue into the task's stdin.
+
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+use procyard_core::event::retry_interrupted;
+use procyard_core::{Deadline, report};
+
+use super::state::{Action, Event, stream_index};
+use super::{OUT_MAX, PIPE_SIZE, Supervisor};
+use crate::RefusalKind;
+use crate::protocol::{Response, StreamName};
+
+const STREAMS: [StreamName; 2] = [StreamName::Stdout, StreamName::Stderr];
+
+impl Supervisor {
+    pub(super) fn perform(&mut self, action: Action) {
+        match action {
+            Action::SignalTask { signal, reply } => {
+                let sent = match self.child.as_ref().filter(|c| c.exit().is_none()) {
+                    Some(child) => child.signal_group(signal).map_err(|e| report(&e)),
+                    None => Err("the task is not running".to_owned()),
+                };
+                if sent.is_ok() {
+                    // Escapees get what the task gets (they are stopped with it, paused with it).
+                    self.signal_escapees(&self.escapees(), signal);
+                }
+                if let Some(client) = reply {
+                    let response = match sent {
+                        Ok(()) => Response::Ok,
+                        Err(message) => Response::Error { kind: RefusalKind::Failed, message },
+                    };
+                    self.send(client, &response);
+                }
+            }
+            Action::SignalGroup(signal) => {
+                if let Some(child) = self.child.as_ref().filter(|c| c.exit().is_none()) {
+                    let _ = child.signal_group(signal);
+                }
+            }
+            Action::SignalEscapees(signal) => self.signal_escapees(&self.escapees(), signal),
+            Action::SignalSome(pids, signal) => self.signal_escapees(&pids, signal),
+            Action::Reap => self.reap(),
+            Action::CheckEscapees => {
+                procyard_core::subreaper::reap_adopted(&self.known_children());
+                let escapees = self.escapees();
+                self.emit(Event::Escapees(escapees));
+            }
+            Action::KillEscapees => self.kill_escapees(),
+            Action::ReleasePipes => {
+                // Whatever is left in the old pipes (held open by a grandchild) is collected.
+                for i in 0..2 {
+                    self.read_output(i);
+                    if let Some(mut rx) = self.pipes[i].rx.take() {
+                        let _ = self.poll.registry().deregister(&mut rx);
+                    }
+                }
+                self.child = None;
+            }
+            Action::Spawn => match self.spawn_child() {
+                Ok(pid) => self.emit(Event::Spawned { pid }),
+                Err(message) => self.emit(Event::SpawnFailed { message }),
+            },
+            Action::FlushStdin => {
+                let broken = self.flush_stdin();
+                self.emit(Event::StdinFlushed { broken });
+            }
+            Action::CloseStdin => {
+                if let Some(mut tx) = self.stdin.take() {
+                    let _ = self.poll.registry().deregister(&mut tx);
+                }
+            }
+            Action::Save => {
+                if let Err(e) = self.write_record() {
+                    tracing::warn!("cannot save the state of {}: {e}", self.state.task.id);
+                }
+            }
+            Action::Send(client, response) => self.send(client, &response),
+            Action::SendData { client, response, stream, at, len } => {
+                let Some(c) = self.clients.get_mut(&client) else { return };
+                c.send(&response);
+                // The raw frame, written straight from the retained bytes; only what the
+                // socket does not take now is copied.
+                c.out.extend_from_slice(&(len as u32).to_be_bytes());
+                let buf = &self.state.outputs[stream_index(stream)].buf;
+                let (a, b) = buf.slices(at, len as usize);
+                c.write_direct(a, b);
+                c.last_active = Instant::now();
+            }
+            Action::RemoveFiles => self.remove_files(),
+            Action::Finish => {
+                // Deliver the last answers (bounded: a few small frames per client).
+                let deadline = Deadline::after(Duration::from_secs(1));
+                for c in self.clients.values_mut() {
+                    c.blocking_flush(deadline);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, client: super::state::ClientId, response: &Response) {
+        let subscribed = self.state.is_subscribed(client);
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        c.send(response);
+        c.last_active = Instant::now();
+        if subscribed && matches!(response, Response::Event(_)) && c.pending() > OUT_MAX {
+            tracing::warn!("dropping a subscriber that does not read its events");
+            c.dead = true;
+        }
+    }
+
+    /// Reaps the leader (its pidfd said it exited): collects what it wrote, then reports the
+    /// exit.
+    fn reap(&mut self) {
+        let Some(child) = self.child.as_mut() else { return };
+        let exit = match child.try_wait() {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("cannot wait for the task: {e}");
+                return;
+            }
+        };
+        let _ = self.poll.registry().deregister(child);
+        self.read_output(0);
+        self.read_output(1);
+        self.emit(Event::Reaped { exit });
+    }
+
+    /// Reads pipe `i` into its buffer (bounded per call so one chatty task cannot starve the
+    /// clients) and reports what changed.
+    pub(super) fn read_output(&mut self, i: usize) {
+        let block = self.options.block_when_full;
+        let pipe = &mut self.pipes[i];
+        let Some(rx) = pipe.rx.as_mut() else { return };
+        let buf = &mut self.state.outputs[i].buf;
+        pipe.throttled = false;
+        pipe.more = false;
+        let (mut grew, mut eof) = (false, false);
+        let mut budget = 4 * PIPE_SIZE;
+        loop {
+            let want = if block { buf.room().min(budget) } else { budget };
+            if want == 0 {
+                pipe.throttled = true;
+                break;
+            }
+            let log = &mut pipe.log;
+            let result = retry_interrupted(|| {
+                buf.fill_from(rx, want, |bytes| {
+                    if let Some(file) = log.as_mut()
+                        && let Err(e) = file.write_all(bytes)
+                    {
+                        tracing::warn!("cannot log output: {e}");
+                        *log = None;
+                    }
+                })
+            });
+            match result {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    grew = true;
+                    budget -= n.min(budget);
+                    if budget == 0 {
+                        // More may be waiting: come back after serving the clients.
+                        pipe.more = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof && let Some(mut rx) = pipe.rx.take() {
+            let _ = self.poll.registry().deregister(&mut rx);
+        }
+        if grew || eof {
+            self.emit(Event::Output { stream: STREAMS[i], grew, eof });
+        }
+    }
+
+    /// Writes the queued stdin bytes the pipe takes now; returns whether the task closed its
+    /// stdin.
+    pub(super) fn flush_stdin(&mut self) -> bool {
+        let Some(tx) = self.stdin.as_mut() else { return false };
+        let queue = &mut self.state.stdin.queue;
+        while !queue.is_empty() {
+            let (a, _) = queue.as_slices();
+            match retry_interrupted(|| tx.write(a)) {
+                Ok(n) => {
+                    queue.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
