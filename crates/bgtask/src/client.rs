@@ -124,7 +124,7 @@ impl Task {
         let sent = frame::write_frame(&mut sock, &hello);
         let answer = self.read_response(&mut sock);
         if let (Err(e), Err(_)) = (&sent, &answer) {
-            return Err(connection_error(&self.id, std::io::Error::new(e.kind(), e.to_string())));
+            return Err(Error::connection(&self.id, std::io::Error::new(e.kind(), e.to_string())));
         }
         match answer? {
             Response::Hello { version, task } if version == PROTOCOL_VERSION && task == self.id => {
@@ -143,7 +143,7 @@ impl Task {
     }
 
     fn io_err(&self, e: std::io::Error) -> Error {
-        connection_error(&self.id, e)
+        Error::connection(&self.id, e)
     }
 
     fn unexpected(&self, r: &Response) -> Error {
@@ -373,14 +373,6 @@ fn closed_before_answer(e: &Error) -> bool {
             ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof
         ),
         _ => false,
-    }
-}
-
-/// An I/O error on the connection to the supervisor of task `id`.
-pub(crate) fn connection_error(id: &str, e: std::io::Error) -> Error {
-    Error::Connection {
-        id: id.to_owned(),
-        source: procyard_core::Error::Os { action: "talk to the supervisor", source: e },
     }
 }
 

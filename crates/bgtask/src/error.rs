@@ -152,6 +152,14 @@ pub enum RefusalKind {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An I/O error on the connection to the supervisor of task `id`.
+    pub(crate) fn connection(id: &str, e: io::Error) -> Self {
+        Error::Connection {
+            id: id.to_owned(),
+            source: procyard_core::Error::Os { action: "talk to the supervisor", source: e },
+        }
+    }
+
     pub(crate) fn path(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Path { action, path: path.into(), source }
     }

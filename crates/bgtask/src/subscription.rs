@@ -7,7 +7,6 @@ use procyard_core::event::retry_interrupted;
 use procyard_core::{Deadline, FrameDecoder};
 use rustix::event::{PollFd, PollFlags};
 
-use crate::client::connection_error;
 use crate::protocol::{Event, Response};
 use crate::{Error, Result};
 
@@ -65,7 +64,7 @@ impl Subscription {
                     }
                     Ok(n) => self.decoder.feed(&chunk[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(connection_error(&self.id, e)),
+                    Err(e) => return Err(Error::connection(&self.id, e)),
                 }
             }
         }

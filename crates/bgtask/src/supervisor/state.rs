@@ -459,5 +459,7 @@ mod ladder;
 mod serve;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_data;
 
 use ladder::Stop;

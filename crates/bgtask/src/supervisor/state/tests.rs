@@ -13,23 +13,23 @@ use crate::meta::Meta;
 use crate::protocol::{Event as Announce, Request, Response, StreamName};
 use crate::status::Status;
 
-const C1: ClientId = Token(20);
-const C2: ClientId = Token(21);
+pub(super) const C1: ClientId = Token(20);
+pub(super) const C2: ClientId = Token(21);
 
-fn pid(n: i32) -> Pid {
+pub(super) fn pid(n: i32) -> Pid {
     Pid::from_raw(n).unwrap()
 }
 
 /// A test clock: `at(s)` is `s` seconds after the start.
-struct Clock(Instant);
+pub(super) struct Clock(Instant);
 
 impl Clock {
-    fn at(&self, secs: f64) -> Now {
+    pub(super) fn at(&self, secs: f64) -> Now {
         Now { at: self.0 + Duration::from_secs_f64(secs), wall_ms: 1_000 + (secs * 1e3) as u64 }
     }
 }
 
-fn fresh() -> (State, Clock) {
+pub(super) fn fresh() -> (State, Clock) {
     let clock = Clock(Instant::now());
     let task = State::new(
         Task { id: "t".into(), command: vec!["sh".into()], retain: 16, supervisor: pid(10) },
@@ -40,13 +40,13 @@ fn fresh() -> (State, Clock) {
 }
 
 /// A task whose leader (pid 100) runs.
-fn running() -> (State, Clock) {
+pub(super) fn running() -> (State, Clock) {
     let (mut s, clock) = fresh();
     assert!(s.step(Event::Spawned { pid: pid(100) }, clock.at(0.0)).is_empty());
     (s, clock)
 }
 
-fn request(s: &mut State, client: ClientId, request: Request, now: Now) -> Vec<Action> {
+pub(super) fn request(s: &mut State, client: ClientId, request: Request, now: Now) -> Vec<Action> {
     s.step(Event::Request { client, request }, now)
 }
 
@@ -63,18 +63,18 @@ fn step_actions(signal: Signal, group: bool) -> Vec<Action> {
     out
 }
 
-fn ok(client: ClientId) -> Action {
+pub(super) fn ok(client: ClientId) -> Action {
     Action::Send(client, Response::Ok)
 }
 
-fn refused(actions: &[Action], want: RefusalKind) -> bool {
+pub(super) fn refused(actions: &[Action], want: RefusalKind) -> bool {
     actions
         .iter()
         .any(|a| matches!(a, Action::Send(_, Response::Error { kind, .. }) if *kind == want))
 }
 
 /// The leader exits (code 0) with no escapees left.
-fn exit(s: &mut State, clock: &Clock, t: f64) {
+pub(super) fn exit(s: &mut State, clock: &Clock, t: f64) {
     s.step(Event::LeaderExited, clock.at(t));
     s.step(Event::Reaped { exit: Exit::Code(0) }, clock.at(t));
     s.step(Event::Escapees(vec![]), clock.at(t));
@@ -296,167 +296,6 @@ fn escapees_adopted_during_a_stop_get_the_signal_in_force() {
         ]
     );
     assert!(s.step(Event::Escapees(vec![pid(200), pid(201)]), clock.at(0.2)).is_empty());
-}
-
-#[test]
-fn a_waiting_read_is_parked_until_output_arrives() {
-    let (mut s, clock) = running();
-    let read = Request::Read {
-        stream: StreamName::Stdout,
-        offset: Some(0),
-        count: 10,
-        consume: false,
-        wait: true,
-    };
-    assert!(request(&mut s, C1, read, clock.at(0.0)).is_empty());
-    assert!(s.is_busy(C1));
-    // Output on the other stream does not answer it.
-    s.outputs[1].buf.push(b"err");
-    assert!(
-        s.step(Event::Output { stream: StreamName::Stderr, grew: true, eof: false }, clock.at(0.1))
-            .is_empty()
-    );
-    s.outputs[0].buf.push(b"hi");
-    let actions =
-        s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: false }, clock.at(0.2));
-    assert!(
-        matches!(&actions[..], [Action::SendData { client: C1, at: 0, len: 2, .. }]),
-        "{actions:?}"
-    );
-    assert!(!s.is_busy(C1));
-}
-
-#[test]
-fn a_parked_read_is_answered_when_the_task_exits() {
-    let (mut s, clock) = running();
-    let read = Request::Read {
-        stream: StreamName::Stdout,
-        offset: None,
-        count: 10,
-        consume: true,
-        wait: true,
-    };
-    request(&mut s, C1, read, clock.at(0.0));
-    let actions = s.step(Event::Reaped { exit: Exit::Code(0) }, clock.at(0.1));
-    let answered = actions.iter().any(|a| {
-        matches!(
-            a,
-            Action::SendData {
-                client: C1,
-                len: 0,
-                response: Response::Data { exited: true, .. },
-                ..
-            }
-        )
-    });
-    assert!(answered, "{actions:?}");
-}
-
-#[test]
-fn no_reply_goes_to_a_client_that_gave_up() {
-    // A read that timed out on the client's side (it closed the connection), then output.
-    let (mut s, clock) = running();
-    let read = Request::Read {
-        stream: StreamName::Stdout,
-        offset: Some(0),
-        count: 10,
-        consume: false,
-        wait: true,
-    };
-    request(&mut s, C1, read, clock.at(0.0));
-    s.step(Event::ClientGone { client: C1 }, clock.at(5.0));
-    s.outputs[0].buf.push(b"late");
-    assert!(
-        s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: false }, clock.at(6.0))
-            .is_empty()
-    );
-    // A stdin write whose writer left before the queue drained.
-    assert_eq!(
-        s.step(Event::Write { client: C2, data: vec![1; 8] }, clock.at(7.0)),
-        [Action::FlushStdin]
-    );
-    s.step(Event::ClientGone { client: C2 }, clock.at(8.0));
-    assert!(s.step(Event::StdinFlushed { broken: false }, clock.at(9.0)).is_empty());
-}
-
-#[test]
-fn stdin_writes_are_answered_once_queued_and_refused_once_closed() {
-    let (mut s, clock) = running();
-    assert_eq!(
-        s.step(Event::Write { client: C1, data: b"abc".to_vec() }, clock.at(0.0)),
-        [Action::FlushStdin]
-    );
-    assert!(s.is_busy(C1));
-    s.stdin.queue.clear();
-    assert_eq!(s.step(Event::StdinFlushed { broken: false }, clock.at(0.0)), [ok(C1)]);
-    // The task closes its stdin under a write.
-    s.step(Event::Write { client: C1, data: b"x".to_vec() }, clock.at(0.1));
-    let broken = s.step(Event::StdinFlushed { broken: true }, clock.at(0.1));
-    assert!(refused(&broken, RefusalKind::StdinClosed));
-    assert_eq!(broken.last(), Some(&Action::CloseStdin));
-    let again = s.step(Event::Write { client: C1, data: b"y".to_vec() }, clock.at(0.2));
-    assert!(refused(&again, RefusalKind::StdinClosed));
-    assert!(refused(
-        &request(&mut s, C1, Request::CloseStdin, clock.at(0.2)),
-        RefusalKind::StdinClosed
-    ));
-}
-
-#[test]
-fn close_stdin_closes_after_the_queue() {
-    let (mut s, clock) = running();
-    assert_eq!(
-        request(&mut s, C1, Request::CloseStdin, clock.at(0.0)),
-        [Action::FlushStdin, ok(C1)]
-    );
-    assert_eq!(s.step(Event::StdinFlushed { broken: false }, clock.at(0.0)), [Action::CloseStdin]);
-    assert!(!s.info().stdin_open);
-}
-
-#[test]
-fn datagrams_queue_or_update_the_metadata() {
-    let (mut s, clock) = running();
-    let actions = s.step(
-        Event::Datagrams(vec![json!({"apply_meta": {"progress": 50}}), json!({"step": 3})]),
-        clock.at(0.0),
-    );
-    assert_eq!(actions, [Action::Save]);
-    assert_eq!(s.meta.get("progress"), Some(&json!(50)));
-    let peek = request(&mut s, C1, Request::ReadData { consume: false }, clock.at(0.0));
-    assert_eq!(
-        peek,
-        [Action::Send(C1, Response::Datagrams { messages: vec![json!({"step": 3})] })]
-    );
-    request(&mut s, C1, Request::ReadData { consume: true }, clock.at(0.0));
-    assert_eq!(s.info().datagrams, 0);
-}
-
-#[test]
-fn subscribers_get_coalesced_output_before_end_of_stream() {
-    let (mut s, clock) = running();
-    assert_eq!(request(&mut s, C1, Request::Subscribe, clock.at(0.0)), [ok(C1)]);
-    s.outputs[0].buf.push(b"ab");
-    assert!(
-        s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: false }, clock.at(0.0))
-            .is_empty()
-    );
-    s.outputs[0].buf.push(b"cd");
-    s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: false }, clock.at(0.0));
-    assert!(s.owes_events(C1));
-    let output = Action::Send(
-        C1,
-        Response::Event(Announce::Output { stream: StreamName::Stdout, limit: 4 }),
-    );
-    assert_eq!(s.step(Event::ClientReady { client: C1 }, clock.at(0.0)), [output]);
-    s.outputs[0].buf.push(b"e");
-    let end =
-        s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: true }, clock.at(0.0));
-    let eos = Announce::EndOfStream { stream: StreamName::Stdout, limit: 5 };
-    let owed = Action::Send(
-        C1,
-        Response::Event(Announce::Output { stream: StreamName::Stdout, limit: 5 }),
-    );
-    assert_eq!(end, [owed, Action::Send(C1, Response::Event(eos))]);
 }
 
 #[test]
