@@ -24,7 +24,7 @@ impl TaskChannel {
         Ok(Some(TaskChannel { sock, path }))
     }
 
-    /// Sends one message (kept by the supervisor, read with [`Task::read_data`]).
+    /// Sends one message (kept by the supervisor, read with [`Task::read_data`](crate::Task::read_data)).
     pub fn send(&self, message: &serde_json::Value) -> Result<()> {
         let bytes = serde_json::to_vec(message)
             .map_err(|source| Error::Core(procyard_core::Error::Encode { source }))?;

@@ -307,7 +307,7 @@ impl Task {
         }
     }
 
-    /// Opens a second connection that receives [`Event`]s.
+    /// Opens a second connection that receives [`Event`](crate::Event)s.
     pub fn subscribe(&self) -> Result<Subscription> {
         let mut sock = self.open_connection().map_err(|e| self.classify(e))?;
         frame::write_frame(&mut sock, &Request::Subscribe)
