@@ -220,6 +220,11 @@ impl State {
                     next_bytes: 0,
                 };
                 self.jobs.insert(id, job);
+                // A reusable child gets jobs written ahead at once, not only at the next
+                // admission: it would otherwise finish its one job and be recycled for nothing.
+                if reusable {
+                    self.write_ahead(actions);
+                }
             }
             Event::StartFailed { key, error } => {
                 self.starting = self.starting.saturating_sub(1);
