@@ -37,23 +37,29 @@ pub(crate) fn worker_mode() -> Option<usize> {
 
 /// In a worker-mode process that reached `ResultWorker::start` (its `main` did not call
 /// `init` first): sends the refusal to the application in place of the ready message (its
-/// stdout is the result pipe), says why on stderr, and exits with [`EXIT_INIT_NOT_CALLED`]
-/// without running destructors or flushing stdout (whatever `main` printed there would land
-/// in the result pipe).
+/// stdout is the result pipe) and exits with [`EXIT_INIT_NOT_CALLED`], without running
+/// destructors or flushing stdout (whatever `main` printed there would land in the result
+/// pipe).
+///
+/// The one line on stderr is the exception to "a library does not write to stderr": this
+/// process is a copy of the program that exits at once, and the person who forgot `init`
+/// reads that stream. It is written whole, before the refusal (the application kills the
+/// copy once it has the refusal).
 pub(crate) fn refuse_start_in_worker_mode() -> ! {
     let program = std::env::current_exe()
         .map_or_else(|_| "this program".to_owned(), |p| p.display().to_string());
-    let error = WireError::InitNotCalled { program: program.clone() };
+    let line = format!(
+        "procyard-resultworker: {program}: main does not call procyard_resultworker::init() \
+         first; this worker process reached ResultWorker::start and exits instead of starting \
+         another worker\n"
+    );
+    let _ = write_all(io::stderr().as_fd(), line.as_bytes());
+    let error = WireError::InitNotCalled { program };
     let mut frame = Vec::new();
     if push_result(&mut frame, wire::READY_KEY, &encode_report(TAG_ERROR, &error_body(&error))) {
         // Best effort: the exit code tells the application too.
         let _ = write_all(io::stdout().as_fd(), &frame);
     }
-    eprintln!(
-        "procyard-resultworker: {program}: main does not call procyard_resultworker::init() \
-         first; this worker process reached ResultWorker::start and exits instead of starting \
-         another worker"
-    );
     procyard_core::exit_immediately(EXIT_INIT_NOT_CALLED)
 }
 
