@@ -11,9 +11,9 @@ use procyard_core::mio::Token;
 use procyard_core::mio::unix::SourceFd;
 use procyard_core::{Child, Forked, Signal};
 
-use super::process::{drain, raw, spawn_command, write_report};
+use super::process::{PIPE_ATOMIC, drain, raw, spawn_command, write_report};
 use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, Shell, Spare};
-use super::state::{ChildId, Event, Kind, PIPE_ATOMIC, StartJob};
+use super::state::{ChildId, Event, Kind, StartJob};
 use crate::wire::{self, TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body};
 
 impl Shell {

@@ -8,7 +8,6 @@ use procyard_core::event::retry_interrupted;
 use procyard_core::{Child, FrameDecoder, Signal, Stdio, StreamState};
 
 use super::shell::JobChild;
-use super::state::PIPE_ATOMIC;
 use crate::mode::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER};
 use crate::wire::{CommandSpec, WireError};
 
@@ -38,6 +37,14 @@ pub(super) fn read_small(
         }
     }
 }
+
+/// Writes below this size fit in a pipe without blocking while a previous small job waits in
+/// it (`PIPE_BUF`, and far below the 64 KiB pipe capacity).
+pub(super) const PIPE_ATOMIC: usize = 4096;
+/// Jobs written ahead into one reusable child's pipe, at most.
+pub(super) const PIPELINE_DEPTH: usize = 8;
+/// Bytes written ahead into one reusable child's pipe, at most (a quarter of its capacity).
+pub(super) const PIPELINE_BYTES: usize = 16 * 1024;
 
 /// Writes all of `bytes` to a blocking descriptor; false on any error.
 pub(super) fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> bool {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use procyard_core::{Exit, Signal, StopLadder};
 
+use super::process::{PIPE_ATOMIC, PIPELINE_BYTES, PIPELINE_DEPTH};
 use crate::job::CommandOutput;
 use crate::stop::GracefulStop;
 use crate::wire::{
@@ -25,13 +26,6 @@ pub(super) type ChildId = usize;
 
 /// How long a job gets between TERM and KILL during a stop.
 pub(super) const TERM_GRACE: Duration = Duration::from_millis(500);
-/// Writes below this size fit in a pipe without blocking while a previous small job waits in
-/// it (`PIPE_BUF`, and far below the 64 KiB pipe capacity).
-pub(super) const PIPE_ATOMIC: usize = 4096;
-/// Jobs written ahead into one reusable child's pipe, at most.
-pub(super) const PIPELINE_DEPTH: usize = 8;
-/// Bytes written ahead into one reusable child's pipe, at most (a quarter of its capacity).
-pub(super) const PIPELINE_BYTES: usize = 16 * 1024;
 
 /// A job waiting for a free slot. Kept small (48 bytes and one allocation): a burst of
 /// submissions can queue thousands, and every page the queue occupies is copied into the page
