@@ -24,15 +24,18 @@
 //! max_workers = 4
 //! timeout = "30s"
 //! max_attempts = 3
-//! retry_backoff = "1s"          # doubles per attempt …
-//! retry_backoff_max = "5m"      # … up to this
+//! backoff_initial = "1s"        # retry delay after the first failure, doubling …
+//! backoff_max = "5m"            # … up to this
 //! idle_timeout = "60s"          # longlived: idle workers above min stop after this
 //! env = { MODE = "fast" }
 //! cwd = "."
 //! ```
 //!
 //! Durations are an integer or float number of seconds, or a string with a unit: `250ms`,
-//! `10s`, `5m`, `1h`.
+//! `1.5s`, `10s`, `5m`, `1h`, `2d` ([`procyard_core::parse_duration`]).
+//!
+//! Deprecated names, still read: `retry_backoff` for `backoff_initial`, `retry_backoff_max`
+//! for `backoff_max`.
 //!
 //! [`Config::load`] checks the file itself; [`Config::load_runnable`] (what `run` and
 //! `check-config` use) also checks that it can run here: every task's program exists and can
@@ -46,6 +49,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use procyard_core::Backoff;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -94,10 +98,10 @@ pub struct TaskConfig {
     pub timeout: Option<Duration>,
     /// Deliveries before a job is dead-lettered.
     pub max_attempts: u32,
-    /// First retry delay (doubles each attempt).
-    pub retry_backoff: Duration,
-    /// Largest retry delay.
-    pub retry_backoff_max: Duration,
+    /// The retry delay after a first failed attempt; it doubles with each further one.
+    pub backoff_initial: Duration,
+    /// The longest retry delay.
+    pub backoff_max: Duration,
     /// Longlived: idle workers above `min_workers` stop after this.
     pub idle_timeout: Duration,
     /// Extra environment.
@@ -115,10 +119,10 @@ impl TaskConfig {
             || self.cwd != new.cwd
     }
 
-    /// The retry delay after failed attempt number `attempt` (1-based).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let shift = attempt.saturating_sub(1).min(30);
-        self.retry_backoff.saturating_mul(1u32 << shift).min(self.retry_backoff_max)
+    /// The retry delays of the task's jobs: `backoff().delay(attempt)` after failed attempt
+    /// number `attempt` (1-based).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_initial, self.backoff_max)
     }
 
     /// What the queue backend needs.
@@ -297,8 +301,10 @@ struct RawTask {
     max_workers: Option<Spanned<i64>>,
     timeout: Option<Spanned<DurationValue>>,
     max_attempts: Option<Spanned<i64>>,
-    retry_backoff: Option<Spanned<DurationValue>>,
-    retry_backoff_max: Option<Spanned<DurationValue>>,
+    #[serde(alias = "retry_backoff")]
+    backoff_initial: Option<Spanned<DurationValue>>,
+    #[serde(alias = "retry_backoff_max")]
+    backoff_max: Option<Spanned<DurationValue>>,
     idle_timeout: Option<Spanned<DurationValue>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -315,35 +321,6 @@ enum DurationValue {
     Int(i64),
     Float(f64),
     Text(String),
-}
-
-/// Parses `250ms`, `10s`, `1.5s`, `5m`, `1h` or a bare number of seconds.
-pub fn parse_duration(input: &str) -> Option<Duration> {
-    let s = input.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let value: f64 = num.trim().parse().ok()?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return None,
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return None;
-    }
-    Some(Duration::from_secs_f64(secs))
-}
-
-/// `$XDG_RUNTIME_DIR/procyard`, else `/tmp/procyard-$UID`.
-pub fn default_runtime_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("procyard"),
-        _ => PathBuf::from(format!("/tmp/procyard-{}", rustix::process::getuid().as_raw())),
-    }
 }
 
 #[cfg(test)]
@@ -378,8 +355,8 @@ env = { A = "b" }
         assert_eq!(c.daemon.control_socket, Path::new("/etc/p/q.db.sock"));
         assert_eq!(c.tasks[0].timeout, Some(Duration::from_millis(1500)));
         assert_eq!(c.tasks[1].work_model, WorkModel::Longlived);
-        assert_eq!(c.tasks[1].backoff(1), Duration::from_secs(1));
-        assert_eq!(c.tasks[1].backoff(3), Duration::from_secs(4));
+        assert_eq!(c.tasks[1].backoff().delay(1), Duration::from_secs(1));
+        assert_eq!(c.tasks[1].backoff().delay(3), Duration::from_secs(4));
     }
 
     fn error_of(text: &str) -> (Option<usize>, Option<String>, String) {
@@ -435,12 +412,40 @@ env = { A = "b" }
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("1y"), None);
-        assert_eq!(parse_duration("NaN"), None);
+    fn durations_use_the_house_grammar() {
+        let with = |v: &str| GOOD.replace("timeout = \"1.5s\"", &format!("timeout = {v}"));
+        let t = |v: &str| Config::parse(Path::new("/x.toml"), &with(v)).map(|c| c.tasks[0].timeout);
+        assert_eq!(t("\"250ms\"").unwrap(), Some(Duration::from_millis(250)));
+        assert_eq!(t("\"2m\"").unwrap(), Some(Duration::from_secs(120)));
+        assert_eq!(t("\"1d\"").unwrap(), Some(Duration::from_secs(86_400)));
+        assert_eq!(t("3").unwrap(), Some(Duration::from_secs(3)));
+        assert_eq!(t("0.5").unwrap(), Some(Duration::from_millis(500)));
+        for bad in ["\"-1s\"", "\"1y\"", "\"NaN\"", "-2"] {
+            assert!(t(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    /// The backoff pair has the house names; the old names still work (deprecated).
+    #[test]
+    fn backoff_names_new_and_deprecated() {
+        let new = GOOD.replace(
+            "max_workers = 2",
+            "max_workers = 2\nbackoff_initial = \"2s\"\nbackoff_max = \"8s\"",
+        );
+        let old = GOOD.replace(
+            "max_workers = 2",
+            "max_workers = 2\nretry_backoff = \"2s\"\nretry_backoff_max = \"8s\"",
+        );
+        for text in [new, old] {
+            let c = Config::parse(Path::new("/x.toml"), &text).unwrap();
+            assert_eq!(c.tasks[0].backoff_initial, Duration::from_secs(2));
+            assert_eq!(c.tasks[0].backoff_max, Duration::from_secs(8));
+            assert_eq!(c.tasks[0].backoff().delay(5), Duration::from_secs(8));
+        }
+        let both = GOOD.replace(
+            "max_workers = 2",
+            "max_workers = 2\nbackoff_initial = \"2s\"\nretry_backoff = \"2s\"",
+        );
+        assert!(Config::parse(Path::new("/x.toml"), &both).is_err(), "one name or the other");
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use procyard_core::SignalFd;
+use procyard_core::{SignalFd, report};
 use procyard_daemon::config::LogFormat;
 use procyard_daemon::queue::{self, OpenMode, PartialPublish};
 use procyard_daemon::{Config, DAEMON_SIGNALS, RunOptions, control};
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
         Cmd::Run { config, ready_fd } => {
             init_logs(&config);
             procyard_daemon::run(&config, signals, RunOptions { ready_fd, subreaper: true })
-                .map_err(|e| error_chain("run", &e))
+                .map_err(|e| unable("run", &e))
         }
         other => {
             drop(signals);
@@ -162,8 +162,9 @@ fn init_logs(config: &Path) {
     };
 }
 
-fn error_chain(action: &str, e: &(dyn std::error::Error + 'static)) -> String {
-    format!("unable to {action}: {}", procyard_core::Report(e))
+/// `unable to ACTION: what went wrong` (every cause once, by core's [`report`]).
+fn unable(action: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    format!("unable to {action}: {}", report(e))
 }
 
 /// Reads stdin whole, refusing more than the queue would take before reading it all.
@@ -174,19 +175,19 @@ fn read_payload() -> Result<Vec<u8>, String> {
         .take(queue::MAX_PAYLOAD as u64 + 1)
         .read_to_end(&mut buf)
         .map_err(|e| format!("unable to read stdin: {e}"))?;
-    queue::check_payload(&buf).map_err(|e| error_chain("read the payload", &e))?;
+    queue::check_payload(&buf).map_err(|e| unable("read the payload", &e))?;
     Ok(buf)
 }
 
 fn load(path: &Path) -> Result<Config, String> {
-    Config::load(path).map_err(|e| error_chain("load config", &e))
+    Config::load(path).map_err(|e| unable("load config", &e))
 }
 
 fn client(cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Run { .. } => Ok(()),
         Cmd::CheckConfig { config } => {
-            let c = Config::load_runnable(&config).map_err(|e| error_chain("load config", &e))?;
+            let c = Config::load_runnable(&config).map_err(|e| unable("load config", &e))?;
             println!(
                 "{}: ok ({} tasks, {} queue)",
                 c.path.display(),
@@ -197,9 +198,9 @@ fn client(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Publish { config, lines, json, routing_key, payload } => {
             let c = load(&config)?;
-            let mut q = queue::open(&c.queue, OpenMode::Client)
-                .map_err(|e| error_chain("open queue", &e))?;
-            q.bind(&c.bindings()).map_err(|e| error_chain("bind tasks", &e))?;
+            let mut q =
+                queue::open(&c.queue, OpenMode::Client).map_err(|e| unable("open queue", &e))?;
+            q.bind(&c.bindings()).map_err(|e| unable("bind tasks", &e))?;
             let mut payloads: Vec<Vec<u8>> = Vec::new();
             if lines {
                 for line in std::io::stdin().lock().split(b'\n') {
@@ -241,7 +242,7 @@ fn client(cmd: Cmd) -> Result<(), String> {
                 None => Ok(()),
                 Some(e) => {
                     let what = format!("publish to {routing_key:?}");
-                    let mut msg = error_chain(&what, &e);
+                    let mut msg = unable(&what, &e);
                     if !ids.is_empty() {
                         msg.push_str(&format!(
                             " ({} job(s) were queued before the error; their ids are printed)",
@@ -254,8 +255,8 @@ fn client(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Status { config, json } => {
             let c = load(&config)?;
-            let status = control::status(&c.daemon.control_socket)
-                .map_err(|e| error_chain("read status", &e))?;
+            let status =
+                control::status(&c.daemon.control_socket).map_err(|e| unable("read status", &e))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?);
             } else {
@@ -265,12 +266,12 @@ fn client(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Dead { config, task, json } => {
             let c = load(&config)?;
-            let mut q = queue::open(&c.queue, OpenMode::Client)
-                .map_err(|e| error_chain("open queue", &e))?;
-            q.bind(&c.bindings()).map_err(|e| error_chain("bind tasks", &e))?;
+            let mut q =
+                queue::open(&c.queue, OpenMode::Client).map_err(|e| unable("open queue", &e))?;
+            q.bind(&c.bindings()).map_err(|e| unable("bind tasks", &e))?;
             let dead = q
                 .dead_letters(task.as_deref(), usize::MAX)
-                .map_err(|e| error_chain("list dead letters", &e))?;
+                .map_err(|e| unable("list dead letters", &e))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&dead).map_err(|e| e.to_string())?);
             } else {
@@ -288,11 +289,10 @@ fn client(cmd: Cmd) -> Result<(), String> {
                 return Err("requeue needs job ids or --all".into());
             }
             let c = load(&config)?;
-            let mut q = queue::open(&c.queue, OpenMode::Client)
-                .map_err(|e| error_chain("open queue", &e))?;
-            q.bind(&c.bindings()).map_err(|e| error_chain("bind tasks", &e))?;
-            let n =
-                q.requeue_dead(task.as_deref(), &ids).map_err(|e| error_chain("requeue", &e))?;
+            let mut q =
+                queue::open(&c.queue, OpenMode::Client).map_err(|e| unable("open queue", &e))?;
+            q.bind(&c.bindings()).map_err(|e| unable("bind tasks", &e))?;
+            let n = q.requeue_dead(task.as_deref(), &ids).map_err(|e| unable("requeue", &e))?;
             let _ = control::poke(&c.daemon.control_socket);
             println!("requeued {n} job(s)");
             Ok(())

@@ -2,7 +2,7 @@
 //! exactly one word and `#` is zero or more words (`#` alone matches every key).
 //!
 //! Empty words are refused in both keys and patterns (`a..b`, `a.`, an empty key), so `*`
-//! can never match an empty word (Symphony's defect S5).
+//! can never match an empty word.
 
 use crate::{Error, Result};
 

@@ -1,6 +1,6 @@
 //! What `status` reports: the daemon, its task groups, their workers and queues.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +16,8 @@ pub struct Status {
     pub uptime_secs: f64,
     /// The config file it runs.
     pub config: String,
-    /// `running` or `stopping`.
-    pub state: String,
+    /// Whether it runs or is stopping.
+    pub state: DaemonState,
     /// How many times the config was reloaded successfully / unsuccessfully.
     pub reloads: u64,
     /// Failed reloads (the old config was kept).
@@ -77,14 +77,75 @@ pub struct GroupStatus {
 pub struct WorkerStatus {
     /// Its pid (also its process group).
     pub pid: i32,
-    /// `idle`, `busy`, `stopped` (SIGSTOP), `draining`, `stopping`.
-    pub state: String,
+    /// What it is doing.
+    pub state: WorkerState,
     /// The job it runs.
     pub job: Option<String>,
     /// Seconds since it started.
     pub uptime_secs: f64,
     /// Jobs it completed.
     pub jobs_done: u64,
+}
+
+/// Whether the daemon runs or is stopping (`"running"`, `"stopping"` in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonState {
+    /// Serving: claiming and running jobs.
+    Running,
+    /// Stopping after a stop signal: no new jobs; in-flight ones get the grace period.
+    Stopping,
+}
+
+impl DaemonState {
+    /// The name `status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DaemonState::Running => "running",
+            DaemonState::Stopping => "stopping",
+        }
+    }
+}
+
+impl fmt::Display for DaemonState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What a worker process is doing (`"idle"`, `"busy"`, … in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Waiting for a job.
+    Idle,
+    /// Running a job.
+    Busy,
+    /// Stopped by SIGSTOP (or another stop signal), and not running anything meanwhile.
+    Stopped,
+    /// Its stdin was closed: it finishes its job and exits, or gets TERM.
+    Draining,
+    /// TERM or KILL was sent; waiting for it to exit.
+    Stopping,
+}
+
+impl WorkerState {
+    /// The name `status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Stopped => "stopped",
+            WorkerState::Draining => "draining",
+            WorkerState::Stopping => "stopping",
+        }
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 impl Status {
@@ -166,5 +227,31 @@ impl Status {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `status --json` shows the same strings as when the states were strings.
+    #[test]
+    fn states_serialize_as_their_names() {
+        for s in [DaemonState::Running, DaemonState::Stopping] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        let all = [
+            WorkerState::Idle,
+            WorkerState::Busy,
+            WorkerState::Stopped,
+            WorkerState::Draining,
+            WorkerState::Stopping,
+        ];
+        for s in all {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            let back: WorkerState = serde_json::from_value(s.as_str().into()).unwrap();
+            assert_eq!(back, s);
+        }
+        assert_eq!(format!("{:<9}|", WorkerState::Idle), "idle     |");
     }
 }

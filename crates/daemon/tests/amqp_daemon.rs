@@ -125,7 +125,7 @@ command = ["sh", "-c", "{script}"]
 work_model = "oneshot"
 max_workers = {MAX_WORKERS}
 max_attempts = 3
-retry_backoff = "50ms"
+backoff_initial = "50ms"
 "#,
             sock = self.dir.path().join(format!("d{i}.sock")).display(),
             url = self.url,

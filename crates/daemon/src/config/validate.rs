@@ -5,11 +5,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use procyard_core::parse_duration;
 use toml::Spanned;
 
 use super::{
-    Config, DaemonSettings, DurationValue, RawConfig, TaskConfig, WorkModel, default_runtime_dir,
-    line_of, parse_duration, runnable,
+    Config, DaemonSettings, DurationValue, RawConfig, TaskConfig, WorkModel, line_of, runnable,
 };
 use crate::queue::{BackendKind, QueueConfig};
 use crate::{Error, Result, routing};
@@ -48,8 +48,8 @@ impl Validator<'_> {
         let Some(v) = v else { return Ok(default) };
         let parsed = match v.get_ref() {
             DurationValue::Int(i) if *i >= 0 => Some(Duration::from_secs(*i as u64)),
-            DurationValue::Float(f) => parse_duration(&f.to_string()),
-            DurationValue::Text(t) => parse_duration(t),
+            DurationValue::Float(f) => parse_duration(&f.to_string()).ok(),
+            DurationValue::Text(t) => parse_duration(t).ok(),
             DurationValue::Int(_) => None,
         };
         parsed.ok_or_else(|| {
@@ -154,7 +154,7 @@ impl Validator<'_> {
                 s.push(".sock");
                 PathBuf::from(s)
             }
-            None => default_runtime_dir().join("daemon.sock"),
+            None => procyard_core::runtime_dir().join("daemon.sock"),
         };
         if control_socket.as_os_str().len() > 100 {
             return Err(self.err(
@@ -305,16 +305,13 @@ impl Validator<'_> {
                 Some(_) => Some(self.duration(&t.timeout, f("timeout"), Duration::ZERO)?)
                     .filter(|d| !d.is_zero()),
             };
-            let retry_backoff =
-                self.duration(&t.retry_backoff, f("retry_backoff"), Duration::from_secs(1))?;
-            let retry_backoff_max = self.duration(
-                &t.retry_backoff_max,
-                f("retry_backoff_max"),
-                Duration::from_secs(300),
-            )?;
-            if retry_backoff_max < retry_backoff {
-                let s = t.retry_backoff_max.as_ref().map(Spanned::span);
-                return Err(self.err(s, f("retry_backoff_max"), "is shorter than retry_backoff"));
+            let backoff_initial =
+                self.duration(&t.backoff_initial, f("backoff_initial"), Duration::from_secs(1))?;
+            let backoff_max =
+                self.duration(&t.backoff_max, f("backoff_max"), Duration::from_secs(300))?;
+            if backoff_max < backoff_initial {
+                let s = t.backoff_max.as_ref().map(Spanned::span);
+                return Err(self.err(s, f("backoff_max"), "is shorter than backoff_initial"));
             }
             tasks.push(TaskConfig {
                 name,
@@ -331,8 +328,8 @@ impl Validator<'_> {
                 timeout,
                 max_attempts: self.count(&t.max_attempts, f("max_attempts"), 3, 1, 1_000_000)?
                     as u32,
-                retry_backoff,
-                retry_backoff_max,
+                backoff_initial,
+                backoff_max,
                 idle_timeout: self.duration(
                     &t.idle_timeout,
                     f("idle_timeout"),

@@ -19,21 +19,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use procyard_core::{Pid, ProcStat, Signal};
+use procyard_core::{Escalation, Pid, ProcStat, Signal, StopLadder, Stopping};
 
-use super::worker::{WORKER_TAG_ENV, daemon_tag};
-
-/// How long an escapee gets to vanish after SIGKILL before it is given up on.
-const KILL_SETTLE: Duration = Duration::from_secs(2);
-
-/// Where an escapee is in being stopped.
-#[derive(Clone, Copy, Debug)]
-enum Stage {
-    /// TERM sent; KILL at the instant.
-    Term(Instant),
-    /// KILL sent; given up on at the instant.
-    Killed(Instant),
-}
+use super::process::{WORKER_TAG_ENV, daemon_tag};
 
 /// The daemon's adopted escapees.
 #[derive(Debug, Default)]
@@ -41,8 +29,9 @@ pub(crate) struct Escapees {
     /// Children the daemon had before it started a worker, by pid and start time: never ours
     /// to stop.
     foreign: HashSet<(i32, u64)>,
-    /// Escapees being stopped.
-    stopping: HashMap<Pid, Stage>,
+    /// Escapees being stopped (TERM, `kill_timeout`, KILL, then given up on after
+    /// [`procyard_core::KILL_SETTLE`]).
+    stopping: HashMap<Pid, Stopping>,
 }
 
 impl Escapees {
@@ -82,26 +71,26 @@ impl Escapees {
             }
             tracing::info!(%pid, worker, "stopping a process that escaped its worker's process group");
             // Our child, not reaped yet: the pid cannot name another process.
-            signal(pid, Signal::TERM);
+            let (first, stopping) = StopLadder::term_then_kill(kill_timeout).begin(Instant::now());
+            signal(pid, first);
             signal(pid, Signal::CONT);
-            self.stopping.insert(pid, Stage::Term(Instant::now() + kill_timeout));
+            self.stopping.insert(pid, stopping);
         }
     }
 
     /// KILLs escapees whose TERM deadline passed; gives up on those KILL did not end.
     pub fn on_deadlines(&mut self, now: Instant) {
-        self.stopping.retain(|pid, stage| match *stage {
-            Stage::Term(at) if at <= now => {
+        self.stopping.retain(|pid, stopping| match stopping.escalate(now) {
+            Escalation::Wait => true,
+            Escalation::Send(sig) => {
                 tracing::warn!(%pid, "escaped process ignored SIGTERM: sending SIGKILL");
-                signal(*pid, Signal::KILL);
-                *stage = Stage::Killed(now + KILL_SETTLE);
+                signal(*pid, sig);
                 true
             }
-            Stage::Killed(at) if at <= now => {
+            Escalation::Exhausted => {
                 tracing::error!(%pid, "escaped process still there after SIGKILL: giving up on it");
                 false
             }
-            _ => true,
         });
     }
 
@@ -121,12 +110,7 @@ impl Escapees {
 
     /// The next instant an escapee needs attention.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.stopping
-            .values()
-            .map(|s| match *s {
-                Stage::Term(at) | Stage::Killed(at) => at,
-            })
-            .min()
+        self.stopping.values().map(|s| s.deadline().instant()).min()
     }
 
     /// Whether no escapee is being stopped.

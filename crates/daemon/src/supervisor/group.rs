@@ -3,14 +3,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use procyard_core::Backoff;
+
 use super::worker::Worker;
 use crate::config::TaskConfig;
 use crate::queue::Job;
 
-/// First restart delay after a crash; doubles per consecutive crash.
-const CRASH_BACKOFF: Duration = Duration::from_millis(100);
-/// Largest restart delay.
-const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The restart delay after consecutive crashes: 100 ms, doubling per crash, up to 30 s.
+pub(crate) const CRASH_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
 
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -24,7 +25,10 @@ pub(crate) struct Group {
     /// Whether the queue may hold jobs for this group (set by pokes, completions, due
     /// retries; cleared when a claim comes back short).
     pub maybe_more: bool,
+    /// Consecutive crashes (reset by a job done or a worker that lived long enough).
     pub crash_streak: u32,
+    /// Longlived workers still to start in this round (see `State::reconcile`).
+    pub spawn_budget: usize,
     pub next_spawn: Option<Instant>,
     pub done: u64,
     pub failed: u64,
@@ -43,6 +47,7 @@ impl Group {
             pending: VecDeque::new(),
             maybe_more: true,
             crash_streak: 0,
+            spawn_budget: 0,
             next_spawn: None,
             done: 0,
             failed: 0,
@@ -74,7 +79,7 @@ impl Group {
     pub fn note_crash(&mut self, now: Instant) {
         self.crashes += 1;
         self.crash_streak = self.crash_streak.saturating_add(1);
-        let delay = crash_delay(self.crash_streak);
+        let delay = CRASH_BACKOFF.delay(self.crash_streak);
         self.next_spawn = Some(now + delay);
         if self.crash_streak >= 5 {
             tracing::warn!(task = %self.cfg.name, crashes = self.crash_streak, delay_ms = delay.as_millis() as u64, "crash loop: delaying restarts");
@@ -82,21 +87,25 @@ impl Group {
     }
 }
 
-/// The restart delay after `streak` consecutive crashes.
-pub(crate) fn crash_delay(streak: u32) -> Duration {
-    let shift = streak.saturating_sub(1).min(20);
-    CRASH_BACKOFF.saturating_mul(1 << shift).min(CRASH_BACKOFF_MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::WorkModel;
+    use crate::supervisor::testing::task;
 
     #[test]
-    fn crash_delay_grows_and_caps() {
-        assert_eq!(crash_delay(1), Duration::from_millis(100));
-        assert_eq!(crash_delay(2), Duration::from_millis(200));
-        assert_eq!(crash_delay(4), Duration::from_millis(800));
-        assert_eq!(crash_delay(50), CRASH_BACKOFF_MAX);
+    fn crash_restarts_back_off_and_cap() {
+        let mut g = Group::new(task("t", WorkModel::Longlived));
+        let t0 = Instant::now();
+        let mut delays = Vec::new();
+        for _ in 0..12 {
+            g.note_crash(t0);
+            delays.push(g.next_spawn.unwrap() - t0);
+        }
+        assert_eq!(delays[0], Duration::from_millis(100));
+        assert_eq!(delays[1], Duration::from_millis(200));
+        assert_eq!(delays[3], Duration::from_millis(800));
+        assert_eq!(delays[11], Duration::from_secs(30));
+        assert_eq!(g.crashes, 12);
     }
 }

@@ -19,13 +19,11 @@ use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use procyard_core::{Deadline, Pid, ProcStat, ProcessIdentity, Signal};
+use procyard_core::{Deadline, KILL_SETTLE, Pid, ProcStat, ProcessIdentity, Signal};
 
 use crate::queue::{Abandoned, LeaseHolder, QueueBackend, Receipt};
 use crate::{Error, Result};
 
-/// How long processes get to vanish after SIGKILL before they are given up on.
-const KILL_SETTLE: Duration = Duration::from_secs(2);
 /// The longest single wait, so a process forked meanwhile into a group is signalled too.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 

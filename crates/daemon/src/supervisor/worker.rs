@@ -1,27 +1,14 @@
-//! One worker process: its child, pipes, current job and stop ladder.
+//! One worker as the state machine sees it: its task, the job it runs, and where it is in
+//! being stopped. Its process and pipes are the shell's ([`super::process`]). Pure.
 
-use std::io::{ErrorKind, Seek, SeekFrom, Write};
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use mio::unix::pipe;
-use mio::{Interest, Registry, Token};
-use procyard_core::{Child, Command, FrameDecoder, Signal, Stdio, frame};
+use procyard_core::{Escalation, StopLadder, Stopping};
 
-use crate::config::{TaskConfig, WorkModel};
-use crate::protocol::{JobHeader, MAX_WORKER_FRAME};
-use crate::queue::{Job, LeaseHolder};
-use crate::{Error, Result};
-
-/// Token kinds in the low two bits.
-pub(crate) const KIND_PIDFD: usize = 0;
-pub(crate) const KIND_STDOUT: usize = 1;
-pub(crate) const KIND_STDIN: usize = 2;
-pub(crate) const KIND_CONN: usize = 3;
-
-pub(crate) fn token(id: u64, kind: usize) -> Token {
-    Token(((id as usize) << 2) | kind)
-}
+use super::event::Action;
+use crate::config::WorkModel;
+use crate::queue::Job;
+use crate::status::WorkerState;
 
 /// A job a worker runs.
 #[derive(Debug)]
@@ -32,14 +19,12 @@ pub(crate) struct Running {
 }
 
 /// Where a worker is in being stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StopStage {
-    /// Stdin closed; TERM at the instant.
-    Eof(Instant),
-    /// TERM sent; KILL at the instant.
-    Term(Instant),
-    /// KILL sent.
-    Killed,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Its stdin is closed (a longlived worker finishes its job and exits); TERM at `until`.
+    Draining { until: Instant },
+    /// Signalled: TERM, then after `kill_timeout` KILL (core's stop ladder).
+    Signalled(Stopping),
 }
 
 #[derive(Debug)]
@@ -48,345 +33,194 @@ pub(crate) struct Worker {
     pub group: String,
     pub generation: u64,
     pub model: WorkModel,
-    pub child: Child,
+    /// Its pid, once the shell has started it.
+    pub pid: Option<i32>,
     pub started: Instant,
-    pub stdin: Option<pipe::Sender>,
-    pub stdout: Option<pipe::Receiver>,
-    pub decoder: FrameDecoder,
-    pub out: Vec<u8>,
-    pub out_pos: usize,
     pub job: Option<Running>,
     pub idle_since: Instant,
-    pub stop: Option<StopStage>,
+    pub stop: Option<Stop>,
     /// The job must not be completed when the worker exits (it was stopped by a shutdown;
     /// the queue gets it back without counting the attempt).
     pub abandon_job: bool,
     pub jobs_done: u64,
-    /// Who the worker is, recorded with the lease of each job it is handed.
-    pub holder: Option<LeaseHolder>,
-}
-
-/// The environment variable that tags a worker and everything it starts with
-/// `<daemon pid>-<daemon start time>-<worker id>`, so a descendant that escapes the worker's
-/// process group (`setsid`) and is reparented to the daemon (a child subreaper) is still
-/// stopped with that worker.
-pub(crate) const WORKER_TAG_ENV: &str = "PROCYARD_WORKER";
-
-/// This daemon's part of [`WORKER_TAG_ENV`].
-pub(crate) fn daemon_tag() -> &'static str {
-    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TAG.get_or_init(|| {
-        let pid = procyard_core::Pid::current();
-        let start =
-            procyard_core::ProcessIdentity::of(pid).ok().flatten().map_or(0, |me| me.start_time);
-        format!("{pid}-{start}")
-    })
-}
-
-/// The payload as a sealed memfd read from offset 0: it is complete before the worker's
-/// program starts, and nothing (not the worker, not a daemon killed half-way) can change it
-/// afterwards. With a pipe that the daemon filled after the spawn, a daemon killed in between
-/// left the job reading a cut payload — or none — to its end.
-fn sealed_payload(payload: &[u8]) -> std::io::Result<OwnedFd> {
-    use rustix::fs::{MemfdFlags, SealFlags};
-    let fd = rustix::fs::memfd_create(
-        "procyard-payload",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(payload)?;
-    rustix::fs::fcntl_add_seals(
-        &file,
-        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-    )?;
-    file.seek(SeekFrom::Start(0))?;
-    Ok(file.into())
-}
-
-fn nonblocking(fd: OwnedFd) -> Result<OwnedFd> {
-    rustix::io::ioctl_fionbio(&fd, true)
-        .map_err(|e| Error::Os { action: "make a pipe non-blocking", source: e.into() })?;
-    Ok(fd)
 }
 
 impl Worker {
-    /// Spawns a worker for `cfg`; for a oneshot worker `job` is its job.
-    pub fn spawn(
-        id: u64,
-        cfg: &TaskConfig,
-        generation: u64,
-        job: Option<Job>,
-        registry: &Registry,
-    ) -> Result<Worker> {
-        let mut cmd = Command::new(&cfg.command[0]);
-        cmd.args(&cfg.command[1..]);
-        for (k, v) in &cfg.env {
-            cmd.env(k, v);
-        }
-        cmd.env("PROCYARD_TASK", &cfg.name);
-        cmd.env(WORKER_TAG_ENV, format!("{}-{id}", daemon_tag()));
-        if let Some(cwd) = &cfg.cwd {
-            cmd.current_dir(cwd);
-        }
-        // A worker must not outlive its daemon: the next daemon (or, on AMQP, the broker at
-        // once) gives its job to another worker, and both would run it. (The job's own
-        // subprocesses are the next daemon's to stop, by the identity recorded with the lease.)
-        cmd.parent_death_signal(Signal::KILL);
-        cmd.stderr(Stdio::Inherit);
-        match cfg.work_model {
-            WorkModel::Oneshot => {
-                cmd.stdout(Stdio::Inherit);
-                match &job {
-                    Some(job) => {
-                        let payload = sealed_payload(&job.payload).map_err(|e| Error::Os {
-                            action: "write a job's payload to a sealed memfd",
-                            source: e,
-                        })?;
-                        cmd.stdin(Stdio::Fd(payload))
-                            .env("PROCYARD_JOB_ID", &job.id)
-                            .env("PROCYARD_ROUTING_KEY", &job.routing_key)
-                            .env("PROCYARD_ATTEMPT", job.attempt.to_string());
-                    }
-                    None => {
-                        cmd.stdin(Stdio::Null);
-                    }
-                }
-            }
-            WorkModel::Longlived => {
-                cmd.stdin(Stdio::Pipe).stdout(Stdio::Pipe);
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::process(format!("spawn a worker for task {}", cfg.name), e))?;
-        let stdin = child.take_stdin().map(nonblocking).transpose()?.map(pipe::Sender::from);
-        let stdout = child.take_stdout().map(nonblocking).transpose()?.map(pipe::Receiver::from);
-        let now = Instant::now();
-        let holder = worker_holder(&child);
-        let mut worker = Worker {
+    pub fn new(id: u64, group: &str, generation: u64, model: WorkModel, now: Instant) -> Worker {
+        Worker {
             id,
-            group: cfg.name.clone(),
+            group: group.to_owned(),
             generation,
-            model: cfg.work_model,
-            child,
+            model,
+            pid: None,
             started: now,
-            stdin,
-            stdout,
-            decoder: FrameDecoder::with_max(MAX_WORKER_FRAME),
-            out: Vec::new(),
-            out_pos: 0,
             job: None,
             idle_since: now,
             stop: None,
             abandon_job: false,
             jobs_done: 0,
-            holder,
-        };
-        let reg = |e: std::io::Error| Error::Os {
-            action: "register a worker with the event loop",
-            source: e,
-        };
-        registry
-            .register(&mut worker.child, token(id, KIND_PIDFD), Interest::READABLE)
-            .map_err(reg)?;
-        if let Some(s) = worker.stdout.as_mut() {
-            registry.register(s, token(id, KIND_STDOUT), Interest::READABLE).map_err(reg)?;
         }
-        if let Some(s) = worker.stdin.as_mut() {
-            registry.register(s, token(id, KIND_STDIN), Interest::WRITABLE).map_err(reg)?;
-        }
-        if let Some(job) = job {
-            worker.start_job(job, cfg.timeout, now);
-        }
-        Ok(worker)
     }
 
-    fn start_job(&mut self, job: Job, timeout: Option<Duration>, now: Instant) {
+    pub fn start_job(&mut self, job: Job, timeout: Option<Duration>, now: Instant) {
         self.job = Some(Running { job, deadline: timeout.map(|t| now + t), timed_out: false });
-    }
-
-    /// Longlived: sends `job` (header frame + payload frame).
-    pub fn send_job(
-        &mut self,
-        job: Job,
-        timeout: Option<Duration>,
-        registry: &Registry,
-    ) -> Result<()> {
-        let header = JobHeader {
-            id: job.id.clone(),
-            task: job.task.clone(),
-            routing_key: job.routing_key.clone(),
-            attempt: job.attempt,
-        };
-        let head =
-            frame::encode_frame(&header).map_err(|e| Error::process("encode a job header", e))?;
-        self.out.extend_from_slice(&head);
-        frame::write_frame_bytes(&mut self.out, &job.payload)
-            .map_err(|e| Error::Os { action: "encode a payload", source: e })?;
-        self.start_job(job, timeout, Instant::now());
-        self.flush_stdin(registry);
-        Ok(())
-    }
-
-    /// Writes what it can of the pending stdin bytes (longlived workers). A worker that closed
-    /// its stdin (EPIPE) just loses them: its exit tells the rest.
-    pub fn flush_stdin(&mut self, registry: &Registry) {
-        let Some(stdin) = self.stdin.as_mut() else {
-            self.out.clear();
-            self.out_pos = 0;
-            return;
-        };
-        while self.out_pos < self.out.len() {
-            match stdin.write(&self.out[self.out_pos..]) {
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.close_stdin(registry);
-                    return;
-                }
-            }
-        }
-        self.out.clear();
-        self.out_pos = 0;
-        if self.model == WorkModel::Oneshot {
-            self.close_stdin(registry);
-        }
-    }
-
-    pub fn close_stdin(&mut self, registry: &Registry) {
-        if let Some(mut s) = self.stdin.take() {
-            let _ = registry.deregister(&mut s);
-        }
-        self.out.clear();
-        self.out_pos = 0;
-    }
-
-    pub fn close_stdout(&mut self, registry: &Registry) {
-        if let Some(mut s) = self.stdout.take() {
-            let _ = registry.deregister(&mut s);
-        }
     }
 
     pub fn is_idle(&self) -> bool {
         self.job.is_none() && self.stop.is_none()
     }
 
-    /// Signals the worker's process group (continuing it too, in case it was stopped).
-    pub fn signal_group(&self, signal: Signal) {
-        if let Err(e) = self.child.signal_group(signal) {
-            tracing::debug!(pid = %self.child.id(), %signal, error = %e, "signal not delivered");
-        }
-        if signal != Signal::KILL {
-            let _ = self.child.signal_group(Signal::CONT);
-        }
+    /// Whether TERM (or KILL) has been sent.
+    pub fn is_signalled(&self) -> bool {
+        matches!(self.stop, Some(Stop::Signalled(_)))
     }
 
-    /// Starts the stop ladder: close stdin, then TERM after `eof_grace` (immediately when
-    /// zero), then KILL after `kill_timeout`.
-    pub fn begin_stop(&mut self, registry: &Registry, eof_grace: Duration, kill_timeout: Duration) {
+    /// Starts the stop: close stdin, then TERM after `eof_grace` (at once when zero), then
+    /// KILL after `kill_timeout`. A worker already stopping keeps its course.
+    pub fn begin_stop(
+        &mut self,
+        eof_grace: Duration,
+        kill_timeout: Duration,
+        now: Instant,
+        acts: &mut Vec<Action>,
+    ) {
         if self.stop.is_some() {
             return;
         }
-        self.close_stdin(registry);
-        let now = Instant::now();
+        acts.push(Action::CloseStdin { worker: self.id });
         if eof_grace.is_zero() {
-            self.signal_group(Signal::TERM);
-            self.stop = Some(StopStage::Term(now + kill_timeout));
+            self.terminate(kill_timeout, now, acts);
         } else {
-            self.stop = Some(StopStage::Eof(now + eof_grace));
+            self.stop = Some(Stop::Draining { until: now + eof_grace });
         }
     }
 
-    /// SIGKILLs the process group now.
-    pub fn kill(&mut self) {
-        self.signal_group(Signal::KILL);
-        self.stop = Some(StopStage::Killed);
+    /// Sends TERM now (KILL after `kill_timeout`), unless TERM or KILL was already sent.
+    pub fn terminate(&mut self, kill_timeout: Duration, now: Instant, acts: &mut Vec<Action>) {
+        if self.is_signalled() {
+            return;
+        }
+        let (signal, stopping) = StopLadder::term_then_kill(kill_timeout).begin(now);
+        self.stop = Some(Stop::Signalled(stopping));
+        acts.push(Action::Signal { worker: self.id, signal });
     }
 
-    /// Advances the stop ladder or the job timeout if their deadline passed.
-    pub fn on_deadline(&mut self, now: Instant, kill_timeout: Duration) {
+    /// SIGKILLs the process group now.
+    pub fn kill(&mut self, now: Instant, acts: &mut Vec<Action>) {
+        let signal = match &mut self.stop {
+            Some(Stop::Signalled(stopping)) => stopping.force(now),
+            _ => {
+                let (_, mut stopping) = StopLadder::term_then_kill(Duration::ZERO).begin(now);
+                let signal = stopping.force(now);
+                self.stop = Some(Stop::Signalled(stopping));
+                signal
+            }
+        };
+        acts.push(Action::Signal { worker: self.id, signal });
+    }
+
+    /// Times the job out or climbs the stop ladder if a deadline passed.
+    pub fn on_deadline(&mut self, kill_timeout: Duration, now: Instant, acts: &mut Vec<Action>) {
         if let Some(run) = self.job.as_mut()
             && !run.timed_out
             && run.deadline.is_some_and(|d| d <= now)
         {
             run.timed_out = true;
-            tracing::warn!(pid = %self.child.id(), job = %run.job.id, task = %self.group, "job timed out: killing the worker's process group");
-            self.kill();
+            tracing::warn!(worker = self.id, pid = ?self.pid, job = %run.job.id, task = %self.group, "job timed out: killing the worker's process group");
+            self.kill(now, acts);
             return;
         }
-        match self.stop {
-            Some(StopStage::Eof(at)) if at <= now => {
-                self.signal_group(Signal::TERM);
-                self.stop = Some(StopStage::Term(now + kill_timeout));
+        match &mut self.stop {
+            Some(Stop::Draining { until }) if *until <= now => {
+                self.stop = None;
+                self.terminate(kill_timeout, now, acts);
             }
-            Some(StopStage::Term(at)) if at <= now => {
-                tracing::warn!(pid = %self.child.id(), task = %self.group, "worker ignored SIGTERM: sending SIGKILL");
-                self.kill();
+            Some(Stop::Signalled(stopping)) if !stopping.is_last_step() => {
+                if let Escalation::Send(signal) = stopping.escalate(now) {
+                    tracing::warn!(worker = self.id, pid = ?self.pid, task = %self.group, "worker ignored SIGTERM: sending SIGKILL");
+                    acts.push(Action::Signal { worker: self.id, signal });
+                }
             }
             _ => {}
         }
     }
 
-    /// The next instant this worker needs attention.
+    /// The next instant this worker needs attention (none once KILL has been sent: its exit
+    /// comes through its pidfd).
     pub fn next_deadline(&self) -> Option<Instant> {
         let job = self.job.as_ref().filter(|r| !r.timed_out).and_then(|r| r.deadline);
-        let stop = match self.stop {
-            Some(StopStage::Eof(at) | StopStage::Term(at)) => Some(at),
+        let stop = match &self.stop {
+            Some(Stop::Draining { until }) => Some(*until),
+            Some(Stop::Signalled(s)) if !s.is_last_step() => Some(s.deadline().instant()),
             _ => None,
         };
         job.into_iter().chain(stop).min()
     }
 
-    pub fn deregister_all(&mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.child);
-        self.close_stdin(registry);
-        self.close_stdout(registry);
-    }
-
-    pub fn state_name(&self) -> &'static str {
-        let stopped = procyard_core::ProcStat::read(self.child.id())
-            .ok()
-            .flatten()
-            .is_some_and(|s| s.is_stopped());
-        if stopped {
-            return "stopped";
-        }
-        match (self.stop, &self.job) {
-            (Some(StopStage::Eof(_)), _) => "draining",
-            (Some(_), _) => "stopping",
-            (None, Some(_)) => "busy",
-            (None, None) => "idle",
+    /// What `status` shows; `stopped` when the process is stopped (SIGSTOP).
+    pub fn state(&self, stopped: bool) -> WorkerState {
+        match (&self.stop, &self.job) {
+            _ if stopped => WorkerState::Stopped,
+            (Some(Stop::Draining { .. }), _) => WorkerState::Draining,
+            (Some(_), _) => WorkerState::Stopping,
+            (None, Some(_)) => WorkerState::Busy,
+            (None, None) => WorkerState::Idle,
         }
     }
-}
-
-/// The worker's identity for the lease, read right after the spawn (a worker that is already
-/// gone has none: there is nothing left to stop).
-fn worker_holder(child: &Child) -> Option<LeaseHolder> {
-    let process = procyard_core::ProcessIdentity::of(child.id()).ok().flatten()?;
-    Some(LeaseHolder { process, process_group: child.process_group()? })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use procyard_core::Signal;
 
     use super::*;
 
-    /// The payload reads back whole from the start, and nobody can write to it, grow it or
-    /// shrink it once it is handed over.
+    fn signals(acts: &[Action]) -> Vec<Signal> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Signal { signal, .. } => Some(*signal),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn sealed_payload_is_complete_and_immutable() {
-        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let fd = sealed_payload(&payload).unwrap();
-        let mut file = std::fs::File::from(fd);
-        assert!(file.write_all(b"x").is_err(), "sealed against writes");
-        assert!(file.set_len(1).is_err(), "sealed against shrinking");
-        assert!(file.set_len(1 << 20).is_err(), "sealed against growing");
-        let mut back = Vec::new();
-        file.read_to_end(&mut back).unwrap();
-        assert_eq!(back, payload);
-        assert!(sealed_payload(b"").is_ok(), "an empty payload is a valid one");
+    fn drain_then_term_then_kill() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut w = Worker::new(1, "t", 0, WorkModel::Longlived, t0);
+        let mut acts = Vec::new();
+        w.begin_stop(s, s, t0, &mut acts);
+        assert_eq!(acts, vec![Action::CloseStdin { worker: 1 }]);
+        assert_eq!(w.state(false), WorkerState::Draining);
+        assert_eq!(w.next_deadline(), Some(t0 + s));
+        acts.clear();
+        w.on_deadline(s, t0 + s / 2, &mut acts);
+        assert!(acts.is_empty());
+        w.on_deadline(s, t0 + s, &mut acts);
+        assert_eq!(signals(&acts), [Signal::TERM]);
+        assert_eq!(w.state(false), WorkerState::Stopping);
+        assert_eq!(w.next_deadline(), Some(t0 + 2 * s));
+        acts.clear();
+        w.on_deadline(s, t0 + 2 * s, &mut acts);
+        assert_eq!(signals(&acts), [Signal::KILL]);
+        assert_eq!(w.next_deadline(), None, "after KILL only the exit is awaited");
+        acts.clear();
+        w.begin_stop(Duration::ZERO, s, t0 + 3 * s, &mut acts);
+        assert!(acts.is_empty(), "a second stop changes nothing");
+    }
+
+    #[test]
+    fn a_job_timeout_kills_at_once() {
+        let t0 = Instant::now();
+        let mut w = Worker::new(1, "t", 0, WorkModel::Oneshot, t0);
+        w.start_job(crate::supervisor::testing::job("j", 1), Some(Duration::from_secs(2)), t0);
+        assert_eq!(w.state(false), WorkerState::Busy);
+        assert_eq!(w.state(true), WorkerState::Stopped);
+        let mut acts = Vec::new();
+        w.on_deadline(Duration::from_secs(5), t0 + Duration::from_secs(2), &mut acts);
+        assert_eq!(signals(&acts), [Signal::KILL]);
+        assert!(w.job.as_ref().unwrap().timed_out);
+        assert_eq!(w.next_deadline(), None);
     }
 }

@@ -29,7 +29,7 @@ routing_keys = ["count.#"]
 command = ["sh", "-c", "printf x >> {out}/$(cat)"]
 max_workers = 2
 max_attempts = 2
-retry_backoff = "50ms"
+backoff_initial = "50ms"
 "#;
 
 fn is_root(test: &str) -> bool {
@@ -293,7 +293,7 @@ routing_keys = ["gated"]
 command = ["sh", "-c", "p=$(cat); if [ \"$p\" = A ]; then : > {dir}/A.started; read x < {dir}/gate; fi; printf x >> {out}/$p"]
 max_workers = 1
 max_attempts = 5
-retry_backoff = "50ms"
+backoff_initial = "50ms"
 "#;
     let mut sb = Sandbox::new(gate_task);
     tmpfs_config(&sb, gate_task);

@@ -100,7 +100,7 @@ routing_keys = ["orphans.#"]
 command = ["python3", "{{dir}}/job.py", "{{out}}", "{mode}"]
 max_workers = 2
 max_attempts = 100
-retry_backoff = "50ms"
+backoff_initial = "50ms"
 "#
     )
 }

@@ -10,6 +10,7 @@ mod sandbox;
 use std::time::{Duration, Instant};
 
 use procyard_core::Signal;
+use procyard_daemon::status::{DaemonState, WorkerState};
 use sandbox::{Sandbox, is_alive};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -23,7 +24,7 @@ routing_keys = ["count.#"]
 command = ["sh", "-c", "printf x >> {{out}}/$(cat)"]
 max_workers = {max_workers}
 max_attempts = 3
-retry_backoff = "50ms"
+backoff_initial = "50ms"
 "#
     )
 }
@@ -37,7 +38,7 @@ command = ["python3", "{{worker}}"]
 work_model = "longlived"
 min_workers = {min}
 max_workers = {max}
-retry_backoff = "50ms"
+backoff_initial = "50ms"
 env = {{ ECHO_OUT_DIR = "{{out}}" }}
 {extra}
 "#
@@ -114,7 +115,7 @@ name = "victim"
 routing_keys = ["victim"]
 command = ["sh", "-c", "if [ $PROCYARD_ATTEMPT = 1 ]; then echo $$ > {dir}/pid.tmp; mv {dir}/pid.tmp {dir}/pid; exec sleep 30; fi; printf x >> {out}/done"]
 max_attempts = 3
-retry_backoff = "50ms"
+backoff_initial = "50ms"
 "#,
     );
     sb.start();
@@ -144,7 +145,7 @@ routing_keys = ["slow"]
 command = ["sh", "-c", "p=$(cat); sleep 0.05; printf x >> {out}/$p"]
 max_workers = 4
 max_attempts = 5
-retry_backoff = "50ms"
+backoff_initial = "50ms"
 "#,
     );
     sb.start();
@@ -173,7 +174,7 @@ name = "flaky"
 routing_keys = ["flaky"]
 command = ["sh", "-c", "printf x >> {out}/attempts; test -e {dir}/fixed"]
 max_attempts = 3
-retry_backoff = "20ms"
+backoff_initial = "20ms"
 "#,
     );
     sb.start();
@@ -204,7 +205,7 @@ routing_keys = ["hang"]
 command = ["sh", "-c", "sleep 30 & echo $! > {out}/grandchild.$PROCYARD_ATTEMPT; wait"]
 timeout = "2s"
 max_attempts = 2
-retry_backoff = "20ms"
+backoff_initial = "20ms"
 "#,
     );
     sb.start();
@@ -276,7 +277,7 @@ command = ["sh", "-c", "trap '' TERM; echo $$ > {out}/pid; sleep 60"]
         sb.wait_exit(Duration::from_millis(300)).is_none(),
         "graceful stop waits for the in-flight job"
     );
-    sb.wait_until("stopping reported", SECS(10), |sb| sb.status().state == "stopping");
+    sb.wait_until("stopping reported", SECS(10), |sb| sb.status().state == DaemonState::Stopping);
     let t0 = Instant::now();
     sb.signal(Signal::TERM);
     let exit = sb.wait_exit(SECS(30)).expect("forced stop, without waiting for kill_timeout");
@@ -461,7 +462,7 @@ fn daemon_s3_stopped_worker_is_not_replaced() {
     procyard_core::kill_process(rpid, Signal::STOP).expect("stop");
     sb.wait_until("seen as stopped", SECS(10), |sb| {
         let s = sb.status();
-        group(&s, "frozen").workers.iter().any(|w| w.pid == pid && w.state == "stopped")
+        group(&s, "frozen").workers.iter().any(|w| w.pid == pid && w.state == WorkerState::Stopped)
     });
     sb.publish("frozen", b"waits for the worker");
     sb.pause(Duration::from_millis(300));
@@ -650,7 +651,7 @@ fn daemon_control_socket_is_owner_only_and_survives_garbage() {
     let mut s = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
     s.write_all(&u32::MAX.to_be_bytes()).expect("write");
     let _ = s.read_to_end(&mut answer);
-    assert_eq!(sb.status().state, "running");
+    assert_eq!(sb.status().state, DaemonState::Running);
 }
 
 #[test]

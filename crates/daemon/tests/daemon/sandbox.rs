@@ -1,10 +1,12 @@
-//! A sandbox for end-to-end scenarios: a temp dir with a config, a queue file and the daemon
-//! started as a real process, with readiness through `--ready-fd`, and a watchdog on drop.
+//! A sandbox for end-to-end scenarios: core's `testkit::Sandbox` (a temp dir and a watchdog)
+//! with a config, a queue file and the daemon started as a real process, with readiness
+//! through `--ready-fd`; the daemon is stopped on drop.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use procyard_core::testkit;
 use procyard_core::{
     Child, Command, Deadline, Exit, Pid, Readiness, ReadyReader, Signal, Stdio, ready_pipe,
 };
@@ -18,8 +20,20 @@ pub fn echo_worker() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/echo_worker.py")
 }
 
+/// How long one scenario may run before the watchdog ends the test process.
+const TEST_LIMIT: Duration = Duration::from_secs(300);
+
+/// The running test's name (libtest names its threads after the tests), short enough for a
+/// socket path in the sandbox.
+fn test_name() -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("daemon").rsplit("::").next().unwrap_or("daemon");
+    let name = name.strip_prefix("daemon_").unwrap_or(name);
+    name.chars().take(24).collect()
+}
+
 pub struct Sandbox {
-    pub dir: tempfile::TempDir,
+    pub dir: testkit::Sandbox,
     pub config: PathBuf,
     pub daemon: Option<Child>,
 }
@@ -28,7 +42,7 @@ impl Sandbox {
     /// A sandbox whose config has `daemon` lines in `[daemon]` and `tasks` after `[queue]`.
     /// `{dir}` is replaced by the sandbox directory, `{worker}` by the example echo worker.
     pub fn with(daemon: &str, tasks: &str) -> Sandbox {
-        let dir = tempfile::Builder::new().prefix("pyd").tempdir().expect("tempdir");
+        let dir = testkit::Sandbox::new(&test_name(), TEST_LIMIT);
         let config = dir.path().join("procyard.toml");
         let sandbox = Sandbox { dir, config, daemon: None };
         sandbox.write_config(daemon, tasks);
@@ -208,23 +222,19 @@ impl Sandbox {
         }
     }
 
-    /// Waits until `cond` holds, checking every few milliseconds; panics with the log after
-    /// `timeout`.
+    /// Waits until `cond` holds (core's `testkit::try_wait_for`); panics with the daemon's
+    /// log after `timeout`.
     pub fn wait_until(
         &self,
         what: &str,
         timeout: Duration,
         mut cond: impl FnMut(&Sandbox) -> bool,
     ) {
-        let deadline = Deadline::after(timeout);
-        loop {
-            if cond(self) {
-                return;
-            }
-            if deadline.is_expired() {
-                panic!("timed out waiting for {what}\n--- daemon log ---\n{}", self.log());
-            }
-            self.pause(Duration::from_millis(10));
+        if !testkit::try_wait_for(timeout, || cond(self)) {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n--- daemon log ---\n{}",
+                self.log()
+            );
         }
     }
 

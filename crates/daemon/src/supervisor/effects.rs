@@ -1,0 +1,213 @@
+//! How the shell performs the state's [`Action`]s: queue calls, worker processes, control
+//! answers, and the two ways the loop ends.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use procyard_core::{Pid, Report};
+
+use super::event::{Action, Event};
+use super::process::Process;
+use super::reload::keep_restart_settings;
+use super::shell::Shell;
+use super::snapshot::{Observed, snapshot};
+use super::strays;
+use crate::config::Config;
+use crate::control::Response;
+use crate::queue::{Job, Outcome};
+use crate::status::Status;
+use crate::{Error, Result};
+
+impl Shell {
+    /// Performs `action`; returns the answer to feed back, for those that have one.
+    pub(super) fn perform(&mut self, action: Action) -> Option<Event> {
+        let registry = self.poll.registry();
+        match action {
+            Action::Claim { task, max } => match self.queue.claim(&task, max) {
+                Ok(jobs) => return Some(Event::Claimed { task, max, jobs }),
+                Err(e) => {
+                    tracing::error!(%task, error = %Report(&e), "unable to claim jobs");
+                    return Some(Event::ClaimFailed { task });
+                }
+            },
+            Action::Spawn { worker } => return Some(self.spawn(worker)),
+            Action::SendJob { worker } => {
+                let (Some(p), Some(w)) =
+                    (self.processes.get_mut(&worker), self.state.workers.get(&worker))
+                else {
+                    return None;
+                };
+                let Some(run) = &w.job else { return None };
+                record_holder(&mut *self.queue, &run.job, p);
+                if let Err(e) = p.send_job(&run.job, registry) {
+                    tracing::error!(error = %Report(&e), "unable to send a job to a worker");
+                }
+            }
+            Action::Signal { worker, signal } => {
+                if let Some(p) = self.processes.get(&worker) {
+                    p.signal_group(signal);
+                }
+            }
+            Action::CloseStdin { worker } => {
+                if let Some(p) = self.processes.get_mut(&worker) {
+                    p.close_stdin(registry);
+                }
+            }
+            Action::CloseStdout { worker } => {
+                if let Some(p) = self.processes.get_mut(&worker) {
+                    p.close_stdout(registry);
+                }
+            }
+            Action::Complete { job, outcome } => self.complete(&job, outcome),
+            Action::SetCapacity { task, capacity } => {
+                if let Err(e) = self.queue.set_capacity(&task, capacity) {
+                    tracing::debug!(%task, error = %Report(&e), "unable to set a task's capacity");
+                }
+            }
+            Action::WakeQueue => {
+                if let Err(e) = self.queue.on_wake() {
+                    self.on_queue_error(e, "queue backend error");
+                }
+            }
+            Action::Reload => return Some(self.reload()),
+            Action::CloseConnection { conn } => self.control.close(conn, registry),
+            Action::AnswerStatus { conn } => {
+                let response = Response::Status(Box::new(self.status()));
+                self.control.respond(conn, &response, self.poll.registry());
+            }
+            Action::ReapStrays => self.reap_strays = true,
+            Action::StopEscapees => strays::stop_escapees(self),
+            Action::Notify(state) => crate::notify::systemd(state),
+            Action::ForceStop => self.forced = true,
+        }
+        None
+    }
+
+    fn spawn(&mut self, worker: u64) -> Event {
+        let Some(w) = self.state.workers.get(&worker) else {
+            return Event::SpawnFailed { worker, error: "worker forgotten".into() };
+        };
+        let Some(g) = self.state.groups.get(&w.group) else {
+            return Event::SpawnFailed { worker, error: "task removed".into() };
+        };
+        let job = w.job.as_ref().map(|r| &r.job);
+        match Process::spawn(worker, &g.cfg, job, self.poll.registry()) {
+            Ok(p) => {
+                if let Some(job) = job {
+                    record_holder(&mut *self.queue, job, &p);
+                }
+                let pid = p.child.id().as_raw();
+                self.processes.insert(worker, p);
+                Event::Spawned { worker, pid }
+            }
+            Err(e) => Event::SpawnFailed { worker, error: e.chain().to_string() },
+        }
+    }
+
+    fn complete(&mut self, job: &Job, outcome: Outcome) {
+        let delay = match &outcome {
+            Outcome::Retry { delay, .. } => Some(*delay),
+            _ => None,
+        };
+        if let Err(e) = self.queue.complete(job, outcome) {
+            tracing::error!(job = %job.id, error = %Report(&e), "unable to record a job outcome");
+        }
+        // Remember when the retry falls due: if its delay has already passed by the time the
+        // outcome is flushed, the queue no longer reports it as a future instant, and without
+        // this the loop would sleep with a claimable job waiting. The delay runs from
+        // `complete` (queue contract), so this instant, taken after it (plus a millisecond for
+        // the queue's clock granularity), is never before the job is claimable.
+        if let Some(delay) = delay {
+            let due = Instant::now() + delay + Duration::from_millis(1);
+            self.state.note_queue_due(Some(due));
+        }
+    }
+
+    /// Loads the config again and binds the queue to it: the answer to [`Action::Reload`].
+    fn reload(&mut self) -> Event {
+        let mut new = match Config::load_runnable(&self.state.config.path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %Report(&e), "reload failed: keeping the running config");
+                return Event::ReloadFailed { error: e.chain().to_string() };
+            }
+        };
+        keep_restart_settings(&self.state.config, &mut new);
+        if let Err(e) = self.queue.bind(&new.bindings()) {
+            tracing::error!(error = %Report(&e), "reload failed: the queue refused the new bindings; keeping the running config");
+            let _ = self.queue.bind(&self.state.config.bindings());
+            return Event::ReloadFailed { error: e.chain().to_string() };
+        }
+        Event::Reloaded(Box::new(new))
+    }
+
+    fn status(&mut self) -> Status {
+        // The counters already include outcomes of this turn: write them first, so the
+        // queue's depths and dead letters agree with the counters.
+        self.flush_queue();
+        let depths = self.queue.depths().unwrap_or_else(|e| {
+            tracing::error!(error = %Report(&e), "unable to read queue depths");
+            BTreeMap::new()
+        });
+        let observed = Observed {
+            pid: Pid::current().as_raw(),
+            depths,
+            health: self.queue.health(),
+            dead_letters: self.queue.dead_letters(None, 100).unwrap_or_default(),
+            control_connections: self.control.connections(),
+        };
+        let processes = &self.processes;
+        snapshot(&self.state, observed, Instant::now(), |w| {
+            processes.get(&w.id).is_some_and(|p| {
+                procyard_core::ProcStat::read(p.child.id())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.is_stopped())
+            })
+        })
+    }
+
+    /// A second stop signal: KILL every worker and escapee, reap the workers, stop.
+    pub(super) fn force_stop(&mut self) -> Result<()> {
+        for p in self.processes.values() {
+            p.signal_group(procyard_core::Signal::KILL);
+        }
+        for (_, mut p) in self.processes.drain() {
+            if let Err(e) = p.child.wait() {
+                tracing::error!(pid = %p.child.id(), error = %Report(&e), "unable to reap worker");
+            }
+        }
+        // Jobs of killed workers go back to the queue at shutdown, their attempt not counted.
+        self.state.workers.clear();
+        // Escapees too, at once (the daemon exits next; init reaps them).
+        strays::stop_escapees(self);
+        self.escapees.kill_all();
+        self.finish_stop()
+    }
+
+    pub(super) fn finish_stop(&mut self) -> Result<()> {
+        if let Err(e) = self.queue.shutdown() {
+            tracing::error!(error = %Report(&e), "queue shutdown failed");
+        }
+        self.control.shut_down(self.poll.registry());
+        match self.fatal.take() {
+            Some(e) => {
+                tracing::error!(error = %e.chain(), "procyard-daemon stopped");
+                Err::<(), Error>(e)
+            }
+            None => {
+                tracing::info!("procyard-daemon stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Records with the lease which worker runs `job`.
+fn record_holder(queue: &mut dyn crate::queue::QueueBackend, job: &Job, p: &Process) {
+    if let Some(holder) = &p.holder
+        && let Err(e) = queue.record_holder(job, holder)
+    {
+        tracing::error!(job = %job.id, error = %Report(&e), "unable to record a job's worker");
+    }
+}

@@ -1,0 +1,198 @@
+//! Reconcile: per task group, claim jobs up to the free capacity, then start workers and hand
+//! jobs to idle ones. Part of the state machine (pure).
+//!
+//! A round per group, driven by the shell's answers: [`Event::Reconcile`] asks for a claim
+//! when the queue may hold jobs; [`Event::Claimed`] (or `ClaimFailed`) continues with one
+//! [`Action::Spawn`] at a time, each answered by `Spawned` (go on) or `SpawnFailed` (the crash
+//! backoff stops the round), so a start that fails never lets the round start more.
+//!
+//! [`Event::Reconcile`]: super::event::Event::Reconcile
+//! [`Event::Claimed`]: super::event::Event::Claimed
+
+use std::time::{Duration, Instant};
+
+use super::event::{Action, WorkerId};
+use super::outcome::JobResult;
+use super::state::{Phase, State, finish_job};
+use super::worker::Worker;
+use crate::config::WorkModel;
+use crate::queue::{Job, Outcome};
+
+impl State {
+    /// Claims, dispatches and starts workers for every group; drops drained groups.
+    pub(super) fn reconcile(&mut self, now: Instant, acts: &mut Vec<Action>) {
+        let running = self.phase == Phase::Running;
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        for name in names {
+            let Some(g) = self.groups.get_mut(&name) else { continue };
+            if running && g.configured {
+                self.begin_round(&name, now, acts);
+            } else if !g.configured {
+                for job in g.pending.drain(..) {
+                    let reason = "task removed before the job started".to_owned();
+                    let outcome = Outcome::Retry { delay: Duration::ZERO, reason };
+                    acts.push(Action::Complete { job, outcome });
+                }
+                if !self.workers.values().any(|w| w.group == name) {
+                    tracing::info!(task = %name, "removed task group stopped");
+                    self.groups.remove(&name);
+                }
+            }
+            // Stopping: pending jobs stay claimed; the queue gets them back at shutdown.
+        }
+    }
+
+    fn begin_round(&mut self, name: &str, now: Instant, acts: &mut Vec<Action>) {
+        let busy = self.workers.values().filter(|w| w.group == name && w.job.is_some()).count();
+        let Some(g) = self.groups.get_mut(name) else { return };
+        if g.next_spawn.is_some_and(|t| t <= now) {
+            g.next_spawn = None;
+        }
+        if g.maybe_more {
+            let capacity = g.cfg.max_workers.saturating_sub(busy + g.pending.len());
+            if capacity > 0 {
+                acts.push(Action::Claim { task: name.to_owned(), max: capacity });
+                return;
+            }
+        }
+        self.after_claim(name, now, acts);
+    }
+
+    pub(super) fn on_claimed(
+        &mut self,
+        task: &str,
+        max: usize,
+        jobs: Vec<Job>,
+        now: Instant,
+        acts: &mut Vec<Action>,
+    ) {
+        let Some(g) = self.groups.get_mut(task) else {
+            // Not reachable (the shell answers at once), but never lose a lease.
+            for job in jobs {
+                let reason = "task removed before the job started".to_owned();
+                acts.push(Action::Complete {
+                    job,
+                    outcome: Outcome::Retry { delay: Duration::ZERO, reason },
+                });
+            }
+            return;
+        };
+        tracing::trace!(task, max, claimed = jobs.len(), "claim");
+        if jobs.len() < max {
+            g.maybe_more = false;
+        }
+        g.pending.extend(jobs);
+        self.after_claim(task, now, acts);
+    }
+
+    /// After the claim: a oneshot group starts a worker per pending job; a longlived group
+    /// hands pending jobs to idle workers and starts what it lacks.
+    pub(super) fn after_claim(&mut self, name: &str, now: Instant, acts: &mut Vec<Action>) {
+        let Some(g) = self.groups.get_mut(name) else { return };
+        match g.cfg.work_model {
+            WorkModel::Oneshot => self.spawn_oneshot(name, now, acts),
+            WorkModel::Longlived => {
+                self.dispatch(name, now, acts);
+                let Some(g) = self.groups.get_mut(name) else { return };
+                let live = g.live_workers(&self.workers);
+                let busy = self
+                    .workers
+                    .values()
+                    .filter(|w| w.group == name && w.generation == g.generation && w.job.is_some())
+                    .count();
+                let want = (busy + g.pending.len()).clamp(g.cfg.min_workers, g.cfg.max_workers);
+                if live < want && g.next_spawn.is_none_or(|t| t <= now) {
+                    // In a crash streak, one at a time until a worker proves healthy.
+                    g.spawn_budget = if g.crash_streak > 0 { 1 } else { want - live };
+                    self.spawn_longlived(name, now, acts);
+                }
+            }
+        }
+    }
+
+    /// Starts a oneshot worker for the next pending job, if the crash backoff allows.
+    fn spawn_oneshot(&mut self, name: &str, now: Instant, acts: &mut Vec<Action>) {
+        let Some(g) = self.groups.get(name) else { return };
+        if g.pending.is_empty() || g.next_spawn.is_some_and(|t| t > now) {
+            return;
+        }
+        let id = self.alloc_id();
+        let Some(g) = self.groups.get_mut(name) else { return };
+        let Some(job) = g.pending.pop_front() else { return };
+        let mut w = Worker::new(id, name, g.generation, WorkModel::Oneshot, now);
+        w.start_job(job, g.cfg.timeout, now);
+        self.workers.insert(id, w);
+        acts.push(Action::Spawn { worker: id });
+    }
+
+    /// Starts the next longlived worker of the round's budget; dispatches once it is spent.
+    fn spawn_longlived(&mut self, name: &str, now: Instant, acts: &mut Vec<Action>) {
+        if self.groups.get(name).is_none_or(|g| g.spawn_budget == 0) {
+            return self.dispatch(name, now, acts);
+        }
+        let id = self.alloc_id();
+        let Some(g) = self.groups.get_mut(name) else { return };
+        g.spawn_budget -= 1;
+        self.workers.insert(id, Worker::new(id, name, g.generation, WorkModel::Longlived, now));
+        acts.push(Action::Spawn { worker: id });
+    }
+
+    pub(super) fn on_spawned(
+        &mut self,
+        id: WorkerId,
+        pid: i32,
+        now: Instant,
+        acts: &mut Vec<Action>,
+    ) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        w.pid = Some(pid);
+        let (name, model) = (w.group.clone(), w.model);
+        tracing::debug!(task = %name, pid, "worker started");
+        if self.phase != Phase::Running || !self.groups.get(&name).is_some_and(|g| g.configured) {
+            return;
+        }
+        match model {
+            WorkModel::Oneshot => self.spawn_oneshot(&name, now, acts),
+            WorkModel::Longlived => self.spawn_longlived(&name, now, acts),
+        }
+    }
+
+    pub(super) fn on_spawn_failed(
+        &mut self,
+        id: WorkerId,
+        error: String,
+        now: Instant,
+        acts: &mut Vec<Action>,
+    ) {
+        let Some(mut w) = self.workers.remove(&id) else { return };
+        let Some(g) = self.groups.get_mut(&w.group) else { return };
+        tracing::error!(task = %g.cfg.name, %error, "unable to start a worker");
+        g.note_crash(now);
+        g.spawn_budget = 0;
+        if let Some(run) = w.job.take() {
+            finish_job(g, run.job, JobResult::Fail { reason: error }, acts);
+        }
+        if w.model == WorkModel::Longlived {
+            self.dispatch(&w.group, now, acts);
+        }
+    }
+
+    /// Longlived: hands pending jobs to idle workers of the current generation.
+    fn dispatch(&mut self, name: &str, now: Instant, acts: &mut Vec<Action>) {
+        let Some(g) = self.groups.get_mut(name) else { return };
+        if g.pending.is_empty() {
+            return;
+        }
+        let mut idle: Vec<&mut Worker> = self
+            .workers
+            .values_mut()
+            .filter(|w| w.group == name && w.generation == g.generation && w.is_idle())
+            .collect();
+        idle.sort_by_key(|w| w.id);
+        for w in idle {
+            let Some(job) = g.pending.pop_front() else { break };
+            w.start_job(job, g.cfg.timeout, now);
+            acts.push(Action::SendJob { worker: w.id });
+        }
+    }
+}

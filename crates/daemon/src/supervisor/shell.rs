@@ -1,0 +1,294 @@
+//! The thin mio shell around the [`State`]: it turns readiness into [`Event`]s (signals from
+//! the signalfd, worker exits from pidfds, replies from worker pipes, control requests, the
+//! queue's wake-ups, a tick per turn for deadlines) and performs the [`Action`]s
+//! ([`super::effects`]). Every decision is the state's.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use procyard_core::{Deadline, Report, Signal, SignalFd, StreamState};
+
+use super::escapees::Escapees;
+use super::event::{Action, Event, WorkerId};
+use super::process::{KIND_CONN, KIND_PIDFD, KIND_STDIN, KIND_STDOUT, Process, token};
+use super::state::{Phase, State};
+use super::{RunOptions, orphans, strays};
+use crate::config::Config;
+use crate::control::{ControlServer, Incoming};
+use crate::protocol::Reply;
+use crate::queue::{self, OpenMode, QueueBackend};
+use crate::{Error, Result};
+
+const SIGNAL: Token = Token(0);
+const LISTENER: Token = Token(1);
+const QUEUE: Token = Token(2);
+/// How soon to ask the queue again when it could not say when jobs fall due.
+const RETRY_READ: Duration = Duration::from_secs(1);
+
+pub(super) struct Shell {
+    pub(super) state: State,
+    pub(super) poll: Poll,
+    signals: SignalFd,
+    pub(super) control: ControlServer,
+    pub(super) queue: Box<dyn QueueBackend>,
+    pub(super) processes: HashMap<WorkerId, Process>,
+    /// Descendants of workers that escaped their process group, adopted as a subreaper.
+    pub(super) escapees: Escapees,
+    /// Why the daemon must stop with an error (its queue is gone), once it has stopped.
+    pub(super) fatal: Option<Error>,
+    /// A second stop signal arrived.
+    pub(super) forced: bool,
+    /// A SIGCHLD arrived: reap strays at the end of the turn.
+    pub(super) reap_strays: bool,
+}
+
+pub(super) fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |source| Error::Os { action, source }
+}
+
+impl Shell {
+    pub(super) fn new(config: Config, mut signals: SignalFd) -> Result<Shell> {
+        let poll = Poll::new().map_err(os("create the event loop"))?;
+        poll.registry()
+            .register(&mut signals, SIGNAL, Interest::READABLE)
+            .map_err(os("register the signalfd"))?;
+        let mut queue = queue::open(&config.queue, OpenMode::Daemon)?;
+        // Before any claim: the workers a killed daemon left running are stopped, and only
+        // then are their jobs put back.
+        orphans::recover(&mut *queue, config.daemon.kill_timeout)?;
+        queue.bind(&config.bindings())?;
+        queue.attach(poll.registry(), QUEUE)?;
+        let control =
+            ControlServer::bind(&config.daemon.control_socket, poll.registry(), LISTENER, |id| {
+                token(id, KIND_CONN)
+            })?;
+        Ok(Shell {
+            state: State::new(config, Instant::now()),
+            poll,
+            signals,
+            control,
+            queue,
+            processes: HashMap::new(),
+            escapees: Escapees::default(),
+            fatal: None,
+            forced: false,
+            reap_strays: false,
+        })
+    }
+
+    pub(super) fn start(&mut self, options: RunOptions) -> Result<()> {
+        // A child inherited from the process that exec'd the daemon may have exited before
+        // the signalfd existed: its SIGCHLD is gone, and none may follow. Reap it now.
+        strays::reap_unknown_children(self);
+        if options.subreaper {
+            procyard_core::subreaper::become_subreaper()
+                .map_err(|e| Error::process("become a child subreaper", e))?;
+        }
+        // Children the daemon has before its first worker are not its to stop.
+        self.escapees.note_foreign(&strays::children_of_self());
+        for g in self.state.groups.values() {
+            self.queue.set_capacity(&g.cfg.name, g.cfg.max_workers)?;
+        }
+        self.feed(Event::Reconcile);
+        self.flush_queue();
+        tracing::info!(
+            config = %self.state.config.path.display(),
+            socket = %self.control.path().display(),
+            queue = %self.queue.health().detail,
+            tasks = self.state.groups.len(),
+            "procyard-daemon ready"
+        );
+        if let Some(fd) = options.ready_fd {
+            let writer = procyard_core::ReadyWriter::inherited(fd)
+                .map_err(|e| Error::process(format!("open --ready-fd {fd}"), e))?;
+            writer.notify("ready").map_err(|e| Error::process("write to --ready-fd", e))?;
+        }
+        crate::notify::systemd("READY=1");
+        Ok(())
+    }
+
+    /// Steps the state with `event` and performs what it answers, feeding back the answers of
+    /// actions that have one, until nothing is left to do.
+    pub(super) fn feed(&mut self, event: Event) {
+        let mut todo: VecDeque<Action> = self.state.step(event, Instant::now()).into();
+        while let Some(action) = todo.pop_front() {
+            if let Some(answer) = self.perform(action) {
+                todo.extend(self.state.step(answer, Instant::now()));
+            }
+        }
+    }
+
+    pub(super) fn run_loop(&mut self) -> Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.next_deadline().map(|d| Deadline::at(d).remaining());
+            tracing::trace!(?timeout, due = ?self.state.queue_due, "waiting");
+            procyard_core::event::poll(&mut self.poll, &mut events, timeout)
+                .map_err(os("wait for events"))?;
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL => self.on_signals(),
+                    LISTENER => {
+                        for (conn, request) in self.control.accept(self.poll.registry()) {
+                            self.feed(Event::Control { conn, request });
+                        }
+                    }
+                    QUEUE => self.on_queue_wake(),
+                    Token(t) => {
+                        let id = (t >> 2) as u64;
+                        match t & 3 {
+                            KIND_PIDFD => self.on_worker_exit(id),
+                            KIND_STDOUT => self.read_replies(id),
+                            KIND_STDIN => {
+                                if let Some(p) = self.processes.get_mut(&id) {
+                                    p.flush_stdin(self.poll.registry());
+                                }
+                            }
+                            KIND_CONN => {
+                                if let Incoming::Request(request) =
+                                    self.control.on_ready(id, self.poll.registry())
+                                {
+                                    self.feed(Event::Control { conn: id, request });
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if self.forced {
+                    return self.force_stop();
+                }
+            }
+            if std::mem::take(&mut self.reap_strays) {
+                strays::reap_unknown_children(self);
+                // An escapee may have been reparented to us when its parent exited.
+                strays::stop_escapees(self);
+            }
+            let now = Instant::now();
+            for (conn, request) in self.control.on_deadlines(now, self.poll.registry()) {
+                self.feed(Event::Control { conn, request });
+            }
+            self.escapees.on_deadlines(now);
+            self.feed(Event::Tick);
+            // The outcomes of this turn are recorded no later than the claims that refill the
+            // freed capacity (the SQLite backend writes both in one transaction; others flush
+            // buffered outcomes before claiming): the queue then never holds more leased jobs
+            // than `max_workers` per task, so a daemon killed at any moment leaves at most that
+            // many to run again.
+            self.feed(Event::Reconcile);
+            self.flush_queue();
+            if self.state.is_finished() && self.escapees.is_empty() {
+                return self.finish_stop();
+            }
+        }
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let mut extra = vec![self.control.next_deadline(), self.escapees.next_deadline()];
+        if self.state.phase == Phase::Running {
+            match self.queue.next_due() {
+                // Keep a known retry time even if the queue no longer reports it as future
+                // (it may have fallen due a moment ago).
+                Ok(due) => self.state.note_queue_due(due),
+                Err(e) => {
+                    self.on_queue_error(e, "unable to read retry times");
+                    // Look again soon; at once if the queue is gone (the stop has begun).
+                    let again = if self.fatal.is_some() { Duration::ZERO } else { RETRY_READ };
+                    extra.push(Some(Instant::now() + again));
+                }
+            }
+        }
+        extra.into_iter().flatten().chain(self.state.next_deadline()).min()
+    }
+
+    fn on_signals(&mut self) {
+        match self.signals.pending() {
+            Ok(signals) => {
+                for signal in signals {
+                    self.feed(Event::Signal(signal));
+                }
+            }
+            Err(e) => tracing::error!(error = %Report(&e), "unable to read signals"),
+        }
+    }
+
+    pub(super) fn on_queue_wake(&mut self) {
+        if let Err(e) = self.queue.on_wake() {
+            self.on_queue_error(e, "queue backend error");
+        }
+        self.feed(Event::QueueWake);
+    }
+
+    pub(super) fn flush_queue(&mut self) {
+        if let Err(e) = self.queue.flush() {
+            tracing::error!(error = %Report(&e), "unable to record job outcomes; will retry");
+        }
+    }
+
+    /// Logs a queue error; a queue that is gone (its file deleted or replaced) stops the
+    /// daemon, which then exits with that error.
+    pub(super) fn on_queue_error(&mut self, e: Error, what: &'static str) {
+        if !e.is_queue_lost() {
+            tracing::error!(error = %e.chain(), "{what}");
+            return;
+        }
+        if self.fatal.is_none() {
+            tracing::error!(error = %e.chain(), "the queue is gone: stopping");
+            self.fatal = Some(e);
+            self.feed(Event::QueueLost);
+        }
+    }
+
+    fn on_worker_exit(&mut self, id: WorkerId) {
+        // The leader is a zombie until reaped, so its group id cannot be recycled yet: kill
+        // whatever the worker left behind in its group before reaping it.
+        let Some(p) = self.processes.get_mut(&id) else { return };
+        if procyard_core::ProcStat::read(p.child.id()).ok().flatten().is_some_and(|s| s.is_zombie())
+        {
+            let _ = p.child.signal_group(Signal::KILL);
+        }
+        let exit = match p.child.try_wait() {
+            Ok(None) => return,
+            Ok(Some(exit)) => exit,
+            Err(e) => {
+                tracing::error!(error = %Report(&e), "unable to reap a worker");
+                return;
+            }
+        };
+        // Read the last replies a longlived worker wrote before it exited.
+        self.read_replies(id);
+        if let Some(mut p) = self.processes.remove(&id) {
+            p.deregister_all(self.poll.registry());
+        }
+        self.feed(Event::Exited { worker: id, exit });
+    }
+
+    /// Reads a longlived worker's replies and feeds them, one at a time.
+    fn read_replies(&mut self, id: WorkerId) {
+        let Some(p) = self.processes.get_mut(&id) else { return };
+        let Some(stdout) = p.stdout.as_mut() else { return };
+        let state = p.decoder.read_from(stdout);
+        loop {
+            let Some(p) = self.processes.get_mut(&id).filter(|p| p.stdout.is_some()) else {
+                return;
+            };
+            match p.decoder.next::<Reply>() {
+                Ok(None) => break,
+                Ok(Some(reply)) => self.feed(Event::Reply { worker: id, reply }),
+                Err(e) => {
+                    return self.feed(Event::ProtocolError { worker: id, reason: e.to_string() });
+                }
+            }
+        }
+        match state {
+            Ok(StreamState::Open) => {}
+            Ok(StreamState::Closed) => {
+                if let Some(p) = self.processes.get_mut(&id) {
+                    p.close_stdout(self.poll.registry());
+                }
+            }
+            Err(e) => self.feed(Event::ProtocolError { worker: id, reason: e.to_string() }),
+        }
+    }
+}

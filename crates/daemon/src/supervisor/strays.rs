@@ -1,0 +1,56 @@
+//! Children the daemon did not start as workers: processes it inherited (reaped by pid once
+//! they exit) and workers' escapees (adopted as a subreaper, stopped with their worker).
+
+use std::collections::HashSet;
+
+use procyard_core::{Pid, ProcStat, Report};
+
+use super::shell::Shell;
+
+/// Starts stopping the adopted escapees of workers that no longer run.
+pub(super) fn stop_escapees(shell: &mut Shell) {
+    let known: HashSet<i32> = shell.processes.values().map(|p| p.child.id().as_raw()).collect();
+    let running: HashSet<u64> = shell.state.workers.keys().copied().collect();
+    let kill_timeout = shell.state.config.daemon.kill_timeout;
+    shell.escapees.stop_orphaned(&children_of_self(), &known, &running, kill_timeout);
+}
+
+/// Reaps children this daemon did not start (it can inherit some, e.g. when a shell `exec`s
+/// it after starting background jobs), by their pid only — never `waitpid(-1)`, never a pid
+/// of one of its workers (those are reaped through their pidfds).
+pub(super) fn reap_unknown_children(shell: &mut Shell) {
+    let ours: HashSet<i32> = shell.processes.values().map(|p| p.child.id().as_raw()).collect();
+    for pid in children_of_self() {
+        if ours.contains(&pid) {
+            continue;
+        }
+        let Some(p) = Pid::from_raw(pid) else { continue };
+        if !ProcStat::read(p).ok().flatten().is_some_and(|s| s.is_zombie()) {
+            continue;
+        }
+        let Some(rpid) = rustix::process::Pid::from_raw(pid) else { continue };
+        match rustix::process::waitpid(Some(rpid), rustix::process::WaitOptions::NOHANG) {
+            Ok(Some((_, status))) => {
+                if shell.escapees.reaped(p) {
+                    tracing::debug!(pid, ?status, "reaped a process that escaped its worker");
+                } else {
+                    tracing::warn!(pid, ?status, "reaped a child this daemon did not start");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(pid, error = %Report(&e), "unable to reap an unknown child"),
+        }
+    }
+}
+
+/// The daemon's children, from `/proc/self/task/*/children`.
+pub(super) fn children_of_self() -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for t in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+        }
+    }
+    out
+}
