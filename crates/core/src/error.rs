@@ -81,6 +81,19 @@ pub enum Error {
         /// What was given.
         input: String,
     },
+    /// A companion program a library needs was not found.
+    #[error(
+        "{program} not found (looked beside this program and on PATH): install it with \
+         `{install}` or set {env_var} to its path"
+    )]
+    CompanionNotFound {
+        /// The program's file name.
+        program: &'static str,
+        /// The environment variable that names its path.
+        env_var: &'static str,
+        /// The command that installs it.
+        install: &'static str,
+    },
     /// A duration could not be parsed.
     #[error(
         "invalid duration {input:?} (expected a number and a unit: 250ms, 1.5s, 30, 5m, 2h, 3d)"

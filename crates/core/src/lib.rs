@@ -50,6 +50,7 @@ compile_error!("procyard supports Linux only");
 
 mod backoff;
 mod child;
+pub mod companion;
 mod deadline;
 mod duration;
 mod error;
