@@ -186,29 +186,8 @@ backoff_initial = "50ms"
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        let Ok(rt) = rt else { return };
-        let (url, exchange) = (self.url.clone(), self.exchange.clone());
-        rt.block_on(async move {
-            use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-            let Ok(conn) = lapin::Connection::connect(&url, Default::default()).await else {
-                return;
-            };
-            let mut queues = vec![format!("{exchange}.work"), format!("{exchange}.work.dead")];
-            // Retry queues for a 50 ms backoff that doubles (50, 100, 200 ms).
-            queues.extend([50, 100, 200].map(|ms| format!("{exchange}.work.retry.{ms}ms")));
-            for q in queues {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
-                }
-            }
-            for x in [exchange.clone(), format!("{exchange}.dead")] {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await;
-                }
-            }
-            let _ = conn.close(200, "test cleanup".into()).await;
-        });
+        // Retry queues for a 50 ms backoff that doubles (50, 100, 200 ms).
+        drop(broker::Cleanup::task(&self.url, &self.exchange, "work", &[50, 100, 200]));
     }
 }
 

@@ -8,8 +8,9 @@
 //! - [`shell`]: one mio loop over signals (signalfd), worker exits (pidfds), worker pipes,
 //!   the control socket, the queue backend's token and the state's deadlines (job timeouts,
 //!   stop ladders, retry backoff, idle timeouts, restart backoff); [`effects`] performs the
-//!   actions, [`process`] holds a worker's process and pipes, [`strays`] and [`escapees`] deal
-//!   with children that are not workers, [`orphans`] with the workers of a dead daemon.
+//!   actions, [`readiness`] turns worker exits and replies into events, [`process`] holds a
+//!   worker's process and pipes, [`strays`] and [`escapees`] deal with children that are not
+//!   workers, [`orphans`] with the workers of a dead daemon.
 //!
 //! Nothing polls: the loop sleeps until an event or the earliest real deadline.
 
@@ -20,6 +21,7 @@ mod group;
 mod orphans;
 mod outcome;
 mod process;
+mod readiness;
 mod reload;
 mod schedule;
 mod shell;

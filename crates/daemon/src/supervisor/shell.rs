@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
-use procyard_core::{Deadline, Report, Signal, SignalFd, StreamState};
+use procyard_core::{Deadline, Report, SignalFd};
 
 use super::escapees::Escapees;
 use super::event::{Action, Event, WorkerId};
@@ -16,7 +16,6 @@ use super::state::{Phase, State};
 use super::{RunOptions, orphans, strays};
 use crate::config::Config;
 use crate::control::{ControlServer, Incoming};
-use crate::protocol::Reply;
 use crate::queue::{self, OpenMode, QueueBackend};
 use crate::{Error, Result};
 
@@ -237,58 +236,6 @@ impl Shell {
             tracing::error!(error = %e.chain(), "the queue is gone: stopping");
             self.fatal = Some(e);
             self.feed(Event::QueueLost);
-        }
-    }
-
-    fn on_worker_exit(&mut self, id: WorkerId) {
-        // The leader is a zombie until reaped, so its group id cannot be recycled yet: kill
-        // whatever the worker left behind in its group before reaping it.
-        let Some(p) = self.processes.get_mut(&id) else { return };
-        if procyard_core::ProcStat::read(p.child.id()).ok().flatten().is_some_and(|s| s.is_zombie())
-        {
-            let _ = p.child.signal_group(Signal::KILL);
-        }
-        let exit = match p.child.try_wait() {
-            Ok(None) => return,
-            Ok(Some(exit)) => exit,
-            Err(e) => {
-                tracing::error!(error = %Report(&e), "unable to reap a worker");
-                return;
-            }
-        };
-        // Read the last replies a longlived worker wrote before it exited.
-        self.read_replies(id);
-        if let Some(mut p) = self.processes.remove(&id) {
-            p.deregister_all(self.poll.registry());
-        }
-        self.feed(Event::Exited { worker: id, exit });
-    }
-
-    /// Reads a longlived worker's replies and feeds them, one at a time.
-    fn read_replies(&mut self, id: WorkerId) {
-        let Some(p) = self.processes.get_mut(&id) else { return };
-        let Some(stdout) = p.stdout.as_mut() else { return };
-        let state = p.decoder.read_from(stdout);
-        loop {
-            let Some(p) = self.processes.get_mut(&id).filter(|p| p.stdout.is_some()) else {
-                return;
-            };
-            match p.decoder.next::<Reply>() {
-                Ok(None) => break,
-                Ok(Some(reply)) => self.feed(Event::Reply { worker: id, reply }),
-                Err(e) => {
-                    return self.feed(Event::ProtocolError { worker: id, reason: e.to_string() });
-                }
-            }
-        }
-        match state {
-            Ok(StreamState::Open) => {}
-            Ok(StreamState::Closed) => {
-                if let Some(p) = self.processes.get_mut(&id) {
-                    p.close_stdout(self.poll.registry());
-                }
-            }
-            Err(e) => self.feed(Event::ProtocolError { worker: id, reason: e.to_string() }),
         }
     }
 }

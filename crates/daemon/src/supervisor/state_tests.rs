@@ -11,7 +11,7 @@ use super::*;
 use crate::config::TaskConfig;
 use crate::control::Request;
 use crate::protocol::{Reply, ReplyOutcome};
-use crate::queue::Health;
+use crate::queue::{BackendKind, Health};
 use crate::status::{DaemonState, WorkerState};
 use crate::supervisor::outcome::EX_TEMPFAIL;
 use crate::supervisor::snapshot::{Observed, snapshot};
@@ -431,7 +431,7 @@ fn the_snapshot_shows_groups_workers_and_the_phase() {
     let observed = || Observed {
         pid: 1,
         depths: Default::default(),
-        health: Health { backend: "sqlite".into(), ok: true, detail: "q.db".into() },
+        health: Health { backend: BackendKind::Sqlite, ok: true, detail: "q.db".into() },
         dead_letters: vec![],
         control_connections: 1,
     };

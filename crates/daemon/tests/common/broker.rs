@@ -62,3 +62,48 @@ pub fn wait_consumers(url: &str, queue: &str, n: u32, timeout: Duration) {
         let _ = conn.close(200, "".into()).await;
     });
 }
+
+/// Deletes a test's queues and its exchanges (`EXCHANGE` and `EXCHANGE.dead`) from the broker
+/// when dropped.
+pub struct Cleanup {
+    pub url: String,
+    pub exchange: String,
+    pub queues: Vec<String>,
+}
+
+impl Cleanup {
+    /// The topology of one task: its queue, its dead-letter queue and a retry queue per delay
+    /// in `retry_ms`.
+    pub fn task(url: &str, exchange: &str, task: &str, retry_ms: &[u64]) -> Cleanup {
+        let mut queues = vec![format!("{exchange}.{task}"), format!("{exchange}.{task}.dead")];
+        queues.extend(retry_ms.iter().map(|ms| format!("{exchange}.{task}.retry.{ms}ms")));
+        Cleanup { url: url.to_owned(), exchange: exchange.to_owned(), queues }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        let (url, exchange) = (self.url.clone(), self.exchange.clone());
+        let queues = std::mem::take(&mut self.queues);
+        rt.block_on(async move {
+            use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+            let Ok(conn) = lapin::Connection::connect(&url, Default::default()).await else {
+                return;
+            };
+            for q in queues {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
+                }
+            }
+            for x in [exchange.clone(), format!("{exchange}.dead")] {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await;
+                }
+            }
+            let _ = conn.close(200, "test cleanup".into()).await;
+        });
+    }
+}

@@ -458,7 +458,7 @@ fn daemon_hardening_payload_limit_same_for_amqp() {
     amqp_config.backend = queue::BackendKind::Amqp;
     amqp_config.url = Some(url.clone());
     amqp_config.exchange = exchange.clone();
-    let _cleanup = AmqpCleanup { url, exchange: exchange.clone() };
+    let _cleanup = broker::Cleanup::task(&url, &exchange, "count", &[50]);
     let mut amqp = queue::open(&amqp_config, OpenMode::Client).expect("open amqp");
     amqp.bind(&config.bindings()).expect("bind amqp");
     match amqp.publish("count.big", &over) {
@@ -468,43 +468,6 @@ fn daemon_hardening_payload_limit_same_for_amqp() {
     assert_eq!(amqp.publish("count.big", &at_limit).expect("16 MiB").len(), 1);
     let depth = &amqp.depths().expect("depths")["count"];
     assert_eq!(depth.ready, 1, "only the payload at the limit reached the broker");
-}
-
-/// Deletes what the AMQP test declared: the task's queues and the exchanges.
-struct AmqpCleanup {
-    url: String,
-    exchange: String,
-}
-
-impl Drop for AmqpCleanup {
-    fn drop(&mut self) {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-            return;
-        };
-        let (url, exchange) = (self.url.clone(), self.exchange.clone());
-        rt.block_on(async move {
-            use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-            let Ok(conn) = lapin::Connection::connect(&url, Default::default()).await else {
-                return;
-            };
-            let queues = [
-                format!("{exchange}.count"),
-                format!("{exchange}.count.dead"),
-                format!("{exchange}.count.retry.50ms"),
-            ];
-            for q in queues {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
-                }
-            }
-            for x in [exchange.clone(), format!("{exchange}.dead")] {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await;
-                }
-            }
-            let _ = conn.close(200, "test cleanup".into()).await;
-        });
-    }
 }
 
 #[test]

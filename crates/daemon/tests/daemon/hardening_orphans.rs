@@ -195,46 +195,11 @@ fn daemon_hardening_sigkill_never_runs_empty_or_twice() {
     );
     sb.write_raw_config(&text);
     std::fs::write(sb.path().join("job.py"), JOB).expect("job script");
-    let _cleanup = AmqpCleanup { url: url.clone(), exchange: exchange.clone() };
+    let _cleanup = broker::Cleanup::task(&url, &exchange, "orphans", &[50, 100, 200]);
     sb.start();
     broker::wait_consumers(&url, &format!("{exchange}.orphans"), 1, SECS(60));
     let ids = sb.publish_many("orphans.x", payloads);
     kill_after_spawn_repeatedly(&mut sb, &ids, &lens);
-}
-
-/// Deletes the test's queues and exchanges from the broker.
-struct AmqpCleanup {
-    url: String,
-    exchange: String,
-}
-
-impl Drop for AmqpCleanup {
-    fn drop(&mut self) {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-            return;
-        };
-        let (url, exchange) = (self.url.clone(), self.exchange.clone());
-        rt.block_on(async move {
-            use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-            let Ok(conn) = lapin::Connection::connect(&url, Default::default()).await else {
-                return;
-            };
-            let mut queues =
-                vec![format!("{exchange}.orphans"), format!("{exchange}.orphans.dead")];
-            queues.extend([50, 100, 200].map(|ms| format!("{exchange}.orphans.retry.{ms}ms")));
-            for q in queues {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
-                }
-            }
-            for x in [exchange.clone(), format!("{exchange}.dead")] {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await;
-                }
-            }
-            let _ = conn.close(200, "test cleanup".into()).await;
-        });
-    }
 }
 
 /// Kills, on drop, the escapees a failed run would leave behind (each checked to be the

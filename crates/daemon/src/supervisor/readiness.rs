@@ -1,0 +1,62 @@
+//! A worker's readiness as events: its pidfd (an exit, after its last replies) and its
+//! stdout (reply frames, or a protocol error).
+
+use procyard_core::{Report, Signal, StreamState};
+
+use super::event::{Event, WorkerId};
+use super::shell::Shell;
+use crate::protocol::Reply;
+
+impl Shell {
+    pub(super) fn on_worker_exit(&mut self, id: WorkerId) {
+        // The leader is a zombie until reaped, so its group id cannot be recycled yet: kill
+        // whatever the worker left behind in its group before reaping it.
+        let Some(p) = self.processes.get_mut(&id) else { return };
+        if procyard_core::ProcStat::read(p.child.id()).ok().flatten().is_some_and(|s| s.is_zombie())
+        {
+            let _ = p.child.signal_group(Signal::KILL);
+        }
+        let exit = match p.child.try_wait() {
+            Ok(None) => return,
+            Ok(Some(exit)) => exit,
+            Err(e) => {
+                tracing::error!(error = %Report(&e), "unable to reap a worker");
+                return;
+            }
+        };
+        // Read the last replies a longlived worker wrote before it exited.
+        self.read_replies(id);
+        if let Some(mut p) = self.processes.remove(&id) {
+            p.deregister_all(self.poll.registry());
+        }
+        self.feed(Event::Exited { worker: id, exit });
+    }
+
+    /// Reads a longlived worker's replies and feeds them, one at a time.
+    pub(super) fn read_replies(&mut self, id: WorkerId) {
+        let Some(p) = self.processes.get_mut(&id) else { return };
+        let Some(stdout) = p.stdout.as_mut() else { return };
+        let state = p.decoder.read_from(stdout);
+        loop {
+            let Some(p) = self.processes.get_mut(&id).filter(|p| p.stdout.is_some()) else {
+                return;
+            };
+            match p.decoder.next::<Reply>() {
+                Ok(None) => break,
+                Ok(Some(reply)) => self.feed(Event::Reply { worker: id, reply }),
+                Err(e) => {
+                    return self.feed(Event::ProtocolError { worker: id, reason: e.to_string() });
+                }
+            }
+        }
+        match state {
+            Ok(StreamState::Open) => {}
+            Ok(StreamState::Closed) => {
+                if let Some(p) = self.processes.get_mut(&id) {
+                    p.close_stdout(self.poll.registry());
+                }
+            }
+            Err(e) => self.feed(Event::ProtocolError { worker: id, reason: e.to_string() }),
+        }
+    }
+}
