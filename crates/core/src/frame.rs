@@ -35,14 +35,39 @@ pub fn write_frame<W: Write + ?Sized, T: Serialize + ?Sized>(
     w.flush()
 }
 
-/// Writes raw bytes as one frame and flushes.
+/// Writes raw bytes as one frame and flushes. Header and payload go out in one vectored write
+/// where the writer takes it whole (a pipe below its capacity), so a reader never wakes up to a
+/// header alone and a frame below `PIPE_BUF` is atomic.
 pub fn write_frame_bytes<W: Write + ?Sized>(w: &mut W, payload: &[u8]) -> io::Result<()> {
     if payload.len() > MAX_FRAME {
         return Err(io::Error::other(Error::FrameTooLarge { len: payload.len(), max: MAX_FRAME }));
     }
-    w.write_all(&(payload.len() as u32).to_be_bytes())?;
-    w.write_all(payload)?;
+    let header = (payload.len() as u32).to_be_bytes();
+    let mut written = 0;
+    let total = HEADER + payload.len();
+    while written < total {
+        let result = if written < HEADER {
+            w.write_vectored(&[io::IoSlice::new(&header[written..]), io::IoSlice::new(payload)])
+        } else {
+            w.write(&payload[written - HEADER..])
+        };
+        match result {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     w.flush()
+}
+
+/// The frame header for a payload of `len` bytes, for callers that assemble a frame in a
+/// buffer of their own (checked against [`MAX_FRAME`]).
+pub fn frame_header(len: usize) -> Result<[u8; HEADER]> {
+    if len > MAX_FRAME {
+        return Err(Error::FrameTooLarge { len, max: MAX_FRAME });
+    }
+    Ok((len as u32).to_be_bytes())
 }
 
 /// Reads one frame's raw payload from a blocking reader. `Ok(None)` at a clean end of stream
