@@ -75,7 +75,9 @@ impl Child {
         self.stdin.take()
     }
 
-    /// Takes the parent's end of a [`Stdio::Pipe`](crate::Stdio::Pipe) stdout.
+    /// Takes the parent's end of a [`Stdio::Pipe`](crate::Stdio::Pipe) stdout
+    /// (`std::fs::File::from(fd)` makes it a `Read`; [`Child::wait_with_output`] collects both
+    /// streams for you).
     pub fn take_stdout(&mut self) -> Option<OwnedFd> {
         self.stdout.take()
     }

@@ -60,6 +60,7 @@ pub mod fd;
 pub mod fork;
 pub mod frame;
 mod identity;
+mod output;
 pub mod owner;
 mod pid;
 mod ready;
@@ -86,6 +87,7 @@ pub use fork::{
 };
 pub use frame::{FrameDecoder, MAX_FRAME, StreamState};
 pub use identity::{ProcStat, ProcessIdentity, boot_id};
+pub use output::Output;
 pub use pid::Pid;
 pub use ready::{Readiness, ReadyReader, ReadyWriter, ready_pipe};
 pub use report::{Report, report};
