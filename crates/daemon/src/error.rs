@@ -178,8 +178,8 @@ pub enum Error {
     QueueFileChanged {
         /// The queue file.
         path: PathBuf,
-        /// `deleted` or `replaced by another file`.
-        change: &'static str,
+        /// How it changed.
+        change: crate::queue::FileChange,
     },
 }
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use procyard_core::{SignalFd, report};
 use procyard_daemon::config::LogFormat;
-use procyard_daemon::queue::{self, OpenMode, PartialPublish};
+use procyard_daemon::queue::{self, OpenMode, PartialPublish, Requeue};
 use procyard_daemon::{Config, DAEMON_SIGNALS, RunOptions, control};
 
 /// A supervisor daemon: groups of worker processes fed by a job queue.
@@ -292,7 +292,9 @@ fn client(cmd: Cmd) -> Result<(), String> {
             let mut q =
                 queue::open(&c.queue, OpenMode::Client).map_err(|e| unable("open queue", &e))?;
             q.bind(&c.bindings()).map_err(|e| unable("bind tasks", &e))?;
-            let n = q.requeue_dead(task.as_deref(), &ids).map_err(|e| unable("requeue", &e))?;
+            // `--all` with ids requeues those ids, as it always did.
+            let which = if ids.is_empty() { Requeue::All } else { Requeue::Ids(ids) };
+            let n = q.requeue_dead(task.as_deref(), &which).map_err(|e| unable("requeue", &e))?;
             let _ = control::poke(&c.daemon.control_socket);
             println!("requeued {n} job(s)");
             Ok(())

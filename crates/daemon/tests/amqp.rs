@@ -25,7 +25,7 @@ const TEST_DEADLINE: Duration = Duration::from_secs(240);
 const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(60);
 
 use procyard_daemon::queue::{
-    self, AmqpQueueType, BackendKind, Job, OpenMode, Outcome, QueueBackend, QueueConfig,
+    self, AmqpQueueType, BackendKind, Job, OpenMode, Outcome, QueueBackend, QueueConfig, Requeue,
     TaskBinding,
 };
 
@@ -390,7 +390,7 @@ fn amqp_retry_then_dead_letter_follow_max_attempts_and_requeue() {
     // Requeue one by id: it comes back with attempt 1 and the same id.
     let first = dead[0].id.clone();
     assert_eq!(
-        client.requeue_dead(Some("flaky"), std::slice::from_ref(&first)).expect("requeue"),
+        client.requeue_dead(Some("flaky"), &Requeue::Ids(vec![first.clone()])).expect("requeue"),
         1
     );
     let mut back = None;
@@ -402,7 +402,7 @@ fn amqp_retry_then_dead_letter_follow_max_attempts_and_requeue() {
     }
     let back = back.expect("requeued job");
     assert_eq!((back.id.as_str(), back.attempt), (first.as_str(), 1));
-    let unknown = client.requeue_dead(Some("flaky"), &["no-such-id".to_owned()]);
+    let unknown = client.requeue_dead(Some("flaky"), &Requeue::Ids(vec!["no-such-id".into()]));
     assert!(matches!(unknown, Err(procyard_daemon::Error::NoSuchJob { .. })), "{unknown:?}");
     c.backend.shutdown().expect("shutdown");
     client.shutdown().expect("shutdown");

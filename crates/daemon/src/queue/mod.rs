@@ -62,9 +62,11 @@
 //! The command-line client (`publish`, `dead`, `requeue`) opens a backend in
 //! [`OpenMode::Client`] and uses only [`QueueBackend::bind`] (with the config's tasks, so a
 //! publisher knows which keys are bound), [`QueueBackend::publish`],
-//! [`QueueBackend::publish_batch`],
-//! [`QueueBackend::depths`], [`QueueBackend::dead_letters`] and
-//! [`QueueBackend::requeue_dead`].
+//! [`QueueBackend::publish_batch`], [`QueueBackend::depths`], [`QueueBackend::dead_letters`]
+//! and [`QueueBackend::requeue_dead`] ([`Requeue::All`] dead letters, or [`Requeue::Ids`]:
+//! those named; an id that names no dead letter is
+//! [`Error::NoSuchJob`](crate::Error::NoSuchJob), and then SQLite puts back none of them,
+//! AMQP the ones it found).
 //!
 //! # Errors
 //!
@@ -73,16 +75,27 @@
 //! failures, [`Error::Unroutable`](crate::Error::Unroutable) when no task is bound to a key,
 //! [`Error::PublishRejected`](crate::Error::PublishRejected) on a negative confirm), and
 //! reports lasting trouble through [`QueueBackend::health`].
+//!
+//! # Layout
+//!
+//! This file holds the contract ([`QueueBackend`]); the types it speaks in live beside it:
+//! `config.rs` (what a backend is opened with: [`QueueConfig`], [`TaskBinding`],
+//! [`OpenMode`]), `job.rs` (what flows through it: [`Job`], [`Outcome`], [`LeaseHolder`]) and
+//! `report.rs` (what it tells: [`QueueDepth`], [`DeadLetter`], [`Health`], and [`Requeue`]).
+//! Each backend is a folder of one file per concern.
 
 pub mod amqp;
+mod config;
+mod job;
+mod report;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
+pub use self::config::{AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding};
+pub use self::job::{Abandoned, Job, LeaseHolder, Outcome, Receipt};
+pub use self::report::{DeadLetter, FileChange, Health, QueueDepth, Requeue};
 use crate::Result;
 
 /// The largest payload any backend accepts: 16 MiB. The same for every backend, so a job
@@ -108,185 +121,6 @@ pub struct PartialPublish {
     pub committed: Vec<String>,
     /// What went wrong.
     pub error: crate::Error,
-}
-
-/// Which backend a config asks for (`[queue] backend = "sqlite" | "amqp"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// The embedded SQLite file.
-    #[default]
-    Sqlite,
-    /// A RabbitMQ broker.
-    Amqp,
-}
-
-impl BackendKind {
-    /// `sqlite` or `amqp`.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Sqlite => "sqlite",
-            BackendKind::Amqp => "amqp",
-        }
-    }
-}
-
-/// The kind of durable queue the AMQP backend declares (`[queue] queue_type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AmqpQueueType {
-    /// Quorum queues (replicated, Raft): the default; classic where the broker has none.
-    #[default]
-    Quorum,
-    /// Classic durable queues: no replication, but no log commit per acknowledgement, so
-    /// about twice the throughput on a single broker node.
-    Classic,
-}
-
-/// The `[queue]` section of the config, resolved (paths absolute).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueConfig {
-    /// Which backend.
-    pub backend: BackendKind,
-    /// The SQLite file (backend `sqlite`).
-    pub path: PathBuf,
-    /// The broker URL, `amqp://user:pass@host:port/vhost` (backend `amqp`).
-    pub url: Option<String>,
-    /// The topic exchange jobs are published to (default `procyard`).
-    pub exchange: String,
-    /// The kind of durable queue declared for tasks (backend `amqp`; default quorum).
-    pub queue_type: AmqpQueueType,
-}
-
-/// What a backend needs to know about one task: its name (the queue name) and its bindings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskBinding {
-    /// The task's name, unique in the config; also the queue's name.
-    pub name: String,
-    /// AMQP topic patterns (`*` one word, `#` zero or more) this task receives.
-    pub routing_keys: Vec<String>,
-    /// How many deliveries a job gets before it is dead-lettered (the daemon decides; AMQP
-    /// may use it to size retry queues).
-    pub max_attempts: u32,
-}
-
-/// Whether a backend serves a daemon (consumes jobs) or a command-line client (publishes,
-/// inspects, requeues).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpenMode {
-    /// The daemon: exclusive where the backend needs it (SQLite takes a lock), recovers jobs
-    /// left claimed by a previous run, consumes.
-    Daemon,
-    /// A client: never consumes.
-    Client,
-}
-
-/// A backend-specific handle that identifies one delivery of a job (SQLite: the row; AMQP:
-/// the delivery tag). Only meaningful to the backend that issued it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Receipt(pub u64);
-
-/// A job handed to the daemon by [`QueueBackend::claim`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Job {
-    /// The job's id (a UUID v7 string), stable across retries.
-    pub id: String,
-    /// The task it was routed to.
-    pub task: String,
-    /// The routing key it was published with.
-    pub routing_key: String,
-    /// The payload, given to the worker on stdin.
-    pub payload: Vec<u8>,
-    /// 1 for the first delivery, 2 for the first retry, …
-    pub attempt: u32,
-    /// The backend's handle for this delivery, passed back in [`QueueBackend::complete`].
-    pub receipt: Receipt,
-}
-
-/// The worker process a job was handed to, recorded with its lease (step 5 of the [module
-/// documentation](self)) so that a daemon starting after this one died can find it and stop it
-/// before the job runs again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseHolder {
-    /// The worker process: pid, start time and boot, so a recycled pid is never taken for it.
-    pub process: procyard_core::ProcessIdentity,
-    /// The process group the worker leads, where the job's own subprocesses run too.
-    pub process_group: procyard_core::Pid,
-}
-
-/// A job that a previous daemon left in flight, as [`QueueBackend::abandoned`] lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Abandoned {
-    /// The job's id.
-    pub id: String,
-    /// The task it was routed to.
-    pub task: String,
-    /// The backend's handle for the lease, as [`QueueBackend::recover`] takes it.
-    pub receipt: Receipt,
-    /// The worker it was handed to, when that was recorded before the daemon died.
-    pub holder: Option<LeaseHolder>,
-}
-
-/// What happened to a job, given to [`QueueBackend::complete`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The job is done: acknowledge and forget it.
-    Done,
-    /// Run it again after `delay`; the next delivery has `attempt + 1`.
-    Retry {
-        /// How long to wait before the job becomes available again.
-        delay: Duration,
-        /// Why it failed (kept for `status` and logs).
-        reason: String,
-    },
-    /// Give up: move the job to the dead letters.
-    DeadLetter {
-        /// Why it failed for the last time.
-        reason: String,
-    },
-}
-
-/// Queue depth of one task, for `status` and scaling.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueDepth {
-    /// Jobs available now.
-    pub ready: u64,
-    /// Jobs waiting for a retry delay to pass (`None` when the backend cannot tell).
-    pub delayed: Option<u64>,
-    /// Jobs claimed and not yet completed.
-    pub in_flight: u64,
-    /// Dead-lettered jobs (`None` when the backend cannot tell).
-    pub dead: Option<u64>,
-    /// Jobs done since the queue was created (`None` when the backend cannot tell).
-    pub done_total: Option<u64>,
-}
-
-/// A dead-lettered job, as [`QueueBackend::dead_letters`] lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    /// The job's id.
-    pub id: String,
-    /// The task.
-    pub task: String,
-    /// The routing key.
-    pub routing_key: String,
-    /// How many deliveries it had.
-    pub attempts: u32,
-    /// Why the last one failed.
-    pub reason: String,
-    /// The payload size in bytes.
-    pub payload_len: usize,
-}
-
-/// How the backend is doing, for `status` and logs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Health {
-    /// `sqlite` or `amqp`.
-    pub backend: String,
-    /// Whether jobs can flow right now (AMQP: connected).
-    pub ok: bool,
-    /// What is wrong, or where it is connected.
-    pub detail: String,
 }
 
 /// A job queue, as the daemon and the command-line client use it. See the [module
@@ -386,9 +220,9 @@ pub trait QueueBackend {
     /// Dead-lettered jobs, oldest first, at most `limit`, of one task or all.
     fn dead_letters(&mut self, task: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>>;
 
-    /// Makes dead-lettered jobs available again with a fresh attempt count: those in `ids`,
-    /// or every one (of `task`, or of all tasks) when `ids` is empty. Returns how many.
-    fn requeue_dead(&mut self, task: Option<&str>, ids: &[String]) -> Result<u64>;
+    /// Makes dead-lettered jobs of `task` (or of every task) available again with a fresh
+    /// attempt count: every one, or those named. Returns how many.
+    fn requeue_dead(&mut self, task: Option<&str>, which: &Requeue) -> Result<u64>;
 
     /// How the backend is doing.
     fn health(&self) -> Health;

@@ -12,6 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::queue::FileChange;
 use crate::{Error, Result};
 
 /// How often, at most, a daemon compares the file at the queue's path with the one it serves.
@@ -145,7 +146,7 @@ impl FileIdentity {
     /// Whether `path` still names the file: `Err(change)` when it was deleted or replaced.
     /// Looks at most once per second unless `now_please`. A path that cannot be inspected
     /// for another reason (a permission change) is given the benefit of the doubt.
-    pub(super) fn check(&mut self, path: &Path, now_please: bool) -> Result<(), &'static str> {
+    pub(super) fn check(&mut self, path: &Path, now_please: bool) -> Result<(), FileChange> {
         let now = Instant::now();
         if !now_please && now < self.next_check {
             return Ok(());
@@ -153,8 +154,8 @@ impl FileIdentity {
         self.next_check = now + IDENTITY_CHECK_EVERY;
         match std::fs::metadata(path) {
             Ok(meta) if (meta.dev(), meta.ino()) == (self.dev, self.ino) => Ok(()),
-            Ok(_) => Err("replaced by another file"),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err("deleted"),
+            Ok(_) => Err(FileChange::Replaced),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(FileChange::Deleted),
             Err(e) => {
                 tracing::debug!(queue = %path.display(), error = %e, "unable to inspect the queue file");
                 Ok(())
@@ -182,8 +183,8 @@ mod tests {
         let other = dir.path().join("a/b/other");
         std::fs::write(&other, b"").unwrap();
         std::fs::rename(&other, &path).unwrap();
-        assert_eq!(id.check(&path, true), Err("replaced by another file"));
+        assert_eq!(id.check(&path, true), Err(FileChange::Replaced));
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(id.check(&path, true), Err("deleted"));
+        assert_eq!(id.check(&path, true), Err(FileChange::Deleted));
     }
 }

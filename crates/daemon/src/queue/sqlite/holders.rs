@@ -5,7 +5,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::STATE_LEASED;
+use super::schema::STATE_LEASED;
 use crate::queue::{Abandoned, LeaseHolder, Receipt};
 
 /// The columns, in the order [`write`] and [`abandoned`] use them.

@@ -1,0 +1,208 @@
+//! [`QueueBackend`] for the AMQP backend: each call is a message to the broker thread (a
+//! request with a reply for what a client waits on), or reads what it already sent.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use lapin::Acker;
+use procyard_core::Report;
+
+use super::broker::{Cmd, JobMeta};
+use super::handle::{AmqpQueue, REQUEST_TIMEOUT};
+use crate::queue::{
+    BackendKind, DeadLetter, Health, Job, OpenMode, Outcome, QueueBackend, QueueDepth, Requeue,
+    TaskBinding, check_payload,
+};
+use crate::{Error, Result};
+
+/// How long the daemon reuses broker depths before asking again.
+const DEPTH_MAX_AGE: Duration = Duration::from_millis(500);
+/// How long a daemon waits for broker depths before using the last known ones.
+const DEPTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl QueueBackend for AmqpQueue {
+    fn bind(&mut self, tasks: &[TaskBinding]) -> Result<()> {
+        self.tasks = tasks.to_vec();
+        let tasks = tasks.to_vec();
+        self.request("declare the topology", REQUEST_TIMEOUT, |reply| Cmd::Bind { tasks, reply })
+    }
+
+    fn attach(&mut self, registry: &mio::Registry, token: mio::Token) -> Result<()> {
+        let waker = mio::Waker::new(registry, token)
+            .map_err(|source| Error::Os { action: "create the AMQP waker", source })?;
+        if self.waker.set(waker).is_err() {
+            return Err(Error::Os {
+                action: "attach the AMQP backend",
+                source: std::io::Error::other("already attached to an event loop"),
+            });
+        }
+        // Anything that arrived before the waker existed is handled now.
+        self.drain();
+        Ok(())
+    }
+
+    fn on_wake(&mut self) -> Result<()> {
+        self.drain();
+        Ok(())
+    }
+
+    fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
+        crate::routing::validate_key(routing_key)?;
+        // The same limit as the embedded queue, before anything reaches the broker.
+        check_payload(payload)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let (key, data, job_id) = (routing_key.to_owned(), payload.to_vec(), id.clone());
+        self.request("publish", REQUEST_TIMEOUT, |reply| Cmd::Publish {
+            routing_key: key,
+            payload: data,
+            id: job_id,
+            reply,
+        })?;
+        Ok(vec![id])
+    }
+
+    fn set_capacity(&mut self, task: &str, capacity: usize) -> Result<()> {
+        if self.mode != OpenMode::Daemon {
+            return Ok(());
+        }
+        self.drain();
+        if capacity == 0 {
+            // Give what we hold back to the broker, so another daemon can run it.
+            let ackers: Vec<Acker> =
+                self.inbox.take_all(task).into_iter().map(|d| d.acker).collect();
+            if !ackers.is_empty() {
+                let _ = self.cmd.send(Cmd::Return { ackers });
+            }
+        }
+        let capacity = u16::try_from(capacity).unwrap_or(u16::MAX);
+        self.send("set the prefetch", Cmd::SetCapacity { task: task.to_owned(), capacity })
+    }
+
+    fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+        self.drain();
+        let received = self.inbox.take(task, max);
+        Ok(received.into_iter().map(|r| self.job_from(task, r)).collect())
+    }
+
+    fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
+        self.drain();
+        let Some(flight) = self.in_flight.remove(&job.receipt.0) else {
+            tracing::warn!("amqp: outcome for job {} which is not in flight here; ignored", job.id);
+            return Ok(());
+        };
+        if self.inbox.live_epoch() != Some(flight.epoch) {
+            tracing::warn!(
+                "amqp: job {} of task {} finished after its broker connection closed; not acknowledged, the broker will deliver it again",
+                job.id,
+                flight.task
+            );
+            return Ok(());
+        }
+        let meta = JobMeta {
+            id: job.id.clone(),
+            task: flight.task,
+            routing_key: job.routing_key.clone(),
+            payload: job.payload.clone(),
+            attempt: job.attempt,
+        };
+        let settle = Cmd::Settle { epoch: flight.epoch, acker: flight.acker, job: meta, outcome };
+        self.send("acknowledge a job", settle)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        // Outcomes are handed to the broker thread as they come.
+        Ok(())
+    }
+
+    fn next_due(&mut self) -> Result<Option<Instant>> {
+        // Retries come back through the broker (TTL queues), which wakes us.
+        Ok(None)
+    }
+
+    fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
+        self.drain();
+        let names = self.task_names(None);
+        let fresh = self.depth_at.is_some_and(|at| at.elapsed() < DEPTH_MAX_AGE);
+        if self.mode == OpenMode::Client || !fresh {
+            let timeout =
+                if self.mode == OpenMode::Client { REQUEST_TIMEOUT } else { DEPTH_TIMEOUT };
+            let tasks = names.clone();
+            match self.request("read queue depths", timeout, |reply| Cmd::Depths { tasks, reply }) {
+                Ok(d) => {
+                    self.depth_cache = d;
+                    self.depth_at = Some(Instant::now());
+                }
+                Err(e) if self.mode == OpenMode::Client => return Err(e),
+                Err(e) => {
+                    tracing::debug!("amqp: using last known depths: {}", Report(&e));
+                    // Do not ask again on every call while the broker is away.
+                    self.depth_at = Some(Instant::now());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for name in names {
+            let broker = self.depth_cache.get(&name).copied().unwrap_or_default();
+            let waiting = self.inbox.waiting(&name) as u64;
+            let in_flight = self.in_flight.values().filter(|f| f.task == name).count() as u64;
+            out.insert(
+                name,
+                QueueDepth {
+                    ready: broker.ready + waiting,
+                    delayed: Some(broker.delayed),
+                    in_flight,
+                    dead: Some(broker.dead),
+                    done_total: None,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn dead_letters(&mut self, task: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let tasks = self.task_names(task);
+        self.request("read dead letters", REQUEST_TIMEOUT, |reply| Cmd::DeadLetters {
+            tasks,
+            limit,
+            reply,
+        })
+    }
+
+    fn requeue_dead(&mut self, task: Option<&str>, which: &Requeue) -> Result<u64> {
+        let tasks = self.task_names(task);
+        let which = which.clone();
+        self.request("requeue dead letters", REQUEST_TIMEOUT, |reply| Cmd::Requeue {
+            tasks,
+            which,
+            reply,
+        })
+    }
+
+    fn health(&self) -> Health {
+        let ok = self.inbox.live_epoch().is_some();
+        let detail = match (ok, self.inbox.last_problem()) {
+            (true, None) => format!("connected to {} (exchange {})", self.url_shown, self.exchange),
+            (true, Some(p)) => format!(
+                "connected to {} (exchange {}); last problem: {p}",
+                self.url_shown, self.exchange
+            ),
+            (false, p) => format!(
+                "disconnected from {}: {}; reconnecting",
+                self.url_shown,
+                p.unwrap_or("not connected yet")
+            ),
+        };
+        Health { backend: BackendKind::Amqp, ok, detail }
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        let result =
+            self.request("close the connection", REQUEST_TIMEOUT, |reply| Cmd::Shutdown { reply });
+        self.join();
+        self.drain();
+        result
+    }
+}

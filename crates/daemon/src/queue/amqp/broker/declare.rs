@@ -1,0 +1,196 @@
+//! Declaring the topology (see [`topology`](crate::queue::amqp::topology)): the exchanges,
+//! each task's queue, dead queue and bindings, retry queues on first use, and unbinding what a
+//! reload removed.
+
+use lapin::ExchangeKind;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use procyard_core::Report;
+
+use super::{Broker, broker_err};
+use crate::Result;
+use crate::queue::amqp::topology as topo;
+use crate::queue::{OpenMode, TaskBinding};
+
+impl Broker {
+    pub(super) async fn bind(&mut self, tasks: Vec<TaskBinding>) -> Result<()> {
+        for t in &tasks {
+            for key in &t.routing_keys {
+                crate::routing::validate_pattern(key)?;
+            }
+        }
+        let removed: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|name| !tasks.iter().any(|t| &t.name == *name))
+            .cloned()
+            .collect();
+        self.tasks = tasks.iter().map(|t| (t.name.clone(), t.clone())).collect();
+        if self.live.is_none() {
+            return match self.mode {
+                // Declared when the connection comes back.
+                OpenMode::Daemon => Ok(()),
+                OpenMode::Client => Err(self.not_connected("declare the topology")),
+            };
+        }
+        for name in removed {
+            // Its queue and jobs stay; this process stops consuming and unbinds what it bound.
+            self.capacity.insert(name.clone(), 0);
+            self.apply_capacity(&name)
+                .await
+                .map_err(|e| broker_err("stop consuming a removed task", e))?;
+            self.capacity.remove(&name);
+            let keys = self.bound.remove(&name).unwrap_or_default();
+            let ctl = self.ctl().await?;
+            for key in keys {
+                ctl.queue_unbind(
+                    topo::task_queue(&self.exchange, &name).into(),
+                    self.exchange.clone().into(),
+                    key.into(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| broker_err("unbind a removed task", e))?;
+            }
+        }
+        let result = self.declare_all(&tasks).await;
+        if let Err(e) = &result
+            && self.live.as_ref().is_some_and(|l| !l.conn.status().connected())
+        {
+            self.lost(Report(e).to_string());
+        }
+        result
+    }
+
+    pub(super) async fn declare_all(&mut self, tasks: &[TaskBinding]) -> Result<()> {
+        let ctl = self.ctl().await?;
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        ctl.exchange_declare(
+            self.exchange.clone().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| broker_err("declare the jobs exchange", e))?;
+        let dead_exchange = topo::dead_exchange(&self.exchange);
+        ctl.exchange_declare(
+            dead_exchange.clone().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| broker_err("declare the dead-letter exchange", e))?;
+        for task in tasks {
+            let queue = topo::task_queue(&self.exchange, &task.name);
+            self.declare_durable_queue(&queue, Some((&dead_exchange, &task.name))).await?;
+            let dead = topo::dead_queue(&self.exchange, &task.name);
+            self.declare_durable_queue(&dead, None).await?;
+            let ctl = self.ctl().await?;
+            ctl.queue_bind(
+                dead.into(),
+                dead_exchange.clone().into(),
+                task.name.clone().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| broker_err("bind the dead queue", e))?;
+            let previous = self.bound.remove(&task.name).unwrap_or_default();
+            for key in &task.routing_keys {
+                ctl.queue_bind(
+                    queue.clone().into(),
+                    self.exchange.clone().into(),
+                    key.clone().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| broker_err("bind a task queue", e))?;
+            }
+            for key in previous.iter().filter(|k| !task.routing_keys.contains(k)) {
+                ctl.queue_unbind(
+                    queue.clone().into(),
+                    self.exchange.clone().into(),
+                    key.clone().into(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| broker_err("unbind a routing key", e))?;
+            }
+            self.bound.insert(task.name.clone(), task.routing_keys.iter().cloned().collect());
+        }
+        Ok(())
+    }
+
+    /// Declares a durable queue: quorum where the broker supports it (unless classic queues
+    /// were asked for), else classic. A queue
+    /// that already exists with other arguments (declared classic by an older broker or by
+    /// hand) is refused by the broker; it is then used as it is, after a passive check.
+    async fn declare_durable_queue(
+        &mut self,
+        name: &str,
+        dead_letter: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        let kinds: &[bool] = if self.quorum == Some(false) { &[false] } else { &[true, false] };
+        let mut refusal = None;
+        for &quorum in kinds {
+            let ctl = self.ctl().await?;
+            let args = topo::durable_queue_args(quorum, dead_letter);
+            match ctl.queue_declare(name.into(), durable, args).await {
+                Ok(_) => {
+                    if !quorum && refusal.is_some() && self.quorum.is_none() {
+                        tracing::info!(
+                            "amqp: the broker refused a quorum queue; using classic queues"
+                        );
+                        self.quorum = Some(false);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if self.live.as_ref().is_some_and(|l| !l.conn.status().connected()) {
+                        return Err(broker_err("declare a queue", e));
+                    }
+                    refusal = Some(e);
+                }
+            }
+        }
+        let ctl = self.ctl().await?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        match ctl.queue_declare(name.into(), passive, FieldTable::default()).await {
+            Ok(_) => {
+                if let Some(e) = refusal {
+                    tracing::info!(
+                        "amqp: queue {name} exists with other arguments ({e}); using it as it is"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(broker_err("declare a queue", refusal.unwrap_or(e))),
+        }
+    }
+
+    pub(super) async fn declare_retry_queue(
+        &mut self,
+        task: &str,
+        name: &str,
+        ms: u64,
+    ) -> Result<()> {
+        if self.live.as_ref().is_some_and(|l| l.retry_declared.contains(name)) {
+            return Ok(());
+        }
+        let ctl = self.ctl().await?;
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        let task_queue = topo::task_queue(&self.exchange, task);
+        ctl.queue_declare(name.into(), durable, topo::retry_queue_args(&task_queue, ms))
+            .await
+            .map_err(|e| broker_err("declare a retry queue", e))?;
+        if let Some(live) = self.live.as_mut() {
+            live.retry_declared.insert(name.to_owned());
+        }
+        self.retry_queues.entry(task.to_owned()).or_default().insert(name.to_owned());
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! The broker actor's closed set of messages: [`Cmd`]s from the daemon's thread (and from the
+//! actor's own watchers), [`Ev`]s back to it through a [`Sink`] that wakes its event loop.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use lapin::Acker;
+use lapin::message::Delivery;
+
+use crate::Result;
+use crate::queue::{DeadLetter, Outcome, Requeue, TaskBinding};
+
+/// A reply channel for a synchronous request.
+pub(crate) type Reply<T> = crossbeam_channel::Sender<Result<T>>;
+
+/// The data of a job that an outcome needs (to republish it for a retry or a dead letter).
+#[derive(Debug)]
+pub(crate) struct JobMeta {
+    pub(crate) id: String,
+    pub(crate) task: String,
+    pub(crate) routing_key: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) attempt: u32,
+}
+
+/// Broker-side depth of one task.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BrokerDepth {
+    pub(crate) ready: u64,
+    pub(crate) delayed: u64,
+    pub(crate) dead: u64,
+}
+
+/// What the daemon's thread asks of the broker thread.
+pub(crate) enum Cmd {
+    Bind {
+        tasks: Vec<TaskBinding>,
+        reply: Reply<()>,
+    },
+    Publish {
+        routing_key: String,
+        payload: Vec<u8>,
+        id: String,
+        reply: Reply<()>,
+    },
+    SetCapacity {
+        task: String,
+        capacity: u16,
+    },
+    Settle {
+        epoch: u64,
+        acker: Acker,
+        job: JobMeta,
+        outcome: Outcome,
+    },
+    Return {
+        ackers: Vec<Acker>,
+    },
+    Depths {
+        tasks: Vec<String>,
+        reply: Reply<BTreeMap<String, BrokerDepth>>,
+    },
+    DeadLetters {
+        tasks: Vec<String>,
+        limit: usize,
+        reply: Reply<Vec<DeadLetter>>,
+    },
+    Requeue {
+        tasks: Vec<String>,
+        which: Requeue,
+        reply: Reply<u64>,
+    },
+    /// From a consumer delegate: its channel or connection failed, or the broker cancelled it.
+    ConsumerLost {
+        epoch: u64,
+        task: String,
+        tag: String,
+        error: String,
+    },
+    /// From the connection watcher: the connection failed.
+    ConnectionLost {
+        epoch: u64,
+        error: String,
+    },
+    /// From the connection watcher: something to log and show in `status`.
+    Note(String),
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// What the broker thread tells the daemon's thread. `D` is the delivery (another type
+/// only in tests).
+#[derive(Debug)]
+pub(crate) enum Ev<D = Box<Delivery>> {
+    /// A job for `task`, on connection `epoch`.
+    Delivery { epoch: u64, task: String, delivery: D },
+    /// Connection `epoch` is up, its topology declared and its consumers started.
+    Connected { epoch: u64 },
+    /// Connection `epoch` failed (or the first attempt did): waiting deliveries are void.
+    Disconnected { epoch: u64, error: String },
+    /// Something to log and show in `status`; the connection stays.
+    Warning(String),
+}
+
+/// Where events go: a channel plus the daemon's waker (set by `attach`).
+#[derive(Clone)]
+pub(crate) struct Sink {
+    pub(crate) tx: crossbeam_channel::Sender<Ev>,
+    pub(crate) waker: Arc<OnceLock<mio::Waker>>,
+}
+
+impl Sink {
+    /// Sends `ev` and wakes the daemon's loop (once it is attached).
+    pub(crate) fn send(&self, ev: Ev) {
+        if self.tx.send(ev).is_ok()
+            && let Some(waker) = self.waker.get()
+            && let Err(e) = waker.wake()
+        {
+            tracing::warn!(error = %e, "amqp: unable to wake the daemon's event loop");
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The AMQP backend as the daemon's thread holds it: the broker thread it started, the
+//! channels to and from it, what it received and what it runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lapin::Acker;
+use lapin::message::Delivery;
+use procyard_core::Report;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::broker::{Broker, BrokerDepth, Cmd, Ev, Reply, Sink};
+use super::inbox::{Inbox, Received};
+use super::topology;
+use crate::queue::{Job, OpenMode, QueueConfig, Receipt, TaskBinding};
+use crate::{Error, Result};
+
+/// How long a synchronous request may wait for the broker thread.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A claimed job whose outcome is not known yet.
+pub(super) struct InFlight {
+    /// The connection it came on: its acknowledgement is only good there.
+    pub(super) epoch: u64,
+    pub(super) task: String,
+    pub(super) acker: Acker,
+}
+
+/// The AMQP backend, as seen from the daemon's thread.
+pub(crate) struct AmqpQueue {
+    pub(super) mode: OpenMode,
+    /// The broker's URL without its password.
+    pub(super) url_shown: String,
+    pub(super) exchange: String,
+    pub(super) cmd: UnboundedSender<Cmd>,
+    events: crossbeam_channel::Receiver<Ev>,
+    pub(super) waker: Arc<OnceLock<mio::Waker>>,
+    thread: Option<JoinHandle<()>>,
+    pub(super) tasks: Vec<TaskBinding>,
+    pub(super) inbox: Inbox<Box<Delivery>>,
+    pub(super) in_flight: HashMap<u64, InFlight>,
+    next_receipt: u64,
+    pub(super) depth_cache: BTreeMap<String, BrokerDepth>,
+    pub(super) depth_at: Option<Instant>,
+}
+
+impl AmqpQueue {
+    /// Starts the broker thread and waits for its first connection attempt: a client fails
+    /// when it fails, a daemon goes on (the thread keeps trying).
+    pub(super) fn open(config: &QueueConfig, mode: OpenMode) -> Result<Self> {
+        let url = config.url.clone().ok_or_else(|| Error::Broker {
+            action: "connect",
+            source: "no broker url in [queue] url".into(),
+        })?;
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let waker = Arc::new(OnceLock::new());
+        let sink = Sink { tx: ev_tx, waker: Arc::clone(&waker) };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Os { action: "start the AMQP client runtime", source })?;
+        let (started_tx, started_rx) = crossbeam_channel::bounded(1);
+        let broker = Broker::new(
+            url.clone(),
+            config.exchange.clone(),
+            config.queue_type,
+            mode,
+            cmd_tx.clone(),
+            sink,
+        );
+        let thread = std::thread::Builder::new()
+            .name("procyard-amqp".into())
+            .spawn(move || runtime.block_on(broker.run(cmd_rx, started_tx)))
+            .map_err(|source| Error::Os { action: "start the AMQP client thread", source })?;
+        let mut queue = AmqpQueue {
+            mode,
+            url_shown: topology::redact_url(&url),
+            exchange: config.exchange.clone(),
+            cmd: cmd_tx,
+            events: ev_rx,
+            waker,
+            thread: Some(thread),
+            tasks: Vec::new(),
+            inbox: Inbox::new(),
+            in_flight: HashMap::new(),
+            next_receipt: 1,
+            depth_cache: BTreeMap::new(),
+            depth_at: None,
+        };
+        let first = started_rx.recv_timeout(REQUEST_TIMEOUT).map_err(|_| Error::Broker {
+            action: "connect",
+            source: "the AMQP client thread did not answer".into(),
+        })?;
+        match (first, mode) {
+            (Ok(()), _) => {}
+            (Err(e), OpenMode::Client) => {
+                queue.join();
+                return Err(e);
+            }
+            (Err(e), OpenMode::Daemon) => {
+                tracing::warn!(
+                    "amqp: broker {} unavailable at start ({}); will keep trying",
+                    queue.url_shown,
+                    Report(&e)
+                );
+            }
+        }
+        queue.drain();
+        Ok(queue)
+    }
+
+    /// Sends a request to the broker thread and waits for its answer.
+    pub(super) fn request<T>(
+        &self,
+        action: &'static str,
+        timeout: Duration,
+        make: impl FnOnce(Reply<T>) -> Cmd,
+    ) -> Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(action, make(tx))?;
+        rx.recv_timeout(timeout).map_err(|_| Error::Broker {
+            action,
+            source: format!("no answer within {}s", timeout.as_secs()).into(),
+        })?
+    }
+
+    /// Sends a command to the broker thread without waiting.
+    pub(super) fn send(&self, action: &'static str, cmd: Cmd) -> Result<()> {
+        self.cmd.send(cmd).map_err(|_| Error::Broker {
+            action,
+            source: "the AMQP client thread has stopped".into(),
+        })
+    }
+
+    /// Takes in the events the broker thread sent.
+    pub(super) fn drain(&mut self) {
+        let broker = format!("{} (exchange {})", self.url_shown, self.exchange);
+        while let Ok(ev) = self.events.try_recv() {
+            self.inbox.apply(ev, &broker);
+        }
+    }
+
+    /// `task`, or every bound task.
+    pub(super) fn task_names(&self, task: Option<&str>) -> Vec<String> {
+        match task {
+            Some(t) => vec![t.to_owned()],
+            None => self.tasks.iter().map(|t| t.name.clone()).collect(),
+        }
+    }
+
+    /// The job in a delivery of `task`, now in flight.
+    pub(super) fn job_from(&mut self, task: &str, received: Received<Box<Delivery>>) -> Job {
+        let d = &received.delivery;
+        let headers = d.properties.headers().as_ref();
+        let id = d
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let routing_key = topology::header_str(headers, topology::H_ROUTING_KEY)
+            .unwrap_or_else(|| d.routing_key.as_str().to_owned());
+        let attempt = topology::header_u32(headers, topology::H_ATTEMPT).unwrap_or(1).max(1);
+        let receipt = self.next_receipt;
+        self.next_receipt += 1;
+        let Received { epoch, delivery } = received;
+        let Delivery { data, acker, .. } = *delivery;
+        self.in_flight.insert(receipt, InFlight { epoch, task: task.to_owned(), acker });
+        Job {
+            id,
+            task: task.to_owned(),
+            routing_key,
+            payload: data,
+            attempt,
+            receipt: Receipt(receipt),
+        }
+    }
+
+    /// Whether the broker thread still runs.
+    pub(super) fn is_running(&self) -> bool {
+        self.thread.is_some()
+    }
+
+    /// Waits for the broker thread to end.
+    pub(super) fn join(&mut self) {
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("amqp: the client thread panicked");
+        }
+    }
+}
+
+impl Drop for AmqpQueue {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let (reply, _ignored) = crossbeam_channel::bounded(1);
+            let _ = self.cmd.send(Cmd::Shutdown { reply });
+            self.join();
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Leases: the daemon's lock on the queue file, claiming jobs (with the outcomes buffered
+//! since the last write, in the same transaction), and putting leased jobs back — this
+//! daemon's at shutdown, a dead daemon's at the next start.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::params;
+
+use super::outcomes::write_outcomes;
+use super::schema::{STATE_LEASED, STATE_READY};
+use super::{SqliteQueue, holders, now_ms};
+use crate::queue::{Abandoned, Job, OpenMode, Receipt};
+use crate::{Error, Result};
+
+/// The lock file that marks the daemon serving `queue`.
+pub fn lock_path(queue: &Path) -> PathBuf {
+    let mut p = queue.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Takes the daemon lock of the queue at `path` ([`Error::AlreadyRunning`] when another daemon
+/// holds it). The kernel drops it when the daemon dies, however it dies.
+pub(super) fn lock(path: &Path) -> Result<procyard_core::FileLock> {
+    let lock_file = lock_path(path);
+    match procyard_core::FileLock::try_exclusive(&lock_file) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(Error::AlreadyRunning { queue: path.to_owned(), lock: lock_file }),
+        Err(e) => Err(Error::process(format!("lock {}", lock_file.display()), e)),
+    }
+}
+
+impl SqliteQueue {
+    /// Records the buffered outcomes and holders and takes up to `max` leases of `task`
+    /// (oldest first), in one transaction.
+    pub(super) fn take_leases(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+        if max == 0 || self.mode != OpenMode::Daemon || !self.is_bound(task) {
+            return Ok(Vec::new());
+        }
+        // One transaction records the buffered outcomes and takes the new leases: a daemon
+        // killed at any moment has either both or neither, so the jobs it finished are never
+        // still leased next to the ones it claimed in their place.
+        let path = self.path.clone();
+        let e = |err| Error::queue("claim jobs from", &path, err);
+        let tx = self.conn.transaction().map_err(e)?;
+        let retried = write_outcomes(&tx, &self.pending).map_err(e)?;
+        holders::write(&tx, &self.holders).map_err(e)?;
+        let now = now_ms();
+        let mut jobs = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2,
+                         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL,
+                         worker_boot = NULL
+                     WHERE seq IN (SELECT seq FROM jobs WHERE task = ?3 AND state = ?4
+                                   AND not_before <= ?5 ORDER BY seq LIMIT ?6)
+                     RETURNING seq, id, routing_key, payload, attempts",
+                )
+                .map_err(e)?;
+            let mut rows = stmt
+                .query(params![STATE_LEASED, self.owner, task, STATE_READY, now, max as i64])
+                .map_err(e)?;
+            while let Some(row) = rows.next().map_err(e)? {
+                jobs.push(Job {
+                    id: row.get(1).map_err(e)?,
+                    task: task.to_owned(),
+                    routing_key: row.get(2).map_err(e)?,
+                    payload: row.get(3).map_err(e)?,
+                    attempt: u32::try_from(row.get::<_, i64>(4).map_err(e)?).unwrap_or(u32::MAX),
+                    receipt: Receipt(row.get::<_, i64>(0).map_err(e)? as u64),
+                });
+            }
+        }
+        tx.commit().map_err(e)?;
+        self.written(retried);
+        jobs.sort_by_key(|j| j.receipt.0);
+        Ok(jobs)
+    }
+
+    /// Leased rows become ready again, the interrupted attempt not counted: only this
+    /// daemon's (`ours`) or every one, but never those in `keep`.
+    pub(super) fn release_leases(&mut self, ours: bool, keep: &[Receipt]) -> Result<u64> {
+        let owner = ours.then_some(self.owner.as_str());
+        let keep = serde_json::to_string(&keep.iter().map(|r| r.0).collect::<Vec<u64>>())
+            .unwrap_or_else(|_| "[]".to_owned());
+        let n = self
+            .conn
+            .execute(
+                "UPDATE jobs SET state = ?1, attempts = MAX(attempts - 1, 0), lease_owner = NULL
+                 WHERE state = ?2 AND (?3 IS NULL OR lease_owner = ?3)
+                   AND seq NOT IN (SELECT value FROM json_each(?4))",
+                params![STATE_READY, STATE_LEASED, owner, keep],
+            )
+            .map_err(|e| Error::queue("recover jobs in", &self.path, e))?;
+        self.due_cache = None;
+        Ok(n as u64)
+    }
+
+    /// Every job a previous daemon left leased, with its recorded worker.
+    pub(super) fn leased_by_the_dead(&self) -> Result<Vec<Abandoned>> {
+        if self.mode != OpenMode::Daemon {
+            return Ok(Vec::new());
+        }
+        holders::abandoned(&self.conn)
+            .map_err(|e| Error::queue("read the jobs a previous daemon left in", &self.path, e))
+    }
+
+    /// Puts back what a previous daemon left leased, except `keep`.
+    pub(super) fn recover_leases(&mut self, keep: &[Receipt]) -> Result<u64> {
+        if self.mode != OpenMode::Daemon {
+            return Ok(0);
+        }
+        let n = self.release_leases(false, keep)?;
+        self.recovered += n;
+        if n > 0 {
+            tracing::warn!(jobs = n, queue = %self.path.display(), "put back jobs a previous daemon left in flight");
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::queue::sqlite::tests::{bindings, bound};
+    use crate::queue::{Outcome, QueueBackend};
+
+    /// A claim records the buffered outcomes in its own transaction: a daemon that dies right
+    /// after it leaves only the newly claimed jobs leased, never the finished ones too.
+    #[test]
+    fn claim_records_buffered_outcomes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut daemon = bound(&path, OpenMode::Daemon);
+        for i in 0..5 {
+            daemon.publish("mail.a", format!("{i}").as_bytes()).unwrap();
+        }
+        let first = daemon.claim("mail", 2).unwrap();
+        daemon.complete(&first[0], Outcome::Done).unwrap();
+        let delay = Duration::from_secs(3600);
+        daemon.complete(&first[1], Outcome::Retry { delay, reason: "later".into() }).unwrap();
+        let next = daemon.claim("mail", 2).unwrap();
+        let payloads: Vec<&[u8]> = next.iter().map(|j| &j.payload[..]).collect();
+        assert_eq!(payloads, [b"2", b"3"], "oldest ready first, the delayed retry skipped");
+        drop(daemon); // no flush: as if killed
+        let mut again = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        again.recover(&[]).unwrap();
+        assert_eq!(again.recovered(), 2, "only the jobs claimed last were still leased");
+        again.bind(&bindings()).unwrap();
+        let d = &again.depths().unwrap()["mail"];
+        assert_eq!((d.ready, d.delayed, d.done_total), (3, Some(1), Some(1)));
+    }
+
+    #[test]
+    fn leases_return_after_daemon_death() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut daemon = bound(&path, OpenMode::Daemon);
+        daemon.publish("mail.a", b"1").unwrap();
+        assert_eq!(daemon.claim("mail", 5).unwrap().len(), 1);
+        drop(daemon); // the lock goes, as when the process dies
+        let mut again = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        again.recover(&[]).unwrap();
+        assert_eq!(again.recovered(), 1);
+        again.bind(&bindings()).unwrap();
+        let jobs = again.claim("mail", 5).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].attempt, 1, "the interrupted attempt is not counted");
+    }
+
+    /// A client never claims, never holds the lock, and a second daemon is refused.
+    #[test]
+    fn one_daemon_per_file_and_clients_never_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut client = bound(&path, OpenMode::Client);
+        client.publish("mail.a", b"1").unwrap();
+        assert!(client.claim("mail", 5).unwrap().is_empty());
+        let _daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        assert!(matches!(
+            SqliteQueue::open(&path, OpenMode::Daemon),
+            Err(Error::AlreadyRunning { lock, .. }) if lock == lock_path(&path)
+        ));
+    }
+}

@@ -1,0 +1,371 @@
+//! The embedded queue: one SQLite file in WAL mode.
+//!
+//! Each published job is one row per receiving task. A daemon claims rows (state `leased`,
+//! attempt count + 1, oldest first through the `jobs_ready` index, so a claim costs the rows
+//! it takes, not the backlog) inside a transaction that also records the outcomes buffered
+//! since the last one (one write transaction per loop turn), and holds `<file>.lock` (an `flock`) for as long
+//! as it runs, so exactly one daemon serves a queue file. Leases do not expire while that
+//! daemon lives; when it dies — even by SIGKILL — the kernel drops the lock, and the next
+//! daemon puts every leased row back (without counting the interrupted attempt), so a job is
+//! never lost. Done rows are deleted and counted; retries wait in the table with a
+//! `not_before` time; dead letters stay until requeued.
+//!
+//! Publishers (the `publish` command) write to the same file concurrently (WAL: readers and
+//! one writer at a time, `busy_timeout` for the rest) and then poke the daemon through its
+//! control socket. A poke can be lost (the daemon busy, its descriptors exhausted), so the
+//! daemon also checks the queue every few seconds ([`DUE_CHECK_EVERY`]).
+//!
+//! # Files and failures
+//!
+//! The directory is created 0700 and every file of the queue 0600, whatever the umask (an
+//! existing directory open to others is warned about). A daemon runs `PRAGMA quick_check`
+//! when it opens the file and refuses a corrupt queue ([`Error::QueueCorrupt`]); it notices
+//! when the file at the path is deleted or replaced while it runs
+//! ([`Error::QueueFileChanged`], it stops rather than serve a ghost); and when writes fail
+//! (a full disk) it reports the queue unhealthy with the cause and tries again with backoff,
+//! so it recovers by itself when space comes back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+
+use super::BackendKind;
+use super::{
+    Abandoned, DeadLetter, FileChange, Health, Job, LeaseHolder, OpenMode, Outcome, PartialPublish,
+    QueueBackend, QueueDepth, Receipt, Requeue, TaskBinding,
+};
+use crate::{Error, Result, routing};
+
+mod dead;
+mod depths;
+mod due;
+mod files;
+mod holders;
+mod lease;
+mod outcomes;
+mod publish;
+mod schema;
+mod trouble;
+
+pub use due::DUE_CHECK_EVERY;
+use files::FileIdentity;
+pub use lease::lock_path;
+use outcomes::PendingOutcome;
+use trouble::Trouble;
+
+/// The largest payload the embedded queue accepts: the limit every backend shares.
+pub use super::MAX_PAYLOAD;
+
+/// The SQLite queue backend.
+pub struct SqliteQueue {
+    path: PathBuf,
+    conn: Connection,
+    tasks: Vec<TaskBinding>,
+    mode: OpenMode,
+    /// This daemon's name on the leases it takes.
+    owner: String,
+    _lock: Option<procyard_core::FileLock>,
+    /// Outcomes not yet written.
+    pending: Vec<PendingOutcome>,
+    /// The earliest `not_before` of a delayed job, once read (`Some(None)`: there is none).
+    due_cache: Option<Option<i64>>,
+    recovered: u64,
+    /// Holders of jobs handed to workers, written with the next write transaction.
+    holders: Vec<(i64, LeaseHolder)>,
+    /// Daemon: the file it serves, to notice it deleted or replaced.
+    identity: Option<FileIdentity>,
+    /// Set once the file at the path is no longer the one served: every call fails.
+    lost: Option<FileChange>,
+    /// Failing writes (claims, outcomes), with the next attempt's deadline.
+    trouble: Option<Trouble>,
+    /// Daemon: the next look at the queue without a poke.
+    next_check: Instant,
+}
+
+impl std::fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteQueue").field("path", &self.path).field("mode", &self.mode).finish()
+    }
+}
+
+/// The wall clock in ms since the epoch, as the rows store times.
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Every file of the queue at `queue`: the database, its `-wal` and `-shm` files, and the
+/// daemon's lock.
+pub fn companion_files(queue: &Path) -> [PathBuf; 4] {
+    files::queue_files(queue)
+}
+
+impl SqliteQueue {
+    /// Opens (creating if needed) the queue file. In [`OpenMode::Daemon`] it takes the
+    /// daemon lock; the jobs a previous daemon left leased stay leased until
+    /// [`QueueBackend::recover`] (after the daemon stopped their workers).
+    pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteQueue> {
+        if path.as_os_str().is_empty() {
+            return Err(Error::io("open queue", path, std::io::ErrorKind::InvalidInput.into()));
+        }
+        files::prepare_dir(path)?;
+        files::create_private(path)?;
+        let lock = match mode {
+            OpenMode::Client => None,
+            OpenMode::Daemon => Some(lease::lock(path)?),
+        };
+        let conn = schema::connect(path, mode)?;
+        files::tighten(path);
+        let identity = match mode {
+            OpenMode::Daemon => Some(FileIdentity::of(path)?),
+            OpenMode::Client => None,
+        };
+        Ok(SqliteQueue {
+            path: path.to_owned(),
+            conn,
+            tasks: Vec::new(),
+            mode,
+            owner: uuid::Uuid::now_v7().to_string(),
+            _lock: lock,
+            pending: Vec::new(),
+            due_cache: None,
+            recovered: 0,
+            holders: Vec::new(),
+            identity,
+            lost: None,
+            trouble: None,
+            next_check: Instant::now() + DUE_CHECK_EVERY,
+        })
+    }
+
+    /// How many in-flight jobs of a previous daemon [`QueueBackend::recover`] put back.
+    pub fn recovered(&self) -> u64 {
+        self.recovered
+    }
+
+    /// The queue file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn is_bound(&self, task: &str) -> bool {
+        self.tasks.iter().any(|t| t.name == task)
+    }
+
+    /// Fails once the path no longer names the file this daemon serves (checked at most
+    /// once a second, or now when `now_please`).
+    fn check_served(&mut self, now_please: bool) -> Result<()> {
+        if self.lost.is_none()
+            && let Some(id) = self.identity.as_mut()
+            && let Err(change) = id.check(&self.path, now_please)
+        {
+            self.lost = Some(change);
+        }
+        match self.lost {
+            Some(change) => Err(Error::QueueFileChanged { path: self.path.clone(), change }),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps track of failing writes: a failure starts (or lengthens) the backoff and is
+    /// shown by `health`; a success ends it.
+    fn note_write<T>(&mut self, result: &Result<T>) {
+        match result {
+            Ok(_) => {
+                if let Some(t) = self.trouble.take() {
+                    tracing::info!(queue = %self.path.display(), after = %t.cause, "the queue works again");
+                }
+            }
+            Err(e) => Trouble::note(&mut self.trouble, e.chain().to_string()),
+        }
+    }
+}
+
+impl QueueBackend for SqliteQueue {
+    fn bind(&mut self, tasks: &[TaskBinding]) -> Result<()> {
+        for t in tasks {
+            for p in &t.routing_keys {
+                routing::validate_pattern(p)?;
+            }
+        }
+        self.tasks = tasks.to_vec();
+        self.due_cache = None;
+        Ok(())
+    }
+
+    fn attach(&mut self, _registry: &mio::Registry, _token: mio::Token) -> Result<()> {
+        Ok(())
+    }
+
+    fn on_wake(&mut self) -> Result<()> {
+        self.due_cache = None;
+        // A poke may come from a publisher that wrote to a new file at the path.
+        self.check_served(true)
+    }
+
+    fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
+        self.insert_jobs(routing_key, &[payload])
+    }
+
+    fn publish_batch(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+    ) -> Result<Vec<String>, Box<PartialPublish>> {
+        // One transaction: all of the batch or none of it.
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.insert_jobs(routing_key, &payloads)
+            .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
+    }
+
+    fn set_capacity(&mut self, _task: &str, _capacity: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+        self.check_served(false)?;
+        let jobs = self.take_leases(task, max);
+        self.note_write(&jobs);
+        jobs
+    }
+
+    fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
+        // The retry delay runs from now: the caller may compute when the job falls due right
+        // after this call, and a flush that comes later must not push that time back.
+        self.pending.push(PendingOutcome::now(job, outcome));
+        Ok(())
+    }
+
+    fn record_holder(&mut self, job: &Job, holder: &LeaseHolder) -> Result<()> {
+        self.holders.push((job.receipt.0 as i64, holder.clone()));
+        Ok(())
+    }
+
+    fn abandoned(&mut self) -> Result<Vec<Abandoned>> {
+        self.leased_by_the_dead()
+    }
+
+    fn recover(&mut self, keep: &[Receipt]) -> Result<u64> {
+        self.recover_leases(keep)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() && self.holders.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_pending();
+        self.note_write(&result);
+        result
+    }
+
+    fn next_due(&mut self) -> Result<Option<Instant>> {
+        self.wake_instant()
+    }
+
+    fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
+        self.count_depths()
+    }
+
+    fn dead_letters(&mut self, task: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.list_dead(task, limit)
+    }
+
+    fn requeue_dead(&mut self, task: Option<&str>, which: &Requeue) -> Result<u64> {
+        self.requeue(task, which)
+    }
+
+    fn health(&self) -> Health {
+        let path = self.path.display();
+        let (ok, detail) = match (self.lost, &self.trouble) {
+            (Some(change), _) => (false, format!("{path}: the file was {change}")),
+            (None, Some(t)) => (false, format!("{path}: {}", t.describe())),
+            (None, None) => (true, path.to_string()),
+        };
+        Health { backend: BackendKind::Sqlite, ok, detail }
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.flush()?;
+        if self.mode == OpenMode::Daemon {
+            let n = self.release_leases(true, &[])?;
+            if n > 0 {
+                tracing::info!(jobs = n, "returned unfinished jobs to the queue");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The queue file at `path` opened in `mode` and bound to [`bindings`].
+    pub(crate) fn bound(path: &Path, mode: OpenMode) -> SqliteQueue {
+        let mut queue = SqliteQueue::open(path, mode).unwrap();
+        queue.bind(&bindings()).unwrap();
+        queue
+    }
+
+    /// Two tasks: `mail` (keys `mail.#`) and `all` (every key).
+    pub(crate) fn bindings() -> Vec<TaskBinding> {
+        vec![
+            TaskBinding {
+                name: "mail".into(),
+                routing_keys: vec!["mail.#".into()],
+                max_attempts: 3,
+            },
+            TaskBinding { name: "all".into(), routing_keys: vec!["#".into()], max_attempts: 3 },
+        ]
+    }
+
+    #[test]
+    fn publish_claim_complete_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut client = bound(&path, OpenMode::Client);
+        let ids = client.publish("mail.send", b"hi").unwrap();
+        assert_eq!(ids.len(), 2, "both tasks receive a copy");
+        assert!(matches!(client.publish("x.y", b""), Ok(v) if v.len() == 1));
+        let mut only_mail =
+            SqliteQueue::open(dir.path().join("q2.db").as_path(), OpenMode::Client).unwrap();
+        only_mail.bind(&bindings()[..1]).unwrap();
+        assert!(matches!(only_mail.publish("x.y", b""), Err(Error::Unroutable { .. })));
+
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        assert!(matches!(
+            SqliteQueue::open(&path, OpenMode::Daemon),
+            Err(Error::AlreadyRunning { .. })
+        ));
+        daemon.bind(&bindings()).unwrap();
+        let jobs = daemon.claim("mail", 10).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].attempt, 1);
+        assert_eq!(jobs[0].payload, b"hi");
+        daemon
+            .complete(
+                &jobs[0],
+                Outcome::Retry { delay: Duration::from_secs(60), reason: "x".into() },
+            )
+            .unwrap();
+        daemon.flush().unwrap();
+        assert!(daemon.claim("mail", 10).unwrap().is_empty(), "delayed");
+        assert!(daemon.next_due().unwrap().is_some());
+        let d = daemon.depths().unwrap();
+        assert_eq!(d["mail"].delayed, Some(1));
+        assert_eq!(d["all"].ready, 2);
+        let all = daemon.claim("all", 10).unwrap();
+        daemon.complete(&all[0], Outcome::Done).unwrap();
+        daemon.complete(&all[1], Outcome::DeadLetter { reason: "boom".into() }).unwrap();
+        daemon.flush().unwrap();
+        let dead = daemon.dead_letters(None, 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, "boom");
+        assert_eq!(daemon.depths().unwrap()["all"].done_total, Some(1));
+        assert_eq!(daemon.requeue_dead(None, &Requeue::All).unwrap(), 1);
+        assert_eq!(daemon.claim("all", 10).unwrap()[0].attempt, 1);
+    }
+}

@@ -1,0 +1,89 @@
+//! The queue file's tables and how a connection to it is set up: WAL, plans kept prepared,
+//! an integrity check for a daemon, the schema created and older files migrated.
+//!
+//! One row per job and receiving task in `jobs` (its state one of the `STATE_*` codes below),
+//! and the count of jobs done per task in `stats` (done rows are deleted).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use rusqlite::config::DbConfig;
+
+use super::{files, holders};
+use crate::queue::OpenMode;
+use crate::{Error, Result};
+
+/// A job that can be claimed (now, or once `not_before` has passed: a retry).
+pub(super) const STATE_READY: i64 = 0;
+/// A job claimed by the daemon holding the lock (`lease_owner`).
+pub(super) const STATE_LEASED: i64 = 1;
+/// A dead letter, until requeued.
+pub(super) const STATE_DEAD: i64 = 3;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT NOT NULL UNIQUE,
+    task         TEXT NOT NULL,
+    routing_key  TEXT NOT NULL,
+    payload      BLOB NOT NULL,
+    state        INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    not_before   INTEGER NOT NULL DEFAULT 0,
+    lease_owner  TEXT,
+    published_ms INTEGER NOT NULL,
+    finished_ms  INTEGER,
+    last_error   TEXT
+);
+DROP INDEX IF EXISTS jobs_claim;
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(task, state, seq, not_before);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, not_before);
+CREATE TABLE IF NOT EXISTS stats (
+    task TEXT PRIMARY KEY,
+    done INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// Opens the database at `path` (already created private), configured, checked (a daemon
+/// refuses a corrupt file), with the current schema.
+pub(super) fn connect(path: &Path, mode: OpenMode) -> Result<Connection> {
+    let q = |action, e| Error::queue(action, path, e);
+    let mut conn = Connection::open(path).map_err(|e| q("open", e))?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| q("configure", e))?;
+    // Plans stay as prepared: otherwise a new `LIMIT` value re-prepares the claim.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(|e| q("configure", e))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| q("enable WAL on", e))?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| q("configure", e))?;
+    if mode == OpenMode::Daemon {
+        files::quick_check(&conn, path)?;
+    }
+    conn.execute_batch(SCHEMA).map_err(|e| q("create the schema of", e))?;
+    holders::migrate(&mut conn).map_err(|e| q("add the lease holder columns to", e))?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opening twice (a client beside a daemon, a restart) keeps the file as it is, in WAL.
+    #[test]
+    fn schema_is_created_once_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let conn = connect(&path, OpenMode::Daemon).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms)
+             VALUES ('a', 't', 'k', x'00', ?1, 0)",
+            [STATE_READY],
+        )
+        .unwrap();
+        drop(conn);
+        let again = connect(&path, OpenMode::Client).unwrap();
+        let n: i64 = again.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap();
+        let journal: String = again.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!((n, journal.as_str()), (1, "wal"));
+    }
+}
