@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use procyard_core::Exit;
 
+use crate::output::CommandOutput;
+
 /// Why a job produced no value (the `Err` side of every outcome), or why the worker could not
 /// be started.
 ///
@@ -21,11 +23,17 @@ pub enum Error {
         /// The job's own message.
         message: String,
     },
-    /// The job's process ended without delivering a result (a command: a non-zero exit).
+    /// A function job's process ended without delivering a result.
     #[error("job crashed: {exit}")]
     Crashed {
         /// How the process ended.
         exit: Exit,
+    },
+    /// A command job did not exit with status 0; what it wrote is kept.
+    #[error("the command failed: {}", output.status)]
+    CommandFailed {
+        /// How it ended, and its stdout and stderr.
+        output: Box<CommandOutput>,
     },
     /// The job ran past its timeout and was killed.
     #[error("job timed out after {timeout:?}")]
@@ -87,6 +95,36 @@ pub enum Error {
     InitNotCalled {
         /// The program started as the worker.
         program: PathBuf,
+    },
+    /// [`init`](crate::init) ran when the program had other threads already — typically
+    /// inside `#[tokio::main]`, or after starting a thread pool. The worker process is this
+    /// program run again, so it would have those threads too, and forking a job from a
+    /// multi-threaded process is unsound. Call `init` first thing in a plain `fn main`, then
+    /// start the runtime:
+    ///
+    /// ```no_run
+    /// fn main() {
+    ///     procyard_resultworker::init();
+    ///     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    ///     runtime.block_on(async_main());
+    /// }
+    /// async fn async_main() { /* ResultWorker::start, .await the futures */ }
+    /// ```
+    ///
+    /// `program` is the worker program when it was the one that refused (`None`: this
+    /// process saw it at `start`, before starting a worker).
+    #[error(
+        "procyard_resultworker::init() ran with {threads} threads{}: call it first thing in a \
+         plain `fn main() {{ procyard_resultworker::init(); … }}`, then start the async runtime \
+         or thread pool (no #[tokio::main]: build the runtime after init and block_on your async \
+         main)",
+        program.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default()
+    )]
+    InitAfterThreads {
+        /// The worker program that refused, if it was the worker that saw it.
+        program: Option<PathBuf>,
+        /// The threads alive when `init` ran.
+        threads: usize,
     },
     /// [`ResultWorker::start`](crate::ResultWorker::start) was asked for a configuration
     /// other than that of the global worker, which runs already.

@@ -37,7 +37,7 @@ impl fmt::Display for Key {
 /// A stored outcome: the value's JSON, or why there is none.
 pub(crate) type Outcome = Result<Arc<[u8]>, Error>;
 
-type Callback = Box<dyn FnOnce(&Outcome) + Send>;
+pub(crate) type Callback = Box<dyn FnOnce(&Outcome) + Send>;
 
 #[derive(Default)]
 struct SlotState {
@@ -53,7 +53,7 @@ pub(crate) struct Slot {
     set: Condvar,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -148,7 +148,7 @@ pub(crate) fn lock_map(map: &KeyMap) -> MutexGuard<'_, HashMap<u64, Weak<Slot>>>
 /// discarded). Clones share the outcome.
 pub struct ResultFuture<T> {
     key: Key,
-    slot: Arc<Slot>,
+    pub(crate) slot: Arc<Slot>,
     keys: Arc<KeyMap>,
     _type: PhantomData<fn() -> T>,
 }
@@ -255,79 +255,19 @@ impl<T: DeserializeOwned> Future for ResultFuture<T> {
 
 impl<T> Unpin for ResultFuture<T> {}
 
-/// Waits for every future; the outcomes in the same order. Always a `Vec`, whatever the
-/// timing.
-pub fn wait_all<T: DeserializeOwned>(futures: &[ResultFuture<T>]) -> Vec<Result<T, Error>> {
-    futures.iter().map(ResultFuture::wait).collect()
-}
-
-/// Waits until one of the futures has its outcome; returns its index and outcome (the lowest
-/// index among those already set). Always this pair, whatever the timing; `None` only for
-/// an empty slice.
-pub fn wait_any<T: DeserializeOwned>(
-    futures: &[ResultFuture<T>],
-) -> Option<(usize, Result<T, Error>)> {
-    wait_any_deadline(futures, None)
-}
-
-/// Like [`wait_any`], giving up at `deadline` (`None`: wait forever); `None` when the deadline
-/// passed or the slice is empty.
-pub fn wait_any_deadline<T: DeserializeOwned>(
-    futures: &[ResultFuture<T>],
-    deadline: Option<Deadline>,
-) -> Option<(usize, Result<T, Error>)> {
-    if futures.is_empty() {
-        return None;
-    }
-    let signal = Arc::new((Mutex::new(false), Condvar::new()));
-    for future in futures {
-        let signal = Arc::clone(&signal);
-        // Registered before checking, so a result set in between is not missed.
-        future.slot.on_set(Box::new(move |_| {
-            let (flag, cond) = &*signal;
-            *lock(flag) = true;
-            cond.notify_all();
-        }));
-    }
-    let (flag, cond) = &*signal;
-    let mut fired = lock(flag);
-    loop {
-        if let Some(found) =
-            futures.iter().enumerate().find_map(|(i, f)| f.try_get().map(|r| (i, r)))
-        {
-            return Some(found);
-        }
-        // The flag only says "look again"; the loop above decides.
-        if *fired {
-            *fired = false;
-            continue;
-        }
-        match deadline {
-            None => fired = cond.wait(fired).unwrap_or_else(|p| p.into_inner()),
-            Some(d) => {
-                if d.is_expired() {
-                    return None;
-                }
-                fired =
-                    cond.wait_timeout(fired, d.remaining()).unwrap_or_else(|p| p.into_inner()).0;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn future(key: u64) -> (ResultFuture<String>, Arc<Slot>, Arc<KeyMap>) {
+    pub(crate) fn future(key: u64) -> (ResultFuture<String>, Arc<Slot>, Arc<KeyMap>) {
         let slot = Arc::new(Slot::default());
         let keys: Arc<KeyMap> = Arc::default();
         lock_map(&keys).insert(key, Arc::downgrade(&slot));
         (ResultFuture::new(Key(key), Arc::clone(&slot), Arc::clone(&keys)), slot, keys)
     }
 
-    fn value(s: &str) -> Outcome {
+    pub(crate) fn value(s: &str) -> Outcome {
         Ok(serde_json::to_vec(s).unwrap().into())
     }
 
@@ -387,24 +327,6 @@ mod tests {
         assert_eq!(lock_map(&keys).len(), 1, "a clone still holds the key");
         drop(g);
         assert!(lock_map(&keys).is_empty());
-    }
-
-    #[test]
-    fn resultworker_r8_wait_any_and_all_have_one_shape() {
-        let (a, sa, _) = future(1);
-        let (b, sb, _) = future(2);
-        let futures = vec![a, b];
-        assert!(
-            wait_any_deadline(&futures, Some(Deadline::after(Duration::from_millis(5)))).is_none()
-        );
-        sb.set(value("b"));
-        let (i, r) = wait_any(&futures).unwrap();
-        assert_eq!((i, r.unwrap()), (1, "b".to_string()));
-        sa.set(Err(Error::WorkerLost));
-        let all = wait_all(&futures);
-        assert_eq!(all.len(), 2);
-        assert!(matches!(all[0], Err(Error::WorkerLost)));
-        assert!(wait_any::<String>(&[]).is_none());
     }
 
     #[test]

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use procyard_core::Pid;
 use procyard_core::mio::{Poll, Token, Waker};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
 use crate::future::{Key, ResultFuture, Slot, lock_map};
-use crate::job::{Function, Job};
+use crate::job::{ArgsFor, Function, Job};
 use crate::listener::Listener;
 use crate::shared::{Shared, lock};
 use crate::wire::{self, Request};
@@ -92,6 +91,11 @@ impl ResultWorker {
     pub fn new(config: Config) -> Result<ResultWorker> {
         if crate::mode::worker_mode().is_some() {
             crate::mode::refuse_start_in_worker_mode();
+        }
+        if config.program.is_none()
+            && let Some(threads) = crate::mode::init_ran_threaded()
+        {
+            return Err(Error::InitAfterThreads { program: None, threads });
         }
         let poll = Poll::new().map_err(|e| Error::os("create a poll instance", e))?;
         let waker =
@@ -175,11 +179,12 @@ impl ResultWorker {
         future
     }
 
-    /// Calls a registered function; shorthand for `submit(function.job(args))`.
-    pub fn call<A: Serialize, R: DeserializeOwned>(
+    /// Calls a registered function; shorthand for `submit(function.job(args))`. `args` is an
+    /// `A` or a borrowed form of it ([`ArgsFor`]): `call(&f, "x")` for a `Function<String, _>`.
+    pub fn call<A, R: DeserializeOwned, Q: ArgsFor<A> + ?Sized>(
         &self,
         function: &Function<A, R>,
-        args: &A,
+        args: &Q,
     ) -> ResultFuture<R> {
         self.submit(function.job(args))
     }

@@ -7,9 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use procyard_core::Exit;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::wire::{CommandSpec, Spec};
@@ -52,12 +51,38 @@ impl<A, R> Function<A, R> {
     }
 }
 
-impl<A: Serialize, R> Function<A, R> {
-    /// A job calling this function with `args`.
-    pub fn job(&self, args: &A) -> Job {
+impl<A, R> Function<A, R> {
+    /// A job calling this function with `args`: an `A`, or a borrowed form of it (see
+    /// [`ArgsFor`]).
+    pub fn job<Q: ArgsFor<A> + ?Sized>(&self, args: &Q) -> Job {
         Job::function(&self.name, args)
     }
 }
+
+/// Arguments that serialize as an `A`: `A` itself, and the borrowed forms a caller has at hand,
+/// so `call(&f, "x")` and `call(&f, &"x")` work for a `Function<String, _>`:
+/// `str` and `&str` for `String`, `[T]` and `&[T]` for `Vec<T>`, `Path` and `&Path`
+/// for `PathBuf`.
+///
+/// ```
+/// use procyard_resultworker::{ArgsFor, Function};
+/// fn job_of<Q: ArgsFor<String> + ?Sized>(f: &Function<String, usize>, q: &Q) {
+///     let _ = f.job(q);
+/// }
+/// let len = procyard_resultworker::register("len", |s: String| Ok::<_, String>(s.len()));
+/// job_of(&len, "x");
+/// job_of(&len, &"x");
+/// job_of(&len, &String::from("x"));
+/// ```
+pub trait ArgsFor<A>: Serialize {}
+
+impl<A: Serialize> ArgsFor<A> for A {}
+impl ArgsFor<String> for str {}
+impl ArgsFor<String> for &str {}
+impl<T: Serialize> ArgsFor<Vec<T>> for [T] {}
+impl<T: Serialize> ArgsFor<Vec<T>> for &[T] {}
+impl ArgsFor<std::path::PathBuf> for Path {}
+impl ArgsFor<std::path::PathBuf> for &Path {}
 
 /// Registers `f` under `name` (replacing an earlier one) so the worker can run it.
 ///
@@ -81,16 +106,6 @@ where
     Function { name: name.to_owned(), _types: PhantomData }
 }
 
-/// What a command job produces when it exits with status 0 (any other end is
-/// [`Error::Crashed`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandOutput {
-    /// How it ended (always exit code 0 in a successful outcome).
-    pub exit: Exit,
-    /// Everything it wrote to stdout.
-    pub stdout: Vec<u8>,
-}
-
 /// A unit of work for the worker: a registered function with arguments, or a command.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -110,8 +125,10 @@ impl Job {
         Job { spec: Spec::Function { name: name.to_owned() }, body, timeout: None, encode_error }
     }
 
-    /// Runs `program` (looked up in `PATH`) with `args`; its value is a [`CommandOutput`].
-    /// stdin is `/dev/null`, stderr is the application's.
+    /// Runs `program` (looked up in `PATH`) with `args`; its value is a
+    /// [`CommandOutput`](crate::CommandOutput)
+    /// (stdout and stderr captured), or [`Error::CommandFailed`] with the same output when it
+    /// does not exit with status 0. stdin is `/dev/null`.
     pub fn command<I, S>(program: &str, args: I) -> Job
     where
         I: IntoIterator<Item = S>,

@@ -21,7 +21,12 @@
 //!   ([`Error::WorkerLost`]) or a stop ([`Error::Stopped`]).
 //! - A **future** ([`ResultFuture`]) is keyed by a unique [`Key`]: wait, wait with a timeout,
 //!   poll, register a callback, or `.await` it. The key is forgotten once the result arrives
-//!   or when the last future of the job is dropped.
+//!   or when the last future of the job is dropped. Many at once: [`wait_all`],
+//!   [`wait_all_timeout`], [`wait_any`], [`wait_any_timeout`], and [`as_completed`] (the
+//!   outcomes in the order they arrive) — the same shape as procyard-procmgr's handles.
+//! - A **command** job's value is a [`CommandOutput`] shaped like `std::process::Output`
+//!   (status, stdout, stderr, each stream bounded by [`OUTPUT_LIMIT`]); one that does not exit
+//!   with status 0 is [`Error::CommandFailed`], which keeps the same output.
 //! - A fork per job is the cost of isolation, so the worker keeps it cheap: when idle it
 //!   keeps a spare child forked ahead of time (the next job does not wait for a fork); when
 //!   jobs queue up, each is forked with its job already in memory (no job pipe, no wake-up).
@@ -57,6 +62,33 @@
 //! }
 //! ```
 //!
+//! # Async programs and thread pools
+//!
+//! Call [`init`] before any other thread starts: the worker process is this program run
+//! again, and it forks its job children, which is sound only while it has one thread. So no
+//! `#[tokio::main]` (its threads exist before the body runs): write a plain `main` that calls
+//! `init` and then builds the runtime. A program that calls `init` with other threads alive
+//! gets [`Error::InitAfterThreads`] from [`ResultWorker::start`], which says this.
+//!
+//! ```rust,no_run
+//! # use procyard_resultworker::{Config, Function, ResultWorker, register};
+//! fn main() {
+//!     let square = register("square", |x: u64| Ok::<_, String>(x * x));
+//!     procyard_resultworker::init();
+//!     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+//!     runtime.block_on(async_main(square));
+//! }
+//!
+//! async fn async_main(square: Function<u64, u64>) {
+//!     let worker = ResultWorker::start(Config::default()).unwrap();
+//!     assert_eq!(worker.call(&square, &7).await.unwrap(), 49);
+//! }
+//! ```
+//!
+//! Runnable programs: `examples/tokio.rs` (tokio's multi-threaded runtime) and
+//! `examples/thread_pool.rs` (a pool of threads started after `init`, and a plain
+//! `block_on` executor); the tests `example_tokio` and `example_thread_pool` run them.
+//!
 //! # Limitations
 //!
 //! Linux only. A dropped future does not cancel its job. A job that has reported its value
@@ -76,16 +108,25 @@ mod handle;
 mod job;
 mod listener;
 mod mode;
+mod output;
 mod shared;
 mod stop;
+mod waiting;
 mod wire;
 mod worker;
 
 pub use config::Config;
 pub use error::{Error, JobError, Result};
-pub use future::{Key, ResultFuture, wait_all, wait_any, wait_any_deadline};
+pub use future::{Key, ResultFuture};
 pub use handle::ResultWorker;
-pub use job::{CommandOutput, Function, Job, register};
+pub use job::{ArgsFor, Function, Job, register};
+pub use output::{CommandOutput, OUTPUT_LIMIT};
+/// Types of procyard-core that appear in this crate's signatures, so one dependency suffices.
+pub use procyard_core::{Deadline, Exit, Pid, Signal};
+pub use waiting::{
+    AsCompleted, as_completed, wait_all, wait_all_timeout, wait_any, wait_any_deadline,
+    wait_any_timeout,
+};
 
 /// Call first thing in `main` (after [`register`]ing functions). In a normal run it returns
 /// at once; in the worker process started by a [`ResultWorker`] it runs the worker and exits
@@ -93,12 +134,18 @@ pub use job::{CommandOutput, Function, Job, register};
 ///
 /// A program that forgets it gets [`Error::InitNotCalled`] from [`ResultWorker::start`]: the
 /// worker process runs `main` again, and when it reaches `start` it exits at once (saying why
-/// on stderr) instead of starting a worker of its own.
+/// on stderr) instead of starting a worker of its own. A program that calls it with other
+/// threads alive (inside `#[tokio::main]`, after starting a thread pool) gets
+/// [`Error::InitAfterThreads`], which says what to write instead (see the crate docs).
 pub fn init() {
     if let Some(max_workers) = mode::worker_mode() {
+        if let Some(threads) = mode::extra_threads() {
+            mode::refuse_threaded_worker(threads);
+        }
         let code = worker::run(max_workers);
         std::process::exit(code);
     }
+    mode::record_init();
 }
 
 /// Whether this process is a worker (only ever true inside [`init`] or a job).

@@ -7,10 +7,26 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use procyard_core::event::retry_interrupted;
 
 use crate::wire::{self, TAG_ERROR, WireError, encode_report, error_body, push_result};
+
+/// Threads the application had when its `init` returned (0: `init` not called).
+static INIT_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Records, in the application, how many threads it had when `init` ran.
+pub(crate) fn record_init() {
+    let threads = procyard_core::fork::thread_count().unwrap_or(1);
+    INIT_THREADS.store(threads.max(1), Ordering::Relaxed);
+}
+
+/// `Some(threads)` when the application's `init` ran with other threads alive: its worker
+/// (the same `main` again) would too, and could not fork jobs.
+pub(crate) fn init_ran_threaded() -> Option<usize> {
+    Some(INIT_THREADS.load(Ordering::Relaxed)).filter(|&n| n > 1)
+}
 
 /// Set (to the application's pid) in the worker's environment.
 pub(crate) const ENV_WORKER: &str = "PROCYARD_RESULTWORKER_PARENT";
@@ -35,28 +51,52 @@ pub(crate) fn worker_mode() -> Option<usize> {
     Some(usize::max(max, 1))
 }
 
-/// In a worker-mode process that reached `ResultWorker::start` (its `main` did not call
-/// `init` first): sends the refusal to the application in place of the ready message (its
-/// stdout is the result pipe) and exits with [`EXIT_INIT_NOT_CALLED`], without running
-/// destructors or flushing stdout (whatever `main` printed there would land in the result
-/// pipe).
-///
-/// The one line on stderr is the exception to "a library does not write to stderr": this
-/// process is a copy of the program that exits at once, and the person who forgot `init`
-/// reads that stream. It is written whole, before the refusal (the application kills the
-/// copy once it has the refusal).
+/// In a worker-mode process that reached `ResultWorker::start`: refuses with
+/// [`WireError::InitNotCalled`] (see [`refuse`]).
 pub(crate) fn refuse_start_in_worker_mode() -> ! {
-    let program = std::env::current_exe()
-        .map_or_else(|_| "this program".to_owned(), |p| p.display().to_string());
+    let program = program_name();
     let line = format!(
         "procyard-resultworker: {program}: main does not call procyard_resultworker::init() \
          first; this worker process reached ResultWorker::start and exits instead of starting \
          another worker\n"
     );
+    refuse(&line, &WireError::InitNotCalled { program })
+}
+
+/// In a worker-mode process whose `init` runs with other threads alive (the program started
+/// an async runtime or a thread pool before calling it): forking jobs from it would be
+/// unsound, so it refuses with [`WireError::InitAfterThreads`] (see [`refuse`]).
+pub(crate) fn refuse_threaded_worker(threads: usize) -> ! {
+    let program = program_name();
+    let line = format!(
+        "procyard-resultworker: {program}: procyard_resultworker::init() runs with {threads} \
+         threads; call it first thing in a plain fn main, before any runtime or thread starts\n"
+    );
+    refuse(&line, &WireError::InitAfterThreads { program, threads })
+}
+
+/// The number of threads of this process when it has more than one (`None` when it has one,
+/// or when the count cannot be read: the fork then checks again).
+pub(crate) fn extra_threads() -> Option<usize> {
+    procyard_core::fork::thread_count().ok().filter(|&n| n > 1)
+}
+
+fn program_name() -> String {
+    std::env::current_exe().map_or_else(|_| "this program".to_owned(), |p| p.display().to_string())
+}
+
+/// Sends `error` to the application in place of the ready message (its stdout is the result
+/// pipe) and exits with [`EXIT_INIT_NOT_CALLED`], without running destructors or flushing
+/// stdout (whatever `main` printed there would land in the result pipe).
+///
+/// The one `line` on stderr is the exception to "a library does not write to stderr": this
+/// process is a copy of the program that exits at once, and the person who wrote its `main`
+/// reads that stream. It is written whole, before the refusal (the application kills the
+/// copy once it has the refusal).
+fn refuse(line: &str, error: &WireError) -> ! {
     let _ = write_all(io::stderr().as_fd(), line.as_bytes());
-    let error = WireError::InitNotCalled { program };
     let mut frame = Vec::new();
-    if push_result(&mut frame, wire::READY_KEY, &encode_report(TAG_ERROR, &error_body(&error))) {
+    if push_result(&mut frame, wire::READY_KEY, &encode_report(TAG_ERROR, &error_body(error))) {
         // Best effort: the exit code tells the application too.
         let _ = write_all(io::stdout().as_fd(), &frame);
     }

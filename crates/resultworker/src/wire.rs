@@ -14,6 +14,7 @@ use procyard_core::Exit;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::output::CommandOutput;
 
 /// The key of the worker's first frame, which says it is ready (job keys start at 1).
 pub(crate) const READY_KEY: u64 = 0;
@@ -59,6 +60,9 @@ pub(crate) enum WireError {
     Crashed {
         exit: Exit,
     },
+    CommandFailed {
+        output: Box<CommandOutput>,
+    },
     TimedOut {
         timeout_ms: u64,
     },
@@ -74,6 +78,12 @@ pub(crate) enum WireError {
     InitNotCalled {
         program: String,
     },
+    /// Sent instead of the ready message by a worker-mode process whose `init` ran with
+    /// `threads` threads alive.
+    InitAfterThreads {
+        program: String,
+        threads: usize,
+    },
 }
 
 impl From<WireError> for Error {
@@ -81,6 +91,7 @@ impl From<WireError> for Error {
         match e {
             WireError::Failed { message } => Error::Failed { message },
             WireError::Crashed { exit } => Error::Crashed { exit },
+            WireError::CommandFailed { output } => Error::CommandFailed { output },
             WireError::TimedOut { timeout_ms } => {
                 Error::TimedOut { timeout: Duration::from_millis(timeout_ms) }
             }
@@ -89,6 +100,9 @@ impl From<WireError> for Error {
             WireError::Malformed { reason } => Error::Malformed { reason },
             WireError::InitNotCalled { program } => {
                 Error::InitNotCalled { program: program.into() }
+            }
+            WireError::InitAfterThreads { program, threads } => {
+                Error::InitAfterThreads { program: Some(program.into()), threads }
             }
         }
     }
@@ -105,28 +119,23 @@ pub(crate) fn encode_request(header: &Request, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `payload` as one procyard-core frame (length prefix and payload) in one buffer, so that it
-/// goes out in a single `write` where the pipe allows (the reader wakes once per frame, not
-/// once for the header and again for the payload).
-pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+/// `payload` as one procyard-core frame (core's header, then the payload) in one buffer, for
+/// the worker's own non-blocking writes; `None` over the frame limit.
+pub(crate) fn frame(payload: &[u8]) -> Option<Vec<u8>> {
+    let header = procyard_core::frame::frame_header(payload.len()).ok()?;
+    let mut out = Vec::with_capacity(header.len() + payload.len());
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
-    out
+    Some(out)
 }
 
-/// Writes `payload` as one frame (see [`frame`]); refuses one over the frame limit.
+/// Writes `payload` as one frame, header and payload in one write (core's
+/// `write_frame_bytes`); refuses one over the frame limit.
 pub(crate) fn write_frame<W: std::io::Write + ?Sized>(
     w: &mut W,
     payload: &[u8],
 ) -> std::io::Result<()> {
-    if payload.len() > procyard_core::MAX_FRAME {
-        return Err(std::io::Error::other(procyard_core::Error::FrameTooLarge {
-            len: payload.len(),
-            max: procyard_core::MAX_FRAME,
-        }));
-    }
-    w.write_all(&frame(payload))
+    procyard_core::frame::write_frame_bytes(w, payload)
 }
 
 /// A function job as the job child reads it: name length, name, JSON arguments.
@@ -168,12 +177,11 @@ pub(crate) fn error_body(error: &WireError) -> Vec<u8> {
 /// Appends the result frame for `key` (length prefix, key, report) to `out`; false, with
 /// nothing appended, if it would exceed the frame limit.
 pub(crate) fn push_result(out: &mut Vec<u8>, key: u64, report: &[u8]) -> bool {
-    let len = 8 + report.len();
-    if len > procyard_core::MAX_FRAME {
+    let Ok(header) = procyard_core::frame::frame_header(8 + report.len()) else {
         return false;
-    }
-    out.reserve(4 + len);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
+    };
+    out.reserve(header.len() + 8 + report.len());
+    out.extend_from_slice(&header);
     out.extend_from_slice(&key.to_be_bytes());
     out.extend_from_slice(report);
     true

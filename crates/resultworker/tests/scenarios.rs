@@ -495,10 +495,15 @@ fn resultworker_outcomes_are_typed() {
         get(&w.submit::<String>(Job::function("square", &2))),
         Err(Error::Decode { .. })
     ));
-    assert!(matches!(
-        get(&w.submit::<CommandOutput>(Job::command("sh", ["-c", "exit 4"]))),
-        Err(Error::Crashed { exit: Exit::Code(4) })
-    ));
+    match get(
+        &w.submit::<CommandOutput>(Job::command("sh", ["-c", "echo so; echo far >&2; exit 4"]))
+    ) {
+        Err(Error::CommandFailed { output }) => {
+            assert_eq!(output.status, Exit::Code(4));
+            assert_eq!((&output.stdout[..], &output.stderr[..]), (&b"so\n"[..], &b"far\n"[..]));
+        }
+        other => panic!("expected CommandFailed with the output, got {other:?}"),
+    }
     assert!(matches!(
         get(&w.submit::<CommandOutput>(Job::command("/nonexistent/program", Vec::<String>::new()))),
         Err(Error::Failed { .. })
@@ -682,6 +687,14 @@ const TESTS: &[Test] = &[
     (
         "resultworker_hardening_missing_init_fails_fast",
         hardening::resultworker_hardening_missing_init_fails_fast,
+    ),
+    (
+        "resultworker_hardening_command_output_kept_and_bounded",
+        hardening::resultworker_hardening_command_output_kept_and_bounded,
+    ),
+    (
+        "resultworker_hardening_call_takes_borrowed_arguments",
+        hardening::resultworker_hardening_call_takes_borrowed_arguments,
     ),
     ("resultworker_reuse_processes_mode", resultworker_reuse_processes_mode),
     (

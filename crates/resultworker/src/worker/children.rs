@@ -12,21 +12,21 @@ use procyard_core::mio::unix::SourceFd;
 use procyard_core::{Child, Forked, Signal};
 
 use super::process::{PIPE_ATOMIC, drain, raw, spawn_command, write_report};
-use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, Shell, Spare};
+use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, Shell, Spare, TOKENS_PER_JOB};
 use super::state::{ChildId, Event, Kind, StartJob};
 use crate::wire::{self, TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body};
 
 impl Shell {
     /// Starts a job: returns its child's id, its kind and whether the child is reusable.
     pub(super) fn start(&mut self, job: StartJob) -> Result<(ChildId, Kind, bool), WireError> {
-        let (id, mut child, pipe, kind, job_pipe) = match (job.function, job.command) {
+        let (id, mut child, pipes, kind, job_pipe) = match (job.function, job.command) {
             (Some(message), _) => {
                 let (id, child, job_pipe) = self.dispatch_function(&message)?;
                 (id, child, None, Kind::Function, job_pipe)
             }
             (None, Some(spec)) => {
-                let (child, pipe) = spawn_command(&spec)?;
-                (self.new_id(), child, Some(pipe), Kind::Command, None)
+                let (child, stdout, stderr) = spawn_command(&spec)?;
+                (self.new_id(), child, Some((stdout, stderr)), Kind::Command, None)
             }
             (None, None) => {
                 return Err(WireError::Malformed { reason: "a job with no work".into() });
@@ -34,19 +34,26 @@ impl Shell {
         };
         let registry = self.poll.registry();
         let registered = registry
-            .register(&mut child, Token(FIRST_JOB + id * 2), Interest::READABLE)
+            .register(&mut child, Token(FIRST_JOB + id * TOKENS_PER_JOB), Interest::READABLE)
             .and_then(|()| {
-                let Some(pipe) = &pipe else { return Ok(()) };
-                rustix::io::ioctl_fionbio(pipe, true)?;
-                let token = Token(FIRST_JOB + id * 2 + 1);
-                registry.register(&mut SourceFd(&raw(pipe)), token, Interest::READABLE)
+                let Some((stdout, stderr)) = &pipes else { return Ok(()) };
+                for (n, pipe) in [stdout, stderr].into_iter().enumerate() {
+                    rustix::io::ioctl_fionbio(pipe, true)?;
+                    let token = Token(FIRST_JOB + id * TOKENS_PER_JOB + 1 + n);
+                    registry.register(&mut SourceFd(&raw(pipe)), token, Interest::READABLE)?;
+                }
+                Ok(())
             });
         if let Err(e) = registered {
             let _ = child.kill_and_reap();
             return Err(WireError::Failed { message: format!("unable to watch the job: {e}") });
         }
         let reusable = job_pipe.is_some();
-        self.children.insert(id, JobChild { child, kind, pipe, job_pipe, buf: Vec::new() });
+        let (pipe, err_pipe) = pipes.map_or((None, None), |(o, e)| (Some(o), Some(e)));
+        let buf = Vec::new();
+        let (err_buf, truncated) = (Vec::new(), false);
+        let job = JobChild { child, kind, pipe, job_pipe, buf, err_pipe, err_buf, truncated };
+        self.children.insert(id, job);
         Ok((id, kind, reusable))
     }
 
@@ -77,10 +84,10 @@ impl Shell {
         &mut self,
         message: &[u8],
     ) -> Result<(ChildId, Child, Option<OwnedFd>), WireError> {
-        if message.len() > procyard_core::MAX_FRAME {
+        let Some(frame) = wire::frame(message) else {
             let reason = format!("job of {} bytes exceeds the frame limit", message.len());
             return Err(WireError::Malformed { reason });
-        }
+        };
         let mut fresh = 0;
         while fresh < 2 {
             let spare = match self.idle.pop() {
@@ -96,7 +103,7 @@ impl Shell {
             };
             let Spare { id, child, job } = spare;
             // Blocking (the child reads its job as it arrives).
-            if super::process::write_all(&job, &wire::frame(message)) {
+            if super::process::write_all(&job, &frame) {
                 return Ok((id, child, Some(job)));
             }
             // The idle child died (EPIPE): its Child is killed and reaped on drop; next one.
@@ -202,7 +209,7 @@ impl Shell {
             spare.child.detach();
         }
         for (_, job) in self.children.drain() {
-            drop(job.pipe);
+            drop((job.pipe, job.err_pipe));
             job.child.detach();
         }
     }
@@ -238,11 +245,12 @@ impl Shell {
         let Some(mut job) = self.children.remove(&id) else { return };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut job.child);
-        if let Some(pipe) = job.pipe.take() {
+        for pipe in [job.pipe.take(), job.err_pipe.take()].into_iter().flatten() {
             let _ = registry.deregister(&mut SourceFd(&raw(&pipe)));
         }
         let output = std::mem::take(&mut job.buf);
-        self.step(Event::Exited { id, exit, output });
+        let stderr = std::mem::take(&mut job.err_buf);
+        self.step(Event::Exited { id, exit, output, stderr, truncated: job.truncated });
     }
 
     /// Reads the function children's shared report pipe and hands each complete report to the

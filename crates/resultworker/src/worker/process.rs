@@ -8,7 +8,9 @@ use procyard_core::event::retry_interrupted;
 use procyard_core::{Child, FrameDecoder, Signal, Stdio, StreamState};
 
 use super::shell::JobChild;
+use super::state::Kind;
 use crate::mode::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER};
+use crate::output::OUTPUT_LIMIT;
 use crate::wire::{CommandSpec, WireError};
 
 pub(super) fn raw(fd: &impl std::os::fd::AsRawFd) -> std::os::fd::RawFd {
@@ -87,19 +89,30 @@ pub(super) fn write_report(fd: &OwnedFd, id: usize, report: &[u8]) -> bool {
     }
 }
 
-/// Reads everything available from a command's stdout (through the worker's `chunk` buffer).
+/// Reads everything available from a command's stdout and stderr (through the worker's
+/// `chunk` buffer), keeping at most [`OUTPUT_LIMIT`] bytes of each.
 pub(super) fn drain(job: &mut JobChild, chunk: &mut [u8]) {
-    let Some(pipe) = &job.pipe else { return };
-    loop {
-        let read = retry_interrupted(|| rustix::io::read(pipe, &mut *chunk).map_err(Into::into));
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => job.buf.extend_from_slice(&chunk[..n]),
+    let limit = if job.kind == Kind::Command { OUTPUT_LIMIT } else { usize::MAX };
+    let streams = [(&job.pipe, &mut job.buf), (&job.err_pipe, &mut job.err_buf)];
+    for (pipe, buf) in streams {
+        let Some(pipe) = pipe else { continue };
+        loop {
+            let read =
+                retry_interrupted(|| rustix::io::read(pipe, &mut *chunk).map_err(Into::into));
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let keep = n.min(limit.saturating_sub(buf.len()));
+                    buf.extend_from_slice(&chunk[..keep]);
+                    job.truncated |= keep < n;
+                }
+            }
         }
     }
 }
 
-pub(super) fn spawn_command(spec: &CommandSpec) -> Result<(Child, OwnedFd), WireError> {
+/// Spawns a command job with its stdout and stderr on pipes (returned in that order).
+pub(super) fn spawn_command(spec: &CommandSpec) -> Result<(Child, OwnedFd, OwnedFd), WireError> {
     let mut cmd = procyard_core::Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_remove(ENV_WORKER)
@@ -107,7 +120,7 @@ pub(super) fn spawn_command(spec: &CommandSpec) -> Result<(Child, OwnedFd), Wire
         .env_remove(ENV_REUSE)
         .stdin(Stdio::Null)
         .stdout(Stdio::Pipe)
-        .stderr(Stdio::Inherit)
+        .stderr(Stdio::Pipe)
         .parent_death_signal(Signal::KILL);
     for (k, v) in &spec.env {
         cmd.env(k, v);
@@ -117,11 +130,11 @@ pub(super) fn spawn_command(spec: &CommandSpec) -> Result<(Child, OwnedFd), Wire
     }
     let mut child =
         cmd.spawn().map_err(|e| WireError::Failed { message: procyard_core::report(&e) })?;
-    match child.take_stdout() {
-        Some(stdout) => Ok((child, stdout)),
-        None => {
+    match (child.take_stdout(), child.take_stderr()) {
+        (Some(stdout), Some(stderr)) => Ok((child, stdout, stderr)),
+        _ => {
             let _ = child.kill_and_reap();
-            Err(WireError::Failed { message: "no stdout pipe".into() })
+            Err(WireError::Failed { message: "no stdout or stderr pipe".into() })
         }
     }
 }

@@ -30,6 +30,8 @@ pub(super) const IN: Token = Token(0);
 pub(super) const OUT: Token = Token(1);
 pub(super) const REPORTS: Token = Token(2);
 pub(super) const FIRST_JOB: usize = 3;
+/// Tokens per job child: its pidfd, then a command's stdout and stderr.
+pub(super) const TOKENS_PER_JOB: usize = 3;
 
 /// A job's child as the shell holds it.
 pub(super) struct JobChild {
@@ -41,6 +43,12 @@ pub(super) struct JobChild {
     pub(super) job_pipe: Option<OwnedFd>,
     /// What it wrote that is not a complete report yet (a command: its stdout).
     pub(super) buf: Vec<u8>,
+    /// A command's stderr.
+    pub(super) err_pipe: Option<OwnedFd>,
+    /// What a command wrote to stderr.
+    pub(super) err_buf: Vec<u8>,
+    /// A command wrote more than `OUTPUT_LIMIT` bytes to a stream (the rest was dropped).
+    pub(super) truncated: bool,
 }
 
 /// An idle child forked ahead of time, waiting for a function job on `job`.
@@ -151,8 +159,8 @@ impl Shell {
                     OUT => self.flush(),
                     REPORTS => self.read_reports(None),
                     Token(t) => {
-                        let id = (t - FIRST_JOB) / 2;
-                        if (t - FIRST_JOB).is_multiple_of(2) {
+                        let id = (t - FIRST_JOB) / TOKENS_PER_JOB;
+                        if (t - FIRST_JOB).is_multiple_of(TOKENS_PER_JOB) {
                             self.finish(id);
                         } else if let Some(job) = self.children.get_mut(&id) {
                             drain(job, &mut self.scratch);
@@ -188,12 +196,10 @@ impl Shell {
                 self.step(event);
             }
             Action::WriteAhead { id, message } => {
-                let frame = wire::frame(&message);
-                let written = self
-                    .children
-                    .get(&id)
-                    .and_then(|c| c.job_pipe.as_ref())
-                    .is_some_and(|pipe| write_all(pipe, &frame));
+                let pipe = self.children.get(&id).and_then(|c| c.job_pipe.as_ref());
+                let written = pipe
+                    .zip(wire::frame(&message))
+                    .is_some_and(|(pipe, frame)| write_all(pipe, &frame));
                 if !written {
                     self.step(Event::WriteAheadFailed { id });
                 }

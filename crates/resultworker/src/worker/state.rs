@@ -15,11 +15,9 @@ use std::time::{Duration, Instant};
 use procyard_core::{Exit, Signal, StopLadder};
 
 use super::process::{PIPE_ATOMIC, PIPELINE_BYTES, PIPELINE_DEPTH};
-use crate::job::CommandOutput;
 use crate::stop::GracefulStop;
-use crate::wire::{
-    CommandSpec, TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body, is_report,
-};
+use crate::wire::{CommandSpec, TAG_ERROR, WireError, encode_report, error_body, is_report};
+use outcome::{Captured, outcome};
 
 /// A job child's id in the worker (tags its reports; never reused).
 pub(super) type ChildId = usize;
@@ -115,8 +113,9 @@ pub(super) enum Event {
     /// is false when the child is known to have exited.
     Report { id: ChildId, report: Vec<u8>, recyclable: bool },
     /// A child exited; `output` is what it wrote that was not a complete report (a command:
-    /// its stdout).
-    Exited { id: ChildId, exit: Exit, output: Vec<u8> },
+    /// its stdout), `stderr` a command's stderr, `truncated` whether a command's stream
+    /// went beyond the limit.
+    Exited { id: ChildId, exit: Exit, output: Vec<u8>, stderr: Vec<u8>, truncated: bool },
     /// A job written ahead into the child `id` could not be written (the last one).
     WriteAheadFailed { id: ChildId },
     /// A deadline may have passed.
@@ -227,7 +226,9 @@ impl State {
             Event::Report { id, report, recyclable } => {
                 self.on_report(id, report, recyclable, now, actions);
             }
-            Event::Exited { id, exit, output } => self.on_exit(id, exit, output, actions),
+            Event::Exited { id, exit, output, stderr, truncated } => {
+                self.on_exit(id, exit, Captured { output, stderr, truncated }, actions);
+            }
             Event::WriteAheadFailed { id } => {
                 if let Some(job) = self.jobs.get_mut(&id)
                     && let Some(queued) = job.next.pop_back()
@@ -407,7 +408,7 @@ impl State {
         }
     }
 
-    fn on_exit(&mut self, id: ChildId, exit: Exit, output: Vec<u8>, actions: &mut Vec<Action>) {
+    fn on_exit(&mut self, id: ChildId, exit: Exit, output: Captured, actions: &mut Vec<Action>) {
         // An exit of a child the state does not know (a spare, or a recycled one) is the
         // shell's business.
         let Some(mut job) = self.jobs.remove(&id) else { return };
@@ -454,43 +455,8 @@ fn send_error(key: u64, error: &WireError) -> Action {
     Action::Send { key, report: encode_report(TAG_ERROR, &error_body(error)) }
 }
 
-/// The report for a job whose child exited, unless it was sent already.
-fn outcome(job: &Job, exit: Exit, output: Vec<u8>) -> Option<Vec<u8>> {
-    let error = |e: WireError| Some(encode_report(TAG_ERROR, &error_body(&e)));
-    match job.phase {
-        Phase::Reported => return None,
-        Phase::TimedOut => {
-            let timeout_ms = job.timeout.map_or(0, |t| t.as_millis() as u64);
-            return error(WireError::TimedOut { timeout_ms });
-        }
-        Phase::Stopped => return error(WireError::Stopped),
-        Phase::Running => {}
-    }
-    match job.kind {
-        Kind::Function => {
-            let mut bytes = &output[..];
-            let report =
-                procyard_core::frame::read_frame_bytes(&mut bytes, procyard_core::MAX_FRAME);
-            match (exit, report) {
-                (Exit::Code(0), Ok(Some(report))) if is_report(&report) => Some(report),
-                (Exit::Code(0), _) => error(WireError::Malformed {
-                    reason: "the job exited without a complete report".into(),
-                }),
-                _ => error(WireError::Crashed { exit }),
-            }
-        }
-        Kind::Command => {
-            if !exit.success() {
-                return error(WireError::Crashed { exit });
-            }
-            let output = CommandOutput { exit, stdout: output };
-            match serde_json::to_vec(&output) {
-                Ok(json) => Some(encode_report(TAG_VALUE, &json)),
-                Err(e) => error(WireError::Malformed { reason: e.to_string() }),
-            }
-        }
-    }
-}
+#[path = "outcome.rs"]
+mod outcome;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]

@@ -1,7 +1,8 @@
 //! The worker's transitions, one event kind at a time, without a process or a clock.
 
 use super::*;
-use crate::wire::job_message;
+use crate::output::CommandOutput;
+use crate::wire::{TAG_VALUE, job_message};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -119,14 +120,26 @@ fn report_sends_the_value_once_and_a_bad_one_kills_the_child() {
     let again = Event::Report { id: 0, report: value(b"43"), recyclable: true };
     assert!(step(&mut s, again, t).is_empty(), "a second report is ignored");
     // Its exit sends nothing more.
-    let exited = Event::Exited { id: 0, exit: Exit::Code(0), output: Vec::new() };
+    let exited = Event::Exited {
+        id: 0,
+        exit: Exit::Code(0),
+        output: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+    };
     assert!(step(&mut s, exited, t).is_empty());
 
     running(&mut s, 2, 1, None, t);
     let actions = step(&mut s, Event::Report { id: 1, report: vec![7, 1], recyclable: true }, t);
     assert_eq!(actions[0], Action::Kill { id: 1 });
     assert!(matches!(error_for(&actions, 2), WireError::Malformed { .. }));
-    let exited = Event::Exited { id: 1, exit: killed(Signal::KILL), output: Vec::new() };
+    let exited = Event::Exited {
+        id: 1,
+        exit: killed(Signal::KILL),
+        output: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+    };
     assert!(step(&mut s, exited, t).is_empty(), "its outcome was sent already");
 }
 
@@ -136,25 +149,53 @@ fn exited_judges_how_a_job_ended() {
     let mut s = state(4, false);
     // A function child that exits without a complete report: crashed, or malformed at 0.
     running(&mut s, 1, 0, None, t);
-    let actions = step(&mut s, Event::Exited { id: 0, exit: Exit::Code(3), output: vec![0] }, t);
+    let actions = step(
+        &mut s,
+        Event::Exited {
+            id: 0,
+            exit: Exit::Code(3),
+            output: vec![0],
+            stderr: Vec::new(),
+            truncated: false,
+        },
+        t,
+    );
     assert_eq!(error_for(&actions, 1), WireError::Crashed { exit: Exit::Code(3) });
     running(&mut s, 2, 1, None, t);
-    let actions = step(&mut s, Event::Exited { id: 1, exit: Exit::Code(0), output: vec![] }, t);
+    let actions = step(
+        &mut s,
+        Event::Exited {
+            id: 1,
+            exit: Exit::Code(0),
+            output: vec![],
+            stderr: Vec::new(),
+            truncated: false,
+        },
+        t,
+    );
     assert!(matches!(error_for(&actions, 2), WireError::Malformed { .. }));
-    // A command: its stdout on success, a crash otherwise.
+    // A command: its stdout and stderr, in the value on success and in the error otherwise.
     for (key, id, exit) in [(3, 2, Exit::Code(0)), (4, 3, killed(Signal::TERM))] {
         step(&mut s, Event::Run(command(key)), t);
         assert_eq!(starts(&step(&mut s, Event::Admit, t)), [key]);
         let started =
             Event::Started { key, id, kind: Kind::Command, timeout: None, reusable: false };
         step(&mut s, started, t);
-        let actions = step(&mut s, Event::Exited { id, exit, output: b"hi\n".to_vec() }, t);
+        let (output, stderr) = (b"hi\n".to_vec(), b"oops\n".to_vec());
+        let exited = Event::Exited { id, exit, output, stderr, truncated: true };
+        let actions = step(&mut s, exited, t);
+        let expected = CommandOutput {
+            status: exit,
+            stdout: b"hi\n".to_vec(),
+            stderr: b"oops\n".to_vec(),
+            truncated: true,
+        };
         if exit.success() {
-            let expected = CommandOutput { exit, stdout: b"hi\n".to_vec() };
             let json = serde_json::to_vec(&expected).unwrap();
             assert_eq!(actions, [Action::Send { key, report: value(&json) }]);
         } else {
-            assert_eq!(error_for(&actions, key), WireError::Crashed { exit });
+            let output = Box::new(expected);
+            assert_eq!(error_for(&actions, key), WireError::CommandFailed { output });
         }
     }
     assert_eq!(s.verdict(), None);
@@ -167,7 +208,13 @@ fn exited_before_the_start_was_recorded_is_ignored() {
     step(&mut s, Event::Run(function(1, None)), t);
     assert_eq!(starts(&step(&mut s, Event::Admit, t)), [1]);
     // The child's exit arrives before its start is recorded (or it is a spare's): nothing.
-    let early = Event::Exited { id: 0, exit: Exit::Code(0), output: Vec::new() };
+    let early = Event::Exited {
+        id: 0,
+        exit: Exit::Code(0),
+        output: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+    };
     assert!(step(&mut s, early, t).is_empty());
     let started =
         Event::Started { key: 1, id: 0, kind: Kind::Function, timeout: None, reusable: false };
@@ -189,7 +236,13 @@ fn tick_kills_a_job_past_its_timeout_and_a_late_report_is_ignored() {
     // The reply that arrives after the timeout: too late.
     let late = Event::Report { id: 0, report: value(b"1"), recyclable: true };
     assert!(step(&mut s, late, t + 201 * MS).is_empty());
-    let exited = Event::Exited { id: 0, exit: killed(Signal::KILL), output: Vec::new() };
+    let exited = Event::Exited {
+        id: 0,
+        exit: killed(Signal::KILL),
+        output: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+    };
     let actions = step(&mut s, exited, t + 202 * MS);
     assert_eq!(error_for(&actions, 1), WireError::TimedOut { timeout_ms: 100 });
 }
@@ -217,7 +270,13 @@ fn stop_drains_then_term_then_kill_and_a_second_stop_changes_nothing() {
     assert_eq!(s.next_deadline(), None);
     assert!(step(&mut s, Event::Tick, kill_at + 1000 * MS).is_empty());
     assert_eq!(s.verdict(), None, "a job still runs");
-    let exited = Event::Exited { id: 0, exit: killed(Signal::TERM), output: Vec::new() };
+    let exited = Event::Exited {
+        id: 0,
+        exit: killed(Signal::TERM),
+        output: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+    };
     let actions = step(&mut s, exited, kill_at);
     assert_eq!(error_for(&actions, 1), WireError::Stopped);
     assert_eq!(s.verdict(), Some(Verdict::Done));
@@ -232,7 +291,13 @@ fn stop_lets_a_job_that_finishes_within_the_grace_deliver() {
     let report = Event::Report { id: 0, report: value(b"9"), recyclable: true };
     let actions = step(&mut s, report, t + 10 * MS);
     assert_eq!(actions, [Action::Send { key: 1, report: value(b"9") }, Action::Retire { id: 0 }]);
-    let exited = Event::Exited { id: 0, exit: Exit::Code(0), output: Vec::new() };
+    let exited = Event::Exited {
+        id: 0,
+        exit: Exit::Code(0),
+        output: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+    };
     assert!(step(&mut s, exited, t + 11 * MS).is_empty());
     assert_eq!(s.verdict(), Some(Verdict::Done));
 }
@@ -300,7 +365,13 @@ fn reuse_recycles_and_an_exit_requeues_jobs_written_ahead() {
         Event::Started { key: 1, id: 0, kind: Kind::Function, timeout: None, reusable: true };
     assert!(matches!(step(&mut s, started, t)[..], [Action::WriteAhead { id: 0, .. }]));
     // The child dies during job 1: its outcome is a crash, job 2 runs elsewhere.
-    let exited = Event::Exited { id: 0, exit: killed(Signal::SEGV), output: Vec::new() };
+    let exited = Event::Exited {
+        id: 0,
+        exit: killed(Signal::SEGV),
+        output: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+    };
     let actions = step(&mut s, exited, t);
     assert_eq!(error_for(&actions, 1), WireError::Crashed { exit: killed(Signal::SEGV) });
     assert_eq!(starts(&step(&mut s, Event::Admit, t)), [2]);

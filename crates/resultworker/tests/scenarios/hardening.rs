@@ -173,3 +173,45 @@ fn forgetful_program_is_told(print_first: bool) {
         "the worker-mode copy did not say why on stderr: {stderr:?}"
     );
 }
+
+/// A command's stdout and stderr are both kept, on success and on failure, each bounded by
+/// `OUTPUT_LIMIT` (the rest is read and dropped, and `truncated` says so).
+pub(crate) fn resultworker_hardening_command_output_kept_and_bounded() {
+    use procyard_resultworker::{CommandOutput, Exit, Job, OUTPUT_LIMIT};
+    let w = super::worker(2);
+    let ok = super::get(
+        &w.submit::<CommandOutput>(Job::command("sh", ["-c", "echo out; echo err >&2"])),
+    )
+    .expect("a command that exits 0");
+    assert_eq!(
+        (ok.status, &ok.stdout[..], &ok.stderr[..], ok.truncated),
+        (Exit::Code(0), &b"out\n"[..], &b"err\n"[..], false)
+    );
+    let script = format!("head -c {} /dev/zero; echo why >&2; exit 9", OUTPUT_LIMIT + 4096);
+    match super::get(&w.submit::<CommandOutput>(Job::command("sh", ["-c", script.as_str()]))) {
+        Err(Error::CommandFailed { output }) => {
+            assert_eq!(output.status, Exit::Code(9));
+            assert_eq!(output.stdout.len(), OUTPUT_LIMIT);
+            assert_eq!(output.stderr, b"why\n");
+            assert!(output.truncated);
+            let message = procyard_core::report(&Error::CommandFailed { output });
+            assert_eq!(message, "the command failed: exit code 9");
+        }
+        other => panic!("expected CommandFailed with its output, got {other:?}"),
+    }
+    w.stop(Duration::from_secs(5));
+}
+
+/// `call` takes the borrowed forms of an argument type: `"x"` and `&"x"` for a `String`.
+pub(crate) fn resultworker_hardening_call_takes_borrowed_arguments() {
+    let echo = procyard_resultworker::register("echo_string", |s: String| Ok::<_, String>(s));
+    let w = super::worker(1);
+    let a = w.call(&echo, "plain");
+    let b = w.call(&echo, &"ref");
+    let c = w.call(&echo, &String::from("owned"));
+    let all = procyard_resultworker::wait_all_timeout(&[a, b, c], super::LONG)
+        .expect("three answers in time");
+    let all: Vec<String> = all.into_iter().map(|r| r.expect("echo")).collect();
+    assert_eq!(all, ["plain", "ref", "owned"]);
+    w.stop(Duration::from_secs(5));
+}
