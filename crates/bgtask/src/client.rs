@@ -21,8 +21,13 @@ use crate::{Error, RefusalKind, Result};
 /// Largest stdin chunk per request (sent as a raw frame).
 const WRITE_CHUNK: usize = MAX_REQUEST / 4;
 
+/// How long each call to a supervisor waits by default (see [`Task::set_timeout`]): well
+/// above the longest answer a working supervisor takes (a delete's stop ladder, about 12 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An interface to one task. Creating it is cheap; the connection to the supervisor is
-/// opened on first use and kept.
+/// opened on first use and kept. Each call waits at most [`DEFAULT_TIMEOUT`] for the
+/// supervisor unless [`Task::set_timeout`] says otherwise.
 #[derive(Debug)]
 pub struct Task {
     dir: PathBuf,
@@ -33,13 +38,16 @@ pub struct Task {
 
 impl Task {
     pub(crate) fn new(dir: PathBuf, id: String) -> Task {
-        Task { dir, id, conn: None, timeout: None }
+        Task { dir, id, conn: None, timeout: Some(DEFAULT_TIMEOUT) }
     }
 
     /// Bounds how long each call waits for the supervisor (connecting, sending, and the
-    /// answer, including a waiting read); `None` (the default) waits as long as it takes.
-    /// A call that runs out of time returns [`Error::TimedOut`] and drops the connection.
-    /// A zero duration is raised to one millisecond.
+    /// answer, including a waiting read): [`DEFAULT_TIMEOUT`] unless set; `None` waits as long
+    /// as it takes (what a reader following a quiet stream wants, see
+    /// [`ReadOptions::wait`](crate::ReadOptions::wait)). A call that runs out of time — a
+    /// supervisor that is stopped or stuck — returns [`Error::TimedOut`] and drops the
+    /// connection; a request already sent may still be carried out if the supervisor gets to
+    /// it later. A zero duration is raised to one millisecond.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
         if let Some(sock) = &self.conn
@@ -47,6 +55,11 @@ impl Task {
         {
             self.conn = None;
         }
+    }
+
+    /// The time each call waits for the supervisor (see [`Task::set_timeout`]).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     fn apply_timeout(&self, sock: &UnixStream) -> std::io::Result<()> {

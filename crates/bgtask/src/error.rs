@@ -118,13 +118,19 @@ pub enum Error {
     /// A primitive from procyard-core failed.
     #[error(transparent)]
     Core(#[from] procyard_core::Error),
-    /// No supervisor program was found to run a supervisor from a multi-threaded program.
+    /// No program to run a supervisor was found (and this program cannot fork one: it has
+    /// several threads). The message names [`BIN_ENV`](crate::BIN_ENV), the command that
+    /// installs the programs (run in procyard's source tree), and the embedded entry
+    /// [`run_if_supervisor`](crate::run_if_supervisor) that needs nothing installed.
     #[error(
-        "cannot start a supervisor from a multi-threaded program: neither \
-         procyard-bgtask-supervise nor procyard-bgtask was found next to this program or on PATH \
-         (set PROCYARD_BGTASK_BIN or TaskPool::supervisor_binary)"
+        "{source}; or let this program run supervisors: call procyard_bgtask::run_if_supervisor() \
+         first in main"
     )]
-    NoSupervisorBinary,
+    NoSupervisorBinary {
+        /// Core's [`CompanionNotFound`](procyard_core::Error::CompanionNotFound).
+        #[source]
+        source: procyard_core::Error,
+    },
 }
 
 /// Why a supervisor refused a request.

@@ -35,6 +35,10 @@
 //!
 //! # Example
 //!
+//! The same steps, from several threads, as a program that runs with nothing installed:
+//! `examples/multithreaded.rs` (`cargo run -p procyard-bgtask --example multithreaded`; the
+//! crate's tests run it).
+//!
 //! ```no_run
 //! use procyard_bgtask::{Filter, SpawnOptions, StatusKind, StreamName, TaskPool};
 //! use serde_json::json;
@@ -65,19 +69,45 @@
 //! while its own parent lives on outside the group is reparented to the supervisor only when
 //! that parent exits; and the escapees of a supervisor that was SIGKILLed went to init with
 //! it, where nothing tells them from strangers (a lost task's delete stops its group only).
-//! Supervisors are started by executing the small `procyard-bgtask-supervise` program (or the
-//! `procyard-bgtask` CLI's hidden mode), found through [`TaskPool::supervisor_binary`],
-//! `PROCYARD_BGTASK_BIN`, next to the current executable or on `PATH`; a single-threaded
-//! program without either forks them instead, and a multi-threaded one gets
-//! [`Error::NoSupervisorBinary`]. Command arguments, environment and metadata must be UTF-8.
+//! Command arguments, environment and metadata must be UTF-8.
+//!
+//! # Supervisor programs
+//!
+//! Supervisors are started by executing a small program, `procyard-bgtask-supervise` (or the
+//! `procyard-bgtask` CLI's hidden mode); a single-threaded program may fork them instead. A
+//! project that depends on this crate does not get those programs built; it has two ways:
+//!
+//! - Call [`run_if_supervisor`] first in `main` (before any thread starts): the program then
+//!   runs its own supervisors, executing itself in supervisor mode, and needs nothing
+//!   installed (see `examples/multithreaded.rs`):
+//!
+//!   ```no_run
+//!   fn main() {
+//!       procyard_bgtask::run_if_supervisor();
+//!       // threads, a runtime, TaskPool::spawn …
+//!   }
+//!   ```
+//! - Or install the programs: `cargo install --locked --path crates/bgtask`, run in
+//!   procyard's source tree, puts them in `~/.cargo/bin` (on `PATH`); or set
+//!   `PROCYARD_BGTASK_BIN` to the program, or call [`TaskPool::supervisor_binary`].
+//!
+//! They are looked for in this order: [`TaskPool::supervisor_binary`], `PROCYARD_BGTASK_BIN`,
+//! beside the current executable, the directory above it, `PATH` (the one rule of
+//! [`procyard_core::companion`]), then this program if its `main` called
+//! [`run_if_supervisor`]. A multi-threaded program with none of them gets
+//! [`Error::NoSupervisorBinary`], whose message says all this.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![allow(clippy::needless_doctest_main, reason = "the docs show where `main` calls the entry")]
 
 mod buffer;
 mod channel;
 mod client;
+mod entry;
 mod error;
+mod handoff;
+mod launch;
 mod layout;
 mod lost;
 mod meta;
@@ -92,17 +122,24 @@ mod supervise;
 mod supervisor;
 
 pub use channel::TaskChannel;
-pub use client::Task;
+pub use client::{DEFAULT_TIMEOUT, Task};
+pub use entry::SUPERVISOR_ENTRY_ARG;
 pub use error::{Error, RefusalKind, Result};
+pub use launch::Launch;
 pub use layout::{BIN_ENV, DATA_ENV, ID_ENV, POOL_ENV, SUPERVISOR_BIN};
 pub use meta::{Meta, meta_matches};
 pub use options::{DEFAULT_RETAIN, SpawnOptions};
-pub use pool::{Launch, TaskPool, default_pool_dir};
+pub use pool::{TaskPool, default_pool_dir};
+pub use procyard_core::{Deadline, Pid, ProcessIdentity, Report, Signal, report};
 pub use protocol::{Event, StreamInfo, StreamName, TaskInfo};
 pub use record::{Filter, TaskRecord};
+/// The JSON crate of metadata and data-channel messages ([`Meta`], [`SpawnOptions::meta`]),
+/// so a program needs no dependency of its own for `json!`.
+pub use serde_json;
 pub use status::{Status, StatusKind};
 pub use stream::{Chunk, ReadMeta, ReadOptions, Stream};
 pub use subscription::Subscription;
+pub use supervise::run_if_supervisor;
 
 /// Plumbing for this crate's own binaries (the hidden supervisor entry point); not an API.
 #[doc(hidden)]

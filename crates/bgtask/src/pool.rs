@@ -1,15 +1,15 @@
 //! [`TaskPool`]: the directory holding every task's socket and state file; spawning
 //! supervisors and listing tasks.
 
-use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use procyard_core::{Command, DaemonConfig, Daemonized, Stdio, frame};
-use serde::{Deserialize, Serialize};
+use procyard_core::{DaemonConfig, Daemonized};
 
-use crate::layout::{BIN_ENV, CLI_BIN, POOL_ENV, SUPERVISOR_BIN, valid_id};
+use crate::handoff::SuperviseRequest;
+use crate::launch::{self, Launch, Situation, Start};
+use crate::layout::{POOL_ENV, valid_id};
 use crate::options::{SpawnOptions, check_options};
 use crate::record::{Filter, Liveness, TaskRecord};
 use crate::{Error, Result, Task, supervisor};
@@ -24,22 +24,6 @@ pub struct TaskPool {
     launch: Launch,
 }
 
-/// How [`TaskPool::spawn`] starts a supervisor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Launch {
-    /// Execute `procyard-bgtask-supervise` when it is found (the smallest supervisor);
-    /// otherwise fork when this program is the `procyard-bgtask` CLI (single-threaded),
-    /// execute the `procyard-bgtask` binary if one is found (a supervisor forked from a large
-    /// program would carry its memory), and fork if single-threaded.
-    #[default]
-    Auto,
-    /// Always fork (daemonize) this process; refused if it has several threads.
-    Fork,
-    /// Always execute the supervisor program (see [`TaskPool::supervisor_binary`]).
-    Exec,
-}
-
 /// The default pool directory: `$PROCYARD_POOL`, else `bgtask` in the runtime directory
 /// ([`procyard_core::runtime_dir`]: `/run/procyard` for root, else
 /// `$XDG_RUNTIME_DIR/procyard`, else `/tmp/procyard-$EUID`).
@@ -48,20 +32,6 @@ pub fn default_pool_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => procyard_core::runtime_dir().join("bgtask"),
     }
-}
-
-/// What a `__supervise` process answers on its stdout.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct SuperviseReply {
-    pub(crate) error: Option<String>,
-}
-
-/// What a `__supervise` process reads on its stdin.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct SuperviseRequest {
-    pub(crate) pool: PathBuf,
-    pub(crate) id: String,
-    pub(crate) options: SpawnOptions,
 }
 
 impl TaskPool {
@@ -114,9 +84,10 @@ impl TaskPool {
     }
 
     /// Sets the program executed to start supervisors: `procyard-bgtask-supervise` or the
-    /// `procyard-bgtask` CLI. Without it, [`BIN_ENV`] names it, else it is looked for next to
-    /// the current executable (and one directory up), then on `PATH`, the small program first
-    /// in each directory.
+    /// `procyard-bgtask` CLI. Without it, [`BIN_ENV`](crate::BIN_ENV) names it, else it is
+    /// looked for next to the current executable (and one directory up), then on `PATH`, the
+    /// small program first in each directory (core's
+    /// [`find_companion`](procyard_core::companion::find_companion) rule).
     pub fn supervisor_binary(mut self, path: impl Into<PathBuf>) -> TaskPool {
         self.supervisor_binary = Some(path.into());
         self
@@ -138,12 +109,23 @@ impl TaskPool {
 
     /// Starts a task under a new, fully detached supervisor and returns once the task runs.
     ///
-    /// The supervisor is either forked from this process (daemonized; only when it is
-    /// single-threaded, checked) or started by executing the `procyard-bgtask` binary in its
-    /// hidden supervisor mode (see [`TaskPool::supervisor_binary`], `PROCYARD_BGTASK_BIN`);
-    /// [`Launch`] chooses. A multi-threaded program without the binary gets
-    /// [`Error::NoSupervisorBinary`].
+    /// The supervisor is started by executing a supervisor program in its hidden mode, or
+    /// forked from this process (daemonized; only when it is single-threaded, checked);
+    /// [`Launch`] chooses. The program is the one set with [`TaskPool::supervisor_binary`],
+    /// else the one [`BIN_ENV`](crate::BIN_ENV) names, else `procyard-bgtask-supervise` or
+    /// `procyard-bgtask` beside this program, in the directory above it, or on `PATH`, else
+    /// this program itself when its `main` called [`run_if_supervisor`](crate::run_if_supervisor)
+    /// first. A multi-threaded program with none of these gets [`Error::NoSupervisorBinary`],
+    /// whose message says what to set, what to install and what to call.
+    ///
+    /// In a process started to run a supervisor whose `main` did not call
+    /// [`run_if_supervisor`](crate::run_if_supervisor) first, this never returns: the process
+    /// refuses at once and exits (a supervisor process never starts another), and the program
+    /// that started it gets [`Error::Spawn`] saying so.
     pub fn spawn(&self, options: &SpawnOptions) -> Result<Task> {
+        if crate::entry::in_supervisor_mode() {
+            crate::entry::refuse_nested_spawn();
+        }
         let mut options = options.clone();
         check_options(&options)?;
         let cwd = match options.cwd.take() {
@@ -153,23 +135,13 @@ impl TaskPool {
         };
         options.cwd = Some(cwd);
         let id = uuid::Uuid::now_v7().simple().to_string();
-        let single_threaded = procyard_core::fork::thread_count()? == 1;
-        let exec = match self.launch {
-            Launch::Fork => None,
-            Launch::Exec => Some(self.find_binary()?),
-            Launch::Auto => match self.find_binary() {
-                Ok(bin) if bin.file_name() == Some(OsStr::new(SUPERVISOR_BIN)) => Some(bin),
-                Ok(bin) => {
-                    let is_cli = std::env::current_exe()
-                        .is_ok_and(|exe| exe.file_name() == Some(OsStr::new(CLI_BIN)));
-                    (!single_threaded || !is_cli).then_some(bin)
-                }
-                Err(_) => None,
-            },
-        };
-        match exec {
-            Some(bin) => self.spawn_exec(&bin, &id, &options)?,
-            None => self.spawn_forked(&id, &options)?,
+        let situation = Situation::look(self.supervisor_binary.as_deref())?;
+        match launch::choose(self.launch, situation)? {
+            Start::Exec { program, arg } => {
+                let request = SuperviseRequest { pool: self.dir.clone(), id: id.clone(), options };
+                launch::exec_supervisor(&program, arg, &request)?;
+            }
+            Start::Fork => self.spawn_forked(&id, &options)?,
         }
         self.task(&id)
     }
@@ -186,66 +158,6 @@ impl TaskPool {
                 Err(Error::Spawn { program, message })
             }
             Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The supervisor program: the one set on the pool, else [`BIN_ENV`], else the first
-    /// directory holding `procyard-bgtask-supervise` or `procyard-bgtask` (the small one
-    /// first): the current executable's, the one above it (cargo puts tests in
-    /// `target/*/deps`), then those on `PATH`.
-    fn find_binary(&self) -> Result<PathBuf> {
-        if let Some(bin) = &self.supervisor_binary {
-            return Ok(bin.clone());
-        }
-        if let Some(bin) = std::env::var_os(BIN_ENV).filter(|b| !b.is_empty()) {
-            return Ok(PathBuf::from(bin));
-        }
-        let exe = std::env::current_exe().ok();
-        let near = exe.iter().flat_map(|exe| exe.ancestors().skip(1).take(2).map(Path::to_owned));
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        // Directory by directory, so a program finds its own build's supervisor before an
-        // older one installed on PATH.
-        near.chain(std::env::split_paths(&path))
-            .flat_map(|dir| [dir.join(SUPERVISOR_BIN), dir.join(CLI_BIN)])
-            .find(|candidate| candidate.is_file())
-            .ok_or(Error::NoSupervisorBinary)
-    }
-
-    fn spawn_exec(&self, bin: &Path, id: &str, options: &SpawnOptions) -> Result<()> {
-        let mut child = Command::new(bin)
-            .arg("__supervise")
-            .stdin(Stdio::Pipe)
-            .stdout(Stdio::Pipe)
-            .stderr(Stdio::Inherit)
-            .spawn()?;
-        let request = SuperviseRequest {
-            pool: self.dir.clone(),
-            id: id.to_owned(),
-            options: options.clone(),
-        };
-        let mut stdin = std::fs::File::from(child.take_stdin().ok_or(Error::NoSupervisorBinary)?);
-        let mut stdout = std::fs::File::from(child.take_stdout().ok_or(Error::NoSupervisorBinary)?);
-        let sent = frame::write_frame(&mut stdin, &request).and_then(|()| stdin.flush());
-        drop(stdin);
-        let reply = frame::read_frame::<_, SuperviseReply>(&mut stdout);
-        let _ = child.wait();
-        let program = options.command[0].clone();
-        if let Err(e) = sent {
-            return Err(Error::Spawn {
-                program,
-                message: format!("supervisor not reachable: {e}"),
-            });
-        }
-        match reply {
-            Ok(Some(SuperviseReply { error: None })) => Ok(()),
-            Ok(Some(SuperviseReply { error: Some(message) })) => {
-                Err(Error::Spawn { program, message })
-            }
-            Ok(None) => Err(Error::Spawn {
-                program,
-                message: "the supervisor process exited without answering".into(),
-            }),
-            Err(e) => Err(Error::Spawn { program, message: e.to_string() }),
         }
     }
 

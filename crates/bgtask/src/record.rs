@@ -136,6 +136,22 @@ impl Filter {
     }
 
     /// Accepts tasks in this status (may be called several times: any of them).
+    ///
+    /// A status is a [`StatusKind`], so a misspelt one does not compile; text from a user
+    /// parses into one, and a misspelt name is [`Error::UnknownStatus`](crate::Error::UnknownStatus):
+    ///
+    /// ```
+    /// use procyard_bgtask::{Filter, StatusKind};
+    /// let running = Filter::new().status(StatusKind::Running);
+    /// let from_text = Filter::new().status("running".parse::<StatusKind>()?);
+    /// assert_eq!(running, from_text);
+    /// assert!("runing".parse::<StatusKind>().is_err());
+    /// # Ok::<(), procyard_bgtask::Error>(())
+    /// ```
+    ///
+    /// ```compile_fail
+    /// let misspelt = procyard_bgtask::Filter::new().status("runing");
+    /// ```
     pub fn status(mut self, status: StatusKind) -> Filter {
         self.statuses.push(status);
         self

@@ -114,7 +114,9 @@ impl ReadOptions {
     }
 
     /// When nothing is there yet, waits until bytes arrive, the stream ends, the task exits,
-    /// or the time set with [`Task::set_timeout`] runs out ([`Error::TimedOut`]).
+    /// or the time set with [`Task::set_timeout`] runs out ([`Error::TimedOut`];
+    /// [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT) unless set: a follower of a stream that may
+    /// stay quiet longer sets `None`).
     pub fn wait(mut self, wait: bool) -> ReadOptions {
         self.wait = wait;
         self

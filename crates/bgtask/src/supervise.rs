@@ -1,15 +1,17 @@
-//! The hidden supervisor entry point (`procyard-bgtask-supervise __supervise`, and the CLI's
-//! `__supervise` mode): a spawn request read from stdin, checked before anything acts on it,
-//! and the answer written to stdout.
+//! The hidden supervisor entry point (`procyard-bgtask-supervise __supervise`, the CLI's
+//! `__supervise` mode, and a user's program through [`run_if_supervisor`]): a spawn request
+//! read from stdin, checked before anything acts on it, and the answer written to stdout.
 
 use std::io::Write;
 use std::path::Path;
 
 use procyard_core::frame;
 
+use crate::entry;
+use crate::handoff::{SuperviseReply, SuperviseRequest};
 use crate::layout::{SUPERVISOR_BIN, valid_id};
 use crate::options::check_options;
-use crate::pool::{SuperviseReply, SuperviseRequest, TaskPool};
+use crate::pool::TaskPool;
 use crate::{Error, Result};
 
 /// Checks a request read by the hidden supervisor entry point before anything acts on it:
@@ -73,4 +75,38 @@ pub fn supervise_from_stdio() -> i32 {
         Ok(()) => code,
         Err(_) => code.max(1),
     }
+}
+
+/// Call this first in `main`: if the process was started to run a task's supervisor, it runs
+/// it and exits (it never returns then); otherwise it returns at once and lets
+/// [`TaskPool::spawn`](crate::TaskPool::spawn) start supervisors by executing this program
+/// when no `procyard-bgtask-supervise` program is found ([`BIN_ENV`](crate::BIN_ENV), beside
+/// the program, on `PATH`), so a project that only depends on the crate needs nothing
+/// installed.
+///
+/// Call it before any thread starts: the supervisor detaches by forking, which a
+/// multi-threaded process cannot do safely. Under `#[tokio::main]` the runtime's threads exist
+/// before the body of `main` runs, so write a plain `fn main` that calls this and then builds
+/// the runtime.
+///
+/// ```no_run
+/// fn main() {
+///     procyard_bgtask::run_if_supervisor();
+///     // ... the program, threads and all; TaskPool::spawn works without any companion.
+/// }
+/// ```
+pub fn run_if_supervisor() {
+    if !entry::in_supervisor_mode() {
+        entry::mark_present();
+        return;
+    }
+    if procyard_core::fork::thread_count().is_ok_and(|n| n == 1) {
+        let code = supervise_from_stdio();
+        let _ = std::io::stdout().flush();
+        std::process::exit(code)
+    }
+    entry::refuse(
+        "procyard_bgtask::run_if_supervisor() ran after threads had started; call it first in \
+         a plain `fn main`, before any thread or async runtime starts",
+    )
 }

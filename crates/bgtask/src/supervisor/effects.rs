@@ -60,7 +60,10 @@ impl Supervisor {
             }
             Action::Spawn => match self.spawn_child() {
                 Ok(pid) => self.emit(Event::Spawned { pid }),
-                Err(message) => self.emit(Event::SpawnFailed { message }),
+                Err(cause) => {
+                    let message = format!("unable to spawn {}: {cause}", self.options.command[0]);
+                    self.emit(Event::SpawnFailed { message });
+                }
             },
             Action::FlushStdin => {
                 let broken = self.flush_stdin();

@@ -171,7 +171,8 @@ impl Supervisor {
         }
     }
 
-    /// Starts a run of the task: its process, with its pipes and pidfd registered.
+    /// Starts a run of the task: its process, with its pipes and pidfd registered. The error
+    /// says why, after "unable to spawn PROGRAM" (which whoever reports it says).
     pub(super) fn spawn_child(&mut self) -> Result<Pid, String> {
         let id = &self.state.task.id;
         let cmd = &self.options.command;
@@ -190,7 +191,7 @@ impl Supervisor {
         if let Some(cwd) = &self.options.cwd {
             command.current_dir(cwd);
         }
-        let mut child = command.spawn().map_err(|e| report(&e))?;
+        let mut child = command.spawn().map_err(|e| spawn_cause(&e))?;
         // Read while the child is unreaped (so its pid is still its own).
         self.process = ProcessIdentity::of(child.id()).ok().flatten();
         let registry = self.poll.registry();
@@ -252,5 +253,16 @@ impl Supervisor {
         // Readers see whole records; durability is moot: after a crash the record reads as lost.
         let path = TaskPaths::new(&self.dir, &self.state.task.id).record();
         procyard_core::state_file::write_atomic_volatile(path, &bytes).map_err(|e| report(&e))
+    }
+}
+
+/// What a failed spawn adds to "unable to spawn PROGRAM" (core's message begins with it).
+fn spawn_cause(e: &procyard_core::Error) -> String {
+    match e {
+        procyard_core::Error::Spawn { source, .. } => report(source),
+        procyard_core::Error::SpawnCwd { cwd, source, .. } => {
+            format!("cannot enter working directory {}: {}", cwd.display(), report(source))
+        }
+        other => report(other),
     }
 }

@@ -215,6 +215,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Tail { id, follow, stream, bytes } => {
             let mut task = pool.task(&id).map_err(lib)?;
+            if follow {
+                // Following waits for output as long as the task runs (Ctrl-C ends it).
+                task.set_timeout(None);
+            }
             let info = task.stream(stream).info().map_err(lib)?;
             let mut at = match bytes {
                 Some(n) => info.limit.saturating_sub(n).max(info.start),
