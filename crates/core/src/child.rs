@@ -1,12 +1,8 @@
 //! [`Child`]: a spawned process, owned by pid and pidfd.
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use mio::event::Source;
-use mio::unix::SourceFd;
-use mio::{Interest, Registry, Token};
 use rustix::process::{WaitId, WaitIdOptions};
 
 use crate::{Deadline, Error, Exit, Pid, Result, Signal, sys};
@@ -223,24 +219,4 @@ impl AsFd for Child {
     }
 }
 
-impl Source for Child {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        SourceFd(&self.pidfd.as_raw_fd()).register(registry, token, interests)
-    }
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        SourceFd(&self.pidfd.as_raw_fd()).reregister(registry, token, interests)
-    }
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        SourceFd(&self.pidfd.as_raw_fd()).deregister(registry)
-    }
-}
+crate::event::fd_source!(Child, pidfd);

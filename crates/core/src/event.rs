@@ -27,3 +27,36 @@ pub fn retry_interrupted<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result
         }
     }
 }
+
+/// Implements `mio::event::Source` for a type by registering the descriptor of one of its
+/// fields (a pidfd, a signalfd): the one way core's types join a mio loop.
+macro_rules! fd_source {
+    ($type:ty, $field:ident) => {
+        impl ::mio::event::Source for $type {
+            fn register(
+                &mut self,
+                registry: &::mio::Registry,
+                token: ::mio::Token,
+                interests: ::mio::Interest,
+            ) -> ::std::io::Result<()> {
+                use ::std::os::fd::AsRawFd;
+                ::mio::unix::SourceFd(&self.$field.as_raw_fd()).register(registry, token, interests)
+            }
+            fn reregister(
+                &mut self,
+                registry: &::mio::Registry,
+                token: ::mio::Token,
+                interests: ::mio::Interest,
+            ) -> ::std::io::Result<()> {
+                use ::std::os::fd::AsRawFd;
+                ::mio::unix::SourceFd(&self.$field.as_raw_fd())
+                    .reregister(registry, token, interests)
+            }
+            fn deregister(&mut self, registry: &::mio::Registry) -> ::std::io::Result<()> {
+                use ::std::os::fd::AsRawFd;
+                ::mio::unix::SourceFd(&self.$field.as_raw_fd()).deregister(registry)
+            }
+        }
+    };
+}
+pub(crate) use fd_source;

@@ -2,11 +2,10 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::str::FromStr;
 
 use mio::event::Source;
-use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use serde::{Deserialize, Serialize};
 
@@ -294,27 +293,7 @@ impl AsFd for SignalFd {
     }
 }
 
-impl Source for SignalFd {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        SourceFd(&self.fd.as_raw_fd()).register(registry, token, interests)
-    }
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        SourceFd(&self.fd.as_raw_fd()).reregister(registry, token, interests)
-    }
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        SourceFd(&self.fd.as_raw_fd()).deregister(registry)
-    }
-}
+crate::event::fd_source!(SignalFd, fd);
 
 #[cfg(test)]
 mod tests {
