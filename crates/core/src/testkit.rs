@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::Deadline;
+use crate::{Deadline, Pid, Signal};
 
 /// Waits until `condition` holds; panics with `what` and the time waited after `timeout`.
 #[track_caller]
@@ -40,6 +40,36 @@ pub fn try_wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> b
         std::thread::sleep(pause.min(deadline.remaining()));
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// Live processes whose environment holds `key=value` (a test tags the processes it starts
+/// this way to find every copy later, children of children included). A zombie's environment
+/// reads as empty, so only live processes count.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<Pid> {
+    let needle = format!("{key}={value}");
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(Pid::from_raw)
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            environ.split(|&b| b == 0).any(|var| var == needle.as_bytes())
+        })
+        .collect()
+}
+
+/// SIGKILLs every live process tagged `key=value` until none is left (or `timeout` passes);
+/// returns how many were still there at the end.
+pub fn kill_processes_with_env(key: &str, value: &str, timeout: Duration) -> usize {
+    let mut left = Vec::new();
+    try_wait_for(timeout, || {
+        left = processes_with_env(key, value);
+        for pid in &left {
+            let _ = crate::kill_process(*pid, Signal::KILL);
+        }
+        left.is_empty()
+    });
+    left.len()
 }
 
 /// A test's private temporary directory, plus a watchdog: if the sandbox is still alive after
