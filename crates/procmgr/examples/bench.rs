@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use procyard_core::{Command, Stdio};
-use procyard_procmgr::{Endpoint, Outcome, ProcessManager, Registry, Scheduler, Strategy, Task};
+use procyard_procmgr::{Endpoint, Outcome, ProcessManager, Scheduler, Strategy, Task};
 
 const TASKS: usize = 2000;
 /// The Ruby original's throughput (tasks/s) and round trip (ms), from the issue.
@@ -60,9 +60,8 @@ fn throughput(limit: usize, make: &dyn Fn(usize) -> Task) -> anyhow::Result<f64>
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut registry = Registry::new();
-    registry.register("noop", noop);
-    procyard_procmgr::init(&registry);
+    procyard_procmgr::register("noop", noop);
+    procyard_procmgr::init();
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let limit = 2 * cores;

@@ -53,6 +53,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A value (a message of a task) did not deserialize into the type asked for.
+    #[error("unable to deserialize {what}")]
+    Decode {
+        /// What was being deserialized.
+        what: &'static str,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// Serialized function arguments exceed what one `argv` string may hold.
     #[error("arguments of function {name} take {len} bytes, above the limit of {max}")]
     ArgumentsTooLarge {

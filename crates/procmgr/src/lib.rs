@@ -5,13 +5,22 @@
 //!
 //! # Concepts
 //!
-//! - A [`Task`] is a command, a function from a [`Registry`] (run by re-executing the current
-//!   binary, which calls [`init`] first thing in `main`: safe from any thread), or a closure
+//! - A [`Task`] is a command ([`Task::command`] takes a [`Command`] or the `&mut Command` its
+//!   builder returns; [`Task::capture_output`] keeps its stdout and stderr as a
+//!   [`CommandOutput`]), a function [`register`]ed before [`init`] (run by re-executing the
+//!   current binary, which calls `init` first thing in `main` — the same shape as
+//!   procyard-resultworker's `register` and `init`: safe from any thread), or a closure
 //!   forked in place (only in a single-threaded process, checked at each fork:
 //!   [`Error::NotSingleThreaded`] otherwise).
-//! - A task talks to its parent through an [`Endpoint`]: any number of messages, delivered in
-//!   order before its [`Outcome`] — a value, a task error with its message, an exit code, a
-//!   signal, a death in the middle of a message, or a lost child. Nothing is swallowed.
+//! - A task talks to its parent through an [`Endpoint`]: any number of messages
+//!   ([`Endpoint::send`], read back typed with [`Handle::messages`] or handed to a handler),
+//!   delivered in order before its [`Outcome`] — a value, a task error with its message, an
+//!   exit code, a signal, a captured output, an unknown function, a death in the middle of a
+//!   message, or a lost child. Nothing is swallowed.
+//! - A [`Handle`] is cheap to clone and waited on by reference ([`Handle::wait`],
+//!   [`Handle::wait_timeout`]); many at once with [`wait_all`], [`wait_all_timeout`],
+//!   [`wait_any`], [`wait_any_timeout`] and [`as_completed`] — the same shape as
+//!   procyard-resultworker's futures.
 //! - [`ProcessManager::step`] sleeps in one `mio::Poll` on the children's pidfds and pipes and
 //!   on a `mio::Waker` ([`ProcessManager::wakeup`], never blocking): no timer, no polling,
 //!   no SIGCHLD handler, no `waitpid(-1)`. Several managers live in one process, beside any
@@ -22,17 +31,25 @@
 //! # Example
 //!
 //! ```
-//! use procyard_core::Command;
-//! use procyard_procmgr::{Outcome, Scheduler, Strategy, Task};
+//! use procyard_procmgr::{Command, Outcome, Scheduler, Stdio, Strategy, Task, wait_all};
 //!
 //! let scheduler = Scheduler::new(Strategy::Throttled(2))?;
-//! let ok = scheduler.schedule(Task::command(Command::new("true")))?;
-//! let failed = scheduler.schedule(Task::command(Command::shell("exit 3")))?;
-//! assert_eq!(ok.wait(), Outcome::Exited { code: 0 });
-//! assert_eq!(failed.wait(), Outcome::Exited { code: 3 });
+//! let handles = (0..20)
+//!     .map(|i| {
+//!         let script = format!("echo {i}; exit {}", i % 2);
+//!         scheduler.schedule(Task::command(Command::shell(script).stdout(Stdio::Null)))
+//!     })
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! for (i, outcome) in wait_all(&handles).into_iter().enumerate() {
+//!     assert_eq!(outcome, Outcome::Exited { code: (i % 2) as u8 });
+//! }
 //! scheduler.shutdown();
 //! # Ok::<(), procyard_procmgr::Error>(())
 //! ```
+//!
+//! A whole program — functions registered before [`init`], captured output, typed messages,
+//! outcomes as they complete — is `examples/first_hour.rs` (run by the test
+//! `example_first_hour`).
 //!
 //! Closure tasks, in a single-threaded program:
 //!
@@ -65,20 +82,30 @@
 #![deny(missing_docs)]
 
 mod error;
+mod handle;
 mod lock;
 mod manager;
 mod outcome;
+mod output;
 mod registry;
 mod running;
 mod scheduler;
 mod server;
 mod task;
+mod waiting;
 
 pub use error::{Error, Result};
+pub use handle::Handle;
 pub use lock::{LockGuard, NamedLock};
 pub use manager::{ProcessId, ProcessManager, WakeHandle};
 pub use outcome::Outcome;
-pub use registry::{Registry, init};
-pub use scheduler::{Handle, Scheduler, Strategy};
+pub use output::{CommandOutput, OUTPUT_LIMIT};
+/// Types of procyard-core that appear in this crate's signatures, so one dependency suffices.
+pub use procyard_core::{Command, Deadline, Exit, Pid, Signal, Stdio};
+pub use registry::{init, is_registered, register};
+pub use scheduler::{Scheduler, Strategy};
 pub use server::{Server, ServerConfig, ServerStatus, WorkerState};
-pub use task::{Endpoint, MAX_FUNCTION_ARGS, Task};
+pub use task::{Endpoint, Function, IntoCommand, MAX_FUNCTION_ARGS, Task};
+pub use waiting::{
+    AsCompleted, as_completed, wait_all, wait_all_timeout, wait_any, wait_any_timeout,
+};

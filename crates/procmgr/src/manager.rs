@@ -12,12 +12,22 @@ use procyard_core::mio::{Events, Interest, Poll, Token, Waker};
 use procyard_core::{Escalation, FrameDecoder, Pid, Signal, StopLadder, fork::ForkConfig};
 use serde_json::Value;
 
+use crate::output::Capture;
 use crate::registry::WORKER_FLAG;
 use crate::running::{CompletionHandler, MessageHandler, Running};
 use crate::task::{ClosureFn, TaskKind, panic_message};
 use crate::{Endpoint, Error, Outcome, Result, Task};
 
 const WAKER: Token = Token(usize::MAX);
+/// Tokens per child: its pidfd, its frame pipe, a captured command's stdout and stderr.
+const TOKENS_PER_CHILD: usize = 4;
+const CHILD: usize = 0;
+const FRAMES: usize = 1;
+const STDOUT: usize = 2;
+
+fn token(id: u64, which: usize) -> Token {
+    Token(id as usize * TOKENS_PER_CHILD + which)
+}
 /// Bytes read from a task's pipe per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -125,12 +135,22 @@ impl ProcessManager {
         on_complete: CompletionHandler,
     ) -> Result<ProcessId> {
         // A task's description is made only when it fails to start.
+        let mut capture = None;
         let (child, pipe) = match task.kind {
-            TaskKind::Command(mut command) => {
-                let child = command.spawn().map_err(|source| Error::Spawn {
+            TaskKind::Command { mut command, capture: wanted } => {
+                if wanted {
+                    command.stdout(procyard_core::Stdio::Pipe).stderr(procyard_core::Stdio::Pipe);
+                }
+                let mut child = command.spawn().map_err(|source| Error::Spawn {
                     task: format!("command {}", command.get_program().to_string_lossy()),
                     source,
                 })?;
+                if wanted {
+                    let (stdout, stderr) = (child.take_stdout(), child.take_stderr());
+                    let pipes =
+                        stdout.zip(stderr).map(|(o, e)| (Receiver::from(o), Receiver::from(e)));
+                    capture = Some(pipes.map(|(o, e)| Capture::new(o, e)).unwrap_or_default());
+                }
                 (child, None)
             }
             TaskKind::Function { name, args } => {
@@ -177,17 +197,26 @@ impl ProcessManager {
             exit: None,
             on_message,
             on_complete,
+            capture,
         };
         let registry = self.poll.registry();
         let pid = running.child.id();
         let registered = registry
-            .register(&mut running.child, Token((id * 2) as usize), Interest::READABLE)
+            .register(&mut running.child, token(id, CHILD), Interest::READABLE)
             .and_then(|()| match &mut running.pipe {
                 Some(pipe) => {
                     pipe.set_nonblocking(true)?;
-                    registry.register(pipe, Token((id * 2 + 1) as usize), Interest::READABLE)
+                    registry.register(pipe, token(id, FRAMES), Interest::READABLE)
                 }
                 None => Ok(()),
+            })
+            .and_then(|()| {
+                let pipes = running.capture.iter_mut().flat_map(|c| c.pipes.iter_mut().flatten());
+                for (n, pipe) in pipes.enumerate() {
+                    pipe.set_nonblocking(true)?;
+                    registry.register(pipe, token(id, STDOUT + n), Interest::READABLE)?;
+                }
+                Ok(())
             });
         if let Err(e) = registered {
             // Dropping `running` kills and reaps the child.
@@ -217,8 +246,9 @@ impl ProcessManager {
                 exit,
                 on_message,
                 on_complete,
+                capture,
             } = sibling;
-            drop(pipe);
+            drop((pipe, capture));
             let _ = child.detach();
             std::mem::forget((decoder, result, broken, exit, on_message, on_complete));
         }
@@ -285,15 +315,22 @@ impl ProcessManager {
             if token == WAKER {
                 continue;
             }
-            let id = token.0 as u64 / 2;
-            if token.0 % 2 == 1 {
-                self.on_pipe(id);
-            } else {
-                self.on_exit(id);
+            let id = (token.0 / TOKENS_PER_CHILD) as u64;
+            match token.0 % TOKENS_PER_CHILD {
+                CHILD => self.on_exit(id),
+                FRAMES => self.on_pipe(id),
+                stream => self.on_output(id, stream - STDOUT),
             }
         }
         self.tokens = tokens;
         Ok(handled)
+    }
+
+    fn on_output(&mut self, id: u64, which: usize) {
+        if let Some(capture) = self.children.get_mut(&id).and_then(|r| r.capture.as_mut()) {
+            capture.drain(which, &mut self.read_buf);
+        }
+        self.maybe_complete(id);
     }
 
     fn on_pipe(&mut self, id: u64) {
@@ -319,6 +356,9 @@ impl ProcessManager {
         // Everything the child wrote is in the pipe now: take it all, then complete even if a
         // grandchild still holds a copy of the write end.
         running.drain_pipe(&mut self.read_buf);
+        if let Some(capture) = running.capture.as_mut() {
+            capture.close(&mut self.read_buf);
+        }
         if running.pipe.take().is_some()
             && running.truncated.is_none()
             && running.broken.is_none()
@@ -331,7 +371,11 @@ impl ProcessManager {
     }
 
     fn maybe_complete(&mut self, id: u64) {
-        let done = self.children.get(&id).is_some_and(|r| r.exit.is_some() && r.pipe.is_none());
+        let done = self.children.get(&id).is_some_and(|r| {
+            r.exit.is_some()
+                && r.pipe.is_none()
+                && !r.capture.as_ref().is_some_and(Capture::is_open)
+        });
         if !done {
             return;
         }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use procyard_core::{Exit, Signal};
 use serde_json::Value;
 
+use crate::output::CommandOutput;
+
 /// How a task ended. Every way a child can end has its own variant, with the facts kept.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -17,6 +19,9 @@ pub enum Outcome {
         /// The task's own words (`Display` of its error, or the panic message).
         message: String,
     },
+    /// A command task made with [`Task::capture_output`](crate::Task::capture_output) ended
+    /// (however it ended): its status, stdout and stderr.
+    Output(CommandOutput),
     /// The child exited without sending a result: a command's usual ending, or a task that
     /// called `exit` itself.
     Exited {
@@ -43,6 +48,12 @@ pub enum Outcome {
         /// What went wrong.
         reason: String,
     },
+    /// A function task named a function that the process started for it does not know
+    /// (register it with [`register`](crate::register) before [`init`](crate::init)).
+    UnknownFunction {
+        /// The name asked for.
+        name: String,
+    },
     /// The task was dropped by [`Scheduler::stop`](crate::Scheduler::stop) before it started.
     Cancelled,
     /// A function task did not run: the program's `main` does not call
@@ -58,7 +69,19 @@ pub enum Outcome {
 impl Outcome {
     /// Whether the task succeeded: a value, or exit code 0 without one.
     pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Value(_) | Outcome::Exited { code: 0 })
+        match self {
+            Outcome::Value(_) | Outcome::Exited { code: 0 } => true,
+            Outcome::Output(output) => output.status.success(),
+            _ => false,
+        }
+    }
+
+    /// A captured command's output (see [`Task::capture_output`](crate::Task::capture_output)).
+    pub fn output(&self) -> Option<&CommandOutput> {
+        match self {
+            Outcome::Output(output) => Some(output),
+            _ => None,
+        }
     }
 
     /// The value, if the task returned one.
@@ -87,12 +110,23 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Value(v) => write!(f, "value {v}"),
             Outcome::TaskError { message } => write!(f, "task error: {message}"),
+            Outcome::Output(o) => write!(
+                f,
+                "{} ({} bytes on stdout, {} on stderr{})",
+                o.status,
+                o.stdout.len(),
+                o.stderr.len(),
+                if o.truncated { ", truncated" } else { "" }
+            ),
             Outcome::Exited { code } => write!(f, "exited with code {code} without a result"),
             Outcome::Killed { signal } => write!(f, "killed by {signal}"),
             Outcome::DiedMidMessage { exit, received, expected } => {
                 write!(f, "{exit} in the middle of a message ({received} of {expected} bytes)")
             }
             Outcome::Lost { reason } => write!(f, "lost: {reason}"),
+            Outcome::UnknownFunction { name } => {
+                write!(f, "not run: no function is registered as {name:?}")
+            }
             Outcome::Cancelled => write!(f, "cancelled before it started"),
             Outcome::InitNotCalled { program } => write!(
                 f,

@@ -1,18 +1,18 @@
-//! Registered functions and the worker mode that runs them ([`Registry`], [`init`]).
+//! Registered functions and the worker mode that runs them ([`register`], [`init`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::task::panic_message;
+use crate::task::{Function, panic_message};
 use crate::{Endpoint, Error, Result};
 
 /// The first argument that puts a re-executed binary in worker mode.
@@ -55,82 +55,80 @@ pub(crate) fn refuse_if_init_skipped() {
     procyard_core::exit_immediately(EXIT_INIT_NOT_CALLED)
 }
 
-type Entry = Box<dyn Fn(Value, &mut Endpoint) -> Result<Value, String> + Send + Sync>;
+type Entry = Arc<dyn Fn(Value, &mut Endpoint) -> Result<Value, String> + Send + Sync>;
 
-/// Functions that [`Task::function`](crate::Task::function) can name, keyed by name.
+fn registry() -> &'static Mutex<HashMap<String, Entry>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, Entry>>> = OnceLock::new();
+    REGISTRY.get_or_init(Mutex::default)
+}
+
+fn lookup(name: &str) -> Option<Entry> {
+    registry().lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+}
+
+/// Registers `function` as `name` (replacing an earlier one) so that
+/// [`Task::function`](crate::Task::function) can name it; returns its typed name for
+/// [`Task::call`](crate::Task::call).
 ///
-/// Build the same registry in every run of the program (the parent names a function, a
-/// re-executed copy of the binary looks it up) and hand it to [`init`].
-#[derive(Default)]
-pub struct Registry {
-    functions: HashMap<String, Entry>,
-}
-
-impl Registry {
-    /// An empty registry.
-    pub fn new() -> Registry {
-        Registry::default()
-    }
-
-    /// Registers `function` as `name`. Its arguments arrive deserialized from JSON; its value
-    /// or error message becomes the task's [`Outcome`](crate::Outcome).
-    pub fn register<A, R, E>(
-        &mut self,
-        name: &str,
-        function: fn(A, &mut Endpoint) -> std::result::Result<R, E>,
-    ) -> &mut Registry
-    where
-        A: DeserializeOwned + 'static,
-        R: Serialize + 'static,
-        E: fmt::Display + 'static,
-    {
-        let entry: Entry = Box::new(move |args, endpoint| {
-            let args: A = serde_json::from_value(args)
-                .map_err(|e| format!("invalid arguments for this function: {e}"))?;
-            match function(args, endpoint) {
-                Ok(v) => serde_json::to_value(v)
-                    .map_err(|e| format!("unable to serialize the function's value: {e}")),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-        self.functions.insert(name.to_owned(), entry);
-        self
-    }
-
-    /// Whether a function is registered as `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.functions.contains_key(name)
-    }
-
-    fn run(&self, name: &str, args: &str, endpoint: &mut Endpoint) -> Result<Value, String> {
-        let entry =
-            self.functions.get(name).ok_or_else(|| format!("no function registered as {name}"))?;
-        let args: Value =
-            serde_json::from_str(args).map_err(|e| format!("invalid JSON arguments: {e}"))?;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(args, endpoint))) {
-            Ok(result) => result,
-            Err(payload) => Err(panic_message(payload.as_ref())),
+/// Register every function **before** calling [`init`] — the same shape as
+/// procyard-resultworker's `register` and `init`: a process started for a function task is
+/// this program run again, and it knows the functions registered by the time `main` reaches
+/// `init`. Its arguments arrive deserialized from JSON; its value or error message becomes the
+/// task's [`Outcome`](crate::Outcome), and so does a panic (as a task error).
+pub fn register<A, R, E, F>(name: &str, function: F) -> Function<A, R>
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+    E: fmt::Display + 'static,
+    F: Fn(A, &mut Endpoint) -> std::result::Result<R, E> + Send + Sync + 'static,
+{
+    let entry: Entry = Arc::new(move |args, endpoint| {
+        let args: A = serde_json::from_value(args)
+            .map_err(|e| format!("invalid arguments for this function: {e}"))?;
+        match function(args, endpoint) {
+            Ok(v) => serde_json::to_value(v)
+                .map_err(|e| format!("unable to serialize the function's value: {e}")),
+            Err(e) => Err(e.to_string()),
         }
+    });
+    registry().lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), entry);
+    Function::new(name)
+}
+
+/// Whether a function is registered as `name`.
+pub fn is_registered(name: &str) -> bool {
+    lookup(name).is_some()
+}
+
+/// Why a registered function did not give a value.
+#[derive(Debug, PartialEq)]
+enum RunError {
+    /// No function is registered under the name.
+    Unknown,
+    /// The function's own error (or bad arguments, or a panic).
+    Failed(String),
+}
+
+fn run(name: &str, args: &str, endpoint: &mut Endpoint) -> Result<Value, RunError> {
+    let entry = lookup(name).ok_or(RunError::Unknown)?;
+    let args: Value = serde_json::from_str(args)
+        .map_err(|e| RunError::Failed(format!("invalid JSON arguments: {e}")))?;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(args, endpoint))) {
+        Ok(result) => result.map_err(RunError::Failed),
+        Err(payload) => Err(RunError::Failed(panic_message(payload.as_ref()))),
     }
 }
 
-impl fmt::Debug for Registry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&String> = self.functions.keys().collect();
-        names.sort();
-        f.debug_struct("Registry").field("functions", &names).finish()
-    }
-}
-
-/// Call first thing in `main`. In a normal run it returns at once. In a process that a
-/// manager started for a [`Task::function`](crate::Task::function), it runs that function,
-/// reports its outcome to the parent and exits without returning.
+/// Call first thing in `main`, after [`register`]ing the functions. In a normal run it
+/// returns at once. In a process that a manager started for a
+/// [`Task::function`](crate::Task::function), it runs that function, reports its outcome to
+/// the parent and exits without returning.
 ///
 /// A program that forgets it gets [`Outcome::InitNotCalled`](crate::Outcome::InitNotCalled)
 /// as the outcome of its function tasks: the process started for the task runs `main` again,
 /// and when it makes a [`ProcessManager`](crate::ProcessManager) (a scheduler or a server makes
 /// one too) it exits at once, saying why on stderr, instead of starting another copy.
-pub fn init(registry: &Registry) {
+pub fn init() {
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() != Some(std::ffi::OsStr::new(WORKER_FLAG)) {
         return;
@@ -138,7 +136,7 @@ pub fn init(registry: &Registry) {
     INIT_RUNS_FUNCTION.store(true, Ordering::Relaxed);
     let name = args.next().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let fn_args = args.next().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let code = match run_worker(registry, &name, &fn_args) {
+    let code = match run_worker(&name, &fn_args) {
         Ok(()) => 0,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "procyard-procmgr: worker for {name}: {e}");
@@ -150,7 +148,7 @@ pub fn init(registry: &Registry) {
 
 /// The worker's endpoint arrives as its stdin (a pipe's write end); stdin becomes
 /// `/dev/null` again before the function runs.
-fn run_worker(registry: &Registry, name: &str, args: &str) -> Result<()> {
+fn run_worker(name: &str, args: &str) -> Result<()> {
     let endpoint_fd = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -160,8 +158,11 @@ fn run_worker(registry: &Registry, name: &str, args: &str) -> Result<()> {
     rustix::stdio::dup2_stdin(&null).map_err(|e| Error::os("reset stdin", e))?;
     drop(null);
     let mut endpoint = Endpoint::new(endpoint_fd);
-    let result = registry.run(name, args, &mut endpoint);
-    endpoint.finish(result)
+    match run(name, args, &mut endpoint) {
+        Ok(value) => endpoint.finish(Ok(value)),
+        Err(RunError::Failed(message)) => endpoint.finish(Err(message)),
+        Err(RunError::Unknown) => endpoint.refuse_unknown_function(name),
+    }
 }
 
 #[cfg(test)]
@@ -173,16 +174,16 @@ mod tests {
     }
 
     #[test]
-    fn registry_runs_and_reports() {
-        let mut r = Registry::new();
-        r.register("double", double);
-        assert!(r.contains("double"));
-        assert!(format!("{r:?}").contains("double"));
+    fn registered_functions_run_and_report() {
+        let f = register("double", double);
+        assert_eq!(f.name(), "double");
+        assert!(is_registered("double"));
         let (_read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let mut ep = Endpoint::new(write);
-        assert_eq!(r.run("double", "21", &mut ep), Ok(Value::from(42)));
-        assert!(r.run("double", "\"x\"", &mut ep).unwrap_err().contains("invalid arguments"));
-        assert!(r.run("nope", "1", &mut ep).unwrap_err().contains("no function registered"));
-        assert!(r.run("double", "{", &mut ep).unwrap_err().contains("invalid JSON"));
+        assert_eq!(run("double", "21", &mut ep), Ok(Value::from(42)));
+        let failed = |r| matches!(r, Err(RunError::Failed(m)) if m.contains("invalid"));
+        assert!(failed(run("double", "\"x\"", &mut ep)));
+        assert!(failed(run("double", "{", &mut ep)));
+        assert_eq!(run("nope", "1", &mut ep), Err(RunError::Unknown));
     }
 }

@@ -9,6 +9,7 @@ use procyard_core::{Child, Exit, FrameDecoder};
 use serde_json::Value;
 
 use crate::Outcome;
+use crate::output::Capture;
 use crate::task::Wire;
 
 pub(crate) type MessageHandler = Box<dyn FnMut(Value) + Send>;
@@ -25,6 +26,8 @@ pub(crate) struct Running {
     pub(crate) exit: Option<std::result::Result<Exit, String>>,
     pub(crate) on_message: Option<MessageHandler>,
     pub(crate) on_complete: CompletionHandler,
+    /// A captured command's stdout and stderr.
+    pub(crate) capture: Option<Capture>,
 }
 
 impl Running {
@@ -80,6 +83,9 @@ impl Running {
                 Ok(Some(Wire::Error(message))) => {
                     self.result = Some(Outcome::TaskError { message });
                 }
+                Ok(Some(Wire::UnknownFunction { name })) => {
+                    self.result = Some(Outcome::UnknownFunction { name });
+                }
                 Ok(Some(Wire::InitNotCalled { program })) => {
                     self.result = Some(Outcome::InitNotCalled { program: program.into() });
                 }
@@ -106,6 +112,10 @@ impl Running {
             return outcome;
         }
         match self.exit.take() {
+            Some(Ok(exit)) if self.capture.is_some() => {
+                let capture = self.capture.take().unwrap_or_default();
+                Outcome::Output(capture.into_output(exit))
+            }
             Some(Ok(exit)) => match self.truncated {
                 Some((received, expected)) => Outcome::DiedMidMessage { exit, received, expected },
                 None => Outcome::from_exit(exit),

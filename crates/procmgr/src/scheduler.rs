@@ -2,10 +2,7 @@
 //! [`Handle`]s that are also futures, `join`, and shutdown.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use procyard_core::Deadline;
@@ -39,7 +36,7 @@ impl Strategy {
     }
 }
 
-type MessageHandler = Box<dyn FnMut(Value) + Send>;
+pub(crate) type MessageHandler = Box<dyn FnMut(Value) + Send>;
 
 struct Queued {
     task: Task,
@@ -47,18 +44,21 @@ struct Queued {
     slot: Arc<Slot>,
 }
 
+/// Where one task's outcome lands, with the messages it sent when nobody handles them.
 #[derive(Default)]
-struct Slot {
-    inner: Mutex<SlotInner>,
+pub(crate) struct Slot {
+    pub(crate) inner: Mutex<SlotInner>,
 }
 
 #[derive(Default)]
-struct SlotInner {
-    outcome: Option<Outcome>,
-    waker: Option<std::task::Waker>,
+pub(crate) struct SlotInner {
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) waker: Option<std::task::Waker>,
+    /// The task's messages, kept when it was scheduled without a message handler.
+    pub(crate) messages: Vec<Value>,
 }
 
-struct State {
+pub(crate) struct State {
     queue: VecDeque<Queued>,
     running: usize,
     unfinished: usize,
@@ -71,7 +71,7 @@ struct State {
     waiting: usize,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     cond: Condvar,
     manager: Mutex<ProcessManager>,
@@ -88,14 +88,14 @@ fn thread_count() -> Result<usize> {
 
 /// Lock a mutex even if a panicking thread poisoned it: the state stays consistent because
 /// every critical section here is a few plain assignments.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs tasks in child processes under a [`Strategy`]. Cheap to clone; usable from any
 /// thread.
 ///
-/// The scheduler has no thread of its own: whichever thread waits (a [`Handle`], [`join`]) or
+/// The scheduler has no thread of its own: whichever thread waits (a [`Handle`](crate::Handle), [`join`]) or
 /// schedules drives the event loop for everybody, one at a time, so in a single-threaded
 /// program closure tasks fork soundly. A handle awaited as a future with nobody else waiting
 /// starts a helper thread that drives until the work is done; while it runs the process is
@@ -106,7 +106,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// [`join`]: Scheduler::join
 #[derive(Clone)]
 pub struct Scheduler {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -145,21 +145,12 @@ impl Scheduler {
         })
     }
 
-    /// Queues `task`; it starts as soon as the strategy allows.
-    pub fn schedule(&self, task: Task) -> Result<Handle> {
-        self.enqueue(task, None)
-    }
-
-    /// Like [`schedule`](Scheduler::schedule), with `on_message` called (in the driving
-    /// thread) for each message of the task, in order, before the handle completes.
-    pub fn schedule_with_messages<M>(&self, task: Task, on_message: M) -> Result<Handle>
-    where
-        M: FnMut(Value) + Send + 'static,
-    {
-        self.enqueue(task, Some(Box::new(on_message)))
-    }
-
-    fn enqueue(&self, task: Task, on_message: Option<MessageHandler>) -> Result<Handle> {
+    /// Queues `task` (see `schedule`); the slot its outcome lands in.
+    pub(crate) fn enqueue(
+        &self,
+        task: Task,
+        on_message: Option<MessageHandler>,
+    ) -> Result<Arc<Slot>> {
         if matches!(task.kind, TaskKind::Closure(_)) {
             let threads = thread_count()?;
             if threads > 1 {
@@ -183,7 +174,7 @@ impl Scheduler {
         } else {
             self.shared.waker.wakeup();
         }
-        Ok(Handle { slot, scheduler: self.clone() })
+        Ok(slot)
     }
 
     /// Starts queued tasks while the strategy allows.
@@ -199,13 +190,14 @@ impl Scheduler {
                 queued
             };
             let Queued { task, on_message, slot } = queued;
+            let on_message = on_message.unwrap_or_else(|| {
+                let slot = Arc::clone(&slot);
+                Box::new(move |message| lock(&slot.inner).messages.push(message))
+            });
             let shared = Arc::clone(&self.shared);
             let done_slot = slot.clone();
             let on_complete = move |outcome: Outcome| shared.complete(&done_slot, outcome);
-            let started = match on_message {
-                Some(m) => manager.create_process_with_messages(task, m, on_complete),
-                None => manager.create_process(task, on_complete),
-            };
+            let started = manager.create_process_with_messages(task, on_message, on_complete);
             if let Err(e) = started {
                 self.shared.complete(&slot, Outcome::Lost { reason: format!("not started: {e}") });
             }
@@ -213,7 +205,11 @@ impl Scheduler {
     }
 
     /// Drives the event loop until `done` holds or `deadline` passes; whether `done` held.
-    fn drive_until(&self, done: &dyn Fn(&State) -> bool, deadline: Option<Deadline>) -> bool {
+    pub(crate) fn drive_until(
+        &self,
+        done: &dyn Fn(&State) -> bool,
+        deadline: Option<Deadline>,
+    ) -> bool {
         let shared = &self.shared;
         let mut st = lock(&shared.state);
         loop {
@@ -258,7 +254,7 @@ impl Scheduler {
     }
 
     /// One non-blocking turn of the event loop, if no other thread is driving.
-    fn drive_now(&self) {
+    pub(crate) fn drive_now(&self) {
         {
             let mut st = lock(&self.shared.state);
             if st.driving || st.stopping {
@@ -277,6 +273,34 @@ impl Scheduler {
         let mut st = lock(&self.shared.state);
         st.driving = false;
         self.shared.notify(&st);
+    }
+
+    /// Starts a thread that drives the event loop until all work is done, unless one runs
+    /// (for a handle awaited as a future, with nobody else waiting).
+    pub(crate) fn ensure_helper(&self) {
+        let shared = &self.shared;
+        let mut st = lock(&shared.state);
+        if !st.helper {
+            st.helper = true;
+            drop(st);
+            let scheduler = self.clone();
+            let spawned = std::thread::Builder::new().name("procyard-procmgr-driver".into()).spawn(
+                move || {
+                    loop {
+                        scheduler.join();
+                        let mut st = lock(&scheduler.shared.state);
+                        if st.unfinished == 0 {
+                            st.helper = false;
+                            break;
+                        }
+                    }
+                },
+            );
+            if let Err(e) = spawned {
+                tracing::warn!("procyard-procmgr: unable to start a driver thread: {e}");
+                lock(&shared.state).helper = false;
+            }
+        }
     }
 
     /// Waits until every task scheduled so far, and every task scheduled meanwhile from other
@@ -345,7 +369,7 @@ impl Shared {
         }
     }
 
-    fn complete(&self, slot: &Slot, outcome: Outcome) {
+    pub(crate) fn complete(&self, slot: &Slot, outcome: Outcome) {
         self.finish_slot(slot, outcome);
         let mut st = lock(&self.state);
         st.running = st.running.saturating_sub(1);
@@ -369,92 +393,5 @@ impl Shared {
         if let Some(w) = waker {
             w.wake();
         }
-    }
-}
-
-/// The result of one scheduled task: wait for it, poll it, or `.await` it.
-pub struct Handle {
-    slot: Arc<Slot>,
-    scheduler: Scheduler,
-}
-
-impl std::fmt::Debug for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle").field("outcome", &self.peek()).finish()
-    }
-}
-
-impl Handle {
-    fn peek(&self) -> Option<Outcome> {
-        lock(&self.slot.inner).outcome.clone()
-    }
-
-    fn is_done(&self) -> bool {
-        lock(&self.slot.inner).outcome.is_some()
-    }
-
-    /// Blocks until the task completes.
-    pub fn wait(self) -> Outcome {
-        let slot = self.slot.clone();
-        let done = move |_: &State| lock(&slot.inner).outcome.is_some();
-        self.scheduler.drive_until(&done, None);
-        self.peek().unwrap_or(Outcome::Lost { reason: "no outcome recorded".to_owned() })
-    }
-
-    /// Waits at most `timeout`; `None` if the task has not completed by then.
-    pub fn wait_timeout(&self, timeout: Duration) -> Option<Outcome> {
-        let slot = self.slot.clone();
-        let done = move |_: &State| lock(&slot.inner).outcome.is_some();
-        self.scheduler.drive_until(&done, Some(Deadline::after(timeout)));
-        self.peek()
-    }
-
-    /// The outcome if the task has completed; never blocks.
-    pub fn try_result(&self) -> Option<Outcome> {
-        if !self.is_done() {
-            self.scheduler.drive_now();
-        }
-        self.peek()
-    }
-}
-
-impl Future for Handle {
-    type Output = Outcome;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        if let Some(o) = self.try_result() {
-            return Poll::Ready(o);
-        }
-        {
-            let mut inner = lock(&self.slot.inner);
-            if let Some(o) = inner.outcome.clone() {
-                return Poll::Ready(o);
-            }
-            inner.waker = Some(cx.waker().clone());
-        }
-        let shared = &self.scheduler.shared;
-        let mut st = lock(&shared.state);
-        if !st.helper {
-            st.helper = true;
-            drop(st);
-            let scheduler = self.scheduler.clone();
-            let spawned = std::thread::Builder::new().name("procyard-procmgr-driver".into()).spawn(
-                move || {
-                    loop {
-                        scheduler.join();
-                        let mut st = lock(&scheduler.shared.state);
-                        if st.unfinished == 0 {
-                            st.helper = false;
-                            break;
-                        }
-                    }
-                },
-            );
-            if let Err(e) = spawned {
-                tracing::warn!("procyard-procmgr: unable to start a driver thread: {e}");
-                lock(&shared.state).helper = false;
-            }
-        }
-        Poll::Pending
     }
 }

@@ -3,20 +3,45 @@
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use procyard_core::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{Error, Result};
 
+/// What [`Task::command`] accepts: a [`Command`], or the `&mut Command` that its builder
+/// methods return (`Command::shell("…").stdout(…)`). From a `&mut Command` the task takes the
+/// whole configuration, and leaves behind a `Command` of the same program with nothing else
+/// set (a `Command` holds descriptors, so it is moved rather than copied).
+pub trait IntoCommand {
+    /// The command to run.
+    fn into_command(self) -> Command;
+}
+
+impl IntoCommand for Command {
+    fn into_command(self) -> Command {
+        self
+    }
+}
+
+impl IntoCommand for &mut Command {
+    fn into_command(self) -> Command {
+        let program = self.get_program().to_owned();
+        std::mem::replace(self, Command::new(program))
+    }
+}
+
 /// What one child process runs.
 ///
-/// - [`Task::command`]: a program, through `procyard_core::Command` (always safe; the fast
-///   spawn path). Its outcome is its exit status.
-/// - [`Task::function`]: a function registered in a [`Registry`](crate::Registry), run by
-///   re-executing the current binary in worker mode (safe from any thread; the program must call
-///   [`init`](crate::init) first thing in `main`).
+/// - [`Task::command`]: a program, through [`Command`] (always safe; the fast spawn path).
+///   Its outcome is its exit status, or with [`Task::capture_output`] its status, stdout and
+///   stderr ([`Outcome::Output`](crate::Outcome::Output)).
+/// - [`Task::function`] / [`Task::call`]: a function [`register`](crate::register)ed before
+///   [`init`](crate::init), run by re-executing the current binary in worker mode (safe from
+///   any thread; the program must call `init` first thing in `main`).
 /// - [`Task::closure`]: a closure forked in place. Only sound in a single-threaded process, so
 ///   the manager checks the thread count at each fork and returns
 ///   [`Error::NotSingleThreaded`] otherwise.
@@ -31,19 +56,90 @@ pub struct Task {
 pub(crate) type ClosureFn = Box<dyn FnMut(&mut Endpoint) -> Result<()> + Send>;
 
 pub(crate) enum TaskKind {
-    Command(Box<procyard_core::Command>),
+    Command { command: Box<Command>, capture: bool },
     Function { name: String, args: String },
     Closure(ClosureFn),
+}
+
+/// A registered function's typed name: arguments `A`, value `R` (from
+/// [`register`](crate::register)).
+pub struct Function<A, R> {
+    name: String,
+    _types: PhantomData<fn(A) -> R>,
+}
+
+impl<A, R> Clone for Function<A, R> {
+    fn clone(&self) -> Self {
+        Function { name: self.name.clone(), _types: PhantomData }
+    }
+}
+
+impl<A, R> fmt::Debug for Function<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Function").field(&self.name).finish()
+    }
+}
+
+impl<A, R> Function<A, R> {
+    pub(crate) fn new(name: &str) -> Function<A, R> {
+        Function { name: name.to_owned(), _types: PhantomData }
+    }
+
+    /// The registered name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// The longest serialized arguments of a function task (one `argv` string holds 128 KiB).
 pub const MAX_FUNCTION_ARGS: usize = 120 * 1024;
 
 impl Task {
-    /// A task that runs `command`. The child is put in a process group of its own unless the
-    /// command says otherwise; it inherits no descriptor of the manager.
-    pub fn command(command: procyard_core::Command) -> Task {
-        Task { kind: TaskKind::Command(Box::new(command)) }
+    /// A task that runs `command`: a [`Command`], or the `&mut Command` its builder methods
+    /// return, so a command is built in place:
+    ///
+    /// ```
+    /// use procyard_procmgr::{Command, Outcome, Scheduler, Stdio, Strategy, Task};
+    ///
+    /// let scheduler = Scheduler::new(Strategy::Simple)?;
+    /// let task = Task::command(Command::shell("echo hidden; exit 2").stdout(Stdio::Null));
+    /// assert_eq!(scheduler.schedule(task)?.wait(), Outcome::Exited { code: 2 });
+    /// # Ok::<(), procyard_procmgr::Error>(())
+    /// ```
+    ///
+    /// The child is put in a process group of its own unless the command says otherwise; it
+    /// inherits no descriptor of the manager.
+    pub fn command(command: impl IntoCommand) -> Task {
+        let command = Box::new(command.into_command());
+        Task { kind: TaskKind::Command { command, capture: false } }
+    }
+
+    /// For a command task: captures its stdout and stderr (whatever the command said about
+    /// them), each up to [`OUTPUT_LIMIT`](crate::OUTPUT_LIMIT) bytes, and makes its outcome
+    /// [`Outcome::Output`](crate::Outcome::Output) — on success and on failure alike. Other
+    /// tasks are unchanged.
+    ///
+    /// ```
+    /// use procyard_procmgr::{Command, Exit, Scheduler, Strategy, Task};
+    ///
+    /// let scheduler = Scheduler::new(Strategy::Simple)?;
+    /// let task = Task::command(Command::shell("echo out; echo err >&2; exit 3")).capture_output();
+    /// let output = scheduler.schedule(task)?.wait().output().cloned().expect("captured");
+    /// assert_eq!(output.status, Exit::Code(3));
+    /// assert_eq!((&output.stdout[..], &output.stderr[..]), (&b"out\n"[..], &b"err\n"[..]));
+    /// # Ok::<(), procyard_procmgr::Error>(())
+    /// ```
+    pub fn capture_output(mut self) -> Task {
+        if let TaskKind::Command { capture, .. } = &mut self.kind {
+            *capture = true;
+        }
+        self
+    }
+
+    /// A task that calls a [`register`](crate::register)ed function with `args` (see
+    /// [`Task::function`]).
+    pub fn call<A: Serialize, R>(function: &Function<A, R>, args: &A) -> Result<Task> {
+        Task::function(function.name(), args)
     }
 
     /// A task that runs the function registered as `name` with `args`, in a fresh process
@@ -88,7 +184,9 @@ impl Task {
     /// A short description for messages.
     pub fn describe(&self) -> String {
         match &self.kind {
-            TaskKind::Command(c) => format!("command {}", c.get_program().to_string_lossy()),
+            TaskKind::Command { command, .. } => {
+                format!("command {}", command.get_program().to_string_lossy())
+            }
             TaskKind::Function { name, .. } => format!("function {name}"),
             TaskKind::Closure(_) => "closure".to_owned(),
         }
@@ -112,6 +210,10 @@ pub(crate) enum Wire {
     /// (`program`: its executable), instead of running the function.
     InitNotCalled {
         program: String,
+    },
+    /// Sent by a process started for a function that is not registered in it.
+    UnknownFunction {
+        name: String,
     },
 }
 
@@ -174,6 +276,11 @@ impl Endpoint {
             Ok(v) => self.write(&Wire::Value(v), "the task's value"),
             Err(m) => self.write(&Wire::Error(m), "the task's error"),
         }
+    }
+
+    /// Sends the final frame of a process started for a function nobody registered.
+    pub(crate) fn refuse_unknown_function(&mut self, name: &str) -> Result<()> {
+        self.write(&Wire::UnknownFunction { name: name.to_owned() }, "the refusal")
     }
 
     /// Sends the final frame of a process started for a function task whose `main` did not

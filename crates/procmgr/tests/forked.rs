@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use procyard_core::testkit::{self, wait_for};
 use procyard_core::{Deadline, Pid, ProcStat, Signal};
-use procyard_procmgr::{
-    Endpoint, NamedLock, Outcome, ProcessManager, Registry, Scheduler, Strategy, Task,
-};
+use procyard_procmgr::{Endpoint, NamedLock, Outcome, ProcessManager, Scheduler, Strategy, Task};
 use serde_json::Value;
 
 #[path = "forked/hardening.rs"]
@@ -41,11 +39,11 @@ fn nested_double(x: u64, _: &mut Endpoint) -> Result<u64, String> {
     outcome.value_as().ok_or_else(|| format!("the nested task: {outcome}"))
 }
 
-fn registry() -> Registry {
-    let mut r = Registry::new();
-    r.register("double", double).register("fail", fail).register("count_to", count_to);
-    r.register("nested_double", nested_double);
-    r
+fn register_functions() {
+    procyard_procmgr::register("double", double);
+    procyard_procmgr::register("fail", fail);
+    procyard_procmgr::register("count_to", count_to);
+    procyard_procmgr::register("nested_double", nested_double);
 }
 
 /// Each test as a `fn()` for the runner: its error becomes a panic, and a test that leaves a
@@ -73,7 +71,8 @@ fn main() -> ExitCode {
     if let Some(code) = hardening::forgetful_main() {
         return code;
     }
-    procyard_procmgr::init(&registry());
+    register_functions();
+    procyard_procmgr::init();
     testkit::run_tests(tests![
         "procmgr_closure_value_comes_back" => closure_value_comes_back,
         "procmgr_function_value_comes_back" => function_value_comes_back,
@@ -156,7 +155,7 @@ fn function_value_comes_back() -> Result<()> {
     ensure!(outcome == Outcome::Value(Value::from(42)), "{outcome:?}");
     let (_, outcome) = run_one(Task::function("no_such_function", &1)?)?;
     match outcome {
-        Outcome::TaskError { message } if message.contains("no function registered") => Ok(()),
+        Outcome::UnknownFunction { name } if name == "no_such_function" => Ok(()),
         other => bail!("unexpected {other:?}"),
     }
 }

@@ -15,6 +15,9 @@ use procyard_procmgr::{
     Error, Outcome, ProcessManager, Scheduler, Server, ServerConfig, Strategy, Task, WorkerState,
 };
 
+#[path = "scenarios/waiting.rs"]
+mod waiting;
+
 fn sh(script: &str) -> Task {
     Task::command(Command::shell(script))
 }
