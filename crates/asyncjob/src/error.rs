@@ -116,6 +116,20 @@ pub enum Error {
         /// The state file.
         path: PathBuf,
     },
+    /// No program to host the monitor was found for a multi-threaded caller of
+    /// [`AsyncJob::start`](crate::AsyncJob::start) (which cannot fork). The message names
+    /// `PROCYARD_ASYNCJOB_BIN`, the command that installs `procyard-asyncjob` (run in
+    /// procyard's source tree) and the embedded entry [`run_if_monitor`](crate::run_if_monitor)
+    /// that needs nothing installed.
+    #[error(
+        "{source}; or let this program host monitors: call procyard_asyncjob::run_if_monitor() \
+         first in main"
+    )]
+    NoMonitorProgram {
+        /// Core's [`CompanionNotFound`](procyard_core::Error::CompanionNotFound).
+        #[source]
+        source: procyard_core::Error,
+    },
     /// A system-level operation failed.
     #[error("unable to {action} for job {}", path.display())]
     Sys {

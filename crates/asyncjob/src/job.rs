@@ -63,9 +63,23 @@ impl AsyncJob {
     /// [`Error::StartFailed`], with the state recorded as `failed` when it can be written.
     ///
     /// In a single-threaded process the monitor is forked from this one (the fast path). In a
-    /// multi-threaded process, where forking is unsound, the monitor is hosted by the
-    /// `procyard-asyncjob` binary instead (see [`AsyncJobOptions::monitor_program`]).
+    /// multi-threaded process, where forking is unsound, the monitor is hosted by another
+    /// process: the program set with [`AsyncJobOptions::monitor_program`], else
+    /// `procyard-asyncjob` named by `PROCYARD_ASYNCJOB_BIN`, beside this program, in the
+    /// directory above it or on `PATH` (core's [`find_companion`] rule), else this program
+    /// itself when its `main` called [`run_if_monitor`](crate::run_if_monitor) first; with none
+    /// of them, [`Error::NoMonitorProgram`], whose message says what to set, install or call.
+    ///
+    /// In a process started to host a monitor whose `main` did not call
+    /// [`run_if_monitor`](crate::run_if_monitor) first, this never returns: the process refuses
+    /// at once and exits (a monitor host never starts another), and the program that started
+    /// it gets [`Error::StartFailed`] saying so.
+    ///
+    /// [`find_companion`]: procyard_core::companion::find_companion
     pub fn start(&self) -> Result<JobState> {
+        if crate::entry::monitor_mode_spec().is_some() {
+            crate::entry::refuse_nested_start();
+        }
         if self.spec.program.is_none() {
             return Err(Error::NoCommand);
         }

@@ -71,9 +71,7 @@
 //! # Limitations
 //!
 //! `start` forks the calling process when it is single-threaded; from a multi-threaded process
-//! it runs the `procyard-asyncjob` binary to host the monitor, which must then be installed
-//! (in `PATH`, named by `$PROCYARD_ASYNCJOB_BIN`, or given with
-//! [`AsyncJobOptions::monitor_program`]).
+//! another process must host the monitor (see [Monitor hosts](#monitor-hosts)).
 //! When the job's leader exits normally, other members of its process group, and escapees the
 //! monitor adopted, are left running (they go to init when the monitor exits).
 //!
@@ -85,9 +83,38 @@
 //! faster than the monitor's stop rounds scan `/proc` can outrun them. A job that must never
 //! leave anything behind should run in a cgroup or a pid namespace of its own.
 
+//!
+//! # Monitor hosts
+//!
+//! A multi-threaded caller of [`AsyncJob::start`] cannot fork, so another process hosts the
+//! monitor: the `procyard-asyncjob` program. A project that depends on this crate does not
+//! get that program built; it has two ways:
+//!
+//! - Call [`run_if_monitor`] first in `main` (before any thread starts): the program then
+//!   hosts monitors itself, executing itself in host mode, and needs nothing installed (see
+//!   `examples/library.rs`, where a library starts, checks, waits for and reaps a job):
+//!
+//!   ```no_run
+//!   fn main() {
+//!       procyard_asyncjob::run_if_monitor();
+//!       // threads, a runtime, AsyncJob::start …
+//!   }
+//!   ```
+//! - Or install it: `cargo install --locked --path crates/asyncjob`, run in procyard's source
+//!   tree, puts it in `~/.cargo/bin` (on `PATH`); or set `PROCYARD_ASYNCJOB_BIN` to it, or call
+//!   [`AsyncJobOptions::monitor_program`].
+//!
+//! It is looked for in this order: [`AsyncJobOptions::monitor_program`],
+//! `PROCYARD_ASYNCJOB_BIN`, beside the current executable, the directory above it, `PATH` (the
+//! one rule of [`procyard_core::companion`]), then this program if its `main` called
+//! [`run_if_monitor`]. A multi-threaded caller with none of them gets
+//! [`Error::NoMonitorProgram`], whose message says all this.
+
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![allow(clippy::needless_doctest_main, reason = "the docs show where `main` calls the entry")]
 
+mod entry;
 mod error;
 mod host;
 mod job;
@@ -98,9 +125,10 @@ mod state;
 mod store;
 mod trust;
 
+pub use entry::MONITOR_HOST_ARG;
 pub use error::{Error, Result, StartFailure};
-pub use host::{MONITOR_HOST_ARG, host_monitor};
+pub use host::{host_monitor, run_if_monitor};
 pub use job::{AsyncJob, SIGNAL_SETTLE};
 pub use options::{AsyncJobOptions, DEFAULT_GRACE};
-pub use procyard_core::Signal;
+pub use procyard_core::{Error as CoreError, Report, Signal, report};
 pub use state::{JobState, Status};

@@ -115,11 +115,7 @@ fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    if args.len() == 3 && args[1] == procyard_asyncjob::MONITOR_HOST_ARG {
-        let code = procyard_asyncjob::host_monitor(&args[2].to_string_lossy());
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
-    }
+    procyard_asyncjob::run_if_monitor();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

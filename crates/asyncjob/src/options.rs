@@ -163,7 +163,9 @@ impl AsyncJobOptions {
 
     /// The `procyard-asyncjob` binary that hosts the monitor when [`AsyncJob::start`] is
     /// called from a multi-threaded process (where forking is unsound). Default:
-    /// `$PROCYARD_ASYNCJOB_BIN`, else `procyard-asyncjob` looked up in `PATH`.
+    /// `$PROCYARD_ASYNCJOB_BIN`, else `procyard-asyncjob` beside this program, in the directory
+    /// above it or on `PATH`, else this program if its `main` called
+    /// [`run_if_monitor`](crate::run_if_monitor) (see [`AsyncJob::start`]).
     pub fn monitor_program(mut self, path: impl AsRef<Path>) -> Self {
         self.monitor_program = Some(path.as_ref().to_owned());
         self

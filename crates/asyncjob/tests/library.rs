@@ -132,3 +132,22 @@ fn no_state_file_runs_but_tracks_nothing() {
     sb.assert_no_strays();
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
 }
+
+/// A start failure says each thing once (the state file, the program, the kernel's reason),
+/// from a threaded caller (the monitor hosted by the binary) and from the CLI (forked).
+#[test]
+fn asyncjob_dependency_start_error_says_each_thing_once() {
+    let sb = Sandbox::new("asyncjob_dependency_start_error_says_each_thing_once");
+    let job = job(&sb).command(["procyard-no-such-program"]).build().unwrap();
+    let text = procyard_asyncjob::report(&job.start().unwrap_err());
+    let cli = sb.job(&["start", "--", "procyard-no-such-program"]);
+    assert_eq!(cli.stdout, "failed");
+    for text in [text.as_str(), cli.stderr.trim()] {
+        assert!(text.contains("unable to start job"), "{text}");
+        assert!(text.contains("No such file"), "{text}");
+        assert_eq!(text.matches("procyard-no-such-program").count(), 1, "{text}");
+        assert_eq!(text.matches("unable to spawn").count(), 1, "{text}");
+        assert_eq!(text.matches("lib.state").count() + text.matches("job.state").count(), 1);
+    }
+    sb.assert_no_strays();
+}
