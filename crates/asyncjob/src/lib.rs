@@ -84,6 +84,27 @@
 //! leave anything behind should run in a cgroup or a pid namespace of its own.
 
 //!
+//! # One dependency
+//!
+//! The types the API takes and returns are re-exported here, so a program needs only this
+//! crate: [`Signal`] (what [`AsyncJob::signal`] sends and [`JobState::signal`] records), core's
+//! error as [`CoreError`] (the source of [`Error::Sys`], [`Error::UnsafeStateFile`] and
+//! [`Error::NoMonitorProgram`]), and [`report`] to print an error with its causes, each once.
+//!
+//! ```
+//! use procyard_asyncjob::{CoreError, Error, JobState, Signal, report};
+//! fn ended_by(state: &JobState) -> Option<Signal> {
+//!     state.signal
+//! }
+//! let err = Error::Sys {
+//!     action: "signal the job",
+//!     path: "/run/job.state".into(),
+//!     source: CoreError::InvalidSignal { input: "TREM".into() },
+//! };
+//! assert!(report(&err).starts_with("unable to signal the job for job /run/job.state: "));
+//! # let _ = ended_by;
+//! ```
+//!
 //! # Monitor hosts
 //!
 //! A multi-threaded caller of [`AsyncJob::start`] cannot fork, so another process hosts the

@@ -71,6 +71,23 @@
 //! it, where nothing tells them from strangers (a lost task's delete stops its group only).
 //! Command arguments, environment and metadata must be UTF-8.
 //!
+//! # One dependency
+//!
+//! The types the API takes and returns are re-exported here, so a program needs only this
+//! crate: [`Signal`], [`Pid`], [`Deadline`], [`ProcessIdentity`], core's error as
+//! [`CoreError`] (inside [`Error::Core`] and [`Error::NoSupervisorBinary`]), [`report`] to
+//! print an error with its causes, each once, and [`serde_json`] for metadata.
+//!
+//! ```
+//! use procyard_bgtask::{CoreError, Deadline, Error, Pid, Signal, Status, report, serde_json};
+//! let ended = Status::Signaled { signal: Signal::TERM };
+//! let _deadline = Deadline::after(std::time::Duration::from_secs(1));
+//! let _me: Option<Pid> = Pid::from_raw(std::process::id() as i32);
+//! let _meta = serde_json::json!({ "ended": format!("{ended:?}") });
+//! let err = Error::Core(CoreError::InvalidSignal { input: "TREM".into() });
+//! assert!(report(&err).contains("TREM"));
+//! ```
+//!
 //! # Supervisor programs
 //!
 //! Supervisors are started by executing a small program, `procyard-bgtask-supervise` (or the
@@ -130,7 +147,9 @@ pub use layout::{BIN_ENV, DATA_ENV, ID_ENV, POOL_ENV, SUPERVISOR_BIN};
 pub use meta::{Meta, meta_matches};
 pub use options::{DEFAULT_RETAIN, SpawnOptions};
 pub use pool::{TaskPool, default_pool_dir};
-pub use procyard_core::{Deadline, Pid, ProcessIdentity, Report, Signal, report};
+pub use procyard_core::{
+    Deadline, Error as CoreError, Pid, ProcessIdentity, Report, Signal, report,
+};
 pub use protocol::{Event, StreamInfo, StreamName, TaskInfo};
 pub use record::{Filter, TaskRecord};
 /// The JSON crate of metadata and data-channel messages ([`Meta`], [`SpawnOptions::meta`]),
