@@ -348,7 +348,7 @@ impl ProcessManager {
         match running.child.try_wait() {
             Ok(Some(exit)) => running.exit = Some(Ok(exit)),
             Ok(None) => return, // spurious readiness: not exited yet
-            Err(e) => running.exit = Some(Err(format!("unable to reap the child: {e}"))),
+            Err(e) => running.exit = Some(Err(procyard_core::report(&e))),
         }
         // No `epoll_ctl` to deregister the pidfd and the pipe: closing a descriptor takes it
         // out of the `epoll` set (once a sibling forked meanwhile has closed its copy too; until

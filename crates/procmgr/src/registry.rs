@@ -139,6 +139,7 @@ pub fn init() {
     let code = match run_worker(&name, &fn_args) {
         Ok(()) => 0,
         Err(e) => {
+            let e = procyard_core::Report(&e);
             let _ = writeln!(std::io::stderr(), "procyard-procmgr: worker for {name}: {e}");
             1
         }

@@ -199,7 +199,8 @@ impl Scheduler {
             let on_complete = move |outcome: Outcome| shared.complete(&done_slot, outcome);
             let started = manager.create_process_with_messages(task, on_message, on_complete);
             if let Err(e) = started {
-                self.shared.complete(&slot, Outcome::Lost { reason: format!("not started: {e}") });
+                let reason = format!("not started: {}", procyard_core::report(&e));
+                self.shared.complete(&slot, Outcome::Lost { reason });
             }
         }
     }
@@ -228,7 +229,10 @@ impl Scheduler {
                     if !done(&lock(&shared.state)) {
                         let timeout = deadline.map(Deadline::remaining);
                         if let Err(e) = manager.step_timeout(timeout) {
-                            tracing::warn!("procyard-procmgr: scheduler event loop: {e}");
+                            tracing::warn!(
+                                "procyard-procmgr: scheduler event loop: {}",
+                                procyard_core::Report(&e)
+                            );
                         }
                         self.fill(&mut manager);
                     }
@@ -266,7 +270,10 @@ impl Scheduler {
             let mut manager = lock(&self.shared.manager);
             self.fill(&mut manager);
             if let Err(e) = manager.step_timeout(Some(Duration::ZERO)) {
-                tracing::warn!("procyard-procmgr: scheduler event loop: {e}");
+                tracing::warn!(
+                    "procyard-procmgr: scheduler event loop: {}",
+                    procyard_core::Report(&e)
+                );
             }
             self.fill(&mut manager);
         }

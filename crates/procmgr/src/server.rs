@@ -226,7 +226,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Err(e) = self.stop_inner(self.drop_grace) {
-            tracing::warn!("procyard-procmgr: stopping a server: {e}");
+            tracing::warn!("procyard-procmgr: stopping a server: {}", procyard_core::Report(&e));
         }
     }
 }
@@ -275,7 +275,10 @@ where
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("procyard-procmgr: server worker {index}: {e}");
+                    tracing::warn!(
+                        "procyard-procmgr: server worker {index}: {}",
+                        procyard_core::Report(&e)
+                    );
                     schedule_restart(slot, &config, Instant::now());
                 }
             }

@@ -99,7 +99,7 @@ impl Listener {
                     };
                 }
                 Ok(None) => {}
-                Err(e) => return Err(self.not_ready(format!("bad frame: {e}"))),
+                Err(e) => return Err(self.not_ready(procyard_core::report(&e))),
             }
             if !matches!(wire::stream_state(state, &worker.decoder), Ok(StreamState::Open)) {
                 let program = self.program();

@@ -1,5 +1,5 @@
-//! Issue 15: one waiting shape (by reference, all, any, as completed, across schedulers) and
-//! captured command output.
+//! Issue 15: one waiting shape (by reference, all, any, as completed, across schedulers),
+//! captured command output, and messages that say each thing once.
 
 use std::time::Duration;
 
@@ -74,4 +74,19 @@ fn procmgr_hardening_captured_output_is_kept_and_bounded() {
     let outcome = scheduler.schedule(task).unwrap().wait_timeout(LONG).expect("done in time");
     assert_eq!(outcome.output().map(|o| &o.stdout[..]), Some(&b"started\n"[..]));
     scheduler.stop(Duration::ZERO).unwrap();
+}
+
+#[test]
+fn procmgr_hardening_start_failure_names_its_cause_once() {
+    let scheduler = Scheduler::new(Strategy::Simple).unwrap();
+    let task = Task::command(Command::new("/nonexistent/procyard-program"));
+    let outcome = scheduler.schedule(task).unwrap().wait_timeout(LONG).expect("done in time");
+    let Outcome::Lost { reason } = outcome else { panic!("expected Lost, got {outcome:?}") };
+    assert!(reason.starts_with("not started: unable to start command /nonexistent"), "{reason}");
+    assert!(reason.contains("No such file"), "the cause is missing: {reason}");
+    let segments: Vec<&str> = reason.split(": ").collect();
+    let mut unique = segments.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), segments.len(), "a segment repeats: {reason}");
 }

@@ -119,7 +119,7 @@ impl Shell {
         let config =
             ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
         match procyard_core::fork(config) {
-            Err(e) => Err(WireError::Failed { message: format!("unable to fork: {e}") }),
+            Err(e) => Err(WireError::Failed { message: procyard_core::report(&e) }),
             Ok(Forked::Parent(child)) => Ok((id, child)),
             Ok(Forked::Child) => {
                 self.close_for_child();
