@@ -23,10 +23,12 @@ fn main() -> ExitCode {
     match std::env::var(AS_PROGRAM).as_deref() {
         Ok("run") => example::main(),
         Ok("forget-entry") => forgetful_main(),
+        Ok("no-entry") => main_without_entry(),
         _ => testkit::run_tests(&[
             ("asyncjob_example_library_runs_with_no_monitor_program", runs_embedded),
             ("asyncjob_example_library_names_the_missing_program", names_missing_program),
             ("asyncjob_hardening_monitor_copy_without_the_entry_refuses", forgotten_entry),
+            ("asyncjob_example_without_entry_or_program_says_what_to_do", without_entry),
         ]),
     }
 }
@@ -41,6 +43,18 @@ fn forgetful_main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("forgetful: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A `main` that never calls the entry: the trap of a multi-threaded program with nothing
+/// installed.
+fn main_without_entry() -> ExitCode {
+    match example::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("without entry: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -137,4 +151,24 @@ fn forgotten_entry() {
     assert!(took < Duration::from_secs(10), "the refusal took {took:?}");
     // No chain of copies: the refusing copy ended, and no monitor was started.
     wait_for("the refusing copy to exit", Duration::from_secs(10), || running(&app).is_empty());
+}
+
+/// Threads, no program anywhere, no entry in `main`: the error names the variable, the install
+/// command and the entry (never "needs a single-threaded process"), and nothing was started.
+fn without_entry() {
+    let sb = Sandbox::new("asyncjob-without-entry", Duration::from_secs(60));
+    let app = installed_copy(&sb);
+    let (out, _) = run(&sb, &app, "no-entry", &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needed in [
+        "procyard-asyncjob not found",
+        "PROCYARD_ASYNCJOB_BIN",
+        "cargo install --locked --path",
+        "run_if_monitor()",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} missing from: {stderr}");
+    }
+    assert!(!stderr.contains("single-threaded"), "{stderr}");
+    assert!(running(&app).is_empty());
 }

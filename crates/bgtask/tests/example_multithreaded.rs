@@ -23,10 +23,12 @@ fn main() -> ExitCode {
     match std::env::var(AS_PROGRAM).as_deref() {
         Ok("run") => example::main(),
         Ok("forget-entry") => forgetful_main(),
+        Ok("no-entry") => main_without_entry(),
         _ => testkit::run_tests(&[
             ("bgtask_example_multithreaded_runs_with_no_supervisor_program", runs_embedded),
             ("bgtask_example_multithreaded_names_the_missing_program", names_missing_program),
             ("bgtask_hardening_supervisor_copy_without_the_entry_refuses", forgotten_entry),
+            ("bgtask_example_without_entry_or_program_says_what_to_do", without_entry),
         ]),
     }
 }
@@ -41,6 +43,18 @@ fn forgetful_main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("forgetful: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A `main` that never calls the entry: the trap of a multi-threaded program with nothing
+/// installed.
+fn main_without_entry() -> ExitCode {
+    match example::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("without entry: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -140,4 +154,24 @@ fn forgotten_entry() {
     wait_for("the refusing copies to exit", Duration::from_secs(10), || running(&app).is_empty());
     let tasks: Vec<_> = std::fs::read_dir(sb.join("pool")).unwrap().flatten().collect();
     assert!(tasks.is_empty(), "tasks were started: {tasks:?}");
+}
+
+/// Threads, no program anywhere, no entry in `main`: the error names the variable, the install
+/// command and the entry (never "needs a single-threaded process"), and nothing was started.
+fn without_entry() {
+    let sb = Sandbox::new("bgtask-without-entry", Duration::from_secs(60));
+    let app = installed_copy(&sb);
+    let (out, _) = run(&sb, &app, "no-entry", &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needed in [
+        "procyard-bgtask-supervise not found",
+        "PROCYARD_BGTASK_BIN",
+        "cargo install --locked --path",
+        "run_if_supervisor()",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} missing from: {stderr}");
+    }
+    assert!(!stderr.contains("single-threaded"), "{stderr}");
+    assert!(running(&app).is_empty());
 }
