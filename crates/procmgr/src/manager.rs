@@ -149,7 +149,8 @@ impl ProcessManager {
                     let (stdout, stderr) = (child.take_stdout(), child.take_stderr());
                     let pipes =
                         stdout.zip(stderr).map(|(o, e)| (Receiver::from(o), Receiver::from(e)));
-                    capture = Some(pipes.map(|(o, e)| Capture::new(o, e)).unwrap_or_default());
+                    capture =
+                        Some(Box::new(pipes.map(|(o, e)| Capture::new(o, e)).unwrap_or_default()));
                 }
                 (child, None)
             }
@@ -372,9 +373,7 @@ impl ProcessManager {
 
     fn maybe_complete(&mut self, id: u64) {
         let done = self.children.get(&id).is_some_and(|r| {
-            r.exit.is_some()
-                && r.pipe.is_none()
-                && !r.capture.as_ref().is_some_and(Capture::is_open)
+            r.exit.is_some() && r.pipe.is_none() && !r.capture.as_ref().is_some_and(|c| c.is_open())
         });
         if !done {
             return;

@@ -27,7 +27,8 @@ pub(crate) struct Running {
     pub(crate) on_message: Option<MessageHandler>,
     pub(crate) on_complete: CompletionHandler,
     /// A captured command's stdout and stderr.
-    pub(crate) capture: Option<Capture>,
+    /// Boxed: an idle child without one costs a pointer, not the whole capture.
+    pub(crate) capture: Option<Box<Capture>>,
 }
 
 impl Running {
@@ -113,7 +114,7 @@ impl Running {
         }
         match self.exit.take() {
             Some(Ok(exit)) if self.capture.is_some() => {
-                let capture = self.capture.take().unwrap_or_default();
+                let capture = *self.capture.take().unwrap_or_default();
                 Outcome::Output(capture.into_output(exit))
             }
             Some(Ok(exit)) => match self.truncated {
