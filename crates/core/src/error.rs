@@ -94,6 +94,14 @@ pub enum Error {
         /// The command that installs it.
         install: &'static str,
     },
+    /// The environment variable that names a companion program points at no executable file.
+    #[error("{env_var} names {}, which is not an executable file", path.display())]
+    CompanionMissing {
+        /// The variable.
+        env_var: &'static str,
+        /// What it names.
+        path: PathBuf,
+    },
     /// A duration could not be parsed.
     #[error(
         "invalid duration {input:?} (expected a number and a unit: 250ms, 1.5s, 30, 5m, 2h, 3d)"
