@@ -84,11 +84,11 @@ pub enum LogFormat {
 pub struct TaskConfig {
     /// Unique name (also the queue name).
     pub name: String,
-    /// AMQP topic patterns.
+    /// AMQP topic patterns (`*` one word, `#` zero or more) of the jobs it takes.
     pub routing_keys: Vec<String>,
-    /// Program and arguments.
+    /// The worker's program and its arguments (run without a shell).
     pub command: Vec<String>,
-    /// Work model.
+    /// One process per job, or workers that take job after job.
     pub work_model: WorkModel,
     /// Longlived workers kept even when idle.
     pub min_workers: usize,
@@ -104,9 +104,9 @@ pub struct TaskConfig {
     pub backoff_max: Duration,
     /// Longlived: idle workers above `min_workers` stop after this.
     pub idle_timeout: Duration,
-    /// Extra environment.
+    /// Variables added to the workers' environment.
     pub env: BTreeMap<String, String>,
-    /// Working directory (absolute).
+    /// The workers' working directory (absolute); the daemon's when unset.
     pub cwd: Option<PathBuf>,
 }
 
@@ -144,7 +144,7 @@ pub struct DaemonSettings {
     pub kill_timeout: Duration,
     /// The control socket (absolute).
     pub control_socket: PathBuf,
-    /// Log format.
+    /// How log lines are written to stderr: text or JSON.
     pub log_format: LogFormat,
 }
 

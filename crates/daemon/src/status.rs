@@ -18,13 +18,13 @@ pub struct Status {
     pub config: String,
     /// Whether it runs or is stopping.
     pub state: DaemonState,
-    /// How many times the config was reloaded successfully / unsuccessfully.
+    /// Reloads (SIGHUP) applied since the daemon started.
     pub reloads: u64,
     /// Failed reloads (the old config was kept).
     pub failed_reloads: u64,
     /// The last reload error, if the last reload failed.
     pub last_reload_error: Option<String>,
-    /// The queue backend.
+    /// Whether the queue backend can move jobs now, and where it is.
     pub queue: Health,
     /// One entry per task group (including groups being drained after a reload).
     pub groups: Vec<GroupStatus>,
@@ -38,13 +38,13 @@ pub struct Status {
 /// One task group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GroupStatus {
-    /// The task name.
+    /// The `[[task]]` name (also its queue's name).
     pub name: String,
-    /// The work model.
+    /// `oneshot` (a process per job) or `longlived` (workers that take job after job).
     pub work_model: WorkModel,
-    /// Configured minimum.
+    /// Longlived workers kept running even when idle.
     pub min_workers: usize,
-    /// Configured maximum.
+    /// The most jobs of this task that run at once.
     pub max_workers: usize,
     /// `false` once removed from the config (draining).
     pub configured: bool,
@@ -68,7 +68,7 @@ pub struct GroupStatus {
     pub crashes: u64,
     /// Whether restarts are being delayed by crash-loop backoff.
     pub crash_loop: bool,
-    /// The workers.
+    /// Its worker processes, by pid (including workers draining after a reload).
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -79,11 +79,11 @@ pub struct WorkerStatus {
     pub pid: i32,
     /// What it is doing.
     pub state: WorkerState,
-    /// The job it runs.
+    /// The id of the job it runs, if any.
     pub job: Option<String>,
     /// Seconds since it started.
     pub uptime_secs: f64,
-    /// Jobs it completed.
+    /// Jobs it completed successfully (longlived workers; a oneshot worker runs one).
     pub jobs_done: u64,
 }
 

@@ -24,6 +24,7 @@ const TEST_DEADLINE: Duration = Duration::from_secs(240);
 /// How long to wait for consumers to subscribe before publishing.
 const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(60);
 
+use procyard_core::testkit;
 use procyard_daemon::queue::{
     self, AmqpQueueType, BackendKind, Job, OpenMode, Outcome, QueueBackend, QueueConfig, Requeue,
     TaskBinding,
@@ -80,27 +81,8 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        let Ok(rt) = rt else { return };
-        let (url, exchange, queues) =
-            (self.url.clone(), self.exchange.clone(), self.queues.clone());
-        rt.block_on(async move {
-            use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-            let Ok(conn) = lapin::Connection::connect(&url, Default::default()).await else {
-                return;
-            };
-            for q in queues {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
-                }
-            }
-            for x in [exchange.clone(), format!("{exchange}.dead")] {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await;
-                }
-            }
-            let _ = conn.close(200, "test cleanup".into()).await;
-        });
+        let queues = std::mem::take(&mut self.queues);
+        drop(broker::Cleanup { url: self.url.clone(), exchange: self.exchange.clone(), queues });
     }
 }
 
@@ -371,14 +353,12 @@ fn amqp_retry_then_dead_letter_follow_max_attempts_and_requeue() {
         assert_eq!(a, &vec![1, 2, 3], "job {id}");
     }
     // Wait until the broker has the dead letters (acks and publishes are asynchronous).
-    let dead = loop {
-        let dead = client.dead_letters(Some("flaky"), 100).expect("dead letters");
-        if dead.len() == JOBS || Instant::now() > deadline {
-            break dead;
-        }
-        // No event tells us the broker stored them: poll, without hammering it.
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // No event tells us the broker stored them: poll, without hammering it.
+    let mut dead = Vec::new();
+    testkit::try_wait_for(deadline.saturating_duration_since(Instant::now()), || {
+        dead = client.dead_letters(Some("flaky"), 100).expect("dead letters");
+        dead.len() == JOBS
+    });
     assert_eq!(dead.len(), JOBS, "{dead:?}");
     for d in &dead {
         assert_eq!(d.attempts, MAX_ATTEMPTS);
@@ -708,21 +688,22 @@ fn amqp_connection_cut_consumers_reconnect_and_finish() {
     // Each consumer has a new connection. Asked of the broker: a consumer whose backend lost
     // and regained its connection between two of its loop turns (a busy machine) never sees
     // itself disconnected, so its "connected" line is not a reliable witness.
-    loop {
-        let fresh: Vec<Vec<String>> = children
+    let fresh = || -> Vec<Vec<String>> {
+        children
             .iter()
             .map(|c| connections_of(c.pid).into_iter().filter(|n| !conns.contains(n)).collect())
-            .collect();
-        if fresh.iter().all(|f| !f.is_empty()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after the cut, new connections per consumer: {fresh:?} (reconnections seen {:?})",
-            tally.connected
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            .collect()
+    };
+    let reconnected =
+        testkit::try_wait_for(deadline.saturating_duration_since(Instant::now()), || {
+            fresh().iter().all(|f| !f.is_empty())
+        });
+    assert!(
+        reconnected,
+        "after the cut, new connections per consumer: {:?} (reconnections seen {:?})",
+        fresh(),
+        tally.connected
+    );
     let duplicates = tally.total_done() - tally.distinct_done().len();
     eprintln!("connection cut: all {JOBS} done, {duplicates} run twice (in flight at the cut)");
     assert!(duplicates <= 16, "{duplicates} duplicates for two consumers with a prefetch of 8");

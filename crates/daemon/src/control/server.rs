@@ -124,7 +124,7 @@ impl ControlServer {
         self.accept_retry = None;
         let mut requests = Vec::new();
         loop {
-            match self.listener.accept() {
+            match procyard_core::event::retry_interrupted(|| self.listener.accept()) {
                 Ok((stream, _)) => {
                     if let Some(id) = self.admit(stream, registry)
                         && let Incoming::Request(r) = self.on_ready(id, registry)
@@ -133,7 +133,6 @@ impl ControlServer {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if out_of_descriptors(&e) => {
                     // The oldest connection makes room.
                     let oldest = self.conns.keys().next().copied();
@@ -261,12 +260,12 @@ impl ControlServer {
     fn write_out(&mut self, id: u64, registry: &Registry) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         while !conn.out.is_empty() {
-            match conn.stream.write(&conn.out) {
+            let (stream, out) = (&mut conn.stream, &conn.out);
+            match procyard_core::event::retry_interrupted(|| stream.write(out)) {
                 Ok(n) => {
                     conn.out.drain(..n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => conn.out.clear(),
             }
         }

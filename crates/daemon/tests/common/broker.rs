@@ -74,6 +74,7 @@ pub struct Cleanup {
 impl Cleanup {
     /// The topology of one task: its queue, its dead-letter queue and a retry queue per delay
     /// in `retry_ms`.
+    #[allow(dead_code)] // amqp.rs, which includes this file too, lists its queues itself
     pub fn task(url: &str, exchange: &str, task: &str, retry_ms: &[u64]) -> Cleanup {
         let mut queues = vec![format!("{exchange}.{task}"), format!("{exchange}.{task}.dead")];
         queues.extend(retry_ms.iter().map(|ms| format!("{exchange}.{task}.retry.{ms}ms")));
