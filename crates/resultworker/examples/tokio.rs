@@ -1,10 +1,10 @@
 //! procyard-resultworker under tokio's multi-threaded runtime.
 //!
 //! `init()` runs first, in a plain `fn main`, before the runtime starts its threads: the
-//! worker process is this program run again, and it must reach `init` while it still has one
-//! thread (it forks a child per job). Under `#[tokio::main]`, `init` would run after the
-//! runtime's threads exist; `ResultWorker::start` then refuses with
-//! `Error::InitAfterThreads`, which says to write this instead.
+//! worker process is this program run again, and when it reaches `init` with one thread it
+//! forks a child per job (fast). Under `#[tokio::main]` (see `examples/tokio_main.rs`) that
+//! works too, but the worker then has the runtime's threads and starts each job by exec: a
+//! program start per job.
 //!
 //! Run it: `cargo run -p procyard-resultworker --example tokio`.
 

@@ -26,7 +26,8 @@ pub struct Config {
     /// share a process one after another: state a function leaves behind (globals, leaked
     /// memory, a changed working directory) is seen by later jobs. A child that crashes or
     /// times out is replaced, and the jobs written ahead to it run elsewhere. Commands are
-    /// unaffected.
+    /// unaffected, and so is a worker whose `init` ran with other threads alive (it starts
+    /// each function job by exec).
     pub reuse_processes: bool,
 }
 

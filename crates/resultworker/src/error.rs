@@ -96,36 +96,6 @@ pub enum Error {
         /// The program started as the worker.
         program: PathBuf,
     },
-    /// [`init`](crate::init) ran when the program had other threads already — typically
-    /// inside `#[tokio::main]`, or after starting a thread pool. The worker process is this
-    /// program run again, so it would have those threads too, and forking a job from a
-    /// multi-threaded process is unsound. Call `init` first thing in a plain `fn main`, then
-    /// start the runtime:
-    ///
-    /// ```no_run
-    /// fn main() {
-    ///     procyard_resultworker::init();
-    ///     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    ///     runtime.block_on(async_main());
-    /// }
-    /// async fn async_main() { /* ResultWorker::start, .await the futures */ }
-    /// ```
-    ///
-    /// `program` is the worker program when it was the one that refused (`None`: this
-    /// process saw it at `start`, before starting a worker).
-    #[error(
-        "procyard_resultworker::init() ran with {threads} threads{}: call it first thing in a \
-         plain `fn main() {{ procyard_resultworker::init(); … }}`, then start the async runtime \
-         or thread pool (no #[tokio::main]: build the runtime after init and block_on your async \
-         main)",
-        program.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default()
-    )]
-    InitAfterThreads {
-        /// The worker program that refused, if it was the worker that saw it.
-        program: Option<PathBuf>,
-        /// The threads alive when `init` ran.
-        threads: usize,
-    },
     /// [`ResultWorker::start`](crate::ResultWorker::start) was asked for a configuration
     /// other than that of the global worker, which runs already.
     #[error("the global result worker runs already, with another configuration")]

@@ -92,11 +92,6 @@ impl ResultWorker {
         if crate::mode::worker_mode().is_some() {
             crate::mode::refuse_start_in_worker_mode();
         }
-        if config.program.is_none()
-            && let Some(threads) = crate::mode::init_ran_threaded()
-        {
-            return Err(Error::InitAfterThreads { program: None, threads });
-        }
         let poll = Poll::new().map_err(|e| Error::os("create a poll instance", e))?;
         let waker =
             Waker::new(poll.registry(), WAKE).map_err(|e| Error::os("create a waker", e))?;

@@ -10,7 +10,9 @@
 //!   in `main`) returns at once in a normal run and turns the process into the worker when
 //!   its environment says so. The worker is single-threaded and forks one child per function
 //!   job — which is sound, unlike forking a multi-threaded application — or spawns the
-//!   command, up to [`Config::max_workers`] at once, each in its own process group.
+//!   command, up to [`Config::max_workers`] at once, each in its own process group. (When
+//!   `init` runs with other threads alive, the worker starts function jobs by exec instead;
+//!   see below.)
 //! - A **handle** ([`ResultWorker`]): [`ResultWorker::new`] makes a worker of its own,
 //!   stopped when its last clone is dropped; [`ResultWorker::start`] starts the process's
 //!   global one (an error if it runs already with another [`Config`]), and
@@ -64,11 +66,12 @@
 //!
 //! # Async programs and thread pools
 //!
-//! Call [`init`] before any other thread starts: the worker process is this program run
-//! again, and it forks its job children, which is sound only while it has one thread. So no
-//! `#[tokio::main]` (its threads exist before the body runs): write a plain `main` that calls
-//! `init` and then builds the runtime. A program that calls `init` with other threads alive
-//! gets [`Error::InitAfterThreads`] from [`ResultWorker::start`], which says this.
+//! `#[tokio::main]` with `init()` inside it works: the worker process (this program run
+//! again) then has the runtime's threads too, so it does not fork its jobs — unsound in a
+//! multi-threaded process — but starts each function job as a new process of this program by
+//! exec, whose `main` reaches `init` and runs the job. That costs a program start per job.
+//! For the fast path, call `init` before any thread starts, in a plain `main`, and build the
+//! runtime after it; the worker then forks its jobs:
 //!
 //! ```rust,no_run
 //! # use procyard_resultworker::{Config, Function, ResultWorker, register};
@@ -85,9 +88,11 @@
 //! }
 //! ```
 //!
-//! Runnable programs: `examples/tokio.rs` (tokio's multi-threaded runtime) and
-//! `examples/thread_pool.rs` (a pool of threads started after `init`, and a plain
-//! `block_on` executor); the tests `example_tokio` and `example_thread_pool` run them.
+//! Runnable programs: `examples/tokio_main.rs` (`#[tokio::main]`, `init` inside it),
+//! `examples/tokio.rs` (`init`, then tokio's multi-threaded runtime) and
+//! `examples/thread_pool.rs` (a pool of threads started after `init`, and a plain `block_on`
+//! executor); the tests `example_tokio_main`, `example_tokio` and `example_thread_pool` run
+//! them.
 //!
 //! # Limitations
 //!
@@ -134,18 +139,16 @@ pub use waiting::{
 ///
 /// A program that forgets it gets [`Error::InitNotCalled`] from [`ResultWorker::start`]: the
 /// worker process runs `main` again, and when it reaches `start` it exits at once (saying why
-/// on stderr) instead of starting a worker of its own. A program that calls it with other
-/// threads alive (inside `#[tokio::main]`, after starting a thread pool) gets
-/// [`Error::InitAfterThreads`], which says what to write instead (see the crate docs).
+/// on stderr) instead of starting a worker of its own. Called with other threads alive (inside
+/// `#[tokio::main]`, after starting a thread pool) it works, more slowly: see the crate docs.
 pub fn init() {
+    if let Some(id) = mode::job_mode() {
+        worker::run_job(id);
+    }
     if let Some(max_workers) = mode::worker_mode() {
-        if let Some(threads) = mode::extra_threads() {
-            mode::refuse_threaded_worker(threads);
-        }
-        let code = worker::run(max_workers);
+        let code = worker::run(max_workers, mode::is_threaded());
         std::process::exit(code);
     }
-    mode::record_init();
 }
 
 /// Whether this process is a worker (only ever true inside [`init`] or a job).

@@ -89,11 +89,7 @@ impl Listener {
                         Decoded::Result { key: wire::READY_KEY, outcome: Ok(_) } => Ok(()),
                         Decoded::Result {
                             key: wire::READY_KEY,
-                            outcome:
-                                Err(
-                                    refusal @ (WireError::InitNotCalled { .. }
-                                    | WireError::InitAfterThreads { .. }),
-                                ),
+                            outcome: Err(refusal @ WireError::InitNotCalled { .. }),
                         } => Err(refusal.into()),
                         _ => Err(self.not_ready("its first frame was not a ready message".into())),
                     };

@@ -7,31 +7,33 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use procyard_core::event::retry_interrupted;
 
 use crate::wire::{self, TAG_ERROR, WireError, encode_report, error_body, push_result};
 
-/// Threads the application had when its `init` returned (0: `init` not called).
-static INIT_THREADS: AtomicUsize = AtomicUsize::new(0);
-
-/// Records, in the application, how many threads it had when `init` ran.
-pub(crate) fn record_init() {
-    let threads = procyard_core::fork::thread_count().unwrap_or(1);
-    INIT_THREADS.store(threads.max(1), Ordering::Relaxed);
-}
-
-/// `Some(threads)` when the application's `init` ran with other threads alive: its worker
-/// (the same `main` again) would too, and could not fork jobs.
-pub(crate) fn init_ran_threaded() -> Option<usize> {
-    Some(INIT_THREADS.load(Ordering::Relaxed)).filter(|&n| n > 1)
-}
-
 /// Set (to the application's pid) in the worker's environment.
 pub(crate) const ENV_WORKER: &str = "PROCYARD_RESULTWORKER_PARENT";
 /// The worker's `max_workers`.
 pub(crate) const ENV_MAX_WORKERS: &str = "PROCYARD_RESULTWORKER_MAX_WORKERS";
+/// Set (to `WORKER_PID:CHILD_ID`) in the environment of a job process that a threaded worker
+/// started by exec (see `worker::job`).
+pub(crate) const ENV_JOB: &str = "PROCYARD_RESULTWORKER_JOB";
+/// The descriptor a job process started by exec writes its report to.
+pub(crate) const JOB_REPORT_FD: i32 = 3;
+
+/// `Some(child_id)` when this process is a job process that its parent, a threaded worker,
+/// started by exec.
+pub(crate) fn job_mode() -> Option<usize> {
+    let value = std::env::var(ENV_JOB).ok()?;
+    let (worker, id) = value.split_once(':')?;
+    let ppid = procyard_core::Pid::parent()?;
+    if worker != ppid.as_raw().to_string() {
+        return None;
+    }
+    id.parse().ok()
+}
+
 /// `1` when job children are reused (see `Config::reuse_processes`).
 pub(crate) const ENV_REUSE: &str = "PROCYARD_RESULTWORKER_REUSE";
 
@@ -63,22 +65,11 @@ pub(crate) fn refuse_start_in_worker_mode() -> ! {
     refuse(&line, &WireError::InitNotCalled { program })
 }
 
-/// In a worker-mode process whose `init` runs with other threads alive (the program started
-/// an async runtime or a thread pool before calling it): forking jobs from it would be
-/// unsound, so it refuses with [`WireError::InitAfterThreads`] (see [`refuse`]).
-pub(crate) fn refuse_threaded_worker(threads: usize) -> ! {
-    let program = program_name();
-    let line = format!(
-        "procyard-resultworker: {program}: procyard_resultworker::init() runs with {threads} \
-         threads; call it first thing in a plain fn main, before any runtime or thread starts\n"
-    );
-    refuse(&line, &WireError::InitAfterThreads { program, threads })
-}
-
-/// The number of threads of this process when it has more than one (`None` when it has one,
-/// or when the count cannot be read: the fork then checks again).
-pub(crate) fn extra_threads() -> Option<usize> {
-    procyard_core::fork::thread_count().ok().filter(|&n| n > 1)
+/// Whether this process has other threads (an async runtime or a pool started before `init`):
+/// a worker then starts each function job by exec instead of forking it. When the count
+/// cannot be read, the fork checks again.
+pub(crate) fn is_threaded() -> bool {
+    procyard_core::fork::thread_count().is_ok_and(|n| n > 1)
 }
 
 fn program_name() -> String {

@@ -78,12 +78,6 @@ pub(crate) enum WireError {
     InitNotCalled {
         program: String,
     },
-    /// Sent instead of the ready message by a worker-mode process whose `init` ran with
-    /// `threads` threads alive.
-    InitAfterThreads {
-        program: String,
-        threads: usize,
-    },
 }
 
 impl From<WireError> for Error {
@@ -100,9 +94,6 @@ impl From<WireError> for Error {
             WireError::Malformed { reason } => Error::Malformed { reason },
             WireError::InitNotCalled { program } => {
                 Error::InitNotCalled { program: program.into() }
-            }
-            WireError::InitAfterThreads { program, threads } => {
-                Error::InitAfterThreads { program: Some(program.into()), threads }
             }
         }
     }

@@ -3,7 +3,6 @@
 //! side (run the function, report), and reading their reports and exits back as events.
 
 use std::os::fd::OwnedFd;
-use std::panic::AssertUnwindSafe;
 
 use procyard_core::fork::ForkConfig;
 use procyard_core::mio::Interest;
@@ -14,7 +13,7 @@ use procyard_core::{Child, Forked, Signal};
 use super::process::{PIPE_ATOMIC, drain, raw, spawn_command, write_report};
 use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, Shell, Spare, TOKENS_PER_JOB};
 use super::state::{ChildId, Event, Kind, StartJob};
-use crate::wire::{self, TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body};
+use crate::wire::{self, WireError};
 
 impl Shell {
     /// Starts a job: returns its child's id, its kind and whether the child is reusable.
@@ -60,6 +59,9 @@ impl Shell {
     /// Forks a spare child when the state wants one; lets the idle ones go when stopping
     /// (closing their job pipes lets them exit; dropping a `Child` reaps it).
     pub(super) fn tend_spares(&mut self) {
+        if self.exec_jobs {
+            return;
+        }
         if self.state.is_stopping() {
             self.idle.clear();
         } else if self.state.wants_spare(self.idle.len()) {
@@ -88,6 +90,11 @@ impl Shell {
             let reason = format!("job of {} bytes exceeds the frame limit", message.len());
             return Err(WireError::Malformed { reason });
         };
+        if self.exec_jobs {
+            let id = self.new_id();
+            let child = super::job::spawn_job(id, &frame, &self.reports_write)?;
+            return Ok((id, child, None));
+        }
         let mut fresh = 0;
         while fresh < 2 {
             let spare = match self.idle.pop() {
@@ -170,33 +177,7 @@ impl Shell {
 
     /// In a job child: runs the function a job message names and returns the report.
     fn run_function(&self, message: &[u8]) -> Vec<u8> {
-        let failed =
-            |message: String| encode_report(TAG_ERROR, &error_body(&WireError::Failed { message }));
-        let Some((len, rest)) = message.split_first_chunk::<4>() else {
-            return failed("truncated job message".into());
-        };
-        let len = u32::from_be_bytes(*len) as usize;
-        if len > rest.len() {
-            return failed("truncated job message".into());
-        }
-        let (name, body) = rest.split_at(len);
-        let name = String::from_utf8_lossy(name);
-        let Some(f) = self.functions.get(name.as_ref()) else {
-            let error = WireError::UnknownFunction { name: name.into_owned() };
-            return encode_report(TAG_ERROR, &error_body(&error));
-        };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| f(body))) {
-            Ok(Ok(value)) => encode_report(TAG_VALUE, &value),
-            Ok(Err(message)) => failed(message),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string payload".into());
-                failed(format!("panicked: {what}"))
-            }
-        }
+        super::job::run_function(&self.functions, message)
     }
 
     /// In a forked job child: closes the worker's descriptors (pipes of the application and of

@@ -14,6 +14,7 @@
 //!   with no process, descriptor or clock in it, unit-tested per event.
 //! - `shell.rs`: the `mio` loop that turns readiness into events and performs actions.
 //! - `children.rs`: starting jobs (spare children, forks, spawns) and reading their reports.
+//! - `job.rs`: a job process started by exec, for a worker that has other threads.
 //! - `process.rs`: small pipe helpers shared by the worker and its children.
 
 use std::io;
@@ -26,16 +27,23 @@ use crate::job::registered;
 use crate::mode::ENV_REUSE;
 
 mod children;
+mod job;
 mod process;
 mod shell;
 mod state;
 
+pub(crate) use job::run_job;
 use process::raw;
 use shell::{IN, OUT, REPORTS, Shell};
 
 /// Runs the worker until it is stopped or its parent goes away; returns the exit code.
-pub(crate) fn run(max_workers: usize) -> i32 {
-    match new_shell(max_workers).and_then(|mut shell| shell.run()) {
+///
+/// `exec_jobs`: this process has other threads (the program started an async runtime or a
+/// thread pool before calling `init`), so forking a job from it would be unsound; each
+/// function job is then a new process of this program started by exec (see [`run_job`]), and
+/// children are not reused.
+pub(crate) fn run(max_workers: usize, exec_jobs: bool) -> i32 {
+    match new_shell(max_workers, exec_jobs).and_then(|mut shell| shell.run()) {
         Ok(code) => code,
         Err(e) => {
             // Nobody to tell but the exit code (and tracing, when the program set it up): the
@@ -51,7 +59,7 @@ fn take_std(fd: impl AsFd) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, 3)?)
 }
 
-fn new_shell(max_workers: usize) -> io::Result<Shell> {
+fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
     let input = take_std(io::stdin().as_fd())?;
     let output = take_std(io::stdout().as_fd())?;
     let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
@@ -67,7 +75,7 @@ fn new_shell(max_workers: usize) -> io::Result<Shell> {
     poll.registry().register(&mut SourceFd(&raw(&input)), IN, Interest::READABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&output)), OUT, Interest::WRITABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&reports)), REPORTS, Interest::READABLE)?;
-    let reuse = std::env::var(ENV_REUSE).is_ok_and(|v| v == "1");
+    let reuse = !exec_jobs && std::env::var(ENV_REUSE).is_ok_and(|v| v == "1");
     Ok(Shell::new(
         poll,
         std::fs::File::from(input),
@@ -76,6 +84,7 @@ fn new_shell(max_workers: usize) -> io::Result<Shell> {
         reports_write,
         max_workers,
         reuse,
+        exec_jobs,
         registered(),
     ))
 }

@@ -75,6 +75,8 @@ pub(super) struct Shell {
     pub(super) functions: HashMap<String, ErasedFn>,
     /// Children run function jobs one after another instead of exiting after one.
     pub(super) reuse: bool,
+    /// Function jobs are started by exec (the worker has other threads: no fork).
+    pub(super) exec_jobs: bool,
     /// The one buffer pipes are read through (see `SCRATCH`).
     pub(super) scratch: Vec<u8>,
     /// The pipe every function child writes its reports into, as chunks of at most
@@ -101,6 +103,7 @@ impl Shell {
         reports_write: OwnedFd,
         max_workers: usize,
         reuse: bool,
+        exec_jobs: bool,
         functions: HashMap<String, ErasedFn>,
     ) -> Shell {
         let names = functions.keys().cloned().collect();
@@ -118,6 +121,7 @@ impl Shell {
             max_workers,
             functions,
             reuse,
+            exec_jobs,
             scratch: vec![0; super::process::SCRATCH],
             reports: Some(reports),
             reports_write,
