@@ -31,13 +31,35 @@ pub fn become_subreaper() -> Result<()> {
 }
 
 /// The children of this process that are not in `known`: descendants it adopted as a
-/// subreaper. Read from `/proc`; processes that vanish while it is read are skipped.
+/// subreaper. Processes that vanish while this is read are skipped.
 pub fn adopted_children(known: &[Pid]) -> Vec<Pid> {
+    children().into_iter().filter(|pid| !known.contains(pid)).collect()
+}
+
+/// Every child of this process (started or adopted), from `/proc/self/task/*/children`, or by
+/// scanning `/proc` where the kernel lacks that file.
+pub fn children() -> Vec<Pid> {
+    let mut out = Vec::new();
+    let mut listed = false;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                listed = true;
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|s| s.parse().ok())
+                        .filter_map(Pid::from_raw),
+                );
+            }
+        }
+    }
+    if listed {
+        return out;
+    }
     let me = Pid::current().as_raw();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
     dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(Pid::from_raw)
-        .filter(|pid| !known.contains(pid))
         .filter(|pid| matches!(ProcStat::read(*pid), Ok(Some(stat)) if stat.ppid == me))
         .collect()
 }

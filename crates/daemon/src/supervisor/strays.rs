@@ -20,11 +20,11 @@ pub(super) fn stop_escapees(shell: &mut Shell) {
 /// of one of its workers (those are reaped through their pidfds).
 pub(super) fn reap_unknown_children(shell: &mut Shell) {
     let ours: HashSet<i32> = shell.processes.values().map(|p| p.child.id().as_raw()).collect();
-    for pid in children_of_self() {
+    for p in procyard_core::subreaper::children() {
+        let pid = p.as_raw();
         if ours.contains(&pid) {
             continue;
         }
-        let Some(p) = Pid::from_raw(pid) else { continue };
         if !ProcStat::read(p).ok().flatten().is_some_and(|s| s.is_zombie()) {
             continue;
         }
@@ -43,14 +43,7 @@ pub(super) fn reap_unknown_children(shell: &mut Shell) {
     }
 }
 
-/// The daemon's children, from `/proc/self/task/*/children`.
+/// The daemon's children (started or adopted), as raw pids.
 pub(super) fn children_of_self() -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
-    for t in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
-        }
-    }
-    out
+    procyard_core::subreaper::children().into_iter().map(Pid::as_raw).collect()
 }
