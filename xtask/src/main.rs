@@ -16,7 +16,8 @@ commands:
   test    run every unit, doc, integration and end-to-end test of the workspace
           (starts RabbitMQ first when it is not answering and can be started or installed)
   ci      cargo fmt --check, clippy -D warnings, cargo doc (warnings denied), tidy, then test
-  tidy    check the architecture rules (crate graph, unsafe, file headers)
+  tidy    check the architecture rules (crate graph, unsafe, file headers, raw signals,
+          socket unlinks, module cycles, file size)
   bench   run every benchmark and print a table of ratios against same-run baselines
 
 examples:
@@ -90,11 +91,6 @@ fn ci() -> Result<()> {
 }
 
 fn run_tidy() -> Result<()> {
-    if !tidy::STRUCTURE_ENFORCED {
-        for advisory in tidy::structure(&root()) {
-            eprintln!("tidy (advisory): {advisory}");
-        }
-    }
     let problems = tidy::check(&root());
     if problems.is_empty() {
         eprintln!("xtask: tidy: ok");
