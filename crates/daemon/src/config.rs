@@ -7,6 +7,8 @@
 //! kill_timeout = "5s"           # after TERM, then KILL
 //! control_socket = "q.db.sock"  # default: <queue path>.sock
 //! log_format = "text"           # or "json"
+//! keep_done = "24h"             # done and cancelled jobs' records are kept this long ("0s": none)
+//! keep_done_max = 100000        # … and at most this many (dead letters stay until purged)
 //!
 //! [queue]
 //! backend = "sqlite"            # or "amqp"
@@ -29,6 +31,7 @@
 //! idle_timeout = "60s"          # longlived: idle workers above min stop after this
 //! env = { MODE = "fast" }
 //! cwd = "."
+//! output_limit = 65536          # oneshot: bytes of stdout and of stderr kept per attempt
 //! ```
 //!
 //! Durations are an integer or float number of seconds, or a string with a unit: `250ms`,
@@ -53,7 +56,7 @@ use procyard_core::Backoff;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::queue::{AmqpQueueType, BackendKind, QueueConfig, TaskBinding};
+use crate::queue::{AmqpQueueType, BackendKind, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 use validate::Validator;
 
@@ -108,6 +111,9 @@ pub struct TaskConfig {
     pub env: BTreeMap<String, String>,
     /// The workers' working directory (absolute); the daemon's when unset.
     pub cwd: Option<PathBuf>,
+    /// Oneshot: the bytes of stdout and of stderr kept per attempt (the first and last
+    /// halves, with the count dropped between); default 64 KiB.
+    pub output_limit: usize,
 }
 
 impl TaskConfig {
@@ -146,6 +152,8 @@ pub struct DaemonSettings {
     pub control_socket: PathBuf,
     /// How log lines are written to stderr: text or JSON.
     pub log_format: LogFormat,
+    /// How long ended jobs' records are kept (`keep_done`, `keep_done_max`).
+    pub retention: Retention,
 }
 
 /// A validated configuration.
@@ -275,6 +283,8 @@ struct RawDaemon {
     control_socket: Option<Spanned<PathBuf>>,
     #[serde(default)]
     log_format: LogFormat,
+    keep_done: Option<Spanned<DurationValue>>,
+    keep_done_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -309,6 +319,7 @@ struct RawTask {
     #[serde(default)]
     env: BTreeMap<String, String>,
     cwd: Option<Spanned<PathBuf>>,
+    output_limit: Option<Spanned<i64>>,
 }
 
 fn default_model() -> WorkModel {

@@ -15,7 +15,7 @@ use crate::{Error, Result};
 
 mod server;
 
-pub use server::{ACCEPT_RETRY, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_UID};
+pub use server::{ACCEPT_RETRY, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_HELD, MAX_PER_UID};
 pub(crate) use server::{ControlServer, Incoming};
 
 /// A request to the daemon.
@@ -26,6 +26,24 @@ pub enum Request {
     Poke,
     /// The daemon's status.
     Status,
+    /// Cancel these jobs where this daemon holds them (claimed or running); answered with
+    /// [`Response::Cancelling`].
+    Cancel {
+        /// Job ids.
+        ids: Vec<String>,
+    },
+    /// Answer with [`Response::Ended`] once every one of these jobs has ended (or, with
+    /// `any_attempt`, once any attempt of them ends). The connection stays open up to
+    /// `timeout_ms`.
+    Wait {
+        /// Job ids.
+        ids: Vec<String>,
+        /// Answer at the end of any attempt, not only at the jobs' end (`logs -f`).
+        #[serde(default)]
+        any_attempt: bool,
+        /// How long the client waits at most (the daemon holds the connection that long).
+        timeout_ms: u64,
+    },
 }
 
 /// The daemon's answer.
@@ -34,6 +52,13 @@ pub enum Request {
 pub enum Response {
     /// The status.
     Status(Box<Status>),
+    /// What [`Request::Wait`] waited for happened: read the records.
+    Ended,
+    /// The jobs of a [`Request::Cancel`] that this daemon found and is cancelling.
+    Cancelling {
+        /// Their ids.
+        found: Vec<String>,
+    },
     /// The request was malformed or refused.
     Error {
         /// Why.
@@ -68,18 +93,42 @@ pub fn poke(socket: &Path) -> Result<bool> {
 
 /// Asks the daemon for its status.
 pub fn status(socket: &Path) -> Result<Status> {
-    let not_running = || Error::NotRunning { socket: PathBuf::from(socket) };
-    let mut s = connect(socket, Duration::from_secs(10))?.ok_or_else(not_running)?;
-    procyard_core::frame::write_frame(&mut s, &Request::Status)
-        .map_err(|e| Error::io("write to control socket", socket, e))?;
-    let response: Option<Response> =
-        procyard_core::frame::read_frame(&mut s).map_err(|e| Error::Protocol {
-            peer: format!("control socket {}", socket.display()),
-            reason: e.to_string(),
-        })?;
-    match response {
+    match ask(socket, &Request::Status, Duration::from_secs(10))? {
         Some(Response::Status(status)) => Ok(*status),
         Some(Response::Error { message }) => Err(Error::Refused { message }),
-        None => Err(not_running()),
+        _ => Err(Error::NotRunning { socket: PathBuf::from(socket) }),
     }
+}
+
+/// Sends `request` and reads the answer, waiting at most `timeout` for it: `Ok(None)` when
+/// the daemon closed the connection without one; a read that timed out is an
+/// [`Error::Io`] of kind `WouldBlock`/`TimedOut` ([`is_timeout`]).
+pub fn ask(socket: &Path, request: &Request, timeout: Duration) -> Result<Option<Response>> {
+    let not_running = || Error::NotRunning { socket: PathBuf::from(socket) };
+    let mut s = connect(socket, timeout.max(Duration::from_millis(1)))?.ok_or_else(not_running)?;
+    procyard_core::frame::write_frame(&mut s, request)
+        .map_err(|e| Error::io("write to control socket", socket, e))?;
+    match procyard_core::frame::read_frame(&mut s) {
+        Ok(r) => Ok(r),
+        Err(procyard_core::Error::Os { source, .. })
+            if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+        {
+            Err(Error::io("read from control socket", socket, source))
+        }
+        Err(procyard_core::Error::Os { source, .. })
+            if source.kind() == ErrorKind::ConnectionReset =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::Protocol {
+            peer: format!("control socket {}", socket.display()),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Whether `e` is a read from the control socket that timed out.
+pub fn is_timeout(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. }
+        if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
 }

@@ -163,6 +163,42 @@ pub enum Error {
         /// The id.
         id: String,
     },
+    /// A string that is not a job id (ids are UUIDs, as `publish` prints them).
+    #[error("{id:?} is not a job id (job ids look like 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b)")]
+    InvalidJobId {
+        /// What was given.
+        id: String,
+    },
+    /// No job has this id (never published here, or pruned after `keep_done`).
+    #[error("no job {id} (never published to this queue, or pruned after its retention)")]
+    UnknownJob {
+        /// The id.
+        id: String,
+    },
+    /// The job has already ended: it cannot be cancelled.
+    #[error("job {id} is already {state}: nothing to cancel")]
+    JobFinished {
+        /// The id.
+        id: String,
+        /// Its final state.
+        state: crate::queue::JobState,
+    },
+    /// A command-line value is malformed.
+    #[error("invalid {what} {value:?}: expected {expected}")]
+    InvalidArgument {
+        /// What it is ("job state", "--timeout").
+        what: &'static str,
+        /// What was given.
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+    /// `--config` was not given and no config file was found where one is looked for.
+    #[error("no config given (--config FILE) and none found; tried: {}", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NoConfig {
+        /// Every path looked at, in order.
+        tried: Vec<PathBuf>,
+    },
     /// `PRAGMA quick_check` found damage in the queue file.
     #[error("queue {} is corrupt ({report}): restore it from a backup or move it aside", path.display())]
     QueueCorrupt {

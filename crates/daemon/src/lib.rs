@@ -62,6 +62,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod config;
 pub mod control;
 mod error;
@@ -73,6 +74,7 @@ pub mod status;
 mod supervisor;
 pub mod worker;
 
+pub use client::{Cancelled, Client, Waited};
 pub use config::{Config, TaskConfig, WorkModel};
 pub use error::{BoxError, Error, Result};
 pub use supervisor::{DAEMON_SIGNALS, RunOptions, run};

@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::{
     Config, DaemonSettings, DurationValue, RawConfig, TaskConfig, WorkModel, line_of, runnable,
 };
-use crate::queue::{BackendKind, QueueConfig};
+use crate::queue::{BackendKind, QueueConfig, Retention};
 use crate::{Error, Result, routing};
 
 /// Turns the raw TOML into a [`Config`], with errors that name the file, line and field.
@@ -193,6 +193,20 @@ impl Validator<'_> {
             )?,
             control_socket,
             log_format: raw.daemon.log_format,
+            retention: Retention {
+                keep_done: self.duration(
+                    &raw.daemon.keep_done,
+                    "daemon.keep_done".into(),
+                    Retention::default().keep_done,
+                )?,
+                keep_done_max: self.count(
+                    &raw.daemon.keep_done_max,
+                    "daemon.keep_done_max".into(),
+                    100_000,
+                    0,
+                    i64::MAX,
+                )? as u64,
+            },
         };
         let mut tasks: Vec<TaskConfig> = Vec::new();
         for (i, t) in raw.task.iter().enumerate() {
@@ -337,6 +351,13 @@ impl Validator<'_> {
                 )?,
                 env: t.env.clone(),
                 cwd,
+                output_limit: self.count(
+                    &t.output_limit,
+                    f("output_limit"),
+                    64 * 1024,
+                    0,
+                    64 * 1024 * 1024,
+                )? as usize,
             });
         }
         if tasks.is_empty() {

@@ -9,7 +9,10 @@
 //!   [`MAX_CONNECTIONS`]: a new connection over a limit closes the oldest one (a new client is
 //!   likely a live one; an old one is likely idle), and when the process runs out of
 //!   descriptors the oldest connection makes room, or accepting resumes after
-//!   [`ACCEPT_RETRY`].
+//!   [`ACCEPT_RETRY`];
+//! - a connection that waits for jobs (`wait`) is held apart: it lives until the client's own
+//!   timeout, does not count against the limits above, and at most [`MAX_HELD`] are held
+//!   (a new one closes the oldest; its client asks again).
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Write};
@@ -33,6 +36,10 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// How soon to try accepting again when the process has no descriptor left and no
 /// connection to close.
 pub const ACCEPT_RETRY: Duration = Duration::from_millis(250);
+/// The most connections held open waiting for jobs.
+pub const MAX_HELD: usize = 256;
+/// The longest a waiting connection is held (its client then asks again).
+const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
 /// The largest request accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -66,6 +73,8 @@ pub(crate) struct ControlServer {
     socket: Option<SocketPath>,
     /// In accept order (ids grow), so the first is the oldest and the next to expire.
     conns: BTreeMap<u64, Conn>,
+    /// Connections waiting for jobs, each until its own deadline.
+    held: BTreeMap<u64, Conn>,
     next_id: u64,
     token_of: fn(u64) -> Token,
     /// Accepting stopped for lack of descriptors: try again at this instant.
@@ -108,6 +117,7 @@ impl ControlServer {
             listener,
             socket: Some(socket),
             conns: BTreeMap::new(),
+            held: BTreeMap::new(),
             next_id: 1,
             token_of,
             accept_retry: None,
@@ -218,13 +228,56 @@ impl ControlServer {
         Some(id)
     }
 
+    fn conn_mut(&mut self, id: u64) -> Option<&mut Conn> {
+        match self.conns.get_mut(&id) {
+            Some(c) => Some(c),
+            None => self.held.get_mut(&id),
+        }
+    }
+
+    /// Keeps connection `id` open until `timeout` from now (at most a day), apart from the
+    /// idle limits: it waits for jobs and is answered by [`ControlServer::respond`].
+    pub(crate) fn hold(&mut self, id: u64, timeout: Duration, registry: &Registry) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        if self.held.len() >= MAX_HELD
+            && let Some(&oldest) = self.held.keys().next()
+        {
+            tracing::warn!(limit = MAX_HELD, "too many waiting connections: closing the oldest");
+            self.close(oldest, registry);
+        }
+        conn.deadline = Instant::now() + timeout.min(MAX_HOLD);
+        self.held.insert(id, conn);
+    }
+
     /// Handles readiness of connection `id`: reads its request, or writes its answer.
     pub(crate) fn on_ready(&mut self, id: u64, registry: &Registry) -> Incoming {
-        let Some(conn) = self.conns.get_mut(&id) else { return Incoming::Nothing };
+        let Some(conn) = self.conn_mut(id) else { return Incoming::Nothing };
         if conn.answered {
             self.write_out(id, registry);
             return Incoming::Nothing;
         }
+        if self.held.contains_key(&id) {
+            // A waiting client sends nothing more; its end of file means it gave up.
+            let conn = self.held.get_mut(&id).expect("held");
+            let mut buf = [0u8; 256];
+            loop {
+                match procyard_core::event::retry_interrupted(|| {
+                    std::io::Read::read(&mut conn.stream, &mut buf)
+                }) {
+                    Ok(0) => {
+                        self.close(id, registry);
+                        return Incoming::Nothing;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Incoming::Nothing,
+                    Err(_) => {
+                        self.close(id, registry);
+                        return Incoming::Nothing;
+                    }
+                }
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&id) else { return Incoming::Nothing };
         let state = conn.decoder.read_from(&mut conn.stream);
         match conn.decoder.next::<Request>() {
             Ok(Some(request)) => Incoming::Request(request),
@@ -248,7 +301,7 @@ impl ControlServer {
 
     /// Sends `response` on connection `id`, then closes it.
     pub(crate) fn respond(&mut self, id: u64, response: &Response, registry: &Registry) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conn_mut(id) else { return };
         conn.answered = true;
         match procyard_core::frame::encode_frame(response) {
             Ok(bytes) => conn.out = bytes,
@@ -258,7 +311,7 @@ impl ControlServer {
     }
 
     fn write_out(&mut self, id: u64, registry: &Registry) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conn_mut(id) else { return };
         while !conn.out.is_empty() {
             let (stream, out) = (&mut conn.stream, &conn.out);
             match procyard_core::event::retry_interrupted(|| stream.write(out)) {
@@ -274,7 +327,7 @@ impl ControlServer {
 
     /// Closes connection `id` (done, or no longer wanted).
     pub(crate) fn close(&mut self, id: u64, registry: &Registry) {
-        if let Some(mut conn) = self.conns.remove(&id) {
+        if let Some(mut conn) = self.conns.remove(&id).or_else(|| self.held.remove(&id)) {
             let _ = registry.deregister(&mut conn.stream);
         }
     }
@@ -282,10 +335,8 @@ impl ControlServer {
     /// When the oldest connection expires, or accepting should be tried again.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let expiry = self.conns.values().next().map(|c| c.deadline);
-        match (expiry, self.accept_retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let held = self.held.values().map(|c| c.deadline).min();
+        [expiry, held, self.accept_retry].into_iter().flatten().min()
     }
 
     /// Closes connections past their deadline; accepts again if that was postponed. Returns
@@ -295,8 +346,9 @@ impl ControlServer {
         now: Instant,
         registry: &Registry,
     ) -> Vec<(u64, Request)> {
-        let expired: Vec<u64> =
+        let mut expired: Vec<u64> =
             self.conns.iter().take_while(|(_, c)| c.deadline <= now).map(|(id, _)| *id).collect();
+        expired.extend(self.held.iter().filter(|(_, c)| c.deadline <= now).map(|(id, _)| *id));
         if !expired.is_empty() {
             tracing::debug!(connections = expired.len(), "closing idle control connections");
         }
@@ -311,12 +363,12 @@ impl ControlServer {
 
     /// How many connections are open.
     pub(crate) fn connections(&self) -> usize {
-        self.conns.len()
+        self.conns.len() + self.held.len()
     }
 
     /// Stops listening and removes the socket file if it is still the one bound here.
     pub(crate) fn shut_down(&mut self, registry: &Registry) {
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        let ids: Vec<u64> = self.conns.keys().chain(self.held.keys()).copied().collect();
         for id in ids {
             self.close(id, registry);
         }

@@ -29,7 +29,7 @@ pub struct Job {
 /// What happened to a job, given to [`QueueBackend::complete`](super::QueueBackend::complete).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The job is done: acknowledge and forget it.
+    /// The job is done: acknowledge it (its record is kept for the retention window).
     Done,
     /// Run it again after `delay`; the next delivery has `attempt + 1`.
     Retry {
@@ -43,6 +43,18 @@ pub enum Outcome {
         /// Why it failed for the last time.
         reason: String,
     },
+    /// It was cancelled: it never runs again (acknowledged like a done job).
+    Cancelled {
+        /// Why (who cancelled it).
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// Whether the job has ended with this outcome (everything but a retry).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Retry { .. })
+    }
 }
 
 /// The worker process a job was handed to, recorded with its lease (step 5 of the [queue

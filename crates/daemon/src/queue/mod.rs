@@ -86,6 +86,7 @@
 
 pub mod amqp;
 mod config;
+mod history;
 mod job;
 mod report;
 pub mod sqlite;
@@ -94,6 +95,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 pub use self::config::{AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding};
+pub use self::history::{
+    Attempt, AttemptEnd, AttemptReport, Captured, JobFilter, JobRecord, JobState, Purge, Retention,
+    check_job_id,
+};
 pub use self::job::{Abandoned, Job, LeaseHolder, Outcome, Receipt};
 pub use self::report::{DeadLetter, FileChange, Health, QueueDepth, Requeue};
 use crate::Result;
@@ -185,6 +190,51 @@ pub trait QueueBackend {
     fn record_holder(&mut self, job: &Job, holder: &LeaseHolder) -> Result<()> {
         let _ = (job, holder);
         Ok(())
+    }
+
+    /// Daemon only: tells how long ended jobs are kept (called after opening and on
+    /// reload). The default keeps nothing, for backends without a history.
+    fn set_retention(&mut self, retention: Retention) {
+        let _ = retention;
+    }
+
+    /// Daemon only: an attempt of `job` begins now in the worker `worker_pid` (may be
+    /// buffered until [`QueueBackend::flush`]). A backend with a history records it, so a
+    /// daemon killed during the attempt leaves it `daemon lost` for the next one to see.
+    fn begin_attempt(&mut self, job: &Job, worker_pid: Option<i32>) {
+        let _ = (job, worker_pid);
+    }
+
+    /// Daemon only: how the current attempt of `job` ended, with its output; called just
+    /// before [`QueueBackend::complete`] and written with it.
+    fn record_attempt(&mut self, job: &Job, report: AttemptReport) {
+        let _ = (job, report);
+    }
+
+    /// A job's record with its attempts ([`Error::UnknownJob`](crate::Error::UnknownJob)
+    /// when there is none). The default: [`Error::Unsupported`](crate::Error::Unsupported).
+    fn job(&mut self, id: &str) -> Result<JobRecord> {
+        let _ = id;
+        Err(crate::Error::Unsupported { backend: "amqp", what: "keep job records" })
+    }
+
+    /// Job records (without attempts), newest first.
+    fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        let _ = filter;
+        Err(crate::Error::Unsupported { backend: "amqp", what: "keep job records" })
+    }
+
+    /// Cancels a job that waits in the queue (ready or delayed): `Ok(true)` when it is now
+    /// cancelled, `Ok(false)` when it is not waiting (running, ended, unknown).
+    fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
+        let _ = id;
+        Err(crate::Error::Unsupported { backend: "amqp", what: "cancel jobs" })
+    }
+
+    /// Deletes ended jobs as `purge` says, in small transactions; returns how many.
+    fn purge(&mut self, what: &Purge) -> Result<u64> {
+        let _ = what;
+        Err(crate::Error::Unsupported { backend: "amqp", what: "purge job records" })
     }
 
     /// Daemon only, before the first claim: the jobs a previous daemon left in flight, with

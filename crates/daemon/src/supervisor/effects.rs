@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use procyard_core::{Pid, Report};
 
-use super::event::{Action, Event};
+use super::event::{Action, Ended, Event};
 use super::process::Process;
 use super::reload::keep_restart_settings;
 use super::shell::Shell;
@@ -14,7 +14,7 @@ use super::snapshot::{Observed, snapshot};
 use super::strays;
 use crate::config::Config;
 use crate::control::Response;
-use crate::queue::{Job, Outcome};
+use crate::queue::{AttemptReport, Job, Outcome};
 use crate::status::Status;
 use crate::{Error, Result};
 
@@ -39,6 +39,7 @@ impl Shell {
                 };
                 let Some(run) = &w.job else { return None };
                 record_holder(&mut *self.queue, &run.job, p);
+                self.queue.begin_attempt(&run.job, Some(p.child.id().as_raw()));
                 if let Err(e) = p.send_job(&run.job, registry) {
                     tracing::error!(error = %Report(&e), "unable to send a job to a worker");
                 }
@@ -58,7 +59,12 @@ impl Shell {
                     p.close_stdout(registry);
                 }
             }
-            Action::Complete { job, outcome } => self.complete(&job, outcome),
+            Action::Complete { job, outcome, attempt } => {
+                if let Some(ended) = attempt {
+                    self.record_attempt(&job, &outcome, ended);
+                }
+                self.complete(&job, outcome)
+            }
             Action::SetCapacity { task, capacity } => {
                 if let Err(e) = self.queue.set_capacity(&task, capacity) {
                     tracing::debug!(%task, error = %Report(&e), "unable to set a task's capacity");
@@ -74,6 +80,18 @@ impl Shell {
             Action::AnswerStatus { conn } => {
                 let response = Response::Status(Box::new(self.status()));
                 self.control.respond(conn, &response, self.poll.registry());
+            }
+            Action::Watch { conn, ids, any_attempt, timeout } => {
+                self.control.hold(conn, timeout, registry);
+                return Some(self.watching(conn, ids, any_attempt));
+            }
+            Action::AnswerWait { conn } => {
+                // The outcomes that ended the wait are written before the client reads them.
+                self.flush_queue();
+                self.control.respond(conn, &Response::Ended, self.poll.registry());
+            }
+            Action::AnswerCancel { conn, found } => {
+                self.control.respond(conn, &Response::Cancelling { found }, registry);
             }
             Action::ReapStrays => self.reap_strays = true,
             Action::StopEscapees => strays::stop_escapees(self),
@@ -95,6 +113,7 @@ impl Shell {
             Ok(p) => {
                 if let Some(job) = job {
                     record_holder(&mut *self.queue, job, &p);
+                    self.queue.begin_attempt(job, Some(p.child.id().as_raw()));
                 }
                 let pid = p.child.id().as_raw();
                 self.processes.insert(worker, p);
@@ -102,6 +121,40 @@ impl Shell {
             }
             Err(e) => Event::SpawnFailed { worker, error: e.chain().to_string() },
         }
+    }
+
+    /// Tells the queue how the attempt ended, with the output captured.
+    fn record_attempt(&mut self, job: &Job, outcome: &Outcome, ended: Ended) {
+        let (stdout, stderr) = match self.outputs.remove(&ended.worker) {
+            Some((out, err)) => (Some(out), Some(err)),
+            None => (None, None),
+        };
+        let reason = match outcome {
+            Outcome::Done => None,
+            Outcome::Retry { reason, .. }
+            | Outcome::DeadLetter { reason }
+            | Outcome::Cancelled { reason } => Some(reason.clone()),
+        };
+        let report =
+            AttemptReport { worker_pid: ended.pid, end: ended.end, reason, stdout, stderr };
+        self.queue.record_attempt(job, report);
+    }
+
+    /// Which of `ids` have not ended (an id the queue does not know has nothing to wait
+    /// for): the answer to [`Action::Watch`].
+    fn watching(&mut self, conn: u64, ids: Vec<String>, any_attempt: bool) -> Event {
+        self.flush_queue();
+        let pending = ids
+            .into_iter()
+            .filter(|id| match self.queue.job(id) {
+                Ok(job) => !job.state.is_final(),
+                Err(e) => {
+                    tracing::debug!(job = %id, error = %Report(&e), "nothing to wait for");
+                    false
+                }
+            })
+            .collect();
+        Event::Watching { conn, pending, any_attempt }
     }
 
     fn complete(&mut self, job: &Job, outcome: Outcome) {
@@ -133,6 +186,7 @@ impl Shell {
             }
         };
         keep_restart_settings(&self.state.config, &mut new);
+        self.queue.set_retention(new.daemon.retention);
         if let Err(e) = self.queue.bind(&new.bindings()) {
             tracing::error!(error = %Report(&e), "reload failed: the queue refused the new bindings; keeping the running config");
             let _ = self.queue.bind(&self.state.config.bindings());

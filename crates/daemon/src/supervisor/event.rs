@@ -10,12 +10,23 @@ use procyard_core::{Exit, Signal};
 use crate::config::Config;
 use crate::control::Request;
 use crate::protocol::Reply;
-use crate::queue::{Job, Outcome};
+use crate::queue::{AttemptEnd, Job, Outcome};
 
 /// A worker's id in the daemon (tags its tokens; never reused).
 pub(crate) type WorkerId = u64;
 /// A control connection's id.
 pub(crate) type ConnId = u64;
+
+/// How an attempt ended, as the state saw it (the shell adds the output and the times).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Ended {
+    /// The worker that ran it.
+    pub worker: WorkerId,
+    /// Its pid, once started.
+    pub pid: Option<i32>,
+    /// How it ended.
+    pub end: AttemptEnd,
+}
 
 /// Something that happened, as the shell saw it.
 #[derive(Debug)]
@@ -50,6 +61,8 @@ pub(crate) enum Event {
     Reloaded(Box<Config>),
     /// Answer to [`Action::Reload`]: the running config is kept.
     ReloadFailed { error: String },
+    /// Answer to [`Action::Watch`]: of the jobs asked about, those that have not ended.
+    Watching { conn: ConnId, pending: Vec<String>, any_attempt: bool },
 }
 
 /// What the shell is to do.
@@ -68,8 +81,8 @@ pub(crate) enum Action {
     CloseStdin { worker: WorkerId },
     /// Stop reading the worker's stdout (it broke the protocol).
     CloseStdout { worker: WorkerId },
-    /// Tell the queue how a job ended.
-    Complete { job: Job, outcome: Outcome },
+    /// Tell the queue how a job ended, and how its attempt ended (none when no attempt ran).
+    Complete { job: Job, outcome: Outcome, attempt: Option<Ended> },
     /// Tell the queue how many jobs of `task` may be leased at once.
     SetCapacity { task: String, capacity: usize },
     /// Ask the queue backend what woke it.
@@ -80,6 +93,13 @@ pub(crate) enum Action {
     CloseConnection { conn: ConnId },
     /// Answer a control connection with the status.
     AnswerStatus { conn: ConnId },
+    /// Keep a control connection open until `timeout` and find which of `ids` have not ended
+    /// (the queue's buffered outcomes written first); answer with `Watching`.
+    Watch { conn: ConnId, ids: Vec<String>, any_attempt: bool, timeout: std::time::Duration },
+    /// Tell a waiting control connection that what it waited for happened.
+    AnswerWait { conn: ConnId },
+    /// Answer a cancel request: the jobs found claimed or running here (being cancelled).
+    AnswerCancel { conn: ConnId, found: Vec<String> },
     /// Reap children the daemon did not start, and stop workers' escapees.
     ReapStrays,
     /// Stop the escapees of workers that are gone.

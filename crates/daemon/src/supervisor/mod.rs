@@ -14,6 +14,7 @@
 //!
 //! Nothing polls: the loop sleeps until an event or the earliest real deadline.
 
+mod capture;
 mod effects;
 mod escapees;
 mod event;
@@ -23,6 +24,7 @@ mod outcome;
 mod process;
 mod readiness;
 mod reload;
+mod requests;
 mod schedule;
 mod shell;
 mod snapshot;

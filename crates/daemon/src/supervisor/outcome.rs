@@ -7,7 +7,7 @@ use procyard_core::Exit;
 
 use crate::config::{TaskConfig, WorkModel};
 use crate::protocol::{Reply, ReplyOutcome};
-use crate::queue::Outcome;
+use crate::queue::{AttemptEnd, Outcome};
 
 /// The exit code by which a oneshot job asks to be retried later (`EX_TEMPFAIL` of
 /// `sysexits.h`).
@@ -30,6 +30,8 @@ pub(crate) enum JobResult {
         /// Why.
         reason: String,
     },
+    /// Cancelled: never run again.
+    Cancelled,
 }
 
 impl JobResult {
@@ -78,10 +80,29 @@ pub(crate) fn classify(
     }
 }
 
+/// How an attempt ended when its worker exited, for the job's record.
+pub(crate) fn attempt_end(
+    exit: Exit,
+    model: WorkModel,
+    timed_out: bool,
+    cancelled: bool,
+) -> AttemptEnd {
+    match (model, exit) {
+        _ if cancelled => AttemptEnd::Cancelled,
+        _ if timed_out => AttemptEnd::TimedOut,
+        (WorkModel::Longlived, _) => AttemptEnd::WorkerLost,
+        (WorkModel::Oneshot, Exit::Code(code)) => AttemptEnd::Exited { code },
+        (WorkModel::Oneshot, Exit::Signal { signal, .. }) => {
+            AttemptEnd::Signalled { signal: signal.to_string() }
+        }
+    }
+}
+
 /// What the queue is told about attempt `attempt` of a job of `task` that ended with `result`.
 pub(crate) fn settle(task: &TaskConfig, attempt: u32, result: JobResult) -> Outcome {
     let reason = match result {
         JobResult::Done => return Outcome::Done,
+        JobResult::Cancelled => return Outcome::Cancelled { reason: "cancelled".into() },
         JobResult::Retry { reason } | JobResult::Fail { reason } => reason,
     };
     if attempt >= task.max_attempts {

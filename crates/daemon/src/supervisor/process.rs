@@ -1,26 +1,73 @@
 //! One worker's process, as the shell holds it: the child, its pipes, the reply decoder and
 //! the lease holder. What the worker does is the state's ([`super::worker`]).
 
-use std::io::{ErrorKind, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 
 use mio::unix::pipe;
 use mio::{Interest, Registry, Token};
 use procyard_core::{Child, Command, FrameDecoder, Signal, Stdio, frame};
 
+use super::capture::Capture;
 use crate::config::{TaskConfig, WorkModel};
 use crate::protocol::{JobHeader, MAX_WORKER_FRAME};
-use crate::queue::{Job, LeaseHolder};
+use crate::queue::{Captured, Job, LeaseHolder};
 use crate::{Error, Result};
 
-/// Token kinds in the low two bits.
+/// Token kinds in the low three bits.
 pub(crate) const KIND_PIDFD: usize = 0;
 pub(crate) const KIND_STDOUT: usize = 1;
 pub(crate) const KIND_STDIN: usize = 2;
 pub(crate) const KIND_CONN: usize = 3;
+pub(crate) const KIND_STDERR: usize = 4;
+/// How many low bits of a token say its kind.
+pub(crate) const KIND_BITS: usize = 3;
 
 pub(crate) fn token(id: u64, kind: usize) -> Token {
-    Token(((id as usize) << 2) | kind)
+    Token(((id as usize) << KIND_BITS) | kind)
+}
+
+/// A oneshot job's captured output streams.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+    pub out: Capture,
+    pub err: Capture,
+}
+
+impl Output {
+    /// Reads what the job wrote on `kind` (stdout or stderr) until the pipe is empty; closes
+    /// it at its end.
+    pub fn read(&mut self, kind: usize, registry: &Registry) {
+        let (pipe, capture) = match kind {
+            KIND_STDOUT => (&mut self.stdout, &mut self.out),
+            _ => (&mut self.stderr, &mut self.err),
+        };
+        let Some(rx) = pipe.as_mut() else { return };
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match procyard_core::event::retry_interrupted(|| rx.read(&mut buf)) {
+                Ok(0) => break,
+                Ok(n) => capture.push(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        if let Some(mut rx) = pipe.take() {
+            let _ = registry.deregister(&mut rx);
+        }
+    }
+
+    /// Stops reading (whatever is still unread is lost) and hands over the captures.
+    pub fn finish(mut self, registry: &Registry) -> (Captured, Captured) {
+        for rx in [self.stdout.as_mut(), self.stderr.as_mut()].into_iter().flatten() {
+            let _ = registry.deregister(rx);
+        }
+        self.stdout = None;
+        self.stderr = None;
+        (self.out.finish(), self.err.finish())
+    }
 }
 
 #[derive(Debug)]
@@ -34,6 +81,8 @@ pub(crate) struct Process {
     pub out_pos: usize,
     /// Who the worker is, recorded with the lease of each job it is handed.
     pub holder: Option<LeaseHolder>,
+    /// A oneshot job's output, captured.
+    pub output: Option<Output>,
 }
 
 /// The environment variable that tags a worker and everything it starts with
@@ -101,10 +150,10 @@ impl Process {
         // once) gives its job to another worker, and both would run it. (The job's own
         // subprocesses are the next daemon's to stop, by the identity recorded with the lease.)
         cmd.parent_death_signal(Signal::KILL);
-        cmd.stderr(Stdio::Inherit);
         match cfg.work_model {
             WorkModel::Oneshot => {
-                cmd.stdout(Stdio::Inherit);
+                // Captured (bounded), kept with the attempt.
+                cmd.stdout(Stdio::Pipe).stderr(Stdio::Pipe);
                 match job {
                     Some(job) => {
                         let payload = sealed_payload(&job.payload).map_err(|e| Error::Os {
@@ -122,14 +171,25 @@ impl Process {
                 }
             }
             WorkModel::Longlived => {
-                cmd.stdin(Stdio::Pipe).stdout(Stdio::Pipe);
+                cmd.stdin(Stdio::Pipe).stdout(Stdio::Pipe).stderr(Stdio::Inherit);
             }
         }
         let mut child = cmd
             .spawn()
             .map_err(|e| Error::process(format!("spawn a worker for task {}", cfg.name), e))?;
         let stdin = child.take_stdin().map(nonblocking).transpose()?.map(pipe::Sender::from);
-        let stdout = child.take_stdout().map(nonblocking).transpose()?.map(pipe::Receiver::from);
+        let mut stdout =
+            child.take_stdout().map(nonblocking).transpose()?.map(pipe::Receiver::from);
+        let stderr = child.take_stderr().map(nonblocking).transpose()?.map(pipe::Receiver::from);
+        let output = match cfg.work_model {
+            WorkModel::Oneshot => Some(Output {
+                stdout: stdout.take(),
+                stderr,
+                out: Capture::new(cfg.output_limit),
+                err: Capture::new(cfg.output_limit),
+            }),
+            WorkModel::Longlived => None,
+        };
         let holder = worker_holder(&child);
         let mut worker = Process {
             model: cfg.work_model,
@@ -140,6 +200,7 @@ impl Process {
             out: Vec::new(),
             out_pos: 0,
             holder,
+            output,
         };
         let reg = |e: std::io::Error| Error::Os {
             action: "register a worker with the event loop",
@@ -153,6 +214,14 @@ impl Process {
         }
         if let Some(s) = worker.stdin.as_mut() {
             registry.register(s, token(id, KIND_STDIN), Interest::WRITABLE).map_err(reg)?;
+        }
+        if let Some(o) = worker.output.as_mut() {
+            if let Some(s) = o.stdout.as_mut() {
+                registry.register(s, token(id, KIND_STDOUT), Interest::READABLE).map_err(reg)?;
+            }
+            if let Some(s) = o.stderr.as_mut() {
+                registry.register(s, token(id, KIND_STDERR), Interest::READABLE).map_err(reg)?;
+            }
         }
         Ok(worker)
     }
@@ -228,6 +297,9 @@ impl Process {
         let _ = registry.deregister(&mut self.child);
         self.close_stdin(registry);
         self.close_stdout(registry);
+        if let Some(o) = self.output.take() {
+            let _ = o.finish(registry);
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use procyard_core::{Report, Signal, StreamState};
 
 use super::event::{Event, WorkerId};
+use super::process::{KIND_STDERR, KIND_STDOUT};
 use super::shell::Shell;
 use crate::protocol::Reply;
 
@@ -24,12 +25,32 @@ impl Shell {
                 return;
             }
         };
-        // Read the last replies a longlived worker wrote before it exited.
+        // Read the last replies a longlived worker wrote before it exited, or the rest of a
+        // oneshot job's output.
         self.read_replies(id);
         if let Some(mut p) = self.processes.remove(&id) {
-            p.deregister_all(self.poll.registry());
+            let registry = self.poll.registry();
+            if let Some(mut output) = p.output.take() {
+                output.read(KIND_STDOUT, registry);
+                output.read(KIND_STDERR, registry);
+                self.outputs.insert(id, output.finish(registry));
+            }
+            p.deregister_all(registry);
         }
         self.feed(Event::Exited { worker: id, exit });
+        // Used by the attempt's record, or not needed (the job went back to the queue).
+        self.outputs.remove(&id);
+    }
+
+    /// Reads what woke stream `kind` of worker `id`: a oneshot job's output, or a longlived
+    /// worker's replies.
+    pub(super) fn read_output(&mut self, id: WorkerId, kind: usize) {
+        let registry = self.poll.registry();
+        match self.processes.get_mut(&id).and_then(|p| p.output.as_mut()) {
+            Some(output) => output.read(kind, registry),
+            None if kind == KIND_STDOUT => self.read_replies(id),
+            None => {}
+        }
     }
 
     /// Reads a longlived worker's replies and feeds them, one at a time.

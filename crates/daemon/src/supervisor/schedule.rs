@@ -11,12 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::event::{Action, WorkerId};
+use super::event::{Action, Ended, WorkerId};
 use super::outcome::JobResult;
 use super::state::{Phase, State, finish_job};
 use super::worker::Worker;
 use crate::config::WorkModel;
-use crate::queue::{Job, Outcome};
+use crate::queue::{AttemptEnd, Job, Outcome};
 
 impl State {
     /// Claims, dispatches and starts workers for every group; drops drained groups.
@@ -31,7 +31,7 @@ impl State {
                 for job in g.pending.drain(..) {
                     let reason = "task removed before the job started".to_owned();
                     let outcome = Outcome::Retry { delay: Duration::ZERO, reason };
-                    acts.push(Action::Complete { job, outcome });
+                    acts.push(Action::Complete { job, outcome, attempt: None });
                 }
                 if !self.workers.values().any(|w| w.group == name) {
                     tracing::info!(task = %name, "removed task group stopped");
@@ -73,6 +73,7 @@ impl State {
                 acts.push(Action::Complete {
                     job,
                     outcome: Outcome::Retry { delay: Duration::ZERO, reason },
+                    attempt: None,
                 });
             }
             return;
@@ -170,7 +171,8 @@ impl State {
         g.note_crash(now);
         g.spawn_budget = 0;
         if let Some(run) = w.job.take() {
-            finish_job(g, run.job, JobResult::Fail { reason: error }, acts);
+            let ended = Ended { worker: id, pid: None, end: AttemptEnd::WorkerLost };
+            finish_job(g, run.job, JobResult::Fail { reason: error }, ended, acts);
         }
         if w.model == WorkModel::Longlived {
             self.dispatch(&w.group, now, acts);

@@ -11,12 +11,14 @@ use procyard_core::{Deadline, Report, SignalFd};
 
 use super::escapees::Escapees;
 use super::event::{Action, Event, WorkerId};
-use super::process::{KIND_CONN, KIND_PIDFD, KIND_STDIN, KIND_STDOUT, Process, token};
+use super::process::{
+    KIND_BITS, KIND_CONN, KIND_PIDFD, KIND_STDERR, KIND_STDIN, KIND_STDOUT, Process, token,
+};
 use super::state::{Phase, State};
 use super::{RunOptions, orphans, strays};
 use crate::config::Config;
 use crate::control::{ControlServer, Incoming};
-use crate::queue::{self, OpenMode, QueueBackend};
+use crate::queue::{self, Captured, OpenMode, QueueBackend};
 use crate::{Error, Result};
 
 const SIGNAL: Token = Token(0);
@@ -40,6 +42,9 @@ pub(super) struct Shell {
     pub(super) forced: bool,
     /// A SIGCHLD arrived: reap strays at the end of the turn.
     pub(super) reap_strays: bool,
+    /// The captured stdout and stderr of oneshot workers that exited, until their job's
+    /// attempt is recorded.
+    pub(super) outputs: HashMap<WorkerId, (Captured, Captured)>,
 }
 
 pub(super) fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -57,6 +62,7 @@ impl Shell {
         // then are their jobs put back.
         orphans::recover(&mut *queue, config.daemon.kill_timeout)?;
         queue.bind(&config.bindings())?;
+        queue.set_retention(config.daemon.retention);
         queue.attach(poll.registry(), QUEUE)?;
         let control =
             ControlServer::bind(&config.daemon.control_socket, poll.registry(), LISTENER, |id| {
@@ -73,6 +79,7 @@ impl Shell {
             fatal: None,
             forced: false,
             reap_strays: false,
+            outputs: HashMap::new(),
         })
     }
 
@@ -135,10 +142,10 @@ impl Shell {
                     }
                     QUEUE => self.on_queue_wake(),
                     Token(t) => {
-                        let id = (t >> 2) as u64;
-                        match t & 3 {
+                        let id = (t >> KIND_BITS) as u64;
+                        match t & ((1 << KIND_BITS) - 1) {
                             KIND_PIDFD => self.on_worker_exit(id),
-                            KIND_STDOUT => self.read_replies(id),
+                            KIND_STDOUT | KIND_STDERR => self.read_output(id, t & 7),
                             KIND_STDIN => {
                                 if let Some(p) = self.processes.get_mut(&id) {
                                     p.flush_stdin(self.poll.registry());

@@ -16,14 +16,15 @@ use std::time::{Duration, Instant};
 
 use procyard_core::{Exit, Signal};
 
-use super::event::{Action, Event, WorkerId};
+use super::event::{Action, Ended, Event, WorkerId};
 use super::group::Group;
-use super::outcome::{self, JobResult, classify};
+use super::outcome::{self, JobResult, attempt_end, classify};
+use super::requests::Waiter;
 use super::worker::Worker;
 use crate::config::{Config, WorkModel};
 use crate::control::Request;
 use crate::protocol::Reply;
-use crate::queue::{Job, Outcome};
+use crate::queue::{AttemptEnd, Job, Outcome};
 
 /// A longlived worker that lived this long before crashing does not extend a crash streak.
 const HEALTHY_UPTIME: Duration = Duration::from_secs(10);
@@ -53,6 +54,8 @@ pub(crate) struct State {
     pub last_reload_error: Option<String>,
     /// When the queue said (or a retry implies) that a delayed job becomes available.
     pub queue_due: Option<Instant>,
+    /// Control connections waiting for jobs to end.
+    pub(super) waiters: Vec<Waiter>,
 }
 
 impl State {
@@ -69,6 +72,7 @@ impl State {
             failed_reloads: 0,
             last_reload_error: None,
             queue_due: None,
+            waiters: Vec::new(),
         }
     }
 
@@ -91,6 +95,11 @@ impl State {
                     acts.push(Action::CloseConnection { conn });
                 }
                 Request::Status => acts.push(Action::AnswerStatus { conn }),
+                Request::Cancel { ids } => self.cancel(conn, ids, now, &mut acts),
+                Request::Wait { ids, any_attempt, timeout_ms } => {
+                    let timeout = Duration::from_millis(timeout_ms);
+                    acts.push(Action::Watch { conn, ids, any_attempt, timeout });
+                }
             },
             Event::QueueWake => self.poke(),
             Event::QueueLost => {
@@ -114,7 +123,11 @@ impl State {
                 self.failed_reloads += 1;
                 self.last_reload_error = Some(error);
             }
+            Event::Watching { conn, pending, any_attempt } => {
+                self.watch(conn, pending, any_attempt, &mut acts)
+            }
         }
+        self.resolve_waiters(&mut acts);
         acts
     }
 
@@ -221,14 +234,20 @@ impl State {
         acts.push(Action::StopEscapees);
         let Some(g) = self.groups.get_mut(&w.group) else { return };
         if let Some(run) = w.job.take() {
-            if w.abandon_job {
+            if w.abandon_job && !run.cancelled {
                 tracing::info!(job = %run.job.id, "job interrupted by the stop: it goes back to the queue");
             } else {
                 if run.timed_out {
                     g.timeouts += 1;
                 }
-                let result = classify(exit, w.model, run.timed_out, g.cfg.timeout);
-                finish_job(g, run.job, result, acts);
+                let result = if run.cancelled {
+                    JobResult::Cancelled
+                } else {
+                    classify(exit, w.model, run.timed_out, g.cfg.timeout)
+                };
+                let end = attempt_end(exit, w.model, run.timed_out, run.cancelled);
+                let ended = Ended { worker: id, pid: w.pid, end };
+                finish_job(g, run.job, result, ended, acts);
             }
         }
         if w.model == WorkModel::Longlived && w.stop.is_none() && self.phase == Phase::Running {
@@ -252,11 +271,13 @@ impl State {
             return self.protocol_error(id, &reason, now, acts);
         };
         let Some(g) = self.groups.get_mut(&w.group) else { return };
+        let end = AttemptEnd::Replied { outcome: reply_name(&reply) };
         let result = JobResult::from_reply(reply);
         if result.is_done() {
             w.jobs_done += 1;
         }
-        finish_job(g, run.job, result, acts);
+        let ended = Ended { worker: id, pid: w.pid, end };
+        finish_job(g, run.job, result, ended, acts);
         w.idle_since = now;
         g.maybe_more = true;
         let stale = !g.configured || w.generation != g.generation || !running;
@@ -340,8 +361,22 @@ impl State {
     }
 }
 
+/// The outcome word of a reply (`done`, `retry`, `fail`).
+fn reply_name(reply: &Reply) -> String {
+    serde_json::to_value(reply.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// Records the outcome of an attempt in the group's counters and tells the queue.
-pub(super) fn finish_job(g: &mut Group, job: Job, result: JobResult, acts: &mut Vec<Action>) {
+pub(super) fn finish_job(
+    g: &mut Group,
+    job: Job,
+    result: JobResult,
+    ended: Ended,
+    acts: &mut Vec<Action>,
+) {
     let temporary = matches!(result, JobResult::Retry { .. });
     if result.is_done() {
         g.crash_streak = 0;
@@ -362,8 +397,11 @@ pub(super) fn finish_job(g: &mut Group, job: Job, result: JobResult, acts: &mut 
             g.retried += 1;
             tracing::info!(task = %g.cfg.name, job = %job.id, attempt = job.attempt, temporary, %reason, delay_ms = delay.as_millis() as u64, "job failed: retrying");
         }
+        Outcome::Cancelled { .. } => {
+            tracing::info!(task = %g.cfg.name, job = %job.id, "job cancelled");
+        }
     }
-    acts.push(Action::Complete { job, outcome });
+    acts.push(Action::Complete { job, outcome, attempt: Some(ended) });
 }
 
 #[cfg(test)]

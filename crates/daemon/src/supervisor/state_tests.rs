@@ -44,7 +44,7 @@ fn signals(acts: &[Action]) -> Vec<(WorkerId, Signal)> {
 fn outcomes(acts: &[Action]) -> Vec<(String, Outcome)> {
     acts.iter()
         .filter_map(|a| match a {
-            Action::Complete { job, outcome } => Some((job.id.clone(), outcome.clone())),
+            Action::Complete { job, outcome, .. } => Some((job.id.clone(), outcome.clone())),
             _ => None,
         })
         .collect()

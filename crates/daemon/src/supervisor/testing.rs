@@ -24,6 +24,7 @@ pub(crate) fn task(name: &str, model: WorkModel) -> TaskConfig {
         idle_timeout: Duration::from_secs(60),
         env: BTreeMap::new(),
         cwd: None,
+        output_limit: 64 * 1024,
     }
 }
 
@@ -36,6 +37,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             kill_timeout: Duration::from_secs(5),
             control_socket: PathBuf::from("/run/procyard/q.sock"),
             log_format: LogFormat::Text,
+            retention: crate::queue::Retention::default(),
         },
         queue: QueueConfig {
             backend: BackendKind::Sqlite,

@@ -16,6 +16,8 @@ pub(crate) struct Running {
     pub job: Job,
     pub deadline: Option<Instant>,
     pub timed_out: bool,
+    /// Cancelled while it ran: its end is `cancelled`, never retried.
+    pub cancelled: bool,
 }
 
 /// Where a worker is in being stopped.
@@ -63,7 +65,12 @@ impl Worker {
     }
 
     pub fn start_job(&mut self, job: Job, timeout: Option<Duration>, now: Instant) {
-        self.job = Some(Running { job, deadline: timeout.map(|t| now + t), timed_out: false });
+        self.job = Some(Running {
+            job,
+            deadline: timeout.map(|t| now + t),
+            timed_out: false,
+            cancelled: false,
+        });
     }
 
     pub fn is_idle(&self) -> bool {

@@ -38,7 +38,8 @@ impl SqliteQueue {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT task, state, COUNT(*), SUM(not_before > ?1) FROM jobs GROUP BY task, state",
+                "SELECT task, state, COUNT(*), SUM(not_before > ?1) FROM jobs
+                 WHERE state IN (0, 1, 3) GROUP BY task, state",
             )
             .map_err(e)?;
         let rows = stmt

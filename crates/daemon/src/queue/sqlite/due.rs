@@ -68,7 +68,9 @@ impl SqliteQueue {
             self.next_check = now + DUE_CHECK_EVERY;
         }
         let trouble = self.trouble.as_ref().map(|t| t.retry_at);
-        Ok(Some(wake_at(retry, self.next_check, trouble, now)))
+        // The periodic look also takes the next pruning step.
+        let look = self.next_check.min(self.prune.next());
+        Ok(Some(wake_at(retry, look, trouble, now)))
     }
 }
 

@@ -8,8 +8,8 @@ use rusqlite::params;
 
 use super::outcomes::write_outcomes;
 use super::schema::{STATE_LEASED, STATE_READY};
-use super::{SqliteQueue, holders, now_ms};
-use crate::queue::{Abandoned, Job, OpenMode, Receipt};
+use super::{SqliteQueue, attempts, holders, now_ms};
+use crate::queue::{Abandoned, AttemptEnd, Job, OpenMode, Receipt};
 use crate::{Error, Result};
 
 /// The lock file that marks the daemon serving `queue`.
@@ -42,8 +42,10 @@ impl SqliteQueue {
         // still leased next to the ones it claimed in their place.
         let path = self.path.clone();
         let e = |err| Error::queue("claim jobs from", &path, err);
+        let keep_history = self.keeps_history();
         let tx = self.conn.transaction().map_err(e)?;
-        let retried = write_outcomes(&tx, &self.pending).map_err(e)?;
+        self.attempts.write(&tx).map_err(e)?;
+        let retried = write_outcomes(&tx, &self.pending, keep_history).map_err(e)?;
         holders::write(&tx, &self.holders).map_err(e)?;
         let now = now_ms();
         let mut jobs = Vec::new();
@@ -82,8 +84,12 @@ impl SqliteQueue {
     /// daemon's (`ours`) or every one, but never those in `keep`.
     pub(super) fn release_leases(&mut self, ours: bool, keep: &[Receipt]) -> Result<u64> {
         let owner = ours.then_some(self.owner.as_str());
-        let keep = serde_json::to_string(&keep.iter().map(|r| r.0).collect::<Vec<u64>>())
-            .unwrap_or_else(|_| "[]".to_owned());
+        let keep = attempts::keep_json(keep);
+        // The open attempts of those jobs end here: this daemon stops, or the one that ran
+        // them is gone.
+        let end = if ours { AttemptEnd::DaemonStopped } else { AttemptEnd::DaemonLost };
+        attempts::end_open(&self.conn, &end, owner, &keep)
+            .map_err(|e| Error::queue("record interrupted attempts in", &self.path, e))?;
         let n = self
             .conn
             .execute(

@@ -7,8 +7,11 @@
 //! as it runs, so exactly one daemon serves a queue file. Leases do not expire while that
 //! daemon lives; when it dies — even by SIGKILL — the kernel drops the lock, and the next
 //! daemon puts every leased row back (without counting the interrupted attempt), so a job is
-//! never lost. Done rows are deleted and counted; retries wait in the table with a
-//! `not_before` time; dead letters stay until requeued.
+//! never lost. Done rows are kept (state done) and counted, with one row per attempt in
+//! `attempts` (how it ended, its bounded output), until the retention prunes them in small
+//! batches ([`Retention`]: `keep_done`, `keep_done_max`); retries wait in the table with a
+//! `not_before` time; dead letters stay until requeued or purged. A daemon killed during an
+//! attempt leaves it open; the next daemon records it `daemon lost`.
 //!
 //! Publishers (the `publish` command) write to the same file concurrently (WAL: readers and
 //! one writer at a time, `busy_timeout` for the rest) and then poke the daemon through its
@@ -33,11 +36,13 @@ use rusqlite::Connection;
 
 use super::BackendKind;
 use super::{
-    Abandoned, DeadLetter, FileChange, Health, Job, LeaseHolder, OpenMode, Outcome, PartialPublish,
-    QueueBackend, QueueDepth, Receipt, Requeue, TaskBinding,
+    Abandoned, AttemptReport, DeadLetter, FileChange, Health, Job, JobFilter, JobRecord,
+    LeaseHolder, OpenMode, Outcome, PartialPublish, Purge, QueueBackend, QueueDepth, Receipt,
+    Requeue, Retention, TaskBinding,
 };
 use crate::{Error, Result, routing};
 
+mod attempts;
 mod dead;
 mod depths;
 mod due;
@@ -46,9 +51,12 @@ mod holders;
 mod lease;
 mod outcomes;
 mod publish;
+mod records;
+mod retention;
 mod schema;
 mod trouble;
 
+use attempts::AttemptLog;
 pub use due::DUE_CHECK_EVERY;
 use files::FileIdentity;
 pub use lease::lock_path;
@@ -82,6 +90,12 @@ pub struct SqliteQueue {
     trouble: Option<Trouble>,
     /// Daemon: the next look at the queue without a poke.
     next_check: Instant,
+    /// Attempts begun and ended, written with the next write transaction.
+    attempts: AttemptLog,
+    /// How long ended jobs are kept.
+    retention: Retention,
+    /// Daemon: the next pruning step, and the count-based cutoff with when it was read.
+    prune: retention::PruneClock,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -136,6 +150,9 @@ impl SqliteQueue {
             lost: None,
             trouble: None,
             next_check: Instant::now() + DUE_CHECK_EVERY,
+            attempts: AttemptLog::default(),
+            retention: Retention::default(),
+            prune: retention::PruneClock::new(Instant::now()),
         })
     }
 
@@ -147,6 +164,11 @@ impl SqliteQueue {
     /// The queue file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether done jobs keep their rows (a retention of zero keeps no history).
+    fn keeps_history(&self) -> bool {
+        !self.retention.keep_done.is_zero()
     }
 
     fn is_bound(&self, task: &str) -> bool {
@@ -242,6 +264,34 @@ impl QueueBackend for SqliteQueue {
         Ok(())
     }
 
+    fn set_retention(&mut self, retention: Retention) {
+        self.retention = retention;
+    }
+
+    fn begin_attempt(&mut self, job: &Job, worker_pid: Option<i32>) {
+        self.attempts.begin(job, worker_pid);
+    }
+
+    fn record_attempt(&mut self, job: &Job, report: AttemptReport) {
+        self.attempts.end(job, report);
+    }
+
+    fn job(&mut self, id: &str) -> Result<JobRecord> {
+        self.read_job(id)
+    }
+
+    fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        self.list_jobs(filter)
+    }
+
+    fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
+        self.cancel_row(id)
+    }
+
+    fn purge(&mut self, what: &Purge) -> Result<u64> {
+        self.purge_rows(what)
+    }
+
     fn abandoned(&mut self) -> Result<Vec<Abandoned>> {
         self.leased_by_the_dead()
     }
@@ -251,7 +301,10 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() && self.holders.is_empty() {
+        if self.mode == OpenMode::Daemon && self.prune.due(Instant::now()) {
+            self.prune_step();
+        }
+        if self.pending.is_empty() && self.holders.is_empty() && self.attempts.is_empty() {
             return Ok(());
         }
         let result = self.write_pending();

@@ -1,12 +1,13 @@
 //! Outcomes: buffered as the daemon reports them (a retry's delay counted from then), written
-//! with the next claim or flush in one transaction — done rows deleted and counted, retries
-//! made ready after their delay, dead letters kept with their reason.
+//! with the next claim or flush in one transaction, with the attempts that led to them — done
+//! rows kept (or deleted at once when the retention keeps no history) and counted, retries
+//! made ready after their delay, dead letters and cancelled jobs kept with their reason.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{Transaction, params};
 
-use super::schema::{STATE_DEAD, STATE_READY};
+use super::schema::{STATE_CANCELLED, STATE_DEAD, STATE_DONE, STATE_READY};
 use super::{SqliteQueue, holders, now_ms};
 use crate::queue::{Job, Outcome};
 use crate::{Error, Result};
@@ -35,10 +36,12 @@ impl PendingOutcome {
     }
 }
 
-/// Writes buffered outcomes inside `tx`; `true` if one of them is a retry.
+/// Writes buffered outcomes inside `tx`; `true` if one of them is a retry. A done job's row
+/// stays (state done) when `keep_history`, and is deleted with its attempts otherwise.
 pub(super) fn write_outcomes(
     tx: &Transaction<'_>,
     pending: &[PendingOutcome],
+    keep_history: bool,
 ) -> rusqlite::Result<bool> {
     if pending.is_empty() {
         return Ok(false);
@@ -47,6 +50,7 @@ pub(super) fn write_outcomes(
     let mut done_per_task: BTreeMap<&str, i64> = BTreeMap::new();
     let mut retried = false;
     let mut del = tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?;
+    let mut del_attempts = tx.prepare_cached("DELETE FROM attempts WHERE job_seq = ?1")?;
     let mut retry = tx.prepare_cached(
         "UPDATE jobs SET state = ?1, not_before = ?2, last_error = ?3, lease_owner = NULL
          WHERE seq = ?4",
@@ -58,8 +62,16 @@ pub(super) fn write_outcomes(
     for p in pending {
         match &p.outcome {
             Outcome::Done => {
-                del.execute(params![p.seq])?;
+                if keep_history {
+                    dead.execute(params![STATE_DONE, now, None::<String>, p.seq])?;
+                } else {
+                    del.execute(params![p.seq])?;
+                    del_attempts.execute(params![p.seq])?;
+                }
                 *done_per_task.entry(&p.task).or_default() += 1;
+            }
+            Outcome::Cancelled { reason } => {
+                dead.execute(params![STATE_CANCELLED, now, reason, p.seq])?;
             }
             Outcome::Retry { delay, reason } => {
                 let delay_ms = delay.as_millis().min(i64::MAX as u128) as i64;
@@ -89,8 +101,10 @@ impl SqliteQueue {
         // `busy_timeout`) the next flush writes them, instead of leaving the jobs leased.
         let path = self.path.clone();
         let e = |err| Error::queue("record job outcomes in", &path, err);
+        let keep = self.keeps_history();
         let tx = self.conn.transaction().map_err(e)?;
-        let retried = write_outcomes(&tx, &self.pending).map_err(e)?;
+        self.attempts.write(&tx).map_err(e)?;
+        let retried = write_outcomes(&tx, &self.pending, keep).map_err(e)?;
         holders::write(&tx, &self.holders).map_err(e)?;
         tx.commit().map_err(e)?;
         self.written(retried);
@@ -102,6 +116,7 @@ impl SqliteQueue {
     pub(super) fn written(&mut self, retried: bool) {
         self.pending.clear();
         self.holders.clear();
+        self.attempts.clear();
         if retried {
             self.due_cache = None;
         }

@@ -1,8 +1,9 @@
 //! The queue file's tables and how a connection to it is set up: WAL, plans kept prepared,
 //! an integrity check for a daemon, the schema created and older files migrated.
 //!
-//! One row per job and receiving task in `jobs` (its state one of the `STATE_*` codes below),
-//! and the count of jobs done per task in `stats` (done rows are deleted).
+//! One row per job and receiving task in `jobs` (its state one of the `STATE_*` codes below;
+//! done and cancelled rows stay for the retention window), one row per attempt in `attempts`
+//! (with its bounded output), and the count of jobs done per task in `stats`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,8 +19,12 @@ use crate::{Error, Result};
 pub(super) const STATE_READY: i64 = 0;
 /// A job claimed by the daemon holding the lock (`lease_owner`).
 pub(super) const STATE_LEASED: i64 = 1;
+/// A job done (kept until pruned by the retention).
+pub(super) const STATE_DONE: i64 = 2;
 /// A dead letter, until requeued.
 pub(super) const STATE_DEAD: i64 = 3;
+/// A job cancelled (kept until pruned by the retention, like a done one).
+pub(super) const STATE_CANCELLED: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -39,6 +44,24 @@ CREATE TABLE IF NOT EXISTS jobs (
 DROP INDEX IF EXISTS jobs_claim;
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(task, state, seq, not_before);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, not_before);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_ms) WHERE state IN (2, 4);
+CREATE TABLE IF NOT EXISTS attempts (
+    n              INTEGER PRIMARY KEY,
+    job_seq        INTEGER NOT NULL,
+    delivery       INTEGER NOT NULL,
+    worker_pid     INTEGER,
+    started_ms     INTEGER,
+    ended_ms       INTEGER,
+    outcome        TEXT,
+    reason         TEXT,
+    stdout         BLOB,
+    stdout_total   INTEGER,
+    stdout_dropped INTEGER,
+    stderr         BLOB,
+    stderr_total   INTEGER,
+    stderr_dropped INTEGER
+);
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_seq);
 CREATE TABLE IF NOT EXISTS stats (
     task TEXT PRIMARY KEY,
     done INTEGER NOT NULL DEFAULT 0

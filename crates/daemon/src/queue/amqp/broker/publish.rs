@@ -97,7 +97,7 @@ impl Broker {
             return;
         }
         let target = match &outcome {
-            Outcome::Done => None,
+            Outcome::Done | Outcome::Cancelled { .. } => None,
             Outcome::Retry { delay, .. } => {
                 let ms = topo::quantize_delay_ms(delay.as_millis());
                 let name = topo::retry_queue(&self.exchange, &job.task, ms);

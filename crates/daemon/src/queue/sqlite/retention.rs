@@ -1,0 +1,160 @@
+//! Retention: done and cancelled jobs are deleted once older than `keep_done`, and the oldest
+//! beyond `keep_done_max`, by the daemon in steps of at most [`BATCH`] rows (one short write
+//! transaction each, through the partial index on `finished_ms`), so pruning a million rows
+//! never holds the write lock long enough to delay a claim. A full step schedules the next
+//! one soon; otherwise the next look is [`PRUNE_EVERY`] later.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::{OptionalExtension, params};
+
+use super::records::BATCH;
+use super::{SqliteQueue, now_ms};
+
+/// How often the daemon looks for expired jobs.
+pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// The next step after one that found a full batch.
+const PRUNE_AGAIN: Duration = Duration::from_millis(20);
+/// How often the count-based cutoff (`keep_done_max`) is read again: it walks that many
+/// index entries, so not on every step.
+const COUNT_EVERY: Duration = Duration::from_secs(30);
+
+/// When the next pruning step is due, and the last count-based cutoff.
+#[derive(Debug)]
+pub(super) struct PruneClock {
+    next: Instant,
+    count_read: Option<Instant>,
+    /// Jobs that ended at or before this (ms, row), in that order, are beyond
+    /// `keep_done_max`.
+    count_cutoff: Option<(i64, i64)>,
+}
+
+impl PruneClock {
+    pub(super) fn new(now: Instant) -> PruneClock {
+        PruneClock { next: now + PRUNE_EVERY, count_read: None, count_cutoff: None }
+    }
+
+    pub(super) fn due(&self, now: Instant) -> bool {
+        self.next <= now
+    }
+
+    pub(super) fn next(&self) -> Instant {
+        self.next
+    }
+}
+
+impl SqliteQueue {
+    /// One pruning step (errors are logged: pruning is retried at the next step).
+    pub(super) fn prune_step(&mut self) {
+        let now = Instant::now();
+        match self.prune_once(now) {
+            Ok(n) => {
+                let full = n as i64 >= BATCH;
+                self.prune.next = now + if full { PRUNE_AGAIN } else { PRUNE_EVERY };
+                if n > 0 {
+                    tracing::debug!(jobs = n, "pruned ended jobs past their retention");
+                }
+            }
+            Err(e) => {
+                self.prune.next = now + PRUNE_EVERY;
+                tracing::warn!(error = %procyard_core::Report(&e), "unable to prune ended jobs");
+            }
+        }
+    }
+
+    fn prune_once(&mut self, now: Instant) -> rusqlite::Result<usize> {
+        let keep = self.retention.keep_done.as_millis().min(i64::MAX as u128) as i64;
+        let by_age = now_ms().saturating_sub(keep) - 1;
+        if self.prune.count_read.is_none_or(|at| now >= at + COUNT_EVERY) {
+            let max = self.retention.keep_done_max.min(i64::MAX as u64) as i64;
+            self.prune.count_cutoff = self
+                .conn
+                .query_row(
+                    "SELECT finished_ms, seq FROM jobs WHERE state IN (2, 4)
+                     ORDER BY finished_ms DESC, seq DESC LIMIT 1 OFFSET ?1",
+                    [max],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            self.prune.count_read = Some(now);
+        }
+        // Whichever limit deletes more wins: older than `keep_done`, or beyond the newest
+        // `keep_done_max` (ties on the end time broken by row).
+        let (count_ms, count_seq) = self.prune.count_cutoff.unwrap_or((i64::MIN, 0));
+        let n = self.delete_batch(
+            "SELECT seq FROM jobs WHERE state IN (2, 4)
+               AND (finished_ms <= ?1 OR (finished_ms, seq) <= (?2, ?3))
+             ORDER BY finished_ms, seq LIMIT ?4",
+            params![by_age, count_ms, count_seq, BATCH],
+        )?;
+        if n < BATCH as usize {
+            // Everything up to the count cutoff is gone: read it again next time.
+            self.prune.count_read = None;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::sqlite::tests::bound;
+    use crate::queue::{JobFilter, OpenMode, Outcome, QueueBackend, Retention};
+
+    /// Every job of task `mail` (the test queue copies each to task `all` too).
+    fn mail() -> JobFilter {
+        JobFilter { task: Some("mail".into()), limit: usize::MAX, ..JobFilter::default() }
+    }
+
+    /// Done jobs beyond `keep_done_max` go, the newest stay; dead letters are never pruned;
+    /// a big backlog goes in batches.
+    #[test]
+    fn prunes_by_count_in_batches_and_keeps_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
+        q.set_retention(Retention { keep_done: Duration::from_secs(3600), keep_done_max: 10 });
+        let n = 1200;
+        let payloads: Vec<Vec<u8>> = (0..n).map(|i| format!("{i}").into_bytes()).collect();
+        q.publish_batch("mail.a", &payloads).unwrap();
+        let jobs = q.claim("mail", n).unwrap();
+        for (i, j) in jobs.iter().enumerate() {
+            let outcome =
+                if i == 0 { Outcome::DeadLetter { reason: "x".into() } } else { Outcome::Done };
+            q.complete(j, outcome).unwrap();
+        }
+        q.flush().unwrap();
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            let before = q.jobs(&mail());
+            q.prune.next = Instant::now();
+            q.prune_step();
+            let after = q.jobs(&mail());
+            if before.unwrap().len() == after.unwrap().len() {
+                break;
+            }
+        }
+        assert!(steps >= 3, "in batches of {BATCH}: {steps} steps");
+        let left = q.jobs(&mail()).unwrap();
+        let dead = left.iter().filter(|j| j.state == crate::queue::JobState::Dead).count();
+        assert_eq!(dead, 1, "dead letters stay");
+        let done = left.len() - dead;
+        assert_eq!(done, 10, "the newest keep_done_max remain");
+    }
+
+    /// Jobs older than `keep_done` go.
+    #[test]
+    fn prunes_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
+        q.set_retention(Retention { keep_done: Duration::from_millis(1), keep_done_max: 1000 });
+        q.publish("mail.a", b"1").unwrap();
+        let job = q.claim("mail", 1).unwrap().remove(0);
+        q.complete(&job, Outcome::Done).unwrap();
+        q.flush().unwrap();
+        q.conn.execute("UPDATE jobs SET finished_ms = finished_ms - 10", []).unwrap();
+        q.prune.next = Instant::now();
+        q.prune_step();
+        assert!(q.jobs(&mail()).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,218 @@
+//! The control requests about jobs, as transitions (pure): `cancel` (a claimed job that has
+//! not started is completed as cancelled; a running one's worker gets the stop ladder and its
+//! attempt ends `cancelled`, never retried) and `wait` (the connection is answered when every
+//! job it waits for has ended — or, for `logs -f`, when any attempt of them ends).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::event::{Action, ConnId};
+use super::state::State;
+use crate::queue::Outcome;
+
+/// A control connection waiting for jobs.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    conn: ConnId,
+    /// The jobs not ended yet.
+    ids: BTreeSet<String>,
+    /// Answer when any attempt of them ends, not only at their end.
+    any_attempt: bool,
+}
+
+impl State {
+    /// Cancels the jobs of `ids` this daemon holds; answers with those it found.
+    pub(super) fn cancel(
+        &mut self,
+        conn: ConnId,
+        ids: Vec<String>,
+        now: Instant,
+        acts: &mut Vec<Action>,
+    ) {
+        let kill_timeout = self.config.daemon.kill_timeout;
+        let mut found = Vec::new();
+        for id in ids {
+            let pending = self.groups.values_mut().find_map(|g| {
+                let at = g.pending.iter().position(|j| j.id == id)?;
+                g.pending.remove(at)
+            });
+            if let Some(job) = pending {
+                tracing::info!(job = %id, "job cancelled before it started");
+                let outcome = Outcome::Cancelled { reason: "cancelled".into() };
+                acts.push(Action::Complete { job, outcome, attempt: None });
+                found.push(id);
+                continue;
+            }
+            let running = self
+                .workers
+                .values_mut()
+                .find(|w| w.job.as_ref().is_some_and(|r| r.job.id == id && !r.cancelled));
+            if let Some(w) = running {
+                tracing::info!(job = %id, task = %w.group, pid = ?w.pid, "job cancelled while running: stopping its worker");
+                if let Some(run) = w.job.as_mut() {
+                    run.cancelled = true;
+                }
+                // A oneshot job's group, or the longlived worker running it, gets TERM, then
+                // KILL after the kill timeout (a stop already under way keeps its course).
+                w.begin_stop(std::time::Duration::ZERO, kill_timeout, now, acts);
+                found.push(id);
+            }
+        }
+        acts.push(Action::AnswerCancel { conn, found });
+    }
+
+    /// The shell found which of the jobs waited for have not ended: wait for those.
+    pub(super) fn watch(
+        &mut self,
+        conn: ConnId,
+        pending: Vec<String>,
+        any_attempt: bool,
+        acts: &mut Vec<Action>,
+    ) {
+        if pending.is_empty() {
+            acts.push(Action::AnswerWait { conn });
+        } else {
+            self.waiters.push(Waiter { conn, ids: pending.into_iter().collect(), any_attempt });
+        }
+    }
+
+    /// Answers the waiters whose jobs ended with the completions in `acts`.
+    pub(super) fn resolve_waiters(&mut self, acts: &mut Vec<Action>) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let mut answered = Vec::new();
+        for a in acts.iter() {
+            let Action::Complete { job, outcome, attempt } = a else { continue };
+            for w in &mut self.waiters {
+                let attempt_ended = w.any_attempt && attempt.is_some();
+                if w.ids.contains(&job.id) && (outcome.is_final() || attempt_ended) {
+                    if attempt_ended {
+                        w.ids.clear();
+                    } else {
+                        w.ids.remove(&job.id);
+                    }
+                    if w.ids.is_empty() {
+                        answered.push(w.conn);
+                    }
+                }
+            }
+        }
+        self.waiters.retain(|w| !w.ids.is_empty());
+        acts.extend(answered.into_iter().map(|conn| Action::AnswerWait { conn }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use procyard_core::{Exit, Signal};
+
+    use super::*;
+    use crate::config::WorkModel;
+    use crate::control::Request;
+    use crate::queue::AttemptEnd;
+    use crate::supervisor::event::{Ended, Event};
+    use crate::supervisor::testing::{config, job, task};
+
+    fn started(model: WorkModel) -> (State, Instant) {
+        let t0 = Instant::now();
+        let mut s = State::new(config(vec![task("t", model)]), t0);
+        s.step(Event::Claimed { task: "t".into(), max: 2, jobs: vec![job("a", 1)] }, t0);
+        (s, t0)
+    }
+
+    fn complete_of(acts: &[Action]) -> Vec<(String, Outcome, Option<Ended>)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Complete { job, outcome, attempt } => {
+                    Some((job.id.clone(), outcome.clone(), attempt.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A running oneshot job: TERM to its group, and when it exits (however) it is cancelled,
+    /// never retried; a waiter on it is answered.
+    #[test]
+    fn cancel_running_oneshot_stops_it_and_never_retries() {
+        let (mut s, t0) = started(WorkModel::Oneshot);
+        let worker = *s.workers.keys().next().unwrap();
+        s.step(Event::Spawned { worker, pid: 77 }, t0);
+        let acts =
+            s.step(Event::Watching { conn: 9, pending: vec!["a".into()], any_attempt: false }, t0);
+        assert!(acts.is_empty(), "waiting");
+        let acts = s.step(
+            Event::Control {
+                conn: 1,
+                request: Request::Cancel { ids: vec!["a".into(), "zz".into()] },
+            },
+            t0,
+        );
+        assert!(acts.contains(&Action::Signal { worker, signal: Signal::TERM }), "{acts:?}");
+        assert!(acts.contains(&Action::AnswerCancel { conn: 1, found: vec!["a".into()] }));
+        let later = t0 + Duration::from_secs(5);
+        let acts = s.step(Event::Tick, later);
+        assert!(
+            acts.contains(&Action::Signal { worker, signal: Signal::KILL }),
+            "the ladder climbs"
+        );
+        let exit = Exit::Signal { signal: Signal::KILL, core_dumped: false };
+        let acts = s.step(Event::Exited { worker, exit }, later);
+        let done = complete_of(&acts);
+        assert_eq!(done.len(), 1);
+        assert!(matches!(done[0].1, Outcome::Cancelled { .. }));
+        assert_eq!(done[0].2.as_ref().map(|e| e.end.clone()), Some(AttemptEnd::Cancelled));
+        assert!(acts.contains(&Action::AnswerWait { conn: 9 }));
+        assert!(s.waiters.is_empty());
+    }
+
+    /// A claimed job not yet handed to a worker is cancelled at once, without an attempt.
+    #[test]
+    fn cancel_pending_job_completes_it_without_an_attempt() {
+        let t0 = Instant::now();
+        let mut s = State::new(config(vec![task("t", WorkModel::Longlived)]), t0);
+        s.groups.get_mut("t").unwrap().pending.push_back(job("p", 1));
+        let acts = s.step(
+            Event::Control { conn: 2, request: Request::Cancel { ids: vec!["p".into()] } },
+            t0,
+        );
+        let done = complete_of(&acts);
+        assert_eq!(done.len(), 1);
+        assert!(matches!(&done[0], (id, Outcome::Cancelled { .. }, None) if id == "p"));
+        assert!(s.groups["t"].pending.is_empty());
+    }
+
+    /// A graceful stop puts interrupted jobs back, but not a cancelled one.
+    #[test]
+    fn a_cancelled_job_is_not_put_back_by_a_stop() {
+        let (mut s, t0) = started(WorkModel::Oneshot);
+        let worker = *s.workers.keys().next().unwrap();
+        s.step(Event::Spawned { worker, pid: 77 }, t0);
+        s.step(Event::Control { conn: 1, request: Request::Cancel { ids: vec!["a".into()] } }, t0);
+        s.step(Event::Signal(Signal::TERM), t0);
+        let grace = t0 + Duration::from_secs(11);
+        s.step(Event::Tick, grace);
+        let acts = s.step(Event::Exited { worker, exit: Exit::Code(0) }, grace);
+        assert!(matches!(complete_of(&acts)[..], [(_, Outcome::Cancelled { .. }, _)]));
+    }
+
+    /// `logs -f` waits for any attempt; `wait` only for the end; nothing pending answers now.
+    #[test]
+    fn waiters_for_attempts_and_for_ends() {
+        let (mut s, t0) = started(WorkModel::Oneshot);
+        let worker = *s.workers.keys().next().unwrap();
+        s.step(Event::Spawned { worker, pid: 77 }, t0);
+        let acts = s.step(Event::Watching { conn: 5, pending: vec![], any_attempt: false }, t0);
+        assert_eq!(acts, vec![Action::AnswerWait { conn: 5 }]);
+        s.step(Event::Watching { conn: 6, pending: vec!["a".into()], any_attempt: true }, t0);
+        s.step(Event::Watching { conn: 7, pending: vec!["a".into()], any_attempt: false }, t0);
+        let acts = s.step(Event::Exited { worker, exit: Exit::Code(3) }, t0);
+        assert!(matches!(complete_of(&acts)[..], [(_, Outcome::Retry { .. }, Some(_))]));
+        assert!(acts.contains(&Action::AnswerWait { conn: 6 }));
+        assert!(!acts.contains(&Action::AnswerWait { conn: 7 }), "a retry is not the end");
+        assert_eq!(s.waiters.len(), 1);
+    }
+}
