@@ -8,6 +8,9 @@
 //! executing `procyard-bgtask-supervise` (`_exec`, the default; also its spawn latency), by
 //! executing the CLI binary's hidden mode (`_exec_cli_binary`) and by the CLI's `spawn`
 //! command (`_cli`).
+//! For profiling: `PROCYARD_BENCH_ONLY=capture` (a comma-separated list of `rss`, `spawn`,
+//! `list`, `capture`) runs only those parts; `BGTASK_BENCH_MIB` sets the bytes captured per
+//! round (default 1024).
 
 use std::io::Read;
 use std::path::Path;
@@ -150,153 +153,167 @@ fn main() {
     // Forked supervisors, as the CLI starts them (no dependency on a built binary).
     let pool = TaskPool::open(root.path().join("pool")).expect("pool").launch(Launch::Fork);
 
-    // Supervisor RSS first, while this (forking) process is still small.
-    let fork_rss = supervisor_rss(
-        || pool.spawn(&SpawnOptions::new(["sh", "-c", RSS_TASK])).expect("spawn").id().to_owned(),
-        &pool,
-    );
-    let sleep_rss = sleep_rss_kib() / 1024.0;
-    bench("supervisor_rss_beyond_retained", fork_rss, "MiB", "sleep_rss", sleep_rss, false);
-    // The same, for supervisors started by executing a program (the default wherever
-    // `procyard-bgtask-supervise` is found) and by the CLI, when the binaries are built
-    // (target/<profile>/).
+    let only = std::env::var("PROCYARD_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p == name));
+    // Binaries built beside this example (target/<profile>/).
     let built = |name: &str| {
         std::env::current_exe()
             .ok()
             .and_then(|e| e.parent()?.parent().map(|d| d.join(name)))
             .filter(|b| b.is_file())
     };
-    let exec_rss = |bin: &Path| {
-        let exec_pool = pool.clone().launch(Launch::Exec).supervisor_binary(bin);
-        supervisor_rss(
+    if part("rss") {
+        // Supervisor RSS first, while this (forking) process is still small.
+        let fork_rss = supervisor_rss(
             || {
-                exec_pool
-                    .spawn(&SpawnOptions::new(["sh", "-c", RSS_TASK]))
+                pool.spawn(&SpawnOptions::new(["sh", "-c", RSS_TASK]))
                     .expect("spawn")
                     .id()
                     .to_owned()
             },
             &pool,
-        )
-    };
-    if let Some(small) = built(procyard_bgtask::SUPERVISOR_BIN) {
-        let rss = exec_rss(&small);
-        bench("supervisor_rss_beyond_retained_exec", rss, "MiB", "sleep_rss", sleep_rss, false);
-    }
-    if let Some(bin) = &built("procyard-bgtask") {
-        let rss = exec_rss(bin);
-        bench(
-            "supervisor_rss_beyond_retained_exec_cli_binary",
-            rss,
-            "MiB",
-            "sleep_rss",
-            sleep_rss,
-            false,
         );
-        let rss = supervisor_rss(
-            || {
-                let out = Command::new(bin)
-                    .args(["--pool"])
-                    .arg(pool.dir())
-                    .args(["spawn", "--", "sh", "-c", RSS_TASK])
-                    .output()
-                    .expect("cli spawn");
-                assert!(out.status.success(), "cli spawn failed");
-                String::from_utf8_lossy(&out.stdout).trim().to_owned()
-            },
-            &pool,
-        );
-        bench("supervisor_rss_beyond_retained_cli", rss, "MiB", "sleep_rss", sleep_rss, false);
+        let sleep_rss = sleep_rss_kib() / 1024.0;
+        bench("supervisor_rss_beyond_retained", fork_rss, "MiB", "sleep_rss", sleep_rss, false);
+        // The same, for supervisors started by executing a program (the default wherever
+        // `procyard-bgtask-supervise` is found) and by the CLI, when the binaries are built
+        // (target/<profile>/).
+        let exec_rss = |bin: &Path| {
+            let exec_pool = pool.clone().launch(Launch::Exec).supervisor_binary(bin);
+            supervisor_rss(
+                || {
+                    exec_pool
+                        .spawn(&SpawnOptions::new(["sh", "-c", RSS_TASK]))
+                        .expect("spawn")
+                        .id()
+                        .to_owned()
+                },
+                &pool,
+            )
+        };
+        if let Some(small) = built(procyard_bgtask::SUPERVISOR_BIN) {
+            let rss = exec_rss(&small);
+            bench("supervisor_rss_beyond_retained_exec", rss, "MiB", "sleep_rss", sleep_rss, false);
+        }
+        if let Some(bin) = &built("procyard-bgtask") {
+            let rss = exec_rss(bin);
+            bench(
+                "supervisor_rss_beyond_retained_exec_cli_binary",
+                rss,
+                "MiB",
+                "sleep_rss",
+                sleep_rss,
+                false,
+            );
+            let rss = supervisor_rss(
+                || {
+                    let out = Command::new(bin)
+                        .args(["--pool"])
+                        .arg(pool.dir())
+                        .args(["spawn", "--", "sh", "-c", RSS_TASK])
+                        .output()
+                        .expect("cli spawn");
+                    assert!(out.status.success(), "cli spawn failed");
+                    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+                },
+                &pool,
+            );
+            bench("supervisor_rss_beyond_retained_cli", rss, "MiB", "sleep_rss", sleep_rss, false);
+        }
     }
-
-    // Spawn → running latency.
-    let mut ours = Vec::new();
-    let mut base = Vec::new();
-    for _ in 0..25 {
-        let t = Instant::now();
-        let task = pool.spawn(&SpawnOptions::new(["sleep", "300"])).expect("spawn");
-        ours.push(t.elapsed().as_secs_f64() * 1000.0);
-        task.delete().expect("delete");
-        let t = Instant::now();
-        let mut child = Command::new("sleep").arg("300").spawn().expect("spawn");
-        base.push(t.elapsed().as_secs_f64() * 1000.0);
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    bench(
-        "spawn_to_running_median",
-        median(ours),
-        "ms",
-        "std_command_spawn",
-        median(base.clone()),
-        false,
-    );
-    if let Some(small) = built(procyard_bgtask::SUPERVISOR_BIN) {
-        let exec_pool = pool.clone().launch(Launch::Exec).supervisor_binary(small);
+    if part("spawn") {
+        // Spawn → running latency.
         let mut ours = Vec::new();
+        let mut base = Vec::new();
         for _ in 0..25 {
             let t = Instant::now();
-            let task = exec_pool.spawn(&SpawnOptions::new(["sleep", "300"])).expect("spawn");
+            let task = pool.spawn(&SpawnOptions::new(["sleep", "300"])).expect("spawn");
             ours.push(t.elapsed().as_secs_f64() * 1000.0);
             task.delete().expect("delete");
+            let t = Instant::now();
+            let mut child = Command::new("sleep").arg("300").spawn().expect("spawn");
+            base.push(t.elapsed().as_secs_f64() * 1000.0);
+            let _ = child.kill();
+            let _ = child.wait();
         }
         bench(
-            "spawn_to_running_exec_median",
+            "spawn_to_running_median",
             median(ours),
             "ms",
             "std_command_spawn",
             median(base.clone()),
             false,
         );
-    }
-
-    // list with 1,000 tasks (state files) in the pool.
-    let mut live = pool.spawn(&SpawnOptions::new(["sleep", "300"])).expect("spawn");
-    let record = pool.record(live.id()).expect("record");
-    for i in 0..1000 {
-        let mut r = record.clone();
-        r.id = format!("bench{i:04}");
-        if i % 2 == 1 {
-            r.supervisor.start_time += 1; // a dead supervisor: reported lost
-        }
-        r.meta.insert("n".into(), serde_json::json!(i));
-        let bytes = serde_json::to_vec_pretty(&r).expect("json");
-        std::fs::write(pool.dir().join(format!("{}.json", r.id)), bytes).expect("write");
-    }
-    let mut ours = Vec::new();
-    let mut base = Vec::new();
-    for _ in 0..21 {
-        let t = Instant::now();
-        let all = pool.list(&Filter::new()).expect("list");
-        ours.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(all.len(), 1001);
-        let t = Instant::now();
-        let mut n = 0;
-        for e in std::fs::read_dir(pool.dir()).expect("read_dir").flatten() {
-            if e.file_name().to_string_lossy().ends_with(".json") {
-                n += std::fs::read(e.path()).map(|b| b.len()).unwrap_or(0);
+        if let Some(small) = built(procyard_bgtask::SUPERVISOR_BIN) {
+            let exec_pool = pool.clone().launch(Launch::Exec).supervisor_binary(small);
+            let mut ours = Vec::new();
+            for _ in 0..25 {
+                let t = Instant::now();
+                let task = exec_pool.spawn(&SpawnOptions::new(["sleep", "300"])).expect("spawn");
+                ours.push(t.elapsed().as_secs_f64() * 1000.0);
+                task.delete().expect("delete");
             }
+            bench(
+                "spawn_to_running_exec_median",
+                median(ours),
+                "ms",
+                "std_command_spawn",
+                median(base.clone()),
+                false,
+            );
         }
-        base.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert!(n > 0);
     }
-    bench("list_1000_tasks_median", median(ours), "ms", "read_1000_files", median(base), false);
-    for i in 0..1000 {
-        let _ = std::fs::remove_file(pool.dir().join(format!("bench{i:04}.json")));
+    if part("list") {
+        // list with 1,000 tasks (state files) in the pool.
+        let mut live = pool.spawn(&SpawnOptions::new(["sleep", "300"])).expect("spawn");
+        let record = pool.record(live.id()).expect("record");
+        for i in 0..1000 {
+            let mut r = record.clone();
+            r.id = format!("bench{i:04}");
+            if i % 2 == 1 {
+                r.supervisor.start_time += 1; // a dead supervisor: reported lost
+            }
+            r.meta.insert("n".into(), serde_json::json!(i));
+            let bytes = serde_json::to_vec_pretty(&r).expect("json");
+            std::fs::write(pool.dir().join(format!("{}.json", r.id)), bytes).expect("write");
+        }
+        let mut ours = Vec::new();
+        let mut base = Vec::new();
+        for _ in 0..21 {
+            let t = Instant::now();
+            let all = pool.list(&Filter::new()).expect("list");
+            ours.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(all.len(), 1001);
+            let t = Instant::now();
+            let mut n = 0;
+            for e in std::fs::read_dir(pool.dir()).expect("read_dir").flatten() {
+                if e.file_name().to_string_lossy().ends_with(".json") {
+                    n += std::fs::read(e.path()).map(|b| b.len()).unwrap_or(0);
+                }
+            }
+            base.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert!(n > 0);
+        }
+        bench("list_1000_tasks_median", median(ours), "ms", "read_1000_files", median(base), false);
+        for i in 0..1000 {
+            let _ = std::fs::remove_file(pool.dir().join(format!("bench{i:04}.json")));
+        }
+        let _ = live.info();
+        Task::delete(live).expect("delete");
     }
-    let _ = live.info();
-    Task::delete(live).expect("delete");
-
-    // Output capture.
-    let size: u64 =
-        std::env::var("BGTASK_BENCH_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024) * MIB;
-    // Medians of interleaved rounds: with three processes in the pipeline on two cores, one
-    // round's rate depends on how the scheduler happens to place them.
-    let (mut base, mut ours) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        base.push(pipe_baseline(size));
-        ours.push(through_supervisor(&pool, size));
+    if part("capture") {
+        // Output capture.
+        let size: u64 =
+            std::env::var("BGTASK_BENCH_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024)
+                * MIB;
+        // Medians of interleaved rounds: with three processes in the pipeline on two cores, one
+        // round's rate depends on how the scheduler happens to place them.
+        let (mut base, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            base.push(pipe_baseline(size));
+            ours.push(through_supervisor(&pool, size));
+        }
+        println!("output capture MiB/s, plain pipe {base:.0?}, through the supervisor {ours:.0?}");
+        bench("output_capture_1gib", median(ours), "MiB/s", "plain_pipe_64k", median(base), true);
     }
-    println!("output capture MiB/s, plain pipe {base:.0?}, through the supervisor {ours:.0?}");
-    bench("output_capture_1gib", median(ours), "MiB/s", "plain_pipe_64k", median(base), true);
 }
