@@ -50,10 +50,15 @@ impl Supervisor {
             Action::KillEscapees => self.kill_escapees(),
             Action::ReleasePipes => {
                 // Whatever is left in the old pipes (held open by a grandchild) is collected.
-                for i in 0..2 {
+                for (i, stream) in STREAMS.into_iter().enumerate() {
                     self.read_output(i);
-                    if let Some(mut rx) = self.pipes[i].rx.take() {
+                    let pipe = &mut self.pipes[i];
+                    if let Some(mut rx) = pipe.rx.take() {
                         let _ = self.poll.registry().deregister(&mut rx);
+                    }
+                    (pipe.throttled, pipe.more) = (false, false);
+                    if std::mem::take(&mut pipe.held) {
+                        self.emit(Event::Output { stream, grew: false, eof: false, held: false });
                     }
                 }
                 self.child = None;
@@ -183,8 +188,10 @@ impl Supervisor {
         if eof && let Some(mut rx) = pipe.rx.take() {
             let _ = self.poll.registry().deregister(&mut rx);
         }
-        if grew || eof {
-            self.emit(Event::Output { stream: STREAMS[i], grew, eof });
+        let held = pipe.rx.is_some() && (pipe.throttled || pipe.more);
+        let changed = held != std::mem::replace(&mut pipe.held, held);
+        if grew || eof || changed {
+            self.emit(Event::Output { stream: STREAMS[i], grew, eof, held });
         }
     }
 

@@ -61,6 +61,8 @@ struct Pipe {
     throttled: bool,
     /// Stopped reading after a full budget: the pipe may hold more.
     more: bool,
+    /// What the state was last told: stopped reading with bytes perhaps left in the pipe.
+    held: bool,
     log: Option<File>,
 }
 

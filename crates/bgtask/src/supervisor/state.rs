@@ -47,8 +47,10 @@ pub(super) enum Event {
     LeaderExited,
     /// The leader was reaped (what it wrote before was collected first).
     Reaped { exit: Exit },
-    /// Bytes were appended to `stream`'s buffer (`grew`) and/or its pipe ended (`eof`).
-    Output { stream: StreamName, grew: bool, eof: bool },
+    /// Bytes were appended to `stream`'s buffer (`grew`), its pipe ended (`eof`), and/or the
+    /// shell stopped reading it with bytes perhaps left in it (`held`: the buffer is full of
+    /// unconsumed bytes, or the read budget ran out), or no longer does.
+    Output { stream: StreamName, grew: bool, eof: bool, held: bool },
     /// Queued stdin bytes were written; `broken`: the task closed its stdin.
     StdinFlushed { broken: bool },
     /// A greeted client's request (not [`Request::Write`]: see [`Event::Write`]).
@@ -140,6 +142,8 @@ pub(super) struct Output {
     pub(super) buf: OutputBuffer,
     /// The pipe of the current run closed.
     pub(super) eof: bool,
+    /// The pipe may hold bytes not read yet: more output comes even after the task exited.
+    pub(super) held: bool,
 }
 
 /// The task's stdin.
@@ -205,7 +209,7 @@ impl State {
     /// A task about to be started for the first time.
     pub(super) fn new(task: Task, meta: Meta, now: Now) -> State {
         let retain = usize::try_from(task.retain).unwrap_or(usize::MAX);
-        let output = || Output { buf: OutputBuffer::new(retain), eof: false };
+        let output = || Output { buf: OutputBuffer::new(retain), eof: false, held: false };
         State {
             task,
             leader: Leader::Starting,
@@ -298,7 +302,10 @@ impl State {
                 }
             }
             Event::Reaped { exit } => self.reaped(exit, now, &mut out),
-            Event::Output { stream, grew, eof } => self.output(stream, grew, eof, &mut out),
+            Event::Output { stream, grew, eof, held } => {
+                self.outputs[stream_index(stream)].held = held;
+                self.output(stream, grew, eof, &mut out);
+            }
             Event::StdinFlushed { broken } => self.stdin_flushed(broken, &mut out),
             Event::Request { client, request } => self.request(client, request, now, &mut out),
             Event::Write { client, data } => self.write(client, data, &mut out),

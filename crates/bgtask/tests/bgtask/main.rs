@@ -18,6 +18,7 @@ use procyard_core::{Deadline, Pid, ProcStat, ProcessIdentity, Signal};
 use serde_json::json;
 
 mod dependency;
+mod full;
 mod hardening;
 
 const BIN: &str = env!("CARGO_BIN_EXE_procyard-bgtask");

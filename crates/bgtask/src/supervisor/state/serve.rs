@@ -73,11 +73,13 @@ impl State {
         let Request::Read { stream, offset, count, consume, wait } = request else { return };
         let running = self.running();
         let o = &mut self.outputs[stream_index(stream)];
+        // Bytes left in the pipe of a task that exited are output still to come.
+        let live = running || o.held;
         // Below `start`, the bytes asked for were dropped: the answer says how many.
         let requested = offset.unwrap_or_else(|| o.buf.consumed_mark());
         let at = requested.clamp(o.buf.start(), o.buf.limit());
         let dropped = o.buf.start().saturating_sub(requested);
-        if wait && at >= o.buf.limit() && !o.eof && running {
+        if wait && at >= o.buf.limit() && !o.eof && live {
             self.peers.entry(client).or_default().parked = Some(request);
             return;
         }
@@ -86,7 +88,7 @@ impl State {
             o.buf.consume(at + len);
         }
         let info = self.stream_info(stream);
-        let response = Response::Data { stream, offset: at, len, dropped, info, exited: !running };
+        let response = Response::Data { stream, offset: at, len, dropped, info, exited: !live };
         out.push(Action::SendData { client, response, stream, at, len });
     }
 

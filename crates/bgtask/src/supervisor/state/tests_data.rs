@@ -24,12 +24,17 @@ fn a_waiting_read_is_parked_until_output_arrives() {
     // Output on the other stream does not answer it.
     s.outputs[1].buf.push(b"err");
     assert!(
-        s.step(Event::Output { stream: StreamName::Stderr, grew: true, eof: false }, clock.at(0.1))
-            .is_empty()
+        s.step(
+            Event::Output { stream: StreamName::Stderr, grew: true, eof: false, held: false },
+            clock.at(0.1)
+        )
+        .is_empty()
     );
     s.outputs[0].buf.push(b"hi");
-    let actions =
-        s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: false }, clock.at(0.2));
+    let actions = s.step(
+        Event::Output { stream: StreamName::Stdout, grew: true, eof: false, held: false },
+        clock.at(0.2),
+    );
     assert!(
         matches!(&actions[..], [Action::SendData { client: C1, at: 0, len: 2, .. }]),
         "{actions:?}"
@@ -78,8 +83,11 @@ fn no_reply_goes_to_a_client_that_gave_up() {
     s.step(Event::ClientGone { client: C1 }, clock.at(5.0));
     s.outputs[0].buf.push(b"late");
     assert!(
-        s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: false }, clock.at(6.0))
-            .is_empty()
+        s.step(
+            Event::Output { stream: StreamName::Stdout, grew: true, eof: false, held: false },
+            clock.at(6.0)
+        )
+        .is_empty()
     );
     // A stdin write whose writer left before the queue drained.
     assert_eq!(
@@ -148,11 +156,17 @@ fn subscribers_get_coalesced_output_before_end_of_stream() {
     assert_eq!(request(&mut s, C1, Request::Subscribe, clock.at(0.0)), [ok(C1)]);
     s.outputs[0].buf.push(b"ab");
     assert!(
-        s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: false }, clock.at(0.0))
-            .is_empty()
+        s.step(
+            Event::Output { stream: StreamName::Stdout, grew: true, eof: false, held: false },
+            clock.at(0.0)
+        )
+        .is_empty()
     );
     s.outputs[0].buf.push(b"cd");
-    s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: false }, clock.at(0.0));
+    s.step(
+        Event::Output { stream: StreamName::Stdout, grew: true, eof: false, held: false },
+        clock.at(0.0),
+    );
     assert!(s.owes_events(C1));
     let output = Action::Send(
         C1,
@@ -160,12 +174,47 @@ fn subscribers_get_coalesced_output_before_end_of_stream() {
     );
     assert_eq!(s.step(Event::ClientReady { client: C1 }, clock.at(0.0)), [output]);
     s.outputs[0].buf.push(b"e");
-    let end =
-        s.step(Event::Output { stream: StreamName::Stdout, grew: true, eof: true }, clock.at(0.0));
+    let end = s.step(
+        Event::Output { stream: StreamName::Stdout, grew: true, eof: true, held: false },
+        clock.at(0.0),
+    );
     let eos = Announce::EndOfStream { stream: StreamName::Stdout, limit: 5 };
     let owed = Action::Send(
         C1,
         Response::Event(Announce::Output { stream: StreamName::Stdout, limit: 5 }),
     );
     assert_eq!(end, [owed, Action::Send(C1, Response::Event(eos))]);
+}
+
+#[test]
+fn output_held_in_the_pipe_after_the_exit_is_still_to_come() {
+    let (mut s, clock) = running();
+    let stdout = StreamName::Stdout;
+    let read = Request::Read { stream: stdout, offset: None, count: 10, consume: true, wait: true };
+    let data = |actions: &[Action]| match actions {
+        [Action::SendData { client: C1, len, response: Response::Data { exited, .. }, .. }] => {
+            Some((*len, *exited))
+        }
+        _ => None,
+    };
+    // The buffer is full of unconsumed bytes: the shell stops reading, the task exits.
+    s.outputs[0].buf.push(b"full");
+    s.step(Event::Output { stream: stdout, grew: true, eof: false, held: true }, clock.at(0.0));
+    s.step(Event::Reaped { exit: Exit::Code(0) }, clock.at(0.1));
+    // What is retained is not the last word, and a waiting read at its end parks.
+    let actions = request(&mut s, C1, read.clone(), clock.at(0.2));
+    assert_eq!(data(&actions), Some((4, false)), "{actions:?}");
+    assert!(request(&mut s, C1, read.clone(), clock.at(0.3)).is_empty());
+    s.outputs[0].buf.push(b"more");
+    let actions =
+        s.step(Event::Output { stream: stdout, grew: true, eof: false, held: true }, clock.at(0.4));
+    assert_eq!(data(&actions), Some((4, false)), "{actions:?}");
+    // The pipe gave all it had without ending (a grandchild holds it open): the exit is the
+    // end now.
+    assert!(request(&mut s, C1, read, clock.at(0.5)).is_empty());
+    let actions = s.step(
+        Event::Output { stream: stdout, grew: false, eof: false, held: false },
+        clock.at(0.6),
+    );
+    assert_eq!(data(&actions), Some((0, true)), "{actions:?}");
 }
