@@ -72,6 +72,34 @@ pub fn kill_processes_with_env(key: &str, value: &str, timeout: Duration) -> usi
     left.len()
 }
 
+/// The lines `source` produces, delivered as they arrive (a reader thread feeds the channel;
+/// `recv_timeout` on it waits for the next line with a deadline).
+pub fn lines_of(source: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(source).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Everything `source` produces, delivered once it ends (lossy UTF-8).
+pub fn all_of(
+    mut source: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = source.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    rx
+}
+
 /// A test's private temporary directory, plus a watchdog: if the sandbox is still alive after
 /// its time limit, the whole test process is ended with a message naming the test, so a hang
 /// fails fast and by name.

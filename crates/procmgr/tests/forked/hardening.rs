@@ -1,14 +1,13 @@
 //! Hardening scenarios (issue 13): a program whose `main` forgets `init()` and runs a
 //! function task.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, ExitCode, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use procyard_core::{Deadline, Pid, Signal};
+use procyard_core::{Deadline, Pid, testkit};
 use procyard_procmgr::{Outcome, ProcessManager, Task};
 
 /// Set, to a token unique to one run of the test, in the environment of a copy of this binary
@@ -58,63 +57,16 @@ pub(crate) fn run_function(name: &str, arg: u64) -> Result<Outcome> {
     outcome.context("no outcome")
 }
 
-/// Live processes whose environment carries `FORGET_INIT=token`.
-fn chain(token: &str) -> Vec<u32> {
-    let needle = format!("{FORGET_INIT}={token}");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        // A zombie's environment reads as empty: only live processes count.
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        if environ.split(|&b| b == 0).any(|var| var == needle.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
+/// Live processes of the chain: those whose environment carries `FORGET_INIT=token`.
+fn chain(token: &str) -> Vec<Pid> {
+    testkit::processes_with_env(FORGET_INIT, token)
 }
 
 /// Ends the forgetful program and every process of its chain (the test failed).
 fn stop_chain(app: &mut Child, token: &str) {
     let _ = app.kill();
     let _ = app.wait();
-    // Observing /proc: the chain's processes are not our children, no event says they died.
-    let deadline = Deadline::after(Duration::from_secs(60));
-    loop {
-        let left = chain(token);
-        if left.is_empty() || deadline.is_expired() {
-            return;
-        }
-        for pid in left.into_iter().filter_map(|p| Pid::from_raw(p as i32)) {
-            let _ = procyard_core::kill_process(pid, Signal::KILL);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The lines `source` produces, as they arrive.
-fn lines_of(source: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(source).lines().map_while(std::io::Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Everything `source` produces, once it ends.
-fn all_of(mut source: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = source.read_to_string(&mut out);
-        let _ = tx.send(out);
-    });
-    rx
+    testkit::kill_processes_with_env(FORGET_INIT, token, Duration::from_secs(60));
 }
 
 /// A program that forgets `init()` and runs a function task gets `Outcome::InitNotCalled`
@@ -139,8 +91,8 @@ pub(crate) fn procmgr_hardening_missing_init_fails_fast() -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("start the forgetful program")?;
-    let lines = lines_of(app.stdout.take().context("stdout")?);
-    let stderr = all_of(app.stderr.take().context("stderr")?);
+    let lines = testkit::lines_of(app.stdout.take().context("stdout")?);
+    let stderr = testkit::all_of(app.stderr.take().context("stderr")?);
     let line = match lines.recv_timeout(GIVE_UP_AFTER) {
         Ok(line) => line,
         Err(_) => {
@@ -168,7 +120,8 @@ pub(crate) fn procmgr_hardening_missing_init_fails_fast() -> Result<()> {
     let took = Duration::from_millis(took_ms.parse().context("milliseconds")?);
     ensure!(took < ANSWER_IN, "{took:?} to say that init() was not called");
     ensure!(message.contains("procyard_procmgr::init()"), "{message}");
-    ensure!(running == [app.id()], "processes of the chain besides the program: {running:?}");
+    let app_pid = Pid::from_raw(app.id() as i32).context("a pid")?;
+    ensure!(running == [app_pid], "processes of the chain besides the program: {running:?}");
     ensure!(left.is_empty(), "processes of the chain left after the program exited: {left:?}");
     ensure!(status.success(), "the forgetful program ended with {status}");
     ensure!(
