@@ -87,7 +87,7 @@ pub use fork::{
 };
 pub use frame::{FrameDecoder, MAX_FRAME, StreamState};
 pub use identity::{ProcStat, ProcessIdentity, boot_id};
-pub use output::Output;
+pub use output::{OUTPUT_LIMIT, Output};
 pub use pid::Pid;
 pub use ready::{Readiness, ReadyReader, ReadyWriter, ready_pipe};
 pub use report::{Report, report};

@@ -4,17 +4,28 @@
 use std::fs::File;
 use std::io::Read;
 
+use serde::{Deserialize, Serialize};
+
 use crate::{Child, Command, Error, Exit, Result, Stdio};
 
-/// How a child ended and what it wrote on stdout and stderr.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The most a bounded capture keeps of each of stdout and stderr (1 MiB); what comes after is
+/// read and dropped, and [`Output::truncated`] says so.
+pub const OUTPUT_LIMIT: usize = 1 << 20;
+
+/// How a child ended and what it wrote on stdout and stderr, shaped like
+/// `std::process::Output`. procmgr's and resultworker's command outputs are this type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Output {
     /// How it ended.
     pub status: Exit,
-    /// Everything it wrote on stdout.
+    /// What it wrote on stdout (at most [`OUTPUT_LIMIT`] bytes where the capture is bounded).
     pub stdout: Vec<u8>,
-    /// Everything it wrote on stderr.
+    /// What it wrote on stderr (likewise).
     pub stderr: Vec<u8>,
+    /// Whether a bounded capture dropped bytes beyond [`OUTPUT_LIMIT`] on either stream (the
+    /// first bytes are kept). Always `false` for [`Command::output`], which keeps everything.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 impl Command {
@@ -46,7 +57,7 @@ impl Child {
         })?;
         let status = self.wait()?;
         let [stdout, stderr] = collected;
-        Ok(Output { status, stdout, stderr })
+        Ok(Output { status, stdout, stderr, truncated: false })
     }
 }
 

@@ -1,31 +1,14 @@
-//! [`CommandOutput`]: what a command task wrote and how it ended, and the capture of its two
-//! streams from the manager's event loop.
+//! [`CommandOutput`]: what a command task wrote and how it ended (core's `Output`, the same
+//! type procyard-resultworker's command jobs give), and the capture of its two streams from the
+//! manager's event loop, each bounded by [`OUTPUT_LIMIT`].
 
 use std::io::Read;
 
 use procyard_core::Exit;
 use procyard_core::event::retry_interrupted;
 use procyard_core::mio::unix::pipe::Receiver;
-use serde::{Deserialize, Serialize};
 
-/// The most a captured command keeps of each of stdout and stderr (1 MiB); what comes after
-/// is read and dropped, and [`CommandOutput::truncated`] says so.
-pub const OUTPUT_LIMIT: usize = 1 << 20;
-
-/// What a command task wrote and how it ended, shaped like `std::process::Output` (the same
-/// shape as procyard-resultworker's): the outcome of a task made with
-/// [`Task::capture_output`](crate::Task::capture_output), whether it succeeded or not.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandOutput {
-    /// How it ended.
-    pub status: Exit,
-    /// What it wrote to stdout (at most [`OUTPUT_LIMIT`] bytes).
-    pub stdout: Vec<u8>,
-    /// What it wrote to stderr (at most [`OUTPUT_LIMIT`] bytes).
-    pub stderr: Vec<u8>,
-    /// Whether stdout or stderr went beyond [`OUTPUT_LIMIT`] (the first bytes are kept).
-    pub truncated: bool,
-}
+pub use procyard_core::{OUTPUT_LIMIT, Output as CommandOutput};
 
 /// The two captured streams of a running command, read as they become readable.
 #[derive(Default)]
