@@ -20,8 +20,11 @@
 //!
 //! # Example
 //!
+//! Publish a job and read its record with [`Client`] (which also pokes a running daemon, so
+//! the job starts at once; with none running it waits in the queue for the next one):
+//!
 //! ```
-//! use procyard_daemon::{Config, queue::{self, OpenMode}};
+//! use procyard_daemon::{Client, Config, queue::JobState};
 //! let dir = tempfile::tempdir()?;
 //! let path = dir.path().join("procyard.toml");
 //! std::fs::write(&path, r#"
@@ -32,14 +35,32 @@
 //!     routing_keys = ["hello.#"]
 //!     command = ["sh", "-c", "echo \"hello $(cat)\""]
 //! "#)?;
-//! let config = Config::load(&path)?;
-//! let mut q = queue::open(&config.queue, OpenMode::Client)?;
-//! q.bind(&config.bindings())?;
-//! let ids = q.publish("hello.world", b"world")?;
+//! let mut client = Client::new(Config::load(&path)?);
+//! let ids = client.publish("hello.world", b"world")?;
 //! assert_eq!(ids.len(), 1);
-//! // A running daemon would now be poked: procyard_daemon::control::poke(&config.daemon.control_socket)
+//! let job = client.job(&ids[0])?;
+//! assert_eq!((job.task.as_str(), job.state), ("hello", JobState::Ready));
+//! // With `procyard-daemon run` serving this config, this returns once the job has run,
+//! // and `client.job(&ids[0])?.attempts[0].stdout` holds "hello world\n":
+//! // let waited = client.wait(&ids, Some(std::time::Duration::from_secs(10)))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Job records
+//!
+//! Every job keeps a record (the SQLite backend): its state (`ready`, `delayed`, `running`,
+//! `done`, `failed`, `dead`, `cancelled`), and each attempt — worker pid, start and end, how
+//! it ended (exit code or signal, timed out, worker lost, daemon lost), the reason, and a
+//! oneshot job's stdout and stderr, captured and bounded by the task's `output_limit`
+//! (default 64 KiB per stream: the first and last halves, with the count dropped between).
+//! Done and cancelled records stay for `[daemon] keep_done` (default 24 h, `"0s"` keeps
+//! none) and at most `keep_done_max` (100,000), pruned by the daemon in small batches; dead
+//! letters stay until requeued or purged. A daemon killed during an attempt leaves it open;
+//! the next daemon records it `daemon lost`. [`Client`] (and the `job`, `jobs`, `logs`,
+//! `wait`, `cancel`, `purge` verbs) reads and acts on them; waiting is an event (the daemon
+//! answers a held control connection when the jobs end). Not recorded (yet): the rusage of
+//! a job's process (core's wait does not return it), a longlived worker's stderr (still
+//! inherited by the daemon) and a worker's result value; the AMQP backend keeps no records.
 //!
 //! # Limitations
 //!

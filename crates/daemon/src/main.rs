@@ -1,17 +1,25 @@
 //! `procyard-daemon`: run the supervisor, publish jobs, show status, check a config, list and
-//! requeue dead letters.
+//! requeue dead letters, and find, follow, wait on, cancel and purge jobs.
 
 #![forbid(unsafe_code)]
+
+#[path = "cli/jobs.rs"]
+mod jobs;
+#[path = "cli/render.rs"]
+mod render;
 
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use procyard_core::{SignalFd, report};
 use procyard_daemon::config::LogFormat;
-use procyard_daemon::queue::{self, OpenMode, PartialPublish, Requeue};
-use procyard_daemon::{Config, DAEMON_SIGNALS, RunOptions, control};
+use procyard_daemon::queue::{self, JobFilter, JobState, OpenMode, PartialPublish, Purge, Requeue};
+use procyard_daemon::{Client, Config, DAEMON_SIGNALS, RunOptions, control};
+
+const EXIT_CODES: &str = "Exit status: 0 every job done, 1 a job failed or was dead-lettered (or an error), 2 a job was cancelled (or a usage error), 124 the timeout passed.";
 
 /// A supervisor daemon: groups of worker processes fed by a job queue.
 #[derive(Parser, Debug)]
@@ -19,9 +27,13 @@ use procyard_daemon::{Config, DAEMON_SIGNALS, RunOptions, control};
     name = "procyard-daemon",
     version,
     about,
-    after_help = "Examples:\n  procyard-daemon check-config --config procyard.toml\n  procyard-daemon run --config procyard.toml\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  procyard-daemon status --config procyard.toml --json"
+    after_help = "Examples:\n  procyard-daemon check-config --config procyard.toml\n  procyard-daemon run --config procyard.toml\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  procyard-daemon status --config procyard.toml --json\n  procyard-daemon jobs --state dead\n  procyard-daemon wait --timeout 1m 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\n\nWithout --config: $PROCYARD_CONFIG, ./procyard.toml, $XDG_CONFIG_HOME/procyard/daemon.toml, /etc/procyard/daemon.toml."
 )]
 struct Cli {
+    /// The TOML config. Default: $PROCYARD_CONFIG, ./procyard.toml,
+    /// $XDG_CONFIG_HOME/procyard/daemon.toml, /etc/procyard/daemon.toml (the first found).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -33,21 +45,21 @@ enum Cmd {
         after_help = "Example:\n  procyard-daemon run --config crates/daemon/examples/procyard.toml"
     )]
     Run {
-        /// The TOML config.
-        #[arg(long)]
-        config: PathBuf,
         /// Write "ready\n" to this inherited descriptor once serving.
         #[arg(long)]
         ready_fd: Option<i32>,
     },
     /// Publish a job: a copy goes to every task bound to ROUTING_KEY.
     #[command(
-        after_help = "Examples:\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  echo data | procyard-daemon publish --config procyard.toml hello.world -\n  seq 100 | procyard-daemon publish --config procyard.toml --lines hello.world"
+        after_help = "Examples:\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  echo data | procyard-daemon publish --config procyard.toml hello.world -\n  seq 100 | procyard-daemon publish --config procyard.toml --lines hello.world\n  procyard-daemon publish --wait --timeout 30s hello.world 'some payload'\n\nWith --wait, exit status: 0 every job done, 1 a job failed or was dead-lettered (or an error), 2 a job was cancelled (or a usage error), 124 the timeout passed."
     )]
     Publish {
-        /// The TOML config.
+        /// Wait for the jobs to end and exit with their status (see below).
         #[arg(long)]
-        config: PathBuf,
+        wait: bool,
+        /// With --wait: give up after this long (exit 124).
+        #[arg(long, requires = "wait", value_parser = jobs::parse_duration)]
+        timeout: Option<Duration>,
         /// Publish one job per line of stdin, as one batch: with the SQLite queue all of them
         /// are queued or, on an error, none; ids of jobs queued are printed before any error.
         #[arg(long)]
@@ -63,28 +75,18 @@ enum Cmd {
     /// Show the running daemon's groups, workers, queues and dead letters.
     #[command(after_help = "Example:\n  procyard-daemon status --config procyard.toml --json")]
     Status {
-        /// The TOML config.
-        #[arg(long)]
-        config: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Validate a config; errors name the file, the line and the field.
     #[command(after_help = "Example:\n  procyard-daemon check-config --config procyard.toml")]
-    CheckConfig {
-        /// The TOML config.
-        #[arg(long)]
-        config: PathBuf,
-    },
+    CheckConfig,
     /// List dead-lettered jobs (works with the daemon down).
     #[command(
         after_help = "Example:\n  procyard-daemon dead --config procyard.toml --task thumbnail --json"
     )]
     Dead {
-        /// The TOML config.
-        #[arg(long)]
-        config: PathBuf,
         /// Only this task.
         #[arg(long)]
         task: Option<String>,
@@ -97,9 +99,6 @@ enum Cmd {
         after_help = "Examples:\n  procyard-daemon requeue --config procyard.toml 0190a1b2-...\n  procyard-daemon requeue --config procyard.toml --all --task thumbnail"
     )]
     Requeue {
-        /// The TOML config.
-        #[arg(long)]
-        config: PathBuf,
         /// Only this task.
         #[arg(long)]
         task: Option<String>,
@@ -108,6 +107,94 @@ enum Cmd {
         all: bool,
         /// Job ids.
         ids: Vec<String>,
+    },
+    /// Show a job's record: state, every attempt (pid, times, how it ended), output sizes.
+    #[command(
+        after_help = "Example:\n  procyard-daemon job 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b --json"
+    )]
+    Job {
+        /// The job id (as publish printed it).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first.
+    #[command(
+        after_help = "Example:\n  procyard-daemon jobs --task thumbnail --state dead --state failed --since 1h --limit 20"
+    )]
+    Jobs {
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only jobs in this state (ready, delayed, running, done, failed, dead, cancelled);
+        /// repeat for several.
+        #[arg(long = "state", value_parser = jobs::parse_state)]
+        states: Vec<JobState>,
+        /// Only jobs published within this long (e.g. 10m, 2h).
+        #[arg(long, value_parser = jobs::parse_duration)]
+        since: Option<Duration>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's output: stdout to stdout, stderr to stderr (the last attempt's, or
+    /// --attempt N's).
+    #[command(
+        after_help = "Example:\n  procyard-daemon logs 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b --stream stderr -f"
+    )]
+    Logs {
+        /// The job id.
+        id: String,
+        /// This attempt (1 for the first).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Only this stream.
+        #[arg(long, value_enum)]
+        stream: Option<jobs::Stream>,
+        /// Follow the job to its end: each attempt's output as the attempt ends.
+        #[arg(short = 'f', long = "follow", conflicts_with = "attempt")]
+        follow: bool,
+    },
+    /// Wait until the jobs end; print how each ended.
+    #[command(after_help = EXIT_CODES)]
+    Wait {
+        /// Job ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Give up after this long (exit 124).
+        #[arg(long, value_parser = jobs::parse_duration)]
+        timeout: Option<Duration>,
+        /// Print each job's record as JSON (one per line).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel jobs: a waiting one never runs; a running oneshot job's process group gets
+    /// TERM, then KILL after kill_timeout. A cancelled job is never retried.
+    #[command(
+        after_help = "Example:\n  procyard-daemon cancel 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+    )]
+    Cancel {
+        /// Job ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Delete the records of ended jobs (done and cancelled with --done, dead letters with
+    /// --dead).
+    #[command(after_help = "Example:\n  procyard-daemon purge --done --dead --older-than 7d")]
+    Purge {
+        /// Dead letters.
+        #[arg(long)]
+        dead: bool,
+        /// Done and cancelled jobs.
+        #[arg(long)]
+        done: bool,
+        /// Only those that ended longer ago than this.
+        #[arg(long, value_parser = jobs::parse_duration)]
+        older_than: Option<Duration>,
     },
 }
 
@@ -127,21 +214,31 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
+    let config = match procyard_daemon::client::find_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("procyard-daemon: {}", report(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
-        Cmd::Run { config, ready_fd } => {
+        Cmd::Run { ready_fd } => {
             init_logs(&config);
             procyard_daemon::run(&config, signals, RunOptions { ready_fd, subreaper: true })
+                .map(|()| 0)
                 .map_err(|e| unable("run", &e))
         }
         other => {
             drop(signals);
-            client(other)
+            client(&config, other)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(msg) => {
-            eprintln!("procyard-daemon: {msg}");
+            if !msg.is_empty() {
+                eprintln!("procyard-daemon: {msg}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -163,7 +260,7 @@ fn init_logs(config: &Path) {
 }
 
 /// `unable to ACTION: what went wrong` (every cause once, by core's [`report`]).
-fn unable(action: &str, e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn unable(action: &str, e: &(dyn std::error::Error + 'static)) -> String {
     format!("unable to {action}: {}", report(e))
 }
 
@@ -183,24 +280,21 @@ fn load(path: &Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| unable("load config", &e))
 }
 
-fn client(cmd: Cmd) -> Result<(), String> {
+fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
     match cmd {
-        Cmd::Run { .. } => Ok(()),
-        Cmd::CheckConfig { config } => {
-            let c = Config::load_runnable(&config).map_err(|e| unable("load config", &e))?;
+        Cmd::Run { .. } => Ok(0),
+        Cmd::CheckConfig => {
+            let c = Config::load_runnable(config).map_err(|e| unable("load config", &e))?;
             println!(
                 "{}: ok ({} tasks, {} queue)",
                 c.path.display(),
                 c.tasks.len(),
                 c.queue.backend.name()
             );
-            Ok(())
+            Ok(0)
         }
-        Cmd::Publish { config, lines, json, routing_key, payload } => {
-            let c = load(&config)?;
-            let mut q =
-                queue::open(&c.queue, OpenMode::Client).map_err(|e| unable("open queue", &e))?;
-            q.bind(&c.bindings()).map_err(|e| unable("bind tasks", &e))?;
+        Cmd::Publish { wait, timeout, lines, json, routing_key, payload } => {
+            let mut c = Client::new(load(config)?);
             let mut payloads: Vec<Vec<u8>> = Vec::new();
             if lines {
                 for line in std::io::stdin().lock().split(b'\n') {
@@ -219,17 +313,17 @@ fn client(cmd: Cmd) -> Result<(), String> {
             }
             // One batch: the SQLite queue commits all of it or none; a backend that cannot
             // reports the jobs it queued before the error, and those are printed too.
-            let (ids, failure) = match q.publish_batch(&routing_key, &payloads) {
+            // The client pokes the daemon when anything was queued.
+            let (ids, failure) = match c.publish_batch(&routing_key, &payloads) {
                 Ok(ids) => (ids, None),
                 Err(partial) => {
                     let PartialPublish { committed, error } = *partial;
                     (committed, Some(error))
                 }
             };
-            if !ids.is_empty()
-                && let Err(e) = control::poke(&c.daemon.control_socket)
-            {
-                tracing::debug!(error = %e, "could not poke the daemon");
+            if wait && failure.is_none() {
+                let waited = c.wait(&ids, timeout).map_err(|e| unable("wait for the jobs", &e))?;
+                return jobs::report(&waited, json);
             }
             if json {
                 println!("{}", serde_json::json!({ "routing_key": routing_key, "jobs": ids }));
@@ -239,7 +333,7 @@ fn client(cmd: Cmd) -> Result<(), String> {
                 }
             }
             match failure {
-                None => Ok(()),
+                None => Ok(0),
                 Some(e) => {
                     let what = format!("publish to {routing_key:?}");
                     let mut msg = unable(&what, &e);
@@ -253,8 +347,8 @@ fn client(cmd: Cmd) -> Result<(), String> {
                 }
             }
         }
-        Cmd::Status { config, json } => {
-            let c = load(&config)?;
+        Cmd::Status { json } => {
+            let c = load(config)?;
             let status =
                 control::status(&c.daemon.control_socket).map_err(|e| unable("read status", &e))?;
             if json {
@@ -262,10 +356,10 @@ fn client(cmd: Cmd) -> Result<(), String> {
             } else {
                 print!("{}", status.render());
             }
-            Ok(())
+            Ok(0)
         }
-        Cmd::Dead { config, task, json } => {
-            let c = load(&config)?;
+        Cmd::Dead { task, json } => {
+            let c = load(config)?;
             let mut q =
                 queue::open(&c.queue, OpenMode::Client).map_err(|e| unable("open queue", &e))?;
             q.bind(&c.bindings()).map_err(|e| unable("bind tasks", &e))?;
@@ -282,13 +376,13 @@ fn client(cmd: Cmd) -> Result<(), String> {
                     );
                 }
             }
-            Ok(())
+            Ok(0)
         }
-        Cmd::Requeue { config, task, all, ids } => {
+        Cmd::Requeue { task, all, ids } => {
             if !all && ids.is_empty() {
                 return Err("requeue needs job ids or --all".into());
             }
-            let c = load(&config)?;
+            let c = load(config)?;
             let mut q =
                 queue::open(&c.queue, OpenMode::Client).map_err(|e| unable("open queue", &e))?;
             q.bind(&c.bindings()).map_err(|e| unable("bind tasks", &e))?;
@@ -297,7 +391,22 @@ fn client(cmd: Cmd) -> Result<(), String> {
             let n = q.requeue_dead(task.as_deref(), &which).map_err(|e| unable("requeue", &e))?;
             let _ = control::poke(&c.daemon.control_socket);
             println!("requeued {n} job(s)");
-            Ok(())
+            Ok(0)
+        }
+        Cmd::Job { id, json } => jobs::job(&mut Client::new(load(config)?), &id, json),
+        Cmd::Jobs { task, states, since, limit, json } => {
+            let filter = JobFilter { task, states, since, limit };
+            jobs::jobs(&mut Client::new(load(config)?), &filter, json)
+        }
+        Cmd::Logs { id, attempt, stream, follow } => {
+            jobs::logs(&mut Client::new(load(config)?), &id, attempt, stream, follow)
+        }
+        Cmd::Wait { ids, timeout, json } => {
+            jobs::wait(&mut Client::new(load(config)?), &ids, timeout, json)
+        }
+        Cmd::Cancel { ids } => jobs::cancel(&mut Client::new(load(config)?), &ids),
+        Cmd::Purge { dead, done, older_than } => {
+            jobs::purge(&mut Client::new(load(config)?), &Purge { dead, done, older_than })
         }
     }
 }

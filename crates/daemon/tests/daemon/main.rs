@@ -5,6 +5,7 @@
 mod broker;
 mod hardening;
 mod hardening_orphans;
+mod lifecycle;
 mod sandbox;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,174 @@
+//! The job verbs: `job`, `jobs`, `logs`, `wait`, `cancel`, `purge`, and the waiting half of
+//! `publish --wait`, over [`procyard_daemon::Client`]. Each returns the exit status.
+
+use std::io::Write;
+use std::time::Duration;
+
+use procyard_daemon::queue::{Attempt, JobFilter, JobRecord, JobState, Purge};
+use procyard_daemon::{Cancelled, Client, Waited};
+
+use super::render;
+use crate::unable;
+
+/// Which streams `logs` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stream {
+    /// The job's stdout (to stdout).
+    Stdout,
+    /// The job's stderr (to stderr).
+    Stderr,
+}
+
+fn err(action: &str) -> impl Fn(procyard_daemon::Error) -> String + '_ {
+    move |e| unable(action, &e)
+}
+
+fn json_line(v: &impl serde::Serialize) -> Result<(), String> {
+    println!("{}", serde_json::to_string(v).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+pub fn job(client: &mut Client, id: &str, json: bool) -> Result<u8, String> {
+    let record = client.job(id).map_err(err("show the job"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", render::record(&record));
+    }
+    Ok(0)
+}
+
+pub fn jobs(client: &mut Client, filter: &JobFilter, json: bool) -> Result<u8, String> {
+    for j in client.jobs(filter).map_err(err("list jobs"))? {
+        if json {
+            json_line(&j)?;
+        } else {
+            println!("{}", render::line(&j));
+        }
+    }
+    Ok(0)
+}
+
+/// Writes attempt `a`'s output: stdout to stdout, stderr to stderr.
+fn write_output(a: &Attempt, stream: Option<Stream>) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("unable to write the output: {e}");
+    if stream != Some(Stream::Stderr)
+        && let Some(out) = &a.stdout
+    {
+        let mut o = std::io::stdout().lock();
+        o.write_all(&out.bytes).and_then(|()| o.flush()).map_err(io)?;
+    }
+    if stream != Some(Stream::Stdout)
+        && let Some(err) = &a.stderr
+    {
+        std::io::stderr().lock().write_all(&err.bytes).map_err(io)?;
+    }
+    Ok(())
+}
+
+pub fn logs(
+    client: &mut Client,
+    id: &str,
+    attempt: Option<u32>,
+    stream: Option<Stream>,
+    follow: bool,
+) -> Result<u8, String> {
+    let mut record = client.job(id).map_err(err("read the job"))?;
+    if let Some(n) = attempt {
+        let a = find_attempt(&record, n)?;
+        write_output(&a, stream)?;
+        return Ok(0);
+    }
+    if !follow {
+        if let Some(a) = record.attempts.iter().rev().find(|a| a.end.is_some()) {
+            write_output(a, stream)?;
+        }
+        return Ok(0);
+    }
+    // Follow: each attempt's output as that attempt ends, until the job ends.
+    let mut shown = 0;
+    loop {
+        for a in record.attempts.iter().skip(shown).take_while(|a| a.end.is_some()) {
+            write_output(a, stream)?;
+            shown += 1;
+        }
+        if record.state.is_final() {
+            return Ok(0);
+        }
+        client.wait_attempt(id, None).map_err(err("follow the job"))?;
+        record = client.job(id).map_err(err("read the job"))?;
+    }
+}
+
+fn find_attempt(record: &JobRecord, n: u32) -> Result<Attempt, String> {
+    record.attempts.iter().find(|a| a.number == n).cloned().ok_or_else(|| {
+        format!("job {} has no attempt {n} (it has {})", record.id, record.attempts.len())
+    })
+}
+
+/// Prints how the jobs ended and returns the exit status they mirror.
+pub fn report(waited: &Waited, json: bool) -> Result<u8, String> {
+    for j in &waited.jobs {
+        if json {
+            json_line(j)?;
+        } else {
+            let last = j.attempts.iter().rev().find_map(|a| a.end.as_ref());
+            let how = last.map(|e| format!(" ({e})")).unwrap_or_default();
+            println!("{}\t{}{how}", j.id, j.state);
+        }
+    }
+    if waited.timed_out {
+        eprintln!("procyard-daemon: timed out waiting for the jobs to end");
+    }
+    Ok(waited.exit_code())
+}
+
+pub fn wait(
+    client: &mut Client,
+    ids: &[String],
+    timeout: Option<Duration>,
+    json: bool,
+) -> Result<u8, String> {
+    let waited = client.wait(ids, timeout).map_err(err("wait for the jobs"))?;
+    report(&waited, json)
+}
+
+pub fn cancel(client: &mut Client, ids: &[String]) -> Result<u8, String> {
+    let mut failed = None;
+    for id in ids {
+        match client.cancel(id) {
+            Ok(Cancelled::Waiting) => println!("{id}\tcancelled"),
+            Ok(Cancelled::Stopping) => println!("{id}\tcancelling (stopping its process)"),
+            Err(e) => {
+                let msg = unable(&format!("cancel job {id}"), &e);
+                eprintln!("procyard-daemon: {msg}");
+                failed = Some(msg);
+            }
+        }
+    }
+    match failed {
+        None => Ok(0),
+        Some(_) if ids.len() == 1 => Err(String::new()),
+        Some(_) => Err("some jobs could not be cancelled".into()),
+    }
+}
+
+pub fn purge(client: &mut Client, what: &Purge) -> Result<u8, String> {
+    if !what.dead && !what.done {
+        return Err("purge needs --dead, --done or both".into());
+    }
+    let n = client.purge(what).map_err(err("purge"))?;
+    println!("purged {n} job(s)");
+    Ok(0)
+}
+
+/// `--state` values.
+pub fn parse_state(s: &str) -> Result<JobState, String> {
+    s.parse().map_err(|e: procyard_daemon::Error| e.to_string())
+}
+
+/// `--timeout`, `--since`, `--older-than` values: core's duration grammar.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    procyard_core::parse_duration(s)
+        .map_err(|_| "expected a duration such as 500ms, 30s, 5m, 2h or a number of seconds".into())
+}
