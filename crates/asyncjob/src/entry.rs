@@ -11,7 +11,7 @@
 //! [`AsyncJob::start`]: crate::AsyncJob::start
 //! [`run_if_monitor`]: crate::run_if_monitor
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use procyard_core::companion::EmbeddedEntry;
 
 use crate::StartFailure;
 use crate::monitor::StartReport;
@@ -23,21 +23,18 @@ use crate::monitor::StartReport;
 #[doc(hidden)]
 pub const MONITOR_HOST_ARG: &str = "__monitor-host";
 
-/// Exit code of a monitor-host process that refused.
-const EXIT_REFUSED: i32 = 3;
-
-/// Set once `main` called [`run_if_monitor`](crate::run_if_monitor) in a normal run.
-static ENTRY: AtomicBool = AtomicBool::new(false);
+/// Whether `main` called [`run_if_monitor`](crate::run_if_monitor), and the refusal.
+static ENTRY: EmbeddedEntry = EmbeddedEntry::new();
 
 /// Notes that `main` called [`run_if_monitor`](crate::run_if_monitor) in a normal run.
 pub(crate) fn mark_present() {
-    ENTRY.store(true, Ordering::Relaxed);
+    ENTRY.mark_present();
 }
 
 /// Whether `main` called [`run_if_monitor`](crate::run_if_monitor) (so this program can host
 /// monitors).
 pub(crate) fn entry_present() -> bool {
-    ENTRY.load(Ordering::Relaxed)
+    ENTRY.is_present()
 }
 
 /// The job spec, when this process was started to host a monitor.
@@ -60,21 +57,9 @@ pub(crate) fn refuse_nested_start() -> ! {
 }
 
 /// Says `message` on stderr and in the report its parent waits for (descriptor 3), and ends
-/// the process. The first thread to get here does it; any other waits for the end.
+/// the process.
 pub(crate) fn refuse(message: &str) -> ! {
-    static REFUSING: AtomicBool = AtomicBool::new(false);
-    if REFUSING.swap(true, Ordering::SeqCst) {
-        loop {
-            std::thread::park();
-        }
-    }
-    let program = std::env::current_exe().ok();
-    let program = program.as_deref().and_then(|p| p.file_name()).unwrap_or_default();
-    eprintln!("{}: {message}", program.to_string_lossy());
-    report_failure(StartFailure::Detach, message.to_owned());
-    // No exit handlers: other threads of a program that was never meant to run here may be
-    // anywhere.
-    procyard_core::exit_immediately(EXIT_REFUSED)
+    ENTRY.refuse(message, |message| report_failure(StartFailure::Detach, message.to_owned()))
 }
 
 /// Reports a failure to start on descriptor 3, where the caller waits for the host's report.

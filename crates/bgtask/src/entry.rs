@@ -12,8 +12,8 @@
 //! [`run_if_supervisor`]: crate::run_if_supervisor
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 
+use procyard_core::companion::EmbeddedEntry;
 use procyard_core::frame;
 
 use crate::handoff::{SuperviseReply, SuperviseRequest};
@@ -22,20 +22,18 @@ use crate::handoff::{SuperviseReply, SuperviseRequest};
 /// own program to run a supervisor (see [`run_if_supervisor`](crate::run_if_supervisor)).
 pub const SUPERVISOR_ENTRY_ARG: &str = "__procyard-bgtask-supervise";
 
-/// Exit code of a supervisor-mode process that refused (see the module docs).
-const EXIT_REFUSED: i32 = 3;
-
-/// Set once `main` called [`run_if_supervisor`] in a normal run.
-static ENTRY: AtomicBool = AtomicBool::new(false);
+/// Whether `main` called [`run_if_supervisor`](crate::run_if_supervisor), and the refusal.
+static ENTRY: EmbeddedEntry = EmbeddedEntry::new();
 
 /// Notes that `main` called [`run_if_supervisor`](crate::run_if_supervisor) in a normal run.
 pub(crate) fn mark_present() {
-    ENTRY.store(true, Ordering::Relaxed);
+    ENTRY.mark_present();
 }
 
-/// Whether `main` called [`run_if_supervisor`](crate::run_if_supervisor) (so this program can run supervisors).
+/// Whether `main` called [`run_if_supervisor`](crate::run_if_supervisor) (so this program can
+/// run supervisors).
 pub(crate) fn entry_present() -> bool {
-    ENTRY.load(Ordering::Relaxed)
+    ENTRY.is_present()
 }
 
 /// Whether this process was started to run a supervisor.
@@ -53,23 +51,12 @@ pub(crate) fn refuse_nested_spawn() -> ! {
 }
 
 /// Reads the spawn request (so the parent's write does not fail first), says `message` on
-/// stderr and in the answer, and ends the process. The first thread to get here does it;
-/// any other waits for the end.
+/// stderr and in the answer, and ends the process.
 pub(crate) fn refuse(message: &str) -> ! {
-    static REFUSING: AtomicBool = AtomicBool::new(false);
-    if REFUSING.swap(true, Ordering::SeqCst) {
-        loop {
-            std::thread::park();
-        }
-    }
     let _ = frame::read_frame::<_, SuperviseRequest>(&mut std::io::stdin().lock());
-    let program = std::env::current_exe().ok();
-    let program = program.as_deref().and_then(|p| p.file_name()).unwrap_or_default();
-    let _ = writeln!(std::io::stderr(), "{}: {message}", program.to_string_lossy());
-    let reply = SuperviseReply { error: Some(message.to_owned()) };
-    let mut stdout = std::io::stdout().lock();
-    let _ = frame::write_frame(&mut stdout, &reply).and_then(|()| stdout.flush());
-    // No exit handlers: other threads of a program that was never meant to run here may be
-    // anywhere.
-    procyard_core::exit_immediately(EXIT_REFUSED)
+    ENTRY.refuse(message, |message| {
+        let reply = SuperviseReply { error: Some(message.to_owned()) };
+        let mut stdout = std::io::stdout().lock();
+        let _ = frame::write_frame(&mut stdout, &reply).and_then(|()| stdout.flush());
+    })
 }

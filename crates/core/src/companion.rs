@@ -11,6 +11,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{Error, Result};
 
@@ -62,6 +63,61 @@ pub fn current_exe_is(names: &[&str]) -> bool {
         .ok()
         .and_then(|exe| exe.file_name().map(OsStr::to_owned))
         .is_some_and(|name| names.iter().any(|n| name == OsStr::new(n)))
+}
+
+/// The companion entry embedded in a user's own program (`run_if_supervisor()`-style): whether
+/// `main` entered it, and the refusal of a process started in companion mode whose `main` did
+/// not — such a process must never start another companion (that would chain copies of the
+/// program without end), so it says why and exits at once.
+#[derive(Debug)]
+pub struct EmbeddedEntry {
+    present: AtomicBool,
+    refusing: AtomicBool,
+}
+
+/// Exit code of a companion-mode process that refused (see [`EmbeddedEntry::refuse`]).
+pub const EXIT_REFUSED: i32 = 3;
+
+impl EmbeddedEntry {
+    /// An entry nobody has entered yet (for a `static`).
+    pub const fn new() -> EmbeddedEntry {
+        EmbeddedEntry { present: AtomicBool::new(false), refusing: AtomicBool::new(false) }
+    }
+
+    /// Notes that `main` called the entry in a normal run.
+    pub fn mark_present(&self) {
+        self.present.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `main` called the entry (so the program can serve as its own companion).
+    pub fn is_present(&self) -> bool {
+        self.present.load(Ordering::Relaxed)
+    }
+
+    /// Ends a companion-mode process that must not go on: says `message` on stderr (after the
+    /// program's name), lets `tell_parent` deliver it where the parent waits, and exits with
+    /// [`EXIT_REFUSED`] without running exit handlers (other threads of a program never meant
+    /// to run here may be anywhere). The first thread to get here does it; any other waits.
+    pub fn refuse(&self, message: &str, tell_parent: impl FnOnce(&str)) -> ! {
+        if self.refusing.swap(true, Ordering::SeqCst) {
+            loop {
+                std::thread::park();
+            }
+        }
+        let program = std::env::current_exe().ok();
+        let program = program.as_deref().and_then(Path::file_name).unwrap_or_default();
+        let line = format!("{}: {message}\n", program.to_string_lossy());
+        // One write, so a parent that kills this process once told cannot cut the line short.
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+        tell_parent(message);
+        crate::exit_immediately(EXIT_REFUSED)
+    }
+}
+
+impl Default for EmbeddedEntry {
+    fn default() -> Self {
+        EmbeddedEntry::new()
+    }
 }
 
 #[cfg(test)]
