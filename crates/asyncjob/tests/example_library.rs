@@ -60,15 +60,6 @@ fn main_without_entry() -> ExitCode {
     }
 }
 
-/// This test program copied alone into the sandbox, as a user's installed program.
-fn installed_copy(sb: &Sandbox) -> PathBuf {
-    let dir = sb.join("app");
-    std::fs::create_dir(&dir).unwrap();
-    let copy = dir.join("my-app");
-    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
-    copy
-}
-
 /// Runs `program` with nothing but `PATH` (no procyard program on it), `TMPDIR` (the
 /// sandbox), the mode and `extra` in its environment.
 fn run(sb: &Sandbox, program: &Path, mode: &str, extra: &[(&str, &Path)]) -> (Output, Duration) {
@@ -91,17 +82,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Processes whose executable is `program` (monitors, refusing copies).
-fn running(program: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter(|e| std::fs::read_link(e.path().join("exe")).is_ok_and(|exe| exe == program))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 /// What the example left in the sandbox besides the program (it removes its directory).
 fn leftovers(sb: &Sandbox) -> Vec<PathBuf> {
     let entries = std::fs::read_dir(sb.path()).unwrap().flatten();
@@ -110,20 +90,22 @@ fn leftovers(sb: &Sandbox) -> Vec<PathBuf> {
 
 fn runs_embedded() {
     let sb = Sandbox::new("asyncjob-example-embedded", Duration::from_secs(120));
-    let app = installed_copy(&sb);
+    let app = sb.installed_copy();
     let (out, _) = run(&sb, &app, "run", &[]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "the example failed: {}{stdout}", text(&out.stderr));
     assert!(stdout.contains(&format!("monitor runs {}\n", app.display())), "{stdout}");
     assert!(stdout.contains("status running\n"), "{stdout}");
     assert!(stdout.ends_with("log:\nbuilding the report\nreport done\n"), "{stdout}");
-    wait_for("the monitor to exit", Duration::from_secs(20), || running(&app).is_empty());
+    wait_for("the monitor to exit", Duration::from_secs(20), || {
+        testkit::processes_running(&app).is_empty()
+    });
     assert!(leftovers(&sb).is_empty(), "left behind: {:?}", leftovers(&sb));
 }
 
 fn names_missing_program() {
     let sb = Sandbox::new("asyncjob-example-missing", Duration::from_secs(60));
-    let app = installed_copy(&sb);
+    let app = sb.installed_copy();
     let missing = sb.join("no-such-asyncjob");
     let (out, _) = run(&sb, &app, "run", &[("PROCYARD_ASYNCJOB_BIN", &missing)]);
     let stderr = text(&out.stderr);
@@ -138,26 +120,28 @@ fn names_missing_program() {
     }
     assert!(!stderr.contains("single-threaded"), "{stderr}");
     assert_eq!(stderr.matches("PROCYARD_ASYNCJOB_BIN").count(), 1, "{stderr}");
-    assert!(running(&app).is_empty());
+    assert!(testkit::processes_running(&app).is_empty());
 }
 
 fn forgotten_entry() {
     let sb = Sandbox::new("asyncjob-forgotten-entry", Duration::from_secs(60));
-    let app = installed_copy(&sb);
+    let app = sb.installed_copy();
     let (out, took) = run(&sb, &app, "forget-entry", &[]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("did not call procyard_asyncjob::run_if_monitor() first"), "{stderr}");
     assert!(took < Duration::from_secs(10), "the refusal took {took:?}");
     // No chain of copies: the refusing copy ended, and no monitor was started.
-    wait_for("the refusing copy to exit", Duration::from_secs(10), || running(&app).is_empty());
+    wait_for("the refusing copy to exit", Duration::from_secs(10), || {
+        testkit::processes_running(&app).is_empty()
+    });
 }
 
 /// Threads, no program anywhere, no entry in `main`: the error names the variable, the install
 /// command and the entry (never "needs a single-threaded process"), and nothing was started.
 fn without_entry() {
     let sb = Sandbox::new("asyncjob-without-entry", Duration::from_secs(60));
-    let app = installed_copy(&sb);
+    let app = sb.installed_copy();
     let (out, _) = run(&sb, &app, "no-entry", &[]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -170,5 +154,5 @@ fn without_entry() {
         assert!(stderr.contains(needed), "{needed:?} missing from: {stderr}");
     }
     assert!(!stderr.contains("single-threaded"), "{stderr}");
-    assert!(running(&app).is_empty());
+    assert!(testkit::processes_running(&app).is_empty());
 }

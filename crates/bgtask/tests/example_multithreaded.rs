@@ -5,7 +5,7 @@
 //! `harness = false`: this file's `main` is the example's own `main` (the file is included
 //! with `#[path]`) when the test runs the copy, so the test and the example are one program.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Output};
 use std::time::{Duration, Instant};
 
@@ -60,15 +60,6 @@ fn main_without_entry() -> ExitCode {
     }
 }
 
-/// This test program copied alone into the sandbox, as a user's installed program.
-fn installed_copy(sb: &Sandbox) -> PathBuf {
-    let dir = sb.join("app");
-    std::fs::create_dir(&dir).unwrap();
-    let copy = dir.join("my-app");
-    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
-    copy
-}
-
 /// Runs `program` with nothing but `PATH` (no procyard program on it), the pool, the mode and
 /// `extra` in its environment.
 fn run(sb: &Sandbox, program: &Path, mode: &str, extra: &[(&str, &Path)]) -> (Output, Duration) {
@@ -91,20 +82,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Processes whose executable is `program` (supervisors, refusing copies).
-fn running(program: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter(|e| std::fs::read_link(e.path().join("exe")).is_ok_and(|exe| exe == program))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 fn runs_embedded() {
     let sb = Sandbox::new("bgtask-example-embedded", Duration::from_secs(120));
-    let app = installed_copy(&sb);
+    let app = sb.installed_copy();
     let (out, _) = run(&sb, &app, "run", &[]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "the example failed: {}{stdout}", text(&out.stderr));
@@ -114,14 +94,16 @@ fn runs_embedded() {
         assert!(stdout.contains(&format!("worker {n} said: hello from {n}\nping\n")), "{stdout}");
     }
     // Every task was deleted: its supervisor is gone and so are its files.
-    wait_for("the supervisors to exit", Duration::from_secs(20), || running(&app).is_empty());
+    wait_for("the supervisors to exit", Duration::from_secs(20), || {
+        testkit::processes_running(&app).is_empty()
+    });
     let left: Vec<_> = std::fs::read_dir(sb.join("pool")).unwrap().flatten().collect();
     assert!(left.is_empty(), "files left in the pool: {left:?}");
 }
 
 fn names_missing_program() {
     let sb = Sandbox::new("bgtask-example-missing", Duration::from_secs(60));
-    let app = installed_copy(&sb);
+    let app = sb.installed_copy();
     let missing = sb.join("no-such-supervisor");
     let (out, _) = run(&sb, &app, "run", &[("PROCYARD_BGTASK_BIN", &missing)]);
     let stderr = text(&out.stderr);
@@ -137,19 +119,21 @@ fn names_missing_program() {
     for line in stderr.lines() {
         assert_eq!(line.matches("PROCYARD_BGTASK_BIN").count(), 1, "{line}");
     }
-    assert!(running(&app).is_empty());
+    assert!(testkit::processes_running(&app).is_empty());
 }
 
 fn forgotten_entry() {
     let sb = Sandbox::new("bgtask-forgotten-entry", Duration::from_secs(60));
-    let app = installed_copy(&sb);
+    let app = sb.installed_copy();
     let (out, took) = run(&sb, &app, "forget-entry", &[]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("did not call procyard_bgtask::run_if_supervisor() first"), "{stderr}");
     assert!(took < Duration::from_secs(10), "the refusal took {took:?}");
     // No chain of copies: the refusing copies ended, and no supervisor was started.
-    wait_for("the refusing copies to exit", Duration::from_secs(10), || running(&app).is_empty());
+    wait_for("the refusing copies to exit", Duration::from_secs(10), || {
+        testkit::processes_running(&app).is_empty()
+    });
     let tasks: Vec<_> = std::fs::read_dir(sb.join("pool")).unwrap().flatten().collect();
     assert!(tasks.is_empty(), "tasks were started: {tasks:?}");
 }
@@ -158,7 +142,7 @@ fn forgotten_entry() {
 /// command and the entry (never "needs a single-threaded process"), and nothing was started.
 fn without_entry() {
     let sb = Sandbox::new("bgtask-without-entry", Duration::from_secs(60));
-    let app = installed_copy(&sb);
+    let app = sb.installed_copy();
     let (out, _) = run(&sb, &app, "no-entry", &[]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -171,5 +155,5 @@ fn without_entry() {
         assert!(stderr.contains(needed), "{needed:?} missing from: {stderr}");
     }
     assert!(!stderr.contains("single-threaded"), "{stderr}");
-    assert!(running(&app).is_empty());
+    assert!(testkit::processes_running(&app).is_empty());
 }

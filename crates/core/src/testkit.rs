@@ -72,6 +72,18 @@ pub fn kill_processes_with_env(key: &str, value: &str, timeout: Duration) -> usi
     left.len()
 }
 
+/// Live processes whose executable is `program`.
+pub fn processes_running(program: &Path) -> Vec<Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(Pid::from_raw)
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == program)
+        })
+        .collect()
+}
+
 /// The lines `source` produces, delivered as they arrive (a reader thread feeds the channel;
 /// `recv_timeout` on it waits for the next line with a deadline).
 pub fn lines_of(source: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
@@ -140,6 +152,17 @@ impl Sandbox {
     /// The directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A copy of the running test program alone in `app/my-app` inside the sandbox, as a user's
+    /// installed program: nothing of this build's target directory is beside or above it.
+    pub fn installed_copy(&self) -> PathBuf {
+        let dir = self.join("app");
+        std::fs::create_dir_all(&dir).expect("create the sandbox's app directory");
+        let copy = dir.join("my-app");
+        std::fs::copy(std::env::current_exe().expect("the test's executable"), &copy)
+            .expect("copy the test's executable");
+        copy
     }
 
     /// A path inside the directory.
