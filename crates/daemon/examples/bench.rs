@@ -3,7 +3,8 @@
 //! Runs the release daemon binary (built if needed) on a temp SQLite queue and prints one
 //! `BENCH` line per metric with a baseline measured in the same run:
 //! oneshot jobs/s (2,000 `true` jobs) vs raw spawn+wait; longlived jobs/s with an echo worker
-//! (this program re-executed in worker mode); publish→done latency p50/p99; daemon RSS idle
+//! (this program re-executed in worker mode); both again with job records on (the default)
+//! against `keep_done = "0s"` (no history), the job-lifecycle issue's ≥ 0.9 goal; publish→done latency p50/p99; daemon RSS idle
 //! and with 100 workers; graceful stop time with 10 idle workers.
 //!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
@@ -19,6 +20,8 @@ use procyard_daemon::{Config, control, worker};
 
 const WORKER_ENV: &str = "PROCYARD_BENCH_WORKER";
 const NOTIFY_ENV: &str = "PROCYARD_BENCH_NOTIFY";
+/// The `[daemon]` line that turns job records off (the baseline of the history benches).
+const NO_HISTORY: &str = "keep_done = \"0s\"";
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(WORKER_ENV).is_some() {
@@ -32,13 +35,23 @@ fn main() -> anyhow::Result<()> {
 
     if part("oneshot") {
         let raw = raw_spawn_rate(2000)?;
-        let oneshot = oneshot_rate(&daemon_bin, 2000)?;
+        let off = oneshot_rate(&daemon_bin, 2000, NO_HISTORY)?;
+        let oneshot = oneshot_rate(&daemon_bin, 2000, "")?;
         bench("oneshot_jobs_per_s", oneshot, "jobs/s", "raw_spawn_wait_per_s", raw);
+        bench("oneshot_history_on_per_s", oneshot, "jobs/s", "oneshot_keep_done_0s_per_s", off);
     }
 
     if part("longlived") {
-        let longlived = longlived_rate(&daemon_bin, &me, 20_000)?;
+        let off = longlived_rate(&daemon_bin, &me, 20_000, NO_HISTORY)?;
+        let longlived = longlived_rate(&daemon_bin, &me, 20_000, "")?;
         bench("longlived_jobs_per_s", longlived, "jobs/s", "goal_jobs_per_s", 5000.0);
+        bench(
+            "longlived_history_on_per_s",
+            longlived,
+            "jobs/s",
+            "longlived_keep_done_0s_per_s",
+            off,
+        );
     }
 
     if part("latency") {
@@ -137,10 +150,15 @@ struct Run {
 
 impl Run {
     fn new(tasks: &str) -> anyhow::Result<Run> {
+        Run::with("", tasks)
+    }
+
+    /// A run whose `[daemon]` section also has `daemon` lines.
+    fn with(daemon: &str, tasks: &str) -> anyhow::Result<Run> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("bench.toml");
         let text = format!(
-            "[daemon]\ngrace_period = \"5s\"\nkill_timeout = \"2s\"\n[queue]\npath = \"{}/q.db\"\n{tasks}",
+            "[daemon]\ngrace_period = \"5s\"\nkill_timeout = \"2s\"\n{daemon}\n[queue]\npath = \"{}/q.db\"\n{tasks}",
             dir.path().display()
         );
         std::fs::write(&config, text)?;
@@ -252,8 +270,9 @@ fn longlived_task(me: &Path, min: usize, max: usize, notify: Option<&Path>) -> S
     )
 }
 
-fn oneshot_rate(bin: &Path, n: usize) -> anyhow::Result<f64> {
-    let mut run = Run::new(
+fn oneshot_rate(bin: &Path, n: usize, daemon: &str) -> anyhow::Result<f64> {
+    let mut run = Run::with(
+        daemon,
         "[[task]]\nname = \"t\"\nrouting_keys = [\"t\"]\ncommand = [\"true\"]\nmax_workers = 8\n",
     )?;
     {
@@ -270,8 +289,8 @@ fn oneshot_rate(bin: &Path, n: usize) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-fn longlived_rate(bin: &Path, me: &Path, n: usize) -> anyhow::Result<f64> {
-    let mut run = Run::new(&longlived_task(me, 2, 2, None))?;
+fn longlived_rate(bin: &Path, me: &Path, n: usize, daemon: &str) -> anyhow::Result<f64> {
+    let mut run = Run::with(daemon, &longlived_task(me, 2, 2, None))?;
     {
         let mut q = run.queue()?;
         for i in 0..n {

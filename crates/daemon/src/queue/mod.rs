@@ -198,15 +198,9 @@ pub trait QueueBackend {
         let _ = retention;
     }
 
-    /// Daemon only: an attempt of `job` begins now in the worker `worker_pid` (may be
-    /// buffered until [`QueueBackend::flush`]). A backend with a history records it, so a
-    /// daemon killed during the attempt leaves it `daemon lost` for the next one to see.
-    fn begin_attempt(&mut self, job: &Job, worker_pid: Option<i32>) {
-        let _ = (job, worker_pid);
-    }
-
     /// Daemon only: how the current attempt of `job` ended, with its output; called just
-    /// before [`QueueBackend::complete`] and written with it.
+    /// before [`QueueBackend::complete`] and written with it. (An attempt begins when the job
+    /// is handed to a worker: [`QueueBackend::record_holder`] records that, with the time.)
     fn record_attempt(&mut self, job: &Job, report: AttemptReport) {
         let _ = (job, report);
     }

@@ -39,7 +39,6 @@ impl Shell {
                 };
                 let Some(run) = &w.job else { return None };
                 record_holder(&mut *self.queue, &run.job, p);
-                self.queue.begin_attempt(&run.job, Some(p.child.id().as_raw()));
                 if let Err(e) = p.send_job(&run.job, registry) {
                     tracing::error!(error = %Report(&e), "unable to send a job to a worker");
                 }
@@ -113,7 +112,6 @@ impl Shell {
             Ok(p) => {
                 if let Some(job) = job {
                     record_holder(&mut *self.queue, job, &p);
-                    self.queue.begin_attempt(job, Some(p.child.id().as_raw()));
                 }
                 let pid = p.child.id().as_raw();
                 self.processes.insert(worker, p);

@@ -1,22 +1,17 @@
-//! Attempts: a row per attempt in `attempts`, inserted when the job is handed to a worker and
-//! completed (end, reason, bounded output) with the job's outcome, both buffered and written
-//! in the daemon's next write transaction. An attempt still open when a daemon starts was the
-//! dead daemon's: it becomes `daemon lost`.
+//! Attempts: a row per ended attempt in `attempts` (how it ended, the reason, the bounded
+//! output), written with the job's outcome in the daemon's next write transaction. The
+//! attempt's beginning costs no write of its own: it is the lease holder recorded on the job's
+//! row (worker pid, `worker_started_ms`), so a running attempt is read from there, and one
+//! still open when a daemon starts — the dead daemon's — is written `daemon lost` from it.
 
-use rusqlite::{Connection, Transaction, params};
+use std::collections::HashSet;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::now_ms;
+use super::outcomes::PendingOutcome;
 use super::schema::STATE_LEASED;
 use crate::queue::{Attempt, AttemptEnd, AttemptReport, Captured, Job, Receipt};
-
-/// An attempt begun and not yet written.
-#[derive(Debug)]
-struct Begun {
-    seq: i64,
-    delivery: u32,
-    worker_pid: Option<i32>,
-    started_ms: i64,
-}
 
 /// An attempt ended and not yet written.
 #[derive(Debug)]
@@ -30,20 +25,10 @@ struct Ended {
 /// Attempts reported and not yet written.
 #[derive(Debug, Default)]
 pub(super) struct AttemptLog {
-    begun: Vec<Begun>,
     ended: Vec<Ended>,
 }
 
 impl AttemptLog {
-    pub(super) fn begin(&mut self, job: &Job, worker_pid: Option<i32>) {
-        self.begun.push(Begun {
-            seq: job.receipt.0 as i64,
-            delivery: job.attempt,
-            worker_pid,
-            started_ms: now_ms(),
-        });
-    }
-
     pub(super) fn end(&mut self, job: &Job, report: AttemptReport) {
         self.ended.push(Ended {
             seq: job.receipt.0 as i64,
@@ -54,46 +39,46 @@ impl AttemptLog {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.begun.is_empty() && self.ended.is_empty()
+        self.ended.is_empty()
     }
 
     pub(super) fn clear(&mut self) {
-        self.begun.clear();
         self.ended.clear();
     }
 
-    /// Writes the buffered attempts inside `tx`: beginnings first (an attempt may begin and
-    /// end between two writes), then ends (an end without a recorded beginning — the worker
-    /// never started — gets a row of its own).
-    pub(super) fn write(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    /// Writes the buffered attempts inside `tx`, before the outcomes and after the holders
+    /// (the attempt's start and pid come from the job's row). Without history, the attempts of
+    /// jobs done now are not written at all: their rows go with the outcome.
+    pub(super) fn write(
+        &self,
+        tx: &Transaction<'_>,
+        pending: &[PendingOutcome],
+        keep_history: bool,
+    ) -> rusqlite::Result<()> {
         if self.is_empty() {
             return Ok(());
         }
-        let mut begin = tx.prepare_cached(
-            "INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for b in &self.begun {
-            begin.execute(params![b.seq, b.delivery, b.worker_pid, b.started_ms])?;
-        }
-        let mut end = tx.prepare_cached(
-            "UPDATE attempts SET ended_ms = ?2, outcome = ?3, reason = ?4,
-                 stdout = ?5, stdout_total = ?6, stdout_dropped = ?7,
-                 stderr = ?8, stderr_total = ?9, stderr_dropped = ?10,
-                 worker_pid = COALESCE(worker_pid, ?11)
-             WHERE job_seq = ?1 AND ended_ms IS NULL",
-        )?;
+        let gone: HashSet<i64> = if keep_history {
+            HashSet::new()
+        } else {
+            pending.iter().filter_map(PendingOutcome::done_seq).collect()
+        };
         let mut insert = tx.prepare_cached(
-            "INSERT INTO attempts (job_seq, delivery, worker_pid, ended_ms, outcome, reason,
-                 stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped)
-             VALUES (?1, ?12, ?11, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms, outcome,
+                 reason, stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped)
+             SELECT ?1, ?2, COALESCE(?3, worker_pid), worker_started_ms, ?4, ?5, ?6, ?7, ?8, ?9,
+                 ?10, ?11, ?12
+             FROM jobs WHERE seq = ?1",
         )?;
-        for e in &self.ended {
+        for e in self.ended.iter().filter(|e| !gone.contains(&e.seq)) {
             let r = &e.report;
             let outcome = serde_json::to_string(&r.end).unwrap_or_default();
             let (out, out_total, out_dropped) = columns(r.stdout.as_ref());
             let (err, err_total, err_dropped) = columns(r.stderr.as_ref());
-            let args = params![
+            insert.execute(params![
                 e.seq,
+                e.delivery,
+                r.worker_pid,
                 e.ended_ms,
                 outcome,
                 r.reason,
@@ -103,12 +88,7 @@ impl AttemptLog {
                 err,
                 err_total,
                 err_dropped,
-                r.worker_pid,
-                e.delivery,
-            ];
-            if end.execute(&args[..11])? == 0 {
-                insert.execute(args)?;
-            }
+            ])?;
         }
         Ok(())
     }
@@ -121,9 +101,9 @@ fn columns(c: Option<&Captured>) -> (Option<&[u8]>, Option<i64>, Option<i64>) {
     }
 }
 
-/// Ends every open attempt of a leased job (all but `keep`) with `end`: the daemon that ran
-/// it is gone (`DaemonLost`, at the next start) or stopped (`DaemonStopped`, at shutdown,
-/// only this daemon's leases when `owner` is given).
+/// Writes the open attempt of every job leased and handed to a worker (all but `keep`) as
+/// ended with `end`: the daemon that ran it is gone (`DaemonLost`, at the next start) or
+/// stopped (`DaemonStopped`, at shutdown, only this daemon's leases when `owner` is given).
 pub(super) fn end_open(
     conn: &Connection,
     end: &AttemptEnd,
@@ -131,17 +111,11 @@ pub(super) fn end_open(
     keep: &str,
 ) -> rusqlite::Result<usize> {
     conn.execute(
-        "UPDATE attempts SET ended_ms = ?1, outcome = ?2
-         WHERE ended_ms IS NULL AND job_seq IN (
-             SELECT seq FROM jobs WHERE state = ?3 AND (?4 IS NULL OR lease_owner = ?4)
-               AND seq NOT IN (SELECT value FROM json_each(?5)))",
-        params![
-            now_ms(),
-            serde_json::to_string(end).unwrap_or_default(),
-            STATE_LEASED,
-            owner,
-            keep
-        ],
+        "INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms, outcome)
+         SELECT seq, attempts, worker_pid, worker_started_ms, ?1, ?2 FROM jobs
+         WHERE state = 1 AND worker_pid IS NOT NULL AND (?3 IS NULL OR lease_owner = ?3)
+           AND seq NOT IN (SELECT value FROM json_each(?4))",
+        params![now_ms(), serde_json::to_string(end).unwrap_or_default(), owner, keep],
     )
 }
 
@@ -175,6 +149,22 @@ pub(super) fn read(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<Attempt>
         })
     })?;
     let mut out = rows.collect::<rusqlite::Result<Vec<Attempt>>>()?;
+    // The attempt running now, from the lease holder on the job's row.
+    let running = conn
+        .prepare_cached(
+            "SELECT attempts, worker_pid, worker_started_ms FROM jobs
+             WHERE seq = ?1 AND state = ?2 AND worker_pid IS NOT NULL",
+        )?
+        .query_row(params![seq, STATE_LEASED], |r| {
+            Ok(Attempt {
+                delivery: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                worker_pid: r.get(1)?,
+                started_ms: r.get(2)?,
+                ..Attempt::default()
+            })
+        })
+        .optional()?;
+    out.extend(running);
     for (i, a) in out.iter_mut().enumerate() {
         a.number = i as u32 + 1;
     }

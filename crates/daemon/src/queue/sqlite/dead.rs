@@ -3,7 +3,7 @@
 use rusqlite::params;
 
 use super::SqliteQueue;
-use super::schema::{STATE_DEAD, STATE_READY};
+use super::schema::STATE_READY;
 use crate::queue::{DeadLetter, Requeue};
 use crate::{Error, Result};
 
@@ -20,12 +20,12 @@ impl SqliteQueue {
             .conn
             .prepare_cached(
                 "SELECT id, task, routing_key, attempts, COALESCE(last_error, ''), LENGTH(payload)
-                 FROM jobs WHERE state = ?1 AND (?2 IS NULL OR task = ?2) ORDER BY seq LIMIT ?3",
+                 FROM jobs WHERE state = 3 AND (?1 IS NULL OR task = ?1) ORDER BY seq LIMIT ?2",
             )
             .map_err(e)?;
         let limit = limit.min(i64::MAX as usize) as i64;
         let rows = stmt
-            .query_map(params![STATE_DEAD, task, limit], |r| {
+            .query_map(params![task, limit], |r| {
                 Ok(DeadLetter {
                     id: r.get(0)?,
                     task: r.get(1)?,
@@ -49,18 +49,16 @@ impl SqliteQueue {
         let mut n = 0u64;
         {
             let sql = "UPDATE jobs SET state = ?1, attempts = 0, not_before = 0, finished_ms = NULL
-                       WHERE state = ?2 AND (?3 IS NULL OR task = ?3) AND (?4 IS NULL OR id = ?4)";
+                       WHERE state = 3 AND (?2 IS NULL OR task = ?2) AND (?3 IS NULL OR id = ?3)";
             let mut stmt = tx.prepare_cached(sql).map_err(e)?;
             match which {
                 Requeue::All => {
                     let all = None::<String>;
-                    n += stmt.execute(params![STATE_READY, STATE_DEAD, task, all]).map_err(e)?
-                        as u64;
+                    n += stmt.execute(params![STATE_READY, task, all]).map_err(e)? as u64;
                 }
                 Requeue::Ids(ids) => {
                     for id in ids {
-                        let changed =
-                            stmt.execute(params![STATE_READY, STATE_DEAD, task, id]).map_err(e)?;
+                        let changed = stmt.execute(params![STATE_READY, task, id]).map_err(e)?;
                         if changed == 0 {
                             return Err(Error::NoSuchJob { id: id.clone() });
                         }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, params};
 
-use super::schema::STATE_READY;
 use super::{SqliteQueue, now_ms};
 use crate::queue::OpenMode;
 use crate::{Error, Result};
@@ -41,8 +40,8 @@ impl SqliteQueue {
                 let due: Option<i64> = self
                     .conn
                     .query_row(
-                        "SELECT MIN(not_before) FROM jobs WHERE state = ?1 AND not_before > ?2",
-                        params![STATE_READY, now],
+                        "SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > ?1",
+                        params![now],
                         |row| row.get(0),
                     )
                     .optional()

@@ -1,5 +1,5 @@
-//! The worker recorded with each lease (step 5 of the queue contract): four columns on the
-//! job's row, added to a queue file made before they existed, written with the daemon's next
+//! The worker recorded with each lease (step 5 of the queue contract): five columns on the
+//! job's row (the fifth, when it was handed over, is also the start of the job's attempt), added to a queue file made before they existed, written with the daemon's next
 //! write transaction after the hand-off, and read back by the next daemon to stop the workers
 //! of a dead one before their jobs are put back.
 
@@ -9,11 +9,12 @@ use super::schema::STATE_LEASED;
 use crate::queue::{Abandoned, LeaseHolder, Receipt};
 
 /// The columns, in the order [`write`] and [`abandoned`] use them.
-const COLUMNS: [(&str, &str); 4] = [
+const COLUMNS: [(&str, &str); 5] = [
     ("worker_pid", "INTEGER"),
     ("worker_start", "INTEGER"),
     ("worker_pgid", "INTEGER"),
     ("worker_boot", "TEXT"),
+    ("worker_started_ms", "INTEGER"),
 ];
 
 /// Adds the holder columns to a `jobs` table that lacks them (a queue file made by an older
@@ -45,17 +46,21 @@ fn missing(conn: &Connection) -> rusqlite::Result<Vec<(&'static str, &'static st
     Ok(out)
 }
 
+/// A holder to record: the job's row, the worker, and when it was handed the job (ms).
+pub(super) type Held = (i64, LeaseHolder, i64);
+
 /// Records the holders of leased rows (a row no longer leased — its outcome came first — is
 /// left alone).
-pub(super) fn write(tx: &Transaction<'_>, holders: &[(i64, LeaseHolder)]) -> rusqlite::Result<()> {
+pub(super) fn write(tx: &Transaction<'_>, holders: &[Held]) -> rusqlite::Result<()> {
     if holders.is_empty() {
         return Ok(());
     }
     let mut stmt = tx.prepare_cached(
-        "UPDATE jobs SET worker_pid = ?1, worker_start = ?2, worker_pgid = ?3, worker_boot = ?4
+        "UPDATE jobs SET worker_pid = ?1, worker_start = ?2, worker_pgid = ?3, worker_boot = ?4,
+             worker_started_ms = ?7
          WHERE seq = ?5 AND state = ?6",
     )?;
-    for (seq, h) in holders {
+    for (seq, h, started_ms) in holders {
         stmt.execute(params![
             h.process.pid.as_raw(),
             i64::try_from(h.process.start_time).unwrap_or(i64::MAX),
@@ -63,6 +68,7 @@ pub(super) fn write(tx: &Transaction<'_>, holders: &[(i64, LeaseHolder)]) -> rus
             h.process.boot_id,
             seq,
             STATE_LEASED,
+            started_ms,
         ])?;
     }
     Ok(())
@@ -73,9 +79,9 @@ pub(super) fn write(tx: &Transaction<'_>, holders: &[(i64, LeaseHolder)]) -> rus
 pub(super) fn abandoned(conn: &Connection) -> rusqlite::Result<Vec<Abandoned>> {
     let mut stmt = conn.prepare(
         "SELECT seq, id, task, worker_pid, worker_start, worker_pgid, worker_boot
-         FROM jobs WHERE state = ?1 ORDER BY seq",
+         FROM jobs WHERE state = 1 ORDER BY seq",
     )?;
-    let rows = stmt.query_map([STATE_LEASED], |r| {
+    let rows = stmt.query_map([], |r| {
         let pid: Option<i64> = r.get(3)?;
         let start: Option<i64> = r.get(4)?;
         let pgid: Option<i64> = r.get(5)?;
@@ -122,7 +128,7 @@ mod tests {
              INSERT INTO jobs VALUES (1, 'a', 't', 1);",
         )
         .unwrap();
-        assert_eq!(missing(&conn).unwrap().len(), 4);
+        assert_eq!(missing(&conn).unwrap().len(), 5);
         migrate(&mut conn).unwrap();
         migrate(&mut conn).unwrap();
         assert!(missing(&conn).unwrap().is_empty());

@@ -44,9 +44,9 @@ impl SqliteQueue {
         let e = |err| Error::queue("claim jobs from", &path, err);
         let keep_history = self.keeps_history();
         let tx = self.conn.transaction().map_err(e)?;
-        self.attempts.write(&tx).map_err(e)?;
-        let retried = write_outcomes(&tx, &self.pending, keep_history).map_err(e)?;
         holders::write(&tx, &self.holders).map_err(e)?;
+        self.attempts.write(&tx, &self.pending, keep_history).map_err(e)?;
+        let retried = write_outcomes(&tx, &self.pending, keep_history).map_err(e)?;
         let now = now_ms();
         let mut jobs = Vec::new();
         {
@@ -54,15 +54,15 @@ impl SqliteQueue {
                 .prepare_cached(
                     "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2,
                          worker_pid = NULL, worker_start = NULL, worker_pgid = NULL,
-                         worker_boot = NULL
-                     WHERE seq IN (SELECT seq FROM jobs WHERE task = ?3 AND state = ?4
-                                   AND not_before <= ?5 ORDER BY seq LIMIT ?6)
+                         worker_boot = NULL, worker_started_ms = NULL
+                     WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_waiting
+                                   WHERE task = ?3 AND state = 0
+                                   AND not_before <= ?4 ORDER BY seq LIMIT ?5)
                      RETURNING seq, id, routing_key, payload, attempts",
                 )
                 .map_err(e)?;
-            let mut rows = stmt
-                .query(params![STATE_LEASED, self.owner, task, STATE_READY, now, max as i64])
-                .map_err(e)?;
+            let mut rows =
+                stmt.query(params![STATE_LEASED, self.owner, task, now, max as i64]).map_err(e)?;
             while let Some(row) = rows.next().map_err(e)? {
                 jobs.push(Job {
                     id: row.get(1).map_err(e)?,
@@ -94,9 +94,9 @@ impl SqliteQueue {
             .conn
             .execute(
                 "UPDATE jobs SET state = ?1, attempts = MAX(attempts - 1, 0), lease_owner = NULL
-                 WHERE state = ?2 AND (?3 IS NULL OR lease_owner = ?3)
-                   AND seq NOT IN (SELECT value FROM json_each(?4))",
-                params![STATE_READY, STATE_LEASED, owner, keep],
+                 WHERE state = 1 AND (?2 IS NULL OR lease_owner = ?2)
+                   AND seq NOT IN (SELECT value FROM json_each(?3))",
+                params![STATE_READY, owner, keep],
             )
             .map_err(|e| Error::queue("recover jobs in", &self.path, e))?;
         self.due_cache = None;

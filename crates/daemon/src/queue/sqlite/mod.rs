@@ -81,7 +81,7 @@ pub struct SqliteQueue {
     due_cache: Option<Option<i64>>,
     recovered: u64,
     /// Holders of jobs handed to workers, written with the next write transaction.
-    holders: Vec<(i64, LeaseHolder)>,
+    holders: Vec<holders::Held>,
     /// Daemon: the file it serves, to notice it deleted or replaced.
     identity: Option<FileIdentity>,
     /// Set once the file at the path is no longer the one served: every call fails.
@@ -260,16 +260,12 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn record_holder(&mut self, job: &Job, holder: &LeaseHolder) -> Result<()> {
-        self.holders.push((job.receipt.0 as i64, holder.clone()));
+        self.holders.push((job.receipt.0 as i64, holder.clone(), now_ms()));
         Ok(())
     }
 
     fn set_retention(&mut self, retention: Retention) {
         self.retention = retention;
-    }
-
-    fn begin_attempt(&mut self, job: &Job, worker_pid: Option<i32>) {
-        self.attempts.begin(job, worker_pid);
     }
 
     fn record_attempt(&mut self, job: &Job, report: AttemptReport) {

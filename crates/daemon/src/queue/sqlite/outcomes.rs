@@ -25,6 +25,11 @@ pub(super) struct PendingOutcome {
 }
 
 impl PendingOutcome {
+    /// The job's row, when this outcome is `Done`.
+    pub(super) fn done_seq(&self) -> Option<i64> {
+        matches!(self.outcome, Outcome::Done).then_some(self.seq)
+    }
+
     /// `job`'s outcome, reported now.
     pub(super) fn now(job: &Job, outcome: Outcome) -> PendingOutcome {
         PendingOutcome {
@@ -103,9 +108,9 @@ impl SqliteQueue {
         let e = |err| Error::queue("record job outcomes in", &path, err);
         let keep = self.keeps_history();
         let tx = self.conn.transaction().map_err(e)?;
-        self.attempts.write(&tx).map_err(e)?;
-        let retried = write_outcomes(&tx, &self.pending, keep).map_err(e)?;
         holders::write(&tx, &self.holders).map_err(e)?;
+        self.attempts.write(&tx, &self.pending, keep).map_err(e)?;
+        let retried = write_outcomes(&tx, &self.pending, keep).map_err(e)?;
         tx.commit().map_err(e)?;
         self.written(retried);
         Ok(())

@@ -184,6 +184,14 @@ mod tests {
     use crate::queue::sqlite::tests::bound;
     use crate::queue::{AttemptEnd, AttemptReport, Captured, OpenMode, Outcome, QueueBackend};
 
+    /// Hands `job` to a worker (this test process stands in for it); returns its pid.
+    fn hand(q: &mut SqliteQueue, job: &crate::queue::Job) -> i32 {
+        let me = procyard_core::ProcessIdentity::current().unwrap();
+        let holder = crate::queue::LeaseHolder { process_group: me.pid, process: me.clone() };
+        q.record_holder(job, &holder).unwrap();
+        me.pid.as_raw()
+    }
+
     fn report(end: AttemptEnd, out: &str) -> AttemptReport {
         AttemptReport {
             worker_pid: Some(42),
@@ -203,11 +211,13 @@ mod tests {
         let id = q.publish("mail.a", b"hello").unwrap().remove(0);
         assert_eq!(q.job(&id).unwrap().state, JobState::Ready);
         let job = q.claim("mail", 1).unwrap().remove(0);
-        q.begin_attempt(&job, Some(42));
+        let pid = hand(&mut q, &job);
         q.flush().unwrap();
         let running = q.job(&id).unwrap();
         assert_eq!(running.state, JobState::Running);
         assert_eq!((running.attempts.len(), running.attempts[0].end.clone()), (1, None));
+        assert_eq!(running.attempts[0].worker_pid, Some(pid));
+        assert!(running.attempts[0].started_ms.is_some());
         q.record_attempt(&job, report(AttemptEnd::Exited { code: 3 }, "first"));
         let retry = Outcome::Retry { delay: Duration::from_secs(60), reason: "exit code 3".into() };
         q.complete(&job, retry).unwrap();
@@ -220,7 +230,7 @@ mod tests {
         // A second attempt that starts and ends between two writes.
         q.conn.execute("UPDATE jobs SET not_before = 0", []).unwrap();
         let job = q.claim("mail", 1).unwrap().remove(0);
-        q.begin_attempt(&job, Some(43));
+        hand(&mut q, &job);
         q.record_attempt(&job, report(AttemptEnd::Exited { code: 0 }, "second"));
         q.complete(&job, Outcome::Done).unwrap();
         q.flush().unwrap();
@@ -258,7 +268,7 @@ mod tests {
         let mut q = bound(&path, OpenMode::Daemon);
         let id = q.publish("mail.a", b"x").unwrap().remove(0);
         let job = q.claim("mail", 1).unwrap().remove(0);
-        q.begin_attempt(&job, Some(7));
+        let pid = hand(&mut q, &job);
         q.flush().unwrap();
         drop(q); // as if killed
         let mut again = bound(&path, OpenMode::Daemon);
@@ -267,9 +277,10 @@ mod tests {
         assert_eq!(rec.state, JobState::Ready);
         assert_eq!(rec.attempts.len(), 1);
         assert_eq!(rec.attempts[0].end, Some(AttemptEnd::DaemonLost));
-        assert_eq!(rec.attempts[0].worker_pid, Some(7));
+        assert_eq!(rec.attempts[0].worker_pid, Some(pid));
         let job = again.claim("mail", 1).unwrap().remove(0);
-        again.begin_attempt(&job, Some(8));
+        hand(&mut again, &job);
+        again.flush().unwrap();
         again.shutdown().unwrap();
         let rec = again.job(&id).unwrap();
         assert_eq!(rec.attempts[1].end, Some(AttemptEnd::DaemonStopped));
@@ -283,7 +294,7 @@ mod tests {
         q.set_retention(crate::queue::Retention { keep_done: Duration::ZERO, keep_done_max: 0 });
         let id = q.publish("mail.a", b"x").unwrap().remove(0);
         let job = q.claim("mail", 1).unwrap().remove(0);
-        q.begin_attempt(&job, Some(1));
+        hand(&mut q, &job);
         q.record_attempt(&job, report(AttemptEnd::Exited { code: 0 }, ""));
         q.complete(&job, Outcome::Done).unwrap();
         q.flush().unwrap();

@@ -15,6 +15,12 @@ use super::{files, holders};
 use crate::queue::OpenMode;
 use crate::{Error, Result};
 
+// The indexes hold only the rows they serve, so a history of a million done jobs costs the
+// claim, the retry times, the depths and the dead letters nothing: `jobs_waiting` (claims),
+// `jobs_active` (retry times, depths, dead letters), `jobs_finished` (pruning). Queries that
+// use a partial index name the states as literals (the planner cannot see through a bound
+// parameter), so the codes below are written as numbers in the SQL too.
+
 /// A job that can be claimed (now, or once `not_before` has passed: a retry).
 pub(super) const STATE_READY: i64 = 0;
 /// A job claimed by the daemon holding the lock (`lease_owner`).
@@ -42,8 +48,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error   TEXT
 );
 DROP INDEX IF EXISTS jobs_claim;
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(task, state, seq, not_before);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, not_before);
+DROP INDEX IF EXISTS jobs_ready;
+DROP INDEX IF EXISTS jobs_due;
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(task, state, seq, not_before)
+    WHERE state = 0 OR state = 1;
+CREATE INDEX IF NOT EXISTS jobs_active ON jobs(state, not_before, task)
+    WHERE state = 0 OR state = 1 OR state = 3;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_ms) WHERE state IN (2, 4);
 CREATE TABLE IF NOT EXISTS attempts (
     n              INTEGER PRIMARY KEY,
@@ -108,5 +118,33 @@ mod tests {
         let n: i64 = again.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap();
         let journal: String = again.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!((n, journal.as_str()), (1, "wal"));
+    }
+
+    /// The hot queries use the partial indexes (so a history of done jobs costs them nothing)
+    /// and never sort: a plan that walked or sorted every ready row once cut throughput by 5×.
+    #[test]
+    fn hot_queries_use_the_partial_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = connect(&dir.path().join("q.db"), OpenMode::Daemon).unwrap();
+        let plan = |sql: &str| -> String {
+            let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let params = vec![1i64; st.parameter_count()];
+            let rows = st
+                .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3))
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        let claim = plan(
+            "SELECT seq FROM jobs INDEXED BY jobs_waiting WHERE task = ?1 AND state = 0
+             AND not_before <= ?2 ORDER BY seq LIMIT ?3",
+        );
+        assert!(claim.contains("jobs_waiting") && !claim.contains("TEMP B-TREE"), "{claim}");
+        let due = plan("SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > ?1");
+        assert!(due.contains("jobs_active"), "{due}");
+        let prune = plan(
+            "SELECT seq FROM jobs WHERE state IN (2, 4) AND finished_ms <= ?1
+             ORDER BY finished_ms, seq LIMIT ?2",
+        );
+        assert!(prune.contains("jobs_finished") && !prune.contains("TEMP B-TREE"), "{prune}");
     }
 }
