@@ -32,8 +32,10 @@ fn first_id(out: &Output) -> String {
 
 fn task(name: &str, script: &str, extra: &str) -> String {
     let attempts = if extra.contains("max_attempts") { "" } else { "max_attempts = 3\n" };
+    let backoff =
+        if extra.contains("backoff_initial") { "" } else { "backoff_initial = \"50ms\"\n" };
     format!(
-        "[[task]]\nname = \"{name}\"\nrouting_keys = [\"{name}.#\"]\ncommand = [\"sh\", \"-c\", {script:?}]\n{attempts}backoff_initial = \"50ms\"\n{extra}\n"
+        "[[task]]\nname = \"{name}\"\nrouting_keys = [\"{name}.#\"]\ncommand = [\"sh\", \"-c\", {script:?}]\n{attempts}{backoff}{extra}\n"
     )
 }
 
@@ -312,4 +314,34 @@ fn daemon_lifecycle_bad_input_and_config_discovery() {
             && err.contains("/etc/procyard/daemon.toml"),
         "{err}"
     );
+}
+
+/// Cancel a delayed job (its retry never comes) and a job running in a longlived worker (the
+/// worker gets the stop ladder, the job ends `cancelled`, a new worker takes the next job).
+#[test]
+fn daemon_lifecycle_cancel_delayed_and_longlived() {
+    let mut sb = Sandbox::new(&format!(
+        "{}[[task]]\nname = \"ll\"\nrouting_keys = [\"ll.#\"]\ncommand = [\"python3\", \"{{worker}}\"]\nwork_model = \"longlived\"\nmin_workers = 1\nmax_workers = 1\nenv = {{ ECHO_OUT_DIR = \"{{out}}\" }}\n",
+        task("later", "exit 3", "backoff_initial = \"1h\"\nbackoff_max = \"2h\"")
+    ));
+    sb.start();
+    let delayed = sb.publish("later.x", b"").remove(0);
+    sb.wait_until("the retry delay", SECS(20), |sb| state(sb, &delayed) == JobState::Delayed);
+    let out = sb.cli(&["cancel", &delayed]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let job = client(&sb).job(&delayed).expect("job");
+    assert_eq!((job.state, job.attempts.len()), (JobState::Cancelled, 1), "never again");
+
+    let long = sb.publish("ll.x", b"sleep 60").remove(0);
+    sb.wait_until("the longlived job running", SECS(20), |sb| {
+        client(sb).job(&long).is_ok_and(|j| j.state == JobState::Running && !j.attempts.is_empty())
+    });
+    let out = sb.cli(&["cancel", &long]);
+    assert!(text(&out.stdout).contains("cancelling"), "{}", text(&out.stderr));
+    let out = sb.cli(&["wait", "--timeout", "30s", &long]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let job = client(&sb).job(&long).expect("job");
+    assert_eq!(job.attempts.last().and_then(|a| a.end.clone()), Some(AttemptEnd::Cancelled));
+    let out = sb.cli(&["publish", "--wait", "--timeout", "30s", "ll.y", "after"]);
+    assert_eq!(out.status.code(), Some(0), "a new worker serves: {}", text(&out.stderr));
 }
