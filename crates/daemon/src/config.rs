@@ -31,7 +31,7 @@
 //! idle_timeout = "60s"          # longlived: idle workers above min stop after this
 //! env = { MODE = "fast" }
 //! cwd = "."
-//! output_limit = 65536          # oneshot: bytes of stdout and of stderr kept per attempt
+//! output_limit = 65536          # bytes of stdout and of stderr kept per attempt (longlived: stderr)
 //! ```
 //!
 //! Durations are an integer or float number of seconds, or a string with a unit: `250ms`,
@@ -111,8 +111,8 @@ pub struct TaskConfig {
     pub env: BTreeMap<String, String>,
     /// The workers' working directory (absolute); the daemon's when unset.
     pub cwd: Option<PathBuf>,
-    /// Oneshot: the bytes of stdout and of stderr kept per attempt (the first and last
-    /// halves, with the count dropped between); default 64 KiB.
+    /// The bytes of stdout and of stderr kept per attempt (the first and last halves, with
+    /// the count dropped between; a longlived worker's stderr only); default 64 KiB.
     pub output_limit: usize,
 }
 

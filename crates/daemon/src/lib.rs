@@ -58,9 +58,10 @@
 //! letters stay until requeued or purged. A daemon killed during an attempt leaves it open;
 //! the next daemon records it `daemon lost`. [`Client`] (and the `job`, `jobs`, `logs`,
 //! `wait`, `cancel`, `purge` verbs) reads and acts on them; waiting is an event (the daemon
-//! answers a held control connection when the jobs end). Not recorded (yet): the rusage of
-//! a job's process (core's wait does not return it), a longlived worker's stderr (still
-//! inherited by the daemon) and a worker's result value; the AMQP backend keeps no records.
+//! answers a held control connection when the jobs end). A longlived worker's stderr is
+//! relayed to the daemon's stderr and what it writes during a job is kept with that job's
+//! attempt (bounded the same way). Not recorded (yet): the rusage of a job's process (core's
+//! wait does not return it) and a worker's result value; the AMQP backend keeps no records.
 //!
 //! # Limitations
 //!

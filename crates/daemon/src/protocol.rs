@@ -14,7 +14,8 @@
 //!
 //! The daemon sends one job at a time and waits for its reply; a worker takes job after job.
 //! End of file on stdin means "stop": finish and exit 0. Write logs to stderr — stdout is the
-//! protocol. A worker that dies, exits, or replies with a malformed frame or the wrong id
+//! protocol; the daemon relays stderr to its own and keeps what is written during a job with
+//! that job's attempt (`procyard-daemon logs ID`). A worker that dies, exits, or replies with a malformed frame or the wrong id
 //! during a job fails that job (retried until `max_attempts`), and is replaced with
 //! crash-loop backoff. A job's outcome is what its reply says, never the worker's exit code.
 //!

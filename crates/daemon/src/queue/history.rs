@@ -181,7 +181,8 @@ pub struct Attempt {
     pub end: Option<AttemptEnd>,
     /// The reason given by the worker or the retry policy.
     pub reason: Option<String>,
-    /// Its stdout (oneshot jobs; `None` when not captured).
+    /// Its stdout (oneshot jobs; `None` when not captured: a longlived worker's stdout is the
+    /// protocol).
     pub stdout: Option<Captured>,
     /// Its stderr (oneshot jobs; longlived workers' lines written during the job).
     pub stderr: Option<Captured>,

@@ -124,8 +124,16 @@ impl Shell {
     /// Tells the queue how the attempt ended, with the output captured.
     fn record_attempt(&mut self, job: &Job, outcome: &Outcome, ended: Ended) {
         let (stdout, stderr) = match self.outputs.remove(&ended.worker) {
-            Some((out, err)) => (Some(out), Some(err)),
-            None => (None, None),
+            Some(streams) => streams,
+            // A longlived worker that answered: what it wrote on stderr during the job.
+            None => {
+                let relay = self.processes.get_mut(&ended.worker).and_then(|p| p.relay.as_mut());
+                if let Some(r) = relay {
+                    r.read(self.poll.registry());
+                }
+                let relay = self.processes.get_mut(&ended.worker).and_then(|p| p.relay.as_mut());
+                (None, relay.and_then(|r| r.job.take()).map(|c| c.finish()))
+            }
         };
         let reason = match outcome {
             Outcome::Done => None,

@@ -27,6 +27,39 @@ pub(crate) fn token(id: u64, kind: usize) -> Token {
     Token(((id as usize) << KIND_BITS) | kind)
 }
 
+/// A longlived worker's stderr: relayed to the daemon's stderr as it comes (as when it was
+/// inherited), and what it writes while it runs a job is also kept with that job's attempt.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    pub rx: Option<pipe::Receiver>,
+    /// The current job's stderr, when the worker runs one.
+    pub job: Option<Capture>,
+}
+
+impl Relay {
+    /// Reads what the worker wrote until the pipe is empty; closes it at its end.
+    pub fn read(&mut self, registry: &Registry) {
+        let Some(rx) = self.rx.as_mut() else { return };
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match procyard_core::event::retry_interrupted(|| rx.read(&mut buf)) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let _ = std::io::stderr().lock().write_all(&buf[..n]);
+                    if let Some(c) = self.job.as_mut() {
+                        c.push(&buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        if let Some(mut rx) = self.rx.take() {
+            let _ = registry.deregister(&mut rx);
+        }
+    }
+}
+
 /// A oneshot job's captured output streams.
 #[derive(Debug)]
 pub(crate) struct Output {
@@ -60,13 +93,13 @@ impl Output {
     }
 
     /// Stops reading (whatever is still unread is lost) and hands over the captures.
-    pub fn finish(mut self, registry: &Registry) -> (Captured, Captured) {
+    pub fn finish(mut self, registry: &Registry) -> (Option<Captured>, Option<Captured>) {
         for rx in [self.stdout.as_mut(), self.stderr.as_mut()].into_iter().flatten() {
             let _ = registry.deregister(rx);
         }
         self.stdout = None;
         self.stderr = None;
-        (self.out.finish(), self.err.finish())
+        (Some(self.out.finish()), Some(self.err.finish()))
     }
 }
 
@@ -83,6 +116,10 @@ pub(crate) struct Process {
     pub holder: Option<LeaseHolder>,
     /// A oneshot job's output, captured.
     pub output: Option<Output>,
+    /// A longlived worker's stderr.
+    pub relay: Option<Relay>,
+    /// The per-stream limit of the task's captures.
+    pub output_limit: usize,
 }
 
 /// The environment variable that tags a worker and everything it starts with
@@ -171,7 +208,7 @@ impl Process {
                 }
             }
             WorkModel::Longlived => {
-                cmd.stdin(Stdio::Pipe).stdout(Stdio::Pipe).stderr(Stdio::Inherit);
+                cmd.stdin(Stdio::Pipe).stdout(Stdio::Pipe).stderr(Stdio::Pipe);
             }
         }
         let mut child = cmd
@@ -181,14 +218,17 @@ impl Process {
         let mut stdout =
             child.take_stdout().map(nonblocking).transpose()?.map(pipe::Receiver::from);
         let stderr = child.take_stderr().map(nonblocking).transpose()?.map(pipe::Receiver::from);
-        let output = match cfg.work_model {
-            WorkModel::Oneshot => Some(Output {
-                stdout: stdout.take(),
-                stderr,
-                out: Capture::new(cfg.output_limit),
-                err: Capture::new(cfg.output_limit),
-            }),
-            WorkModel::Longlived => None,
+        let (output, relay) = match cfg.work_model {
+            WorkModel::Oneshot => (
+                Some(Output {
+                    stdout: stdout.take(),
+                    stderr,
+                    out: Capture::new(cfg.output_limit),
+                    err: Capture::new(cfg.output_limit),
+                }),
+                None,
+            ),
+            WorkModel::Longlived => (None, Some(Relay { rx: stderr, job: None })),
         };
         let holder = worker_holder(&child);
         let mut worker = Process {
@@ -201,6 +241,8 @@ impl Process {
             out_pos: 0,
             holder,
             output,
+            relay,
+            output_limit: cfg.output_limit,
         };
         let reg = |e: std::io::Error| Error::Os {
             action: "register a worker with the event loop",
@@ -223,6 +265,9 @@ impl Process {
                 registry.register(s, token(id, KIND_STDERR), Interest::READABLE).map_err(reg)?;
             }
         }
+        if let Some(s) = worker.relay.as_mut().and_then(|r| r.rx.as_mut()) {
+            registry.register(s, token(id, KIND_STDERR), Interest::READABLE).map_err(reg)?;
+        }
         Ok(worker)
     }
 
@@ -237,6 +282,9 @@ impl Process {
         let head =
             frame::encode_frame(&header).map_err(|e| Error::process("encode a job header", e))?;
         self.out.extend_from_slice(&head);
+        if let Some(r) = self.relay.as_mut() {
+            r.job = Some(Capture::new(self.output_limit));
+        }
         frame::write_frame_bytes(&mut self.out, &job.payload)
             .map_err(|e| Error::Os { action: "encode a payload", source: e })?;
         self.flush_stdin(registry);
@@ -299,6 +347,9 @@ impl Process {
         self.close_stdout(registry);
         if let Some(o) = self.output.take() {
             let _ = o.finish(registry);
+        }
+        if let Some(mut rx) = self.relay.take().and_then(|r| r.rx) {
+            let _ = registry.deregister(&mut rx);
         }
     }
 }

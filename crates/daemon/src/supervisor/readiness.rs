@@ -35,6 +35,12 @@ impl Shell {
                 output.read(KIND_STDERR, registry);
                 self.outputs.insert(id, output.finish(registry));
             }
+            if let Some(relay) = p.relay.as_mut() {
+                relay.read(registry);
+                if let Some(c) = relay.job.take() {
+                    self.outputs.insert(id, (None, Some(c.finish())));
+                }
+            }
             p.deregister_all(registry);
         }
         self.feed(Event::Exited { worker: id, exit });
@@ -46,10 +52,12 @@ impl Shell {
     /// worker's replies.
     pub(super) fn read_output(&mut self, id: WorkerId, kind: usize) {
         let registry = self.poll.registry();
-        match self.processes.get_mut(&id).and_then(|p| p.output.as_mut()) {
-            Some(output) => output.read(kind, registry),
-            None if kind == KIND_STDOUT => self.read_replies(id),
-            None => {}
+        let Some(p) = self.processes.get_mut(&id) else { return };
+        match (p.output.as_mut(), p.relay.as_mut()) {
+            (Some(output), _) => output.read(kind, registry),
+            (None, _) if kind == KIND_STDOUT => self.read_replies(id),
+            (None, Some(relay)) => relay.read(registry),
+            (None, None) => {}
         }
     }
 

@@ -44,7 +44,7 @@ pub(super) struct Shell {
     pub(super) reap_strays: bool,
     /// The captured stdout and stderr of oneshot workers that exited, until their job's
     /// attempt is recorded.
-    pub(super) outputs: HashMap<WorkerId, (Captured, Captured)>,
+    pub(super) outputs: HashMap<WorkerId, (Option<Captured>, Option<Captured>)>,
 }
 
 pub(super) fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {

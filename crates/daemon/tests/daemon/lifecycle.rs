@@ -345,3 +345,33 @@ fn daemon_lifecycle_cancel_delayed_and_longlived() {
     let out = sb.cli(&["publish", "--wait", "--timeout", "30s", "ll.y", "after"]);
     assert_eq!(out.status.code(), Some(0), "a new worker serves: {}", text(&out.stderr));
 }
+
+/// A longlived worker's stderr during a job is kept with that job's attempt (and still reaches
+/// the daemon's stderr); a failure reply's reason is recorded.
+#[test]
+fn daemon_lifecycle_longlived_stderr_attributed() {
+    let mut sb = Sandbox::new(
+        "[[task]]\nname = \"ll\"\nrouting_keys = [\"ll.#\"]\ncommand = [\"python3\", \"{worker}\"]\nwork_model = \"longlived\"\nmin_workers = 1\nmax_workers = 1\nmax_attempts = 1\n",
+    );
+    sb.start();
+    let mut ids = Vec::new();
+    for payload in ["first", "second"] {
+        let out = sb.cli(&["publish", "--wait", "--timeout", "30s", "ll.x", payload]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        ids.push(first_id(&out));
+    }
+    for (id, payload) in ids.iter().zip(["first", "second"]) {
+        let job = client(&sb).job(id).expect("job");
+        let a = &job.attempts[0];
+        assert_eq!(a.end, Some(AttemptEnd::Replied { outcome: "done".into() }));
+        assert!(a.stdout.is_none(), "stdout is the protocol");
+        let err = text(&a.stderr.as_ref().expect("stderr").bytes);
+        assert_eq!(err.lines().count(), 1, "only its own lines: {err:?}");
+        assert!(err.contains(&format!("job {id}")) && err.contains(payload), "{err:?}");
+    }
+    assert!(sb.log().contains(&format!("job {}", ids[1])), "relayed to the daemon's stderr");
+    let out = sb.cli(&["publish", "--wait", "ll.x", "fail"]);
+    assert_eq!(out.status.code(), Some(1));
+    let job = client(&sb).job(&first_id(&out)).expect("job");
+    assert_eq!(job.attempts[0].reason.as_deref(), Some("asked to fail"));
+}
