@@ -68,6 +68,17 @@
 //! [`Error::NoSuchJob`](crate::Error::NoSuchJob), and then SQLite puts back none of them,
 //! AMQP the ones it found).
 //!
+//! # Job records
+//!
+//! A backend with a history (SQLite) keeps every job's record ([`JobRecord`]): the daemon
+//! reports how each attempt ended with [`QueueBackend::record_attempt`] just before
+//! [`QueueBackend::complete`] (both written in one transaction; an attempt's start is the
+//! holder written by [`QueueBackend::record_holder`]), tells the retention with
+//! [`QueueBackend::set_retention`], and the client reads with [`QueueBackend::job`] and
+//! [`QueueBackend::jobs`], cancels a waiting job with [`QueueBackend::cancel_waiting`] and
+//! deletes records with [`QueueBackend::purge`]. The defaults keep nothing and answer
+//! [`Error::Unsupported`](crate::Error::Unsupported) (AMQP, for now).
+//!
 //! # Errors
 //!
 //! A backend never panics and never kills the daemon: it returns [`crate::Error`] values

@@ -169,6 +169,25 @@ mod tests {
         assert!(s.waiters.is_empty());
     }
 
+    /// A longlived worker that answers `retry` after its job was cancelled does not get it
+    /// run again: the job ends cancelled.
+    #[test]
+    fn a_reply_after_cancel_keeps_it_cancelled() {
+        use crate::protocol::{Reply, ReplyOutcome};
+        let t0 = Instant::now();
+        let mut s = State::new(config(vec![task("t", WorkModel::Longlived)]), t0);
+        s.step(Event::Claimed { task: "t".into(), max: 2, jobs: vec![] }, t0);
+        let worker = *s.workers.keys().next().unwrap();
+        s.step(Event::Spawned { worker, pid: 9 }, t0);
+        s.step(Event::Claimed { task: "t".into(), max: 2, jobs: vec![job("a", 1)] }, t0);
+        assert!(s.workers[&worker].job.is_some(), "dispatched");
+        s.step(Event::Control { conn: 1, request: Request::Cancel { ids: vec!["a".into()] } }, t0);
+        let reply = Reply { id: "a".into(), outcome: ReplyOutcome::Retry, message: None };
+        let acts = s.step(Event::Reply { worker, reply }, t0);
+        let done = complete_of(&acts);
+        assert!(matches!(done[..], [(_, Outcome::Cancelled { .. }, Some(_))]), "{done:?}");
+    }
+
     /// A claimed job not yet handed to a worker is cancelled at once, without an attempt.
     #[test]
     fn cancel_pending_job_completes_it_without_an_attempt() {

@@ -271,8 +271,13 @@ impl State {
             return self.protocol_error(id, &reason, now, acts);
         };
         let Some(g) = self.groups.get_mut(&w.group) else { return };
-        let end = AttemptEnd::Replied { outcome: reply_name(&reply) };
-        let result = JobResult::from_reply(reply);
+        // A job cancelled while it ran stays cancelled whatever the worker answers (a `retry`
+        // must not run it again).
+        let (end, result) = if run.cancelled {
+            (AttemptEnd::Cancelled, JobResult::Cancelled)
+        } else {
+            (AttemptEnd::Replied { outcome: reply_name(&reply) }, JobResult::from_reply(reply))
+        };
         if result.is_done() {
             w.jobs_done += 1;
         }
