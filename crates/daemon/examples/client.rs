@@ -29,6 +29,7 @@ pub fn hello(config: &Path, payload: &str, timeout: Duration) -> procyard_daemon
     Ok(stdout.map(|c| String::from_utf8_lossy(&c.bytes).into_owned()).unwrap_or_default())
 }
 
+/// Publishes to the daemon serving the config named by the first argument and prints the output.
 pub fn main() -> ExitCode {
     let Some(config) = std::env::args_os().nth(1) else {
         eprintln!("usage: client CONFIG");
