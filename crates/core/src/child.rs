@@ -3,9 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::process::{WaitId, WaitIdOptions};
-
-use crate::{Deadline, Error, Exit, Pid, Result, Signal, sys};
+use crate::{Deadline, Error, Exit, Pid, Result, Signal, Usage, sys};
 
 /// A child process started by [`Command::spawn`](crate::Command::spawn) or
 /// [`fork`](crate::fork::fork).
@@ -13,7 +11,7 @@ use crate::{Deadline, Error, Exit, Pid, Result, Signal, sys};
 /// It holds a pidfd opened right after the spawn, so signals sent through [`Child::signal`]
 /// reach exactly this process even after its pid is recycled, and it reaps only its own pid
 /// (`waitid(P_PIDFD)`, never `waitpid(-1)`). Register it with mio to learn of its exit without
-/// SIGCHLD.
+/// SIGCHLD. Reaping records what the child cost ([`Child::usage`]).
 ///
 /// Dropping a child that was neither waited for nor [detached](Child::detach) kills its
 /// process group (or itself) with SIGKILL and reaps it: a safety net, not the main path.
@@ -23,6 +21,7 @@ pub struct Child {
     pidfd: OwnedFd,
     group: Option<Pid>,
     exit: Option<Exit>,
+    usage: Option<Usage>,
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -43,7 +42,7 @@ impl Child {
                     pid,
                     source: e.into(),
                 })?;
-        Ok(Child { pid, pidfd, group, exit: None, stdin, stdout, stderr })
+        Ok(Child { pid, pidfd, group, exit: None, usage: None, stdin, stdout, stderr })
     }
 
     /// The process id (stable until the child is reaped).
@@ -66,6 +65,12 @@ impl Child {
         self.exit
     }
 
+    /// What the child cost (max RSS, user and system CPU), once it was reaped by this
+    /// `Child` (`None` before, and after [`Child::detach`]).
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
     /// Takes the parent's end of a [`Stdio::Pipe`](crate::Stdio::Pipe) stdin.
     pub fn take_stdin(&mut self) -> Option<OwnedFd> {
         self.stdin.take()
@@ -83,30 +88,30 @@ impl Child {
         self.stderr.take()
     }
 
-    fn reap(&mut self, options: WaitIdOptions) -> Result<Option<Exit>> {
+    /// Reaps through the pidfd (so only this child, never a recycled pid), keeping the exit
+    /// and the kernel's rusage of the child.
+    fn reap(&mut self, nohang: bool) -> Result<Option<Exit>> {
         if let Some(exit) = self.exit {
             return Ok(Some(exit));
         }
+        let options = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
         loop {
-            match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options) {
-                Ok(Some(status)) => {
-                    if let Some(exit) = Exit::from_waitid(&status) {
+            match sys::wait::waitid_pidfd(self.pidfd.as_fd(), options) {
+                Ok(Some(waited)) => {
+                    if let Some(exit) = Exit::from_child_code(waited.code, waited.status) {
                         self.exit = Some(exit);
+                        self.usage = Some(Usage::from_rusage(&waited.usage));
                         self.stdin = None;
                         return Ok(Some(exit));
                     }
-                    if options.contains(WaitIdOptions::NOHANG) {
+                    if nohang {
                         return Ok(None);
                     }
                 }
                 Ok(None) => return Ok(None),
-                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => {
-                    return Err(Error::Process {
-                        action: "wait for",
-                        pid: self.pid,
-                        source: e.into(),
-                    });
+                    return Err(Error::Process { action: "wait for", pid: self.pid, source: e });
                 }
             }
         }
@@ -114,13 +119,24 @@ impl Child {
 
     /// Reaps the child if it has exited; never blocks.
     pub fn try_wait(&mut self) -> Result<Option<Exit>> {
-        self.reap(WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
+        self.reap(true)
+    }
+
+    /// Like [`Child::try_wait`], with what the child cost.
+    pub fn try_wait_usage(&mut self) -> Result<Option<(Exit, Usage)>> {
+        Ok(self.try_wait()?.map(|exit| (exit, self.usage.unwrap_or_default())))
+    }
+
+    /// Like [`Child::wait`], with what the child cost.
+    pub fn wait_usage(&mut self) -> Result<(Exit, Usage)> {
+        let exit = self.wait()?;
+        Ok((exit, self.usage.unwrap_or_default()))
     }
 
     /// Blocks until the child exits, then reaps it. Stopped children are not "exited".
     pub fn wait(&mut self) -> Result<Exit> {
         loop {
-            if let Some(exit) = self.reap(WaitIdOptions::EXITED)? {
+            if let Some(exit) = self.reap(false)? {
                 return Ok(exit);
             }
         }

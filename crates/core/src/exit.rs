@@ -51,16 +51,16 @@ impl Exit {
         }
     }
 
-    pub(crate) fn from_waitid(status: &rustix::process::WaitIdStatus) -> Option<Exit> {
-        if status.exited() {
-            let code = status.exit_status().unwrap_or(0);
-            return Some(Exit::Code((code & 0xff) as u8));
+    /// From a `waitid` siginfo's `si_code` and `si_status` (`None`: stopped or continued).
+    pub(crate) fn from_child_code(code: i32, status: i32) -> Option<Exit> {
+        match code {
+            libc::CLD_EXITED => Some(Exit::Code((status & 0xff) as u8)),
+            libc::CLD_KILLED | libc::CLD_DUMPED => Some(Exit::Signal {
+                signal: Signal::from_raw(status)?,
+                core_dumped: code == libc::CLD_DUMPED,
+            }),
+            _ => None,
         }
-        if status.killed() || status.dumped() {
-            let signal = status.terminating_signal().and_then(Signal::from_raw)?;
-            return Some(Exit::Signal { signal, core_dumped: status.dumped() });
-        }
-        None
     }
 }
 

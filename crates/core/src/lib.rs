@@ -75,6 +75,7 @@ pub mod subreaper;
 mod sys;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod usage;
 
 pub use backoff::Backoff;
 pub use child::Child;
@@ -98,6 +99,7 @@ pub use signal::{
 pub use spawn::{Command, Grouping, Stdio};
 pub use state_file::FileLock;
 pub use stop::{Escalation, KILL_SETTLE, StopLadder, Stopping};
+pub use usage::Usage;
 
 /// mio, re-exported so components use the same version for their event loops.
 pub use mio;

@@ -2,10 +2,10 @@
 //!
 //! Each function here wraps one or a few system calls that `rustix` does not offer with the
 //! semantics procyard needs (`posix_spawn` with `POSIX_SPAWN_SETSID`, `fork`, signal masks and
-//! dispositions, `signalfd`, `pidfd_send_signal` for every signal number). Each `unsafe` block
-//! carries a `// SAFETY:` comment; every function exported from here is safe to call with any
-//! argument, except the ones marked `unsafe fn`, whose `# Safety` section says what the caller
-//! must uphold.
+//! dispositions, `signalfd`, `pidfd_send_signal` for every signal number, `waitid` with the
+//! child's rusage). Each `unsafe` block carries a `// SAFETY:` comment; every function exported
+//! from here is safe to call with any argument, except the ones marked `unsafe fn`, whose
+//! `# Safety` section says what the caller must uphold.
 #![allow(unsafe_code, reason = "the one place where procyard talks to libc directly")]
 
 pub(crate) mod fd;
@@ -13,6 +13,7 @@ pub(crate) mod fork;
 pub(crate) mod forking;
 pub(crate) mod signal;
 pub(crate) mod spawn;
+pub(crate) mod wait;
 
 use std::io;
 
