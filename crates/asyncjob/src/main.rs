@@ -117,11 +117,7 @@ fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
 fn main() -> ExitCode {
     procyard_asyncjob::run_if_monitor();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    procyard_core::logs::init_logs("error", procyard_core::logs::LogFormat::Text);
     run(cli)
 }
 

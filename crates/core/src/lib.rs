@@ -60,6 +60,8 @@ pub mod fd;
 pub mod fork;
 pub mod frame;
 mod identity;
+#[cfg(feature = "logs")]
+pub mod logs;
 mod output;
 pub mod owner;
 mod pid;

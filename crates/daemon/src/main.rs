@@ -246,17 +246,11 @@ fn main() -> ExitCode {
 
 fn init_logs(config: &Path) {
     let format = Config::load(config).map(|c| c.daemon.log_format).unwrap_or_default();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, never into a log file or journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let format = match format {
+        LogFormat::Json => procyard_core::logs::LogFormat::Json,
+        LogFormat::Text => procyard_core::logs::LogFormat::Text,
     };
+    procyard_core::logs::init_logs("info", format);
 }
 
 /// `unable to ACTION: what went wrong` (every cause once, by core's [`report`]).

@@ -394,10 +394,7 @@ fn amqp_retry_then_dead_letter_follow_max_attempts_and_requeue() {
 /// The child side: consume `task` with `capacity`, print `start ID` / `done ID` lines, and
 /// `connected` whenever the backend (re)connects; exit when stdin closes.
 fn child_main(spec: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    procyard_core::logs::init_logs("warn", procyard_core::logs::LogFormat::Text);
     let parts: Vec<&str> = spec.split('|').collect();
     let [url, exchange, task, keys, capacity, job_ms] = parts[..] else {
         panic!("bad child spec {spec}")

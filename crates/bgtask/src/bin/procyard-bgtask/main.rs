@@ -23,11 +23,7 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__supervise") {
         return ExitCode::from(procyard_bgtask::__private::supervise_from_stdio() as u8);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    procyard_core::logs::init_logs("error", procyard_core::logs::LogFormat::Text);
     let cli = Cli::parse();
     if matches!(cli.command, Cmd::Supervise) {
         return ExitCode::from(procyard_bgtask::__private::supervise_from_stdio() as u8);
