@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use procyard_daemon::queue::{Attempt, Captured, JobRecord};
+use procyard_daemon::queue::{Attempt, Captured, JobRecord, ResourceUse};
 
 /// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn time(ms: i64) -> String {
@@ -69,7 +69,20 @@ pub fn attempt(a: &Attempt) -> String {
     }
     let _ =
         write!(line, "  stdout {}  stderr {}", size(a.stdout.as_ref()), size(a.stderr.as_ref()));
+    if let Some(u) = &a.usage {
+        let _ = write!(line, "  {}", usage(u));
+    }
     line
+}
+
+/// What an attempt's process cost: `max RSS 51200 KiB  cpu 12ms user + 3ms system`.
+pub fn usage(u: &ResourceUse) -> String {
+    format!(
+        "max RSS {} KiB  cpu {} user + {} system",
+        u.max_rss_kib,
+        duration(Duration::from_micros(u.user_cpu_us)),
+        duration(Duration::from_micros(u.system_cpu_us))
+    )
 }
 
 /// A whole record, for `job ID`.
@@ -117,5 +130,11 @@ mod tests {
         assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(time(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(time(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn resource_use() {
+        let u = ResourceUse { max_rss_kib: 51_200, user_cpu_us: 1_500_000, system_cpu_us: 3_000 };
+        assert_eq!(usage(&u), "max RSS 51200 KiB  cpu 1.500s user + 3ms system");
     }
 }

@@ -162,6 +162,30 @@ mod lossy {
     }
 }
 
+/// What an attempt's process cost, from the kernel when it was reaped (`waitid`'s rusage of
+/// the job's process and the descendants it waited for). Oneshot jobs only: a longlived
+/// worker's process serves many jobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUse {
+    /// The largest resident set size, in KiB.
+    pub max_rss_kib: u64,
+    /// CPU time in user mode, in microseconds.
+    pub user_cpu_us: u64,
+    /// CPU time in the kernel on its behalf, in microseconds.
+    pub system_cpu_us: u64,
+}
+
+impl From<procyard_core::Usage> for ResourceUse {
+    fn from(u: procyard_core::Usage) -> ResourceUse {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        ResourceUse {
+            max_rss_kib: u.max_rss_kib,
+            user_cpu_us: us(u.user),
+            system_cpu_us: us(u.system),
+        }
+    }
+}
+
 /// One attempt of a job.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -186,6 +210,9 @@ pub struct Attempt {
     pub stdout: Option<Captured>,
     /// Its stderr (oneshot jobs; longlived workers' lines written during the job).
     pub stderr: Option<Captured>,
+    /// What its process cost (oneshot jobs whose process was reaped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ResourceUse>,
 }
 
 impl Attempt {
@@ -210,6 +237,8 @@ pub struct AttemptReport {
     pub stdout: Option<Captured>,
     /// Its stderr, when captured.
     pub stderr: Option<Captured>,
+    /// What its process cost, when it was a oneshot job's process and was reaped.
+    pub usage: Option<ResourceUse>,
 }
 
 /// A job, as `job ID` shows it.

@@ -107,8 +107,8 @@ use std::time::Instant;
 
 pub use self::config::{AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding};
 pub use self::history::{
-    Attempt, AttemptEnd, AttemptReport, Captured, JobFilter, JobRecord, JobState, Purge, Retention,
-    check_job_id,
+    Attempt, AttemptEnd, AttemptReport, Captured, JobFilter, JobRecord, JobState, Purge,
+    ResourceUse, Retention, check_job_id,
 };
 pub use self::job::{Abandoned, Job, LeaseHolder, Outcome, Receipt};
 pub use self::report::{DeadLetter, FileChange, Health, QueueDepth, Requeue};

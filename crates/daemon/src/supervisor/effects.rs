@@ -141,8 +141,9 @@ impl Shell {
             | Outcome::DeadLetter { reason }
             | Outcome::Cancelled { reason } => Some(reason.clone()),
         };
+        let usage = self.usage.remove(&ended.worker);
         let report =
-            AttemptReport { worker_pid: ended.pid, end: ended.end, reason, stdout, stderr };
+            AttemptReport { worker_pid: ended.pid, end: ended.end, reason, stdout, stderr, usage };
         self.queue.record_attempt(job, report);
     }
 

@@ -17,9 +17,15 @@ impl Shell {
         {
             let _ = p.child.signal_group(Signal::KILL);
         }
-        let exit = match p.child.try_wait() {
+        let exit = match p.child.try_wait_usage() {
             Ok(None) => return,
-            Ok(Some(exit)) => exit,
+            Ok(Some((exit, usage))) => {
+                // A oneshot job's own process: what it cost is the attempt's.
+                if p.output.is_some() {
+                    self.usage.insert(id, usage.into());
+                }
+                exit
+            }
             Err(e) => {
                 tracing::error!(error = %Report(&e), "unable to reap a worker");
                 return;
@@ -46,6 +52,7 @@ impl Shell {
         self.feed(Event::Exited { worker: id, exit });
         // Used by the attempt's record, or not needed (the job went back to the queue).
         self.outputs.remove(&id);
+        self.usage.remove(&id);
     }
 
     /// Reads what woke stream `kind` of worker `id`: a oneshot job's output, or a longlived

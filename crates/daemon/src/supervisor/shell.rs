@@ -18,7 +18,7 @@ use super::state::{Phase, State};
 use super::{RunOptions, orphans, strays};
 use crate::config::Config;
 use crate::control::{ControlServer, Incoming};
-use crate::queue::{self, Captured, OpenMode, QueueBackend};
+use crate::queue::{self, Captured, OpenMode, QueueBackend, ResourceUse};
 use crate::{Error, Result};
 
 const SIGNAL: Token = Token(0);
@@ -45,6 +45,8 @@ pub(super) struct Shell {
     /// The captured stdout and stderr of oneshot workers that exited, until their job's
     /// attempt is recorded.
     pub(super) outputs: HashMap<WorkerId, (Option<Captured>, Option<Captured>)>,
+    /// What oneshot workers that exited cost, until their job's attempt is recorded.
+    pub(super) usage: HashMap<WorkerId, ResourceUse>,
 }
 
 pub(super) fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -80,6 +82,7 @@ impl Shell {
             forced: false,
             reap_strays: false,
             outputs: HashMap::new(),
+            usage: HashMap::new(),
         })
     }
 

@@ -89,6 +89,28 @@ fn daemon_lifecycle_failing_job_records_every_attempt() {
     assert_eq!(listed[0]["id"], id.as_str());
 }
 
+/// A oneshot attempt records what its process cost, from the kernel: a job that fills a
+/// 64 MiB buffer and then spins shows a max RSS of at least 50 MiB and some user CPU, in
+/// `job ID --json` and in `job ID`.
+#[test]
+fn daemon_lifecycle_attempt_records_resource_use() {
+    let script = "dd if=/dev/zero of=/dev/null bs=64M count=1 status=none; \
+                  i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done";
+    let mut sb = Sandbox::new(&task("hog", script, ""));
+    sb.start();
+    let out = sb.cli(&["publish", "--wait", "--timeout", "60s", "hog.x"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = first_id(&out);
+    let out = sb.cli(&["job", &id, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let job: procyard_daemon::queue::JobRecord = serde_json::from_slice(&out.stdout).expect("json");
+    let usage = job.attempts[0].usage.expect("resource use recorded");
+    assert!(usage.max_rss_kib >= 50 * 1024, "{usage:?}");
+    assert!(usage.user_cpu_us > 0, "{usage:?}");
+    let human = text(&sb.cli(&["job", &id]).stdout);
+    assert!(human.contains(&format!("max RSS {} KiB", usage.max_rss_kib)), "{human}");
+}
+
 /// `publish --wait` mirrors the job: 0 when done, 124 when the timeout passes first; `wait`
 /// on several jobs too.
 #[test]

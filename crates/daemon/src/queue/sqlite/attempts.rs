@@ -1,5 +1,5 @@
 //! Attempts: a row per ended attempt in `attempts` (how it ended, the reason, the bounded
-//! output), written with the job's outcome in the daemon's next write transaction. The
+//! output, what its process cost), written with the job's outcome in the daemon's next write transaction. The
 //! attempt's beginning costs no write of its own: it is the lease holder recorded on the job's
 //! row (worker pid, `worker_started_ms`), so a running attempt is read from there, and one
 //! still open when a daemon starts — the dead daemon's — is written `daemon lost` from it.
@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::now_ms;
 use super::outcomes::PendingOutcome;
 use super::schema::STATE_LEASED;
-use crate::queue::{Attempt, AttemptEnd, AttemptReport, Captured, Job, Receipt};
+use crate::queue::{Attempt, AttemptEnd, AttemptReport, Captured, Job, Receipt, ResourceUse};
 
 /// An attempt ended and not yet written.
 #[derive(Debug)]
@@ -65,9 +65,10 @@ impl AttemptLog {
         };
         let mut insert = tx.prepare_cached(
             "INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms, outcome,
-                 reason, stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped)
+                 reason, stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped,
+                 max_rss_kib, user_cpu_us, system_cpu_us)
              SELECT ?1, ?2, COALESCE(?3, worker_pid), worker_started_ms, ?4, ?5, ?6, ?7, ?8, ?9,
-                 ?10, ?11, ?12
+                 ?10, ?11, ?12, ?13, ?14, ?15
              FROM jobs WHERE seq = ?1",
         )?;
         for e in self.ended.iter().filter(|e| !gone.contains(&e.seq)) {
@@ -75,6 +76,7 @@ impl AttemptLog {
             let outcome = serde_json::to_string(&r.end).unwrap_or_default();
             let (out, out_total, out_dropped) = columns(r.stdout.as_ref());
             let (err, err_total, err_dropped) = columns(r.stderr.as_ref());
+            let usage = |f: fn(&ResourceUse) -> u64| r.usage.as_ref().map(|u| f(u) as i64);
             insert.execute(params![
                 e.seq,
                 e.delivery,
@@ -88,6 +90,9 @@ impl AttemptLog {
                 err,
                 err_total,
                 err_dropped,
+                usage(|u| u.max_rss_kib),
+                usage(|u| u.user_cpu_us),
+                usage(|u| u.system_cpu_us),
             ])?;
         }
         Ok(())
@@ -123,7 +128,8 @@ pub(super) fn end_open(
 pub(super) fn read(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<Attempt>> {
     let mut stmt = conn.prepare_cached(
         "SELECT delivery, worker_pid, started_ms, ended_ms, outcome, reason,
-                stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped
+                stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped,
+                max_rss_kib, user_cpu_us, system_cpu_us
          FROM attempts WHERE job_seq = ?1 ORDER BY n",
     )?;
     let rows = stmt.query_map([seq], |r| {
@@ -136,6 +142,16 @@ pub(super) fn read(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<Attempt>
             }))
         };
         let outcome: Option<String> = r.get(4)?;
+        let max_rss: Option<i64> = r.get(12)?;
+        let cpu = |at: usize| r.get::<_, Option<i64>>(at).map(|v| v.unwrap_or(0).max(0) as u64);
+        let usage = match max_rss {
+            Some(rss) => Some(ResourceUse {
+                max_rss_kib: rss.max(0) as u64,
+                user_cpu_us: cpu(13)?,
+                system_cpu_us: cpu(14)?,
+            }),
+            None => None,
+        };
         Ok(Attempt {
             number: 0,
             delivery: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
@@ -146,6 +162,7 @@ pub(super) fn read(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<Attempt>
             reason: r.get(5)?,
             stdout: captured(6)?,
             stderr: captured(9)?,
+            usage,
         })
     })?;
     let mut out = rows.collect::<rusqlite::Result<Vec<Attempt>>>()?;

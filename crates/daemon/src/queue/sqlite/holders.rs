@@ -3,9 +3,9 @@
 //! write transaction after the hand-off, and read back by the next daemon to stop the workers
 //! of a dead one before their jobs are put back.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, params};
 
-use super::schema::STATE_LEASED;
+use super::schema::{STATE_LEASED, add_columns};
 use crate::queue::{Abandoned, LeaseHolder, Receipt};
 
 /// The columns, in the order [`write`] and [`abandoned`] use them.
@@ -21,29 +21,7 @@ const COLUMNS: [(&str, &str); 5] = [
 /// version). The check and the change run in one immediate transaction, so two processes
 /// opening an old file at once cannot both add a column.
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    if missing(conn)?.is_empty() {
-        return Ok(());
-    }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for (name, kind) in missing(&tx)? {
-        tx.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {kind}"))?;
-    }
-    tx.commit()
-}
-
-fn missing(conn: &Connection) -> rusqlite::Result<Vec<(&'static str, &'static str)>> {
-    let mut out = Vec::new();
-    for (name, kind) in COLUMNS {
-        let present: Option<i64> = conn
-            .query_row("SELECT 1 FROM pragma_table_info('jobs') WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if present.is_none() {
-            out.push((name, kind));
-        }
-    }
-    Ok(out)
+    add_columns(conn, "jobs", &COLUMNS)
 }
 
 /// A holder to record: the job's row, the worker, and when it was handed the job (ms).
@@ -128,6 +106,7 @@ mod tests {
              INSERT INTO jobs VALUES (1, 'a', 't', 1);",
         )
         .unwrap();
+        let missing = |c: &Connection| super::super::schema::missing_columns(c, "jobs", &COLUMNS);
         assert_eq!(missing(&conn).unwrap().len(), 5);
         migrate(&mut conn).unwrap();
         migrate(&mut conn).unwrap();

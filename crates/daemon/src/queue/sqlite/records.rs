@@ -182,7 +182,9 @@ mod tests {
 
     use super::*;
     use crate::queue::sqlite::tests::bound;
-    use crate::queue::{AttemptEnd, AttemptReport, Captured, OpenMode, Outcome, QueueBackend};
+    use crate::queue::{
+        AttemptEnd, AttemptReport, Captured, OpenMode, Outcome, QueueBackend, ResourceUse,
+    };
 
     /// Hands `job` to a worker (this test process stands in for it); returns its pid.
     fn hand(q: &mut SqliteQueue, job: &crate::queue::Job) -> i32 {
@@ -199,8 +201,12 @@ mod tests {
             reason: None,
             stdout: Some(Captured { bytes: out.into(), total: out.len() as u64, dropped: 0 }),
             stderr: None,
+            usage: Some(USAGE),
         }
     }
+
+    const USAGE: ResourceUse =
+        ResourceUse { max_rss_kib: 51_200, user_cpu_us: 5, system_cpu_us: 7 };
 
     /// A job keeps its record through retries to its end, with every attempt in order.
     #[test]
@@ -249,7 +255,7 @@ mod tests {
                 (2, Some(AttemptEnd::Exited { code: 0 }), b"second".to_vec()),
             ]
         );
-        assert!(done.attempts.iter().all(|a| a.duration().is_some()));
+        assert!(done.attempts.iter().all(|a| a.duration().is_some() && a.usage == Some(USAGE)));
         let listed = q.jobs(&JobFilter { states: vec![JobState::Done], ..JobFilter::default() });
         assert_eq!(listed.unwrap().len(), 1);
         assert!(matches!(

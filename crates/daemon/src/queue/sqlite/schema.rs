@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::{files, holders};
 use crate::queue::OpenMode;
@@ -69,7 +69,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     stdout_dropped INTEGER,
     stderr         BLOB,
     stderr_total   INTEGER,
-    stderr_dropped INTEGER
+    stderr_dropped INTEGER,
+    max_rss_kib    INTEGER,
+    user_cpu_us    INTEGER,
+    system_cpu_us  INTEGER
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_seq);
 CREATE TABLE IF NOT EXISTS stats (
@@ -77,6 +80,48 @@ CREATE TABLE IF NOT EXISTS stats (
     done INTEGER NOT NULL DEFAULT 0
 );
 ";
+
+/// The columns `attempts` gained after it was first made: what the attempt's process cost.
+const ATTEMPT_USAGE_COLUMNS: [(&str, &str); 3] =
+    [("max_rss_kib", "INTEGER"), ("user_cpu_us", "INTEGER"), ("system_cpu_us", "INTEGER")];
+
+/// Adds the `columns` that `table` lacks (a queue file made by an older version). The check
+/// and the change run in one immediate transaction, so two processes opening an old file at
+/// once cannot both add a column.
+pub(super) fn add_columns(
+    conn: &mut Connection,
+    table: &str,
+    columns: &[(&'static str, &'static str)],
+) -> rusqlite::Result<()> {
+    if missing_columns(conn, table, columns)?.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (name, kind) in missing_columns(&tx, table, columns)? {
+        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {kind}"))?;
+    }
+    tx.commit()
+}
+
+/// The `columns` that `table` lacks.
+pub(super) fn missing_columns(
+    conn: &Connection,
+    table: &str,
+    columns: &[(&'static str, &'static str)],
+) -> rusqlite::Result<Vec<(&'static str, &'static str)>> {
+    let mut out = Vec::new();
+    for &(name, kind) in columns {
+        let present: Option<i64> = conn
+            .query_row("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2", [table, name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if present.is_none() {
+            out.push((name, kind));
+        }
+    }
+    Ok(out)
+}
 
 /// Opens the database at `path` (already created private), configured, checked (a daemon
 /// refuses a corrupt file), with the current schema.
@@ -94,6 +139,8 @@ pub(super) fn connect(path: &Path, mode: OpenMode) -> Result<Connection> {
     }
     conn.execute_batch(SCHEMA).map_err(|e| q("create the schema of", e))?;
     holders::migrate(&mut conn).map_err(|e| q("add the lease holder columns to", e))?;
+    add_columns(&mut conn, "attempts", &ATTEMPT_USAGE_COLUMNS)
+        .map_err(|e| q("add the resource use columns to", e))?;
     Ok(conn)
 }
 
@@ -118,6 +165,34 @@ mod tests {
         let n: i64 = again.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap();
         let journal: String = again.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!((n, journal.as_str()), (1, "wal"));
+    }
+
+    /// A queue file whose `attempts` predate the resource use gains its columns and keeps its
+    /// rows.
+    #[test]
+    fn old_attempts_table_gains_the_usage_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE attempts (n INTEGER PRIMARY KEY, job_seq INTEGER NOT NULL,
+                 delivery INTEGER NOT NULL, worker_pid INTEGER, started_ms INTEGER,
+                 ended_ms INTEGER, outcome TEXT, reason TEXT, stdout BLOB, stdout_total INTEGER,
+                 stdout_dropped INTEGER, stderr BLOB, stderr_total INTEGER,
+                 stderr_dropped INTEGER);
+             INSERT INTO attempts (job_seq, delivery) VALUES (7, 1);",
+        )
+        .unwrap();
+        drop(old);
+        let mut conn = connect(&path, OpenMode::Daemon).unwrap();
+        assert!(missing_columns(&conn, "attempts", &ATTEMPT_USAGE_COLUMNS).unwrap().is_empty());
+        add_columns(&mut conn, "attempts", &ATTEMPT_USAGE_COLUMNS).unwrap();
+        let row: (i64, Option<i64>) = conn
+            .query_row("SELECT job_seq, max_rss_kib FROM attempts", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(row, (7, None));
     }
 
     /// The hot queries use the partial indexes (so a history of done jobs costs them nothing)
