@@ -110,6 +110,15 @@ pub fn open_regular(path: impl AsRef<Path>, options: &mut OpenOptions) -> Result
                 expected: "regular file",
                 found: "symbolic link",
             },
+            // A socket cannot be opened at all (ENXIO): say what is there instead.
+            Some(libc::ENXIO) => match std::fs::symlink_metadata(path) {
+                Ok(meta) if !meta.is_file() => Error::WrongFileType {
+                    path: path.to_owned(),
+                    expected: "regular file",
+                    found: crate::owner::file_type_name(&meta),
+                },
+                _ => Error::path("open", path, e),
+            },
             _ => Error::path("open", path, e),
         })?;
     let meta = file.metadata().map_err(|e| Error::path("inspect", path, e))?;
@@ -237,6 +246,11 @@ mod tests {
         let err = FileLock::try_exclusive(&fifo).unwrap_err();
         assert!(matches!(err, Error::WrongFileType { found: "FIFO", .. }), "{err}");
         assert!(FileLock::is_locked(&fifo).is_err());
+
+        let socket = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let err = read_json::<serde_json::Value>(&socket).unwrap_err();
+        assert!(matches!(err, Error::WrongFileType { found: "socket", .. }), "{err}");
 
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
