@@ -97,6 +97,22 @@ fn sh(script: &str) -> SpawnOptions {
 }
 
 /// Reads the whole stream (peeking) until it is final (ended, or the task exited).
+/// Reads (peeking, waiting) the next chunk from `at`, appends it to `out` and moves `at` on.
+fn next_chunk(
+    task: &mut Task,
+    stream: StreamName,
+    at: &mut u64,
+    out: &mut Vec<u8>,
+) -> procyard_bgtask::Chunk {
+    let chunk = task
+        .stream(stream)
+        .read_with(ReadOptions::new().offset(*at).count(1 << 20).wait(true))
+        .unwrap();
+    out.extend_from_slice(&chunk.data);
+    *at = chunk.end();
+    chunk
+}
+
 fn read_until_final(task: &mut Task, stream: StreamName) -> Vec<u8> {
     let deadline = Deadline::after(Duration::from_secs(20));
     task.set_timeout(Some(Duration::from_secs(20)));
@@ -104,12 +120,7 @@ fn read_until_final(task: &mut Task, stream: StreamName) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         assert!(!deadline.is_expired(), "{stream:?} not final after {} bytes", out.len());
-        let chunk = task
-            .stream(stream)
-            .read_with(ReadOptions::new().offset(at).count(1 << 20).wait(true))
-            .unwrap();
-        out.extend_from_slice(&chunk.data);
-        at = chunk.end();
+        let chunk = next_chunk(task, stream, &mut at, &mut out);
         if chunk.is_final() {
             return out;
         }
@@ -124,12 +135,7 @@ fn wait_for_output(task: &mut Task, stream: StreamName, needle: &str) -> String 
     let mut out = Vec::new();
     while !String::from_utf8_lossy(&out).contains(needle) {
         assert!(!deadline.is_expired(), "no {needle:?} in {:?}", String::from_utf8_lossy(&out));
-        let chunk = task
-            .stream(stream)
-            .read_with(ReadOptions::new().offset(at).count(1 << 20).wait(true))
-            .unwrap();
-        out.extend_from_slice(&chunk.data);
-        at = chunk.end();
+        let chunk = next_chunk(task, stream, &mut at, &mut out);
         assert!(
             !(chunk.is_final()
                 && chunk.data.is_empty()
