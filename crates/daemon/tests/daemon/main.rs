@@ -8,6 +8,7 @@ mod hardening;
 mod hardening_orphans;
 mod lifecycle;
 mod sandbox;
+mod scheduling;
 
 use std::time::{Duration, Instant};
 
