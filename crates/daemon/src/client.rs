@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::control::{self, Request, Response};
 use crate::queue::{
     self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, PublishOptions, Published,
-    Purge, QueueBackend, check_job_id,
+    Purge, QueueBackend, ScheduleStatus, check_job_id,
 };
 use crate::{Config, Error, Result};
 
@@ -317,6 +317,38 @@ impl Client {
             // It moved between the look and the cancel (claimed, ended): look again.
         }
         Err(Error::Refused { message: format!("job {id} kept changing state; try again") })
+    }
+
+    /// The config's `[[schedule]]`s with their stored state (next and last run, last job).
+    pub fn schedules(&mut self) -> Result<Vec<ScheduleStatus>> {
+        let schedules = self.config.schedules.clone();
+        self.queue()?.schedules(&schedules)
+    }
+
+    /// Publishes a job of schedule `name` now; returns its ids.
+    pub fn trigger_schedule(&mut self, name: &str) -> Result<Vec<String>> {
+        let s = self.schedule(name)?;
+        let ids = self.queue()?.trigger_schedule(&s)?;
+        self.poke();
+        Ok(ids)
+    }
+
+    /// Pauses (`true`) or resumes schedule `name`, persisted; the daemon is told.
+    pub fn pause_schedule(&mut self, name: &str, paused: bool) -> Result<()> {
+        let s = self.schedule(name)?;
+        self.queue()?.pause_schedule(&s, paused)?;
+        self.poke();
+        Ok(())
+    }
+
+    fn schedule(&self, name: &str) -> Result<crate::schedule::ScheduleConfig> {
+        self.config.schedules.iter().find(|s| s.name == name).cloned().ok_or_else(|| {
+            Error::InvalidArgument {
+                what: "schedule",
+                value: name.to_owned(),
+                expected: "the name of a [[schedule]] in the config (see `schedules`)",
+            }
+        })
     }
 
     /// Deletes ended jobs' records as `what` says; returns how many.

@@ -48,6 +48,8 @@ mod runnable;
 mod schedule;
 mod validate;
 
+pub use crate::schedule::ScheduleConfig;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -170,6 +172,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// `[[task]]`, in file order.
     pub tasks: Vec<TaskConfig>,
+    /// `[[schedule]]`: periodic jobs, in file order.
+    pub schedules: Vec<ScheduleConfig>,
 }
 
 impl Config {
@@ -276,6 +280,8 @@ struct RawConfig {
     queue: RawQueue,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
+    #[serde(default)]
+    schedule: Vec<Spanned<schedule::RawSchedule>>,
 }
 
 #[derive(Deserialize, Default)]

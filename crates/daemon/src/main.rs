@@ -9,6 +9,8 @@ mod jobs;
 mod publish;
 #[path = "cli/render.rs"]
 mod render;
+#[path = "cli/schedules.rs"]
+mod schedules;
 
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -75,6 +77,22 @@ enum Cmd {
         routing_key: String,
         /// The payload, or `-` for stdin (default: empty).
         payload: Option<String>,
+    },
+    /// List the [[schedule]]s: name, cadence, next and last run, last job (works with the
+    /// daemon down).
+    #[command(after_help = schedules::LIST_HELP)]
+    Schedules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fire a schedule now, or pause or resume it (persisted in the queue).
+    #[command(after_help = schedules::ACT_HELP)]
+    Schedule {
+        /// What to do.
+        action: schedules::Action,
+        /// The schedule's name.
+        name: String,
     },
     /// Show the running daemon's groups, workers, queues and dead letters.
     #[command(after_help = "Example:\n  procyard-daemon status --config procyard.toml --json")]
@@ -355,6 +373,10 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                     Err(msg)
                 }
             }
+        }
+        Cmd::Schedules { json } => schedules::list(&mut Client::new(load(config)?), json),
+        Cmd::Schedule { action, name } => {
+            schedules::act(&mut Client::new(load(config)?), action, &name)
         }
         Cmd::Status { json } => {
             let c = load(config)?;

@@ -378,6 +378,7 @@ impl Validator<'_> {
                 exchange,
                 queue_type: raw.queue.queue_type,
             },
+            schedules: self.schedules(&raw.schedule, &tasks)?,
             tasks,
         })
     }

@@ -100,6 +100,7 @@ mod config;
 mod history;
 mod job;
 mod options;
+mod periodic;
 mod report;
 pub mod sqlite;
 
@@ -113,6 +114,7 @@ pub use self::history::{
 };
 pub use self::job::{Abandoned, Job, LeaseHolder, Outcome, Receipt};
 pub use self::options::{DEFAULT_PRIORITY, MAX_PRIORITY, PublishOptions, Published, UniqueKey};
+pub use self::periodic::ScheduleStatus;
 pub use self::report::{DeadLetter, FileChange, Health, QueueDepth, Requeue};
 use crate::Result;
 
@@ -266,6 +268,48 @@ pub trait QueueBackend {
     fn purge(&mut self, what: &Purge) -> Result<u64> {
         let _ = what;
         Err(crate::Error::Unsupported { backend: "amqp", what: "purge job records" })
+    }
+
+    /// Daemon only: the periodic jobs to fire (at start and after each reload), applied as a
+    /// diff to what is stored: a new name starts counting now, a changed cadence or zone
+    /// starts afresh, an unchanged one keeps its state, a removed one is forgotten. The
+    /// backend fires them exactly once per due time — each due time recorded in the same
+    /// transaction as the job it publishes — and its [`QueueBackend::next_due`] includes the
+    /// next due time. The default refuses any schedule.
+    fn set_schedules(&mut self, schedules: &[crate::schedule::ScheduleConfig]) -> Result<()> {
+        if schedules.is_empty() {
+            return Ok(());
+        }
+        Err(crate::Error::Unsupported { backend: "amqp", what: "run [[schedule]] (yet)" })
+    }
+
+    /// The state of `schedules` (as configured) in the store, in their order.
+    fn schedules(
+        &mut self,
+        schedules: &[crate::schedule::ScheduleConfig],
+    ) -> Result<Vec<ScheduleStatus>> {
+        let _ = schedules;
+        Err(crate::Error::Unsupported { backend: "amqp", what: "run [[schedule]] (yet)" })
+    }
+
+    /// Publishes a job of `schedule` now (outside its cadence); returns the job ids.
+    fn trigger_schedule(
+        &mut self,
+        schedule: &crate::schedule::ScheduleConfig,
+    ) -> Result<Vec<String>> {
+        let _ = schedule;
+        Err(crate::Error::Unsupported { backend: "amqp", what: "run [[schedule]] (yet)" })
+    }
+
+    /// Pauses (`true`) or resumes `schedule`, persisted. A resumed schedule counts from the
+    /// resume: the due times that passed while it was paused are skipped.
+    fn pause_schedule(
+        &mut self,
+        schedule: &crate::schedule::ScheduleConfig,
+        paused: bool,
+    ) -> Result<()> {
+        let _ = (schedule, paused);
+        Err(crate::Error::Unsupported { backend: "amqp", what: "run [[schedule]] (yet)" })
     }
 
     /// Daemon only, before the first claim: the jobs a previous daemon left in flight, with

@@ -48,6 +48,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             queue_type: AmqpQueueType::Quorum,
         },
         tasks,
+        schedules: Vec::new(),
     }
 }
 

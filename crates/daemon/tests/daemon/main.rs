@@ -7,6 +7,7 @@ mod example_client;
 mod hardening;
 mod hardening_orphans;
 mod lifecycle;
+mod periodic;
 mod sandbox;
 mod scheduling;
 

@@ -38,8 +38,9 @@ use super::BackendKind;
 use super::{
     Abandoned, AttemptReport, DeadLetter, FileChange, Health, Job, JobFilter, JobRecord,
     LeaseHolder, OpenMode, Outcome, PartialPublish, PublishOptions, Published, Purge, QueueBackend,
-    QueueDepth, Receipt, Requeue, Retention, TaskBinding,
+    QueueDepth, Receipt, Requeue, Retention, ScheduleStatus, TaskBinding,
 };
+use crate::schedule::ScheduleConfig;
 use crate::{Error, Result, routing};
 
 mod attempts;
@@ -53,6 +54,7 @@ mod outcomes;
 mod publish;
 mod records;
 mod retention;
+mod schedules;
 mod schema;
 mod trouble;
 mod unique;
@@ -97,6 +99,8 @@ pub struct SqliteQueue {
     retention: Retention,
     /// Daemon: the next pruning step, and the count-based cutoff with when it was read.
     prune: retention::PruneClock,
+    /// Daemon: the periodic jobs it fires.
+    book: schedules::Book,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -154,6 +158,7 @@ impl SqliteQueue {
             attempts: AttemptLog::default(),
             retention: Retention::default(),
             prune: retention::PruneClock::new(Instant::now()),
+            book: schedules::Book::default(),
         })
     }
 
@@ -223,6 +228,7 @@ impl QueueBackend for SqliteQueue {
 
     fn on_wake(&mut self) -> Result<()> {
         self.due_cache = None;
+        self.book.invalidate();
         // A poke may come from a publisher that wrote to a new file at the path.
         self.check_served(true)
     }
@@ -299,6 +305,22 @@ impl QueueBackend for SqliteQueue {
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {
         self.purge_rows(what)
+    }
+
+    fn set_schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<()> {
+        self.sync_schedules(schedules)
+    }
+
+    fn schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<Vec<ScheduleStatus>> {
+        self.schedule_states(schedules)
+    }
+
+    fn trigger_schedule(&mut self, schedule: &ScheduleConfig) -> Result<Vec<String>> {
+        self.trigger(schedule)
+    }
+
+    fn pause_schedule(&mut self, schedule: &ScheduleConfig, paused: bool) -> Result<()> {
+        self.set_paused(schedule, paused)
     }
 
     fn abandoned(&mut self) -> Result<Vec<Abandoned>> {
