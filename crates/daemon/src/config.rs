@@ -16,6 +16,8 @@
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
+//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the control
+//!                               # socket, <socket name without .sock>.history.db)
 //!
 //! [[task]]
 //! name = "thumbnail"
@@ -297,6 +299,7 @@ struct RawQueue {
     exchange: Option<Spanned<String>>,
     #[serde(default)]
     queue_type: AmqpQueueType,
+    history: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]

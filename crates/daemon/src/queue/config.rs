@@ -50,7 +50,9 @@ pub enum AmqpQueueType {
 pub struct QueueConfig {
     /// Which backend.
     pub backend: BackendKind,
-    /// The SQLite file (backend `sqlite`).
+    /// The SQLite file: the queue (backend `sqlite`), or this daemon's local job history
+    /// (backend `amqp`: `[queue] history`, by default beside the control socket; empty: the
+    /// backend keeps none).
     pub path: PathBuf,
     /// The broker URL, `amqp://user:pass@host:port/vhost` (backend `amqp`).
     pub url: Option<String>,

@@ -47,6 +47,9 @@ pub(crate) enum Event {
     Control { conn: ConnId, request: Request },
     /// The queue backend says jobs may be waiting.
     QueueWake,
+    /// The queue backend heard requests to cancel these jobs (AMQP: from another daemon's
+    /// `cancel`): cancel those this daemon holds.
+    CancelRequested { ids: Vec<String> },
     /// The queue is gone (its file deleted or replaced): stop.
     QueueLost,
     /// Answer to [`Action::Claim`]: `jobs` of the `max` asked for.

@@ -21,10 +21,11 @@ pub(crate) struct Waiter {
 }
 
 impl State {
-    /// Cancels the jobs of `ids` this daemon holds; answers with those it found.
+    /// Cancels the jobs of `ids` this daemon holds; answers `conn` (when a control connection
+    /// asked) with those it found.
     pub(super) fn cancel(
         &mut self,
-        conn: ConnId,
+        conn: Option<ConnId>,
         ids: Vec<String>,
         now: Instant,
         acts: &mut Vec<Action>,
@@ -58,7 +59,9 @@ impl State {
                 found.push(id);
             }
         }
-        acts.push(Action::AnswerCancel { conn, found });
+        if let Some(conn) = conn {
+            acts.push(Action::AnswerCancel { conn, found });
+        }
     }
 
     /// The shell found which of the jobs waited for have not ended: wait for those.

@@ -226,6 +226,10 @@ impl Shell {
         if let Err(e) = self.queue.on_wake() {
             self.on_queue_error(e, "queue backend error");
         }
+        let ids = self.queue.take_cancels();
+        if !ids.is_empty() {
+            self.feed(Event::CancelRequested { ids });
+        }
         self.feed(Event::QueueWake);
     }
 

@@ -95,13 +95,14 @@ impl State {
                     acts.push(Action::CloseConnection { conn });
                 }
                 Request::Status => acts.push(Action::AnswerStatus { conn }),
-                Request::Cancel { ids } => self.cancel(conn, ids, now, &mut acts),
+                Request::Cancel { ids } => self.cancel(Some(conn), ids, now, &mut acts),
                 Request::Wait { ids, any_attempt, timeout_ms } => {
                     let timeout = Duration::from_millis(timeout_ms);
                     acts.push(Action::Watch { conn, ids, any_attempt, timeout });
                 }
             },
             Event::QueueWake => self.poke(),
+            Event::CancelRequested { ids } => self.cancel(None, ids, now, &mut acts),
             Event::QueueLost => {
                 if self.phase == Phase::Running {
                     self.begin_graceful_stop(now, &mut acts);

@@ -30,6 +30,11 @@ impl PendingOutcome {
         matches!(self.outcome, Outcome::Done).then_some(self.seq)
     }
 
+    /// The outcome of the job in row `seq` of `task`, reported at `reported_ms`.
+    pub(crate) fn row(seq: i64, task: &str, outcome: Outcome, reported_ms: i64) -> PendingOutcome {
+        PendingOutcome { seq, task: task.to_owned(), outcome, reported_ms }
+    }
+
     /// `job`'s outcome, reported now.
     pub(crate) fn now(job: &Job, outcome: Outcome) -> PendingOutcome {
         PendingOutcome {

@@ -14,8 +14,15 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
-use super::retention::PruneClock;
-use crate::queue::Retention;
+pub(crate) use super::attempts::{AttemptLog, end_open};
+pub(crate) use super::holders::{Held, write as write_holders};
+pub(crate) use super::lease::lock;
+pub(crate) use super::outcomes::{PendingOutcome, write_outcomes};
+pub(crate) use super::retention::PruneClock;
+pub(crate) use super::schema::{STATE_LEASED, STATE_READY};
+use super::{files, schema};
+use crate::Result;
+use crate::queue::{OpenMode, Retention};
 
 /// The history in the database at `path`, over its connection: `&mut` because purging and
 /// pruning write in short transactions of their own.
@@ -33,11 +40,23 @@ impl<'a> History<'a> {
 
     /// One pruning step of the retention, when `clock` says it is due (errors are logged:
     /// pruning is tried again at the next step).
-    #[allow(dead_code)] // the AMQP local history prunes with it
     pub(crate) fn prune(&mut self, retention: &Retention, clock: &mut PruneClock) {
         let now = Instant::now();
         if clock.due(now) {
             clock.step(self, retention, now);
         }
     }
+}
+
+/// Opens (creating if needed, private) the history database at `path`, with the schema of the
+/// embedded queue's file; a daemon checks its integrity first.
+pub(crate) fn open(path: &Path, mode: OpenMode) -> Result<Connection> {
+    if path.as_os_str().is_empty() {
+        return Err(crate::Error::io("open history", path, std::io::ErrorKind::InvalidInput.into()));
+    }
+    files::prepare_dir(path)?;
+    files::create_private(path)?;
+    let conn = schema::connect(path, mode)?;
+    files::tighten(path);
+    Ok(conn)
 }
