@@ -157,7 +157,9 @@ impl Validator<'_> {
             None => procyard_core::runtime_dir().join("daemon.sock"),
         };
         let queue_path = match (&raw.queue.history, backend) {
-            (Some(h), _) if h.get_ref().as_os_str().is_empty() || runnable::has_nul(h.get_ref()) => {
+            (Some(h), _)
+                if h.get_ref().as_os_str().is_empty() || runnable::has_nul(h.get_ref()) =>
+            {
                 return Err(self.err(
                     Some(h.span()),
                     "queue.history",

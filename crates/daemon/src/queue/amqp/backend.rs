@@ -34,6 +34,9 @@ impl AmqpQueue {
         check_payload(payload)?;
         let id = uuid::Uuid::now_v7().to_string();
         let (key, data, job_id) = (routing_key.to_owned(), payload.to_vec(), id.clone());
+        if reply_to.is_some() {
+            self.replies.insert(id.clone());
+        }
         self.request("publish", REQUEST_TIMEOUT, |reply| Cmd::Publish {
             routing_key: key,
             payload: data,
@@ -190,13 +193,20 @@ impl QueueBackend for AmqpQueue {
             );
             return Ok(());
         }
-        self.note_outcome(job, &outcome, flight.reply_to.as_deref(), flight.started_ms, flight.report);
+        self.note_outcome(
+            job,
+            &outcome,
+            flight.reply_to.as_deref(),
+            flight.started_ms,
+            flight.report,
+        );
         let meta = JobMeta {
             id: job.id.clone(),
             task: flight.task,
             routing_key: job.routing_key.clone(),
             payload: job.payload.clone(),
             attempt: job.attempt,
+            reply_to: flight.reply_to,
         };
         let settle = Cmd::Settle { epoch: flight.epoch, acker: flight.acker, job: meta, outcome };
         self.send("acknowledge a job", settle)

@@ -67,6 +67,8 @@ pub(crate) struct AmqpQueue {
     pub(super) heard: VecDeque<JobEvent>,
     /// Client: its listening (reply) queue, once declared.
     pub(super) listener: Option<String>,
+    /// Client: jobs it published with a reply address, whose reply has not come.
+    pub(super) replies: std::collections::HashSet<String>,
 }
 
 impl AmqpQueue {
@@ -119,6 +121,7 @@ impl AmqpQueue {
             cancels: Vec::new(),
             heard: VecDeque::new(),
             listener: None,
+            replies: std::collections::HashSet::new(),
         };
         if mode == OpenMode::Daemon && !queue.history_path.as_os_str().is_empty() {
             let owner = queue.daemon_id.clone();

@@ -171,12 +171,13 @@ impl LocalHistory {
         if let Err(e) = self.flush() {
             tracing::warn!(error = %procyard_core::Report(&e), "amqp: unable to record job history");
         }
-        let end = store::end_open(&self.conn, &AttemptEnd::DaemonStopped, None, "[]").and_then(|_| {
-            self.conn.execute(
+        let end =
+            store::end_open(&self.conn, &AttemptEnd::DaemonStopped, None, "[]").and_then(|_| {
+                self.conn.execute(
                 "UPDATE jobs SET state = ?1, not_before = 0, lease_owner = NULL WHERE state = ?2",
                 params![STATE_READY, STATE_LEASED],
             )
-        });
+            });
         if let Err(e) = end {
             tracing::warn!(error = %e, "amqp: unable to close the open attempts in the history");
         }
@@ -214,7 +215,8 @@ fn write(conn: &mut Connection, owner: &str, notes: &[Note], keep: bool) -> rusq
     }
     let mut seq_of = tx.prepare_cached("SELECT seq FROM jobs WHERE id = ?1")?;
     let mut seq = |id: &str| seq_of.query_row([id], |r| r.get::<_, i64>(0)).optional();
-    let (mut holders, mut attempts, mut outcomes) = (Vec::<Held>::new(), AttemptLog::default(), Vec::new());
+    let (mut holders, mut attempts, mut outcomes) =
+        (Vec::<Held>::new(), AttemptLog::default(), Vec::new());
     for n in notes {
         match n {
             Note::Claimed { .. } => {}

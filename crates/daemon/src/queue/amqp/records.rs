@@ -45,7 +45,8 @@ impl AmqpQueue {
         if let Some(h) = self.history.as_mut() {
             h.holder(job, holder, now);
         }
-        let ev = JobEvent::new(EventKind::Started, &job.id, &job.task, job.attempt, &self.daemon_id);
+        let ev =
+            JobEvent::new(EventKind::Started, &job.id, &job.task, job.attempt, &self.daemon_id);
         self.emit(&ev, None);
     }
 
@@ -90,8 +91,9 @@ impl AmqpQueue {
         if matches!(outcome, Outcome::Retry { .. } | Outcome::DeadLetter { .. }) && how.is_some() {
             self.emit(&event(EventKind::Failed), None);
         }
-        let mut ev = event(kind);
-        self.emit(&ev, None);
+        let ev = event(kind);
+        // The reply first: it reaches a waiting publisher before the event does (one channel,
+        // one queue: in order), so the publisher keeps the fuller record.
         if let Some(to) = reply_to.filter(|_| outcome.is_final()) {
             let attempts = report.map(|r| Attempt {
                 number: 1,
@@ -105,7 +107,8 @@ impl AmqpQueue {
                 stderr: r.stderr,
                 usage: r.usage,
             });
-            ev.record = Some(JobRecord {
+            let mut reply = ev.clone();
+            reply.record = Some(JobRecord {
                 id: job.id.clone(),
                 task: job.task.clone(),
                 routing_key: job.routing_key.clone(),
@@ -117,8 +120,9 @@ impl AmqpQueue {
                 reason: reason.cloned(),
                 attempts: attempts.into_iter().collect(),
             });
-            self.emit(&ev, Some(to));
+            self.emit(&reply, Some(to));
         }
+        self.emit(&ev, None);
     }
 
     /// A client's listening queue (bound to the events that end jobs and attempts; also its
@@ -128,11 +132,9 @@ impl AmqpQueue {
             return Ok(name.clone());
         }
         let keys = WAIT_BINDINGS.iter().map(|k| (*k).to_owned()).collect();
-        let name =
-            self.request("listen on the events exchange", REQUEST_TIMEOUT, |reply| Cmd::Listen {
-                keys,
-                reply,
-            })?;
+        let name = self.request("listen on the events exchange", REQUEST_TIMEOUT, |reply| {
+            Cmd::Listen { keys, reply }
+        })?;
         self.listener = Some(name.clone());
         Ok(name)
     }
@@ -164,7 +166,10 @@ impl AmqpQueue {
                     continue;
                 }
                 let attempt_end = any_attempt && ev.event == EventKind::Failed;
-                if ev.event.is_final() || attempt_end {
+                // A job published here with a reply address ends with its reply (the fuller
+                // record), which comes before its event.
+                let thin = ev.record.is_none() && self.replies.contains(&ev.id);
+                if (ev.event.is_final() || attempt_end) && !thin {
                     let rec = record_of(ev);
                     // A reply carries the full record; the event that follows adds nothing.
                     let fuller = ended.get(&rec.id).is_some_and(|r| r.routing_key.is_empty());
@@ -174,6 +179,9 @@ impl AmqpQueue {
                 } else {
                     seen.insert(ev.id.clone(), record_of(ev));
                 }
+            }
+            for id in ended.keys() {
+                self.replies.remove(id);
             }
             let done = if any_attempt {
                 !ended.is_empty()
@@ -205,10 +213,8 @@ impl AmqpQueue {
         }
         let daemon = format!("client/{}", std::process::id());
         let ev = JobEvent::new(EventKind::Cancel, id, &task, 0, &daemon);
-        let body = serde_json::to_vec(&ev).map_err(|e| Error::Broker {
-            action: "publish a cancel request",
-            source: e.into(),
-        })?;
+        let body = serde_json::to_vec(&ev)
+            .map_err(|e| Error::Broker { action: "publish a cancel request", source: e.into() })?;
         let key = ev.routing_key();
         self.request("publish a cancel request", REQUEST_TIMEOUT, |reply| Cmd::Announce {
             key,

@@ -39,7 +39,13 @@ impl AttemptLog {
     }
 
     /// An attempt of the job in row `seq` (its `delivery`), ended at `ended_ms`.
-    pub(crate) fn end_row(&mut self, seq: i64, delivery: u32, ended_ms: i64, report: AttemptReport) {
+    pub(crate) fn end_row(
+        &mut self,
+        seq: i64,
+        delivery: u32,
+        ended_ms: i64,
+        report: AttemptReport,
+    ) {
         self.ended.push(Ended { seq, delivery, ended_ms, report });
     }
 

@@ -52,7 +52,11 @@ impl<'a> History<'a> {
 /// embedded queue's file; a daemon checks its integrity first.
 pub(crate) fn open(path: &Path, mode: OpenMode) -> Result<Connection> {
     if path.as_os_str().is_empty() {
-        return Err(crate::Error::io("open history", path, std::io::ErrorKind::InvalidInput.into()));
+        return Err(crate::Error::io(
+            "open history",
+            path,
+            std::io::ErrorKind::InvalidInput.into(),
+        ));
     }
     files::prepare_dir(path)?;
     files::create_private(path)?;

@@ -44,7 +44,13 @@ impl Broker {
             None => (topo::events_exchange(&self.exchange), key),
         };
         let sent = channel
-            .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &body, props)
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
             .await;
         if let Err(e) = sent {
             tracing::debug!("amqp: unable to publish a job event: {e}");
@@ -59,10 +65,11 @@ impl Broker {
         let mandatory = BasicPublishOptions { mandatory: true, immediate: false };
         let publ = live.publ.clone();
         let exchange = topo::events_exchange(&self.exchange);
-        let confirm = match publ.basic_publish(exchange.into(), key.into(), mandatory, body, props).await {
-            Ok(c) => c.await,
-            Err(e) => Err(e),
-        };
+        let confirm =
+            match publ.basic_publish(exchange.into(), key.into(), mandatory, body, props).await {
+                Ok(c) => c.await,
+                Err(e) => Err(e),
+            };
         match confirm {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(_))) => Err(Error::Refused {
@@ -88,8 +95,12 @@ impl Broker {
         let Some(live) = self.live.as_mut() else { return Err(self.not_connected("listen")) };
         let err = |e| broker_err("listen on the events exchange", e);
         let channel = live.conn.create_channel().await.map_err(err)?;
-        let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let queue = channel.queue_declare("".into(), exclusive, FieldTable::default()).await.map_err(err)?;
+        let exclusive =
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel
+            .queue_declare("".into(), exclusive, FieldTable::default())
+            .await
+            .map_err(err)?;
         let name = queue.name().as_str().to_owned();
         let exchange = topo::events_exchange(&self.exchange);
         for key in keys {

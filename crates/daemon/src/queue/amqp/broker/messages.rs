@@ -21,6 +21,8 @@ pub(crate) struct JobMeta {
     pub(crate) routing_key: String,
     pub(crate) payload: Vec<u8>,
     pub(crate) attempt: u32,
+    /// The publisher's reply queue, carried to the retry's copy.
+    pub(crate) reply_to: Option<String>,
 }
 
 /// Broker-side depth of one task.

@@ -132,10 +132,13 @@ impl Broker {
         let sink = self.sink.clone();
         self.settling.spawn(async move {
             if let Some((exchange, key, headers)) = target {
-                let props = BasicProperties::default()
+                let mut props = BasicProperties::default()
                     .with_delivery_mode(2)
                     .with_message_id(job.id.clone().into())
                     .with_headers(headers);
+                if let Some(to) = &job.reply_to {
+                    props = props.with_reply_to(to.clone().into()).with_correlation_id(job.id.clone().into());
+                }
                 let mandatory = BasicPublishOptions { mandatory: true, immediate: false };
                 let confirmed = match publ.basic_publish(exchange.into(), key.clone().into(), mandatory, &job.payload, props).await {
                     Ok(c) => c.await,
