@@ -76,7 +76,7 @@ impl History<'_> {
         let Some((seq, mut job)) = found else {
             return Err(Error::UnknownJob { id: id.to_owned() });
         };
-        job.attempts = attempts::read(&self.conn, seq).map_err(e)?;
+        job.attempts = attempts::read(self.conn, seq).map_err(e)?;
         Ok(job)
     }
 
