@@ -43,6 +43,13 @@ impl Shell {
                     tracing::error!(error = %Report(&e), "unable to send a job to a worker");
                 }
             }
+            Action::SendCancel { worker, job } => {
+                if let Some(p) = self.processes.get_mut(&worker)
+                    && let Err(e) = p.send_cancel(&job, registry)
+                {
+                    tracing::error!(error = %Report(&e), "unable to send a cancel frame to a worker");
+                }
+            }
             Action::Signal { worker, signal } => {
                 if let Some(p) = self.processes.get(&worker) {
                     p.signal_group(signal);

@@ -9,7 +9,7 @@ use procyard_core::{Exit, Signal};
 
 use crate::config::Config;
 use crate::control::Request;
-use crate::protocol::Reply;
+use crate::protocol::{Hello, Reply};
 use crate::queue::{AttemptEnd, Job, Outcome};
 
 /// A worker's id in the daemon (tags its tokens; never reused).
@@ -37,6 +37,8 @@ pub(crate) enum Event {
     Exited { worker: WorkerId, exit: Exit },
     /// A longlived worker's reply frame.
     Reply { worker: WorkerId, reply: Reply },
+    /// A longlived worker's hello: what it understands (cancel frames).
+    Hello { worker: WorkerId, hello: Hello },
     /// A longlived worker wrote something that is not a reply frame.
     ProtocolError { worker: WorkerId, reason: String },
     /// A deadline may have passed (sent once per turn of the loop).
@@ -75,6 +77,8 @@ pub(crate) enum Action {
     Spawn { worker: WorkerId },
     /// Send the worker's current job to it (a longlived worker).
     SendJob { worker: WorkerId },
+    /// Send a cancel frame for `job` to the (longlived) worker running it.
+    SendCancel { worker: WorkerId, job: String },
     /// Signal the worker's process group (and continue it, for any signal but KILL).
     Signal { worker: WorkerId, signal: Signal },
     /// Close the worker's stdin.

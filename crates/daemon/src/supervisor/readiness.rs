@@ -6,7 +6,7 @@ use procyard_core::{Report, Signal, StreamState};
 use super::event::{Event, WorkerId};
 use super::process::{KIND_STDERR, KIND_STDOUT};
 use super::shell::Shell;
-use crate::protocol::Reply;
+use crate::protocol::WorkerFrame;
 
 impl Shell {
     pub(super) fn on_worker_exit(&mut self, id: WorkerId) {
@@ -77,12 +77,15 @@ impl Shell {
             let Some(p) = self.processes.get_mut(&id).filter(|p| p.stdout.is_some()) else {
                 return;
             };
-            match p.decoder.next::<Reply>() {
+            let frame = match p.decoder.next_bytes() {
                 Ok(None) => break,
-                Ok(Some(reply)) => self.feed(Event::Reply { worker: id, reply }),
-                Err(e) => {
-                    return self.feed(Event::ProtocolError { worker: id, reason: e.to_string() });
-                }
+                Ok(Some(bytes)) => WorkerFrame::parse(&bytes),
+                Err(e) => Err(e.to_string()),
+            };
+            match frame {
+                Ok(WorkerFrame::Reply(reply)) => self.feed(Event::Reply { worker: id, reply }),
+                Ok(WorkerFrame::Hello(hello)) => self.feed(Event::Hello { worker: id, hello }),
+                Err(reason) => return self.feed(Event::ProtocolError { worker: id, reason }),
             }
         }
         match state {

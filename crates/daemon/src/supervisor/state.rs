@@ -83,6 +83,12 @@ impl State {
             Event::Signal(signal) => self.on_signal(signal, now, &mut acts),
             Event::Exited { worker, exit } => self.on_exit(worker, exit, now, &mut acts),
             Event::Reply { worker, reply } => self.on_reply(worker, reply, now, &mut acts),
+            Event::Hello { worker, hello } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    tracing::debug!(task = %w.group, pid = ?w.pid, cancel = hello.cancel, "worker said hello");
+                    w.cancel_frames = hello.cancel;
+                }
+            }
             Event::ProtocolError { worker, reason } => {
                 self.protocol_error(worker, &reason, now, &mut acts)
             }
@@ -273,7 +279,8 @@ impl State {
         let Some(g) = self.groups.get_mut(&w.group) else { return };
         // A job cancelled while it ran stays cancelled whatever the worker answers (a `retry`
         // must not run it again).
-        let (end, result) = if run.cancelled {
+        let cancelled = run.cancelled || reply.outcome == crate::protocol::ReplyOutcome::Cancelled;
+        let (end, result) = if cancelled {
             (AttemptEnd::Cancelled, JobResult::Cancelled)
         } else {
             (AttemptEnd::Replied { outcome: reply_name(&reply) }, JobResult::from_reply(reply))
