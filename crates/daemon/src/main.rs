@@ -147,9 +147,9 @@ enum Cmd {
         json: bool,
     },
     /// Print a job's output: stdout to stdout, stderr to stderr (the last attempt's, or
-    /// --attempt N's).
+    /// --attempt N's); with -f, live until the job ends.
     #[command(
-        after_help = "Example:\n  procyard-daemon logs 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b --stream stderr -f"
+        after_help = "Example:\n  procyard-daemon logs 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b --stream stderr -f\n\nWith -f, exit status as wait's: 0 done, 1 failed or dead (or an error), 2 cancelled, 64 a usage error."
     )]
     Logs {
         /// The job id.
@@ -160,7 +160,7 @@ enum Cmd {
         /// Only this stream.
         #[arg(long, value_enum)]
         stream: Option<jobs::Stream>,
-        /// Follow the job to its end: each attempt's output as the attempt ends.
+        /// Follow the job to its end: its output as it is written, every attempt in turn.
         #[arg(short = 'f', long = "follow", conflicts_with = "attempt")]
         follow: bool,
     },
@@ -178,7 +178,9 @@ enum Cmd {
         json: bool,
     },
     /// Cancel jobs: a waiting one never runs; a running oneshot job's process group gets
-    /// TERM, then KILL after kill_timeout. A cancelled job is never retried.
+    /// TERM, then KILL after kill_timeout; a longlived worker that understands cancel frames
+    /// is asked to stop the job (the ladder if it does not answer within kill_timeout). A
+    /// cancelled job is never retried.
     #[command(
         after_help = "Example:\n  procyard-daemon cancel 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
     )]

@@ -63,6 +63,8 @@ pub(crate) enum Event {
     Reloaded(Box<Config>),
     /// Answer to [`Action::Reload`]: the running config is kept.
     ReloadFailed { error: String },
+    /// Answer to [`Action::CheckFollow`]: the job has not ended; follow it once it runs.
+    FollowPending { conn: ConnId, id: String },
     /// Answer to [`Action::Watch`]: of the jobs asked about, those that have not ended.
     Watching { conn: ConnId, pending: Vec<String>, any_attempt: bool },
 }
@@ -100,6 +102,20 @@ pub(crate) enum Action {
     /// Keep a control connection open until `timeout` and find which of `ids` have not ended
     /// (the queue's buffered outcomes written first); answer with `Watching`.
     Watch { conn: ConnId, ids: Vec<String>, any_attempt: bool, timeout: std::time::Duration },
+    /// Hold a control connection until `timeout` and send it the output of `worker`'s run
+    /// `run` written after the offsets, as soon as there is some or the run ends.
+    Follow {
+        conn: ConnId,
+        worker: WorkerId,
+        run: u64,
+        delivery: u32,
+        stdout_at: u64,
+        stderr_at: u64,
+        timeout: std::time::Duration,
+    },
+    /// Hold a control connection until `timeout`: answer it now (`Ended`) if job `id` has
+    /// ended, else with `FollowPending`.
+    CheckFollow { conn: ConnId, id: String, timeout: std::time::Duration },
     /// Tell a waiting control connection that what it waited for happened.
     AnswerWait { conn: ConnId },
     /// Answer a cancel request: the jobs found claimed or running here (being cancelled).

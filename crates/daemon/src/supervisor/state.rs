@@ -56,6 +56,8 @@ pub(crate) struct State {
     pub queue_due: Option<Instant>,
     /// Control connections waiting for jobs to end.
     pub(super) waiters: Vec<Waiter>,
+    /// Control connections waiting to follow a job's output once it runs: (conn, job id).
+    pub(super) pending_follows: Vec<(super::event::ConnId, String)>,
 }
 
 impl State {
@@ -73,6 +75,7 @@ impl State {
             last_reload_error: None,
             queue_due: None,
             waiters: Vec::new(),
+            pending_follows: Vec::new(),
         }
     }
 
@@ -106,6 +109,16 @@ impl State {
                     let timeout = Duration::from_millis(timeout_ms);
                     acts.push(Action::Watch { conn, ids, any_attempt, timeout });
                 }
+                Request::Follow { id, run, stdout_at, stderr_at, timeout_ms } => {
+                    let timeout = Duration::from_millis(timeout_ms);
+                    self.follow(
+                        conn,
+                        id,
+                        run.map(|r| (r, stdout_at, stderr_at)),
+                        timeout,
+                        &mut acts,
+                    )
+                }
             },
             Event::QueueWake => self.poke(),
             Event::QueueLost => {
@@ -132,8 +145,10 @@ impl State {
             Event::Watching { conn, pending, any_attempt } => {
                 self.watch(conn, pending, any_attempt, &mut acts)
             }
+            Event::FollowPending { conn, id } => self.pending_follows.push((conn, id)),
         }
         self.resolve_waiters(&mut acts);
+        self.resolve_follows(&mut acts);
         acts
     }
 

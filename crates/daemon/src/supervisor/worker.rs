@@ -20,6 +20,8 @@ pub(crate) struct Running {
     pub cancelled: bool,
     /// A cancel frame was sent: the worker is to answer by then, or get the stop ladder.
     pub cancel_deadline: Option<Instant>,
+    /// This run's token (unique in the daemon): what `logs -f` follows.
+    pub run: u64,
 }
 
 /// Where a worker is in being stopped.
@@ -49,6 +51,8 @@ pub(crate) struct Worker {
     pub jobs_done: u64,
     /// A longlived worker that announced (in its hello) that it stops a job on a cancel frame.
     pub cancel_frames: bool,
+    /// How many jobs it was handed.
+    pub runs: u64,
 }
 
 impl Worker {
@@ -66,11 +70,14 @@ impl Worker {
             abandon_job: false,
             jobs_done: 0,
             cancel_frames: false,
+            runs: 0,
         }
     }
 
     pub fn start_job(&mut self, job: Job, timeout: Option<Duration>, now: Instant) {
+        self.runs += 1;
         self.job = Some(Running {
+            run: (self.id << 24) | (self.runs & 0xff_ffff),
             job,
             deadline: timeout.map(|t| now + t),
             timed_out: false,

@@ -25,6 +25,17 @@ fn job(sb: &Sandbox, id: &str) -> JobRecord {
     Client::new(sb.load_config()).job(id).expect("job")
 }
 
+/// The config of a longlived task `name` served by the Rust worker (this test binary).
+pub fn rust_worker_task(name: &str) -> String {
+    let exe = std::env::current_exe().expect("test executable");
+    let exe = exe.to_str().expect("utf-8 path");
+    let script =
+        "exec \"$0\" --exact cancel::rust_worker_entry --nocapture --test-threads=1 3>&1 1>&2";
+    format!(
+        "[[task]]\nname = \"{name}\"\nrouting_keys = [\"{name}.#\"]\ncommand = [\"sh\", \"-c\", {script:?}, {exe:?}]\nwork_model = \"longlived\"\nmin_workers = 1\nmax_workers = 1\nmax_attempts = 3\nenv = {{ {WORKER_ENV} = \"1\" }}\n"
+    )
+}
+
 /// Not a test: the Rust worker, when this binary is started with [`WORKER_ENV`] set (libtest
 /// prints on stdout, so the worker's command moves stdout to descriptor 3 and the protocol
 /// goes there). Payload `wait-cancel` waits for the cancel and answers it; `ignore-cancel`
@@ -46,6 +57,14 @@ fn rust_worker_entry() {
                 Outcome::Cancelled
             }
             "wait-cancel" => Outcome::Fail("never cancelled".into()),
+            // For `logs -f`: a line, then (once the file `go` appears) another.
+            p if p.starts_with("lines:") => {
+                let go = std::path::Path::new(&p["lines:".len()..]).join("go");
+                eprintln!("first line");
+                while !go.exists() && !cancel.wait_timeout(Duration::from_millis(20)) {}
+                eprintln!("second line");
+                Outcome::Done
+            }
             "ignore-cancel" => {
                 let (_keep, never) = std::sync::mpsc::channel::<()>();
                 let _ = never.recv_timeout(SECS(120));
@@ -66,13 +85,7 @@ fn rust_worker_entry() {
 /// kill timeout (2 s here) and its job still ends `cancelled`, never retried.
 #[test]
 fn daemon_cancel_frame_rust_worker() {
-    let exe = std::env::current_exe().expect("test executable");
-    let exe = exe.to_str().expect("utf-8 path");
-    let script =
-        "exec \"$0\" --exact cancel::rust_worker_entry --nocapture --test-threads=1 3>&1 1>&2";
-    let mut sb = Sandbox::new(&format!(
-        "[[task]]\nname = \"rw\"\nrouting_keys = [\"rw.#\"]\ncommand = [\"sh\", \"-c\", {script:?}, {exe:?}]\nwork_model = \"longlived\"\nmin_workers = 1\nmax_workers = 1\nmax_attempts = 3\nenv = {{ {WORKER_ENV} = \"1\" }}\n"
-    ));
+    let mut sb = Sandbox::new(&rust_worker_task("rw"));
     sb.start();
     // The worker said hello before it took a job: once its line about the job is relayed,
     // the daemon has read the hello too (it was written first, on the other pipe).

@@ -5,6 +5,7 @@
 mod broker;
 mod cancel;
 mod example_client;
+mod follow;
 mod hardening;
 mod hardening_orphans;
 mod lifecycle;
