@@ -47,6 +47,8 @@ pub(super) struct Shell {
     pub(super) outputs: HashMap<WorkerId, (Option<Captured>, Option<Captured>)>,
     /// What oneshot workers that exited cost, until their job's attempt is recorded.
     pub(super) usage: HashMap<WorkerId, ResourceUse>,
+    /// Control connections following a running attempt's output (`logs -f`).
+    pub(super) followers: Vec<super::live::Follower>,
 }
 
 pub(super) fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -83,6 +85,7 @@ impl Shell {
             reap_strays: false,
             outputs: HashMap::new(),
             usage: HashMap::new(),
+            followers: Vec::new(),
         })
     }
 
