@@ -179,6 +179,8 @@ pub(crate) struct PgQueue {
     trouble: Option<Trouble>,
     /// The next retry time, once read (`Some(None)`: none).
     due_cache: Option<Option<Instant>>,
+    /// The last error was the backoff still running (not a new failure).
+    waiting: bool,
     /// The next pruning step.
     prune_at: Instant,
     /// The count-based pruning cutoff `(finished_ms, seq)` and when it was read.
@@ -220,6 +222,7 @@ impl PgQueue {
             retention: Retention::default(),
             trouble: None,
             due_cache: None,
+            waiting: false,
             prune_at: Instant::now(),
             prune_count: None,
         })
@@ -245,19 +248,18 @@ impl PgQueue {
             if let Some(t) = &self.trouble
                 && t.retry_at > Instant::now()
             {
-                return Err(self.target.err("reach", format!("unreachable: {}", t.cause)));
+                // Not yet: the backoff runs; this is no new failure.
+                self.waiting = true;
+                let left = t.retry_at.saturating_duration_since(Instant::now());
+                return Err(self.target.err(
+                    "reach",
+                    format!("disconnected; reconnecting in {} ms", left.as_millis()),
+                ));
             }
             let role = if self.mode == OpenMode::Daemon { Role::Work } else { Role::Client };
-            match self.target.connect(role, &self.name) {
-                Ok(client) => {
-                    tracing::info!(db = %self.target.shown, "postgres: connected");
-                    self.conn = Some(Conn { client, prepared: HashMap::new() });
-                }
-                Err(e) => {
-                    Trouble::note(&mut self.trouble, e.chain().to_string());
-                    return Err(e);
-                }
-            }
+            let client = self.target.connect(role, &self.name)?;
+            tracing::info!(db = %self.target.shown, "postgres: connected");
+            self.conn = Some(Conn { client, prepared: HashMap::new() });
         }
         Ok(self.conn.as_mut().expect("connected"))
     }
@@ -271,6 +273,7 @@ impl PgQueue {
                     tracing::info!(db = %self.target.shown, after = %t.cause, "postgres: the database works again");
                 }
             }
+            Err(_) if std::mem::take(&mut self.waiting) => {}
             Err(e) => {
                 if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
                     self.conn = None;
