@@ -357,6 +357,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("procyard-procmgr", "bench_procmgr", "bench.rs"),
     ("procyard-daemon", "bench_daemon", "bench.rs"),
     ("procyard-daemon", "bench_amqp", "bench_amqp.rs"),
+    ("procyard-daemon", "bench_pg", "bench_pg.rs"),
     ("procyard-bgtask", "bench_bgtask", "bench.rs"),
     ("procyard-resultworker", "bench_resultworker", "bench.rs"),
 ];
