@@ -189,6 +189,12 @@ enum Cmd {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Create or upgrade the PostgreSQL queue's schema (backend "postgres"); daemons also do
+    /// it at start.
+    #[command(
+        after_help = "Example:\n  procyard-daemon migrate --config procyard.toml\n\nPrints the versions applied (nothing when the schema was up to date)."
+    )]
+    Migrate,
     /// Delete the records of ended jobs (done and cancelled with --done, dead letters with
     /// --dead).
     #[command(after_help = "Example:\n  procyard-daemon purge --done --dead --older-than 7d")]
@@ -413,6 +419,16 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             jobs::wait(&mut Client::new(load(config)?), &ids, timeout, json)
         }
         Cmd::Cancel { ids } => jobs::cancel(&mut Client::new(load(config)?), &ids),
+        Cmd::Migrate => {
+            let c = load(config)?;
+            let applied = queue::postgres::migrate(&c.queue).map_err(|e| unable("migrate", &e))?;
+            if applied.is_empty() {
+                println!("schema {} is up to date", c.queue.schema);
+            } else {
+                println!("schema {}: applied versions {applied:?}", c.queue.schema);
+            }
+            Ok(0)
+        }
         Cmd::Purge { dead, done, older_than } => {
             jobs::purge(&mut Client::new(load(config)?), &Purge { dead, done, older_than })
         }

@@ -114,6 +114,7 @@ impl Validator<'_> {
         };
         let url = raw.queue.url.as_ref().map(|u| u.get_ref().clone());
         if let Some(u) = &raw.queue.url
+            && backend != BackendKind::Postgres
             && !(u.get_ref().starts_with("amqp://") || u.get_ref().starts_with("amqps://"))
         {
             return Err(self.err(
@@ -122,6 +123,9 @@ impl Validator<'_> {
                 "must start with amqp:// or amqps://",
             ));
         }
+        let schema =
+            crate::queue::postgres::check_config(backend, &raw.queue.url, &raw.queue.schema)
+                .map_err(|(span, field, message)| self.err(span, field, message))?;
         if backend == BackendKind::Amqp && url.is_none() {
             return Err(self.err(
                 None,
@@ -404,6 +408,7 @@ impl Validator<'_> {
                 url,
                 exchange,
                 queue_type: raw.queue.queue_type,
+                schema,
             },
             tasks,
         })

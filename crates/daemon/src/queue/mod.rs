@@ -105,6 +105,7 @@ pub mod amqp;
 mod config;
 mod history;
 mod job;
+pub mod postgres;
 mod report;
 pub mod sqlite;
 
@@ -333,5 +334,6 @@ pub fn open(config: &QueueConfig, mode: OpenMode) -> Result<Box<dyn QueueBackend
     match config.backend {
         BackendKind::Sqlite => Ok(Box::new(sqlite::SqliteQueue::open(&config.path, mode)?)),
         BackendKind::Amqp => amqp::open(config, mode),
+        BackendKind::Postgres => postgres::open(config, mode),
     }
 }
