@@ -367,6 +367,7 @@ impl Validator<'_> {
                 "no [[task]] is defined; the daemon would have nothing to run",
             ));
         }
+        let http = super::http::validate(self.path, self.text, raw.http.as_ref())?;
         Ok(Config {
             path: self.path.to_owned(),
             daemon,
@@ -378,6 +379,7 @@ impl Validator<'_> {
                 queue_type: raw.queue.queue_type,
             },
             tasks,
+            http,
         })
     }
 }

@@ -100,6 +100,11 @@ impl State {
                     let timeout = Duration::from_millis(timeout_ms);
                     acts.push(Action::Watch { conn, ids, any_attempt, timeout });
                 }
+                Request::Pause { task } => self.pause(conn, &task, true, &mut acts),
+                Request::Resume { task } => self.pause(conn, &task, false, &mut acts),
+                Request::Scale { task, max_workers } => {
+                    self.scale(conn, &task, max_workers, &mut acts)
+                }
             },
             Event::QueueWake => self.poke(),
             Event::QueueLost => {

@@ -47,6 +47,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             queue_type: AmqpQueueType::Quorum,
         },
         tasks,
+        http: None,
     }
 }
 
