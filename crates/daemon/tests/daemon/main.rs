@@ -6,8 +6,10 @@ mod broker;
 mod example_client;
 mod hardening;
 mod hardening_orphans;
+mod http;
 mod lifecycle;
 mod sandbox;
+mod web;
 
 use std::time::{Duration, Instant};
 
