@@ -84,6 +84,15 @@ impl Waited {
     }
 }
 
+/// What `publish --json` prints and `POST /api/jobs` answers: the ids of the jobs queued.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    /// The routing key published to.
+    pub routing_key: String,
+    /// One id per task bound to it.
+    pub jobs: Vec<String>,
+}
+
 /// What [`Client::cancel`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cancelled {
@@ -131,6 +140,11 @@ impl Client {
             self.queue = Some(q);
         }
         Ok(self.queue.as_deref_mut().expect("opened"))
+    }
+
+    /// The queue, opened at the first call (for the HTTP face's reads).
+    pub(crate) fn queue_mut(&mut self) -> Result<&mut dyn QueueBackend> {
+        self.queue()
     }
 
     fn poke(&self) {

@@ -47,6 +47,7 @@
 //! `check-config` use) also checks that it can run here: every task's program exists and can
 //! be executed, every `cwd` exists, and the control socket's path is free or a socket.
 
+mod http;
 mod runnable;
 mod validate;
 
@@ -62,6 +63,8 @@ use toml::Spanned;
 use crate::queue::{AmqpQueueType, BackendKind, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 use validate::Validator;
+
+pub use self::http::{HttpSettings, TokenSource};
 
 /// How a task's workers take jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -170,6 +173,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// `[[task]]`, in file order.
     pub tasks: Vec<TaskConfig>,
+    /// `[http]`: the dashboard, JSON API and metrics (off when absent).
+    pub http: Option<HttpSettings>,
 }
 
 impl Config {
@@ -276,6 +281,8 @@ struct RawConfig {
     queue: RawQueue,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
+    #[serde(default)]
+    http: Option<Spanned<http::RawHttp>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -89,6 +89,7 @@ pub mod config;
 pub mod control;
 mod error;
 pub mod follow;
+pub mod http;
 mod notify;
 pub mod protocol;
 pub mod queue;

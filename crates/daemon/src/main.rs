@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use procyard_core::{SignalFd, report};
+use procyard_daemon::client::Published;
 use procyard_daemon::config::LogFormat;
 use procyard_daemon::queue::{self, JobFilter, JobState, OpenMode, PartialPublish, Purge, Requeue};
 use procyard_daemon::{Client, Config, DAEMON_SIGNALS, RunOptions, control};
@@ -340,7 +341,8 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                 return jobs::report(&waited, json);
             }
             if json {
-                println!("{}", serde_json::json!({ "routing_key": routing_key, "jobs": ids }));
+                let published = Published { routing_key: routing_key.clone(), jobs: ids.clone() };
+                println!("{}", serde_json::to_string(&published).map_err(|e| e.to_string())?);
             } else {
                 for id in &ids {
                     println!("{id}");

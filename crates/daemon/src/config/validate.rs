@@ -399,6 +399,7 @@ impl Validator<'_> {
                 "no [[task]] is defined; the daemon would have nothing to run",
             ));
         }
+        let http = super::http::validate(self.path, self.text, raw.http.as_ref())?;
         Ok(Config {
             path: self.path.to_owned(),
             daemon,
@@ -411,6 +412,7 @@ impl Validator<'_> {
                 schema,
             },
             tasks,
+            http,
         })
     }
 }

@@ -48,6 +48,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             schema: "procyard".into(),
         },
         tasks,
+        http: None,
     }
 }
 
