@@ -1,7 +1,9 @@
 //! [`Client`]: what the command-line verbs do, for programs that would rather not shell out —
 //! publish (and poke the daemon), look at job records, wait for jobs, cancel them, purge.
 //!
-//! Records are read from the queue itself (the SQLite file: no daemon needed to read them);
+//! Records are read from the queue itself (the SQLite file: no daemon needed to read them;
+//! on RabbitMQ, the local history of the daemon that uses the same config: only the jobs it
+//! ran);
 //! waiting and cancelling a running job talk to the daemon over its control socket. A wait is
 //! an event: the daemon answers the held connection when the jobs end. With no daemon to ask,
 //! a wait looks at the queue every [`POLL_WITHOUT_DAEMON`] instead (nothing would end the
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::{self, Request, Response};
 use crate::queue::{
-    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, PublishOptions, Published,
+    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, Publication, PublishOptions,
     Purge, QueueBackend, ScheduleStatus, check_job_id,
 };
 use crate::{Config, Error, Result};
@@ -82,6 +84,15 @@ impl Waited {
     }
 }
 
+/// What `publish --json` prints and `POST /api/jobs` answers: the ids of the jobs queued.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    /// The routing key published to.
+    pub routing_key: String,
+    /// One id per task bound to it.
+    pub jobs: Vec<String>,
+}
+
 /// What [`Client::cancel`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cancelled {
@@ -89,6 +100,9 @@ pub enum Cancelled {
     Waiting,
     /// The job is running: its process gets the stop ladder, and it ends `cancelled`.
     Stopping,
+    /// On RabbitMQ: every running daemon was asked to cancel it — the one running it stops it
+    /// (it ends `cancelled`), and one that receives it later drops it (for 24 hours).
+    Requested,
 }
 
 /// A client of one daemon's queue and control socket.
@@ -128,6 +142,11 @@ impl Client {
         Ok(self.queue.as_deref_mut().expect("opened"))
     }
 
+    /// The queue, opened at the first call (for the HTTP face's reads).
+    pub(crate) fn queue_mut(&mut self) -> Result<&mut dyn QueueBackend> {
+        self.queue()
+    }
+
     fn poke(&self) {
         if let Err(e) = control::poke(&self.config.daemon.control_socket) {
             tracing::debug!(error = %e.chain(), "could not poke the daemon");
@@ -164,7 +183,7 @@ impl Client {
 
     /// Publishes one job with publish-time controls (a delay or time, a priority, a unique
     /// key, headers: [`PublishOptions`]) and tells the daemon. A held unique key answers the
-    /// existing job's id, listed in [`Published::existing`].
+    /// existing job's id, listed in [`Publication::existing`].
     ///
     /// ```no_run
     /// # use procyard_daemon::{Client, queue::PublishOptions};
@@ -180,7 +199,7 @@ impl Client {
         routing_key: &str,
         payload: &[u8],
         options: &PublishOptions,
-    ) -> Result<Published> {
+    ) -> Result<Publication> {
         self.publish_batch_with(routing_key, &[payload.to_vec()], options).map_err(|p| p.error)
     }
 
@@ -191,7 +210,7 @@ impl Client {
         routing_key: &str,
         payloads: &[Vec<u8>],
         options: &PublishOptions,
-    ) -> Result<Published, Box<PartialPublish>> {
+    ) -> Result<Publication, Box<PartialPublish>> {
         let q =
             self.queue().map_err(|error| Box::new(PartialPublish { committed: vec![], error }))?;
         let result = q.publish_with(routing_key, payloads, options);
@@ -212,7 +231,8 @@ impl Client {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<Waited> {
-        let ids = self.publish(routing_key, payload)?;
+        let ids = self.queue()?.publish_with_reply(routing_key, payload)?;
+        self.poke();
         self.wait(&ids, timeout)
     }
 
@@ -233,6 +253,11 @@ impl Client {
             check_job_id(id)?;
         }
         let deadline = timeout.map(|t| Instant::now() + t);
+        // On RabbitMQ the client hears the ends itself (replies, the events exchange).
+        if let Some(jobs) = self.queue()?.wait_heard(ids, false, deadline)? {
+            let timed_out = jobs.iter().any(|j| !j.state.is_final());
+            return Ok(Waited { jobs, timed_out });
+        }
         loop {
             let jobs = ids.iter().map(|id| self.job(id)).collect::<Result<Vec<_>>>()?;
             let pending: Vec<String> =
@@ -252,6 +277,10 @@ impl Client {
     /// what `logs -f` follows.
     pub fn wait_attempt(&mut self, id: &str, timeout: Option<Duration>) -> Result<()> {
         check_job_id(id)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        if self.queue()?.wait_heard(&[id.to_owned()], true, deadline)?.is_some() {
+            return Ok(());
+        }
         self.wait_event(vec![id.to_owned()], true, timeout)
     }
 
@@ -289,6 +318,11 @@ impl Client {
     /// (the stop ladder; never retried). A job that has ended is
     /// [`Error::JobFinished`]; an unknown one [`Error::UnknownJob`].
     pub fn cancel(&mut self, id: &str) -> Result<Cancelled> {
+        check_job_id(id)?;
+        // On RabbitMQ: a cancel request every daemon hears.
+        if self.queue()?.cancel_everywhere(id)? {
+            return Ok(Cancelled::Requested);
+        }
         for _ in 0..3 {
             let job = self.job(id)?;
             match job.state {

@@ -11,11 +11,14 @@
 //! keep_done_max = 100000        # … and at most this many (dead letters stay until purged)
 //!
 //! [queue]
-//! backend = "sqlite"            # or "amqp"
+//! backend = "sqlite"            # or "amqp", or "postgres"
 //! path = "/tmp/procyard/q.db"   # relative paths are relative to this file
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
+//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the control
+//!                               # socket, <socket name without .sock>.history.db)
+//! # backend = "postgres": url = "postgres://user@host:5432/db", schema = "procyard"
 //!
 //! [[task]]
 //! name = "thumbnail"
@@ -44,6 +47,7 @@
 //! `check-config` use) also checks that it can run here: every task's program exists and can
 //! be executed, every `cwd` exists, and the control socket's path is free or a socket.
 
+mod http;
 mod runnable;
 mod schedule;
 mod validate;
@@ -62,6 +66,8 @@ use toml::Spanned;
 use crate::queue::{AmqpQueueType, BackendKind, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 use validate::Validator;
+
+pub use self::http::{HttpSettings, TokenSource};
 
 /// How a task's workers take jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -174,6 +180,8 @@ pub struct Config {
     pub tasks: Vec<TaskConfig>,
     /// `[[schedule]]`: periodic jobs, in file order.
     pub schedules: Vec<ScheduleConfig>,
+    /// `[http]`: the dashboard, JSON API and metrics (off when absent).
+    pub http: Option<HttpSettings>,
 }
 
 impl Config {
@@ -282,6 +290,7 @@ struct RawConfig {
     task: Vec<Spanned<RawTask>>,
     #[serde(default)]
     schedule: Vec<Spanned<schedule::RawSchedule>>,
+    http: Option<Spanned<http::RawHttp>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -307,6 +316,8 @@ struct RawQueue {
     exchange: Option<Spanned<String>>,
     #[serde(default)]
     queue_type: AmqpQueueType,
+    history: Option<Spanned<PathBuf>>,
+    schema: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -88,6 +88,8 @@ pub mod client;
 pub mod config;
 pub mod control;
 mod error;
+pub mod follow;
+pub mod http;
 mod notify;
 pub mod protocol;
 pub mod queue;

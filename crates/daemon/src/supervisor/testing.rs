@@ -46,9 +46,11 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             url: None,
             exchange: "procyard".into(),
             queue_type: AmqpQueueType::Quorum,
+            schema: "procyard".into(),
         },
         tasks,
         schedules: Vec::new(),
+        http: None,
     }
 }
 

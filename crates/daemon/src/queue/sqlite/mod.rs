@@ -37,8 +37,8 @@ use rusqlite::Connection;
 use super::BackendKind;
 use super::{
     Abandoned, AttemptReport, DeadLetter, FileChange, Health, Job, JobFilter, JobRecord,
-    LeaseHolder, OpenMode, Outcome, PartialPublish, PublishOptions, Published, Purge, QueueBackend,
-    QueueDepth, Receipt, Requeue, Retention, ScheduleStatus, TaskBinding,
+    LeaseHolder, OpenMode, Outcome, PartialPublish, Publication, PublishOptions, Purge,
+    QueueBackend, QueueDepth, Receipt, Requeue, Retention, ScheduleStatus, TaskBinding,
 };
 use crate::schedule::ScheduleConfig;
 use crate::{Error, Result, routing};
@@ -56,6 +56,7 @@ mod records;
 mod retention;
 mod schedules;
 mod schema;
+pub(crate) mod store;
 mod trouble;
 mod unique;
 
@@ -177,6 +178,11 @@ impl SqliteQueue {
         !self.retention.keep_done.is_zero()
     }
 
+    /// The job records in this file.
+    fn history(&mut self) -> store::History<'_> {
+        store::History::new(&mut self.conn, &self.path)
+    }
+
     fn is_bound(&self, task: &str) -> bool {
         self.tasks.iter().any(|t| t.name == task)
     }
@@ -242,7 +248,7 @@ impl QueueBackend for SqliteQueue {
         routing_key: &str,
         payloads: &[Vec<u8>],
         options: &PublishOptions,
-    ) -> Result<Published, Box<PartialPublish>> {
+    ) -> Result<Publication, Box<PartialPublish>> {
         let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         self.insert_jobs(routing_key, &payloads, options)
             .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
@@ -292,11 +298,11 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn job(&mut self, id: &str) -> Result<JobRecord> {
-        self.read_job(id)
+        self.history().job(id)
     }
 
     fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        self.list_jobs(filter)
+        self.history().jobs(filter)
     }
 
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
@@ -304,7 +310,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {
-        self.purge_rows(what)
+        self.history().purge(what)
     }
 
     fn set_schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<()> {

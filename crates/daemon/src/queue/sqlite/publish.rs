@@ -5,7 +5,7 @@ use rusqlite::{Transaction, TransactionBehavior, params};
 
 use super::schema::STATE_READY;
 use super::{SqliteQueue, now_ms, unique};
-use crate::queue::{PublishOptions, Published, TaskBinding, check_payload};
+use crate::queue::{Publication, PublishOptions, TaskBinding, check_payload};
 use crate::{Error, Result, routing};
 
 /// The tasks a job published with `routing_key` goes to: every task with a matching pattern.
@@ -26,7 +26,7 @@ impl SqliteQueue {
         routing_key: &str,
         payloads: &[&[u8]],
         options: &PublishOptions,
-    ) -> Result<Published> {
+    ) -> Result<Publication> {
         routing::validate_key(routing_key)?;
         for p in payloads {
             check_payload(p)?;
@@ -55,9 +55,11 @@ pub(super) fn insert_rows(
     routing_key: &str,
     payloads: &[&[u8]],
     options: &PublishOptions,
-) -> rusqlite::Result<Published> {
-    let mut out =
-        Published { ids: Vec::with_capacity(targets.len() * payloads.len()), existing: Vec::new() };
+) -> rusqlite::Result<Publication> {
+    let mut out = Publication {
+        ids: Vec::with_capacity(targets.len() * payloads.len()),
+        existing: Vec::new(),
+    };
     let now = now_ms();
     let not_before = options.not_before_ms();
     // A time already past is now: the job joins the claim order at once.
