@@ -7,8 +7,14 @@
 //! against `keep_done = "0s"` (no history), the job-lifecycle issue's ≥ 0.9 goal; publish→done latency p50/p99; daemon RSS idle
 //! and with 100 workers; graceful stop time with 10 idle workers.
 //!
+//! Scheduling (`parts/sched.rs`): claim cost with 1,000,000 delayed jobs against none, and
+//! the start lateness of delayed jobs (p50, p99) against jobs published for now.
+//!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
-//! `longlived`, `latency`, `rss`, `stop`) runs only those parts.
+//! `longlived`, `latency`, `rss`, `sched`, `stop`) runs only those parts.
+
+#[path = "parts/sched.rs"]
+mod sched;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -65,6 +71,10 @@ fn main() -> anyhow::Result<()> {
         let (idle, busy) = rss(&daemon_bin, &me)?;
         bench("daemon_rss_idle_kib", idle, "KiB", "goal_idle_kib", 10.0 * 1024.0);
         bench("daemon_rss_100_workers_kib", busy, "KiB", "daemon_rss_idle_kib", idle);
+    }
+
+    if part("sched") {
+        sched::run(&daemon_bin)?;
     }
 
     if part("stop") {

@@ -1,5 +1,6 @@
-//! The scheduling parts of a config: `[daemon] timezone` (the zone of local `--at` times) and
-//! `[[schedule]]` tables (periodic jobs), validated with errors naming the field.
+//! The scheduling parts of a config: `[daemon] timezone` (the zone of local `--at` times),
+//! `[[schedule]]` tables (periodic jobs) and each task's limits (`rate_limit`,
+//! `concurrency_key`, `max_per_key`), validated with errors naming the field.
 //!
 //! ```toml
 //! [[schedule]]
@@ -15,8 +16,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::validate::Validator;
-use super::{DurationValue, TaskConfig};
+use super::{DurationValue, RawTask, TaskConfig};
 use crate::Result;
+use crate::limits::{ConcurrencyKey, RateLimit, TaskLimits};
 use crate::schedule::{Cadence, Missed, ScheduleConfig};
 
 #[derive(Deserialize)]
@@ -40,6 +42,36 @@ impl Validator<'_> {
             Ok(_) => Ok(v.get_ref().clone()),
             Err(message) => Err(self.err(Some(v.span()), field, message)),
         }
+    }
+
+    /// Task `i`'s limits: a rate of at least 1, a key source, `max_per_key` only with a key.
+    pub(super) fn task_limits(&self, t: &RawTask, i: usize, name: &str) -> Result<TaskLimits> {
+        let f = |field: &str| format!("task[{i}].{field}");
+        let rate = match &t.rate_limit {
+            None => None,
+            Some(r) => Some(
+                RateLimit::parse(r.get_ref())
+                    .map_err(|m| self.err(Some(r.span()), f("rate_limit"), m))?,
+            ),
+        };
+        let key = match &t.concurrency_key {
+            None => None,
+            Some(k) => Some(
+                ConcurrencyKey::parse(k.get_ref())
+                    .map_err(|m| self.err(Some(k.span()), f("concurrency_key"), m))?,
+            ),
+        };
+        let max_per_key = match (&t.max_per_key, &key) {
+            (Some(m), None) => {
+                return Err(self.err(
+                    Some(m.span()),
+                    f("max_per_key"),
+                    "needs concurrency_key = \"header:NAME\" or \"payload-json:/pointer\"",
+                ));
+            }
+            (m, _) => self.count(m, f("max_per_key"), 1, 1, 1_000_000)? as usize,
+        };
+        Ok(TaskLimits { task: name.to_owned(), rate, key, max_per_key })
     }
 
     /// The `[[schedule]]` tables: names unique, one of `cron`/`every`, a known zone, a key

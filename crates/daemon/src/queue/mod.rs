@@ -277,6 +277,20 @@ pub trait QueueBackend {
         Err(crate::Error::Unsupported { backend: "amqp", what: "purge job records" })
     }
 
+    /// Daemon only: each task's limits on starts (at start and after each reload): a rate
+    /// (a token bucket: [`QueueBackend::claim`] takes no more than the tokens there are, and
+    /// [`QueueBackend::next_due`] includes when the next token comes) and a concurrency key
+    /// (a claim skips jobs whose key has `max_per_key` running). The default refuses any.
+    fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
+        if limits.iter().all(crate::limits::TaskLimits::is_none) {
+            return Ok(());
+        }
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "limit a task's rate or concurrency per key (yet)",
+        })
+    }
+
     /// Daemon only: the periodic jobs to fire (at start and after each reload), applied as a
     /// diff to what is stored: a new name starts counting now, a changed cadence or zone
     /// starts afresh, an unchanged one keeps its state, a removed one is forgotten. The

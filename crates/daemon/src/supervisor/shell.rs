@@ -69,6 +69,7 @@ impl Shell {
         orphans::recover(&mut *queue, config.daemon.kill_timeout)?;
         queue.bind(&config.bindings())?;
         queue.set_schedules(&config.schedules)?;
+        queue.set_limits(&config.limits())?;
         queue.set_retention(config.daemon.retention);
         queue.attach(poll.registry(), QUEUE)?;
         let control =

@@ -25,6 +25,7 @@ pub(crate) fn task(name: &str, model: WorkModel) -> TaskConfig {
         env: BTreeMap::new(),
         cwd: None,
         output_limit: 64 * 1024,
+        limits: Default::default(),
     }
 }
 

@@ -50,6 +50,7 @@ mod due;
 mod files;
 mod holders;
 mod lease;
+mod limits;
 mod outcomes;
 mod publish;
 mod records;
@@ -102,6 +103,8 @@ pub struct SqliteQueue {
     prune: retention::PruneClock,
     /// Daemon: the periodic jobs it fires.
     book: schedules::Book,
+    /// Daemon: each task's limits on starts.
+    gate: limits::Gate,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -160,6 +163,7 @@ impl SqliteQueue {
             retention: Retention::default(),
             prune: retention::PruneClock::new(Instant::now()),
             book: schedules::Book::default(),
+            gate: limits::Gate::default(),
         })
     }
 
@@ -278,6 +282,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
+        self.gate.ended(job.receipt);
         // The retry delay runs from now: the caller may compute when the job falls due right
         // after this call, and a flush that comes later must not push that time back.
         self.pending.push(PendingOutcome::now(job, outcome));
@@ -311,6 +316,11 @@ impl QueueBackend for SqliteQueue {
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {
         self.history().purge(what)
+    }
+
+    fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
+        self.gate.set(limits, Instant::now());
+        Ok(())
     }
 
     fn set_schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<()> {
