@@ -63,6 +63,19 @@
 //! attempt (bounded the same way). Not recorded (yet): the rusage of a job's process (core's
 //! wait does not return it) and a worker's result value; the AMQP backend keeps no records.
 //!
+//! # Scheduling
+//!
+//! On the SQLite queue: `publish --delay D | --at TIME` (the job waits `delayed` and starts
+//! when due: the loop sleeps until then), `--priority 0..9` (default 5, higher first within
+//! a task, publish order within one), `--unique KEY [--unique-for D]` (a held key answers the
+//! existing job's id; enforced by a unique index), `--header NAME=VALUE`; the same through
+//! [`Client::publish_with`] and [`queue::PublishOptions`]. `[[schedule]]` tables
+//! ([`schedule`]: cron or `every`, an IANA zone, `missed = "skip"|"once"|"all"`) fire exactly
+//! once per due time — each due time is recorded in the transaction of its job — listed by
+//! `schedules`, driven by `schedule trigger|pause|resume`. Per task, `rate_limit = "N/s"` and
+//! `concurrency_key` with `max_per_key` ([`limits`]) hold jobs `ready` until they may start.
+//! The AMQP and PostgreSQL backends refuse these controls with a clear error (for now).
+//!
 //! # Limitations
 //!
 //! Linux only. One daemon per SQLite queue file (an `flock` enforces it); use the AMQP
