@@ -7,8 +7,11 @@
 //! against `keep_done = "0s"` (no history), the job-lifecycle issue's ≥ 0.9 goal; publish→done latency p50/p99; daemon RSS idle
 //! and with 100 workers; graceful stop time with 10 idle workers.
 //!
+//! Part `history` ([`history`]): `job ID` and `jobs --limit 50` with 1,000,000 records,
+//! pruning them while jobs flow, daemon RSS with them.
+//!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
-//! `longlived`, `latency`, `rss`, `stop`) runs only those parts.
+//! `longlived`, `latency`, `rss`, `stop`, `history`) runs only those parts.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,9 @@ use std::time::{Duration, Instant};
 use procyard_core::{Child, Command, Deadline, Readiness, Signal, Stdio, ready_pipe};
 use procyard_daemon::queue::{self, OpenMode, QueueBackend};
 use procyard_daemon::{Config, control, worker};
+
+#[path = "bench_history.rs"]
+mod history;
 
 const WORKER_ENV: &str = "PROCYARD_BENCH_WORKER";
 const NOTIFY_ENV: &str = "PROCYARD_BENCH_NOTIFY";
@@ -73,6 +79,10 @@ fn main() -> anyhow::Result<()> {
             stops.push(stop_time_ms(&daemon_bin, &me)?);
         }
         bench("graceful_stop_10_idle_ms", median(&mut stops), "ms", "symphony_stop_ms", 5000.0);
+    }
+
+    if part("history") {
+        history::run(&daemon_bin, &me)?;
     }
     Ok(())
 }

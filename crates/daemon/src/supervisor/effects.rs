@@ -156,7 +156,8 @@ impl Shell {
                     &captures,
                     true,
                 );
-                (None, capture.map(|c| c.finish()))
+                // Nothing written: nothing stored (no empty blob per job).
+                (None, capture.filter(|c| c.total() > 0).map(|c| c.finish()))
             }
         };
         let reason = match outcome {
