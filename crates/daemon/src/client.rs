@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::control::{self, Request, Response};
 use crate::queue::{
-    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, Purge, QueueBackend,
-    check_job_id,
+    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, PublishOptions, Purge,
+    QueueBackend, check_job_id,
 };
 use crate::{Config, Error, Result};
 
@@ -89,8 +89,14 @@ impl Waited {
 pub struct Published {
     /// The routing key published to.
     pub routing_key: String,
-    /// One id per task bound to it.
+    /// One id per task bound to it (an existing job's id where a unique key matched).
     pub jobs: Vec<String>,
+    /// Whether a unique key matched a job that already existed (`publish --unique`).
+    #[serde(default)]
+    pub duplicate: bool,
+    /// The ids (of `jobs`) of jobs that existed before this publish.
+    #[serde(default)]
+    pub existing: Vec<String>,
 }
 
 /// What [`Client::cancel`] did.
@@ -173,6 +179,49 @@ impl Client {
         let result = q.publish_batch(routing_key, payloads);
         let any = match &result {
             Ok(ids) => !ids.is_empty(),
+            Err(p) => !p.committed.is_empty(),
+        };
+        if any {
+            self.poke();
+        }
+        result
+    }
+
+    /// Publishes one job with publish-time controls (a delay or time, a priority, a unique
+    /// key, headers: [`PublishOptions`]) and tells the daemon. A held unique key answers the
+    /// existing job's id, listed in [`Published::existing`].
+    ///
+    /// ```no_run
+    /// # use procyard_daemon::{Client, queue::PublishOptions};
+    /// # use std::time::Duration;
+    /// # let mut client = Client::open(None)?;
+    /// let opts = PublishOptions::new().delay(Duration::from_secs(30)).priority(8).unique("r-42");
+    /// let published = client.publish_with("reports.build", b"42", &opts)?;
+    /// println!("{:?} (duplicate: {})", published.ids, published.is_duplicate());
+    /// # Ok::<(), procyard_daemon::Error>(())
+    /// ```
+    pub fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payload: &[u8],
+        options: &PublishOptions,
+    ) -> Result<queue::Published> {
+        self.publish_batch_with(routing_key, &[payload.to_vec()], options).map_err(|p| p.error)
+    }
+
+    /// Publishes one job per payload with publish-time controls (see
+    /// [`QueueBackend::publish_with`]) and tells the daemon.
+    pub fn publish_batch_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<queue::Published, Box<PartialPublish>> {
+        let q =
+            self.queue().map_err(|error| Box::new(PartialPublish { committed: vec![], error }))?;
+        let result = q.publish_with(routing_key, payloads, options);
+        let any = match &result {
+            Ok(p) => p.ids.len() > p.existing.len(),
             Err(p) => !p.committed.is_empty(),
         };
         if any {

@@ -49,6 +49,7 @@
 
 mod http;
 mod runnable;
+mod schedule;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -160,6 +161,8 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// How long ended jobs' records are kept (`keep_done`, `keep_done_max`).
     pub retention: Retention,
+    /// The zone of local times (`publish --at 2026-12-05T03:00`): an IANA name, default UTC.
+    pub timezone: String,
 }
 
 /// A validated configuration.
@@ -295,6 +298,7 @@ struct RawDaemon {
     log_format: LogFormat,
     keep_done: Option<Spanned<DurationValue>>,
     keep_done_max: Option<Spanned<i64>>,
+    timezone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -94,6 +94,7 @@ mod notify;
 pub mod protocol;
 pub mod queue;
 pub mod routing;
+pub mod schedule;
 pub mod status;
 mod supervisor;
 pub mod worker;

@@ -25,7 +25,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(
+    pub(super) fn err(
         &self,
         span: Option<Range<usize>>,
         field: impl Into<String>,
@@ -39,7 +39,7 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         v: &Option<Spanned<DurationValue>>,
         field: String,
@@ -239,6 +239,7 @@ impl Validator<'_> {
                     i64::MAX,
                 )? as u64,
             },
+            timezone: self.timezone(&raw.daemon.timezone, "daemon.timezone")?,
         };
         let mut tasks: Vec<TaskConfig> = Vec::new();
         for (i, t) in raw.task.iter().enumerate() {

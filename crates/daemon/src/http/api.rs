@@ -295,7 +295,10 @@ async fn publish(
     let Json(b) = body?;
     let key = b.routing_key.clone();
     let jobs = app.records.call(move |c| c.publish(&b.routing_key, b.payload.as_bytes())).await?;
-    Ok((StatusCode::CREATED, Json(Published { routing_key: key, jobs })))
+    Ok((
+        StatusCode::CREATED,
+        Json(Published { routing_key: key, jobs, duplicate: false, existing: Vec::new() }),
+    ))
 }
 
 /// What a cancel did.

@@ -105,6 +105,7 @@ pub mod amqp;
 mod config;
 mod history;
 mod job;
+mod options;
 pub mod postgres;
 mod report;
 pub mod sqlite;
@@ -118,6 +119,7 @@ pub use self::history::{
     ResourceUse, Retention, check_job_id,
 };
 pub use self::job::{Abandoned, Job, LeaseHolder, Outcome, Receipt};
+pub use self::options::{DEFAULT_PRIORITY, MAX_PRIORITY, PublishOptions, Published, UniqueKey};
 pub use self::report::{DeadLetter, FileChange, Health, QueueDepth, Requeue};
 use crate::Result;
 
@@ -191,6 +193,30 @@ pub trait QueueBackend {
             }
         }
         Ok(committed)
+    }
+
+    /// Publishes one job per payload with publish-time controls ([`PublishOptions`]: a delay
+    /// or time, a priority, a unique key, headers), checked first
+    /// ([`PublishOptions::check`]). A unique key that is held returns the existing job's id,
+    /// listed in [`Published::existing`]. The default publishes plain options through
+    /// [`QueueBackend::publish_batch`] and refuses any other with
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Published, Box<PartialPublish>> {
+        let early = |error| Box::new(PartialPublish { committed: Vec::new(), error });
+        options.check().map_err(early)?;
+        if !options.is_plain() {
+            return Err(early(crate::Error::Unsupported {
+                backend: "amqp",
+                what: "publish with a delay, a priority, a unique key or headers (yet)",
+            }));
+        }
+        let ids = self.publish_batch(routing_key, payloads)?;
+        Ok(Published { ids, existing: Vec::new() })
     }
 
     /// Daemon only: the most unfinished jobs of `task` the daemon can hold (see step 4).

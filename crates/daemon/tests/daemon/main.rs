@@ -11,6 +11,7 @@ mod hardening_orphans;
 mod http;
 mod lifecycle;
 mod sandbox;
+mod scheduling;
 mod web;
 
 use std::time::{Duration, Instant};

@@ -37,8 +37,8 @@ use rusqlite::Connection;
 use super::BackendKind;
 use super::{
     Abandoned, AttemptReport, DeadLetter, FileChange, Health, Job, JobFilter, JobRecord,
-    LeaseHolder, OpenMode, Outcome, PartialPublish, Purge, QueueBackend, QueueDepth, Receipt,
-    Requeue, Retention, TaskBinding,
+    LeaseHolder, OpenMode, Outcome, PartialPublish, PublishOptions, Published, Purge, QueueBackend,
+    QueueDepth, Receipt, Requeue, Retention, TaskBinding,
 };
 use crate::{Error, Result, routing};
 
@@ -56,6 +56,7 @@ mod retention;
 mod schema;
 pub(crate) mod store;
 mod trouble;
+mod unique;
 
 use attempts::AttemptLog;
 pub use due::DUE_CHECK_EVERY;
@@ -233,7 +234,18 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
-        self.insert_jobs(routing_key, &[payload])
+        Ok(self.insert_jobs(routing_key, &[payload], &PublishOptions::default())?.ids)
+    }
+
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Published, Box<PartialPublish>> {
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.insert_jobs(routing_key, &payloads, options)
+            .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
     fn publish_batch(
@@ -243,7 +255,8 @@ impl QueueBackend for SqliteQueue {
     ) -> Result<Vec<String>, Box<PartialPublish>> {
         // One transaction: all of the batch or none of it.
         let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        self.insert_jobs(routing_key, &payloads)
+        self.insert_jobs(routing_key, &payloads, &PublishOptions::default())
+            .map(|p| p.ids)
             .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
