@@ -1,7 +1,9 @@
 //! [`Client`]: what the command-line verbs do, for programs that would rather not shell out —
 //! publish (and poke the daemon), look at job records, wait for jobs, cancel them, purge.
 //!
-//! Records are read from the queue itself (the SQLite file: no daemon needed to read them);
+//! Records are read from the queue itself (the SQLite file: no daemon needed to read them;
+//! on RabbitMQ, the local history of the daemon that uses the same config: only the jobs it
+//! ran);
 //! waiting and cancelling a running job talk to the daemon over its control socket. A wait is
 //! an event: the daemon answers the held connection when the jobs end. With no daemon to ask,
 //! a wait looks at the queue every [`POLL_WITHOUT_DAEMON`] instead (nothing would end the
@@ -89,6 +91,9 @@ pub enum Cancelled {
     Waiting,
     /// The job is running: its process gets the stop ladder, and it ends `cancelled`.
     Stopping,
+    /// On RabbitMQ: every running daemon was asked to cancel it — the one running it stops it
+    /// (it ends `cancelled`), and one that receives it later drops it (for 24 hours).
+    Requested,
 }
 
 /// A client of one daemon's queue and control socket.
@@ -169,7 +174,8 @@ impl Client {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<Waited> {
-        let ids = self.publish(routing_key, payload)?;
+        let ids = self.queue()?.publish_with_reply(routing_key, payload)?;
+        self.poke();
         self.wait(&ids, timeout)
     }
 
@@ -190,6 +196,11 @@ impl Client {
             check_job_id(id)?;
         }
         let deadline = timeout.map(|t| Instant::now() + t);
+        // On RabbitMQ the client hears the ends itself (replies, the events exchange).
+        if let Some(jobs) = self.queue()?.wait_heard(ids, false, deadline)? {
+            let timed_out = jobs.iter().any(|j| !j.state.is_final());
+            return Ok(Waited { jobs, timed_out });
+        }
         loop {
             let jobs = ids.iter().map(|id| self.job(id)).collect::<Result<Vec<_>>>()?;
             let pending: Vec<String> =
@@ -209,6 +220,10 @@ impl Client {
     /// what `logs -f` follows.
     pub fn wait_attempt(&mut self, id: &str, timeout: Option<Duration>) -> Result<()> {
         check_job_id(id)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        if self.queue()?.wait_heard(&[id.to_owned()], true, deadline)?.is_some() {
+            return Ok(());
+        }
         self.wait_event(vec![id.to_owned()], true, timeout)
     }
 
@@ -246,6 +261,11 @@ impl Client {
     /// (the stop ladder; never retried). A job that has ended is
     /// [`Error::JobFinished`]; an unknown one [`Error::UnknownJob`].
     pub fn cancel(&mut self, id: &str) -> Result<Cancelled> {
+        check_job_id(id)?;
+        // On RabbitMQ: a cancel request every daemon hears.
+        if self.queue()?.cancel_everywhere(id)? {
+            return Ok(Cancelled::Requested);
+        }
         for _ in 0..3 {
             let job = self.job(id)?;
             match job.state {

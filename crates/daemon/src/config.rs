@@ -11,11 +11,14 @@
 //! keep_done_max = 100000        # … and at most this many (dead letters stay until purged)
 //!
 //! [queue]
-//! backend = "sqlite"            # or "amqp"
+//! backend = "sqlite"            # or "amqp", or "postgres"
 //! path = "/tmp/procyard/q.db"   # relative paths are relative to this file
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
+//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the control
+//!                               # socket, <socket name without .sock>.history.db)
+//! # backend = "postgres": url = "postgres://user@host:5432/db", schema = "procyard"
 //!
 //! [[task]]
 //! name = "thumbnail"
@@ -297,6 +300,8 @@ struct RawQueue {
     exchange: Option<Spanned<String>>,
     #[serde(default)]
     queue_type: AmqpQueueType,
+    history: Option<Spanned<PathBuf>>,
+    schema: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -88,6 +88,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 mod error;
+pub mod follow;
 mod notify;
 pub mod protocol;
 pub mod queue;

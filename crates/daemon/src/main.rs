@@ -19,7 +19,12 @@ use procyard_daemon::config::LogFormat;
 use procyard_daemon::queue::{self, JobFilter, JobState, OpenMode, PartialPublish, Purge, Requeue};
 use procyard_daemon::{Client, Config, DAEMON_SIGNALS, RunOptions, control};
 
-const EXIT_CODES: &str = "Exit status: 0 every job done, 1 a job failed or was dead-lettered (or an error), 2 a job was cancelled (or a usage error), 124 the timeout passed.";
+/// The exit status table, shown by `--help` of the verbs that wait (and of the program).
+const EXIT_CODES: &str = "Exit status:\n  0    every job done (or the command succeeded)\n  1    a job failed or was dead-lettered, or an error\n  2    a job was cancelled\n  64   a usage error (unknown flag, bad value; EX_USAGE)\n  124  the timeout passed";
+
+/// The exit status of a command-line usage error (`EX_USAGE` of `sysexits.h`): apart from 2,
+/// which `wait` uses for a cancelled job.
+const EX_USAGE: u8 = 64;
 
 /// A supervisor daemon: groups of worker processes fed by a job queue.
 #[derive(Parser, Debug)]
@@ -27,7 +32,7 @@ const EXIT_CODES: &str = "Exit status: 0 every job done, 1 a job failed or was d
     name = "procyard-daemon",
     version,
     about,
-    after_help = "Examples:\n  procyard-daemon check-config --config procyard.toml\n  procyard-daemon run --config procyard.toml\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  procyard-daemon status --config procyard.toml --json\n  procyard-daemon jobs --state dead\n  procyard-daemon wait --timeout 1m 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\n\nWithout --config: $PROCYARD_CONFIG, ./procyard.toml, $XDG_CONFIG_HOME/procyard/daemon.toml, /etc/procyard/daemon.toml."
+    after_help = "Examples:\n  procyard-daemon check-config --config procyard.toml\n  procyard-daemon run --config procyard.toml\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  procyard-daemon status --config procyard.toml --json\n  procyard-daemon jobs --state dead\n  procyard-daemon wait --timeout 1m 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\n\nWithout --config: $PROCYARD_CONFIG, ./procyard.toml, $XDG_CONFIG_HOME/procyard/daemon.toml, /etc/procyard/daemon.toml.\n\nExit status:\n  0    every job done (or the command succeeded)\n  1    a job failed or was dead-lettered, or an error\n  2    a job was cancelled (wait, publish --wait)\n  64   a usage error (unknown flag, bad value; EX_USAGE)\n  124  the timeout passed (wait, publish --wait)"
 )]
 struct Cli {
     /// The TOML config. Default: $PROCYARD_CONFIG, ./procyard.toml,
@@ -51,7 +56,7 @@ enum Cmd {
     },
     /// Publish a job: a copy goes to every task bound to ROUTING_KEY.
     #[command(
-        after_help = "Examples:\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  echo data | procyard-daemon publish --config procyard.toml hello.world -\n  seq 100 | procyard-daemon publish --config procyard.toml --lines hello.world\n  procyard-daemon publish --wait --timeout 30s hello.world 'some payload'\n\nWith --wait, exit status: 0 every job done, 1 a job failed or was dead-lettered (or an error), 2 a job was cancelled (or a usage error), 124 the timeout passed."
+        after_help = "Examples:\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  echo data | procyard-daemon publish --config procyard.toml hello.world -\n  seq 100 | procyard-daemon publish --config procyard.toml --lines hello.world\n  procyard-daemon publish --wait --timeout 30s hello.world 'some payload'\n\nWith --wait, exit status:\n  0    every job done\n  1    a job failed or was dead-lettered, or an error\n  2    a job was cancelled\n  64   a usage error (EX_USAGE)\n  124  the timeout passed"
     )]
     Publish {
         /// Wait for the jobs to end and exit with their status (see below).
@@ -142,9 +147,9 @@ enum Cmd {
         json: bool,
     },
     /// Print a job's output: stdout to stdout, stderr to stderr (the last attempt's, or
-    /// --attempt N's).
+    /// --attempt N's); with -f, live until the job ends.
     #[command(
-        after_help = "Example:\n  procyard-daemon logs 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b --stream stderr -f"
+        after_help = "Example:\n  procyard-daemon logs 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b --stream stderr -f\n\nWith -f, exit status as wait's: 0 done, 1 failed or dead (or an error), 2 cancelled, 64 a usage error."
     )]
     Logs {
         /// The job id.
@@ -155,7 +160,7 @@ enum Cmd {
         /// Only this stream.
         #[arg(long, value_enum)]
         stream: Option<jobs::Stream>,
-        /// Follow the job to its end: each attempt's output as the attempt ends.
+        /// Follow the job to its end: its output as it is written, every attempt in turn.
         #[arg(short = 'f', long = "follow", conflicts_with = "attempt")]
         follow: bool,
     },
@@ -173,7 +178,9 @@ enum Cmd {
         json: bool,
     },
     /// Cancel jobs: a waiting one never runs; a running oneshot job's process group gets
-    /// TERM, then KILL after kill_timeout. A cancelled job is never retried.
+    /// TERM, then KILL after kill_timeout; a longlived worker that understands cancel frames
+    /// is asked to stop the job (the ladder if it does not answer within kill_timeout). A
+    /// cancelled job is never retried.
     #[command(
         after_help = "Example:\n  procyard-daemon cancel 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
     )]
@@ -182,6 +189,12 @@ enum Cmd {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Create or upgrade the PostgreSQL queue's schema (backend "postgres"); daemons also do
+    /// it at start.
+    #[command(
+        after_help = "Example:\n  procyard-daemon migrate --config procyard.toml\n\nPrints the versions applied (nothing when the schema was up to date)."
+    )]
+    Migrate,
     /// Delete the records of ended jobs (done and cancelled with --done, dead letters with
     /// --dead).
     #[command(after_help = "Example:\n  procyard-daemon purge --done --dead --older-than 7d")]
@@ -211,7 +224,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
         }
     };
     let config = match procyard_daemon::client::find_config(cli.config.as_deref()) {
@@ -308,6 +321,13 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             // One batch: the SQLite queue commits all of it or none; a backend that cannot
             // reports the jobs it queued before the error, and those are printed too.
             // The client pokes the daemon when anything was queued.
+            if wait && payloads.len() == 1 {
+                // One job: published with a reply address where the backend has one (AMQP).
+                let waited = c
+                    .publish_and_wait(&routing_key, &payloads[0], timeout)
+                    .map_err(|e| unable("publish and wait for the job", &e))?;
+                return jobs::report(&waited, json);
+            }
             let (ids, failure) = match c.publish_batch(&routing_key, &payloads) {
                 Ok(ids) => (ids, None),
                 Err(partial) => {
@@ -399,6 +419,16 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             jobs::wait(&mut Client::new(load(config)?), &ids, timeout, json)
         }
         Cmd::Cancel { ids } => jobs::cancel(&mut Client::new(load(config)?), &ids),
+        Cmd::Migrate => {
+            let c = load(config)?;
+            let applied = queue::postgres::migrate(&c.queue).map_err(|e| unable("migrate", &e))?;
+            if applied.is_empty() {
+                println!("schema {} is up to date", c.queue.schema);
+            } else {
+                println!("schema {}: applied versions {applied:?}", c.queue.schema);
+            }
+            Ok(0)
+        }
         Cmd::Purge { dead, done, older_than } => {
             jobs::purge(&mut Client::new(load(config)?), &Purge { dead, done, older_than })
         }

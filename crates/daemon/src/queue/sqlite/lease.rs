@@ -21,7 +21,7 @@ pub fn lock_path(queue: &Path) -> PathBuf {
 
 /// Takes the daemon lock of the queue at `path` ([`Error::AlreadyRunning`] when another daemon
 /// holds it). The kernel drops it when the daemon dies, however it dies.
-pub(super) fn lock(path: &Path) -> Result<procyard_core::FileLock> {
+pub(crate) fn lock(path: &Path) -> Result<procyard_core::FileLock> {
     let lock_file = lock_path(path);
     match procyard_core::FileLock::try_exclusive(&lock_file) {
         Ok(Some(lock)) => Ok(lock),

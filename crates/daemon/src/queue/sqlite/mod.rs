@@ -54,6 +54,7 @@ mod publish;
 mod records;
 mod retention;
 mod schema;
+pub(crate) mod store;
 mod trouble;
 
 use attempts::AttemptLog;
@@ -171,6 +172,11 @@ impl SqliteQueue {
         !self.retention.keep_done.is_zero()
     }
 
+    /// The job records in this file.
+    fn history(&mut self) -> store::History<'_> {
+        store::History::new(&mut self.conn, &self.path)
+    }
+
     fn is_bound(&self, task: &str) -> bool {
         self.tasks.iter().any(|t| t.name == task)
     }
@@ -273,11 +279,11 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn job(&mut self, id: &str) -> Result<JobRecord> {
-        self.read_job(id)
+        self.history().job(id)
     }
 
     fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        self.list_jobs(filter)
+        self.history().jobs(filter)
     }
 
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
@@ -285,7 +291,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {
-        self.purge_rows(what)
+        self.history().purge(what)
     }
 
     fn abandoned(&mut self) -> Result<Vec<Abandoned>> {

@@ -22,15 +22,15 @@ use crate::{Error, Result};
 // parameter), so the codes below are written as numbers in the SQL too.
 
 /// A job that can be claimed (now, or once `not_before` has passed: a retry).
-pub(super) const STATE_READY: i64 = 0;
+pub(crate) const STATE_READY: i64 = 0;
 /// A job claimed by the daemon holding the lock (`lease_owner`).
-pub(super) const STATE_LEASED: i64 = 1;
+pub(crate) const STATE_LEASED: i64 = 1;
 /// A job done (kept until pruned by the retention).
-pub(super) const STATE_DONE: i64 = 2;
+pub(crate) const STATE_DONE: i64 = 2;
 /// A dead letter, until requeued.
-pub(super) const STATE_DEAD: i64 = 3;
+pub(crate) const STATE_DEAD: i64 = 3;
 /// A job cancelled (kept until pruned by the retention, like a done one).
-pub(super) const STATE_CANCELLED: i64 = 4;
+pub(crate) const STATE_CANCELLED: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -125,7 +125,7 @@ pub(super) fn missing_columns(
 
 /// Opens the database at `path` (already created private), configured, checked (a daemon
 /// refuses a corrupt file), with the current schema.
-pub(super) fn connect(path: &Path, mode: OpenMode) -> Result<Connection> {
+pub(crate) fn connect(path: &Path, mode: OpenMode) -> Result<Connection> {
     let q = |action, e| Error::queue(action, path, e);
     let mut conn = Connection::open(path).map_err(|e| q("open", e))?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(|e| q("configure", e))?;
