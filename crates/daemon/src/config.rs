@@ -11,11 +11,14 @@
 //! keep_done_max = 100000        # … and at most this many (dead letters stay until purged)
 //!
 //! [queue]
-//! backend = "sqlite"            # or "amqp"
+//! backend = "sqlite"            # or "amqp", or "postgres"
 //! path = "/tmp/procyard/q.db"   # relative paths are relative to this file
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
+//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the control
+//!                               # socket, <socket name without .sock>.history.db)
+//! # backend = "postgres": url = "postgres://user@host:5432/db", schema = "procyard"
 //!
 //! [[task]]
 //! name = "thumbnail"
@@ -44,7 +47,9 @@
 //! `check-config` use) also checks that it can run here: every task's program exists and can
 //! be executed, every `cwd` exists, and the control socket's path is free or a socket.
 
+mod http;
 mod runnable;
+mod schedule;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -59,6 +64,8 @@ use toml::Spanned;
 use crate::queue::{AmqpQueueType, BackendKind, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 use validate::Validator;
+
+pub use self::http::{HttpSettings, TokenSource};
 
 /// How a task's workers take jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -154,6 +161,8 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// How long ended jobs' records are kept (`keep_done`, `keep_done_max`).
     pub retention: Retention,
+    /// The zone of local times (`publish --at 2026-12-05T03:00`): an IANA name, default UTC.
+    pub timezone: String,
 }
 
 /// A validated configuration.
@@ -167,6 +176,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// `[[task]]`, in file order.
     pub tasks: Vec<TaskConfig>,
+    /// `[http]`: the dashboard, JSON API and metrics (off when absent).
+    pub http: Option<HttpSettings>,
 }
 
 impl Config {
@@ -273,6 +284,8 @@ struct RawConfig {
     queue: RawQueue,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
+    #[serde(default)]
+    http: Option<Spanned<http::RawHttp>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -285,6 +298,7 @@ struct RawDaemon {
     log_format: LogFormat,
     keep_done: Option<Spanned<DurationValue>>,
     keep_done_max: Option<Spanned<i64>>,
+    timezone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -297,6 +311,8 @@ struct RawQueue {
     exchange: Option<Spanned<String>>,
     #[serde(default)]
     queue_type: AmqpQueueType,
+    history: Option<Spanned<PathBuf>>,
+    schema: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

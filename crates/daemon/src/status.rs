@@ -68,6 +68,9 @@ pub struct GroupStatus {
     pub crashes: u64,
     /// Whether restarts are being delayed by crash-loop backoff.
     pub crash_loop: bool,
+    /// Paused at run time (no new jobs claimed until resumed).
+    #[serde(default)]
+    pub paused: bool,
     /// Its worker processes, by pid (including workers draining after a reload).
     pub workers: Vec<WorkerStatus>,
 }

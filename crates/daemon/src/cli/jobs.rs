@@ -29,7 +29,19 @@ fn json_line(v: &impl serde::Serialize) -> Result<(), String> {
     Ok(())
 }
 
+/// On RabbitMQ, says on stderr where the records come from.
+fn say_local(client: &Client) {
+    let q = &client.config().queue;
+    if q.backend == procyard_daemon::queue::BackendKind::Amqp {
+        eprintln!(
+            "procyard-daemon: from this daemon's history ({}): jobs run by other daemons are not here",
+            q.path.display()
+        );
+    }
+}
+
 pub fn job(client: &mut Client, id: &str, json: bool) -> Result<u8, String> {
+    say_local(client);
     let record = client.job(id).map_err(err("show the job"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
@@ -40,6 +52,7 @@ pub fn job(client: &mut Client, id: &str, json: bool) -> Result<u8, String> {
 }
 
 pub fn jobs(client: &mut Client, filter: &JobFilter, json: bool) -> Result<u8, String> {
+    say_local(client);
     for j in client.jobs(filter).map_err(err("list jobs"))? {
         if json {
             json_line(&j)?;
@@ -149,6 +162,9 @@ pub fn cancel(client: &mut Client, ids: &[String]) -> Result<u8, String> {
         match client.cancel(id) {
             Ok(Cancelled::Waiting) => println!("{id}\tcancelled"),
             Ok(Cancelled::Stopping) => println!("{id}\tcancelling (stopping its process)"),
+            Ok(Cancelled::Requested) => println!(
+                "{id}\tcancel requested (the daemon running it stops it; one that receives it later drops it)"
+            ),
             Err(e) => {
                 let msg = unable(&format!("cancel job {id}"), &e);
                 eprintln!("procyard-daemon: {msg}");

@@ -49,6 +49,9 @@ pub(crate) enum Event {
     Control { conn: ConnId, request: Request },
     /// The queue backend says jobs may be waiting.
     QueueWake,
+    /// The queue backend heard requests to cancel these jobs (AMQP: from another daemon's
+    /// `cancel`): cancel those this daemon holds.
+    CancelRequested { ids: Vec<String> },
     /// The queue is gone (its file deleted or replaced): stop.
     QueueLost,
     /// Answer to [`Action::Claim`]: `jobs` of the `max` asked for.
@@ -120,6 +123,8 @@ pub(crate) enum Action {
     AnswerWait { conn: ConnId },
     /// Answer a cancel request: the jobs found claimed or running here (being cancelled).
     AnswerCancel { conn: ConnId, found: Vec<String> },
+    /// Answer a pause, resume or scale request: applied (`Ok`) or refused (`Err`).
+    AnswerApplied { conn: ConnId, result: Result<String, String> },
     /// Reap children the daemon did not start, and stop workers' escapees.
     ReapStrays,
     /// Stop the escapees of workers that are gone.

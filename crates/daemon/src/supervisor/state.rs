@@ -104,7 +104,7 @@ impl State {
                     acts.push(Action::CloseConnection { conn });
                 }
                 Request::Status => acts.push(Action::AnswerStatus { conn }),
-                Request::Cancel { ids } => self.cancel(conn, ids, now, &mut acts),
+                Request::Cancel { ids } => self.cancel(Some(conn), ids, now, &mut acts),
                 Request::Wait { ids, any_attempt, timeout_ms } => {
                     let timeout = Duration::from_millis(timeout_ms);
                     acts.push(Action::Watch { conn, ids, any_attempt, timeout });
@@ -119,8 +119,14 @@ impl State {
                         &mut acts,
                     )
                 }
+                Request::Pause { task } => self.pause(conn, &task, true, &mut acts),
+                Request::Resume { task } => self.pause(conn, &task, false, &mut acts),
+                Request::Scale { task, max_workers } => {
+                    self.scale(conn, &task, max_workers, &mut acts)
+                }
             },
             Event::QueueWake => self.poke(),
+            Event::CancelRequested { ids } => self.cancel(None, ids, now, &mut acts),
             Event::QueueLost => {
                 if self.phase == Phase::Running {
                     self.begin_graceful_stop(now, &mut acts);

@@ -8,8 +8,11 @@ mod example_client;
 mod follow;
 mod hardening;
 mod hardening_orphans;
+mod http;
 mod lifecycle;
 mod sandbox;
+mod scheduling;
+mod web;
 
 use std::time::{Duration, Instant};
 
