@@ -3,6 +3,7 @@
 
 #[path = "../common/broker.rs"]
 mod broker;
+mod browser;
 mod example_client;
 mod hardening;
 mod hardening_orphans;
