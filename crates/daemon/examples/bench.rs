@@ -8,7 +8,8 @@
 //! and with 100 workers; graceful stop time with 10 idle workers.
 //!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
-//! `longlived`, `latency`, `rss`, `stop`) runs only those parts.
+//! `longlived`, `latency`, `rss`, `stop`, `http`) runs only those parts. Part `http` is the
+//! HTTP face's (`bench/http.rs`).
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ use std::time::{Duration, Instant};
 use procyard_core::{Child, Command, Deadline, Readiness, Signal, Stdio, ready_pipe};
 use procyard_daemon::queue::{self, OpenMode, QueueBackend};
 use procyard_daemon::{Config, control, worker};
+
+#[path = "bench/http.rs"]
+mod http;
 
 const WORKER_ENV: &str = "PROCYARD_BENCH_WORKER";
 const NOTIFY_ENV: &str = "PROCYARD_BENCH_NOTIFY";
@@ -73,6 +77,10 @@ fn main() -> anyhow::Result<()> {
             stops.push(stop_time_ms(&daemon_bin, &me)?);
         }
         bench("graceful_stop_10_idle_ms", median(&mut stops), "ms", "symphony_stop_ms", 5000.0);
+    }
+
+    if part("http") {
+        http::run(&daemon_bin, &me)?;
     }
     Ok(())
 }

@@ -111,6 +111,7 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/api/jobs", get(jobs).post(publish))
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/logs", get(logs))
+        .route("/api/jobs/{id}/payload", get(payload))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/dead", get(dead))
         .route("/api/dead/requeue", post(requeue))
@@ -264,6 +265,24 @@ async fn logs(
     let out = if stderr { &attempt.stderr } else { &attempt.stdout };
     let bytes = out.as_ref().map(|c| c.bytes.clone()).unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+/// A job's payload as sent, only when `[http] show_payloads = true`.
+async fn payload(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !app.show_payloads {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "payloads_hidden",
+            "payloads are not shown: set [http] show_payloads = true",
+        ));
+    }
+    let job = id.clone();
+    let bytes = app.records.call(move |c| c.queue_mut()?.payload(&job)).await?;
+    let bytes = bytes.ok_or(Error::UnknownJob { id })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 #[derive(Deserialize)]

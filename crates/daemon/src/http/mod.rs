@@ -17,7 +17,8 @@
 //! # Routes
 //!
 //! `GET /` (the page), `/metrics`, `/api/status`, `/api/jobs?task=&state=&limit=&offset=`,
-//! `/api/jobs/ID`, `/api/jobs/ID/logs?attempt=&stream=`, `/api/dead?task=`, `/api/events`
+//! `/api/jobs/ID`, `/api/jobs/ID/logs?attempt=&stream=`, `/api/jobs/ID/payload` (with
+//! `show_payloads = true` only; 403 otherwise), `/api/dead?task=`, `/api/events`
 //! (SSE); `POST /api/jobs` (publish), `/api/jobs/ID/cancel`, `/api/dead/requeue`,
 //! `/api/dead/purge`, `/api/tasks/NAME/pause`, `/resume`, `/scale`. Errors are JSON
 //! (`{"error": {"kind", "message"}}`) with the HTTP status that fits. The JSON bodies are the
@@ -55,6 +56,7 @@ pub(crate) struct App {
     token: Option<String>,
     csrf: String,
     loopback: bool,
+    show_payloads: bool,
 }
 
 /// The loop's side of the HTTP face.
@@ -90,6 +92,7 @@ impl Face {
             token,
             csrf: auth::random_token()?,
             loopback: settings.is_loopback(),
+            show_payloads: settings.show_payloads,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -90,6 +90,18 @@ async fn element(c: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("waiting for {css}: {e}"))
 }
 
+/// Clicks the element `css` names, finding it again if the page redrew it meanwhile.
+async fn click(c: &Client, css: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match element(c, css).await.click().await {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("stale") => {}
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
+}
+
 #[test]
 fn daemon_browser_dashboard_follows_jobs_and_requeues() {
     let tasks = r#"[[task]]
@@ -128,7 +140,7 @@ backoff_initial = "50ms"
         shot(&c, "jobs").await;
 
         // Its page: attempts, exit code, output.
-        element(&c, &format!("{row} a")).await.click().await.expect("open the job");
+        click(&c, &format!("{row} a")).await;
         element(&c, "#job-state.done").await;
         let stdout = element(&c, ".attempt[data-attempt=\"1\"] pre.stdout").await;
         assert_eq!(stdout.text().await.expect("text"), "got from the browser test");
@@ -143,10 +155,11 @@ backoff_initial = "50ms"
         let dead = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         c.goto(&format!("{base}/#/dead")).await.expect("dead letters");
         let dead_row = format!("#dead-table tr[data-id=\"{dead}\"]");
-        let requeue = element(&c, &format!("{dead_row} button.requeue")).await;
+        element(&c, &format!("{dead_row} button.requeue")).await;
         shot(&c, "dead").await;
         std::fs::write(sb.path().join("fixed"), "").expect("fix");
-        requeue.click().await.expect("requeue");
+        click(&c, &format!("{dead_row} button.requeue")).await;
+        element(&c, "#toast:not(.hidden)").await;
         c.goto(&format!("{base}/#/jobs/{dead}")).await.expect("the requeued job");
         element(&c, "#job-state.done").await;
         let attempts = c.find_all(Locator::Css(".attempt")).await.expect("attempts");

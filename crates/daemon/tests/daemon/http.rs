@@ -295,3 +295,27 @@ fn daemon_http_security_tokens_and_origins() {
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(sb.status().groups.iter().any(|g| g.paused), "only the same-origin pause applied");
 }
+
+/// Payloads stay hidden unless `show_payloads = true`; then the API and the page show them.
+#[test]
+fn daemon_http_payloads_hidden_unless_shown() {
+    let (mut sb, base) = web::sandbox(&tasks(), "");
+    sb.start();
+    let http = Http::new(&base);
+    let id = sb.publish("ok.p", b"secret stuff").remove(0);
+    let r = http.get(&format!("/api/jobs/{id}/payload"));
+    assert_eq!((r.status, r.kind()), (403, "payloads_hidden".into()));
+    let record = http.get(&format!("/api/jobs/{id}")).json();
+    assert!(record.get("payload").is_none() && record["payload_len"] == 12, "{record}");
+    drop(sb);
+
+    let (mut sb, base) = web::sandbox(&tasks(), "show_payloads = true");
+    sb.start();
+    let http = Http::new(&base);
+    let id = sb.publish("ok.p", b"secret stuff").remove(0);
+    let r = http.get(&format!("/api/jobs/{id}/payload"));
+    assert_eq!((r.status, r.body.as_str()), (200, "secret stuff"));
+    assert!(http.get("/").body.contains("name=\"payloads\" content=\"shown\""));
+    let r = http.get("/api/jobs/01900000-0000-7000-8000-000000000000/payload");
+    assert_eq!(r.status, 404);
+}

@@ -2,6 +2,7 @@
 // actions are POSTs carrying the page's CSRF token.
 "use strict";
 const csrf = document.querySelector('meta[name="csrf"]').content;
+const showPayloads = document.querySelector('meta[name="payloads"]').content === "shown";
 const $ = (s, r = document) => r.querySelector(s);
 const PAGE = 50;
 const WINDOW_MS = 5 * 60 * 1000;
@@ -230,6 +231,10 @@ async function renderJobs() {
   if (q.task) p.set("task", q.task);
   if (q.state) p.set("state", q.state);
   const page = await api(`/api/jobs?${p}`);
+  // Redraw only what changed, so a row is not replaced under the pointer.
+  const key = `${p}|${JSON.stringify(page)}`;
+  if (renderJobs.last === key) return;
+  renderJobs.last = key;
   const tbody = $("#jobs-table tbody");
   tbody.innerHTML = page.jobs.map(j => `<tr data-id="${esc(j.id)}">
     <td class="id"><a href="#/jobs/${esc(j.id)}">${esc(j.id.slice(0, 8))}…${esc(j.id.slice(-6))}</a></td>
@@ -253,6 +258,9 @@ function setFilter() {
 // --- one job -----------------------------------------------------------------------------
 async function renderJob(id) {
   const j = await api(`/api/jobs/${encodeURIComponent(id)}`);
+  const key = JSON.stringify(j);
+  if (renderJob.last === key) return;
+  renderJob.last = key;
   $("#job-title").textContent = `Job ${j.id}`;
   const st = $("#job-state");
   st.textContent = j.state;
@@ -264,6 +272,12 @@ async function renderJob(id) {
     ["published", new Date(j.published_ms).toLocaleString()], ["finished", j.finished_ms ? new Date(j.finished_ms).toLocaleString() : "—"],
     ["deliveries", j.deliveries], ["reason", j.reason || "—"]];
   $("#job-facts").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+  $("#payload-box").classList.toggle("hidden", !showPayloads);
+  if (showPayloads && $("#payload").dataset.id !== j.id) {
+    $("#payload").dataset.id = j.id;
+    const r = await fetch(`/api/jobs/${encodeURIComponent(j.id)}/payload`, { credentials: "same-origin" });
+    $("#payload").textContent = await r.text();
+  }
   const stream = (name, c) => c ? `<div class="stream"><h3>${name} · ${bytes(c.total)}${c.dropped ? ` (${bytes(c.dropped)} dropped)` : ""}</h3><pre class="${name}">${esc(c.bytes) || '<span class="muted">(empty)</span>'}</pre></div>` : "";
   $("#attempts").innerHTML = j.attempts.length ? j.attempts.slice().reverse().map(a => {
     const took = a.started_ms && a.ended_ms ? a.ended_ms - a.started_ms : null;
@@ -281,6 +295,9 @@ async function renderJob(id) {
 // --- dead letters --------------------------------------------------------------------------
 async function renderDead() {
   const dead = await api("/api/dead");
+  const key = JSON.stringify(dead);
+  if (renderDead.last === key && $("#dead-table tbody").children.length === dead.length) return;
+  renderDead.last = key;
   $("#dead-table tbody").innerHTML = dead.map(d => `<tr data-id="${esc(d.id)}">
     <td class="id"><a href="#/jobs/${esc(d.id)}">${esc(d.id)}</a></td><td>${esc(d.task)}</td>
     <td class="mono">${esc(d.routing_key)}</td><td>${d.attempts}</td><td class="muted">${esc(d.reason)}</td>

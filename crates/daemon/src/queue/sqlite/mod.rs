@@ -280,6 +280,10 @@ impl QueueBackend for SqliteQueue {
         self.list_jobs(filter)
     }
 
+    fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        self.read_payload(id)
+    }
+
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
         self.cancel_row(id)
     }

@@ -79,6 +79,15 @@ impl SqliteQueue {
         Ok(job)
     }
 
+    /// The payload of job `id` (`None` when there is no such job).
+    pub(super) fn read_payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        check_job_id(id)?;
+        self.conn
+            .prepare_cached("SELECT payload FROM jobs WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+            .map_err(|err| Error::queue("read a payload from", &self.path, err))
+    }
+
     /// Records (without attempts) matching `filter`, newest first.
     pub(super) fn list_jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         let path = self.path.clone();
