@@ -51,6 +51,18 @@ impl Capture {
         self.tail.extend(bytes);
     }
 
+    /// What is kept so far, as [`Capture::finish`] would store it (for a job followed live).
+    pub(crate) fn peek(&self) -> Captured {
+        Capture {
+            head_max: self.head_max,
+            tail_max: self.tail_max,
+            head: self.head.clone(),
+            tail: self.tail.clone(),
+            total: self.total,
+        }
+        .finish()
+    }
+
     /// What is kept, as stored: head, a marker line with the count dropped, tail.
     pub(crate) fn finish(self) -> Captured {
         let kept = (self.head.len() + self.tail.len()) as u64;
@@ -93,6 +105,16 @@ mod tests {
         assert_eq!(&out.bytes[out.bytes.len() - 4..], &[96, 97, 98, 99]);
         let text = String::from_utf8_lossy(&out.bytes);
         assert!(text.contains("[… 92 bytes dropped …]"), "{text:?}");
+    }
+
+    #[test]
+    fn peek_shows_what_finish_will() {
+        let mut c = Capture::new(8);
+        c.push(b"0123456789");
+        let peeked = c.peek();
+        c.push(b"ab");
+        assert_eq!(peeked.total, 10);
+        assert_eq!(c.finish().total, 12);
     }
 
     #[test]

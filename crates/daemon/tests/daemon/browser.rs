@@ -162,7 +162,7 @@ backoff_initial = "50ms"
         element(&c, "#toast:not(.hidden)").await;
         c.goto(&format!("{base}/#/jobs/{dead}")).await.expect("the requeued job");
         element(&c, "#job-state.done").await;
-        let attempts = c.find_all(Locator::Css(".attempt")).await.expect("attempts");
+        let attempts = c.find_all(Locator::Css("#attempts .attempt")).await.expect("attempts");
         assert_eq!(attempts.len(), 3, "two failed attempts, then the one after the requeue");
 
         // The overview once more, with counts and the chart, for the record.

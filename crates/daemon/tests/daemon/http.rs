@@ -319,3 +319,31 @@ fn daemon_http_payloads_hidden_unless_shown() {
     let r = http.get("/api/jobs/01900000-0000-7000-8000-000000000000/payload");
     assert_eq!(r.status, 404);
 }
+
+/// A running job's output can be followed live: `/api/jobs/ID/live` shows what it printed
+/// so far while it runs, and the record has all of it once it ends.
+#[test]
+fn daemon_http_live_output_of_a_running_job() {
+    let tasks = r#"[[task]]
+name = "slow"
+routing_keys = ["slow.#"]
+command = ["sh", "-c", "echo first; echo oops >&2; while [ ! -e {dir}/go ]; do sleep 0.05; done; echo second"]
+"#;
+    let (mut sb, base) = web::sandbox(tasks, "");
+    sb.start();
+    let http = Http::new(&base);
+    let id = sb.publish("slow.x", b"").remove(0);
+    sb.wait_until("its output so far", SECS(30), |_| {
+        let live = http.get(&format!("/api/jobs/{id}/live")).json();
+        live["running"] == true
+            && live["stdout"]["bytes"] == "first\n"
+            && live["stderr"]["bytes"] == "oops\n"
+    });
+    std::fs::write(sb.path().join("go"), "").expect("go");
+    sb.wait_until("the job done", SECS(30), |_| job_state(&http, &id) == "done");
+    assert_eq!(http.get(&format!("/api/jobs/{id}/logs")).body, "first\nsecond\n");
+    sb.wait_until("no longer running", SECS(10), |_| {
+        http.get(&format!("/api/jobs/{id}/live")).json()["running"] == false
+    });
+    assert_eq!(http.get("/api/jobs/nope/live").status, 400);
+}

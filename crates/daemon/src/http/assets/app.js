@@ -258,6 +258,14 @@ function setFilter() {
 // --- one job -----------------------------------------------------------------------------
 async function renderJob(id) {
   const j = await api(`/api/jobs/${encodeURIComponent(id)}`);
+  const running = j.state === "running";
+  const live = running ? await api(`/api/jobs/${encodeURIComponent(id)}/live`) : null;
+  $("#live-box").classList.toggle("hidden", !(live && live.running));
+  if (live && live.running) {
+    const part = (name, c) => c ? `<div class="stream"><h3>${name} · ${bytes(c.total)}</h3><pre class="live-${name}">${esc(c.bytes) || '<span class="muted">(nothing yet)</span>'}</pre></div>` : "";
+    const html = part("stdout", live.stdout) + part("stderr", live.stderr);
+    if ($("#live-output").innerHTML !== html) $("#live-output").innerHTML = html;
+  }
   const key = JSON.stringify(j);
   if (renderJob.last === key) return;
   renderJob.last = key;
@@ -352,7 +360,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#next").addEventListener("click", () => { jobsOffset += PAGE; refresh(); });
   $("#requeue-all").addEventListener("click", () => act("/api/dead/requeue", { all: true }, r => `requeued ${r.count}`));
   $("#purge-dead").addEventListener("click", () => { if (confirm("Delete every dead letter for good?")) act("/api/dead/purge", {}, r => `purged ${r.count}`); });
-  setInterval(() => { if (status && route().view === "overview") { onStatus(); } }, 2000);
+  setInterval(() => {
+    if (status && route().view === "overview") onStatus();
+    // A running job's page asks for its output again (which keeps it followed).
+    if (route().view === "job" && $("#job-state").textContent === "running") refresh();
+  }, 2000);
   connect();
   refresh();
 });
