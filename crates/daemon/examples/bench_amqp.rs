@@ -219,6 +219,7 @@ fn run_amqp(
         url: Some(url.to_owned()),
         exchange: exchange.clone(),
         queue_type,
+        schema: "procyard".into(),
     };
     let early = if prepublish { Some(publish_all(&config)?) } else { None };
     let d1 = start_daemon(bin, &c1)?;
@@ -260,6 +261,7 @@ fn run_sqlite(bin: &Path, dir: &Path) -> anyhow::Result<Figures> {
         url: None,
         exchange: "procyard".into(),
         queue_type: AmqpQueueType::default(),
+        schema: "procyard".into(),
     };
     let binding =
         TaskBinding { name: "noop".into(), routing_keys: vec!["noop".into()], max_attempts: 3 };

@@ -1,7 +1,9 @@
 //! [`Client`]: what the command-line verbs do, for programs that would rather not shell out —
 //! publish (and poke the daemon), look at job records, wait for jobs, cancel them, purge.
 //!
-//! Records are read from the queue itself (the SQLite file: no daemon needed to read them);
+//! Records are read from the queue itself (the SQLite file: no daemon needed to read them;
+//! on RabbitMQ, the local history of the daemon that uses the same config: only the jobs it
+//! ran);
 //! waiting and cancelling a running job talk to the daemon over its control socket. A wait is
 //! an event: the daemon answers the held connection when the jobs end. With no daemon to ask,
 //! a wait looks at the queue every [`POLL_WITHOUT_DAEMON`] instead (nothing would end the
@@ -12,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::control::{self, Request, Response};
 use crate::queue::{
-    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, Purge, QueueBackend,
-    check_job_id,
+    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, PublishOptions, Purge,
+    QueueBackend, check_job_id,
 };
 use crate::{Config, Error, Result};
 
@@ -87,8 +89,14 @@ impl Waited {
 pub struct Published {
     /// The routing key published to.
     pub routing_key: String,
-    /// One id per task bound to it.
+    /// One id per task bound to it (an existing job's id where a unique key matched).
     pub jobs: Vec<String>,
+    /// Whether a unique key matched a job that already existed (`publish --unique`).
+    #[serde(default)]
+    pub duplicate: bool,
+    /// The ids (of `jobs`) of jobs that existed before this publish.
+    #[serde(default)]
+    pub existing: Vec<String>,
 }
 
 /// What [`Client::cancel`] did.
@@ -98,6 +106,9 @@ pub enum Cancelled {
     Waiting,
     /// The job is running: its process gets the stop ladder, and it ends `cancelled`.
     Stopping,
+    /// On RabbitMQ: every running daemon was asked to cancel it — the one running it stops it
+    /// (it ends `cancelled`), and one that receives it later drops it (for 24 hours).
+    Requested,
 }
 
 /// A client of one daemon's queue and control socket.
@@ -176,6 +187,49 @@ impl Client {
         result
     }
 
+    /// Publishes one job with publish-time controls (a delay or time, a priority, a unique
+    /// key, headers: [`PublishOptions`]) and tells the daemon. A held unique key answers the
+    /// existing job's id, listed in [`Published::existing`].
+    ///
+    /// ```no_run
+    /// # use procyard_daemon::{Client, queue::PublishOptions};
+    /// # use std::time::Duration;
+    /// # let mut client = Client::open(None)?;
+    /// let opts = PublishOptions::new().delay(Duration::from_secs(30)).priority(8).unique("r-42");
+    /// let published = client.publish_with("reports.build", b"42", &opts)?;
+    /// println!("{:?} (duplicate: {})", published.ids, published.is_duplicate());
+    /// # Ok::<(), procyard_daemon::Error>(())
+    /// ```
+    pub fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payload: &[u8],
+        options: &PublishOptions,
+    ) -> Result<queue::Published> {
+        self.publish_batch_with(routing_key, &[payload.to_vec()], options).map_err(|p| p.error)
+    }
+
+    /// Publishes one job per payload with publish-time controls (see
+    /// [`QueueBackend::publish_with`]) and tells the daemon.
+    pub fn publish_batch_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<queue::Published, Box<PartialPublish>> {
+        let q =
+            self.queue().map_err(|error| Box::new(PartialPublish { committed: vec![], error }))?;
+        let result = q.publish_with(routing_key, payloads, options);
+        let any = match &result {
+            Ok(p) => p.ids.len() > p.existing.len(),
+            Err(p) => !p.committed.is_empty(),
+        };
+        if any {
+            self.poke();
+        }
+        result
+    }
+
     /// Publishes and waits for the jobs to end (or `timeout` to pass).
     pub fn publish_and_wait(
         &mut self,
@@ -183,7 +237,8 @@ impl Client {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<Waited> {
-        let ids = self.publish(routing_key, payload)?;
+        let ids = self.queue()?.publish_with_reply(routing_key, payload)?;
+        self.poke();
         self.wait(&ids, timeout)
     }
 
@@ -204,6 +259,11 @@ impl Client {
             check_job_id(id)?;
         }
         let deadline = timeout.map(|t| Instant::now() + t);
+        // On RabbitMQ the client hears the ends itself (replies, the events exchange).
+        if let Some(jobs) = self.queue()?.wait_heard(ids, false, deadline)? {
+            let timed_out = jobs.iter().any(|j| !j.state.is_final());
+            return Ok(Waited { jobs, timed_out });
+        }
         loop {
             let jobs = ids.iter().map(|id| self.job(id)).collect::<Result<Vec<_>>>()?;
             let pending: Vec<String> =
@@ -223,6 +283,10 @@ impl Client {
     /// what `logs -f` follows.
     pub fn wait_attempt(&mut self, id: &str, timeout: Option<Duration>) -> Result<()> {
         check_job_id(id)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        if self.queue()?.wait_heard(&[id.to_owned()], true, deadline)?.is_some() {
+            return Ok(());
+        }
         self.wait_event(vec![id.to_owned()], true, timeout)
     }
 
@@ -260,6 +324,11 @@ impl Client {
     /// (the stop ladder; never retried). A job that has ended is
     /// [`Error::JobFinished`]; an unknown one [`Error::UnknownJob`].
     pub fn cancel(&mut self, id: &str) -> Result<Cancelled> {
+        check_job_id(id)?;
+        // On RabbitMQ: a cancel request every daemon hears.
+        if self.queue()?.cancel_everywhere(id)? {
+            return Ok(Cancelled::Requested);
+        }
         for _ in 0..3 {
             let job = self.job(id)?;
             match job.state {

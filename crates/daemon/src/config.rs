@@ -11,11 +11,14 @@
 //! keep_done_max = 100000        # … and at most this many (dead letters stay until purged)
 //!
 //! [queue]
-//! backend = "sqlite"            # or "amqp"
+//! backend = "sqlite"            # or "amqp", or "postgres"
 //! path = "/tmp/procyard/q.db"   # relative paths are relative to this file
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
+//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the control
+//!                               # socket, <socket name without .sock>.history.db)
+//! # backend = "postgres": url = "postgres://user@host:5432/db", schema = "procyard"
 //!
 //! [[task]]
 //! name = "thumbnail"
@@ -46,6 +49,7 @@
 
 mod http;
 mod runnable;
+mod schedule;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -157,6 +161,8 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// How long ended jobs' records are kept (`keep_done`, `keep_done_max`).
     pub retention: Retention,
+    /// The zone of local times (`publish --at 2026-12-05T03:00`): an IANA name, default UTC.
+    pub timezone: String,
 }
 
 /// A validated configuration.
@@ -292,6 +298,7 @@ struct RawDaemon {
     log_format: LogFormat,
     keep_done: Option<Spanned<DurationValue>>,
     keep_done_max: Option<Spanned<i64>>,
+    timezone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -304,6 +311,8 @@ struct RawQueue {
     exchange: Option<Spanned<String>>,
     #[serde(default)]
     queue_type: AmqpQueueType,
+    history: Option<Spanned<PathBuf>>,
+    schema: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -55,6 +55,17 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// An operation on the PostgreSQL queue failed (backend `postgres`).
+    #[error("unable to {action} the PostgreSQL queue {target}")]
+    Postgres {
+        /// What was being done ("connect to", "claim jobs from").
+        action: &'static str,
+        /// Where: the database (its URL without the password) and the schema.
+        target: String,
+        /// What the driver or the server said.
+        #[source]
+        source: BoxError,
+    },
     /// This build has no AMQP backend.
     #[error("AMQP backend not available in this build")]
     AmqpUnavailable,
@@ -174,6 +185,15 @@ pub enum Error {
     UnknownJob {
         /// The id.
         id: String,
+    },
+    /// On RabbitMQ: no job has this id in this daemon's local history (another daemon ran it,
+    /// it never ran, or it was pruned after its retention).
+    #[error("no job {id} in this daemon's history {} (from this daemon's history: jobs run by other daemons are not here; or it was pruned after its retention)", history.display())]
+    NotInHistory {
+        /// The id.
+        id: String,
+        /// The history file looked in.
+        history: PathBuf,
     },
     /// The job has already ended: it cannot be cancelled.
     #[error("job {id} is already {state}: nothing to cancel")]

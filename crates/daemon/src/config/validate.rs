@@ -25,7 +25,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(
+    pub(super) fn err(
         &self,
         span: Option<Range<usize>>,
         field: impl Into<String>,
@@ -39,7 +39,7 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         v: &Option<Spanned<DurationValue>>,
         field: String,
@@ -114,6 +114,7 @@ impl Validator<'_> {
         };
         let url = raw.queue.url.as_ref().map(|u| u.get_ref().clone());
         if let Some(u) = &raw.queue.url
+            && backend != BackendKind::Postgres
             && !(u.get_ref().starts_with("amqp://") || u.get_ref().starts_with("amqps://"))
         {
             return Err(self.err(
@@ -122,6 +123,9 @@ impl Validator<'_> {
                 "must start with amqp:// or amqps://",
             ));
         }
+        let schema =
+            crate::queue::postgres::check_config(backend, &raw.queue.url, &raw.queue.schema)
+                .map_err(|(span, field, message)| self.err(span, field, message))?;
         if backend == BackendKind::Amqp && url.is_none() {
             return Err(self.err(
                 None,
@@ -156,6 +160,34 @@ impl Validator<'_> {
             }
             None => procyard_core::runtime_dir().join("daemon.sock"),
         };
+        let queue_path = match (&raw.queue.history, backend) {
+            (Some(h), _)
+                if h.get_ref().as_os_str().is_empty() || runnable::has_nul(h.get_ref()) =>
+            {
+                return Err(self.err(
+                    Some(h.span()),
+                    "queue.history",
+                    "must be a non-empty path without NUL bytes",
+                ));
+            }
+            (Some(h), BackendKind::Amqp) => self.resolve(h.get_ref()),
+            (Some(h), _) => {
+                return Err(self.err(
+                    Some(h.span()),
+                    "queue.history",
+                    "is for the amqp backend (the sqlite queue file is its own history)",
+                ));
+            }
+            (None, BackendKind::Amqp) => default_history(&control_socket),
+            (None, _) => queue_path,
+        };
+        if backend == BackendKind::Amqp && queue_path == control_socket {
+            return Err(self.err(
+                raw.queue.history.as_ref().map(Spanned::span),
+                "queue.history",
+                "is the control socket's path; the history needs a path of its own",
+            ));
+        }
         if control_socket.as_os_str().len() > 100 {
             return Err(self.err(
                 socket_span.clone(),
@@ -207,6 +239,7 @@ impl Validator<'_> {
                     i64::MAX,
                 )? as u64,
             },
+            timezone: self.timezone(&raw.daemon.timezone, "daemon.timezone")?,
         };
         let mut tasks: Vec<TaskConfig> = Vec::new();
         for (i, t) in raw.task.iter().enumerate() {
@@ -377,9 +410,17 @@ impl Validator<'_> {
                 url,
                 exchange,
                 queue_type: raw.queue.queue_type,
+                schema,
             },
             tasks,
             http,
         })
     }
+}
+
+/// The AMQP history's default: beside the control socket, `<socket name without .sock>.history.db`.
+fn default_history(socket: &Path) -> PathBuf {
+    let name = socket.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".sock").unwrap_or(&name);
+    socket.with_file_name(format!("{stem}.history.db"))
 }

@@ -339,7 +339,10 @@ async fn publish(
     let Json(b) = body?;
     let key = b.routing_key.clone();
     let jobs = app.records.call(move |c| c.publish(&b.routing_key, b.payload.as_bytes())).await?;
-    Ok((StatusCode::CREATED, Json(Published { routing_key: key, jobs })))
+    Ok((
+        StatusCode::CREATED,
+        Json(Published { routing_key: key, jobs, duplicate: false, existing: Vec::new() }),
+    ))
 }
 
 /// What a cancel did.
@@ -347,7 +350,8 @@ async fn publish(
 pub struct CancelAnswer {
     /// The job.
     pub id: String,
-    /// `waiting` (it never runs) or `stopping` (its process is being stopped).
+    /// `waiting` (it never runs), `stopping` (its process is being stopped) or `requested`
+    /// (on RabbitMQ: every daemon was asked to cancel it).
     pub cancelled: String,
 }
 
@@ -358,6 +362,7 @@ async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResul
     let cancelled = match how {
         Cancelled::Waiting => "waiting",
         Cancelled::Stopping => "stopping",
+        Cancelled::Requested => "requested",
     };
     Ok(Json(CancelAnswer { id, cancelled: cancelled.into() }))
 }

@@ -15,6 +15,8 @@ pub enum BackendKind {
     Sqlite,
     /// A RabbitMQ broker.
     Amqp,
+    /// A PostgreSQL database (many daemons, one schema).
+    Postgres,
 }
 
 impl BackendKind {
@@ -23,6 +25,7 @@ impl BackendKind {
         match self {
             BackendKind::Sqlite => "sqlite",
             BackendKind::Amqp => "amqp",
+            BackendKind::Postgres => "postgres",
         }
     }
 }
@@ -50,14 +53,20 @@ pub enum AmqpQueueType {
 pub struct QueueConfig {
     /// Which backend.
     pub backend: BackendKind,
-    /// The SQLite file (backend `sqlite`).
+    /// The SQLite file: the queue (backend `sqlite`), or this daemon's local job history
+    /// (backend `amqp`: `[queue] history`, by default beside the control socket; empty: the
+    /// backend keeps none).
     pub path: PathBuf,
-    /// The broker URL, `amqp://user:pass@host:port/vhost` (backend `amqp`).
+    /// The broker URL, `amqp://user:pass@host:port/vhost` (backend `amqp`), or the database
+    /// URL, `postgres://user:pass@host:port/db` (backend `postgres`).
     pub url: Option<String>,
     /// The topic exchange jobs are published to (default `procyard`).
     pub exchange: String,
     /// The kind of durable queue declared for tasks (backend `amqp`; default quorum).
     pub queue_type: AmqpQueueType,
+    /// The PostgreSQL schema holding the queue's tables (backend `postgres`; default
+    /// `procyard`), so several clusters can share one database.
+    pub schema: String,
 }
 
 /// What a backend needs to know about one task: its name (the queue name) and its bindings.
@@ -90,7 +99,7 @@ mod tests {
     /// `status` prints the backend by name and `status --json` carries the same word.
     #[test]
     fn backend_kind_reads_and_writes_its_config_name() {
-        for kind in [BackendKind::Sqlite, BackendKind::Amqp] {
+        for kind in [BackendKind::Sqlite, BackendKind::Amqp, BackendKind::Postgres] {
             assert_eq!(kind.to_string(), kind.name());
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.name()));

@@ -77,7 +77,13 @@
 //! [`QueueBackend::set_retention`], and the client reads with [`QueueBackend::job`] and
 //! [`QueueBackend::jobs`], cancels a waiting job with [`QueueBackend::cancel_waiting`] and
 //! deletes records with [`QueueBackend::purge`]. The defaults keep nothing and answer
-//! [`Error::Unsupported`](crate::Error::Unsupported) (AMQP, for now).
+//! [`Error::Unsupported`](crate::Error::Unsupported).
+//!
+//! The AMQP backend keeps a local history per daemon (the jobs it ran, same tables and code:
+//! `sqlite::store`), and hears what other daemons do through the broker: a client waits with
+//! [`QueueBackend::publish_with_reply`] and [`QueueBackend::wait_heard`], cancels with
+//! [`QueueBackend::cancel_everywhere`], and a daemon takes the cancel requests it heard with
+//! [`QueueBackend::take_cancels`].
 //!
 //! # Errors
 //!
@@ -99,6 +105,8 @@ pub mod amqp;
 mod config;
 mod history;
 mod job;
+mod options;
+pub mod postgres;
 mod report;
 pub mod sqlite;
 
@@ -111,6 +119,7 @@ pub use self::history::{
     ResourceUse, Retention, check_job_id,
 };
 pub use self::job::{Abandoned, Job, LeaseHolder, Outcome, Receipt};
+pub use self::options::{DEFAULT_PRIORITY, MAX_PRIORITY, PublishOptions, Published, UniqueKey};
 pub use self::report::{DeadLetter, FileChange, Health, QueueDepth, Requeue};
 use crate::Result;
 
@@ -186,6 +195,30 @@ pub trait QueueBackend {
         Ok(committed)
     }
 
+    /// Publishes one job per payload with publish-time controls ([`PublishOptions`]: a delay
+    /// or time, a priority, a unique key, headers), checked first
+    /// ([`PublishOptions::check`]). A unique key that is held returns the existing job's id,
+    /// listed in [`Published::existing`]. The default publishes plain options through
+    /// [`QueueBackend::publish_batch`] and refuses any other with
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Published, Box<PartialPublish>> {
+        let early = |error| Box::new(PartialPublish { committed: Vec::new(), error });
+        options.check().map_err(early)?;
+        if !options.is_plain() {
+            return Err(early(crate::Error::Unsupported {
+                backend: "amqp",
+                what: "publish with a delay, a priority, a unique key or headers (yet)",
+            }));
+        }
+        let ids = self.publish_batch(routing_key, payloads)?;
+        Ok(Published { ids, existing: Vec::new() })
+    }
+
     /// Daemon only: the most unfinished jobs of `task` the daemon can hold (see step 4).
     fn set_capacity(&mut self, task: &str, capacity: usize) -> Result<()>;
 
@@ -249,6 +282,42 @@ pub trait QueueBackend {
         Err(crate::Error::Unsupported { backend: "amqp", what: "purge job records" })
     }
 
+    /// Client only: publishes like [`QueueBackend::publish`], asking the daemon that ends each
+    /// job to tell this client (AMQP: a reply queue, `reply_to` and `correlation_id`), so that
+    /// [`QueueBackend::wait_heard`] hears it. The default publishes.
+    fn publish_with_reply(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
+        self.publish(routing_key, payload)
+    }
+
+    /// Client only: waits until every job of `ids` has ended (with `any_attempt`, until an
+    /// attempt of one ends), or `deadline` passes, from what the backend hears itself (AMQP:
+    /// the replies and the events exchange, after its own history). Returns the records as
+    /// far as known, in the order of `ids` (a job not ended has a record whose state is not
+    /// final). `None`: this backend hears nothing itself — ask the daemon (the default).
+    fn wait_heard(
+        &mut self,
+        ids: &[String],
+        any_attempt: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<JobRecord>>> {
+        let _ = (ids, any_attempt, deadline);
+        Ok(None)
+    }
+
+    /// Client only: asks every daemon to cancel job `id` (AMQP: a cancel request on the events
+    /// exchange). `Ok(false)`: not this backend's way — cancel through the queue and the
+    /// daemon's control socket (the default).
+    fn cancel_everywhere(&mut self, id: &str) -> Result<bool> {
+        let _ = id;
+        Ok(false)
+    }
+
+    /// Daemon only: the ids of jobs whose cancellation was asked from elsewhere since the
+    /// last call (AMQP: cancel requests heard on the events exchange). The default is none.
+    fn take_cancels(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Daemon only, before the first claim: the jobs a previous daemon left in flight, with
     /// the worker each was handed to (step 5). The default is none.
     fn abandoned(&mut self) -> Result<Vec<Abandoned>> {
@@ -298,5 +367,6 @@ pub fn open(config: &QueueConfig, mode: OpenMode) -> Result<Box<dyn QueueBackend
     match config.backend {
         BackendKind::Sqlite => Ok(Box::new(sqlite::SqliteQueue::open(&config.path, mode)?)),
         BackendKind::Amqp => amqp::open(config, mode),
+        BackendKind::Postgres => postgres::open(config, mode),
     }
 }

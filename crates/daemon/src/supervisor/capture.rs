@@ -63,6 +63,36 @@ impl Capture {
         .finish()
     }
 
+    /// Bytes written so far.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// What is kept of the bytes written after the first `from` (a marker line for those
+    /// dropped), for `logs -f`.
+    pub(crate) fn since(&self, from: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        if from >= self.total {
+            return out;
+        }
+        let head_len = self.head.len() as u64;
+        let tail_start = self.total - self.tail.len() as u64;
+        let mut at = from;
+        if at < head_len {
+            out.extend_from_slice(&self.head[at as usize..]);
+            at = head_len;
+        }
+        if at < tail_start {
+            if out.last().is_some_and(|b| *b != b'\n') {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(format!("[… {} bytes dropped …]\n", tail_start - at).as_bytes());
+            at = tail_start;
+        }
+        out.extend(self.tail.iter().skip((at - tail_start) as usize));
+        out
+    }
+
     /// What is kept, as stored: head, a marker line with the count dropped, tail.
     pub(crate) fn finish(self) -> Captured {
         let kept = (self.head.len() + self.tail.len()) as u64;
@@ -115,6 +145,21 @@ mod tests {
         c.push(b"ab");
         assert_eq!(peeked.total, 10);
         assert_eq!(c.finish().total, 12);
+    }
+
+    #[test]
+    fn since_an_offset() {
+        let mut c = Capture::new(8);
+        c.push(b"abc");
+        assert_eq!(
+            (c.since(0), c.since(1), c.since(3), c.total()),
+            (b"abc".to_vec(), b"bc".to_vec(), vec![], 3)
+        );
+        c.push(b"defghijklmn");
+        // Head "abcd", tail "klmn", 6 dropped.
+        assert_eq!(c.since(2), b"cd\n[\xe2\x80\xa6 6 bytes dropped \xe2\x80\xa6]\nklmn".to_vec());
+        assert_eq!(c.since(12), b"mn".to_vec());
+        assert!(c.since(6).starts_with("[… 4 bytes".as_bytes()));
     }
 
     #[test]

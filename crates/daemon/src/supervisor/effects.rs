@@ -51,6 +51,13 @@ impl Shell {
                     tracing::error!(error = %Report(&e), "unable to send a job to a worker");
                 }
             }
+            Action::SendCancel { worker, job } => {
+                if let Some(p) = self.processes.get_mut(&worker)
+                    && let Err(e) = p.send_cancel(&job, registry)
+                {
+                    tracing::error!(error = %Report(&e), "unable to send a cancel frame to a worker");
+                }
+            }
             Action::Signal { worker, signal } => {
                 if let Some(p) = self.processes.get(&worker) {
                     p.signal_group(signal);
@@ -94,6 +101,12 @@ impl Shell {
             Action::Watch { conn, ids, any_attempt, timeout } => {
                 self.control.hold(conn, timeout, registry);
                 return Some(self.watching(conn, ids, any_attempt));
+            }
+            Action::Follow { conn, worker, run, delivery, stdout_at, stderr_at, timeout } => {
+                self.start_follow(conn, worker, run, delivery, (stdout_at, stderr_at), timeout)
+            }
+            Action::CheckFollow { conn, id, timeout } => {
+                return self.check_follow(conn, id, timeout);
             }
             Action::AnswerWait { conn } => {
                 // The outcomes that ended the wait are written before the client reads them.
@@ -153,7 +166,18 @@ impl Shell {
                     r.read(self.poll.registry());
                 }
                 let relay = self.processes.get_mut(&ended.worker).and_then(|p| p.relay.as_mut());
-                (None, relay.and_then(|r| r.job.take()).map(|c| c.finish()))
+                let capture = relay.and_then(|r| r.job.take());
+                let captures = super::live::Captures { out: None, err: capture.as_ref() };
+                let registry = self.poll.registry();
+                super::live::answer(
+                    &mut self.followers,
+                    &mut self.control,
+                    registry,
+                    ended.worker,
+                    &captures,
+                    true,
+                );
+                (None, capture.map(|c| c.finish()))
             }
         };
         let reason = match outcome {

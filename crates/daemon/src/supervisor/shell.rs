@@ -47,6 +47,8 @@ pub(super) struct Shell {
     pub(super) outputs: HashMap<WorkerId, (Option<Captured>, Option<Captured>)>,
     /// What oneshot workers that exited cost, until their job's attempt is recorded.
     pub(super) usage: HashMap<WorkerId, ResourceUse>,
+    /// Control connections following a running attempt's output (`logs -f`).
+    pub(super) followers: Vec<super::live::Follower>,
     /// The HTTP face (`[http]`), fed snapshots and job starts and ends.
     pub(super) http: Option<crate::http::Face>,
 }
@@ -85,6 +87,7 @@ impl Shell {
             reap_strays: false,
             outputs: HashMap::new(),
             usage: HashMap::new(),
+            followers: Vec::new(),
             http: None,
         })
     }
@@ -238,6 +241,10 @@ impl Shell {
     pub(super) fn on_queue_wake(&mut self) {
         if let Err(e) = self.queue.on_wake() {
             self.on_queue_error(e, "queue backend error");
+        }
+        let ids = self.queue.take_cancels();
+        if !ids.is_empty() {
+            self.feed(Event::CancelRequested { ids });
         }
         self.feed(Event::QueueWake);
     }

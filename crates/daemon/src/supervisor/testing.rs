@@ -38,6 +38,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             control_socket: PathBuf::from("/run/procyard/q.sock"),
             log_format: LogFormat::Text,
             retention: crate::queue::Retention::default(),
+            timezone: "UTC".into(),
         },
         queue: QueueConfig {
             backend: BackendKind::Sqlite,
@@ -45,6 +46,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             url: None,
             exchange: "procyard".into(),
             queue_type: AmqpQueueType::Quorum,
+            schema: "procyard".into(),
         },
         tasks,
         http: None,

@@ -58,9 +58,14 @@
 
 mod backend;
 mod broker;
+mod events;
 mod handle;
+mod history;
 mod inbox;
+mod records;
 mod topology;
+
+pub use self::events::{EventKind, JobEvent};
 
 use self::handle::AmqpQueue;
 use super::{OpenMode, QueueBackend, QueueConfig};

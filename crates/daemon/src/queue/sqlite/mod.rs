@@ -37,8 +37,8 @@ use rusqlite::Connection;
 use super::BackendKind;
 use super::{
     Abandoned, AttemptReport, DeadLetter, FileChange, Health, Job, JobFilter, JobRecord,
-    LeaseHolder, OpenMode, Outcome, PartialPublish, Purge, QueueBackend, QueueDepth, Receipt,
-    Requeue, Retention, TaskBinding,
+    LeaseHolder, OpenMode, Outcome, PartialPublish, PublishOptions, Published, Purge, QueueBackend,
+    QueueDepth, Receipt, Requeue, Retention, TaskBinding,
 };
 use crate::{Error, Result, routing};
 
@@ -54,7 +54,9 @@ mod publish;
 mod records;
 mod retention;
 mod schema;
+pub(crate) mod store;
 mod trouble;
+mod unique;
 
 use attempts::AttemptLog;
 pub use due::DUE_CHECK_EVERY;
@@ -171,6 +173,11 @@ impl SqliteQueue {
         !self.retention.keep_done.is_zero()
     }
 
+    /// The job records in this file.
+    fn history(&mut self) -> store::History<'_> {
+        store::History::new(&mut self.conn, &self.path)
+    }
+
     fn is_bound(&self, task: &str) -> bool {
         self.tasks.iter().any(|t| t.name == task)
     }
@@ -227,7 +234,18 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
-        self.insert_jobs(routing_key, &[payload])
+        Ok(self.insert_jobs(routing_key, &[payload], &PublishOptions::default())?.ids)
+    }
+
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Published, Box<PartialPublish>> {
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.insert_jobs(routing_key, &payloads, options)
+            .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
     fn publish_batch(
@@ -237,7 +255,8 @@ impl QueueBackend for SqliteQueue {
     ) -> Result<Vec<String>, Box<PartialPublish>> {
         // One transaction: all of the batch or none of it.
         let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        self.insert_jobs(routing_key, &payloads)
+        self.insert_jobs(routing_key, &payloads, &PublishOptions::default())
+            .map(|p| p.ids)
             .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
@@ -273,15 +292,15 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn job(&mut self, id: &str) -> Result<JobRecord> {
-        self.read_job(id)
+        self.history().job(id)
     }
 
     fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        self.list_jobs(filter)
+        self.history().jobs(filter)
     }
 
     fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
-        self.read_payload(id)
+        self.history().payload(id)
     }
 
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
@@ -289,7 +308,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {
-        self.purge_rows(what)
+        self.history().purge(what)
     }
 
     fn abandoned(&mut self) -> Result<Vec<Abandoned>> {
