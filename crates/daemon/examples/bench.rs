@@ -11,7 +11,8 @@
 //! pruning them while jobs flow, daemon RSS with them.
 //!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
-//! `longlived`, `latency`, `rss`, `stop`, `history`) runs only those parts.
+//! `longlived`, `latency`, `rss`, `stop`, `history`, `http`) runs only those parts. Part `http`
+//! is the HTTP face's (`bench/http.rs`).
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -21,8 +22,10 @@ use procyard_core::{Child, Command, Deadline, Readiness, Signal, Stdio, ready_pi
 use procyard_daemon::queue::{self, OpenMode, QueueBackend};
 use procyard_daemon::{Config, control, worker};
 
-#[path = "bench_history.rs"]
+#[path = "bench/history.rs"]
 mod history;
+#[path = "bench/http.rs"]
+mod http;
 
 const WORKER_ENV: &str = "PROCYARD_BENCH_WORKER";
 const NOTIFY_ENV: &str = "PROCYARD_BENCH_NOTIFY";
@@ -83,6 +86,9 @@ fn main() -> anyhow::Result<()> {
 
     if part("history") {
         history::run(&daemon_bin, &me)?;
+    }
+    if part("http") {
+        http::run(&daemon_bin, &me)?;
     }
     Ok(())
 }

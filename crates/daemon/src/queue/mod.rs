@@ -262,6 +262,13 @@ pub trait QueueBackend {
         Err(crate::Error::Unsupported { backend: "amqp", what: "keep job records" })
     }
 
+    /// A job's payload (`None` when there is no such job): what the HTTP face shows when
+    /// `[http] show_payloads` is on. The default: [`Error::Unsupported`](crate::Error::Unsupported).
+    fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        let _ = id;
+        Err(crate::Error::Unsupported { backend: "amqp", what: "show payloads" })
+    }
+
     /// Cancels a job that waits in the queue (ready or delayed): `Ok(true)` when it is now
     /// cancelled, `Ok(false)` when it is not waiting (running, ended, unknown).
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {

@@ -299,6 +299,10 @@ impl QueueBackend for SqliteQueue {
         self.history().jobs(filter)
     }
 
+    fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        self.history().payload(id)
+    }
+
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
         self.cancel_row(id)
     }
