@@ -1,5 +1,6 @@
-//! The queue abstraction: what the daemon needs from a job queue, with two backends —
-//! [`sqlite`] (embedded, the default) and [`amqp`] (RabbitMQ, AMQP 0-9-1).
+//! The queue abstraction: what the daemon needs from a job queue, with three backends —
+//! [`sqlite`] (embedded, the default), [`amqp`] (RabbitMQ, AMQP 0-9-1) and [`postgres`] (many
+//! daemons on one PostgreSQL schema, with shared job records).
 //!
 //! # How the daemon drives a backend
 //!
