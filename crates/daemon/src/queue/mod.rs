@@ -238,6 +238,15 @@ pub trait QueueBackend {
         Err(crate::Error::Unsupported { backend: "amqp", what: "cancel jobs" })
     }
 
+    /// Client: blocks until a job or an attempt ends anywhere on a queue whose records every
+    /// daemon shares (PostgreSQL), or `timeout` passes; the first call only starts listening
+    /// and returns at once, so the caller looks at its jobs again with nothing missed. `None`
+    /// (the default): the backend cannot tell, ask the daemon.
+    fn wait_ends(&mut self, timeout: std::time::Duration) -> Result<Option<()>> {
+        let _ = timeout;
+        Ok(None)
+    }
+
     /// Deletes ended jobs as `purge` says, in small transactions; returns how many.
     fn purge(&mut self, what: &Purge) -> Result<u64> {
         let _ = what;

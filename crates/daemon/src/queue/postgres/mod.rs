@@ -181,6 +181,8 @@ pub(crate) struct PgQueue {
     due_cache: Option<Option<Instant>>,
     /// The last error was the backoff still running (not a new failure).
     waiting: bool,
+    /// Client: `LISTEN`ing for job ends.
+    listening_ends: bool,
     /// The next pruning step.
     prune_at: Instant,
     /// The count-based pruning cutoff `(finished_ms, seq)` and when it was read.
@@ -223,6 +225,7 @@ impl PgQueue {
             trouble: None,
             due_cache: None,
             waiting: false,
+            listening_ends: false,
             prune_at: Instant::now(),
             prune_count: None,
         })
