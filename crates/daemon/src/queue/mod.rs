@@ -1,5 +1,6 @@
-//! The queue abstraction: what the daemon needs from a job queue, with two backends —
-//! [`sqlite`] (embedded, the default) and [`amqp`] (RabbitMQ, AMQP 0-9-1).
+//! The queue abstraction: what the daemon needs from a job queue, with three backends —
+//! [`sqlite`] (embedded, the default), [`amqp`] (RabbitMQ, AMQP 0-9-1) and [`postgres`] (many
+//! daemons on one PostgreSQL schema, with shared job records).
 //!
 //! # How the daemon drives a backend
 //!
@@ -274,6 +275,15 @@ pub trait QueueBackend {
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
         let _ = id;
         Err(crate::Error::Unsupported { backend: "amqp", what: "cancel jobs" })
+    }
+
+    /// Client: blocks until a job or an attempt ends anywhere on a queue whose records every
+    /// daemon shares (PostgreSQL), or `timeout` passes; the first call only starts listening
+    /// and returns at once, so the caller looks at its jobs again with nothing missed. `None`
+    /// (the default): the backend cannot tell, ask the daemon.
+    fn wait_ends(&mut self, timeout: std::time::Duration) -> Result<Option<()>> {
+        let _ = timeout;
+        Ok(None)
     }
 
     /// Deletes ended jobs as `purge` says, in small transactions; returns how many.
