@@ -3,6 +3,7 @@
 //! `concurrent.futures.ProcessPoolExecutor` running the same trivial job in the same run: the
 //! default (children reused) against the pool, and `Config::fork_per_job()` against a bare
 //! fork + `_exit` + wait loop with as many in flight, measured before each of its runs.
+//! For profiling, `PROCYARD_BENCH_ONLY=default` (or `fork_per_job`) runs that part alone.
 //!
 //! Run with `cargo run --release -p procyard-resultworker --example bench`.
 
@@ -174,6 +175,13 @@ fn main() {
         // A fresh single-threaded process (forking needs one): print the bare fork rate.
         println!("{}", bare_fork_rate(cores).unwrap_or(f64::NAN));
         return;
+    }
+    // For profiling: `PROCYARD_BENCH_ONLY=default` or `fork_per_job` runs that part alone.
+    let only = std::env::var("PROCYARD_BENCH_ONLY").ok();
+    match only.as_deref() {
+        Some("default") => return drop(run(Config::default(), &mut || {})),
+        Some("fork_per_job") => return drop(run(Config::default().fork_per_job(), &mut || {})),
+        _ => {}
     }
     let python = bench_python(cores);
     let ours = run(Config::default(), &mut || {});

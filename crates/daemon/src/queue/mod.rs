@@ -114,7 +114,9 @@ pub mod sqlite;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-pub use self::config::{AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding};
+pub use self::config::{
+    AmqpQueueType, BackendKind, Durability, OpenMode, QueueConfig, TaskBinding,
+};
 pub use self::history::{
     Attempt, AttemptEnd, AttemptReport, Captured, JobFilter, JobRecord, JobState, Purge,
     ResourceUse, Retention, check_job_id,
@@ -375,7 +377,9 @@ pub trait QueueBackend {
 /// Opens the backend the config names.
 pub fn open(config: &QueueConfig, mode: OpenMode) -> Result<Box<dyn QueueBackend>> {
     match config.backend {
-        BackendKind::Sqlite => Ok(Box::new(sqlite::SqliteQueue::open(&config.path, mode)?)),
+        BackendKind::Sqlite => {
+            Ok(Box::new(sqlite::SqliteQueue::open_with(&config.path, mode, config.durability)?))
+        }
         BackendKind::Amqp => amqp::open(config, mode),
         BackendKind::Postgres => postgres::open(config, mode),
     }

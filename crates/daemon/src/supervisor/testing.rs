@@ -47,6 +47,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             exchange: "procyard".into(),
             queue_type: AmqpQueueType::Quorum,
             schema: "procyard".into(),
+            durability: Default::default(),
         },
         tasks,
         http: None,

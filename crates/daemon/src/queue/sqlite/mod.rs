@@ -34,12 +34,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
-use super::BackendKind;
 use super::{
     Abandoned, AttemptReport, DeadLetter, FileChange, Health, Job, JobFilter, JobRecord,
     LeaseHolder, OpenMode, Outcome, PartialPublish, PublishOptions, Published, Purge, QueueBackend,
     QueueDepth, Receipt, Requeue, Retention, TaskBinding,
 };
+use super::{BackendKind, Durability};
 use crate::{Error, Result, routing};
 
 mod attempts;
@@ -122,6 +122,11 @@ impl SqliteQueue {
     /// daemon lock; the jobs a previous daemon left leased stay leased until
     /// [`QueueBackend::recover`] (after the daemon stopped their workers).
     pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteQueue> {
+        SqliteQueue::open_with(path, mode, Durability::Crash)
+    }
+
+    /// [`SqliteQueue::open`] with what its commits survive (`[queue] durability`).
+    pub fn open_with(path: &Path, mode: OpenMode, durability: Durability) -> Result<SqliteQueue> {
         if path.as_os_str().is_empty() {
             return Err(Error::io("open queue", path, std::io::ErrorKind::InvalidInput.into()));
         }
@@ -131,7 +136,7 @@ impl SqliteQueue {
             OpenMode::Client => None,
             OpenMode::Daemon => Some(lease::lock(path)?),
         };
-        let conn = schema::connect(path, mode)?;
+        let conn = schema::connect_with(path, mode, durability)?;
         files::tighten(path);
         let identity = match mode {
             OpenMode::Daemon => Some(FileIdentity::of(path)?),
