@@ -10,9 +10,15 @@
 //! Part `history` ([`history`]): `job ID` and `jobs --limit 50` with 1,000,000 records,
 //! pruning them while jobs flow, daemon RSS with them.
 //!
+//! Part `sched` (`parts/sched.rs`): claim cost with 1,000,000 delayed jobs against none, and
+//! the start lateness of delayed jobs (p50, p99) against jobs published for now.
+//!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
-//! `longlived`, `latency`, `rss`, `stop`, `history`, `http`) runs only those parts. Part `http`
-//! is the HTTP face's (`bench/http.rs`).
+//! `longlived`, `latency`, `rss`, `stop`, `history`, `http`, `sched`) runs only those parts.
+//! Part `http` is the HTTP face's (`bench/http.rs`).
+
+#[path = "parts/sched.rs"]
+mod sched;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -74,6 +80,10 @@ fn main() -> anyhow::Result<()> {
         let (idle, busy) = rss(&daemon_bin, &me)?;
         bench("daemon_rss_idle_kib", idle, "KiB", "goal_idle_kib", 10.0 * 1024.0);
         bench("daemon_rss_100_workers_kib", busy, "KiB", "daemon_rss_idle_kib", idle);
+    }
+
+    if part("sched") {
+        sched::run(&daemon_bin)?;
     }
 
     if part("stop") {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::control::{self, Request, Response};
 use crate::queue::{
-    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, PublishOptions, Purge,
-    QueueBackend, check_job_id,
+    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, Publication, PublishOptions,
+    Purge, QueueBackend, ScheduleStatus, check_job_id,
 };
 use crate::{Config, Error, Result};
 
@@ -189,7 +189,7 @@ impl Client {
 
     /// Publishes one job with publish-time controls (a delay or time, a priority, a unique
     /// key, headers: [`PublishOptions`]) and tells the daemon. A held unique key answers the
-    /// existing job's id, listed in [`Published::existing`].
+    /// existing job's id, listed in [`Publication::existing`].
     ///
     /// ```no_run
     /// # use procyard_daemon::{Client, queue::PublishOptions};
@@ -205,7 +205,7 @@ impl Client {
         routing_key: &str,
         payload: &[u8],
         options: &PublishOptions,
-    ) -> Result<queue::Published> {
+    ) -> Result<Publication> {
         self.publish_batch_with(routing_key, &[payload.to_vec()], options).map_err(|p| p.error)
     }
 
@@ -216,7 +216,7 @@ impl Client {
         routing_key: &str,
         payloads: &[Vec<u8>],
         options: &PublishOptions,
-    ) -> Result<queue::Published, Box<PartialPublish>> {
+    ) -> Result<Publication, Box<PartialPublish>> {
         let q =
             self.queue().map_err(|error| Box::new(PartialPublish { committed: vec![], error }))?;
         let result = q.publish_with(routing_key, payloads, options);
@@ -361,6 +361,38 @@ impl Client {
             // It moved between the look and the cancel (claimed, ended): look again.
         }
         Err(Error::Refused { message: format!("job {id} kept changing state; try again") })
+    }
+
+    /// The config's `[[schedule]]`s with their stored state (next and last run, last job).
+    pub fn schedules(&mut self) -> Result<Vec<ScheduleStatus>> {
+        let schedules = self.config.schedules.clone();
+        self.queue()?.schedules(&schedules)
+    }
+
+    /// Publishes a job of schedule `name` now; returns its ids.
+    pub fn trigger_schedule(&mut self, name: &str) -> Result<Vec<String>> {
+        let s = self.schedule(name)?;
+        let ids = self.queue()?.trigger_schedule(&s)?;
+        self.poke();
+        Ok(ids)
+    }
+
+    /// Pauses (`true`) or resumes schedule `name`, persisted; the daemon is told.
+    pub fn pause_schedule(&mut self, name: &str, paused: bool) -> Result<()> {
+        let s = self.schedule(name)?;
+        self.queue()?.pause_schedule(&s, paused)?;
+        self.poke();
+        Ok(())
+    }
+
+    fn schedule(&self, name: &str) -> Result<crate::schedule::ScheduleConfig> {
+        self.config.schedules.iter().find(|s| s.name == name).cloned().ok_or_else(|| {
+            Error::InvalidArgument {
+                what: "schedule",
+                value: name.to_owned(),
+                expected: "the name of a [[schedule]] in the config (see `schedules`)",
+            }
+        })
     }
 
     /// Deletes ended jobs' records as `what` says; returns how many.

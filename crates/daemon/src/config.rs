@@ -37,6 +37,9 @@
 //! env = { MODE = "fast" }
 //! cwd = "."
 //! output_limit = 65536          # bytes of stdout and of stderr kept per attempt (longlived: stderr)
+//! rate_limit = "100/s"           # at most this many starts per second (or /m, /h)
+//! concurrency_key = "header:tenant"  # or "payload-json:/customer_id" …
+//! max_per_key = 1                # … at most this many running per key (1: in publish order)
 //! ```
 //!
 //! Durations are an integer or float number of seconds, or a string with a unit: `250ms`,
@@ -55,6 +58,8 @@ mod http;
 mod runnable;
 mod schedule;
 mod validate;
+
+pub use crate::schedule::ScheduleConfig;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -125,6 +130,8 @@ pub struct TaskConfig {
     /// The bytes of stdout and of stderr kept per attempt (the first and last halves, with
     /// the count dropped between; a longlived worker's stderr only); default 64 KiB.
     pub output_limit: usize,
+    /// `rate_limit`, `concurrency_key`, `max_per_key`: limits on starts.
+    pub limits: crate::limits::TaskLimits,
 }
 
 impl TaskConfig {
@@ -180,6 +187,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// `[[task]]`, in file order.
     pub tasks: Vec<TaskConfig>,
+    /// `[[schedule]]`: periodic jobs, in file order.
+    pub schedules: Vec<ScheduleConfig>,
     /// `[http]`: the dashboard, JSON API and metrics (off when absent).
     pub http: Option<HttpSettings>,
 }
@@ -229,6 +238,11 @@ impl Config {
     /// The task bindings for the queue backend.
     pub fn bindings(&self) -> Vec<TaskBinding> {
         self.tasks.iter().map(TaskConfig::binding).collect()
+    }
+
+    /// Each task's limits on starts, for the queue backend.
+    pub fn limits(&self) -> Vec<crate::limits::TaskLimits> {
+        self.tasks.iter().map(|t| t.limits.clone()).collect()
     }
 
     /// The task named `name`.
@@ -289,6 +303,7 @@ struct RawConfig {
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
     #[serde(default)]
+    schedule: Vec<Spanned<schedule::RawSchedule>>,
     http: Option<Spanned<http::RawHttp>>,
 }
 
@@ -341,6 +356,9 @@ struct RawTask {
     env: BTreeMap<String, String>,
     cwd: Option<Spanned<PathBuf>>,
     output_limit: Option<Spanned<i64>>,
+    rate_limit: Option<Spanned<String>>,
+    concurrency_key: Option<Spanned<String>>,
+    max_per_key: Option<Spanned<i64>>,
 }
 
 fn default_model() -> WorkModel {

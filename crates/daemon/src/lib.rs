@@ -90,6 +90,7 @@ pub mod control;
 mod error;
 pub mod follow;
 pub mod http;
+pub mod limits;
 mod notify;
 pub mod protocol;
 pub mod queue;

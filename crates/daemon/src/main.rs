@@ -9,6 +9,8 @@ mod jobs;
 mod publish;
 #[path = "cli/render.rs"]
 mod render;
+#[path = "cli/schedules.rs"]
+mod schedules;
 
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -80,6 +82,22 @@ enum Cmd {
         routing_key: String,
         /// The payload, or `-` for stdin (default: empty).
         payload: Option<String>,
+    },
+    /// List the [[schedule]]s: name, cadence, next and last run, last job (works with the
+    /// daemon down).
+    #[command(after_help = schedules::LIST_HELP)]
+    Schedules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fire a schedule now, or pause or resume it (persisted in the queue).
+    #[command(after_help = schedules::ACT_HELP)]
+    Schedule {
+        /// What to do.
+        action: schedules::Action,
+        /// The schedule's name.
+        name: String,
     },
     /// Show the running daemon's groups, workers, queues and dead letters.
     #[command(after_help = "Example:\n  procyard-daemon status --config procyard.toml --json")]
@@ -326,7 +344,7 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             // One batch: the SQLite queue commits all of it or none; a backend that cannot
             // reports the jobs it queued before the error, and those are printed too.
             // The client pokes the daemon when anything was queued.
-            if wait && payloads.len() == 1 && options == queue::PublishOptions::default() {
+            if wait && payloads.len() == 1 && options.is_plain() {
                 // One job: published with a reply address where the backend has one (AMQP).
                 let waited = c
                     .publish_and_wait(&routing_key, &payloads[0], timeout)
@@ -373,6 +391,10 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                     Err(msg)
                 }
             }
+        }
+        Cmd::Schedules { json } => schedules::list(&mut Client::new(load(config)?), json),
+        Cmd::Schedule { action, name } => {
+            schedules::act(&mut Client::new(load(config)?), action, &name)
         }
         Cmd::Status { json } => {
             let c = load(config)?;

@@ -61,7 +61,7 @@ impl Validator<'_> {
         })
     }
 
-    fn count(
+    pub(super) fn count(
         &self,
         v: &Option<Spanned<i64>>,
         field: String,
@@ -371,6 +371,7 @@ impl Validator<'_> {
                 let s = t.backoff_max.as_ref().map(Spanned::span);
                 return Err(self.err(s, f("backoff_max"), "is shorter than backoff_initial"));
             }
+            let limits = self.task_limits(t, i, &name)?;
             tasks.push(TaskConfig {
                 name,
                 routing_keys: t
@@ -402,6 +403,7 @@ impl Validator<'_> {
                     0,
                     64 * 1024 * 1024,
                 )? as usize,
+                limits,
             });
         }
         if tasks.is_empty() {
@@ -424,6 +426,7 @@ impl Validator<'_> {
                 schema,
                 durability,
             },
+            schedules: self.schedules(&raw.schedule, &tasks)?,
             tasks,
             http,
         })

@@ -107,6 +107,7 @@ mod config;
 mod history;
 mod job;
 mod options;
+mod periodic;
 pub mod postgres;
 mod report;
 pub mod sqlite;
@@ -122,7 +123,8 @@ pub use self::history::{
     ResourceUse, Retention, check_job_id,
 };
 pub use self::job::{Abandoned, Job, LeaseHolder, Outcome, Receipt};
-pub use self::options::{DEFAULT_PRIORITY, MAX_PRIORITY, PublishOptions, Published, UniqueKey};
+pub use self::options::{DEFAULT_PRIORITY, MAX_PRIORITY, Publication, PublishOptions, UniqueKey};
+pub use self::periodic::ScheduleStatus;
 pub use self::report::{DeadLetter, FileChange, Health, QueueDepth, Requeue};
 use crate::Result;
 
@@ -201,7 +203,7 @@ pub trait QueueBackend {
     /// Publishes one job per payload with publish-time controls ([`PublishOptions`]: a delay
     /// or time, a priority, a unique key, headers), checked first
     /// ([`PublishOptions::check`]). A unique key that is held returns the existing job's id,
-    /// listed in [`Published::existing`]. The default publishes plain options through
+    /// listed in [`Publication::existing`]. The default publishes plain options through
     /// [`QueueBackend::publish_batch`] and refuses any other with
     /// [`Error::Unsupported`](crate::Error::Unsupported).
     fn publish_with(
@@ -209,17 +211,17 @@ pub trait QueueBackend {
         routing_key: &str,
         payloads: &[Vec<u8>],
         options: &PublishOptions,
-    ) -> Result<Published, Box<PartialPublish>> {
+    ) -> Result<Publication, Box<PartialPublish>> {
         let early = |error| Box::new(PartialPublish { committed: Vec::new(), error });
         options.check().map_err(early)?;
         if !options.is_plain() {
             return Err(early(crate::Error::Unsupported {
-                backend: "amqp",
+                backend: self.health().backend.name(),
                 what: "publish with a delay, a priority, a unique key or headers (yet)",
             }));
         }
         let ids = self.publish_batch(routing_key, payloads)?;
-        Ok(Published { ids, existing: Vec::new() })
+        Ok(Publication { ids, existing: Vec::new() })
     }
 
     /// Daemon only: the most unfinished jobs of `task` the daemon can hold (see step 4).
@@ -292,6 +294,74 @@ pub trait QueueBackend {
     fn purge(&mut self, what: &Purge) -> Result<u64> {
         let _ = what;
         Err(crate::Error::Unsupported { backend: "amqp", what: "purge job records" })
+    }
+
+    /// Daemon only: each task's limits on starts (at start and after each reload): a rate
+    /// (a token bucket: [`QueueBackend::claim`] takes no more than the tokens there are, and
+    /// [`QueueBackend::next_due`] includes when the next token comes) and a concurrency key
+    /// (a claim skips jobs whose key has `max_per_key` running). The default refuses any.
+    fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
+        if limits.iter().all(crate::limits::TaskLimits::is_none) {
+            return Ok(());
+        }
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "limit a task's rate or concurrency per key (yet)",
+        })
+    }
+
+    /// Daemon only: the periodic jobs to fire (at start and after each reload), applied as a
+    /// diff to what is stored: a new name starts counting now, a changed cadence or zone
+    /// starts afresh, an unchanged one keeps its state, a removed one is forgotten. The
+    /// backend fires them exactly once per due time — each due time recorded in the same
+    /// transaction as the job it publishes — and its [`QueueBackend::next_due`] includes the
+    /// next due time. The default refuses any schedule.
+    fn set_schedules(&mut self, schedules: &[crate::schedule::ScheduleConfig]) -> Result<()> {
+        if schedules.is_empty() {
+            return Ok(());
+        }
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "run [[schedule]] (yet)",
+        })
+    }
+
+    /// The state of `schedules` (as configured) in the store, in their order.
+    fn schedules(
+        &mut self,
+        schedules: &[crate::schedule::ScheduleConfig],
+    ) -> Result<Vec<ScheduleStatus>> {
+        let _ = schedules;
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "run [[schedule]] (yet)",
+        })
+    }
+
+    /// Publishes a job of `schedule` now (outside its cadence); returns the job ids.
+    fn trigger_schedule(
+        &mut self,
+        schedule: &crate::schedule::ScheduleConfig,
+    ) -> Result<Vec<String>> {
+        let _ = schedule;
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "run [[schedule]] (yet)",
+        })
+    }
+
+    /// Pauses (`true`) or resumes `schedule`, persisted. A resumed schedule counts from the
+    /// resume: the due times that passed while it was paused are skipped.
+    fn pause_schedule(
+        &mut self,
+        schedule: &crate::schedule::ScheduleConfig,
+        paused: bool,
+    ) -> Result<()> {
+        let _ = (schedule, paused);
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "run [[schedule]] (yet)",
+        })
     }
 
     /// Client only: publishes like [`QueueBackend::publish`], asking the daemon that ends each

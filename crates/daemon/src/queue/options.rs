@@ -1,6 +1,6 @@
 //! What a publish may ask for besides a key and a payload — when the job may start (a delay
 //! or a time), its priority, a unique key, headers — and what a publish answers
-//! ([`Published`]: the ids, and which of them already existed).
+//! ([`Publication`]: the ids, and which of them already existed).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -160,14 +160,14 @@ impl PublishOptions {
 /// What a publish did: the job ids, one per payload and receiving task, in order, and which
 /// of them name a job that already existed (its unique key was held).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Published {
+pub struct Publication {
     /// Every id, new or existing, in publish order.
     pub ids: Vec<String>,
     /// The ids (of `ids`) of jobs that existed before this publish.
     pub existing: Vec<String>,
 }
 
-impl Published {
+impl Publication {
     /// Whether any id names an existing job rather than a new one.
     pub fn is_duplicate(&self) -> bool {
         !self.existing.is_empty()

@@ -245,6 +245,16 @@ impl Shell {
             let _ = self.queue.bind(&self.state.config.bindings());
             return Event::ReloadFailed { error: e.chain().to_string() };
         }
+        if let Err(e) = self.queue.set_limits(&new.limits()) {
+            tracing::error!(error = %Report(&e), "reload failed: the queue refused the new limits; keeping the running config");
+            let _ = self.queue.bind(&self.state.config.bindings());
+            return Event::ReloadFailed { error: e.chain().to_string() };
+        }
+        if let Err(e) = self.queue.set_schedules(&new.schedules) {
+            tracing::error!(error = %Report(&e), "reload failed: the queue refused the new schedules; keeping the running config");
+            let _ = self.queue.bind(&self.state.config.bindings());
+            return Event::ReloadFailed { error: e.chain().to_string() };
+        }
         Event::Reloaded(Box::new(new))
     }
 

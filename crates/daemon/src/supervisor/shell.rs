@@ -68,6 +68,8 @@ impl Shell {
         // then are their jobs put back.
         orphans::recover(&mut *queue, config.daemon.kill_timeout)?;
         queue.bind(&config.bindings())?;
+        queue.set_schedules(&config.schedules)?;
+        queue.set_limits(&config.limits())?;
         queue.set_retention(config.daemon.retention);
         queue.attach(poll.registry(), QUEUE)?;
         let control =

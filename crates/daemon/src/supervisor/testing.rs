@@ -25,6 +25,7 @@ pub(crate) fn task(name: &str, model: WorkModel) -> TaskConfig {
         env: BTreeMap::new(),
         cwd: None,
         output_limit: 64 * 1024,
+        limits: Default::default(),
     }
 }
 
@@ -50,6 +51,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             durability: Default::default(),
         },
         tasks,
+        schedules: Vec::new(),
         http: None,
     }
 }

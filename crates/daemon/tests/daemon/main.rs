@@ -11,6 +11,7 @@ mod hardening;
 mod hardening_orphans;
 mod http;
 mod lifecycle;
+mod periodic;
 mod sandbox;
 mod scheduling;
 mod web;

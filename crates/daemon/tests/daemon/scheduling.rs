@@ -138,3 +138,62 @@ fn daemon_sched_at_in_the_past_runs_now() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--at"), "{}", text(&out.stderr));
 }
+
+/// `rate_limit = "5/s"`: 15 jobs published at once start at most 5 per second (a burst of 5,
+/// then one every 200 ms), wait `ready` meanwhile (shown rate-limited in `status`), and all
+/// run; a rate of 0 is a config error naming the field.
+#[test]
+fn daemon_sched_rate_limit_spaces_starts() {
+    let task = "[[task]]\nname = \"order\"\nrouting_keys = [\"order.#\"]\ncommand = [\"sh\", \"-c\", \"cat >> {out}/order; echo >> {out}/order\"]\nmax_workers = 8\nrate_limit = \"5/s\"\n";
+    let mut sb = Sandbox::new(task);
+    sb.start();
+    let ids = sb.publish_many("order.x", (0..15).map(|i| format!("r{i}").into_bytes()));
+    sb.wait_until("rate-limited in status", SECS(20), |sb| {
+        let s = sb.status();
+        let g = s.groups.iter().find(|g| g.name == "order").expect("group");
+        g.queue.as_ref().is_some_and(|q| q.rate_limited) || order(sb).len() == 15
+    });
+    sb.wait_until("every job ran", SECS(30), |sb| order(sb).len() == 15);
+    let mut c = client(&sb);
+    let mut starts: Vec<i64> = ids
+        .iter()
+        .map(|id| c.job(id).expect("job").attempts[0].started_ms.expect("started"))
+        .collect();
+    starts.sort();
+    // Any 1-second window holds at most 5 starts plus the tokens refilled within it (5).
+    for (i, s) in starts.iter().enumerate() {
+        let in_window = starts[i..].iter().take_while(|t| **t < s + 1000).count();
+        assert!(in_window <= 10, "{in_window} starts within a second: {starts:?}");
+    }
+    assert!(starts[14] - starts[0] >= 1500, "15 starts at 5/s take ≥ 2 s: {starts:?}");
+    sb.write_config("", &task.replace("5/s", "0/s"));
+    let out = sb.cli(&["check-config"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("task[0].rate_limit"), "{}", text(&out.stderr));
+}
+
+/// `concurrency_key = "header:tenant"`, `max_per_key = 1`: with 4 workers, jobs of one tenant
+/// never overlap and run in publish order, while another tenant's run beside them.
+#[test]
+fn daemon_sched_one_at_a_time_per_key_in_publish_order() {
+    let task = "[[task]]\nname = \"order\"\nrouting_keys = [\"order.#\"]\ncommand = [\"sh\", \"-c\", \"p=$(cat); echo start $p >> {out}/order; sleep 0.05; echo end $p >> {out}/order\"]\nmax_workers = 4\nconcurrency_key = \"header:tenant\"\n";
+    let mut sb = Sandbox::new(task);
+    let mut c = client(&sb);
+    for i in 0..6 {
+        for tenant in ["a", "b"] {
+            let opts = PublishOptions::new().header("tenant", tenant);
+            c.publish_with("order.x", format!("{tenant}{i}").as_bytes(), &opts).expect("publish");
+        }
+    }
+    sb.start();
+    sb.wait_until("every job ran", SECS(30), |sb| order(sb).len() == 24);
+    let lines = order(&sb);
+    for tenant in ["a", "b"] {
+        let mine: Vec<&String> =
+            lines.iter().filter(|l| l.contains(&format!(" {tenant}"))).collect();
+        let expected: Vec<String> = (0..6)
+            .flat_map(|i| [format!("start {tenant}{i}"), format!("end {tenant}{i}")])
+            .collect();
+        assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "tenant {tenant}: {lines:?}");
+    }
+}

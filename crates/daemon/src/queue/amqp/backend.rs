@@ -259,6 +259,7 @@ impl QueueBackend for AmqpQueue {
                     in_flight,
                     dead: Some(broker.dead),
                     done_total: None,
+                    rate_limited: false,
                 },
             );
         }

@@ -59,6 +59,10 @@ impl SqliteQueue {
                 add_rows(depth, state, n as u64, delayed as u64);
             }
         }
+        let now = std::time::Instant::now();
+        for (task, depth) in out.iter_mut() {
+            depth.rate_limited = depth.ready > 0 && self.gate.is_throttled(task, now);
+        }
         let mut stmt = self.conn.prepare_cached("SELECT task, done FROM stats").map_err(e)?;
         let rows =
             stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(e)?;

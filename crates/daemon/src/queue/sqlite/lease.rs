@@ -8,7 +8,7 @@ use rusqlite::params;
 
 use super::outcomes::write_outcomes;
 use super::schema::{STATE_LEASED, STATE_READY};
-use super::{SqliteQueue, attempts, holders, now_ms};
+use super::{SqliteQueue, attempts, holders, limits, now_ms};
 use crate::queue::{Abandoned, AttemptEnd, Job, OpenMode, Receipt};
 use crate::{Error, Result};
 
@@ -37,6 +37,13 @@ impl SqliteQueue {
         if max == 0 || self.mode != OpenMode::Daemon || !self.is_bound(task) {
             return Ok(Vec::new());
         }
+        // A rate-limited task takes no more than its tokens (none: the daemon wakes for the
+        // next one); the buffered outcomes wait for the flush.
+        let max = self.gate.allowed(task, max, std::time::Instant::now());
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let keyed = self.gate.keyed(task);
         // One transaction records the buffered outcomes and takes the new leases: a daemon
         // killed at any moment has either both or neither, so the jobs it finished are never
         // still leased next to the ones it claimed in their place.
@@ -56,7 +63,15 @@ impl SqliteQueue {
         .and_then(|mut st| st.execute(params![now]))
         .map_err(e)?;
         let mut ranked = Vec::new();
-        {
+        let mut keys = Vec::new();
+        if let Some(keyed) = &keyed {
+            for (priority, job, key) in
+                limits::claim_keyed(&tx, &self.gate, task, max, &self.owner, keyed).map_err(e)?
+            {
+                keys.push((job.receipt, key));
+                ranked.push((std::cmp::Reverse(priority), job));
+            }
+        } else {
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2,
@@ -88,6 +103,10 @@ impl SqliteQueue {
         }
         tx.commit().map_err(e)?;
         self.written(retried);
+        if keyed.is_none() {
+            keys = ranked.iter().map(|(_, j)| (j.receipt, None)).collect();
+        }
+        self.gate.started(task, &keys);
         // Highest priority first, then in publish order (RETURNING has no order of its own).
         ranked.sort_by_key(|(priority, job)| (*priority, job.receipt.0));
         Ok(ranked.into_iter().map(|(_, job)| job).collect())

@@ -79,6 +79,15 @@ CREATE TABLE IF NOT EXISTS attempts (
     system_cpu_us  INTEGER
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_seq);
+CREATE TABLE IF NOT EXISTS schedules (
+    name         TEXT PRIMARY KEY,
+    spec         TEXT NOT NULL,
+    since_ms     INTEGER NOT NULL,
+    last_due_ms  INTEGER,
+    last_run_ms  INTEGER,
+    last_job     TEXT,
+    paused       INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS stats (
     task TEXT PRIMARY KEY,
     done INTEGER NOT NULL DEFAULT 0
