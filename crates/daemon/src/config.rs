@@ -16,9 +16,8 @@
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
-//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the control
-//!                               # socket, <socket name without .sock>.history.db)
-//! # backend = "postgres": url = "postgres://user@host:5432/db", schema = "procyard"
+//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the socket)
+//! schema = "procyard"           # postgres (with url = "postgres://user@host:5432/db")
 //! durability = "crash"          # sqlite: or "power" (an fsync per commit: a committed job
 //!                               # survives a power cut, not only a crash)
 //!
