@@ -7,11 +7,15 @@
 //! against `keep_done = "0s"` (no history), the job-lifecycle issue's ≥ 0.9 goal; publish→done latency p50/p99; daemon RSS idle
 //! and with 100 workers; graceful stop time with 10 idle workers.
 //!
-//! Scheduling (`parts/sched.rs`): claim cost with 1,000,000 delayed jobs against none, and
+//! Part `history` ([`history`]): `job ID` and `jobs --limit 50` with 1,000,000 records,
+//! pruning them while jobs flow, daemon RSS with them.
+//!
+//! Part `sched` (`parts/sched.rs`): claim cost with 1,000,000 delayed jobs against none, and
 //! the start lateness of delayed jobs (p50, p99) against jobs published for now.
 //!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
-//! `longlived`, `latency`, `rss`, `sched`, `stop`) runs only those parts.
+//! `longlived`, `latency`, `rss`, `stop`, `history`, `http`, `sched`) runs only those parts.
+//! Part `http` is the HTTP face's (`bench/http.rs`).
 
 #[path = "parts/sched.rs"]
 mod sched;
@@ -23,6 +27,11 @@ use std::time::{Duration, Instant};
 use procyard_core::{Child, Command, Deadline, Readiness, Signal, Stdio, ready_pipe};
 use procyard_daemon::queue::{self, OpenMode, QueueBackend};
 use procyard_daemon::{Config, control, worker};
+
+#[path = "bench/history.rs"]
+mod history;
+#[path = "bench/http.rs"]
+mod http;
 
 const WORKER_ENV: &str = "PROCYARD_BENCH_WORKER";
 const NOTIFY_ENV: &str = "PROCYARD_BENCH_NOTIFY";
@@ -83,6 +92,13 @@ fn main() -> anyhow::Result<()> {
             stops.push(stop_time_ms(&daemon_bin, &me)?);
         }
         bench("graceful_stop_10_idle_ms", median(&mut stops), "ms", "symphony_stop_ms", 5000.0);
+    }
+
+    if part("history") {
+        history::run(&daemon_bin, &me)?;
+    }
+    if part("http") {
+        http::run(&daemon_bin, &me)?;
     }
     Ok(())
 }

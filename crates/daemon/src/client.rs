@@ -89,8 +89,14 @@ impl Waited {
 pub struct Published {
     /// The routing key published to.
     pub routing_key: String,
-    /// One id per task bound to it.
+    /// One id per task bound to it (an existing job's id where a unique key matched).
     pub jobs: Vec<String>,
+    /// Whether a unique key matched a job that already existed (`publish --unique`).
+    #[serde(default)]
+    pub duplicate: bool,
+    /// The ids (of `jobs`) of jobs that existed before this publish.
+    #[serde(default)]
+    pub existing: Vec<String>,
 }
 
 /// What [`Client::cancel`] did.
@@ -293,6 +299,10 @@ impl Client {
         left: Option<Duration>,
     ) -> Result<()> {
         let hold = left.unwrap_or(LONGEST_REQUEST).min(LONGEST_REQUEST);
+        // A queue shared by many daemons (PostgreSQL) tells of ends wherever the job ran.
+        if self.queue()?.wait_ends(hold)?.is_some() {
+            return Ok(());
+        }
         let timeout_ms = hold.as_millis().min(u64::MAX as u128) as u64;
         let request = Request::Wait { ids, any_attempt, timeout_ms };
         let socket = self.config.daemon.control_socket.clone();

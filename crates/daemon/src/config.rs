@@ -16,9 +16,10 @@
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
-//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the control
-//!                               # socket, <socket name without .sock>.history.db)
-//! # backend = "postgres": url = "postgres://user@host:5432/db", schema = "procyard"
+//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the socket)
+//! schema = "procyard"           # postgres (with url = "postgres://user@host:5432/db")
+//! durability = "crash"          # sqlite: or "power" (an fsync per commit: a committed job
+//!                               # survives a power cut, not only a crash)
 //!
 //! [[task]]
 //! name = "thumbnail"
@@ -50,6 +51,8 @@
 //! `check-config` use) also checks that it can run here: every task's program exists and can
 //! be executed, every `cwd` exists, and the control socket's path is free or a socket.
 
+#[cfg(test)]
+mod durability_tests;
 mod http;
 mod runnable;
 mod schedule;
@@ -66,7 +69,7 @@ use procyard_core::Backoff;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::queue::{AmqpQueueType, BackendKind, QueueConfig, Retention, TaskBinding};
+use crate::queue::{AmqpQueueType, BackendKind, Durability, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 use validate::Validator;
 
@@ -328,6 +331,7 @@ struct RawQueue {
     queue_type: AmqpQueueType,
     history: Option<Spanned<PathBuf>>,
     schema: Option<Spanned<String>>,
+    durability: Option<Spanned<Durability>>,
 }
 
 #[derive(Deserialize)]

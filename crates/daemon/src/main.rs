@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use procyard_core::{SignalFd, report};
-use procyard_daemon::client::Published;
 use procyard_daemon::config::LogFormat;
 use procyard_daemon::queue::{self, JobFilter, JobState, OpenMode, PartialPublish, Purge, Requeue};
 use procyard_daemon::{Client, Config, DAEMON_SIGNALS, RunOptions, control};
@@ -366,11 +365,13 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                 return jobs::report(&waited, json);
             }
             if json {
-                let published = Published { routing_key: routing_key.clone(), jobs: ids.clone() };
-                let mut v = serde_json::to_value(&published).map_err(|e| e.to_string())?;
-                v["duplicate"] = serde_json::Value::Bool(!existing.is_empty());
-                v["existing"] = serde_json::json!(existing);
-                println!("{v}");
+                let published = procyard_daemon::client::Published {
+                    routing_key: routing_key.clone(),
+                    duplicate: !existing.is_empty(),
+                    jobs: ids.clone(),
+                    existing,
+                };
+                println!("{}", serde_json::to_string(&published).map_err(|e| e.to_string())?);
             } else {
                 for id in &ids {
                     println!("{id}");

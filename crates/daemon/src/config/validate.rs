@@ -143,6 +143,17 @@ impl Validator<'_> {
             let span = raw.queue.exchange.as_ref().map(Spanned::span);
             return Err(self.err(span, "queue.exchange", "must not be empty"));
         }
+        let durability = match &raw.queue.durability {
+            Some(d) if backend != BackendKind::Sqlite => {
+                let why = format!(
+                    "is for the sqlite backend (the {backend} backend's durability is the \
+                     server's own)"
+                );
+                return Err(self.err(Some(d.span()), "queue.durability", &why));
+            }
+            Some(d) => *d.get_ref(),
+            None => Default::default(),
+        };
         let socket_span = raw.daemon.control_socket.as_ref().map(Spanned::span);
         let control_socket = match &raw.daemon.control_socket {
             Some(p) if p.get_ref().as_os_str().is_empty() || runnable::has_nul(p.get_ref()) => {
@@ -413,6 +424,7 @@ impl Validator<'_> {
                 exchange,
                 queue_type: raw.queue.queue_type,
                 schema,
+                durability,
             },
             schedules: self.schedules(&raw.schedule, &tasks)?,
             tasks,

@@ -111,6 +111,8 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/api/jobs", get(jobs).post(publish))
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/logs", get(logs))
+        .route("/api/jobs/{id}/payload", get(payload))
+        .route("/api/jobs/{id}/live", get(live))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/dead", get(dead))
         .route("/api/dead/requeue", post(requeue))
@@ -266,6 +268,48 @@ async fn logs(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }
 
+/// A running job's output so far: asking starts following it (the loop copies its output
+/// with each snapshot while it is asked for), so the first answer may be empty.
+async fn live(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<super::LiveOutput> {
+    check_job_id(&id)?;
+    let now = std::time::Instant::now();
+    let (answer, new) = {
+        let mut followed = app.followed.lock().unwrap_or_else(|p| p.into_inner());
+        let new = !followed.contains_key(&id);
+        let entry = followed.entry(id).or_insert_with(|| (now, super::LiveOutput::default()));
+        entry.0 = now;
+        (entry.1.clone(), new)
+    };
+    if new {
+        // Wake the loop, so it copies the output at its next turn even if the job is silent.
+        app.records
+            .call(|c| {
+                let _ = control::poke(&c.config().daemon.control_socket);
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(Json(answer))
+}
+
+/// A job's payload as sent, only when `[http] show_payloads = true`.
+async fn payload(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !app.show_payloads {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "payloads_hidden",
+            "payloads are not shown: set [http] show_payloads = true",
+        ));
+    }
+    let job = id.clone();
+    let bytes = app.records.call(move |c| c.queue_mut()?.payload(&job)).await?;
+    let bytes = bytes.ok_or(Error::UnknownJob { id })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
 #[derive(Deserialize)]
 struct DeadQuery {
     task: Option<String>,
@@ -295,7 +339,10 @@ async fn publish(
     let Json(b) = body?;
     let key = b.routing_key.clone();
     let jobs = app.records.call(move |c| c.publish(&b.routing_key, b.payload.as_bytes())).await?;
-    Ok((StatusCode::CREATED, Json(Published { routing_key: key, jobs })))
+    Ok((
+        StatusCode::CREATED,
+        Json(Published { routing_key: key, jobs, duplicate: false, existing: Vec::new() }),
+    ))
 }
 
 /// What a cancel did.

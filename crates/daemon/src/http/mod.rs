@@ -17,7 +17,8 @@
 //! # Routes
 //!
 //! `GET /` (the page), `/metrics`, `/api/status`, `/api/jobs?task=&state=&limit=&offset=`,
-//! `/api/jobs/ID`, `/api/jobs/ID/logs?attempt=&stream=`, `/api/dead?task=`, `/api/events`
+//! `/api/jobs/ID`, `/api/jobs/ID/logs?attempt=&stream=`, `/api/jobs/ID/payload` (with
+//! `show_payloads = true` only; 403 otherwise), `/api/dead?task=`, `/api/events`
 //! (SSE); `POST /api/jobs` (publish), `/api/jobs/ID/cancel`, `/api/dead/requeue`,
 //! `/api/dead/purge`, `/api/tasks/NAME/pause`, `/resume`, `/scale`. Errors are JSON
 //! (`{"error": {"kind", "message"}}`) with the HTTP status that fits. The JSON bodies are the
@@ -46,6 +47,22 @@ use crate::{Error, Result};
 
 /// The loop publishes a snapshot at most this often.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+/// A job's output is followed live while a page asked for it within this long.
+const FOLLOW_FOR: Duration = Duration::from_secs(10);
+
+/// A running job's output so far, as the loop copied it for a page that follows the job.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct LiveOutput {
+    /// Whether this daemon runs the job now.
+    pub running: bool,
+    /// Its stdout so far (oneshot jobs).
+    pub stdout: Option<crate::queue::Captured>,
+    /// Its stderr so far.
+    pub stderr: Option<crate::queue::Captured>,
+}
+
+/// The jobs pages follow: when each was last asked for, and its output as last copied.
+type Followed = std::sync::Mutex<HashMap<String, (Instant, LiveOutput)>>;
 
 /// What the handlers share.
 pub(crate) struct App {
@@ -55,6 +72,8 @@ pub(crate) struct App {
     token: Option<String>,
     csrf: String,
     loopback: bool,
+    show_payloads: bool,
+    followed: Arc<Followed>,
 }
 
 /// The loop's side of the HTTP face.
@@ -65,6 +84,7 @@ pub(crate) struct Face {
     dirty: bool,
     /// When each running job's attempt started (for the duration histogram).
     starts: HashMap<String, Instant>,
+    followed: Arc<Followed>,
 }
 
 impl Face {
@@ -83,13 +103,16 @@ impl Face {
             .map_err(|e| Error::io("read the address of", settings.listen.to_string(), e))?;
         let (tx, rx) = watch::channel(Arc::new(status));
         let live = Arc::new(LoopMetrics::default());
+        let followed = Arc::new(Followed::default());
         let app = Arc::new(App {
+            followed: followed.clone(),
             snapshots: rx,
             live: live.clone(),
             records: Records::start(config.clone())?,
             token,
             csrf: auth::random_token()?,
             loopback: settings.is_loopback(),
+            show_payloads: settings.show_payloads,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -120,6 +143,7 @@ impl Face {
             last_publish: Instant::now(),
             dirty: false,
             starts: HashMap::new(),
+            followed,
         })
     }
 
@@ -134,6 +158,16 @@ impl Face {
         self.snapshots.send_replace(Arc::new(status));
         self.last_publish = now;
         self.dirty = false;
+    }
+
+    /// Copies the output of the jobs pages follow (`output(id)`: `None` when not running
+    /// here). Never waits: if a handler holds the lock, this turn skips it.
+    pub(crate) fn copy_followed(&self, now: Instant, output: impl Fn(&str) -> Option<LiveOutput>) {
+        let Ok(mut followed) = self.followed.try_lock() else { return };
+        followed.retain(|_, (asked, _)| now.duration_since(*asked) < FOLLOW_FOR);
+        for (id, (_, live)) in followed.iter_mut() {
+            *live = output(id).unwrap_or_default();
+        }
     }
 
     /// When the loop must wake to publish what changed since the last snapshot.

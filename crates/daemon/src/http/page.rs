@@ -27,8 +27,10 @@ const PAGE_HEADERS: [(header::HeaderName, &str); 3] = [
 ];
 
 pub(super) async fn index(State(app): State<Arc<App>>) -> Response {
-    let html =
-        INDEX.replace("{{CSRF}}", &app.csrf).replace("{{VERSION}}", env!("CARGO_PKG_VERSION"));
+    let html = INDEX
+        .replace("{{CSRF}}", &app.csrf)
+        .replace("{{VERSION}}", env!("CARGO_PKG_VERSION"))
+        .replace("{{PAYLOADS}}", if app.show_payloads { "shown" } else { "hidden" });
     (PAGE_HEADERS, Html(html)).into_response()
 }
 

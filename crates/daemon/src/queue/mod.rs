@@ -1,5 +1,6 @@
-//! The queue abstraction: what the daemon needs from a job queue, with two backends —
-//! [`sqlite`] (embedded, the default) and [`amqp`] (RabbitMQ, AMQP 0-9-1).
+//! The queue abstraction: what the daemon needs from a job queue, with three backends —
+//! [`sqlite`] (embedded, the default), [`amqp`] (RabbitMQ, AMQP 0-9-1) and [`postgres`] (many
+//! daemons on one PostgreSQL schema, with shared job records).
 //!
 //! # How the daemon drives a backend
 //!
@@ -114,7 +115,9 @@ pub mod sqlite;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-pub use self::config::{AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding};
+pub use self::config::{
+    AmqpQueueType, BackendKind, Durability, OpenMode, QueueConfig, TaskBinding,
+};
 pub use self::history::{
     Attempt, AttemptEnd, AttemptReport, Captured, JobFilter, JobRecord, JobState, Purge,
     ResourceUse, Retention, check_job_id,
@@ -264,11 +267,27 @@ pub trait QueueBackend {
         Err(crate::Error::Unsupported { backend: "amqp", what: "keep job records" })
     }
 
+    /// A job's payload (`None` when there is no such job): what the HTTP face shows when
+    /// `[http] show_payloads` is on. The default: [`Error::Unsupported`](crate::Error::Unsupported).
+    fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        let _ = id;
+        Err(crate::Error::Unsupported { backend: "amqp", what: "show payloads" })
+    }
+
     /// Cancels a job that waits in the queue (ready or delayed): `Ok(true)` when it is now
     /// cancelled, `Ok(false)` when it is not waiting (running, ended, unknown).
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
         let _ = id;
         Err(crate::Error::Unsupported { backend: "amqp", what: "cancel jobs" })
+    }
+
+    /// Client: blocks until a job or an attempt ends anywhere on a queue whose records every
+    /// daemon shares (PostgreSQL), or `timeout` passes; the first call only starts listening
+    /// and returns at once, so the caller looks at its jobs again with nothing missed. `None`
+    /// (the default): the backend cannot tell, ask the daemon.
+    fn wait_ends(&mut self, timeout: std::time::Duration) -> Result<Option<()>> {
+        let _ = timeout;
+        Ok(None)
     }
 
     /// Deletes ended jobs as `purge` says, in small transactions; returns how many.
@@ -428,7 +447,9 @@ pub trait QueueBackend {
 /// Opens the backend the config names.
 pub fn open(config: &QueueConfig, mode: OpenMode) -> Result<Box<dyn QueueBackend>> {
     match config.backend {
-        BackendKind::Sqlite => Ok(Box::new(sqlite::SqliteQueue::open(&config.path, mode)?)),
+        BackendKind::Sqlite => {
+            Ok(Box::new(sqlite::SqliteQueue::open_with(&config.path, mode, config.durability)?))
+        }
         BackendKind::Amqp => amqp::open(config, mode),
         BackendKind::Postgres => postgres::open(config, mode),
     }

@@ -177,7 +177,8 @@ impl Shell {
                     &captures,
                     true,
                 );
-                (None, capture.map(|c| c.finish()))
+                // Nothing written: nothing stored (no empty blob per job).
+                (None, capture.filter(|c| c.total() > 0).map(|c| c.finish()))
             }
         };
         let reason = match outcome {
@@ -299,10 +300,26 @@ impl Shell {
     pub(super) fn publish_http(&mut self, now: Instant) {
         if self.http.as_mut().is_some_and(|h| h.note_turn(now)) {
             let status = self.light_status();
+            if let Some(h) = &self.http {
+                h.copy_followed(now, |id| self.live_output(id));
+            }
             if let Some(h) = &mut self.http {
                 h.publish(status, now);
             }
         }
+    }
+
+    /// The output so far of job `id`, if a worker here runs it.
+    fn live_output(&self, id: &str) -> Option<crate::http::LiveOutput> {
+        let w =
+            self.state.workers.values().find(|w| w.job.as_ref().is_some_and(|r| r.job.id == id))?;
+        let p = self.processes.get(&w.id)?;
+        let (stdout, stderr) = match (&p.output, &p.relay) {
+            (Some(o), _) => (Some(o.out.peek()), Some(o.err.peek())),
+            (None, Some(r)) => (None, r.job.as_ref().map(|c| c.peek())),
+            (None, None) => (None, None),
+        };
+        Some(crate::http::LiveOutput { running: true, stdout, stderr })
     }
 
     /// A second stop signal: KILL every worker and escapee, reap the workers, stop.

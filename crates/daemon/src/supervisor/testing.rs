@@ -48,6 +48,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             exchange: "procyard".into(),
             queue_type: AmqpQueueType::Quorum,
             schema: "procyard".into(),
+            durability: Default::default(),
         },
         tasks,
         schedules: Vec::new(),

@@ -295,3 +295,55 @@ fn daemon_http_security_tokens_and_origins() {
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(sb.status().groups.iter().any(|g| g.paused), "only the same-origin pause applied");
 }
+
+/// Payloads stay hidden unless `show_payloads = true`; then the API and the page show them.
+#[test]
+fn daemon_http_payloads_hidden_unless_shown() {
+    let (mut sb, base) = web::sandbox(&tasks(), "");
+    sb.start();
+    let http = Http::new(&base);
+    let id = sb.publish("ok.p", b"secret stuff").remove(0);
+    let r = http.get(&format!("/api/jobs/{id}/payload"));
+    assert_eq!((r.status, r.kind()), (403, "payloads_hidden".into()));
+    let record = http.get(&format!("/api/jobs/{id}")).json();
+    assert!(record.get("payload").is_none() && record["payload_len"] == 12, "{record}");
+    drop(sb);
+
+    let (mut sb, base) = web::sandbox(&tasks(), "show_payloads = true");
+    sb.start();
+    let http = Http::new(&base);
+    let id = sb.publish("ok.p", b"secret stuff").remove(0);
+    let r = http.get(&format!("/api/jobs/{id}/payload"));
+    assert_eq!((r.status, r.body.as_str()), (200, "secret stuff"));
+    assert!(http.get("/").body.contains("name=\"payloads\" content=\"shown\""));
+    let r = http.get("/api/jobs/01900000-0000-7000-8000-000000000000/payload");
+    assert_eq!(r.status, 404);
+}
+
+/// A running job's output can be followed live: `/api/jobs/ID/live` shows what it printed
+/// so far while it runs, and the record has all of it once it ends.
+#[test]
+fn daemon_http_live_output_of_a_running_job() {
+    let tasks = r#"[[task]]
+name = "slow"
+routing_keys = ["slow.#"]
+command = ["sh", "-c", "echo first; echo oops >&2; while [ ! -e {dir}/go ]; do sleep 0.05; done; echo second"]
+"#;
+    let (mut sb, base) = web::sandbox(tasks, "");
+    sb.start();
+    let http = Http::new(&base);
+    let id = sb.publish("slow.x", b"").remove(0);
+    sb.wait_until("its output so far", SECS(30), |_| {
+        let live = http.get(&format!("/api/jobs/{id}/live")).json();
+        live["running"] == true
+            && live["stdout"]["bytes"] == "first\n"
+            && live["stderr"]["bytes"] == "oops\n"
+    });
+    std::fs::write(sb.path().join("go"), "").expect("go");
+    sb.wait_until("the job done", SECS(30), |_| job_state(&http, &id) == "done");
+    assert_eq!(http.get(&format!("/api/jobs/{id}/logs")).body, "first\nsecond\n");
+    sb.wait_until("no longer running", SECS(10), |_| {
+        http.get(&format!("/api/jobs/{id}/live")).json()["running"] == false
+    });
+    assert_eq!(http.get("/api/jobs/nope/live").status, 400);
+}

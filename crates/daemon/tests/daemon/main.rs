@@ -3,6 +3,7 @@
 
 #[path = "../common/broker.rs"]
 mod broker;
+mod browser;
 mod cancel;
 mod example_client;
 mod follow;

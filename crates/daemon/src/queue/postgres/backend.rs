@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::PgQueue;
 use crate::queue::{
@@ -112,6 +112,10 @@ impl QueueBackend for PgQueue {
 
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
         self.cancel_row(id)
+    }
+
+    fn wait_ends(&mut self, timeout: Duration) -> Result<Option<()>> {
+        self.wait_for_ends(timeout).map(Some)
     }
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {

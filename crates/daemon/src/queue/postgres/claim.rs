@@ -189,6 +189,7 @@ impl PgQueue {
         let keep = !self.retention.keep_done.is_zero();
         // Kept until the transaction commits: after a failure the next write has them.
         let buffers = std::mem::take(&mut self.buffers);
+        let ended = self.target.ended_channel();
         let result = (|| {
             let conn = self.conn()?;
             let e = |err| Error::Postgres {
@@ -202,11 +203,16 @@ impl PgQueue {
                 s.push(conn.stmt(sql).map_err(e)?);
             }
             let claim_stmt = conn.stmt(CLAIM).map_err(e)?;
+            let notify_one = conn.stmt("SELECT pg_notify($1, '')").map_err(e)?;
             let mut tx = conn.client.transaction().map_err(e)?;
             write_holders(&mut tx, &s[0], &buffers).map_err(e)?;
             write_attempts(&mut tx, &s[1], &buffers, keep).map_err(e)?;
             let retried =
                 write_outcomes(&mut tx, [&s[2], &s[3], &s[4]], &buffers, owner).map_err(e)?;
+            if !buffers.outcomes.is_empty() || !buffers.ended.is_empty() {
+                // Clients waiting for jobs (`wait`, `logs -f`) look again.
+                tx.execute(&notify_one, &[&ended]).map_err(e)?;
+            }
             let mut jobs = Vec::new();
             if let Some((task, max)) = claim {
                 let rows = tx.query(&claim_stmt, &[&owner, &task, &(max as i64)]).map_err(e)?;

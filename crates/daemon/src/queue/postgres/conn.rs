@@ -103,6 +103,11 @@ impl Target {
     pub(super) fn channel(&self) -> String {
         format!("{}_jobs", self.schema)
     }
+
+    /// The channel daemons notify when jobs or attempts end (`wait`, `logs -f`).
+    pub(super) fn ended_channel(&self) -> String {
+        format!("{}_ended", self.schema)
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -181,6 +181,8 @@ pub(crate) struct PgQueue {
     due_cache: Option<Option<Instant>>,
     /// The last error was the backoff still running (not a new failure).
     waiting: bool,
+    /// Client: `LISTEN`ing for job ends.
+    listening_ends: bool,
     /// The next pruning step.
     prune_at: Instant,
     /// The count-based pruning cutoff `(finished_ms, seq)` and when it was read.
@@ -223,6 +225,7 @@ impl PgQueue {
             trouble: None,
             due_cache: None,
             waiting: false,
+            listening_ends: false,
             prune_at: Instant::now(),
             prune_count: None,
         })
@@ -281,5 +284,39 @@ impl PgQueue {
                 Trouble::note(&mut self.trouble, e.chain().to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use toml::Spanned;
+
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Q {
+        url: Option<Spanned<String>>,
+        schema: Option<Spanned<String>>,
+    }
+
+    fn check(text: &str) -> std::result::Result<String, (&'static str, String)> {
+        let q: Q = toml::from_str(text).unwrap();
+        check_config(BackendKind::Postgres, &q.url, &q.schema).map_err(|(_, f, m)| (f, m))
+    }
+
+    /// The config names the field at fault; the schema defaults to `procyard`.
+    #[test]
+    fn config_checks_the_url_and_the_schema() {
+        assert_eq!(check("url = \"postgres://u@h/db\"").unwrap(), DEFAULT_SCHEMA);
+        assert_eq!(check("url = \"postgresql://h/db\"\nschema = \"c2\"").unwrap(), "c2");
+        assert_eq!(check("").unwrap_err().0, "queue.url");
+        assert_eq!(check("url = \"amqp://h\"").unwrap_err().0, "queue.url");
+        assert_eq!(check("url = \"postgres://h:port/db\"").unwrap_err().0, "queue.url");
+        let (field, msg) = check("url = \"postgres://h/db\"\nschema = \"A-b\"").unwrap_err();
+        assert_eq!(field, "queue.schema");
+        assert!(msg.contains("lower-case"), "{msg}");
+        let q: Q = toml::from_str("").unwrap();
+        assert_eq!(check_config(BackendKind::Sqlite, &q.url, &q.schema).unwrap(), DEFAULT_SCHEMA);
     }
 }

@@ -37,14 +37,13 @@ impl SqliteQueue {
             Some(Some(due)) if due > now => Some(due),
             Some(None) => None,
             _ => {
+                // Prepared once: asked again after every poke.
                 let due: Option<i64> = self
                     .conn
-                    .query_row(
+                    .prepare_cached(
                         "SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > ?1",
-                        params![now],
-                        |row| row.get(0),
                     )
-                    .optional()
+                    .and_then(|mut stmt| stmt.query_row(params![now], |row| row.get(0)).optional())
                     .map_err(|e| Error::queue("read retry times from", &self.path, e))?
                     .flatten();
                 self.due_cache = Some(due);

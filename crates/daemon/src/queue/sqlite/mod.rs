@@ -34,12 +34,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
-use super::BackendKind;
 use super::{
     Abandoned, AttemptReport, DeadLetter, FileChange, Health, Job, JobFilter, JobRecord,
     LeaseHolder, OpenMode, Outcome, PartialPublish, Publication, PublishOptions, Purge,
     QueueBackend, QueueDepth, Receipt, Requeue, Retention, ScheduleStatus, TaskBinding,
 };
+use super::{BackendKind, Durability};
 use crate::schedule::ScheduleConfig;
 use crate::{Error, Result, routing};
 
@@ -129,6 +129,11 @@ impl SqliteQueue {
     /// daemon lock; the jobs a previous daemon left leased stay leased until
     /// [`QueueBackend::recover`] (after the daemon stopped their workers).
     pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteQueue> {
+        SqliteQueue::open_with(path, mode, Durability::Crash)
+    }
+
+    /// [`SqliteQueue::open`] with what its commits survive (`[queue] durability`).
+    pub fn open_with(path: &Path, mode: OpenMode, durability: Durability) -> Result<SqliteQueue> {
         if path.as_os_str().is_empty() {
             return Err(Error::io("open queue", path, std::io::ErrorKind::InvalidInput.into()));
         }
@@ -138,7 +143,7 @@ impl SqliteQueue {
             OpenMode::Client => None,
             OpenMode::Daemon => Some(lease::lock(path)?),
         };
-        let conn = schema::connect(path, mode)?;
+        let conn = schema::connect_with(path, mode, durability)?;
         files::tighten(path);
         let identity = match mode {
             OpenMode::Daemon => Some(FileIdentity::of(path)?),
@@ -308,6 +313,10 @@ impl QueueBackend for SqliteQueue {
 
     fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         self.history().jobs(filter)
+    }
+
+    fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        self.history().payload(id)
     }
 
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {

@@ -1,4 +1,5 @@
-//! The queue file's tables and how a connection to it is set up: WAL, plans kept prepared,
+//! The queue file's tables and how a connection to it is set up: WAL (`synchronous` as the
+//! `[queue] durability` says), plans kept prepared,
 //! an integrity check for a daemon, the schema created and older files migrated.
 //!
 //! One row per job and receiving task in `jobs` (its state one of the `STATE_*` codes below;
@@ -12,7 +13,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::{files, holders};
-use crate::queue::OpenMode;
+use crate::queue::{Durability, OpenMode};
 use crate::{Error, Result};
 
 // The indexes hold only the rows they serve, so a history of a million done jobs costs the
@@ -160,6 +161,15 @@ pub(super) fn missing_columns(
 /// Opens the database at `path` (already created private), configured, checked (a daemon
 /// refuses a corrupt file), with the current schema.
 pub(crate) fn connect(path: &Path, mode: OpenMode) -> Result<Connection> {
+    connect_with(path, mode, Durability::Crash)
+}
+
+/// [`connect`] with the commits' `durability` (`synchronous` setting).
+pub(crate) fn connect_with(
+    path: &Path,
+    mode: OpenMode,
+    durability: Durability,
+) -> Result<Connection> {
     let q = |action, e| Error::queue(action, path, e);
     let mut conn = Connection::open(path).map_err(|e| q("open", e))?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(|e| q("configure", e))?;
@@ -167,7 +177,8 @@ pub(crate) fn connect(path: &Path, mode: OpenMode) -> Result<Connection> {
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(|e| q("configure", e))?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| q("enable WAL on", e))?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| q("configure", e))?;
+    conn.pragma_update(None, "synchronous", durability.synchronous())
+        .map_err(|e| q("configure", e))?;
     if mode == OpenMode::Daemon {
         files::quick_check(&conn, path)?;
     }
@@ -202,6 +213,23 @@ mod tests {
         let n: i64 = again.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap();
         let journal: String = again.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!((n, journal.as_str()), (1, "wal"));
+    }
+
+    /// `durability = "power"` syncs every commit (`synchronous = FULL`, 2); `"crash"` (the
+    /// default) leaves it to checkpoints (`NORMAL`, 1). Both stay in WAL.
+    #[test]
+    fn durability_sets_synchronous() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        for (durability, level) in [(Durability::Crash, 1), (Durability::Power, 2)] {
+            let conn = connect_with(&path, OpenMode::Client, durability).unwrap();
+            let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+            let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+            assert_eq!((sync, journal.as_str()), (level, "wal"), "{durability:?}");
+        }
+        let default = connect(&path, OpenMode::Client).unwrap();
+        let sync: i64 = default.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 1);
     }
 
     /// A queue file whose `attempts` predate the resource use gains its columns and keeps its
