@@ -35,7 +35,7 @@
 //!   the daemon's number back if no other daemon recovered its leases meanwhile; otherwise
 //!   the daemon registers anew, and the outcomes of its earlier leases are dropped (the jobs
 //!   already run again elsewhere: at least once, never lost).
-//! - **History** (`records.rs`): the same [`JobRecord`] as SQLite, readable from any daemon or
+//! - **History** (`records.rs`): the same [`JobRecord`](crate::queue::JobRecord) as SQLite, readable from any daemon or
 //!   client on the database; retention prunes finished rows in batches of 500 with `SKIP
 //!   LOCKED` (they are never rows a claim needs).
 //!
