@@ -27,6 +27,13 @@ const CLAIM: &str = "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_o
                   ORDER BY not_before, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
     RETURNING seq, id, routing_key, payload, attempts";
 
+/// Puts back the jobs leased to this daemon (`$1`) that it does not know it holds (not in
+/// `$2`): after a claim whose commit was not confirmed (the connection dropped during it),
+/// the server may have committed the claim that the daemon never saw.
+const RELEASE_UNSEEN: &str = "UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
+        lease_owner = NULL, not_before = now_ms()
+    WHERE state = 1 AND lease_owner = $1 AND NOT (seq = ANY($2))";
+
 const HOLDERS: &str = "UPDATE jobs j SET worker_pid = u.pid, worker_start = u.start,
         worker_pgid = u.pgid, worker_boot = u.boot, worker_started_ms = u.at
     FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[],
@@ -190,6 +197,8 @@ impl PgQueue {
         // Kept until the transaction commits: after a failure the next write has them.
         let buffers = std::mem::take(&mut self.buffers);
         let ended = self.target.ended_channel();
+        let unsure = self.unsure_claim;
+        let known: Vec<i64> = self.leases.keys().copied().collect();
         let result = (|| {
             let conn = self.conn()?;
             let e = |err| Error::Postgres {
@@ -212,6 +221,15 @@ impl PgQueue {
             if !buffers.outcomes.is_empty() || !buffers.ended.is_empty() {
                 // Clients waiting for jobs (`wait`, `logs -f`) look again.
                 tx.execute(&notify_one, &[&ended]).map_err(e)?;
+            }
+            if unsure {
+                let put_back = tx.execute(RELEASE_UNSEEN, &[&owner, &known]).map_err(e)?;
+                if put_back > 0 {
+                    tracing::warn!(
+                        jobs = put_back,
+                        "postgres: a claim was committed but its answer lost with the connection; those jobs are back in ready"
+                    );
+                }
             }
             let mut jobs = Vec::new();
             if let Some((task, max)) = claim {
@@ -236,9 +254,12 @@ impl PgQueue {
             Ok(r) => r,
             Err(e) => {
                 self.buffers = buffers;
+                // A claim whose commit was not confirmed may have taken jobs all the same.
+                self.unsure_claim |= claim.is_some();
                 return Err(e);
             }
         };
+        self.unsure_claim = false;
         for p in &buffers.outcomes {
             self.leases.remove(&p.seq);
         }
