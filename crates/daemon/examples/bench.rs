@@ -21,7 +21,7 @@ use procyard_core::{Child, Command, Deadline, Readiness, Signal, Stdio, ready_pi
 use procyard_daemon::queue::{self, OpenMode, QueueBackend};
 use procyard_daemon::{Config, control, worker};
 
-#[path = "bench_history.rs"]
+#[path = "bench_parts/history.rs"]
 mod history;
 
 const WORKER_ENV: &str = "PROCYARD_BENCH_WORKER";
