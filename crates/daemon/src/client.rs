@@ -167,6 +167,12 @@ impl Client {
         result
     }
 
+    /// Makes the jobs published after this call report their end to this client where the
+    /// backend can (AMQP: a reply queue), for a [`Client::wait`] that follows.
+    pub fn expect_replies(&mut self) -> Result<()> {
+        self.queue()?.expect_replies()
+    }
+
     /// Publishes and waits for the jobs to end (or `timeout` to pass).
     pub fn publish_and_wait(
         &mut self,
@@ -174,8 +180,8 @@ impl Client {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<Waited> {
-        let ids = self.queue()?.publish_with_reply(routing_key, payload)?;
-        self.poke();
+        self.expect_replies()?;
+        let ids = self.publish(routing_key, payload)?;
         self.wait(&ids, timeout)
     }
 

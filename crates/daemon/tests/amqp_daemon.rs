@@ -143,6 +143,7 @@ backoff_initial = "50ms"
             url: Some(self.url.clone()),
             exchange: self.exchange.clone(),
             queue_type: AmqpQueueType::Quorum,
+            events: true,
         };
         let mut client = queue::open(&config, OpenMode::Client).expect("client");
         let binding = TaskBinding {

@@ -60,6 +60,10 @@ pub struct QueueConfig {
     pub exchange: String,
     /// The kind of durable queue declared for tasks (backend `amqp`; default quorum).
     pub queue_type: AmqpQueueType,
+    /// Whether the daemon publishes job events on `<exchange>.events` (backend `amqp`;
+    /// `[queue] events`, default true). Replies to `publish --wait` and cancel requests do not
+    /// depend on it.
+    pub events: bool,
 }
 
 /// What a backend needs to know about one task: its name (the queue name) and its bindings.
