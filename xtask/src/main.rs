@@ -107,7 +107,10 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 fn test() -> Result<()> {
     ensure_rabbitmq()?;
+    ensure_postgres()?;
     ensure_serf()?;
+    ensure_debian_tool("promtool", "prometheus", "the /metrics test")?;
+    ensure_debian_tool("chromedriver", "chromium chromium-driver", "the dashboard's browser test")?;
     let timeout = match std::env::var("PROCYARD_TEST_TIMEOUT_SECS") {
         Ok(v) => Duration::from_secs(
             v.parse()
@@ -267,6 +270,57 @@ fn ensure_rabbitmq() -> Result<()> {
     Ok(())
 }
 
+fn postgres_answers() -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], 5432).into();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// The PostgreSQL tests need a database: `PROCYARD_PG_URL`, or the server on 127.0.0.1:5432
+/// with database `test` reachable as `postgres` without a password. When none answers, start
+/// Debian's cluster (installing `postgresql` when missing, then trusting local TCP logins and
+/// creating `test`). Under CI a database is mandatory.
+fn ensure_postgres() -> Result<()> {
+    if std::env::var_os("PROCYARD_PG_URL").is_some() || postgres_answers() {
+        return Ok(());
+    }
+    eprintln!("xtask: no PostgreSQL on 127.0.0.1:5432; trying to start it");
+    let sh = |script: &str| Command::new("sh").args(["-c", script]).status();
+    let have = || sh("command -v pg_ctlcluster >/dev/null").is_ok_and(|s| s.success());
+    if !have() {
+        eprintln!("xtask: installing postgresql from Debian's packages");
+        let install = sh(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql",
+        );
+        if !install.is_ok_and(|s| s.success()) && is_ci() {
+            bail!("PostgreSQL is needed by the tests under CI=true and could not be installed");
+        }
+    }
+    // Every cluster Debian knows, started; local TCP logins trusted (a test machine's own
+    // database, reached only from 127.0.0.1); database `test` created.
+    let _ = sh("for hba in /etc/postgresql/*/main/pg_hba.conf; do \
+          grep -q '^host all all 127.0.0.1/32 trust' \"$hba\" || \
+          sed -i '1i host all all 127.0.0.1/32 trust' \"$hba\"; done; \
+        pg_lsclusters -h 2>/dev/null | while read v c _; do pg_ctlcluster \"$v\" \"$c\" start; \
+          pg_ctlcluster \"$v\" \"$c\" reload; done");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if postgres_answers() {
+            let _ = sh(
+                "su postgres -c \"psql -qAtc \\\"SELECT 1 FROM pg_database WHERE datname = 'test'\\\" | grep -q 1 || createdb test\"",
+            );
+            eprintln!("xtask: PostgreSQL is answering");
+            return Ok(());
+        }
+        // Waiting for an external service to open its port: there is no event to wait on.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if is_ci() {
+        bail!("PostgreSQL is needed by the tests under CI=true and did not start within 120 s");
+    }
+    eprintln!("xtask: PostgreSQL unavailable; the postgres tests will say they were skipped");
+    Ok(())
+}
+
 /// The serf agent for asyncjob's interop test: installed from Debian's packages when missing.
 /// Under `CI=true` a serf that cannot be installed is an error; elsewhere the test says it was
 /// skipped.
@@ -297,6 +351,36 @@ fn ensure_serf() -> Result<()> {
     Ok(())
 }
 
+/// A program a test needs, from Debian's packages when missing (promtool for the daemon's
+/// `/metrics` test; chromium and chromedriver for its browser test). Those tests fail without
+/// it, so a tool that cannot be installed is an error under `CI=true` and a warning elsewhere.
+fn ensure_debian_tool(program: &str, packages: &str, needed_by: &str) -> Result<()> {
+    let have = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {packages} from Debian's packages ({needed_by})");
+    let install = Command::new("sh")
+        .args([
+            "-c",
+            &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {packages}"),
+        ])
+        .status();
+    if install.is_ok_and(|s| s.success()) && have() {
+        return Ok(());
+    }
+    if is_ci() {
+        bail!("{program} is needed by {needed_by} under CI=true and could not be installed");
+    }
+    eprintln!("xtask: {program} unavailable; {needed_by} will fail");
+    Ok(())
+}
+
 /// Each crate's benchmark example (name, file under the crate's `examples/`), in report order.
 /// Example names are unique across the workspace so their binaries do not collide.
 const BENCHES: &[(&str, &str, &str)] = &[
@@ -305,12 +389,14 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("procyard-procmgr", "bench_procmgr", "bench.rs"),
     ("procyard-daemon", "bench_daemon", "bench.rs"),
     ("procyard-daemon", "bench_amqp", "bench_amqp.rs"),
+    ("procyard-daemon", "bench_pg", "bench_pg.rs"),
     ("procyard-bgtask", "bench_bgtask", "bench.rs"),
     ("procyard-resultworker", "bench_resultworker", "bench.rs"),
 ];
 
 fn bench() -> Result<()> {
     ensure_rabbitmq()?;
+    ensure_postgres()?;
     // The benchmarks drive the release binaries (daemons, supervisors): build them first.
     let mut build = cargo();
     build.args(["build", "--quiet", "--release", "--workspace", "--bins"]);

@@ -55,6 +55,17 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// An operation on the PostgreSQL queue failed (backend `postgres`).
+    #[error("unable to {action} the PostgreSQL queue {target}")]
+    Postgres {
+        /// What was being done ("connect to", "claim jobs from").
+        action: &'static str,
+        /// Where: the database (its URL without the password) and the schema.
+        target: String,
+        /// What the driver or the server said.
+        #[source]
+        source: BoxError,
+    },
     /// This build has no AMQP backend.
     #[error("AMQP backend not available in this build")]
     AmqpUnavailable,

@@ -1,5 +1,5 @@
 //! procyard-daemon: a supervisor that runs groups of worker processes fed by a job queue —
-//! an embedded SQLite file by default, RabbitMQ (AMQP 0-9-1) for many machines.
+//! an embedded SQLite file by default, RabbitMQ (AMQP 0-9-1) or PostgreSQL for many machines.
 //!
 //! # Concepts
 //!
@@ -48,7 +48,7 @@
 //!
 //! # Job records
 //!
-//! Every job keeps a record (the SQLite backend): its state (`ready`, `delayed`, `running`,
+//! Every job keeps a record (the SQLite and PostgreSQL backends): its state (`ready`, `delayed`, `running`,
 //! `done`, `failed`, `dead`, `cancelled`), and each attempt — worker pid, start and end, how
 //! it ended (exit code or signal, timed out, worker lost, daemon lost), the reason, and a
 //! oneshot job's stdout and stderr, captured and bounded by the task's `output_limit`
@@ -90,8 +90,8 @@
 //!
 //! # Limitations
 //!
-//! Linux only. One daemon per SQLite queue file (an `flock` enforces it); use the AMQP
-//! backend to spread one queue over several daemons. Changing `[queue]` or the control socket
+//! Linux only. One daemon per SQLite queue file (an `flock` enforces it); use the AMQP or
+//! PostgreSQL backend to spread one queue over several daemons. Changing `[queue]` or the control socket
 //! needs a restart, not a reload.
 //!
 //! A job's processes stop with it: its worker's process group is signalled, and the
@@ -113,10 +113,14 @@ pub mod client;
 pub mod config;
 pub mod control;
 mod error;
+pub mod follow;
+pub mod http;
+pub mod limits;
 mod notify;
 pub mod protocol;
 pub mod queue;
 pub mod routing;
+pub mod schedule;
 pub mod status;
 mod supervisor;
 pub mod worker;

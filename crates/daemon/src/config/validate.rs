@@ -25,7 +25,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(
+    pub(super) fn err(
         &self,
         span: Option<Range<usize>>,
         field: impl Into<String>,
@@ -39,7 +39,7 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         v: &Option<Spanned<DurationValue>>,
         field: String,
@@ -61,7 +61,7 @@ impl Validator<'_> {
         })
     }
 
-    fn count(
+    pub(super) fn count(
         &self,
         v: &Option<Spanned<i64>>,
         field: String,
@@ -114,6 +114,7 @@ impl Validator<'_> {
         };
         let url = raw.queue.url.as_ref().map(|u| u.get_ref().clone());
         if let Some(u) = &raw.queue.url
+            && backend != BackendKind::Postgres
             && !(u.get_ref().starts_with("amqp://") || u.get_ref().starts_with("amqps://"))
         {
             return Err(self.err(
@@ -122,6 +123,9 @@ impl Validator<'_> {
                 "must start with amqp:// or amqps://",
             ));
         }
+        let schema =
+            crate::queue::postgres::check_config(backend, &raw.queue.url, &raw.queue.schema)
+                .map_err(|(span, field, message)| self.err(span, field, message))?;
         if backend == BackendKind::Amqp && url.is_none() {
             return Err(self.err(
                 None,
@@ -139,6 +143,17 @@ impl Validator<'_> {
             let span = raw.queue.exchange.as_ref().map(Spanned::span);
             return Err(self.err(span, "queue.exchange", "must not be empty"));
         }
+        let durability = match &raw.queue.durability {
+            Some(d) if backend != BackendKind::Sqlite => {
+                let why = format!(
+                    "is for the sqlite backend (the {backend} backend's durability is the \
+                     server's own)"
+                );
+                return Err(self.err(Some(d.span()), "queue.durability", &why));
+            }
+            Some(d) => *d.get_ref(),
+            None => Default::default(),
+        };
         let socket_span = raw.daemon.control_socket.as_ref().map(Spanned::span);
         let control_socket = match &raw.daemon.control_socket {
             Some(p) if p.get_ref().as_os_str().is_empty() || runnable::has_nul(p.get_ref()) => {
@@ -235,6 +250,7 @@ impl Validator<'_> {
                     i64::MAX,
                 )? as u64,
             },
+            timezone: self.timezone(&raw.daemon.timezone, "daemon.timezone")?,
         };
         let mut tasks: Vec<TaskConfig> = Vec::new();
         for (i, t) in raw.task.iter().enumerate() {
@@ -355,6 +371,7 @@ impl Validator<'_> {
                 let s = t.backoff_max.as_ref().map(Spanned::span);
                 return Err(self.err(s, f("backoff_max"), "is shorter than backoff_initial"));
             }
+            let limits = self.task_limits(t, i, &name)?;
             tasks.push(TaskConfig {
                 name,
                 routing_keys: t
@@ -386,6 +403,7 @@ impl Validator<'_> {
                     0,
                     64 * 1024 * 1024,
                 )? as usize,
+                limits,
             });
         }
         if tasks.is_empty() {
@@ -395,6 +413,7 @@ impl Validator<'_> {
                 "no [[task]] is defined; the daemon would have nothing to run",
             ));
         }
+        let http = super::http::validate(self.path, self.text, raw.http.as_ref())?;
         Ok(Config {
             path: self.path.to_owned(),
             daemon,
@@ -405,8 +424,12 @@ impl Validator<'_> {
                 exchange,
                 queue_type: raw.queue.queue_type,
                 events: raw.queue.events.unwrap_or(true),
+                schema,
+                durability,
             },
+            schedules: self.schedules(&raw.schedule, &tasks)?,
             tasks,
+            http,
         })
     }
 }

@@ -15,6 +15,8 @@ pub enum BackendKind {
     Sqlite,
     /// A RabbitMQ broker.
     Amqp,
+    /// A PostgreSQL database (many daemons, one schema).
+    Postgres,
 }
 
 impl BackendKind {
@@ -23,6 +25,7 @@ impl BackendKind {
         match self {
             BackendKind::Sqlite => "sqlite",
             BackendKind::Amqp => "amqp",
+            BackendKind::Postgres => "postgres",
         }
     }
 }
@@ -45,6 +48,41 @@ pub enum AmqpQueueType {
     Classic,
 }
 
+/// What a commit of the embedded SQLite queue survives (`[queue] durability`).
+///
+/// Both keep the file in WAL mode. A commit is one `fsync` of the WAL in `"power"`, none in
+/// `"crash"` (the WAL is synced at checkpoints); either way a publish or an outcome commits
+/// many jobs at once (a `publish --lines` batch is one commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous = NORMAL`: a committed job survives the daemon's or a client's crash
+    /// (even SIGKILL), not a power cut or a kernel crash (the last commits may roll back).
+    #[default]
+    Crash,
+    /// `synchronous = FULL`: a committed job survives a power cut too (an `fsync` per
+    /// commit).
+    Power,
+}
+
+impl Durability {
+    /// `crash` or `power`, as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Crash => "crash",
+            Durability::Power => "power",
+        }
+    }
+
+    /// SQLite's `synchronous` setting for it.
+    pub(crate) fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Crash => "NORMAL",
+            Durability::Power => "FULL",
+        }
+    }
+}
+
 /// The `[queue]` section of the config, resolved (paths absolute).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -54,7 +92,8 @@ pub struct QueueConfig {
     /// (backend `amqp`: `[queue] history`, by default beside the control socket; empty: the
     /// backend keeps none).
     pub path: PathBuf,
-    /// The broker URL, `amqp://user:pass@host:port/vhost` (backend `amqp`).
+    /// The broker URL, `amqp://user:pass@host:port/vhost` (backend `amqp`), or the database
+    /// URL, `postgres://user:pass@host:port/db` (backend `postgres`).
     pub url: Option<String>,
     /// The topic exchange jobs are published to (default `procyard`).
     pub exchange: String,
@@ -64,6 +103,12 @@ pub struct QueueConfig {
     /// `[queue] events`, default true). Replies to `publish --wait` and cancel requests do not
     /// depend on it.
     pub events: bool,
+    /// The PostgreSQL schema holding the queue's tables (backend `postgres`; default
+    /// `procyard`), so several clusters can share one database.
+    pub schema: String,
+    /// What a commit of the SQLite queue survives (backend `sqlite`): `crash` (the
+    /// default) or `power`.
+    pub durability: Durability,
 }
 
 /// What a backend needs to know about one task: its name (the queue name) and its bindings.
@@ -96,7 +141,7 @@ mod tests {
     /// `status` prints the backend by name and `status --json` carries the same word.
     #[test]
     fn backend_kind_reads_and_writes_its_config_name() {
-        for kind in [BackendKind::Sqlite, BackendKind::Amqp] {
+        for kind in [BackendKind::Sqlite, BackendKind::Amqp, BackendKind::Postgres] {
             assert_eq!(kind.to_string(), kind.name());
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.name()));

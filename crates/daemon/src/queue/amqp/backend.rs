@@ -258,6 +258,7 @@ impl QueueBackend for AmqpQueue {
                     in_flight,
                     dead: Some(broker.dead),
                     done_total: None,
+                    rate_limited: false,
                 },
             );
         }

@@ -1,0 +1,394 @@
+//! Benchmark: the PostgreSQL backend against the embedded SQLite queue, in the same run.
+//!
+//! - Drain: 10,000 no-op jobs published first, then 2 daemons × 2 longlived workers on one
+//!   PostgreSQL schema (vs 1 daemon × 4 workers on a SQLite file); jobs/s from the first to the
+//!   last completion; median of 3 runs each.
+//! - Publish: 2,000 single-job publishes in a loop from one client (vs the same into SQLite).
+//! - graphile-worker (npm, on Node, in its own schema of the same database) side by side: its
+//!   drain at concurrency 4 (its other settings default) and its `addJob` loop.
+//! - Orphan recovery: a daemon SIGKILLed while it holds jobs; time until every one of them is
+//!   back in `ready` (seen by `LISTEN` on the schema's channel); median of 3. graphile-worker's
+//!   default for the same (its lock expiry) is 4 h; River's rescuer 1 h.
+//!
+//! Run: `cargo build --release -p procyard-daemon && cargo run --release -p procyard-daemon
+//! --example bench_pg`. Needs PostgreSQL at `PROCYARD_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); each run uses a schema of its own, dropped after.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use procyard_daemon::queue::{self, BackendKind, OpenMode, QueueConfig, TaskBinding};
+
+const JOBS: usize = 10_000;
+const PUBLISHES: usize = 2_000;
+const RUNS: usize = 3;
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// The longlived worker: appends `DONE_NS` per job to FILE; `slow` jobs take a second.
+fn worker(file: &str, slow: bool) -> anyhow::Result<()> {
+    let mut out = OpenOptions::new().create(true).append(true).open(file)?;
+    procyard_daemon::worker::serve(|_job| {
+        if slow {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let _ = out.write_all(format!("{}\n", now_ns()).as_bytes());
+        procyard_daemon::worker::Outcome::Done
+    })?;
+    Ok(())
+}
+
+fn daemon_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("procyard-daemon"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory"))?;
+    anyhow::ensure!(bin.exists(), "{} is missing: build it first", bin.display());
+    Ok(bin)
+}
+
+fn binding() -> TaskBinding {
+    TaskBinding { name: "noop".into(), routing_keys: vec!["noop".into()], max_attempts: 3 }
+}
+
+/// A daemon config: `queue` lines, `workers` workers running this example as the worker.
+fn write_config(dir: &Path, name: &str, queue: &str, workers: usize, slow: bool) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mode = if slow { "slow" } else { "worker" };
+    let text = format!(
+        "[daemon]\ngrace_period = \"5s\"\ncontrol_socket = \"{sock}\"\n[queue]\n{queue}\n\
+         [[task]]\nname = \"noop\"\nrouting_keys = [\"noop\"]\n\
+         command = [\"{exe}\", \"{mode}\", \"{done}\"]\nwork_model = \"longlived\"\n\
+         min_workers = {workers}\nmax_workers = {workers}\nmax_attempts = 3\n",
+        sock = dir.join(format!("{name}.sock")).display(),
+        exe = exe.display(),
+        done = dir.join("done.log").display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn start_daemon(bin: &Path, config: &Path) -> anyhow::Result<Child> {
+    let mut child = Command::new(bin)
+        .args(["run", "--ready-fd", "1", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) if line.starts_with("ready") => Ok(child),
+        outcome => {
+            stop(child);
+            anyhow::bail!("daemon did not become ready within 60 s: {outcome:?}")
+        }
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+/// Waits until `file` has `n` lines; returns the first and last done times.
+fn wait_done(file: &Path, n: usize) -> anyhow::Result<(u128, u128)> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let times: Vec<u128> = text.lines().filter_map(|l| l.parse().ok()).collect();
+        if times.len() >= n {
+            let (lo, hi) = (times.iter().min(), times.iter().max());
+            return Ok((*lo.unwrap_or(&0), *hi.unwrap_or(&0)));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {} of {n} jobs done", times.len());
+        // A benchmark harness, not a test: a short wait between reads of the result file.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pg_config(url: &str, schema: &str) -> QueueConfig {
+    QueueConfig {
+        backend: BackendKind::Postgres,
+        path: PathBuf::new(),
+        url: Some(url.to_owned()),
+        exchange: "procyard".into(),
+        queue_type: Default::default(),
+        schema: schema.to_owned(),
+        durability: Default::default(),
+    }
+}
+
+fn sqlite_config(path: &Path) -> QueueConfig {
+    QueueConfig {
+        backend: BackendKind::Sqlite,
+        path: path.to_owned(),
+        url: None,
+        exchange: "procyard".into(),
+        queue_type: Default::default(),
+        schema: "procyard".into(),
+        durability: Default::default(),
+    }
+}
+
+/// Publishes `n` jobs in batches of 1,000.
+fn prepublish(config: &QueueConfig, n: usize) -> anyhow::Result<()> {
+    let mut client = queue::open(config, OpenMode::Client)?;
+    client.bind(&[binding()])?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let payloads: Vec<Vec<u8>> = chunk.iter().map(|i| i.to_string().into_bytes()).collect();
+        client.publish_batch("noop", &payloads).map_err(|p| p.error)?;
+    }
+    Ok(())
+}
+
+/// Jobs/s of single publishes in a loop.
+fn publish_rate(config: &QueueConfig) -> anyhow::Result<f64> {
+    let mut client = queue::open(config, OpenMode::Client)?;
+    client.bind(&[binding()])?;
+    let start = Instant::now();
+    for i in 0..PUBLISHES {
+        client.publish("noop", i.to_string().as_bytes())?;
+    }
+    Ok(PUBLISHES as f64 / start.elapsed().as_secs_f64())
+}
+
+fn drop_schema(url: &str, schema: &str) {
+    if let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls) {
+        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    }
+}
+
+/// Drain rate with `daemons` daemons × `workers` workers; `pg` is the url (else SQLite).
+fn drain(bin: &Path, root: &Path, pg: Option<&str>, run: usize) -> anyhow::Result<f64> {
+    let dir = root.join(format!("{}-{run}", if pg.is_some() { "pg" } else { "sqlite" }));
+    std::fs::create_dir_all(&dir)?;
+    let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let (config, queue_lines, daemons, workers) = match pg {
+        Some(url) => (
+            pg_config(url, &schema),
+            format!("backend = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\""),
+            2,
+            2,
+        ),
+        None => {
+            let db = dir.join("q.db");
+            (sqlite_config(&db), format!("backend = \"sqlite\"\npath = \"{}\"", db.display()), 1, 4)
+        }
+    };
+    prepublish(&config, JOBS)?;
+    let mut children = Vec::new();
+    let mut result = Ok(());
+    for i in 0..daemons {
+        let c = write_config(&dir, &format!("d{i}"), &queue_lines, workers, false);
+        match start_daemon(bin, &c) {
+            Ok(child) => children.push(child),
+            Err(e) => result = Err(e),
+        }
+    }
+    let done = result.and_then(|()| wait_done(&dir.join("done.log"), JOBS));
+    for c in children {
+        stop(c);
+    }
+    if let Some(url) = pg {
+        drop_schema(url, &schema);
+    }
+    let (first, last) = done?;
+    Ok(JOBS as f64 / (last.saturating_sub(first) as f64 / 1e9).max(1e-9))
+}
+
+/// Seconds from a SIGKILL of a daemon holding jobs until all of them are back in `ready`.
+fn orphan_recovery(bin: &Path, root: &Path, url: &str, run: usize) -> anyhow::Result<f64> {
+    let dir = root.join(format!("orphans-{run}"));
+    std::fs::create_dir_all(&dir)?;
+    let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let lines = format!("backend = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"");
+    let result = (|| -> anyhow::Result<f64> {
+        prepublish(&pg_config(url, &schema), 40)?;
+        let survivor = start_daemon(bin, &write_config(&dir, "a", &lines, 2, true))?;
+        let mut victim = start_daemon(bin, &write_config(&dir, "b", &lines, 2, true))?;
+        let mut db = postgres::Client::connect(url, postgres::NoTls)?;
+        let no: i64 = db
+            .query_one(
+                &format!("SELECT no FROM {schema}.daemons WHERE os_pid = $1"),
+                &[&(victim.id() as i32)],
+            )?
+            .get(0);
+        let held =
+            format!("SELECT COUNT(*) FROM {schema}.jobs WHERE state = 1 AND lease_owner = $1");
+        let mut listener = postgres::Client::connect(url, postgres::NoTls)?;
+        listener.batch_execute(&format!("LISTEN {schema}_jobs"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db.query_one(&held, &[&no])?.get::<_, i64>(0) == 0 {
+            anyhow::ensure!(Instant::now() < deadline, "the victim never held a job");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        victim.kill()?;
+        let killed = Instant::now();
+        victim.wait()?;
+        while db.query_one(&held, &[&no])?.get::<_, i64>(0) > 0 {
+            let left = (killed + Duration::from_secs(30)).saturating_duration_since(Instant::now());
+            anyhow::ensure!(!left.is_zero(), "the jobs were never put back");
+            let mut n = listener.notifications();
+            let _ = postgres::fallible_iterator::FallibleIterator::next(&mut n.timeout_iter(left));
+        }
+        let took = killed.elapsed().as_secs_f64();
+        stop(survivor);
+        Ok(took)
+    })();
+    drop_schema(url, &schema);
+    result
+}
+
+/// graphile-worker's side: a Node script driving `makeWorkerUtils` (`addJob` loop, or a
+/// prepublish then `run` at concurrency 4 with its defaults otherwise), printing its rate.
+const GRAPHILE_JS: &str = r#"
+const { run, makeWorkerUtils } = require("graphile-worker");
+const [mode, n] = [process.argv[2], parseInt(process.argv[3], 10)];
+const connectionString = process.env.BENCH_PG_URL, schema = process.env.BENCH_SCHEMA;
+(async () => {
+  const utils = await makeWorkerUtils({ connectionString, schema });
+  await utils.migrate();
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) await utils.addJob("noop", { i });
+  if (mode === "publish") {
+    console.log("RATE " + n / (Number(process.hrtime.bigint() - t0) / 1e9));
+    await utils.release();
+    return;
+  }
+  let done = 0, first = null, runner;
+  runner = await run({ connectionString, schema, concurrency: 4, noHandleSignals: true,
+    taskList: { noop: async () => {
+      const t = process.hrtime.bigint();
+      if (first === null) first = t;
+      if (++done === n) {
+        console.log("RATE " + n / (Number(t - first) / 1e9));
+        setImmediate(() => runner.stop());
+      }
+    } } });
+  await runner.promise;
+  await utils.release();
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+/// Installs graphile-worker with npm into `GRAPHILE_DIR` (default /tmp/procyard-graphile)
+/// when missing; `None` (with a notice) when Node or npm cannot.
+fn graphile_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(
+        std::env::var("GRAPHILE_DIR").unwrap_or_else(|_| "/tmp/procyard-graphile".into()),
+    );
+    if !dir.join("node_modules/graphile-worker").exists() {
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg("(test -f package.json || npm init -y) >/dev/null && npm install --no-audit --no-fund graphile-worker@0.16 >/dev/null")
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("graphile-worker could not be installed (npm): not measured");
+            return None;
+        }
+    }
+    std::fs::write(dir.join("bench.js"), GRAPHILE_JS).ok()?;
+    Some(dir)
+}
+
+/// graphile-worker's rate in `mode` (`drain` or `publish`) for `n` jobs on its own schema.
+fn graphile(dir: &Path, url: &str, mode: &str, n: usize) -> anyhow::Result<f64> {
+    let schema = format!("gw_{}", uuid::Uuid::now_v7().simple());
+    let out = Command::new("node")
+        .arg(dir.join("bench.js"))
+        .args([mode, &n.to_string()])
+        .env("BENCH_PG_URL", url)
+        .env("BENCH_SCHEMA", &schema)
+        .current_dir(dir)
+        .stderr(Stdio::inherit())
+        .output();
+    drop_schema(url, &schema);
+    let text = String::from_utf8_lossy(&out?.stdout).into_owned();
+    let rate = text.lines().find_map(|l| l.strip_prefix("RATE ")).and_then(|r| r.parse().ok());
+    rate.ok_or_else(|| anyhow::anyhow!("graphile-worker printed no rate: {text}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("worker") => return worker(args.get(2).map_or("/dev/null", String::as_str), false),
+        Some("slow") => return worker(args.get(2).map_or("/dev/null", String::as_str), true),
+        _ => {}
+    }
+    let url = std::env::var("PROCYARD_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    let bin = daemon_bin()?;
+    let root = tempfile::tempdir()?;
+    let (mut pg, mut sqlite) = (Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        sqlite.push(drain(&bin, root.path(), None, run)?);
+        pg.push(drain(&bin, root.path(), Some(&url), run)?);
+    }
+    eprintln!("drain jobs/s: postgres {pg:.0?}, sqlite {sqlite:.0?}");
+    let (pg, sqlite) = (median(pg), median(sqlite));
+    println!(
+        "BENCH\tpg_drain_2x2_jobs_per_s\t{pg:.0}\tjobs/s\tsqlite_1x4_drain\t{sqlite:.0}\t{:.2}",
+        pg / sqlite
+    );
+    let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let pg_pub = publish_rate(&pg_config(&url, &schema));
+    drop_schema(&url, &schema);
+    let sq_pub = publish_rate(&sqlite_config(&root.path().join("pub.db")))?;
+    let pg_pub = pg_pub?;
+    println!(
+        "BENCH\tpg_publish_loop_jobs_per_s\t{pg_pub:.0}\tjobs/s\tsqlite_publish_loop\t{sq_pub:.0}\t{:.2}",
+        pg_pub / sq_pub
+    );
+    if let Some(dir) = graphile_dir() {
+        let drains: anyhow::Result<Vec<f64>> =
+            (0..RUNS).map(|_| graphile(&dir, &url, "drain", JOBS)).collect();
+        match drains.and_then(|d| Ok((d, graphile(&dir, &url, "publish", PUBLISHES)?))) {
+            Ok((d, add_job)) => {
+                eprintln!("graphile-worker drain jobs/s: {d:.0?}");
+                let gw = median(d);
+                println!(
+                    "BENCH\tpg_drain_2x2_jobs_per_s\t{pg:.0}\tjobs/s\tgraphile_worker_c4_drain\t{gw:.0}\t{:.2}",
+                    pg / gw
+                );
+                println!(
+                    "BENCH\tpg_publish_loop_jobs_per_s\t{pg_pub:.0}\tjobs/s\tgraphile_worker_addjob_loop\t{add_job:.0}\t{:.2}",
+                    pg_pub / add_job
+                );
+            }
+            Err(e) => eprintln!("graphile-worker not measured: {e}"),
+        }
+    }
+    let rec: Vec<f64> =
+        (0..RUNS).map(|r| orphan_recovery(&bin, root.path(), &url, r)).collect::<Result<_, _>>()?;
+    eprintln!("orphan recovery s: {rec:.3?}");
+    let rec = median(rec);
+    let graphile = 4.0 * 3600.0;
+    println!(
+        "BENCH\tpg_orphan_recovery_after_sigkill\t{:.3}\ts\tgraphile_worker_default_lock_expiry\t{graphile:.0}\t{:.6}",
+        rec,
+        rec / graphile
+    );
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! [`QueueBackend`] for the PostgreSQL backend: each call is a statement or a transaction on
+//! the work connection; the session thread's flags (jobs published, a daemon gone) are read
+//! on every wake-up, claim and flush.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::PgQueue;
+use crate::queue::{
+    Abandoned, AttemptReport, BackendKind, DeadLetter, Health, Job, JobFilter, JobRecord,
+    LeaseHolder, OpenMode, Outcome, PartialPublish, Purge, QueueBackend, QueueDepth, Receipt,
+    Requeue, Retention, TaskBinding,
+};
+use crate::{Error, Result, routing};
+
+impl PgQueue {
+    /// Puts back the leases of dead daemons if the session saw one.
+    fn recover_if_seen(&mut self) {
+        let seen =
+            self.session.as_ref().is_some_and(|s| s.shared.dead.swap(false, Ordering::SeqCst));
+        if seen && let Err(e) = self.recover_dead(&[]) {
+            tracing::error!(error = %e.chain(), "postgres: unable to recover the jobs of a dead daemon");
+            if let Some(s) = &self.session {
+                s.shared.dead.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl QueueBackend for PgQueue {
+    fn bind(&mut self, tasks: &[TaskBinding]) -> Result<()> {
+        for t in tasks {
+            for p in &t.routing_keys {
+                routing::validate_pattern(p)?;
+            }
+        }
+        self.tasks = tasks.to_vec();
+        Ok(())
+    }
+
+    fn attach(&mut self, registry: &mio::Registry, token: mio::Token) -> Result<()> {
+        let Some(session) = &self.session else { return Ok(()) };
+        let waker = mio::Waker::new(registry, token)
+            .map_err(|source| Error::Os { action: "create the PostgreSQL waker", source })?;
+        if session.shared.waker.set(waker).is_err() {
+            return Err(Error::Os {
+                action: "attach the PostgreSQL backend",
+                source: std::io::Error::other("already attached to an event loop"),
+            });
+        }
+        Ok(())
+    }
+
+    fn on_wake(&mut self) -> Result<()> {
+        if let Some(s) = &self.session
+            && s.shared.jobs.swap(false, Ordering::SeqCst)
+        {
+            // Something was published or requeued: retry times may have changed too.
+            self.due_cache = None;
+        }
+        self.recover_if_seen();
+        Ok(())
+    }
+
+    fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
+        self.insert_jobs(routing_key, &[payload])
+    }
+
+    fn publish_batch(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+    ) -> Result<Vec<String>, Box<PartialPublish>> {
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.insert_jobs(routing_key, &payloads)
+            .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
+    }
+
+    fn set_capacity(&mut self, _task: &str, _capacity: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+        if max == 0 || self.mode != OpenMode::Daemon || !self.is_bound(task) {
+            return Ok(Vec::new());
+        }
+        self.recover_if_seen();
+        self.write(Some((task, max)))
+    }
+
+    fn record_holder(&mut self, job: &Job, holder: &LeaseHolder) -> Result<()> {
+        self.buffer_holder(job, holder);
+        Ok(())
+    }
+
+    fn set_retention(&mut self, retention: Retention) {
+        self.retention = retention;
+    }
+
+    fn record_attempt(&mut self, job: &Job, report: AttemptReport) {
+        self.buffer_attempt(job, report);
+    }
+
+    fn job(&mut self, id: &str) -> Result<JobRecord> {
+        self.read_job(id)
+    }
+
+    fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        self.list_jobs(filter)
+    }
+
+    fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
+        self.cancel_row(id)
+    }
+
+    fn wait_ends(&mut self, timeout: Duration) -> Result<Option<()>> {
+        self.wait_for_ends(timeout).map(Some)
+    }
+
+    fn purge(&mut self, what: &Purge) -> Result<u64> {
+        self.purge_rows(what)
+    }
+
+    fn abandoned(&mut self) -> Result<Vec<Abandoned>> {
+        self.leases_of_the_dead()
+    }
+
+    fn recover(&mut self, keep: &[Receipt]) -> Result<u64> {
+        self.recover_dead(keep)
+    }
+
+    fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
+        self.buffer_outcome(job, outcome);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.recover_if_seen();
+        self.prune_step();
+        if self.buffers.is_empty() {
+            return Ok(());
+        }
+        self.write(None).map(|_| ())
+    }
+
+    fn next_due(&mut self) -> Result<Option<Instant>> {
+        let trouble = self.trouble.as_ref().map(|t| t.retry_at).filter(|t| *t > Instant::now());
+        let retry = match self.retry_due() {
+            Ok(r) => r,
+            // Unreachable: wake for the next attempt to reconnect.
+            Err(_) if trouble.is_some() || self.trouble.is_some() => None,
+            Err(e) => return Err(e),
+        };
+        let trouble = self.trouble.as_ref().map(|t| t.retry_at);
+        let prune = (self.mode == OpenMode::Daemon).then_some(self.prune_at);
+        Ok([retry, trouble, prune].into_iter().flatten().min())
+    }
+
+    fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
+        self.count_depths()
+    }
+
+    fn dead_letters(&mut self, task: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.list_dead(task, limit)
+    }
+
+    fn requeue_dead(&mut self, task: Option<&str>, which: &Requeue) -> Result<u64> {
+        self.requeue(task, which)
+    }
+
+    fn health(&self) -> Health {
+        let session = self.session.as_ref().map(|s| &s.shared);
+        let session_ok = session.is_none_or(|s| s.connected.load(Ordering::SeqCst));
+        let problem = session
+            .and_then(|s| s.problem.lock().ok().and_then(|p| p.clone()))
+            .filter(|_| !session_ok);
+        let where_ = format!("{} (schema {})", self.target.shown, self.target.schema);
+        let (ok, detail) = match (&self.trouble, problem) {
+            (Some(t), _) => (false, format!("database unreachable: {where_}: {}", t.describe())),
+            (None, Some(p)) => {
+                (false, format!("database unreachable: {where_}: session lost ({p}); reconnecting"))
+            }
+            (None, None) if !session_ok => {
+                (false, format!("database unreachable: {where_}: session lost; reconnecting"))
+            }
+            (None, None) => (true, format!("connected to {where_} as daemon {}", self.owner())),
+        };
+        Health { backend: BackendKind::Postgres, ok, detail }
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let flushed = self.flush();
+        if self.mode == OpenMode::Daemon && self.session.is_some() {
+            match self.release_own() {
+                Ok(n) if n > 0 => tracing::info!(jobs = n, "returned unfinished jobs to the queue"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "postgres: unable to return unfinished jobs (other daemons recover them when this session ends)")
+                }
+            }
+        }
+        if let Some(mut s) = self.session.take() {
+            s.stop();
+        }
+        flushed
+    }
+}

@@ -1,0 +1,382 @@
+//! Publishing, claiming, and the daemon's buffered writes: outcomes, attempts and worker
+//! holders, written as arrays (one statement per kind) in the transaction of the next claim
+//! or flush. Every write to a leased row checks that the row is still leased by the daemon
+//! number that took it, so an outcome that comes after the lease was recovered elsewhere
+//! changes nothing.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use postgres::Transaction;
+
+use super::{PgQueue, STATE_CANCELLED, STATE_DEAD, STATE_READY, now_ms};
+use crate::queue::{AttemptReport, Captured, Job, LeaseHolder, Outcome, Receipt, check_payload};
+use crate::{Error, Result, routing};
+
+const INSERT: &str =
+    "INSERT INTO jobs (id, task, routing_key, payload, state, not_before, published_ms)
+    SELECT u.id, u.task, $1, u.payload, 0, now_ms(), now_ms()
+    FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(id, task, payload)";
+
+const NOTIFY: &str = "SELECT pg_notify($1, t) FROM unnest($2::text[]) AS t";
+
+const CLAIM: &str = "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
+        worker_pid = NULL, worker_start = NULL, worker_pgid = NULL, worker_boot = NULL,
+        worker_started_ms = NULL
+    WHERE seq IN (SELECT seq FROM jobs WHERE task = $2 AND state = 0 AND not_before <= now_ms()
+                  ORDER BY not_before, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+    RETURNING seq, id, routing_key, payload, attempts";
+
+const HOLDERS: &str = "UPDATE jobs j SET worker_pid = u.pid, worker_start = u.start,
+        worker_pgid = u.pgid, worker_boot = u.boot, worker_started_ms = u.at
+    FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[],
+                $7::bigint[]) AS u(seq, owner, pid, start, pgid, boot, at)
+    WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner";
+
+const ATTEMPTS: &str = "INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms,
+        outcome, reason, stdout, stdout_total, stdout_dropped, stderr, stderr_total,
+        stderr_dropped, max_rss_kib, user_cpu_us, system_cpu_us)
+    SELECT u.seq, u.delivery, COALESCE(u.pid, j.worker_pid), j.worker_started_ms, u.ended,
+        u.outcome, u.reason, u.out, u.out_total, u.out_dropped, u.err, u.err_total,
+        u.err_dropped, u.rss, u.ucpu, u.scpu
+    FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::bigint[], $6::text[],
+                $7::text[], $8::bytea[], $9::bigint[], $10::bigint[], $11::bytea[],
+                $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[])
+        WITH ORDINALITY AS u(seq, owner, delivery, pid, ended, outcome, reason, out, out_total,
+                out_dropped, err, err_total, err_dropped, rss, ucpu, scpu, ord)
+    JOIN jobs j ON j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
+    ORDER BY u.ord";
+
+const DONE_KEEP: &str = "UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL,
+        lease_owner = NULL
+    FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
+    WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task";
+
+const DONE_DELETE: &str =
+    "DELETE FROM jobs j USING unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
+    WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task";
+
+const END: &str = "UPDATE jobs SET state = $3::smallint,
+        finished_ms = CASE WHEN $3::smallint = 0 THEN NULL ELSE now_ms() END,
+        not_before = CASE WHEN $3::smallint = 0 THEN now_ms() + $4::bigint ELSE not_before END,
+        last_error = $5, lease_owner = NULL
+    WHERE seq = $1 AND state = 1 AND lease_owner = $2";
+
+const STATS: &str = "INSERT INTO stats (task, daemon, done)
+    SELECT t, $2, COUNT(*) FROM unnest($1::text[]) AS t GROUP BY t
+    ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done";
+
+/// An outcome reported and not yet written.
+#[derive(Debug)]
+struct Pending {
+    seq: i64,
+    owner: i64,
+    outcome: Outcome,
+    /// When it was reported: a retry's delay counts from here.
+    reported: Instant,
+}
+
+/// An attempt ended and not yet written.
+#[derive(Debug)]
+struct Ended {
+    seq: i64,
+    owner: i64,
+    delivery: u32,
+    ended_ms: i64,
+    report: AttemptReport,
+}
+
+/// What the daemon reported and the database does not have yet.
+#[derive(Debug, Default)]
+pub(super) struct Buffers {
+    outcomes: Vec<Pending>,
+    ended: Vec<Ended>,
+    holders: Vec<(i64, i64, LeaseHolder, i64)>,
+}
+
+impl Buffers {
+    pub(super) fn is_empty(&self) -> bool {
+        self.outcomes.is_empty() && self.ended.is_empty() && self.holders.is_empty()
+    }
+}
+
+/// One captured stream as columns: bytes, total, dropped.
+type Columns<'a> = (Option<&'a [u8]>, Option<i64>, Option<i64>);
+
+fn captured(c: Option<&Captured>) -> Columns<'_> {
+    match c {
+        Some(c) => (Some(&c.bytes[..]), Some(c.total as i64), Some(c.dropped as i64)),
+        None => (None, None, None),
+    }
+}
+
+impl PgQueue {
+    /// Inserts one job per payload and receiving task in one transaction and notifies.
+    pub(super) fn insert_jobs(&mut self, key: &str, payloads: &[&[u8]]) -> Result<Vec<String>> {
+        routing::validate_key(key)?;
+        for p in payloads {
+            check_payload(p)?;
+        }
+        let targets: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|t| t.routing_keys.iter().any(|p| routing::matches(p, key)))
+            .map(|t| t.name.clone())
+            .collect();
+        if targets.is_empty() {
+            return Err(Error::Unroutable { routing_key: key.to_owned() });
+        }
+        let (mut ids, mut tasks, mut data) = (Vec::new(), Vec::new(), Vec::new());
+        for p in payloads {
+            for t in &targets {
+                ids.push(uuid::Uuid::now_v7().to_string());
+                tasks.push(t.as_str());
+                data.push(*p);
+            }
+        }
+        let channel = self.target.channel();
+        let result = (|| {
+            let conn = self.conn()?;
+            let e = |err| Error::Postgres {
+                action: "publish to",
+                target: String::new(),
+                source: Box::new(err),
+            };
+            let (insert, notify) = (conn.stmt(INSERT).map_err(e)?, conn.stmt(NOTIFY).map_err(e)?);
+            let mut tx = conn.client.transaction().map_err(e)?;
+            tx.execute(&insert, &[&key, &ids, &tasks, &data]).map_err(e)?;
+            tx.execute(&notify, &[&channel, &targets]).map_err(e)?;
+            tx.commit().map_err(e)
+        })();
+        let result = result.map_err(|e| self.named(e, "publish to"));
+        self.note(&result);
+        result.map(|()| ids)
+    }
+
+    /// Gives an error built without the target (inside a borrow of the connection) its name.
+    pub(super) fn named(&self, e: Error, action: &'static str) -> Error {
+        match e {
+            Error::Postgres { target, source, .. } if target.is_empty() => {
+                self.target.err(action, source)
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn buffer_outcome(&mut self, job: &Job, outcome: Outcome) {
+        let seq = job.receipt.0 as i64;
+        let owner = self.leases.get(&seq).copied().unwrap_or(0);
+        self.buffers.outcomes.push(Pending { seq, owner, outcome, reported: Instant::now() });
+    }
+
+    pub(super) fn buffer_attempt(&mut self, job: &Job, report: AttemptReport) {
+        let seq = job.receipt.0 as i64;
+        let owner = self.leases.get(&seq).copied().unwrap_or(0);
+        let ended_ms = now_ms();
+        self.buffers.ended.push(Ended { seq, owner, delivery: job.attempt, ended_ms, report });
+    }
+
+    pub(super) fn buffer_holder(&mut self, job: &Job, holder: &LeaseHolder) {
+        let seq = job.receipt.0 as i64;
+        let owner = self.leases.get(&seq).copied().unwrap_or(0);
+        self.buffers.holders.push((seq, owner, holder.clone(), now_ms()));
+    }
+
+    /// Writes the buffers and, when `claim` names a task, takes up to that many of its jobs:
+    /// one transaction.
+    pub(super) fn write(&mut self, claim: Option<(&str, usize)>) -> Result<Vec<Job>> {
+        let owner = self.owner();
+        let keep = !self.retention.keep_done.is_zero();
+        // Kept until the transaction commits: after a failure the next write has them.
+        let buffers = std::mem::take(&mut self.buffers);
+        let ended = self.target.ended_channel();
+        let result = (|| {
+            let conn = self.conn()?;
+            let e = |err| Error::Postgres {
+                action: "claim jobs from",
+                target: String::new(),
+                source: Box::new(err),
+            };
+            let stmts = [HOLDERS, ATTEMPTS, if keep { DONE_KEEP } else { DONE_DELETE }, END, STATS];
+            let mut s = Vec::with_capacity(6);
+            for sql in stmts {
+                s.push(conn.stmt(sql).map_err(e)?);
+            }
+            let claim_stmt = conn.stmt(CLAIM).map_err(e)?;
+            let notify_one = conn.stmt("SELECT pg_notify($1, '')").map_err(e)?;
+            let mut tx = conn.client.transaction().map_err(e)?;
+            write_holders(&mut tx, &s[0], &buffers).map_err(e)?;
+            write_attempts(&mut tx, &s[1], &buffers, keep).map_err(e)?;
+            let retried =
+                write_outcomes(&mut tx, [&s[2], &s[3], &s[4]], &buffers, owner).map_err(e)?;
+            if !buffers.outcomes.is_empty() || !buffers.ended.is_empty() {
+                // Clients waiting for jobs (`wait`, `logs -f`) look again.
+                tx.execute(&notify_one, &[&ended]).map_err(e)?;
+            }
+            let mut jobs = Vec::new();
+            if let Some((task, max)) = claim {
+                let rows = tx.query(&claim_stmt, &[&owner, &task, &(max as i64)]).map_err(e)?;
+                for r in rows {
+                    jobs.push(Job {
+                        id: r.get(1),
+                        task: task.to_owned(),
+                        routing_key: r.get(2),
+                        payload: r.get(3),
+                        attempt: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                        receipt: Receipt(r.get::<_, i64>(0) as u64),
+                    });
+                }
+            }
+            tx.commit().map_err(e)?;
+            Ok((jobs, retried))
+        })();
+        let result = result.map_err(|e| self.named(e, "claim jobs from"));
+        self.note(&result);
+        let (mut jobs, retried) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.buffers = buffers;
+                return Err(e);
+            }
+        };
+        for p in &buffers.outcomes {
+            self.leases.remove(&p.seq);
+        }
+        if retried {
+            self.due_cache = None;
+        }
+        for j in &jobs {
+            self.leases.insert(j.receipt.0 as i64, owner);
+        }
+        jobs.sort_by_key(|j| j.receipt.0);
+        Ok(jobs)
+    }
+}
+
+fn write_holders(
+    tx: &mut Transaction<'_>,
+    stmt: &postgres::Statement,
+    b: &Buffers,
+) -> std::result::Result<(), postgres::Error> {
+    if b.holders.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut owner, mut pid, mut start, mut pgid, mut boot, mut at) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (s, o, h, t) in &b.holders {
+        seq.push(*s);
+        owner.push(*o);
+        pid.push(h.process.pid.as_raw());
+        start.push(i64::try_from(h.process.start_time).unwrap_or(i64::MAX));
+        pgid.push(h.process_group.as_raw());
+        boot.push(h.process.boot_id.as_str());
+        at.push(*t);
+    }
+    tx.execute(stmt, &[&seq, &owner, &pid, &start, &pgid, &boot, &at])?;
+    Ok(())
+}
+
+fn write_attempts(
+    tx: &mut Transaction<'_>,
+    stmt: &postgres::Statement,
+    b: &Buffers,
+    keep_history: bool,
+) -> std::result::Result<(), postgres::Error> {
+    // Without history the attempts of jobs done now go with their rows: not written at all.
+    let gone: BTreeSet<i64> = if keep_history {
+        BTreeSet::new()
+    } else {
+        b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).map(|p| p.seq).collect()
+    };
+    let ended: Vec<&Ended> = b.ended.iter().filter(|e| !gone.contains(&e.seq)).collect();
+    if ended.is_empty() {
+        return Ok(());
+    }
+    let col = |f: &dyn Fn(&Ended) -> Option<i64>| ended.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let seq: Vec<i64> = ended.iter().map(|e| e.seq).collect();
+    let owner: Vec<i64> = ended.iter().map(|e| e.owner).collect();
+    let delivery: Vec<i32> = ended.iter().map(|e| e.delivery as i32).collect();
+    let pid: Vec<Option<i32>> = ended.iter().map(|e| e.report.worker_pid).collect();
+    let at: Vec<i64> = ended.iter().map(|e| e.ended_ms).collect();
+    let outcome: Vec<String> =
+        ended.iter().map(|e| serde_json::to_string(&e.report.end).unwrap_or_default()).collect();
+    let reason: Vec<Option<&str>> = ended.iter().map(|e| e.report.reason.as_deref()).collect();
+    let out: Vec<_> = ended.iter().map(|e| captured(e.report.stdout.as_ref())).collect();
+    let err: Vec<_> = ended.iter().map(|e| captured(e.report.stderr.as_ref())).collect();
+    let bytes = |v: &[Columns<'_>]| -> Vec<Option<Vec<u8>>> {
+        v.iter().map(|c| c.0.map(<[u8]>::to_vec)).collect()
+    };
+    let total = |v: &[Columns<'_>]| -> Vec<Option<i64>> { v.iter().map(|c| c.1).collect() };
+    let dropped = |v: &[Columns<'_>]| -> Vec<Option<i64>> { v.iter().map(|c| c.2).collect() };
+    let rss = col(&|e| e.report.usage.map(|u| u.max_rss_kib as i64));
+    let ucpu = col(&|e| e.report.usage.map(|u| u.user_cpu_us as i64));
+    let scpu = col(&|e| e.report.usage.map(|u| u.system_cpu_us as i64));
+    tx.execute(
+        stmt,
+        &[
+            &seq,
+            &owner,
+            &delivery,
+            &pid,
+            &at,
+            &outcome,
+            &reason,
+            &bytes(&out),
+            &total(&out),
+            &dropped(&out),
+            &bytes(&err),
+            &total(&err),
+            &dropped(&err),
+            &rss,
+            &ucpu,
+            &scpu,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Writes the outcomes; `true` if one is a retry. `stmts`: done, end, stats.
+fn write_outcomes(
+    tx: &mut Transaction<'_>,
+    stmts: [&postgres::Statement; 3],
+    b: &Buffers,
+    owner: i64,
+) -> std::result::Result<bool, postgres::Error> {
+    let [done_stmt, end_stmt, stats_stmt] = stmts;
+    let done: Vec<&Pending> = b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).collect();
+    if !done.is_empty() {
+        let seq: Vec<i64> = done.iter().map(|p| p.seq).collect();
+        let owners: Vec<i64> = done.iter().map(|p| p.owner).collect();
+        let rows = tx.query(done_stmt, &[&seq, &owners])?;
+        let tasks: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if rows.len() < done.len() {
+            tracing::warn!(
+                lost = done.len() - rows.len(),
+                "postgres: outcomes of jobs whose lease was recovered elsewhere are dropped (the jobs run again)"
+            );
+        }
+        if !tasks.is_empty() {
+            tx.execute(stats_stmt, &[&tasks, &owner])?;
+        }
+    }
+    let mut retried = false;
+    for p in b.outcomes.iter().filter(|p| p.outcome != Outcome::Done) {
+        let (state, delay, reason): (i16, i64, &str) = match &p.outcome {
+            Outcome::Done => continue,
+            Outcome::Retry { delay, reason } => {
+                retried = true;
+                let left = delay.saturating_sub(p.reported.elapsed());
+                (STATE_READY, ms(left), reason)
+            }
+            Outcome::DeadLetter { reason } => (STATE_DEAD, 0, reason),
+            Outcome::Cancelled { reason } => (STATE_CANCELLED, 0, reason),
+        };
+        tx.execute(end_stmt, &[&p.seq, &p.owner, &state, &delay, &reason])?;
+    }
+    Ok(retried)
+}
+
+/// A duration in whole ms for the database.
+pub(super) fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}

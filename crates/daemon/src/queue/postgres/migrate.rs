@@ -1,0 +1,155 @@
+//! Versioned migrations: the schema's tables, created and upgraded at start (and by
+//! `procyard-daemon migrate`) under a transaction-level advisory lock, so daemons starting at
+//! once migrate once and the others wait for it and find the work done.
+//!
+//! Tables (in the configured schema):
+//! - `jobs`: one row per job and receiving task; `state` is one of the `STATE_*` codes in
+//!   `mod.rs`; retries wait as ready rows with a later `not_before` (ms, database clock);
+//!   a leased row names its daemon (`lease_owner` = `daemons.no`) and its worker.
+//! - `attempts`: one row per ended attempt (bounded output, resource use), deleted with
+//!   its job.
+//! - `daemons`: one row per running daemon; alive while its session holds the advisory lock
+//!   `(lock_space, no)`.
+//! - `stats`: jobs done per task and daemon (one row per daemon: no hot row shared by all).
+//! - `migrations`: the versions applied.
+//!
+//! The partial indexes hold only the rows they serve, so a history of done jobs costs a claim
+//! nothing: `jobs_ready (task, not_before, seq) WHERE state = 0` gives a claim the rows it
+//! takes in order, `jobs_due (not_before) WHERE state = 0` the next retry time,
+//! `jobs_leased (lease_owner) WHERE state = 1` a dead daemon's leases, `jobs_finished
+//! (finished_ms, seq) WHERE state IN (2, 4)` the pruning.
+
+use postgres::Client;
+
+use super::conn::Target;
+use crate::Result;
+
+/// The first version: every table.
+const V1: &str = "
+CREATE FUNCTION now_ms() RETURNS bigint LANGUAGE sql STABLE AS
+    $$ SELECT (extract(epoch FROM statement_timestamp()) * 1000)::bigint $$;
+CREATE TABLE jobs (
+    seq               bigserial PRIMARY KEY,
+    id                text NOT NULL UNIQUE,
+    task              text NOT NULL,
+    routing_key       text NOT NULL,
+    payload           bytea NOT NULL,
+    state             smallint NOT NULL,
+    attempts          integer NOT NULL DEFAULT 0,
+    not_before        bigint NOT NULL,
+    lease_owner       bigint,
+    published_ms      bigint NOT NULL,
+    finished_ms       bigint,
+    last_error        text,
+    worker_pid        integer,
+    worker_start      bigint,
+    worker_pgid       integer,
+    worker_boot       text,
+    worker_started_ms bigint
+);
+CREATE INDEX jobs_ready ON jobs (task, not_before, seq) WHERE state = 0;
+CREATE INDEX jobs_due ON jobs (not_before) WHERE state = 0;
+CREATE INDEX jobs_leased ON jobs (lease_owner) WHERE state = 1;
+CREATE INDEX jobs_dead ON jobs (task, seq) WHERE state = 3;
+CREATE INDEX jobs_finished ON jobs (finished_ms, seq) WHERE state IN (2, 4);
+CREATE INDEX jobs_published ON jobs (published_ms);
+CREATE TABLE attempts (
+    n              bigserial PRIMARY KEY,
+    job_seq        bigint NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
+    delivery       integer NOT NULL,
+    worker_pid     integer,
+    started_ms     bigint,
+    ended_ms       bigint,
+    outcome        text,
+    reason         text,
+    stdout         bytea,
+    stdout_total   bigint,
+    stdout_dropped bigint,
+    stderr         bytea,
+    stderr_total   bigint,
+    stderr_dropped bigint,
+    max_rss_kib    bigint,
+    user_cpu_us    bigint,
+    system_cpu_us  bigint
+);
+CREATE INDEX attempts_job ON attempts (job_seq);
+CREATE TABLE daemons (
+    no          bigserial PRIMARY KEY,
+    name        text NOT NULL,
+    host        text NOT NULL,
+    os_pid      integer NOT NULL,
+    session_pid integer NOT NULL,
+    started_ms  bigint NOT NULL
+);
+CREATE TABLE stats (
+    task   text NOT NULL,
+    daemon bigint NOT NULL,
+    done   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (task, daemon)
+);
+";
+
+/// Every version, in order.
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+
+/// The newest version this build knows.
+pub(super) fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// The version the schema is at (0: not created).
+fn current(client: &mut Client, target: &Target) -> Result<i32> {
+    let table = format!("{}.migrations", target.schema);
+    let row = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .map_err(|e| target.err("read the schema version of", e))?;
+    if !row.get::<_, bool>(0) {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(&format!("SELECT COALESCE(MAX(version), 0) FROM {table}"), &[])
+        .map_err(|e| target.err("read the schema version of", e))?;
+    Ok(row.get(0))
+}
+
+/// Brings the schema to the latest version; returns the versions applied (none when it was
+/// up to date). A schema newer than this build is refused.
+pub(super) fn migrate(client: &mut Client, target: &Target) -> Result<Vec<i32>> {
+    let now = current(client, target)?;
+    if now > latest() {
+        return Err(target.err(
+            "use",
+            format!("its schema is at version {now}, newer than this build knows ({})", latest()),
+        ));
+    }
+    if now == latest() {
+        return Ok(Vec::new());
+    }
+    let e = |err| target.err("migrate", err);
+    let schema = &target.schema;
+    let mut tx = client.transaction().map_err(e)?;
+    // Daemons starting at once: one migrates, the others wait here and then find it done.
+    tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&target.lock_space()]).map_err(e)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         SET LOCAL search_path TO {schema};
+         CREATE TABLE IF NOT EXISTS migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .map_err(e)?;
+    let done: i32 =
+        tx.query_one("SELECT COALESCE(MAX(version), 0) FROM migrations", &[]).map_err(e)?.get(0);
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > done) {
+        tx.batch_execute(sql).map_err(e)?;
+        tx.execute("INSERT INTO migrations (version) VALUES ($1)", &[version]).map_err(e)?;
+        applied.push(*version);
+    }
+    tx.commit().map_err(e)?;
+    if !applied.is_empty() {
+        tracing::info!(schema = %schema, versions = ?applied, "migrated the PostgreSQL queue");
+    }
+    Ok(applied)
+}
