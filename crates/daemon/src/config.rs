@@ -17,6 +17,7 @@
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
 //! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the socket)
+//! events = true                 # amqp: publish job events on <exchange>.events
 //! schema = "procyard"           # postgres (with url = "postgres://user@host:5432/db")
 //! durability = "crash"          # sqlite: or "power" (an fsync per commit: a committed job
 //!                               # survives a power cut, not only a crash)
@@ -330,6 +331,7 @@ struct RawQueue {
     #[serde(default)]
     queue_type: AmqpQueueType,
     history: Option<Spanned<PathBuf>>,
+    events: Option<bool>,
     schema: Option<Spanned<String>>,
     durability: Option<Spanned<Durability>>,
 }
@@ -444,6 +446,25 @@ env = { A = "b" }
         assert_eq!(line, Some(1));
         let (_, field, _) = error_of("[queue]\npath = \"q\"\n");
         assert_eq!(field.as_deref(), Some("task"));
+    }
+
+    #[test]
+    fn amqp_history_defaults_beside_the_socket_and_is_amqp_only() {
+        let amqp = GOOD.replace("path = \"q.db\"", "backend = \"amqp\"\nurl = \"amqp://h\"");
+        let with_socket = format!("[daemon]\ncontrol_socket = \"/run/p/d1.sock\"\n{amqp}");
+        let c = Config::parse(Path::new("/etc/p/x.toml"), &with_socket).unwrap();
+        assert_eq!(c.queue.path, Path::new("/run/p/d1.history.db"));
+        assert!(c.queue.events, "events are on by default");
+        let named = amqp.replace(
+            "url = \"amqp://h\"",
+            "url = \"amqp://h\"\nhistory = \"h.db\"\nevents = false",
+        );
+        let c = Config::parse(Path::new("/etc/p/x.toml"), &named).unwrap();
+        assert_eq!((c.queue.path.as_path(), c.queue.events), (Path::new("/etc/p/h.db"), false));
+        let sqlite = GOOD.replace("path = \"q.db\"", "path = \"q.db\"\nhistory = \"h.db\"");
+        let (_, field, msg) = error_of(&sqlite);
+        assert_eq!(field.as_deref(), Some("queue.history"));
+        assert!(msg.contains("amqp"), "{msg}");
     }
 
     #[test]

@@ -344,12 +344,9 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             // One batch: the SQLite queue commits all of it or none; a backend that cannot
             // reports the jobs it queued before the error, and those are printed too.
             // The client pokes the daemon when anything was queued.
-            if wait && payloads.len() == 1 && options.is_plain() {
-                // One job: published with a reply address where the backend has one (AMQP).
-                let waited = c
-                    .publish_and_wait(&routing_key, &payloads[0], timeout)
-                    .map_err(|e| unable("publish and wait for the job", &e))?;
-                return jobs::report(&waited, json);
+            if wait {
+                // Where the backend has one (AMQP), the jobs carry a reply address.
+                c.expect_replies().map_err(|e| unable("prepare to wait for the jobs", &e))?;
             }
             let (ids, existing, failure) =
                 match c.publish_batch_with(&routing_key, &payloads, &options) {
