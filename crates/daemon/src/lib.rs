@@ -14,6 +14,10 @@
 //!   deadlines. A job is acknowledged only once its outcome is known; failures retry with
 //!   exponential backoff up to `max_attempts`, then the job is dead-lettered (listed by
 //!   `status`, requeued by `requeue`).
+//! - `[http] listen = "127.0.0.1:9464"` adds an HTTP face ([`http`]): a live dashboard,
+//!   a JSON API (the same JSON as the `--json` verbs, plus pause/resume/scale of a task) and
+//!   Prometheus metrics at `/metrics`, served on threads of their own from snapshots the
+//!   loop hands over, so it never slows the jobs. Off loopback it needs a bearer token.
 //! - Signals: TERM/INT/QUIT stop gracefully (in-flight jobs get the grace period, then the
 //!   workers' process groups get TERM, then KILL); a second one stops at once. HUP reloads
 //!   the config and applies only the difference.

@@ -217,6 +217,28 @@ enum Cmd {
         after_help = "Example:\n  procyard-daemon migrate --config procyard.toml\n\nPrints the versions applied (nothing when the schema was up to date)."
     )]
     Migrate,
+    /// Stop a task taking new jobs (its running jobs finish) until `resume` or a restart.
+    #[command(
+        after_help = "Example:\n  procyard-daemon pause thumbnail\n  procyard-daemon resume thumbnail"
+    )]
+    Pause {
+        /// The task's name.
+        task: String,
+    },
+    /// Let a paused task take jobs again.
+    #[command(after_help = "Example:\n  procyard-daemon resume thumbnail")]
+    Resume {
+        /// The task's name.
+        task: String,
+    },
+    /// Run at most MAX_WORKERS jobs of a task at once, until the next reload.
+    #[command(after_help = "Example:\n  procyard-daemon scale thumbnail 8")]
+    Scale {
+        /// The task's name.
+        task: String,
+        /// The new limit (at least 1).
+        max_workers: usize,
+    },
     /// Delete the records of ended jobs (done and cancelled with --done, dead letters with
     /// --dead).
     #[command(after_help = "Example:\n  procyard-daemon purge --done --dead --older-than 7d")]
@@ -464,5 +486,19 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
         Cmd::Purge { dead, done, older_than } => {
             jobs::purge(&mut Client::new(load(config)?), &Purge { dead, done, older_than })
         }
+        Cmd::Pause { task } => steer(config, control::Request::Pause { task }),
+        Cmd::Resume { task } => steer(config, control::Request::Resume { task }),
+        Cmd::Scale { task, max_workers } => {
+            steer(config, control::Request::Scale { task, max_workers })
+        }
     }
+}
+
+/// Pause, resume or scale a task of the running daemon; prints what it did.
+fn steer(config: &Path, request: control::Request) -> Result<u8, String> {
+    let c = load(config)?;
+    let message =
+        control::steer(&c.daemon.control_socket, &request).map_err(|e| unable("do that", &e))?;
+    println!("{message}");
+    Ok(0)
 }
