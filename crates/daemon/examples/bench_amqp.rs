@@ -220,6 +220,7 @@ fn run_amqp(
         exchange: exchange.clone(),
         queue_type,
         schema: "procyard".into(),
+        durability: Default::default(),
     };
     let early = if prepublish { Some(publish_all(&config)?) } else { None };
     let d1 = start_daemon(bin, &c1)?;
@@ -262,6 +263,7 @@ fn run_sqlite(bin: &Path, dir: &Path) -> anyhow::Result<Figures> {
         exchange: "procyard".into(),
         queue_type: AmqpQueueType::default(),
         schema: "procyard".into(),
+        durability: Default::default(),
     };
     let binding =
         TaskBinding { name: "noop".into(), routing_keys: vec!["noop".into()], max_attempts: 3 };

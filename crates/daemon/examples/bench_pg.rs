@@ -130,6 +130,7 @@ fn pg_config(url: &str, schema: &str) -> QueueConfig {
         exchange: "procyard".into(),
         queue_type: Default::default(),
         schema: schema.to_owned(),
+        durability: Default::default(),
     }
 }
 
@@ -141,6 +142,7 @@ fn sqlite_config(path: &Path) -> QueueConfig {
         exchange: "procyard".into(),
         queue_type: Default::default(),
         schema: "procyard".into(),
+        durability: Default::default(),
     }
 }
 

@@ -1,7 +1,9 @@
 //! [`Client`]: what the command-line verbs do, for programs that would rather not shell out —
 //! publish (and poke the daemon), look at job records, wait for jobs, cancel them, purge.
 //!
-//! Records are read from the queue itself (the SQLite file: no daemon needed to read them);
+//! Records are read from the queue itself (the SQLite file: no daemon needed to read them;
+//! on RabbitMQ, the local history of the daemon that uses the same config: only the jobs it
+//! ran);
 //! waiting and cancelling a running job talk to the daemon over its control socket. A wait is
 //! an event: the daemon answers the held connection when the jobs end. With no daemon to ask,
 //! a wait looks at the queue every [`POLL_WITHOUT_DAEMON`] instead (nothing would end the
@@ -12,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::control::{self, Request, Response};
 use crate::queue::{
-    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, Purge, QueueBackend,
-    check_job_id,
+    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, Publication, PublishOptions,
+    Purge, QueueBackend, ScheduleStatus, check_job_id,
 };
 use crate::{Config, Error, Result};
 
@@ -82,6 +84,21 @@ impl Waited {
     }
 }
 
+/// What `publish --json` prints and `POST /api/jobs` answers: the ids of the jobs queued.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    /// The routing key published to.
+    pub routing_key: String,
+    /// One id per task bound to it (an existing job's id where a unique key matched).
+    pub jobs: Vec<String>,
+    /// Whether a unique key matched a job that already existed (`publish --unique`).
+    #[serde(default)]
+    pub duplicate: bool,
+    /// The ids (of `jobs`) of jobs that existed before this publish.
+    #[serde(default)]
+    pub existing: Vec<String>,
+}
+
 /// What [`Client::cancel`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cancelled {
@@ -89,6 +106,9 @@ pub enum Cancelled {
     Waiting,
     /// The job is running: its process gets the stop ladder, and it ends `cancelled`.
     Stopping,
+    /// On RabbitMQ: every running daemon was asked to cancel it — the one running it stops it
+    /// (it ends `cancelled`), and one that receives it later drops it (for 24 hours).
+    Requested,
 }
 
 /// A client of one daemon's queue and control socket.
@@ -128,6 +148,11 @@ impl Client {
         Ok(self.queue.as_deref_mut().expect("opened"))
     }
 
+    /// The queue, opened at the first call (for the HTTP face's reads).
+    pub(crate) fn queue_mut(&mut self) -> Result<&mut dyn QueueBackend> {
+        self.queue()
+    }
+
     fn poke(&self) {
         if let Err(e) = control::poke(&self.config.daemon.control_socket) {
             tracing::debug!(error = %e.chain(), "could not poke the daemon");
@@ -162,6 +187,49 @@ impl Client {
         result
     }
 
+    /// Publishes one job with publish-time controls (a delay or time, a priority, a unique
+    /// key, headers: [`PublishOptions`]) and tells the daemon. A held unique key answers the
+    /// existing job's id, listed in [`Publication::existing`].
+    ///
+    /// ```no_run
+    /// # use procyard_daemon::{Client, queue::PublishOptions};
+    /// # use std::time::Duration;
+    /// # let mut client = Client::open(None)?;
+    /// let opts = PublishOptions::new().delay(Duration::from_secs(30)).priority(8).unique("r-42");
+    /// let published = client.publish_with("reports.build", b"42", &opts)?;
+    /// println!("{:?} (duplicate: {})", published.ids, published.is_duplicate());
+    /// # Ok::<(), procyard_daemon::Error>(())
+    /// ```
+    pub fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payload: &[u8],
+        options: &PublishOptions,
+    ) -> Result<Publication> {
+        self.publish_batch_with(routing_key, &[payload.to_vec()], options).map_err(|p| p.error)
+    }
+
+    /// Publishes one job per payload with publish-time controls (see
+    /// [`QueueBackend::publish_with`]) and tells the daemon.
+    pub fn publish_batch_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Publication, Box<PartialPublish>> {
+        let q =
+            self.queue().map_err(|error| Box::new(PartialPublish { committed: vec![], error }))?;
+        let result = q.publish_with(routing_key, payloads, options);
+        let any = match &result {
+            Ok(p) => p.ids.len() > p.existing.len(),
+            Err(p) => !p.committed.is_empty(),
+        };
+        if any {
+            self.poke();
+        }
+        result
+    }
+
     /// Publishes and waits for the jobs to end (or `timeout` to pass).
     pub fn publish_and_wait(
         &mut self,
@@ -169,7 +237,8 @@ impl Client {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<Waited> {
-        let ids = self.publish(routing_key, payload)?;
+        let ids = self.queue()?.publish_with_reply(routing_key, payload)?;
+        self.poke();
         self.wait(&ids, timeout)
     }
 
@@ -190,6 +259,11 @@ impl Client {
             check_job_id(id)?;
         }
         let deadline = timeout.map(|t| Instant::now() + t);
+        // On RabbitMQ the client hears the ends itself (replies, the events exchange).
+        if let Some(jobs) = self.queue()?.wait_heard(ids, false, deadline)? {
+            let timed_out = jobs.iter().any(|j| !j.state.is_final());
+            return Ok(Waited { jobs, timed_out });
+        }
         loop {
             let jobs = ids.iter().map(|id| self.job(id)).collect::<Result<Vec<_>>>()?;
             let pending: Vec<String> =
@@ -209,6 +283,10 @@ impl Client {
     /// what `logs -f` follows.
     pub fn wait_attempt(&mut self, id: &str, timeout: Option<Duration>) -> Result<()> {
         check_job_id(id)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        if self.queue()?.wait_heard(&[id.to_owned()], true, deadline)?.is_some() {
+            return Ok(());
+        }
         self.wait_event(vec![id.to_owned()], true, timeout)
     }
 
@@ -250,6 +328,11 @@ impl Client {
     /// (the stop ladder; never retried). A job that has ended is
     /// [`Error::JobFinished`]; an unknown one [`Error::UnknownJob`].
     pub fn cancel(&mut self, id: &str) -> Result<Cancelled> {
+        check_job_id(id)?;
+        // On RabbitMQ: a cancel request every daemon hears.
+        if self.queue()?.cancel_everywhere(id)? {
+            return Ok(Cancelled::Requested);
+        }
         for _ in 0..3 {
             let job = self.job(id)?;
             match job.state {
@@ -278,6 +361,38 @@ impl Client {
             // It moved between the look and the cancel (claimed, ended): look again.
         }
         Err(Error::Refused { message: format!("job {id} kept changing state; try again") })
+    }
+
+    /// The config's `[[schedule]]`s with their stored state (next and last run, last job).
+    pub fn schedules(&mut self) -> Result<Vec<ScheduleStatus>> {
+        let schedules = self.config.schedules.clone();
+        self.queue()?.schedules(&schedules)
+    }
+
+    /// Publishes a job of schedule `name` now; returns its ids.
+    pub fn trigger_schedule(&mut self, name: &str) -> Result<Vec<String>> {
+        let s = self.schedule(name)?;
+        let ids = self.queue()?.trigger_schedule(&s)?;
+        self.poke();
+        Ok(ids)
+    }
+
+    /// Pauses (`true`) or resumes schedule `name`, persisted; the daemon is told.
+    pub fn pause_schedule(&mut self, name: &str, paused: bool) -> Result<()> {
+        let s = self.schedule(name)?;
+        self.queue()?.pause_schedule(&s, paused)?;
+        self.poke();
+        Ok(())
+    }
+
+    fn schedule(&self, name: &str) -> Result<crate::schedule::ScheduleConfig> {
+        self.config.schedules.iter().find(|s| s.name == name).cloned().ok_or_else(|| {
+            Error::InvalidArgument {
+                what: "schedule",
+                value: name.to_owned(),
+                expected: "the name of a [[schedule]] in the config (see `schedules`)",
+            }
+        })
     }
 
     /// Deletes ended jobs' records as `what` says; returns how many.

@@ -16,7 +16,10 @@
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
-//! # backend = "postgres": url = "postgres://user@host:5432/db", schema = "procyard"
+//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the socket)
+//! schema = "procyard"           # postgres (with url = "postgres://user@host:5432/db")
+//! durability = "crash"          # sqlite: or "power" (an fsync per commit: a committed job
+//!                               # survives a power cut, not only a crash)
 //!
 //! [[task]]
 //! name = "thumbnail"
@@ -33,6 +36,9 @@
 //! env = { MODE = "fast" }
 //! cwd = "."
 //! output_limit = 65536          # bytes of stdout and of stderr kept per attempt (longlived: stderr)
+//! rate_limit = "100/s"           # at most this many starts per second (or /m, /h)
+//! concurrency_key = "header:tenant"  # or "payload-json:/customer_id" …
+//! max_per_key = 1                # … at most this many running per key (1: in publish order)
 //! ```
 //!
 //! Durations are an integer or float number of seconds, or a string with a unit: `250ms`,
@@ -45,8 +51,14 @@
 //! `check-config` use) also checks that it can run here: every task's program exists and can
 //! be executed, every `cwd` exists, and the control socket's path is free or a socket.
 
+#[cfg(test)]
+mod durability_tests;
+mod http;
 mod runnable;
+mod schedule;
 mod validate;
+
+pub use crate::schedule::ScheduleConfig;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -57,9 +69,11 @@ use procyard_core::Backoff;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::queue::{AmqpQueueType, BackendKind, QueueConfig, Retention, TaskBinding};
+use crate::queue::{AmqpQueueType, BackendKind, Durability, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 use validate::Validator;
+
+pub use self::http::{HttpSettings, TokenSource};
 
 /// How a task's workers take jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -115,6 +129,8 @@ pub struct TaskConfig {
     /// The bytes of stdout and of stderr kept per attempt (the first and last halves, with
     /// the count dropped between; a longlived worker's stderr only); default 64 KiB.
     pub output_limit: usize,
+    /// `rate_limit`, `concurrency_key`, `max_per_key`: limits on starts.
+    pub limits: crate::limits::TaskLimits,
 }
 
 impl TaskConfig {
@@ -155,6 +171,8 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// How long ended jobs' records are kept (`keep_done`, `keep_done_max`).
     pub retention: Retention,
+    /// The zone of local times (`publish --at 2026-12-05T03:00`): an IANA name, default UTC.
+    pub timezone: String,
 }
 
 /// A validated configuration.
@@ -168,6 +186,10 @@ pub struct Config {
     pub queue: QueueConfig,
     /// `[[task]]`, in file order.
     pub tasks: Vec<TaskConfig>,
+    /// `[[schedule]]`: periodic jobs, in file order.
+    pub schedules: Vec<ScheduleConfig>,
+    /// `[http]`: the dashboard, JSON API and metrics (off when absent).
+    pub http: Option<HttpSettings>,
 }
 
 impl Config {
@@ -215,6 +237,11 @@ impl Config {
     /// The task bindings for the queue backend.
     pub fn bindings(&self) -> Vec<TaskBinding> {
         self.tasks.iter().map(TaskConfig::binding).collect()
+    }
+
+    /// Each task's limits on starts, for the queue backend.
+    pub fn limits(&self) -> Vec<crate::limits::TaskLimits> {
+        self.tasks.iter().map(|t| t.limits.clone()).collect()
     }
 
     /// The task named `name`.
@@ -274,6 +301,9 @@ struct RawConfig {
     queue: RawQueue,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
+    #[serde(default)]
+    schedule: Vec<Spanned<schedule::RawSchedule>>,
+    http: Option<Spanned<http::RawHttp>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -286,6 +316,7 @@ struct RawDaemon {
     log_format: LogFormat,
     keep_done: Option<Spanned<DurationValue>>,
     keep_done_max: Option<Spanned<i64>>,
+    timezone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -298,7 +329,9 @@ struct RawQueue {
     exchange: Option<Spanned<String>>,
     #[serde(default)]
     queue_type: AmqpQueueType,
+    history: Option<Spanned<PathBuf>>,
     schema: Option<Spanned<String>>,
+    durability: Option<Spanned<Durability>>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +355,9 @@ struct RawTask {
     env: BTreeMap<String, String>,
     cwd: Option<Spanned<PathBuf>>,
     output_limit: Option<Spanned<i64>>,
+    rate_limit: Option<Spanned<String>>,
+    concurrency_key: Option<Spanned<String>>,
+    max_per_key: Option<Spanned<i64>>,
 }
 
 fn default_model() -> WorkModel {

@@ -44,6 +44,45 @@ pub enum Request {
         /// How long the client waits at most (the daemon holds the connection that long).
         timeout_ms: u64,
     },
+    /// Answer with the output of job `id`'s running attempt written after the offsets given
+    /// ([`Response::Output`]) as soon as there is some, or when the attempt ends; with no
+    /// `run`, from the start of the attempt running now (waiting for one to start). Answered
+    /// with [`Response::Ended`] when the job ended, or the run followed is over: read the
+    /// record. The connection stays open up to `timeout_ms`.
+    Follow {
+        /// The job id.
+        id: String,
+        /// The run followed so far ([`LiveOutput::run`]), with the offsets of
+        /// the bytes already seen.
+        #[serde(default)]
+        run: Option<u64>,
+        /// Stdout bytes already seen.
+        #[serde(default)]
+        stdout_at: u64,
+        /// Stderr bytes already seen.
+        #[serde(default)]
+        stderr_at: u64,
+        /// How long the client waits at most.
+        timeout_ms: u64,
+    },
+    /// Stop claiming jobs for this task (running jobs finish); answered with
+    /// [`Response::Applied`].
+    Pause {
+        /// The task's name.
+        task: String,
+    },
+    /// Claim jobs for this task again.
+    Resume {
+        /// The task's name.
+        task: String,
+    },
+    /// Run at most `max_workers` jobs of this task at once, until the next reload.
+    Scale {
+        /// The task's name.
+        task: String,
+        /// The new limit (at least 1).
+        max_workers: usize,
+    },
 }
 
 /// The daemon's answer.
@@ -54,16 +93,45 @@ pub enum Response {
     Status(Box<Status>),
     /// What [`Request::Wait`] waited for happened: read the records.
     Ended,
+    /// New output of a followed attempt ([`Request::Follow`]).
+    Output(Box<LiveOutput>),
     /// The jobs of a [`Request::Cancel`] that this daemon found and is cancelling.
     Cancelling {
         /// Their ids.
         found: Vec<String>,
+    },
+    /// A [`Request::Pause`], [`Request::Resume`] or [`Request::Scale`] was applied.
+    Applied {
+        /// What the daemon did.
+        message: String,
     },
     /// The request was malformed or refused.
     Error {
         /// Why.
         message: String,
     },
+}
+
+/// New output of a running attempt, as the daemon sends it (`logs -f`, [`crate::follow`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveOutput {
+    /// Which run of the job this is (the daemon's token; pass it back to go on).
+    pub run: u64,
+    /// The attempt's delivery count (`PROCYARD_ATTEMPT`; an attempt's `delivery`).
+    pub delivery: u32,
+    /// The worker's pid.
+    pub worker_pid: Option<i32>,
+    /// Stdout bytes written after the offset asked for (a marker line stands for bytes
+    /// the bounded capture dropped).
+    pub stdout: Vec<u8>,
+    /// Stderr bytes likewise.
+    pub stderr: Vec<u8>,
+    /// Stdout bytes written so far (the next offset to ask from).
+    pub stdout_at: u64,
+    /// Stderr bytes written so far.
+    pub stderr_at: u64,
+    /// The attempt ended: these are its last bytes.
+    pub ended: bool,
 }
 
 fn connect(socket: &Path, timeout: Duration) -> Result<Option<UnixStream>> {

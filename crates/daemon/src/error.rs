@@ -186,6 +186,15 @@ pub enum Error {
         /// The id.
         id: String,
     },
+    /// On RabbitMQ: no job has this id in this daemon's local history (another daemon ran it,
+    /// it never ran, or it was pruned after its retention).
+    #[error("no job {id} in this daemon's history {} (from this daemon's history: jobs run by other daemons are not here; or it was pruned after its retention)", history.display())]
+    NotInHistory {
+        /// The id.
+        id: String,
+        /// The history file looked in.
+        history: PathBuf,
+    },
     /// The job has already ended: it cannot be cancelled.
     #[error("job {id} is already {state}: nothing to cancel")]
     JobFinished {

@@ -60,8 +60,33 @@
 //! `wait`, `cancel`, `purge` verbs) reads and acts on them; waiting is an event (the daemon
 //! answers a held control connection when the jobs end). A longlived worker's stderr is
 //! relayed to the daemon's stderr and what it writes during a job is kept with that job's
-//! attempt (bounded the same way). Not recorded (yet): the rusage of a job's process (core's
-//! wait does not return it) and a worker's result value; the AMQP backend keeps no records.
+//! attempt (bounded the same way). Not recorded (yet): a worker's result value. On RabbitMQ the records are each
+//! daemon's own (see below).
+//!
+//! # On RabbitMQ: what is cluster-wide and what is local
+//!
+//! Many daemons serve one broker, so no one daemon holds every record.
+//!
+//! - **Local** (this daemon only): the job records. Each AMQP daemon keeps the records of the
+//!   jobs IT ran in a SQLite history of its own (`[queue] history`, by default beside its
+//!   control socket; the same tables and code as the embedded queue), pruned by the same
+//!   retention; `job`, `jobs` and `logs` read it and say so ("from this daemon's history:
+//!   jobs run by other daemons are not here"). A job retried on another daemon stays
+//!   `delayed` here; its later attempts are in that daemon's history.
+//! - **Cluster-wide** (through the broker): job events — every daemon publishes `started`,
+//!   `failed`, `retried`, `done`, `dead` and `cancelled` as JSON on the topic exchange
+//!   `<exchange>.events` (routing key `<task>.<event>`; see `queue::amqp::JobEvent`), without
+//!   waiting for confirms; `publish --wait` — the publisher's exclusive reply queue gets the
+//!   outcome (with the last attempt's output) from whichever daemon ends the job; `cancel` —
+//!   a request on the events exchange that every running daemon honours: the one running the
+//!   job stops it (it ends `cancelled`, never retried), and each keeps a tombstone (24 h, at
+//!   most 100,000 ids, in memory) so a job still queued is acknowledged as cancelled when it
+//!   arrives instead of running.
+//! - **Limits**: `wait ID` for a job run elsewhere hears only ends that happen after it
+//!   starts listening (and what this daemon's history already has); a daemon that was not
+//!   running when a cancel was sent keeps no tombstone for it; events are news, not jobs — a
+//!   daemon cut off from the broker loses the events of that time; `publish --lines --wait`
+//!   waits through the events exchange, not the reply queue.
 //!
 //! # Limitations
 //!
@@ -88,10 +113,14 @@ pub mod client;
 pub mod config;
 pub mod control;
 mod error;
+pub mod follow;
+pub mod http;
+pub mod limits;
 mod notify;
 pub mod protocol;
 pub mod queue;
 pub mod routing;
+pub mod schedule;
 pub mod status;
 mod supervisor;
 pub mod worker;

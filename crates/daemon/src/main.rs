@@ -5,8 +5,12 @@
 
 #[path = "cli/jobs.rs"]
 mod jobs;
+#[path = "cli/publish.rs"]
+mod publish;
 #[path = "cli/render.rs"]
 mod render;
+#[path = "cli/schedules.rs"]
+mod schedules;
 
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -19,7 +23,12 @@ use procyard_daemon::config::LogFormat;
 use procyard_daemon::queue::{self, JobFilter, JobState, OpenMode, PartialPublish, Purge, Requeue};
 use procyard_daemon::{Client, Config, DAEMON_SIGNALS, RunOptions, control};
 
-const EXIT_CODES: &str = "Exit status: 0 every job done, 1 a job failed or was dead-lettered (or an error), 2 a job was cancelled (or a usage error), 124 the timeout passed.";
+/// The exit status table, shown by `--help` of the verbs that wait (and of the program).
+const EXIT_CODES: &str = "Exit status:\n  0    every job done (or the command succeeded)\n  1    a job failed or was dead-lettered, or an error\n  2    a job was cancelled\n  64   a usage error (unknown flag, bad value; EX_USAGE)\n  124  the timeout passed";
+
+/// The exit status of a command-line usage error (`EX_USAGE` of `sysexits.h`): apart from 2,
+/// which `wait` uses for a cancelled job.
+const EX_USAGE: u8 = 64;
 
 /// A supervisor daemon: groups of worker processes fed by a job queue.
 #[derive(Parser, Debug)]
@@ -27,7 +36,7 @@ const EXIT_CODES: &str = "Exit status: 0 every job done, 1 a job failed or was d
     name = "procyard-daemon",
     version,
     about,
-    after_help = "Examples:\n  procyard-daemon check-config --config procyard.toml\n  procyard-daemon run --config procyard.toml\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  procyard-daemon status --config procyard.toml --json\n  procyard-daemon jobs --state dead\n  procyard-daemon wait --timeout 1m 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\n\nWithout --config: $PROCYARD_CONFIG, ./procyard.toml, $XDG_CONFIG_HOME/procyard/daemon.toml, /etc/procyard/daemon.toml."
+    after_help = "Examples:\n  procyard-daemon check-config --config procyard.toml\n  procyard-daemon run --config procyard.toml\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  procyard-daemon status --config procyard.toml --json\n  procyard-daemon jobs --state dead\n  procyard-daemon wait --timeout 1m 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\n\nWithout --config: $PROCYARD_CONFIG, ./procyard.toml, $XDG_CONFIG_HOME/procyard/daemon.toml, /etc/procyard/daemon.toml.\n\nExit status:\n  0    every job done (or the command succeeded)\n  1    a job failed or was dead-lettered, or an error\n  2    a job was cancelled (wait, publish --wait)\n  64   a usage error (unknown flag, bad value; EX_USAGE)\n  124  the timeout passed (wait, publish --wait)"
 )]
 struct Cli {
     /// The TOML config. Default: $PROCYARD_CONFIG, ./procyard.toml,
@@ -51,7 +60,7 @@ enum Cmd {
     },
     /// Publish a job: a copy goes to every task bound to ROUTING_KEY.
     #[command(
-        after_help = "Examples:\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  echo data | procyard-daemon publish --config procyard.toml hello.world -\n  seq 100 | procyard-daemon publish --config procyard.toml --lines hello.world\n  procyard-daemon publish --wait --timeout 30s hello.world 'some payload'\n\nWith --wait, exit status: 0 every job done, 1 a job failed or was dead-lettered (or an error), 2 a job was cancelled (or a usage error), 124 the timeout passed."
+        after_help = "Examples:\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  echo data | procyard-daemon publish --config procyard.toml hello.world -\n  seq 100 | procyard-daemon publish --config procyard.toml --lines hello.world\n  procyard-daemon publish --wait --timeout 30s hello.world 'some payload'\n  procyard-daemon publish --delay 10m --priority 8 reports.build 42\n  procyard-daemon publish --at 2026-12-05T03:00:00Z reports.nightly\n  procyard-daemon publish --unique report-42 --unique-for 1h --json reports.build 42\n\nA job with --delay or --at waits as `delayed` and starts when due; a time in the past runs now (and says so). --priority 0..9 (default 5): higher first within a task, publish order within one priority. --unique KEY: while a job of the task with that key is ready, delayed or running (or, with --unique-for, published within that window) the existing job's id is printed instead (--json: \"duplicate\": true).\n\nWith --wait, exit status:\n  0    every job done\n  1    a job failed or was dead-lettered, or an error\n  2    a job was cancelled\n  64   a usage error (EX_USAGE)\n  124  the timeout passed"
     )]
     Publish {
         /// Wait for the jobs to end and exit with their status (see below).
@@ -67,10 +76,28 @@ enum Cmd {
         /// Print the job ids as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        when: publish::When,
         /// The routing key (dot-separated words).
         routing_key: String,
         /// The payload, or `-` for stdin (default: empty).
         payload: Option<String>,
+    },
+    /// List the [[schedule]]s: name, cadence, next and last run, last job (works with the
+    /// daemon down).
+    #[command(after_help = schedules::LIST_HELP)]
+    Schedules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fire a schedule now, or pause or resume it (persisted in the queue).
+    #[command(after_help = schedules::ACT_HELP)]
+    Schedule {
+        /// What to do.
+        action: schedules::Action,
+        /// The schedule's name.
+        name: String,
     },
     /// Show the running daemon's groups, workers, queues and dead letters.
     #[command(after_help = "Example:\n  procyard-daemon status --config procyard.toml --json")]
@@ -142,9 +169,9 @@ enum Cmd {
         json: bool,
     },
     /// Print a job's output: stdout to stdout, stderr to stderr (the last attempt's, or
-    /// --attempt N's).
+    /// --attempt N's); with -f, live until the job ends.
     #[command(
-        after_help = "Example:\n  procyard-daemon logs 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b --stream stderr -f"
+        after_help = "Example:\n  procyard-daemon logs 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b --stream stderr -f\n\nWith -f, exit status as wait's: 0 done, 1 failed or dead (or an error), 2 cancelled, 64 a usage error."
     )]
     Logs {
         /// The job id.
@@ -155,7 +182,7 @@ enum Cmd {
         /// Only this stream.
         #[arg(long, value_enum)]
         stream: Option<jobs::Stream>,
-        /// Follow the job to its end: each attempt's output as the attempt ends.
+        /// Follow the job to its end: its output as it is written, every attempt in turn.
         #[arg(short = 'f', long = "follow", conflicts_with = "attempt")]
         follow: bool,
     },
@@ -173,7 +200,9 @@ enum Cmd {
         json: bool,
     },
     /// Cancel jobs: a waiting one never runs; a running oneshot job's process group gets
-    /// TERM, then KILL after kill_timeout. A cancelled job is never retried.
+    /// TERM, then KILL after kill_timeout; a longlived worker that understands cancel frames
+    /// is asked to stop the job (the ladder if it does not answer within kill_timeout). A
+    /// cancelled job is never retried.
     #[command(
         after_help = "Example:\n  procyard-daemon cancel 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
     )]
@@ -217,7 +246,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
         }
     };
     let config = match procyard_daemon::client::find_config(cli.config.as_deref()) {
@@ -293,8 +322,9 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             );
             Ok(0)
         }
-        Cmd::Publish { wait, timeout, lines, json, routing_key, payload } => {
+        Cmd::Publish { wait, timeout, lines, json, when, routing_key, payload } => {
             let mut c = Client::new(load(config)?);
+            let options = when.options(c.config())?;
             let mut payloads: Vec<Vec<u8>> = Vec::new();
             if lines {
                 for line in std::io::stdin().lock().split(b'\n') {
@@ -314,19 +344,34 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             // One batch: the SQLite queue commits all of it or none; a backend that cannot
             // reports the jobs it queued before the error, and those are printed too.
             // The client pokes the daemon when anything was queued.
-            let (ids, failure) = match c.publish_batch(&routing_key, &payloads) {
-                Ok(ids) => (ids, None),
-                Err(partial) => {
-                    let PartialPublish { committed, error } = *partial;
-                    (committed, Some(error))
-                }
-            };
+            if wait && payloads.len() == 1 && options.is_plain() {
+                // One job: published with a reply address where the backend has one (AMQP).
+                let waited = c
+                    .publish_and_wait(&routing_key, &payloads[0], timeout)
+                    .map_err(|e| unable("publish and wait for the job", &e))?;
+                return jobs::report(&waited, json);
+            }
+            let (ids, existing, failure) =
+                match c.publish_batch_with(&routing_key, &payloads, &options) {
+                    Ok(p) => (p.ids, p.existing, None),
+                    Err(partial) => {
+                        let PartialPublish { committed, error } = *partial;
+                        (committed, Vec::new(), Some(error))
+                    }
+                };
+            publish::tell_existing(&existing, json);
             if wait && failure.is_none() {
                 let waited = c.wait(&ids, timeout).map_err(|e| unable("wait for the jobs", &e))?;
                 return jobs::report(&waited, json);
             }
             if json {
-                println!("{}", serde_json::json!({ "routing_key": routing_key, "jobs": ids }));
+                let published = procyard_daemon::client::Published {
+                    routing_key: routing_key.clone(),
+                    duplicate: !existing.is_empty(),
+                    jobs: ids.clone(),
+                    existing,
+                };
+                println!("{}", serde_json::to_string(&published).map_err(|e| e.to_string())?);
             } else {
                 for id in &ids {
                     println!("{id}");
@@ -346,6 +391,10 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                     Err(msg)
                 }
             }
+        }
+        Cmd::Schedules { json } => schedules::list(&mut Client::new(load(config)?), json),
+        Cmd::Schedule { action, name } => {
+            schedules::act(&mut Client::new(load(config)?), action, &name)
         }
         Cmd::Status { json } => {
             let c = load(config)?;

@@ -12,6 +12,19 @@
 //! `{"id":"0190…","outcome":"done"}`, or `"outcome":"retry"` (temporary failure, like exit
 //! 75 for oneshot tasks) or `"outcome":"fail"`, with an optional `"message"`.
 //!
+//! **Cancel** (optional; older workers need not know it). The daemon sets
+//! `PROCYARD_PROTOCOL=2` ([`PROTOCOL_ENV`]) in a longlived worker's environment. A worker that
+//! can stop a job part-way says so once, first thing on stdout, with a [`Hello`] frame
+//! `{"type":"hello","cancel":true}`. When such a job is cancelled (`procyard-daemon cancel ID`)
+//! the daemon sends it a [`CancelFrame`] `{"type":"cancel","id":"0190…"}` (one frame, no
+//! payload; it may arrive while the job runs, so the worker must read stdin while it works);
+//! the worker stops that job and replies as usual (`"outcome":"cancelled"`, or any other: the
+//! job ends `cancelled` whatever it says) and takes the next job. A worker that does not reply
+//! within the daemon's `kill_timeout` gets the stop ladder (TERM to its process group, then
+//! KILL after `kill_timeout`), and so does, at once, a worker that sent no hello: its job ends
+//! `cancelled` either way and is never retried. A cancel for a job the worker no longer runs
+//! is to be ignored.
+//!
 //! The daemon sends one job at a time and waits for its reply; a worker takes job after job.
 //! End of file on stdin means "stop": finish and exit 0. Write logs to stderr — stdout is the
 //! protocol; the daemon relays stderr to its own and keeps what is written during a job with
@@ -52,6 +65,68 @@ pub struct JobHeader {
     pub attempt: u32,
 }
 
+/// The environment variable, set in a longlived worker's environment, that says which
+/// version of this protocol the daemon speaks: `2` accepts a [`Hello`] and sends
+/// [`CancelFrame`]s to the workers that announced them.
+pub const PROTOCOL_ENV: &str = "PROCYARD_PROTOCOL";
+
+/// The protocol version this daemon speaks (the value of [`PROTOCOL_ENV`]).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Daemon → worker: stop the job `id` (sent only to a worker that announced `cancel` in its
+/// [`Hello`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "cancel")]
+pub struct CancelFrame {
+    /// The job to stop.
+    pub id: String,
+}
+
+/// Worker → daemon, once, before any reply: what the worker understands beyond version 1.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "hello")]
+pub struct Hello {
+    /// The worker stops a job when sent a [`CancelFrame`].
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// A frame a worker sent: a reply, or its hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerFrame {
+    /// A reply to a job.
+    Reply(Reply),
+    /// The worker's hello.
+    Hello(Hello),
+}
+
+impl WorkerFrame {
+    /// Parses one frame's bytes; a frame that is neither is an error saying why it is not a
+    /// reply.
+    pub fn parse(bytes: &[u8]) -> Result<WorkerFrame, String> {
+        match serde_json::from_slice::<Reply>(bytes) {
+            Ok(reply) => Ok(WorkerFrame::Reply(reply)),
+            Err(e) => {
+                /// A hello as read: its `type` checked by hand (serde does not check a
+                /// struct's tag).
+                #[derive(Deserialize)]
+                struct Tagged {
+                    #[serde(rename = "type")]
+                    kind: String,
+                    #[serde(default)]
+                    cancel: bool,
+                }
+                match serde_json::from_slice::<Tagged>(bytes) {
+                    Ok(t) if t.kind == "hello" => {
+                        Ok(WorkerFrame::Hello(Hello { cancel: t.cancel }))
+                    }
+                    _ => Err(format!("bad reply frame: {e}")),
+                }
+            }
+        }
+    }
+}
+
 /// What a worker says about a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +137,9 @@ pub enum ReplyOutcome {
     Retry,
     /// Failure: retry until `max_attempts`, then dead-letter.
     Fail,
+    /// The worker stopped the job when told to cancel it: it ends `cancelled`, never
+    /// retried.
+    Cancelled,
 }
 
 /// A worker's reply frame.
@@ -74,4 +152,21 @@ pub struct Reply {
     /// Why, for failures (shown in dead letters and logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_frames_parse() {
+        let reply = WorkerFrame::parse(br#"{"id":"a","outcome":"cancelled"}"#).unwrap();
+        assert!(matches!(reply, WorkerFrame::Reply(r) if r.outcome == ReplyOutcome::Cancelled));
+        let hello = WorkerFrame::parse(br#"{"type":"hello","cancel":true}"#).unwrap();
+        assert_eq!(hello, WorkerFrame::Hello(Hello { cancel: true }));
+        let err = WorkerFrame::parse(br#"{"type":"hi"}"#).unwrap_err();
+        assert!(err.contains("bad reply frame") && err.contains("id"), "{err}");
+        let cancel = serde_json::to_string(&CancelFrame { id: "j".into() }).unwrap();
+        assert_eq!(cancel, r#"{"type":"cancel","id":"j"}"#);
+    }
 }

@@ -1,5 +1,7 @@
 //! Helpers for writing workers in Rust: [`serve`] runs the longlived protocol
-//! ([`crate::protocol`]) over stdin/stdout; [`OneshotJob::from_env`] reads a oneshot job.
+//! ([`crate::protocol`]) over stdin/stdout; [`serve_cancellable`] too, and tells the handler
+//! when the daemon cancels the job it runs ([`Cancel`]); [`OneshotJob::from_env`] reads a
+//! oneshot job.
 //!
 //! ```no_run
 //! use procyard_daemon::worker::{self, Outcome};
@@ -17,6 +19,10 @@ use procyard_core::frame;
 
 use crate::protocol::{JobHeader, Reply, ReplyOutcome};
 use crate::{Error, Result};
+
+mod cancellable;
+
+pub use cancellable::{Cancel, serve_cancellable, serve_cancellable_on};
 
 /// A job, as a worker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +48,20 @@ pub enum Outcome {
     Retry(String),
     /// Failure: retry until `max_attempts`, then dead-letter.
     Fail(String),
+    /// Stopped because the daemon cancelled the job ([`serve_cancellable`]): it ends
+    /// `cancelled`, never retried.
+    Cancelled,
+}
+
+/// The reply frame for job `id`'s `outcome`.
+fn reply_of(id: String, outcome: Outcome) -> Reply {
+    let (outcome, message) = match outcome {
+        Outcome::Done => (ReplyOutcome::Done, None),
+        Outcome::Retry(m) => (ReplyOutcome::Retry, Some(m)),
+        Outcome::Fail(m) => (ReplyOutcome::Fail, Some(m)),
+        Outcome::Cancelled => (ReplyOutcome::Cancelled, None),
+    };
+    Reply { id, outcome, message }
 }
 
 fn protocol_err(reason: impl Into<String>) -> Error {
@@ -79,12 +99,7 @@ pub fn serve_on<R: Read, W: Write>(
             attempt: header.attempt,
             payload,
         };
-        let (outcome, message) = match handler(&job) {
-            Outcome::Done => (ReplyOutcome::Done, None),
-            Outcome::Retry(m) => (ReplyOutcome::Retry, Some(m)),
-            Outcome::Fail(m) => (ReplyOutcome::Fail, Some(m)),
-        };
-        let reply = Reply { id: job.id, outcome, message };
+        let reply = reply_of(job.id.clone(), handler(&job));
         frame::write_frame(&mut output, &reply)
             .map_err(|e| Error::Os { action: "write a reply to stdout", source: e })?;
     }

@@ -46,6 +46,7 @@ fn config_of(url: &str, exchange: &str, queue_type: AmqpQueueType) -> QueueConfi
         exchange: exchange.to_owned(),
         queue_type,
         schema: "procyard".into(),
+        durability: Default::default(),
     }
 }
 

@@ -144,6 +144,7 @@ backoff_initial = "50ms"
             exchange: self.exchange.clone(),
             queue_type: AmqpQueueType::Quorum,
             schema: "procyard".into(),
+            durability: Default::default(),
         };
         let mut client = queue::open(&config, OpenMode::Client).expect("client");
         let binding = TaskBinding {

@@ -4,6 +4,7 @@
 //! Run with `cargo run --release -p procyard-procmgr --example bench_procmgr`. Set
 //! `PROCYARD_BENCH_IDLE` to change the number of idle children (default 2000: spawning
 //! 10,000 took about 45 s on the 2-core test machine, beyond the bench's time budget).
+//! `PROCYARD_BENCH_ONLY=closure` runs only closure tasks (for profiling).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,8 @@ use procyard_core::{Command, Stdio};
 use procyard_procmgr::{Endpoint, Outcome, ProcessManager, Scheduler, Strategy, Task};
 
 const TASKS: usize = 2000;
+/// Rounds of closure tasks, each after its bare fork baseline (medians reported).
+const ROUNDS: usize = 3;
 /// The Ruby original's throughput (tasks/s) and round trip (ms), from the issue.
 const RUBY_TASKS_PER_S: f64 = 872.5;
 const RUBY_ROUND_TRIP_MS: f64 = 1.65;
@@ -59,12 +62,39 @@ fn throughput(limit: usize, make: &dyn Fn(usize) -> Task) -> anyhow::Result<f64>
     Ok(TASKS as f64 / elapsed.as_secs_f64())
 }
 
+/// Fork + `_exit` + wait with `limit` children in flight, `TASKS` times: forks per second.
+fn bare_fork_rate(limit: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(limit);
+    for _ in 0..TASKS {
+        if in_flight.len() == limit
+            && let Some(mut oldest) = in_flight.pop_front()
+        {
+            procyard_core::Child::wait(&mut oldest)?;
+        }
+        match procyard_core::fork(procyard_core::ForkConfig::default())? {
+            procyard_core::Forked::Child => procyard_core::exit_immediately(0),
+            procyard_core::Forked::Parent(child) => in_flight.push_back(child),
+        }
+    }
+    for mut child in in_flight {
+        child.wait()?;
+    }
+    Ok(TASKS as f64 / started.elapsed().as_secs_f64())
+}
+
 fn main() -> anyhow::Result<()> {
     procyard_procmgr::register("noop", noop);
     procyard_procmgr::init();
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let limit = 2 * cores;
+    if std::env::var("PROCYARD_BENCH_ONLY").is_ok_and(|v| v == "closure") {
+        // For profiling: closure tasks alone.
+        let rate = throughput(limit, &|i| Task::closure(move |_| Ok::<_, String>(i)))?;
+        println!("closure tasks: {rate:.0}/s");
+        return Ok(());
+    }
     println!("procmgr bench: {cores} cores, Throttled({limit}), {TASKS} tasks per kind");
 
     // Baseline: spawn + wait of /bin/true, one after the other, as std does it.
@@ -96,26 +126,15 @@ fn main() -> anyhow::Result<()> {
     let fork_rate = TASKS as f64 / started.elapsed().as_secs_f64();
     println!("raw fork+_exit+wait: {fork_rate:.0}/s, median {:.0} us", median(fork_latency));
     // The ceiling for closure tasks on this machine: the same with `limit` children in
-    // flight (fork rates differ 2x between machines of one kind; this ratio does not).
-    let started = Instant::now();
-    let mut in_flight = std::collections::VecDeque::with_capacity(limit);
-    for _ in 0..TASKS {
-        if in_flight.len() == limit
-            && let Some(mut oldest) = in_flight.pop_front()
-        {
-            procyard_core::Child::wait(&mut oldest)?;
-        }
-        match procyard_core::fork(procyard_core::ForkConfig::default())? {
-            procyard_core::Forked::Child => procyard_core::exit_immediately(0),
-            procyard_core::Forked::Parent(child) => in_flight.push_back(child),
-        }
+    // flight (fork rates differ 2x between machines of one kind; this ratio does not),
+    // measured before each round of closure tasks; medians of both.
+    let (mut bare_rates, mut closure_rates) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        bare_rates.push(bare_fork_rate(limit)?);
+        closure_rates.push(throughput(limit, &|i| Task::closure(move |_| Ok::<_, String>(i)))?);
     }
-    for mut child in in_flight {
-        child.wait()?;
-    }
-    let fork_parallel_rate = TASKS as f64 / started.elapsed().as_secs_f64();
-
-    let closure_rate = throughput(limit, &|i| Task::closure(move |_| Ok::<_, String>(i)))?;
+    println!("rounds: bare fork {bare_rates:.0?}/s, closure tasks {closure_rates:.0?}/s");
+    let (fork_parallel_rate, closure_rate) = (median(bare_rates), median(closure_rates));
     bench_line(
         "closure_tasks_per_s",
         closure_rate,

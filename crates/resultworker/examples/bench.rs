@@ -1,6 +1,9 @@
 //! Benchmark: round trip of a trivial job (submit → value, p50 and p99) and throughput of
 //! 10,000 trivial jobs with `max_workers` = cores, beside Python's
-//! `concurrent.futures.ProcessPoolExecutor` running the same trivial job in the same run.
+//! `concurrent.futures.ProcessPoolExecutor` running the same trivial job in the same run: the
+//! default (children reused) against the pool, and `Config::fork_per_job()` against a bare
+//! fork + `_exit` + wait loop with as many in flight, measured before each of its runs.
+//! For profiling, `PROCYARD_BENCH_ONLY=default` (or `fork_per_job`) runs that part alone.
 //!
 //! Run with `cargo run --release -p procyard-resultworker --example bench`.
 
@@ -32,12 +35,12 @@ struct Figures {
     jobs_per_s: f64,
 }
 
+/// `before_run` runs before each of the `RUNS` rounds (a same-run baseline).
 fn bench_procyard(
-    cores: usize,
+    config: Config,
     noop: &Function<u64, u64>,
-    reuse: bool,
+    before_run: &mut dyn FnMut(),
 ) -> Result<Figures, procyard_resultworker::Error> {
-    let config = Config::default().max_workers(cores).reuse_processes(reuse);
     let worker = ResultWorker::new(config)?;
     for i in 0..50 {
         worker.call(noop, &i).wait()?;
@@ -46,6 +49,7 @@ fn bench_procyard(
     let mut p99s = Vec::new();
     let mut rates = Vec::new();
     for _ in 0..RUNS {
+        before_run();
         let mut samples = Vec::with_capacity(ROUND_TRIPS);
         for i in 0..ROUND_TRIPS as u64 {
             let t = Instant::now();
@@ -141,24 +145,50 @@ fn bare_fork_rate(in_flight: usize) -> Option<f64> {
     Some(JOBS as f64 / started.elapsed().as_secs_f64())
 }
 
+/// [`bare_fork_rate`] in a fresh copy of this program (this one has the worker's threads).
+fn bare_fork_in_a_fresh_process() -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let out = Command::new(exe).arg("--bare-fork").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().last()?.trim().parse().ok().filter(|r: &f64| r.is_finite())
+}
+
 fn main() {
     let noop = register("noop", |x: u64| Ok::<_, String>(x));
     procyard_resultworker::init();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let bare_fork = bare_fork_rate(cores);
     println!(
         "# procyard-resultworker bench: {cores} cores, {ROUND_TRIPS} round trips x {RUNS}, {JOBS} jobs x {RUNS}, medians"
     );
-    let run = |reuse| match bench_procyard(cores, &noop, reuse) {
+    let run = |config: Config, before_run: &mut dyn FnMut()| match bench_procyard(
+        config.max_workers(cores),
+        &noop,
+        before_run,
+    ) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("bench: procyard-resultworker failed: {e}");
             std::process::exit(1);
         }
     };
-    let ours = run(false);
-    let reused = run(true);
+    if std::env::args().nth(1).as_deref() == Some("--bare-fork") {
+        // A fresh single-threaded process (forking needs one): print the bare fork rate.
+        println!("{}", bare_fork_rate(cores).unwrap_or(f64::NAN));
+        return;
+    }
+    // For profiling: `PROCYARD_BENCH_ONLY=default` or `fork_per_job` runs that part alone.
+    let only = std::env::var("PROCYARD_BENCH_ONLY").ok();
+    match only.as_deref() {
+        Some("default") => return drop(run(Config::default(), &mut || {})),
+        Some("fork_per_job") => return drop(run(Config::default().fork_per_job(), &mut || {})),
+        _ => {}
+    }
     let python = bench_python(cores);
+    let ours = run(Config::default(), &mut || {});
+    let mut bare_forks = Vec::new();
+    let forked = run(Config::default().fork_per_job(), &mut || {
+        bare_forks.extend(bare_fork_in_a_fresh_process());
+    });
     let line = |metric: &str, value: f64, unit: &str, base: Option<f64>, lower_is_better: bool| {
         let (base_s, ratio) = match base {
             Some(b) => {
@@ -174,24 +204,38 @@ fn main() {
     println!(
         "# ratio = how many times better than the baseline (baseline/ours for times, ours/baseline for rates)"
     );
+    println!("# the default: children reused (no fork per job)");
     line("round_trip_p50", ours.p50_us, "us", python.as_ref().map(|p| p.p50_us), true);
     line("round_trip_p99", ours.p99_us, "us", python.as_ref().map(|p| p.p99_us), true);
     line("throughput_10k", ours.jobs_per_s, "jobs/s", python.as_ref().map(|p| p.jobs_per_s), false);
-    if let Some(bare) = bare_fork {
-        println!(
-            "BENCH\tthroughput_10k_vs_bare_fork\t{:.1}\tjobs/s\tbare_fork_exit_wait_{cores}_in_flight\t{bare:.1}\t{:.2}",
-            ours.jobs_per_s,
-            ours.jobs_per_s / bare
-        );
-    }
-    println!("# with Config::reuse_processes(true): no fork per job (children run job after job)");
-    line("round_trip_p50_reuse", reused.p50_us, "us", python.as_ref().map(|p| p.p50_us), true);
-    line("round_trip_p99_reuse", reused.p99_us, "us", python.as_ref().map(|p| p.p99_us), true);
+    println!("# with Config::fork_per_job(): a fresh child per job");
     line(
-        "throughput_10k_reuse",
-        reused.jobs_per_s,
+        "round_trip_p50_fork_per_job",
+        forked.p50_us,
+        "us",
+        python.as_ref().map(|p| p.p50_us),
+        true,
+    );
+    line(
+        "round_trip_p99_fork_per_job",
+        forked.p99_us,
+        "us",
+        python.as_ref().map(|p| p.p99_us),
+        true,
+    );
+    line(
+        "throughput_10k_fork_per_job",
+        forked.jobs_per_s,
         "jobs/s",
         python.as_ref().map(|p| p.jobs_per_s),
         false,
     );
+    if bare_forks.len() == RUNS {
+        let bare = median(bare_forks);
+        println!(
+            "BENCH\tthroughput_10k_fork_per_job_vs_bare_fork\t{:.1}\tjobs/s\tbare_fork_exit_wait_{cores}_in_flight\t{bare:.1}\t{:.2}",
+            forked.jobs_per_s,
+            forked.jobs_per_s / bare
+        );
+    }
 }

@@ -8,11 +8,24 @@
 //!
 //! - The **worker** is this same program started again by exec: [`init`] (called first thing
 //!   in `main`) returns at once in a normal run and turns the process into the worker when
-//!   its environment says so. The worker is single-threaded and forks one child per function
-//!   job — which is sound, unlike forking a multi-threaded application — or spawns the
-//!   command, up to [`Config::max_workers`] at once, each in its own process group. (When
+//!   its environment says so. The worker is single-threaded and forks the children that run
+//!   function jobs — which is sound, unlike forking a multi-threaded application — or spawns
+//!   the command, up to [`Config::max_workers`] at once, each in its own process group. (When
 //!   `init` runs with other threads alive, the worker starts function jobs by exec instead;
 //!   see below.)
+//! - **Reuse or a fork per job.** By default a function job's child serves job after job, as
+//!   in every mainstream pool (Python's `ProcessPoolExecutor`, Celery's prefork): no fork per
+//!   job, tens of microseconds a round trip. Which to choose:
+//!   - the default, for functions that leave nothing behind;
+//!   - [`Config::max_jobs_per_process`]`(n)` when they leak slowly (memory, descriptors,
+//!     caches): a child exits after `n` jobs and a fresh one takes over;
+//!   - [`Config::fork_per_job`] when each job must start from the program's state as it was
+//!     at `init` (a function changes globals, the working directory or the environment, or
+//!     must not see what an earlier job left behind), at the cost of a fork per job (a few
+//!     thousand jobs a second instead of a hundred thousand).
+//!
+//!   On a stop, the few jobs already written ahead into a busy reused child (at most 8 per
+//!   child) run within the grace; the rest end as [`Error::Stopped`].
 //! - A **handle** ([`ResultWorker`]): [`ResultWorker::new`] makes a worker of its own,
 //!   stopped when its last clone is dropped; [`ResultWorker::start`] starts the process's
 //!   global one (an error if it runs already with another [`Config`]), and
@@ -29,16 +42,14 @@
 //! - A **command** job's value is a [`CommandOutput`] shaped like `std::process::Output`
 //!   (status, stdout, stderr, each stream bounded by [`OUTPUT_LIMIT`]); one that does not exit
 //!   with status 0 is [`Error::CommandFailed`], which keeps the same output.
-//! - A fork per job is the cost of isolation, so the worker keeps it cheap: when idle it
-//!   keeps a spare child forked ahead of time (the next job does not wait for a fork); when
-//!   jobs queue up, each is forked with its job already in memory (no job pipe, no wake-up).
-//!   Every function child reports into one pipe shared by all (whole chunks of at most
+//! - A fork per job ([`Config::fork_per_job`]) is the cost of isolation, so the worker keeps
+//!   it cheap: when idle it keeps a spare child forked ahead of time (the next job does not
+//!   wait for a fork); when jobs queue up, each is forked with its job already in memory (no
+//!   job pipe, no wake-up). Every function child reports into one pipe shared by all (whole chunks of at most
 //!   `PIPE_BUF` bytes, tagged with the child's id), and a result is forwarded as soon as its
 //!   report arrives, before the child exits. The worker keeps few resident pages and writes
 //!   few of them per job: a fork copies the page tables of every resident page, and each
-//!   page written while a child shares it is copied. [`Config::reuse_processes`] lets
-//!   children run job after job instead (no fork per job, no isolation between consecutive
-//!   jobs of one child).
+//!   page written while a child shares it is copied.
 //! - Frames are procyard-core's length-prefixed frames, so payloads are binary-safe. If the
 //!   worker dies, every pending future fails with [`Error::WorkerLost`] and the worker is
 //!   restarted with backoff. The worker dies with the application (parent-death signal and
@@ -54,7 +65,10 @@
 //!     let square = register("square", |x: u64| Ok::<_, String>(x * x));
 //!     procyard_resultworker::init(); // the worker process never returns from here
 //!
-//!     let worker = ResultWorker::start(Config::default().max_workers(2))?;
+//!     // Children serve job after job; each is replaced after 1,000 jobs. For a fresh
+//!     // process per job instead: `Config::default().fork_per_job()`.
+//!     let config = Config::default().max_workers(2).max_jobs_per_process(1_000);
+//!     let worker = ResultWorker::start(config)?;
 //!     let a = worker.call(&square, &7);
 //!     let b = worker.submit::<procyard_resultworker::CommandOutput>(Job::command("echo", ["hi"]));
 //!     assert_eq!(a.wait()?, 49);

@@ -284,7 +284,7 @@ impl Listener {
         cmd.arg0("procyard-resultworker")
             .env(ENV_WORKER, self.shared.owner.as_raw().to_string())
             .env(ENV_MAX_WORKERS, config.max_workers.max(1).to_string())
-            .env(ENV_REUSE, if config.reuse_processes { "1" } else { "0" })
+            .env(ENV_REUSE, config.jobs_per_process().to_string())
             .stdin(Stdio::Fd(job_read))
             .stdout(Stdio::Fd(result_write))
             .stderr(Stdio::Inherit)

@@ -34,7 +34,9 @@ pub(crate) fn job_mode() -> Option<usize> {
     id.parse().ok()
 }
 
-/// `1` when job children are reused (see `Config::reuse_processes`).
+/// How many function jobs one job child runs before it exits: `0` for one (a fork per job,
+/// see `Config::fork_per_job`), otherwise the limit (`usize::MAX` for none; see
+/// `Config::max_jobs_per_process`).
 pub(crate) const ENV_REUSE: &str = "PROCYARD_RESULTWORKER_REUSE";
 
 /// The exit code of a worker-mode process whose `main` reached `ResultWorker::start`

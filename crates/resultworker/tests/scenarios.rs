@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 
 #[path = "scenarios/hardening.rs"]
 mod hardening;
+#[path = "scenarios/reuse.rs"]
+mod reuse;
 
 fn micros_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
@@ -323,7 +325,9 @@ fn resultworker_r3_worker_dies_with_killed_app() {
 fn resultworker_r4_stop_lets_inflight_finish() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_string_lossy().into_owned();
-    let w = worker(1);
+    // A fork per job: the second job waits in the worker's queue, not written ahead into the
+    // busy child's pipe (reuse mode; see `resultworker_stop_with_jobs_written_ahead`).
+    let w = ResultWorker::new(cfg(1).fork_per_job()).expect("start");
     // The first job runs until its gate opens; the second waits behind it (one at a time).
     let running = w.submit::<(u64, u64)>(Job::function("rendezvous", &(&d, "started", "gate")));
     let queued = w.submit::<u64>(Job::function("square", &3));
@@ -697,6 +701,16 @@ const TESTS: &[Test] = &[
         hardening::resultworker_hardening_call_takes_borrowed_arguments,
     ),
     ("resultworker_reuse_processes_mode", resultworker_reuse_processes_mode),
+    ("resultworker_default_reuses_job_processes", reuse::resultworker_default_reuses_job_processes),
+    (
+        "resultworker_max_jobs_per_process_recycles_children",
+        reuse::resultworker_max_jobs_per_process_recycles_children,
+    ),
+    ("resultworker_stop_with_jobs_written_ahead", reuse::resultworker_stop_with_jobs_written_ahead),
+    (
+        "resultworker_fork_per_job_runs_each_job_in_a_fresh_process",
+        reuse::resultworker_fork_per_job_runs_each_job_in_a_fresh_process,
+    ),
     (
         "resultworker_job_children_hold_no_sibling_pipes",
         resultworker_job_children_hold_no_sibling_pipes,

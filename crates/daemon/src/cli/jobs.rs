@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use procyard_daemon::follow::Stream as FollowStream;
 use procyard_daemon::queue::{Attempt, JobFilter, JobRecord, JobState, Purge};
 use procyard_daemon::{Cancelled, Client, Waited};
 
@@ -28,7 +29,19 @@ fn json_line(v: &impl serde::Serialize) -> Result<(), String> {
     Ok(())
 }
 
+/// On RabbitMQ, says on stderr where the records come from.
+fn say_local(client: &Client) {
+    let q = &client.config().queue;
+    if q.backend == procyard_daemon::queue::BackendKind::Amqp {
+        eprintln!(
+            "procyard-daemon: from this daemon's history ({}): jobs run by other daemons are not here",
+            q.path.display()
+        );
+    }
+}
+
 pub fn job(client: &mut Client, id: &str, json: bool) -> Result<u8, String> {
+    say_local(client);
     let record = client.job(id).map_err(err("show the job"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
@@ -39,6 +52,7 @@ pub fn job(client: &mut Client, id: &str, json: bool) -> Result<u8, String> {
 }
 
 pub fn jobs(client: &mut Client, filter: &JobFilter, json: bool) -> Result<u8, String> {
+    say_local(client);
     for j in client.jobs(filter).map_err(err("list jobs"))? {
         if json {
             json_line(&j)?;
@@ -73,7 +87,7 @@ pub fn logs(
     stream: Option<Stream>,
     follow: bool,
 ) -> Result<u8, String> {
-    let mut record = client.job(id).map_err(err("read the job"))?;
+    let record = client.job(id).map_err(err("read the job"))?;
     if let Some(n) = attempt {
         let a = find_attempt(&record, n)?;
         write_output(&a, stream)?;
@@ -85,19 +99,28 @@ pub fn logs(
         }
         return Ok(0);
     }
-    // Follow: each attempt's output as that attempt ends, until the job ends.
-    let mut shown = 0;
-    loop {
-        for a in record.attempts.iter().skip(shown).take_while(|a| a.end.is_some()) {
-            write_output(a, stream)?;
-            shown += 1;
-        }
-        if record.state.is_final() {
-            return Ok(0);
-        }
-        client.wait_attempt(id, None).map_err(err("follow the job"))?;
-        record = client.job(id).map_err(err("read the job"))?;
-    }
+    // Follow: the bytes as the job writes them, every attempt in turn, until the job ends;
+    // the exit status mirrors the job, as `wait`'s.
+    drop(record);
+    let record = client
+        .follow_logs(id, |s, bytes| {
+            let io = |e: std::io::Error| procyard_daemon::Error::Os {
+                action: "write the output",
+                source: e,
+            };
+            match s {
+                FollowStream::Stdout if stream != Some(Stream::Stderr) && !bytes.is_empty() => {
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(bytes).and_then(|()| o.flush()).map_err(io)
+                }
+                FollowStream::Stderr if stream != Some(Stream::Stdout) && !bytes.is_empty() => {
+                    std::io::stderr().lock().write_all(bytes).map_err(io)
+                }
+                _ => Ok(()),
+            }
+        })
+        .map_err(err("follow the job"))?;
+    Ok(record.state.exit_code().unwrap_or(0))
 }
 
 fn find_attempt(record: &JobRecord, n: u32) -> Result<Attempt, String> {
@@ -139,6 +162,9 @@ pub fn cancel(client: &mut Client, ids: &[String]) -> Result<u8, String> {
         match client.cancel(id) {
             Ok(Cancelled::Waiting) => println!("{id}\tcancelled"),
             Ok(Cancelled::Stopping) => println!("{id}\tcancelling (stopping its process)"),
+            Ok(Cancelled::Requested) => println!(
+                "{id}\tcancel requested (the daemon running it stops it; one that receives it later drops it)"
+            ),
             Err(e) => {
                 let msg = unable(&format!("cancel job {id}"), &e);
                 eprintln!("procyard-daemon: {msg}");

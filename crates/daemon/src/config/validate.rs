@@ -25,7 +25,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(
+    pub(super) fn err(
         &self,
         span: Option<Range<usize>>,
         field: impl Into<String>,
@@ -39,7 +39,7 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         v: &Option<Spanned<DurationValue>>,
         field: String,
@@ -61,7 +61,7 @@ impl Validator<'_> {
         })
     }
 
-    fn count(
+    pub(super) fn count(
         &self,
         v: &Option<Spanned<i64>>,
         field: String,
@@ -143,6 +143,17 @@ impl Validator<'_> {
             let span = raw.queue.exchange.as_ref().map(Spanned::span);
             return Err(self.err(span, "queue.exchange", "must not be empty"));
         }
+        let durability = match &raw.queue.durability {
+            Some(d) if backend != BackendKind::Sqlite => {
+                let why = format!(
+                    "is for the sqlite backend (the {backend} backend's durability is the \
+                     server's own)"
+                );
+                return Err(self.err(Some(d.span()), "queue.durability", &why));
+            }
+            Some(d) => *d.get_ref(),
+            None => Default::default(),
+        };
         let socket_span = raw.daemon.control_socket.as_ref().map(Spanned::span);
         let control_socket = match &raw.daemon.control_socket {
             Some(p) if p.get_ref().as_os_str().is_empty() || runnable::has_nul(p.get_ref()) => {
@@ -160,6 +171,34 @@ impl Validator<'_> {
             }
             None => procyard_core::runtime_dir().join("daemon.sock"),
         };
+        let queue_path = match (&raw.queue.history, backend) {
+            (Some(h), _)
+                if h.get_ref().as_os_str().is_empty() || runnable::has_nul(h.get_ref()) =>
+            {
+                return Err(self.err(
+                    Some(h.span()),
+                    "queue.history",
+                    "must be a non-empty path without NUL bytes",
+                ));
+            }
+            (Some(h), BackendKind::Amqp) => self.resolve(h.get_ref()),
+            (Some(h), _) => {
+                return Err(self.err(
+                    Some(h.span()),
+                    "queue.history",
+                    "is for the amqp backend (the sqlite queue file is its own history)",
+                ));
+            }
+            (None, BackendKind::Amqp) => default_history(&control_socket),
+            (None, _) => queue_path,
+        };
+        if backend == BackendKind::Amqp && queue_path == control_socket {
+            return Err(self.err(
+                raw.queue.history.as_ref().map(Spanned::span),
+                "queue.history",
+                "is the control socket's path; the history needs a path of its own",
+            ));
+        }
         if control_socket.as_os_str().len() > 100 {
             return Err(self.err(
                 socket_span.clone(),
@@ -211,6 +250,7 @@ impl Validator<'_> {
                     i64::MAX,
                 )? as u64,
             },
+            timezone: self.timezone(&raw.daemon.timezone, "daemon.timezone")?,
         };
         let mut tasks: Vec<TaskConfig> = Vec::new();
         for (i, t) in raw.task.iter().enumerate() {
@@ -331,6 +371,7 @@ impl Validator<'_> {
                 let s = t.backoff_max.as_ref().map(Spanned::span);
                 return Err(self.err(s, f("backoff_max"), "is shorter than backoff_initial"));
             }
+            let limits = self.task_limits(t, i, &name)?;
             tasks.push(TaskConfig {
                 name,
                 routing_keys: t
@@ -362,6 +403,7 @@ impl Validator<'_> {
                     0,
                     64 * 1024 * 1024,
                 )? as usize,
+                limits,
             });
         }
         if tasks.is_empty() {
@@ -371,6 +413,7 @@ impl Validator<'_> {
                 "no [[task]] is defined; the daemon would have nothing to run",
             ));
         }
+        let http = super::http::validate(self.path, self.text, raw.http.as_ref())?;
         Ok(Config {
             path: self.path.to_owned(),
             daemon,
@@ -381,8 +424,18 @@ impl Validator<'_> {
                 exchange,
                 queue_type: raw.queue.queue_type,
                 schema,
+                durability,
             },
+            schedules: self.schedules(&raw.schedule, &tasks)?,
             tasks,
+            http,
         })
     }
+}
+
+/// The AMQP history's default: beside the control socket, `<socket name without .sock>.history.db`.
+fn default_history(socket: &Path) -> PathBuf {
+    let name = socket.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".sock").unwrap_or(&name);
+    socket.with_file_name(format!("{stem}.history.db"))
 }

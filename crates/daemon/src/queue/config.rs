@@ -48,12 +48,49 @@ pub enum AmqpQueueType {
     Classic,
 }
 
+/// What a commit of the embedded SQLite queue survives (`[queue] durability`).
+///
+/// Both keep the file in WAL mode. A commit is one `fsync` of the WAL in `"power"`, none in
+/// `"crash"` (the WAL is synced at checkpoints); either way a publish or an outcome commits
+/// many jobs at once (a `publish --lines` batch is one commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous = NORMAL`: a committed job survives the daemon's or a client's crash
+    /// (even SIGKILL), not a power cut or a kernel crash (the last commits may roll back).
+    #[default]
+    Crash,
+    /// `synchronous = FULL`: a committed job survives a power cut too (an `fsync` per
+    /// commit).
+    Power,
+}
+
+impl Durability {
+    /// `crash` or `power`, as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Crash => "crash",
+            Durability::Power => "power",
+        }
+    }
+
+    /// SQLite's `synchronous` setting for it.
+    pub(crate) fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Crash => "NORMAL",
+            Durability::Power => "FULL",
+        }
+    }
+}
+
 /// The `[queue]` section of the config, resolved (paths absolute).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
     /// Which backend.
     pub backend: BackendKind,
-    /// The SQLite file (backend `sqlite`).
+    /// The SQLite file: the queue (backend `sqlite`), or this daemon's local job history
+    /// (backend `amqp`: `[queue] history`, by default beside the control socket; empty: the
+    /// backend keeps none).
     pub path: PathBuf,
     /// The broker URL, `amqp://user:pass@host:port/vhost` (backend `amqp`), or the database
     /// URL, `postgres://user:pass@host:port/db` (backend `postgres`).
@@ -65,6 +102,9 @@ pub struct QueueConfig {
     /// The PostgreSQL schema holding the queue's tables (backend `postgres`; default
     /// `procyard`), so several clusters can share one database.
     pub schema: String,
+    /// What a commit of the SQLite queue survives (backend `sqlite`): `crash` (the
+    /// default) or `power`.
+    pub durability: Durability,
 }
 
 /// What a backend needs to know about one task: its name (the queue name) and its bindings.

@@ -51,6 +51,48 @@ impl Capture {
         self.tail.extend(bytes);
     }
 
+    /// What is kept so far, as [`Capture::finish`] would store it (for a job followed live).
+    pub(crate) fn peek(&self) -> Captured {
+        Capture {
+            head_max: self.head_max,
+            tail_max: self.tail_max,
+            head: self.head.clone(),
+            tail: self.tail.clone(),
+            total: self.total,
+        }
+        .finish()
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// What is kept of the bytes written after the first `from` (a marker line for those
+    /// dropped), for `logs -f`.
+    pub(crate) fn since(&self, from: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        if from >= self.total {
+            return out;
+        }
+        let head_len = self.head.len() as u64;
+        let tail_start = self.total - self.tail.len() as u64;
+        let mut at = from;
+        if at < head_len {
+            out.extend_from_slice(&self.head[at as usize..]);
+            at = head_len;
+        }
+        if at < tail_start {
+            if out.last().is_some_and(|b| *b != b'\n') {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(format!("[… {} bytes dropped …]\n", tail_start - at).as_bytes());
+            at = tail_start;
+        }
+        out.extend(self.tail.iter().skip((at - tail_start) as usize));
+        out
+    }
+
     /// What is kept, as stored: head, a marker line with the count dropped, tail.
     pub(crate) fn finish(self) -> Captured {
         let kept = (self.head.len() + self.tail.len()) as u64;
@@ -93,6 +135,31 @@ mod tests {
         assert_eq!(&out.bytes[out.bytes.len() - 4..], &[96, 97, 98, 99]);
         let text = String::from_utf8_lossy(&out.bytes);
         assert!(text.contains("[… 92 bytes dropped …]"), "{text:?}");
+    }
+
+    #[test]
+    fn peek_shows_what_finish_will() {
+        let mut c = Capture::new(8);
+        c.push(b"0123456789");
+        let peeked = c.peek();
+        c.push(b"ab");
+        assert_eq!(peeked.total, 10);
+        assert_eq!(c.finish().total, 12);
+    }
+
+    #[test]
+    fn since_an_offset() {
+        let mut c = Capture::new(8);
+        c.push(b"abc");
+        assert_eq!(
+            (c.since(0), c.since(1), c.since(3), c.total()),
+            (b"abc".to_vec(), b"bc".to_vec(), vec![], 3)
+        );
+        c.push(b"defghijklmn");
+        // Head "abcd", tail "klmn", 6 dropped.
+        assert_eq!(c.since(2), b"cd\n[\xe2\x80\xa6 6 bytes dropped \xe2\x80\xa6]\nklmn".to_vec());
+        assert_eq!(c.since(12), b"mn".to_vec());
+        assert!(c.since(6).starts_with("[… 4 bytes".as_bytes()));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use procyard_core::{Exit, Signal};
 
 use crate::config::Config;
 use crate::control::Request;
-use crate::protocol::Reply;
+use crate::protocol::{Hello, Reply};
 use crate::queue::{AttemptEnd, Job, Outcome};
 
 /// A worker's id in the daemon (tags its tokens; never reused).
@@ -37,6 +37,8 @@ pub(crate) enum Event {
     Exited { worker: WorkerId, exit: Exit },
     /// A longlived worker's reply frame.
     Reply { worker: WorkerId, reply: Reply },
+    /// A longlived worker's hello: what it understands (cancel frames).
+    Hello { worker: WorkerId, hello: Hello },
     /// A longlived worker wrote something that is not a reply frame.
     ProtocolError { worker: WorkerId, reason: String },
     /// A deadline may have passed (sent once per turn of the loop).
@@ -47,6 +49,9 @@ pub(crate) enum Event {
     Control { conn: ConnId, request: Request },
     /// The queue backend says jobs may be waiting.
     QueueWake,
+    /// The queue backend heard requests to cancel these jobs (AMQP: from another daemon's
+    /// `cancel`): cancel those this daemon holds.
+    CancelRequested { ids: Vec<String> },
     /// The queue is gone (its file deleted or replaced): stop.
     QueueLost,
     /// Answer to [`Action::Claim`]: `jobs` of the `max` asked for.
@@ -61,6 +66,8 @@ pub(crate) enum Event {
     Reloaded(Box<Config>),
     /// Answer to [`Action::Reload`]: the running config is kept.
     ReloadFailed { error: String },
+    /// Answer to [`Action::CheckFollow`]: the job has not ended; follow it once it runs.
+    FollowPending { conn: ConnId, id: String },
     /// Answer to [`Action::Watch`]: of the jobs asked about, those that have not ended.
     Watching { conn: ConnId, pending: Vec<String>, any_attempt: bool },
 }
@@ -75,6 +82,8 @@ pub(crate) enum Action {
     Spawn { worker: WorkerId },
     /// Send the worker's current job to it (a longlived worker).
     SendJob { worker: WorkerId },
+    /// Send a cancel frame for `job` to the (longlived) worker running it.
+    SendCancel { worker: WorkerId, job: String },
     /// Signal the worker's process group (and continue it, for any signal but KILL).
     Signal { worker: WorkerId, signal: Signal },
     /// Close the worker's stdin.
@@ -96,10 +105,26 @@ pub(crate) enum Action {
     /// Keep a control connection open until `timeout` and find which of `ids` have not ended
     /// (the queue's buffered outcomes written first); answer with `Watching`.
     Watch { conn: ConnId, ids: Vec<String>, any_attempt: bool, timeout: std::time::Duration },
+    /// Hold a control connection until `timeout` and send it the output of `worker`'s run
+    /// `run` written after the offsets, as soon as there is some or the run ends.
+    Follow {
+        conn: ConnId,
+        worker: WorkerId,
+        run: u64,
+        delivery: u32,
+        stdout_at: u64,
+        stderr_at: u64,
+        timeout: std::time::Duration,
+    },
+    /// Hold a control connection until `timeout`: answer it now (`Ended`) if job `id` has
+    /// ended, else with `FollowPending`.
+    CheckFollow { conn: ConnId, id: String, timeout: std::time::Duration },
     /// Tell a waiting control connection that what it waited for happened.
     AnswerWait { conn: ConnId },
     /// Answer a cancel request: the jobs found claimed or running here (being cancelled).
     AnswerCancel { conn: ConnId, found: Vec<String> },
+    /// Answer a pause, resume or scale request: applied (`Ok`) or refused (`Err`).
+    AnswerApplied { conn: ConnId, result: Result<String, String> },
     /// Reap children the daemon did not start, and stop workers' escapees.
     ReapStrays,
     /// Stop the escapees of workers that are gone.

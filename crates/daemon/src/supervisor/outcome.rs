@@ -45,6 +45,7 @@ impl JobResult {
             ReplyOutcome::Fail => JobResult::Fail {
                 reason: reply.message.unwrap_or_else(|| "worker reported a failure".into()),
             },
+            ReplyOutcome::Cancelled => JobResult::Cancelled,
         }
     }
 

@@ -10,7 +10,7 @@ use procyard_core::{Child, Command, FrameDecoder, Signal, Stdio, frame};
 
 use super::capture::Capture;
 use crate::config::{TaskConfig, WorkModel};
-use crate::protocol::{JobHeader, MAX_WORKER_FRAME};
+use crate::protocol::{CancelFrame, JobHeader, MAX_WORKER_FRAME, PROTOCOL_ENV, PROTOCOL_VERSION};
 use crate::queue::{Captured, Job, LeaseHolder};
 use crate::{Error, Result};
 
@@ -209,6 +209,7 @@ impl Process {
             }
             WorkModel::Longlived => {
                 cmd.stdin(Stdio::Pipe).stdout(Stdio::Pipe).stderr(Stdio::Pipe);
+                cmd.env(PROTOCOL_ENV, PROTOCOL_VERSION.to_string());
             }
         }
         let mut child = cmd
@@ -287,6 +288,16 @@ impl Process {
         }
         frame::write_frame_bytes(&mut self.out, &job.payload)
             .map_err(|e| Error::Os { action: "encode a payload", source: e })?;
+        self.flush_stdin(registry);
+        Ok(())
+    }
+
+    /// Longlived: sends a cancel frame for job `id`.
+    pub fn send_cancel(&mut self, id: &str, registry: &Registry) -> Result<()> {
+        let cancel = CancelFrame { id: id.to_owned() };
+        let bytes =
+            frame::encode_frame(&cancel).map_err(|e| Error::process("encode a cancel frame", e))?;
+        self.out.extend_from_slice(&bytes);
         self.flush_stdin(registry);
         Ok(())
     }

@@ -4,9 +4,10 @@
 use procyard_core::{Report, Signal, StreamState};
 
 use super::event::{Event, WorkerId};
+use super::live::{self, Captures};
 use super::process::{KIND_STDERR, KIND_STDOUT};
 use super::shell::Shell;
-use crate::protocol::Reply;
+use crate::protocol::WorkerFrame;
 
 impl Shell {
     pub(super) fn on_worker_exit(&mut self, id: WorkerId) {
@@ -36,14 +37,20 @@ impl Shell {
         self.read_replies(id);
         if let Some(mut p) = self.processes.remove(&id) {
             let registry = self.poll.registry();
+            // Followers (`logs -f`) get the attempt's last bytes.
+            let (followers, control) = (&mut self.followers, &mut self.control);
             if let Some(mut output) = p.output.take() {
                 output.read(KIND_STDOUT, registry);
                 output.read(KIND_STDERR, registry);
+                let captures = Captures { out: Some(&output.out), err: Some(&output.err) };
+                live::answer(followers, control, registry, id, &captures, true);
                 self.outputs.insert(id, output.finish(registry));
             }
             if let Some(relay) = p.relay.as_mut() {
                 relay.read(registry);
                 if let Some(c) = relay.job.take() {
+                    let captures = Captures { out: None, err: Some(&c) };
+                    live::answer(followers, control, registry, id, &captures, true);
                     self.outputs.insert(id, (None, Some(c.finish())));
                 }
             }
@@ -62,10 +69,11 @@ impl Shell {
         let Some(p) = self.processes.get_mut(&id) else { return };
         match (p.output.as_mut(), p.relay.as_mut()) {
             (Some(output), _) => output.read(kind, registry),
-            (None, _) if kind == KIND_STDOUT => self.read_replies(id),
+            (None, _) if kind == KIND_STDOUT => return self.read_replies(id),
             (None, Some(relay)) => relay.read(registry),
             (None, None) => {}
         }
+        self.answer_followers(id);
     }
 
     /// Reads a longlived worker's replies and feeds them, one at a time.
@@ -77,12 +85,15 @@ impl Shell {
             let Some(p) = self.processes.get_mut(&id).filter(|p| p.stdout.is_some()) else {
                 return;
             };
-            match p.decoder.next::<Reply>() {
+            let frame = match p.decoder.next_bytes() {
                 Ok(None) => break,
-                Ok(Some(reply)) => self.feed(Event::Reply { worker: id, reply }),
-                Err(e) => {
-                    return self.feed(Event::ProtocolError { worker: id, reason: e.to_string() });
-                }
+                Ok(Some(bytes)) => WorkerFrame::parse(&bytes),
+                Err(e) => Err(e.to_string()),
+            };
+            match frame {
+                Ok(WorkerFrame::Reply(reply)) => self.feed(Event::Reply { worker: id, reply }),
+                Ok(WorkerFrame::Hello(hello)) => self.feed(Event::Hello { worker: id, hello }),
+                Err(reason) => return self.feed(Event::ProtocolError { worker: id, reason }),
             }
         }
         match state {

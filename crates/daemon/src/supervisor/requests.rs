@@ -21,10 +21,11 @@ pub(crate) struct Waiter {
 }
 
 impl State {
-    /// Cancels the jobs of `ids` this daemon holds; answers with those it found.
+    /// Cancels the jobs of `ids` this daemon holds; answers `conn` (when a control connection
+    /// asked) with those it found.
     pub(super) fn cancel(
         &mut self,
-        conn: ConnId,
+        conn: Option<ConnId>,
         ids: Vec<String>,
         now: Instant,
         acts: &mut Vec<Action>,
@@ -47,18 +48,55 @@ impl State {
                 .workers
                 .values_mut()
                 .find(|w| w.job.as_ref().is_some_and(|r| r.job.id == id && !r.cancelled));
-            if let Some(w) = running {
-                tracing::info!(job = %id, task = %w.group, pid = ?w.pid, "job cancelled while running: stopping its worker");
-                if let Some(run) = w.job.as_mut() {
-                    run.cancelled = true;
-                }
-                // A oneshot job's group, or the longlived worker running it, gets TERM, then
-                // KILL after the kill timeout (a stop already under way keeps its course).
-                w.begin_stop(std::time::Duration::ZERO, kill_timeout, now, acts);
+            // A oneshot job's group gets TERM, then KILL after the kill timeout; a longlived
+            // worker that understands cancel frames gets one and the kill timeout to answer.
+            if let Some(w) = running
+                && w.cancel_job(kill_timeout, kill_timeout, now, acts)
+            {
                 found.push(id);
             }
         }
-        acts.push(Action::AnswerCancel { conn, found });
+        if let Some(conn) = conn {
+            acts.push(Action::AnswerCancel { conn, found });
+        }
+    }
+
+    /// Pauses (`paused`) or resumes task `task`: a paused group claims nothing (its running
+    /// jobs finish; the queue keeps the rest); resuming looks at the queue again.
+    pub(super) fn pause(&mut self, conn: ConnId, task: &str, paused: bool, acts: &mut Vec<Action>) {
+        let Some(g) = self.groups.get_mut(task).filter(|g| g.configured) else {
+            let result = Err(format!("no task named {task:?}"));
+            acts.push(Action::AnswerApplied { conn, result });
+            return;
+        };
+        g.paused = paused;
+        g.maybe_more = true;
+        let (capacity, what) = if paused { (0, "paused") } else { (g.cfg.max_workers, "resumed") };
+        tracing::info!(%task, "task {what} at run time");
+        acts.push(Action::SetCapacity { task: task.to_owned(), capacity });
+        acts.push(Action::AnswerApplied { conn, result: Ok(format!("task {task} {what}")) });
+    }
+
+    /// Sets task `task`'s `max_workers` until the next reload (at least 1).
+    pub(super) fn scale(&mut self, conn: ConnId, task: &str, max: usize, acts: &mut Vec<Action>) {
+        let result = match self.groups.get_mut(task).filter(|g| g.configured) {
+            None => Err(format!("no task named {task:?}")),
+            Some(_) if max == 0 => {
+                Err("max_workers must be at least 1 (pause the task to stop it taking jobs)".into())
+            }
+            Some(g) => {
+                let was = g.cfg.max_workers;
+                g.cfg.max_workers = max;
+                g.cfg.min_workers = g.cfg.min_workers.min(max);
+                g.maybe_more = true;
+                tracing::info!(%task, from = was, to = max, "task scaled at run time");
+                if !g.paused {
+                    acts.push(Action::SetCapacity { task: task.to_owned(), capacity: max });
+                }
+                Ok(format!("task {task}: max_workers {was} -> {max}"))
+            }
+        };
+        acts.push(Action::AnswerApplied { conn, result });
     }
 
     /// The shell found which of the jobs waited for have not ended: wait for those.
@@ -113,7 +151,7 @@ mod tests {
     use crate::config::WorkModel;
     use crate::control::Request;
     use crate::queue::AttemptEnd;
-    use crate::supervisor::event::{Ended, Event};
+    use crate::supervisor::event::{Ended, Event, WorkerId};
     use crate::supervisor::testing::{config, job, task};
 
     fn started(model: WorkModel) -> (State, Instant) {
@@ -218,6 +256,36 @@ mod tests {
         assert!(matches!(complete_of(&acts)[..], [(_, Outcome::Cancelled { .. }, _)]));
     }
 
+    /// A paused task claims nothing until resumed; scale changes how many it claims.
+    #[test]
+    fn pause_resume_and_scale_steer_the_claims() {
+        let t0 = Instant::now();
+        let mut s = State::new(config(vec![task("t", WorkModel::Oneshot)]), t0);
+        let max = s.groups["t"].cfg.max_workers;
+        let pause = Request::Pause { task: "t".into() };
+        let acts = s.step(Event::Control { conn: 1, request: pause }, t0);
+        assert!(acts.contains(&Action::SetCapacity { task: "t".into(), capacity: 0 }));
+        assert!(matches!(&acts[..], [.., Action::AnswerApplied { conn: 1, result: Ok(_) }]));
+        let acts = s.step(Event::Reconcile, t0);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Claim { .. })), "paused: {acts:?}");
+        assert!(s.groups["t"].paused);
+
+        let scale = Request::Scale { task: "t".into(), max_workers: max + 3 };
+        s.step(Event::Control { conn: 2, request: scale }, t0);
+        s.step(Event::Control { conn: 3, request: Request::Resume { task: "t".into() } }, t0);
+        let acts = s.step(Event::Reconcile, t0);
+        assert!(acts.contains(&Action::Claim { task: "t".into(), max: max + 3 }), "{acts:?}");
+
+        let bad = Request::Scale { task: "t".into(), max_workers: 0 };
+        let acts = s.step(Event::Control { conn: 4, request: bad }, t0);
+        assert!(matches!(&acts[..], [Action::AnswerApplied { conn: 4, result: Err(_) }]));
+        let acts =
+            s.step(Event::Control { conn: 5, request: Request::Pause { task: "x".into() } }, t0);
+        assert!(
+            matches!(&acts[..], [Action::AnswerApplied { conn: 5, result: Err(m) }] if m.contains("\"x\""))
+        );
+    }
+
     /// `logs -f` waits for any attempt; `wait` only for the end; nothing pending answers now.
     #[test]
     fn waiters_for_attempts_and_for_ends() {
@@ -233,5 +301,102 @@ mod tests {
         assert!(acts.contains(&Action::AnswerWait { conn: 6 }));
         assert!(!acts.contains(&Action::AnswerWait { conn: 7 }), "a retry is not the end");
         assert_eq!(s.waiters.len(), 1);
+    }
+
+    /// A longlived worker with its job dispatched; `hello` when it announced cancel frames.
+    fn longlived_running(hello: bool) -> (State, WorkerId, Instant) {
+        use crate::protocol::Hello;
+        let t0 = Instant::now();
+        let mut s = State::new(config(vec![task("t", WorkModel::Longlived)]), t0);
+        s.step(Event::Claimed { task: "t".into(), max: 2, jobs: vec![] }, t0);
+        let worker = *s.workers.keys().next().unwrap();
+        s.step(Event::Spawned { worker, pid: 9 }, t0);
+        if hello {
+            s.step(Event::Hello { worker, hello: Hello { cancel: true } }, t0);
+        }
+        s.step(Event::Claimed { task: "t".into(), max: 2, jobs: vec![job("a", 1)] }, t0);
+        assert!(s.workers[&worker].job.is_some(), "dispatched");
+        (s, worker, t0)
+    }
+
+    fn signals(acts: &[Action]) -> Vec<Signal> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Signal { signal, .. } => Some(*signal),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A worker that said hello gets a cancel frame, no signal; its answer ends the job
+    /// `cancelled` and it stays alive to take the next job.
+    #[test]
+    fn cancel_frame_answered_keeps_the_worker() {
+        use crate::protocol::{Reply, ReplyOutcome};
+        let (mut s, worker, t0) = longlived_running(true);
+        s.groups.get_mut("t").unwrap().pending.push_back(job("b", 1));
+        let cancel = Request::Cancel { ids: vec!["a".into()] };
+        let acts = s.step(Event::Control { conn: 1, request: cancel }, t0);
+        assert!(acts.contains(&Action::SendCancel { worker, job: "a".into() }), "{acts:?}");
+        assert!(acts.contains(&Action::AnswerCancel { conn: 1, found: vec!["a".into()] }));
+        assert!(signals(&acts).is_empty(), "no signal: {acts:?}");
+        assert_eq!(s.workers[&worker].next_deadline(), Some(t0 + Duration::from_secs(5)));
+        let again = s.step(
+            Event::Control { conn: 2, request: Request::Cancel { ids: vec!["a".into()] } },
+            t0,
+        );
+        assert!(again.contains(&Action::AnswerCancel { conn: 2, found: vec![] }), "once");
+        let reply = Reply { id: "a".into(), outcome: ReplyOutcome::Cancelled, message: None };
+        let acts = s.step(Event::Reply { worker, reply }, t0 + Duration::from_secs(1));
+        let done = complete_of(&acts);
+        assert!(matches!(done[..], [(_, Outcome::Cancelled { .. }, Some(_))]), "{done:?}");
+        assert_eq!(done[0].2.as_ref().map(|e| e.end.clone()), Some(AttemptEnd::Cancelled));
+        assert!(acts.contains(&Action::SendJob { worker }), "takes the next job: {acts:?}");
+        let w = &s.workers[&worker];
+        assert!(w.stop.is_none() && w.job.as_ref().is_some_and(|r| r.job.id == "b"));
+        assert_eq!(w.next_deadline(), Some(t0 + Duration::from_secs(31)), "b's timeout only");
+    }
+
+    /// A worker that does not answer the cancel within the kill timeout gets TERM, then
+    /// KILL; its job ends `cancelled`, never retried, whatever its exit.
+    #[test]
+    fn cancel_frame_unanswered_gets_the_ladder() {
+        let (mut s, worker, t0) = longlived_running(true);
+        let cancel = Request::Cancel { ids: vec!["a".into()] };
+        s.step(Event::Control { conn: 1, request: cancel }, t0);
+        let acts = s.step(Event::Tick, t0 + Duration::from_millis(4900));
+        assert!(signals(&acts).is_empty(), "still within the grace");
+        let t1 = t0 + Duration::from_secs(5);
+        let acts = s.step(Event::Tick, t1);
+        assert_eq!(signals(&acts), [Signal::TERM], "{acts:?}");
+        assert!(acts.contains(&Action::CloseStdin { worker }));
+        let acts = s.step(Event::Tick, t1 + Duration::from_secs(5));
+        assert_eq!(signals(&acts), [Signal::KILL]);
+        let exit = Exit::Signal { signal: Signal::KILL, core_dumped: false };
+        let acts = s.step(Event::Exited { worker, exit }, t1 + Duration::from_secs(5));
+        let done = complete_of(&acts);
+        assert!(matches!(done[..], [(_, Outcome::Cancelled { .. }, Some(_))]), "{done:?}");
+        assert_eq!(done[0].2.as_ref().map(|e| e.end.clone()), Some(AttemptEnd::Cancelled));
+    }
+
+    /// An older worker (no hello) gets no cancel frame: the stop ladder at once.
+    #[test]
+    fn cancel_without_hello_signals_at_once() {
+        let (mut s, worker, t0) = longlived_running(false);
+        let cancel = Request::Cancel { ids: vec!["a".into()] };
+        let acts = s.step(Event::Control { conn: 1, request: cancel }, t0);
+        assert_eq!(signals(&acts), [Signal::TERM], "{acts:?}");
+        assert!(!acts.iter().any(|a| matches!(a, Action::SendCancel { .. })));
+        let _ = worker;
+    }
+
+    /// A worker may decide on its own that a job is cancelled: it ends `cancelled`.
+    #[test]
+    fn an_unsolicited_cancelled_reply_cancels() {
+        use crate::protocol::{Reply, ReplyOutcome};
+        let (mut s, worker, t0) = longlived_running(true);
+        let reply = Reply { id: "a".into(), outcome: ReplyOutcome::Cancelled, message: None };
+        let done = complete_of(&s.step(Event::Reply { worker, reply }, t0));
+        assert!(matches!(done[..], [(_, Outcome::Cancelled { .. }, Some(_))]), "{done:?}");
     }
 }

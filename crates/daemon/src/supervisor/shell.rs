@@ -47,6 +47,10 @@ pub(super) struct Shell {
     pub(super) outputs: HashMap<WorkerId, (Option<Captured>, Option<Captured>)>,
     /// What oneshot workers that exited cost, until their job's attempt is recorded.
     pub(super) usage: HashMap<WorkerId, ResourceUse>,
+    /// Control connections following a running attempt's output (`logs -f`).
+    pub(super) followers: Vec<super::live::Follower>,
+    /// The HTTP face (`[http]`), fed snapshots and job starts and ends.
+    pub(super) http: Option<crate::http::Face>,
 }
 
 pub(super) fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -64,6 +68,8 @@ impl Shell {
         // then are their jobs put back.
         orphans::recover(&mut *queue, config.daemon.kill_timeout)?;
         queue.bind(&config.bindings())?;
+        queue.set_schedules(&config.schedules)?;
+        queue.set_limits(&config.limits())?;
         queue.set_retention(config.daemon.retention);
         queue.attach(poll.registry(), QUEUE)?;
         let control =
@@ -83,6 +89,8 @@ impl Shell {
             reap_strays: false,
             outputs: HashMap::new(),
             usage: HashMap::new(),
+            followers: Vec::new(),
+            http: None,
         })
     }
 
@@ -101,6 +109,11 @@ impl Shell {
         }
         self.feed(Event::Reconcile);
         self.flush_queue();
+        if let Some(settings) = self.state.config.http.clone() {
+            let face =
+                crate::http::Face::start(&self.state.config, &settings, self.light_status())?;
+            self.http = Some(face);
+        }
         tracing::info!(
             config = %self.state.config.path.display(),
             socket = %self.control.path().display(),
@@ -187,6 +200,7 @@ impl Shell {
             // many to run again.
             self.feed(Event::Reconcile);
             self.flush_queue();
+            self.publish_http(Instant::now());
             if self.state.is_finished() && self.escapees.is_empty() {
                 return self.finish_stop();
             }
@@ -194,7 +208,11 @@ impl Shell {
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
-        let mut extra = vec![self.control.next_deadline(), self.escapees.next_deadline()];
+        let mut extra = vec![
+            self.control.next_deadline(),
+            self.escapees.next_deadline(),
+            self.http.as_ref().and_then(crate::http::Face::next_deadline),
+        ];
         if self.state.phase == Phase::Running {
             match self.queue.next_due() {
                 // Keep a known retry time even if the queue no longer reports it as future
@@ -225,6 +243,10 @@ impl Shell {
     pub(super) fn on_queue_wake(&mut self) {
         if let Err(e) = self.queue.on_wake() {
             self.on_queue_error(e, "queue backend error");
+        }
+        let ids = self.queue.take_cancels();
+        if !ids.is_empty() {
+            self.feed(Event::CancelRequested { ids });
         }
         self.feed(Event::QueueWake);
     }

@@ -56,6 +56,8 @@ pub(crate) struct State {
     pub queue_due: Option<Instant>,
     /// Control connections waiting for jobs to end.
     pub(super) waiters: Vec<Waiter>,
+    /// Control connections waiting to follow a job's output once it runs: (conn, job id).
+    pub(super) pending_follows: Vec<(super::event::ConnId, String)>,
 }
 
 impl State {
@@ -73,6 +75,7 @@ impl State {
             last_reload_error: None,
             queue_due: None,
             waiters: Vec::new(),
+            pending_follows: Vec::new(),
         }
     }
 
@@ -83,6 +86,12 @@ impl State {
             Event::Signal(signal) => self.on_signal(signal, now, &mut acts),
             Event::Exited { worker, exit } => self.on_exit(worker, exit, now, &mut acts),
             Event::Reply { worker, reply } => self.on_reply(worker, reply, now, &mut acts),
+            Event::Hello { worker, hello } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    tracing::debug!(task = %w.group, pid = ?w.pid, cancel = hello.cancel, "worker said hello");
+                    w.cancel_frames = hello.cancel;
+                }
+            }
             Event::ProtocolError { worker, reason } => {
                 self.protocol_error(worker, &reason, now, &mut acts)
             }
@@ -95,13 +104,29 @@ impl State {
                     acts.push(Action::CloseConnection { conn });
                 }
                 Request::Status => acts.push(Action::AnswerStatus { conn }),
-                Request::Cancel { ids } => self.cancel(conn, ids, now, &mut acts),
+                Request::Cancel { ids } => self.cancel(Some(conn), ids, now, &mut acts),
                 Request::Wait { ids, any_attempt, timeout_ms } => {
                     let timeout = Duration::from_millis(timeout_ms);
                     acts.push(Action::Watch { conn, ids, any_attempt, timeout });
                 }
+                Request::Follow { id, run, stdout_at, stderr_at, timeout_ms } => {
+                    let timeout = Duration::from_millis(timeout_ms);
+                    self.follow(
+                        conn,
+                        id,
+                        run.map(|r| (r, stdout_at, stderr_at)),
+                        timeout,
+                        &mut acts,
+                    )
+                }
+                Request::Pause { task } => self.pause(conn, &task, true, &mut acts),
+                Request::Resume { task } => self.pause(conn, &task, false, &mut acts),
+                Request::Scale { task, max_workers } => {
+                    self.scale(conn, &task, max_workers, &mut acts)
+                }
             },
             Event::QueueWake => self.poke(),
+            Event::CancelRequested { ids } => self.cancel(None, ids, now, &mut acts),
             Event::QueueLost => {
                 if self.phase == Phase::Running {
                     self.begin_graceful_stop(now, &mut acts);
@@ -126,8 +151,10 @@ impl State {
             Event::Watching { conn, pending, any_attempt } => {
                 self.watch(conn, pending, any_attempt, &mut acts)
             }
+            Event::FollowPending { conn, id } => self.pending_follows.push((conn, id)),
         }
         self.resolve_waiters(&mut acts);
+        self.resolve_follows(&mut acts);
         acts
     }
 
@@ -273,7 +300,8 @@ impl State {
         let Some(g) = self.groups.get_mut(&w.group) else { return };
         // A job cancelled while it ran stays cancelled whatever the worker answers (a `retry`
         // must not run it again).
-        let (end, result) = if run.cancelled {
+        let cancelled = run.cancelled || reply.outcome == crate::protocol::ReplyOutcome::Cancelled;
+        let (end, result) = if cancelled {
             (AttemptEnd::Cancelled, JobResult::Cancelled)
         } else {
             (AttemptEnd::Replied { outcome: reply_name(&reply) }, JobResult::from_reply(reply))

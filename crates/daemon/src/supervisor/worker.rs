@@ -18,6 +18,10 @@ pub(crate) struct Running {
     pub timed_out: bool,
     /// Cancelled while it ran: its end is `cancelled`, never retried.
     pub cancelled: bool,
+    /// A cancel frame was sent: the worker is to answer by then, or get the stop ladder.
+    pub cancel_deadline: Option<Instant>,
+    /// This run's token (unique in the daemon): what `logs -f` follows.
+    pub run: u64,
 }
 
 /// Where a worker is in being stopped.
@@ -45,6 +49,10 @@ pub(crate) struct Worker {
     /// the queue gets it back without counting the attempt).
     pub abandon_job: bool,
     pub jobs_done: u64,
+    /// A longlived worker that announced (in its hello) that it stops a job on a cancel frame.
+    pub cancel_frames: bool,
+    /// How many jobs it was handed.
+    pub runs: u64,
 }
 
 impl Worker {
@@ -61,16 +69,48 @@ impl Worker {
             stop: None,
             abandon_job: false,
             jobs_done: 0,
+            cancel_frames: false,
+            runs: 0,
         }
     }
 
     pub fn start_job(&mut self, job: Job, timeout: Option<Duration>, now: Instant) {
+        self.runs += 1;
         self.job = Some(Running {
+            run: (self.id << 24) | (self.runs & 0xff_ffff),
             job,
             deadline: timeout.map(|t| now + t),
             timed_out: false,
             cancelled: false,
+            cancel_deadline: None,
         });
+    }
+
+    /// Cancels the job it runs: a longlived worker that understands cancel frames (and is not
+    /// being stopped) is sent one and given `grace` to answer; any other gets the stop ladder
+    /// (TERM to its process group, KILL after `kill_timeout`; a stop under way keeps its
+    /// course). Either way the job ends `cancelled`. False if it runs no job (or it is already
+    /// cancelled).
+    pub fn cancel_job(
+        &mut self,
+        grace: Duration,
+        kill_timeout: Duration,
+        now: Instant,
+        acts: &mut Vec<Action>,
+    ) -> bool {
+        let frames =
+            self.model == WorkModel::Longlived && self.cancel_frames && self.stop.is_none();
+        let Some(run) = self.job.as_mut().filter(|r| !r.cancelled) else { return false };
+        run.cancelled = true;
+        if frames {
+            tracing::info!(job = %run.job.id, task = %self.group, pid = ?self.pid, "job cancelled while running: asking its worker to stop it");
+            run.cancel_deadline = Some(now + grace);
+            acts.push(Action::SendCancel { worker: self.id, job: run.job.id.clone() });
+        } else {
+            tracing::info!(job = %run.job.id, task = %self.group, pid = ?self.pid, "job cancelled while running: stopping its worker");
+            self.begin_stop(Duration::ZERO, kill_timeout, now, acts);
+        }
+        true
     }
 
     pub fn is_idle(&self) -> bool {
@@ -137,6 +177,14 @@ impl Worker {
             self.kill(now, acts);
             return;
         }
+        if let Some(run) = self.job.as_mut()
+            && run.cancel_deadline.is_some_and(|d| d <= now)
+        {
+            run.cancel_deadline = None;
+            tracing::warn!(worker = self.id, pid = ?self.pid, job = %run.job.id, task = %self.group, "worker did not answer the cancel in time: stopping its process group");
+            self.begin_stop(Duration::ZERO, kill_timeout, now, acts);
+            return;
+        }
         match &mut self.stop {
             Some(Stop::Draining { until }) if *until <= now => {
                 self.stop = None;
@@ -156,12 +204,13 @@ impl Worker {
     /// comes through its pidfd).
     pub fn next_deadline(&self) -> Option<Instant> {
         let job = self.job.as_ref().filter(|r| !r.timed_out).and_then(|r| r.deadline);
+        let cancel = self.job.as_ref().and_then(|r| r.cancel_deadline);
         let stop = match &self.stop {
             Some(Stop::Draining { until }) => Some(*until),
             Some(Stop::Signalled(s)) if !s.is_last_step() => Some(s.deadline().instant()),
             _ => None,
         };
-        job.into_iter().chain(stop).min()
+        job.into_iter().chain(cancel).chain(stop).min()
     }
 
     /// What `status` shows; `stopped` when the process is stopped (SIGSTOP).

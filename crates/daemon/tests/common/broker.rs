@@ -99,7 +99,7 @@ impl Drop for Cleanup {
                     let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
                 }
             }
-            for x in [exchange.clone(), format!("{exchange}.dead")] {
+            for x in [exchange.clone(), format!("{exchange}.dead"), format!("{exchange}.events")] {
                 if let Ok(ch) = conn.create_channel().await {
                     let _ = ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await;
                 }

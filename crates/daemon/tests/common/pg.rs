@@ -43,6 +43,7 @@ impl Schema {
             exchange: "procyard".into(),
             queue_type: Default::default(),
             schema: self.name.clone(),
+            durability: Default::default(),
         }
     }
 

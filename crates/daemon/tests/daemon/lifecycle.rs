@@ -299,11 +299,19 @@ fn daemon_lifecycle_bad_input_and_config_discovery() {
     assert!(text(&out.stderr).contains(&format!("no job {unknown}")), "{}", text(&out.stderr));
     for args in [&["wait", "--timeout", "soon", unknown][..], &["jobs", "--since=-1s"]] {
         let out = sb.cli(args);
-        assert_eq!(out.status.code(), Some(2), "usage error");
+        assert_eq!(out.status.code(), Some(64), "usage error (EX_USAGE)");
         assert!(text(&out.stderr).contains("expected a duration"), "{}", text(&out.stderr));
     }
     let out = sb.cli(&["jobs", "--state", "finished"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
+    // The table is in `--help`: 2 is a cancelled job, never a usage error.
+    for verb in ["wait", "publish"] {
+        let help = text(&sb.cli(&[verb, "--help"]).stdout);
+        assert!(
+            help.contains("2    a job was cancelled") && help.contains("64   a usage error"),
+            "{help}"
+        );
+    }
     assert!(text(&out.stderr).contains("ready, delayed, running"), "{}", text(&out.stderr));
     let out = sb.cli(&["cancel", "nope"]);
     assert_eq!(out.status.code(), Some(1));

@@ -3,11 +3,18 @@
 
 #[path = "../common/broker.rs"]
 mod broker;
+mod browser;
+mod cancel;
 mod example_client;
+mod follow;
 mod hardening;
 mod hardening_orphans;
+mod http;
 mod lifecycle;
+mod periodic;
 mod sandbox;
+mod scheduling;
+mod web;
 
 use std::time::{Duration, Instant};
 
@@ -619,7 +626,7 @@ fn daemon_malformed_config_errors_name_file_line_and_field() {
     );
 
     let out = std::process::Command::new(sandbox::BIN).args(["publish"]).output().expect("run");
-    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    assert_eq!(out.status.code(), Some(64), "usage errors exit 64 (EX_USAGE)");
 
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/procyard.toml");
     let out = std::process::Command::new(sandbox::BIN)

@@ -15,9 +15,13 @@ use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, Shell, Spare, TOKENS_PER_JO
 use super::state::{ChildId, Event, Kind, StartJob};
 use crate::wire::{self, WireError};
 
+/// A reusable child's job pipe, and the jobs it has taken (the current one included).
+type JobPipe = (OwnedFd, usize);
+
 impl Shell {
-    /// Starts a job: returns its child's id, its kind and whether the child is reusable.
-    pub(super) fn start(&mut self, job: StartJob) -> Result<(ChildId, Kind, bool), WireError> {
+    /// Starts a job: returns its child's id, its kind and how many further jobs the child may
+    /// take after this one (see `Event::Started`).
+    pub(super) fn start(&mut self, job: StartJob) -> Result<(ChildId, Kind, usize), WireError> {
         let (id, mut child, pipes, kind, job_pipe) = match (job.function, job.command) {
             (Some(message), _) => {
                 let (id, child, job_pipe) = self.dispatch_function(&message)?;
@@ -47,13 +51,16 @@ impl Shell {
             let _ = child.kill_and_reap();
             return Err(WireError::Failed { message: format!("unable to watch the job: {e}") });
         }
-        let reusable = job_pipe.is_some();
+        let (job_pipe, served) = job_pipe.map_or((None, 1), |(pipe, served)| (Some(pipe), served));
+        let further =
+            if self.reuse && job_pipe.is_some() { self.max_jobs.saturating_sub(served) } else { 0 };
         let (pipe, err_pipe) = pipes.map_or((None, None), |(o, e)| (Some(o), Some(e)));
         let buf = Vec::new();
         let (err_buf, truncated) = (Vec::new(), false);
-        let job = JobChild { child, kind, pipe, job_pipe, buf, err_pipe, err_buf, truncated };
+        let job =
+            JobChild { child, kind, pipe, job_pipe, served, buf, err_pipe, err_buf, truncated };
         self.children.insert(id, job);
-        Ok((id, kind, reusable))
+        Ok((id, kind, further))
     }
 
     /// Forks a spare child when the state wants one; lets the idle ones go when stopping
@@ -81,11 +88,12 @@ impl Shell {
 
     /// Sends a function job to a spare child, which becomes the job's child; without a spare
     /// (or if it died), forks a child for the job (which then has no job pipe), or in reuse
-    /// mode a spare to send it to.
+    /// mode a spare to send it to. With a job pipe comes the number of jobs the child has
+    /// taken, this one included.
     fn dispatch_function(
         &mut self,
         message: &[u8],
-    ) -> Result<(ChildId, Child, Option<OwnedFd>), WireError> {
+    ) -> Result<(ChildId, Child, Option<JobPipe>), WireError> {
         let Some(frame) = wire::frame(message) else {
             let reason = format!("job of {} bytes exceeds the frame limit", message.len());
             return Err(WireError::Malformed { reason });
@@ -108,10 +116,10 @@ impl Shell {
                     self.fork_spare()?
                 }
             };
-            let Spare { id, child, job } = spare;
+            let Spare { id, child, job, served } = spare;
             // Blocking (the child reads its job as it arrives).
             if super::process::write_all(&job, &frame) {
-                return Ok((id, child, Some(job)));
+                return Ok((id, child, Some((job, served + 1))));
             }
             // The idle child died (EPIPE): its Child is killed and reaped on drop; next one.
         }
@@ -151,7 +159,7 @@ impl Shell {
             ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
         match procyard_core::fork(config) {
             Err(e) => Err(failed("fork", &e)),
-            Ok(Forked::Parent(child)) => Ok(Spare { id, child, job: job_write }),
+            Ok(Forked::Parent(child)) => Ok(Spare { id, child, job: job_write, served: 0 }),
             Ok(Forked::Child) => {
                 drop(job_write);
                 self.close_for_child();
@@ -201,7 +209,7 @@ impl Shell {
         let _ = self.poll.registry().deregister(&mut job.child);
         let Some(job_pipe) = job.job_pipe.take() else { return };
         if self.idle.len() < self.max_workers {
-            self.idle.push(Spare { id, child: job.child, job: job_pipe });
+            self.idle.push(Spare { id, child: job.child, job: job_pipe, served: job.served });
         }
     }
 

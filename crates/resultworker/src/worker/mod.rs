@@ -75,7 +75,8 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
     poll.registry().register(&mut SourceFd(&raw(&input)), IN, Interest::READABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&output)), OUT, Interest::WRITABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&reports)), REPORTS, Interest::READABLE)?;
-    let reuse = !exec_jobs && std::env::var(ENV_REUSE).is_ok_and(|v| v == "1");
+    let max_jobs: usize = std::env::var(ENV_REUSE).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let reuse = !exec_jobs && max_jobs > 0;
     Ok(Shell::new(
         poll,
         std::fs::File::from(input),
@@ -83,7 +84,7 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
         reports,
         reports_write,
         max_workers,
-        reuse,
+        (reuse, max_jobs),
         exec_jobs,
         registered(),
     ))

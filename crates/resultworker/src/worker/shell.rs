@@ -41,6 +41,9 @@ pub(super) struct JobChild {
     pub(super) pipe: Option<OwnedFd>,
     /// The write end of a function child's job pipe, kept to reuse the child.
     pub(super) job_pipe: Option<OwnedFd>,
+    /// Function jobs sent to the child over its life (its current one and those written
+    /// ahead included).
+    pub(super) served: usize,
     /// What it wrote that is not a complete report yet (a command: its stdout).
     pub(super) buf: Vec<u8>,
     /// A command's stderr.
@@ -57,6 +60,8 @@ pub(super) struct Spare {
     pub(super) id: ChildId,
     pub(super) child: Child,
     pub(super) job: OwnedFd,
+    /// Function jobs it ran before (a recycled child).
+    pub(super) served: usize,
 }
 
 pub(super) struct Shell {
@@ -75,6 +80,8 @@ pub(super) struct Shell {
     pub(super) functions: HashMap<String, ErasedFn>,
     /// Children run function jobs one after another instead of exiting after one.
     pub(super) reuse: bool,
+    /// Function jobs one reused child runs before it is retired (`usize::MAX`: no limit).
+    pub(super) max_jobs: usize,
     /// Function jobs are started by exec (the worker has other threads: no fork).
     pub(super) exec_jobs: bool,
     /// The one buffer pipes are read through (see `SCRATCH`).
@@ -102,7 +109,7 @@ impl Shell {
         reports: OwnedFd,
         reports_write: OwnedFd,
         max_workers: usize,
-        reuse: bool,
+        (reuse, max_jobs): (bool, usize),
         exec_jobs: bool,
         functions: HashMap<String, ErasedFn>,
     ) -> Shell {
@@ -121,6 +128,7 @@ impl Shell {
             max_workers,
             functions,
             reuse,
+            max_jobs: max_jobs.max(1),
             exec_jobs,
             scratch: vec![0; super::process::SCRATCH],
             reports: Some(reports),
@@ -194,16 +202,20 @@ impl Shell {
             Action::Start(job) => {
                 let (key, timeout) = (job.key, job.timeout);
                 let event = match self.start(job) {
-                    Ok((id, kind, reusable)) => Event::Started { key, id, kind, timeout, reusable },
+                    Ok((id, kind, further)) => Event::Started { key, id, kind, timeout, further },
                     Err(error) => Event::StartFailed { key, error },
                 };
                 self.step(event);
             }
             Action::WriteAhead { id, message } => {
-                let pipe = self.children.get(&id).and_then(|c| c.job_pipe.as_ref());
-                let written = pipe
-                    .zip(wire::frame(&message))
-                    .is_some_and(|(pipe, frame)| write_all(pipe, &frame));
+                let written = match self.children.get_mut(&id) {
+                    Some(JobChild { job_pipe: Some(pipe), served, .. }) => {
+                        let written = wire::frame(&message).is_some_and(|f| write_all(pipe, &f));
+                        *served += usize::from(written);
+                        written
+                    }
+                    _ => false,
+                };
                 if !written {
                     self.step(Event::WriteAheadFailed { id });
                 }

@@ -86,8 +86,9 @@ struct Job {
     timeout: Option<Duration>,
     deadline: Option<Instant>,
     phase: Phase,
-    /// The child has a job pipe and runs job after job (reuse mode).
-    reusable: bool,
+    /// Further jobs the child may take after its current one, through its job pipe (reuse
+    /// mode; 0: it runs this one job; `usize::MAX`: no limit).
+    further: usize,
     /// Jobs written into the child's pipe behind the current one (reuse mode).
     next: VecDeque<Queued>,
     /// Bytes of the jobs in `next`.
@@ -104,9 +105,10 @@ pub(super) enum Event {
     /// The shell may start queued jobs now (it sends this once per turn, after flushing
     /// results, so that a fork never delays a result).
     Admit,
-    /// The child `id` runs the job `key` (after [`Action::Start`]); `reusable` when it takes
-    /// further jobs through a job pipe.
-    Started { key: u64, id: ChildId, kind: Kind, timeout: Option<Duration>, reusable: bool },
+    /// The child `id` runs the job `key` (after [`Action::Start`]); `further`: how many more
+    /// jobs it may take through its job pipe after this one (0 for a one-job child; see
+    /// `Config::max_jobs_per_process`).
+    Started { key: u64, id: ChildId, kind: Kind, timeout: Option<Duration>, further: usize },
     /// The job `key` could not be started.
     StartFailed { key: u64, error: WireError },
     /// A function child's complete report (tag and body) for its current job. `recyclable`
@@ -200,7 +202,7 @@ impl State {
             Event::Run(job) => self.on_run(job, actions),
             Event::Stop { grace } => self.on_stop(grace, now, actions),
             Event::Admit => self.admit(actions),
-            Event::Started { key, id, kind, timeout, reusable } => {
+            Event::Started { key, id, kind, timeout, further } => {
                 self.starting = self.starting.saturating_sub(1);
                 let job = Job {
                     key,
@@ -208,14 +210,14 @@ impl State {
                     timeout,
                     deadline: timeout.map(|t| now + t),
                     phase: Phase::Running,
-                    reusable,
+                    further,
                     next: VecDeque::new(),
                     next_bytes: 0,
                 };
                 self.jobs.insert(id, job);
                 // A reusable child gets jobs written ahead at once, not only at the next
                 // admission: it would otherwise finish its one job and be recycled for nothing.
-                if reusable {
+                if further > 0 {
                     self.write_ahead(actions);
                 }
             }
@@ -234,6 +236,7 @@ impl State {
                     && let Some(queued) = job.next.pop_back()
                 {
                     job.next_bytes = job.next_bytes.saturating_sub(queued.pipelined_len());
+                    job.further = job.further.saturating_add(1);
                     self.queue.push_front(queued);
                 }
             }
@@ -344,7 +347,7 @@ impl State {
         let mut ids: Vec<ChildId> = self
             .jobs
             .iter()
-            .filter(|(_, j)| j.kind == Kind::Function && j.reusable && j.phase == Phase::Running)
+            .filter(|(_, j)| j.kind == Kind::Function && j.further > 0 && j.phase == Phase::Running)
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();
@@ -358,7 +361,10 @@ impl State {
                     return;
                 }
                 let Some(job) = self.jobs.get_mut(&id) else { continue };
-                if job.next.len() != depth || job.next_bytes + len > PIPELINE_BYTES {
+                if job.next.len() != depth
+                    || job.further == 0
+                    || job.next_bytes + len > PIPELINE_BYTES
+                {
                     continue;
                 }
                 let Some(next) = self.queue.pop_front() else { return };
@@ -366,6 +372,7 @@ impl State {
                     actions.push(Action::WriteAhead { id, message: message.clone() });
                 }
                 job.next_bytes += len;
+                job.further -= 1;
                 job.next.push_back(next);
             }
         }
@@ -400,7 +407,8 @@ impl State {
             return;
         }
         job.phase = Phase::Reported;
-        if recyclable && self.reuse && job.reusable && self.stop.is_none() {
+        // A child that reached its job limit (`further` is 0) is retired: it exits.
+        if recyclable && self.reuse && job.further > 0 && self.stop.is_none() {
             self.jobs.remove(&id);
             actions.push(Action::Recycle { id });
         } else {

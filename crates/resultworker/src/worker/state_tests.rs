@@ -58,7 +58,7 @@ fn error_for(actions: &[Action], key: u64) -> WireError {
 fn running(state: &mut State, key: u64, id: ChildId, timeout: Option<Duration>, t: Instant) {
     step(state, Event::Run(function(key, timeout)), t);
     assert_eq!(starts(&step(state, Event::Admit, t)), [key]);
-    let started = Event::Started { key, id, kind: Kind::Function, timeout, reusable: false };
+    let started = Event::Started { key, id, kind: Kind::Function, timeout, further: 0 };
     assert!(step(state, started, t).is_empty());
 }
 
@@ -72,8 +72,7 @@ fn run_and_admit_start_at_most_max_workers() {
     assert_eq!(starts(&step(&mut s, Event::Admit, t)), [1, 2]);
     assert!(step(&mut s, Event::Admit, t).is_empty(), "both slots are taken by starts");
     for (key, id) in [(1, 10), (2, 11)] {
-        let started =
-            Event::Started { key, id, kind: Kind::Function, timeout: None, reusable: false };
+        let started = Event::Started { key, id, kind: Kind::Function, timeout: None, further: 0 };
         step(&mut s, started, t);
     }
     assert!(step(&mut s, Event::Admit, t).is_empty());
@@ -178,8 +177,7 @@ fn exited_judges_how_a_job_ended() {
     for (key, id, exit) in [(3, 2, Exit::Code(0)), (4, 3, killed(Signal::TERM))] {
         step(&mut s, Event::Run(command(key)), t);
         assert_eq!(starts(&step(&mut s, Event::Admit, t)), [key]);
-        let started =
-            Event::Started { key, id, kind: Kind::Command, timeout: None, reusable: false };
+        let started = Event::Started { key, id, kind: Kind::Command, timeout: None, further: 0 };
         step(&mut s, started, t);
         let (output, stderr) = (b"hi\n".to_vec(), b"oops\n".to_vec());
         let exited = Event::Exited { id, exit, output, stderr, truncated: true };
@@ -216,8 +214,7 @@ fn exited_before_the_start_was_recorded_is_ignored() {
         truncated: false,
     };
     assert!(step(&mut s, early, t).is_empty());
-    let started =
-        Event::Started { key: 1, id: 0, kind: Kind::Function, timeout: None, reusable: false };
+    let started = Event::Started { key: 1, id: 0, kind: Kind::Function, timeout: None, further: 0 };
     step(&mut s, started, t);
     let report = Event::Report { id: 0, report: value(b"1"), recyclable: false };
     assert_eq!(step(&mut s, report, t)[0], Action::Send { key: 1, report: value(b"1") });
@@ -328,7 +325,7 @@ fn reuse_writes_jobs_ahead_and_recycles_the_child() {
     }
     assert_eq!(starts(&step(&mut s, Event::Admit, t)), [1]);
     let started =
-        Event::Started { key: 1, id: 0, kind: Kind::Function, timeout: None, reusable: true };
+        Event::Started { key: 1, id: 0, kind: Kind::Function, timeout: None, further: usize::MAX };
     // As soon as the child is recorded, not at the next admission (it would finish its one
     // job first and be recycled for nothing).
     let actions = step(&mut s, started, t);
@@ -362,7 +359,7 @@ fn reuse_recycles_and_an_exit_requeues_jobs_written_ahead() {
     }
     step(&mut s, Event::Admit, t);
     let started =
-        Event::Started { key: 1, id: 0, kind: Kind::Function, timeout: None, reusable: true };
+        Event::Started { key: 1, id: 0, kind: Kind::Function, timeout: None, further: usize::MAX };
     assert!(matches!(step(&mut s, started, t)[..], [Action::WriteAhead { id: 0, .. }]));
     // The child dies during job 1: its outcome is a crash, job 2 runs elsewhere.
     let exited = Event::Exited {
@@ -376,7 +373,7 @@ fn reuse_recycles_and_an_exit_requeues_jobs_written_ahead() {
     assert_eq!(error_for(&actions, 1), WireError::Crashed { exit: killed(Signal::SEGV) });
     assert_eq!(starts(&step(&mut s, Event::Admit, t)), [2]);
     let started =
-        Event::Started { key: 2, id: 1, kind: Kind::Function, timeout: None, reusable: true };
+        Event::Started { key: 2, id: 1, kind: Kind::Function, timeout: None, further: usize::MAX };
     step(&mut s, started, t);
     let report = Event::Report { id: 1, report: value(b"2"), recyclable: true };
     assert_eq!(
@@ -384,6 +381,31 @@ fn reuse_recycles_and_an_exit_requeues_jobs_written_ahead() {
         [Action::Send { key: 2, report: value(b"2") }, Action::Recycle { id: 1 }]
     );
     assert!(s.wants_spare(0) && !s.wants_spare(1));
+}
+
+#[test]
+fn reuse_stops_writing_ahead_at_the_job_limit_and_retires_the_child() {
+    let t = Instant::now();
+    let mut s = state(1, true);
+    for key in 1..=5 {
+        step(&mut s, Event::Run(function(key, None)), t);
+    }
+    assert_eq!(starts(&step(&mut s, Event::Admit, t)), [1]);
+    // A child that may take two more jobs after job 1 (a limit of 3 per process).
+    let started = Event::Started { key: 1, id: 0, kind: Kind::Function, timeout: None, further: 2 };
+    let ahead = step(&mut s, started, t);
+    assert_eq!(ahead.len(), 2, "only jobs 2 and 3 are written ahead: {ahead:?}");
+    for key in 1..=2u64 {
+        let report = Event::Report { id: 0, report: value(b"1"), recyclable: true };
+        assert_eq!(step(&mut s, report, t), [Action::Send { key, report: value(b"1") }]);
+    }
+    // Its third job is its last: it is retired (exits), not recycled.
+    let report = Event::Report { id: 0, report: value(b"3"), recyclable: true };
+    assert_eq!(
+        step(&mut s, report, t),
+        [Action::Send { key: 3, report: value(b"3") }, Action::Retire { id: 0 }]
+    );
+    assert_eq!(starts(&step(&mut s, Event::Admit, t)), [4], "a new child takes job 4");
 }
 
 #[test]

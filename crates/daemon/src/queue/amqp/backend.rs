@@ -10,8 +10,9 @@ use procyard_core::Report;
 use super::broker::{Cmd, JobMeta};
 use super::handle::{AmqpQueue, REQUEST_TIMEOUT};
 use crate::queue::{
-    BackendKind, DeadLetter, Health, Job, OpenMode, Outcome, QueueBackend, QueueDepth, Requeue,
-    TaskBinding, check_payload,
+    AttemptReport, BackendKind, DeadLetter, Health, Job, JobFilter, JobRecord, LeaseHolder,
+    OpenMode, Outcome, Purge, QueueBackend, QueueDepth, Requeue, Retention, TaskBinding,
+    check_payload,
 };
 use crate::{Error, Result};
 
@@ -19,6 +20,33 @@ use crate::{Error, Result};
 const DEPTH_MAX_AGE: Duration = Duration::from_millis(500);
 /// How long a daemon waits for broker depths before using the last known ones.
 const DEPTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl AmqpQueue {
+    /// Publishes one job (with `reply_to`, its outcome is sent to that queue).
+    fn publish_to(
+        &mut self,
+        routing_key: &str,
+        payload: &[u8],
+        reply_to: Option<String>,
+    ) -> Result<Vec<String>> {
+        crate::routing::validate_key(routing_key)?;
+        // The same limit as the embedded queue, before anything reaches the broker.
+        check_payload(payload)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let (key, data, job_id) = (routing_key.to_owned(), payload.to_vec(), id.clone());
+        if reply_to.is_some() {
+            self.replies.insert(id.clone());
+        }
+        self.request("publish", REQUEST_TIMEOUT, |reply| Cmd::Publish {
+            routing_key: key,
+            payload: data,
+            id: job_id,
+            reply_to,
+            reply,
+        })?;
+        Ok(vec![id])
+    }
+}
 
 impl QueueBackend for AmqpQueue {
     fn bind(&mut self, tasks: &[TaskBinding]) -> Result<()> {
@@ -47,18 +75,65 @@ impl QueueBackend for AmqpQueue {
     }
 
     fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
+        // A client that listens (it waited or will wait) asks for replies.
+        let reply_to = self.listener.clone();
+        self.publish_to(routing_key, payload, reply_to)
+    }
+
+    fn publish_with_reply(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
         crate::routing::validate_key(routing_key)?;
-        // The same limit as the embedded queue, before anything reaches the broker.
         check_payload(payload)?;
-        let id = uuid::Uuid::now_v7().to_string();
-        let (key, data, job_id) = (routing_key.to_owned(), payload.to_vec(), id.clone());
-        self.request("publish", REQUEST_TIMEOUT, |reply| Cmd::Publish {
-            routing_key: key,
-            payload: data,
-            id: job_id,
-            reply,
-        })?;
-        Ok(vec![id])
+        let to = self.listener()?;
+        self.publish_to(routing_key, payload, Some(to))
+    }
+
+    fn wait_heard(
+        &mut self,
+        ids: &[String],
+        any_attempt: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<JobRecord>>> {
+        if self.mode != OpenMode::Client {
+            return Ok(None);
+        }
+        self.wait_for(ids, any_attempt, deadline).map(Some)
+    }
+
+    fn cancel_everywhere(&mut self, id: &str) -> Result<bool> {
+        self.request_cancel(id).map(|()| true)
+    }
+
+    fn take_cancels(&mut self) -> Vec<String> {
+        self.drain();
+        std::mem::take(&mut self.cancels)
+    }
+
+    fn record_holder(&mut self, job: &Job, holder: &LeaseHolder) -> Result<()> {
+        self.note_holder(job, holder);
+        Ok(())
+    }
+
+    fn set_retention(&mut self, retention: Retention) {
+        if let Some(h) = self.history.as_mut() {
+            h.set_retention(retention);
+        }
+    }
+
+    fn record_attempt(&mut self, job: &Job, report: AttemptReport) {
+        self.note_attempt(job, report);
+    }
+
+    fn job(&mut self, id: &str) -> Result<JobRecord> {
+        crate::queue::check_job_id(id)?;
+        self.history()?.job(id)
+    }
+
+    fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        self.history()?.jobs(filter)
+    }
+
+    fn purge(&mut self, what: &Purge) -> Result<u64> {
+        self.history()?.purge(what)
     }
 
     fn set_capacity(&mut self, task: &str, capacity: usize) -> Result<()> {
@@ -80,8 +155,28 @@ impl QueueBackend for AmqpQueue {
 
     fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
         self.drain();
-        let received = self.inbox.take(task, max);
-        Ok(received.into_iter().map(|r| self.job_from(task, r)).collect())
+        let mut jobs = Vec::new();
+        while jobs.len() < max {
+            let received = self.inbox.take(task, max - jobs.len());
+            if received.is_empty() {
+                break;
+            }
+            for r in received {
+                let job = self.job_from(task, r);
+                if let Some(h) = self.history.as_mut() {
+                    h.claimed(&job);
+                }
+                if self.tombstones.contains(&job.id, Instant::now()) {
+                    // Asked to be cancelled before it arrived: acknowledged, never run.
+                    tracing::info!(job = %job.id, %task, "amqp: job cancelled before it ran");
+                    let reason = "cancelled before it ran".to_owned();
+                    self.complete(&job, Outcome::Cancelled { reason })?;
+                    continue;
+                }
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
     }
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
@@ -98,20 +193,31 @@ impl QueueBackend for AmqpQueue {
             );
             return Ok(());
         }
+        self.note_outcome(
+            job,
+            &outcome,
+            flight.reply_to.as_deref(),
+            flight.started_ms,
+            flight.report,
+        );
         let meta = JobMeta {
             id: job.id.clone(),
             task: flight.task,
             routing_key: job.routing_key.clone(),
             payload: job.payload.clone(),
             attempt: job.attempt,
+            reply_to: flight.reply_to,
         };
         let settle = Cmd::Settle { epoch: flight.epoch, acker: flight.acker, job: meta, outcome };
         self.send("acknowledge a job", settle)
     }
 
     fn flush(&mut self) -> Result<()> {
-        // Outcomes are handed to the broker thread as they come.
-        Ok(())
+        // Outcomes are handed to the broker thread as they come; the history is written here.
+        match self.history.as_mut() {
+            Some(h) if self.mode == OpenMode::Daemon => h.flush(),
+            _ => Ok(()),
+        }
     }
 
     fn next_due(&mut self) -> Result<Option<Instant>> {
@@ -153,6 +259,7 @@ impl QueueBackend for AmqpQueue {
                     in_flight,
                     dead: Some(broker.dead),
                     done_total: None,
+                    rate_limited: false,
                 },
             );
         }
@@ -198,6 +305,11 @@ impl QueueBackend for AmqpQueue {
     fn shutdown(&mut self) -> Result<()> {
         if !self.is_running() {
             return Ok(());
+        }
+        if self.mode == OpenMode::Daemon
+            && let Some(h) = self.history.as_mut()
+        {
+            h.close();
         }
         let result =
             self.request("close the connection", REQUEST_TIMEOUT, |reply| Cmd::Shutdown { reply });

@@ -1,7 +1,8 @@
 //! The AMQP backend as the daemon's thread holds it: the broker thread it started, the
 //! channels to and from it, what it received and what it runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,9 +13,11 @@ use procyard_core::Report;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::broker::{Broker, BrokerDepth, Cmd, Ev, Reply, Sink};
+use super::events::{EventKind, JobEvent, TOMBSTONE_MAX, TOMBSTONE_TTL, Tombstones, daemon_id};
+use super::history::LocalHistory;
 use super::inbox::{Inbox, Received};
 use super::topology;
-use crate::queue::{Job, OpenMode, QueueConfig, Receipt, TaskBinding};
+use crate::queue::{AttemptReport, Job, OpenMode, QueueConfig, Receipt, TaskBinding};
 use crate::{Error, Result};
 
 /// How long a synchronous request may wait for the broker thread.
@@ -26,6 +29,12 @@ pub(super) struct InFlight {
     pub(super) epoch: u64,
     pub(super) task: String,
     pub(super) acker: Acker,
+    /// The publisher's reply queue (`publish --wait`).
+    pub(super) reply_to: Option<String>,
+    /// When it was handed to a worker (ms since the epoch).
+    pub(super) started_ms: Option<i64>,
+    /// How its attempt ended, once reported.
+    pub(super) report: Option<AttemptReport>,
 }
 
 /// The AMQP backend, as seen from the daemon's thread.
@@ -44,6 +53,22 @@ pub(crate) struct AmqpQueue {
     next_receipt: u64,
     pub(super) depth_cache: BTreeMap<String, BrokerDepth>,
     pub(super) depth_at: Option<Instant>,
+    /// The local history file (`[queue] history`; empty: none).
+    pub(super) history_path: PathBuf,
+    /// The local history, once opened (a daemon at open, a client at first read).
+    pub(super) history: Option<LocalHistory>,
+    /// This process in events (`host/pid`).
+    pub(super) daemon_id: String,
+    /// Daemon: jobs asked to be cancelled, dropped when they arrive.
+    pub(super) tombstones: Tombstones,
+    /// Daemon: cancel requests heard and not yet taken by the daemon.
+    pub(super) cancels: Vec<String>,
+    /// Client: events and replies heard and not yet looked at.
+    pub(super) heard: VecDeque<JobEvent>,
+    /// Client: its listening (reply) queue, once declared.
+    pub(super) listener: Option<String>,
+    /// Client: jobs it published with a reply address, whose reply has not come.
+    pub(super) replies: std::collections::HashSet<String>,
 }
 
 impl AmqpQueue {
@@ -89,7 +114,19 @@ impl AmqpQueue {
             next_receipt: 1,
             depth_cache: BTreeMap::new(),
             depth_at: None,
+            history_path: config.path.clone(),
+            history: None,
+            daemon_id: daemon_id(),
+            tombstones: Tombstones::new(TOMBSTONE_TTL, TOMBSTONE_MAX),
+            cancels: Vec::new(),
+            heard: VecDeque::new(),
+            listener: None,
+            replies: std::collections::HashSet::new(),
         };
+        if mode == OpenMode::Daemon && !queue.history_path.as_os_str().is_empty() {
+            let owner = queue.daemon_id.clone();
+            queue.history = Some(LocalHistory::open_daemon(&queue.history_path, &owner)?);
+        }
         let first = started_rx.recv_timeout(REQUEST_TIMEOUT).map_err(|_| Error::Broker {
             action: "connect",
             source: "the AMQP client thread did not answer".into(),
@@ -137,9 +174,57 @@ impl AmqpQueue {
 
     /// Takes in the events the broker thread sent.
     pub(super) fn drain(&mut self) {
-        let broker = format!("{} (exchange {})", self.url_shown, self.exchange);
         while let Ok(ev) = self.events.try_recv() {
+            self.take_in(ev);
+        }
+    }
+
+    /// Waits up to `timeout` for one event from the broker thread (a client waiting for
+    /// replies); `false` when none came.
+    pub(super) fn wait_one(&mut self, timeout: Duration) -> bool {
+        match self.events.recv_timeout(timeout) {
+            Ok(ev) => {
+                self.take_in(ev);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn take_in(&mut self, ev: Ev) {
+        let Ev::Heard(body) = ev else {
+            let broker = format!("{} (exchange {})", self.url_shown, self.exchange);
             self.inbox.apply(ev, &broker);
+            return;
+        };
+        let event: JobEvent = match serde_json::from_slice(&body) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!("amqp: ignored a malformed message on the events exchange: {e}");
+                return;
+            }
+        };
+        match self.mode {
+            OpenMode::Daemon if event.event == EventKind::Cancel => {
+                if crate::queue::check_job_id(&event.id).is_ok() {
+                    tracing::info!(job = %event.id, from = %event.daemon, "amqp: cancel requested");
+                    self.tombstones.insert(&event.id, Instant::now());
+                    self.cancels.push(event.id);
+                }
+            }
+            OpenMode::Daemon => {}
+            OpenMode::Client => self.heard.push_back(event),
+        }
+    }
+
+    /// Sends `event` to the events exchange, or with `to` to a publisher's reply queue;
+    /// never waits (an event is news: when the broker is away it is lost, logged at debug).
+    pub(super) fn emit(&self, event: &JobEvent, to: Option<&str>) {
+        let Ok(body) = serde_json::to_vec(event) else { return };
+        let to = to.map(|q| (q.to_owned(), event.id.clone()));
+        let cmd = Cmd::Emit { key: event.routing_key(), body, to };
+        if self.cmd.send(cmd).is_err() {
+            tracing::debug!("amqp: the client thread has stopped; event not sent");
         }
     }
 
@@ -166,9 +251,18 @@ impl AmqpQueue {
         let attempt = topology::header_u32(headers, topology::H_ATTEMPT).unwrap_or(1).max(1);
         let receipt = self.next_receipt;
         self.next_receipt += 1;
+        let reply_to = d.properties.reply_to().as_ref().map(|q| q.as_str().to_owned());
         let Received { epoch, delivery } = received;
         let Delivery { data, acker, .. } = *delivery;
-        self.in_flight.insert(receipt, InFlight { epoch, task: task.to_owned(), acker });
+        let flight = InFlight {
+            epoch,
+            task: task.to_owned(),
+            acker,
+            reply_to,
+            started_ms: None,
+            report: None,
+        };
+        self.in_flight.insert(receipt, flight);
         Job {
             id,
             task: task.to_owned(),

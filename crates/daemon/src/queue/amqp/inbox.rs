@@ -64,6 +64,8 @@ impl<D> Inbox<D> {
                 tracing::warn!("amqp: {message}");
                 self.last_problem = Some(message);
             }
+            // Taken by the backend before it gets here.
+            Ev::Heard(_) => {}
         }
     }
 

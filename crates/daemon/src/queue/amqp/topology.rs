@@ -10,6 +10,9 @@
 //! | dead-letter exchange | `E.dead` | durable direct exchange, routing key = task name |
 //! | dead queue | `E.T.dead` | durable, bound to `E.dead` with `T` |
 //! | retry queue | `E.T.retry.<ms>ms` | durable classic queue with `x-message-ttl = ms` that dead-letters (default exchange) back into `E.T` |
+//! | events exchange | `E.events` | durable topic exchange; job events, routing key `<task>.<event>`, and cancel requests (`<task>.cancel`, `_.cancel`) |
+//! | cancel listener | server-named | exclusive, auto-delete, one per daemon, bound to `E.events` with `#.cancel` |
+//! | reply queue | server-named | exclusive, auto-delete, one per waiting client; the daemon that ends a job sends its outcome there (`reply-to`, `correlation-id` = job id) |
 //!
 //! Messages are persistent and carry the job id as `message-id` and these headers:
 //! [`H_ATTEMPT`] (1 for the first delivery), [`H_ROUTING_KEY`] (the key it was published with;
@@ -26,6 +29,15 @@ pub(crate) const H_ROUTING_KEY: &str = "x-procyard-routing-key";
 pub(crate) const H_REASON: &str = "x-procyard-reason";
 /// Header: the task a dead-lettered job belonged to.
 pub(crate) const H_TASK: &str = "x-procyard-task";
+
+/// The binding of a daemon's listener on the events exchange: cancel requests
+/// (`<task>.cancel`; `_.cancel` when the canceller does not know the task).
+pub(crate) const CANCEL_BINDING: &str = "#.cancel";
+
+/// The topic exchange of job events of jobs exchange `exchange`.
+pub(crate) fn events_exchange(exchange: &str) -> String {
+    format!("{exchange}.events")
+}
 
 /// The dead-letter exchange of jobs exchange `exchange`.
 pub(crate) fn dead_exchange(exchange: &str) -> String {

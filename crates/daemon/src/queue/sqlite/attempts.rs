@@ -24,12 +24,12 @@ struct Ended {
 
 /// Attempts reported and not yet written.
 #[derive(Debug, Default)]
-pub(super) struct AttemptLog {
+pub(crate) struct AttemptLog {
     ended: Vec<Ended>,
 }
 
 impl AttemptLog {
-    pub(super) fn end(&mut self, job: &Job, report: AttemptReport) {
+    pub(crate) fn end(&mut self, job: &Job, report: AttemptReport) {
         self.ended.push(Ended {
             seq: job.receipt.0 as i64,
             delivery: job.attempt,
@@ -38,18 +38,29 @@ impl AttemptLog {
         });
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    /// An attempt of the job in row `seq` (its `delivery`), ended at `ended_ms`.
+    pub(crate) fn end_row(
+        &mut self,
+        seq: i64,
+        delivery: u32,
+        ended_ms: i64,
+        report: AttemptReport,
+    ) {
+        self.ended.push(Ended { seq, delivery, ended_ms, report });
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
         self.ended.is_empty()
     }
 
-    pub(super) fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.ended.clear();
     }
 
     /// Writes the buffered attempts inside `tx`, before the outcomes and after the holders
     /// (the attempt's start and pid come from the job's row). Without history, the attempts of
     /// jobs done now are not written at all: their rows go with the outcome.
-    pub(super) fn write(
+    pub(crate) fn write(
         &self,
         tx: &Transaction<'_>,
         pending: &[PendingOutcome],
@@ -109,7 +120,7 @@ fn columns(c: Option<&Captured>) -> (Option<&[u8]>, Option<i64>, Option<i64>) {
 /// Writes the open attempt of every job leased and handed to a worker (all but `keep`) as
 /// ended with `end`: the daemon that ran it is gone (`DaemonLost`, at the next start) or
 /// stopped (`DaemonStopped`, at shutdown, only this daemon's leases when `owner` is given).
-pub(super) fn end_open(
+pub(crate) fn end_open(
     conn: &Connection,
     end: &AttemptEnd,
     owner: Option<&str>,
@@ -125,7 +136,7 @@ pub(super) fn end_open(
 }
 
 /// The attempts of the job in row `seq`, oldest first, numbered from 1.
-pub(super) fn read(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<Attempt>> {
+pub(crate) fn read(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<Attempt>> {
     let mut stmt = conn.prepare_cached(
         "SELECT delivery, worker_pid, started_ms, ended_ms, outcome, reason,
                 stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped,

@@ -25,11 +25,11 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 }
 
 /// A holder to record: the job's row, the worker, and when it was handed the job (ms).
-pub(super) type Held = (i64, LeaseHolder, i64);
+pub(crate) type Held = (i64, LeaseHolder, i64);
 
 /// Records the holders of leased rows (a row no longer leased — its outcome came first — is
 /// left alone).
-pub(super) fn write(tx: &Transaction<'_>, holders: &[Held]) -> rusqlite::Result<()> {
+pub(crate) fn write(tx: &Transaction<'_>, holders: &[Held]) -> rusqlite::Result<()> {
     if holders.is_empty() {
         return Ok(());
     }

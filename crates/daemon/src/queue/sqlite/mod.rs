@@ -34,12 +34,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
-use super::BackendKind;
 use super::{
     Abandoned, AttemptReport, DeadLetter, FileChange, Health, Job, JobFilter, JobRecord,
-    LeaseHolder, OpenMode, Outcome, PartialPublish, Purge, QueueBackend, QueueDepth, Receipt,
-    Requeue, Retention, TaskBinding,
+    LeaseHolder, OpenMode, Outcome, PartialPublish, Publication, PublishOptions, Purge,
+    QueueBackend, QueueDepth, Receipt, Requeue, Retention, ScheduleStatus, TaskBinding,
 };
+use super::{BackendKind, Durability};
+use crate::schedule::ScheduleConfig;
 use crate::{Error, Result, routing};
 
 mod attempts;
@@ -49,12 +50,16 @@ mod due;
 mod files;
 mod holders;
 mod lease;
+mod limits;
 mod outcomes;
 mod publish;
 mod records;
 mod retention;
+mod schedules;
 mod schema;
+pub(crate) mod store;
 mod trouble;
+mod unique;
 
 use attempts::AttemptLog;
 pub use due::DUE_CHECK_EVERY;
@@ -96,6 +101,10 @@ pub struct SqliteQueue {
     retention: Retention,
     /// Daemon: the next pruning step, and the count-based cutoff with when it was read.
     prune: retention::PruneClock,
+    /// Daemon: the periodic jobs it fires.
+    book: schedules::Book,
+    /// Daemon: each task's limits on starts.
+    gate: limits::Gate,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -120,6 +129,11 @@ impl SqliteQueue {
     /// daemon lock; the jobs a previous daemon left leased stay leased until
     /// [`QueueBackend::recover`] (after the daemon stopped their workers).
     pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteQueue> {
+        SqliteQueue::open_with(path, mode, Durability::Crash)
+    }
+
+    /// [`SqliteQueue::open`] with what its commits survive (`[queue] durability`).
+    pub fn open_with(path: &Path, mode: OpenMode, durability: Durability) -> Result<SqliteQueue> {
         if path.as_os_str().is_empty() {
             return Err(Error::io("open queue", path, std::io::ErrorKind::InvalidInput.into()));
         }
@@ -129,7 +143,7 @@ impl SqliteQueue {
             OpenMode::Client => None,
             OpenMode::Daemon => Some(lease::lock(path)?),
         };
-        let conn = schema::connect(path, mode)?;
+        let conn = schema::connect_with(path, mode, durability)?;
         files::tighten(path);
         let identity = match mode {
             OpenMode::Daemon => Some(FileIdentity::of(path)?),
@@ -153,6 +167,8 @@ impl SqliteQueue {
             attempts: AttemptLog::default(),
             retention: Retention::default(),
             prune: retention::PruneClock::new(Instant::now()),
+            book: schedules::Book::default(),
+            gate: limits::Gate::default(),
         })
     }
 
@@ -169,6 +185,11 @@ impl SqliteQueue {
     /// Whether done jobs keep their rows (a retention of zero keeps no history).
     fn keeps_history(&self) -> bool {
         !self.retention.keep_done.is_zero()
+    }
+
+    /// The job records in this file.
+    fn history(&mut self) -> store::History<'_> {
+        store::History::new(&mut self.conn, &self.path)
     }
 
     fn is_bound(&self, task: &str) -> bool {
@@ -222,12 +243,24 @@ impl QueueBackend for SqliteQueue {
 
     fn on_wake(&mut self) -> Result<()> {
         self.due_cache = None;
+        self.book.invalidate();
         // A poke may come from a publisher that wrote to a new file at the path.
         self.check_served(true)
     }
 
     fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
-        self.insert_jobs(routing_key, &[payload])
+        Ok(self.insert_jobs(routing_key, &[payload], &PublishOptions::default())?.ids)
+    }
+
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Publication, Box<PartialPublish>> {
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.insert_jobs(routing_key, &payloads, options)
+            .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
     fn publish_batch(
@@ -237,7 +270,8 @@ impl QueueBackend for SqliteQueue {
     ) -> Result<Vec<String>, Box<PartialPublish>> {
         // One transaction: all of the batch or none of it.
         let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        self.insert_jobs(routing_key, &payloads)
+        self.insert_jobs(routing_key, &payloads, &PublishOptions::default())
+            .map(|p| p.ids)
             .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
@@ -253,6 +287,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
+        self.gate.ended(job.receipt);
         // The retry delay runs from now: the caller may compute when the job falls due right
         // after this call, and a flush that comes later must not push that time back.
         self.pending.push(PendingOutcome::now(job, outcome));
@@ -273,11 +308,15 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn job(&mut self, id: &str) -> Result<JobRecord> {
-        self.read_job(id)
+        self.history().job(id)
     }
 
     fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        self.list_jobs(filter)
+        self.history().jobs(filter)
+    }
+
+    fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        self.history().payload(id)
     }
 
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
@@ -285,7 +324,28 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {
-        self.purge_rows(what)
+        self.history().purge(what)
+    }
+
+    fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
+        self.gate.set(limits, Instant::now());
+        Ok(())
+    }
+
+    fn set_schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<()> {
+        self.sync_schedules(schedules)
+    }
+
+    fn schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<Vec<ScheduleStatus>> {
+        self.schedule_states(schedules)
+    }
+
+    fn trigger_schedule(&mut self, schedule: &ScheduleConfig) -> Result<Vec<String>> {
+        self.trigger(schedule)
+    }
+
+    fn pause_schedule(&mut self, schedule: &ScheduleConfig, paused: bool) -> Result<()> {
+        self.set_paused(schedule, paused)
     }
 
     fn abandoned(&mut self) -> Result<Vec<Abandoned>> {

@@ -14,7 +14,7 @@ use crate::{Error, Result};
 
 /// An outcome reported and not yet written.
 #[derive(Debug)]
-pub(super) struct PendingOutcome {
+pub(crate) struct PendingOutcome {
     /// The job's row.
     seq: i64,
     /// Its task, for the count of jobs done.
@@ -26,12 +26,17 @@ pub(super) struct PendingOutcome {
 
 impl PendingOutcome {
     /// The job's row, when this outcome is `Done`.
-    pub(super) fn done_seq(&self) -> Option<i64> {
+    pub(crate) fn done_seq(&self) -> Option<i64> {
         matches!(self.outcome, Outcome::Done).then_some(self.seq)
     }
 
+    /// The outcome of the job in row `seq` of `task`, reported at `reported_ms`.
+    pub(crate) fn row(seq: i64, task: &str, outcome: Outcome, reported_ms: i64) -> PendingOutcome {
+        PendingOutcome { seq, task: task.to_owned(), outcome, reported_ms }
+    }
+
     /// `job`'s outcome, reported now.
-    pub(super) fn now(job: &Job, outcome: Outcome) -> PendingOutcome {
+    pub(crate) fn now(job: &Job, outcome: Outcome) -> PendingOutcome {
         PendingOutcome {
             seq: job.receipt.0 as i64,
             task: job.task.clone(),
@@ -43,7 +48,7 @@ impl PendingOutcome {
 
 /// Writes buffered outcomes inside `tx`; `true` if one of them is a retry. A done job's row
 /// stays (state done) when `keep_history`, and is deleted with its attempts otherwise.
-pub(super) fn write_outcomes(
+pub(crate) fn write_outcomes(
     tx: &Transaction<'_>,
     pending: &[PendingOutcome],
     keep_history: bool,

@@ -4,6 +4,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::schema::{STATE_CANCELLED, STATE_DEAD, STATE_DONE, STATE_LEASED, STATE_READY};
+use super::store::History;
 use super::{SqliteQueue, attempts, now_ms};
 use crate::queue::{JobFilter, JobRecord, JobState, Purge, check_job_id};
 use crate::{Error, Result};
@@ -58,11 +59,11 @@ fn record(r: &Row<'_>, now: i64) -> rusqlite::Result<(i64, JobRecord)> {
     ))
 }
 
-impl SqliteQueue {
+impl History<'_> {
     /// The record of job `id`, with its attempts.
-    pub(super) fn read_job(&mut self, id: &str) -> Result<JobRecord> {
+    pub(crate) fn job(&mut self, id: &str) -> Result<JobRecord> {
         check_job_id(id)?;
-        let path = self.path.clone();
+        let path = self.path.to_owned();
         let e = |err| Error::queue("read a job from", &path, err);
         let now = now_ms();
         let found = self
@@ -75,13 +76,22 @@ impl SqliteQueue {
         let Some((seq, mut job)) = found else {
             return Err(Error::UnknownJob { id: id.to_owned() });
         };
-        job.attempts = attempts::read(&self.conn, seq).map_err(e)?;
+        job.attempts = attempts::read(self.conn, seq).map_err(e)?;
         Ok(job)
     }
 
+    /// The payload of job `id` (`None` when there is no such job).
+    pub(crate) fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        check_job_id(id)?;
+        self.conn
+            .prepare_cached("SELECT payload FROM jobs WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+            .map_err(|err| Error::queue("read a payload from", self.path, err))
+    }
+
     /// Records (without attempts) matching `filter`, newest first.
-    pub(super) fn list_jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        let path = self.path.clone();
+    pub(crate) fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        let path = self.path.to_owned();
         let e = |err| Error::queue("list jobs in", &path, err);
         let now = now_ms();
         let states = if filter.states.is_empty() {
@@ -107,23 +117,8 @@ impl SqliteQueue {
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(e)
     }
 
-    /// Cancels job `id` if it waits (ready or delayed): `true` when it did.
-    pub(super) fn cancel_row(&mut self, id: &str) -> Result<bool> {
-        check_job_id(id)?;
-        let n = self
-            .conn
-            .execute(
-                "UPDATE jobs SET state = ?1, finished_ms = ?2, last_error = 'cancelled'
-                 WHERE id = ?3 AND state = ?4",
-                params![STATE_CANCELLED, now_ms(), id, STATE_READY],
-            )
-            .map_err(|e| Error::queue("cancel a job in", &self.path, e))?;
-        self.due_cache = None;
-        Ok(n > 0)
-    }
-
     /// Deletes ended jobs as `what` says, [`BATCH`] rows per transaction.
-    pub(super) fn purge_rows(&mut self, what: &Purge) -> Result<u64> {
+    pub(crate) fn purge(&mut self, what: &Purge) -> Result<u64> {
         let mut states = Vec::new();
         if what.done {
             states.extend([STATE_DONE, STATE_CANCELLED]);
@@ -142,7 +137,7 @@ impl SqliteQueue {
         loop {
             let n = self
                 .delete_batch(select, params![states, cutoff, BATCH])
-                .map_err(|e| Error::queue("purge jobs from", &self.path, e))?;
+                .map_err(|e| Error::queue("purge jobs from", self.path, e))?;
             total += n as u64;
             if (n as i64) < BATCH {
                 return Ok(total);
@@ -151,7 +146,7 @@ impl SqliteQueue {
     }
 
     /// Deletes the rows `select` names (and their attempts) in one transaction.
-    pub(super) fn delete_batch(
+    pub(crate) fn delete_batch(
         &mut self,
         select: &str,
         args: impl rusqlite::Params + Clone,
@@ -173,6 +168,23 @@ impl SqliteQueue {
             tx.execute("DELETE FROM jobs WHERE seq IN (SELECT value FROM json_each(?1))", [&list])?;
         tx.commit()?;
         Ok(n)
+    }
+}
+
+impl SqliteQueue {
+    /// Cancels job `id` if it waits (ready or delayed): `true` when it did.
+    pub(super) fn cancel_row(&mut self, id: &str) -> Result<bool> {
+        check_job_id(id)?;
+        let n = self
+            .conn
+            .execute(
+                "UPDATE jobs SET state = ?1, finished_ms = ?2, last_error = 'cancelled'
+                 WHERE id = ?3 AND state = ?4",
+                params![STATE_CANCELLED, now_ms(), id, STATE_READY],
+            )
+            .map_err(|e| Error::queue("cancel a job in", &self.path, e))?;
+        self.due_cache = None;
+        Ok(n > 0)
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{OptionalExtension, params};
 
 use super::records::BATCH;
+use super::store::History;
 use super::{SqliteQueue, now_ms};
+use crate::queue::Retention;
 
 /// How often the daemon looks for expired jobs.
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(1);
@@ -21,7 +23,7 @@ const COUNT_EVERY: Duration = Duration::from_secs(30);
 
 /// When the next pruning step is due, and the last count-based cutoff.
 #[derive(Debug)]
-pub(super) struct PruneClock {
+pub(crate) struct PruneClock {
     next: Instant,
     count_read: Option<Instant>,
     /// Jobs that ended at or before this (ms, row), in that order, are beyond
@@ -30,11 +32,11 @@ pub(super) struct PruneClock {
 }
 
 impl PruneClock {
-    pub(super) fn new(now: Instant) -> PruneClock {
+    pub(crate) fn new(now: Instant) -> PruneClock {
         PruneClock { next: now + PRUNE_EVERY, count_read: None, count_cutoff: None }
     }
 
-    pub(super) fn due(&self, now: Instant) -> bool {
+    pub(crate) fn due(&self, now: Instant) -> bool {
         self.next <= now
     }
 
@@ -43,31 +45,36 @@ impl PruneClock {
     }
 }
 
-impl SqliteQueue {
-    /// One pruning step (errors are logged: pruning is retried at the next step).
-    pub(super) fn prune_step(&mut self) {
-        let now = Instant::now();
-        match self.prune_once(now) {
+impl PruneClock {
+    /// One pruning step of `history` (errors are logged: pruning is retried at the next
+    /// step).
+    pub(crate) fn step(&mut self, history: &mut History<'_>, retention: &Retention, now: Instant) {
+        match self.prune_once(history, retention, now) {
             Ok(n) => {
                 let full = n as i64 >= BATCH;
-                self.prune.next = now + if full { PRUNE_AGAIN } else { PRUNE_EVERY };
+                self.next = now + if full { PRUNE_AGAIN } else { PRUNE_EVERY };
                 if n > 0 {
                     tracing::debug!(jobs = n, "pruned ended jobs past their retention");
                 }
             }
             Err(e) => {
-                self.prune.next = now + PRUNE_EVERY;
+                self.next = now + PRUNE_EVERY;
                 tracing::warn!(error = %procyard_core::Report(&e), "unable to prune ended jobs");
             }
         }
     }
 
-    fn prune_once(&mut self, now: Instant) -> rusqlite::Result<usize> {
-        let keep = self.retention.keep_done.as_millis().min(i64::MAX as u128) as i64;
+    fn prune_once(
+        &mut self,
+        history: &mut History<'_>,
+        retention: &Retention,
+        now: Instant,
+    ) -> rusqlite::Result<usize> {
+        let keep = retention.keep_done.as_millis().min(i64::MAX as u128) as i64;
         let by_age = now_ms().saturating_sub(keep) - 1;
-        if self.prune.count_read.is_none_or(|at| now >= at + COUNT_EVERY) {
-            let max = self.retention.keep_done_max.min(i64::MAX as u64) as i64;
-            self.prune.count_cutoff = self
+        if self.count_read.is_none_or(|at| now >= at + COUNT_EVERY) {
+            let max = retention.keep_done_max.min(i64::MAX as u64) as i64;
+            self.count_cutoff = history
                 .conn
                 .query_row(
                     "SELECT finished_ms, seq FROM jobs WHERE state IN (2, 4)
@@ -76,12 +83,12 @@ impl SqliteQueue {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            self.prune.count_read = Some(now);
+            self.count_read = Some(now);
         }
         // Whichever limit deletes more wins: older than `keep_done`, or beyond the newest
         // `keep_done_max` (ties on the end time broken by row).
-        let (count_ms, count_seq) = self.prune.count_cutoff.unwrap_or((i64::MIN, 0));
-        let n = self.delete_batch(
+        let (count_ms, count_seq) = self.count_cutoff.unwrap_or((i64::MIN, 0));
+        let n = history.delete_batch(
             "SELECT seq FROM jobs WHERE state IN (2, 4)
                AND (finished_ms <= ?1 OR (finished_ms, seq) <= (?2, ?3))
              ORDER BY finished_ms, seq LIMIT ?4",
@@ -89,9 +96,18 @@ impl SqliteQueue {
         )?;
         if n < BATCH as usize {
             // Everything up to the count cutoff is gone: read it again next time.
-            self.prune.count_read = None;
+            self.count_read = None;
         }
         Ok(n)
+    }
+}
+
+impl SqliteQueue {
+    /// One pruning step (errors are logged: pruning is retried at the next step).
+    pub(super) fn prune_step(&mut self) {
+        let retention = self.retention;
+        let mut history = History::new(&mut self.conn, &self.path);
+        self.prune.step(&mut history, &retention, Instant::now());
     }
 }
 

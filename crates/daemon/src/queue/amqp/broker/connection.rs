@@ -35,6 +35,10 @@ pub(super) struct Live {
     pub(super) publ: Channel,
     pub(super) consumers: BTreeMap<String, Consuming>,
     pub(super) retry_declared: BTreeSet<String>,
+    /// Publishes job events and replies (no confirms), opened at first use.
+    pub(super) events: Option<Channel>,
+    /// The channels of this connection's event listeners.
+    pub(super) listeners: Vec<Channel>,
     /// Watches the connection's events (errors, blocked) and reports them as commands.
     pub(super) watcher: tokio::task::JoinHandle<()>,
 }
@@ -96,10 +100,18 @@ impl Broker {
             publ,
             consumers: BTreeMap::new(),
             retry_declared: BTreeSet::new(),
+            events: None,
+            listeners: Vec::new(),
             watcher,
         });
         let tasks: Vec<TaskBinding> = self.tasks.values().cloned().collect();
         if let Err(e) = self.declare_all(&tasks).await {
+            self.drop_live();
+            return Err(e);
+        }
+        if self.mode == OpenMode::Daemon
+            && let Err(e) = self.listen(vec![topo::CANCEL_BINDING.to_owned()]).await
+        {
             self.drop_live();
             return Err(e);
         }

@@ -82,6 +82,14 @@ impl Broker {
         )
         .await
         .map_err(|e| broker_err("declare the dead-letter exchange", e))?;
+        ctl.exchange_declare(
+            topo::events_exchange(&self.exchange).into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| broker_err("declare the events exchange", e))?;
         for task in tasks {
             let queue = topo::task_queue(&self.exchange, &task.name);
             self.declare_durable_queue(&queue, Some((&dead_exchange, &task.name))).await?;

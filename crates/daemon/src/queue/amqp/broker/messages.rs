@@ -21,6 +21,8 @@ pub(crate) struct JobMeta {
     pub(crate) routing_key: String,
     pub(crate) payload: Vec<u8>,
     pub(crate) attempt: u32,
+    /// The publisher's reply queue, carried to the retry's copy.
+    pub(crate) reply_to: Option<String>,
 }
 
 /// Broker-side depth of one task.
@@ -41,7 +43,29 @@ pub(crate) enum Cmd {
         routing_key: String,
         payload: Vec<u8>,
         id: String,
+        /// The queue the daemon that ends the job reports its outcome to (`publish --wait`).
+        reply_to: Option<String>,
         reply: Reply<()>,
+    },
+    /// A job event for the events exchange (`key` = `<task>.<event>`), or with `to`, an
+    /// outcome for a publisher's reply queue (correlation id = job id): no confirm awaited.
+    Emit {
+        key: String,
+        body: Vec<u8>,
+        to: Option<(String, String)>,
+    },
+    /// A message on the events exchange that must reach a daemon (a cancel request):
+    /// confirmed, and refused when no daemon listens.
+    Announce {
+        key: String,
+        body: Vec<u8>,
+        reply: Reply<()>,
+    },
+    /// A client: an exclusive queue bound to the events exchange with `keys`, whose messages
+    /// (and the replies sent to it) come back as [`Ev::Heard`]; answers its name.
+    Listen {
+        keys: Vec<String>,
+        reply: Reply<String>,
     },
     SetCapacity {
         task: String,
@@ -101,6 +125,8 @@ pub(crate) enum Ev<D = Box<Delivery>> {
     Disconnected { epoch: u64, error: String },
     /// Something to log and show in `status`; the connection stays.
     Warning(String),
+    /// A message heard on the events exchange or in this client's reply queue (JSON).
+    Heard(Vec<u8>),
 }
 
 /// Where events go: a channel plus the daemon's waker (set by `attach`).

@@ -21,6 +21,7 @@ mod consume;
 mod dead;
 mod declare;
 mod depths;
+mod events;
 mod messages;
 mod publish;
 
@@ -135,8 +136,17 @@ impl Broker {
                 let result = self.bind(tasks).await;
                 let _ = reply.send(result);
             }
-            Cmd::Publish { routing_key, payload, id, reply } => {
-                let result = self.publish(&routing_key, &payload, &id).await;
+            Cmd::Publish { routing_key, payload, id, reply_to, reply } => {
+                let result = self.publish(&routing_key, &payload, &id, reply_to).await;
+                let _ = reply.send(result);
+            }
+            Cmd::Emit { key, body, to } => self.emit(key, body, to).await,
+            Cmd::Announce { key, body, reply } => {
+                let result = self.announce(&key, &body).await;
+                let _ = reply.send(result);
+            }
+            Cmd::Listen { keys, reply } => {
+                let result = self.listen(keys).await;
                 let _ = reply.send(result);
             }
             Cmd::SetCapacity { task, capacity } => {

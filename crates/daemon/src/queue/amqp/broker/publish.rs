@@ -17,14 +17,18 @@ impl Broker {
         routing_key: &str,
         payload: &[u8],
         id: &str,
+        reply_to: Option<String>,
     ) -> Result<()> {
         crate::routing::validate_key(routing_key)?;
         let Some(live) = self.live.as_ref() else { return Err(self.not_connected("publish")) };
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(id.into())
             .with_content_type("application/octet-stream".into())
             .with_headers(topo::job_headers(1, routing_key));
+        if let Some(to) = reply_to {
+            props = props.with_reply_to(to.into()).with_correlation_id(id.into());
+        }
         let mandatory = BasicPublishOptions { mandatory: true, immediate: false };
         let publ = live.publ.clone();
         let sent = publ
@@ -63,7 +67,7 @@ impl Broker {
 
     /// After a failed publish: the connection is gone (reconnect) or only the publish channel
     /// (reopen it in confirm mode).
-    async fn check_publ(&mut self, err: &Error) {
+    pub(super) async fn check_publ(&mut self, err: &Error) {
         let Some(live) = self.live.as_mut() else { return };
         if !live.conn.status().connected() {
             self.lost(Report(err).to_string());
@@ -128,10 +132,13 @@ impl Broker {
         let sink = self.sink.clone();
         self.settling.spawn(async move {
             if let Some((exchange, key, headers)) = target {
-                let props = BasicProperties::default()
+                let mut props = BasicProperties::default()
                     .with_delivery_mode(2)
                     .with_message_id(job.id.clone().into())
                     .with_headers(headers);
+                if let Some(to) = &job.reply_to {
+                    props = props.with_reply_to(to.clone().into()).with_correlation_id(job.id.clone().into());
+                }
                 let mandatory = BasicPublishOptions { mandatory: true, immediate: false };
                 let confirmed = match publ.basic_publish(exchange.into(), key.clone().into(), mandatory, &job.payload, props).await {
                     Ok(c) => c.await,

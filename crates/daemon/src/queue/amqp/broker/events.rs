@@ -1,0 +1,135 @@
+//! The events exchange on the broker thread: job events and replies published without
+//! waiting for a confirm (the hot path pays a frame, not a round trip), cancel requests
+//! published with one (a canceller must know a daemon heard it), and listeners — a daemon's
+//! for cancel requests, a client's for the events and replies it waits on — whose messages
+//! come back to the daemon's thread as [`Ev::Heard`].
+
+use lapin::message::DeliveryResult;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation};
+
+use super::messages::Ev;
+use super::{Broker, broker_err};
+use crate::queue::amqp::topology as topo;
+use crate::{Error, Result};
+
+impl Broker {
+    /// Publishes an event on the events exchange, or with `to` = (queue, correlation id) a
+    /// reply to a publisher's queue. Nothing is awaited but the frame's hand-over; a failure
+    /// is logged (an event is news, not a job: it is never retried).
+    pub(super) async fn emit(&mut self, key: String, body: Vec<u8>, to: Option<(String, String)>) {
+        let Some(live) = self.live.as_mut() else { return };
+        let channel = match &live.events {
+            Some(c) if c.status().connected() => c.clone(),
+            _ => match live.conn.create_channel().await {
+                Ok(c) => {
+                    live.events = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    tracing::debug!("amqp: unable to open the events channel: {e}");
+                    return;
+                }
+            },
+        };
+        let mut props = BasicProperties::default().with_content_type("application/json".into());
+        let (exchange, key) = match to {
+            Some((queue, correlation)) => {
+                props = props.with_correlation_id(correlation.into());
+                (String::new(), queue)
+            }
+            None => (topo::events_exchange(&self.exchange), key),
+        };
+        let sent = channel
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!("amqp: unable to publish a job event: {e}");
+        }
+    }
+
+    /// Publishes `body` on the events exchange with a confirm; a message no listener took
+    /// (no daemon runs) is an error that says so.
+    pub(super) async fn announce(&mut self, key: &str, body: &[u8]) -> Result<()> {
+        let Some(live) = self.live.as_ref() else { return Err(self.not_connected("publish")) };
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        let mandatory = BasicPublishOptions { mandatory: true, immediate: false };
+        let publ = live.publ.clone();
+        let exchange = topo::events_exchange(&self.exchange);
+        let confirm =
+            match publ.basic_publish(exchange.into(), key.into(), mandatory, body, props).await {
+                Ok(c) => c.await,
+                Err(e) => Err(e),
+            };
+        match confirm {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_))) => Err(Error::Refused {
+                message: "no daemon listens on the broker's events exchange (none is running)"
+                    .into(),
+            }),
+            Ok(other) => Err(Error::PublishRejected {
+                routing_key: key.to_owned(),
+                reason: format!("{other:?}"),
+            }),
+            Err(e) => {
+                let err = broker_err("publish a cancel request", e);
+                self.check_publ(&err).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Declares an exclusive, auto-delete, server-named queue bound to the events exchange
+    /// with `keys`, and consumes it (no acknowledgements: news, not jobs); each message comes
+    /// back as [`Ev::Heard`]. Returns the queue's name (a client's reply-to address).
+    pub(super) async fn listen(&mut self, keys: Vec<String>) -> Result<String> {
+        let Some(live) = self.live.as_mut() else { return Err(self.not_connected("listen")) };
+        let err = |e| broker_err("listen on the events exchange", e);
+        let channel = live.conn.create_channel().await.map_err(err)?;
+        let exclusive =
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel
+            .queue_declare("".into(), exclusive, FieldTable::default())
+            .await
+            .map_err(err)?;
+        let name = queue.name().as_str().to_owned();
+        let exchange = topo::events_exchange(&self.exchange);
+        for key in keys {
+            channel
+                .queue_bind(
+                    name.clone().into(),
+                    exchange.clone().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err)?;
+        }
+        let no_ack = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
+        let consumer = channel
+            .basic_consume(name.clone().into(), "".into(), no_ack, FieldTable::default())
+            .await
+            .map_err(err)?;
+        let sink = self.sink.clone();
+        consumer.set_delegate(move |result: DeliveryResult| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(Some(delivery)) = result {
+                    sink.send(Ev::Heard(delivery.data));
+                }
+            }
+        });
+        live.listeners.push(channel);
+        Ok(name)
+    }
+}
