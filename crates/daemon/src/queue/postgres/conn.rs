@@ -119,6 +119,11 @@ impl Target {
         format!("{}_jobs", self.schema)
     }
 
+    /// The channel `cancel` asks every daemon on (payload: the job id).
+    pub(super) fn cancel_channel(&self) -> String {
+        format!("{}_cancel", self.schema)
+    }
+
     /// The channel daemons notify when jobs or attempts end (`wait`, `logs -f`).
     pub(super) fn ended_channel(&self) -> String {
         format!("{}_ended", self.schema)
