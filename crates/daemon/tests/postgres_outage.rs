@@ -226,3 +226,48 @@ fn pg_publish_wait_ends_when_another_daemon_runs_the_job() {
         let _ = d.wait();
     }
 }
+
+/// `cancel` of a job running on another daemon than the one behind the client's control
+/// socket: every daemon hears the request, the one running it stops it; `wait` exits 2.
+#[test]
+fn pg_cancel_reaches_the_daemon_running_the_job() {
+    let Some(schema) = Schema::new("pg_cancel_reaches_the_daemon_running_the_job") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let config = |name: &str, socket: &str, task: &str, command: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\ncontrol_socket = \"{sock}\"\n{queue}[[task]]\nname = \"{task}\"\n\
+                 routing_keys = [\"{task}.#\"]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n\
+                 max_attempts = 3\n",
+                sock = dir.path().join(socket).display(),
+                queue = schema.toml(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let a = config("a", "a.sock", "idle", "true");
+    let b = config("b", "b.sock", "work", &format!("touch {}; sleep 60", started.display()));
+    let mut daemons = [start_daemon(&a), start_daemon(&b)];
+    let client = config("c", "a.sock", "work", "true");
+    let out = cli(&client, &["publish", "work.x", "x"]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    wait_file(&started, Instant::now() + Duration::from_secs(60));
+    let cancel = cli(&client, &["cancel", &id]);
+    assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
+    let waited = cli(&client, &["wait", "--timeout", "30s", &id]);
+    assert_eq!(waited.status.code(), Some(2), "{}", String::from_utf8_lossy(&waited.stdout));
+    let job = cli(&client, &["job", "--json", &id]);
+    let rec: serde_json::Value = serde_json::from_slice(&job.stdout).expect("job --json");
+    assert_eq!(rec["state"], "cancelled", "{rec}");
+    assert_eq!(rec["attempts"].as_array().map(Vec::len), Some(1), "never retried: {rec}");
+    for d in &mut daemons {
+        let _ = Command::new("kill").args(["-TERM", &d.id().to_string()]).status();
+        let _ = d.wait();
+    }
+}
