@@ -12,7 +12,7 @@ mod render;
 #[path = "cli/schedules.rs"]
 mod schedules;
 
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -392,8 +392,18 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                 };
                 println!("{}", serde_json::to_string(&published).map_err(|e| e.to_string())?);
             } else {
+                // One write for all of them, not one per line (stdout is line-buffered).
+                let mut out = String::with_capacity(ids.len() * 37);
                 for id in &ids {
-                    println!("{id}");
+                    out.push_str(id);
+                    out.push('\n');
+                }
+                let printed = std::io::stdout().lock().write_all(out.as_bytes());
+                if let Err(e) = printed.and_then(|()| std::io::stdout().flush()) {
+                    return Err(format!(
+                        "{} job(s) were queued, but their ids could not be printed: {e}",
+                        ids.len()
+                    ));
                 }
             }
             match failure {
