@@ -29,6 +29,13 @@ const CLAIM: &str = "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_o
                   ORDER BY not_before, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
     RETURNING seq, id, routing_key, payload, attempts";
 
+/// Puts back the jobs leased to this daemon (`$1`) that it does not know it holds (not in
+/// `$2`): after a claim whose commit was not confirmed (the connection dropped during it),
+/// the server may have committed the claim that the daemon never saw.
+const RELEASE_UNSEEN: &str = "UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
+        lease_owner = NULL, not_before = now_ms()
+    WHERE state = 1 AND lease_owner = $1 AND NOT (seq = ANY($2))";
+
 const HOLDERS: &str = "UPDATE jobs j SET worker_pid = u.pid, worker_start = u.start,
         worker_pgid = u.pgid, worker_boot = u.boot, worker_started_ms = u.at
     FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[],
@@ -196,6 +203,8 @@ impl PgQueue {
         // Kept until the transaction commits: after a failure the next write has them.
         let buffers = std::mem::take(&mut self.buffers);
         let ended = self.target.ended_channel();
+        let unsure = self.unsure_claim;
+        let known: Vec<i64> = self.leases.keys().copied().collect();
         let result = (|| {
             let conn = self.conn()?;
             let e = |err| Error::Postgres {
@@ -220,7 +229,7 @@ impl PgQueue {
                     })
                     .collect()
             };
-            if buffers.is_empty() {
+            if buffers.is_empty() && !unsure {
                 // Nothing to record: the claim alone, its own transaction (one round trip).
                 let Some((task, max)) = claim else { return Ok((Vec::new(), false)) };
                 let rows = conn.client.query(&s[5], &[&owner, &task, &(max as i64)]).map_err(e)?;
@@ -234,6 +243,15 @@ impl PgQueue {
             if !told && (!buffers.outcomes.is_empty() || !buffers.ended.is_empty()) {
                 // Clients waiting for jobs (`wait`, `logs -f`) look again.
                 tx.execute(&s[4], &[&ended]).map_err(e)?;
+            }
+            if unsure {
+                let put_back = tx.execute(RELEASE_UNSEEN, &[&owner, &known]).map_err(e)?;
+                if put_back > 0 {
+                    tracing::warn!(
+                        jobs = put_back,
+                        "postgres: a claim was committed but its answer lost with the connection; those jobs are back in ready"
+                    );
+                }
             }
             let mut jobs = Vec::new();
             if let Some((task, max)) = claim {
@@ -249,9 +267,12 @@ impl PgQueue {
             Ok(r) => r,
             Err(e) => {
                 self.buffers = buffers;
+                // A claim whose commit was not confirmed may have taken jobs all the same.
+                self.unsure_claim |= claim.is_some();
                 return Err(e);
             }
         };
+        self.unsure_claim = false;
         for p in &buffers.outcomes {
             self.leases.remove(&p.seq);
         }

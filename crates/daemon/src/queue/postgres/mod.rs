@@ -35,7 +35,7 @@
 //!   the daemon's number back if no other daemon recovered its leases meanwhile; otherwise
 //!   the daemon registers anew, and the outcomes of its earlier leases are dropped (the jobs
 //!   already run again elsewhere: at least once, never lost).
-//! - **History** (`records.rs`): the same [`JobRecord`] as SQLite, readable from any daemon or
+//! - **History** (`records.rs`): the same [`JobRecord`](crate::queue::JobRecord) as SQLite, readable from any daemon or
 //!   client on the database; retention prunes finished rows in batches of 500 with `SKIP
 //!   LOCKED` (they are never rows a claim needs).
 //!
@@ -174,6 +174,9 @@ pub(crate) struct PgQueue {
     buffers: Buffers,
     /// Leases this daemon holds: row → the daemon number that took it.
     leases: HashMap<i64, i64>,
+    /// A claim failed without a confirmed outcome: the next write puts back what the server
+    /// may have leased to this daemon unseen.
+    unsure_claim: bool,
     retention: Retention,
     /// Failing statements or connection, with the next attempt's deadline.
     trouble: Option<Trouble>,
@@ -221,6 +224,7 @@ impl PgQueue {
             tasks: Vec::new(),
             buffers: Buffers::default(),
             leases: HashMap::new(),
+            unsure_claim: false,
             retention: Retention::default(),
             trouble: None,
             due_cache: None,
