@@ -10,14 +10,14 @@
 //! Part `history` ([`history`]): `job ID` and `jobs --limit 50` with 1,000,000 records,
 //! pruning them while jobs flow, daemon RSS with them.
 //!
-//! Part `sched` (`parts/sched.rs`): claim cost with 1,000,000 delayed jobs against none, and
+//! Part `sched` (`bench/sched.rs`): claim cost with 1,000,000 delayed jobs against none, and
 //! the start lateness of delayed jobs (p50, p99) against jobs published for now.
 //!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
 //! `longlived`, `latency`, `rss`, `stop`, `history`, `http`, `sched`) runs only those parts.
 //! Part `http` is the HTTP face's (`bench/http.rs`).
 
-#[path = "parts/sched.rs"]
+#[path = "bench/sched.rs"]
 mod sched;
 
 use std::os::unix::net::UnixDatagram;

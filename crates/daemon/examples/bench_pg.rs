@@ -131,6 +131,7 @@ fn pg_config(url: &str, schema: &str) -> QueueConfig {
         queue_type: Default::default(),
         schema: schema.to_owned(),
         durability: Default::default(),
+        events: true,
     }
 }
 
@@ -143,6 +144,7 @@ fn sqlite_config(path: &Path) -> QueueConfig {
         queue_type: Default::default(),
         schema: "procyard".into(),
         durability: Default::default(),
+        events: true,
     }
 }
 

@@ -187,6 +187,12 @@ impl Client {
         result
     }
 
+    /// Makes the jobs published after this call report their end to this client where the
+    /// backend can (AMQP: a reply queue), for a [`Client::wait`] that follows.
+    pub fn expect_replies(&mut self) -> Result<()> {
+        self.queue()?.expect_replies()
+    }
+
     /// Publishes one job with publish-time controls (a delay or time, a priority, a unique
     /// key, headers: [`PublishOptions`]) and tells the daemon. A held unique key answers the
     /// existing job's id, listed in [`Publication::existing`].
@@ -237,8 +243,8 @@ impl Client {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<Waited> {
-        let ids = self.queue()?.publish_with_reply(routing_key, payload)?;
-        self.poke();
+        self.expect_replies()?;
+        let ids = self.publish(routing_key, payload)?;
         self.wait(&ids, timeout)
     }
 

@@ -168,6 +168,15 @@ pub fn status(socket: &Path) -> Result<Status> {
     }
 }
 
+/// Asks the daemon to pause, resume or scale a task; returns what it did.
+pub fn steer(socket: &Path, request: &Request) -> Result<String> {
+    match ask(socket, request, Duration::from_secs(10))? {
+        Some(Response::Applied { message }) => Ok(message),
+        Some(Response::Error { message }) => Err(Error::Refused { message }),
+        _ => Err(Error::NotRunning { socket: PathBuf::from(socket) }),
+    }
+}
+
 /// Sends `request` and reads the answer, waiting at most `timeout` for it: `Ok(None)` when
 /// the daemon closed the connection without one; a read that timed out is an
 /// [`Error::Io`] of kind `WouldBlock`/`TimedOut` ([`is_timeout`]).

@@ -14,6 +14,10 @@
 //!   deadlines. A job is acknowledged only once its outcome is known; failures retry with
 //!   exponential backoff up to `max_attempts`, then the job is dead-lettered (listed by
 //!   `status`, requeued by `requeue`).
+//! - `[http] listen = "127.0.0.1:9464"` adds an HTTP face ([`http`]): a live dashboard,
+//!   a JSON API (the same JSON as the `--json` verbs, plus pause/resume/scale of a task) and
+//!   Prometheus metrics at `/metrics`, served on threads of their own from snapshots the
+//!   loop hands over, so it never slows the jobs. Off loopback it needs a bearer token.
 //! - Signals: TERM/INT/QUIT stop gracefully (in-flight jobs get the grace period, then the
 //!   workers' process groups get TERM, then KILL); a second one stops at once. HUP reloads
 //!   the config and applies only the difference.
@@ -87,6 +91,19 @@
 //!   running when a cancel was sent keeps no tombstone for it; events are news, not jobs — a
 //!   daemon cut off from the broker loses the events of that time; `publish --lines --wait`
 //!   waits through the events exchange, not the reply queue.
+//!
+//! # Scheduling
+//!
+//! On the SQLite queue: `publish --delay D | --at TIME` (the job waits `delayed` and starts
+//! when due: the loop sleeps until then), `--priority 0..9` (default 5, higher first within
+//! a task, publish order within one), `--unique KEY [--unique-for D]` (a held key answers the
+//! existing job's id; enforced by a unique index), `--header NAME=VALUE`; the same through
+//! [`Client::publish_with`] and [`queue::PublishOptions`]. `[[schedule]]` tables
+//! ([`schedule`]: cron or `every`, an IANA zone, `missed = "skip"|"once"|"all"`) fire exactly
+//! once per due time — each due time is recorded in the transaction of its job — listed by
+//! `schedules`, driven by `schedule trigger|pause|resume`. Per task, `rate_limit = "N/s"` and
+//! `concurrency_key` with `max_per_key` ([`limits`]) hold jobs `ready` until they may start.
+//! The AMQP and PostgreSQL backends refuse these controls with a clear error (for now).
 //!
 //! # Limitations
 //!

@@ -134,6 +134,11 @@ impl Bucket {
         self.tokens -= n as f64;
     }
 
+    /// Whether no whole token is left (as of the last refill).
+    pub fn is_empty(&self) -> bool {
+        self.tokens < 1.0
+    }
+
     /// When the next whole token is there (`now` if one is).
     pub fn next_token(&self, now: Instant) -> Instant {
         let per_sec = f64::from(self.rate.count) / self.rate.per.as_secs_f64();

@@ -11,8 +11,10 @@ mod publish;
 mod render;
 #[path = "cli/schedules.rs"]
 mod schedules;
+#[path = "cli/tasks.rs"]
+mod tasks;
 
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -217,6 +219,28 @@ enum Cmd {
         after_help = "Example:\n  procyard-daemon migrate --config procyard.toml\n\nPrints the versions applied (nothing when the schema was up to date)."
     )]
     Migrate,
+    /// Stop a task taking new jobs (its running jobs finish) until `resume` or a restart.
+    #[command(
+        after_help = "Example:\n  procyard-daemon pause thumbnail\n  procyard-daemon resume thumbnail"
+    )]
+    Pause {
+        /// The task's name.
+        task: String,
+    },
+    /// Let a paused task take jobs again.
+    #[command(after_help = "Example:\n  procyard-daemon resume thumbnail")]
+    Resume {
+        /// The task's name.
+        task: String,
+    },
+    /// Run at most MAX_WORKERS jobs of a task at once, until the next reload.
+    #[command(after_help = "Example:\n  procyard-daemon scale thumbnail 8")]
+    Scale {
+        /// The task's name.
+        task: String,
+        /// The new limit (at least 1).
+        max_workers: usize,
+    },
     /// Delete the records of ended jobs (done and cancelled with --done, dead letters with
     /// --dead).
     #[command(after_help = "Example:\n  procyard-daemon purge --done --dead --older-than 7d")]
@@ -293,18 +317,6 @@ pub(crate) fn unable(action: &str, e: &(dyn std::error::Error + 'static)) -> Str
     format!("unable to {action}: {}", report(e))
 }
 
-/// Reads stdin whole, refusing more than the queue would take before reading it all.
-fn read_payload() -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(queue::MAX_PAYLOAD as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("unable to read stdin: {e}"))?;
-    queue::check_payload(&buf).map_err(|e| unable("read the payload", &e))?;
-    Ok(buf)
-}
-
 fn load(path: &Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| unable("load config", &e))
 }
@@ -336,7 +348,7 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                 }
             } else {
                 payloads.push(match payload.as_deref() {
-                    Some("-") => read_payload()?,
+                    Some("-") => publish::read_payload()?,
                     Some(p) => p.as_bytes().to_vec(),
                     None => Vec::new(),
                 });
@@ -344,12 +356,9 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             // One batch: the SQLite queue commits all of it or none; a backend that cannot
             // reports the jobs it queued before the error, and those are printed too.
             // The client pokes the daemon when anything was queued.
-            if wait && payloads.len() == 1 && options.is_plain() {
-                // One job: published with a reply address where the backend has one (AMQP).
-                let waited = c
-                    .publish_and_wait(&routing_key, &payloads[0], timeout)
-                    .map_err(|e| unable("publish and wait for the job", &e))?;
-                return jobs::report(&waited, json);
+            if wait {
+                // Where the backend has one (AMQP), the jobs carry a reply address.
+                c.expect_replies().map_err(|e| unable("prepare to wait for the jobs", &e))?;
             }
             let (ids, existing, failure) =
                 match c.publish_batch_with(&routing_key, &payloads, &options) {
@@ -373,8 +382,18 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                 };
                 println!("{}", serde_json::to_string(&published).map_err(|e| e.to_string())?);
             } else {
+                // One write for all of them, not one per line (stdout is line-buffered).
+                let mut out = String::with_capacity(ids.len() * 37);
                 for id in &ids {
-                    println!("{id}");
+                    out.push_str(id);
+                    out.push('\n');
+                }
+                let printed = std::io::stdout().lock().write_all(out.as_bytes());
+                if let Err(e) = printed.and_then(|()| std::io::stdout().flush()) {
+                    return Err(format!(
+                        "{} job(s) were queued, but their ids could not be printed: {e}",
+                        ids.len()
+                    ));
                 }
             }
             match failure {
@@ -466,6 +485,11 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
         }
         Cmd::Purge { dead, done, older_than } => {
             jobs::purge(&mut Client::new(load(config)?), &Purge { dead, done, older_than })
+        }
+        Cmd::Pause { task } => tasks::steer(config, control::Request::Pause { task }),
+        Cmd::Resume { task } => tasks::steer(config, control::Request::Resume { task }),
+        Cmd::Scale { task, max_workers } => {
+            tasks::steer(config, control::Request::Scale { task, max_workers })
         }
     }
 }

@@ -423,6 +423,7 @@ impl Validator<'_> {
                 url,
                 exchange,
                 queue_type: raw.queue.queue_type,
+                events: raw.queue.events.unwrap_or(true),
                 schema,
                 durability,
             },

@@ -7,12 +7,12 @@
 //! and a records thread with its own connection to the queue). The loop only hands it
 //! snapshots: at most every [`PUBLISH_EVERY`] it builds its status from memory (no queue
 //! read, no `/proc` read) and swaps it into a `watch` channel, and it bumps a few counters
-//! and histograms (`metrics::LoopMetrics`) as jobs start and end. Everything else — queue
+//! and histograms (`LoopMetrics`) as jobs start and end. Everything else — queue
 //! depths, dead letters, job records, output — the records thread reads from the queue
 //! itself; actions go through the same paths as the command line (the queue, and the
 //! control socket for what only the loop can do: cancel a running job, pause, resume,
 //! scale). Live updates are server-sent events, one per snapshot at most every
-//! `events::EVENT_EVERY`, however many jobs end in between.
+//! `EVENT_EVERY` (500 ms), however many jobs end in between.
 //!
 //! # Routes
 //!
@@ -23,7 +23,16 @@
 //! `/api/dead/purge`, `/api/tasks/NAME/pause`, `/resume`, `/scale`. Errors are JSON
 //! (`{"error": {"kind", "message"}}`) with the HTTP status that fits. The JSON bodies are the
 //! structs `status --json`, `job --json`, `jobs --json`, `dead --json` and `publish --json`
-//! print. Security is in `auth`.
+//! print. Security:
+//!
+//! - With a token (`token`/`token_file`; required off loopback) every request carries it:
+//!   `Authorization: Bearer <token>`, or the cookie `GET /login?token=…` sets for a browser;
+//!   anything else is 401.
+//! - Without one (loopback only) the `Host` header must be a loopback name (403 otherwise:
+//!   no DNS rebinding).
+//! - A POST from another origin (`Origin` ≠ `Host`, or `Sec-Fetch-Site: cross-site`) is 403;
+//!   a POST needs the bearer token or the page's CSRF token in `X-CSRF-Token` (403).
+//! - Payloads are served only with `show_payloads = true`.
 
 mod api;
 mod auth;

@@ -82,7 +82,7 @@
 //!
 //! The AMQP backend keeps a local history per daemon (the jobs it ran, same tables and code:
 //! `sqlite::store`), and hears what other daemons do through the broker: a client waits with
-//! [`QueueBackend::publish_with_reply`] and [`QueueBackend::wait_heard`], cancels with
+//! [`QueueBackend::expect_replies`] and [`QueueBackend::wait_heard`], cancels with
 //! [`QueueBackend::cancel_everywhere`], and a daemon takes the cancel requests it heard with
 //! [`QueueBackend::take_cancels`].
 //!
@@ -296,6 +296,12 @@ pub trait QueueBackend {
         Err(crate::Error::Unsupported { backend: "amqp", what: "purge job records" })
     }
 
+    /// Client only: the jobs published after this call ask for replies (AMQP: the reply queue
+    /// is declared now, so no end is missed). The default does nothing.
+    fn expect_replies(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Daemon only: each task's limits on starts (at start and after each reload): a rate
     /// (a token bucket: [`QueueBackend::claim`] takes no more than the tokens there are, and
     /// [`QueueBackend::next_due`] includes when the next token comes) and a concurrency key
@@ -362,13 +368,6 @@ pub trait QueueBackend {
             backend: self.health().backend.name(),
             what: "run [[schedule]] (yet)",
         })
-    }
-
-    /// Client only: publishes like [`QueueBackend::publish`], asking the daemon that ends each
-    /// job to tell this client (AMQP: a reply queue, `reply_to` and `correlation_id`), so that
-    /// [`QueueBackend::wait_heard`] hears it. The default publishes.
-    fn publish_with_reply(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
-        self.publish(routing_key, payload)
     }
 
     /// Client only: waits until every job of `ids` has ended (with `any_attempt`, until an

@@ -239,6 +239,9 @@ impl Shell {
             }
         };
         keep_restart_settings(&self.state.config, &mut new);
+        if new.http != self.state.config.http {
+            tracing::warn!("[http] changed: the HTTP face keeps its settings until a restart");
+        }
         self.queue.set_retention(new.daemon.retention);
         if let Err(e) = self.queue.bind(&new.bindings()) {
             tracing::error!(error = %Report(&e), "reload failed: the queue refused the new bindings; keeping the running config");

@@ -47,6 +47,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             url: None,
             exchange: "procyard".into(),
             queue_type: AmqpQueueType::Quorum,
+            events: true,
             schema: "procyard".into(),
             durability: Default::default(),
         },

@@ -347,3 +347,29 @@ command = ["sh", "-c", "echo first; echo oops >&2; while [ ! -e {dir}/go ]; do s
     });
     assert_eq!(http.get("/api/jobs/nope/live").status, 400);
 }
+
+/// The same pause, resume and scale from the command line.
+#[test]
+fn daemon_cli_pause_resume_scale() {
+    let mut sb = Sandbox::new(&tasks());
+    sb.start();
+    let out = sb.cli(&["pause", "ok"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "task ok paused\n");
+    let id = sb.publish("ok.x", b"y").remove(0);
+    let g = |sb: &Sandbox| sb.status().groups.into_iter().find(|g| g.name == "ok").expect("ok");
+    assert!(g(&sb).paused);
+    let out = sb.cli(&["scale", "ok", "6"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(g(&sb).max_workers, 6);
+    let out = sb.cli(&["scale", "nope", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no task named \"nope\""));
+    assert_eq!(sb.cli(&["scale", "ok", "many"]).status.code(), Some(64), "a usage error");
+    let mut client = procyard_daemon::Client::new(sb.load_config());
+    assert_eq!(client.job(&id).expect("job").state, JobState::Ready, "paused: not claimed");
+    assert!(sb.cli(&["resume", "ok"]).status.success());
+    sb.wait_until("the job done", SECS(30), |_| {
+        client.job(&id).map(|j| j.state == JobState::Done).unwrap_or(false)
+    });
+}

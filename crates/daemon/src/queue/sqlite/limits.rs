@@ -82,6 +82,10 @@ impl Gate {
         let Some(g) = self.tasks.get_mut(task) else { return };
         if let Some(b) = g.bucket.as_mut() {
             b.take(jobs.len());
+            // Emptied: the jobs left behind start when the next token comes, a deadline.
+            if b.is_empty() {
+                g.throttled = Some(b.next_token(Instant::now()));
+            }
         }
         for (receipt, key) in jobs {
             if let Some(key) = key {

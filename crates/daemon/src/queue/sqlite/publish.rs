@@ -17,6 +17,26 @@ pub(super) fn receivers(tasks: &[TaskBinding], routing_key: &str) -> Vec<String>
         .collect()
 }
 
+/// Ids for a batch of new jobs published at `now_ms`: UUIDv7s whose random part is one fresh
+/// random value (the tail of one `Uuid::now_v7`) plus the job's index in the batch. A batch
+/// costs one `getrandom` instead of one per job (a third of a `publish --lines` run's
+/// system calls before), and its ids sort in publish order. Distinct within the batch (the
+/// indexes differ in bits the version and variant do not overwrite) and, by the 74 random
+/// bits, across batches and processes.
+fn batch_ids(now_ms: i64) -> impl Iterator<Item = String> {
+    let first = uuid::Uuid::now_v7();
+    let mut tail = [0u8; 16];
+    tail[6..].copy_from_slice(&first.as_bytes()[6..]);
+    let base = u128::from_be_bytes(tail);
+    let millis = u64::try_from(now_ms).unwrap_or(0);
+    (0u128..).map(move |i| {
+        let value = base.wrapping_add(i) & ((1 << 80) - 1);
+        let mut random = [0u8; 10];
+        random.copy_from_slice(&value.to_be_bytes()[6..]);
+        uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid().to_string()
+    })
+}
+
 impl SqliteQueue {
     /// Inserts one job per payload and receiving task, all in one transaction, and returns
     /// their ids (payload by payload, task by task). Checks the key, every payload and the
@@ -61,6 +81,7 @@ pub(super) fn insert_rows(
         existing: Vec::new(),
     };
     let now = now_ms();
+    let mut new_ids = batch_ids(now);
     let not_before = options.not_before_ms();
     // A time already past is now: the job joins the claim order at once.
     let not_before = if not_before <= now { 0 } else { not_before };
@@ -82,7 +103,7 @@ pub(super) fn insert_rows(
             // At most twice: a key held by an ended job whose window is over is freed, then
             // the insert is made again.
             for _ in 0..2 {
-                let id = uuid::Uuid::now_v7().to_string();
+                let id = new_ids.next().unwrap_or_default();
                 let n = stmt.execute(params![
                     id,
                     task,
@@ -133,6 +154,26 @@ mod tests {
         assert_eq!(receivers(&tasks, "mail.send"), ["mail", "audit"]);
         assert_eq!(receivers(&tasks, "mail.send.now"), ["audit"]);
         assert!(receivers(&tasks[..1], "other").is_empty());
+    }
+
+    /// A batch's ids are distinct UUIDv7s of its time, in publish order, and the next batch's
+    /// differ from them.
+    #[test]
+    fn batch_ids_are_distinct_ordered_v7() {
+        let now = now_ms();
+        let ids: Vec<String> = batch_ids(now).take(10_000).collect();
+        let next: Vec<String> = batch_ids(now).take(10_000).collect();
+        let mut all: Vec<&String> = ids.iter().chain(&next).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 20_000, "duplicate ids");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "not in publish order");
+        for id in [&ids[0], &ids[9_999]] {
+            let uuid = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(uuid.get_version_num(), 7, "{id}");
+            let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+            assert_eq!(secs as i64 * 1000 + i64::from(nanos / 1_000_000), now, "{id}");
+        }
     }
 
     /// A batch with one bad payload queues nothing; a good one is queued whole, in order.
