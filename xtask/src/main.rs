@@ -109,6 +109,8 @@ fn test() -> Result<()> {
     ensure_rabbitmq()?;
     ensure_postgres()?;
     ensure_serf()?;
+    ensure_debian_tool("promtool", "prometheus", "the /metrics test")?;
+    ensure_debian_tool("chromedriver", "chromium chromium-driver", "the dashboard's browser test")?;
     let timeout = match std::env::var("PROCYARD_TEST_TIMEOUT_SECS") {
         Ok(v) => Duration::from_secs(
             v.parse()
@@ -346,6 +348,36 @@ fn ensure_serf() -> Result<()> {
         bail!("serf is needed by the tests under CI=true and could not be installed");
     }
     eprintln!("xtask: serf unavailable; the serf interop test will say it was skipped");
+    Ok(())
+}
+
+/// A program a test needs, from Debian's packages when missing (promtool for the daemon's
+/// `/metrics` test; chromium and chromedriver for its browser test). Those tests fail without
+/// it, so a tool that cannot be installed is an error under `CI=true` and a warning elsewhere.
+fn ensure_debian_tool(program: &str, packages: &str, needed_by: &str) -> Result<()> {
+    let have = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {packages} from Debian's packages ({needed_by})");
+    let install = Command::new("sh")
+        .args([
+            "-c",
+            &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {packages}"),
+        ])
+        .status();
+    if install.is_ok_and(|s| s.success()) && have() {
+        return Ok(());
+    }
+    if is_ci() {
+        bail!("{program} is needed by {needed_by} under CI=true and could not be installed");
+    }
+    eprintln!("xtask: {program} unavailable; {needed_by} will fail");
     Ok(())
 }
 

@@ -7,8 +7,18 @@
 //! against `keep_done = "0s"` (no history), the job-lifecycle issue's ≥ 0.9 goal; publish→done latency p50/p99; daemon RSS idle
 //! and with 100 workers; graceful stop time with 10 idle workers.
 //!
+//! Part `history` ([`history`]): `job ID` and `jobs --limit 50` with 1,000,000 records,
+//! pruning them while jobs flow, daemon RSS with them.
+//!
+//! Part `sched` (`bench/sched.rs`): claim cost with 1,000,000 delayed jobs against none, and
+//! the start lateness of delayed jobs (p50, p99) against jobs published for now.
+//!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
-//! `longlived`, `latency`, `rss`, `stop`) runs only those parts.
+//! `longlived`, `latency`, `rss`, `stop`, `history`, `http`, `sched`) runs only those parts.
+//! Part `http` is the HTTP face's (`bench/http.rs`).
+
+#[path = "bench/sched.rs"]
+mod sched;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -17,6 +27,11 @@ use std::time::{Duration, Instant};
 use procyard_core::{Child, Command, Deadline, Readiness, Signal, Stdio, ready_pipe};
 use procyard_daemon::queue::{self, OpenMode, QueueBackend};
 use procyard_daemon::{Config, control, worker};
+
+#[path = "bench/history.rs"]
+mod history;
+#[path = "bench/http.rs"]
+mod http;
 
 const WORKER_ENV: &str = "PROCYARD_BENCH_WORKER";
 const NOTIFY_ENV: &str = "PROCYARD_BENCH_NOTIFY";
@@ -67,12 +82,23 @@ fn main() -> anyhow::Result<()> {
         bench("daemon_rss_100_workers_kib", busy, "KiB", "daemon_rss_idle_kib", idle);
     }
 
+    if part("sched") {
+        sched::run(&daemon_bin)?;
+    }
+
     if part("stop") {
         let mut stops = Vec::new();
         for _ in 0..5 {
             stops.push(stop_time_ms(&daemon_bin, &me)?);
         }
         bench("graceful_stop_10_idle_ms", median(&mut stops), "ms", "symphony_stop_ms", 5000.0);
+    }
+
+    if part("history") {
+        history::run(&daemon_bin, &me)?;
+    }
+    if part("http") {
+        http::run(&daemon_bin, &me)?;
     }
     Ok(())
 }

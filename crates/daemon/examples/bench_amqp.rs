@@ -8,6 +8,8 @@
 //! `PROCYARD_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`). Celery is measured
 //! when `pip install celery` works in a venv under /tmp (`CELERY_VENV` to reuse one).
 //!
+//! `-- events` measures only what job events cost the drain (events on and off, same run).
+//!
 //! Every job is handled by a longlived worker (this example re-executed as `worker FILE`) that
 //! appends `JOB_ID DONE_NS` to FILE; latency is done time minus publish time.
 
@@ -201,6 +203,7 @@ fn run_amqp(
     dir: &Path,
     queue_type: AmqpQueueType,
     prepublish: bool,
+    events: bool,
 ) -> anyhow::Result<Figures> {
     std::fs::create_dir_all(dir)?;
     let exchange = format!("procyard-bench-{}", uuid::Uuid::now_v7().simple());
@@ -209,7 +212,7 @@ fn run_amqp(
         AmqpQueueType::Classic => "classic",
     };
     let queue = format!(
-        "backend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{exchange}\"\nqueue_type = \"{kind}\""
+        "backend = \"amqp\"\nurl = \"{url}\"\nexchange = \"{exchange}\"\nqueue_type = \"{kind}\"\nevents = {events}"
     );
     let c1 = write_config(dir, "amqp1", &queue, &dir.join("d1.sock"))?;
     let c2 = write_config(dir, "amqp2", &queue, &dir.join("d2.sock"))?;
@@ -219,6 +222,7 @@ fn run_amqp(
         url: Some(url.to_owned()),
         exchange: exchange.clone(),
         queue_type,
+        events,
         schema: "procyard".into(),
         durability: Default::default(),
     };
@@ -235,7 +239,8 @@ fn run_amqp(
     stop(d1);
     stop(d2);
     let queues = [format!("{exchange}.noop"), format!("{exchange}.noop.dead")];
-    delete_topology(url, &queues, &[exchange.clone(), format!("{exchange}.dead")]);
+    let exchanges = [exchange.clone(), format!("{exchange}.dead"), format!("{exchange}.events")];
+    delete_topology(url, &queues, &exchanges);
     let (done, published) = result?;
     let mut f = figures(&published, &done);
     if prepublish {
@@ -262,6 +267,7 @@ fn run_sqlite(bin: &Path, dir: &Path) -> anyhow::Result<Figures> {
         url: None,
         exchange: "procyard".into(),
         queue_type: AmqpQueueType::default(),
+        events: true,
         schema: "procyard".into(),
         durability: Default::default(),
     };
@@ -450,6 +456,29 @@ fn run_celery(url: &str, dir: &Path, queue_type: &str) -> anyhow::Result<Figures
     Ok(Figures { jobs_per_s: JOBS as f64 / secs.max(1e-9), p50_ms: f64::NAN, p99_ms: f64::NAN })
 }
 
+/// What job events cost the drain: classic queues, jobs published first, with events on and
+/// off alternately (3 rounds each, same run); medians and their ratio.
+fn events_cost(bin: &Path, url: &str, root: &Path) -> anyhow::Result<()> {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        for (events, out) in [(true, &mut on), (false, &mut off)] {
+            let dir = root.join(format!("events-{events}-{round}"));
+            let f = run_amqp(bin, url, &dir, AmqpQueueType::Classic, true, events)?;
+            out.push(f.jobs_per_s);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (m_on, m_off) = (median(&mut on), median(&mut off));
+    println!(
+        "amqp classic drain of {JOBS} jobs, 2 daemons x {WORKERS_PER_DAEMON} workers: events on {m_on:.0} jobs/s (runs {on:.0?}), events off {m_off:.0} jobs/s (runs {off:.0?}); ratio on/off {:.2}",
+        m_on / m_off
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("worker") {
@@ -458,6 +487,9 @@ fn main() -> anyhow::Result<()> {
     let url = std::env::var("PROCYARD_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
     let bin = daemon_bin()?;
     let root = tempfile::tempdir()?;
+    if args.get(1).map(String::as_str) == Some("events") {
+        return events_cost(&bin, &url, root.path());
+    }
     let sqlite_dir = root.path().join("sqlite");
     std::fs::create_dir_all(&sqlite_dir)?;
 
@@ -477,8 +509,8 @@ fn main() -> anyhow::Result<()> {
     {
         let dir = root.path().join(format!("amqp-{kind}"));
         let measured =
-            run_amqp(&bin, &url, &dir.join("live"), queue_type, false).and_then(|live| {
-                Ok((live, run_amqp(&bin, &url, &dir.join("drain"), queue_type, true)?))
+            run_amqp(&bin, &url, &dir.join("live"), queue_type, false, true).and_then(|live| {
+                Ok((live, run_amqp(&bin, &url, &dir.join("drain"), queue_type, true, true)?))
             });
         let (live, drain) = match measured {
             Ok(f) => f,

@@ -4,6 +4,8 @@
 //!   PostgreSQL schema (vs 1 daemon × 4 workers on a SQLite file); jobs/s from the first to the
 //!   last completion; median of 3 runs each.
 //! - Publish: 2,000 single-job publishes in a loop from one client (vs the same into SQLite).
+//! - graphile-worker (npm, on Node, in its own schema of the same database) side by side: its
+//!   drain at concurrency 4 (its other settings default) and its `addJob` loop.
 //! - Orphan recovery: a daemon SIGKILLed while it holds jobs; time until every one of them is
 //!   back in `ready` (seen by `LISTEN` on the schema's channel); median of 3. graphile-worker's
 //!   default for the same (its lock expiry) is 4 h; River's rescuer 1 h.
@@ -129,6 +131,7 @@ fn pg_config(url: &str, schema: &str) -> QueueConfig {
         queue_type: Default::default(),
         schema: schema.to_owned(),
         durability: Default::default(),
+        events: true,
     }
 }
 
@@ -141,6 +144,7 @@ fn sqlite_config(path: &Path) -> QueueConfig {
         queue_type: Default::default(),
         schema: "procyard".into(),
         durability: Default::default(),
+        events: true,
     }
 }
 
@@ -253,6 +257,77 @@ fn orphan_recovery(bin: &Path, root: &Path, url: &str, run: usize) -> anyhow::Re
     result
 }
 
+/// graphile-worker's side: a Node script driving `makeWorkerUtils` (`addJob` loop, or a
+/// prepublish then `run` at concurrency 4 with its defaults otherwise), printing its rate.
+const GRAPHILE_JS: &str = r#"
+const { run, makeWorkerUtils } = require("graphile-worker");
+const [mode, n] = [process.argv[2], parseInt(process.argv[3], 10)];
+const connectionString = process.env.BENCH_PG_URL, schema = process.env.BENCH_SCHEMA;
+(async () => {
+  const utils = await makeWorkerUtils({ connectionString, schema });
+  await utils.migrate();
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) await utils.addJob("noop", { i });
+  if (mode === "publish") {
+    console.log("RATE " + n / (Number(process.hrtime.bigint() - t0) / 1e9));
+    await utils.release();
+    return;
+  }
+  let done = 0, first = null, runner;
+  runner = await run({ connectionString, schema, concurrency: 4, noHandleSignals: true,
+    taskList: { noop: async () => {
+      const t = process.hrtime.bigint();
+      if (first === null) first = t;
+      if (++done === n) {
+        console.log("RATE " + n / (Number(t - first) / 1e9));
+        setImmediate(() => runner.stop());
+      }
+    } } });
+  await runner.promise;
+  await utils.release();
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+/// Installs graphile-worker with npm into `GRAPHILE_DIR` (default /tmp/procyard-graphile)
+/// when missing; `None` (with a notice) when Node or npm cannot.
+fn graphile_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(
+        std::env::var("GRAPHILE_DIR").unwrap_or_else(|_| "/tmp/procyard-graphile".into()),
+    );
+    if !dir.join("node_modules/graphile-worker").exists() {
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg("(test -f package.json || npm init -y) >/dev/null && npm install --no-audit --no-fund graphile-worker@0.16 >/dev/null")
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("graphile-worker could not be installed (npm): not measured");
+            return None;
+        }
+    }
+    std::fs::write(dir.join("bench.js"), GRAPHILE_JS).ok()?;
+    Some(dir)
+}
+
+/// graphile-worker's rate in `mode` (`drain` or `publish`) for `n` jobs on its own schema.
+fn graphile(dir: &Path, url: &str, mode: &str, n: usize) -> anyhow::Result<f64> {
+    let schema = format!("gw_{}", uuid::Uuid::now_v7().simple());
+    let out = Command::new("node")
+        .arg(dir.join("bench.js"))
+        .args([mode, &n.to_string()])
+        .env("BENCH_PG_URL", url)
+        .env("BENCH_SCHEMA", &schema)
+        .current_dir(dir)
+        .stderr(Stdio::inherit())
+        .output();
+    drop_schema(url, &schema);
+    let text = String::from_utf8_lossy(&out?.stdout).into_owned();
+    let rate = text.lines().find_map(|l| l.strip_prefix("RATE ")).and_then(|r| r.parse().ok());
+    rate.ok_or_else(|| anyhow::anyhow!("graphile-worker printed no rate: {text}"))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -288,6 +363,25 @@ fn main() -> anyhow::Result<()> {
         "BENCH\tpg_publish_loop_jobs_per_s\t{pg_pub:.0}\tjobs/s\tsqlite_publish_loop\t{sq_pub:.0}\t{:.2}",
         pg_pub / sq_pub
     );
+    if let Some(dir) = graphile_dir() {
+        let drains: anyhow::Result<Vec<f64>> =
+            (0..RUNS).map(|_| graphile(&dir, &url, "drain", JOBS)).collect();
+        match drains.and_then(|d| Ok((d, graphile(&dir, &url, "publish", PUBLISHES)?))) {
+            Ok((d, add_job)) => {
+                eprintln!("graphile-worker drain jobs/s: {d:.0?}");
+                let gw = median(d);
+                println!(
+                    "BENCH\tpg_drain_2x2_jobs_per_s\t{pg:.0}\tjobs/s\tgraphile_worker_c4_drain\t{gw:.0}\t{:.2}",
+                    pg / gw
+                );
+                println!(
+                    "BENCH\tpg_publish_loop_jobs_per_s\t{pg_pub:.0}\tjobs/s\tgraphile_worker_addjob_loop\t{add_job:.0}\t{:.2}",
+                    pg_pub / add_job
+                );
+            }
+            Err(e) => eprintln!("graphile-worker not measured: {e}"),
+        }
+    }
     let rec: Vec<f64> =
         (0..RUNS).map(|r| orphan_recovery(&bin, root.path(), &url, r)).collect::<Result<_, _>>()?;
     eprintln!("orphan recovery s: {rec:.3?}");

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::control::{self, Request, Response};
 use crate::queue::{
-    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, Purge, QueueBackend,
-    check_job_id,
+    self, JobFilter, JobRecord, JobState, OpenMode, PartialPublish, Publication, PublishOptions,
+    Purge, QueueBackend, ScheduleStatus, check_job_id,
 };
 use crate::{Config, Error, Result};
 
@@ -84,6 +84,21 @@ impl Waited {
     }
 }
 
+/// What `publish --json` prints and `POST /api/jobs` answers: the ids of the jobs queued.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    /// The routing key published to.
+    pub routing_key: String,
+    /// One id per task bound to it (an existing job's id where a unique key matched).
+    pub jobs: Vec<String>,
+    /// Whether a unique key matched a job that already existed (`publish --unique`).
+    #[serde(default)]
+    pub duplicate: bool,
+    /// The ids (of `jobs`) of jobs that existed before this publish.
+    #[serde(default)]
+    pub existing: Vec<String>,
+}
+
 /// What [`Client::cancel`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cancelled {
@@ -133,6 +148,11 @@ impl Client {
         Ok(self.queue.as_deref_mut().expect("opened"))
     }
 
+    /// The queue, opened at the first call (for the HTTP face's reads).
+    pub(crate) fn queue_mut(&mut self) -> Result<&mut dyn QueueBackend> {
+        self.queue()
+    }
+
     fn poke(&self) {
         if let Err(e) = control::poke(&self.config.daemon.control_socket) {
             tracing::debug!(error = %e.chain(), "could not poke the daemon");
@@ -167,6 +187,55 @@ impl Client {
         result
     }
 
+    /// Makes the jobs published after this call report their end to this client where the
+    /// backend can (AMQP: a reply queue), for a [`Client::wait`] that follows.
+    pub fn expect_replies(&mut self) -> Result<()> {
+        self.queue()?.expect_replies()
+    }
+
+    /// Publishes one job with publish-time controls (a delay or time, a priority, a unique
+    /// key, headers: [`PublishOptions`]) and tells the daemon. A held unique key answers the
+    /// existing job's id, listed in [`Publication::existing`].
+    ///
+    /// ```no_run
+    /// # use procyard_daemon::{Client, queue::PublishOptions};
+    /// # use std::time::Duration;
+    /// # let mut client = Client::open(None)?;
+    /// let opts = PublishOptions::new().delay(Duration::from_secs(30)).priority(8).unique("r-42");
+    /// let published = client.publish_with("reports.build", b"42", &opts)?;
+    /// println!("{:?} (duplicate: {})", published.ids, published.is_duplicate());
+    /// # Ok::<(), procyard_daemon::Error>(())
+    /// ```
+    pub fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payload: &[u8],
+        options: &PublishOptions,
+    ) -> Result<Publication> {
+        self.publish_batch_with(routing_key, &[payload.to_vec()], options).map_err(|p| p.error)
+    }
+
+    /// Publishes one job per payload with publish-time controls (see
+    /// [`QueueBackend::publish_with`]) and tells the daemon.
+    pub fn publish_batch_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Publication, Box<PartialPublish>> {
+        let q =
+            self.queue().map_err(|error| Box::new(PartialPublish { committed: vec![], error }))?;
+        let result = q.publish_with(routing_key, payloads, options);
+        let any = match &result {
+            Ok(p) => p.ids.len() > p.existing.len(),
+            Err(p) => !p.committed.is_empty(),
+        };
+        if any {
+            self.poke();
+        }
+        result
+    }
+
     /// Publishes and waits for the jobs to end (or `timeout` to pass).
     pub fn publish_and_wait(
         &mut self,
@@ -174,8 +243,8 @@ impl Client {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<Waited> {
-        let ids = self.queue()?.publish_with_reply(routing_key, payload)?;
-        self.poke();
+        self.expect_replies()?;
+        let ids = self.publish(routing_key, payload)?;
         self.wait(&ids, timeout)
     }
 
@@ -236,6 +305,10 @@ impl Client {
         left: Option<Duration>,
     ) -> Result<()> {
         let hold = left.unwrap_or(LONGEST_REQUEST).min(LONGEST_REQUEST);
+        // A queue shared by many daemons (PostgreSQL) tells of ends wherever the job ran.
+        if self.queue()?.wait_ends(hold)?.is_some() {
+            return Ok(());
+        }
         let timeout_ms = hold.as_millis().min(u64::MAX as u128) as u64;
         let request = Request::Wait { ids, any_attempt, timeout_ms };
         let socket = self.config.daemon.control_socket.clone();
@@ -294,6 +367,38 @@ impl Client {
             // It moved between the look and the cancel (claimed, ended): look again.
         }
         Err(Error::Refused { message: format!("job {id} kept changing state; try again") })
+    }
+
+    /// The config's `[[schedule]]`s with their stored state (next and last run, last job).
+    pub fn schedules(&mut self) -> Result<Vec<ScheduleStatus>> {
+        let schedules = self.config.schedules.clone();
+        self.queue()?.schedules(&schedules)
+    }
+
+    /// Publishes a job of schedule `name` now; returns its ids.
+    pub fn trigger_schedule(&mut self, name: &str) -> Result<Vec<String>> {
+        let s = self.schedule(name)?;
+        let ids = self.queue()?.trigger_schedule(&s)?;
+        self.poke();
+        Ok(ids)
+    }
+
+    /// Pauses (`true`) or resumes schedule `name`, persisted; the daemon is told.
+    pub fn pause_schedule(&mut self, name: &str, paused: bool) -> Result<()> {
+        let s = self.schedule(name)?;
+        self.queue()?.pause_schedule(&s, paused)?;
+        self.poke();
+        Ok(())
+    }
+
+    fn schedule(&self, name: &str) -> Result<crate::schedule::ScheduleConfig> {
+        self.config.schedules.iter().find(|s| s.name == name).cloned().ok_or_else(|| {
+            Error::InvalidArgument {
+                what: "schedule",
+                value: name.to_owned(),
+                expected: "the name of a [[schedule]] in the config (see `schedules`)",
+            }
+        })
     }
 
     /// Deletes ended jobs' records as `what` says; returns how many.

@@ -16,9 +16,9 @@
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "procyard"
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
-//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the control
-//!                               # socket, <socket name without .sock>.history.db)
-//! # backend = "postgres": url = "postgres://user@host:5432/db", schema = "procyard"
+//! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the socket)
+//! events = true                 # amqp: publish job events on <exchange>.events
+//! schema = "procyard"           # postgres (with url = "postgres://user@host:5432/db")
 //! durability = "crash"          # sqlite: or "power" (an fsync per commit: a committed job
 //!                               # survives a power cut, not only a crash)
 //!
@@ -37,6 +37,9 @@
 //! env = { MODE = "fast" }
 //! cwd = "."
 //! output_limit = 65536          # bytes of stdout and of stderr kept per attempt (longlived: stderr)
+//! rate_limit = "100/s"           # at most this many starts per second (or /m, /h)
+//! concurrency_key = "header:tenant"  # or "payload-json:/customer_id" …
+//! max_per_key = 1                # … at most this many running per key (1: in publish order)
 //! ```
 //!
 //! Durations are an integer or float number of seconds, or a string with a unit: `250ms`,
@@ -51,8 +54,12 @@
 
 #[cfg(test)]
 mod durability_tests;
+mod http;
 mod runnable;
+mod schedule;
 mod validate;
+
+pub use crate::schedule::ScheduleConfig;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -66,6 +73,8 @@ use toml::Spanned;
 use crate::queue::{AmqpQueueType, BackendKind, Durability, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 use validate::Validator;
+
+pub use self::http::{HttpSettings, TokenSource};
 
 /// How a task's workers take jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -121,6 +130,8 @@ pub struct TaskConfig {
     /// The bytes of stdout and of stderr kept per attempt (the first and last halves, with
     /// the count dropped between; a longlived worker's stderr only); default 64 KiB.
     pub output_limit: usize,
+    /// `rate_limit`, `concurrency_key`, `max_per_key`: limits on starts.
+    pub limits: crate::limits::TaskLimits,
 }
 
 impl TaskConfig {
@@ -161,6 +172,8 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// How long ended jobs' records are kept (`keep_done`, `keep_done_max`).
     pub retention: Retention,
+    /// The zone of local times (`publish --at 2026-12-05T03:00`): an IANA name, default UTC.
+    pub timezone: String,
 }
 
 /// A validated configuration.
@@ -174,6 +187,10 @@ pub struct Config {
     pub queue: QueueConfig,
     /// `[[task]]`, in file order.
     pub tasks: Vec<TaskConfig>,
+    /// `[[schedule]]`: periodic jobs, in file order.
+    pub schedules: Vec<ScheduleConfig>,
+    /// `[http]`: the dashboard, JSON API and metrics (off when absent).
+    pub http: Option<HttpSettings>,
 }
 
 impl Config {
@@ -221,6 +238,11 @@ impl Config {
     /// The task bindings for the queue backend.
     pub fn bindings(&self) -> Vec<TaskBinding> {
         self.tasks.iter().map(TaskConfig::binding).collect()
+    }
+
+    /// Each task's limits on starts, for the queue backend.
+    pub fn limits(&self) -> Vec<crate::limits::TaskLimits> {
+        self.tasks.iter().map(|t| t.limits.clone()).collect()
     }
 
     /// The task named `name`.
@@ -280,6 +302,9 @@ struct RawConfig {
     queue: RawQueue,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
+    #[serde(default)]
+    schedule: Vec<Spanned<schedule::RawSchedule>>,
+    http: Option<Spanned<http::RawHttp>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -292,6 +317,7 @@ struct RawDaemon {
     log_format: LogFormat,
     keep_done: Option<Spanned<DurationValue>>,
     keep_done_max: Option<Spanned<i64>>,
+    timezone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -305,6 +331,7 @@ struct RawQueue {
     #[serde(default)]
     queue_type: AmqpQueueType,
     history: Option<Spanned<PathBuf>>,
+    events: Option<bool>,
     schema: Option<Spanned<String>>,
     durability: Option<Spanned<Durability>>,
 }
@@ -330,6 +357,9 @@ struct RawTask {
     env: BTreeMap<String, String>,
     cwd: Option<Spanned<PathBuf>>,
     output_limit: Option<Spanned<i64>>,
+    rate_limit: Option<Spanned<String>>,
+    concurrency_key: Option<Spanned<String>>,
+    max_per_key: Option<Spanned<i64>>,
 }
 
 fn default_model() -> WorkModel {
@@ -416,6 +446,25 @@ env = { A = "b" }
         assert_eq!(line, Some(1));
         let (_, field, _) = error_of("[queue]\npath = \"q\"\n");
         assert_eq!(field.as_deref(), Some("task"));
+    }
+
+    #[test]
+    fn amqp_history_defaults_beside_the_socket_and_is_amqp_only() {
+        let amqp = GOOD.replace("path = \"q.db\"", "backend = \"amqp\"\nurl = \"amqp://h\"");
+        let with_socket = format!("[daemon]\ncontrol_socket = \"/run/p/d1.sock\"\n{amqp}");
+        let c = Config::parse(Path::new("/etc/p/x.toml"), &with_socket).unwrap();
+        assert_eq!(c.queue.path, Path::new("/run/p/d1.history.db"));
+        assert!(c.queue.events, "events are on by default");
+        let named = amqp.replace(
+            "url = \"amqp://h\"",
+            "url = \"amqp://h\"\nhistory = \"h.db\"\nevents = false",
+        );
+        let c = Config::parse(Path::new("/etc/p/x.toml"), &named).unwrap();
+        assert_eq!((c.queue.path.as_path(), c.queue.events), (Path::new("/etc/p/h.db"), false));
+        let sqlite = GOOD.replace("path = \"q.db\"", "path = \"q.db\"\nhistory = \"h.db\"");
+        let (_, field, msg) = error_of(&sqlite);
+        assert_eq!(field.as_deref(), Some("queue.history"));
+        assert!(msg.contains("amqp"), "{msg}");
     }
 
     #[test]

@@ -65,6 +65,24 @@ pub enum Request {
         /// How long the client waits at most.
         timeout_ms: u64,
     },
+    /// Stop claiming jobs for this task (running jobs finish); answered with
+    /// [`Response::Applied`].
+    Pause {
+        /// The task's name.
+        task: String,
+    },
+    /// Claim jobs for this task again.
+    Resume {
+        /// The task's name.
+        task: String,
+    },
+    /// Run at most `max_workers` jobs of this task at once, until the next reload.
+    Scale {
+        /// The task's name.
+        task: String,
+        /// The new limit (at least 1).
+        max_workers: usize,
+    },
 }
 
 /// The daemon's answer.
@@ -81,6 +99,11 @@ pub enum Response {
     Cancelling {
         /// Their ids.
         found: Vec<String>,
+    },
+    /// A [`Request::Pause`], [`Request::Resume`] or [`Request::Scale`] was applied.
+    Applied {
+        /// What the daemon did.
+        message: String,
     },
     /// The request was malformed or refused.
     Error {
@@ -140,6 +163,15 @@ pub fn poke(socket: &Path) -> Result<bool> {
 pub fn status(socket: &Path) -> Result<Status> {
     match ask(socket, &Request::Status, Duration::from_secs(10))? {
         Some(Response::Status(status)) => Ok(*status),
+        Some(Response::Error { message }) => Err(Error::Refused { message }),
+        _ => Err(Error::NotRunning { socket: PathBuf::from(socket) }),
+    }
+}
+
+/// Asks the daemon to pause, resume or scale a task; returns what it did.
+pub fn steer(socket: &Path, request: &Request) -> Result<String> {
+    match ask(socket, request, Duration::from_secs(10))? {
+        Some(Response::Applied { message }) => Ok(message),
         Some(Response::Error { message }) => Err(Error::Refused { message }),
         _ => Err(Error::NotRunning { socket: PathBuf::from(socket) }),
     }

@@ -1,5 +1,5 @@
 //! procyard-daemon: a supervisor that runs groups of worker processes fed by a job queue —
-//! an embedded SQLite file by default, RabbitMQ (AMQP 0-9-1) for many machines.
+//! an embedded SQLite file by default, RabbitMQ (AMQP 0-9-1) or PostgreSQL for many machines.
 //!
 //! # Concepts
 //!
@@ -14,6 +14,10 @@
 //!   deadlines. A job is acknowledged only once its outcome is known; failures retry with
 //!   exponential backoff up to `max_attempts`, then the job is dead-lettered (listed by
 //!   `status`, requeued by `requeue`).
+//! - `[http] listen = "127.0.0.1:9464"` adds an HTTP face ([`http`]): a live dashboard,
+//!   a JSON API (the same JSON as the `--json` verbs, plus pause/resume/scale of a task) and
+//!   Prometheus metrics at `/metrics`, served on threads of their own from snapshots the
+//!   loop hands over, so it never slows the jobs. Off loopback it needs a bearer token.
 //! - Signals: TERM/INT/QUIT stop gracefully (in-flight jobs get the grace period, then the
 //!   workers' process groups get TERM, then KILL); a second one stops at once. HUP reloads
 //!   the config and applies only the difference.
@@ -48,7 +52,7 @@
 //!
 //! # Job records
 //!
-//! Every job keeps a record (the SQLite backend): its state (`ready`, `delayed`, `running`,
+//! Every job keeps a record (the SQLite and PostgreSQL backends): its state (`ready`, `delayed`, `running`,
 //! `done`, `failed`, `dead`, `cancelled`), and each attempt — worker pid, start and end, how
 //! it ended (exit code or signal, timed out, worker lost, daemon lost), the reason, and a
 //! oneshot job's stdout and stderr, captured and bounded by the task's `output_limit`
@@ -60,13 +64,51 @@
 //! `wait`, `cancel`, `purge` verbs) reads and acts on them; waiting is an event (the daemon
 //! answers a held control connection when the jobs end). A longlived worker's stderr is
 //! relayed to the daemon's stderr and what it writes during a job is kept with that job's
-//! attempt (bounded the same way). Not recorded (yet): the rusage of a job's process (core's
-//! wait does not return it) and a worker's result value; the AMQP backend keeps no records.
+//! attempt (bounded the same way). Not recorded (yet): a worker's result value. On RabbitMQ the records are each
+//! daemon's own (see below).
+//!
+//! # On RabbitMQ: what is cluster-wide and what is local
+//!
+//! Many daemons serve one broker, so no one daemon holds every record.
+//!
+//! - **Local** (this daemon only): the job records. Each AMQP daemon keeps the records of the
+//!   jobs IT ran in a SQLite history of its own (`[queue] history`, by default beside its
+//!   control socket; the same tables and code as the embedded queue), pruned by the same
+//!   retention; `job`, `jobs` and `logs` read it and say so ("from this daemon's history:
+//!   jobs run by other daemons are not here"). A job retried on another daemon stays
+//!   `delayed` here; its later attempts are in that daemon's history.
+//! - **Cluster-wide** (through the broker): job events — every daemon publishes `started`,
+//!   `failed`, `retried`, `done`, `dead` and `cancelled` as JSON on the topic exchange
+//!   `<exchange>.events` (routing key `<task>.<event>`; see `queue::amqp::JobEvent`), without
+//!   waiting for confirms; `publish --wait` — the publisher's exclusive reply queue gets the
+//!   outcome (with the last attempt's output) from whichever daemon ends the job; `cancel` —
+//!   a request on the events exchange that every running daemon honours: the one running the
+//!   job stops it (it ends `cancelled`, never retried), and each keeps a tombstone (24 h, at
+//!   most 100,000 ids, in memory) so a job still queued is acknowledged as cancelled when it
+//!   arrives instead of running.
+//! - **Limits**: `wait ID` for a job run elsewhere hears only ends that happen after it
+//!   starts listening (and what this daemon's history already has); a daemon that was not
+//!   running when a cancel was sent keeps no tombstone for it; events are news, not jobs — a
+//!   daemon cut off from the broker loses the events of that time; `publish --lines --wait`
+//!   waits through the events exchange, not the reply queue.
+//!
+//! # Scheduling
+//!
+//! On the SQLite queue: `publish --delay D | --at TIME` (the job waits `delayed` and starts
+//! when due: the loop sleeps until then), `--priority 0..9` (default 5, higher first within
+//! a task, publish order within one), `--unique KEY [--unique-for D]` (a held key answers the
+//! existing job's id; enforced by a unique index), `--header NAME=VALUE`; the same through
+//! [`Client::publish_with`] and [`queue::PublishOptions`]. `[[schedule]]` tables
+//! ([`schedule`]: cron or `every`, an IANA zone, `missed = "skip"|"once"|"all"`) fire exactly
+//! once per due time — each due time is recorded in the transaction of its job — listed by
+//! `schedules`, driven by `schedule trigger|pause|resume`. Per task, `rate_limit = "N/s"` and
+//! `concurrency_key` with `max_per_key` ([`limits`]) hold jobs `ready` until they may start.
+//! The AMQP and PostgreSQL backends refuse these controls with a clear error (for now).
 //!
 //! # Limitations
 //!
-//! Linux only. One daemon per SQLite queue file (an `flock` enforces it); use the AMQP
-//! backend to spread one queue over several daemons. Changing `[queue]` or the control socket
+//! Linux only. One daemon per SQLite queue file (an `flock` enforces it); use the AMQP or
+//! PostgreSQL backend to spread one queue over several daemons. Changing `[queue]` or the control socket
 //! needs a restart, not a reload.
 //!
 //! A job's processes stop with it: its worker's process group is signalled, and the
@@ -89,10 +131,13 @@ pub mod config;
 pub mod control;
 mod error;
 pub mod follow;
+pub mod http;
+pub mod limits;
 mod notify;
 pub mod protocol;
 pub mod queue;
 pub mod routing;
+pub mod schedule;
 pub mod status;
 mod supervisor;
 pub mod worker;

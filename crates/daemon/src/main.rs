@@ -5,8 +5,12 @@
 
 #[path = "cli/jobs.rs"]
 mod jobs;
+#[path = "cli/publish.rs"]
+mod publish;
 #[path = "cli/render.rs"]
 mod render;
+#[path = "cli/schedules.rs"]
+mod schedules;
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -56,7 +60,7 @@ enum Cmd {
     },
     /// Publish a job: a copy goes to every task bound to ROUTING_KEY.
     #[command(
-        after_help = "Examples:\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  echo data | procyard-daemon publish --config procyard.toml hello.world -\n  seq 100 | procyard-daemon publish --config procyard.toml --lines hello.world\n  procyard-daemon publish --wait --timeout 30s hello.world 'some payload'\n\nWith --wait, exit status:\n  0    every job done\n  1    a job failed or was dead-lettered, or an error\n  2    a job was cancelled\n  64   a usage error (EX_USAGE)\n  124  the timeout passed"
+        after_help = "Examples:\n  procyard-daemon publish --config procyard.toml hello.world 'some payload'\n  echo data | procyard-daemon publish --config procyard.toml hello.world -\n  seq 100 | procyard-daemon publish --config procyard.toml --lines hello.world\n  procyard-daemon publish --wait --timeout 30s hello.world 'some payload'\n  procyard-daemon publish --delay 10m --priority 8 reports.build 42\n  procyard-daemon publish --at 2026-12-05T03:00:00Z reports.nightly\n  procyard-daemon publish --unique report-42 --unique-for 1h --json reports.build 42\n\nA job with --delay or --at waits as `delayed` and starts when due; a time in the past runs now (and says so). --priority 0..9 (default 5): higher first within a task, publish order within one priority. --unique KEY: while a job of the task with that key is ready, delayed or running (or, with --unique-for, published within that window) the existing job's id is printed instead (--json: \"duplicate\": true).\n\nWith --wait, exit status:\n  0    every job done\n  1    a job failed or was dead-lettered, or an error\n  2    a job was cancelled\n  64   a usage error (EX_USAGE)\n  124  the timeout passed"
     )]
     Publish {
         /// Wait for the jobs to end and exit with their status (see below).
@@ -72,10 +76,28 @@ enum Cmd {
         /// Print the job ids as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        when: publish::When,
         /// The routing key (dot-separated words).
         routing_key: String,
         /// The payload, or `-` for stdin (default: empty).
         payload: Option<String>,
+    },
+    /// List the [[schedule]]s: name, cadence, next and last run, last job (works with the
+    /// daemon down).
+    #[command(after_help = schedules::LIST_HELP)]
+    Schedules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fire a schedule now, or pause or resume it (persisted in the queue).
+    #[command(after_help = schedules::ACT_HELP)]
+    Schedule {
+        /// What to do.
+        action: schedules::Action,
+        /// The schedule's name.
+        name: String,
     },
     /// Show the running daemon's groups, workers, queues and dead letters.
     #[command(after_help = "Example:\n  procyard-daemon status --config procyard.toml --json")]
@@ -195,6 +217,28 @@ enum Cmd {
         after_help = "Example:\n  procyard-daemon migrate --config procyard.toml\n\nPrints the versions applied (nothing when the schema was up to date)."
     )]
     Migrate,
+    /// Stop a task taking new jobs (its running jobs finish) until `resume` or a restart.
+    #[command(
+        after_help = "Example:\n  procyard-daemon pause thumbnail\n  procyard-daemon resume thumbnail"
+    )]
+    Pause {
+        /// The task's name.
+        task: String,
+    },
+    /// Let a paused task take jobs again.
+    #[command(after_help = "Example:\n  procyard-daemon resume thumbnail")]
+    Resume {
+        /// The task's name.
+        task: String,
+    },
+    /// Run at most MAX_WORKERS jobs of a task at once, until the next reload.
+    #[command(after_help = "Example:\n  procyard-daemon scale thumbnail 8")]
+    Scale {
+        /// The task's name.
+        task: String,
+        /// The new limit (at least 1).
+        max_workers: usize,
+    },
     /// Delete the records of ended jobs (done and cancelled with --done, dead letters with
     /// --dead).
     #[command(after_help = "Example:\n  procyard-daemon purge --done --dead --older-than 7d")]
@@ -300,8 +344,9 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             );
             Ok(0)
         }
-        Cmd::Publish { wait, timeout, lines, json, routing_key, payload } => {
+        Cmd::Publish { wait, timeout, lines, json, when, routing_key, payload } => {
             let mut c = Client::new(load(config)?);
+            let options = when.options(c.config())?;
             let mut payloads: Vec<Vec<u8>> = Vec::new();
             if lines {
                 for line in std::io::stdin().lock().split(b'\n') {
@@ -321,26 +366,31 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
             // One batch: the SQLite queue commits all of it or none; a backend that cannot
             // reports the jobs it queued before the error, and those are printed too.
             // The client pokes the daemon when anything was queued.
-            if wait && payloads.len() == 1 {
-                // One job: published with a reply address where the backend has one (AMQP).
-                let waited = c
-                    .publish_and_wait(&routing_key, &payloads[0], timeout)
-                    .map_err(|e| unable("publish and wait for the job", &e))?;
-                return jobs::report(&waited, json);
+            if wait {
+                // Where the backend has one (AMQP), the jobs carry a reply address.
+                c.expect_replies().map_err(|e| unable("prepare to wait for the jobs", &e))?;
             }
-            let (ids, failure) = match c.publish_batch(&routing_key, &payloads) {
-                Ok(ids) => (ids, None),
-                Err(partial) => {
-                    let PartialPublish { committed, error } = *partial;
-                    (committed, Some(error))
-                }
-            };
+            let (ids, existing, failure) =
+                match c.publish_batch_with(&routing_key, &payloads, &options) {
+                    Ok(p) => (p.ids, p.existing, None),
+                    Err(partial) => {
+                        let PartialPublish { committed, error } = *partial;
+                        (committed, Vec::new(), Some(error))
+                    }
+                };
+            publish::tell_existing(&existing, json);
             if wait && failure.is_none() {
                 let waited = c.wait(&ids, timeout).map_err(|e| unable("wait for the jobs", &e))?;
                 return jobs::report(&waited, json);
             }
             if json {
-                println!("{}", serde_json::json!({ "routing_key": routing_key, "jobs": ids }));
+                let published = procyard_daemon::client::Published {
+                    routing_key: routing_key.clone(),
+                    duplicate: !existing.is_empty(),
+                    jobs: ids.clone(),
+                    existing,
+                };
+                println!("{}", serde_json::to_string(&published).map_err(|e| e.to_string())?);
             } else {
                 // One write for all of them, not one per line (stdout is line-buffered).
                 let mut out = String::with_capacity(ids.len() * 37);
@@ -370,6 +420,10 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                     Err(msg)
                 }
             }
+        }
+        Cmd::Schedules { json } => schedules::list(&mut Client::new(load(config)?), json),
+        Cmd::Schedule { action, name } => {
+            schedules::act(&mut Client::new(load(config)?), action, &name)
         }
         Cmd::Status { json } => {
             let c = load(config)?;
@@ -442,5 +496,19 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
         Cmd::Purge { dead, done, older_than } => {
             jobs::purge(&mut Client::new(load(config)?), &Purge { dead, done, older_than })
         }
+        Cmd::Pause { task } => steer(config, control::Request::Pause { task }),
+        Cmd::Resume { task } => steer(config, control::Request::Resume { task }),
+        Cmd::Scale { task, max_workers } => {
+            steer(config, control::Request::Scale { task, max_workers })
+        }
     }
+}
+
+/// Pause, resume or scale a task of the running daemon; prints what it did.
+fn steer(config: &Path, request: control::Request) -> Result<u8, String> {
+    let c = load(config)?;
+    let message =
+        control::steer(&c.daemon.control_socket, &request).map_err(|e| unable("do that", &e))?;
+    println!("{message}");
+    Ok(0)
 }

@@ -68,6 +68,9 @@ pub struct GroupStatus {
     pub crashes: u64,
     /// Whether restarts are being delayed by crash-loop backoff.
     pub crash_loop: bool,
+    /// Paused at run time (no new jobs claimed until resumed).
+    #[serde(default)]
+    pub paused: bool,
     /// Its worker processes, by pid (including workers draining after a reload).
     pub workers: Vec<WorkerStatus>,
 }
@@ -184,7 +187,7 @@ impl Status {
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "{:<20} {:<9} {:>7} {:>6} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}{}{}",
+                "{:<20} {:<9} {:>7} {:>6} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}{}{}{}",
                 g.name,
                 match g.work_model {
                     WorkModel::Oneshot => "oneshot",
@@ -200,6 +203,7 @@ impl Status {
                 opt(q.dead),
                 if g.configured { "" } else { " (removed, draining)" },
                 if g.crash_loop { " (crash loop: restarts delayed)" } else { "" },
+                if q.rate_limited { " (rate-limited: ready jobs wait for the rate)" } else { "" },
             );
             for w in &g.workers {
                 let _ = writeln!(

@@ -45,6 +45,7 @@ fn config_of(url: &str, exchange: &str, queue_type: AmqpQueueType) -> QueueConfi
         url: Some(url.to_owned()),
         exchange: exchange.to_owned(),
         queue_type,
+        events: true,
         schema: "procyard".into(),
         durability: Default::default(),
     }

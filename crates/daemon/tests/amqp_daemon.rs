@@ -143,6 +143,7 @@ backoff_initial = "50ms"
             url: Some(self.url.clone()),
             exchange: self.exchange.clone(),
             queue_type: AmqpQueueType::Quorum,
+            events: true,
             schema: "procyard".into(),
             durability: Default::default(),
         };

@@ -340,14 +340,11 @@ fn amqp_cancel_across_two_daemons_running_and_queued() {
     // A running one, cancelled from the config of the daemon that does NOT run it.
     let (victim, on) = running[0].clone();
     let other = 1 - on;
-    let waiter = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
-        .args(["wait", "--timeout", "15s", &victim, "--config"])
-        .arg(cluster.config(other))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("wait");
-    // The waiter listens before it looks at its history; an end before it listens is not
-    // heard (the documented limit of `wait` for a job run elsewhere), so it may time out.
+    // A waiter on the other daemon's config (which never ran the job): it listens on the
+    // events exchange from `expect_replies` on, so the end is heard even if it comes first.
+    let config = procyard_daemon::Config::load(&cluster.config(other)).expect("config");
+    let mut waiter = procyard_daemon::Client::new(config);
+    waiter.expect_replies().expect("listen");
     assert_eq!(cluster.cli(other, &["cancel", &victim]).status.code(), Some(0));
     let (cancelled, passed) = tap.until(|v| is(v, &victim, "cancelled"));
     assert_eq!(cluster.index_of(cancelled["daemon"].as_str().unwrap()), on);
@@ -356,16 +353,9 @@ fn amqp_cancel_across_two_daemons_running_and_queued() {
     let (dropped, passed) = tap.until(|v| is(v, &queued, "cancelled"));
     assert_eq!(dropped["outcome"], "cancelled before it ran");
     assert!(!passed.iter().any(|v| is(v, &queued, "started")), "a cancelled job never starts");
-    let waited = waiter.wait_with_output().expect("wait");
-    eprintln!("waiter: {:?} {}", waited.status.code(), String::from_utf8_lossy(&waited.stdout));
-    let text = String::from_utf8_lossy(&waited.stdout);
-    // The waiter heard the end (2: cancelled), unless it subscribed after it (then 124).
-    assert!(
-        waited.status.code() == Some(2) && text.contains("cancelled")
-            || waited.status.code() == Some(124),
-        "{:?} {text}",
-        waited.status.code()
-    );
+    let waited = waiter.wait(std::slice::from_ref(&victim), Some(DEADLINE)).expect("wait");
+    assert_eq!(waited.exit_code(), 2, "{:?}", waited.jobs);
+    assert_eq!(waited.jobs[0].state, procyard_daemon::queue::JobState::Cancelled);
     // The daemon that ran the victim has it in its history, cancelled, its attempt too.
     let out = cluster.cli(on, &["job", "--json", &victim]);
     let record: Value = serde_json::from_slice(&out.stdout).expect("record");

@@ -222,3 +222,35 @@ fn pg_dead_daemons_leases_come_back_within_a_second() {
     assert_eq!(all.len(), ids.len());
     assert!(all.iter().all(|j| j.attempt == 1), "the interrupted attempt is not counted");
 }
+
+/// Done jobs past `keep_done` are pruned by the daemon's own pruning steps (deadlines it
+/// reports through `next_due`); dead letters stay.
+#[test]
+fn pg_retention_prunes_done_jobs_and_keeps_dead_letters() {
+    let Some(s) = Schema::new("pg_retention_prunes_done_jobs_and_keeps_dead_letters") else {
+        return;
+    };
+    let mut client = open(&s, OpenMode::Client);
+    let mut daemon = open(&s, OpenMode::Daemon);
+    daemon
+        .set_retention(queue::Retention { keep_done: Duration::from_millis(1), keep_done_max: 10 });
+    client.publish_batch("work.a", &vec![b"x".to_vec(); 4]).unwrap();
+    let jobs = daemon.claim("work", 10).unwrap();
+    daemon.complete(&jobs[0], Outcome::DeadLetter { reason: "bad".into() }).unwrap();
+    for j in &jobs[1..] {
+        daemon.complete(j, Outcome::Done).unwrap();
+    }
+    daemon.flush().unwrap();
+    let all = JobFilter { limit: 100, ..JobFilter::default() };
+    assert_eq!(client.jobs(&all).unwrap().len(), 4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.jobs(&all).unwrap().len() > 1 {
+        assert!(Instant::now() < deadline, "done jobs were never pruned");
+        let step = daemon.next_due().unwrap().unwrap_or(deadline);
+        std::thread::sleep(step.saturating_duration_since(Instant::now()));
+        daemon.flush().unwrap();
+    }
+    let left = client.jobs(&all).unwrap();
+    assert_eq!(left[0].state, JobState::Dead, "dead letters stay");
+    assert_eq!(client.depths().unwrap()["work"].done_total, Some(3), "counted before pruning");
+}

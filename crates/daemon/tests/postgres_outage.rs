@@ -180,3 +180,94 @@ fn pg_outage_status_says_unreachable_and_outcomes_are_kept_until_it_is_back() {
     let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
     let _ = daemon.wait();
 }
+
+/// `publish --wait` asks the daemon behind its control socket, which here runs another task:
+/// the job runs on the other daemon, and the wait still ends when it does (the database
+/// tells every client of job ends), with the job's exit status.
+#[test]
+fn pg_publish_wait_ends_when_another_daemon_runs_the_job() {
+    let Some(schema) = Schema::new("pg_publish_wait_ends_when_another_daemon_runs_the_job") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str, socket: &str, task: &str, command: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\ncontrol_socket = \"{sock}\"\n{queue}[[task]]\nname = \"{task}\"\n\
+                 routing_keys = [\"{task}.#\"]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n\
+                 max_attempts = 1\n",
+                sock = dir.path().join(socket).display(),
+                queue = schema.toml(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // Daemon a serves only task `idle`; daemon b serves `work`.
+    let a = config("a", "a.sock", "idle", "true");
+    let b = config("b", "b.sock", "work", "cat >/dev/null; sleep 0.3");
+    let mut daemons = [start_daemon(&a), start_daemon(&b)];
+    // The client publishes `work` jobs and waits through daemon a's socket.
+    let client = config("c", "a.sock", "work", "true");
+    for _ in 0..2 {
+        let started = Instant::now();
+        let out = cli(&client, &["publish", "--wait", "--timeout", "120s", "work.x", "x"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        // Daemon a never hears of the job's end: asked alone, it holds the wait to its
+        // timeout. The end must be seen when it happens (a 0.3 s job), not then.
+        let took = started.elapsed();
+        eprintln!("publish --wait through another daemon: {took:?}");
+        assert!(took < Duration::from_secs(30), "the wait ended only after {took:?}");
+    }
+    for d in &mut daemons {
+        let _ = Command::new("kill").args(["-TERM", &d.id().to_string()]).status();
+        let _ = d.wait();
+    }
+}
+
+/// `cancel` of a job running on another daemon than the one behind the client's control
+/// socket: every daemon hears the request, the one running it stops it; `wait` exits 2.
+#[test]
+fn pg_cancel_reaches_the_daemon_running_the_job() {
+    let Some(schema) = Schema::new("pg_cancel_reaches_the_daemon_running_the_job") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let config = |name: &str, socket: &str, task: &str, command: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\ncontrol_socket = \"{sock}\"\n{queue}[[task]]\nname = \"{task}\"\n\
+                 routing_keys = [\"{task}.#\"]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n\
+                 max_attempts = 3\n",
+                sock = dir.path().join(socket).display(),
+                queue = schema.toml(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let a = config("a", "a.sock", "idle", "true");
+    let b = config("b", "b.sock", "work", &format!("touch {}; sleep 60", started.display()));
+    let mut daemons = [start_daemon(&a), start_daemon(&b)];
+    let client = config("c", "a.sock", "work", "true");
+    let out = cli(&client, &["publish", "work.x", "x"]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    wait_file(&started, Instant::now() + Duration::from_secs(60));
+    let cancel = cli(&client, &["cancel", &id]);
+    assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
+    let waited = cli(&client, &["wait", "--timeout", "30s", &id]);
+    assert_eq!(waited.status.code(), Some(2), "{}", String::from_utf8_lossy(&waited.stdout));
+    let job = cli(&client, &["job", "--json", &id]);
+    let rec: serde_json::Value = serde_json::from_slice(&job.stdout).expect("job --json");
+    assert_eq!(rec["state"], "cancelled", "{rec}");
+    assert_eq!(rec["attempts"].as_array().map(Vec::len), Some(1), "never retried: {rec}");
+    for d in &mut daemons {
+        let _ = Command::new("kill").args(["-TERM", &d.id().to_string()]).status();
+        let _ = d.wait();
+    }
+}

@@ -25,7 +25,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(
+    pub(super) fn err(
         &self,
         span: Option<Range<usize>>,
         field: impl Into<String>,
@@ -39,7 +39,7 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         v: &Option<Spanned<DurationValue>>,
         field: String,
@@ -61,7 +61,7 @@ impl Validator<'_> {
         })
     }
 
-    fn count(
+    pub(super) fn count(
         &self,
         v: &Option<Spanned<i64>>,
         field: String,
@@ -250,6 +250,7 @@ impl Validator<'_> {
                     i64::MAX,
                 )? as u64,
             },
+            timezone: self.timezone(&raw.daemon.timezone, "daemon.timezone")?,
         };
         let mut tasks: Vec<TaskConfig> = Vec::new();
         for (i, t) in raw.task.iter().enumerate() {
@@ -370,6 +371,7 @@ impl Validator<'_> {
                 let s = t.backoff_max.as_ref().map(Spanned::span);
                 return Err(self.err(s, f("backoff_max"), "is shorter than backoff_initial"));
             }
+            let limits = self.task_limits(t, i, &name)?;
             tasks.push(TaskConfig {
                 name,
                 routing_keys: t
@@ -401,6 +403,7 @@ impl Validator<'_> {
                     0,
                     64 * 1024 * 1024,
                 )? as usize,
+                limits,
             });
         }
         if tasks.is_empty() {
@@ -410,6 +413,7 @@ impl Validator<'_> {
                 "no [[task]] is defined; the daemon would have nothing to run",
             ));
         }
+        let http = super::http::validate(self.path, self.text, raw.http.as_ref())?;
         Ok(Config {
             path: self.path.to_owned(),
             daemon,
@@ -419,10 +423,13 @@ impl Validator<'_> {
                 url,
                 exchange,
                 queue_type: raw.queue.queue_type,
+                events: raw.queue.events.unwrap_or(true),
                 schema,
                 durability,
             },
+            schedules: self.schedules(&raw.schedule, &tasks)?,
             tasks,
+            http,
         })
     }
 }

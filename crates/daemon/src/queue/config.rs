@@ -99,6 +99,10 @@ pub struct QueueConfig {
     pub exchange: String,
     /// The kind of durable queue declared for tasks (backend `amqp`; default quorum).
     pub queue_type: AmqpQueueType,
+    /// Whether the daemon publishes job events on `<exchange>.events` (backend `amqp`;
+    /// `[queue] events`, default true). Replies to `publish --wait` and cancel requests do not
+    /// depend on it.
+    pub events: bool,
     /// The PostgreSQL schema holding the queue's tables (backend `postgres`; default
     /// `procyard`), so several clusters can share one database.
     pub schema: String,

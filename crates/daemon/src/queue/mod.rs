@@ -1,5 +1,6 @@
-//! The queue abstraction: what the daemon needs from a job queue, with two backends —
-//! [`sqlite`] (embedded, the default) and [`amqp`] (RabbitMQ, AMQP 0-9-1).
+//! The queue abstraction: what the daemon needs from a job queue, with three backends —
+//! [`sqlite`] (embedded, the default), [`amqp`] (RabbitMQ, AMQP 0-9-1) and [`postgres`] (many
+//! daemons on one PostgreSQL schema, with shared job records).
 //!
 //! # How the daemon drives a backend
 //!
@@ -81,7 +82,7 @@
 //!
 //! The AMQP backend keeps a local history per daemon (the jobs it ran, same tables and code:
 //! `sqlite::store`), and hears what other daemons do through the broker: a client waits with
-//! [`QueueBackend::publish_with_reply`] and [`QueueBackend::wait_heard`], cancels with
+//! [`QueueBackend::expect_replies`] and [`QueueBackend::wait_heard`], cancels with
 //! [`QueueBackend::cancel_everywhere`], and a daemon takes the cancel requests it heard with
 //! [`QueueBackend::take_cancels`].
 //!
@@ -105,6 +106,8 @@ pub mod amqp;
 mod config;
 mod history;
 mod job;
+mod options;
+mod periodic;
 pub mod postgres;
 mod report;
 pub mod sqlite;
@@ -120,6 +123,8 @@ pub use self::history::{
     ResourceUse, Retention, check_job_id,
 };
 pub use self::job::{Abandoned, Job, LeaseHolder, Outcome, Receipt};
+pub use self::options::{DEFAULT_PRIORITY, MAX_PRIORITY, Publication, PublishOptions, UniqueKey};
+pub use self::periodic::ScheduleStatus;
 pub use self::report::{DeadLetter, FileChange, Health, QueueDepth, Requeue};
 use crate::Result;
 
@@ -195,6 +200,30 @@ pub trait QueueBackend {
         Ok(committed)
     }
 
+    /// Publishes one job per payload with publish-time controls ([`PublishOptions`]: a delay
+    /// or time, a priority, a unique key, headers), checked first
+    /// ([`PublishOptions::check`]). A unique key that is held returns the existing job's id,
+    /// listed in [`Publication::existing`]. The default publishes plain options through
+    /// [`QueueBackend::publish_batch`] and refuses any other with
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Publication, Box<PartialPublish>> {
+        let early = |error| Box::new(PartialPublish { committed: Vec::new(), error });
+        options.check().map_err(early)?;
+        if !options.is_plain() {
+            return Err(early(crate::Error::Unsupported {
+                backend: self.health().backend.name(),
+                what: "publish with a delay, a priority, a unique key or headers (yet)",
+            }));
+        }
+        let ids = self.publish_batch(routing_key, payloads)?;
+        Ok(Publication { ids, existing: Vec::new() })
+    }
+
     /// Daemon only: the most unfinished jobs of `task` the daemon can hold (see step 4).
     fn set_capacity(&mut self, task: &str, capacity: usize) -> Result<()>;
 
@@ -238,11 +267,27 @@ pub trait QueueBackend {
         Err(crate::Error::Unsupported { backend: "amqp", what: "keep job records" })
     }
 
+    /// A job's payload (`None` when there is no such job): what the HTTP face shows when
+    /// `[http] show_payloads` is on. The default: [`Error::Unsupported`](crate::Error::Unsupported).
+    fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        let _ = id;
+        Err(crate::Error::Unsupported { backend: "amqp", what: "show payloads" })
+    }
+
     /// Cancels a job that waits in the queue (ready or delayed): `Ok(true)` when it is now
     /// cancelled, `Ok(false)` when it is not waiting (running, ended, unknown).
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
         let _ = id;
         Err(crate::Error::Unsupported { backend: "amqp", what: "cancel jobs" })
+    }
+
+    /// Client: blocks until a job or an attempt ends anywhere on a queue whose records every
+    /// daemon shares (PostgreSQL), or `timeout` passes; the first call only starts listening
+    /// and returns at once, so the caller looks at its jobs again with nothing missed. `None`
+    /// (the default): the backend cannot tell, ask the daemon.
+    fn wait_ends(&mut self, timeout: std::time::Duration) -> Result<Option<()>> {
+        let _ = timeout;
+        Ok(None)
     }
 
     /// Deletes ended jobs as `purge` says, in small transactions; returns how many.
@@ -251,11 +296,78 @@ pub trait QueueBackend {
         Err(crate::Error::Unsupported { backend: "amqp", what: "purge job records" })
     }
 
-    /// Client only: publishes like [`QueueBackend::publish`], asking the daemon that ends each
-    /// job to tell this client (AMQP: a reply queue, `reply_to` and `correlation_id`), so that
-    /// [`QueueBackend::wait_heard`] hears it. The default publishes.
-    fn publish_with_reply(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
-        self.publish(routing_key, payload)
+    /// Client only: the jobs published after this call ask for replies (AMQP: the reply queue
+    /// is declared now, so no end is missed). The default does nothing.
+    fn expect_replies(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Daemon only: each task's limits on starts (at start and after each reload): a rate
+    /// (a token bucket: [`QueueBackend::claim`] takes no more than the tokens there are, and
+    /// [`QueueBackend::next_due`] includes when the next token comes) and a concurrency key
+    /// (a claim skips jobs whose key has `max_per_key` running). The default refuses any.
+    fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
+        if limits.iter().all(crate::limits::TaskLimits::is_none) {
+            return Ok(());
+        }
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "limit a task's rate or concurrency per key (yet)",
+        })
+    }
+
+    /// Daemon only: the periodic jobs to fire (at start and after each reload), applied as a
+    /// diff to what is stored: a new name starts counting now, a changed cadence or zone
+    /// starts afresh, an unchanged one keeps its state, a removed one is forgotten. The
+    /// backend fires them exactly once per due time — each due time recorded in the same
+    /// transaction as the job it publishes — and its [`QueueBackend::next_due`] includes the
+    /// next due time. The default refuses any schedule.
+    fn set_schedules(&mut self, schedules: &[crate::schedule::ScheduleConfig]) -> Result<()> {
+        if schedules.is_empty() {
+            return Ok(());
+        }
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "run [[schedule]] (yet)",
+        })
+    }
+
+    /// The state of `schedules` (as configured) in the store, in their order.
+    fn schedules(
+        &mut self,
+        schedules: &[crate::schedule::ScheduleConfig],
+    ) -> Result<Vec<ScheduleStatus>> {
+        let _ = schedules;
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "run [[schedule]] (yet)",
+        })
+    }
+
+    /// Publishes a job of `schedule` now (outside its cadence); returns the job ids.
+    fn trigger_schedule(
+        &mut self,
+        schedule: &crate::schedule::ScheduleConfig,
+    ) -> Result<Vec<String>> {
+        let _ = schedule;
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "run [[schedule]] (yet)",
+        })
+    }
+
+    /// Pauses (`true`) or resumes `schedule`, persisted. A resumed schedule counts from the
+    /// resume: the due times that passed while it was paused are skipped.
+    fn pause_schedule(
+        &mut self,
+        schedule: &crate::schedule::ScheduleConfig,
+        paused: bool,
+    ) -> Result<()> {
+        let _ = (schedule, paused);
+        Err(crate::Error::Unsupported {
+            backend: self.health().backend.name(),
+            what: "run [[schedule]] (yet)",
+        })
     }
 
     /// Client only: waits until every job of `ids` has ended (with `any_attempt`, until an

@@ -20,6 +20,9 @@ pub struct QueueDepth {
     pub dead: Option<u64>,
     /// Jobs done since the queue was created (`None` when the backend cannot tell).
     pub done_total: Option<u64>,
+    /// Ready jobs wait for the task's `rate_limit` (its bucket is empty).
+    #[serde(default)]
+    pub rate_limited: bool,
 }
 
 /// A dead-lettered job, as [`QueueBackend::dead_letters`](super::QueueBackend::dead_letters)

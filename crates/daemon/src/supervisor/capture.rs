@@ -51,6 +51,18 @@ impl Capture {
         self.tail.extend(bytes);
     }
 
+    /// What is kept so far, as [`Capture::finish`] would store it (for a job followed live).
+    pub(crate) fn peek(&self) -> Captured {
+        Capture {
+            head_max: self.head_max,
+            tail_max: self.tail_max,
+            head: self.head.clone(),
+            tail: self.tail.clone(),
+            total: self.total,
+        }
+        .finish()
+    }
+
     /// Bytes written so far.
     pub(crate) fn total(&self) -> u64 {
         self.total
@@ -123,6 +135,16 @@ mod tests {
         assert_eq!(&out.bytes[out.bytes.len() - 4..], &[96, 97, 98, 99]);
         let text = String::from_utf8_lossy(&out.bytes);
         assert!(text.contains("[… 92 bytes dropped …]"), "{text:?}");
+    }
+
+    #[test]
+    fn peek_shows_what_finish_will() {
+        let mut c = Capture::new(8);
+        c.push(b"0123456789");
+        let peeked = c.peek();
+        c.push(b"ab");
+        assert_eq!(peeked.total, 10);
+        assert_eq!(c.finish().total, 12);
     }
 
     #[test]

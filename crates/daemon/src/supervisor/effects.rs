@@ -24,7 +24,12 @@ impl Shell {
         let registry = self.poll.registry();
         match action {
             Action::Claim { task, max } => match self.queue.claim(&task, max) {
-                Ok(jobs) => return Some(Event::Claimed { task, max, jobs }),
+                Ok(jobs) => {
+                    if let Some(h) = &self.http {
+                        h.on_claimed(&task, &jobs);
+                    }
+                    return Some(Event::Claimed { task, max, jobs });
+                }
                 Err(e) => {
                     tracing::error!(%task, error = %Report(&e), "unable to claim jobs");
                     return Some(Event::ClaimFailed { task });
@@ -39,6 +44,9 @@ impl Shell {
                 };
                 let Some(run) = &w.job else { return None };
                 record_holder(&mut *self.queue, &run.job, p);
+                if let Some(h) = &mut self.http {
+                    h.on_started(&run.job);
+                }
                 if let Err(e) = p.send_job(&run.job, registry) {
                     tracing::error!(error = %Report(&e), "unable to send a job to a worker");
                 }
@@ -66,6 +74,9 @@ impl Shell {
                 }
             }
             Action::Complete { job, outcome, attempt } => {
+                if let Some(h) = &mut self.http {
+                    h.on_completed(&job, &outcome);
+                }
                 if let Some(ended) = attempt {
                     self.record_attempt(&job, &outcome, ended);
                 }
@@ -105,6 +116,13 @@ impl Shell {
             Action::AnswerCancel { conn, found } => {
                 self.control.respond(conn, &Response::Cancelling { found }, registry);
             }
+            Action::AnswerApplied { conn, result } => {
+                let response = match result {
+                    Ok(message) => Response::Applied { message },
+                    Err(message) => Response::Error { message },
+                };
+                self.control.respond(conn, &response, registry);
+            }
             Action::ReapStrays => self.reap_strays = true,
             Action::StopEscapees => strays::stop_escapees(self),
             Action::Notify(state) => crate::notify::systemd(state),
@@ -125,6 +143,9 @@ impl Shell {
             Ok(p) => {
                 if let Some(job) = job {
                     record_holder(&mut *self.queue, job, &p);
+                    if let Some(h) = &mut self.http {
+                        h.on_started(job);
+                    }
                 }
                 let pid = p.child.id().as_raw();
                 self.processes.insert(worker, p);
@@ -156,7 +177,8 @@ impl Shell {
                     &captures,
                     true,
                 );
-                (None, capture.map(|c| c.finish()))
+                // Nothing written: nothing stored (no empty blob per job).
+                (None, capture.filter(|c| c.total() > 0).map(|c| c.finish()))
             }
         };
         let reason = match outcome {
@@ -217,9 +239,22 @@ impl Shell {
             }
         };
         keep_restart_settings(&self.state.config, &mut new);
+        if new.http != self.state.config.http {
+            tracing::warn!("[http] changed: the HTTP face keeps its settings until a restart");
+        }
         self.queue.set_retention(new.daemon.retention);
         if let Err(e) = self.queue.bind(&new.bindings()) {
             tracing::error!(error = %Report(&e), "reload failed: the queue refused the new bindings; keeping the running config");
+            let _ = self.queue.bind(&self.state.config.bindings());
+            return Event::ReloadFailed { error: e.chain().to_string() };
+        }
+        if let Err(e) = self.queue.set_limits(&new.limits()) {
+            tracing::error!(error = %Report(&e), "reload failed: the queue refused the new limits; keeping the running config");
+            let _ = self.queue.bind(&self.state.config.bindings());
+            return Event::ReloadFailed { error: e.chain().to_string() };
+        }
+        if let Err(e) = self.queue.set_schedules(&new.schedules) {
+            tracing::error!(error = %Report(&e), "reload failed: the queue refused the new schedules; keeping the running config");
             let _ = self.queue.bind(&self.state.config.bindings());
             return Event::ReloadFailed { error: e.chain().to_string() };
         }
@@ -250,6 +285,44 @@ impl Shell {
                     .is_some_and(|s| s.is_stopped())
             })
         })
+    }
+
+    /// The status from memory alone (no queue or `/proc` read): what the HTTP face gets.
+    pub(super) fn light_status(&self) -> Status {
+        let observed = Observed {
+            pid: Pid::current().as_raw(),
+            depths: BTreeMap::new(),
+            health: self.queue.health(),
+            dead_letters: Vec::new(),
+            control_connections: self.control.connections(),
+        };
+        snapshot(&self.state, observed, Instant::now(), |_| false)
+    }
+
+    /// Hands the HTTP face a snapshot when one is due.
+    pub(super) fn publish_http(&mut self, now: Instant) {
+        if self.http.as_mut().is_some_and(|h| h.note_turn(now)) {
+            let status = self.light_status();
+            if let Some(h) = &self.http {
+                h.copy_followed(now, |id| self.live_output(id));
+            }
+            if let Some(h) = &mut self.http {
+                h.publish(status, now);
+            }
+        }
+    }
+
+    /// The output so far of job `id`, if a worker here runs it.
+    fn live_output(&self, id: &str) -> Option<crate::http::LiveOutput> {
+        let w =
+            self.state.workers.values().find(|w| w.job.as_ref().is_some_and(|r| r.job.id == id))?;
+        let p = self.processes.get(&w.id)?;
+        let (stdout, stderr) = match (&p.output, &p.relay) {
+            (Some(o), _) => (Some(o.out.peek()), Some(o.err.peek())),
+            (None, Some(r)) => (None, r.job.as_ref().map(|c| c.peek())),
+            (None, None) => (None, None),
+        };
+        Some(crate::http::LiveOutput { running: true, stdout, stderr })
     }
 
     /// A second stop signal: KILL every worker and escapee, reap the workers, stop.

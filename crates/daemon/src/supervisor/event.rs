@@ -123,6 +123,8 @@ pub(crate) enum Action {
     AnswerWait { conn: ConnId },
     /// Answer a cancel request: the jobs found claimed or running here (being cancelled).
     AnswerCancel { conn: ConnId, found: Vec<String> },
+    /// Answer a pause, resume or scale request: applied (`Ok`) or refused (`Err`).
+    AnswerApplied { conn: ConnId, result: Result<String, String> },
     /// Reap children the daemon did not start, and stop workers' escapees.
     ReapStrays,
     /// Stop the escapees of workers that are gone.

@@ -30,6 +30,8 @@ pub(crate) struct Group {
     /// Longlived workers still to start in this round (see `State::reconcile`).
     pub spawn_budget: usize,
     pub next_spawn: Option<Instant>,
+    /// Paused at run time: no claims until resumed (running jobs finish).
+    pub paused: bool,
     pub done: u64,
     pub failed: u64,
     pub retried: u64,
@@ -49,6 +51,7 @@ impl Group {
             crash_streak: 0,
             spawn_budget: 0,
             next_spawn: None,
+            paused: false,
             done: 0,
             failed: 0,
             retried: 0,

@@ -61,6 +61,44 @@ impl State {
         }
     }
 
+    /// Pauses (`paused`) or resumes task `task`: a paused group claims nothing (its running
+    /// jobs finish; the queue keeps the rest); resuming looks at the queue again.
+    pub(super) fn pause(&mut self, conn: ConnId, task: &str, paused: bool, acts: &mut Vec<Action>) {
+        let Some(g) = self.groups.get_mut(task).filter(|g| g.configured) else {
+            let result = Err(format!("no task named {task:?}"));
+            acts.push(Action::AnswerApplied { conn, result });
+            return;
+        };
+        g.paused = paused;
+        g.maybe_more = true;
+        let (capacity, what) = if paused { (0, "paused") } else { (g.cfg.max_workers, "resumed") };
+        tracing::info!(%task, "task {what} at run time");
+        acts.push(Action::SetCapacity { task: task.to_owned(), capacity });
+        acts.push(Action::AnswerApplied { conn, result: Ok(format!("task {task} {what}")) });
+    }
+
+    /// Sets task `task`'s `max_workers` until the next reload (at least 1).
+    pub(super) fn scale(&mut self, conn: ConnId, task: &str, max: usize, acts: &mut Vec<Action>) {
+        let result = match self.groups.get_mut(task).filter(|g| g.configured) {
+            None => Err(format!("no task named {task:?}")),
+            Some(_) if max == 0 => {
+                Err("max_workers must be at least 1 (pause the task to stop it taking jobs)".into())
+            }
+            Some(g) => {
+                let was = g.cfg.max_workers;
+                g.cfg.max_workers = max;
+                g.cfg.min_workers = g.cfg.min_workers.min(max);
+                g.maybe_more = true;
+                tracing::info!(%task, from = was, to = max, "task scaled at run time");
+                if !g.paused {
+                    acts.push(Action::SetCapacity { task: task.to_owned(), capacity: max });
+                }
+                Ok(format!("task {task}: max_workers {was} -> {max}"))
+            }
+        };
+        acts.push(Action::AnswerApplied { conn, result });
+    }
+
     /// The shell found which of the jobs waited for have not ended: wait for those.
     pub(super) fn watch(
         &mut self,
@@ -216,6 +254,36 @@ mod tests {
         s.step(Event::Tick, grace);
         let acts = s.step(Event::Exited { worker, exit: Exit::Code(0) }, grace);
         assert!(matches!(complete_of(&acts)[..], [(_, Outcome::Cancelled { .. }, _)]));
+    }
+
+    /// A paused task claims nothing until resumed; scale changes how many it claims.
+    #[test]
+    fn pause_resume_and_scale_steer_the_claims() {
+        let t0 = Instant::now();
+        let mut s = State::new(config(vec![task("t", WorkModel::Oneshot)]), t0);
+        let max = s.groups["t"].cfg.max_workers;
+        let pause = Request::Pause { task: "t".into() };
+        let acts = s.step(Event::Control { conn: 1, request: pause }, t0);
+        assert!(acts.contains(&Action::SetCapacity { task: "t".into(), capacity: 0 }));
+        assert!(matches!(&acts[..], [.., Action::AnswerApplied { conn: 1, result: Ok(_) }]));
+        let acts = s.step(Event::Reconcile, t0);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Claim { .. })), "paused: {acts:?}");
+        assert!(s.groups["t"].paused);
+
+        let scale = Request::Scale { task: "t".into(), max_workers: max + 3 };
+        s.step(Event::Control { conn: 2, request: scale }, t0);
+        s.step(Event::Control { conn: 3, request: Request::Resume { task: "t".into() } }, t0);
+        let acts = s.step(Event::Reconcile, t0);
+        assert!(acts.contains(&Action::Claim { task: "t".into(), max: max + 3 }), "{acts:?}");
+
+        let bad = Request::Scale { task: "t".into(), max_workers: 0 };
+        let acts = s.step(Event::Control { conn: 4, request: bad }, t0);
+        assert!(matches!(&acts[..], [Action::AnswerApplied { conn: 4, result: Err(_) }]));
+        let acts =
+            s.step(Event::Control { conn: 5, request: Request::Pause { task: "x".into() } }, t0);
+        assert!(
+            matches!(&acts[..], [Action::AnswerApplied { conn: 5, result: Err(m) }] if m.contains("\"x\""))
+        );
     }
 
     /// `logs -f` waits for any attempt; `wait` only for the end; nothing pending answers now.

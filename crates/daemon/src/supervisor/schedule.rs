@@ -48,7 +48,7 @@ impl State {
         if g.next_spawn.is_some_and(|t| t <= now) {
             g.next_spawn = None;
         }
-        if g.maybe_more {
+        if g.maybe_more && !g.paused {
             let capacity = g.cfg.max_workers.saturating_sub(busy + g.pending.len());
             if capacity > 0 {
                 acts.push(Action::Claim { task: name.to_owned(), max: capacity });

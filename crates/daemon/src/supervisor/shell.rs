@@ -49,6 +49,8 @@ pub(super) struct Shell {
     pub(super) usage: HashMap<WorkerId, ResourceUse>,
     /// Control connections following a running attempt's output (`logs -f`).
     pub(super) followers: Vec<super::live::Follower>,
+    /// The HTTP face (`[http]`), fed snapshots and job starts and ends.
+    pub(super) http: Option<crate::http::Face>,
 }
 
 pub(super) fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -66,6 +68,8 @@ impl Shell {
         // then are their jobs put back.
         orphans::recover(&mut *queue, config.daemon.kill_timeout)?;
         queue.bind(&config.bindings())?;
+        queue.set_schedules(&config.schedules)?;
+        queue.set_limits(&config.limits())?;
         queue.set_retention(config.daemon.retention);
         queue.attach(poll.registry(), QUEUE)?;
         let control =
@@ -86,6 +90,7 @@ impl Shell {
             outputs: HashMap::new(),
             usage: HashMap::new(),
             followers: Vec::new(),
+            http: None,
         })
     }
 
@@ -104,6 +109,11 @@ impl Shell {
         }
         self.feed(Event::Reconcile);
         self.flush_queue();
+        if let Some(settings) = self.state.config.http.clone() {
+            let face =
+                crate::http::Face::start(&self.state.config, &settings, self.light_status())?;
+            self.http = Some(face);
+        }
         tracing::info!(
             config = %self.state.config.path.display(),
             socket = %self.control.path().display(),
@@ -190,6 +200,7 @@ impl Shell {
             // many to run again.
             self.feed(Event::Reconcile);
             self.flush_queue();
+            self.publish_http(Instant::now());
             if self.state.is_finished() && self.escapees.is_empty() {
                 return self.finish_stop();
             }
@@ -197,7 +208,11 @@ impl Shell {
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
-        let mut extra = vec![self.control.next_deadline(), self.escapees.next_deadline()];
+        let mut extra = vec![
+            self.control.next_deadline(),
+            self.escapees.next_deadline(),
+            self.http.as_ref().and_then(crate::http::Face::next_deadline),
+        ];
         if self.state.phase == Phase::Running {
             match self.queue.next_due() {
                 // Keep a known retry time even if the queue no longer reports it as future

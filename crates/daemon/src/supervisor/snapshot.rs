@@ -64,6 +64,7 @@ pub(crate) fn snapshot(
                 timeouts: g.timeouts,
                 crashes: g.crashes,
                 crash_loop: g.next_spawn.is_some_and(|t| t > now),
+                paused: g.paused,
                 workers,
             }
         })

@@ -119,6 +119,11 @@ impl State {
                         &mut acts,
                     )
                 }
+                Request::Pause { task } => self.pause(conn, &task, true, &mut acts),
+                Request::Resume { task } => self.pause(conn, &task, false, &mut acts),
+                Request::Scale { task, max_workers } => {
+                    self.scale(conn, &task, max_workers, &mut acts)
+                }
             },
             Event::QueueWake => self.poke(),
             Event::CancelRequested { ids } => self.cancel(None, ids, now, &mut acts),

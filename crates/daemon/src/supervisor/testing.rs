@@ -25,6 +25,7 @@ pub(crate) fn task(name: &str, model: WorkModel) -> TaskConfig {
         env: BTreeMap::new(),
         cwd: None,
         output_limit: 64 * 1024,
+        limits: Default::default(),
     }
 }
 
@@ -38,6 +39,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             control_socket: PathBuf::from("/run/procyard/q.sock"),
             log_format: LogFormat::Text,
             retention: crate::queue::Retention::default(),
+            timezone: "UTC".into(),
         },
         queue: QueueConfig {
             backend: BackendKind::Sqlite,
@@ -45,10 +47,13 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             url: None,
             exchange: "procyard".into(),
             queue_type: AmqpQueueType::Quorum,
+            events: true,
             schema: "procyard".into(),
             durability: Default::default(),
         },
         tasks,
+        schedules: Vec::new(),
+        http: None,
     }
 }
 

@@ -135,9 +135,14 @@ pub fn serve_cancellable_on<R: Read + Send + 'static, W: Write>(
     }
 }
 
-/// Reads frames until stdin ends, handing jobs on and triggering the current job's cancel.
+/// The jobs read lately whose cancel a frame may still trigger (one runs; more wait when the
+/// daemon sends jobs ahead).
+const RECENT: usize = 64;
+
+/// Reads frames until stdin ends, handing jobs on and triggering a recent job's cancel.
 fn read_frames<R: Read>(mut input: R, tx: &mpsc::Sender<FromReader>) {
-    let mut current: Option<(String, Cancel)> = None;
+    let mut recent: std::collections::VecDeque<(String, Cancel)> =
+        std::collections::VecDeque::new();
     let end = loop {
         let bytes = match frame::read_frame_bytes(&mut input, frame::MAX_FRAME) {
             Ok(None) => break Ok(()),
@@ -151,7 +156,7 @@ fn read_frames<R: Read>(mut input: R, tx: &mpsc::Sender<FromReader>) {
         match msg {
             FromDaemon::Cancel { id } => {
                 // A cancel for a job that already ended is ignored.
-                if let Some((_, cancel)) = current.as_ref().filter(|(cur, _)| *cur == id) {
+                if let Some((_, cancel)) = recent.iter().find(|(job, _)| *job == id) {
                     cancel.cancel();
                 }
             }
@@ -166,7 +171,10 @@ fn read_frames<R: Read>(mut input: R, tx: &mpsc::Sender<FromReader>) {
                     Err(e) => break Err(protocol_err(e.to_string())),
                 };
                 let cancel = Cancel::new();
-                current = Some((id.clone(), cancel.clone()));
+                if recent.len() == RECENT {
+                    recent.pop_front();
+                }
+                recent.push_back((id.clone(), cancel.clone()));
                 let job = WorkerJob { id, task, routing_key, attempt, payload };
                 if tx.send(FromReader::Job(job, cancel)).is_err() {
                     return;

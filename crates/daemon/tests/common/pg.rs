@@ -44,6 +44,7 @@ impl Schema {
             queue_type: Default::default(),
             schema: self.name.clone(),
             durability: Default::default(),
+            events: true,
         }
     }
 

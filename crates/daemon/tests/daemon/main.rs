@@ -3,13 +3,18 @@
 
 #[path = "../common/broker.rs"]
 mod broker;
+mod browser;
 mod cancel;
 mod example_client;
 mod follow;
 mod hardening;
 mod hardening_orphans;
+mod http;
 mod lifecycle;
+mod periodic;
 mod sandbox;
+mod scheduling;
+mod web;
 
 use std::time::{Duration, Instant};
 

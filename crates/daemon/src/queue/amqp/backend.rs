@@ -80,11 +80,8 @@ impl QueueBackend for AmqpQueue {
         self.publish_to(routing_key, payload, reply_to)
     }
 
-    fn publish_with_reply(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
-        crate::routing::validate_key(routing_key)?;
-        check_payload(payload)?;
-        let to = self.listener()?;
-        self.publish_to(routing_key, payload, Some(to))
+    fn expect_replies(&mut self) -> Result<()> {
+        self.listener().map(|_| ())
     }
 
     fn wait_heard(
@@ -213,7 +210,9 @@ impl QueueBackend for AmqpQueue {
     }
 
     fn flush(&mut self) -> Result<()> {
-        // Outcomes are handed to the broker thread as they come; the history is written here.
+        // Outcomes are handed to the broker thread as they come; events once per loop turn,
+        // and the history is written here.
+        self.send_events();
         match self.history.as_mut() {
             Some(h) if self.mode == OpenMode::Daemon => h.flush(),
             _ => Ok(()),
@@ -259,6 +258,7 @@ impl QueueBackend for AmqpQueue {
                     in_flight,
                     dead: Some(broker.dead),
                     done_total: None,
+                    rate_limited: false,
                 },
             );
         }
@@ -305,6 +305,7 @@ impl QueueBackend for AmqpQueue {
         if !self.is_running() {
             return Ok(());
         }
+        self.send_events();
         if self.mode == OpenMode::Daemon
             && let Some(h) = self.history.as_mut()
         {

@@ -12,7 +12,7 @@ use lapin::message::Delivery;
 use procyard_core::Report;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::broker::{Broker, BrokerDepth, Cmd, Ev, Reply, Sink};
+use super::broker::{Broker, BrokerDepth, Cmd, Emitted, Ev, Reply, Sink};
 use super::events::{EventKind, JobEvent, TOMBSTONE_MAX, TOMBSTONE_TTL, Tombstones, daemon_id};
 use super::history::LocalHistory;
 use super::inbox::{Inbox, Received};
@@ -57,6 +57,10 @@ pub(crate) struct AmqpQueue {
     pub(super) history_path: PathBuf,
     /// The local history, once opened (a daemon at open, a client at first read).
     pub(super) history: Option<LocalHistory>,
+    /// Whether job events are published (`[queue] events`).
+    pub(super) events_on: bool,
+    /// Events and replies not yet handed to the broker thread (sent once per loop turn).
+    pub(super) outbox: Vec<Emitted>,
     /// This process in events (`host/pid`).
     pub(super) daemon_id: String,
     /// Daemon: jobs asked to be cancelled, dropped when they arrive.
@@ -116,6 +120,8 @@ impl AmqpQueue {
             depth_at: None,
             history_path: config.path.clone(),
             history: None,
+            events_on: config.events,
+            outbox: Vec::new(),
             daemon_id: daemon_id(),
             tombstones: Tombstones::new(TOMBSTONE_TTL, TOMBSTONE_MAX),
             cancels: Vec::new(),
@@ -217,14 +223,26 @@ impl AmqpQueue {
         }
     }
 
-    /// Sends `event` to the events exchange, or with `to` to a publisher's reply queue;
-    /// never waits (an event is news: when the broker is away it is lost, logged at debug).
-    pub(super) fn emit(&self, event: &JobEvent, to: Option<&str>) {
+    /// Queues `event` for the events exchange, or with `to` for a publisher's reply queue;
+    /// [`AmqpQueue::send_events`] hands them over once per loop turn. Never waits (an event
+    /// is news: when the broker is away it is lost, logged at debug).
+    pub(super) fn emit(&mut self, event: &JobEvent, to: Option<&str>) {
+        if to.is_none() && !self.events_on {
+            return;
+        }
         let Ok(body) = serde_json::to_vec(event) else { return };
         let to = to.map(|q| (q.to_owned(), event.id.clone()));
-        let cmd = Cmd::Emit { key: event.routing_key(), body, to };
-        if self.cmd.send(cmd).is_err() {
-            tracing::debug!("amqp: the client thread has stopped; event not sent");
+        self.outbox.push(Emitted { key: event.routing_key(), body, to });
+    }
+
+    /// Hands the queued events to the broker thread, in one batch.
+    pub(super) fn send_events(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.outbox);
+        if self.cmd.send(Cmd::Emit { batch }).is_err() {
+            tracing::debug!("amqp: the client thread has stopped; events not sent");
         }
     }
 

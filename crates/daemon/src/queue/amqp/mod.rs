@@ -33,6 +33,24 @@
 //!   requeues them); jobs already running finish, but their outcome is not acknowledged on
 //!   the dead connection: it is logged, and the broker delivers the job again (at least once).
 //!
+//! - **Job history** (`history`): each daemon records the jobs it runs in a local SQLite file
+//!   (`[queue] history`; the embedded queue's tables and code, `sqlite::store`), written once
+//!   per loop turn; `job`, `jobs`, `logs` and `purge` read it. Local, not cluster-wide.
+//! - **Events** (`events`, `records`): as a job moves the daemon publishes a [`JobEvent`]
+//!   (JSON) on `E.events` with routing key `<task>.<event>` — `started`, `failed`, `retried`,
+//!   `done`, `dead`, `cancelled` — on a channel without confirms: one frame handed to the
+//!   broker thread, no round trip on the hot path.
+//! - **Replies** (`publish --wait`): the client declares an exclusive, auto-delete reply queue
+//!   (also bound to `E.events` for the ends of jobs), publishes with `reply_to` and
+//!   `correlation_id` = job id (kept on retry copies), and the daemon that ends the job (done,
+//!   dead, cancelled; not a retry) sends the event with the job's record there, before the
+//!   event itself.
+//! - **Cancel**: `cancel ID` publishes a `cancel` event (`<task>.cancel`, `_.cancel` when the
+//!   task is not known here; confirmed, refused when no daemon listens). Every daemon listens
+//!   with an exclusive queue bound to `#.cancel`: it stops the job if it runs it (or has it
+//!   claimed), and keeps a tombstone (24 h, 100,000 ids at most) checked at claim, so a job
+//!   still queued is acknowledged as cancelled when it arrives, never run.
+//!
 //! For the exchange `E` (default `procyard`) and a task `T`:
 //!
 //! | object | name | kind |
@@ -42,6 +60,9 @@
 //! | dead-letter exchange | `E.dead` | durable direct exchange, routing key = task name |
 //! | dead queue | `E.T.dead` | durable, bound to `E.dead` with `T` |
 //! | retry queue | `E.T.retry.<ms>ms` | durable, `x-message-ttl = ms`, dead-letters back into `E.T` |
+//! | events exchange | `E.events` | durable topic exchange: job events `<task>.<event>`, cancel requests |
+//! | cancel listener | server-named | exclusive, auto-delete, one per daemon, bound with `#.cancel` |
+//! | reply queue | server-named | exclusive, auto-delete, one per waiting client |
 //!
 //! Messages are persistent, carry the job id as `message-id` and the headers
 //! `x-procyard-attempt` (1 for a fresh job) and `x-procyard-routing-key`; dead letters add
@@ -52,7 +73,9 @@
 //! A job published to a key bound by several tasks is one message routed to several queues:
 //! its copies share one job id. Delivery is at least once: a daemon killed (or cut off) while
 //! running a job makes that job run again elsewhere. `amqps://` needs a TLS-enabled build of
-//! the client, which this crate does not enable. Keys bound by a previous run with another
+//! the client, which this crate does not enable. Records are per daemon (see above); a
+//! `wait` for a job run elsewhere hears only the ends after it starts listening; tombstones
+//! live in memory (a daemon started after a cancel does not know it). Keys bound by a previous run with another
 //! config stay bound until unbound by hand (`rabbitmqctl`); this process unbinds only what it
 //! bound itself.
 

@@ -83,8 +83,9 @@ impl AmqpQueue {
             }
         };
         let how = report.as_ref().map(|r| r.end.to_string());
+        let daemon = self.daemon_id.clone();
         let event = |k| {
-            let mut e = JobEvent::new(k, &job.id, &job.task, job.attempt, &self.daemon_id);
+            let mut e = JobEvent::new(k, &job.id, &job.task, job.attempt, &daemon);
             e.outcome = reason.cloned().or_else(|| how.clone());
             e
         };

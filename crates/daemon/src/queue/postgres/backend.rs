@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::PgQueue;
 use crate::queue::{
@@ -112,6 +112,38 @@ impl QueueBackend for PgQueue {
 
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
         self.cancel_row(id)
+    }
+
+    fn wait_ends(&mut self, timeout: Duration) -> Result<Option<()>> {
+        self.wait_for_ends(timeout).map(Some)
+    }
+
+    fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        crate::queue::check_job_id(id)?;
+        self.with("read a payload from", |c| {
+            Ok(c.query_opt("SELECT payload FROM jobs WHERE id = $1", &[&id])?.map(|r| r.get(0)))
+        })
+    }
+
+    fn cancel_everywhere(&mut self, id: &str) -> Result<bool> {
+        // A running job may be on any daemon: ask them all; the one running it stops it.
+        // Waiting and ended jobs go the usual way (cancelled in the table, or refused).
+        crate::queue::check_job_id(id)?;
+        let channel = self.target.cancel_channel();
+        self.with("ask the daemons to cancel a job on", |c| {
+            let row = c.query_opt(
+                "SELECT pg_notify($2, id) FROM jobs WHERE id = $1 AND state = 1",
+                &[&id, &channel],
+            )?;
+            Ok(row.is_some())
+        })
+    }
+
+    fn take_cancels(&mut self) -> Vec<String> {
+        self.session
+            .as_ref()
+            .and_then(|s| s.shared.cancels.lock().ok().map(|mut ids| std::mem::take(&mut *ids)))
+            .unwrap_or_default()
     }
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {

@@ -13,12 +13,14 @@ use super::{PgQueue, STATE_CANCELLED, STATE_DEAD, STATE_READY, now_ms};
 use crate::queue::{AttemptReport, Captured, Job, LeaseHolder, Outcome, Receipt, check_payload};
 use crate::{Error, Result, routing};
 
-const INSERT: &str =
-    "INSERT INTO jobs (id, task, routing_key, payload, state, not_before, published_ms)
-    SELECT u.id, u.task, $1, u.payload, 0, now_ms(), now_ms()
-    FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(id, task, payload)";
-
-const NOTIFY: &str = "SELECT pg_notify($1, t) FROM unnest($2::text[]) AS t";
+/// Inserts a batch and notifies each receiving task, in one statement (one round trip; its
+/// own transaction).
+const PUBLISH: &str = "WITH ins AS (
+        INSERT INTO jobs (id, task, routing_key, payload, state, not_before, published_ms)
+        SELECT u.id, u.task, $1, u.payload, 0, now_ms(), now_ms()
+        FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(id, task, payload)
+        RETURNING task)
+    SELECT pg_notify($5, t) FROM (SELECT DISTINCT task FROM ins) AS x(t)";
 
 const CLAIM: &str = "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL, worker_boot = NULL,
@@ -26,6 +28,13 @@ const CLAIM: &str = "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_o
     WHERE seq IN (SELECT seq FROM jobs WHERE task = $2 AND state = 0 AND not_before <= now_ms()
                   ORDER BY not_before, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
     RETURNING seq, id, routing_key, payload, attempts";
+
+/// Puts back the jobs leased to this daemon (`$1`) that it does not know it holds (not in
+/// `$2`): after a claim whose commit was not confirmed (the connection dropped during it),
+/// the server may have committed the claim that the daemon never saw.
+const RELEASE_UNSEEN: &str = "UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
+        lease_owner = NULL, not_before = now_ms()
+    WHERE state = 1 AND lease_owner = $1 AND NOT (seq = ANY($2))";
 
 const HOLDERS: &str = "UPDATE jobs j SET worker_pid = u.pid, worker_start = u.start,
         worker_pgid = u.pgid, worker_boot = u.boot, worker_started_ms = u.at
@@ -47,24 +56,30 @@ const ATTEMPTS: &str = "INSERT INTO attempts (job_seq, delivery, worker_pid, sta
     JOIN jobs j ON j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
     ORDER BY u.ord";
 
-const DONE_KEEP: &str = "UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL,
-        lease_owner = NULL
-    FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
-    WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task";
+/// Done jobs (kept), counted per task and daemon, and waiting clients told: one statement.
+const DONE_KEEP: &str = "WITH d AS (
+        UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
+        FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
+        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),
+    s AS (INSERT INTO stats (task, daemon, done) SELECT task, $3, COUNT(*) FROM d GROUP BY task
+        ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done)
+    SELECT (SELECT COUNT(*) FROM d), pg_notify($4, '')";
 
-const DONE_DELETE: &str =
-    "DELETE FROM jobs j USING unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
-    WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task";
+/// Done jobs (no history: deleted), counted, and waiting clients told: one statement.
+const DONE_DELETE: &str = "WITH d AS (
+        DELETE FROM jobs j USING unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
+        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),
+    s AS (INSERT INTO stats (task, daemon, done) SELECT task, $3, COUNT(*) FROM d GROUP BY task
+        ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done)
+    SELECT (SELECT COUNT(*) FROM d), pg_notify($4, '')";
+
+const NOTIFY_ONE: &str = "SELECT pg_notify($1, '')";
 
 const END: &str = "UPDATE jobs SET state = $3::smallint,
         finished_ms = CASE WHEN $3::smallint = 0 THEN NULL ELSE now_ms() END,
         not_before = CASE WHEN $3::smallint = 0 THEN now_ms() + $4::bigint ELSE not_before END,
         last_error = $5, lease_owner = NULL
     WHERE seq = $1 AND state = 1 AND lease_owner = $2";
-
-const STATS: &str = "INSERT INTO stats (task, daemon, done)
-    SELECT t, $2, COUNT(*) FROM unnest($1::text[]) AS t GROUP BY t
-    ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done";
 
 /// An outcome reported and not yet written.
 #[derive(Debug)]
@@ -142,11 +157,9 @@ impl PgQueue {
                 target: String::new(),
                 source: Box::new(err),
             };
-            let (insert, notify) = (conn.stmt(INSERT).map_err(e)?, conn.stmt(NOTIFY).map_err(e)?);
-            let mut tx = conn.client.transaction().map_err(e)?;
-            tx.execute(&insert, &[&key, &ids, &tasks, &data]).map_err(e)?;
-            tx.execute(&notify, &[&channel, &targets]).map_err(e)?;
-            tx.commit().map_err(e)
+            let publish = conn.stmt(PUBLISH).map_err(e)?;
+            conn.client.execute(&publish, &[&key, &ids, &tasks, &data, &channel]).map_err(e)?;
+            Ok(())
         })();
         let result = result.map_err(|e| self.named(e, "publish to"));
         self.note(&result);
@@ -189,6 +202,9 @@ impl PgQueue {
         let keep = !self.retention.keep_done.is_zero();
         // Kept until the transaction commits: after a failure the next write has them.
         let buffers = std::mem::take(&mut self.buffers);
+        let ended = self.target.ended_channel();
+        let unsure = self.unsure_claim;
+        let known: Vec<i64> = self.leases.keys().copied().collect();
         let result = (|| {
             let conn = self.conn()?;
             let e = |err| Error::Postgres {
@@ -196,30 +212,51 @@ impl PgQueue {
                 target: String::new(),
                 source: Box::new(err),
             };
-            let stmts = [HOLDERS, ATTEMPTS, if keep { DONE_KEEP } else { DONE_DELETE }, END, STATS];
+            let done_sql = if keep { DONE_KEEP } else { DONE_DELETE };
             let mut s = Vec::with_capacity(6);
-            for sql in stmts {
+            for sql in [HOLDERS, ATTEMPTS, done_sql, END, NOTIFY_ONE, CLAIM] {
                 s.push(conn.stmt(sql).map_err(e)?);
             }
-            let claim_stmt = conn.stmt(CLAIM).map_err(e)?;
-            let mut tx = conn.client.transaction().map_err(e)?;
-            write_holders(&mut tx, &s[0], &buffers).map_err(e)?;
-            write_attempts(&mut tx, &s[1], &buffers, keep).map_err(e)?;
-            let retried =
-                write_outcomes(&mut tx, [&s[2], &s[3], &s[4]], &buffers, owner).map_err(e)?;
-            let mut jobs = Vec::new();
-            if let Some((task, max)) = claim {
-                let rows = tx.query(&claim_stmt, &[&owner, &task, &(max as i64)]).map_err(e)?;
-                for r in rows {
-                    jobs.push(Job {
+            let take = |rows: Vec<postgres::Row>, task: &str| -> Vec<Job> {
+                rows.iter()
+                    .map(|r| Job {
                         id: r.get(1),
                         task: task.to_owned(),
                         routing_key: r.get(2),
                         payload: r.get(3),
                         attempt: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
                         receipt: Receipt(r.get::<_, i64>(0) as u64),
-                    });
+                    })
+                    .collect()
+            };
+            if buffers.is_empty() && !unsure {
+                // Nothing to record: the claim alone, its own transaction (one round trip).
+                let Some((task, max)) = claim else { return Ok((Vec::new(), false)) };
+                let rows = conn.client.query(&s[5], &[&owner, &task, &(max as i64)]).map_err(e)?;
+                return Ok((take(rows, task), false));
+            }
+            let mut tx = conn.client.transaction().map_err(e)?;
+            write_holders(&mut tx, &s[0], &buffers).map_err(e)?;
+            write_attempts(&mut tx, &s[1], &buffers, keep).map_err(e)?;
+            let (retried, told) =
+                write_outcomes(&mut tx, [&s[2], &s[3]], &buffers, owner, &ended).map_err(e)?;
+            if !told && (!buffers.outcomes.is_empty() || !buffers.ended.is_empty()) {
+                // Clients waiting for jobs (`wait`, `logs -f`) look again.
+                tx.execute(&s[4], &[&ended]).map_err(e)?;
+            }
+            if unsure {
+                let put_back = tx.execute(RELEASE_UNSEEN, &[&owner, &known]).map_err(e)?;
+                if put_back > 0 {
+                    tracing::warn!(
+                        jobs = put_back,
+                        "postgres: a claim was committed but its answer lost with the connection; those jobs are back in ready"
+                    );
                 }
+            }
+            let mut jobs = Vec::new();
+            if let Some((task, max)) = claim {
+                let rows = tx.query(&s[5], &[&owner, &task, &(max as i64)]).map_err(e)?;
+                jobs = take(rows, task);
             }
             tx.commit().map_err(e)?;
             Ok((jobs, retried))
@@ -230,9 +267,12 @@ impl PgQueue {
             Ok(r) => r,
             Err(e) => {
                 self.buffers = buffers;
+                // A claim whose commit was not confirmed may have taken jobs all the same.
+                self.unsure_claim |= claim.is_some();
                 return Err(e);
             }
         };
+        self.unsure_claim = false;
         for p in &buffers.outcomes {
             self.leases.remove(&p.seq);
         }
@@ -329,28 +369,28 @@ fn write_attempts(
     Ok(())
 }
 
-/// Writes the outcomes; `true` if one is a retry. `stmts`: done, end, stats.
+/// Writes the outcomes; returns whether one is a retry, and whether waiting clients were
+/// told (the done statement notifies `ended`). `stmts`: done, end.
 fn write_outcomes(
     tx: &mut Transaction<'_>,
-    stmts: [&postgres::Statement; 3],
+    stmts: [&postgres::Statement; 2],
     b: &Buffers,
     owner: i64,
-) -> std::result::Result<bool, postgres::Error> {
-    let [done_stmt, end_stmt, stats_stmt] = stmts;
+    ended: &str,
+) -> std::result::Result<(bool, bool), postgres::Error> {
+    let [done_stmt, end_stmt] = stmts;
     let done: Vec<&Pending> = b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).collect();
-    if !done.is_empty() {
+    let told = !done.is_empty();
+    if told {
         let seq: Vec<i64> = done.iter().map(|p| p.seq).collect();
         let owners: Vec<i64> = done.iter().map(|p| p.owner).collect();
-        let rows = tx.query(done_stmt, &[&seq, &owners])?;
-        let tasks: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        if rows.len() < done.len() {
+        let row = tx.query_one(done_stmt, &[&seq, &owners, &owner, &ended])?;
+        let written = row.get::<_, i64>(0) as usize;
+        if written < done.len() {
             tracing::warn!(
-                lost = done.len() - rows.len(),
+                lost = done.len() - written,
                 "postgres: outcomes of jobs whose lease was recovered elsewhere are dropped (the jobs run again)"
             );
-        }
-        if !tasks.is_empty() {
-            tx.execute(stats_stmt, &[&tasks, &owner])?;
         }
     }
     let mut retried = false;
@@ -367,7 +407,7 @@ fn write_outcomes(
         };
         tx.execute(end_stmt, &[&p.seq, &p.owner, &state, &delay, &reason])?;
     }
-    Ok(retried)
+    Ok((retried, told))
 }
 
 /// A duration in whole ms for the database.

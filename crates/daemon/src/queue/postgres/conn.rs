@@ -24,6 +24,13 @@ pub(super) const BACKOFF: Backoff =
 const SESSION_OPTIONS: &str = "-c tcp_keepalives_idle=1 -c tcp_keepalives_interval=1 \
      -c tcp_keepalives_count=3 -c tcp_user_timeout=3000";
 
+/// The daemon's work connection (claims, outcomes, attempts) commits without waiting for the
+/// server's WAL flush, as the SQLite queue runs with `synchronous = NORMAL`: a commit costs a
+/// round trip, not an fsync. Only a crash of the database server itself can lose the last
+/// fraction of a second of them, and then a job recorded done runs again (at least once); no
+/// job is lost, and publishes (client connections) stay durable at commit.
+const WORK_OPTIONS: &str = "-c synchronous_commit=off";
+
 /// Which connection, for `application_name` and its settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Role {
@@ -73,9 +80,17 @@ impl Target {
         let mut config = self.config.clone();
         let mut options = config.get_options().map(str::to_owned).unwrap_or_default();
         options.push_str(&format!(" -c search_path={}", self.schema));
-        if role == Role::Session {
-            options.push(' ');
-            options.push_str(SESSION_OPTIONS);
+        match role {
+            Role::Session => {
+                options.push(' ');
+                options.push_str(SESSION_OPTIONS);
+            }
+            // Claims and outcomes: see WORK_OPTIONS.
+            Role::Work => {
+                options.push(' ');
+                options.push_str(WORK_OPTIONS);
+            }
+            Role::Client => {}
         }
         let name = match role {
             Role::Session => format!("procyard-daemon {daemon} session"),
@@ -102,6 +117,16 @@ impl Target {
     /// The channel publishes notify on.
     pub(super) fn channel(&self) -> String {
         format!("{}_jobs", self.schema)
+    }
+
+    /// The channel `cancel` asks every daemon on (payload: the job id).
+    pub(super) fn cancel_channel(&self) -> String {
+        format!("{}_cancel", self.schema)
+    }
+
+    /// The channel daemons notify when jobs or attempts end (`wait`, `logs -f`).
+    pub(super) fn ended_channel(&self) -> String {
+        format!("{}_ended", self.schema)
     }
 }
 

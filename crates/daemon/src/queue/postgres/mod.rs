@@ -35,7 +35,7 @@
 //!   the daemon's number back if no other daemon recovered its leases meanwhile; otherwise
 //!   the daemon registers anew, and the outcomes of its earlier leases are dropped (the jobs
 //!   already run again elsewhere: at least once, never lost).
-//! - **History** (`records.rs`): the same [`JobRecord`] as SQLite, readable from any daemon or
+//! - **History** (`records.rs`): the same [`JobRecord`](crate::queue::JobRecord) as SQLite, readable from any daemon or
 //!   client on the database; retention prunes finished rows in batches of 500 with `SKIP
 //!   LOCKED` (they are never rows a claim needs).
 //!
@@ -174,6 +174,9 @@ pub(crate) struct PgQueue {
     buffers: Buffers,
     /// Leases this daemon holds: row → the daemon number that took it.
     leases: HashMap<i64, i64>,
+    /// A claim failed without a confirmed outcome: the next write puts back what the server
+    /// may have leased to this daemon unseen.
+    unsure_claim: bool,
     retention: Retention,
     /// Failing statements or connection, with the next attempt's deadline.
     trouble: Option<Trouble>,
@@ -181,6 +184,8 @@ pub(crate) struct PgQueue {
     due_cache: Option<Option<Instant>>,
     /// The last error was the backoff still running (not a new failure).
     waiting: bool,
+    /// Client: `LISTEN`ing for job ends.
+    listening_ends: bool,
     /// The next pruning step.
     prune_at: Instant,
     /// The count-based pruning cutoff `(finished_ms, seq)` and when it was read.
@@ -219,10 +224,12 @@ impl PgQueue {
             tasks: Vec::new(),
             buffers: Buffers::default(),
             leases: HashMap::new(),
+            unsure_claim: false,
             retention: Retention::default(),
             trouble: None,
             due_cache: None,
             waiting: false,
+            listening_ends: false,
             prune_at: Instant::now(),
             prune_count: None,
         })
@@ -281,5 +288,39 @@ impl PgQueue {
                 Trouble::note(&mut self.trouble, e.chain().to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use toml::Spanned;
+
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Q {
+        url: Option<Spanned<String>>,
+        schema: Option<Spanned<String>>,
+    }
+
+    fn check(text: &str) -> std::result::Result<String, (&'static str, String)> {
+        let q: Q = toml::from_str(text).unwrap();
+        check_config(BackendKind::Postgres, &q.url, &q.schema).map_err(|(_, f, m)| (f, m))
+    }
+
+    /// The config names the field at fault; the schema defaults to `procyard`.
+    #[test]
+    fn config_checks_the_url_and_the_schema() {
+        assert_eq!(check("url = \"postgres://u@h/db\"").unwrap(), DEFAULT_SCHEMA);
+        assert_eq!(check("url = \"postgresql://h/db\"\nschema = \"c2\"").unwrap(), "c2");
+        assert_eq!(check("").unwrap_err().0, "queue.url");
+        assert_eq!(check("url = \"amqp://h\"").unwrap_err().0, "queue.url");
+        assert_eq!(check("url = \"postgres://h:port/db\"").unwrap_err().0, "queue.url");
+        let (field, msg) = check("url = \"postgres://h/db\"\nschema = \"A-b\"").unwrap_err();
+        assert_eq!(field, "queue.schema");
+        assert!(msg.contains("lower-case"), "{msg}");
+        let q: Q = toml::from_str("").unwrap();
+        assert_eq!(check_config(BackendKind::Sqlite, &q.url, &q.schema).unwrap(), DEFAULT_SCHEMA);
     }
 }

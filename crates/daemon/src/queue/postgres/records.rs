@@ -168,15 +168,41 @@ impl PgQueue {
         })
     }
 
+    /// Blocks until a job or attempt ends (a notification on `<schema>_ended`) or `timeout`
+    /// passes; the first call starts listening and returns at once.
+    pub(super) fn wait_for_ends(&mut self, timeout: std::time::Duration) -> Result<()> {
+        let channel = self.target.ended_channel();
+        if !self.listening_ends {
+            self.with("listen for job ends on", |c| c.batch_execute(&format!("LISTEN {channel}")))?;
+            self.listening_ends = true;
+            return Ok(());
+        }
+        self.with("wait for job ends on", |c| {
+            use postgres::fallible_iterator::FallibleIterator;
+            let mut notes = c.notifications();
+            let got = notes.timeout_iter(timeout).next()?.is_some();
+            if got {
+                // Take the others that came with it.
+                while notes.iter().next()?.is_some() {}
+            }
+            Ok(())
+        })
+    }
+
     /// Cancels job `id` if it waits (ready or delayed): `true` when it did.
     pub(super) fn cancel_row(&mut self, id: &str) -> Result<bool> {
         check_job_id(id)?;
+        let ended = self.target.ended_channel();
         let n = self.with("cancel a job in", |c| {
-            c.execute(
+            let mut tx = c.transaction()?;
+            let n = tx.execute(
                 "UPDATE jobs SET state = 4, finished_ms = now_ms(), last_error = 'cancelled'
                  WHERE id = $1 AND state = 0",
                 &[&id],
-            )
+            )?;
+            tx.execute("SELECT pg_notify($1, '')", &[&ended])?;
+            tx.commit()?;
+            Ok(n)
         })?;
         self.due_cache = None;
         Ok(n > 0)

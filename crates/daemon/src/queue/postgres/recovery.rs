@@ -101,6 +101,7 @@ impl PgQueue {
             return Ok(0);
         }
         let (space, me, channel) = (self.target.lock_space(), self.owner(), self.target.channel());
+        let ended = self.target.ended_channel();
         let keep: Vec<i64> = keep.iter().map(|r| r.0 as i64).collect();
         let (n, dead) = self.with("recover the jobs of dead daemons in", |c| {
             let mut tx = c.transaction()?;
@@ -132,6 +133,7 @@ impl PgQueue {
                 "SELECT pg_notify($1, t) FROM unnest($2::text[]) AS t",
                 &[&channel, &tasks],
             )?;
+            tx.execute("SELECT pg_notify($1, '')", &[&ended])?;
             tx.commit()?;
             Ok((n, dead))
         })?;

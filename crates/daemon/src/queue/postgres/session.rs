@@ -52,6 +52,8 @@ pub(super) struct Shared {
     pub(super) connected: AtomicBool,
     /// What went wrong last with the session.
     pub(super) problem: Mutex<Option<String>>,
+    /// Jobs whose cancellation was asked on `<schema>_cancel`, not yet taken.
+    pub(super) cancels: Mutex<Vec<String>>,
     /// The daemon's loop, once attached.
     pub(super) waker: OnceLock<mio::Waker>,
 }
@@ -172,7 +174,11 @@ impl Me {
 
     fn listen(&self, client: &mut Client) -> Result<()> {
         client
-            .batch_execute(&format!("LISTEN {}", self.target.channel()))
+            .batch_execute(&format!(
+                "LISTEN {}; LISTEN {}",
+                self.target.channel(),
+                self.target.cancel_channel()
+            ))
             .map_err(|e| self.target.err("listen for jobs on", e))
     }
 
@@ -232,19 +238,22 @@ impl Me {
                 break;
             }
             let mut notes = client.notifications();
-            let mut got = false;
             let mut iter = notes.timeout_iter(left);
-            while let Some(_n) =
+            // Each notification wakes the loop at once (a wake-up is cheap and coalesces).
+            while let Some(n) =
                 postgres::fallible_iterator::FallibleIterator::next(&mut iter).map_err(e)?
             {
-                got = true;
+                if n.channel() == self.target.cancel_channel() {
+                    if let Ok(mut ids) = self.shared.cancels.lock() {
+                        ids.push(n.payload().to_owned());
+                    }
+                } else {
+                    self.shared.jobs.store(true, Ordering::SeqCst);
+                }
+                self.shared.wake();
                 if Instant::now() >= until {
                     break;
                 }
-            }
-            if got {
-                self.shared.jobs.store(true, Ordering::SeqCst);
-                self.shared.wake();
             }
         }
         let dead = client

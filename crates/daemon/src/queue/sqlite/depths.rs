@@ -35,11 +35,11 @@ impl SqliteQueue {
         let e = |err| Error::queue("count jobs in", &path, err);
         let mut out: BTreeMap<String, QueueDepth> =
             self.tasks.iter().map(|t| (t.name.clone(), known_empty())).collect();
-        // Waiting and leased rows in the order of `jobs_waiting` (no sort), dead ones through
-        // `jobs_active`: neither walks the history of done jobs.
+        // Waiting, leased and dead rows through `jobs_active`: never the history of done jobs.
         for sql in [
-            "SELECT task, state, COUNT(*), SUM(not_before > ?1) FROM jobs INDEXED BY jobs_waiting
-             WHERE state = 0 OR state = 1 GROUP BY task, state",
+            "SELECT task, state, COUNT(*), SUM(not_before > ?1) FROM jobs WHERE state = 0
+             GROUP BY task",
+            "SELECT task, state, COUNT(*), ?1 - ?1 FROM jobs WHERE state = 1 GROUP BY task",
             "SELECT task, state, COUNT(*), ?1 - ?1 FROM jobs WHERE state = 3 GROUP BY task",
         ] {
             let mut stmt = self.conn.prepare_cached(sql).map_err(e)?;
@@ -58,6 +58,10 @@ impl SqliteQueue {
                 let depth = out.entry(task).or_insert_with(known_empty);
                 add_rows(depth, state, n as u64, delayed as u64);
             }
+        }
+        let now = std::time::Instant::now();
+        for (task, depth) in out.iter_mut() {
+            depth.rate_limited = depth.ready > 0 && self.gate.is_throttled(task, now);
         }
         let mut stmt = self.conn.prepare_cached("SELECT task, done FROM stats").map_err(e)?;
         let rows =

@@ -37,14 +37,13 @@ impl SqliteQueue {
             Some(Some(due)) if due > now => Some(due),
             Some(None) => None,
             _ => {
+                // Prepared once: asked again after every poke.
                 let due: Option<i64> = self
                     .conn
-                    .query_row(
+                    .prepare_cached(
                         "SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > ?1",
-                        params![now],
-                        |row| row.get(0),
                     )
-                    .optional()
+                    .and_then(|mut stmt| stmt.query_row(params![now], |row| row.get(0)).optional())
                     .map_err(|e| Error::queue("read retry times from", &self.path, e))?
                     .flatten();
                 self.due_cache = Some(due);
@@ -69,6 +68,18 @@ impl SqliteQueue {
         let trouble = self.trouble.as_ref().map(|t| t.retry_at);
         // The periodic look also takes the next pruning step.
         let look = self.next_check.min(self.prune.next());
+        // Schedules due now are fired here (the loop asks once per turn, while running);
+        // the next due time of the others is a real deadline.
+        let schedule = self.fire_due_schedules()?;
+        // A rate-limited task's next token is a deadline too.
+        let schedule = match (schedule, self.gate.next_wake(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let retry = match (retry, schedule) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Ok(Some(wake_at(retry, look, trouble, now)))
     }
 }

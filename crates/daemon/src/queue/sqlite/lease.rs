@@ -8,7 +8,7 @@ use rusqlite::params;
 
 use super::outcomes::write_outcomes;
 use super::schema::{STATE_LEASED, STATE_READY};
-use super::{SqliteQueue, attempts, holders, now_ms};
+use super::{SqliteQueue, attempts, holders, limits, now_ms};
 use crate::queue::{Abandoned, AttemptEnd, Job, OpenMode, Receipt};
 use crate::{Error, Result};
 
@@ -37,6 +37,13 @@ impl SqliteQueue {
         if max == 0 || self.mode != OpenMode::Daemon || !self.is_bound(task) {
             return Ok(Vec::new());
         }
+        // A rate-limited task takes no more than its tokens (none: the daemon wakes for the
+        // next one); the buffered outcomes wait for the flush.
+        let max = self.gate.allowed(task, max, std::time::Instant::now());
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let keyed = self.gate.keyed(task);
         // One transaction records the buffered outcomes and takes the new leases: a daemon
         // killed at any moment has either both or neither, so the jobs it finished are never
         // still leased next to the ones it claimed in their place.
@@ -48,36 +55,61 @@ impl SqliteQueue {
         self.attempts.write(&tx, &self.pending, keep_history).map_err(e)?;
         let retried = write_outcomes(&tx, &self.pending, keep_history).map_err(e)?;
         let now = now_ms();
-        let mut jobs = Vec::new();
-        {
+        // Jobs whose delay (or retry backoff) is over join the claim order (`jobs_next`): a
+        // range of `jobs_active`, empty (one probe) when nothing fell due.
+        tx.prepare_cached(
+            "UPDATE jobs SET not_before = 0 WHERE state = 0 AND not_before > 0 AND not_before <= ?1",
+        )
+        .and_then(|mut st| st.execute(params![now]))
+        .map_err(e)?;
+        let mut ranked = Vec::new();
+        let mut keys = Vec::new();
+        if let Some(keyed) = &keyed {
+            for (priority, job, key) in
+                limits::claim_keyed(&tx, &self.gate, task, max, &self.owner, keyed).map_err(e)?
+            {
+                keys.push((job.receipt, key));
+                ranked.push((std::cmp::Reverse(priority), job));
+            }
+        } else {
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2,
                          worker_pid = NULL, worker_start = NULL, worker_pgid = NULL,
                          worker_boot = NULL, worker_started_ms = NULL
-                     WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_waiting
-                                   WHERE task = ?3 AND state = 0
-                                   AND not_before <= ?4 ORDER BY seq LIMIT ?5)
-                     RETURNING seq, id, routing_key, payload, attempts",
+                     WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_next
+                                   WHERE task = ?3 AND state = 0 AND not_before = 0
+                                   ORDER BY priority DESC, seq LIMIT ?4)
+                     RETURNING seq, id, routing_key, payload, attempts, priority",
                 )
                 .map_err(e)?;
             let mut rows =
-                stmt.query(params![STATE_LEASED, self.owner, task, now, max as i64]).map_err(e)?;
+                stmt.query(params![STATE_LEASED, self.owner, task, max as i64]).map_err(e)?;
             while let Some(row) = rows.next().map_err(e)? {
-                jobs.push(Job {
-                    id: row.get(1).map_err(e)?,
-                    task: task.to_owned(),
-                    routing_key: row.get(2).map_err(e)?,
-                    payload: row.get(3).map_err(e)?,
-                    attempt: u32::try_from(row.get::<_, i64>(4).map_err(e)?).unwrap_or(u32::MAX),
-                    receipt: Receipt(row.get::<_, i64>(0).map_err(e)? as u64),
-                });
+                let priority = std::cmp::Reverse(row.get::<_, i64>(5).map_err(e)?);
+                ranked.push((
+                    priority,
+                    Job {
+                        id: row.get(1).map_err(e)?,
+                        task: task.to_owned(),
+                        routing_key: row.get(2).map_err(e)?,
+                        payload: row.get(3).map_err(e)?,
+                        attempt: u32::try_from(row.get::<_, i64>(4).map_err(e)?)
+                            .unwrap_or(u32::MAX),
+                        receipt: Receipt(row.get::<_, i64>(0).map_err(e)? as u64),
+                    },
+                ));
             }
         }
         tx.commit().map_err(e)?;
         self.written(retried);
-        jobs.sort_by_key(|j| j.receipt.0);
-        Ok(jobs)
+        if keyed.is_none() {
+            keys = ranked.iter().map(|(_, j)| (j.receipt, None)).collect();
+        }
+        self.gate.started(task, &keys);
+        // Highest priority first, then in publish order (RETURNING has no order of its own).
+        ranked.sort_by_key(|(priority, job)| (*priority, job.receipt.0));
+        Ok(ranked.into_iter().map(|(_, job)| job).collect())
     }
 
     /// Leased rows become ready again, the interrupted attempt not counted: only this

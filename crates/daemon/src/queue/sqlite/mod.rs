@@ -36,10 +36,11 @@ use rusqlite::Connection;
 
 use super::{
     Abandoned, AttemptReport, DeadLetter, FileChange, Health, Job, JobFilter, JobRecord,
-    LeaseHolder, OpenMode, Outcome, PartialPublish, Purge, QueueBackend, QueueDepth, Receipt,
-    Requeue, Retention, TaskBinding,
+    LeaseHolder, OpenMode, Outcome, PartialPublish, Publication, PublishOptions, Purge,
+    QueueBackend, QueueDepth, Receipt, Requeue, Retention, ScheduleStatus, TaskBinding,
 };
 use super::{BackendKind, Durability};
+use crate::schedule::ScheduleConfig;
 use crate::{Error, Result, routing};
 
 mod attempts;
@@ -49,13 +50,16 @@ mod due;
 mod files;
 mod holders;
 mod lease;
+mod limits;
 mod outcomes;
 mod publish;
 mod records;
 mod retention;
+mod schedules;
 mod schema;
 pub(crate) mod store;
 mod trouble;
+mod unique;
 
 use attempts::AttemptLog;
 pub use due::DUE_CHECK_EVERY;
@@ -97,6 +101,10 @@ pub struct SqliteQueue {
     retention: Retention,
     /// Daemon: the next pruning step, and the count-based cutoff with when it was read.
     prune: retention::PruneClock,
+    /// Daemon: the periodic jobs it fires.
+    book: schedules::Book,
+    /// Daemon: each task's limits on starts.
+    gate: limits::Gate,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -159,6 +167,8 @@ impl SqliteQueue {
             attempts: AttemptLog::default(),
             retention: Retention::default(),
             prune: retention::PruneClock::new(Instant::now()),
+            book: schedules::Book::default(),
+            gate: limits::Gate::default(),
         })
     }
 
@@ -233,12 +243,24 @@ impl QueueBackend for SqliteQueue {
 
     fn on_wake(&mut self) -> Result<()> {
         self.due_cache = None;
+        self.book.invalidate();
         // A poke may come from a publisher that wrote to a new file at the path.
         self.check_served(true)
     }
 
     fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
-        self.insert_jobs(routing_key, &[payload])
+        Ok(self.insert_jobs(routing_key, &[payload], &PublishOptions::default())?.ids)
+    }
+
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Publication, Box<PartialPublish>> {
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.insert_jobs(routing_key, &payloads, options)
+            .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
     fn publish_batch(
@@ -248,7 +270,8 @@ impl QueueBackend for SqliteQueue {
     ) -> Result<Vec<String>, Box<PartialPublish>> {
         // One transaction: all of the batch or none of it.
         let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        self.insert_jobs(routing_key, &payloads)
+        self.insert_jobs(routing_key, &payloads, &PublishOptions::default())
+            .map(|p| p.ids)
             .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
@@ -264,6 +287,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
+        self.gate.ended(job.receipt);
         // The retry delay runs from now: the caller may compute when the job falls due right
         // after this call, and a flush that comes later must not push that time back.
         self.pending.push(PendingOutcome::now(job, outcome));
@@ -291,12 +315,37 @@ impl QueueBackend for SqliteQueue {
         self.history().jobs(filter)
     }
 
+    fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        self.history().payload(id)
+    }
+
     fn cancel_waiting(&mut self, id: &str) -> Result<bool> {
         self.cancel_row(id)
     }
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {
         self.history().purge(what)
+    }
+
+    fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
+        self.gate.set(limits, Instant::now());
+        Ok(())
+    }
+
+    fn set_schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<()> {
+        self.sync_schedules(schedules)
+    }
+
+    fn schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<Vec<ScheduleStatus>> {
+        self.schedule_states(schedules)
+    }
+
+    fn trigger_schedule(&mut self, schedule: &ScheduleConfig) -> Result<Vec<String>> {
+        self.trigger(schedule)
+    }
+
+    fn pause_schedule(&mut self, schedule: &ScheduleConfig, paused: bool) -> Result<()> {
+        self.set_paused(schedule, paused)
     }
 
     fn abandoned(&mut self) -> Result<Vec<Abandoned>> {

@@ -1,15 +1,15 @@
 //! Publishing to the embedded queue: one row per payload and receiving task, a whole batch in
-//! one transaction.
+//! one transaction, with the publish-time controls (delay, priority, unique key, headers).
 
-use rusqlite::params;
+use rusqlite::{Transaction, TransactionBehavior, params};
 
 use super::schema::STATE_READY;
-use super::{SqliteQueue, now_ms};
-use crate::queue::{TaskBinding, check_payload};
+use super::{SqliteQueue, now_ms, unique};
+use crate::queue::{Publication, PublishOptions, TaskBinding, check_payload};
 use crate::{Error, Result, routing};
 
 /// The tasks a job published with `routing_key` goes to: every task with a matching pattern.
-fn receivers(tasks: &[TaskBinding], routing_key: &str) -> Vec<String> {
+pub(super) fn receivers(tasks: &[TaskBinding], routing_key: &str) -> Vec<String> {
     tasks
         .iter()
         .filter(|t| t.routing_keys.iter().any(|p| routing::matches(p, routing_key)))
@@ -17,18 +17,18 @@ fn receivers(tasks: &[TaskBinding], routing_key: &str) -> Vec<String> {
         .collect()
 }
 
-/// Ids for a batch of new jobs published at `now_ms`: UUIDv7s whose random part is one fresh
+/// Ids for a batch of new jobs published at `published_ms`: UUIDv7s whose random part is one fresh
 /// random value (the tail of one `Uuid::now_v7`) plus the job's index in the batch. A batch
 /// costs one `getrandom` instead of one per job (a third of a `publish --lines` run's
 /// system calls before), and its ids sort in publish order. Distinct within the batch (the
 /// indexes differ in bits the version and variant do not overwrite) and, by the 74 random
 /// bits, across batches and processes.
-fn batch_ids(now_ms: i64) -> impl Iterator<Item = String> {
+fn batch_ids(published_ms: i64) -> impl Iterator<Item = String> {
     let first = uuid::Uuid::now_v7();
     let mut tail = [0u8; 16];
     tail[6..].copy_from_slice(&first.as_bytes()[6..]);
     let base = u128::from_be_bytes(tail);
-    let millis = u64::try_from(now_ms).unwrap_or(0);
+    let millis = u64::try_from(published_ms).unwrap_or(0);
     (0u128..).map(move |i| {
         let value = base.wrapping_add(i) & ((1 << 80) - 1);
         let mut random = [0u8; 10];
@@ -39,45 +39,100 @@ fn batch_ids(now_ms: i64) -> impl Iterator<Item = String> {
 
 impl SqliteQueue {
     /// Inserts one job per payload and receiving task, all in one transaction, and returns
-    /// their ids (payload by payload, task by task). Checks the key and every payload first.
+    /// their ids (payload by payload, task by task). Checks the key, every payload and the
+    /// options first. A held unique key gives the existing job's id instead of a new row.
     pub(super) fn insert_jobs(
         &mut self,
         routing_key: &str,
         payloads: &[&[u8]],
-    ) -> Result<Vec<String>> {
+        options: &PublishOptions,
+    ) -> Result<Publication> {
         routing::validate_key(routing_key)?;
         for p in payloads {
             check_payload(p)?;
         }
+        options.check()?;
         let targets = receivers(&self.tasks, routing_key);
         if targets.is_empty() {
             return Err(Error::Unroutable { routing_key: routing_key.to_owned() });
         }
         let path = self.path.clone();
         let e = |err| Error::queue("publish to", &path, err);
-        let tx = self.conn.transaction().map_err(e)?;
-        let mut ids = Vec::with_capacity(targets.len() * payloads.len());
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(e)?;
-            let now = now_ms();
-            let mut new_ids = batch_ids(now);
-            for payload in payloads {
-                for task in &targets {
-                    let id = new_ids.next().unwrap_or_default();
-                    stmt.execute(params![id, task, routing_key, payload, STATE_READY, now])
-                        .map_err(e)?;
-                    ids.push(id);
+        // Immediate: the write lock first, so a unique key's look-up and insert are one step
+        // that no other publisher can come between.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let out = insert_rows(&tx, &targets, routing_key, payloads, options).map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(out)
+    }
+}
+
+/// Inserts one row per payload and task of `targets` inside `tx` (already checked), a held
+/// unique key giving the existing job's id.
+pub(super) fn insert_rows(
+    tx: &Transaction<'_>,
+    targets: &[String],
+    routing_key: &str,
+    payloads: &[&[u8]],
+    options: &PublishOptions,
+) -> rusqlite::Result<Publication> {
+    let mut out = Publication {
+        ids: Vec::with_capacity(targets.len() * payloads.len()),
+        existing: Vec::new(),
+    };
+    let now = now_ms();
+    let not_before = options.not_before_ms();
+    // A time already past is now: the job joins the claim order at once.
+    let not_before = if not_before <= now { 0 } else { not_before };
+    let priority = i64::from(options.priority_or_default());
+    let headers = options.headers_json();
+    let unique = options.unique.as_ref();
+    let unique_key = unique.map(|u| u.key.as_str());
+    let unique_until = unique
+        .and_then(|u| u.hold_for)
+        .map(|d| now.saturating_add(d.as_millis().min(i64::MAX as u128) as i64));
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms,
+             not_before, priority, unique_key, unique_until, headers)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
+    )?;
+    let mut new_ids = batch_ids(now);
+    for payload in payloads {
+        for task in targets {
+            // At most twice: a key held by an ended job whose window is over is freed, then
+            // the insert is made again.
+            for _ in 0..2 {
+                let id = new_ids.next().unwrap_or_default();
+                let n = stmt.execute(params![
+                    id,
+                    task,
+                    routing_key,
+                    payload,
+                    STATE_READY,
+                    now,
+                    not_before,
+                    priority,
+                    unique_key,
+                    unique_until,
+                    headers
+                ])?;
+                if n == 1 {
+                    out.ids.push(id);
+                    break;
+                }
+                match unique::holder(tx, task, unique_key.unwrap_or_default(), now)? {
+                    unique::Holder::Held { id } => {
+                        out.existing.push(id.clone());
+                        out.ids.push(id);
+                        break;
+                    }
+                    unique::Holder::Freed => continue,
                 }
             }
         }
-        tx.commit().map_err(e)?;
-        Ok(ids)
     }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -91,14 +146,6 @@ mod tests {
             routing_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             max_attempts: 3,
         }
-    }
-
-    #[test]
-    fn a_key_goes_to_every_task_whose_pattern_matches() {
-        let tasks = [task("mail", &["mail.*"]), task("audit", &["#"]), task("x", &["x.#"])];
-        assert_eq!(receivers(&tasks, "mail.send"), ["mail", "audit"]);
-        assert_eq!(receivers(&tasks, "mail.send.now"), ["audit"]);
-        assert!(receivers(&tasks[..1], "other").is_empty());
     }
 
     /// A batch's ids are distinct UUIDv7s of its time, in publish order, and the next batch's
@@ -119,6 +166,14 @@ mod tests {
             let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
             assert_eq!(secs as i64 * 1000 + i64::from(nanos / 1_000_000), now, "{id}");
         }
+    }
+
+    #[test]
+    fn a_key_goes_to_every_task_whose_pattern_matches() {
+        let tasks = [task("mail", &["mail.*"]), task("audit", &["#"]), task("x", &["x.#"])];
+        assert_eq!(receivers(&tasks, "mail.send"), ["mail", "audit"]);
+        assert_eq!(receivers(&tasks, "mail.send.now"), ["audit"]);
+        assert!(receivers(&tasks[..1], "other").is_empty());
     }
 
     /// A batch with one bad payload queues nothing; a good one is queued whole, in order.

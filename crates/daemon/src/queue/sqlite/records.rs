@@ -80,6 +80,15 @@ impl History<'_> {
         Ok(job)
     }
 
+    /// The payload of job `id` (`None` when there is no such job).
+    pub(crate) fn payload(&mut self, id: &str) -> Result<Option<Vec<u8>>> {
+        check_job_id(id)?;
+        self.conn
+            .prepare_cached("SELECT payload FROM jobs WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+            .map_err(|err| Error::queue("read a payload from", self.path, err))
+    }
+
     /// Records (without attempts) matching `filter`, newest first.
     pub(crate) fn jobs(&mut self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         let path = self.path.to_owned();

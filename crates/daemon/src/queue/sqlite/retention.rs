@@ -20,6 +20,9 @@ const PRUNE_AGAIN: Duration = Duration::from_millis(20);
 /// How often the count-based cutoff (`keep_done_max`) is read again: it walks that many
 /// index entries, so not on every step.
 const COUNT_EVERY: Duration = Duration::from_secs(30);
+/// Index entries walked per step when reading the count-based cutoff: a few milliseconds,
+/// so a large `keep_done_max` (or history) never stalls the daemon's loop in one go.
+const WALK_CHUNK: u64 = 20_000;
 
 /// When the next pruning step is due, and the last count-based cutoff.
 #[derive(Debug)]
@@ -29,11 +32,14 @@ pub(crate) struct PruneClock {
     /// Jobs that ended at or before this (ms, row), in that order, are beyond
     /// `keep_done_max`.
     count_cutoff: Option<(i64, i64)>,
+    /// A read of the count-based cutoff under way, newest first: the last entry walked and
+    /// the position (from the newest) of the entry after it.
+    walk: Option<(Option<(i64, i64)>, u64)>,
 }
 
 impl PruneClock {
     pub(crate) fn new(now: Instant) -> PruneClock {
-        PruneClock { next: now + PRUNE_EVERY, count_read: None, count_cutoff: None }
+        PruneClock { next: now + PRUNE_EVERY, count_read: None, count_cutoff: None, walk: None }
     }
 
     pub(crate) fn due(&self, now: Instant) -> bool {
@@ -72,18 +78,41 @@ impl PruneClock {
     ) -> rusqlite::Result<usize> {
         let keep = retention.keep_done.as_millis().min(i64::MAX as u128) as i64;
         let by_age = now_ms().saturating_sub(keep) - 1;
-        if self.count_read.is_none_or(|at| now >= at + COUNT_EVERY) {
-            let max = retention.keep_done_max.min(i64::MAX as u64) as i64;
-            self.count_cutoff = history
-                .conn
-                .query_row(
-                    "SELECT finished_ms, seq FROM jobs WHERE state IN (2, 4)
+        if self.walk.is_none() && self.count_read.is_none_or(|at| now >= at + COUNT_EVERY) {
+            self.walk = Some((None, 0));
+        }
+        if let Some((cursor, pos)) = self.walk {
+            // One chunk of the walk to the entry at position `keep_done_max` (the newest
+            // that many stay): the cutoff is known when it gets there, or there is none when
+            // the entries end first.
+            let max = retention.keep_done_max.min(i64::MAX as u64);
+            let skip = (max - pos.min(max)).min(WALK_CHUNK);
+            let entry: Option<(i64, i64)> = match cursor {
+                None => history
+                    .conn
+                    .prepare_cached(
+                        "SELECT finished_ms, seq FROM jobs WHERE state IN (2, 4)
                      ORDER BY finished_ms DESC, seq DESC LIMIT 1 OFFSET ?1",
-                    [max],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            self.count_read = Some(now);
+                    )?
+                    .query_row([skip as i64], |r| Ok((r.get(0)?, r.get(1)?))),
+                Some((ms, seq)) => history
+                    .conn
+                    .prepare_cached(
+                        "SELECT finished_ms, seq FROM jobs WHERE state IN (2, 4)
+                       AND (finished_ms, seq) < (?1, ?2)
+                     ORDER BY finished_ms DESC, seq DESC LIMIT 1 OFFSET ?3",
+                    )?
+                    .query_row(params![ms, seq, skip as i64], |r| Ok((r.get(0)?, r.get(1)?))),
+            }
+            .optional()?;
+            match entry {
+                Some(e) if pos + skip < max => self.walk = Some((Some(e), pos + skip + 1)),
+                found => {
+                    self.count_cutoff = found;
+                    self.walk = None;
+                    self.count_read = Some(now);
+                }
+            }
         }
         // Whichever limit deletes more wins: older than `keep_done`, or beyond the newest
         // `keep_done_max` (ties on the end time broken by row).
@@ -94,7 +123,7 @@ impl PruneClock {
              ORDER BY finished_ms, seq LIMIT ?4",
             params![by_age, count_ms, count_seq, BATCH],
         )?;
-        if n < BATCH as usize {
+        if n < BATCH as usize && self.walk.is_none() {
             // Everything up to the count cutoff is gone: read it again next time.
             self.count_read = None;
         }
@@ -156,6 +185,42 @@ mod tests {
         assert_eq!(dead, 1, "dead letters stay");
         let done = left.len() - dead;
         assert_eq!(done, 10, "the newest keep_done_max remain");
+    }
+
+    /// A `keep_done_max` beyond one walk chunk is read over several steps (none walks more
+    /// than [`WALK_CHUNK`] entries), and then exactly that many of the newest stay.
+    #[test]
+    fn count_cutoff_is_walked_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
+        let max = WALK_CHUNK + 1000;
+        q.set_retention(Retention { keep_done: Duration::from_secs(3600), keep_done_max: max });
+        let now = now_ms();
+        let tx = q.conn.transaction().unwrap();
+        for i in 0..max + 1200 {
+            tx.execute(
+                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
+                 VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
+                params![format!("j{i}"), now - 1000 + (i / 100) as i64],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let count = |q: &SqliteQueue| -> u64 {
+            q.conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0)).unwrap()
+                as u64
+        };
+        q.prune.next = Instant::now();
+        q.prune_step();
+        assert!(q.prune.walk.is_some(), "the walk goes on at the next step");
+        assert_eq!(count(&q), max + 1200, "nothing deleted before the cutoff is known");
+        for _ in 0..10 {
+            q.prune.next = Instant::now();
+            q.prune_step();
+        }
+        assert_eq!(count(&q), max, "the newest keep_done_max stay");
+        let oldest: i64 = q.conn.query_row("SELECT MIN(seq) FROM jobs", [], |r| r.get(0)).unwrap();
+        assert_eq!(oldest, 1201, "the oldest went");
     }
 
     /// Jobs older than `keep_done` go.

@@ -17,7 +17,7 @@ use crate::queue::{Durability, OpenMode};
 use crate::{Error, Result};
 
 // The indexes hold only the rows they serve, so a history of a million done jobs costs the
-// claim, the retry times, the depths and the dead letters nothing: `jobs_waiting` (claims),
+// claim, the retry times, the depths and the dead letters nothing: `jobs_next` (claims),
 // `jobs_active` (retry times, depths, dead letters), `jobs_finished` (pruning). Queries that
 // use a partial index name the states as literals (the planner cannot see through a bound
 // parameter), so the codes below are written as numbers in the SQL too.
@@ -46,13 +46,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_owner  TEXT,
     published_ms INTEGER NOT NULL,
     finished_ms  INTEGER,
-    last_error   TEXT
+    last_error   TEXT,
+    priority     INTEGER NOT NULL DEFAULT 5,
+    unique_key   TEXT,
+    unique_until INTEGER,
+    headers      TEXT
 );
 DROP INDEX IF EXISTS jobs_claim;
 DROP INDEX IF EXISTS jobs_ready;
 DROP INDEX IF EXISTS jobs_due;
-CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(task, state, seq, not_before)
-    WHERE state = 0 OR state = 1;
+DROP INDEX IF EXISTS jobs_waiting;
 CREATE INDEX IF NOT EXISTS jobs_active ON jobs(state, not_before, task)
     WHERE state = 0 OR state = 1 OR state = 3;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_ms) WHERE state IN (2, 4);
@@ -76,10 +79,41 @@ CREATE TABLE IF NOT EXISTS attempts (
     system_cpu_us  INTEGER
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_seq);
+CREATE TABLE IF NOT EXISTS schedules (
+    name         TEXT PRIMARY KEY,
+    spec         TEXT NOT NULL,
+    since_ms     INTEGER NOT NULL,
+    last_due_ms  INTEGER,
+    last_run_ms  INTEGER,
+    last_job     TEXT,
+    paused       INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS stats (
     task TEXT PRIMARY KEY,
     done INTEGER NOT NULL DEFAULT 0
 );
+";
+
+/// The columns `jobs` gained for scheduling: priority, unique key (held until a time, when
+/// published with `--unique-for`) and headers (a JSON object).
+const JOB_SCHEDULING_COLUMNS: [(&str, &str); 4] = [
+    ("priority", "INTEGER NOT NULL DEFAULT 5"),
+    ("unique_key", "TEXT"),
+    ("unique_until", "INTEGER"),
+    ("headers", "TEXT"),
+];
+
+/// The indexes over the scheduling columns, made once the columns exist (an older file gains
+/// them first). `jobs_next` holds only the rows a claim may take now (ready, not delayed:
+/// `not_before = 0`), in claim order — priority first, then publish order — so a claim reads
+/// the rows it takes and nothing else, however many jobs wait for a later time; a delayed job
+/// enters it when it falls due (the claim's first statement moves it: `not_before = 0`).
+/// `jobs_unique` makes a unique key the store's rule, not a read-then-write.
+const SCHEDULING_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS jobs_next ON jobs(task, priority DESC, seq)
+    WHERE state = 0 AND not_before = 0;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs(task, unique_key)
+    WHERE unique_key IS NOT NULL;
 ";
 
 /// The columns `attempts` gained after it was first made: what the attempt's process cost.
@@ -152,6 +186,9 @@ pub(crate) fn connect_with(
     holders::migrate(&mut conn).map_err(|e| q("add the lease holder columns to", e))?;
     add_columns(&mut conn, "attempts", &ATTEMPT_USAGE_COLUMNS)
         .map_err(|e| q("add the resource use columns to", e))?;
+    add_columns(&mut conn, "jobs", &JOB_SCHEDULING_COLUMNS)
+        .map_err(|e| q("add the scheduling columns to", e))?;
+    conn.execute_batch(SCHEDULING_INDEXES).map_err(|e| q("index the scheduling columns of", e))?;
     Ok(conn)
 }
 
@@ -223,6 +260,45 @@ mod tests {
         assert_eq!(row, (7, None));
     }
 
+    /// A queue file from before scheduling: its jobs gain the default priority (5) and no
+    /// unique key, keep their rows, and a retry that was waiting is claimable once due.
+    #[test]
+    fn old_jobs_table_gains_the_scheduling_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+                 task TEXT NOT NULL, routing_key TEXT NOT NULL, payload BLOB NOT NULL,
+                 state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                 not_before INTEGER NOT NULL DEFAULT 0, lease_owner TEXT,
+                 published_ms INTEGER NOT NULL, finished_ms INTEGER, last_error TEXT);
+             CREATE INDEX jobs_waiting ON jobs(task, state, seq, not_before)
+                 WHERE state = 0 OR state = 1;
+             INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, not_before)
+                 VALUES ('a', 't', 'k', x'00', 0, 0, 5);",
+        )
+        .unwrap();
+        drop(old);
+        let conn = connect(&path, OpenMode::Daemon).unwrap();
+        assert!(missing_columns(&conn, "jobs", &JOB_SCHEDULING_COLUMNS).unwrap().is_empty());
+        let row: (String, i64, Option<String>) = conn
+            .query_row("SELECT id, priority, unique_key FROM jobs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(row, ("a".to_owned(), 5, None));
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(indexes.iter().any(|i| i == "jobs_next"), "{indexes:?}");
+        assert!(!indexes.iter().any(|i| i == "jobs_waiting"), "{indexes:?}");
+    }
+
     /// The hot queries use the partial indexes (so a history of done jobs costs them nothing)
     /// and never sort: a plan that walked or sorted every ready row once cut throughput by 5×.
     #[test]
@@ -238,10 +314,22 @@ mod tests {
             rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
         };
         let claim = plan(
-            "SELECT seq FROM jobs INDEXED BY jobs_waiting WHERE task = ?1 AND state = 0
-             AND not_before <= ?2 ORDER BY seq LIMIT ?3",
+            "SELECT seq FROM jobs INDEXED BY jobs_next WHERE task = ?1 AND state = 0
+             AND not_before = 0 ORDER BY priority DESC, seq LIMIT ?2",
         );
-        assert!(claim.contains("jobs_waiting") && !claim.contains("TEMP B-TREE"), "{claim}");
+        assert!(claim.contains("jobs_next") && !claim.contains("TEMP B-TREE"), "{claim}");
+        let promote = plan(
+            "UPDATE jobs SET not_before = 0 WHERE state = 0 AND not_before > 0
+             AND not_before <= ?1",
+        );
+        assert!(promote.contains("jobs_active"), "{promote}");
+        for depth in [
+            "SELECT task, COUNT(*) FROM jobs WHERE state = 0 GROUP BY task",
+            "SELECT task, COUNT(*) FROM jobs WHERE state = 1 GROUP BY task",
+        ] {
+            let depth = plan(depth);
+            assert!(depth.contains("jobs_active"), "{depth}");
+        }
         let due = plan("SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > ?1");
         assert!(due.contains("jobs_active"), "{due}");
         let prune = plan(

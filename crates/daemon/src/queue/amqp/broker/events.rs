@@ -11,16 +11,17 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 
-use super::messages::Ev;
+use super::messages::{Emitted, Ev};
 use super::{Broker, broker_err};
 use crate::queue::amqp::topology as topo;
 use crate::{Error, Result};
 
 impl Broker {
-    /// Publishes an event on the events exchange, or with `to` = (queue, correlation id) a
-    /// reply to a publisher's queue. Nothing is awaited but the frame's hand-over; a failure
-    /// is logged (an event is news, not a job: it is never retried).
-    pub(super) async fn emit(&mut self, key: String, body: Vec<u8>, to: Option<(String, String)>) {
+    /// Publishes a batch of events (or replies, to a publisher's queue) in order, in a task
+    /// of its own so the broker thread goes on with acknowledgements meanwhile. Nothing is
+    /// awaited but the frames' hand-over; a failure is logged (an event is news, not a job:
+    /// it is never retried).
+    pub(super) async fn emit(&mut self, batch: Vec<Emitted>) {
         let Some(live) = self.live.as_mut() else { return };
         let channel = match &live.events {
             Some(c) if c.status().connected() => c.clone(),
@@ -35,26 +36,27 @@ impl Broker {
                 }
             },
         };
-        let mut props = BasicProperties::default().with_content_type("application/json".into());
-        let (exchange, key) = match to {
-            Some((queue, correlation)) => {
-                props = props.with_correlation_id(correlation.into());
-                (String::new(), queue)
+        let events = topo::events_exchange(&self.exchange);
+        self.settling.spawn(async move {
+            for m in batch {
+                let mut props =
+                    BasicProperties::default().with_content_type("application/json".into());
+                let (exchange, key) = match m.to {
+                    Some((queue, correlation)) => {
+                        props = props.with_correlation_id(correlation.into());
+                        (String::new(), queue)
+                    }
+                    None => (events.clone(), m.key),
+                };
+                let opts = BasicPublishOptions::default();
+                let sent =
+                    channel.basic_publish(exchange.into(), key.into(), opts, &m.body, props).await;
+                if let Err(e) = sent {
+                    tracing::debug!("amqp: unable to publish a job event: {e}");
+                    return;
+                }
             }
-            None => (topo::events_exchange(&self.exchange), key),
-        };
-        let sent = channel
-            .basic_publish(
-                exchange.into(),
-                key.into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await;
-        if let Err(e) = sent {
-            tracing::debug!("amqp: unable to publish a job event: {e}");
-        }
+        });
     }
 
     /// Publishes `body` on the events exchange with a confirm; a message no listener took

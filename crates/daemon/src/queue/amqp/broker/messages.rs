@@ -25,6 +25,15 @@ pub(crate) struct JobMeta {
     pub(crate) reply_to: Option<String>,
 }
 
+/// One message for the events exchange (`key` = `<task>.<event>`), or with `to` = (queue,
+/// correlation id), an outcome for a publisher's reply queue.
+#[derive(Debug)]
+pub(crate) struct Emitted {
+    pub(crate) key: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) to: Option<(String, String)>,
+}
+
 /// Broker-side depth of one task.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct BrokerDepth {
@@ -47,12 +56,10 @@ pub(crate) enum Cmd {
         reply_to: Option<String>,
         reply: Reply<()>,
     },
-    /// A job event for the events exchange (`key` = `<task>.<event>`), or with `to`, an
-    /// outcome for a publisher's reply queue (correlation id = job id): no confirm awaited.
+    /// Job events for the events exchange, in order, sent as one batch per loop turn of the
+    /// daemon: no confirm awaited.
     Emit {
-        key: String,
-        body: Vec<u8>,
-        to: Option<(String, String)>,
+        batch: Vec<Emitted>,
     },
     /// A message on the events exchange that must reach a daemon (a cancel request):
     /// confirmed, and refused when no daemon listens.

@@ -33,7 +33,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
 use self::connection::{Live, sleep_until};
-pub(crate) use self::messages::{BrokerDepth, Cmd, Ev, JobMeta, Reply, Sink};
+pub(crate) use self::messages::{BrokerDepth, Cmd, Emitted, Ev, JobMeta, Reply, Sink};
 use crate::queue::{AmqpQueueType, OpenMode, TaskBinding};
 use crate::{BoxError, Error};
 
@@ -140,7 +140,7 @@ impl Broker {
                 let result = self.publish(&routing_key, &payload, &id, reply_to).await;
                 let _ = reply.send(result);
             }
-            Cmd::Emit { key, body, to } => self.emit(key, body, to).await,
+            Cmd::Emit { batch } => self.emit(batch).await,
             Cmd::Announce { key, body, reply } => {
                 let result = self.announce(&key, &body).await;
                 let _ = reply.send(result);
