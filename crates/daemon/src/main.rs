@@ -11,8 +11,10 @@ mod publish;
 mod render;
 #[path = "cli/schedules.rs"]
 mod schedules;
+#[path = "cli/tasks.rs"]
+mod tasks;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -315,18 +317,6 @@ pub(crate) fn unable(action: &str, e: &(dyn std::error::Error + 'static)) -> Str
     format!("unable to {action}: {}", report(e))
 }
 
-/// Reads stdin whole, refusing more than the queue would take before reading it all.
-fn read_payload() -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(queue::MAX_PAYLOAD as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("unable to read stdin: {e}"))?;
-    queue::check_payload(&buf).map_err(|e| unable("read the payload", &e))?;
-    Ok(buf)
-}
-
 fn load(path: &Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| unable("load config", &e))
 }
@@ -358,7 +348,7 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
                 }
             } else {
                 payloads.push(match payload.as_deref() {
-                    Some("-") => read_payload()?,
+                    Some("-") => publish::read_payload()?,
                     Some(p) => p.as_bytes().to_vec(),
                     None => Vec::new(),
                 });
@@ -496,19 +486,10 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
         Cmd::Purge { dead, done, older_than } => {
             jobs::purge(&mut Client::new(load(config)?), &Purge { dead, done, older_than })
         }
-        Cmd::Pause { task } => steer(config, control::Request::Pause { task }),
-        Cmd::Resume { task } => steer(config, control::Request::Resume { task }),
+        Cmd::Pause { task } => tasks::steer(config, control::Request::Pause { task }),
+        Cmd::Resume { task } => tasks::steer(config, control::Request::Resume { task }),
         Cmd::Scale { task, max_workers } => {
-            steer(config, control::Request::Scale { task, max_workers })
+            tasks::steer(config, control::Request::Scale { task, max_workers })
         }
     }
-}
-
-/// Pause, resume or scale a task of the running daemon; prints what it did.
-fn steer(config: &Path, request: control::Request) -> Result<u8, String> {
-    let c = load(config)?;
-    let message =
-        control::steer(&c.daemon.control_socket, &request).map_err(|e| unable("do that", &e))?;
-    println!("{message}");
-    Ok(0)
 }

@@ -179,8 +179,14 @@ fn main() {
     // For profiling: `PROCYARD_BENCH_ONLY=default` or `fork_per_job` runs that part alone.
     let only = std::env::var("PROCYARD_BENCH_ONLY").ok();
     match only.as_deref() {
-        Some("default") => return drop(run(Config::default(), &mut || {})),
-        Some("fork_per_job") => return drop(run(Config::default().fork_per_job(), &mut || {})),
+        Some("default") => {
+            run(Config::default(), &mut || {});
+            return;
+        }
+        Some("fork_per_job") => {
+            run(Config::default().fork_per_job(), &mut || {});
+            return;
+        }
         _ => {}
     }
     let python = bench_python(cores);

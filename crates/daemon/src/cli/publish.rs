@@ -1,10 +1,11 @@
 //! `publish`'s scheduling options (`--delay`, `--at`, `--priority`, `--unique`,
 //! `--unique-for`, `--header`), turned into [`PublishOptions`].
 
+use std::io::Read;
 use std::time::{Duration, SystemTime};
 
 use procyard_daemon::Config;
-use procyard_daemon::queue::PublishOptions;
+use procyard_daemon::queue::{self, PublishOptions};
 use procyard_daemon::schedule;
 
 use super::jobs::parse_duration;
@@ -80,4 +81,16 @@ pub fn tell_existing(existing: &[String], json: bool) {
             eprintln!("procyard-daemon: duplicate: job {id} already holds this unique key");
         }
     }
+}
+
+/// Reads stdin whole, refusing more than the queue would take before reading it all.
+pub(crate) fn read_payload() -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(queue::MAX_PAYLOAD as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("unable to read stdin: {e}"))?;
+    queue::check_payload(&buf).map_err(|e| unable("read the payload", &e))?;
+    Ok(buf)
 }

@@ -155,6 +155,9 @@ fn daemon_sched_rate_limit_spaces_starts() {
     });
     sb.wait_until("every job ran", SECS(30), |sb| order(sb).len() == 15);
     let mut c = client(&sb);
+    sb.wait_until("every job recorded done", SECS(30), |_| {
+        ids.iter().all(|id| c.job(id).is_ok_and(|j| j.state == JobState::Done))
+    });
     let mut starts: Vec<i64> = ids
         .iter()
         .map(|id| c.job(id).expect("job").attempts[0].started_ms.expect("started"))
