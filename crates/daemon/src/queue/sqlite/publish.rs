@@ -17,18 +17,18 @@ pub(super) fn receivers(tasks: &[TaskBinding], routing_key: &str) -> Vec<String>
         .collect()
 }
 
-/// Ids for a batch of new jobs published at `now_ms`: UUIDv7s whose random part is one fresh
+/// Ids for a batch of new jobs published at `published_ms`: UUIDv7s whose random part is one fresh
 /// random value (the tail of one `Uuid::now_v7`) plus the job's index in the batch. A batch
 /// costs one `getrandom` instead of one per job (a third of a `publish --lines` run's
 /// system calls before), and its ids sort in publish order. Distinct within the batch (the
 /// indexes differ in bits the version and variant do not overwrite) and, by the 74 random
 /// bits, across batches and processes.
-fn batch_ids(now_ms: i64) -> impl Iterator<Item = String> {
+fn batch_ids(published_ms: i64) -> impl Iterator<Item = String> {
     let first = uuid::Uuid::now_v7();
     let mut tail = [0u8; 16];
     tail[6..].copy_from_slice(&first.as_bytes()[6..]);
     let base = u128::from_be_bytes(tail);
-    let millis = u64::try_from(now_ms).unwrap_or(0);
+    let millis = u64::try_from(published_ms).unwrap_or(0);
     (0u128..).map(move |i| {
         let value = base.wrapping_add(i) & ((1 << 80) - 1);
         let mut random = [0u8; 10];
@@ -98,6 +98,7 @@ pub(super) fn insert_rows(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     )?;
+    let mut new_ids = batch_ids(now);
     for payload in payloads {
         for task in targets {
             // At most twice: a key held by an ended job whose window is over is freed, then
@@ -148,14 +149,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_key_goes_to_every_task_whose_pattern_matches() {
-        let tasks = [task("mail", &["mail.*"]), task("audit", &["#"]), task("x", &["x.#"])];
-        assert_eq!(receivers(&tasks, "mail.send"), ["mail", "audit"]);
-        assert_eq!(receivers(&tasks, "mail.send.now"), ["audit"]);
-        assert!(receivers(&tasks[..1], "other").is_empty());
-    }
-
     /// A batch's ids are distinct UUIDv7s of its time, in publish order, and the next batch's
     /// differ from them.
     #[test]
@@ -174,6 +167,14 @@ mod tests {
             let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
             assert_eq!(secs as i64 * 1000 + i64::from(nanos / 1_000_000), now, "{id}");
         }
+    }
+
+    #[test]
+    fn a_key_goes_to_every_task_whose_pattern_matches() {
+        let tasks = [task("mail", &["mail.*"]), task("audit", &["#"]), task("x", &["x.#"])];
+        assert_eq!(receivers(&tasks, "mail.send"), ["mail", "audit"]);
+        assert_eq!(receivers(&tasks, "mail.send.now"), ["audit"]);
+        assert!(receivers(&tasks[..1], "other").is_empty());
     }
 
     /// A batch with one bad payload queues nothing; a good one is queued whole, in order.
