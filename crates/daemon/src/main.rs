@@ -221,20 +221,13 @@ enum Cmd {
     #[command(
         after_help = "Example:\n  procyard-daemon pause thumbnail\n  procyard-daemon resume thumbnail"
     )]
-    Pause {
-        /// The task's name.
-        task: String,
-    },
+    Pause { task: String },
     /// Let a paused task take jobs again.
     #[command(after_help = "Example:\n  procyard-daemon resume thumbnail")]
-    Resume {
-        /// The task's name.
-        task: String,
-    },
+    Resume { task: String },
     /// Run at most MAX_WORKERS jobs of a task at once, until the next reload.
     #[command(after_help = "Example:\n  procyard-daemon scale thumbnail 8")]
     Scale {
-        /// The task's name.
         task: String,
         /// The new limit (at least 1).
         max_workers: usize,
@@ -496,19 +489,10 @@ fn client(config: &Path, cmd: Cmd) -> Result<u8, String> {
         Cmd::Purge { dead, done, older_than } => {
             jobs::purge(&mut Client::new(load(config)?), &Purge { dead, done, older_than })
         }
-        Cmd::Pause { task } => steer(config, control::Request::Pause { task }),
-        Cmd::Resume { task } => steer(config, control::Request::Resume { task }),
+        Cmd::Pause { task } => jobs::steer(config, control::Request::Pause { task }),
+        Cmd::Resume { task } => jobs::steer(config, control::Request::Resume { task }),
         Cmd::Scale { task, max_workers } => {
-            steer(config, control::Request::Scale { task, max_workers })
+            jobs::steer(config, control::Request::Scale { task, max_workers })
         }
     }
-}
-
-/// Pause, resume or scale a task of the running daemon; prints what it did.
-fn steer(config: &Path, request: control::Request) -> Result<u8, String> {
-    let c = load(config)?;
-    let message =
-        control::steer(&c.daemon.control_socket, &request).map_err(|e| unable("do that", &e))?;
-    println!("{message}");
-    Ok(0)
 }

@@ -198,3 +198,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     procyard_core::parse_duration(s)
         .map_err(|_| "expected a duration such as 500ms, 30s, 5m, 2h or a number of seconds".into())
 }
+
+/// Pause, resume or scale a task of the running daemon; prints what it did.
+pub fn steer(
+    config: &std::path::Path,
+    request: procyard_daemon::control::Request,
+) -> Result<u8, String> {
+    let c = crate::load(config)?;
+    let message = procyard_daemon::control::steer(&c.daemon.control_socket, &request)
+        .map_err(|e| unable("do that", &e))?;
+    println!("{message}");
+    Ok(0)
+}
