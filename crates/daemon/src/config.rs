@@ -62,7 +62,6 @@ mod validate;
 pub use crate::schedule::ScheduleConfig;
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -222,7 +221,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span();
             let (line, field) = match &span {
-                Some(s) => (Some(line_of(text, s.start)), field_at(text, s.clone())),
+                Some(s) => (Some(line_of(text, s.start)), http::field_at(text, s.clone())),
                 None => (None, None),
             };
             Error::Config {
@@ -262,35 +261,6 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset.min(text.len())).map(|t| t.matches('\n').count() + 1).unwrap_or(1)
-}
-
-/// Guesses `section.key` (or `task[i].key`) for a byte span, from the text around it.
-fn field_at(text: &str, span: Range<usize>) -> Option<String> {
-    let start = span.start.min(text.len());
-    let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = text[start..].find('\n').map(|i| start + i).unwrap_or(text.len());
-    let line = &text[line_start..line_end];
-    let key =
-        line.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('['));
-    let before = &text[..line_start];
-    let section = before
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('['))
-        .map(|l| l.trim().trim_matches(|c| c == '[' || c == ']').to_owned());
-    let section = match section.as_deref() {
-        Some("task") => {
-            let idx = before.matches("[[task]]").count().saturating_sub(1);
-            Some(format!("task[{idx}]"))
-        }
-        other => other.map(str::to_owned),
-    };
-    match (section, key) {
-        (Some(s), Some(k)) => Some(format!("{s}.{k}")),
-        (None, Some(k)) => Some(k.to_owned()),
-        (Some(s), None) => Some(s),
-        (None, None) => None,
-    }
 }
 
 #[derive(Deserialize)]

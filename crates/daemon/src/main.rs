@@ -223,20 +223,13 @@ enum Cmd {
     #[command(
         after_help = "Example:\n  procyard-daemon pause thumbnail\n  procyard-daemon resume thumbnail"
     )]
-    Pause {
-        /// The task's name.
-        task: String,
-    },
+    Pause { task: String },
     /// Let a paused task take jobs again.
     #[command(after_help = "Example:\n  procyard-daemon resume thumbnail")]
-    Resume {
-        /// The task's name.
-        task: String,
-    },
+    Resume { task: String },
     /// Run at most MAX_WORKERS jobs of a task at once, until the next reload.
     #[command(after_help = "Example:\n  procyard-daemon scale thumbnail 8")]
     Scale {
-        /// The task's name.
         task: String,
         /// The new limit (at least 1).
         max_workers: usize,

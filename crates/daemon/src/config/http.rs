@@ -151,6 +151,35 @@ pub(super) fn validate(
     Ok(Some(HttpSettings { listen, token, show_payloads: h.show_payloads }))
 }
 
+/// Guesses `section.key` (or `task[i].key`) for a byte span, from the text around it.
+pub(super) fn field_at(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[start..].find('\n').map(|i| start + i).unwrap_or(text.len());
+    let line = &text[line_start..line_end];
+    let key =
+        line.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('['));
+    let before = &text[..line_start];
+    let section = before
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('['))
+        .map(|l| l.trim().trim_matches(|c| c == '[' || c == ']').to_owned());
+    let section = match section.as_deref() {
+        Some("task") => {
+            let idx = before.matches("[[task]]").count().saturating_sub(1);
+            Some(format!("task[{idx}]"))
+        }
+        other => other.map(str::to_owned),
+    };
+    match (section, key) {
+        (Some(s), Some(k)) => Some(format!("{s}.{k}")),
+        (None, Some(k)) => Some(k.to_owned()),
+        (Some(s), None) => Some(s),
+        (None, None) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
