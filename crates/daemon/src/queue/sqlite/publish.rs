@@ -81,7 +81,6 @@ pub(super) fn insert_rows(
         existing: Vec::new(),
     };
     let now = now_ms();
-    let mut new_ids = batch_ids(now);
     let not_before = options.not_before_ms();
     // A time already past is now: the job joins the claim order at once.
     let not_before = if not_before <= now { 0 } else { not_before };
