@@ -111,6 +111,7 @@ mod periodic;
 pub mod postgres;
 mod report;
 pub mod sqlite;
+mod trouble;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

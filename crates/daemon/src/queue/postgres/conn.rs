@@ -2,7 +2,7 @@
 //! checked as a plain identifier, the TCP settings that make a dead peer noticed on both
 //! sides, errors that name the database, and the backoff after a failure.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use postgres::{Client, NoTls};
 use procyard_core::Backoff;
@@ -166,41 +166,6 @@ pub(super) fn redact_url(url: &str) -> String {
             format!("{scheme}://{user}@{host}")
         }
         None => url.to_owned(),
-    }
-}
-
-/// Lasting trouble with the database: the cause, since when, and the next attempt.
-#[derive(Debug)]
-pub(super) struct Trouble {
-    pub(super) cause: String,
-    since: Instant,
-    failures: u32,
-    pub(super) retry_at: Instant,
-}
-
-impl Trouble {
-    /// Records a failure: the first starts the trouble, later ones lengthen the delay.
-    pub(super) fn note(trouble: &mut Option<Trouble>, cause: String) {
-        let now = Instant::now();
-        let t = trouble.get_or_insert(Trouble {
-            cause: String::new(),
-            since: now,
-            failures: 0,
-            retry_at: now,
-        });
-        t.failures = t.failures.saturating_add(1);
-        t.retry_at = now + BACKOFF.delay(t.failures);
-        t.cause = cause;
-    }
-
-    /// For `status`: what fails and for how long.
-    pub(super) fn describe(&self) -> String {
-        format!(
-            "{} (failing for {:.0}s, {} attempts; retrying)",
-            self.cause,
-            self.since.elapsed().as_secs_f64(),
-            self.failures
-        )
     }
 }
 

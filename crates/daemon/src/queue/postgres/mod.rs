@@ -63,8 +63,9 @@ use postgres::Client;
 use postgres::Statement;
 
 use self::claim::Buffers;
-use self::conn::{Role, Target, Trouble};
+use self::conn::{BACKOFF, Role, Target};
 use self::session::Session;
+use super::trouble::Trouble;
 use super::{BackendKind, OpenMode, QueueBackend, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 
@@ -285,7 +286,7 @@ impl PgQueue {
                 if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
                     self.conn = None;
                 }
-                Trouble::note(&mut self.trouble, e.chain().to_string());
+                Trouble::note(&mut self.trouble, e.chain().to_string(), &BACKOFF);
             }
         }
     }

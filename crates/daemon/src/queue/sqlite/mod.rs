@@ -58,15 +58,20 @@ mod retention;
 mod schedules;
 mod schema;
 pub(crate) mod store;
-mod trouble;
 mod unique;
 
+use super::trouble::Trouble;
 use attempts::AttemptLog;
 pub use due::DUE_CHECK_EVERY;
 use files::FileIdentity;
 pub use lease::lock_path;
 use outcomes::PendingOutcome;
-use trouble::Trouble;
+
+/// Retry delays after a failed write: 250 ms, doubling, at most 5 s.
+const BACKOFF: procyard_core::Backoff = procyard_core::Backoff::new(
+    std::time::Duration::from_millis(250),
+    std::time::Duration::from_secs(5),
+);
 
 /// The largest payload the embedded queue accepts: the limit every backend shares.
 pub use super::MAX_PAYLOAD;
@@ -220,7 +225,7 @@ impl SqliteQueue {
                     tracing::info!(queue = %self.path.display(), after = %t.cause, "the queue works again");
                 }
             }
-            Err(e) => Trouble::note(&mut self.trouble, e.chain().to_string()),
+            Err(e) => Trouble::note(&mut self.trouble, e.chain().to_string(), &BACKOFF),
         }
     }
 }

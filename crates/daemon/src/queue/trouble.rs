@@ -1,29 +1,26 @@
-//! Lasting trouble with the queue file (a full disk, an I/O error): what failed, since when,
-//! and when to try again — a real deadline with exponential backoff, so a daemon whose claims
-//! fail recovers by itself once the cause goes away, without waiting for a publish.
+//! Lasting trouble with a queue's store (a full disk, an I/O error, an unreachable database):
+//! what failed, since when, and when to try again — a real deadline with exponential backoff,
+//! so a daemon whose claims fail recovers by itself once the cause goes away, without waiting
+//! for a publish. Shared by the SQLite and PostgreSQL backends, each with its own delays.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use procyard_core::Backoff;
 
-/// Retry delays after a failed write: 250 ms, doubling, at most 5 s.
-pub(super) const BACKOFF: Backoff =
-    Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-
 /// The queue's failing state.
 #[derive(Debug)]
-pub(super) struct Trouble {
+pub(crate) struct Trouble {
     /// The last error, with its causes.
-    pub(super) cause: String,
+    pub(crate) cause: String,
     since: Instant,
     failures: u32,
     /// When the daemon should try again.
-    pub(super) retry_at: Instant,
+    pub(crate) retry_at: Instant,
 }
 
 impl Trouble {
     /// Records a failure: the first one starts the trouble, later ones lengthen the delay.
-    pub(super) fn note(trouble: &mut Option<Trouble>, cause: String) {
+    pub(crate) fn note(trouble: &mut Option<Trouble>, cause: String, backoff: &Backoff) {
         let now = Instant::now();
         let t = trouble.get_or_insert(Trouble {
             cause: String::new(),
@@ -32,12 +29,12 @@ impl Trouble {
             retry_at: now,
         });
         t.failures = t.failures.saturating_add(1);
-        t.retry_at = now + BACKOFF.delay(t.failures);
+        t.retry_at = now + backoff.delay(t.failures);
         t.cause = cause;
     }
 
     /// For `status`: what fails and for how long.
-    pub(super) fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "{} (failing for {:.0}s, {} attempts; retrying)",
             self.cause,
@@ -49,6 +46,8 @@ impl Trouble {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -56,7 +55,8 @@ mod tests {
         let mut t = None;
         let mut delays = Vec::new();
         for _ in 0..8 {
-            Trouble::note(&mut t, "database or disk is full".into());
+            let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+            Trouble::note(&mut t, "database or disk is full".into(), &backoff);
             let t = t.as_ref().unwrap();
             delays.push(t.retry_at.duration_since(Instant::now()).as_millis().div_ceil(50) * 50);
         }
