@@ -5,6 +5,10 @@
 //! Broker: `PROCYARD_AMQP_URL`, else `amqp://guest:guest@127.0.0.1:5672/%2f`; with no broker
 //! the tests print a skip notice and return, except under `CI=true`, where they fail.
 
+#[path = "common/dirwatch.rs"]
+mod dirwatch;
+use dirwatch::DirWatch;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,31 +29,6 @@ const MAX_WORKERS: usize = 4;
 /// still fails.
 const JOBS_DEADLINE: Duration = Duration::from_secs(240);
 
-/// Wakes up when a file in a directory is created or written (inotify), so tests wait for
-/// output without polling on a timer.
-struct DirWatch(std::os::fd::OwnedFd);
-
-impl DirWatch {
-    fn new(dir: &Path) -> Self {
-        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
-        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).expect("inotify");
-        inotify::add_watch(&fd, dir, WatchFlags::MODIFY | WatchFlags::CREATE).expect("watch");
-        DirWatch(fd)
-    }
-
-    /// Blocks until something changed in the directory, or `max` passed; drains the events.
-    fn wait(&self, max: Duration) {
-        let mut fds = [rustix::event::PollFd::new(&self.0, rustix::event::PollFlags::IN)];
-        let timeout = rustix::event::Timespec {
-            tv_sec: max.as_secs() as _,
-            tv_nsec: max.subsec_nanos() as _,
-        };
-        let _ = rustix::event::poll(&mut fds, Some(&timeout));
-        let mut buf = [0u8; 4096];
-        while matches!(rustix::io::read(&self.0, &mut buf), Ok(n) if n > 0) {}
-    }
-}
-
 /// A set of daemons on one exchange, each writing the payloads it ran to its own file.
 struct Cluster {
     dir: tempfile::TempDir,
@@ -68,7 +47,7 @@ impl Cluster {
     fn start_with(url: &str, n: usize, script: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let exchange = format!("procyard-test-{}", uuid::Uuid::now_v7().simple());
-        let watch = DirWatch::new(dir.path());
+        let watch = DirWatch::new(&[dir.path()]);
         let mut cluster =
             Cluster { dir, watch, url: url.to_owned(), exchange, daemons: Vec::new() };
         for i in 0..n {

@@ -7,6 +7,10 @@
 //! Broker: `PROCYARD_AMQP_URL`, else `amqp://guest:guest@127.0.0.1:5672/%2f`; with no broker
 //! the tests print a skip notice and return, except under `CI=true`, where they fail.
 
+#[path = "common/dirwatch.rs"]
+mod dirwatch;
+use dirwatch::DirWatch;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -213,31 +217,6 @@ impl Tap {
     }
 }
 
-/// Wakes up when a file in a directory is created or written (inotify): the daemons' history
-/// files are beside their sockets, so a test waits for a record without a timer.
-struct DirWatch(std::os::fd::OwnedFd);
-
-impl DirWatch {
-    fn new(dir: &std::path::Path) -> Self {
-        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
-        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).expect("inotify");
-        inotify::add_watch(&fd, dir, WatchFlags::MODIFY | WatchFlags::CREATE).expect("watch");
-        DirWatch(fd)
-    }
-
-    /// Blocks until something changed in the directory, or `max` passed; drains the events.
-    fn wait(&self, max: Duration) {
-        let mut fds = [rustix::event::PollFd::new(&self.0, rustix::event::PollFlags::IN)];
-        let timeout = rustix::event::Timespec {
-            tv_sec: max.as_secs() as _,
-            tv_nsec: max.subsec_nanos() as _,
-        };
-        let _ = rustix::event::poll(&mut fds, Some(&timeout));
-        let mut buf = [0u8; 4096];
-        while matches!(rustix::io::read(&self.0, &mut buf), Ok(n) if n > 0) {}
-    }
-}
-
 fn is(v: &Value, id: &str, event: &str) -> bool {
     v["id"] == id && v["event"] == event
 }
@@ -382,7 +361,7 @@ fn amqp_job_and_logs_from_the_local_history_and_bad_ids() {
     let cluster = Cluster::start(&url, 2, 2, r#"echo "out $(cat)"; echo "err" >&2"#);
     let tap = Tap::new(&url, &cluster.exchange);
     let id = stdout(&cluster.cli(0, &["publish", "work.a", "x"])).trim().to_owned();
-    let watch = DirWatch::new(cluster.dir.path());
+    let watch = DirWatch::new(&[cluster.dir.path()]);
     let (done, _) = tap.until(|v| is(v, &id, "done"));
     let ran = cluster.index_of(done["daemon"].as_str().unwrap());
     // The history is written at the daemon's next loop turn: wait for the record there.

@@ -6,6 +6,10 @@
 #[path = "common/pg.rs"]
 mod pg;
 
+#[path = "common/dirwatch.rs"]
+mod dirwatch;
+use dirwatch::DirWatch;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -19,32 +23,6 @@ const MAX_WORKERS: usize = 4;
 /// How long a test may wait for its jobs (seconds of work on a quiet machine; this holds on
 /// one several times slower, and a real hang still fails).
 const JOBS_DEADLINE: Duration = Duration::from_secs(300);
-
-/// Wakes up when a file in the watched directories is created or written (inotify).
-struct DirWatch(std::os::fd::OwnedFd);
-
-impl DirWatch {
-    fn new(dirs: &[PathBuf]) -> Self {
-        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
-        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).expect("inotify");
-        for d in dirs {
-            inotify::add_watch(&fd, d, WatchFlags::MODIFY | WatchFlags::CREATE).expect("watch");
-        }
-        DirWatch(fd)
-    }
-
-    /// Blocks until something changed, or `max` passed; drains the events.
-    fn wait(&self, max: Duration) {
-        let mut fds = [rustix::event::PollFd::new(&self.0, rustix::event::PollFlags::IN)];
-        let timeout = rustix::event::Timespec {
-            tv_sec: max.as_secs() as _,
-            tv_nsec: max.subsec_nanos() as _,
-        };
-        let _ = rustix::event::poll(&mut fds, Some(&timeout));
-        let mut buf = [0u8; 4096];
-        while matches!(rustix::io::read(&self.0, &mut buf), Ok(n) if n > 0) {}
-    }
-}
 
 /// Daemons on one schema; daemon `i` runs the echo worker writing to `out-i/<job id>`.
 struct Cluster {
