@@ -191,19 +191,7 @@ fn pg_publish_wait_ends_when_another_daemon_runs_the_job() {
     };
     let dir = tempfile::tempdir().unwrap();
     let config = |name: &str, socket: &str, task: &str, command: &str| {
-        let path = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[daemon]\ncontrol_socket = \"{sock}\"\n{queue}[[task]]\nname = \"{task}\"\n\
-                 routing_keys = [\"{task}.#\"]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n\
-                 max_attempts = 1\n",
-                sock = dir.path().join(socket).display(),
-                queue = schema.toml(),
-            ),
-        )
-        .unwrap();
-        path
+        task_config(dir.path(), &schema, name, socket, task, command, 1)
     };
     // Daemon a serves only task `idle`; daemon b serves `work`.
     let a = config("a", "a.sock", "idle", "true");
@@ -237,19 +225,7 @@ fn pg_cancel_reaches_the_daemon_running_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let started = dir.path().join("started");
     let config = |name: &str, socket: &str, task: &str, command: &str| {
-        let path = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[daemon]\ncontrol_socket = \"{sock}\"\n{queue}[[task]]\nname = \"{task}\"\n\
-                 routing_keys = [\"{task}.#\"]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n\
-                 max_attempts = 3\n",
-                sock = dir.path().join(socket).display(),
-                queue = schema.toml(),
-            ),
-        )
-        .unwrap();
-        path
+        task_config(dir.path(), &schema, name, socket, task, command, 3)
     };
     let a = config("a", "a.sock", "idle", "true");
     let b = config("b", "b.sock", "work", &format!("touch {}; sleep 60", started.display()));
@@ -270,4 +246,30 @@ fn pg_cancel_reaches_the_daemon_running_the_job() {
         let _ = Command::new("kill").args(["-TERM", &d.id().to_string()]).status();
         let _ = d.wait();
     }
+}
+
+/// Writes `<name>.toml` in `dir`: the control socket `socket`, the schema's queue, and one
+/// oneshot task `task` running `sh -c command`, bound to `<task>.#`.
+fn task_config(
+    dir: &std::path::Path,
+    schema: &Schema,
+    name: &str,
+    socket: &str,
+    task: &str,
+    command: &str,
+    max_attempts: u32,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[daemon]\ncontrol_socket = \"{sock}\"\n{queue}[[task]]\nname = \"{task}\"\n\
+             routing_keys = [\"{task}.#\"]\ncommand = [\"sh\", \"-c\", \"{command}\"]\n\
+             max_attempts = {max_attempts}\n",
+            sock = dir.join(socket).display(),
+            queue = schema.toml(),
+        ),
+    )
+    .unwrap();
+    path
 }
