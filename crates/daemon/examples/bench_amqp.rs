@@ -223,6 +223,7 @@ fn run_amqp(
         exchange: exchange.clone(),
         queue_type,
         events,
+        priorities: false,
         schema: "procyard".into(),
         durability: Default::default(),
     };
@@ -268,6 +269,7 @@ fn run_sqlite(bin: &Path, dir: &Path) -> anyhow::Result<Figures> {
         exchange: "procyard".into(),
         queue_type: AmqpQueueType::default(),
         events: true,
+        priorities: false,
         schema: "procyard".into(),
         durability: Default::default(),
     };

@@ -132,6 +132,7 @@ fn pg_config(url: &str, schema: &str) -> QueueConfig {
         schema: schema.to_owned(),
         durability: Default::default(),
         events: true,
+        priorities: false,
     }
 }
 
@@ -145,6 +146,7 @@ fn sqlite_config(path: &Path) -> QueueConfig {
         schema: "procyard".into(),
         durability: Default::default(),
         events: true,
+        priorities: false,
     }
 }
 

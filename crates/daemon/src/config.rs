@@ -18,6 +18,7 @@
 //! queue_type = "quorum"         # amqp: or "classic" (faster on one broker node, not replicated)
 //! history = "daemon.history.db" # amqp: this daemon's job records (default: beside the socket)
 //! events = true                 # amqp: publish job events on <exchange>.events
+//! priorities = false            # amqp: task queues with x-max-priority (needs queue_type = "classic")
 //! schema = "procyard"           # postgres (with url = "postgres://user@host:5432/db")
 //! durability = "crash"          # sqlite: or "power" (an fsync per commit: a committed job
 //!                               # survives a power cut, not only a crash)
@@ -292,18 +293,19 @@ struct RawDaemon {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawQueue {
+pub(super) struct RawQueue {
     #[serde(default)]
-    backend: BackendKind,
-    path: Option<Spanned<PathBuf>>,
-    url: Option<Spanned<String>>,
-    exchange: Option<Spanned<String>>,
+    pub(super) backend: BackendKind,
+    pub(super) path: Option<Spanned<PathBuf>>,
+    pub(super) url: Option<Spanned<String>>,
+    pub(super) exchange: Option<Spanned<String>>,
     #[serde(default)]
-    queue_type: AmqpQueueType,
-    history: Option<Spanned<PathBuf>>,
-    events: Option<bool>,
-    schema: Option<Spanned<String>>,
-    durability: Option<Spanned<Durability>>,
+    pub(super) queue_type: AmqpQueueType,
+    pub(super) history: Option<Spanned<PathBuf>>,
+    pub(super) events: Option<bool>,
+    pub(super) priorities: Option<Spanned<bool>>,
+    pub(super) schema: Option<Spanned<String>>,
+    pub(super) durability: Option<Spanned<Durability>>,
 }
 
 #[derive(Deserialize)]

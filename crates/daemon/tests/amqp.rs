@@ -46,6 +46,7 @@ fn config_of(url: &str, exchange: &str, queue_type: AmqpQueueType) -> QueueConfi
         exchange: exchange.to_owned(),
         queue_type,
         events: true,
+        priorities: false,
         schema: "procyard".into(),
         durability: Default::default(),
     }
@@ -85,7 +86,12 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         let queues = std::mem::take(&mut self.queues);
-        drop(broker::Cleanup { url: self.url.clone(), exchange: self.exchange.clone(), queues });
+        drop(broker::Cleanup {
+            url: self.url.clone(),
+            exchange: self.exchange.clone(),
+            queues,
+            ladder: false,
+        });
     }
 }
 

@@ -123,6 +123,7 @@ backoff_initial = "50ms"
             exchange: self.exchange.clone(),
             queue_type: AmqpQueueType::Quorum,
             events: true,
+            priorities: false,
             schema: "procyard".into(),
             durability: Default::default(),
         };

@@ -35,6 +35,26 @@ pub(super) struct RawSchedule {
 }
 
 impl Validator<'_> {
+    /// `[queue] priorities`: for the amqp backend with classic queues only (quorum queues on
+    /// RabbitMQ 3.10 have no priorities: refused here rather than ignored).
+    pub(super) fn priorities(&self, q: &super::RawQueue) -> Result<bool> {
+        let Some(p) = &q.priorities else { return Ok(false) };
+        if !*p.get_ref() {
+            return Ok(false);
+        }
+        if q.backend != crate::queue::BackendKind::Amqp {
+            let why =
+                "is for the amqp backend (the sqlite and postgres queues always order by priority)";
+            return Err(self.err(Some(p.span()), "queue.priorities", why));
+        }
+        if q.queue_type != crate::queue::AmqpQueueType::Classic {
+            let why =
+                "needs queue_type = \"classic\": quorum queues on RabbitMQ 3.10 have no priorities";
+            return Err(self.err(Some(p.span()), "queue.priorities", why));
+        }
+        Ok(true)
+    }
+
     /// A time zone name (default UTC), refused with the field named when no zone has it.
     pub(super) fn timezone(&self, v: &Option<Spanned<String>>, field: &str) -> Result<String> {
         let Some(v) = v else { return Ok("UTC".to_owned()) };

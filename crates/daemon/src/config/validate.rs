@@ -424,6 +424,7 @@ impl Validator<'_> {
                 exchange,
                 queue_type: raw.queue.queue_type,
                 events: raw.queue.events.unwrap_or(true),
+                priorities: self.priorities(&raw.queue)?,
                 schema,
                 durability,
             },

@@ -103,6 +103,9 @@ pub struct QueueConfig {
     /// `[queue] events`, default true). Replies to `publish --wait` and cancel requests do not
     /// depend on it.
     pub events: bool,
+    /// Whether task queues are declared with `x-max-priority` so that `--priority` orders
+    /// jobs (backend `amqp`, classic queues only; `[queue] priorities`, default false).
+    pub priorities: bool,
     /// The PostgreSQL schema holding the queue's tables (backend `postgres`; default
     /// `procyard`), so several clusters can share one database.
     pub schema: String,

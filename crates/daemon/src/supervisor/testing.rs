@@ -48,6 +48,7 @@ pub(crate) fn config(tasks: Vec<TaskConfig>) -> Config {
             exchange: "procyard".into(),
             queue_type: AmqpQueueType::Quorum,
             events: true,
+            priorities: false,
             schema: "procyard".into(),
             durability: Default::default(),
         },

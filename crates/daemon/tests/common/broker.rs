@@ -64,11 +64,12 @@ pub fn wait_consumers(url: &str, queue: &str, n: u32, timeout: Duration) {
 }
 
 /// Deletes a test's queues and its exchanges (`EXCHANGE` and `EXCHANGE.dead`) from the broker
-/// when dropped.
+/// when dropped; with `ladder`, also the delay ladder's queues and exchanges.
 pub struct Cleanup {
     pub url: String,
     pub exchange: String,
     pub queues: Vec<String>,
+    pub ladder: bool,
 }
 
 impl Cleanup {
@@ -78,7 +79,7 @@ impl Cleanup {
     pub fn task(url: &str, exchange: &str, task: &str, retry_ms: &[u64]) -> Cleanup {
         let mut queues = vec![format!("{exchange}.{task}"), format!("{exchange}.{task}.dead")];
         queues.extend(retry_ms.iter().map(|ms| format!("{exchange}.{task}.retry.{ms}ms")));
-        Cleanup { url: url.to_owned(), exchange: exchange.to_owned(), queues }
+        Cleanup { url: url.to_owned(), exchange: exchange.to_owned(), queues, ladder: false }
     }
 }
 
@@ -88,7 +89,16 @@ impl Drop for Cleanup {
             return;
         };
         let (url, exchange) = (self.url.clone(), self.exchange.clone());
-        let queues = std::mem::take(&mut self.queues);
+        let mut queues = std::mem::take(&mut self.queues);
+        let mut exchanges =
+            vec![exchange.clone(), format!("{exchange}.dead"), format!("{exchange}.events")];
+        if self.ladder {
+            // The delay ladder: levels of 1 ms … 2^35 ms (see the backend's topology).
+            for level in 0..36 {
+                queues.push(format!("{exchange}.delay.{}ms", 1u64 << level));
+                exchanges.push(format!("{exchange}.delay.bit{level}"));
+            }
+        }
         rt.block_on(async move {
             use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
             let Ok(conn) = lapin::Connection::connect(&url, Default::default()).await else {
@@ -99,7 +109,7 @@ impl Drop for Cleanup {
                     let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
                 }
             }
-            for x in [exchange.clone(), format!("{exchange}.dead"), format!("{exchange}.events")] {
+            for x in exchanges {
                 if let Ok(ch) = conn.create_channel().await {
                     let _ = ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await;
                 }

@@ -45,6 +45,7 @@ impl Schema {
             schema: self.name.clone(),
             durability: Default::default(),
             events: true,
+            priorities: false,
         }
     }
 

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use lapin::Acker;
 use procyard_core::Report;
 
-use super::broker::{Cmd, JobMeta};
+use super::broker::{Cmd, JobMeta, Sending};
 use super::handle::{AmqpQueue, REQUEST_TIMEOUT};
 use crate::queue::{
     AttemptReport, BackendKind, DeadLetter, Health, Job, JobFilter, JobRecord, LeaseHolder,
-    OpenMode, Outcome, Purge, QueueBackend, QueueDepth, Requeue, Retention, TaskBinding,
-    check_payload,
+    OpenMode, Outcome, PartialPublish, Publication, PublishOptions, Purge, QueueBackend,
+    QueueDepth, Requeue, Retention, TaskBinding, check_payload,
 };
 use crate::{Error, Result};
 
@@ -28,10 +28,18 @@ impl AmqpQueue {
         routing_key: &str,
         payload: &[u8],
         reply_to: Option<String>,
+        mut sending: Sending,
     ) -> Result<Vec<String>> {
         crate::routing::validate_key(routing_key)?;
         // The same limit as the embedded queue, before anything reaches the broker.
         check_payload(payload)?;
+        if sending.delay_ms > 0 && !self.routes(routing_key) {
+            // A delayed job reaches its task queue without the broker's mandatory check.
+            return Err(Error::Unroutable { routing_key: routing_key.to_owned() });
+        }
+        if self.priorities && sending.priority.is_none() {
+            sending.priority = Some(crate::queue::DEFAULT_PRIORITY);
+        }
         let id = uuid::Uuid::now_v7().to_string();
         let (key, data, job_id) = (routing_key.to_owned(), payload.to_vec(), id.clone());
         if reply_to.is_some() {
@@ -42,6 +50,7 @@ impl AmqpQueue {
             payload: data,
             id: job_id,
             reply_to,
+            sending,
             reply,
         })?;
         Ok(vec![id])
@@ -77,7 +86,30 @@ impl QueueBackend for AmqpQueue {
     fn publish(&mut self, routing_key: &str, payload: &[u8]) -> Result<Vec<String>> {
         // A client that listens (it waited or will wait) asks for replies.
         let reply_to = self.listener.clone();
-        self.publish_to(routing_key, payload, reply_to)
+        self.publish_to(routing_key, payload, reply_to, Sending::default())
+    }
+
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Publication, Box<PartialPublish>> {
+        let early = |error| Box::new(PartialPublish { committed: Vec::new(), error });
+        crate::routing::validate_key(routing_key).map_err(early)?;
+        for p in payloads {
+            check_payload(p).map_err(early)?;
+        }
+        let sending = self.sending(options).map_err(early)?;
+        let mut ids = Vec::with_capacity(payloads.len());
+        for p in payloads {
+            let reply_to = self.listener.clone();
+            match self.publish_to(routing_key, p, reply_to, sending.clone()) {
+                Ok(new) => ids.extend(new),
+                Err(error) => return Err(Box::new(PartialPublish { committed: ids, error })),
+            }
+        }
+        Ok(Publication { ids, existing: Vec::new() })
     }
 
     fn expect_replies(&mut self) -> Result<()> {
@@ -204,6 +236,8 @@ impl QueueBackend for AmqpQueue {
             payload: job.payload.clone(),
             attempt: job.attempt,
             reply_to: flight.reply_to,
+            priority: flight.priority,
+            headers_json: flight.headers_json,
         };
         let settle = Cmd::Settle { epoch: flight.epoch, acker: flight.acker, job: meta, outcome };
         self.send("acknowledge a job", settle)

@@ -35,6 +35,9 @@ pub(super) struct InFlight {
     pub(super) started_ms: Option<i64>,
     /// How its attempt ended, once reported.
     pub(super) report: Option<AttemptReport>,
+    /// Its AMQP priority and publisher headers (JSON), for a retry's copy.
+    pub(super) priority: Option<u8>,
+    pub(super) headers_json: Option<String>,
 }
 
 /// The AMQP backend, as seen from the daemon's thread.
@@ -43,6 +46,8 @@ pub(crate) struct AmqpQueue {
     /// The broker's URL without its password.
     pub(super) url_shown: String,
     pub(super) exchange: String,
+    /// Task queues order by priority (`[queue] priorities`).
+    pub(super) priorities: bool,
     pub(super) cmd: UnboundedSender<Cmd>,
     events: crossbeam_channel::Receiver<Ev>,
     pub(super) waker: Arc<OnceLock<mio::Waker>>,
@@ -96,6 +101,7 @@ impl AmqpQueue {
             url.clone(),
             config.exchange.clone(),
             config.queue_type,
+            config.priorities,
             mode,
             cmd_tx.clone(),
             sink,
@@ -108,6 +114,7 @@ impl AmqpQueue {
             mode,
             url_shown: topology::redact_url(&url),
             exchange: config.exchange.clone(),
+            priorities: config.priorities,
             cmd: cmd_tx,
             events: ev_rx,
             waker,
@@ -258,12 +265,11 @@ impl AmqpQueue {
     pub(super) fn job_from(&mut self, task: &str, received: Received<Box<Delivery>>) -> Job {
         let d = &received.delivery;
         let headers = d.properties.headers().as_ref();
-        let id = d
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.as_str().to_owned())
+        let id = topology::header_str(headers, topology::H_JOB_ID)
+            .or_else(|| d.properties.message_id().as_ref().map(|s| s.as_str().to_owned()))
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let priority = *d.properties.priority();
+        let headers_json = topology::header_str(headers, topology::H_HEADERS);
         let routing_key = topology::header_str(headers, topology::H_ROUTING_KEY)
             .unwrap_or_else(|| d.routing_key.as_str().to_owned());
         let attempt = topology::header_u32(headers, topology::H_ATTEMPT).unwrap_or(1).max(1);
@@ -279,6 +285,8 @@ impl AmqpQueue {
             reply_to,
             started_ms: None,
             report: None,
+            priority,
+            headers_json,
         };
         self.in_flight.insert(receipt, flight);
         Job {

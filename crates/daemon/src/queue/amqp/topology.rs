@@ -30,6 +30,22 @@ pub(crate) const H_REASON: &str = "x-procyard-reason";
 /// Header: the task a dead-lettered job belonged to.
 pub(crate) const H_TASK: &str = "x-procyard-task";
 
+/// Header: the publisher's headers (`--header NAME=VALUE`) as one JSON object, the form
+/// `concurrency_key = "header:NAME"` reads.
+pub(crate) const H_HEADERS: &str = "x-procyard-headers";
+/// Header: the job id, when the `message-id` is something else (a schedule's fire,
+/// `schedule:<name>:<due ms>`).
+pub(crate) const H_JOB_ID: &str = "x-procyard-job-id";
+
+/// The `x-max-priority` of task queues with `[queue] priorities = true`: AMQP priorities 0..=9
+/// are the job priorities as they are.
+pub(crate) const MAX_PRIORITY: u8 = crate::queue::MAX_PRIORITY;
+
+/// Levels of the delay ladder: TTL queues of 1 ms, 2 ms, 4 ms … 2^(LEVELS-1) ms.
+pub(crate) const DELAY_LEVELS: u32 = 36;
+/// The longest delay the ladder holds: 2^36 - 1 ms, about 795 days.
+pub(crate) const MAX_DELAY_MS: u64 = (1 << DELAY_LEVELS) - 1;
+
 /// The binding of a daemon's listener on the events exchange: cancel requests
 /// (`<task>.cancel`; `_.cancel` when the canceller does not know the task).
 pub(crate) const CANCEL_BINDING: &str = "#.cancel";
@@ -59,6 +75,57 @@ pub(crate) fn retry_queue(exchange: &str, task: &str, delay_ms: u64) -> String {
     format!("{exchange}.{task}.retry.{delay_ms}ms")
 }
 
+/// The headers exchange of delay ladder level `level`: it sends a message whose bit `level`
+/// is set to that level's queue, any other one level down (or, below level 0, to the jobs
+/// exchange).
+pub(crate) fn delay_exchange(exchange: &str, level: u32) -> String {
+    format!("{exchange}.delay.bit{level}")
+}
+
+/// The TTL queue of delay ladder level `level` (2^level ms).
+pub(crate) fn delay_queue(exchange: &str, level: u32) -> String {
+    format!("{exchange}.delay.{}ms", 1u64 << level)
+}
+
+/// Where a message goes after delay level `level`: the next level down, or the jobs exchange.
+pub(crate) fn below(exchange: &str, level: u32) -> String {
+    match level {
+        0 => exchange.to_owned(),
+        l => delay_exchange(exchange, l - 1),
+    }
+}
+
+/// The message header holding bit `level` of a delay. (A headers exchange ignores headers
+/// that start with `x-`, so these do not.)
+fn delay_bit(level: u32) -> String {
+    format!("procyard-delay-bit{level}")
+}
+
+/// Adds the bits of `delay_ms` to `headers`, one header per ladder level ("1" or "0").
+pub(crate) fn add_delay_bits(headers: &mut FieldTable, delay_ms: u64) {
+    for level in 0..DELAY_LEVELS {
+        let bit = if delay_ms >> level & 1 == 1 { "1" } else { "0" };
+        headers.insert(delay_bit(level).into(), long_string(bit));
+    }
+}
+
+/// The binding arguments that match bit `level` = `set`.
+pub(crate) fn delay_binding(level: u32, set: bool) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-match".into(), long_string("all"));
+    args.insert(delay_bit(level).into(), long_string(if set { "1" } else { "0" }));
+    args
+}
+
+/// Arguments of delay level `level`'s queue: hold each message 2^level ms, then send it on
+/// (its routing key unchanged) to the level below.
+pub(crate) fn delay_queue_args(exchange: &str, level: u32) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1i64 << level));
+    args.insert("x-dead-letter-exchange".into(), long_string(&below(exchange, level)));
+    args
+}
+
 /// Rounds a retry delay to two significant digits (at least 1 ms), so that an exponential
 /// backoff with jitter uses a bounded number of retry queues.
 pub(crate) fn quantize_delay_ms(ms: u128) -> u64 {
@@ -71,11 +138,19 @@ pub(crate) fn quantize_delay_ms(ms: u128) -> u64 {
     ms.div_ceil(scale) * scale
 }
 
-/// Arguments of a task queue or dead queue; `quorum` asks for a quorum queue.
-pub(crate) fn durable_queue_args(quorum: bool, dead_letter: Option<(&str, &str)>) -> FieldTable {
+/// Arguments of a task queue or dead queue; `quorum` asks for a quorum queue, `priorities`
+/// for `x-max-priority` (classic queues only).
+pub(crate) fn durable_queue_args(
+    quorum: bool,
+    priorities: bool,
+    dead_letter: Option<(&str, &str)>,
+) -> FieldTable {
     let mut args = FieldTable::default();
     if quorum {
         args.insert("x-queue-type".into(), long_string("quorum"));
+    }
+    if priorities {
+        args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(MAX_PRIORITY));
     }
     if let Some((exchange, key)) = dead_letter {
         args.insert("x-dead-letter-exchange".into(), long_string(exchange));
@@ -169,6 +244,23 @@ mod tests {
         assert_eq!(header_str(Some(&h), H_ROUTING_KEY).as_deref(), Some("mail.send"));
         assert_eq!(header_u32(Some(&h), "absent"), None);
         assert_eq!(header_u32(None, H_ATTEMPT), None);
+    }
+
+    #[test]
+    fn delay_bits_spell_the_delay_and_each_level_passes_to_the_one_below() {
+        let mut h = FieldTable::default();
+        add_delay_bits(&mut h, 0b1011);
+        let bit = |l| header_str(Some(&h), &delay_bit(l));
+        assert_eq!(bit(0).as_deref(), Some("1"));
+        assert_eq!(bit(2).as_deref(), Some("0"));
+        assert_eq!(bit(3).as_deref(), Some("1"));
+        assert_eq!(bit(DELAY_LEVELS - 1).as_deref(), Some("0"));
+        assert_eq!(h.inner().len(), DELAY_LEVELS as usize);
+        assert_eq!(below("E", 0), "E");
+        assert_eq!(below("E", 3), "E.delay.bit2");
+        assert_eq!(delay_queue("E", 10), "E.delay.1024ms");
+        // The ladder's levels add up to the longest delay.
+        assert_eq!((0..DELAY_LEVELS).map(|l| 1u64 << l).sum::<u64>(), MAX_DELAY_MS);
     }
 
     #[test]

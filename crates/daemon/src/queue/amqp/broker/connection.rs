@@ -35,6 +35,8 @@ pub(super) struct Live {
     pub(super) publ: Channel,
     pub(super) consumers: BTreeMap<String, Consuming>,
     pub(super) retry_declared: BTreeSet<String>,
+    /// Whether the delay ladder is declared on this connection.
+    pub(super) ladder_declared: bool,
     /// Publishes job events and replies (no confirms), opened at first use.
     pub(super) events: Option<Channel>,
     /// The channels of this connection's event listeners.
@@ -100,6 +102,7 @@ impl Broker {
             publ,
             consumers: BTreeMap::new(),
             retry_declared: BTreeSet::new(),
+            ladder_declared: false,
             events: None,
             listeners: Vec::new(),
             watcher,

@@ -62,10 +62,17 @@ impl Broker {
                         payload_len: d.data.len(),
                     };
                     if select(&letter) {
-                        let props = BasicProperties::default()
+                        let mut fresh = topo::job_headers(1, &letter.routing_key);
+                        if let Some(h) = topo::header_str(headers, topo::H_HEADERS) {
+                            fresh.insert(topo::H_HEADERS.into(), topo::long_string(&h));
+                        }
+                        let mut props = BasicProperties::default()
                             .with_delivery_mode(2)
                             .with_message_id(letter.id.clone().into())
-                            .with_headers(topo::job_headers(1, &letter.routing_key));
+                            .with_headers(fresh);
+                        if let Some(p) = *d.properties.priority() {
+                            props = props.with_priority(p);
+                        }
                         let mandatory = BasicPublishOptions { mandatory: true, immediate: false };
                         let confirm = channel
                             .basic_publish(

@@ -3,7 +3,9 @@
 //! reload removed.
 
 use lapin::ExchangeKind;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use procyard_core::Report;
 
@@ -92,9 +94,11 @@ impl Broker {
         .map_err(|e| broker_err("declare the events exchange", e))?;
         for task in tasks {
             let queue = topo::task_queue(&self.exchange, &task.name);
-            self.declare_durable_queue(&queue, Some((&dead_exchange, &task.name))).await?;
+            let priorities = self.priorities;
+            self.declare_durable_queue(&queue, priorities, Some((&dead_exchange, &task.name)))
+                .await?;
             let dead = topo::dead_queue(&self.exchange, &task.name);
-            self.declare_durable_queue(&dead, None).await?;
+            self.declare_durable_queue(&dead, false, None).await?;
             let ctl = self.ctl().await?;
             ctl.queue_bind(
                 dead.into(),
@@ -139,6 +143,7 @@ impl Broker {
     async fn declare_durable_queue(
         &mut self,
         name: &str,
+        priorities: bool,
         dead_letter: Option<(&str, &str)>,
     ) -> Result<()> {
         let durable = QueueDeclareOptions { durable: true, ..Default::default() };
@@ -146,7 +151,7 @@ impl Broker {
         let mut refusal = None;
         for &quorum in kinds {
             let ctl = self.ctl().await?;
-            let args = topo::durable_queue_args(quorum, dead_letter);
+            let args = topo::durable_queue_args(quorum, priorities, dead_letter);
             match ctl.queue_declare(name.into(), durable, args).await {
                 Ok(_) => {
                     if !quorum && refusal.is_some() && self.quorum.is_none() {
@@ -170,14 +175,76 @@ impl Broker {
         match ctl.queue_declare(name.into(), passive, FieldTable::default()).await {
             Ok(_) => {
                 if let Some(e) = refusal {
-                    tracing::info!(
-                        "amqp: queue {name} exists with other arguments ({e}); using it as it is"
-                    );
+                    if priorities {
+                        tracing::warn!(
+                            "amqp: queue {name} exists without x-max-priority ({e}); using it as it is: its jobs run in arrival order, not by priority, until it is deleted and declared again"
+                        );
+                    } else {
+                        tracing::info!(
+                            "amqp: queue {name} exists with other arguments ({e}); using it as it is"
+                        );
+                    }
                 }
                 Ok(())
             }
             Err(e) => Err(broker_err("declare a queue", refusal.unwrap_or(e))),
         }
+    }
+
+    /// Declares the delay ladder once per connection: for each level, from 0 up, its headers
+    /// exchange, its TTL queue (bound for bit set) and the exchange-to-exchange binding one
+    /// level down (bit clear). A message published to the top level with its delay's bits in
+    /// its headers passes through exactly the queues of its set bits, then reaches the jobs
+    /// exchange with its routing key unchanged.
+    pub(super) async fn declare_ladder(&mut self) -> Result<()> {
+        if self.live.as_ref().is_some_and(|l| l.ladder_declared) {
+            return Ok(());
+        }
+        let ctl = self.ctl().await?;
+        let err = |e| broker_err("declare the delay queues", e);
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
+        for level in 0..topo::DELAY_LEVELS {
+            let exchange = topo::delay_exchange(&self.exchange, level);
+            let queue = topo::delay_queue(&self.exchange, level);
+            ctl.exchange_declare(
+                exchange.clone().into(),
+                ExchangeKind::Headers,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+            ctl.queue_declare(
+                queue.clone().into(),
+                queue_opts,
+                topo::delay_queue_args(&self.exchange, level),
+            )
+            .await
+            .map_err(err)?;
+            ctl.queue_bind(
+                queue.into(),
+                exchange.clone().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                topo::delay_binding(level, true),
+            )
+            .await
+            .map_err(err)?;
+            ctl.exchange_bind(
+                topo::below(&self.exchange, level).into(),
+                exchange.into(),
+                "".into(),
+                ExchangeBindOptions::default(),
+                topo::delay_binding(level, false),
+            )
+            .await
+            .map_err(err)?;
+        }
+        if let Some(live) = self.live.as_mut() {
+            live.ladder_declared = true;
+        }
+        Ok(())
     }
 
     pub(super) async fn declare_retry_queue(

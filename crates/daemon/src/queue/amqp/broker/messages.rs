@@ -23,6 +23,22 @@ pub(crate) struct JobMeta {
     pub(crate) attempt: u32,
     /// The publisher's reply queue, carried to the retry's copy.
     pub(crate) reply_to: Option<String>,
+    /// Its AMQP priority and publisher headers, carried to the retry's copy.
+    pub(crate) priority: Option<u8>,
+    pub(crate) headers_json: Option<String>,
+}
+
+/// How a job is published, besides its key, payload and id.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sending {
+    /// How long the delay ladder holds it first, in ms (0: not at all).
+    pub(crate) delay_ms: u64,
+    /// Its AMQP priority (set on every job when `[queue] priorities` is on).
+    pub(crate) priority: Option<u8>,
+    /// The publisher's headers (`--header`), as a JSON object.
+    pub(crate) headers_json: Option<String>,
+    /// The `message-id`, when it is not the job id (a schedule's fire).
+    pub(crate) message_id: Option<String>,
 }
 
 /// One message for the events exchange (`key` = `<task>.<event>`), or with `to` = (queue,
@@ -54,6 +70,7 @@ pub(crate) enum Cmd {
         id: String,
         /// The queue the daemon that ends the job reports its outcome to (`publish --wait`).
         reply_to: Option<String>,
+        sending: Sending,
         reply: Reply<()>,
     },
     /// Job events for the events exchange, in order, sent as one batch per loop turn of the

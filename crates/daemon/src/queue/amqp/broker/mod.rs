@@ -33,7 +33,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
 use self::connection::{Live, sleep_until};
-pub(crate) use self::messages::{BrokerDepth, Cmd, Emitted, Ev, JobMeta, Reply, Sink};
+pub(crate) use self::messages::{BrokerDepth, Cmd, Emitted, Ev, JobMeta, Reply, Sending, Sink};
 use crate::queue::{AmqpQueueType, OpenMode, TaskBinding};
 use crate::{BoxError, Error};
 
@@ -60,6 +60,8 @@ pub(super) struct Broker {
     /// `Some(false)` when classic queues were asked for, or once the broker refused a quorum
     /// queue that a classic one replaced.
     quorum: Option<bool>,
+    /// Task queues are declared with `x-max-priority` (`[queue] priorities`).
+    priorities: bool,
     failures: u32,
     last_error: String,
     retry_at: Option<tokio::time::Instant>,
@@ -73,6 +75,7 @@ impl Broker {
         url: String,
         exchange: String,
         queue_type: AmqpQueueType,
+        priorities: bool,
         mode: OpenMode,
         cmd_tx: UnboundedSender<Cmd>,
         sink: Sink,
@@ -89,7 +92,8 @@ impl Broker {
             capacity: BTreeMap::new(),
             epoch: 0,
             live: None,
-            quorum: (queue_type == AmqpQueueType::Classic).then_some(false),
+            quorum: (queue_type == AmqpQueueType::Classic || priorities).then_some(false),
+            priorities,
             failures: 0,
             last_error: String::new(),
             retry_at: None,
@@ -136,8 +140,8 @@ impl Broker {
                 let result = self.bind(tasks).await;
                 let _ = reply.send(result);
             }
-            Cmd::Publish { routing_key, payload, id, reply_to, reply } => {
-                let result = self.publish(&routing_key, &payload, &id, reply_to).await;
+            Cmd::Publish { routing_key, payload, id, reply_to, sending, reply } => {
+                let result = self.publish(&routing_key, &payload, &id, reply_to, &sending).await;
                 let _ = reply.send(result);
             }
             Cmd::Emit { batch } => self.emit(batch).await,

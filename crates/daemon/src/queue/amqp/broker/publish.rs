@@ -5,7 +5,7 @@ use lapin::options::{BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions
 use lapin::{Acker, BasicProperties, Confirmation};
 use procyard_core::Report;
 
-use super::messages::{Ev, JobMeta};
+use super::messages::{Ev, JobMeta, Sending};
 use super::{Broker, broker_err};
 use crate::queue::Outcome;
 use crate::queue::amqp::topology::{self as topo, H_REASON, H_TASK};
@@ -18,27 +18,46 @@ impl Broker {
         payload: &[u8],
         id: &str,
         reply_to: Option<String>,
+        sending: &Sending,
     ) -> Result<()> {
         crate::routing::validate_key(routing_key)?;
+        if self.live.is_none() {
+            return Err(self.not_connected("publish"));
+        }
+        let mut headers = topo::job_headers(1, routing_key);
+        if let Some(h) = &sending.headers_json {
+            headers.insert(topo::H_HEADERS.into(), topo::long_string(h));
+        }
+        let message_id = match &sending.message_id {
+            Some(m) => {
+                headers.insert(topo::H_JOB_ID.into(), topo::long_string(id));
+                m.as_str()
+            }
+            None => id,
+        };
+        let exchange = if sending.delay_ms > 0 {
+            self.declare_ladder().await?;
+            topo::add_delay_bits(&mut headers, sending.delay_ms);
+            topo::delay_exchange(&self.exchange, topo::DELAY_LEVELS - 1)
+        } else {
+            self.exchange.clone()
+        };
         let Some(live) = self.live.as_ref() else { return Err(self.not_connected("publish")) };
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_message_id(id.into())
+            .with_message_id(message_id.into())
             .with_content_type("application/octet-stream".into())
-            .with_headers(topo::job_headers(1, routing_key));
+            .with_headers(headers);
+        if let Some(p) = sending.priority {
+            props = props.with_priority(p);
+        }
         if let Some(to) = reply_to {
             props = props.with_reply_to(to.into()).with_correlation_id(id.into());
         }
         let mandatory = BasicPublishOptions { mandatory: true, immediate: false };
         let publ = live.publ.clone();
         let sent = publ
-            .basic_publish(
-                self.exchange.clone().into(),
-                routing_key.into(),
-                mandatory,
-                payload,
-                props,
-            )
+            .basic_publish(exchange.into(), routing_key.into(), mandatory, payload, props)
             .await;
         let confirm = match sent {
             Ok(confirm) => confirm.await,
@@ -114,14 +133,18 @@ impl Broker {
                     let _ = acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
                     return;
                 }
-                Some((
-                    String::new(),
-                    name,
-                    topo::job_headers(job.attempt.saturating_add(1), &job.routing_key),
-                ))
+                let mut headers =
+                    topo::job_headers(job.attempt.saturating_add(1), &job.routing_key);
+                if let Some(h) = &job.headers_json {
+                    headers.insert(topo::H_HEADERS.into(), topo::long_string(h));
+                }
+                Some((String::new(), name, headers))
             }
             Outcome::DeadLetter { reason } => {
                 let mut headers = topo::job_headers(job.attempt, &job.routing_key);
+                if let Some(h) = &job.headers_json {
+                    headers.insert(topo::H_HEADERS.into(), topo::long_string(h));
+                }
                 headers.insert(H_REASON.into(), topo::long_string(reason));
                 headers.insert(H_TASK.into(), topo::long_string(&job.task));
                 Some((topo::dead_exchange(&self.exchange), job.task.clone(), headers))
@@ -136,6 +159,9 @@ impl Broker {
                     .with_delivery_mode(2)
                     .with_message_id(job.id.clone().into())
                     .with_headers(headers);
+                if let Some(p) = job.priority {
+                    props = props.with_priority(p);
+                }
                 if let Some(to) = &job.reply_to {
                     props = props.with_reply_to(to.clone().into()).with_correlation_id(job.id.clone().into());
                 }

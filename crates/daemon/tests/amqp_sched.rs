@@ -1,0 +1,270 @@
+//! Scheduling on RabbitMQ with real `procyard-daemon` processes: a delayed job (`--delay`,
+//! `--at`) waits in the broker's delay ladder and starts after its due time, never before;
+//! with `[queue] priorities` and one busy worker, higher priorities start first; periodic jobs
+//! fire once per due time from exactly one of two daemons, also when the firing one is
+//! SIGKILLed around due times.
+//!
+//! Broker: `PROCYARD_AMQP_URL`, else `amqp://guest:guest@127.0.0.1:5672/%2f`; with no broker
+//! the tests print a skip notice and return, except under `CI=true`, where they fail.
+
+#[path = "common/dirwatch.rs"]
+mod dirwatch;
+use dirwatch::DirWatch;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[path = "common/broker.rs"]
+mod broker;
+use broker::{broker_url, wait_consumers};
+
+/// How long a test waits for one thing to happen (generous: a loaded 2-core machine).
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Daemons on one exchange, task `work` running `sh -c SCRIPT`; `{out}` in the script is
+/// the file the daemon's jobs append to, `{dir}` the test's directory.
+struct Cluster {
+    dir: tempfile::TempDir,
+    watch: DirWatch,
+    url: String,
+    exchange: String,
+    workers: usize,
+    script: String,
+    extra: String,
+    daemons: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    /// A cluster with no daemon yet; `extra` is appended to each config (`[[schedule]]`s),
+    /// `queue` to its `[queue]` section.
+    fn new(url: &str, workers: usize, script: &str, queue: &str, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exchange = format!("procyard-test-{}", uuid::Uuid::now_v7().simple());
+        let watch = DirWatch::new(&[dir.path()]);
+        let script = script.replace("{dir}", &dir.path().display().to_string());
+        Cluster {
+            dir,
+            watch,
+            url: url.to_owned(),
+            exchange,
+            workers,
+            script,
+            extra: format!("{queue}\n[[task]]\nname = \"work\"\n{extra}"),
+            daemons: Vec::new(),
+        }
+    }
+
+    fn config(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("d{i}.toml"))
+    }
+
+    fn out(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("out-{i}"))
+    }
+
+    /// Starts daemon `i` (a new one, or again after it was killed) and waits until it is
+    /// ready and consumes.
+    fn start(&mut self, i: usize) {
+        let script = self.script.replace("{out}", &self.out(i).display().to_string());
+        let (queue, rest) = self.extra.split_once("\n[[task]]\nname = \"work\"\n").unwrap();
+        let text = format!(
+            r#"[daemon]
+grace_period = "5s"
+kill_timeout = "2s"
+control_socket = "{sock}"
+[queue]
+backend = "amqp"
+url = "{url}"
+exchange = "{exchange}"
+queue_type = "classic"
+{queue}
+[[task]]
+name = "work"
+routing_keys = ["work.#"]
+command = ["sh", "-c", {script:?}]
+work_model = "oneshot"
+max_workers = {workers}
+max_attempts = 2
+backoff_initial = "50ms"
+{rest}
+"#,
+            sock = self.dir.path().join(format!("d{i}.sock")).display(),
+            url = self.url,
+            exchange = self.exchange,
+            workers = self.workers,
+        );
+        std::fs::write(self.config(i), text).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
+            .args(["run", "--ready-fd", "1", "--config"])
+            .arg(self.config(i))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn procyard-daemon");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(DEADLINE);
+        while self.daemons.len() <= i {
+            self.daemons.push(None);
+        }
+        self.daemons[i] = Some(child);
+        match line {
+            Ok(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
+            Err(_) => panic!("daemon {i} not ready within {DEADLINE:?}"),
+        }
+        let running = self.daemons.iter().flatten().count() as u32;
+        wait_consumers(&self.url, &format!("{}.work", self.exchange), running, DEADLINE);
+    }
+
+    /// `procyard-daemon ARGS --config <daemon 0's config>`.
+    fn cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config(0))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run procyard-daemon");
+        eprintln!(
+            "procyard-daemon {args:?}: {:?}\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Every complete line the daemons' jobs wrote, daemon by daemon.
+    fn lines(&self) -> Vec<String> {
+        (0..self.daemons.len()).flat_map(|i| read_lines(&self.out(i))).collect()
+    }
+
+    /// Waits until the jobs wrote at least `n` lines; returns them.
+    fn wait_lines(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let lines = self.lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(Instant::now() < deadline, "{} of {n} lines: {lines:?}", lines.len());
+            self.watch.wait(Duration::from_millis(500));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.daemons[i].take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.daemons.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+        let mut cleanup = broker::Cleanup::task(&self.url, &self.exchange, "work", &[50, 100]);
+        cleanup.queues.push(format!("{}.scheduler", self.exchange));
+        cleanup.ladder = true;
+        drop(cleanup);
+    }
+}
+
+/// The complete lines of a file (a line still being appended is not counted yet).
+fn read_lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// The start time (ms) a job with `payload` wrote (`<payload> <ms>` lines).
+fn started(lines: &[String], payload: &str) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("{payload} ")))
+        .and_then(|ms| ms.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no start of {payload} in {lines:?}"))
+}
+
+const STAMP: &str = r#"p=$(cat); echo "$p $(date +%s%3N)" >> {out}"#;
+
+#[test]
+fn amqp_delayed_jobs_start_after_their_due_time_never_before() {
+    let Some(url) = broker_url("amqp_delayed_jobs_start_after_their_due_time_never_before") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&url, 4, STAMP, "", "");
+    cluster.start(0);
+    let t0 = now_ms();
+    assert!(cluster.cli(&["publish", "--delay", "3s", "work.a", "late"]).status.success());
+    let at = jiff::Timestamp::from_millisecond((t0 + 2000) as i64).unwrap().to_string();
+    assert!(cluster.cli(&["publish", "--at", &at, "work.a", "at"]).status.success());
+    let t_soon = now_ms();
+    assert!(cluster.cli(&["publish", "--delay", "300ms", "work.a", "soon"]).status.success());
+    assert!(cluster.cli(&["publish", "work.a", "now"]).status.success());
+    let lines = cluster.wait_lines(4);
+    let (soon, at_ms, late) =
+        (started(&lines, "soon"), started(&lines, "at"), started(&lines, "late"));
+    eprintln!(
+        "started {} ms, {} ms and {} ms after their due times",
+        late - t0 - 3000,
+        at_ms - t0 - 2000,
+        soon - t_soon - 300
+    );
+    assert!(late >= t0 + 3000, "--delay 3s started {} ms after publish", late - t0);
+    assert!(at_ms >= t0 + 2000, "--at started {} ms before its time", t0 + 2000 - at_ms);
+    assert!(soon >= t_soon + 300, "--delay 300ms started after {} ms", soon - t_soon);
+    assert!(started(&lines, "now") > 0);
+
+    // Without [queue] priorities a priority is refused, and so is a unique key: clearly.
+    let refused = cluster.cli(&["publish", "--priority", "9", "work.a", "x"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("priorities = true"));
+    let refused = cluster.cli(&["publish", "--unique", "k", "work.a", "x"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--unique"));
+    // A delayed job for a key no task receives is refused at publish (the ladder's end has
+    // no mandatory check).
+    let refused = cluster.cli(&["publish", "--delay", "1s", "nobody.x", "x"]);
+    assert!(!refused.status.success());
+}
+
+#[test]
+fn amqp_priorities_higher_first_while_the_worker_is_busy() {
+    let Some(url) = broker_url("amqp_priorities_higher_first_while_the_worker_is_busy") else {
+        return;
+    };
+    // The first job holds the only worker until the test writes to a FIFO.
+    let script =
+        r#"p=$(cat); echo "$p" >> {out}; if [ "$p" = block ]; then read x < {dir}/gate; fi"#;
+    let mut cluster = Cluster::new(&url, 1, script, "priorities = true", "");
+    let gate = cluster.dir.path().join("gate");
+    assert!(Command::new("mkfifo").arg(&gate).status().unwrap().success());
+    cluster.start(0);
+    assert!(cluster.cli(&["publish", "work.a", "block"]).status.success());
+    cluster.wait_lines(1);
+    for (payload, priority) in [("low", "1"), ("mid", "5"), ("high", "9"), ("low2", "1")] {
+        let out = cluster.cli(&["publish", "--priority", priority, "work.a", payload]);
+        assert!(out.status.success());
+    }
+    assert!(cluster.cli(&["publish", "work.a", "default"]).status.success());
+    std::fs::OpenOptions::new().write(true).open(&gate).unwrap().write_all(b"go\n").unwrap();
+    let lines = cluster.wait_lines(6);
+    assert_eq!(lines, ["block", "high", "mid", "default", "low", "low2"]);
+}
