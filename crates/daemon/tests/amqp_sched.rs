@@ -34,6 +34,10 @@ struct Cluster {
     script: String,
     extra: String,
     daemons: Vec<Option<Child>>,
+    /// Each daemon's log (stderr) files, one per start.
+    logs: Vec<Vec<PathBuf>>,
+    /// The logs of the daemons killed.
+    killed: Vec<PathBuf>,
 }
 
 impl Cluster {
@@ -53,6 +57,8 @@ impl Cluster {
             script,
             extra: format!("{queue}\n[[task]]\nname = \"work\"\n{extra}"),
             daemons: Vec::new(),
+            logs: Vec::new(),
+            killed: Vec::new(),
         }
     }
 
@@ -96,12 +102,17 @@ backoff_initial = "50ms"
             workers = self.workers,
         );
         std::fs::write(self.config(i), text).expect("write config");
+        while self.logs.len() <= i {
+            self.logs.push(Vec::new());
+        }
+        let log = self.dir.path().join(format!("log-{i}-{}", self.logs[i].len()));
+        self.logs[i].push(log.clone());
         let mut child = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
             .args(["run", "--ready-fd", "1", "--config"])
             .arg(self.config(i))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn procyard-daemon");
         let stdout = child.stdout.take().expect("stdout");
@@ -112,6 +123,9 @@ backoff_initial = "50ms"
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(DEADLINE);
+        if line.as_ref().map_or(true, |l| !l.starts_with("ready")) {
+            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
         while self.daemons.len() <= i {
             self.daemons.push(None);
         }
@@ -164,6 +178,7 @@ backoff_initial = "50ms"
         if let Some(mut child) = self.daemons[i].take() {
             child.kill().expect("SIGKILL");
             child.wait().expect("reap");
+            self.killed.extend(self.logs[i].last().cloned());
         }
     }
 }
@@ -267,4 +282,105 @@ fn amqp_priorities_higher_first_while_the_worker_is_busy() {
     std::fs::OpenOptions::new().write(true).open(&gate).unwrap().write_all(b"go\n").unwrap();
     let lines = cluster.wait_lines(6);
     assert_eq!(lines, ["block", "high", "mid", "default", "low", "low2"]);
+}
+
+/// The due time (ms) a schedule's job id carries (a UUID v7 stamped with it).
+fn due_of(id: &str) -> u64 {
+    let ts = uuid::Uuid::parse_str(id.trim()).expect("job id").get_timestamp().expect("v7");
+    let (s, ns) = ts.to_unix();
+    s * 1000 + u64::from(ns / 1_000_000)
+}
+
+/// Distinct job ids per due time (a job run again after its daemon died keeps its id; a due
+/// time fired twice has two).
+fn fires(lines: &[String]) -> std::collections::BTreeMap<u64, std::collections::BTreeSet<String>> {
+    let mut by_due = std::collections::BTreeMap::<u64, std::collections::BTreeSet<String>>::new();
+    for id in lines {
+        by_due.entry(due_of(id)).or_default().insert(id.clone());
+    }
+    by_due
+}
+
+const TICK: &str = r#"
+[[schedule]]
+name = "tick"
+every = "1s"
+routing_key = "work.tick"
+payload = "t"
+missed = "all"
+"#;
+
+#[test]
+fn amqp_schedule_fires_each_due_time_once_across_sigkilled_schedulers() {
+    let Some(url) =
+        broker_url("amqp_schedule_fires_each_due_time_once_across_sigkilled_schedulers")
+    else {
+        return;
+    };
+    let script = r#"cat >/dev/null; echo "$PROCYARD_JOB_ID" >> {out}"#;
+    let mut cluster = Cluster::new(&url, 4, script, "", TICK);
+    cluster.start(0);
+    cluster.start(1);
+    cluster.wait_lines(2);
+    // Kill one daemon in turn, at a different moment of the second each time: after the
+    // first kill the survivor holds the schedules, so each later kill hits the scheduler.
+    for round in 0..6u64 {
+        let seen = cluster.lines().len();
+        cluster.wait_lines(seen + 1);
+        // Pacing, not waiting for an event: where in the second the kill falls.
+        std::thread::sleep(Duration::from_millis(round * 170 % 1000));
+        let victim = (round % 2) as usize;
+        cluster.kill(victim);
+        cluster.start(victim);
+    }
+    // Every due time from the first to the last seen has run, each fired once.
+    let deadline = Instant::now() + DEADLINE;
+    let settled = cluster.lines().iter().map(|l| due_of(l)).max().unwrap() + 3000;
+    let by_due = loop {
+        let by_due = fires(&cluster.lines());
+        let (first, last) = (*by_due.keys().next().unwrap(), *by_due.keys().last().unwrap());
+        let gaps: Vec<u64> =
+            (first..=last).step_by(1000).filter(|d| !by_due.contains_key(d)).collect();
+        if last >= settled && gaps.is_empty() {
+            break by_due;
+        }
+        assert!(Instant::now() < deadline, "due times never run: {gaps:?} (up to {last})");
+        cluster.watch.wait(Duration::from_millis(500));
+    };
+    let twice: Vec<_> = by_due.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    eprintln!("{} due times, {} runs, fired twice: {twice:?}", by_due.len(), cluster.lines().len());
+    assert!(twice.is_empty(), "due times fired twice: {twice:?}");
+    assert!(by_due.len() >= 8);
+    // The daemon killed was the one firing (its log says it fired) in most rounds.
+    let schedulers = cluster
+        .killed
+        .iter()
+        .filter(|log| std::fs::read_to_string(log).unwrap_or_default().contains("schedule fired"))
+        .count();
+    eprintln!("{schedulers} of {} daemons killed were firing the schedules", cluster.killed.len());
+    assert!(schedulers >= 3, "only {schedulers} kills hit the daemon firing the schedules");
+
+    // The verbs reach the daemon that holds the schedules.
+    let out = cluster.cli(&["schedules", "--json"]);
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "tick");
+    assert_eq!(list[0]["paused"], false);
+    assert!(list[0]["last_job"].is_string(), "{list}");
+    assert!(cluster.cli(&["schedule", "pause", "tick"]).status.success());
+    let list: serde_json::Value =
+        serde_json::from_slice(&cluster.cli(&["schedules", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["paused"], true, "{list}");
+    assert!(list[0]["next_ms"].is_null());
+    let out = cluster.cli(&["schedule", "trigger", "tick"]);
+    assert!(out.status.success());
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let deadline = Instant::now() + DEADLINE;
+    while !cluster.lines().contains(&id) {
+        assert!(Instant::now() < deadline, "the triggered job {id} never ran");
+        cluster.watch.wait(Duration::from_millis(500));
+    }
+    assert!(cluster.cli(&["schedule", "resume", "tick"]).status.success());
+    let bad = cluster.cli(&["schedule", "trigger", "nope"]);
+    assert!(!bad.status.success());
 }

@@ -9,11 +9,14 @@ use procyard_core::Report;
 
 use super::broker::{Cmd, JobMeta, Sending};
 use super::handle::{AmqpQueue, REQUEST_TIMEOUT};
+use super::periodic::{Answer, Request};
+use crate::queue::ScheduleStatus;
 use crate::queue::{
     AttemptReport, BackendKind, DeadLetter, Health, Job, JobFilter, JobRecord, LeaseHolder,
     OpenMode, Outcome, PartialPublish, Publication, PublishOptions, Purge, QueueBackend,
     QueueDepth, Requeue, Retention, TaskBinding, check_payload,
 };
+use crate::schedule::ScheduleConfig;
 use crate::{Error, Result};
 
 /// How long the daemon reuses broker depths before asking again.
@@ -33,7 +36,7 @@ impl AmqpQueue {
         crate::routing::validate_key(routing_key)?;
         // The same limit as the embedded queue, before anything reaches the broker.
         check_payload(payload)?;
-        if sending.delay_ms > 0 && !self.routes(routing_key) {
+        if sending.not_before.is_some() && !self.routes(routing_key) {
             // A delayed job reaches its task queue without the broker's mandatory check.
             return Err(Error::Unroutable { routing_key: routing_key.to_owned() });
         }
@@ -54,6 +57,18 @@ impl AmqpQueue {
             reply,
         })?;
         Ok(vec![id])
+    }
+}
+
+impl AmqpQueue {
+    /// Client: a request to the daemon that runs the schedules (or to the state itself).
+    fn ask_scheduler(&self, request: Request, schedules: &[ScheduleConfig]) -> Result<Answer> {
+        let schedules = schedules.to_vec();
+        self.request("reach the schedules", REQUEST_TIMEOUT, |reply| Cmd::SchedRequest {
+            request,
+            schedules,
+            reply,
+        })
     }
 }
 
@@ -163,6 +178,32 @@ impl QueueBackend for AmqpQueue {
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {
         self.history()?.purge(what)
+    }
+
+    fn set_schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<()> {
+        if self.mode != OpenMode::Daemon {
+            return Ok(());
+        }
+        let schedules = schedules.to_vec();
+        self.request("start the scheduler", REQUEST_TIMEOUT, |reply| Cmd::SetSchedules {
+            schedules,
+            reply,
+        })
+    }
+
+    fn schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<Vec<ScheduleStatus>> {
+        Ok(self.ask_scheduler(Request::List, schedules)?.statuses)
+    }
+
+    fn trigger_schedule(&mut self, schedule: &ScheduleConfig) -> Result<Vec<String>> {
+        let request = Request::Trigger { name: schedule.name.clone() };
+        Ok(self.ask_scheduler(request, std::slice::from_ref(schedule))?.ids)
+    }
+
+    fn pause_schedule(&mut self, schedule: &ScheduleConfig, paused: bool) -> Result<()> {
+        let name = schedule.name.clone();
+        let request = if paused { Request::Pause { name } } else { Request::Resume { name } };
+        self.ask_scheduler(request, std::slice::from_ref(schedule)).map(|_| ())
     }
 
     fn set_capacity(&mut self, task: &str, capacity: usize) -> Result<()> {

@@ -86,6 +86,7 @@ mod handle;
 mod history;
 mod inbox;
 mod options;
+mod periodic;
 mod records;
 mod topology;
 

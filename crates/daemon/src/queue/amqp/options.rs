@@ -48,8 +48,9 @@ impl AmqpQueue {
                 what: "order jobs by --priority without [queue] priorities = true (which needs queue_type = \"classic\")",
             });
         }
+        delay_ms(options.not_before, SystemTime::now())?;
         Ok(Sending {
-            delay_ms: delay_ms(options.not_before, SystemTime::now())?,
+            not_before: options.not_before,
             priority: self.priorities.then_some(priority),
             headers_json: options.headers_json(),
             message_id: None,
@@ -59,7 +60,7 @@ impl AmqpQueue {
 
 /// The delay until `not_before` seen at `now`, rounded up to the millisecond (0: now or in
 /// the past); more than the ladder holds is refused.
-fn delay_ms(not_before: Option<SystemTime>, now: SystemTime) -> Result<u64> {
+pub(super) fn delay_ms(not_before: Option<SystemTime>, now: SystemTime) -> Result<u64> {
     let Some(at) = not_before else { return Ok(0) };
     let Ok(ahead) = at.duration_since(now) else { return Ok(0) };
     let ms = ahead.as_nanos().div_ceil(1_000_000);

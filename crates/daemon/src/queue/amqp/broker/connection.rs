@@ -118,6 +118,12 @@ impl Broker {
             self.drop_live();
             return Err(e);
         }
+        if self.mode == OpenMode::Daemon
+            && let Err(e) = self.start_scheduler().await
+        {
+            self.drop_live();
+            return Err(e);
+        }
         self.sink.send(Ev::Connected { epoch: self.epoch });
         let names: Vec<String> = self.capacity.keys().cloned().collect();
         for task in names {
@@ -139,6 +145,7 @@ impl Broker {
     }
 
     pub(super) fn drop_live(&mut self) {
+        self.sched.reset();
         if let Some(live) = self.live.take() {
             live.watcher.abort();
             self.settling.spawn(async move {

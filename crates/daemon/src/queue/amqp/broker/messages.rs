@@ -31,8 +31,9 @@ pub(crate) struct JobMeta {
 /// How a job is published, besides its key, payload and id.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Sending {
-    /// How long the delay ladder holds it first, in ms (0: not at all).
-    pub(crate) delay_ms: u64,
+    /// When it may start (`None`: now): the delay ladder holds it until then, the delay
+    /// counted just before it is sent.
+    pub(crate) not_before: Option<std::time::SystemTime>,
     /// Its AMQP priority (set on every job when `[queue] priorities` is on).
     pub(crate) priority: Option<u8>,
     /// The publisher's headers (`--header`), as a JSON object.
@@ -129,6 +130,27 @@ pub(crate) enum Cmd {
     ConnectionLost {
         epoch: u64,
         error: String,
+    },
+    /// Daemon: the `[[schedule]]`s to fire (empty: none).
+    SetSchedules {
+        schedules: Vec<crate::schedule::ScheduleConfig>,
+        reply: Reply<()>,
+    },
+    /// From the scheduler queue's consumer: a message (this daemon is the active scheduler).
+    SchedDelivery {
+        epoch: u64,
+        delivery: Box<Delivery>,
+    },
+    /// From the scheduler queue's consumer: it ended.
+    SchedLost {
+        epoch: u64,
+        error: String,
+    },
+    /// Client: `schedules`, `schedule trigger|pause|resume`, with the config's schedules.
+    SchedRequest {
+        request: crate::queue::amqp::periodic::Request,
+        schedules: Vec<crate::schedule::ScheduleConfig>,
+        reply: Reply<crate::queue::amqp::periodic::Answer>,
     },
     /// From the connection watcher: something to log and show in `status`.
     Note(String),

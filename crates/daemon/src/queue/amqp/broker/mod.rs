@@ -24,6 +24,7 @@ mod depths;
 mod events;
 mod messages;
 mod publish;
+mod scheduler;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -67,6 +68,8 @@ pub(super) struct Broker {
     retry_at: Option<tokio::time::Instant>,
     settling: JoinSet<()>,
     consumer_seq: u64,
+    /// Periodic jobs (daemon): see `scheduler`.
+    sched: scheduler::Scheduler,
 }
 
 impl Broker {
@@ -99,6 +102,7 @@ impl Broker {
             retry_at: None,
             settling: JoinSet::new(),
             consumer_seq: 0,
+            sched: scheduler::Scheduler::default(),
         }
     }
 
@@ -113,8 +117,25 @@ impl Broker {
         loop {
             while self.settling.try_join_next().is_some() {}
             let retry_at = if self.live.is_none() { self.retry_at } else { None };
+            let (wake, restart) = match self.live {
+                Some(_) => (self.sched.wake, self.sched.restart),
+                None => (None, None),
+            };
             let cmd = tokio::select! {
                 cmd = rx.recv() => cmd,
+                () = sleep_until(wake), if wake.is_some() => {
+                    if let Err(e) = self.sched_step().await {
+                        tracing::warn!("amqp: scheduler: {}", procyard_core::Report(&e));
+                    }
+                    continue;
+                }
+                () = sleep_until(restart), if restart.is_some() => {
+                    if let Err(e) = self.start_scheduler().await {
+                        tracing::warn!("amqp: unable to start the scheduler: {}", procyard_core::Report(&e));
+                        self.sched.restart = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                    continue;
+                }
                 () = sleep_until(retry_at), if retry_at.is_some() => {
                     if let Err(e) = self.connect().await {
                         tracing::debug!(error = %e, "amqp: reconnect failed");
@@ -197,6 +218,16 @@ impl Broker {
                 if epoch == self.epoch && failed {
                     self.lost(error);
                 }
+            }
+            Cmd::SetSchedules { schedules, reply } => {
+                let result = self.set_schedules(schedules).await;
+                let _ = reply.send(result);
+            }
+            Cmd::SchedDelivery { epoch, delivery } => self.sched_delivery(epoch, *delivery).await,
+            Cmd::SchedLost { epoch, error } => self.sched_lost(epoch, error),
+            Cmd::SchedRequest { request, schedules, reply } => {
+                let result = self.sched_request(request, schedules).await;
+                let _ = reply.send(result);
             }
             Cmd::Note(message) => self.sink.send(Ev::Warning(message)),
             Cmd::Shutdown { reply } => {

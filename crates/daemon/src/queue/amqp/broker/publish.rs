@@ -8,6 +8,7 @@ use procyard_core::Report;
 use super::messages::{Ev, JobMeta, Sending};
 use super::{Broker, broker_err};
 use crate::queue::Outcome;
+use crate::queue::amqp::options::delay_ms;
 use crate::queue::amqp::topology::{self as topo, H_REASON, H_TASK};
 use crate::{Error, Result};
 
@@ -35,9 +36,14 @@ impl Broker {
             }
             None => id,
         };
-        let exchange = if sending.delay_ms > 0 {
+        let delayed = sending.not_before.is_some_and(|t| t > std::time::SystemTime::now());
+        if delayed {
             self.declare_ladder().await?;
-            topo::add_delay_bits(&mut headers, sending.delay_ms);
+        }
+        // Counted after the ladder is declared, so declaring it delays nothing.
+        let delay_ms = delay_ms(sending.not_before, std::time::SystemTime::now())?;
+        let exchange = if delay_ms > 0 {
+            topo::add_delay_bits(&mut headers, delay_ms);
             topo::delay_exchange(&self.exchange, topo::DELAY_LEVELS - 1)
         } else {
             self.exchange.clone()
