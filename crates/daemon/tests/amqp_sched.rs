@@ -384,3 +384,31 @@ fn amqp_schedule_fires_each_due_time_once_across_sigkilled_schedulers() {
     let bad = cluster.cli(&["schedule", "trigger", "nope"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn amqp_limits_hold_per_daemon_one_per_key_in_order_and_the_rate() {
+    let Some(url) = broker_url("amqp_limits_hold_per_daemon_one_per_key_in_order_and_the_rate")
+    else {
+        return;
+    };
+    // A job of a key holds a lock directory while it runs: a second one at once says so.
+    let script = r#"p=$(cat); k=${p%?}; mkdir {dir}/lock-$k 2>/dev/null || echo overlap >> {out}; echo "$p $(date +%s%3N)" >> {out}; sleep 0.1; rmdir {dir}/lock-$k"#;
+    let limits = "concurrency_key = \"header:tenant\"\nmax_per_key = 1\nrate_limit = \"3/s\"\n";
+    let mut cluster = Cluster::new(&url, 4, script, "", limits);
+    cluster.start(0);
+    // Payload `a1` is a job of key `a` (the header carries the key; the script takes it from
+    // the payload's first letter).
+    let published = ["a1", "a2", "a3", "a4", "a5", "a6"];
+    for p in &published {
+        let header = format!("tenant={}", &p[..1]);
+        assert!(cluster.cli(&["publish", "--header", &header, "work.x", p]).status.success());
+    }
+    let lines = cluster.wait_lines(published.len());
+    assert!(!lines.iter().any(|l| l == "overlap"), "two jobs of one key ran at once: {lines:?}");
+    let order: Vec<&str> = lines.iter().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(order, published, "one key runs in publish order");
+    let starts: Vec<u64> =
+        lines.iter().map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
+    // 3 tokens at once, then one every 333 ms: the sixth start is a second after the first.
+    assert!(starts[5] >= starts[0] + 990, "rate 3/s: 6 starts within {} ms", starts[5] - starts[0]);
+}

@@ -1,7 +1,7 @@
 //! [`QueueBackend`] for the AMQP backend: each call is a message to the broker thread (a
 //! request with a reply for what a client waits on), or reads what it already sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use lapin::Acker;
@@ -10,6 +10,8 @@ use procyard_core::Report;
 use super::broker::{Cmd, JobMeta, Sending};
 use super::handle::{AmqpQueue, REQUEST_TIMEOUT};
 use super::periodic::{Answer, Request};
+use super::topology;
+use crate::limits::ConcurrencyKey;
 use crate::queue::ScheduleStatus;
 use crate::queue::{
     AttemptReport, BackendKind, DeadLetter, Health, Job, JobFilter, JobRecord, LeaseHolder,
@@ -58,6 +60,12 @@ impl AmqpQueue {
         })?;
         Ok(vec![id])
     }
+}
+
+/// The concurrency key of a delivery (from its publisher headers or its payload).
+fn delivery_key(source: &ConcurrencyKey, d: &lapin::message::Delivery) -> Option<String> {
+    let headers = topology::header_str(d.properties.headers().as_ref(), topology::H_HEADERS);
+    source.of(headers.as_deref(), &d.data)
 }
 
 impl AmqpQueue {
@@ -225,13 +233,33 @@ impl QueueBackend for AmqpQueue {
 
     fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
         self.drain();
+        let now = Instant::now();
+        let max = self.gate.allowed(task, max, now);
+        let keyed = self.gate.keyed(task);
         let mut jobs = Vec::new();
         while jobs.len() < max {
-            let received = self.inbox.take(task, max - jobs.len());
+            let want = max - jobs.len();
+            let received = match &keyed {
+                None => self.inbox.take(task, want),
+                Some((source, limit)) => {
+                    // Skip the jobs whose key runs `max_per_key` here (counting these).
+                    let (gate, mut taken) = (&self.gate, HashMap::<String, usize>::new());
+                    self.inbox.take_if(task, want, |d| {
+                        let Some(key) = delivery_key(source, d) else { return true };
+                        let n = gate.running(task, &key) + taken.get(&key).copied().unwrap_or(0);
+                        if n >= *limit {
+                            return false;
+                        }
+                        *taken.entry(key).or_default() += 1;
+                        true
+                    })
+                }
+            };
             if received.is_empty() {
                 break;
             }
             for r in received {
+                let key = keyed.as_ref().and_then(|(source, _)| delivery_key(source, &r.delivery));
                 let job = self.job_from(task, r);
                 if let Some(h) = self.history.as_mut() {
                     h.claimed(&job);
@@ -243,14 +271,21 @@ impl QueueBackend for AmqpQueue {
                     self.complete(&job, Outcome::Cancelled { reason })?;
                     continue;
                 }
+                self.gate.started(task, job.receipt, key, now);
                 jobs.push(job);
             }
         }
         Ok(jobs)
     }
 
+    fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
+        self.gate.set(limits, Instant::now());
+        Ok(())
+    }
+
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
         self.drain();
+        self.gate.ended(job.receipt);
         let Some(flight) = self.in_flight.remove(&job.receipt.0) else {
             tracing::warn!("amqp: outcome for job {} which is not in flight here; ignored", job.id);
             return Ok(());
@@ -295,8 +330,9 @@ impl QueueBackend for AmqpQueue {
     }
 
     fn next_due(&mut self) -> Result<Option<Instant>> {
-        // Retries come back through the broker (TTL queues), which wakes us.
-        Ok(None)
+        // Retries and delayed jobs come back through the broker (TTL queues), which wakes
+        // us; only a task waiting for its rate needs a deadline.
+        Ok(self.gate.next_wake(Instant::now()))
     }
 
     fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
@@ -325,6 +361,7 @@ impl QueueBackend for AmqpQueue {
             let broker = self.depth_cache.get(&name).copied().unwrap_or_default();
             let waiting = self.inbox.waiting(&name) as u64;
             let in_flight = self.in_flight.values().filter(|f| f.task == name).count() as u64;
+            let rate_limited = waiting > 0 && self.gate.is_throttled(&name, Instant::now());
             out.insert(
                 name,
                 QueueDepth {
@@ -333,7 +370,7 @@ impl QueueBackend for AmqpQueue {
                     in_flight,
                     dead: Some(broker.dead),
                     done_total: None,
-                    rate_limited: false,
+                    rate_limited,
                 },
             );
         }

@@ -76,6 +76,28 @@ impl<D> Inbox<D> {
         queue.drain(..n).collect()
     }
 
+    /// Up to `max` waiting deliveries of `task` for which `pick` holds, oldest first; the
+    /// others keep their place (`pick` is asked in order and may count what it took).
+    pub(super) fn take_if(
+        &mut self,
+        task: &str,
+        max: usize,
+        mut pick: impl FnMut(&D) -> bool,
+    ) -> Vec<Received<D>> {
+        let Some(queue) = self.waiting.get_mut(task) else { return Vec::new() };
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(queue.len());
+        while let Some(r) = queue.pop_front() {
+            if taken.len() < max && pick(&r.delivery) {
+                taken.push(r);
+            } else {
+                kept.push_back(r);
+            }
+        }
+        *queue = kept;
+        taken
+    }
+
     /// Every waiting delivery of `task`, to give back to the broker.
     pub(super) fn take_all(&mut self, task: &str) -> Vec<D> {
         self.waiting.remove(task).into_iter().flatten().map(|r| r.delivery).collect()
@@ -136,6 +158,20 @@ mod tests {
         inbox.apply(delivery(1, "a", 1), "b");
         inbox.apply(delivery(2, "a", 2), "b");
         assert_eq!(taken(&mut inbox, "a", 5), [2]);
+    }
+
+    /// Deliveries passed over keep their order for the next claim.
+    #[test]
+    fn take_if_skips_without_reordering() {
+        let mut inbox = Inbox::new();
+        inbox.apply(Ev::Connected { epoch: 1 }, "b");
+        for n in 0..6 {
+            inbox.apply(delivery(1, "a", n), "b");
+        }
+        let odd: Vec<u32> =
+            inbox.take_if("a", 2, |n| n % 2 == 1).into_iter().map(|r| r.delivery).collect();
+        assert_eq!(odd, [1, 3]);
+        assert_eq!(taken(&mut inbox, "a", 9), [0, 2, 4, 5]);
     }
 
     /// Disconnection drops what waits and says why; the next connection clears the problem.

@@ -85,6 +85,7 @@ mod events;
 mod handle;
 mod history;
 mod inbox;
+mod limits;
 mod options;
 mod periodic;
 mod records;
