@@ -100,6 +100,29 @@ fn amqp_queue_type_defaults_to_quorum_and_names_bad_values() {
     assert!(msg.contains("quorum") && msg.contains("classic"), "{msg}");
 }
 
+/// `[queue] priorities` is for the amqp backend with classic queues: refused with quorum
+/// queues (RabbitMQ 3.10 has no priorities there) and on other backends, naming the field.
+#[test]
+fn amqp_priorities_need_classic_queues() {
+    let amqp = |extra: &str| {
+        GOOD.replace(
+            "path = \"q.db\"",
+            &format!("backend = \"amqp\"\nurl = \"amqp://h\"\n{extra}"),
+        )
+    };
+    let c = Config::parse(Path::new("/x.toml"), &amqp("")).unwrap();
+    assert!(!c.queue.priorities);
+    let ok = amqp("queue_type = \"classic\"\npriorities = true");
+    assert!(Config::parse(Path::new("/x.toml"), &ok).unwrap().queue.priorities);
+    let (_, field, msg) = error_of(&amqp("priorities = true"));
+    assert_eq!(field.as_deref(), Some("queue.priorities"));
+    assert!(msg.contains("classic") && msg.contains("quorum"), "{msg}");
+    let sqlite = GOOD.replace("path = \"q.db\"", "path = \"q.db\"\npriorities = true");
+    let (_, field, msg) = error_of(&sqlite);
+    assert_eq!(field.as_deref(), Some("queue.priorities"));
+    assert!(msg.contains("amqp"), "{msg}");
+}
+
 #[test]
 fn durations_use_the_house_grammar() {
     let with = |v: &str| GOOD.replace("timeout = \"1.5s\"", &format!("timeout = {v}"));
