@@ -21,11 +21,12 @@ pub struct When {
     /// (2026-12-05 03:00) in the config's `[daemon] timezone` (default UTC).
     #[arg(long)]
     at: Option<String>,
-    /// 0 (lowest) to 9 (highest), default 5: higher first within a task.
+    /// 0 (lowest) to 9 (highest), default 5: higher first within a task (amqp: needs
+    /// `[queue] priorities = true`, classic queues).
     #[arg(long)]
     priority: Option<u8>,
     /// A unique key: while a job of the task with this key waits or runs, print its id
-    /// instead of queueing another.
+    /// instead of queueing another (sqlite, postgres; refused on amqp).
     #[arg(long)]
     unique: Option<String>,
     /// With --unique: also hold the key this long after publish.

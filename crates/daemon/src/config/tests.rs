@@ -105,10 +105,7 @@ fn amqp_queue_type_defaults_to_quorum_and_names_bad_values() {
 #[test]
 fn amqp_priorities_need_classic_queues() {
     let amqp = |extra: &str| {
-        GOOD.replace(
-            "path = \"q.db\"",
-            &format!("backend = \"amqp\"\nurl = \"amqp://h\"\n{extra}"),
-        )
+        GOOD.replace("path = \"q.db\"", &format!("backend = \"amqp\"\nurl = \"amqp://h\"\n{extra}"))
     };
     let c = Config::parse(Path::new("/x.toml"), &amqp("")).unwrap();
     assert!(!c.queue.priorities);

@@ -50,6 +50,17 @@
 //!   with an exclusive queue bound to `#.cancel`: it stops the job if it runs it (or has it
 //!   claimed), and keeps a tombstone (24 h, 100,000 ids at most) checked at claim, so a job
 //!   still queued is acknowledged as cancelled when it arrives, never run.
+//! - **Delays, priorities, headers** (`options`): `--delay`/`--at` through the broker's delay
+//!   ladder (power-of-two TTL queues chained by headers exchanges: a job visits the queues of
+//!   the bits set in its delay, then reaches `E` with its key unchanged); `--priority` as the
+//!   AMQP priority on task queues declared with `x-max-priority` (`[queue] priorities`,
+//!   classic queues only); `--header`s as one JSON header. `--unique` is refused.
+//! - **Periodic jobs** (`periodic`, `broker/scheduler.rs`): one daemon fires them, the single
+//!   active consumer of `E.scheduler`, which holds the schedules' state (one message,
+//!   unacknowledged) and commits each due time's jobs, the new state and the old state's
+//!   acknowledgement in one AMQP transaction, so a takeover neither skips nor doubles.
+//! - **Limits** (`limits`): `rate_limit`, `concurrency_key`/`max_per_key` per daemon, over the
+//!   deliveries it holds.
 //!
 //! For the exchange `E` (default `procyard`) and a task `T`:
 //!
@@ -63,6 +74,8 @@
 //! | events exchange | `E.events` | durable topic exchange: job events `<task>.<event>`, cancel requests |
 //! | cancel listener | server-named | exclusive, auto-delete, one per daemon, bound with `#.cancel` |
 //! | reply queue | server-named | exclusive, auto-delete, one per waiting client |
+//! | delay ladder | `E.delay.bit<k>` → `E.delay.<2^k>ms` | per level k = 0..35: a headers exchange and a TTL queue that dead-letters to level k-1 (level 0: to `E`) |
+//! | scheduler queue | `E.scheduler` | durable classic, `x-single-active-consumer`: the schedules' state and client requests |
 //!
 //! Messages are persistent, carry the job id as `message-id` and the headers
 //! `x-procyard-attempt` (1 for a fresh job) and `x-procyard-routing-key`; dead letters add
@@ -73,7 +86,10 @@
 //! A job published to a key bound by several tasks is one message routed to several queues:
 //! its copies share one job id. Delivery is at least once: a daemon killed (or cut off) while
 //! running a job makes that job run again elsewhere. `amqps://` needs a TLS-enabled build of
-//! the client, which this crate does not enable. Records are per daemon (see above); a
+//! the client, which this crate does not enable. Rate and per-key limits hold per daemon, and
+//! unique keys are refused (no store on the broker holds them cluster-wide); delayed jobs are
+//! counted in no task's `delayed` depth (the ladder is shared by all tasks) and are in no
+//! history until a daemon receives them. Records are per daemon (see above); a
 //! `wait` for a job run elsewhere hears only the ends after it starts listening; tombstones
 //! live in memory (a daemon started after a cancel does not know it). Keys bound by a previous run with another
 //! config stay bound until unbound by hand (`rabbitmqctl`); this process unbinds only what it

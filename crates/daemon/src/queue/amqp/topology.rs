@@ -13,11 +13,16 @@
 //! | events exchange | `E.events` | durable topic exchange; job events, routing key `<task>.<event>`, and cancel requests (`<task>.cancel`, `_.cancel`) |
 //! | cancel listener | server-named | exclusive, auto-delete, one per daemon, bound to `E.events` with `#.cancel` |
 //! | reply queue | server-named | exclusive, auto-delete, one per waiting client; the daemon that ends a job sends its outcome there (`reply-to`, `correlation-id` = job id) |
+//! | delay exchange | `E.delay.bit<k>` | durable headers exchange for ladder level k (0..=35): bit k set → the level's queue, clear → level k-1 (level 0: `E`) |
+//! | delay queue | `E.delay.<2^k>ms` | durable classic queue, `x-message-ttl = 2^k`, dead-letters (routing key unchanged) to level k-1 (level 0: `E`) |
+//! | scheduler queue | `E.scheduler` | durable classic queue, `x-single-active-consumer`: the schedules' state (one JSON message) and client requests |
 //!
 //! Messages are persistent and carry the job id as `message-id` and these headers:
 //! [`H_ATTEMPT`] (1 for the first delivery), [`H_ROUTING_KEY`] (the key it was published with;
 //! a retry travels through the default exchange, which changes the delivery's key),
-//! and on dead letters [`H_REASON`] and [`H_TASK`].
+//! and on dead letters [`H_REASON`] and [`H_TASK`]; [`H_HEADERS`] the publisher's headers,
+//! [`H_JOB_ID`] the job id when the `message-id` is a schedule's fire; a delayed job the
+//! bits of its delay (`procyard-delay-bit<k>`, not `x-` names: headers exchanges ignore those).
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
