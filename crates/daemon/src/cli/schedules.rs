@@ -7,7 +7,7 @@ use crate::unable;
 
 pub const LIST_HELP: &str = "Examples:\n  procyard-daemon schedules\n  procyard-daemon schedules --json\n\nTimes are UTC. NEXT is the next due time (in the past when no daemon has fired it yet: one does, as its `missed` policy says); a paused schedule has none.";
 
-pub const ACT_HELP: &str = "Examples:\n  procyard-daemon schedule trigger nightly-report\n  procyard-daemon schedule pause nightly-report\n  procyard-daemon schedule resume nightly-report\n\ntrigger publishes one job now (its due times are unchanged) and prints its id; pause and resume are kept in the queue file, across restarts. A resumed schedule counts from the resume: the due times it passed while paused are skipped.";
+pub const ACT_HELP: &str = "Examples:\n  procyard-daemon schedule trigger nightly-report\n  procyard-daemon schedule pause nightly-report\n  procyard-daemon schedule resume nightly-report\n\ntrigger publishes one job now (its due times are unchanged) and prints its id; pause and resume are kept in the queue (the SQLite file or PostgreSQL; on RabbitMQ, the state in <exchange>.scheduler, applied by the daemon that fires the schedules), across restarts. A resumed schedule counts from the resume: the due times it passed while paused are skipped.";
 
 /// What `schedule` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

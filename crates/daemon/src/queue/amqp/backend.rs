@@ -71,6 +71,14 @@ fn delivery_key(source: &ConcurrencyKey, d: &lapin::message::Delivery) -> Option
 impl AmqpQueue {
     /// Client: a request to the daemon that runs the schedules (or to the state itself).
     fn ask_scheduler(&self, request: Request, schedules: &[ScheduleConfig]) -> Result<Answer> {
+        if self.mode == OpenMode::Daemon {
+            // The broker thread may be the scheduler that would have to answer: never wait on
+            // ourselves.
+            return Err(Error::Unsupported {
+                backend: "amqp",
+                what: "answer schedule requests inside a daemon (the command-line client asks the daemon that runs them)",
+            });
+        }
         let schedules = schedules.to_vec();
         self.request("reach the schedules", REQUEST_TIMEOUT, |reply| Cmd::SchedRequest {
             request,
