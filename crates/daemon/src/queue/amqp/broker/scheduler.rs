@@ -395,7 +395,13 @@ async fn ask(ch: &Channel, queue: &str, request: &Request) -> Result<Answer> {
         .map_err(err)?;
     let body = serde_json::to_vec(&Message::Request(request.clone())).unwrap_or_default();
     let correlation = uuid::Uuid::now_v7().to_string();
-    let props = persistent().with_reply_to(reply_to.into()).with_correlation_id(correlation.into());
+    // A request nobody takes in time expires: a client that gave up must not have its
+    // trigger applied later by a scheduler that comes along.
+    let expiration = ANSWER_TIMEOUT.as_millis().to_string();
+    let props = persistent()
+        .with_reply_to(reply_to.into())
+        .with_correlation_id(correlation.into())
+        .with_expiration(expiration.into());
     ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, props)
         .await
         .map_err(err)?;
