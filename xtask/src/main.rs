@@ -389,6 +389,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("procyard-procmgr", "bench_procmgr", "bench.rs"),
     ("procyard-daemon", "bench_daemon", "bench.rs"),
     ("procyard-daemon", "bench_amqp", "bench_amqp.rs"),
+    ("procyard-daemon", "bench_amqp_sched", "bench_amqp_sched.rs"),
     ("procyard-daemon", "bench_pg", "bench_pg.rs"),
     ("procyard-daemon", "bench_publish", "bench_publish.rs"),
     ("procyard-bgtask", "bench_bgtask", "bench.rs"),
