@@ -139,11 +139,13 @@ pub(crate) enum Cmd {
     /// From the scheduler queue's consumer: a message (this daemon is the active scheduler).
     SchedDelivery {
         epoch: u64,
+        generation: u64,
         delivery: Box<Delivery>,
     },
     /// From the scheduler queue's consumer: it ended.
     SchedLost {
         epoch: u64,
+        generation: u64,
         error: String,
     },
     /// Client: `schedules`, `schedule trigger|pause|resume`, with the config's schedules.

@@ -223,8 +223,12 @@ impl Broker {
                 let result = self.set_schedules(schedules).await;
                 let _ = reply.send(result);
             }
-            Cmd::SchedDelivery { epoch, delivery } => self.sched_delivery(epoch, *delivery).await,
-            Cmd::SchedLost { epoch, error } => self.sched_lost(epoch, error),
+            Cmd::SchedDelivery { epoch, generation, delivery } => {
+                self.sched_delivery(epoch, generation, *delivery).await
+            }
+            Cmd::SchedLost { epoch, generation, error } => {
+                self.sched_lost(epoch, generation, error)
+            }
             Cmd::SchedRequest { request, schedules, reply } => {
                 let result = self.sched_request(request, schedules).await;
                 let _ = reply.send(result);

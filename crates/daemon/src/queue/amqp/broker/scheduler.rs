@@ -19,6 +19,10 @@
 //! `schedule trigger|pause|resume`) send a request through the same queue, which the active
 //! daemon applies in its next transaction and answers by direct reply-to; with no daemon
 //! consuming, the client takes the state itself in a transaction of its own.
+//!
+//! Daemons of one exchange should share their `[[schedule]]`s: the active daemon's config is
+//! what fires, and a schedule only another daemon has is forgotten while it is not active
+//! (it counts afresh when that daemon takes over).
 
 use std::time::Duration;
 
@@ -57,6 +61,9 @@ struct HeldRequest {
 pub(super) struct Scheduler {
     pub(super) configs: Vec<ScheduleConfig>,
     channel: Option<Channel>,
+    /// Which consumer a delivery came from (one per start), so a late delivery of a channel
+    /// given up is never held.
+    generation: u64,
     held: Vec<(Acker, Book)>,
     requests: Vec<HeldRequest>,
     junk: Vec<Acker>,
@@ -127,7 +134,8 @@ impl Broker {
         }
         self.declare_scheduler_queue().await?;
         let queue = self.scheduler_queue();
-        let epoch = self.epoch;
+        self.sched.generation += 1;
+        let (epoch, generation) = (self.epoch, self.sched.generation);
         let cmd_tx = self.cmd_tx.clone();
         let Some(live) = self.live.as_ref() else { return Ok(()) };
         let err = |e| broker_err("consume the scheduler queue", e);
@@ -149,10 +157,12 @@ impl Broker {
             async move {
                 let cmd = match result {
                     Ok(Some(delivery)) => {
-                        Cmd::SchedDelivery { epoch, delivery: Box::new(delivery) }
+                        Cmd::SchedDelivery { epoch, generation, delivery: Box::new(delivery) }
                     }
-                    Ok(None) => Cmd::SchedLost { epoch, error: "consumer cancelled".into() },
-                    Err(e) => Cmd::SchedLost { epoch, error: e.to_string() },
+                    Ok(None) => {
+                        Cmd::SchedLost { epoch, generation, error: "consumer cancelled".into() }
+                    }
+                    Err(e) => Cmd::SchedLost { epoch, generation, error: e.to_string() },
                 };
                 let _ = cmd_tx.send(cmd);
             }
@@ -180,8 +190,11 @@ impl Broker {
     }
 
     /// A message of `E.scheduler` arrived: this daemon is the active scheduler.
-    pub(super) async fn sched_delivery(&mut self, epoch: u64, delivery: Delivery) {
-        if epoch != self.epoch || self.sched.channel.is_none() {
+    pub(super) async fn sched_delivery(&mut self, epoch: u64, generation: u64, delivery: Delivery) {
+        if epoch != self.epoch
+            || generation != self.sched.generation
+            || self.sched.channel.is_none()
+        {
             return;
         }
         match serde_json::from_slice::<Message>(&delivery.data) {
@@ -207,8 +220,11 @@ impl Broker {
     }
 
     /// The consumer of `E.scheduler` ended (its channel failed): start again soon.
-    pub(super) fn sched_lost(&mut self, epoch: u64, error: String) {
-        if epoch != self.epoch || self.sched.channel.is_none() {
+    pub(super) fn sched_lost(&mut self, epoch: u64, generation: u64, error: String) {
+        if epoch != self.epoch
+            || generation != self.sched.generation
+            || self.sched.channel.is_none()
+        {
             return;
         }
         tracing::warn!("amqp: scheduler consumer lost ({error}); starting again");
