@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use super::PgQueue;
 use crate::queue::{
     Abandoned, AttemptReport, BackendKind, DeadLetter, Health, Job, JobFilter, JobRecord,
-    LeaseHolder, OpenMode, Outcome, PartialPublish, Purge, QueueBackend, QueueDepth, Receipt,
-    Requeue, Retention, TaskBinding,
+    LeaseHolder, OpenMode, Outcome, PartialPublish, Publication, PublishOptions, Purge,
+    QueueBackend, QueueDepth, Receipt, Requeue, Retention, TaskBinding,
 };
 use crate::{Error, Result, routing};
 
@@ -77,6 +77,21 @@ impl QueueBackend for PgQueue {
             .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Publication, Box<PartialPublish>> {
+        if options.is_plain() {
+            let ids = self.publish_batch(routing_key, payloads)?;
+            return Ok(Publication { ids, existing: Vec::new() });
+        }
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.insert_with(routing_key, &payloads, options)
+            .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
+    }
+
     fn set_capacity(&mut self, _task: &str, _capacity: usize) -> Result<()> {
         Ok(())
     }
@@ -86,6 +101,9 @@ impl QueueBackend for PgQueue {
             return Ok(Vec::new());
         }
         self.recover_if_seen();
+        // Delayed jobs whose time came join the claim order first (a failure shows in the
+        // claim's own result, on the same connection).
+        let _ = self.promote_if_due();
         self.write(Some((task, max)))
     }
 
@@ -174,7 +192,7 @@ impl QueueBackend for PgQueue {
 
     fn next_due(&mut self) -> Result<Option<Instant>> {
         let trouble = self.trouble.as_ref().map(|t| t.retry_at).filter(|t| *t > Instant::now());
-        let retry = match self.retry_due() {
+        let retry = match self.delayed_due() {
             Ok(r) => r,
             // Unreachable: wake for the next attempt to reconnect.
             Err(_) if trouble.is_some() || self.trouble.is_some() => None,

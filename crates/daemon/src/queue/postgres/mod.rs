@@ -50,7 +50,9 @@
 mod backend;
 mod claim;
 mod conn;
+mod due;
 mod migrate;
+mod publish;
 mod records;
 mod recovery;
 mod session;
@@ -69,7 +71,7 @@ use super::trouble::Trouble;
 use super::{BackendKind, OpenMode, QueueBackend, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 
-/// A job that can be claimed (now, or once `not_before` has passed: a retry).
+/// A job that can be claimed now (in the claim index).
 const STATE_READY: i16 = 0;
 /// A job leased by a daemon (`lease_owner`).
 const STATE_LEASED: i16 = 1;
@@ -79,6 +81,9 @@ const STATE_DONE: i16 = 2;
 const STATE_DEAD: i16 = 3;
 /// Cancelled (kept until pruned, like a done job).
 const STATE_CANCELLED: i16 = 4;
+/// A job that waits for its time (`--delay`, `--at`, a retry's backoff) until `not_before`;
+/// then made ready (`due.rs`), out of the claim index until then.
+const STATE_DELAYED: i16 = 5;
 
 /// The schema used when the config names none.
 pub const DEFAULT_SCHEMA: &str = "procyard";
