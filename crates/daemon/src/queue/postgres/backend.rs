@@ -10,8 +10,9 @@ use super::PgQueue;
 use crate::queue::{
     Abandoned, AttemptReport, BackendKind, DeadLetter, Health, Job, JobFilter, JobRecord,
     LeaseHolder, OpenMode, Outcome, PartialPublish, Publication, PublishOptions, Purge,
-    QueueBackend, QueueDepth, Receipt, Requeue, Retention, TaskBinding,
+    QueueBackend, QueueDepth, Receipt, Requeue, Retention, ScheduleStatus, TaskBinding,
 };
+use crate::schedule::ScheduleConfig;
 use crate::{Error, Result, routing};
 
 impl PgQueue {
@@ -58,6 +59,11 @@ impl QueueBackend for PgQueue {
         {
             // Something was published or requeued: retry times may have changed too.
             self.due_cache = None;
+        }
+        if let Some(s) = &self.session
+            && s.shared.schedules.swap(false, Ordering::SeqCst)
+        {
+            self.book.invalidate();
         }
         self.recover_if_seen();
         Ok(())
@@ -143,6 +149,22 @@ impl QueueBackend for PgQueue {
         })
     }
 
+    fn set_schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<()> {
+        self.sync_schedules(schedules)
+    }
+
+    fn schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<Vec<ScheduleStatus>> {
+        self.schedule_states(schedules)
+    }
+
+    fn trigger_schedule(&mut self, schedule: &ScheduleConfig) -> Result<Vec<String>> {
+        self.trigger(schedule)
+    }
+
+    fn pause_schedule(&mut self, schedule: &ScheduleConfig, paused: bool) -> Result<()> {
+        self.set_paused(schedule, paused)
+    }
+
     fn cancel_everywhere(&mut self, id: &str) -> Result<bool> {
         // A running job may be on any daemon: ask them all; the one running it stops it.
         // Waiting and ended jobs go the usual way (cancelled in the table, or refused).
@@ -200,7 +222,16 @@ impl QueueBackend for PgQueue {
         };
         let trouble = self.trouble.as_ref().map(|t| t.retry_at);
         let prune = (self.mode == OpenMode::Daemon).then_some(self.prune_at);
-        Ok([retry, trouble, prune].into_iter().flatten().min())
+        // Schedules due now are fired here (the loop asks once per turn); the next due time
+        // of the others is a deadline. Unreachable: the reconnect attempt comes first.
+        let schedule = match self.mode {
+            OpenMode::Daemon => self.fire_due_schedules().unwrap_or_else(|e| {
+                tracing::warn!(error = %e.chain(), "postgres: unable to fire schedules; will retry");
+                None
+            }),
+            OpenMode::Client => None,
+        };
+        Ok([retry, trouble, prune, schedule].into_iter().flatten().min())
     }
 
     fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {

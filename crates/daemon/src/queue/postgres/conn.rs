@@ -124,6 +124,12 @@ impl Target {
         format!("{}_cancel", self.schema)
     }
 
+    /// The channel told when a schedule's row changed (trigger, pause, resume, a new cadence):
+    /// every daemon reads the schedules again.
+    pub(super) fn schedules_channel(&self) -> String {
+        format!("{}_schedules", self.schema)
+    }
+
     /// The channel daemons notify when jobs or attempts end (`wait`, `logs -f`).
     pub(super) fn ended_channel(&self) -> String {
         format!("{}_ended", self.schema)

@@ -55,6 +55,7 @@ mod migrate;
 mod publish;
 mod records;
 mod recovery;
+mod schedules;
 mod session;
 
 use std::collections::HashMap;
@@ -196,6 +197,8 @@ pub(crate) struct PgQueue {
     prune_at: Instant,
     /// The count-based pruning cutoff `(finished_ms, seq)` and when it was read.
     prune_count: Option<(Instant, Option<(i64, i64)>)>,
+    /// Daemon: the periodic jobs it fires (`schedules.rs`).
+    book: schedules::Book,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -238,6 +241,7 @@ impl PgQueue {
             listening_ends: false,
             prune_at: Instant::now(),
             prune_count: None,
+            book: schedules::Book::default(),
         })
     }
 
