@@ -164,3 +164,68 @@ fn pg_unique_keys_hold_under_fifty_concurrent_publishers() {
     assert!(!publish(&mut *client, "x", &short).1, "a window that is over lets the key go");
     daemon.shutdown().unwrap();
 }
+
+/// A rate limit is one bucket for the cluster: with `4/m` (no token comes back during the
+/// test), two daemons together start 4 of 10 jobs; the second daemon sees the task
+/// rate-limited, and the rest wait `ready`.
+#[test]
+fn pg_rate_limit_is_shared_by_two_daemons() {
+    let Some(s) = Schema::new("pg_rate_limit_is_shared_by_two_daemons") else { return };
+    let mut client = open(&s, OpenMode::Client);
+    client.publish_batch("work.a", &vec![b"x".to_vec(); 10]).unwrap();
+    let limits = [TaskLimits {
+        task: "work".into(),
+        rate: Some(RateLimit::parse("4/m").unwrap()),
+        key: None,
+        max_per_key: 1,
+    }];
+    let mut a = open(&s, OpenMode::Daemon);
+    let mut b = open(&s, OpenMode::Daemon);
+    a.set_limits(&limits).unwrap();
+    b.set_limits(&limits).unwrap();
+    assert_eq!(a.claim("work", 3).unwrap().len(), 3);
+    assert_eq!(b.claim("work", 10).unwrap().len(), 1, "one token left for the cluster");
+    assert!(a.claim("work", 10).unwrap().is_empty(), "the bucket is empty for every daemon");
+    let d = &b.depths().unwrap()["work"];
+    assert!(d.rate_limited && d.ready == 6 && d.in_flight == 4, "{d:?}");
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}
+
+/// `max_per_key = 1` holds across daemons: while a job of key `a` runs on one daemon, no
+/// daemon starts another; the jobs of a key start in publish order; jobs without the key
+/// are not limited by it.
+#[test]
+fn pg_per_key_concurrency_holds_across_daemons() {
+    let Some(s) = Schema::new("pg_per_key_concurrency_holds_across_daemons") else { return };
+    let mut client = open(&s, OpenMode::Client);
+    let tenant = |t: &str| PublishOptions::new().header("tenant", t);
+    for (payload, opts) in [
+        ("a1", tenant("a")),
+        ("a2", tenant("a")),
+        ("b1", tenant("b")),
+        ("a3", tenant("a")),
+        ("free", PublishOptions::new().priority(4)),
+    ] {
+        publish(&mut *client, payload, &opts);
+    }
+    let limits = [TaskLimits {
+        task: "work".into(),
+        rate: None,
+        key: Some(ConcurrencyKey::parse("header:tenant").unwrap()),
+        max_per_key: 1,
+    }];
+    let mut a = open(&s, OpenMode::Daemon);
+    let mut b = open(&s, OpenMode::Daemon);
+    a.set_limits(&limits).unwrap();
+    b.set_limits(&limits).unwrap();
+    let first = a.claim("work", 1).unwrap();
+    assert_eq!(payloads(&first), ["a1"]);
+    assert_eq!(payloads(&b.claim("work", 10).unwrap()), ["b1", "free"], "a is running on a");
+    assert!(a.claim("work", 10).unwrap().is_empty(), "every key is full");
+    a.complete(&first[0], Outcome::Done).unwrap();
+    a.flush().unwrap();
+    assert_eq!(payloads(&b.claim("work", 10).unwrap()), ["a2"], "publish order within a key");
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}

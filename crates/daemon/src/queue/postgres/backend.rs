@@ -107,9 +107,16 @@ impl QueueBackend for PgQueue {
             return Ok(Vec::new());
         }
         self.recover_if_seen();
+        // A rate-limited task whose bucket is empty waits for its next token (a deadline).
+        if self.limits.is_throttled(task, Instant::now()) {
+            return Ok(Vec::new());
+        }
         // Delayed jobs whose time came join the claim order first (a failure shows in the
         // claim's own result, on the same connection).
         let _ = self.promote_if_due();
+        if self.limits.of(task).is_some() {
+            return self.claim_limited(task, max);
+        }
         self.write(Some((task, max)))
     }
 
@@ -147,6 +154,11 @@ impl QueueBackend for PgQueue {
         self.with("read a payload from", |c| {
             Ok(c.query_opt("SELECT payload FROM jobs WHERE id = $1", &[&id])?.map(|r| r.get(0)))
         })
+    }
+
+    fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
+        self.limits.set(limits);
+        Ok(())
     }
 
     fn set_schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<()> {
@@ -231,11 +243,18 @@ impl QueueBackend for PgQueue {
             }),
             OpenMode::Client => None,
         };
-        Ok([retry, trouble, prune, schedule].into_iter().flatten().min())
+        // A rate-limited task's next token is a deadline too.
+        let token = self.limits.next_wake(Instant::now());
+        Ok([retry, trouble, prune, schedule, token].into_iter().flatten().min())
     }
 
     fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
-        self.count_depths()
+        let mut depths = self.count_depths()?;
+        let now = Instant::now();
+        for (task, d) in &mut depths {
+            d.rate_limited = d.ready > 0 && self.limits.is_throttled(task, now);
+        }
+        Ok(depths)
     }
 
     fn dead_letters(&mut self, task: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {

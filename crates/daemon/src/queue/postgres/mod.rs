@@ -51,6 +51,7 @@ mod backend;
 mod claim;
 mod conn;
 mod due;
+mod limits;
 mod migrate;
 mod publish;
 mod records;
@@ -199,6 +200,8 @@ pub(crate) struct PgQueue {
     prune_count: Option<(Instant, Option<(i64, i64)>)>,
     /// Daemon: the periodic jobs it fires (`schedules.rs`).
     book: schedules::Book,
+    /// Daemon: each task's limits on starts (`limits.rs`).
+    limits: limits::Limits,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -242,6 +245,7 @@ impl PgQueue {
             prune_at: Instant::now(),
             prune_count: None,
             book: schedules::Book::default(),
+            limits: limits::Limits::default(),
         })
     }
 
