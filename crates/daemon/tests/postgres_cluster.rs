@@ -258,3 +258,53 @@ fn pg_dashboard_of_one_daemon_shows_all() {
     a.stop();
     b.stop();
 }
+
+/// The command line on three "machines" (three configs) at once: 48 `publish --unique k1
+/// --json` processes, each with its own connection, queue one job; the others answer its id
+/// with `"duplicate": true`. `publish --delay` shows `delayed` in `job`, and a daemon on
+/// another machine runs both.
+#[test]
+fn pg_cli_unique_and_delay_from_three_machines() {
+    let Some(schema) = Schema::new("pg_cli_unique_and_delay_from_three_machines") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> =
+        (0..3).map(|i| Node::new(dir.path(), &schema, i, "", TASK)).collect();
+    // The schema exists before the race (as after any daemon's first start).
+    let out = nodes[0].cli(&["migrate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..48)
+            .map(|i| {
+                let node = &nodes[i % 3];
+                s.spawn(move || node.cli(&["publish", "--unique", "k1", "--json", "tick.x", "u"]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("publisher")).collect()
+    });
+    let mut ids = Vec::new();
+    let mut duplicates = 0;
+    for out in &outs {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        ids.push(v["jobs"][0].as_str().expect("id").to_owned());
+        duplicates += usize::from(v["duplicate"] == serde_json::Value::Bool(true));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one job for one key: {ids:?}");
+    assert_eq!(duplicates, 47);
+
+    let out = nodes[1].cli(&["publish", "--delay", "1s", "--priority", "9", "tick.y", "later"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let later = text(&out.stdout).trim().to_owned();
+    let job = nodes[2].cli(&["job", "--json", &later]);
+    let rec: serde_json::Value = serde_json::from_slice(&job.stdout).expect("job --json");
+    assert_eq!(rec["state"], "delayed", "{rec}");
+    nodes[0].start();
+    for id in [&ids[0], &later] {
+        let out = nodes[2].cli(&["wait", "--timeout", "60s", id]);
+        assert!(out.status.success(), "{id}: {}", text(&out.stderr));
+    }
+    nodes[0].stop();
+}
