@@ -155,6 +155,9 @@ impl PgQueue {
                 "SELECT pg_notify($1, t) FROM unnest($2::text[]) AS t",
                 &[&channel, &tasks],
             )?;
+            // The others read the due times again: this daemon no longer wakes for the
+            // retries it wrote.
+            tx.execute("SELECT pg_notify($1, '')", &[&channel])?;
             tx.execute("DELETE FROM daemons WHERE no = $1", &[&me])?;
             tx.commit()?;
             Ok(n)
