@@ -8,6 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use postgres::Row;
+use postgres::types::ToSql;
+
 use super::PgQueue;
 use crate::Result;
 
@@ -23,7 +26,26 @@ const PROMOTE: &str = "WITH p AS (
     SELECT (SELECT COUNT(*) FROM p),
            (SELECT COUNT(pg_notify($1, t)) FROM (SELECT DISTINCT task FROM p) AS x(t))";
 
+/// The earliest due time, in ms from now (a statement asked after every notification).
+const DUE: &str = "SELECT MIN(not_before) - now_ms() FROM jobs WHERE state = 5";
+
 impl PgQueue {
+    /// Runs `sql` (prepared once per connection: one round trip) for its one row.
+    fn query_prepared(
+        &mut self,
+        action: &'static str,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row> {
+        let ran = match self.conn() {
+            Ok(c) => Ok(c.stmt(sql).and_then(|st| c.client.query_one(&st, params))),
+            Err(e) => Err(e),
+        };
+        let result = ran.and_then(|r| r.map_err(|e| self.target.err(action, e)));
+        self.note(&result);
+        result
+    }
+
     /// When the earliest delayed job falls due (cached until something could change it).
     /// An instant already past means jobs wait to be made ready.
     pub(super) fn retry_due(&mut self) -> Result<Option<Instant>> {
@@ -32,11 +54,7 @@ impl PgQueue {
         {
             return Ok(due);
         }
-        let left: Option<i64> = self.with("read due times from", |c| {
-            let row =
-                c.query_one("SELECT MIN(not_before) - now_ms() FROM jobs WHERE state = 5", &[])?;
-            Ok(row.get(0))
-        })?;
+        let left: Option<i64> = self.query_prepared("read due times from", DUE, &[])?.get(0);
         let due = left.map(|ms| {
             if ms <= 0 { Instant::now() } else { Instant::now() + Duration::from_millis(ms as u64) }
         });
@@ -52,9 +70,9 @@ impl PgQueue {
             return Ok(());
         }
         let channel = self.target.channel();
-        let n: i64 = self.with("make delayed jobs ready in", |c| {
-            Ok(c.query_one(PROMOTE, &[&channel, &PROMOTE_BATCH])?.get(0))
-        })?;
+        let n: i64 = self
+            .query_prepared("make delayed jobs ready in", PROMOTE, &[&channel, &PROMOTE_BATCH])?
+            .get(0);
         // A full batch: more are due, the next call takes them; otherwise read the next time.
         self.due_cache = if n >= PROMOTE_BATCH { Some(Some(Instant::now())) } else { None };
         Ok(())
