@@ -156,7 +156,7 @@ fn pg_daemons_starting_together_migrate_once() {
         .query_one(&format!("SELECT COUNT(*) FROM {}.migrations", s.name), &[])
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "each version applied once (two versions)");
     assert!(queue::postgres::migrate(&config).unwrap().is_empty());
 }
 
@@ -253,4 +253,48 @@ fn pg_retention_prunes_done_jobs_and_keeps_dead_letters() {
     let left = client.jobs(&all).unwrap();
     assert_eq!(left[0].state, JobState::Dead, "dead letters stay");
     assert_eq!(client.depths().unwrap()["work"].done_total, Some(3), "counted before pruning");
+}
+
+/// TLS as the URL asks, with libpq's meanings: `sslmode=disable` connects plainly; `require`
+/// connects encrypted when the server offers TLS (its daemon's two connections are in
+/// `pg_stat_ssl`), and against a server without TLS fails saying so; `verify-full` refuses a
+/// certificate no trusted authority signed; an unreadable `sslrootcert` is named.
+#[test]
+fn pg_tls_when_the_url_asks() {
+    let Some(s) = Schema::new("pg_tls_when_the_url_asks") else { return };
+    let with = |query: &str| {
+        let mut c = s.config();
+        let sep = if s.url.contains('?') { '&' } else { '?' };
+        c.url = Some(format!("{}{sep}{query}", s.url));
+        c
+    };
+    let mut plain = queue::open(&with("sslmode=disable"), OpenMode::Client).expect("disable");
+    plain.bind(&bindings()).unwrap();
+    plain.publish("work.a", b"x").unwrap();
+
+    let server_tls: String = s.client().query_one("SHOW ssl", &[]).unwrap().get(0);
+    if server_tls == "on" {
+        let daemon = queue::open(&with("sslmode=require"), OpenMode::Daemon).expect("require");
+        let row = s
+            .client()
+            .query_one(
+                &format!(
+                    "SELECT COUNT(*), COALESCE(bool_and(t.ssl), false)
+                     FROM pg_stat_ssl t JOIN pg_stat_activity a USING (pid)
+                     WHERE a.application_name LIKE 'procyard-daemon ' || (SELECT name FROM {}.daemons) || '%'",
+                    s.name
+                ),
+                &[],
+            )
+            .unwrap();
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (2, true), "both encrypted");
+        drop(daemon);
+        let msg = open_err(&with("sslmode=verify-full"));
+        assert!(msg.contains("connect with TLS to") && msg.contains("certificate"), "{msg}");
+    } else {
+        let msg = open_err(&with("sslmode=require"));
+        assert!(msg.contains("connect with TLS to") && msg.contains("TLS"), "{msg}");
+    }
+    let msg = open_err(&with("sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem"));
+    assert!(msg.contains("sslrootcert") && msg.contains("/nonexistent/ca.pem"), "{msg}");
 }

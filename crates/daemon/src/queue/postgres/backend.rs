@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use super::PgQueue;
 use crate::queue::{
     Abandoned, AttemptReport, BackendKind, DeadLetter, Health, Job, JobFilter, JobRecord,
-    LeaseHolder, OpenMode, Outcome, PartialPublish, Purge, QueueBackend, QueueDepth, Receipt,
-    Requeue, Retention, TaskBinding,
+    LeaseHolder, OpenMode, Outcome, PartialPublish, Publication, PublishOptions, Purge,
+    QueueBackend, QueueDepth, Receipt, Requeue, Retention, ScheduleStatus, TaskBinding,
 };
+use crate::schedule::ScheduleConfig;
 use crate::{Error, Result, routing};
 
 impl PgQueue {
@@ -59,6 +60,11 @@ impl QueueBackend for PgQueue {
             // Something was published or requeued: retry times may have changed too.
             self.due_cache = None;
         }
+        if let Some(s) = &self.session
+            && s.shared.schedules.swap(false, Ordering::SeqCst)
+        {
+            self.book.invalidate();
+        }
         self.recover_if_seen();
         Ok(())
     }
@@ -77,6 +83,21 @@ impl QueueBackend for PgQueue {
             .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
+    fn publish_with(
+        &mut self,
+        routing_key: &str,
+        payloads: &[Vec<u8>],
+        options: &PublishOptions,
+    ) -> Result<Publication, Box<PartialPublish>> {
+        if options.is_plain() {
+            let ids = self.publish_batch(routing_key, payloads)?;
+            return Ok(Publication { ids, existing: Vec::new() });
+        }
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.insert_with(routing_key, &payloads, options)
+            .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
+    }
+
     fn set_capacity(&mut self, _task: &str, _capacity: usize) -> Result<()> {
         Ok(())
     }
@@ -86,6 +107,16 @@ impl QueueBackend for PgQueue {
             return Ok(Vec::new());
         }
         self.recover_if_seen();
+        // A rate-limited task whose bucket is empty waits for its next token (a deadline).
+        if self.limits.is_throttled(task, Instant::now()) {
+            return Ok(Vec::new());
+        }
+        // Delayed jobs whose time came join the claim order first (a failure shows in the
+        // claim's own result, on the same connection).
+        let _ = self.promote_if_due();
+        if self.limits.of(task).is_some() {
+            return self.claim_limited(task, max);
+        }
         self.write(Some((task, max)))
     }
 
@@ -123,6 +154,27 @@ impl QueueBackend for PgQueue {
         self.with("read a payload from", |c| {
             Ok(c.query_opt("SELECT payload FROM jobs WHERE id = $1", &[&id])?.map(|r| r.get(0)))
         })
+    }
+
+    fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
+        self.limits.set(limits);
+        Ok(())
+    }
+
+    fn set_schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<()> {
+        self.sync_schedules(schedules)
+    }
+
+    fn schedules(&mut self, schedules: &[ScheduleConfig]) -> Result<Vec<ScheduleStatus>> {
+        self.schedule_states(schedules)
+    }
+
+    fn trigger_schedule(&mut self, schedule: &ScheduleConfig) -> Result<Vec<String>> {
+        self.trigger(schedule)
+    }
+
+    fn pause_schedule(&mut self, schedule: &ScheduleConfig, paused: bool) -> Result<()> {
+        self.set_paused(schedule, paused)
     }
 
     fn cancel_everywhere(&mut self, id: &str) -> Result<bool> {
@@ -174,7 +226,7 @@ impl QueueBackend for PgQueue {
 
     fn next_due(&mut self) -> Result<Option<Instant>> {
         let trouble = self.trouble.as_ref().map(|t| t.retry_at).filter(|t| *t > Instant::now());
-        let retry = match self.retry_due() {
+        let retry = match self.delayed_due() {
             Ok(r) => r,
             // Unreachable: wake for the next attempt to reconnect.
             Err(_) if trouble.is_some() || self.trouble.is_some() => None,
@@ -182,11 +234,27 @@ impl QueueBackend for PgQueue {
         };
         let trouble = self.trouble.as_ref().map(|t| t.retry_at);
         let prune = (self.mode == OpenMode::Daemon).then_some(self.prune_at);
-        Ok([retry, trouble, prune].into_iter().flatten().min())
+        // Schedules due now are fired here (the loop asks once per turn); the next due time
+        // of the others is a deadline. Unreachable: the reconnect attempt comes first.
+        let schedule = match self.mode {
+            OpenMode::Daemon => self.fire_due_schedules().unwrap_or_else(|e| {
+                tracing::warn!(error = %e.chain(), "postgres: unable to fire schedules; will retry");
+                None
+            }),
+            OpenMode::Client => None,
+        };
+        // A rate-limited task's next token is a deadline too.
+        let token = self.limits.next_wake(Instant::now());
+        Ok([retry, trouble, prune, schedule, token].into_iter().flatten().min())
     }
 
     fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
-        self.count_depths()
+        let mut depths = self.count_depths()?;
+        let now = Instant::now();
+        for (task, d) in &mut depths {
+            d.rate_limited = d.ready > 0 && self.limits.is_throttled(task, now);
+        }
+        Ok(depths)
     }
 
     fn dead_letters(&mut self, task: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {

@@ -22,12 +22,16 @@ const PUBLISH: &str = "WITH ins AS (
         RETURNING task)
     SELECT pg_notify($5, t) FROM (SELECT DISTINCT task FROM ins) AS x(t)";
 
-const CLAIM: &str = "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
+/// Takes the first `$3` ready jobs of task `$2` in claim order: higher priority first, then
+/// FIFO (`jobs_ready (task, priority DESC, seq) WHERE state = 0`). Delayed jobs wait in state
+/// 5, outside this index, until `due.rs` makes them ready: a backlog of them costs nothing.
+pub(super) const CLAIM: &str =
+    "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL, worker_boot = NULL,
         worker_started_ms = NULL
-    WHERE seq IN (SELECT seq FROM jobs WHERE task = $2 AND state = 0 AND not_before <= now_ms()
-                  ORDER BY not_before, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
-    RETURNING seq, id, routing_key, payload, attempts";
+    WHERE seq IN (SELECT seq FROM jobs WHERE task = $2 AND state = 0
+                  ORDER BY priority DESC, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+    RETURNING seq, id, routing_key, payload, attempts, priority";
 
 /// Puts back the jobs leased to this daemon (`$1`) that it does not know it holds (not in
 /// `$2`): after a claim whose commit was not confirmed (the connection dropped during it),
@@ -75,7 +79,9 @@ const DONE_DELETE: &str = "WITH d AS (
 
 const NOTIFY_ONE: &str = "SELECT pg_notify($1, '')";
 
-const END: &str = "UPDATE jobs SET state = $3::smallint,
+/// A retry with a delay waits as delayed (state 5) until its time.
+const END: &str = "UPDATE jobs SET
+        state = CASE WHEN $3::smallint = 0 AND $4::bigint > 0 THEN 5 ELSE $3::smallint END,
         finished_ms = CASE WHEN $3::smallint = 0 THEN NULL ELSE now_ms() END,
         not_before = CASE WHEN $3::smallint = 0 THEN now_ms() + $4::bigint ELSE not_before END,
         last_error = $5, lease_owner = NULL
@@ -217,7 +223,9 @@ impl PgQueue {
             for sql in [HOLDERS, ATTEMPTS, done_sql, END, NOTIFY_ONE, CLAIM] {
                 s.push(conn.stmt(sql).map_err(e)?);
             }
-            let take = |rows: Vec<postgres::Row>, task: &str| -> Vec<Job> {
+            let take = |mut rows: Vec<postgres::Row>, task: &str| -> Vec<Job> {
+                // Highest priority first, then publish order (RETURNING has no order).
+                rows.sort_by_key(|r| (std::cmp::Reverse(r.get::<_, i16>(5)), r.get::<_, i64>(0)));
                 rows.iter()
                     .map(|r| Job {
                         id: r.get(1),
@@ -263,7 +271,7 @@ impl PgQueue {
         })();
         let result = result.map_err(|e| self.named(e, "claim jobs from"));
         self.note(&result);
-        let (mut jobs, retried) = match result {
+        let (jobs, retried) = match result {
             Ok(r) => r,
             Err(e) => {
                 self.buffers = buffers;
@@ -282,7 +290,6 @@ impl PgQueue {
         for j in &jobs {
             self.leases.insert(j.receipt.0 as i64, owner);
         }
-        jobs.sort_by_key(|j| j.receipt.0);
         Ok(jobs)
     }
 }

@@ -1,6 +1,7 @@
 //! Connections to the database: the URL read (and shown without its password), the schema
-//! checked as a plain identifier, the TCP settings that make a dead peer noticed on both
-//! sides, errors that name the database, and the backoff after a failure.
+//! checked as a plain identifier, TLS when the URL asks for it, the TCP settings that make a
+//! dead peer noticed on both sides, errors that name the database, and the backoff after a
+//! failure.
 
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ pub(super) struct Target {
     pub(super) shown: String,
     /// The schema (a checked identifier: safe to write into SQL).
     pub(super) schema: String,
+    /// TLS, when the URL asks for it.
+    tls: Option<super::tls::Tls>,
 }
 
 impl Target {
@@ -62,8 +65,10 @@ impl Target {
             source: e,
         };
         check_schema(schema).map_err(|m| bad(m.into()))?;
-        let config: postgres::Config = url.parse().map_err(|e: postgres::Error| bad(e.into()))?;
-        Ok(Target { config, shown, schema: schema.to_owned() })
+        let (driver_url, tls) = super::tls::split_url(url);
+        let config: postgres::Config =
+            driver_url.parse().map_err(|e: postgres::Error| bad(e.into()))?;
+        Ok(Target { config, shown, schema: schema.to_owned(), tls })
     }
 
     /// An error while doing `action` on this database.
@@ -106,6 +111,11 @@ impl Target {
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(5));
+        // TLS when the URL asks for it (`tls.rs`); otherwise plain TCP.
+        if let Some(tls) = &self.tls {
+            let connector = tls.connector().map_err(|e| self.err("set up TLS for", e))?;
+            return config.connect(connector).map_err(|e| self.err("connect with TLS to", e));
+        }
         config.connect(NoTls).map_err(|e| self.err("connect to", e))
     }
 
@@ -124,13 +134,19 @@ impl Target {
         format!("{}_cancel", self.schema)
     }
 
+    /// The channel told when a schedule's row changed (trigger, pause, resume, a new cadence):
+    /// every daemon reads the schedules again.
+    pub(super) fn schedules_channel(&self) -> String {
+        format!("{}_schedules", self.schema)
+    }
+
     /// The channel daemons notify when jobs or attempts end (`wait`, `logs -f`).
     pub(super) fn ended_channel(&self) -> String {
         format!("{}_ended", self.schema)
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A stable key for `schema`'s advisory locks (FNV-1a), positive so it reads the same in
 /// `pg_locks.classid`.

@@ -4,20 +4,25 @@
 //!
 //! Tables (in the configured schema):
 //! - `jobs`: one row per job and receiving task; `state` is one of the `STATE_*` codes in
-//!   `mod.rs`; retries wait as ready rows with a later `not_before` (ms, database clock);
+//!   `mod.rs`; delayed jobs and retries wait in state 5 until `not_before` (ms, database clock);
 //!   a leased row names its daemon (`lease_owner` = `daemons.no`) and its worker.
 //! - `attempts`: one row per ended attempt (bounded output, resource use), deleted with
 //!   its job.
 //! - `daemons`: one row per running daemon; alive while its session holds the advisory lock
 //!   `(lock_space, no)`.
 //! - `stats`: jobs done per task and daemon (one row per daemon: no hot row shared by all).
+//! - `schedules`: one row per `[[schedule]]` (last due time fired, paused), row-locked by
+//!   the daemon that fires it; `rate_buckets`: one token bucket per rate-limited task.
 //! - `migrations`: the versions applied.
 //!
-//! The partial indexes hold only the rows they serve, so a history of done jobs costs a claim
-//! nothing: `jobs_ready (task, not_before, seq) WHERE state = 0` gives a claim the rows it
-//! takes in order, `jobs_due (not_before) WHERE state = 0` the next retry time,
-//! `jobs_leased (lease_owner) WHERE state = 1` a dead daemon's leases, `jobs_finished
-//! (finished_ms, seq) WHERE state IN (2, 4)` the pruning.
+//! The partial indexes hold only the rows they serve, so a history of done jobs or a backlog
+//! of delayed ones costs a claim nothing: `jobs_ready (task, priority DESC, seq) WHERE state
+//! = 0` gives a claim the rows it takes in claim order (higher priority first, then FIFO),
+//! `jobs_delayed (not_before) WHERE state = 5` the next due time and the jobs that fell due,
+//! `jobs_unique (task, unique_key)` the unique keys, `jobs_keyed (task, limit_key) WHERE
+//! state = 1` the running jobs per concurrency key, `jobs_leased (lease_owner) WHERE state =
+//! 1` a dead daemon's leases, `jobs_finished (finished_ms, seq) WHERE state IN (2, 4)` the
+//! pruning.
 
 use postgres::Client;
 
@@ -89,8 +94,41 @@ CREATE TABLE stats (
 );
 ";
 
+/// The scheduling version (issue #17 on PostgreSQL): priorities, delayed jobs in a state of
+/// their own (5) so the claim index holds only ready rows in claim order, unique keys,
+/// headers, the per-key concurrency key of running jobs, schedules and rate buckets.
+const V2: &str = "
+ALTER TABLE jobs
+    ADD COLUMN priority     smallint NOT NULL DEFAULT 5,
+    ADD COLUMN headers      text,
+    ADD COLUMN unique_key   text,
+    ADD COLUMN unique_until bigint,
+    ADD COLUMN limit_key    text;
+UPDATE jobs SET state = 5 WHERE state = 0 AND not_before > now_ms();
+DROP INDEX jobs_ready;
+DROP INDEX jobs_due;
+CREATE INDEX jobs_ready ON jobs (task, priority DESC, seq) WHERE state = 0;
+CREATE INDEX jobs_delayed ON jobs (not_before) WHERE state = 5;
+CREATE UNIQUE INDEX jobs_unique ON jobs (task, unique_key) WHERE unique_key IS NOT NULL;
+CREATE INDEX jobs_keyed ON jobs (task, limit_key) WHERE state = 1 AND limit_key IS NOT NULL;
+CREATE TABLE schedules (
+    name        text PRIMARY KEY,
+    spec        text NOT NULL,
+    since_ms    bigint NOT NULL,
+    last_due_ms bigint,
+    last_run_ms bigint,
+    last_job    text,
+    paused      boolean NOT NULL DEFAULT false
+);
+CREATE TABLE rate_buckets (
+    task   text PRIMARY KEY,
+    tokens double precision NOT NULL,
+    at_ms  bigint NOT NULL
+);
+";
+
 /// Every version, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 /// The newest version this build knows.
 pub(super) fn latest() -> i32 {

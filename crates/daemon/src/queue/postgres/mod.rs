@@ -12,16 +12,22 @@
 //!   (`session.rs`): it holds the daemon's advisory lock for as long as the daemon lives,
 //!   `LISTEN`s for published jobs and wakes the daemon's loop through its [`mio::Waker`], and
 //!   looks every 200 ms for daemons whose session is gone. A client opens one connection.
-//! - **Claims** (`claim.rs`): `UPDATE … WHERE seq IN (SELECT … ORDER BY not_before, seq LIMIT n
-//!   FOR UPDATE SKIP LOCKED)` through the partial index `jobs_ready (task, not_before, seq)
-//!   WHERE state = 0`, so a claim costs the rows it takes, never the backlog or the history,
-//!   and daemons never wait for each other's rows. The outcomes, attempts and worker holders
-//!   buffered since the last write go in the same transaction (arrays, one statement per
-//!   kind), so a daemon killed at any moment has recorded both or neither.
+//! - **Claims** (`claim.rs`): `UPDATE … WHERE seq IN (SELECT … ORDER BY priority DESC, seq
+//!   LIMIT n FOR UPDATE SKIP LOCKED)` through the partial index `jobs_ready (task, priority
+//!   DESC, seq) WHERE state = 0` (higher priority first, then FIFO), so a claim costs the rows
+//!   it takes, never the backlog, the delayed jobs or the history, and daemons never wait for
+//!   each other's rows. The outcomes, attempts and worker holders buffered since the last
+//!   write go in the same transaction (arrays, one statement per kind), so a daemon killed
+//!   at any moment has recorded both or neither.
 //! - **Wake-ups**: publish notifies `<schema>_jobs` (one notification per task and
-//!   transaction); nothing polls the table. A retry's due time is read from `jobs_due` and
-//!   is a real deadline for the daemon's loop; a notification missed while the session was
+//!   transaction); nothing polls the table. Delayed jobs (`--delay`, `--at`, a retry's
+//!   backoff) wait in a state of their own; the earliest due time is read from
+//!   `jobs_delayed` (again after each notification) and is a real deadline of the daemon's
+//!   loop, when they are made ready (`due.rs`); a notification missed while the session was
 //!   reconnecting is made up for by a claim round after it reconnects.
+//! - **Scheduling controls**, all cluster-wide: unique keys by a unique index
+//!   (`publish.rs`), `[[schedule]]` fired once per due time under the schedule's row lock
+//!   (`schedules.rs`), rate limits and per-key concurrency (`limits.rs`).
 //! - **Leases** name the daemon (`lease_owner` = its row in `daemons`, which records its
 //!   session's backend pid) and the worker. When a daemon's session ends (SIGKILL, crash,
 //!   cut off: see `conn.rs` for keepalive and `tcp_user_timeout`), its lock goes with it; the
@@ -41,19 +47,24 @@
 //!
 //! # Limitations
 //!
-//! TLS is not built in (`sslmode=require` fails to connect, saying so). `cancel` of a running
-//! job reaches only the daemon whose control socket the client's config names. Jobs kept
-//! leased at a daemon's start because their worker would not die are put back by the next
-//! look for dead daemons. Delays, priorities, unique keys, schedules and rate limits are not
-//! implemented on this backend yet.
+//! TLS as libpq's `sslmode` says (`require`, `verify-ca`, `verify-full`, with `sslrootcert`;
+//! `prefer`, the default, does not try TLS: `tls.rs`). Jobs kept leased at a daemon's start because their worker
+//! would not die are put back by the next look for dead daemons. Per-key concurrency looks
+//! at most 1,000 waiting jobs per claim. Every daemon's clock should be right: a schedule's
+//! due times are read on the clock of the daemon that fires them (delays use the database's).
 
 mod backend;
 mod claim;
 mod conn;
+mod due;
+mod limits;
 mod migrate;
+mod publish;
 mod records;
 mod recovery;
+mod schedules;
 mod session;
+mod tls;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -69,7 +80,7 @@ use super::trouble::Trouble;
 use super::{BackendKind, OpenMode, QueueBackend, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
 
-/// A job that can be claimed (now, or once `not_before` has passed: a retry).
+/// A job that can be claimed now (in the claim index).
 const STATE_READY: i16 = 0;
 /// A job leased by a daemon (`lease_owner`).
 const STATE_LEASED: i16 = 1;
@@ -79,6 +90,9 @@ const STATE_DONE: i16 = 2;
 const STATE_DEAD: i16 = 3;
 /// Cancelled (kept until pruned, like a done job).
 const STATE_CANCELLED: i16 = 4;
+/// A job that waits for its time (`--delay`, `--at`, a retry's backoff) until `not_before`;
+/// then made ready (`due.rs`), out of the claim index until then.
+const STATE_DELAYED: i16 = 5;
 
 /// The schema used when the config names none.
 pub const DEFAULT_SCHEMA: &str = "procyard";
@@ -129,7 +143,7 @@ pub(crate) fn check_config(
             return Err((Some(u.span()), "queue.url", "must start with postgres://".into()));
         }
         Some(u) => {
-            if let Err(e) = u.get_ref().parse::<postgres::Config>() {
+            if let Err(e) = tls::split_url(u.get_ref()).0.parse::<postgres::Config>() {
                 return Err((Some(u.span()), "queue.url", format!("is not a valid url: {e}")));
             }
         }
@@ -191,6 +205,10 @@ pub(crate) struct PgQueue {
     prune_at: Instant,
     /// The count-based pruning cutoff `(finished_ms, seq)` and when it was read.
     prune_count: Option<(Instant, Option<(i64, i64)>)>,
+    /// Daemon: the periodic jobs it fires (`schedules.rs`).
+    book: schedules::Book,
+    /// Daemon: each task's limits on starts (`limits.rs`).
+    limits: limits::Limits,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -233,6 +251,8 @@ impl PgQueue {
             listening_ends: false,
             prune_at: Instant::now(),
             prune_count: None,
+            book: schedules::Book::default(),
+            limits: limits::Limits::default(),
         })
     }
 

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use postgres::Row;
 
-use super::{PgQueue, STATE_CANCELLED, STATE_DEAD, STATE_DONE, STATE_LEASED, STATE_READY};
+use super::{
+    PgQueue, STATE_CANCELLED, STATE_DEAD, STATE_DELAYED, STATE_DONE, STATE_LEASED, STATE_READY,
+};
 use crate::queue::{
     Attempt, Captured, DeadLetter, JobFilter, JobRecord, JobState, Purge, QueueDepth, Requeue,
     ResourceUse, check_job_id,
@@ -21,7 +23,8 @@ const COLUMNS: &str = "seq, id, task, routing_key, length(payload)::bigint, stat
 
 fn state_of(code: i16, not_before: i64, now: i64) -> JobState {
     match code {
-        STATE_READY if not_before > now => JobState::Delayed,
+        STATE_DELAYED if not_before <= now => JobState::Ready,
+        STATE_DELAYED => JobState::Delayed,
         STATE_READY => JobState::Ready,
         STATE_LEASED => JobState::Running,
         STATE_DONE => JobState::Done,
@@ -34,8 +37,8 @@ fn state_of(code: i16, not_before: i64, now: i64) -> JobState {
 /// The SQL condition for one state (codes only, never user text).
 fn state_condition(state: JobState) -> &'static str {
     match state {
-        JobState::Ready => "(state = 0 AND not_before <= now_ms())",
-        JobState::Delayed => "(state = 0 AND not_before > now_ms())",
+        JobState::Ready => "(state = 0 OR (state = 5 AND not_before <= now_ms()))",
+        JobState::Delayed => "(state = 5 AND not_before > now_ms())",
         JobState::Running => "state = 1",
         JobState::Done => "state = 2",
         JobState::Dead => "state = 3",
@@ -197,7 +200,7 @@ impl PgQueue {
             let mut tx = c.transaction()?;
             let n = tx.execute(
                 "UPDATE jobs SET state = 4, finished_ms = now_ms(), last_error = 'cancelled'
-                 WHERE id = $1 AND state = 0",
+                 WHERE id = $1 AND state IN (0, 5)",
                 &[&id],
             )?;
             tx.execute("SELECT pg_notify($1, '')", &[&ended])?;
@@ -316,7 +319,7 @@ impl PgQueue {
         let (rows, done) = self.with("count jobs in", |c| {
             let rows = c.query(
                 "SELECT task, state, COUNT(*), COUNT(*) FILTER (WHERE not_before > now_ms())
-                 FROM jobs WHERE state IN (0, 1, 3) GROUP BY task, state",
+                 FROM jobs WHERE state IN (0, 1, 3, 5) GROUP BY task, state",
                 &[],
             )?;
             let done = c.query("SELECT task, SUM(done)::bigint FROM stats GROUP BY task", &[])?;
@@ -326,7 +329,7 @@ impl PgQueue {
             let d = out.entry(r.get(0)).or_insert_with(known);
             let (n, delayed) = (r.get::<_, i64>(2) as u64, r.get::<_, i64>(3) as u64);
             match r.get::<_, i16>(1) {
-                STATE_READY => {
+                STATE_READY | STATE_DELAYED => {
                     d.ready += n - delayed;
                     *d.delayed.get_or_insert(0) += delayed;
                 }

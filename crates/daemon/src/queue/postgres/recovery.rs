@@ -155,32 +155,15 @@ impl PgQueue {
                 "SELECT pg_notify($1, t) FROM unnest($2::text[]) AS t",
                 &[&channel, &tasks],
             )?;
+            // The others read the due times again: this daemon no longer wakes for the
+            // retries it wrote.
+            tx.execute("SELECT pg_notify($1, '')", &[&channel])?;
             tx.execute("DELETE FROM daemons WHERE no = $1", &[&me])?;
             tx.commit()?;
             Ok(n)
         })?;
         self.leases.clear();
         Ok(n)
-    }
-
-    /// When the earliest delayed job falls due (cached until something could change it).
-    pub(super) fn retry_due(&mut self) -> Result<Option<Instant>> {
-        if let Some(due) = self.due_cache
-            && due.is_none_or(|d| d > Instant::now())
-        {
-            return Ok(due);
-        }
-        let left: Option<i64> = self.with("read retry times from", |c| {
-            let row = c.query_one(
-                "SELECT MIN(not_before) - now_ms() FROM jobs WHERE state = 0
-                   AND not_before > now_ms()",
-                &[],
-            )?;
-            Ok(row.get(0))
-        })?;
-        let due = left.map(|ms| Instant::now() + Duration::from_millis(ms.max(0) as u64 + 1));
-        self.due_cache = Some(due);
-        Ok(due)
     }
 
     /// The next pruning step, if its time has come: one batch of finished jobs past the

@@ -46,6 +46,8 @@ pub(super) struct Shared {
     pub(super) owner: AtomicI64,
     /// A job was published (or may have been, unseen): claim.
     pub(super) jobs: AtomicBool,
+    /// A schedule's row changed: read the schedules again.
+    pub(super) schedules: AtomicBool,
     /// A daemon's session is gone: put its leases back.
     pub(super) dead: AtomicBool,
     /// The session is connected.
@@ -175,9 +177,10 @@ impl Me {
     fn listen(&self, client: &mut Client) -> Result<()> {
         client
             .batch_execute(&format!(
-                "LISTEN {}; LISTEN {}",
+                "LISTEN {}; LISTEN {}; LISTEN {}",
                 self.target.channel(),
-                self.target.cancel_channel()
+                self.target.cancel_channel(),
+                self.target.schedules_channel()
             ))
             .map_err(|e| self.target.err("listen for jobs on", e))
     }
@@ -247,6 +250,8 @@ impl Me {
                     if let Ok(mut ids) = self.shared.cancels.lock() {
                         ids.push(n.payload().to_owned());
                     }
+                } else if n.channel() == self.target.schedules_channel() {
+                    self.shared.schedules.store(true, Ordering::SeqCst);
                 } else {
                     self.shared.jobs.store(true, Ordering::SeqCst);
                 }
@@ -273,8 +278,9 @@ impl Me {
         self.shared.connected.store(yes, Ordering::SeqCst);
         if yes {
             self.shared.set_problem(None);
-            // Notifications may have been missed: look at the queue.
+            // Notifications may have been missed: look at the queue and the schedules.
             self.shared.jobs.store(true, Ordering::SeqCst);
+            self.shared.schedules.store(true, Ordering::SeqCst);
         }
         self.shared.wake();
     }
