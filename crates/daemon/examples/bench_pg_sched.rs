@@ -45,6 +45,7 @@ fn config(url: &str, schema: &str) -> QueueConfig {
         schema: schema.to_owned(),
         durability: Default::default(),
         events: true,
+        priorities: false,
     }
 }
 
