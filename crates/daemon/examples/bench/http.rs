@@ -182,9 +182,16 @@ pub fn run(bin: &Path, me: &Path) -> anyhow::Result<()> {
     let (mut on_rate, mut off_rate) = (col(&on, |d| d.rate), col(&off, |d| d.rate));
     let (mut on_cpu, mut off_cpu) = (col(&on, |d| d.cpu_ms_per_1k), col(&off, |d| d.cpu_ms_per_1k));
     let mut http_cpu = col(&on, |d| d.http_cpu_ms_per_1k);
+    // Each watched drain against the drain just before it (the nearest in machine load).
+    let mut pairs: Vec<f64> = on_rate.iter().zip(&off_rate).map(|(a, b)| a / b).collect();
+    // The HTTP threads' share of the watched daemon's CPU.
+    let mut shares: Vec<f64> =
+        on.iter().map(|d| 100.0 * d.http_cpu_ms_per_1k / d.cpu_ms_per_1k).collect();
     println!(
-        "longlived jobs/s, [http] off {off_rate:.0?}, watched {on_rate:.0?}; daemon CPU ms per 1,000 jobs, off {off_cpu:.1?}, watched {on_cpu:.1?} (HTTP threads {http_cpu:.1?})"
+        "longlived jobs/s, [http] off {off_rate:.0?}, watched {on_rate:.0?} (pair ratios {pairs:.2?}); daemon CPU ms per 1,000 jobs, off {off_cpu:.1?}, watched {on_cpu:.1?} (HTTP threads {http_cpu:.1?}, {shares:.1?} %)"
     );
+    bench("longlived_http_watched_pair_ratio_median", median(&mut pairs), "x", "goal", 0.95);
+    bench("http_threads_share_of_daemon_cpu", median(&mut shares), "%", "-", 0.0);
     bench(
         "longlived_http_watched_per_s",
         median(&mut on_rate),
