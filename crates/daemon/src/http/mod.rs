@@ -7,11 +7,12 @@
 //! and a records thread with its own connection to the queue). The loop only hands it
 //! snapshots: at most every [`PUBLISH_EVERY`] it builds its status from memory (no queue
 //! read, no `/proc` read) and swaps it into a `watch` channel, and it bumps a few counters
-//! and histograms (`LoopMetrics`) as jobs start and end. Everything else — queue
-//! depths, dead letters, job records, output — the records thread reads from the queue
-//! itself; actions go through the same paths as the command line (the queue, and the
-//! control socket for what only the loop can do: cancel a running job, pause, resume,
-//! scale). Live updates are server-sent events, one per snapshot at most every
+//! and histograms (`LoopMetrics`, through per-task handles: no label built per job) as jobs
+//! start and end. Everything else — queue depths, dead letters, job records, output — the
+//! records thread reads from the queue itself (depths and dead letters as one view shared by
+//! `/metrics` and every event stream, read at most once a second: see `view`); actions go
+//! through the same paths as the command line (the queue, and the control socket for what
+//! only the loop can do: cancel a running job, pause, resume, scale). Live updates are server-sent events, one per snapshot at most every
 //! `EVENT_EVERY` (500 ms), however many jobs end in between.
 //!
 //! # Routes
