@@ -1,6 +1,9 @@
 //! The HTTP face's benchmarks (issue 18), part `http` of the daemon's bench:
 //! longlived jobs/s with a dashboard's event stream open and `/metrics` scraped every 100 ms
-//! against the same run without `[http]` (goal ≥ 0.95×); `/metrics` p50 with 100 tasks (goal
+//! against the same run without `[http]` (goal ≥ 0.95×; interleaved rounds,
+//! `PROCYARD_BENCH_HTTP_ROUNDS`, default 5), with the daemon's CPU time per 1,000 jobs and the
+//! HTTP threads' share of it (from `/proc/PID/task/*/schedstat`: what the watchers' own CPU
+//! use on a busy two-core machine does not blur); `/metrics` p50 with 100 tasks (goal
 //! < 5 ms); daemon RSS with `[http]` on (an event stream open, scraped) against off (goal ≤
 //! +4 MiB).
 
