@@ -48,6 +48,11 @@ impl OutputBuffer {
         }
     }
 
+    /// The most bytes it retains.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// First retained offset.
     pub(crate) fn start(&self) -> u64 {
         self.start

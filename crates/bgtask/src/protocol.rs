@@ -27,6 +27,10 @@ pub const MAX_REQUEST: usize = 1024 * 1024;
 /// Largest number of bytes returned by one read.
 pub const MAX_READ: u64 = 4 * 1024 * 1024;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// An output stream of a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +101,11 @@ pub enum Request {
         /// If nothing is available yet, wait until something is, or the stream ends, or the
         /// task exits.
         wait: bool,
+        /// With `wait`: wait until at least this many bytes are there (at most `count` and
+        /// the retention cap; 0 and 1 both mean "any"), or the stream ends, the task exits or
+        /// the retention is full. Fewer, larger answers for a reader that wants throughput.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_least: u64,
     },
     /// Drops retained bytes before `upto`.
     Discard {
@@ -275,6 +284,7 @@ mod tests {
                 count: 23,
                 consume: false,
                 wait: true,
+                at_least: 5,
             },
             Request::Signal { signal: procyard_core::Signal::HUP },
             Request::Write { len: 3 },

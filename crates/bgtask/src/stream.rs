@@ -79,6 +79,7 @@ pub struct ReadOptions {
     count: u64,
     consume: bool,
     wait: bool,
+    at_least: u64,
 }
 
 impl Default for ReadOptions {
@@ -91,7 +92,7 @@ impl ReadOptions {
     /// From the consumed mark, as many bytes as one read returns ([`MAX_READ`]), peeking,
     /// not waiting.
     pub fn new() -> ReadOptions {
-        ReadOptions { offset: None, count: MAX_READ, consume: false, wait: false }
+        ReadOptions { offset: None, count: MAX_READ, consume: false, wait: false, at_least: 0 }
     }
 
     /// Reads from absolute offset `at` (raised to the stream's `start` if those bytes were
@@ -122,6 +123,16 @@ impl ReadOptions {
         self
     }
 
+    /// With [`ReadOptions::wait`]: waits until at least `n` bytes are there (at most the
+    /// `count` and the task's retention), not just one, unless the stream ends, the task exits
+    /// or the retention is full. For a reader that wants throughput more than the first byte
+    /// at once: one answer carries many of the task's writes, so it costs one round trip
+    /// instead of one per write.
+    pub fn at_least(mut self, n: u64) -> ReadOptions {
+        self.at_least = n;
+        self
+    }
+
     fn request(self, stream: StreamName) -> Request {
         Request::Read {
             stream,
@@ -129,6 +140,7 @@ impl ReadOptions {
             count: self.count,
             consume: self.consume,
             wait: self.wait,
+            at_least: self.at_least,
         }
     }
 }

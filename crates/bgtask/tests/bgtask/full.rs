@@ -33,3 +33,36 @@ fn bgtask_hardening_block_when_full_output_left_in_the_pipe_at_exit_is_read() {
     assert_eq!((info.limit, info.eof), (all.len() as u64, true));
     task.delete().unwrap();
 }
+
+/// `ReadOptions::at_least`: a waiting read is answered only once that many bytes are there
+/// (one answer for several task writes), and at the end of the stream with what there is.
+#[test]
+fn bgtask_read_at_least_waits_for_that_many_bytes() {
+    let sb = Sandbox::new();
+    let mut writer = sb.spawn(sh("cat"));
+    let mut reader = sb.pool.task(writer.id()).unwrap();
+    reader.set_timeout(Some(Duration::from_secs(20)));
+    let read = ReadOptions::new().count(100).at_least(7).consume(true).wait(true);
+    let waiting = std::thread::spawn(move || {
+        let chunk = reader.stream(StreamName::Stdout).read_with(read).unwrap();
+        (reader, chunk)
+    });
+    writer.write(b"abc").unwrap();
+    // Wait until the supervisor holds the first write, so the read has seen too few bytes.
+    let deadline = Deadline::after(Duration::from_secs(20));
+    while writer.stream(StreamName::Stdout).info().unwrap().limit < 3 {
+        assert!(!deadline.is_expired(), "the first write never arrived");
+        let peek = ReadOptions::new().offset(0).count(3).wait(true);
+        let _ = writer.stream(StreamName::Stdout).read_with(peek).unwrap();
+    }
+    assert!(!waiting.is_finished(), "answered with fewer bytes than asked for");
+    writer.write(b"defg").unwrap();
+    let (mut reader, chunk) = waiting.join().unwrap();
+    assert_eq!((chunk.offset, chunk.data.as_slice()), (0, &b"abcdefg"[..]));
+    // The end of the stream answers a read that waits for more.
+    writer.write(b"h").unwrap();
+    writer.close_stdin().unwrap();
+    let chunk = reader.stream(StreamName::Stdout).read_with(read).unwrap();
+    assert_eq!((chunk.offset, chunk.data.as_slice()), (7, &b"h"[..]));
+    writer.delete().unwrap();
+}

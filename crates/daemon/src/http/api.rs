@@ -13,11 +13,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{ProcessFacts, render, to_classic};
+use super::view::{VIEW_EVERY, full_status, queue_view};
 use super::{App, auth, events, page};
 use crate::Error;
 use crate::client::{Cancelled, Published};
 use crate::control::{self, Request, Response as ControlResponse};
-use crate::queue::{JobFilter, JobState, Purge, Requeue, check_job_id};
+use crate::queue::{JobFilter, JobState, Purge, Requeue, ScheduleStatus, check_job_id};
 use crate::status::Status;
 
 /// The most jobs one page of `/api/jobs` reaches (`offset + limit`).
@@ -117,6 +118,7 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/api/dead", get(dead))
         .route("/api/dead/requeue", post(requeue))
         .route("/api/dead/purge", post(purge))
+        .route("/api/schedules", get(schedules))
         .route("/api/tasks/{name}/pause", post(pause))
         .route("/api/tasks/{name}/resume", post(resume))
         .route("/api/tasks/{name}/scale", post(scale))
@@ -129,32 +131,26 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-/// The latest snapshot with the queue's depths and the oldest dead letters.
+/// The latest snapshot with the queue's depths and the oldest dead letters, read now.
 async fn status(State(app): State<Arc<App>>) -> ApiResult<Status> {
-    Ok(Json(full_status(&app).await?))
+    Ok(Json(full_status(&app, Duration::ZERO).await?))
 }
 
-pub(super) async fn full_status(app: &App) -> Result<Status, ApiError> {
-    let mut status = Status::clone(&app.snapshots.borrow());
-    let (depths, dead) = app
+/// The config's `[[schedule]]`s with their state: what `schedules --json` prints (an empty
+/// list without any, whatever the backend).
+async fn schedules(State(app): State<Arc<App>>) -> ApiResult<Vec<ScheduleStatus>> {
+    let list = app
         .records
-        .call(|c| {
-            let q = c.queue_mut()?;
-            Ok((q.depths()?, q.dead_letters(None, 100)?))
-        })
+        .call(|c| if c.config().schedules.is_empty() { Ok(Vec::new()) } else { c.schedules() })
         .await?;
-    for g in &mut status.groups {
-        g.queue = depths.get(&g.name).cloned();
-    }
-    status.dead_letters = dead;
-    Ok(status)
+    Ok(Json(list))
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the classic text format.
 async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let status = app.snapshots.borrow().clone();
-    let depths = app.records.call(|c| c.queue_mut()?.depths()).await?;
-    let body = render(&app.live, &status, &depths, ProcessFacts::read());
+    let view = queue_view(&app, VIEW_EVERY).await?;
+    let body = render(&app.live, &status, &view.depths, ProcessFacts::read());
     let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).unwrap_or("");
     if accept.contains("application/openmetrics-text") {
         let ctype = "application/openmetrics-text; version=1.0.0; charset=utf-8";

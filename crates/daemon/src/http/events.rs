@@ -1,7 +1,8 @@
 //! `GET /api/events`: server-sent events. Each stream sends a `status` event (the same JSON
 //! as `/api/status`) when it opens and then whenever the loop has published a new snapshot,
 //! at most once per [`EVENT_EVERY`]: however many jobs end in between, a browser gets one
-//! event, so neither it nor the daemon falls behind.
+//! event, so neither it nor the daemon falls behind. Its queue depths are the shared view
+//! ([`super::view`]), at most a second old.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 
 use super::App;
-use super::api::full_status;
+use super::view::{VIEW_EVERY, full_status};
 
 /// The most often a stream sends an event.
 pub const EVENT_EVERY: Duration = Duration::from_millis(500);
@@ -28,7 +29,7 @@ pub(super) async fn stream(
             rx.changed().await.ok()?;
         }
         rx.mark_unchanged();
-        let event = match full_status(&app).await {
+        let event = match full_status(&app, VIEW_EVERY).await {
             Ok(status) => match serde_json::to_string(&status) {
                 Ok(json) => Event::default().event("status").data(json),
                 Err(e) => Event::default().event("problem").data(e.to_string()),

@@ -1,9 +1,10 @@
 //! `/metrics`: the Prometheus / OpenMetrics exposition, encoded by `prometheus-client`.
 //!
-//! Two sources: what the job loop counts as it goes ([`LoopMetrics`]: jobs published to this
-//! daemon, started and cancelled, and the duration and publish→start histograms — atomics
-//! and short locks, never a wait), and the latest status snapshot with the queue's depths
-//! (per-task counters of `status`, gauges, workers, daemon facts), read at scrape time.
+//! Two sources: what the job loop counts as it goes ([`LoopMetrics`]: jobs claimed by this
+//! daemon for their first attempt, started and cancelled, and the duration and publish→start
+//! histograms — atomics and short locks, never a wait), and the latest status snapshot with
+//! the queue's depths (per-task counters of `status`, gauges, workers, daemon facts), read at
+//! scrape time; the depths are at most [`VIEW_EVERY`](super::view::VIEW_EVERY) old.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -92,7 +93,7 @@ pub(crate) fn to_classic(openmetrics: &str) -> String {
 /// What the job loop counts as it goes (shared with the HTTP thread; cheap to update).
 #[derive(Debug)]
 pub(crate) struct LoopMetrics {
-    published: Family<TaskLabel, Counter>,
+    claimed: Family<TaskLabel, Counter>,
     started: Family<TaskLabel, Counter>,
     cancelled: Family<TaskLabel, Counter>,
     duration: Histograms,
@@ -102,7 +103,7 @@ pub(crate) struct LoopMetrics {
 impl Default for LoopMetrics {
     fn default() -> LoopMetrics {
         LoopMetrics {
-            published: Family::default(),
+            claimed: Family::default(),
             started: Family::default(),
             cancelled: Family::default(),
             duration: Family::new_with_constructor(duration_buckets),
@@ -112,28 +113,52 @@ impl Default for LoopMetrics {
 }
 
 impl LoopMetrics {
-    /// `n` jobs of `task` came to this daemon for their first attempt.
-    pub(crate) fn published(&self, task: &str, n: u64) {
-        self.published.get_or_create(&TaskLabel::of(task)).inc_by(n);
+    /// The metrics of `task`, as handles the loop keeps: updating one is an atomic add or a
+    /// short uncontended lock, with no label built and no family looked up per job.
+    pub(crate) fn task(&self, task: &str) -> TaskMetrics {
+        let label = TaskLabel::of(task);
+        TaskMetrics {
+            claimed: self.claimed.get_or_create(&label).clone(),
+            started: self.started.get_or_create(&label).clone(),
+            cancelled: self.cancelled.get_or_create(&label).clone(),
+            duration: self.duration.get_or_create(&label).clone(),
+            latency: self.latency.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// One task's share of [`LoopMetrics`] (handles to the same counters and histograms).
+#[derive(Clone, Debug)]
+pub(crate) struct TaskMetrics {
+    claimed: Counter,
+    started: Counter,
+    cancelled: Counter,
+    duration: Histogram,
+    latency: Histogram,
+}
+
+impl TaskMetrics {
+    /// `n` jobs came to this daemon for their first attempt.
+    pub(crate) fn claimed(&self, n: u64) {
+        self.claimed.inc_by(n);
     }
 
-    /// A job of `task` started, `latency` seconds after it was published (first attempts).
-    pub(crate) fn started(&self, task: &str, latency: Option<f64>) {
-        let label = TaskLabel::of(task);
-        self.started.get_or_create(&label).inc();
+    /// A job started, `latency` seconds after it was published (first attempts).
+    pub(crate) fn started(&self, latency: Option<f64>) {
+        self.started.inc();
         if let Some(l) = latency {
-            self.latency.get_or_create(&label).observe(l.max(0.0));
+            self.latency.observe(l.max(0.0));
         }
     }
 
-    /// An attempt of a job of `task` ended after `seconds`.
-    pub(crate) fn ran(&self, task: &str, seconds: f64) {
-        self.duration.get_or_create(&TaskLabel::of(task)).observe(seconds);
+    /// An attempt ended after `seconds`.
+    pub(crate) fn ran(&self, seconds: f64) {
+        self.duration.observe(seconds);
     }
 
-    /// A job of `task` was cancelled.
-    pub(crate) fn cancelled(&self, task: &str) {
-        self.cancelled.get_or_create(&TaskLabel::of(task)).inc();
+    /// A job was cancelled.
+    pub(crate) fn cancelled(&self) {
+        self.cancelled.inc();
     }
 }
 
@@ -184,10 +209,12 @@ pub(crate) fn render(
     process: ProcessFacts,
 ) -> String {
     let mut reg = Registry::with_prefix("procyard");
+    // Not "published": jobs go straight into the queue from any process (the command line,
+    // other programs, other daemons), so a daemon sees a job first when it claims it.
     reg.register(
-        "jobs_published",
-        "Jobs that came to this daemon for their first attempt",
-        live.published.clone(),
+        "jobs_claimed",
+        "Jobs this daemon took from the queue for their first attempt",
+        live.claimed.clone(),
     );
     reg.register("jobs_started", "Job attempts started", live.started.clone());
     let per = |f: fn(&crate::status::GroupStatus) -> u64| -> Vec<(&str, u64)> {

@@ -7,23 +7,24 @@
 //! and a records thread with its own connection to the queue). The loop only hands it
 //! snapshots: at most every [`PUBLISH_EVERY`] it builds its status from memory (no queue
 //! read, no `/proc` read) and swaps it into a `watch` channel, and it bumps a few counters
-//! and histograms (`LoopMetrics`) as jobs start and end. Everything else — queue
-//! depths, dead letters, job records, output — the records thread reads from the queue
-//! itself; actions go through the same paths as the command line (the queue, and the
-//! control socket for what only the loop can do: cancel a running job, pause, resume,
-//! scale). Live updates are server-sent events, one per snapshot at most every
+//! and histograms (`LoopMetrics`, through per-task handles: no label built per job) as jobs
+//! start and end. Everything else — queue depths, dead letters, job records, output — the
+//! records thread reads from the queue itself (depths and dead letters as one view shared by
+//! `/metrics` and every event stream, read at most once a second: see `view`); actions go
+//! through the same paths as the command line (the queue, and the control socket for what
+//! only the loop can do: cancel a running job, pause, resume, scale). Live updates are server-sent events, one per snapshot at most every
 //! `EVENT_EVERY` (500 ms), however many jobs end in between.
 //!
 //! # Routes
 //!
 //! `GET /` (the page), `/metrics`, `/api/status`, `/api/jobs?task=&state=&limit=&offset=`,
 //! `/api/jobs/ID`, `/api/jobs/ID/logs?attempt=&stream=`, `/api/jobs/ID/payload` (with
-//! `show_payloads = true` only; 403 otherwise), `/api/dead?task=`, `/api/events`
-//! (SSE); `POST /api/jobs` (publish), `/api/jobs/ID/cancel`, `/api/dead/requeue`,
+//! `show_payloads = true` only; 403 otherwise), `/api/dead?task=`, `/api/schedules`,
+//! `/api/events` (SSE); `POST /api/jobs` (publish), `/api/jobs/ID/cancel`, `/api/dead/requeue`,
 //! `/api/dead/purge`, `/api/tasks/NAME/pause`, `/resume`, `/scale`. Errors are JSON
 //! (`{"error": {"kind", "message"}}`) with the HTTP status that fits. The JSON bodies are the
-//! structs `status --json`, `job --json`, `jobs --json`, `dead --json` and `publish --json`
-//! print. Security:
+//! structs `status --json`, `job --json`, `jobs --json`, `dead --json`, `schedules --json`
+//! and `publish --json` print. Security:
 //!
 //! - With a token (`token`/`token_file`; required off loopback) every request carries it:
 //!   `Authorization: Bearer <token>`, or the cookie `GET /login?token=…` sets for a browser;
@@ -40,6 +41,7 @@ mod events;
 mod metrics;
 mod page;
 mod records;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +50,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub(crate) use self::metrics::LoopMetrics;
+use self::metrics::TaskMetrics;
 use self::records::Records;
 use crate::config::{Config, HttpSettings};
 use crate::queue::{Job, Outcome};
@@ -83,12 +86,15 @@ pub(crate) struct App {
     loopback: bool,
     show_payloads: bool,
     followed: Arc<Followed>,
+    view: view::ViewCache,
 }
 
 /// The loop's side of the HTTP face.
 pub(crate) struct Face {
     snapshots: watch::Sender<Arc<Status>>,
     live: Arc<LoopMetrics>,
+    /// Each task's metric handles, made at the task's first job.
+    tasks: HashMap<String, TaskMetrics>,
     last_publish: Instant,
     dirty: bool,
     /// When each running job's attempt started (for the duration histogram).
@@ -122,6 +128,7 @@ impl Face {
             csrf: auth::random_token()?,
             loopback: settings.is_loopback(),
             show_payloads: settings.show_payloads,
+            view: view::ViewCache::default(),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -149,6 +156,7 @@ impl Face {
         Ok(Face {
             snapshots: tx,
             live,
+            tasks: HashMap::new(),
             last_publish: Instant::now(),
             dirty: false,
             starts: HashMap::new(),
@@ -184,11 +192,19 @@ impl Face {
         self.dirty.then_some(self.last_publish + PUBLISH_EVERY)
     }
 
+    /// The metric handles of `task`.
+    fn task(&mut self, task: &str) -> &TaskMetrics {
+        if !self.tasks.contains_key(task) {
+            self.tasks.insert(task.to_owned(), self.live.task(task));
+        }
+        &self.tasks[task]
+    }
+
     /// Jobs were claimed for `task`.
-    pub(crate) fn on_claimed(&self, task: &str, jobs: &[Job]) {
+    pub(crate) fn on_claimed(&mut self, task: &str, jobs: &[Job]) {
         let first = jobs.iter().filter(|j| j.attempt <= 1).count() as u64;
         if first > 0 {
-            self.live.published(task, first);
+            self.task(task).claimed(first);
         }
     }
 
@@ -200,17 +216,18 @@ impl Face {
                 .map_or(0, |d| d.as_millis() as i64);
             (now_ms - ms) as f64 / 1000.0
         });
-        self.live.started(&job.task, latency);
+        self.task(&job.task).started(latency);
         self.starts.insert(job.id.clone(), Instant::now());
     }
 
     /// `job` was completed with `outcome` (after an attempt, or without one).
     pub(crate) fn on_completed(&mut self, job: &Job, outcome: &Outcome) {
         if let Some(t) = self.starts.remove(&job.id) {
-            self.live.ran(&job.task, t.elapsed().as_secs_f64());
+            let seconds = t.elapsed().as_secs_f64();
+            self.task(&job.task).ran(seconds);
         }
         if matches!(outcome, Outcome::Cancelled { .. }) {
-            self.live.cancelled(&job.task);
+            self.task(&job.task).cancelled();
         }
     }
 }

@@ -25,7 +25,7 @@ impl Shell {
         match action {
             Action::Claim { task, max } => match self.queue.claim(&task, max) {
                 Ok(jobs) => {
-                    if let Some(h) = &self.http {
+                    if let Some(h) = &mut self.http {
                         h.on_claimed(&task, &jobs);
                     }
                     return Some(Event::Claimed { task, max, jobs });

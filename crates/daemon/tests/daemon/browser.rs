@@ -116,6 +116,11 @@ routing_keys = ["bad.#"]
 command = ["sh", "-c", "echo 'trying'; test -e {dir}/fixed || { echo 'not fixed yet' >&2; exit 3; }"]
 max_attempts = 2
 backoff_initial = "50ms"
+
+[[schedule]]
+name = "nightly"
+cron = "0 3 * * *"
+routing_key = "ok.nightly"
 "#;
     let (mut sb, base) = web::sandbox(tasks, "");
     sb.start();
@@ -129,6 +134,9 @@ backoff_initial = "50ms"
         element(&c, ".card[data-task=\"ok\"]").await;
         element(&c, ".card[data-task=\"bad\"]").await;
         element(&c, "#live.on").await;
+        // The schedules table under the cards.
+        let nightly = element(&c, "#schedules-table tr[data-name=\"nightly\"]").await;
+        assert!(nightly.text().await.expect("text").contains("cron 0 3 * * * in UTC"));
 
         // The jobs list: a job published through the CLI appears and finishes.
         c.goto(&format!("{base}/#/jobs")).await.expect("jobs");

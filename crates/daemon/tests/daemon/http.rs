@@ -53,17 +53,20 @@ fn daemon_http_metrics_pass_promtool_and_count_jobs() {
     sb.publish("ok.a", b"1");
     sb.publish("ok.b", b"2");
     sb.publish("bad.c", b"3");
+    // The queue's depths in /metrics are at most a second old (one read shared by scrapers).
     sb.wait_until("3 jobs ended", SECS(30), |_| {
         let m = http.get("/metrics").body;
         m.contains("procyard_jobs_done_total{task=\"ok\"} 2")
             && m.contains("procyard_jobs_dead_lettered_total{task=\"bad\"} 1")
+            && m.contains("procyard_jobs_dead{task=\"bad\"} 1")
+            && m.contains("procyard_jobs_ready{task=\"ok\"} 0")
     });
     let reply = http.get("/metrics");
     assert_eq!(reply.status, 200);
     assert!(reply.content_type.starts_with("text/plain; version=0.0.4"), "{}", reply.content_type);
     let m = reply.body;
     for line in [
-        "procyard_jobs_published_total{task=\"ok\"} 2",
+        "procyard_jobs_claimed_total{task=\"ok\"} 2",
         "procyard_jobs_started_total{task=\"ok\"} 2",
         "procyard_jobs_failed_total{task=\"bad\"} 1",
         "procyard_job_duration_seconds_count{task=\"ok\"} 2",
@@ -204,6 +207,46 @@ fn daemon_http_api_drives_jobs_and_tasks() {
     assert_eq!(http.get("/api/nothing").status, 404);
     assert_eq!(sb.status().state, procyard_daemon::status::DaemonState::Running);
     let _ = JobState::Done;
+}
+
+/// `GET /api/schedules` is what `schedules --json` prints (the same struct), pauses included;
+/// with no `[[schedule]]` it is an empty list.
+#[test]
+fn daemon_http_schedules_as_the_cli_lists_them() {
+    let schedule = "[[schedule]]\nname = \"nightly\"\ncron = \"0 3 * * *\"\nrouting_key = \"ok.nightly\"\npayload = \"n\"\n";
+    let (mut sb, base) = web::sandbox(&format!("{}\n{schedule}", tasks()), "");
+    sb.start();
+    let http = Http::new(&base);
+    let cli = |sb: &Sandbox| -> serde_json::Value {
+        let out = sb.cli(&["schedules", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("schedules --json")
+    };
+    let r = http.get("/api/schedules");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let listed = r.json();
+    assert_eq!(listed, cli(&sb));
+    assert_eq!(listed[0]["name"], "nightly");
+    assert_eq!(listed[0]["spec"], "cron 0 3 * * * in UTC");
+    assert!(listed[0]["next_ms"].as_i64().is_some() && listed[0]["last_job"].is_null());
+
+    // A trigger and a pause (through the command line) show up in the API.
+    let out = sb.cli(&["schedule", "trigger", "nightly"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(sb.cli(&["schedule", "pause", "nightly"]).status.success());
+    let listed = http.get("/api/schedules").json();
+    assert_eq!(listed, cli(&sb));
+    assert_eq!(
+        (listed[0]["last_job"].as_str(), &listed[0]["paused"]),
+        (Some(id.as_str()), &true.into())
+    );
+    assert!(listed[0]["next_ms"].is_null(), "a paused schedule has no next time");
+    drop(sb);
+
+    let (mut sb, base) = web::sandbox(&tasks(), "");
+    sb.start();
+    assert_eq!(Http::new(&base).get("/api/schedules").json(), serde_json::json!([]));
 }
 
 /// One event stream: an event at once, and another after a job ends (coalesced, pushed).

@@ -70,7 +70,9 @@ impl State {
     /// A read: answered now with what is retained, or parked (`wait`) until bytes arrive,
     /// the stream ends or the task exits.
     fn read(&mut self, client: ClientId, request: Request, out: &mut Vec<Action>) {
-        let Request::Read { stream, offset, count, consume, wait } = request else { return };
+        let Request::Read { stream, offset, count, consume, wait, at_least } = request else {
+            return;
+        };
         let running = self.running();
         let o = &mut self.outputs[stream_index(stream)];
         // Bytes left in the pipe of a task that exited are output still to come.
@@ -79,7 +81,12 @@ impl State {
         let requested = offset.unwrap_or_else(|| o.buf.consumed_mark());
         let at = requested.clamp(o.buf.start(), o.buf.limit());
         let dropped = o.buf.start().saturating_sub(requested);
-        if wait && at >= o.buf.limit() && !o.eof && live {
+        // What the read waits for: one byte, or `at_least` when more can still come (never
+        // more than the answer holds or the retention can hold; never while it is full, when
+        // a blocked task would wait for the reader).
+        let want = at_least.min(count.min(MAX_READ)).min(o.buf.cap() as u64).max(1);
+        let want = if o.buf.room() == 0 { 1 } else { want };
+        if wait && o.buf.limit() - at < want && !o.eof && live {
             self.peers.entry(client).or_default().parked = Some(request);
             return;
         }

@@ -18,6 +18,7 @@ fn a_waiting_read_is_parked_until_output_arrives() {
         count: 10,
         consume: false,
         wait: true,
+        at_least: 0,
     };
     assert!(request(&mut s, C1, read, clock.at(0.0)).is_empty());
     assert!(s.is_busy(C1));
@@ -43,6 +44,39 @@ fn a_waiting_read_is_parked_until_output_arrives() {
 }
 
 #[test]
+fn a_read_that_waits_for_at_least_n_bytes_stays_parked_below_n() {
+    let (mut s, clock) = running();
+    let read = Request::Read {
+        stream: StreamName::Stdout,
+        offset: None,
+        count: 10,
+        consume: true,
+        wait: true,
+        at_least: 5,
+    };
+    let grew = || Event::Output { stream: StreamName::Stdout, grew: true, eof: false, held: false };
+    assert!(request(&mut s, C1, read.clone(), clock.at(0.0)).is_empty());
+    s.outputs[0].buf.push(b"abc");
+    assert!(s.step(grew(), clock.at(0.1)).is_empty(), "3 of 5 bytes: still parked");
+    assert!(s.is_busy(C1));
+    s.outputs[0].buf.push(b"defg");
+    let actions = s.step(grew(), clock.at(0.2));
+    assert!(
+        matches!(&actions[..], [Action::SendData { client: C1, at: 0, len: 7, .. }]),
+        "{actions:?}"
+    );
+    // The end of the stream answers it with what there is.
+    request(&mut s, C1, read, clock.at(0.3));
+    s.outputs[0].buf.push(b"h");
+    let eof = Event::Output { stream: StreamName::Stdout, grew: true, eof: true, held: false };
+    let actions = s.step(eof, clock.at(0.4));
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::SendData { client: C1, at: 7, len: 1, .. })),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn a_parked_read_is_answered_when_the_task_exits() {
     let (mut s, clock) = running();
     let read = Request::Read {
@@ -51,6 +85,7 @@ fn a_parked_read_is_answered_when_the_task_exits() {
         count: 10,
         consume: true,
         wait: true,
+        at_least: 0,
     };
     request(&mut s, C1, read, clock.at(0.0));
     let actions = s.step(Event::Reaped { exit: Exit::Code(0) }, clock.at(0.1));
@@ -78,6 +113,7 @@ fn no_reply_goes_to_a_client_that_gave_up() {
         count: 10,
         consume: false,
         wait: true,
+        at_least: 0,
     };
     request(&mut s, C1, read, clock.at(0.0));
     s.step(Event::ClientGone { client: C1 }, clock.at(5.0));
@@ -190,7 +226,14 @@ fn subscribers_get_coalesced_output_before_end_of_stream() {
 fn output_held_in_the_pipe_after_the_exit_is_still_to_come() {
     let (mut s, clock) = running();
     let stdout = StreamName::Stdout;
-    let read = Request::Read { stream: stdout, offset: None, count: 10, consume: true, wait: true };
+    let read = Request::Read {
+        stream: stdout,
+        offset: None,
+        count: 10,
+        consume: true,
+        wait: true,
+        at_least: 0,
+    };
     let data = |actions: &[Action]| match actions {
         [Action::SendData { client: C1, len, response: Response::Data { exited, .. }, .. }] => {
             Some((*len, *exited))

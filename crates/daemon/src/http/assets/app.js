@@ -92,6 +92,7 @@ function onStatus() {
     while (list.length && list[0].t < now - WINDOW_MS - 10000) list.shift();
   }
   renderGroups();
+  if (route().view === "overview") renderSchedules(false);
   const sel = $("#filter-task");
   if (sel.options.length - 1 !== s.groups.length) {
     const cur = sel.value;
@@ -216,6 +217,32 @@ function drawChart(c, rates) {
   };
   line("done", "#3fcf8e");
   line("failed", "#ff6b6b");
+}
+
+// --- schedules (on the overview, read at most every few seconds) -------------------------
+const SCHEDULES_EVERY_MS = 5000;
+function until(ms) {
+  const s = (ms - Date.now()) / 1000;
+  if (s < 0) return "due";
+  if (s < 60) return `in ${s.toFixed(0)}s`;
+  if (s < 3600) return `in ${(s / 60).toFixed(0)}m`;
+  return new Date(ms).toLocaleString();
+}
+async function renderSchedules(force) {
+  if (!force && Date.now() - (renderSchedules.at || 0) < SCHEDULES_EVERY_MS) return;
+  renderSchedules.at = Date.now();
+  let list;
+  try { list = await api("/api/schedules"); } catch (_) { return; } // the overview stays as it is
+  $("#schedules-box").classList.toggle("hidden", list.length === 0);
+  const html = list.map(s => `<tr data-name="${esc(s.name)}">
+    <td>${esc(s.name)}</td><td class="mono">${esc(s.spec)}</td>
+    <td class="next">${s.paused ? '<span class="badge warn">paused</span>' : esc(s.next_ms ? until(s.next_ms) : "—")}</td>
+    <td>${ago(s.last_run_ms)}</td>
+    <td class="id">${s.last_job ? `<a href="#/jobs/${esc(s.last_job)}">${esc(s.last_job.slice(0, 8))}…${esc(s.last_job.slice(-6))}</a>` : "—"}</td></tr>`).join("");
+  if (renderSchedules.last !== html) {
+    renderSchedules.last = html;
+    $("#schedules-table tbody").innerHTML = html;
+  }
 }
 
 // --- jobs ------------------------------------------------------------------------------
