@@ -163,10 +163,13 @@ fn daemon_sched_rate_limit_spaces_starts() {
         .map(|id| c.job(id).expect("job").attempts[0].started_ms.expect("started"))
         .collect();
     starts.sort();
-    // Any 1-second window holds at most 5 starts plus the tokens refilled within it (5).
+    // Any 1-second window of claims holds at most 5 tokens plus the 5 refilled within it. A
+    // start time is stamped after the spawn, which on a loaded machine lags its token by up to
+    // a few hundred ms, so two of the window's neighbours may slide in: ≤ 12. Without the limit
+    // all 15 start within a few ms of each other.
     for (i, s) in starts.iter().enumerate() {
         let in_window = starts[i..].iter().take_while(|t| **t < s + 1000).count();
-        assert!(in_window <= 10, "{in_window} starts within a second: {starts:?}");
+        assert!(in_window <= 12, "{in_window} starts within a second: {starts:?}");
     }
     assert!(starts[14] - starts[0] >= 1500, "15 starts at 5/s take ≥ 2 s: {starts:?}");
     sb.write_config("", &task.replace("5/s", "0/s"));
