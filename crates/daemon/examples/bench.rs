@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     if part("sched") {
-        sched::run(&daemon_bin)?;
+        sched::run(&daemon_bin, &me)?;
     }
 
     if part("stop") {

@@ -44,6 +44,7 @@ use crate::schedule::ScheduleConfig;
 use crate::{Error, Result, routing};
 
 mod attempts;
+mod checkpoint;
 mod dead;
 mod depths;
 mod due;
@@ -110,6 +111,9 @@ pub struct SqliteQueue {
     book: schedules::Book,
     /// Daemon: each task's limits on starts.
     gate: limits::Gate,
+    /// Daemon: the thread that checkpoints the write-ahead log, off the loop (`None`: the
+    /// loop's connection checkpoints, as SQLite does by default).
+    _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -148,12 +152,15 @@ impl SqliteQueue {
             OpenMode::Client => None,
             OpenMode::Daemon => Some(lease::lock(path)?),
         };
-        let conn = schema::connect_with(path, mode, durability)?;
+        let mut conn = schema::connect_with(path, mode, durability)?;
         files::tighten(path);
         let identity = match mode {
             OpenMode::Daemon => Some(FileIdentity::of(path)?),
             OpenMode::Client => None,
         };
+        let checkpointer = (mode == OpenMode::Daemon)
+            .then(|| checkpoint::Checkpointer::start(&mut conn, path, durability))
+            .flatten();
         Ok(SqliteQueue {
             path: path.to_owned(),
             conn,
@@ -174,6 +181,7 @@ impl SqliteQueue {
             prune: retention::PruneClock::new(Instant::now()),
             book: schedules::Book::default(),
             gate: limits::Gate::default(),
+            _checkpointer: checkpointer,
         })
     }
 

@@ -145,13 +145,16 @@ impl History<'_> {
         }
     }
 
-    /// Deletes the rows `select` names (and their attempts) in one transaction.
+    /// Deletes the rows `select` names (and their attempts) in one transaction. It takes the
+    /// write lock first (waiting for it as any write does): a transaction that read first
+    /// could not write once a publisher had committed in between, and pruning then failed
+    /// at almost every step while jobs flowed.
     pub(crate) fn delete_batch(
         &mut self,
         select: &str,
         args: impl rusqlite::Params + Clone,
     ) -> rusqlite::Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let seqs: Vec<i64> = {
             let mut stmt = tx.prepare_cached(select)?;
             stmt.query_map(args, |r| r.get(0))?.collect::<rusqlite::Result<_>>()?

@@ -223,6 +223,58 @@ mod tests {
         assert_eq!(oldest, 1201, "the oldest went");
     }
 
+    /// Each step deletes a full batch while a publisher commits all the time: a step that
+    /// read before taking the write lock failed ("database is locked") whenever a publish
+    /// landed in between, and pruning then crawled at one retry a second.
+    #[test]
+    fn prunes_while_a_publisher_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut q = bound(&path, OpenMode::Daemon);
+        q.set_retention(Retention { keep_done: Duration::from_secs(1), keep_done_max: 1 << 40 });
+        let steps = 20;
+        let old = now_ms() - 3_600_000;
+        let tx = q.conn.transaction().unwrap();
+        for i in 0..steps * BATCH {
+            tx.execute(
+                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
+                 VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
+                params![format!("j{i}"), old + i],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let expired = |q: &SqliteQueue| -> i64 {
+            q.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = 2", [], |r| r.get(0)).unwrap()
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let publisher = std::thread::spawn({
+            let (stop, published, path) = (stop.clone(), published.clone(), path.clone());
+            move || {
+                let mut client = bound(&path, OpenMode::Client);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    client.publish("other.a", b"x").unwrap();
+                    published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        let mut left = expired(&q);
+        for step in 0..steps {
+            // A step while the publisher is at work (it has committed since the last one).
+            let seen = published.load(std::sync::atomic::Ordering::Relaxed);
+            procyard_core::testkit::wait_for("a publish", Duration::from_secs(30), || {
+                published.load(std::sync::atomic::Ordering::Relaxed) > seen
+            });
+            q.prune_step();
+            let now = expired(&q);
+            assert_eq!(left - now, BATCH, "step {step} deleted a full batch");
+            left = now;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        publisher.join().unwrap();
+    }
+
     /// Jobs older than `keep_done` go.
     #[test]
     fn prunes_by_age() {
