@@ -283,13 +283,18 @@ impl Process {
         let head =
             frame::encode_frame(&header).map_err(|e| Error::process("encode a job header", e))?;
         self.out.extend_from_slice(&head);
-        if let Some(r) = self.relay.as_mut() {
-            r.job = Some(Capture::new(self.output_limit));
-        }
         frame::write_frame_bytes(&mut self.out, &job.payload)
             .map_err(|e| Error::Os { action: "encode a payload", source: e })?;
         self.flush_stdin(registry);
         Ok(())
+    }
+
+    /// Longlived: what the worker writes on stderr from now on is kept with the job it runs
+    /// now (a new capture, bounded by the task's `output_limit`).
+    pub fn begin_capture(&mut self) {
+        if let Some(r) = self.relay.as_mut() {
+            r.job = Some(Capture::new(self.output_limit));
+        }
     }
 
     /// Longlived: sends a cancel frame for job `id`.
