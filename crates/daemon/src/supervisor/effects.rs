@@ -53,8 +53,24 @@ impl Shell {
                 if w.job.as_ref().is_some_and(|r| r.job.id == job) {
                     p.begin_capture();
                 }
-                if let Err(e) = p.send_job(&run.job, registry) {
-                    tracing::error!(error = %Report(&e), "unable to send a job to a worker");
+                // While replies are read in a batch, the jobs that refill the worker go out
+                // in one write after the batch.
+                let sent = if self.stdin_later.is_some() {
+                    p.queue_job(&run.job)
+                } else {
+                    p.send_job(&run.job, registry)
+                };
+                match sent {
+                    Ok(()) => {
+                        if let Some(later) = self.stdin_later.as_mut()
+                            && !later.contains(&worker)
+                        {
+                            later.push(worker);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %Report(&e), "unable to send a job to a worker")
+                    }
                 }
             }
             Action::SendCancel { worker, job } => {

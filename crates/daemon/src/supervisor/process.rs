@@ -274,6 +274,14 @@ impl Process {
 
     /// Longlived: sends `job` (header frame + payload frame).
     pub fn send_job(&mut self, job: &Job, registry: &Registry) -> Result<()> {
+        self.queue_job(job)?;
+        self.flush_stdin(registry);
+        Ok(())
+    }
+
+    /// Longlived: adds `job` to what is to be written to the worker's stdin; the caller
+    /// flushes ([`Process::flush_stdin`]), once for several jobs.
+    pub fn queue_job(&mut self, job: &Job) -> Result<()> {
         let header = JobHeader {
             id: job.id.clone(),
             task: job.task.clone(),
@@ -285,7 +293,6 @@ impl Process {
         self.out.extend_from_slice(&head);
         frame::write_frame_bytes(&mut self.out, &job.payload)
             .map_err(|e| Error::Os { action: "encode a payload", source: e })?;
-        self.flush_stdin(registry);
         Ok(())
     }
 

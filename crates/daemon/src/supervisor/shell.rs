@@ -51,6 +51,9 @@ pub(super) struct Shell {
     pub(super) followers: Vec<super::live::Follower>,
     /// The HTTP face (`[http]`), fed snapshots and job starts and ends.
     pub(super) http: Option<crate::http::Face>,
+    /// While a batch of replies is fed: the workers sent jobs, whose stdin is written once
+    /// the batch is done (one write for the jobs that refill a worker, not one per job).
+    pub(super) stdin_later: Option<Vec<WorkerId>>,
 }
 
 pub(super) fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -91,6 +94,7 @@ impl Shell {
             usage: HashMap::new(),
             followers: Vec::new(),
             http: None,
+            stdin_later: None,
         })
     }
 
