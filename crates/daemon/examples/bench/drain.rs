@@ -153,31 +153,40 @@ fn serve_bare(me: &Path, worker: usize, n: usize, window: usize) -> anyhow::Resu
             sent += 1;
         }
     }
-    drop(send);
     drop(stdin);
     child.wait()?;
     Ok(())
 }
 
 pub(super) fn rust(bin: &Path, me: &Path) -> anyhow::Result<()> {
-    let ahead = task(me, &format!("{AHEAD_ENV} = \"1\""), None, "longlived", 2);
-    let one = task(me, &format!("{AHEAD_ENV} = \"1\""), Some(1), "longlived", 2);
-    let prefetch = procyard_daemon::config::DEFAULT_PREFETCH as usize;
-    let (mut ours, mut ours_one, mut bare1, mut bare_n) = (vec![], vec![], vec![], vec![]);
+    let env = format!("{AHEAD_ENV} = \"1\"");
+    let default = procyard_daemon::config::DEFAULT_PREFETCH as usize;
+    // The sweep that chose the default.
+    let sweep = [1, 2, 4, 8, 16, 32];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); sweep.len()];
+    let (mut bare1, mut bare_n) = (vec![], vec![]);
     for _ in 0..ROUNDS {
-        ours.push(drain(bin, &ahead, JOBS)?);
-        ours_one.push(drain(bin, &one, JOBS)?);
+        for (p, out) in sweep.iter().zip(rates.iter_mut()) {
+            out.push(drain(bin, &task(me, &env, Some(*p), "longlived", 2), JOBS)?);
+        }
         bare1.push(bare_loop(me, JOBS, 1)?);
-        bare_n.push(bare_loop(me, JOBS, prefetch)?);
+        bare_n.push(bare_loop(me, JOBS, default)?);
     }
-    let ours = summary("drain_rust_2_workers", &mut ours);
-    let ours_one = summary("drain_rust_2_workers_prefetch_1", &mut ours_one);
+    let medians: Vec<f64> = sweep
+        .iter()
+        .zip(rates.iter_mut())
+        .map(|(p, v)| summary(&format!("drain_rust_2_workers_prefetch_{p}"), v))
+        .collect();
+    let at = |p: usize| sweep.iter().position(|&x| x == p).map(|i| medians[i]).unwrap_or(0.0);
+    let ours = at(default);
     let bare1 = summary("bare_loop_2_pipes_window_1", &mut bare1);
     let bare_n = summary("bare_loop_2_pipes_window_prefetch", &mut bare_n);
     bench("drain_rust_2_workers_per_s", ours, "jobs/s", "goal_jobs_per_s", 25_000.0);
-    bench("drain_rust_vs_bare_loop_same_window", ours, "jobs/s", "bare_loop_window_per_s", bare_n);
     bench("drain_rust_vs_bare_loop_one_at_a_time", ours, "jobs/s", "bare_loop_1_per_s", bare1);
-    bench("drain_rust_prefetch_default_vs_1", ours, "jobs/s", "prefetch_1_per_s", ours_one);
+    bench("drain_rust_vs_bare_loop_same_window", ours, "jobs/s", "bare_loop_window_per_s", bare_n);
+    for (p, m) in sweep.iter().zip(&medians).skip(1) {
+        bench(&format!("drain_rust_prefetch_{p}_vs_1"), *m, "jobs/s", "prefetch_1_per_s", at(1));
+    }
     Ok(())
 }
 

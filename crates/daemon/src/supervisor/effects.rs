@@ -43,7 +43,7 @@ impl Shell {
                     return None;
                 };
                 let runs = w.job.iter().chain(&w.ahead);
-                let Some(run) = runs.into_iter().find(|r| r.job.id == job) else { return None };
+                let run = runs.into_iter().find(|r| r.job.id == job)?;
                 record_holder(&mut *self.queue, &run.job, p);
                 if let Some(h) = &mut self.http {
                     h.on_started(&run.job);
