@@ -244,11 +244,13 @@ n = int(sys.argv[1])
 for i in range(n):
     huey_app.noop(i)
 assert huey_app.huey.pending_count() == n
-consumer = os.path.join(os.path.dirname(sys.executable), "huey_consumer.py")
+consumer = os.path.join(os.path.dirname(sys.executable), "huey_consumer")
 t0 = time.monotonic()
-p = subprocess.Popen([sys.executable, consumer, "huey_app.huey", "-w", "2", "-k", "process", "-q"],
+p = subprocess.Popen([consumer, "huey_app.huey", "-w", "2", "-k", "process", "-q"],
                      cwd=os.path.dirname(os.path.abspath(__file__)))
 while huey_app.huey.pending_count() > 0:
+    if p.poll() is not None:
+        sys.exit("the huey consumer exited early")
     time.sleep(0.002)
 t1 = time.monotonic()
 p.terminate()
@@ -266,7 +268,7 @@ fn huey_venv(me: &Path) -> anyhow::Result<PathBuf> {
         .nth(3)
         .ok_or_else(|| anyhow::anyhow!("no target directory above {}", me.display()))?;
     let venv = target.join("bench-venv-huey");
-    if !venv.join("bin/huey_consumer.py").exists() {
+    if !venv.join("bin/huey_consumer").exists() {
         let ok = StdCommand::new("python3").args(["-m", "venv"]).arg(&venv).status()?.success()
             && StdCommand::new(venv.join("bin/pip"))
                 .args(["install", "-q", "huey"])
