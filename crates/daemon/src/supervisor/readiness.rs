@@ -83,13 +83,8 @@ impl Shell {
         let state = p.decoder.read_from(stdout);
         let outer = self.stdin_later.replace(Vec::new());
         self.feed_replies(id);
-        if let Some(later) = std::mem::replace(&mut self.stdin_later, outer) {
-            for worker in later {
-                if let Some(p) = self.processes.get_mut(&worker) {
-                    p.flush_stdin(self.poll.registry());
-                }
-            }
-        }
+        self.write_stdin_later();
+        self.stdin_later = outer;
         match state {
             Ok(StreamState::Open) => {}
             Ok(StreamState::Closed) => {
