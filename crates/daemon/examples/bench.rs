@@ -13,8 +13,13 @@
 //! Part `sched` (`bench/sched.rs`): claim cost with 1,000,000 delayed jobs against none, and
 //! the start lateness of delayed jobs (p50, p99) against jobs published for now.
 //!
+//! Parts `drain`, `huey`, `backlog`, `oneshot_latency` (`bench/drain.rs`): the drain against
+//! a bare loop of the same frames and against huey, a 1,000,000-job backlog, oneshot
+//! publish→done latency.
+//!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
-//! `longlived`, `latency`, `rss`, `stop`, `history`, `http`, `sched`) runs only those parts.
+//! `longlived`, `latency`, `drain`, `huey`, `backlog`, `oneshot_latency`, `rss`, `stop`,
+//! `history`, `http`, `sched`) runs only those parts.
 //! Part `http` is the HTTP face's (`bench/http.rs`).
 
 #[path = "bench/sched.rs"]
@@ -28,6 +33,8 @@ use procyard_core::{Child, Command, Deadline, Readiness, Signal, Stdio, ready_pi
 use procyard_daemon::queue::{self, OpenMode, QueueBackend};
 use procyard_daemon::{Config, control, worker};
 
+#[path = "bench/drain.rs"]
+mod drain;
 #[path = "bench/history.rs"]
 mod history;
 #[path = "bench/http.rs"]
@@ -41,6 +48,12 @@ const NO_HISTORY: &str = "keep_done = \"0s\"";
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(WORKER_ENV).is_some() {
         return echo_worker();
+    }
+    if std::env::var_os(drain::AHEAD_ENV).is_some() {
+        return drain::ahead_worker();
+    }
+    if std::env::var_os(drain::ONESHOT_ENV).is_some() {
+        return drain::oneshot_job();
     }
     let daemon_bin = build_daemon()?;
     let me = std::env::current_exe()?;
@@ -74,6 +87,19 @@ fn main() -> anyhow::Result<()> {
         let (p50, p99) = latency(&daemon_bin, &me, 300)?;
         bench("publish_done_p50_us", p50, "us", "raw_spawn_wait_us", spawn_us);
         bench("publish_done_p99_us", p99, "us", "raw_spawn_wait_us", spawn_us);
+    }
+
+    if part("drain") {
+        drain::rust(&daemon_bin, &me)?;
+    }
+    if part("huey") {
+        drain::python(&daemon_bin)?;
+    }
+    if part("backlog") {
+        drain::backlog(&daemon_bin, &me)?;
+    }
+    if part("oneshot_latency") {
+        drain::oneshot_latency(&daemon_bin, &me)?;
     }
 
     if part("rss") {

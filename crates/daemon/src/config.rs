@@ -35,6 +35,7 @@
 //! backoff_initial = "1s"        # retry delay after the first failure, doubling …
 //! backoff_max = "5m"            # … up to this
 //! idle_timeout = "60s"          # longlived: idle workers above min stop after this
+//! prefetch = 8                  # longlived: jobs sent ahead to each worker that takes them
 //! env = { MODE = "fast" }
 //! cwd = "."
 //! output_limit = 65536          # bytes of stdout and of stderr kept per attempt (longlived: stderr)
@@ -98,6 +99,11 @@ pub enum LogFormat {
     Json,
 }
 
+/// The default `prefetch` of a longlived task: jobs sent to a worker ahead of its reply, so
+/// it never waits for the daemon between two jobs (chosen by measurement: see the README's
+/// Speed section; `1` sends one job at a time).
+pub const DEFAULT_PREFETCH: i64 = 8;
+
 /// One `[[task]]` entry, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskConfig {
@@ -113,6 +119,10 @@ pub struct TaskConfig {
     pub min_workers: usize,
     /// Most jobs of this task run at once.
     pub max_workers: usize,
+    /// Longlived: jobs sent to each worker ahead of its reply (1: one at a time), to workers
+    /// that announced in their hello that they take jobs ahead
+    /// ([`crate::protocol::Hello::prefetch`]); others get one at a time.
+    pub prefetch: usize,
     /// Longest a job may run; the worker's process group is killed after it.
     pub timeout: Option<Duration>,
     /// Deliveries before a job is dead-lettered.
@@ -318,6 +328,7 @@ struct RawTask {
     work_model: WorkModel,
     min_workers: Option<Spanned<i64>>,
     max_workers: Option<Spanned<i64>>,
+    prefetch: Option<Spanned<i64>>,
     timeout: Option<Spanned<DurationValue>>,
     max_attempts: Option<Spanned<i64>>,
     #[serde(alias = "retry_backoff")]

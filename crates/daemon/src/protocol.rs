@@ -25,7 +25,15 @@
 //! `cancelled` either way and is never retried. A cancel for a job the worker no longer runs
 //! is to be ignored.
 //!
-//! The daemon sends one job at a time and waits for its reply; a worker takes job after job.
+//! **Jobs sent ahead** (the task's `prefetch = N`, protocol 2). A worker whose hello also says
+//! `"prefetch":true` (`{"type":"hello","cancel":true,"prefetch":true}`) may be sent up to N
+//! jobs before it replies to the first: it serves them one after another in the order sent
+//! and replies in that order, and a cancel frame for a job it has read but not started means
+//! "do not run it": it replies `"outcome":"cancelled"` without running it. The daemon counts
+//! every job sent as in flight (leased; shown by `status`); if the worker dies, the job it ran
+//! fails as usual and the ones sent after it go to other workers (they never started).
+//!
+//! Otherwise the daemon sends one job at a time and waits for its reply; a worker takes job after job.
 //! End of file on stdin means "stop": finish and exit 0. Write logs to stderr — stdout is the
 //! protocol; the daemon relays stderr to its own and keeps what is written during a job with
 //! that job's attempt (`procyard-daemon logs ID`). A worker that dies, exits, or replies with a malformed frame or the wrong id
@@ -89,6 +97,11 @@ pub struct Hello {
     /// The worker stops a job when sent a [`CancelFrame`].
     #[serde(default)]
     pub cancel: bool,
+    /// The worker takes jobs sent ahead (the task's `prefetch`): it serves them in the order
+    /// sent, replies in that order, and does not run a job whose cancel frame it read before
+    /// starting it (it replies `cancelled` instead). Only with `cancel`.
+    #[serde(default)]
+    pub prefetch: bool,
 }
 
 /// A frame a worker sent: a reply, or its hello.
@@ -115,10 +128,12 @@ impl WorkerFrame {
                     kind: String,
                     #[serde(default)]
                     cancel: bool,
+                    #[serde(default)]
+                    prefetch: bool,
                 }
                 match serde_json::from_slice::<Tagged>(bytes) {
                     Ok(t) if t.kind == "hello" => {
-                        Ok(WorkerFrame::Hello(Hello { cancel: t.cancel }))
+                        Ok(WorkerFrame::Hello(Hello { cancel: t.cancel, prefetch: t.prefetch }))
                     }
                     _ => Err(format!("bad reply frame: {e}")),
                 }
@@ -163,7 +178,10 @@ mod tests {
         let reply = WorkerFrame::parse(br#"{"id":"a","outcome":"cancelled"}"#).unwrap();
         assert!(matches!(reply, WorkerFrame::Reply(r) if r.outcome == ReplyOutcome::Cancelled));
         let hello = WorkerFrame::parse(br#"{"type":"hello","cancel":true}"#).unwrap();
-        assert_eq!(hello, WorkerFrame::Hello(Hello { cancel: true }));
+        assert_eq!(hello, WorkerFrame::Hello(Hello { cancel: true, prefetch: false }));
+        let hello =
+            WorkerFrame::parse(br#"{"type":"hello","cancel":true,"prefetch":true}"#).unwrap();
+        assert_eq!(hello, WorkerFrame::Hello(Hello { cancel: true, prefetch: true }));
         let err = WorkerFrame::parse(br#"{"type":"hi"}"#).unwrap_err();
         assert!(err.contains("bad reply frame") && err.contains("id"), "{err}");
         let cancel = serde_json::to_string(&CancelFrame { id: "j".into() }).unwrap();

@@ -84,6 +84,10 @@ pub struct WorkerStatus {
     pub state: WorkerState,
     /// The id of the job it runs, if any.
     pub job: Option<String>,
+    /// The jobs sent to it ahead (`prefetch`), in the order it will run them: leased and in
+    /// flight, not started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<String>,
     /// Seconds since it started.
     pub uptime_secs: f64,
     /// Jobs it completed successfully (longlived workers; a oneshot worker runs one).
@@ -208,12 +212,17 @@ impl Status {
             for w in &g.workers {
                 let _ = writeln!(
                     out,
-                    "    pid {:<8} {:<9} up {:>6.1}s done {:<6} {}",
+                    "    pid {:<8} {:<9} up {:>6.1}s done {:<6} {}{}",
                     w.pid,
                     w.state,
                     w.uptime_secs,
                     w.jobs_done,
-                    w.job.as_deref().map(|j| format!("job {j}")).unwrap_or_default()
+                    w.job.as_deref().map(|j| format!("job {j}")).unwrap_or_default(),
+                    if w.ahead.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (+{} sent ahead)", w.ahead.len())
+                    }
                 );
             }
         }

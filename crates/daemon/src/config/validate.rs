@@ -9,7 +9,8 @@ use procyard_core::parse_duration;
 use toml::Spanned;
 
 use super::{
-    Config, DaemonSettings, DurationValue, RawConfig, TaskConfig, WorkModel, line_of, runnable,
+    Config, DEFAULT_PREFETCH, DaemonSettings, DurationValue, RawConfig, TaskConfig, WorkModel,
+    line_of, runnable,
 };
 use crate::queue::{BackendKind, QueueConfig, Retention};
 use crate::{Error, Result, routing};
@@ -358,6 +359,16 @@ impl Validator<'_> {
                     "oneshot tasks start one process per job; min_workers must be 0",
                 ));
             }
+            let prefetch =
+                self.count(&t.prefetch, f("prefetch"), DEFAULT_PREFETCH, 1, 1_000)? as usize;
+            if t.work_model == WorkModel::Oneshot && t.prefetch.is_some() && prefetch > 1 {
+                let s = t.prefetch.as_ref().map(Spanned::span);
+                return Err(self.err(
+                    s,
+                    f("prefetch"),
+                    "oneshot tasks start one process per job; prefetch is for longlived workers",
+                ));
+            }
             let timeout = match &t.timeout {
                 None => None,
                 Some(_) => Some(self.duration(&t.timeout, f("timeout"), Duration::ZERO)?)
@@ -384,6 +395,7 @@ impl Validator<'_> {
                 work_model: t.work_model,
                 min_workers,
                 max_workers,
+                prefetch: if t.work_model == WorkModel::Longlived { prefetch } else { 1 },
                 timeout,
                 max_attempts: self.count(&t.max_attempts, f("max_attempts"), 3, 1, 1_000_000)?
                     as u32,

@@ -36,19 +36,41 @@ impl Shell {
                 }
             },
             Action::Spawn { worker } => return Some(self.spawn(worker)),
-            Action::SendJob { worker } => {
+            Action::SendJob { worker, job } => {
                 let (Some(p), Some(w)) =
                     (self.processes.get_mut(&worker), self.state.workers.get(&worker))
                 else {
                     return None;
                 };
-                let Some(run) = &w.job else { return None };
+                let runs = w.job.iter().chain(&w.ahead);
+                let run = runs.into_iter().find(|r| r.job.id == job)?;
                 record_holder(&mut *self.queue, &run.job, p);
                 if let Some(h) = &mut self.http {
                     h.on_started(&run.job);
                 }
-                if let Err(e) = p.send_job(&run.job, registry) {
-                    tracing::error!(error = %Report(&e), "unable to send a job to a worker");
+                // What the worker writes on stderr from now is this job's, if it runs it now
+                // (a job sent ahead gets its capture when it becomes the one it runs).
+                if w.job.as_ref().is_some_and(|r| r.job.id == job) {
+                    p.begin_capture();
+                }
+                // While replies are read in a batch, the jobs that refill the worker go out
+                // in one write after the batch.
+                let sent = if self.stdin_later.is_some() {
+                    p.queue_job(&run.job)
+                } else {
+                    p.send_job(&run.job, registry)
+                };
+                match sent {
+                    Ok(()) => {
+                        if let Some(later) = self.stdin_later.as_mut()
+                            && !later.contains(&worker)
+                        {
+                            later.push(worker);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %Report(&e), "unable to send a job to a worker")
+                    }
                 }
             }
             Action::SendCancel { worker, job } => {
@@ -167,6 +189,12 @@ impl Shell {
                 }
                 let relay = self.processes.get_mut(&ended.worker).and_then(|p| p.relay.as_mut());
                 let capture = relay.and_then(|r| r.job.take());
+                // The next job sent ahead, if any, runs from now on: its stderr is its own.
+                if self.state.workers.get(&ended.worker).is_some_and(|w| w.job.is_some())
+                    && let Some(p) = self.processes.get_mut(&ended.worker)
+                {
+                    p.begin_capture();
+                }
                 let captures = super::live::Captures { out: None, err: capture.as_ref() };
                 let registry = self.poll.registry();
                 super::live::answer(

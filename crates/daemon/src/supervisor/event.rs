@@ -80,8 +80,9 @@ pub(crate) enum Action {
     /// Start the worker `worker` the state recorded (its task, generation and, for a oneshot
     /// worker, its job); answer with `Spawned` or `SpawnFailed`.
     Spawn { worker: WorkerId },
-    /// Send the worker's current job to it (a longlived worker).
-    SendJob { worker: WorkerId },
+    /// Send job `job`, which the state just handed to the (longlived) worker, to it: the
+    /// job it runs, or one sent ahead.
+    SendJob { worker: WorkerId, job: String },
     /// Send a cancel frame for `job` to the (longlived) worker running it.
     SendCancel { worker: WorkerId, job: String },
     /// Signal the worker's process group (and continue it, for any signal but KILL).

@@ -274,6 +274,14 @@ impl Process {
 
     /// Longlived: sends `job` (header frame + payload frame).
     pub fn send_job(&mut self, job: &Job, registry: &Registry) -> Result<()> {
+        self.queue_job(job)?;
+        self.flush_stdin(registry);
+        Ok(())
+    }
+
+    /// Longlived: adds `job` to what is to be written to the worker's stdin; the caller
+    /// flushes ([`Process::flush_stdin`]), once for several jobs.
+    pub fn queue_job(&mut self, job: &Job) -> Result<()> {
         let header = JobHeader {
             id: job.id.clone(),
             task: job.task.clone(),
@@ -283,13 +291,17 @@ impl Process {
         let head =
             frame::encode_frame(&header).map_err(|e| Error::process("encode a job header", e))?;
         self.out.extend_from_slice(&head);
+        frame::write_frame_bytes(&mut self.out, &job.payload)
+            .map_err(|e| Error::Os { action: "encode a payload", source: e })?;
+        Ok(())
+    }
+
+    /// Longlived: what the worker writes on stderr from now on is kept with the job it runs
+    /// now (a new capture, bounded by the task's `output_limit`).
+    pub fn begin_capture(&mut self) {
         if let Some(r) = self.relay.as_mut() {
             r.job = Some(Capture::new(self.output_limit));
         }
-        frame::write_frame_bytes(&mut self.out, &job.payload)
-            .map_err(|e| Error::Os { action: "encode a payload", source: e })?;
-        self.flush_stdin(registry);
-        Ok(())
     }
 
     /// Longlived: sends a cancel frame for job `id`.

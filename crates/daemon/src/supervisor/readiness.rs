@@ -81,6 +81,23 @@ impl Shell {
         let Some(p) = self.processes.get_mut(&id) else { return };
         let Some(stdout) = p.stdout.as_mut() else { return };
         let state = p.decoder.read_from(stdout);
+        let outer = self.stdin_later.replace(Vec::new());
+        self.feed_replies(id);
+        self.write_stdin_later();
+        self.stdin_later = outer;
+        match state {
+            Ok(StreamState::Open) => {}
+            Ok(StreamState::Closed) => {
+                if let Some(p) = self.processes.get_mut(&id) {
+                    p.close_stdout(self.poll.registry());
+                }
+            }
+            Err(e) => self.feed(Event::ProtocolError { worker: id, reason: e.to_string() }),
+        }
+    }
+
+    /// Feeds the frames decoded from worker `id`'s stdout, one at a time.
+    fn feed_replies(&mut self, id: WorkerId) {
         loop {
             let Some(p) = self.processes.get_mut(&id).filter(|p| p.stdout.is_some()) else {
                 return;
@@ -95,15 +112,6 @@ impl Shell {
                 Ok(WorkerFrame::Hello(hello)) => self.feed(Event::Hello { worker: id, hello }),
                 Err(reason) => return self.feed(Event::ProtocolError { worker: id, reason }),
             }
-        }
-        match state {
-            Ok(StreamState::Open) => {}
-            Ok(StreamState::Closed) => {
-                if let Some(p) = self.processes.get_mut(&id) {
-                    p.close_stdout(self.poll.registry());
-                }
-            }
-            Err(e) => self.feed(Event::ProtocolError { worker: id, reason: e.to_string() }),
         }
     }
 }

@@ -44,6 +44,12 @@ impl State {
                 found.push(id);
                 continue;
             }
+            // A job sent ahead to a worker that has not started it: the worker is told not
+            // to run it (only workers that promised so are sent jobs ahead).
+            if self.workers.values_mut().any(|w| w.cancel_ahead(&id, acts)) {
+                found.push(id);
+                continue;
+            }
             let running = self
                 .workers
                 .values_mut()
@@ -312,7 +318,7 @@ mod tests {
         let worker = *s.workers.keys().next().unwrap();
         s.step(Event::Spawned { worker, pid: 9 }, t0);
         if hello {
-            s.step(Event::Hello { worker, hello: Hello { cancel: true } }, t0);
+            s.step(Event::Hello { worker, hello: Hello { cancel: true, prefetch: false } }, t0);
         }
         s.step(Event::Claimed { task: "t".into(), max: 2, jobs: vec![job("a", 1)] }, t0);
         assert!(s.workers[&worker].job.is_some(), "dispatched");
@@ -351,7 +357,10 @@ mod tests {
         let done = complete_of(&acts);
         assert!(matches!(done[..], [(_, Outcome::Cancelled { .. }, Some(_))]), "{done:?}");
         assert_eq!(done[0].2.as_ref().map(|e| e.end.clone()), Some(AttemptEnd::Cancelled));
-        assert!(acts.contains(&Action::SendJob { worker }), "takes the next job: {acts:?}");
+        assert!(
+            acts.contains(&Action::SendJob { worker, job: "b".into() }),
+            "takes the next job: {acts:?}"
+        );
         let w = &s.workers[&worker];
         assert!(w.stop.is_none() && w.job.as_ref().is_some_and(|r| r.job.id == "b"));
         assert_eq!(w.next_deadline(), Some(t0 + Duration::from_secs(31)), "b's timeout only");

@@ -43,13 +43,23 @@ impl State {
     }
 
     fn begin_round(&mut self, name: &str, now: Instant, acts: &mut Vec<Action>) {
-        let busy = self.workers.values().filter(|w| w.group == name && w.job.is_some()).count();
         let Some(g) = self.groups.get_mut(name) else { return };
+        // Jobs held by workers (running or sent ahead), and how many they may hold: one per
+        // worker, `prefetch` per worker that takes jobs ahead (so a claim takes a batch).
+        let mut in_flight = 0;
+        let mut per_worker = 1;
+        for w in self.workers.values().filter(|w| w.group == name) {
+            in_flight += w.in_flight();
+            if w.generation == g.generation && w.stop.is_none() {
+                per_worker = per_worker.max(w.capacity(g.cfg.prefetch));
+            }
+        }
         if g.next_spawn.is_some_and(|t| t <= now) {
             g.next_spawn = None;
         }
         if g.maybe_more && !g.paused {
-            let capacity = g.cfg.max_workers.saturating_sub(busy + g.pending.len());
+            let capacity =
+                (g.cfg.max_workers * per_worker).saturating_sub(in_flight + g.pending.len());
             if capacity > 0 {
                 acts.push(Action::Claim { task: name.to_owned(), max: capacity });
                 return;
@@ -179,22 +189,35 @@ impl State {
         }
     }
 
-    /// Longlived: hands pending jobs to idle workers of the current generation.
+    /// Longlived: hands pending jobs to workers of the current generation with room, the
+    /// least loaded first (idle workers before any is sent a job ahead).
     fn dispatch(&mut self, name: &str, now: Instant, acts: &mut Vec<Action>) {
         let Some(g) = self.groups.get_mut(name) else { return };
         if g.pending.is_empty() {
             return;
         }
-        let mut idle: Vec<&mut Worker> = self
+        let prefetch = g.cfg.prefetch;
+        let mut open: Vec<&mut Worker> = self
             .workers
             .values_mut()
-            .filter(|w| w.group == name && w.generation == g.generation && w.is_idle())
+            .filter(|w| w.group == name && w.generation == g.generation && w.has_room(prefetch))
             .collect();
-        idle.sort_by_key(|w| w.id);
-        for w in idle {
+        while !g.pending.is_empty() {
+            let Some(w) = open
+                .iter_mut()
+                .filter(|w| w.has_room(prefetch))
+                .min_by_key(|w| (w.in_flight(), w.id))
+            else {
+                break;
+            };
             let Some(job) = g.pending.pop_front() else { break };
-            w.start_job(job, g.cfg.timeout, now);
-            acts.push(Action::SendJob { worker: w.id });
+            let job_id = job.id.clone();
+            w.hand(job, g.cfg.timeout, now);
+            acts.push(Action::SendJob { worker: w.id, job: job_id });
         }
     }
 }
+
+#[cfg(test)]
+#[path = "prefetch_tests.rs"]
+mod prefetch_tests;

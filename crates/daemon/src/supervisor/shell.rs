@@ -51,6 +51,10 @@ pub(super) struct Shell {
     pub(super) followers: Vec<super::live::Follower>,
     /// The HTTP face (`[http]`), fed snapshots and job starts and ends.
     pub(super) http: Option<crate::http::Face>,
+    /// While a batch of events (or of one worker's replies) is handled: the workers sent
+    /// jobs, whose stdin is written once the batch is done (one write for the jobs that
+    /// refill a worker, not one per job); `None`: written at once.
+    pub(super) stdin_later: Option<Vec<WorkerId>>,
 }
 
 pub(super) fn os(action: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -91,6 +95,7 @@ impl Shell {
             usage: HashMap::new(),
             followers: Vec::new(),
             http: None,
+            stdin_later: None,
         })
     }
 
@@ -148,6 +153,9 @@ impl Shell {
             tracing::trace!(?timeout, due = ?self.state.queue_due, "waiting");
             procyard_core::event::poll(&mut self.poll, &mut events, timeout)
                 .map_err(os("wait for events"))?;
+            // The jobs sent to workers during this batch of events go out in one write per
+            // worker once it is handled (not one per job).
+            self.stdin_later = Some(Vec::new());
             for event in events.iter() {
                 match event.token() {
                     SIGNAL => self.on_signals(),
@@ -187,6 +195,8 @@ impl Shell {
                 // An escapee may have been reparented to us when its parent exited.
                 strays::stop_escapees(self);
             }
+            self.write_stdin_later();
+            self.stdin_later = Some(Vec::new());
             let now = Instant::now();
             for (conn, request) in self.control.on_deadlines(now, self.poll.registry()) {
                 self.feed(Event::Control { conn, request });
@@ -199,10 +209,21 @@ impl Shell {
             // than `max_workers` per task, so a daemon killed at any moment leaves at most that
             // many to run again.
             self.feed(Event::Reconcile);
+            self.write_stdin_later();
             self.flush_queue();
             self.publish_http(Instant::now());
             if self.state.is_finished() && self.escapees.is_empty() {
                 return self.finish_stop();
+            }
+        }
+    }
+
+    /// Writes the stdin of the workers sent jobs while writes were held
+    /// ([`Shell::stdin_later`]), and holds them no more.
+    pub(super) fn write_stdin_later(&mut self) {
+        for worker in self.stdin_later.take().unwrap_or_default() {
+            if let Some(p) = self.processes.get_mut(&worker) {
+                p.flush_stdin(self.poll.registry());
             }
         }
     }

@@ -43,6 +43,7 @@ pub(crate) fn snapshot(
                     pid: w.pid.unwrap_or(0),
                     state: w.state(stopped(w)),
                     job: w.job.as_ref().map(|r| r.job.id.clone()),
+                    ahead: w.ahead.iter().map(|r| r.job.id.clone()).collect(),
                     uptime_secs: now.duration_since(w.started).as_secs_f64(),
                     jobs_done: w.jobs_done,
                 })
@@ -56,7 +57,10 @@ pub(crate) fn snapshot(
                 configured: g.configured,
                 queue: observed.depths.get(&g.cfg.name).cloned(),
                 pending: g.pending.len(),
-                in_flight: workers.iter().filter(|w| w.job.is_some()).count(),
+                in_flight: workers
+                    .iter()
+                    .map(|w| usize::from(w.job.is_some()) + w.ahead.len())
+                    .sum(),
                 done: g.done,
                 failed: g.failed,
                 retried: g.retried,

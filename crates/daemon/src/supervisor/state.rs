@@ -90,6 +90,7 @@ impl State {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     tracing::debug!(task = %w.group, pid = ?w.pid, cancel = hello.cancel, "worker said hello");
                     w.cancel_frames = hello.cancel;
+                    w.takes_ahead = hello.cancel && hello.prefetch;
                 }
             }
             Event::ProtocolError { worker, reason } => {
@@ -277,6 +278,17 @@ impl State {
                 finish_job(g, run.job, result, ended, acts);
             }
         }
+        // Jobs sent ahead never started: cancelled ones end so, the others go to the front
+        // of the pending jobs (still leased; another worker takes them, or the stop puts
+        // them back), their attempt not counted.
+        for run in std::mem::take(&mut w.ahead).into_iter().rev() {
+            if run.cancelled {
+                let outcome = Outcome::Cancelled { reason: "cancelled".into() };
+                acts.push(Action::Complete { job: run.job, outcome, attempt: None });
+            } else {
+                g.pending.push_front(run.job);
+            }
+        }
         if w.model == WorkModel::Longlived && w.stop.is_none() && self.phase == Phase::Running {
             tracing::warn!(task = %g.cfg.name, pid = ?w.pid, %exit, "worker exited unexpectedly");
             if now.duration_since(w.started) >= HEALTHY_UPTIME {
@@ -313,16 +325,24 @@ impl State {
         finish_job(g, run.job, result, ended, acts);
         w.idle_since = now;
         g.maybe_more = true;
+        // The next job sent ahead (if any) is the one it runs now.
+        w.start_next(g.cfg.timeout, kill_timeout, now);
         let stale = !g.configured || w.generation != g.generation || !running;
         if stale && w.stop.is_none() {
-            w.abandon_job = true;
-            let eof = if running { kill_timeout } else { Duration::ZERO };
-            w.begin_stop(eof, kill_timeout, now, acts);
-        } else if w.stop.is_none()
-            && let Some(job) = g.pending.pop_front()
-        {
-            w.start_job(job, g.cfg.timeout, now);
-            acts.push(Action::SendJob { worker: id });
+            // It finishes the jobs it was sent, then stops.
+            if w.job.is_none() {
+                w.abandon_job = true;
+                let eof = if running { kill_timeout } else { Duration::ZERO };
+                w.begin_stop(eof, kill_timeout, now, acts);
+            }
+        } else {
+            while w.has_room(g.cfg.prefetch)
+                && let Some(job) = g.pending.pop_front()
+            {
+                let job_id = job.id.clone();
+                w.hand(job, g.cfg.timeout, now);
+                acts.push(Action::SendJob { worker: id, job: job_id });
+            }
         }
     }
 

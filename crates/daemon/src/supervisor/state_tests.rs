@@ -148,7 +148,7 @@ fn longlived_workers_start_to_min_and_take_jobs_one_at_a_time() {
     s.step(Event::QueueWake, t0);
     s.step(Event::Reconcile, t0);
     let acts = s.step(Event::Claimed { task: "t".into(), max: 2, jobs: vec![job("a", 1)] }, t0);
-    assert_eq!(acts, vec![Action::SendJob { worker: w }]);
+    assert_eq!(acts, vec![Action::SendJob { worker: w, job: "a".into() }]);
     assert_eq!(s.workers[&w].state(false), WorkerState::Busy);
 }
 
@@ -230,7 +230,7 @@ fn a_reply_settles_the_job_and_the_worker_takes_the_next() {
     s.groups.get_mut("t").unwrap().pending.push_back(job("c", 1));
     let acts = s.step(Event::Reply { worker: w, reply: reply("a", ReplyOutcome::Done) }, t0);
     assert_eq!(outcomes(&acts), vec![("a".into(), Outcome::Done)]);
-    assert!(acts.contains(&Action::SendJob { worker: w }));
+    assert!(acts.contains(&Action::SendJob { worker: w, job: "b".into() }));
     assert_eq!(s.workers[&w].jobs_done, 1);
     let acts = s.step(Event::Reply { worker: w, reply: reply("b", ReplyOutcome::Retry) }, t0);
     let retried = outcomes(&acts);
@@ -376,7 +376,7 @@ fn ticks_time_jobs_out_and_stop_idle_workers_above_min() {
     );
     let second = spawns(&acts)[0];
     let acts = s.step(Event::Spawned { worker: second, pid: 8 }, t0);
-    assert_eq!(acts, vec![Action::SendJob { worker: second }]);
+    assert_eq!(acts, vec![Action::SendJob { worker: second, job: "b".into() }]);
     s.step(Event::Reply { worker: first, reply: reply("a", ReplyOutcome::Done) }, t0);
     s.step(Event::Reply { worker: second, reply: reply("b", ReplyOutcome::Done) }, t0 + SEC);
     assert_eq!(s.next_deadline(), Some(t0 + 60 * SEC));

@@ -17,6 +17,7 @@ pub(crate) fn task(name: &str, model: WorkModel) -> TaskConfig {
         work_model: model,
         min_workers: usize::from(model == WorkModel::Longlived),
         max_workers: 2,
+        prefetch: 1,
         timeout: Some(Duration::from_secs(30)),
         max_attempts: 3,
         backoff_initial: Duration::from_secs(1),

@@ -1,6 +1,7 @@
 //! One worker as the state machine sees it: its task, the job it runs, and where it is in
 //! being stopped. Its process and pipes are the shell's ([`super::process`]). Pure.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use procyard_core::{Escalation, StopLadder, Stopping};
@@ -42,7 +43,12 @@ pub(crate) struct Worker {
     /// Its pid, once the shell has started it.
     pub pid: Option<i32>,
     pub started: Instant,
+    /// The job it runs (the first of those it was sent).
     pub job: Option<Running>,
+    /// Jobs sent after `job`, in order, that it has not started as far as the daemon knows
+    /// (`prefetch`): each leased and in flight; back to the group's pending jobs if the worker
+    /// dies before starting them.
+    pub ahead: VecDeque<Running>,
     pub idle_since: Instant,
     pub stop: Option<Stop>,
     /// The job must not be completed when the worker exits (it was stopped by a shutdown;
@@ -51,6 +57,8 @@ pub(crate) struct Worker {
     pub jobs_done: u64,
     /// A longlived worker that announced (in its hello) that it stops a job on a cancel frame.
     pub cancel_frames: bool,
+    /// … and that it takes jobs sent ahead (never running one cancelled before it starts).
+    pub takes_ahead: bool,
     /// How many jobs it was handed.
     pub runs: u64,
 }
@@ -65,25 +73,85 @@ impl Worker {
             pid: None,
             started: now,
             job: None,
+            ahead: VecDeque::new(),
             idle_since: now,
             stop: None,
             abandon_job: false,
             jobs_done: 0,
             cancel_frames: false,
+            takes_ahead: false,
             runs: 0,
         }
     }
 
     pub fn start_job(&mut self, job: Job, timeout: Option<Duration>, now: Instant) {
+        let run = self.new_run(job);
+        self.job = Some(run);
+        self.job_started(timeout, Duration::ZERO, now);
+    }
+
+    fn new_run(&mut self, job: Job) -> Running {
         self.runs += 1;
-        self.job = Some(Running {
+        Running {
             run: (self.id << 24) | (self.runs & 0xff_ffff),
             job,
-            deadline: timeout.map(|t| now + t),
+            deadline: None,
             timed_out: false,
             cancelled: false,
             cancel_deadline: None,
-        });
+        }
+    }
+
+    /// How many jobs it holds: the one it runs and those sent ahead.
+    pub fn in_flight(&self) -> usize {
+        usize::from(self.job.is_some()) + self.ahead.len()
+    }
+
+    /// The most jobs it may hold at once: `prefetch` if it takes jobs ahead, else 1.
+    pub fn capacity(&self, prefetch: usize) -> usize {
+        if self.takes_ahead && self.model == WorkModel::Longlived { prefetch.max(1) } else { 1 }
+    }
+
+    /// Whether it can be sent another job (a longlived worker not being stopped, with room).
+    pub fn has_room(&self, prefetch: usize) -> bool {
+        self.stop.is_none() && self.in_flight() < self.capacity(prefetch)
+    }
+
+    /// Hands it `job`: it runs it at once if it runs none, else after those sent before.
+    pub fn hand(&mut self, job: Job, timeout: Option<Duration>, now: Instant) {
+        if self.job.is_none() {
+            return self.start_job(job, timeout, now);
+        }
+        let run = self.new_run(job);
+        self.ahead.push_back(run);
+    }
+
+    /// After the job it ran ended: the next one sent ahead is now the one it runs (its
+    /// timeout counts from now; a cancel already sent for it gets `grace` to be answered).
+    pub fn start_next(&mut self, timeout: Option<Duration>, grace: Duration, now: Instant) {
+        self.job = self.ahead.pop_front();
+        self.job_started(timeout, grace, now);
+    }
+
+    fn job_started(&mut self, timeout: Option<Duration>, grace: Duration, now: Instant) {
+        if let Some(run) = self.job.as_mut() {
+            run.deadline = timeout.map(|t| now + t);
+            if run.cancelled {
+                run.cancel_deadline = Some(now + grace);
+            }
+        }
+    }
+
+    /// Cancels job `id` if it was sent ahead (the worker is told with a cancel frame, and
+    /// answers `cancelled` without running it). False if it holds no such job.
+    pub fn cancel_ahead(&mut self, id: &str, acts: &mut Vec<Action>) -> bool {
+        let Some(run) = self.ahead.iter_mut().find(|r| r.job.id == id && !r.cancelled) else {
+            return false;
+        };
+        run.cancelled = true;
+        tracing::info!(job = %id, task = %self.group, pid = ?self.pid, "job cancelled before its worker started it: telling the worker");
+        acts.push(Action::SendCancel { worker: self.id, job: id.to_owned() });
+        true
     }
 
     /// Cancels the job it runs: a longlived worker that understands cancel frames (and is not

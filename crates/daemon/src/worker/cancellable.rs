@@ -115,7 +115,8 @@ pub fn serve_cancellable_on<R: Read + Send + 'static, W: Write>(
 ) -> Result<()> {
     let write_err = |e| Error::Os { action: "write a frame to stdout", source: e };
     if announce {
-        frame::write_frame(&mut output, &Hello { cancel: true }).map_err(write_err)?;
+        let hello = Hello { cancel: true, prefetch: true };
+        frame::write_frame(&mut output, &hello).map_err(write_err)?;
         output.flush().map_err(write_err)?;
     }
     let (tx, rx) = mpsc::channel();
@@ -126,7 +127,10 @@ pub fn serve_cancellable_on<R: Read + Send + 'static, W: Write>(
     loop {
         match rx.recv() {
             Ok(FromReader::Job(job, cancel)) => {
-                let reply = reply_of(job.id.clone(), handler(&job, &cancel));
+                // A job sent ahead whose cancel came before it started is not run at all.
+                let outcome =
+                    if cancel.is_cancelled() { Outcome::Cancelled } else { handler(&job, &cancel) };
+                let reply = reply_of(job.id.clone(), outcome);
                 frame::write_frame(&mut output, &reply).map_err(write_err)?;
             }
             Ok(FromReader::End(result)) => return result,
@@ -227,11 +231,61 @@ mod tests {
         assert_eq!(
             frames,
             vec![
-                WorkerFrame::Hello(Hello { cancel: true }),
+                WorkerFrame::Hello(Hello { cancel: true, prefetch: true }),
                 reply("a", ReplyOutcome::Cancelled),
                 reply("b", ReplyOutcome::Done)
             ]
         );
+    }
+
+    /// A reader that says when it reached its end (every frame before it was handled).
+    struct Ends(std::io::Cursor<Vec<u8>>, mpsc::Sender<()>);
+
+    impl Read for Ends {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            if n == 0 {
+                let _ = self.1.send(());
+            }
+            Ok(n)
+        }
+    }
+
+    /// A job sent ahead whose cancel frame arrives before it starts is never run: it is
+    /// answered `cancelled`, in its place, and the jobs around it run.
+    #[test]
+    fn a_job_cancelled_before_it_starts_never_runs() {
+        let mut input = Vec::new();
+        job_frames(&mut input, "a", b"first");
+        job_frames(&mut input, "b", b"ahead");
+        frame::write_frame(&mut input, &CancelFrame { id: "b".into() }).unwrap();
+        job_frames(&mut input, "c", b"last");
+        let (end_tx, end_rx) = mpsc::channel();
+        let mut out = Vec::new();
+        let mut ran = Vec::new();
+        let reader = Ends(std::io::Cursor::new(input), end_tx);
+        serve_cancellable_on(reader, &mut out, false, |job, _| {
+            if job.id == "a" {
+                // Job a runs until every frame sent after it was read.
+                end_rx.recv_timeout(Duration::from_secs(30)).expect("stdin read to its end");
+            }
+            ran.push(job.id.clone());
+            Outcome::Done
+        })
+        .unwrap();
+        assert_eq!(ran, ["a", "c"]);
+        let mut r = &out[..];
+        let mut replies = Vec::new();
+        while let Some(b) = frame::read_frame_bytes(&mut r, frame::MAX_FRAME).unwrap() {
+            let WorkerFrame::Reply(reply) = WorkerFrame::parse(&b).unwrap() else { panic!() };
+            replies.push((reply.id, reply.outcome));
+        }
+        let expected = [
+            ("a".to_owned(), ReplyOutcome::Done),
+            ("b".to_owned(), ReplyOutcome::Cancelled),
+            ("c".to_owned(), ReplyOutcome::Done),
+        ];
+        assert_eq!(replies, expected);
     }
 
     #[test]

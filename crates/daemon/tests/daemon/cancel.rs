@@ -65,6 +65,23 @@ fn rust_worker_entry() {
                 eprintln!("second line");
                 Outcome::Done
             }
+            // For the prefetch tests: a side effect per run, and a first attempt that blocks
+            // (until the worker is killed).
+            p if p.starts_with("mark:") => {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&p["mark:".len()..])
+                    .expect("mark file");
+                f.write_all(b"x").expect("mark");
+                Outcome::Done
+            }
+            "hold-first" if job.attempt == 1 => {
+                let (_keep, never) = std::sync::mpsc::channel::<()>();
+                let _ = never.recv_timeout(SECS(120));
+                Outcome::Done
+            }
             "ignore-cancel" => {
                 let (_keep, never) = std::sync::mpsc::channel::<()>();
                 let _ = never.recv_timeout(SECS(120));

@@ -12,6 +12,7 @@ mod hardening_orphans;
 mod http;
 mod lifecycle;
 mod periodic;
+mod prefetch;
 mod sandbox;
 mod scheduling;
 mod web;
