@@ -54,6 +54,7 @@ mod migrate;
 mod records;
 mod recovery;
 mod session;
+mod write;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -62,9 +63,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use postgres::Client;
 use postgres::Statement;
 
-use self::claim::Buffers;
 use self::conn::{BACKOFF, Role, Target};
 use self::session::Session;
+use self::write::Buffers;
 use super::trouble::Trouble;
 use super::{BackendKind, OpenMode, QueueBackend, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
