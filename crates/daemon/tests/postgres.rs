@@ -48,6 +48,15 @@ fn report(end: AttemptEnd, out: &str) -> AttemptReport {
     }
 }
 
+/// Writes held-back worker holders the way the daemon's loop does: a flush at the deadline
+/// `next_due` reports (holders alone wait for the next write, at most a few ms).
+fn flush_holders(daemon: &mut dyn QueueBackend) {
+    daemon.flush().unwrap();
+    let due = daemon.next_due().unwrap().expect("a deadline while holders wait");
+    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    daemon.flush().unwrap();
+}
+
 /// A job's whole life, seen from a client that never ran it: attempts with output, a retry,
 /// a dead letter, requeue, cancel, purge.
 #[test]
@@ -66,7 +75,7 @@ fn pg_job_records_retries_dead_letters_cancel_and_purge() {
     for j in &jobs {
         daemon.record_holder(j, &holder()).unwrap();
     }
-    daemon.flush().unwrap();
+    flush_holders(&mut *daemon);
     let running = client.job(&ids[0]).unwrap();
     assert_eq!((running.state, running.attempts.len()), (JobState::Running, 1));
     assert_eq!(running.attempts[0].worker_pid, Some(std::process::id() as i32));
@@ -198,7 +207,7 @@ fn pg_dead_daemons_leases_come_back_within_a_second() {
     let mut victim = open(&s, OpenMode::Daemon);
     let taken = victim.claim("work", 2).unwrap();
     victim.record_holder(&taken[0], &holder()).unwrap();
-    victim.flush().unwrap();
+    flush_holders(&mut *victim);
     assert_eq!(client.depths().unwrap()["work"].in_flight, 2);
     drop(victim); // its session closes, as when the process dies
     let gone = Instant::now();
@@ -253,4 +262,32 @@ fn pg_retention_prunes_done_jobs_and_keeps_dead_letters() {
     let left = client.jobs(&all).unwrap();
     assert_eq!(left[0].state, JobState::Dead, "dead letters stay");
     assert_eq!(client.depths().unwrap()["work"].done_total, Some(3), "counted before pruning");
+}
+
+/// A worker holder rides with the daemon's next write (here a claim) without a write of its
+/// own, and is then visible to any client.
+#[test]
+fn pg_holders_ride_with_the_next_write() {
+    let Some(s) = Schema::new("pg_holders_ride_with_the_next_write") else {
+        return;
+    };
+    let mut client = open(&s, OpenMode::Client);
+    let ids = client.publish_batch("work.a", &vec![b"x".to_vec(); 2]).unwrap();
+    let mut daemon = open(&s, OpenMode::Daemon);
+    let first = daemon.claim("work", 1).unwrap();
+    daemon.record_holder(&first[0], &holder()).unwrap();
+    let second = daemon.claim("work", 1).unwrap();
+    assert_eq!(second.len(), 1);
+    let rec = client.job(&ids[0]).unwrap();
+    assert_eq!(rec.state, JobState::Running);
+    assert_eq!(rec.attempts[0].worker_pid, Some(std::process::id() as i32));
+    // An outcome in the same write as its job's holder: one write, the attempt has the holder.
+    daemon.record_holder(&second[0], &holder()).unwrap();
+    daemon.record_attempt(&second[0], report(AttemptEnd::Exited { code: 0 }, "done"));
+    daemon.complete(&second[0], Outcome::Done).unwrap();
+    daemon.flush().unwrap();
+    let rec = client.job(&ids[1]).unwrap();
+    assert_eq!(rec.state, JobState::Done);
+    assert_eq!(rec.attempts[0].worker_pid, Some(std::process::id() as i32));
+    assert!(rec.attempts[0].started_ms.is_some(), "{rec:?}");
 }

@@ -18,13 +18,16 @@ const PUBLISH: &str = "WITH ins AS (
     SELECT pg_notify($5, t) FROM (SELECT DISTINCT task FROM ins) AS x(t)";
 
 /// Takes up to `$3` ready jobs of task `$2` for daemon `$1`. `write.rs` embeds it verbatim in
-/// its one-statement write (same three parameters).
+/// its one-statement write (same three parameters). `seq = ANY(ARRAY(…))` rather than
+/// `seq IN (…)`: the rows are then fetched by primary key whatever the plan, where a generic
+/// plan of `IN` (which assumes `LIMIT $3` takes a tenth of the table) hashes the whole table.
 pub(super) const CLAIM: &str =
     "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL, worker_boot = NULL,
         worker_started_ms = NULL
-    WHERE seq IN (SELECT seq FROM jobs WHERE task = $2 AND state = 0 AND not_before <= now_ms()
-                  ORDER BY not_before, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+    WHERE seq = ANY(ARRAY(SELECT seq FROM jobs
+                          WHERE task = $2 AND state = 0 AND not_before <= now_ms()
+                          ORDER BY not_before, seq LIMIT $3 FOR UPDATE SKIP LOCKED))
     RETURNING seq, id, routing_key, payload, attempts";
 
 /// Puts back the jobs leased to this daemon (`$1`) that it does not know it holds (not in

@@ -149,6 +149,8 @@ fn now_ms() -> i64 {
 struct Conn {
     client: Client,
     prepared: HashMap<&'static str, Statement>,
+    /// The daemon's write (`write.rs`), prepared per history setting and claim limit.
+    writes: HashMap<(bool, i64), Statement>,
 }
 
 impl Conn {
@@ -221,7 +223,7 @@ impl PgQueue {
             target,
             mode,
             name,
-            conn: Some(Conn { client, prepared: HashMap::new() }),
+            conn: Some(Conn { client, prepared: HashMap::new(), writes: HashMap::new() }),
             session,
             tasks: Vec::new(),
             buffers: Buffers::default(),
@@ -268,7 +270,7 @@ impl PgQueue {
             let role = if self.mode == OpenMode::Daemon { Role::Work } else { Role::Client };
             let client = self.target.connect(role, &self.name)?;
             tracing::info!(db = %self.target.shown, "postgres: connected");
-            self.conn = Some(Conn { client, prepared: HashMap::new() });
+            self.conn = Some(Conn { client, prepared: HashMap::new(), writes: HashMap::new() });
         }
         Ok(self.conn.as_mut().expect("connected"))
     }

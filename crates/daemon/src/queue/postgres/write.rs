@@ -9,7 +9,7 @@
 //! `COMMIT` are two more. Written as a transaction of one statement per kind, a turn that
 //! finished a job and claimed the next cost five or six round trips (and the flush of the new
 //! job's holder three more); that, not the server's work, bounded the drain. Here every kind is
-//! a data-modifying CTE of one statement (`WRITE_KEEP`, or `WRITE_DELETE` without history), an
+//! a data-modifying CTE of one statement ([`write_sql`]; done jobs kept or deleted), an
 //! implicit transaction of its own: a daemon killed at any moment has recorded all of it or
 //! none of it, as before.
 //!
@@ -21,12 +21,11 @@
 //! daemon number that took it, so an outcome that comes after the lease was recovered
 //! elsewhere changes nothing.
 //!
-//! The claim is `claim.rs`'s `CLAIM`, embedded verbatim (its parameters `$1` owner, `$2` task,
-//! `$3` limit are this statement's first three).
+//! The claim is `claim.rs`'s `CLAIM`, embedded verbatim but for its limit, written as a literal
+//! (see [`write_sql`]); its parameters `$1` owner and `$2` task are this statement's first two.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::LazyLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::claim::{CLAIM, RELEASE_UNSEEN, ms};
 use super::{PgQueue, STATE_CANCELLED, STATE_DEAD, STATE_READY};
@@ -77,23 +76,31 @@ const DONE_DELETE: &str = "
 
 /// Done counted per task and daemon; the claim; a first row with the number of done jobs
 /// written (and waiting clients told, `$35`, when `$36`), then one row per job claimed.
-fn tail() -> String {
+fn tail(claim: &str) -> String {
     format!(
         "
     s AS (INSERT INTO stats (task, daemon, done) SELECT task, $1, COUNT(*) FROM d GROUP BY task
         ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done),
-    c AS ({CLAIM})
-SELECT NULL::bigint, NULL::text, NULL::text, NULL::bytea, NULL::int, (SELECT COUNT(*) FROM d),
+    c AS ({claim})
+SELECT $3::bigint, NULL::text, NULL::text, NULL::bytea, NULL::int, (SELECT COUNT(*) FROM d),
     (SELECT COUNT(*) FROM (SELECT pg_notify($35, '') WHERE $36) AS n)
 UNION ALL
 SELECT seq, id, routing_key, payload, attempts, NULL, NULL FROM c"
     )
 }
 
-/// The write with the history kept.
-static WRITE_KEEP: LazyLock<String> = LazyLock::new(|| format!("{HEAD}{DONE_KEEP}{}", tail()));
-/// The write without history (done jobs deleted).
-static WRITE_DELETE: LazyLock<String> = LazyLock::new(|| format!("{HEAD}{DONE_DELETE}{}", tail()));
+/// The write for a claim of `limit` jobs (0: none), keeping done jobs (`keep`) or deleting
+/// them.
+///
+/// The limit is written into the text, one prepared statement per limit: with `LIMIT $3` the
+/// server's generic plan assumes a claim takes a tenth of the table, so it plans the whole
+/// statement anew at every execution (twice the time it takes to run it); with a literal
+/// limit the generic plan is as good, and the statement is planned once per connection.
+/// (`$3` stays a parameter, read back in the first row.)
+pub(super) fn write_sql(keep: bool, limit: i64) -> String {
+    let claim = CLAIM.replace("LIMIT $3", &format!("LIMIT {limit}"));
+    format!("{HEAD}{}{}", if keep { DONE_KEEP } else { DONE_DELETE }, tail(&claim))
+}
 
 /// An outcome reported and not yet written.
 #[derive(Debug)]
@@ -115,17 +122,45 @@ struct Ended {
     report: AttemptReport,
 }
 
+/// How long a worker holder may wait for the next write before a flush writes it alone.
+///
+/// A holder (which worker runs a leased job) is known only after the claim that took the job
+/// has committed, so written at once it would cost a write of its own for every job. Held
+/// back, it rides with the next write (the next claim or outcome, a moment later while jobs
+/// flow), and a quiet daemon writes it when this delay has passed ([`Buffers::holders_due`]
+/// is a deadline of the daemon's loop). Only a daemon killed within this window leaves a lease
+/// without its worker: that worker still dies with it (parent-death signal); what is lost is
+/// the `daemon lost` attempt record and the stop by identity at the next start.
+pub(super) const HOLDER_DELAY: Duration = Duration::from_millis(20);
+
 /// What the daemon reported and the database does not have yet.
 #[derive(Debug, Default)]
 pub(super) struct Buffers {
     outcomes: Vec<Pending>,
     ended: Vec<Ended>,
     holders: Vec<(i64, i64, LeaseHolder, i64)>,
+    /// When the oldest buffered holder was reported.
+    holders_since: Option<Instant>,
 }
 
 impl Buffers {
     pub(super) fn is_empty(&self) -> bool {
         self.outcomes.is_empty() && self.ended.is_empty() && self.holders.is_empty()
+    }
+
+    /// When the buffered holders must be written, if nothing but holders is buffered (else
+    /// `None`: outcomes are written at the next flush).
+    pub(super) fn holders_due(&self) -> Option<Instant> {
+        if !self.outcomes.is_empty() || !self.ended.is_empty() {
+            return None;
+        }
+        self.holders_since.map(|t| t + HOLDER_DELAY)
+    }
+
+    /// Whether a flush at `now` may leave the buffers for the next write: nothing but holders
+    /// younger than [`HOLDER_DELAY`].
+    pub(super) fn can_wait(&self, now: Instant) -> bool {
+        self.holders_due().is_some_and(|due| due > now)
     }
 }
 
@@ -238,6 +273,9 @@ impl PgQueue {
     pub(super) fn buffer_holder(&mut self, job: &Job, holder: &LeaseHolder) {
         let seq = job.receipt.0 as i64;
         let owner = self.leases.get(&seq).copied().unwrap_or(0);
+        if self.buffers.holders.is_empty() {
+            self.buffers.holders_since = Some(Instant::now());
+        }
         self.buffers.holders.push((seq, owner, holder.clone(), super::now_ms()));
     }
 
@@ -270,17 +308,17 @@ impl PgQueue {
                     );
                 }
             }
-            if buffers.is_empty() {
-                // Nothing to record: the claim alone.
-                if max == 0 {
-                    return Ok((Vec::new(), false));
-                }
-                let stmt = conn.stmt(CLAIM).map_err(e)?;
-                let rows = conn.client.query(&stmt, &[&owner, &task, &max]).map_err(e)?;
-                return Ok((jobs_of(&rows, task), false));
+            if buffers.is_empty() && max == 0 {
+                return Ok((Vec::new(), false));
             }
-            let sql = if keep { WRITE_KEEP.as_str() } else { WRITE_DELETE.as_str() };
-            let stmt = conn.stmt(sql).map_err(e)?;
+            let stmt = match conn.writes.get(&(keep, max)) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = conn.client.prepare(&write_sql(keep, max)).map_err(e)?;
+                    conn.writes.insert((keep, max), s.clone());
+                    s
+                }
+            };
             let (columns, retried) = columns(&buffers, keep);
             let notify = !buffers.outcomes.is_empty() || !buffers.ended.is_empty();
             let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&owner, &task, &max];
@@ -338,4 +376,18 @@ fn jobs_of(rows: &[postgres::Row], task: &str) -> Vec<Job> {
             receipt: Receipt(r.get::<_, i64>(0) as u64),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claim's limit is written into the statement, so the claim must have one to replace.
+    #[test]
+    fn the_write_embeds_the_claim_with_a_literal_limit() {
+        assert!(CLAIM.contains("LIMIT $3"));
+        let sql = write_sql(true, 7);
+        assert!(sql.contains("LIMIT 7 FOR UPDATE SKIP LOCKED") && !sql.contains("LIMIT $3"));
+        assert!(write_sql(false, 0).contains("DELETE FROM jobs"));
+    }
 }
