@@ -21,6 +21,11 @@
 //! daemon number that took it, so an outcome that comes after the lease was recovered
 //! elsewhere changes nothing.
 //!
+//! Leased rows are found by primary key, one probe per buffered entry: the condition
+//! `state + 0 = 1` (not `state = 1`) keeps the planner off the partial index `jobs_leased`,
+//! which it would otherwise scan whole for each CTE (empty ones too), dead entries of every
+//! lease since the last vacuum included: a cost that grew with every job drained.
+//!
 //! The claim is `claim.rs`'s `CLAIM`, embedded verbatim but for its limit, written as a literal
 //! (see [`write_sql`]); its parameters `$1` owner and `$2` task are this statement's first two.
 
@@ -39,7 +44,7 @@ const HEAD: &str = "WITH
             worker_pgid = u.pgid, worker_boot = u.boot, worker_started_ms = u.at
         FROM unnest($4::bigint[], $5::bigint[], $6::int[], $7::bigint[], $8::int[], $9::text[],
                     $10::bigint[]) AS u(seq, owner, pid, start, pgid, boot, at)
-        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner),
+        WHERE j.seq = u.seq AND j.state + 0 = 1 AND j.lease_owner = u.owner),
     a AS (INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms, outcome,
             reason, stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped,
             max_rss_kib, user_cpu_us, system_cpu_us)
@@ -52,7 +57,7 @@ const HEAD: &str = "WITH
                     $26::bigint[], $27::bigint[])
             WITH ORDINALITY AS u(seq, owner, delivery, pid, started, ended, outcome, reason,
                 out, out_total, out_dropped, err, err_total, err_dropped, rss, ucpu, scpu, ord)
-        JOIN jobs j ON j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
+        JOIN jobs j ON j.seq = u.seq AND j.state + 0 = 1 AND j.lease_owner = u.owner
         ORDER BY u.ord),
     e AS (UPDATE jobs j SET state = u.state,
             finished_ms = CASE WHEN u.state = 0 THEN NULL ELSE now_ms() END,
@@ -60,19 +65,19 @@ const HEAD: &str = "WITH
             last_error = u.reason, lease_owner = NULL
         FROM unnest($30::bigint[], $31::bigint[], $32::smallint[], $33::bigint[], $34::text[])
             AS u(seq, owner, state, delay, reason)
-        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner),";
+        WHERE j.seq = u.seq AND j.state + 0 = 1 AND j.lease_owner = u.owner),";
 
 /// Done jobs kept (history on).
 const DONE_KEEP: &str = "
     d AS (UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL,
             lease_owner = NULL
         FROM unnest($28::bigint[], $29::bigint[]) AS u(seq, owner)
-        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),";
+        WHERE j.seq = u.seq AND j.state + 0 = 1 AND j.lease_owner = u.owner RETURNING j.task),";
 
 /// Done jobs deleted (no history).
 const DONE_DELETE: &str = "
     d AS (DELETE FROM jobs j USING unnest($28::bigint[], $29::bigint[]) AS u(seq, owner)
-        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),";
+        WHERE j.seq = u.seq AND j.state + 0 = 1 AND j.lease_owner = u.owner RETURNING j.task),";
 
 /// Done counted per task and daemon; the claim; a first row with the number of done jobs
 /// written (and waiting clients told, `$35`, when `$36`), then one row per job claimed.
