@@ -48,15 +48,6 @@ fn report(end: AttemptEnd, out: &str) -> AttemptReport {
     }
 }
 
-/// Writes held-back worker holders the way the daemon's loop does: a flush at the deadline
-/// `next_due` reports (holders alone wait for the next write, at most a few ms).
-fn flush_holders(daemon: &mut dyn QueueBackend) {
-    daemon.flush().unwrap();
-    let due = daemon.next_due().unwrap().expect("a deadline while holders wait");
-    std::thread::sleep(due.saturating_duration_since(Instant::now()));
-    daemon.flush().unwrap();
-}
-
 /// A job's whole life, seen from a client that never ran it: attempts with output, a retry,
 /// a dead letter, requeue, cancel, purge.
 #[test]
@@ -75,7 +66,7 @@ fn pg_job_records_retries_dead_letters_cancel_and_purge() {
     for j in &jobs {
         daemon.record_holder(j, &holder()).unwrap();
     }
-    flush_holders(&mut *daemon);
+    daemon.flush().unwrap();
     let running = client.job(&ids[0]).unwrap();
     assert_eq!((running.state, running.attempts.len()), (JobState::Running, 1));
     assert_eq!(running.attempts[0].worker_pid, Some(std::process::id() as i32));
@@ -207,7 +198,7 @@ fn pg_dead_daemons_leases_come_back_within_a_second() {
     let mut victim = open(&s, OpenMode::Daemon);
     let taken = victim.claim("work", 2).unwrap();
     victim.record_holder(&taken[0], &holder()).unwrap();
-    flush_holders(&mut *victim);
+    victim.flush().unwrap();
     assert_eq!(client.depths().unwrap()["work"].in_flight, 2);
     drop(victim); // its session closes, as when the process dies
     let gone = Instant::now();
@@ -264,8 +255,8 @@ fn pg_retention_prunes_done_jobs_and_keeps_dead_letters() {
     assert_eq!(client.depths().unwrap()["work"].done_total, Some(3), "counted before pruning");
 }
 
-/// A worker holder rides with the daemon's next write (here a claim) without a write of its
-/// own, and is then visible to any client.
+/// A worker holder not yet flushed rides with the daemon's next write (here a claim), and an
+/// outcome written in the same statement as its job's holder gets the holder's pid and start.
 #[test]
 fn pg_holders_ride_with_the_next_write() {
     let Some(s) = Schema::new("pg_holders_ride_with_the_next_write") else {

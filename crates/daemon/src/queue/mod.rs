@@ -41,9 +41,7 @@
 //!    When the daemon hands a claimed job to a worker process, it calls
 //!    [`QueueBackend::record_holder`] with that worker's [`LeaseHolder`] (pid, start time,
 //!    process group). A backend whose leases outlive the daemon (SQLite) stores it with the
-//!    lease no later than the next [`QueueBackend::flush`] (PostgreSQL: with its next write,
-//!    at the latest by a deadline a few ms later that [`QueueBackend::next_due`] reports, so
-//!    a holder costs no write of its own while jobs flow); at the next start, before any
+//!    lease no later than the next [`QueueBackend::flush`]; at the next start, before any
 //!    claim, the daemon reads [`QueueBackend::abandoned`], stops every recorded worker that is
 //!    still there (by identity, then its process group), and only then calls
 //!    [`QueueBackend::recover`], which puts the jobs back — all but those whose worker would not

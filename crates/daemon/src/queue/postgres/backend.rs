@@ -166,8 +166,7 @@ impl QueueBackend for PgQueue {
     fn flush(&mut self) -> Result<()> {
         self.recover_if_seen();
         self.prune_step();
-        // Holders alone wait for the next write, at most `HOLDER_DELAY` (see write.rs).
-        if self.buffers.is_empty() || self.buffers.can_wait(Instant::now()) {
+        if self.buffers.is_empty() {
             return Ok(());
         }
         self.write(None).map(|_| ())
@@ -183,8 +182,7 @@ impl QueueBackend for PgQueue {
         };
         let trouble = self.trouble.as_ref().map(|t| t.retry_at);
         let prune = (self.mode == OpenMode::Daemon).then_some(self.prune_at);
-        let holders = self.buffers.holders_due();
-        Ok([retry, trouble, prune, holders].into_iter().flatten().min())
+        Ok([retry, trouble, prune].into_iter().flatten().min())
     }
 
     fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
@@ -221,11 +219,6 @@ impl QueueBackend for PgQueue {
 
     fn shutdown(&mut self) -> Result<()> {
         let flushed = self.flush();
-        // Holders held back for the next write: there is none.
-        let flushed = flushed.and_then(|()| match self.buffers.is_empty() {
-            true => Ok(()),
-            false => self.write(None).map(|_| ()),
-        });
         if self.mode == OpenMode::Daemon && self.session.is_some() {
             match self.release_own() {
                 Ok(n) if n > 0 => tracing::info!(jobs = n, "returned unfinished jobs to the queue"),

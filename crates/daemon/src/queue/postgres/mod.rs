@@ -17,9 +17,7 @@
 //!   WHERE state = 0`, so a claim costs the rows it takes, never the backlog or the history,
 //!   and daemons never wait for each other's rows. The outcomes, attempts and worker holders
 //!   buffered since the last write go in the same transaction (arrays, one statement per
-//!   kind, rows found by primary key), so a daemon killed at any moment has recorded both or
-//!   neither. A worker holder rides with the next write, or is written alone at most 20 ms
-//!   after it was reported (a deadline of the loop), not in a transaction of its own per job.
+//!   kind), so a daemon killed at any moment has recorded both or neither.
 //! - **Wake-ups**: publish notifies `<schema>_jobs` (one notification per task and
 //!   transaction); nothing polls the table. A retry's due time is read from `jobs_due` and
 //!   is a real deadline for the daemon's loop; a notification missed while the session was
@@ -56,6 +54,7 @@ mod migrate;
 mod records;
 mod recovery;
 mod session;
+mod write;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -64,9 +63,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use postgres::Client;
 use postgres::Statement;
 
-use self::claim::Buffers;
 use self::conn::{BACKOFF, Role, Target};
 use self::session::Session;
+use self::write::Buffers;
 use super::trouble::Trouble;
 use super::{BackendKind, OpenMode, QueueBackend, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
@@ -150,6 +149,8 @@ fn now_ms() -> i64 {
 struct Conn {
     client: Client,
     prepared: HashMap<&'static str, Statement>,
+    /// The daemon's write (`write.rs`), prepared per history setting and claim limit.
+    writes: HashMap<(bool, i64), Statement>,
 }
 
 impl Conn {
@@ -222,7 +223,7 @@ impl PgQueue {
             target,
             mode,
             name,
-            conn: Some(Conn { client, prepared: HashMap::new() }),
+            conn: Some(Conn { client, prepared: HashMap::new(), writes: HashMap::new() }),
             session,
             tasks: Vec::new(),
             buffers: Buffers::default(),
@@ -269,7 +270,7 @@ impl PgQueue {
             let role = if self.mode == OpenMode::Daemon { Role::Work } else { Role::Client };
             let client = self.target.connect(role, &self.name)?;
             tracing::info!(db = %self.target.shown, "postgres: connected");
-            self.conn = Some(Conn { client, prepared: HashMap::new() });
+            self.conn = Some(Conn { client, prepared: HashMap::new(), writes: HashMap::new() });
         }
         Ok(self.conn.as_mut().expect("connected"))
     }
