@@ -256,7 +256,8 @@ fn pg_retention_prunes_done_jobs_and_keeps_dead_letters() {
 }
 
 /// A worker holder not yet flushed rides with the daemon's next write (here a claim), and an
-/// outcome written in the same statement as its job's holder gets the holder's pid and start.
+/// outcome written in the same write as its job's holder gets the holder's pid and start
+/// (pinned for any rewrite of the write path that merges its statements).
 #[test]
 fn pg_holders_ride_with_the_next_write() {
     let Some(s) = Schema::new("pg_holders_ride_with_the_next_write") else {

@@ -1,11 +1,16 @@
-//! Publishing and claiming: the statements a publish and a claim are, and the error naming
-//! around them. The daemon's buffered writes (outcomes, attempts, holders), which carry the
-//! claim in the same statement, are in `write.rs`.
+//! Publishing, claiming, and the daemon's buffered writes: outcomes, attempts and worker
+//! holders, written as arrays (one statement per kind) in the transaction of the next claim
+//! or flush. Every write to a leased row checks that the row is still leased by the daemon
+//! number that took it, so an outcome that comes after the lease was recovered elsewhere
+//! changes nothing.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
-use super::PgQueue;
-use crate::queue::check_payload;
+use postgres::Transaction;
+
+use super::{PgQueue, STATE_CANCELLED, STATE_DEAD, STATE_READY, now_ms};
+use crate::queue::{AttemptReport, Captured, Job, LeaseHolder, Outcome, Receipt, check_payload};
 use crate::{Error, Result, routing};
 
 /// Inserts a batch and notifies each receiving task, in one statement (one round trip; its
@@ -17,26 +22,108 @@ const PUBLISH: &str = "WITH ins AS (
         RETURNING task)
     SELECT pg_notify($5, t) FROM (SELECT DISTINCT task FROM ins) AS x(t)";
 
-/// Takes up to `$3` ready jobs of task `$2` for daemon `$1`. `write.rs` embeds it verbatim in
-/// its one-statement write (same three parameters). `seq = ANY(ARRAY(…))` rather than
-/// `seq IN (…)`: the rows are then fetched by primary key whatever the plan, where a generic
-/// plan of `IN` (which assumes `LIMIT $3` takes a tenth of the table) hashes the whole table.
-pub(super) const CLAIM: &str =
-    "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
+const CLAIM: &str = "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL, worker_boot = NULL,
         worker_started_ms = NULL
-    WHERE seq = ANY(ARRAY(SELECT seq FROM jobs
-                          WHERE task = $2 AND state = 0 AND not_before <= now_ms()
-                          ORDER BY not_before, seq LIMIT $3 FOR UPDATE SKIP LOCKED))
+    WHERE seq IN (SELECT seq FROM jobs WHERE task = $2 AND state = 0 AND not_before <= now_ms()
+                  ORDER BY not_before, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
     RETURNING seq, id, routing_key, payload, attempts";
 
 /// Puts back the jobs leased to this daemon (`$1`) that it does not know it holds (not in
 /// `$2`): after a claim whose commit was not confirmed (the connection dropped during it),
 /// the server may have committed the claim that the daemon never saw.
-pub(super) const RELEASE_UNSEEN: &str =
-    "UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
+const RELEASE_UNSEEN: &str = "UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
         lease_owner = NULL, not_before = now_ms()
     WHERE state = 1 AND lease_owner = $1 AND NOT (seq = ANY($2))";
+
+const HOLDERS: &str = "UPDATE jobs j SET worker_pid = u.pid, worker_start = u.start,
+        worker_pgid = u.pgid, worker_boot = u.boot, worker_started_ms = u.at
+    FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[],
+                $7::bigint[]) AS u(seq, owner, pid, start, pgid, boot, at)
+    WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner";
+
+const ATTEMPTS: &str = "INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms,
+        outcome, reason, stdout, stdout_total, stdout_dropped, stderr, stderr_total,
+        stderr_dropped, max_rss_kib, user_cpu_us, system_cpu_us)
+    SELECT u.seq, u.delivery, COALESCE(u.pid, j.worker_pid), j.worker_started_ms, u.ended,
+        u.outcome, u.reason, u.out, u.out_total, u.out_dropped, u.err, u.err_total,
+        u.err_dropped, u.rss, u.ucpu, u.scpu
+    FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::bigint[], $6::text[],
+                $7::text[], $8::bytea[], $9::bigint[], $10::bigint[], $11::bytea[],
+                $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[])
+        WITH ORDINALITY AS u(seq, owner, delivery, pid, ended, outcome, reason, out, out_total,
+                out_dropped, err, err_total, err_dropped, rss, ucpu, scpu, ord)
+    JOIN jobs j ON j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
+    ORDER BY u.ord";
+
+/// Done jobs (kept), counted per task and daemon, and waiting clients told: one statement.
+const DONE_KEEP: &str = "WITH d AS (
+        UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
+        FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
+        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),
+    s AS (INSERT INTO stats (task, daemon, done) SELECT task, $3, COUNT(*) FROM d GROUP BY task
+        ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done)
+    SELECT (SELECT COUNT(*) FROM d), pg_notify($4, '')";
+
+/// Done jobs (no history: deleted), counted, and waiting clients told: one statement.
+const DONE_DELETE: &str = "WITH d AS (
+        DELETE FROM jobs j USING unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
+        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),
+    s AS (INSERT INTO stats (task, daemon, done) SELECT task, $3, COUNT(*) FROM d GROUP BY task
+        ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done)
+    SELECT (SELECT COUNT(*) FROM d), pg_notify($4, '')";
+
+const NOTIFY_ONE: &str = "SELECT pg_notify($1, '')";
+
+const END: &str = "UPDATE jobs SET state = $3::smallint,
+        finished_ms = CASE WHEN $3::smallint = 0 THEN NULL ELSE now_ms() END,
+        not_before = CASE WHEN $3::smallint = 0 THEN now_ms() + $4::bigint ELSE not_before END,
+        last_error = $5, lease_owner = NULL
+    WHERE seq = $1 AND state = 1 AND lease_owner = $2";
+
+/// An outcome reported and not yet written.
+#[derive(Debug)]
+struct Pending {
+    seq: i64,
+    owner: i64,
+    outcome: Outcome,
+    /// When it was reported: a retry's delay counts from here.
+    reported: Instant,
+}
+
+/// An attempt ended and not yet written.
+#[derive(Debug)]
+struct Ended {
+    seq: i64,
+    owner: i64,
+    delivery: u32,
+    ended_ms: i64,
+    report: AttemptReport,
+}
+
+/// What the daemon reported and the database does not have yet.
+#[derive(Debug, Default)]
+pub(super) struct Buffers {
+    outcomes: Vec<Pending>,
+    ended: Vec<Ended>,
+    holders: Vec<(i64, i64, LeaseHolder, i64)>,
+}
+
+impl Buffers {
+    pub(super) fn is_empty(&self) -> bool {
+        self.outcomes.is_empty() && self.ended.is_empty() && self.holders.is_empty()
+    }
+}
+
+/// One captured stream as columns: bytes, total, dropped.
+type Columns<'a> = (Option<&'a [u8]>, Option<i64>, Option<i64>);
+
+fn captured(c: Option<&Captured>) -> Columns<'_> {
+    match c {
+        Some(c) => (Some(&c.bytes[..]), Some(c.total as i64), Some(c.dropped as i64)),
+        None => (None, None, None),
+    }
+}
 
 impl PgQueue {
     /// Inserts one job per payload and receiving task in one transaction and notifies.
@@ -88,6 +175,239 @@ impl PgQueue {
             other => other,
         }
     }
+
+    pub(super) fn buffer_outcome(&mut self, job: &Job, outcome: Outcome) {
+        let seq = job.receipt.0 as i64;
+        let owner = self.leases.get(&seq).copied().unwrap_or(0);
+        self.buffers.outcomes.push(Pending { seq, owner, outcome, reported: Instant::now() });
+    }
+
+    pub(super) fn buffer_attempt(&mut self, job: &Job, report: AttemptReport) {
+        let seq = job.receipt.0 as i64;
+        let owner = self.leases.get(&seq).copied().unwrap_or(0);
+        let ended_ms = now_ms();
+        self.buffers.ended.push(Ended { seq, owner, delivery: job.attempt, ended_ms, report });
+    }
+
+    pub(super) fn buffer_holder(&mut self, job: &Job, holder: &LeaseHolder) {
+        let seq = job.receipt.0 as i64;
+        let owner = self.leases.get(&seq).copied().unwrap_or(0);
+        self.buffers.holders.push((seq, owner, holder.clone(), now_ms()));
+    }
+
+    /// Writes the buffers and, when `claim` names a task, takes up to that many of its jobs:
+    /// one transaction.
+    pub(super) fn write(&mut self, claim: Option<(&str, usize)>) -> Result<Vec<Job>> {
+        let owner = self.owner();
+        let keep = !self.retention.keep_done.is_zero();
+        // Kept until the transaction commits: after a failure the next write has them.
+        let buffers = std::mem::take(&mut self.buffers);
+        let ended = self.target.ended_channel();
+        let unsure = self.unsure_claim;
+        let known: Vec<i64> = self.leases.keys().copied().collect();
+        let result = (|| {
+            let conn = self.conn()?;
+            let e = |err| Error::Postgres {
+                action: "claim jobs from",
+                target: String::new(),
+                source: Box::new(err),
+            };
+            let done_sql = if keep { DONE_KEEP } else { DONE_DELETE };
+            let mut s = Vec::with_capacity(6);
+            for sql in [HOLDERS, ATTEMPTS, done_sql, END, NOTIFY_ONE, CLAIM] {
+                s.push(conn.stmt(sql).map_err(e)?);
+            }
+            let take = |rows: Vec<postgres::Row>, task: &str| -> Vec<Job> {
+                rows.iter()
+                    .map(|r| Job {
+                        id: r.get(1),
+                        task: task.to_owned(),
+                        routing_key: r.get(2),
+                        payload: r.get(3),
+                        attempt: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                        receipt: Receipt(r.get::<_, i64>(0) as u64),
+                    })
+                    .collect()
+            };
+            if buffers.is_empty() && !unsure {
+                // Nothing to record: the claim alone, its own transaction (one round trip).
+                let Some((task, max)) = claim else { return Ok((Vec::new(), false)) };
+                let rows = conn.client.query(&s[5], &[&owner, &task, &(max as i64)]).map_err(e)?;
+                return Ok((take(rows, task), false));
+            }
+            let mut tx = conn.client.transaction().map_err(e)?;
+            write_holders(&mut tx, &s[0], &buffers).map_err(e)?;
+            write_attempts(&mut tx, &s[1], &buffers, keep).map_err(e)?;
+            let (retried, told) =
+                write_outcomes(&mut tx, [&s[2], &s[3]], &buffers, owner, &ended).map_err(e)?;
+            if !told && (!buffers.outcomes.is_empty() || !buffers.ended.is_empty()) {
+                // Clients waiting for jobs (`wait`, `logs -f`) look again.
+                tx.execute(&s[4], &[&ended]).map_err(e)?;
+            }
+            if unsure {
+                let put_back = tx.execute(RELEASE_UNSEEN, &[&owner, &known]).map_err(e)?;
+                if put_back > 0 {
+                    tracing::warn!(
+                        jobs = put_back,
+                        "postgres: a claim was committed but its answer lost with the connection; those jobs are back in ready"
+                    );
+                }
+            }
+            let mut jobs = Vec::new();
+            if let Some((task, max)) = claim {
+                let rows = tx.query(&s[5], &[&owner, &task, &(max as i64)]).map_err(e)?;
+                jobs = take(rows, task);
+            }
+            tx.commit().map_err(e)?;
+            Ok((jobs, retried))
+        })();
+        let result = result.map_err(|e| self.named(e, "claim jobs from"));
+        self.note(&result);
+        let (mut jobs, retried) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.buffers = buffers;
+                // A claim whose commit was not confirmed may have taken jobs all the same.
+                self.unsure_claim |= claim.is_some();
+                return Err(e);
+            }
+        };
+        self.unsure_claim = false;
+        for p in &buffers.outcomes {
+            self.leases.remove(&p.seq);
+        }
+        if retried {
+            self.due_cache = None;
+        }
+        for j in &jobs {
+            self.leases.insert(j.receipt.0 as i64, owner);
+        }
+        jobs.sort_by_key(|j| j.receipt.0);
+        Ok(jobs)
+    }
+}
+
+fn write_holders(
+    tx: &mut Transaction<'_>,
+    stmt: &postgres::Statement,
+    b: &Buffers,
+) -> std::result::Result<(), postgres::Error> {
+    if b.holders.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut owner, mut pid, mut start, mut pgid, mut boot, mut at) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (s, o, h, t) in &b.holders {
+        seq.push(*s);
+        owner.push(*o);
+        pid.push(h.process.pid.as_raw());
+        start.push(i64::try_from(h.process.start_time).unwrap_or(i64::MAX));
+        pgid.push(h.process_group.as_raw());
+        boot.push(h.process.boot_id.as_str());
+        at.push(*t);
+    }
+    tx.execute(stmt, &[&seq, &owner, &pid, &start, &pgid, &boot, &at])?;
+    Ok(())
+}
+
+fn write_attempts(
+    tx: &mut Transaction<'_>,
+    stmt: &postgres::Statement,
+    b: &Buffers,
+    keep_history: bool,
+) -> std::result::Result<(), postgres::Error> {
+    // Without history the attempts of jobs done now go with their rows: not written at all.
+    let gone: BTreeSet<i64> = if keep_history {
+        BTreeSet::new()
+    } else {
+        b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).map(|p| p.seq).collect()
+    };
+    let ended: Vec<&Ended> = b.ended.iter().filter(|e| !gone.contains(&e.seq)).collect();
+    if ended.is_empty() {
+        return Ok(());
+    }
+    let col = |f: &dyn Fn(&Ended) -> Option<i64>| ended.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let seq: Vec<i64> = ended.iter().map(|e| e.seq).collect();
+    let owner: Vec<i64> = ended.iter().map(|e| e.owner).collect();
+    let delivery: Vec<i32> = ended.iter().map(|e| e.delivery as i32).collect();
+    let pid: Vec<Option<i32>> = ended.iter().map(|e| e.report.worker_pid).collect();
+    let at: Vec<i64> = ended.iter().map(|e| e.ended_ms).collect();
+    let outcome: Vec<String> =
+        ended.iter().map(|e| serde_json::to_string(&e.report.end).unwrap_or_default()).collect();
+    let reason: Vec<Option<&str>> = ended.iter().map(|e| e.report.reason.as_deref()).collect();
+    let out: Vec<_> = ended.iter().map(|e| captured(e.report.stdout.as_ref())).collect();
+    let err: Vec<_> = ended.iter().map(|e| captured(e.report.stderr.as_ref())).collect();
+    let bytes = |v: &[Columns<'_>]| -> Vec<Option<Vec<u8>>> {
+        v.iter().map(|c| c.0.map(<[u8]>::to_vec)).collect()
+    };
+    let total = |v: &[Columns<'_>]| -> Vec<Option<i64>> { v.iter().map(|c| c.1).collect() };
+    let dropped = |v: &[Columns<'_>]| -> Vec<Option<i64>> { v.iter().map(|c| c.2).collect() };
+    let rss = col(&|e| e.report.usage.map(|u| u.max_rss_kib as i64));
+    let ucpu = col(&|e| e.report.usage.map(|u| u.user_cpu_us as i64));
+    let scpu = col(&|e| e.report.usage.map(|u| u.system_cpu_us as i64));
+    tx.execute(
+        stmt,
+        &[
+            &seq,
+            &owner,
+            &delivery,
+            &pid,
+            &at,
+            &outcome,
+            &reason,
+            &bytes(&out),
+            &total(&out),
+            &dropped(&out),
+            &bytes(&err),
+            &total(&err),
+            &dropped(&err),
+            &rss,
+            &ucpu,
+            &scpu,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Writes the outcomes; returns whether one is a retry, and whether waiting clients were
+/// told (the done statement notifies `ended`). `stmts`: done, end.
+fn write_outcomes(
+    tx: &mut Transaction<'_>,
+    stmts: [&postgres::Statement; 2],
+    b: &Buffers,
+    owner: i64,
+    ended: &str,
+) -> std::result::Result<(bool, bool), postgres::Error> {
+    let [done_stmt, end_stmt] = stmts;
+    let done: Vec<&Pending> = b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).collect();
+    let told = !done.is_empty();
+    if told {
+        let seq: Vec<i64> = done.iter().map(|p| p.seq).collect();
+        let owners: Vec<i64> = done.iter().map(|p| p.owner).collect();
+        let row = tx.query_one(done_stmt, &[&seq, &owners, &owner, &ended])?;
+        let written = row.get::<_, i64>(0) as usize;
+        if written < done.len() {
+            tracing::warn!(
+                lost = done.len() - written,
+                "postgres: outcomes of jobs whose lease was recovered elsewhere are dropped (the jobs run again)"
+            );
+        }
+    }
+    let mut retried = false;
+    for p in b.outcomes.iter().filter(|p| p.outcome != Outcome::Done) {
+        let (state, delay, reason): (i16, i64, &str) = match &p.outcome {
+            Outcome::Done => continue,
+            Outcome::Retry { delay, reason } => {
+                retried = true;
+                let left = delay.saturating_sub(p.reported.elapsed());
+                (STATE_READY, ms(left), reason)
+            }
+            Outcome::DeadLetter { reason } => (STATE_DEAD, 0, reason),
+            Outcome::Cancelled { reason } => (STATE_CANCELLED, 0, reason),
+        };
+        tx.execute(end_stmt, &[&p.seq, &p.owner, &state, &delay, &reason])?;
+    }
+    Ok((retried, told))
 }
 
 /// A duration in whole ms for the database.

@@ -54,7 +54,6 @@ mod migrate;
 mod records;
 mod recovery;
 mod session;
-mod write;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -63,9 +62,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use postgres::Client;
 use postgres::Statement;
 
+use self::claim::Buffers;
 use self::conn::{BACKOFF, Role, Target};
 use self::session::Session;
-use self::write::Buffers;
 use super::trouble::Trouble;
 use super::{BackendKind, OpenMode, QueueBackend, QueueConfig, Retention, TaskBinding};
 use crate::{Error, Result};
@@ -149,8 +148,6 @@ fn now_ms() -> i64 {
 struct Conn {
     client: Client,
     prepared: HashMap<&'static str, Statement>,
-    /// The daemon's write (`write.rs`), prepared per history setting and claim limit.
-    writes: HashMap<(bool, i64), Statement>,
 }
 
 impl Conn {
@@ -223,7 +220,7 @@ impl PgQueue {
             target,
             mode,
             name,
-            conn: Some(Conn { client, prepared: HashMap::new(), writes: HashMap::new() }),
+            conn: Some(Conn { client, prepared: HashMap::new() }),
             session,
             tasks: Vec::new(),
             buffers: Buffers::default(),
@@ -270,7 +267,7 @@ impl PgQueue {
             let role = if self.mode == OpenMode::Daemon { Role::Work } else { Role::Client };
             let client = self.target.connect(role, &self.name)?;
             tracing::info!(db = %self.target.shown, "postgres: connected");
-            self.conn = Some(Conn { client, prepared: HashMap::new(), writes: HashMap::new() });
+            self.conn = Some(Conn { client, prepared: HashMap::new() });
         }
         Ok(self.conn.as_mut().expect("connected"))
     }
