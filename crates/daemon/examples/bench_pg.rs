@@ -3,9 +3,14 @@
 //! - Drain: 10,000 no-op jobs published first, then 2 daemons × 2 longlived workers on one
 //!   PostgreSQL schema (vs 1 daemon × 4 workers on a SQLite file); jobs/s from the first to the
 //!   last completion; median of 3 runs each.
-//! - Publish: 2,000 single-job publishes in a loop from one client (vs the same into SQLite).
+//! - Publish: 2,000 single-job publishes in a loop from one client (vs the same into SQLite);
+//!   and in bulk, 10,000 jobs in batches of 1,000 (`publish_batch`, what `publish --lines`
+//!   does), one statement per batch.
 //! - graphile-worker (npm, on Node, in its own schema of the same database) side by side: its
-//!   drain at concurrency 4 (its other settings default) and its `addJob` loop.
+//!   drain at concurrency 4 (its other settings default), its `addJob` loop, and its bulk
+//!   `add_jobs` SQL function (its 0.16 JavaScript API has no bulk call) with the same batches.
+//!   Both loops commit durably once per job (an fsync each), so the loop ratio is mostly the
+//!   two fsyncs' ratio; the bulk one is where the statements differ.
 //! - Orphan recovery: a daemon SIGKILLed while it holds jobs; time until every one of them is
 //!   back in `ready` (seen by `LISTEN` on the schema's channel); median of 3. graphile-worker's
 //!   default for the same (its lock expiry) is 4 h; River's rescuer 1 h.
@@ -24,6 +29,8 @@ use procyard_daemon::queue::{self, BackendKind, OpenMode, QueueConfig, TaskBindi
 
 const JOBS: usize = 10_000;
 const PUBLISHES: usize = 2_000;
+const BULK: usize = 10_000;
+const BULK_BATCH: usize = 1_000;
 const RUNS: usize = 3;
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -150,11 +157,11 @@ fn sqlite_config(path: &Path) -> QueueConfig {
     }
 }
 
-/// Publishes `n` jobs in batches of 1,000.
+/// Publishes `n` jobs in batches of [`BULK_BATCH`].
 fn prepublish(config: &QueueConfig, n: usize) -> anyhow::Result<()> {
     let mut client = queue::open(config, OpenMode::Client)?;
     client.bind(&[binding()])?;
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(BULK_BATCH) {
         let payloads: Vec<Vec<u8>> = chunk.iter().map(|i| i.to_string().into_bytes()).collect();
         client.publish_batch("noop", &payloads).map_err(|p| p.error)?;
     }
@@ -170,6 +177,18 @@ fn publish_rate(config: &QueueConfig) -> anyhow::Result<f64> {
         client.publish("noop", i.to_string().as_bytes())?;
     }
     Ok(PUBLISHES as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Jobs/s of [`BULK`] jobs published in batches of [`BULK_BATCH`] (connecting not counted).
+fn publish_bulk_rate(config: &QueueConfig) -> anyhow::Result<f64> {
+    let mut client = queue::open(config, OpenMode::Client)?;
+    client.bind(&[binding()])?;
+    let start = Instant::now();
+    for chunk in (0..BULK).collect::<Vec<_>>().chunks(BULK_BATCH) {
+        let payloads: Vec<Vec<u8>> = chunk.iter().map(|i| i.to_string().into_bytes()).collect();
+        client.publish_batch("noop", &payloads).map_err(|p| p.error)?;
+    }
+    Ok(BULK as f64 / start.elapsed().as_secs_f64())
 }
 
 fn drop_schema(url: &str, schema: &str) {
@@ -269,6 +288,18 @@ const connectionString = process.env.BENCH_PG_URL, schema = process.env.BENCH_SC
   const utils = await makeWorkerUtils({ connectionString, schema });
   await utils.migrate();
   const t0 = process.hrtime.bigint();
+  if (mode === "bulk") {
+    const batch = parseInt(process.argv[4], 10), q = '"' + schema + '"';
+    const sql = `select 1 from ${q}.add_jobs(array(select json_populate_recordset(null::${q}.job_spec, $1::json)))`;
+    for (let s = 0; s < n; s += batch) {
+      const specs = [];
+      for (let i = s; i < Math.min(n, s + batch); i++) specs.push({ identifier: "noop", payload: { i } });
+      await utils.withPgClient((c) => c.query(sql, [JSON.stringify(specs)]));
+    }
+    console.log("RATE " + n / (Number(process.hrtime.bigint() - t0) / 1e9));
+    await utils.release();
+    return;
+  }
   for (let i = 0; i < n; i++) await utils.addJob("noop", { i });
   if (mode === "publish") {
     console.log("RATE " + n / (Number(process.hrtime.bigint() - t0) / 1e9));
@@ -313,12 +344,13 @@ fn graphile_dir() -> Option<PathBuf> {
     Some(dir)
 }
 
-/// graphile-worker's rate in `mode` (`drain` or `publish`) for `n` jobs on its own schema.
+/// graphile-worker's rate in `mode` (`drain`, `publish` or `bulk`) for `n` jobs on its own
+/// schema.
 fn graphile(dir: &Path, url: &str, mode: &str, n: usize) -> anyhow::Result<f64> {
     let schema = format!("gw_{}", uuid::Uuid::now_v7().simple());
     let out = Command::new("node")
         .arg(dir.join("bench.js"))
-        .args([mode, &n.to_string()])
+        .args([mode, &n.to_string(), &BULK_BATCH.to_string()])
         .env("BENCH_PG_URL", url)
         .env("BENCH_SCHEMA", &schema)
         .current_dir(dir)
@@ -356,6 +388,9 @@ fn main() -> anyhow::Result<()> {
         "BENCH\tpg_drain_2x2_jobs_per_s\t{pg:.0}\tjobs/s\tsqlite_1x4_drain\t{sqlite:.0}\t{:.2}",
         pg / sqlite
     );
+    if std::env::var_os("BENCH_PG_QUICK").is_some() {
+        return Ok(());
+    }
     let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
     let pg_pub = publish_rate(&pg_config(&url, &schema));
     drop_schema(&url, &schema);
@@ -365,11 +400,19 @@ fn main() -> anyhow::Result<()> {
         "BENCH\tpg_publish_loop_jobs_per_s\t{pg_pub:.0}\tjobs/s\tsqlite_publish_loop\t{sq_pub:.0}\t{:.2}",
         pg_pub / sq_pub
     );
+    let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    let pg_bulk = publish_bulk_rate(&pg_config(&url, &schema));
+    drop_schema(&url, &schema);
+    let pg_bulk = pg_bulk?;
     if let Some(dir) = graphile_dir() {
         let drains: anyhow::Result<Vec<f64>> =
             (0..RUNS).map(|_| graphile(&dir, &url, "drain", JOBS)).collect();
-        match drains.and_then(|d| Ok((d, graphile(&dir, &url, "publish", PUBLISHES)?))) {
-            Ok((d, add_job)) => {
+        let publishes = |d| -> anyhow::Result<_> {
+            let add_job = graphile(&dir, &url, "publish", PUBLISHES)?;
+            Ok((d, add_job, graphile(&dir, &url, "bulk", BULK)?))
+        };
+        match drains.and_then(publishes) {
+            Ok((d, add_job, add_jobs)) => {
                 eprintln!("graphile-worker drain jobs/s: {d:.0?}");
                 let gw = median(d);
                 println!(
@@ -379,6 +422,10 @@ fn main() -> anyhow::Result<()> {
                 println!(
                     "BENCH\tpg_publish_loop_jobs_per_s\t{pg_pub:.0}\tjobs/s\tgraphile_worker_addjob_loop\t{add_job:.0}\t{:.2}",
                     pg_pub / add_job
+                );
+                println!(
+                    "BENCH\tpg_publish_bulk_jobs_per_s\t{pg_bulk:.0}\tjobs/s\tgraphile_worker_add_jobs_bulk\t{add_jobs:.0}\t{:.2}",
+                    pg_bulk / add_jobs
                 );
             }
             Err(e) => eprintln!("graphile-worker not measured: {e}"),

@@ -298,3 +298,32 @@ fn pg_tls_when_the_url_asks() {
     let msg = open_err(&with("sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem"));
     assert!(msg.contains("sslrootcert") && msg.contains("/nonexistent/ca.pem"), "{msg}");
 }
+
+/// A worker holder not yet flushed rides with the daemon's next write (here a claim), and an
+/// outcome written in the same write as its job's holder gets the holder's pid and start
+/// (pinned for any rewrite of the write path that merges its statements).
+#[test]
+fn pg_holders_ride_with_the_next_write() {
+    let Some(s) = Schema::new("pg_holders_ride_with_the_next_write") else {
+        return;
+    };
+    let mut client = open(&s, OpenMode::Client);
+    let ids = client.publish_batch("work.a", &vec![b"x".to_vec(); 2]).unwrap();
+    let mut daemon = open(&s, OpenMode::Daemon);
+    let first = daemon.claim("work", 1).unwrap();
+    daemon.record_holder(&first[0], &holder()).unwrap();
+    let second = daemon.claim("work", 1).unwrap();
+    assert_eq!(second.len(), 1);
+    let rec = client.job(&ids[0]).unwrap();
+    assert_eq!(rec.state, JobState::Running);
+    assert_eq!(rec.attempts[0].worker_pid, Some(std::process::id() as i32));
+    // An outcome in the same write as its job's holder: one write, the attempt has the holder.
+    daemon.record_holder(&second[0], &holder()).unwrap();
+    daemon.record_attempt(&second[0], report(AttemptEnd::Exited { code: 0 }, "done"));
+    daemon.complete(&second[0], Outcome::Done).unwrap();
+    daemon.flush().unwrap();
+    let rec = client.job(&ids[1]).unwrap();
+    assert_eq!(rec.state, JobState::Done);
+    assert_eq!(rec.attempts[0].worker_pid, Some(std::process::id() as i32));
+    assert!(rec.attempts[0].started_ms.is_some(), "{rec:?}");
+}
