@@ -21,6 +21,16 @@ fn every(name: &str, secs: u64, missed: Missed) -> ScheduleConfig {
     }
 }
 
+/// A period of about an hour whose latest due time is minutes away from now. An `every` grid
+/// is aligned to the epoch, so a plain hourly one has a due time "on time" (within
+/// [`crate::schedule::ON_TIME`]) during the first minute of every hour, and fires there.
+fn off_grid_period() -> u64 {
+    let now = (now_ms() / 1000) as u64;
+    (3000..4000)
+        .find(|p| (120..p - 120).contains(&(now % p)))
+        .expect("some period in 3000..4000 s is off its grid by 2 minutes")
+}
+
 /// A schedule stored with a last due time in the past: as if a daemon fired it then and died.
 fn backdate(q: &SqliteQueue, name: &str, secs_ago: i64) {
     let t = now_ms() - secs_ago * 1000;
@@ -67,9 +77,10 @@ fn skip_fires_only_an_on_time_due_time_and_pause_stops_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
     q.bind(&crate::queue::sqlite::tests::bindings()[..1]).unwrap();
-    let s = every("hourly", 3600, Missed::Skip);
+    let period = off_grid_period();
+    let s = every("hourly", period, Missed::Skip);
     q.set_schedules(std::slice::from_ref(&s)).unwrap();
-    backdate(&q, "hourly", 5 * 3600);
+    backdate(&q, "hourly", 5 * period as i64);
     q.book.invalidate();
     q.fire_due_schedules().unwrap();
     assert_eq!(jobs(&mut q), 0, "due times hours ago are skipped");
