@@ -3,8 +3,9 @@
 //! Two sources: what the job loop counts as it goes ([`LoopMetrics`]: jobs claimed by this
 //! daemon for their first attempt, started and cancelled, and the duration and publish→start
 //! histograms — atomics and short locks, never a wait), and the latest status snapshot with
-//! the queue's depths (per-task counters of `status`, gauges, workers, daemon facts), read at
-//! scrape time; the depths are at most [`VIEW_EVERY`](super::view::VIEW_EVERY) old.
+//! the queue's depths and publish counts (per-task counters of `status`, gauges, workers,
+//! daemon facts), read at scrape time; the depths are at most
+//! [`VIEW_EVERY`](super::view::VIEW_EVERY) old.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -209,8 +210,9 @@ pub(crate) fn render(
     process: ProcessFacts,
 ) -> String {
     let mut reg = Registry::with_prefix("procyard");
-    // Not "published": jobs go straight into the queue from any process (the command line,
-    // other programs, other daemons), so a daemon sees a job first when it claims it.
+    // Jobs go straight into the queue from any process (the command line, other programs,
+    // other daemons): the loop sees a job first when it claims it; the published count below
+    // comes from the store.
     reg.register(
         "jobs_claimed",
         "Jobs this daemon took from the queue for their first attempt",
@@ -220,6 +222,16 @@ pub(crate) fn render(
     let per = |f: fn(&crate::status::GroupStatus) -> u64| -> Vec<(&str, u64)> {
         status.groups.iter().map(|g| (g.name.as_str(), f(g))).collect()
     };
+    // Published by any process: counted by the store in the publish's own transaction (the
+    // embedded queue does; where a backend does not count them, the family is left out).
+    let published: Vec<(&str, u64)> = status
+        .groups
+        .iter()
+        .filter_map(|g| Some((g.name.as_str(), depths.get(&g.name)?.published_total?)))
+        .collect();
+    if !published.is_empty() {
+        counter(&mut reg, "jobs_published", "Jobs published to the queue", &published);
+    }
     counter(&mut reg, "jobs_done", "Jobs done", &per(|g| g.done));
     counter(&mut reg, "jobs_failed", "Failed job attempts", &per(|g| g.failed));
     counter(&mut reg, "jobs_retried", "Jobs scheduled for a retry", &per(|g| g.retried));

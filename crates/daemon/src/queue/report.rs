@@ -20,6 +20,9 @@ pub struct QueueDepth {
     pub dead: Option<u64>,
     /// Jobs done since the queue was created (`None` when the backend cannot tell).
     pub done_total: Option<u64>,
+    /// Jobs published since the queue was created (`None` when the backend does not count them).
+    #[serde(default)]
+    pub published_total: Option<u64>,
     /// Ready jobs wait for the task's `rate_limit` (its bucket is empty).
     #[serde(default)]
     pub rate_limited: bool,

@@ -67,6 +67,8 @@ fn daemon_http_metrics_pass_promtool_and_count_jobs() {
     let m = reply.body;
     for line in [
         "procyard_jobs_claimed_total{task=\"ok\"} 2",
+        "procyard_jobs_published_total{task=\"ok\"} 2",
+        "procyard_jobs_published_total{task=\"bad\"} 1",
         "procyard_jobs_started_total{task=\"ok\"} 2",
         "procyard_jobs_failed_total{task=\"bad\"} 1",
         "procyard_job_duration_seconds_count{task=\"ok\"} 2",

@@ -378,6 +378,7 @@ impl QueueBackend for AmqpQueue {
                     in_flight,
                     dead: Some(broker.dead),
                     done_total: None,
+                    published_total: None,
                     rate_limited,
                 },
             );

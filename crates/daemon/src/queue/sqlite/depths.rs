@@ -12,7 +12,13 @@ use crate::{Error, Result};
 
 /// An empty depth: this backend knows every count, so none is `None`.
 fn known_empty() -> QueueDepth {
-    QueueDepth { delayed: Some(0), dead: Some(0), done_total: Some(0), ..QueueDepth::default() }
+    QueueDepth {
+        delayed: Some(0),
+        dead: Some(0),
+        done_total: Some(0),
+        published_total: Some(0),
+        ..QueueDepth::default()
+    }
 }
 
 /// Adds `count` rows in `state` (of which `delayed` wait for a retry delay) to `depth`.
@@ -63,13 +69,18 @@ impl SqliteQueue {
         for (task, depth) in out.iter_mut() {
             depth.rate_limited = depth.ready > 0 && self.gate.is_throttled(task, now);
         }
-        let mut stmt = self.conn.prepare_cached("SELECT task, done FROM stats").map_err(e)?;
-        let rows =
-            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(e)?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT task, done, published FROM stats").map_err(e)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(e)?;
         for row in rows {
-            let (task, done) = row.map_err(e)?;
+            let (task, done, published) = row.map_err(e)?;
             if let Some(d) = out.get_mut(&task) {
                 d.done_total = Some(done as u64);
+                d.published_total = Some(published as u64);
             }
         }
         Ok(out)

@@ -98,8 +98,9 @@ pub(super) fn insert_rows(
          ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     )?;
     let mut new_ids = batch_ids(now);
+    let mut published = vec![0i64; targets.len()];
     for payload in payloads {
-        for task in targets {
+        for (t, task) in targets.iter().enumerate() {
             // At most twice: a key held by an ended job whose window is over is freed, then
             // the insert is made again.
             for _ in 0..2 {
@@ -119,6 +120,7 @@ pub(super) fn insert_rows(
                 ])?;
                 if n == 1 {
                     out.ids.push(id);
+                    published[t] += 1;
                     break;
                 }
                 match unique::holder(tx, task, unique_key.unwrap_or_default(), now)? {
@@ -131,6 +133,14 @@ pub(super) fn insert_rows(
                 }
             }
         }
+    }
+    // One statement per task and batch, in the batch's transaction (`/metrics`' count).
+    let mut stats = tx.prepare_cached(
+        "INSERT INTO stats (task, published) VALUES (?1, ?2)
+         ON CONFLICT(task) DO UPDATE SET published = published + excluded.published",
+    )?;
+    for (task, n) in targets.iter().zip(published).filter(|(_, n)| *n > 0) {
+        stats.execute(params![task, n])?;
     }
     Ok(out)
 }

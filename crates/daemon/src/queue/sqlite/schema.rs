@@ -116,6 +116,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs(task, unique_key)
     WHERE unique_key IS NOT NULL;
 ";
 
+/// The column `stats` gained for the count of jobs published per task (`/metrics`).
+const STATS_COLUMNS: [(&str, &str); 1] = [("published", "INTEGER NOT NULL DEFAULT 0")];
+
 /// The columns `attempts` gained after it was first made: what the attempt's process cost.
 const ATTEMPT_USAGE_COLUMNS: [(&str, &str); 3] =
     [("max_rss_kib", "INTEGER"), ("user_cpu_us", "INTEGER"), ("system_cpu_us", "INTEGER")];
@@ -188,6 +191,8 @@ pub(crate) fn connect_with(
         .map_err(|e| q("add the resource use columns to", e))?;
     add_columns(&mut conn, "jobs", &JOB_SCHEDULING_COLUMNS)
         .map_err(|e| q("add the scheduling columns to", e))?;
+    add_columns(&mut conn, "stats", &STATS_COLUMNS)
+        .map_err(|e| q("add the publish count to", e))?;
     conn.execute_batch(SCHEDULING_INDEXES).map_err(|e| q("index the scheduling columns of", e))?;
     Ok(conn)
 }
