@@ -12,6 +12,9 @@
 
 use std::time::{Duration, Instant};
 
+mod gate;
+pub(crate) use gate::Gate;
+
 /// At most `count` starts per `per`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {

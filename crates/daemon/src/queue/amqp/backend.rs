@@ -279,7 +279,7 @@ impl QueueBackend for AmqpQueue {
                     self.complete(&job, Outcome::Cancelled { reason })?;
                     continue;
                 }
-                self.gate.started(task, job.receipt, key, now);
+                self.gate.started(task, &[(job.receipt.0, key)], now);
                 jobs.push(job);
             }
         }
@@ -293,7 +293,7 @@ impl QueueBackend for AmqpQueue {
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
         self.drain();
-        self.gate.ended(job.receipt);
+        self.gate.ended(job.receipt.0);
         let Some(flight) = self.in_flight.remove(&job.receipt.0) else {
             tracing::warn!("amqp: outcome for job {} which is not in flight here; ignored", job.id);
             return Ok(());

@@ -78,8 +78,8 @@ pub(crate) struct AmqpQueue {
     pub(super) listener: Option<String>,
     /// Client: jobs it published with a reply address, whose reply has not come.
     pub(super) replies: std::collections::HashSet<String>,
-    /// Daemon: each task's limits on starts, per daemon (see `limits`).
-    pub(super) gate: super::limits::Gate,
+    /// Daemon: each task's limits on starts, per daemon.
+    pub(super) gate: crate::limits::Gate,
 }
 
 impl AmqpQueue {
@@ -137,7 +137,7 @@ impl AmqpQueue {
             heard: VecDeque::new(),
             listener: None,
             replies: std::collections::HashSet::new(),
-            gate: super::limits::Gate::default(),
+            gate: crate::limits::Gate::default(),
         };
         if mode == OpenMode::Daemon && !queue.history_path.as_os_str().is_empty() {
             let owner = queue.daemon_id.clone();

@@ -59,8 +59,8 @@
 //!   active consumer of `E.scheduler`, which holds the schedules' state (one message,
 //!   unacknowledged) and commits each due time's jobs, the new state and the old state's
 //!   acknowledgement in one AMQP transaction, so a takeover neither skips nor doubles.
-//! - **Limits** (`limits`): `rate_limit`, `concurrency_key`/`max_per_key` per daemon, over the
-//!   deliveries it holds.
+//! - **Limits** (`crate::limits::Gate`, one per daemon): `rate_limit`,
+//!   `concurrency_key`/`max_per_key` per daemon, over the deliveries it holds.
 //!
 //! For the exchange `E` (default `procyard`) and a task `T`:
 //!
@@ -101,7 +101,6 @@ mod events;
 mod handle;
 mod history;
 mod inbox;
-mod limits;
 mod options;
 mod periodic;
 mod records;

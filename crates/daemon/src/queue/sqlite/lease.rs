@@ -68,7 +68,7 @@ impl SqliteQueue {
             for (priority, job, key) in
                 limits::claim_keyed(&tx, &self.gate, task, max, &self.owner, keyed).map_err(e)?
             {
-                keys.push((job.receipt, key));
+                keys.push((job.receipt.0, key));
                 ranked.push((std::cmp::Reverse(priority), job));
             }
         } else {
@@ -104,9 +104,9 @@ impl SqliteQueue {
         tx.commit().map_err(e)?;
         self.written(retried);
         if keyed.is_none() {
-            keys = ranked.iter().map(|(_, j)| (j.receipt, None)).collect();
+            keys = ranked.iter().map(|(_, j)| (j.receipt.0, None)).collect();
         }
-        self.gate.started(task, &keys);
+        self.gate.started(task, &keys, std::time::Instant::now());
         // Highest priority first, then in publish order (RETURNING has no order of its own).
         ranked.sort_by_key(|(priority, job)| (*priority, job.receipt.0));
         Ok(ranked.into_iter().map(|(_, job)| job).collect())

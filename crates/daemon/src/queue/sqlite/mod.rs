@@ -110,7 +110,7 @@ pub struct SqliteQueue {
     /// Daemon: the periodic jobs it fires.
     book: schedules::Book,
     /// Daemon: each task's limits on starts.
-    gate: limits::Gate,
+    gate: crate::limits::Gate,
     /// Daemon: the thread that checkpoints the write-ahead log, off the loop (`None`: the
     /// loop's connection checkpoints, as SQLite does by default).
     _checkpointer: Option<checkpoint::Checkpointer>,
@@ -180,7 +180,7 @@ impl SqliteQueue {
             retention: Retention::default(),
             prune: retention::PruneClock::new(Instant::now()),
             book: schedules::Book::default(),
-            gate: limits::Gate::default(),
+            gate: crate::limits::Gate::default(),
             _checkpointer: checkpointer,
         })
     }
@@ -300,7 +300,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
-        self.gate.ended(job.receipt);
+        self.gate.ended(job.receipt.0);
         // The retry delay runs from now: the caller may compute when the job falls due right
         // after this call, and a flush that comes later must not push that time back.
         self.pending.push(PendingOutcome::now(job, outcome));

@@ -1,19 +1,12 @@
-//! Per-task limits on starts on RabbitMQ, held by each daemon for the jobs IT starts: a rate
-//! (`rate_limit`, a token bucket) and a concurrency key (`concurrency_key`, `max_per_key`).
-//!
-//! What holds, honestly: both are per daemon. With N daemons a task starts up to N times its
-//! `rate_limit`, and up to N × `max_per_key` jobs of one key run at once (one per daemon with
-//! `max_per_key = 1`, in each daemon's arrival order). The broker has no counter that every
-//! daemon could take from without a round trip per job, so nothing here claims more. A job
-//! its daemon may not start yet waits in that daemon (received, unacknowledged — `ready` in
-//! `status`), taking one of its prefetch places; the broker gives it to another daemon only
-//! if this one dies.
+//! The start limits of every task one daemon runs, with their state: a token bucket per
+//! rate-limited task and the count of running jobs per concurrency key. Shared by the
+//! embedded queue (whose daemon is the only one) and RabbitMQ (where each daemon holds its
+//! own, so the limits hold per daemon). Jobs are named by their receipt's number.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::limits::{Bucket, ConcurrencyKey, TaskLimits};
-use crate::queue::Receipt;
+use super::{Bucket, ConcurrencyKey, TaskLimits};
 
 #[derive(Debug)]
 struct TaskGate {
@@ -24,17 +17,17 @@ struct TaskGate {
     throttled: Option<Instant>,
 }
 
-/// The limits of every task this daemon runs, with their state.
+/// The limits of every task, with their state.
 #[derive(Debug, Default)]
-pub(super) struct Gate {
+pub(crate) struct Gate {
     tasks: HashMap<String, TaskGate>,
-    /// Running jobs that have a key: their task and key.
+    /// Running jobs with a key, by receipt: their task and key.
     running: HashMap<u64, (String, String)>,
 }
 
 impl Gate {
     /// Takes the tasks' limits; an unchanged task keeps its bucket, every task its counts.
-    pub(super) fn set(&mut self, limits: &[TaskLimits], now: Instant) {
+    pub(crate) fn set(&mut self, limits: &[TaskLimits], now: Instant) {
         let mut old = std::mem::take(&mut self.tasks);
         for l in limits.iter().filter(|l| !l.is_none()) {
             let gate = match old.remove(&l.task) {
@@ -51,7 +44,7 @@ impl Gate {
     }
 
     /// How many of `max` jobs of `task` its rate lets start at `now`.
-    pub(super) fn allowed(&mut self, task: &str, max: usize, now: Instant) -> usize {
+    pub(crate) fn allowed(&mut self, task: &str, max: usize, now: Instant) -> usize {
         let Some(g) = self.tasks.get_mut(task) else { return max };
         let Some(bucket) = g.bucket.as_mut() else { return max };
         let n = bucket.available(max, now);
@@ -60,40 +53,37 @@ impl Gate {
     }
 
     /// The key source and `max_per_key` of `task`, if its concurrency is limited.
-    pub(super) fn keyed(&self, task: &str) -> Option<(ConcurrencyKey, usize)> {
+    pub(crate) fn keyed(&self, task: &str) -> Option<(ConcurrencyKey, usize)> {
         let g = self.tasks.get(task)?;
         Some((g.limits.key.clone()?, g.limits.max_per_key))
     }
 
-    /// How many jobs of `key` of `task` run here.
-    pub(super) fn running(&self, task: &str, key: &str) -> usize {
+    /// How many jobs of `key` of `task` run now.
+    pub(crate) fn running(&self, task: &str, key: &str) -> usize {
         self.tasks.get(task).and_then(|g| g.per_key.get(key)).copied().unwrap_or(0)
     }
 
-    /// A job of `task` (with its key, if any) started.
-    pub(super) fn started(
-        &mut self,
-        task: &str,
-        receipt: Receipt,
-        key: Option<String>,
-        now: Instant,
-    ) {
+    /// Jobs of `task` started (receipt and key, if any): tokens taken, keys counted.
+    pub(crate) fn started(&mut self, task: &str, jobs: &[(u64, Option<String>)], now: Instant) {
         let Some(g) = self.tasks.get_mut(task) else { return };
         if let Some(b) = g.bucket.as_mut() {
-            b.take(1);
+            b.take(jobs.len());
+            // Emptied: the jobs left behind start when the next token comes, a deadline.
             if b.is_empty() {
                 g.throttled = Some(b.next_token(now));
             }
         }
-        if let Some(key) = key {
-            *g.per_key.entry(key.clone()).or_default() += 1;
-            self.running.insert(receipt.0, (task.to_owned(), key));
+        for (receipt, key) in jobs {
+            if let Some(key) = key {
+                *g.per_key.entry(key.clone()).or_default() += 1;
+                self.running.insert(*receipt, (task.to_owned(), key.clone()));
+            }
         }
     }
 
     /// A job ended (any outcome): its key has one running fewer.
-    pub(super) fn ended(&mut self, receipt: Receipt) {
-        if let Some((task, key)) = self.running.remove(&receipt.0)
+    pub(crate) fn ended(&mut self, receipt: u64) {
+        if let Some((task, key)) = self.running.remove(&receipt)
             && let Some(n) = self.tasks.get_mut(&task).and_then(|g| g.per_key.get_mut(&key))
         {
             *n = n.saturating_sub(1);
@@ -101,7 +91,7 @@ impl Gate {
     }
 
     /// When a rate-limited task gets its next token, if one waits for it after `now`.
-    pub(super) fn next_wake(&mut self, now: Instant) -> Option<Instant> {
+    pub(crate) fn next_wake(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         for g in self.tasks.values_mut() {
             match g.throttled {
@@ -114,7 +104,7 @@ impl Gate {
     }
 
     /// Whether `task` waits for its rate now.
-    pub(super) fn is_throttled(&self, task: &str, now: Instant) -> bool {
+    pub(crate) fn is_throttled(&self, task: &str, now: Instant) -> bool {
         self.tasks.get(task).and_then(|g| g.throttled).is_some_and(|t| t > now)
     }
 }
@@ -141,8 +131,7 @@ mod tests {
         let mut g = Gate::default();
         g.set(&[limits(Some("2/s"), None, 1)], t0);
         assert_eq!(g.allowed("t", 5, t0), 2);
-        g.started("t", Receipt(1), None, t0);
-        g.started("t", Receipt(2), None, t0);
+        g.started("t", &[(1, None), (2, None)], t0);
         assert_eq!(g.allowed("t", 5, t0), 0);
         assert!(g.is_throttled("t", t0));
         assert_eq!(g.next_wake(t0), Some(t0 + Duration::from_millis(500)));
@@ -155,13 +144,13 @@ mod tests {
         let mut g = Gate::default();
         g.set(&[limits(None, Some("header:tenant"), 1)], t0);
         assert!(g.keyed("t").is_some());
-        g.started("t", Receipt(7), Some("acme".into()), t0);
+        g.started("t", &[(7, Some("acme".into()))], t0);
         assert_eq!(g.running("t", "acme"), 1);
         g.set(&[limits(None, Some("header:tenant"), 2)], t0);
         assert_eq!(g.running("t", "acme"), 1, "a changed limit keeps the counts");
-        g.ended(Receipt(7));
+        g.ended(7);
         assert_eq!(g.running("t", "acme"), 0);
-        g.ended(Receipt(7));
+        g.ended(7);
         assert_eq!(g.running("t", "acme"), 0);
     }
 }
