@@ -430,8 +430,11 @@ fn amqp_limits_hold_per_daemon_one_per_key_in_order_and_the_rate() {
     assert_eq!(order, published, "one key runs in publish order");
     let starts: Vec<u64> =
         lines.iter().map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
-    // 3 tokens at once, then one every 333 ms: the sixth start is a second after the first.
-    assert!(starts[5] >= starts[0] + 990, "rate 3/s: 6 starts within {} ms", starts[5] - starts[0]);
+    // 3 tokens at once, then one every 333 ms: the sixth token is taken a second after the
+    // first. The stamps are the jobs' own, after their spawn, which lags its token by a few ms
+    // or more on a loaded machine: 50 ms of slack (the six run back to back in ~0.7 s without
+    // the rate).
+    assert!(starts[5] >= starts[0] + 950, "rate 3/s: 6 starts within {} ms", starts[5] - starts[0]);
 }
 
 /// What the scheduler's exactly-once rests on, checked on the broker: a fire published in
