@@ -206,7 +206,7 @@ pub(crate) struct PgQueue {
     /// The count-based pruning cutoff `(finished_ms, seq)` and when it was read.
     prune_count: Option<(Instant, Option<(i64, i64)>)>,
     /// Daemon: the periodic jobs it fires (`schedules.rs`).
-    book: schedules::Book,
+    book: crate::queue::periodic::Book,
     /// Daemon: each task's limits on starts (`limits.rs`).
     limits: limits::Limits,
 }
@@ -251,7 +251,7 @@ impl PgQueue {
             listening_ends: false,
             prune_at: Instant::now(),
             prune_count: None,
-            book: schedules::Book::default(),
+            book: crate::queue::periodic::Book::default(),
             limits: limits::Limits::default(),
         })
     }

@@ -16,14 +16,14 @@
 //! (another daemon may still run it); two daemons configuring one name with different
 //! cadences start it afresh at each start or reload, and only the one matching the row fires.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jiff::Timestamp;
-use jiff::tz::TimeZone;
 use postgres::{GenericClient, Row};
 
 use super::{PgQueue, now_ms};
 use crate::queue::ScheduleStatus;
+use crate::queue::periodic::{Book, instant_of, ts, zone_of};
 use crate::schedule::{self, ScheduleConfig};
 use crate::{Error, Result};
 
@@ -72,29 +72,6 @@ impl Stored {
     }
 }
 
-/// The daemon's schedules with their zones, and the next due time once read.
-#[derive(Debug, Default)]
-pub(super) struct Book {
-    configs: Vec<(ScheduleConfig, TimeZone)>,
-    /// The earliest next due time (ms) of an unpaused schedule (`Some(None)`: none).
-    next: Option<Option<i64>>,
-}
-
-impl Book {
-    /// Forget the next due time (a row may have changed).
-    pub(super) fn invalidate(&mut self) {
-        self.next = None;
-    }
-}
-
-fn ts(ms: i64) -> Timestamp {
-    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
-fn zone_of(s: &ScheduleConfig) -> TimeZone {
-    schedule::zone(&s.timezone).unwrap_or(TimeZone::UTC)
-}
-
 /// Publishes one job of `s` to `targets` with these headers; returns the first id.
 fn publish(
     c: &mut impl GenericClient,
@@ -139,8 +116,7 @@ impl PgQueue {
                 tx.commit()
             })?;
         }
-        self.book =
-            Book { configs: configs.iter().map(|s| (s.clone(), zone_of(s))).collect(), next: None };
+        self.book = Book::new(configs);
         Ok(())
     }
 
@@ -151,10 +127,8 @@ impl PgQueue {
             return Ok(None);
         }
         let now = now_ms();
-        if let Some(next) = self.book.next
-            && next.is_none_or(|due| due > now)
-        {
-            return Ok(next.map(|due| instant_of(due, now)));
+        if let Some(wake) = self.book.not_due(now) {
+            return Ok(wake);
         }
         let mut fired = false;
         let mut earliest: Option<i64> = None;
@@ -291,9 +265,4 @@ impl PgQueue {
         self.book.invalidate();
         Ok(())
     }
-}
-
-/// The instant at which the wall-clock time `due` (ms) comes, seen at `now` (ms).
-fn instant_of(due: i64, now: i64) -> Instant {
-    Instant::now() + Duration::from_millis((due - now).max(0) as u64)
 }

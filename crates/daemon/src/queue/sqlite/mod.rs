@@ -108,7 +108,7 @@ pub struct SqliteQueue {
     /// Daemon: the next pruning step, and the count-based cutoff with when it was read.
     prune: retention::PruneClock,
     /// Daemon: the periodic jobs it fires.
-    book: schedules::Book,
+    book: crate::queue::periodic::Book,
     /// Daemon: each task's limits on starts.
     gate: crate::limits::Gate,
     /// Daemon: the thread that checkpoints the write-ahead log, off the loop (`None`: the
@@ -179,7 +179,7 @@ impl SqliteQueue {
             attempts: AttemptLog::default(),
             retention: Retention::default(),
             prune: retention::PruneClock::new(Instant::now()),
-            book: schedules::Book::default(),
+            book: crate::queue::periodic::Book::default(),
             gate: crate::limits::Gate::default(),
             _checkpointer: checkpointer,
         })

@@ -6,14 +6,14 @@
 //! the daemon keeps the next due time in memory and reads the rows again only when it comes
 //! or a client pokes (a `trigger`, `pause`, `resume`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jiff::Timestamp;
-use jiff::tz::TimeZone;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::publish::{insert_rows, receivers};
 use super::{SqliteQueue, now_ms};
+use crate::queue::periodic::{Book, instant_of, ts, zone_of};
 use crate::queue::{PublishOptions, ScheduleStatus};
 use crate::schedule::ScheduleConfig;
 use crate::schedule::{self, Fires};
@@ -30,29 +30,8 @@ struct Row {
     paused: bool,
 }
 
-/// The daemon's schedules: as configured, with their zones, and the next due time once known.
-#[derive(Debug, Default)]
-pub(super) struct Book {
-    configs: Vec<(ScheduleConfig, TimeZone)>,
-    /// The earliest next due time (ms) of an unpaused schedule, once read (`Some(None)`: none).
-    next: Option<Option<i64>>,
-}
-
-impl Book {
-    /// Forget the next due time (a client may have changed the rows).
-    pub(super) fn invalidate(&mut self) {
-        if !self.configs.is_empty() {
-            self.next = None;
-        }
-    }
-}
-
 fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
-}
-
-fn ts(ms: i64) -> Timestamp {
-    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 fn read_row(conn: &Connection, name: &str) -> rusqlite::Result<Option<Row>> {
@@ -76,10 +55,6 @@ fn read_row(conn: &Connection, name: &str) -> rusqlite::Result<Option<Row>> {
 /// Where counting resumes for a row: after its last due time, or when it began.
 fn after(row: &Row) -> Timestamp {
     ts(row.last_due_ms.unwrap_or(row.since_ms).max(row.since_ms))
-}
-
-fn zone_of(s: &ScheduleConfig) -> TimeZone {
-    schedule::zone(&s.timezone).unwrap_or(TimeZone::UTC)
 }
 
 /// Makes sure `s` has a row (a new one counts from now).
@@ -130,8 +105,7 @@ impl SqliteQueue {
             tracing::info!(schedules = gone, "forgot schedules no longer configured");
         }
         tx.commit().map_err(e)?;
-        self.book =
-            Book { configs: configs.iter().map(|s| (s.clone(), zone_of(s))).collect(), next: None };
+        self.book = Book::new(configs);
         Ok(())
     }
 
@@ -143,10 +117,8 @@ impl SqliteQueue {
             return Ok(None);
         }
         let now = now_ms();
-        if let Some(next) = self.book.next
-            && next.is_none_or(|due| due > now)
-        {
-            return Ok(next.map(|due| instant_of(due, now)));
+        if let Some(wake) = self.book.not_due(now) {
+            return Ok(wake);
         }
         let path = self.path.clone();
         let e = |err| Error::queue("fire schedules in", &path, err);
@@ -289,11 +261,6 @@ impl SqliteQueue {
         self.book.invalidate();
         Ok(())
     }
-}
-
-/// The instant at which the wall-clock time `due` (ms) comes, seen at `now` (ms).
-fn instant_of(due: i64, now: i64) -> Instant {
-    Instant::now() + Duration::from_millis((due - now).max(0) as u64)
 }
 
 #[cfg(test)]
