@@ -22,6 +22,8 @@
 //! `history`, `http`, `sched`) runs only those parts.
 //! Part `http` is the HTTP face's (`bench/http.rs`).
 
+#[path = "bench/claims.rs"]
+mod claims;
 #[path = "bench/sched.rs"]
 mod sched;
 

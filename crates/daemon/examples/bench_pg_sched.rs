@@ -15,6 +15,9 @@
 //! `PROCYARD_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`); each schema is its
 //! own, dropped after.
 
+#[path = "bench/claims.rs"]
+mod claims;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -104,23 +107,7 @@ fn fill(url: &str, s: &Schema, mixed: bool) -> anyhow::Result<()> {
 fn claim_us(url: &str, s: &Schema) -> anyhow::Result<f64> {
     let mut daemon = open(url, &s.name, OpenMode::Daemon)?;
     daemon.set_retention(Retention { keep_done: Duration::ZERO, keep_done_max: 0 });
-    let mut per_claim = Vec::new();
-    let mut last = None;
-    for _ in 0..READY / 1000 {
-        let t0 = Instant::now();
-        for _ in 0..1000 {
-            if let Some(job) = last.take() {
-                daemon.complete(&job, Outcome::Done)?;
-            }
-            let mut jobs = daemon.claim("t", 1)?;
-            anyhow::ensure!(jobs.len() == 1, "a ready job to claim");
-            last = jobs.pop();
-        }
-        per_claim.push(t0.elapsed().as_secs_f64() * 1e6 / 1000.0);
-    }
-    if let Some(job) = last {
-        daemon.complete(&job, Outcome::Done)?;
-    }
+    let mut per_claim = claims::per_claim_us(daemon.as_mut(), READY)?;
     daemon.shutdown()?;
     Ok(median(&mut per_claim))
 }

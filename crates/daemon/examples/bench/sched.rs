@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use procyard_daemon::queue::sqlite::SqliteQueue;
-use procyard_daemon::queue::{OpenMode, Outcome, PublishOptions, QueueBackend, TaskBinding};
+use procyard_daemon::queue::{OpenMode, PublishOptions, QueueBackend, TaskBinding};
 use procyard_daemon::{Client, Config, control};
 use rusqlite::params;
 
@@ -76,23 +76,7 @@ fn claim_us(path: &Path) -> anyhow::Result<f64> {
         keep_done: Duration::ZERO,
         keep_done_max: 0,
     });
-    let mut per_claim = Vec::new();
-    let mut last = None;
-    for _ in 0..READY / 1000 {
-        let t0 = Instant::now();
-        for _ in 0..1000 {
-            if let Some(job) = last.take() {
-                daemon.complete(&job, Outcome::Done)?;
-            }
-            let mut jobs = daemon.claim("t", 1)?;
-            anyhow::ensure!(jobs.len() == 1, "a ready job to claim");
-            last = jobs.pop();
-        }
-        per_claim.push(t0.elapsed().as_secs_f64() * 1e6 / 1000.0);
-    }
-    if let Some(job) = last {
-        daemon.complete(&job, Outcome::Done)?;
-    }
+    let mut per_claim = super::claims::per_claim_us(&mut daemon, READY)?;
     daemon.flush()?;
     Ok(median(&mut per_claim))
 }

@@ -50,8 +50,12 @@ impl Book {
         }
     }
 
-    /// When the next due time is known and has not come at `now` (ms): when to look again.
+    /// When nothing can be due at `now` (ms): no schedules, or the next due time is known and
+    /// has not come. Then, when to look again.
     pub(crate) fn not_due(&self, now: i64) -> Option<Option<Instant>> {
+        if self.configs.is_empty() {
+            return Some(None);
+        }
         let next = self.next?;
         next.is_none_or(|due| due > now).then(|| next.map(|due| instant_of(due, now)))
     }

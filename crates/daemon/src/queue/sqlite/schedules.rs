@@ -113,9 +113,6 @@ impl SqliteQueue {
     /// its due time; returns when to look again (now, if it fired: the new jobs are claimed at
     /// the next turn).
     pub(super) fn fire_due_schedules(&mut self) -> Result<Option<Instant>> {
-        if self.book.configs.is_empty() {
-            return Ok(None);
-        }
         let now = now_ms();
         if let Some(wake) = self.book.not_due(now) {
             return Ok(wake);
