@@ -4,22 +4,34 @@
 //! Publishes 100,000 one-line payloads with the release CLI (a process start, the config,
 //! the queue opened, every line read, one transaction, an id printed per job) and compares
 //! its jobs/s with a bare rusqlite loop in the same run: the same rows (a UUIDv7 id made as the
-//! queue makes it, task, routing key, payload, state, time) inserted into a fresh WAL file in
-//! one transaction with one prepared statement. Both with `durability = "crash"` (`synchronous = NORMAL`) and
-//! `"power"` (`FULL`); medians of interleaved rounds. The CLI's output goes to a pipe this
-//! program reads, as a script's would.
+//! queue makes it, and the same eleven columns the queue sets: task, routing key, payload,
+//! state, time, not-before, priority, unique key, its window, headers) inserted into the same
+//! table with the same indexes (a fresh queue file, made by the queue before the clock starts),
+//! in one transaction with one prepared statement, every value bound for every row (a plain
+//! `execute(params![..])`), and the per-task published count bumped once. Both with
+//! `durability = "crash"` (`synchronous = NORMAL`) and `"power"` (`FULL`); medians of
+//! interleaved rounds. The CLI's output goes to a pipe this program reads, as a script's would.
+//!
+//! For profiling: `PROCYARD_BENCH_ONLY=bare` runs the bare loop once and nothing else (run it
+//! under `valgrind --tool=callgrind --toggle-collect='*bare_rate*'` for its instructions).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use procyard_daemon::queue::Durability;
+use procyard_daemon::queue::sqlite::SqliteQueue;
+use procyard_daemon::queue::{Durability, OpenMode};
 
 const JOBS: usize = 100_000;
 const ROUNDS: usize = 3;
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var("PROCYARD_BENCH_ONLY").is_ok_and(|o| o == "bare") {
+        let rate = bare_rate(Durability::Crash)?;
+        println!("bare rusqlite loop: {rate:.0} jobs/s");
+        return Ok(());
+    }
     let bin = build_daemon()?;
     let mut lines = Vec::with_capacity(JOBS * 7);
     for i in 0..JOBS {
@@ -55,24 +67,23 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The bare loop: `JOBS` rows in one transaction, one prepared statement.
+/// The bare loop: `JOBS` rows in one transaction, one prepared statement, into a queue file
+/// the queue made (its tables and indexes), with the columns a publish sets.
 fn bare_rate(durability: Durability) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bare.db");
+    drop(SqliteQueue::open_with(&path, OpenMode::Client, durability)?);
     let t0 = Instant::now();
-    let mut conn = rusqlite::Connection::open(dir.path().join("bare.db"))?;
+    let mut conn = rusqlite::Connection::open(&path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = if durability == Durability::Power { "FULL" } else { "NORMAL" };
     conn.pragma_update(None, "synchronous", sync)?;
-    conn.execute_batch(
-        "CREATE TABLE jobs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task TEXT NOT NULL,
-             routing_key TEXT NOT NULL, payload BLOB NOT NULL, state INTEGER NOT NULL,
-             published_ms INTEGER NOT NULL)",
-    )?;
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare(
-            "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms,
+                 not_before, priority, unique_key, unique_until, headers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         // Ids as the queue makes them: one random value per batch plus the row's index.
         let first = uuid::Uuid::now_v7();
@@ -80,14 +91,32 @@ fn bare_rate(durability: Durability) -> anyhow::Result<f64> {
         tail[6..].copy_from_slice(&first.as_bytes()[6..]);
         let base = u128::from_be_bytes(tail);
         let millis = first.get_timestamp().map_or(0, |t| t.to_unix().0 * 1000);
+        let (none, no_time): (Option<&str>, Option<i64>) = (None, None);
         for i in 0..JOBS {
             let mut random = [0u8; 10];
             random.copy_from_slice(&base.wrapping_add(i as u128).to_be_bytes()[6..]);
             let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
             let id = id.to_string();
             let payload = i.to_string();
-            stmt.execute(rusqlite::params![id, "t", "t", payload.as_bytes(), 0, 0])?;
+            stmt.execute(rusqlite::params![
+                id,
+                "t",
+                "t",
+                payload.as_bytes(),
+                0,
+                millis as i64,
+                0,
+                5,
+                none,
+                no_time,
+                none
+            ])?;
         }
+        tx.execute(
+            "INSERT INTO stats (task, published) VALUES (?1, ?2)
+             ON CONFLICT(task) DO UPDATE SET published = published + excluded.published",
+            rusqlite::params!["t", JOBS as i64],
+        )?;
     }
     tx.commit()?;
     Ok(JOBS as f64 / t0.elapsed().as_secs_f64())
