@@ -1,6 +1,7 @@
 //! procyard-bgtask benchmarks: output capture throughput through the supervisor against a
 //! plain pipe, spawn → running latency, supervisor RSS beyond retained output, and `list`
-//! over 1,000 tasks (output capture: the median of five interleaved rounds of each). Run with
+//! over 1,000 tasks (output capture: the median of five interleaved rounds of each, as MiB/s
+//! and as the CPU time all processes of each pipeline spent per GiB). Run with
 //! `cargo run --release -p procyard-bgtask --example bench_bgtask`.
 //! Supervisor RSS is the median over several supervisors, each with its task still running,
 //! after an idle moment. Supervisors forked from this process are always measured; with the
@@ -36,7 +37,8 @@ fn bench(metric: &str, value: f64, unit: &str, baseline: &str, base: f64, higher
 }
 
 /// A plain pipe read with 64 KiB reads: the baseline for output capture.
-fn pipe_baseline(bytes: u64) -> f64 {
+fn pipe_baseline(bytes: u64) -> (f64, f64) {
+    let (self_before, children_before) = (cpu_ticks("thread-self", false), cpu_ticks("self", true));
     let start = Instant::now();
     let mut child = Command::new("head")
         .args(["-c", &bytes.to_string(), "/dev/zero"])
@@ -55,31 +57,69 @@ fn pipe_baseline(bytes: u64) -> f64 {
         }
     }
     let _ = child.wait();
+    let rate = total as f64 / MIB as f64 / start.elapsed().as_secs_f64();
     assert_eq!(total, bytes);
-    total as f64 / MIB as f64 / start.elapsed().as_secs_f64()
+    let ticks =
+        cpu_ticks("thread-self", false) - self_before + cpu_ticks("self", true) - children_before;
+    (rate, cpu_ms_per_gib(ticks, bytes))
 }
 
-/// Reads `bytes` of a task's stdout through its supervisor, 4 MiB at most per read, each read
-/// waiting for `at_least` bytes (0: answered as soon as there is any).
-fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> f64 {
+/// CPU time (user + system, in clock ticks) of `/proc/<who>`: its own, or with `reaped` that
+/// of the children it waited for.
+fn cpu_ticks(who: &str, reaped: bool) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis, from the state (field 3) on.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    let at = if reaped { 13 } else { 11 }; // utime, stime (14, 15) or cutime, cstime (16, 17)
+    fields.get(at - 1).copied().unwrap_or(0) + fields.get(at).copied().unwrap_or(0)
+}
+
+/// Clock ticks (100 a second, Linux's `USER_HZ`) spent on `bytes`, as milliseconds per GiB.
+fn cpu_ms_per_gib(ticks: u64, bytes: u64) -> f64 {
+    ticks as f64 * 10.0 * (1024.0 * MIB as f64) / bytes as f64
+}
+
+/// Reads `bytes` of a task's stdout through its supervisor, 4 MiB at most per read into one
+/// reused buffer ([`procyard_bgtask::Stream::read_with_into`], the high-throughput read), each
+/// read waiting for `at_least` bytes (0: answered as soon as there is any).
+fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> (f64, f64) {
+    let self_before = cpu_ticks("thread-self", false);
     let start = Instant::now();
     let options = SpawnOptions::new(["head", "-c", &bytes.to_string(), "/dev/zero"])
         .retain(8 * MIB)
         .block_when_full(true);
     let mut task = pool.spawn(&options).expect("spawn");
     let mut total = 0u64;
+    // One buffer for every read, as the baseline reuses its 64 KiB (a fresh 4 MiB `Vec` per
+    // read would be page-faulted in again each time).
+    let mut buf = Vec::with_capacity(4 * MIB as usize);
     loop {
         let read = ReadOptions::new().count(4 * MIB).at_least(at_least).consume(true).wait(true);
-        let chunk = task.stream(StreamName::Stdout).read_with(read).expect("read");
-        total += chunk.data.len() as u64;
+        buf.clear();
+        let chunk = task.stream(StreamName::Stdout).read_with_into(read, &mut buf).expect("read");
+        total += buf.len() as u64;
         if chunk.is_final() {
             break;
         }
     }
     let rate = total as f64 / MIB as f64 / start.elapsed().as_secs_f64();
     assert_eq!(total, bytes, "every byte read through the supervisor");
+    // The supervisor's CPU with its reaped task's (`head`, as in the baseline): once the task
+    // has exited (its end of output may come a moment before its exit).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut info = task.info().expect("info");
+    while info.status.to_string() == "running" && Instant::now() < deadline {
+        info = task.info().expect("info");
+    }
+    let pid = info.supervisor_pid.to_string();
+    let ticks = cpu_ticks("thread-self", false) - self_before
+        + cpu_ticks(&pid, false)
+        + cpu_ticks(&pid, true);
     task.delete().expect("delete");
-    rate
+    (rate, cpu_ms_per_gib(ticks, bytes))
 }
 
 fn rss_kib(pid: procyard_core::Pid) -> Option<u64> {
@@ -313,17 +353,40 @@ fn main() {
         // read as a throughput reader would (each read waits for at least 1 MiB, so one answer
         // carries many of the task's writes), and as a follower would (each read answered as
         // soon as there is any byte).
+        // Beside the rates, the CPU time each pipeline spent per GiB (all its processes: the
+        // reader, the supervisor, `head`): less sensitive to what else the machine runs.
         let (mut base, mut ours, mut any) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut base_cpu, mut ours_cpu, mut any_cpu) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..5 {
-            base.push(pipe_baseline(size));
-            ours.push(through_supervisor(&pool, size, MIB));
-            any.push(through_supervisor(&pool, size, 0));
+            let (rate, cpu) = pipe_baseline(size);
+            base.push(rate);
+            base_cpu.push(cpu);
+            let (rate, cpu) = through_supervisor(&pool, size, MIB);
+            ours.push(rate);
+            ours_cpu.push(cpu);
+            let (rate, cpu) = through_supervisor(&pool, size, 0);
+            any.push(rate);
+            any_cpu.push(cpu);
         }
         println!(
             "output capture MiB/s, plain pipe {base:.0?}, through the supervisor {ours:.0?} (reads of at least 1 MiB), {any:.0?} (reads of any size)"
         );
+        println!(
+            "output capture CPU ms/GiB, plain pipe {base_cpu:.0?}, through the supervisor {ours_cpu:.0?} (reads of at least 1 MiB), {any_cpu:.0?} (reads of any size)"
+        );
         let base = median(base);
         bench("output_capture_1gib", median(ours), "MiB/s", "plain_pipe_64k", base, true);
         bench("output_capture_1gib_any_read", median(any), "MiB/s", "plain_pipe_64k", base, true);
+        let base_cpu = median(base_cpu);
+        let (ours_cpu, any_cpu) = (median(ours_cpu), median(any_cpu));
+        bench("output_capture_cpu", ours_cpu, "ms/GiB", "plain_pipe_64k_cpu", base_cpu, false);
+        bench(
+            "output_capture_cpu_any_read",
+            any_cpu,
+            "ms/GiB",
+            "plain_pipe_64k_cpu",
+            base_cpu,
+            false,
+        );
     }
 }
