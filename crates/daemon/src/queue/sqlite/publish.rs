@@ -62,41 +62,14 @@ impl SqliteQueue {
         }
         let path = self.path.clone();
         let e = |err| Error::queue("publish to", &path, err);
-        // A big batch's pages would not fit SQLite's page cache (2 MB by default): it would
-        // spill them to the log mid-transaction and read them back (a `publish --lines` of
-        // 100,000 jobs wrote each page about 4 times). The cache is grown for the batch (memory
-        // is taken only as pages are used) and given back after it.
-        let rows = payloads.len().saturating_mul(targets.len());
-        let cache = (rows > BIG_BATCH)
-            .then(|| self.conn.pragma_query_value(None, "cache_size", |r| r.get::<_, i64>(0)).ok())
-            .flatten();
-        if cache.is_some() {
-            let kib = (rows.saturating_mul(ROW_BYTES) / 1024).min(BIG_BATCH_CACHE_KIB);
-            let _ = self.conn.pragma_update(None, "cache_size", -(kib as i64));
-        }
         // Immediate: the write lock first, so a unique key's look-up and insert are one step
         // that no other publisher can come between.
-        let result = (|| {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = insert_rows(&tx, &targets, routing_key, payloads, options)?;
-            tx.commit()?;
-            Ok(out)
-        })();
-        if let Some(size) = cache {
-            let _ = self.conn.pragma_update(None, "cache_size", size);
-        }
-        result.map_err(e)
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let out = insert_rows(&tx, &targets, routing_key, payloads, options).map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(out)
     }
 }
-
-/// Rows in a batch above which its transaction gets a page cache to hold it.
-const BIG_BATCH: usize = 4096;
-
-/// Page cache bytes a row of a big batch asks for (its row and its index entries, with room).
-const ROW_BYTES: usize = 256;
-
-/// The most page cache a big batch gets, in KiB.
-const BIG_BATCH_CACHE_KIB: usize = 64 * 1024;
 
 /// A new job's row: the columns a publish sets (the others keep their defaults).
 const INSERT: &str = "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms,
@@ -222,24 +195,6 @@ mod tests {
         assert_eq!(receivers(&tasks, "mail.send"), ["mail", "audit"]);
         assert_eq!(receivers(&tasks, "mail.send.now"), ["audit"]);
         assert!(receivers(&tasks[..1], "other").is_empty());
-    }
-
-    /// A batch big enough for a page cache of its own is queued whole, and the connection's
-    /// cache is back to its size after it (the daemon's memory stays what it was).
-    #[test]
-    fn a_big_batch_grows_the_page_cache_for_its_transaction_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = SqliteQueue::open(&dir.path().join("q.db"), OpenMode::Client).unwrap();
-        q.bind(&[task("t", &["#"])]).unwrap();
-        let cache = |q: &SqliteQueue| {
-            q.conn.pragma_query_value(None, "cache_size", |r| r.get::<_, i64>(0)).unwrap()
-        };
-        let before = cache(&q);
-        let payloads: Vec<Vec<u8>> = (0..=BIG_BATCH).map(|i| i.to_string().into_bytes()).collect();
-        let ids = q.publish_batch("k", &payloads).unwrap();
-        assert_eq!(ids.len(), BIG_BATCH + 1);
-        assert_eq!(q.depths().unwrap()["t"].ready as usize, BIG_BATCH + 1);
-        assert_eq!(cache(&q), before, "the cache size is given back");
     }
 
     /// A batch with one bad payload queues nothing; a good one is queued whole, in order.
