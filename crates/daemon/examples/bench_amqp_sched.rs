@@ -163,9 +163,12 @@ fn delete_topology(url: &str, exchange: &str) {
         let mut queues = vec![format!("{exchange}.noop"), format!("{exchange}.noop.dead")];
         let mut exchanges =
             vec![exchange.to_owned(), format!("{exchange}.dead"), format!("{exchange}.events")];
-        for level in 0..36 {
-            queues.push(format!("{exchange}.delay.{}ms", 1u64 << level));
-            exchanges.push(format!("{exchange}.delay.bit{level}"));
+        // The delay ladder: level k holds d·64^k ms (queues declared on first use).
+        for level in 0..6u32 {
+            for digit in 1..64u64 {
+                queues.push(format!("{exchange}.delay.level{level}.{}ms", digit << (6 * level)));
+            }
+            exchanges.push(format!("{exchange}.delay.level{level}"));
         }
         for q in queues {
             let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
