@@ -9,6 +9,8 @@
 //! when `pip install celery` works in a venv under /tmp (`CELERY_VENV` to reuse one).
 //!
 //! `-- events` measures only what job events cost the drain (events on and off, same run).
+//! `BENCH_PREFETCH=N` sets the tasks' `prefetch` (default 8; 1 holds one job per worker, as
+//! Celery's `worker_prefetch_multiplier = 1`).
 //!
 //! Every job is handled by a longlived worker (this example re-executed as `worker FILE`) that
 //! appends `JOB_ID DONE_NS` to FILE; latency is done time minus publish time.
@@ -62,6 +64,12 @@ fn daemon_bin() -> anyhow::Result<PathBuf> {
 fn write_config(dir: &Path, name: &str, queue: &str, socket: &Path) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let done = dir.join("done.log");
+    // `BENCH_PREFETCH=N`: the tasks' `prefetch` (default: the daemon's, 8); with 1, a daemon
+    // holds one job per worker, as Celery with `worker_prefetch_multiplier = 1` does.
+    let prefetch = match std::env::var("BENCH_PREFETCH") {
+        Ok(n) => format!("prefetch = {}\n", n.parse::<u32>()?),
+        Err(_) => String::new(),
+    };
     let text = format!(
         r#"[daemon]
 grace_period = "5s"
@@ -76,7 +84,7 @@ work_model = "longlived"
 min_workers = {w}
 max_workers = {w}
 max_attempts = 3
-"#,
+{prefetch}"#,
         socket = socket.display(),
         exe = exe.display(),
         done = done.display(),

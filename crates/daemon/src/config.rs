@@ -145,6 +145,13 @@ pub struct TaskConfig {
 }
 
 impl TaskConfig {
+    /// The most jobs its workers hold at once (`max_workers` × `prefetch`): what a daemon
+    /// takes from a broker that pushes jobs (the AMQP consumer's prefetch), so the jobs sent
+    /// ahead to workers are there when a worker asks, not a broker round trip away.
+    pub fn held_jobs(&self) -> usize {
+        self.max_workers.saturating_mul(self.prefetch.max(1))
+    }
+
     /// Whether running workers must be replaced to apply `new` (the process itself changes).
     pub fn needs_restart(&self, new: &TaskConfig) -> bool {
         self.command != new.command

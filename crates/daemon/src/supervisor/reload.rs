@@ -77,7 +77,7 @@ impl State {
             if restart {
                 g.generation += 1;
             }
-            acts.push(Action::SetCapacity { task: cfg.name.clone(), capacity: cfg.max_workers });
+            acts.push(Action::SetCapacity { task: cfg.name.clone(), capacity: cfg.held_jobs() });
             g.cfg = cfg;
             g.configured = true;
             g.crash_streak = 0;
@@ -86,7 +86,7 @@ impl State {
         for t in plan.added {
             if !self.groups.contains_key(&t.name) {
                 tracing::info!(task = %t.name, "task added");
-                acts.push(Action::SetCapacity { task: t.name.clone(), capacity: t.max_workers });
+                acts.push(Action::SetCapacity { task: t.name.clone(), capacity: t.held_jobs() });
                 self.groups.insert(t.name.clone(), Group::new(t));
             }
         }

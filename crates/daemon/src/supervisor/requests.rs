@@ -77,7 +77,7 @@ impl State {
         };
         g.paused = paused;
         g.maybe_more = true;
-        let (capacity, what) = if paused { (0, "paused") } else { (g.cfg.max_workers, "resumed") };
+        let (capacity, what) = if paused { (0, "paused") } else { (g.cfg.held_jobs(), "resumed") };
         tracing::info!(%task, "task {what} at run time");
         acts.push(Action::SetCapacity { task: task.to_owned(), capacity });
         acts.push(Action::AnswerApplied { conn, result: Ok(format!("task {task} {what}")) });
@@ -97,7 +97,8 @@ impl State {
                 g.maybe_more = true;
                 tracing::info!(%task, from = was, to = max, "task scaled at run time");
                 if !g.paused {
-                    acts.push(Action::SetCapacity { task: task.to_owned(), capacity: max });
+                    let capacity = g.cfg.held_jobs();
+                    acts.push(Action::SetCapacity { task: task.to_owned(), capacity });
                 }
                 Ok(format!("task {task}: max_workers {was} -> {max}"))
             }

@@ -110,7 +110,7 @@ impl Shell {
         // Children the daemon has before its first worker are not its to stop.
         self.escapees.note_foreign(&strays::children_of_self());
         for g in self.state.groups.values() {
-            self.queue.set_capacity(&g.cfg.name, g.cfg.max_workers)?;
+            self.queue.set_capacity(&g.cfg.name, g.cfg.held_jobs())?;
         }
         self.feed(Event::Reconcile);
         self.flush_queue();

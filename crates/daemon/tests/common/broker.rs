@@ -93,10 +93,15 @@ impl Drop for Cleanup {
         let mut exchanges =
             vec![exchange.clone(), format!("{exchange}.dead"), format!("{exchange}.events")];
         if self.ladder {
-            // The delay ladder: levels of 1 ms … 2^35 ms (see the backend's topology).
-            for level in 0..36 {
-                queues.push(format!("{exchange}.delay.{}ms", 1u64 << level));
-                exchanges.push(format!("{exchange}.delay.bit{level}"));
+            // The delay ladder: level k holds d·64^k ms, d = 1..63 (see the backend's
+            // topology); its queues are declared on first use, and deleting one that is not
+            // there is no error.
+            for level in 0..6u32 {
+                for digit in 1..64u64 {
+                    queues
+                        .push(format!("{exchange}.delay.level{level}.{}ms", digit << (6 * level)));
+                }
+                exchanges.push(format!("{exchange}.delay.level{level}"));
             }
         }
         rt.block_on(async move {

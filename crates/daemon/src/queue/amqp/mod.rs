@@ -18,7 +18,9 @@
 //!   `Retry` publishes a copy to the retry queue (publisher confirm) and then acks;
 //!   `DeadLetter` publishes a copy, with the reason, to the dead queue and then acks.
 //! - **Prefetch** (`basic.qos`, per consumer) equals the capacity the daemon sets for the
-//!   task, so a busy daemon does not hoard jobs an idle one could run.
+//!   task: the jobs its workers may hold, `max_workers` × the task's `prefetch` (1 for oneshot
+//!   tasks), so the jobs sent ahead to longlived workers are already here when a worker asks,
+//!   and a busy daemon holds no more than its workers could take.
 //! - **Publish** waits for the publisher confirm and uses the mandatory flag: a key no queue is
 //!   bound to is [`Error::Unroutable`](crate::Error::Unroutable), a negative confirm
 //!   [`Error::PublishRejected`](crate::Error::PublishRejected).
@@ -51,8 +53,9 @@
 //!   claimed), and keeps a tombstone (24 h, 100,000 ids at most) checked at claim, so a job
 //!   still queued is acknowledged as cancelled when it arrives, never run.
 //! - **Delays, priorities, headers** (`options`): `--delay`/`--at` through the broker's delay
-//!   ladder (power-of-two TTL queues chained by headers exchanges: a job visits the queues of
-//!   the bits set in its delay, then reaches `E` with its key unchanged); `--priority` as the
+//!   ladder (TTL queues of d·64^k ms chained by headers exchanges: a job visits one queue per
+//!   nonzero base-64 digit of its delay, two for any delay under 4.1 s, then reaches `E` with
+//!   its key unchanged); `--priority` as the
 //!   AMQP priority on task queues declared with `x-max-priority` (`[queue] priorities`,
 //!   classic queues only); `--header`s as one JSON header. `--unique` is refused.
 //! - **Periodic jobs** (`periodic`, `broker/scheduler.rs`): one daemon fires them, the single
@@ -74,7 +77,7 @@
 //! | events exchange | `E.events` | durable topic exchange: job events `<task>.<event>`, cancel requests |
 //! | cancel listener | server-named | exclusive, auto-delete, one per daemon, bound with `#.cancel` |
 //! | reply queue | server-named | exclusive, auto-delete, one per waiting client |
-//! | delay ladder | `E.delay.bit<k>` → `E.delay.<2^k>ms` | per level k = 0..35: a headers exchange and a TTL queue that dead-letters to level k-1 (level 0: to `E`) |
+//! | delay ladder | `E.delay.level<k>` → `E.delay.level<k>.<d·64^k>ms` | per level k = 0..5: a headers exchange, and for each digit d = 1..63 used so far a TTL queue that dead-letters to level k-1 (level 0: to `E`); the power-of-two ladder of earlier versions (`E.delay.bit<k>`) is left to drain |
 //! | scheduler queue | `E.scheduler` | durable classic, `x-single-active-consumer`: the schedules' state and client requests |
 //!
 //! Messages are persistent, carry the job id as `message-id` and the headers

@@ -2,9 +2,9 @@
 //! ([`Sending`]), and what this backend refuses.
 //!
 //! - **Delay** (`--delay`, `--at`): the job goes through the delay ladder (see
-//!   [`topology`](super::topology)): one TTL queue per power of two of milliseconds, and the
-//!   message visits the queues of the bits set in its delay, then reaches the jobs exchange with
-//!   its routing key unchanged. It is held by the broker, never in a daemon's memory, and starts
+//!   [`topology`](super::topology)): TTL queues of d·64^k ms, and the message visits one queue
+//!   per nonzero base-64 digit of its delay (two for any delay under 4.1 s), then reaches the
+//!   jobs exchange with its routing key unchanged. It is held by the broker, never in a daemon's memory, and starts
 //!   no sooner than its due time (the delay is rounded up to the millisecond, and each hop only
 //!   adds to it); at most 2^36 - 1 ms (about 795 days). The broker cannot check at the end of the
 //!   ladder that a task receives the key, so a delayed publish checks it against the tasks

@@ -13,8 +13,8 @@
 //! | events exchange | `E.events` | durable topic exchange; job events, routing key `<task>.<event>`, and cancel requests (`<task>.cancel`, `_.cancel`) |
 //! | cancel listener | server-named | exclusive, auto-delete, one per daemon, bound to `E.events` with `#.cancel` |
 //! | reply queue | server-named | exclusive, auto-delete, one per waiting client; the daemon that ends a job sends its outcome there (`reply-to`, `correlation-id` = job id) |
-//! | delay exchange | `E.delay.bit<k>` | durable headers exchange for ladder level k (0..=35): bit k set → the level's queue, clear → level k-1 (level 0: `E`) |
-//! | delay queue | `E.delay.<2^k>ms` | durable classic queue, `x-message-ttl = 2^k`, dead-letters (routing key unchanged) to level k-1 (level 0: `E`) |
+//! | delay exchange | `E.delay.level<k>` | durable headers exchange for ladder level k (0..=5): digit k of the delay in base 64 is d > 0 → the level's queue for d, 0 → level k-1 (level 0: `E`) |
+//! | delay queue | `E.delay.level<k>.<d·64^k>ms` | durable classic queue, declared on first use, `x-message-ttl = d·64^k`, dead-letters (routing key unchanged) to level k-1 (level 0: `E`) |
 //! | scheduler queue | `E.scheduler` | durable classic queue, `x-single-active-consumer`: the schedules' state (one JSON message) and client requests |
 //!
 //! Messages are persistent and carry the job id as `message-id` and these headers:
@@ -22,7 +22,14 @@
 //! a retry travels through the default exchange, which changes the delivery's key),
 //! and on dead letters [`H_REASON`] and [`H_TASK`]; [`H_HEADERS`] the publisher's headers,
 //! [`H_JOB_ID`] the job id when the `message-id` is a schedule's fire; a delayed job the
-//! bits of its delay (`procyard-delay-bit<k>`, not `x-` names: headers exchanges ignore those).
+//! base-64 digits of its delay (`procyard-delay-level<k>`, not `x-` names: headers exchanges
+//! ignore those).
+//!
+//! A job waits in one queue per nonzero digit of its delay: two hops for any delay under
+//! 4.1 s, three under 4.4 min, four under 4.7 h (each hop costs the broker's TTL timer, about a
+//! millisecond or two, on top of the queue's TTL). The power-of-two ladder of earlier versions
+//! (`E.delay.bit<k>`, `E.delay.<2^k>ms`, one hop per set bit) is neither declared nor deleted:
+//! jobs still in it on an upgraded broker go on down it to `E` as before.
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
@@ -46,10 +53,14 @@ pub(crate) const H_JOB_ID: &str = "x-procyard-job-id";
 /// are the job priorities as they are.
 pub(crate) const MAX_PRIORITY: u8 = crate::queue::MAX_PRIORITY;
 
-/// Levels of the delay ladder: TTL queues of 1 ms, 2 ms, 4 ms … 2^(LEVELS-1) ms.
-pub(crate) const DELAY_LEVELS: u32 = 36;
-/// The longest delay the ladder holds: 2^36 - 1 ms, about 795 days.
-pub(crate) const MAX_DELAY_MS: u64 = (1 << DELAY_LEVELS) - 1;
+/// Bits of one digit of the delay ladder: each level holds a digit of the delay in base 64.
+const DIGIT_BITS: u32 = 6;
+/// The base of the delay ladder's digits.
+const DELAY_BASE: u64 = 1 << DIGIT_BITS;
+/// Levels of the delay ladder: level k holds d·64^k ms for the delay's digit d at k.
+pub(crate) const DELAY_LEVELS: u32 = 6;
+/// The longest delay the ladder holds: 64^6 - 1 = 2^36 - 1 ms, about 795 days.
+pub(crate) const MAX_DELAY_MS: u64 = (1 << (DIGIT_BITS * DELAY_LEVELS)) - 1;
 
 /// The binding of a daemon's listener on the events exchange: cancel requests
 /// (`<task>.cancel`; `_.cancel` when the canceller does not know the task).
@@ -80,16 +91,21 @@ pub(crate) fn retry_queue(exchange: &str, task: &str, delay_ms: u64) -> String {
     format!("{exchange}.{task}.retry.{delay_ms}ms")
 }
 
-/// The headers exchange of delay ladder level `level`: it sends a message whose bit `level`
-/// is set to that level's queue, any other one level down (or, below level 0, to the jobs
-/// exchange).
+/// The headers exchange of delay ladder level `level`: it sends a message whose digit at
+/// `level` is d > 0 to that level's queue for d, any other one level down (or, below level 0,
+/// to the jobs exchange).
 pub(crate) fn delay_exchange(exchange: &str, level: u32) -> String {
-    format!("{exchange}.delay.bit{level}")
+    format!("{exchange}.delay.level{level}")
 }
 
-/// The TTL queue of delay ladder level `level` (2^level ms).
-pub(crate) fn delay_queue(exchange: &str, level: u32) -> String {
-    format!("{exchange}.delay.{}ms", 1u64 << level)
+/// How long digit `digit` at ladder level `level` holds a message: digit·64^level ms.
+fn digit_ms(level: u32, digit: u8) -> u64 {
+    u64::from(digit) << (DIGIT_BITS * level)
+}
+
+/// The TTL queue of delay ladder level `level` for digit `digit` (digit·64^level ms).
+pub(crate) fn delay_queue(exchange: &str, level: u32, digit: u8) -> String {
+    format!("{exchange}.delay.level{level}.{}ms", digit_ms(level, digit))
 }
 
 /// Where a message goes after delay level `level`: the next level down, or the jobs exchange.
@@ -100,33 +116,43 @@ pub(crate) fn below(exchange: &str, level: u32) -> String {
     }
 }
 
-/// The message header holding bit `level` of a delay. (A headers exchange ignores headers
-/// that start with `x-`, so these do not.)
-fn delay_bit(level: u32) -> String {
-    format!("procyard-delay-bit{level}")
+/// The message header holding the digit of a delay at `level`. (A headers exchange ignores
+/// headers that start with `x-`, so these do not.)
+fn delay_header(level: u32) -> String {
+    format!("procyard-delay-level{level}")
 }
 
-/// Adds the bits of `delay_ms` to `headers`, one header per ladder level ("1" or "0").
-pub(crate) fn add_delay_bits(headers: &mut FieldTable, delay_ms: u64) {
-    for level in 0..DELAY_LEVELS {
-        let bit = if delay_ms >> level & 1 == 1 { "1" } else { "0" };
-        headers.insert(delay_bit(level).into(), long_string(bit));
+/// The base-64 digits of `delay_ms` (at most [`MAX_DELAY_MS`]), level 0 first.
+pub(crate) fn delay_digits(delay_ms: u64) -> [u8; DELAY_LEVELS as usize] {
+    let mut digits = [0; DELAY_LEVELS as usize];
+    for (level, digit) in (0..DELAY_LEVELS).zip(digits.iter_mut()) {
+        // Masked to 6 bits: the cast cannot truncate.
+        *digit = (delay_ms >> (DIGIT_BITS * level) & (DELAY_BASE - 1)) as u8;
+    }
+    digits
+}
+
+/// Adds the digits of `delay_ms` to `headers`, one header per ladder level ("0" to "63").
+pub(crate) fn add_delay_digits(headers: &mut FieldTable, delay_ms: u64) {
+    for (level, digit) in (0..DELAY_LEVELS).zip(delay_digits(delay_ms)) {
+        headers.insert(delay_header(level).into(), long_string(&digit.to_string()));
     }
 }
 
-/// The binding arguments that match bit `level` = `set`.
-pub(crate) fn delay_binding(level: u32, set: bool) -> FieldTable {
+/// The binding arguments that match digit `digit` at `level` (0: pass to the level below).
+pub(crate) fn delay_binding(level: u32, digit: u8) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-match".into(), long_string("all"));
-    args.insert(delay_bit(level).into(), long_string(if set { "1" } else { "0" }));
+    args.insert(delay_header(level).into(), long_string(&digit.to_string()));
     args
 }
 
-/// Arguments of delay level `level`'s queue: hold each message 2^level ms, then send it on
-/// (its routing key unchanged) to the level below.
-pub(crate) fn delay_queue_args(exchange: &str, level: u32) -> FieldTable {
+/// Arguments of delay level `level`'s queue for `digit`: hold each message digit·64^level ms,
+/// then send it on (its routing key unchanged) to the level below.
+pub(crate) fn delay_queue_args(exchange: &str, level: u32, digit: u8) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1i64 << level));
+    let ms = i64::try_from(digit_ms(level, digit)).unwrap_or(i64::MAX);
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
     args.insert("x-dead-letter-exchange".into(), long_string(&below(exchange, level)));
     args
 }
@@ -252,20 +278,28 @@ mod tests {
     }
 
     #[test]
-    fn delay_bits_spell_the_delay_and_each_level_passes_to_the_one_below() {
+    fn delay_digits_spell_the_delay_in_base_64_and_each_level_passes_to_the_one_below() {
+        let delay = 37 + 5 * 64 + 2 * 64 * 64 * 64;
+        assert_eq!(delay_digits(delay), [37, 5, 0, 2, 0, 0]);
         let mut h = FieldTable::default();
-        add_delay_bits(&mut h, 0b1011);
-        let bit = |l| header_str(Some(&h), &delay_bit(l));
-        assert_eq!(bit(0).as_deref(), Some("1"));
-        assert_eq!(bit(2).as_deref(), Some("0"));
-        assert_eq!(bit(3).as_deref(), Some("1"));
-        assert_eq!(bit(DELAY_LEVELS - 1).as_deref(), Some("0"));
+        add_delay_digits(&mut h, delay);
+        let digit = |l| header_str(Some(&h), &delay_header(l));
+        assert_eq!(digit(0).as_deref(), Some("37"));
+        assert_eq!(digit(2).as_deref(), Some("0"));
+        assert_eq!(digit(3).as_deref(), Some("2"));
         assert_eq!(h.inner().len(), DELAY_LEVELS as usize);
+        // The queues of the digits hold the delay exactly.
+        let held: u64 =
+            (0..DELAY_LEVELS).zip(delay_digits(delay)).map(|(l, d)| digit_ms(l, d)).sum();
+        assert_eq!(held, delay);
+        assert_eq!(delay_digits(MAX_DELAY_MS), [63; DELAY_LEVELS as usize]);
+        assert_eq!(MAX_DELAY_MS, (1 << 36) - 1);
         assert_eq!(below("E", 0), "E");
-        assert_eq!(below("E", 3), "E.delay.bit2");
-        assert_eq!(delay_queue("E", 10), "E.delay.1024ms");
-        // The ladder's levels add up to the longest delay.
-        assert_eq!((0..DELAY_LEVELS).map(|l| 1u64 << l).sum::<u64>(), MAX_DELAY_MS);
+        assert_eq!(below("E", 3), "E.delay.level2");
+        assert_eq!(delay_queue("E", 1, 16), "E.delay.level1.1024ms");
+        // Never a name of the power-of-two ladder (`E.delay.<2^k>ms`, `E.delay.bit<k>`), whose
+        // queues on an upgraded broker have other arguments.
+        assert!(!delay_queue("E", 0, 1).starts_with("E.delay.1"));
     }
 
     #[test]

@@ -35,8 +35,10 @@ pub(super) struct Live {
     pub(super) publ: Channel,
     pub(super) consumers: BTreeMap<String, Consuming>,
     pub(super) retry_declared: BTreeSet<String>,
-    /// Whether the delay ladder is declared on this connection.
+    /// Whether the delay ladder's exchanges are declared on this connection.
     pub(super) ladder_declared: bool,
+    /// The delay queues (level, digit) declared on this connection.
+    pub(super) delay_declared: BTreeSet<(u32, u8)>,
     /// Publishes job events and replies (no confirms), opened at first use.
     pub(super) events: Option<Channel>,
     /// The channels of this connection's event listeners.
@@ -103,6 +105,7 @@ impl Broker {
             consumers: BTreeMap::new(),
             retry_declared: BTreeSet::new(),
             ladder_declared: false,
+            delay_declared: BTreeSet::new(),
             events: None,
             listeners: Vec::new(),
             watcher,

@@ -191,58 +191,81 @@ impl Broker {
         }
     }
 
-    /// Declares the delay ladder once per connection: for each level, from 0 up, its headers
-    /// exchange, its TTL queue (bound for bit set) and the exchange-to-exchange binding one
-    /// level down (bit clear). A message published to the top level with its delay's bits in
-    /// its headers passes through exactly the queues of its set bits, then reaches the jobs
-    /// exchange with its routing key unchanged.
-    pub(super) async fn declare_ladder(&mut self) -> Result<()> {
-        if self.live.as_ref().is_some_and(|l| l.ladder_declared) {
+    /// Whether the ladder and the queues of `delay_ms`'s digits are declared on this
+    /// connection.
+    pub(super) fn ladder_holds(&self, delay_ms: u64) -> bool {
+        let Some(live) = self.live.as_ref() else { return false };
+        live.ladder_declared
+            && (0..topo::DELAY_LEVELS)
+                .zip(topo::delay_digits(delay_ms))
+                .all(|(level, digit)| digit == 0 || live.delay_declared.contains(&(level, digit)))
+    }
+
+    /// Declares what a message delayed `delay_ms` goes through, each object once per
+    /// connection: the ladder's headers exchanges, each bound one level down for digit 0 (once),
+    /// and for each nonzero digit of the delay its level's TTL queue, bound for that digit. A
+    /// message published to the top level with its delay's digits in its headers passes
+    /// through exactly those queues, then reaches the jobs exchange with its routing key
+    /// unchanged.
+    pub(super) async fn declare_ladder(&mut self, delay_ms: u64) -> Result<()> {
+        if self.ladder_holds(delay_ms) {
             return Ok(());
         }
         let ctl = self.ctl().await?;
         let err = |e| broker_err("declare the delay queues", e);
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        if !self.live.as_ref().is_some_and(|l| l.ladder_declared) {
+            let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+            for level in 0..topo::DELAY_LEVELS {
+                let exchange = topo::delay_exchange(&self.exchange, level);
+                ctl.exchange_declare(
+                    exchange.clone().into(),
+                    ExchangeKind::Headers,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err)?;
+                ctl.exchange_bind(
+                    topo::below(&self.exchange, level).into(),
+                    exchange.into(),
+                    "".into(),
+                    ExchangeBindOptions::default(),
+                    topo::delay_binding(level, 0),
+                )
+                .await
+                .map_err(err)?;
+            }
+            if let Some(live) = self.live.as_mut() {
+                live.ladder_declared = true;
+            }
+        }
         let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
-        for level in 0..topo::DELAY_LEVELS {
-            let exchange = topo::delay_exchange(&self.exchange, level);
-            let queue = topo::delay_queue(&self.exchange, level);
-            ctl.exchange_declare(
-                exchange.clone().into(),
-                ExchangeKind::Headers,
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err)?;
+        for (level, digit) in (0..topo::DELAY_LEVELS).zip(topo::delay_digits(delay_ms)) {
+            let known =
+                self.live.as_ref().is_some_and(|l| l.delay_declared.contains(&(level, digit)));
+            if digit == 0 || known {
+                continue;
+            }
+            let queue = topo::delay_queue(&self.exchange, level, digit);
             ctl.queue_declare(
                 queue.clone().into(),
                 queue_opts,
-                topo::delay_queue_args(&self.exchange, level),
+                topo::delay_queue_args(&self.exchange, level, digit),
             )
             .await
             .map_err(err)?;
             ctl.queue_bind(
                 queue.into(),
-                exchange.clone().into(),
+                topo::delay_exchange(&self.exchange, level).into(),
                 "".into(),
                 QueueBindOptions::default(),
-                topo::delay_binding(level, true),
+                topo::delay_binding(level, digit),
             )
             .await
             .map_err(err)?;
-            ctl.exchange_bind(
-                topo::below(&self.exchange, level).into(),
-                exchange.into(),
-                "".into(),
-                ExchangeBindOptions::default(),
-                topo::delay_binding(level, false),
-            )
-            .await
-            .map_err(err)?;
-        }
-        if let Some(live) = self.live.as_mut() {
-            live.ladder_declared = true;
+            if let Some(live) = self.live.as_mut() {
+                live.delay_declared.insert((level, digit));
+            }
         }
         Ok(())
     }

@@ -36,14 +36,18 @@ impl Broker {
             }
             None => id,
         };
-        let delayed = sending.not_before.is_some_and(|t| t > std::time::SystemTime::now());
-        if delayed {
-            self.declare_ladder().await?;
-        }
-        // Counted after the ladder is declared, so declaring it delays nothing.
-        let delay_ms = delay_ms(sending.not_before, std::time::SystemTime::now())?;
+        // The delay is counted after what it goes through is declared, so declaring delays
+        // nothing; a delay that shrank onto digits not declared yet declares those too (each
+        // round declares at least one queue more, so this ends).
+        let delay_ms = loop {
+            let ms = delay_ms(sending.not_before, std::time::SystemTime::now())?;
+            if ms == 0 || self.ladder_holds(ms) {
+                break ms;
+            }
+            self.declare_ladder(ms).await?;
+        };
         let exchange = if delay_ms > 0 {
-            topo::add_delay_bits(&mut headers, delay_ms);
+            topo::add_delay_digits(&mut headers, delay_ms);
             topo::delay_exchange(&self.exchange, topo::DELAY_LEVELS - 1)
         } else {
             self.exchange.clone()
