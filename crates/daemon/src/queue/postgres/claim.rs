@@ -239,14 +239,12 @@ impl PgQueue {
                     })
                     .collect()
             };
-            if buffers.is_empty() && !unsure {
-                // Nothing to record: the claim alone, its own transaction (one round trip).
-                let Some((task, max)) = claim else { return Ok((Vec::new(), false)) };
-                let rows = conn.client.query(&s[5], &[&owner, &task, &(max as i64)]).map_err(e)?;
-                return Ok((take(rows, task), false));
+            if buffers.is_empty() && !unsure && claim.is_none() {
+                return Ok((Vec::new(), false));
             }
             if !unsure && turn::fits(&buffers) {
-                // The usual turn: everything and the claim in one statement (one round trip).
+                // The usual turn (or a claim alone): one call of the turn function, so one
+                // round trip on a plan made once per session (`turn.rs`).
                 let stmt = conn.stmt(if keep { turn::TURN_KEEP } else { turn::TURN_DELETE });
                 let (task, max) = claim.map_or(("", 0), |(t, m)| (t, m as i64));
                 let turn = turn::Turn { owner, task, max, ended: &ended, space };
