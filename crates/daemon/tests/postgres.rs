@@ -156,7 +156,7 @@ fn pg_daemons_starting_together_migrate_once() {
         .query_one(&format!("SELECT COUNT(*) FROM {}.migrations", s.name), &[])
         .unwrap()
         .get(0);
-    assert_eq!(n, 2, "each version applied once (two versions)");
+    assert_eq!(n, 3, "each version applied once (three versions)");
     assert!(queue::postgres::migrate(&config).unwrap().is_empty());
 }
 
@@ -326,4 +326,43 @@ fn pg_holders_ride_with_the_next_write() {
     assert_eq!(rec.state, JobState::Done);
     assert_eq!(rec.attempts[0].worker_pid, Some(std::process::id() as i32));
     assert!(rec.attempts[0].started_ms.is_some(), "{rec:?}");
+}
+
+/// The usual turn (an attempt, a done outcome and the next claim, in one write) records all
+/// of it; its end is notified on `<schema>_ended` only while a client waits for ends (a
+/// notification wakes every listening session, so a daemon sends none for nobody).
+#[test]
+fn pg_ends_are_notified_only_while_a_client_waits() {
+    let Some(s) = Schema::new("pg_ends_are_notified_only_while_a_client_waits") else {
+        return;
+    };
+    let mut client = open(&s, OpenMode::Client);
+    let ids = client.publish_batch("work.a", &vec![b"x".to_vec(); 2]).unwrap();
+    let mut daemon = open(&s, OpenMode::Daemon);
+    let mut listener = s.client();
+    listener.batch_execute(&format!("LISTEN {}_ended", s.name)).unwrap();
+    // Notifications committed before a statement of the listener arrive before its answer.
+    let mut heard = move || {
+        listener.batch_execute("SELECT 1").unwrap();
+        let mut n = listener.notifications();
+        postgres::fallible_iterator::FallibleIterator::count(n.iter()).unwrap()
+    };
+    let first = daemon.claim("work", 1).unwrap();
+    daemon.record_attempt(&first[0], report(AttemptEnd::Exited { code: 0 }, "one"));
+    daemon.complete(&first[0], Outcome::Done).unwrap();
+    let second = daemon.claim("work", 1).unwrap();
+    assert_eq!(second.len(), 1, "the claim rode with the outcome");
+    let rec = client.job(&ids[0]).unwrap();
+    assert_eq!(rec.state, JobState::Done);
+    assert_eq!(rec.attempts.len(), 1, "{rec:?}");
+    assert_eq!(rec.attempts[0].stdout.as_ref().map(|c| &c.bytes[..]), Some(&b"one"[..]));
+    assert_eq!(client.job(&ids[1]).unwrap().state, JobState::Running);
+    assert_eq!(heard(), 0, "nobody waits: no notification");
+    // A client starts waiting (its first call listens and takes the waiters' lock).
+    assert_eq!(client.wait_ends(Duration::ZERO).unwrap(), Some(()));
+    daemon.record_attempt(&second[0], report(AttemptEnd::Exited { code: 0 }, "two"));
+    daemon.complete(&second[0], Outcome::Done).unwrap();
+    daemon.flush().unwrap();
+    assert_eq!(heard(), 1, "a client waits: notified");
+    assert_eq!(client.job(&ids[1]).unwrap().state, JobState::Done);
 }

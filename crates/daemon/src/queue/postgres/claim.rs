@@ -4,13 +4,13 @@
 //! number that took it, so an outcome that comes after the lease was recovered elsewhere
 //! changes nothing.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use postgres::Transaction;
 
+use super::turn::{self, AttemptCols, HolderCols, someone_waits};
 use super::{PgQueue, STATE_CANCELLED, STATE_DEAD, STATE_READY, now_ms};
-use crate::queue::{AttemptReport, Captured, Job, LeaseHolder, Outcome, Receipt, check_payload};
+use crate::queue::{AttemptReport, Job, LeaseHolder, Outcome, Receipt, check_payload};
 use crate::{Error, Result, routing};
 
 /// Inserts a batch and notifies each receiving task, in one statement (one round trip; its
@@ -60,24 +60,35 @@ const ATTEMPTS: &str = "INSERT INTO attempts (job_seq, delivery, worker_pid, sta
     JOIN jobs j ON j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
     ORDER BY u.ord";
 
-/// Done jobs (kept), counted per task and daemon, and waiting clients told: one statement.
-const DONE_KEEP: &str = "WITH d AS (
+/// Done jobs (kept), counted per task and daemon, and waiting clients told (if any: `$5` the
+/// lock space, see `turn.rs`): one statement.
+const DONE_KEEP: &str = concat!(
+    r#"WITH d AS (
         UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
         FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
         WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),
     s AS (INSERT INTO stats (task, daemon, done) SELECT task, $3, COUNT(*) FROM d GROUP BY task
         ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done)
-    SELECT (SELECT COUNT(*) FROM d), pg_notify($4, '')";
+    SELECT (SELECT COUNT(*) FROM d), CASE WHEN "#,
+    someone_waits!("$5"),
+    r#" THEN pg_notify($4, '') END"#
+);
 
-/// Done jobs (no history: deleted), counted, and waiting clients told: one statement.
-const DONE_DELETE: &str = "WITH d AS (
+/// Done jobs (no history: deleted), counted, and waiting clients told (if any): one statement.
+const DONE_DELETE: &str = concat!(
+    r#"WITH d AS (
         DELETE FROM jobs j USING unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
         WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),
     s AS (INSERT INTO stats (task, daemon, done) SELECT task, $3, COUNT(*) FROM d GROUP BY task
         ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done)
-    SELECT (SELECT COUNT(*) FROM d), pg_notify($4, '')";
+    SELECT (SELECT COUNT(*) FROM d), CASE WHEN "#,
+    someone_waits!("$5"),
+    r#" THEN pg_notify($4, '') END"#
+);
 
-const NOTIFY_ONE: &str = "SELECT pg_notify($1, '')";
+/// Waiting clients told (if any: `$2` the lock space).
+const NOTIFY_ONE: &str =
+    concat!("SELECT CASE WHEN ", someone_waits!("$2"), " THEN pg_notify($1, '') END");
 
 /// A retry with a delay waits as delayed (state 5) until its time.
 const END: &str = "UPDATE jobs SET
@@ -89,45 +100,35 @@ const END: &str = "UPDATE jobs SET
 
 /// An outcome reported and not yet written.
 #[derive(Debug)]
-struct Pending {
-    seq: i64,
-    owner: i64,
-    outcome: Outcome,
+pub(super) struct Pending {
+    pub(super) seq: i64,
+    pub(super) owner: i64,
+    pub(super) outcome: Outcome,
     /// When it was reported: a retry's delay counts from here.
     reported: Instant,
 }
 
 /// An attempt ended and not yet written.
 #[derive(Debug)]
-struct Ended {
-    seq: i64,
-    owner: i64,
-    delivery: u32,
-    ended_ms: i64,
-    report: AttemptReport,
+pub(super) struct Ended {
+    pub(super) seq: i64,
+    pub(super) owner: i64,
+    pub(super) delivery: u32,
+    pub(super) ended_ms: i64,
+    pub(super) report: AttemptReport,
 }
 
 /// What the daemon reported and the database does not have yet.
 #[derive(Debug, Default)]
 pub(super) struct Buffers {
-    outcomes: Vec<Pending>,
-    ended: Vec<Ended>,
-    holders: Vec<(i64, i64, LeaseHolder, i64)>,
+    pub(super) outcomes: Vec<Pending>,
+    pub(super) ended: Vec<Ended>,
+    pub(super) holders: Vec<(i64, i64, LeaseHolder, i64)>,
 }
 
 impl Buffers {
     pub(super) fn is_empty(&self) -> bool {
         self.outcomes.is_empty() && self.ended.is_empty() && self.holders.is_empty()
-    }
-}
-
-/// One captured stream as columns: bytes, total, dropped.
-type Columns<'a> = (Option<&'a [u8]>, Option<i64>, Option<i64>);
-
-fn captured(c: Option<&Captured>) -> Columns<'_> {
-    match c {
-        Some(c) => (Some(&c.bytes[..]), Some(c.total as i64), Some(c.dropped as i64)),
-        None => (None, None, None),
     }
 }
 
@@ -209,6 +210,7 @@ impl PgQueue {
         // Kept until the transaction commits: after a failure the next write has them.
         let buffers = std::mem::take(&mut self.buffers);
         let ended = self.target.ended_channel();
+        let space = self.target.lock_space();
         let unsure = self.unsure_claim;
         let known: Vec<i64> = self.leases.keys().copied().collect();
         let result = (|| {
@@ -237,20 +239,35 @@ impl PgQueue {
                     })
                     .collect()
             };
-            if buffers.is_empty() && !unsure {
-                // Nothing to record: the claim alone, its own transaction (one round trip).
-                let Some((task, max)) = claim else { return Ok((Vec::new(), false)) };
-                let rows = conn.client.query(&s[5], &[&owner, &task, &(max as i64)]).map_err(e)?;
+            if buffers.is_empty() && !unsure && claim.is_none() {
+                return Ok((Vec::new(), false));
+            }
+            if !unsure && turn::fits(&buffers) {
+                // The usual turn (or a claim alone): one call of the turn function, so one
+                // round trip on a plan made once per session (`turn.rs`).
+                let stmt = conn.stmt(if keep { turn::TURN_KEEP } else { turn::TURN_DELETE });
+                let (task, max) = claim.map_or(("", 0), |(t, m)| (t, m as i64));
+                let turn = turn::Turn { owner, task, max, ended: &ended, space };
+                let (rows, written) =
+                    turn::run(&mut conn.client, &stmt.map_err(e)?, &buffers, keep, &turn)
+                        .map_err(e)?;
+                if written < buffers.outcomes.len() {
+                    tracing::warn!(
+                        lost = buffers.outcomes.len() - written,
+                        "postgres: outcomes of jobs whose lease was recovered elsewhere are dropped (the jobs run again)"
+                    );
+                }
                 return Ok((take(rows, task), false));
             }
             let mut tx = conn.client.transaction().map_err(e)?;
             write_holders(&mut tx, &s[0], &buffers).map_err(e)?;
             write_attempts(&mut tx, &s[1], &buffers, keep).map_err(e)?;
             let (retried, told) =
-                write_outcomes(&mut tx, [&s[2], &s[3]], &buffers, owner, &ended).map_err(e)?;
+                write_outcomes(&mut tx, [&s[2], &s[3]], &buffers, owner, (&ended, space))
+                    .map_err(e)?;
             if !told && (!buffers.outcomes.is_empty() || !buffers.ended.is_empty()) {
                 // Clients waiting for jobs (`wait`, `logs -f`) look again.
-                tx.execute(&s[4], &[&ended]).map_err(e)?;
+                tx.execute(&s[4], &[&ended, &space]).map_err(e)?;
             }
             if unsure {
                 let put_back = tx.execute(RELEASE_UNSEEN, &[&owner, &known]).map_err(e)?;
@@ -302,18 +319,7 @@ fn write_holders(
     if b.holders.is_empty() {
         return Ok(());
     }
-    let (mut seq, mut owner, mut pid, mut start, mut pgid, mut boot, mut at) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (s, o, h, t) in &b.holders {
-        seq.push(*s);
-        owner.push(*o);
-        pid.push(h.process.pid.as_raw());
-        start.push(i64::try_from(h.process.start_time).unwrap_or(i64::MAX));
-        pgid.push(h.process_group.as_raw());
-        boot.push(h.process.boot_id.as_str());
-        at.push(*t);
-    }
-    tx.execute(stmt, &[&seq, &owner, &pid, &start, &pgid, &boot, &at])?;
+    tx.execute(stmt, &HolderCols::of(b).params())?;
     Ok(())
 }
 
@@ -324,55 +330,11 @@ fn write_attempts(
     keep_history: bool,
 ) -> std::result::Result<(), postgres::Error> {
     // Without history the attempts of jobs done now go with their rows: not written at all.
-    let gone: BTreeSet<i64> = if keep_history {
-        BTreeSet::new()
-    } else {
-        b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).map(|p| p.seq).collect()
-    };
-    let ended: Vec<&Ended> = b.ended.iter().filter(|e| !gone.contains(&e.seq)).collect();
-    if ended.is_empty() {
+    let cols = AttemptCols::of(b, keep_history);
+    if cols.is_empty() {
         return Ok(());
     }
-    let col = |f: &dyn Fn(&Ended) -> Option<i64>| ended.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let seq: Vec<i64> = ended.iter().map(|e| e.seq).collect();
-    let owner: Vec<i64> = ended.iter().map(|e| e.owner).collect();
-    let delivery: Vec<i32> = ended.iter().map(|e| e.delivery as i32).collect();
-    let pid: Vec<Option<i32>> = ended.iter().map(|e| e.report.worker_pid).collect();
-    let at: Vec<i64> = ended.iter().map(|e| e.ended_ms).collect();
-    let outcome: Vec<String> =
-        ended.iter().map(|e| serde_json::to_string(&e.report.end).unwrap_or_default()).collect();
-    let reason: Vec<Option<&str>> = ended.iter().map(|e| e.report.reason.as_deref()).collect();
-    let out: Vec<_> = ended.iter().map(|e| captured(e.report.stdout.as_ref())).collect();
-    let err: Vec<_> = ended.iter().map(|e| captured(e.report.stderr.as_ref())).collect();
-    let bytes = |v: &[Columns<'_>]| -> Vec<Option<Vec<u8>>> {
-        v.iter().map(|c| c.0.map(<[u8]>::to_vec)).collect()
-    };
-    let total = |v: &[Columns<'_>]| -> Vec<Option<i64>> { v.iter().map(|c| c.1).collect() };
-    let dropped = |v: &[Columns<'_>]| -> Vec<Option<i64>> { v.iter().map(|c| c.2).collect() };
-    let rss = col(&|e| e.report.usage.map(|u| u.max_rss_kib as i64));
-    let ucpu = col(&|e| e.report.usage.map(|u| u.user_cpu_us as i64));
-    let scpu = col(&|e| e.report.usage.map(|u| u.system_cpu_us as i64));
-    tx.execute(
-        stmt,
-        &[
-            &seq,
-            &owner,
-            &delivery,
-            &pid,
-            &at,
-            &outcome,
-            &reason,
-            &bytes(&out),
-            &total(&out),
-            &dropped(&out),
-            &bytes(&err),
-            &total(&err),
-            &dropped(&err),
-            &rss,
-            &ucpu,
-            &scpu,
-        ],
-    )?;
+    tx.execute(stmt, &cols.params())?;
     Ok(())
 }
 
@@ -383,7 +345,7 @@ fn write_outcomes(
     stmts: [&postgres::Statement; 2],
     b: &Buffers,
     owner: i64,
-    ended: &str,
+    (ended, space): (&str, i32),
 ) -> std::result::Result<(bool, bool), postgres::Error> {
     let [done_stmt, end_stmt] = stmts;
     let done: Vec<&Pending> = b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).collect();
@@ -391,7 +353,7 @@ fn write_outcomes(
     if told {
         let seq: Vec<i64> = done.iter().map(|p| p.seq).collect();
         let owners: Vec<i64> = done.iter().map(|p| p.owner).collect();
-        let row = tx.query_one(done_stmt, &[&seq, &owners, &owner, &ended])?;
+        let row = tx.query_one(done_stmt, &[&seq, &owners, &owner, &ended, &space])?;
         let written = row.get::<_, i64>(0) as usize;
         if written < done.len() {
             tracing::warn!(

@@ -15,6 +15,9 @@
 //!   the daemon that fires it; `rate_buckets`: one token bucket per rate-limited task.
 //! - `migrations`: the versions applied.
 //!
+//! Functions: `now_ms()`, and (version 3) `turn_keep` and `turn_delete`, the loop's usual
+//! write in one call (`turn.rs`).
+//!
 //! The partial indexes hold only the rows they serve, so a history of done jobs or a backlog
 //! of delayed ones costs a claim nothing: `jobs_ready (task, priority DESC, seq) WHERE state
 //! = 0` gives a claim the rows it takes in claim order (higher priority first, then FIFO),
@@ -128,7 +131,7 @@ CREATE TABLE rate_buckets (
 ";
 
 /// Every version, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, super::turn::V3)];
 
 /// The newest version this build knows.
 pub(super) fn latest() -> i32 {

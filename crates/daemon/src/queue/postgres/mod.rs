@@ -65,6 +65,7 @@ mod recovery;
 mod schedules;
 mod session;
 mod tls;
+mod turn;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -199,8 +200,9 @@ pub(crate) struct PgQueue {
     due_cache: Option<Option<Instant>>,
     /// The last error was the backoff still running (not a new failure).
     waiting: bool,
-    /// Client: `LISTEN`ing for job ends.
-    listening_ends: bool,
+    /// Client: `LISTEN`ing for job ends (`Some`), since it took the waiters' lock (`Some(Some)`:
+    /// daemons notify it, `records.rs`).
+    listening_ends: Option<Option<Instant>>,
     /// The next pruning step.
     prune_at: Instant,
     /// The count-based pruning cutoff `(finished_ms, seq)` and when it was read.
@@ -248,7 +250,7 @@ impl PgQueue {
             trouble: None,
             due_cache: None,
             waiting: false,
-            listening_ends: false,
+            listening_ends: None,
             prune_at: Instant::now(),
             prune_count: None,
             book: crate::queue::periodic::Book::default(),

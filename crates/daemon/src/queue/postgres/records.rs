@@ -18,6 +18,13 @@ use crate::{Error, Result};
 /// Rows deleted per statement by `purge` and pruning.
 pub(super) const BATCH: i64 = 500;
 
+/// How long after a client took the waiters' lock a write may still have read it free (a
+/// statement that began before, committing after).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The longest wait for an end notification while one may have been missed.
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(100);
+
 const COLUMNS: &str = "seq, id, task, routing_key, length(payload)::bigint, state, not_before,
     published_ms, finished_ms, attempts, last_error, now_ms()";
 
@@ -172,14 +179,24 @@ impl PgQueue {
     }
 
     /// Blocks until a job or attempt ends (a notification on `<schema>_ended`) or `timeout`
-    /// passes; the first call starts listening and returns at once.
+    /// passes; the first call starts listening (and takes the waiters' lock, so daemons
+    /// notify: `turn.rs`) and returns at once. Until the lock is held and for
+    /// [`SETTLE`] after, a write may have missed it: waits are at most [`LOOK_AGAIN`], so
+    /// the caller looks at its jobs again.
     pub(super) fn wait_for_ends(&mut self, timeout: std::time::Duration) -> Result<()> {
         let channel = self.target.ended_channel();
-        if !self.listening_ends {
+        let space = self.target.lock_space();
+        let Some(listening) = self.listening_ends else {
             self.with("listen for job ends on", |c| c.batch_execute(&format!("LISTEN {channel}")))?;
-            self.listening_ends = true;
+            self.listening_ends = Some(None);
+            self.take_waiter_lock(space);
             return Ok(());
+        };
+        if listening.is_none() {
+            self.take_waiter_lock(space);
         }
+        let settled = self.listening_ends.flatten().is_some_and(|t| t.elapsed() >= SETTLE);
+        let timeout = if settled { timeout } else { timeout.min(LOOK_AGAIN) };
         self.with("wait for job ends on", |c| {
             use postgres::fallible_iterator::FallibleIterator;
             let mut notes = c.notifications();
@@ -190,6 +207,17 @@ impl PgQueue {
             }
             Ok(())
         })
+    }
+
+    /// Tries to take the waiters' lock (shared); a daemon's write may hold it for a moment,
+    /// then the next wait tries again.
+    fn take_waiter_lock(&mut self, space: i32) {
+        let took = self.with("take the waiters' lock on", |c| {
+            c.query_one(super::turn::WAITER_LOCK, &[&space]).map(|r| r.get::<_, bool>(0))
+        });
+        if took.unwrap_or(false) {
+            self.listening_ends = Some(Some(std::time::Instant::now()));
+        }
     }
 
     /// Cancels job `id` if it waits (ready or delayed): `true` when it did.
