@@ -24,6 +24,8 @@
 
 #[path = "bench/claims.rs"]
 mod claims;
+#[path = "bench/lateness.rs"]
+mod lateness;
 #[path = "bench/sched.rs"]
 mod sched;
 
@@ -220,6 +222,11 @@ impl Run {
     }
 
     fn start(&mut self, bin: &Path) -> anyhow::Result<()> {
+        self.start_logging(bin, "warn")
+    }
+
+    /// [`Run::start`] with `RUST_LOG` set to `filter` (the log is `daemon.log` in the dir).
+    fn start_logging(&mut self, bin: &Path, filter: &str) -> anyhow::Result<()> {
         let (mut reader, writer) = ready_pipe()?;
         let child = Command::new(bin)
             .arg("run")
@@ -227,7 +234,7 @@ impl Run {
             .arg(&self.config)
             .arg("--ready-fd")
             .arg("3")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::Null)
             .stdout(Stdio::Null)
             .stderr(Stdio::Append(self.dir.path().join("daemon.log")))

@@ -1,17 +1,16 @@
-//! The scheduling benchmarks (issue 17), part of `../bench.rs` (`PROCYARD_BENCH_ONLY=sched`),
-//! each against a baseline measured in the same run:
+//! The scheduling benchmarks (issue 17), part of `../bench.rs` (`PROCYARD_BENCH_ONLY=sched`;
+//! `PROCYARD_BENCH_SCHED` picks parts), each against a baseline measured in the same run:
 //!
-//! - claim cost with 1,000,000 delayed jobs in the table against the same queue without them
-//!   (goal ≤ 1.1×), [`ROUNDS`] rounds alternating the two files;
-//! - how late delayed jobs start when a worker is free: due times spaced [`SPACING`] apart (a
-//!   `true` job runs in a few ms, eight workers), p50 and p99 of start − due (goals < 5 ms and
-//!   < 20 ms), beside the publish→start time of jobs published for now;
-//! - 100,000 jobs due in the same second on two longlived echo workers: the time from the due
-//!   second until all ran, against 100,000 ÷ the jobs/s of the same workers draining 100,000
-//!   jobs published for now, plus 1 s (the goal);
-//! - the FIFO path's cost of priorities: claim-and-finish jobs/s of the claim the daemon runs
-//!   (`jobs_next (task, priority DESC, seq)`, `ORDER BY priority DESC, seq`) on jobs of the
-//!   default priority, against the same drain with a FIFO-only index and order
+//! - `claims`: claim cost with 1,000,000 delayed jobs in the table against the same queue
+//!   without them (goal ≤ 1.1×), [`ROUNDS`] rounds alternating the two files, in µs and in
+//!   SQLite VM steps per claim (repeatable: the rows and index entries a claim visits);
+//! - `lateness` (`lateness.rs`): how late delayed jobs start when a worker is free;
+//! - `burst`: 100,000 jobs due in the same second on two longlived echo workers: the time from
+//!   the due second until all ran, against 100,000 ÷ the jobs/s of the same workers draining
+//!   100,000 jobs published for now, plus 1 s (the goal), [`ROUNDS`] rounds;
+//! - `priority`: the FIFO path's cost of priorities: claim-and-finish jobs/s of the claim the
+//!   daemon runs (`jobs_next (task, priority DESC, seq)`, `ORDER BY priority DESC, seq`) on
+//!   jobs of the default priority, against the same drain with a FIFO-only index and order
 //!   (`(task, seq)`, `ORDER BY seq`) as before priorities existed (goal ≥ 0.95×).
 
 use std::path::{Path, PathBuf};
@@ -29,11 +28,10 @@ const DELAYED: usize = 1_000_000;
 const BATCH: usize = 10_000;
 /// Rounds of each same-run comparison (medians reported, every round on stderr).
 const ROUNDS: usize = 3;
-/// Delayed jobs measured for lateness, and how far apart their due times are.
-const LATE_JOBS: usize = 200;
-const SPACING: Duration = Duration::from_millis(25);
 /// Jobs due in the same second.
 const BURST: usize = 100_000;
+/// The jobs of a burst waited for (the last published: two workers end the burst with them).
+const LAST: usize = 8;
 
 fn binding() -> Vec<TaskBinding> {
     vec![TaskBinding { name: "t".into(), routing_keys: vec!["t.#".into()], max_attempts: 3 }]
@@ -61,8 +59,9 @@ fn delayed_file(dir: &Path, delayed: usize) -> anyhow::Result<PathBuf> {
 }
 
 /// The median µs of one claim (with the previous job's outcome, as the daemon does), over
-/// batches of 1,000 claims of [`READY`] jobs published now to the file at `path`.
-fn claim_us(path: &Path) -> anyhow::Result<f64> {
+/// batches of 1,000 claims of [`READY`] jobs published now to the file at `path`, and the
+/// SQLite VM steps of one claim (the mean: the same in every round, whatever the load).
+fn claim_us(path: &Path) -> anyhow::Result<(f64, f64)> {
     let mut client = SqliteQueue::open(path, OpenMode::Client)?;
     client.bind(&binding())?;
     let payloads: Vec<Vec<u8>> = vec![b"x".to_vec(); BATCH];
@@ -76,63 +75,26 @@ fn claim_us(path: &Path) -> anyhow::Result<f64> {
         keep_done: Duration::ZERO,
         keep_done_max: 0,
     });
+    let steps0 = daemon.claim_steps();
     let mut per_claim = super::claims::per_claim_us(&mut daemon, READY)?;
+    let steps = (daemon.claim_steps() - steps0) as f64 / READY as f64;
     daemon.flush()?;
-    Ok(median(&mut per_claim))
-}
-
-/// Start lateness (ms) of [`LATE_JOBS`] jobs to a daemon with eight workers for a `true`
-/// command: delayed, each due [`SPACING`] after the previous one (all published before the
-/// first is due), start − due; or, for the baseline, published for now one at a time
-/// [`SPACING`] apart, start − publish. Returns p50 and p99.
-fn lateness_ms(bin: &Path, delayed: bool) -> anyhow::Result<(f64, f64)> {
-    let task =
-        "[[task]]\nname = \"t\"\nrouting_keys = [\"t.#\"]\ncommand = [\"true\"]\nmax_workers = 8\n";
-    let mut run = Run::new(task)?;
-    run.start(bin)?;
-    let mut client = Client::new(Config::load(&run.config)?);
-    let spacing = SPACING.as_millis() as i64;
-    let first = now_ms() + 2000;
-    let mut due = Vec::with_capacity(LATE_JOBS);
-    for i in 0..LATE_JOBS {
-        if delayed {
-            let at = first + i as i64 * spacing;
-            let p = client.publish_with("t.x", b"", &PublishOptions::new().at(at_ms(at)))?;
-            due.push((p.ids[0].clone(), at));
-        } else {
-            let at = now_ms();
-            let p = client.publish_with("t.x", b"", &PublishOptions::new())?;
-            due.push((p.ids[0].clone(), at));
-            let next = Instant::now() + SPACING;
-            while Instant::now() < next {
-                run.pause();
-            }
-        }
-    }
-    anyhow::ensure!(!delayed || now_ms() < first, "publishing took longer than the margin");
-    run.wait_done("t", LATE_JOBS as u64, Duration::from_secs(120))?;
-    let mut late = Vec::with_capacity(LATE_JOBS);
-    for (id, at) in &due {
-        let job = client.job(id)?;
-        let started = job.attempts.first().and_then(|a| a.started_ms);
-        let started = started.ok_or_else(|| anyhow::anyhow!("job {id} has no start"))?;
-        late.push((started - at).max(0) as f64);
-    }
-    late.sort_by(|a, b| a.total_cmp(b));
-    let p99 = late[(late.len() * 99 / 100).min(late.len() - 1)];
-    Ok((median(&mut late), p99))
+    Ok((median(&mut per_claim), steps))
 }
 
 /// Jobs/s of two longlived echo workers draining [`BURST`] jobs published for now (the
 /// daemon started after the publish, as `longlived_rate` does).
 fn burst_rate(bin: &Path, me: &Path) -> anyhow::Result<f64> {
     let mut run = Run::new(&longlived_task(me, 2, 2, None))?;
-    publish_burst(&run, &PublishOptions::new())?;
+    let last = publish_burst(&run, &PublishOptions::new())?;
     let t0 = Instant::now();
-    run.start(bin)?;
-    run.wait_done("echo", BURST as u64, Duration::from_secs(300))?;
+    run.start_logging(bin, log_filter())?;
+    wait_burst(&run, &last)?;
     let rate = BURST as f64 / t0.elapsed().as_secs_f64();
     run.stop()?;
+    if log_filter() != "warn" {
+        eprintln!("bench:   drain stamps p50/p99/max ms:{}", super::lateness::stamps(&run));
+    }
     Ok(rate)
 }
 
@@ -140,24 +102,99 @@ fn burst_rate(bin: &Path, me: &Path) -> anyhow::Result<f64> {
 /// as [`burst_rate`], the daemon running (and asleep) when they fall due.
 fn burst_due_s(bin: &Path, me: &Path) -> anyhow::Result<f64> {
     let mut run = Run::new(&longlived_task(me, 2, 2, None))?;
-    run.start(bin)?;
+    run.start_logging(bin, log_filter())?;
     let due = now_ms() + 10_000;
-    publish_burst(&run, &PublishOptions::new().at(at_ms(due)))?;
+    let last = publish_burst(&run, &PublishOptions::new().at(at_ms(due)))?;
     anyhow::ensure!(now_ms() < due, "publishing took longer than the margin");
     control::poke(&run.socket())?;
-    run.wait_done("echo", BURST as u64, Duration::from_secs(300))?;
+    wait_burst(&run, &last)?;
     let took = (now_ms() - due) as f64 / 1e3;
     run.stop()?;
+    if log_filter() != "warn" {
+        eprintln!("bench:   burst stamps p50/p99/max ms:{}", super::lateness::stamps(&run));
+    }
     Ok(took)
 }
 
-fn publish_burst(run: &Run, options: &PublishOptions) -> anyhow::Result<()> {
+/// The burst daemons' log filter: with `PROCYARD_BENCH_STAMPS=1`, the daemon's stamps of its
+/// claims (a log line per claim, which costs the drain: only to see where the time goes).
+fn log_filter() -> &'static str {
+    match std::env::var_os("PROCYARD_BENCH_STAMPS") {
+        Some(_) => super::lateness::STAMPS,
+        None => "warn",
+    }
+}
+
+/// Waits until the burst ran: for the jobs published last (the daemon tells when they end:
+/// no status polls, whose ready-row counts would take the loop's time from the drain), then
+/// checks that all did.
+fn wait_burst(run: &Run, last: &[String]) -> anyhow::Result<()> {
+    let mut client = Client::new(Config::load(&run.config)?);
+    let waited = client.wait(last, Some(Duration::from_secs(300)))?;
+    anyhow::ensure!(!waited.timed_out, "timed out waiting for the burst");
+    run.wait_done("echo", BURST as u64, Duration::from_secs(60))
+}
+
+/// Publishes the burst; returns the ids of the last [`LAST`] jobs.
+fn publish_burst(run: &Run, options: &PublishOptions) -> anyhow::Result<Vec<String>> {
     let config = Config::load(&run.config)?;
     let mut q = procyard_daemon::queue::open(&config.queue, OpenMode::Client)?;
     q.bind(&config.bindings())?;
     let payloads: Vec<Vec<u8>> = (0..BATCH).map(|i| format!("{i}").into_bytes()).collect();
+    let mut ids = Vec::new();
     for _ in 0..BURST / BATCH {
-        q.publish_with("echo", &payloads, options).map_err(|p| p.error)?;
+        ids = q.publish_with("echo", &payloads, options).map_err(|p| p.error)?.ids;
+    }
+    Ok(ids.split_off(ids.len() - LAST))
+}
+
+/// The loop's side of the burst without workers: one claim (with the previous outcome) at a
+/// time through the daemon's queue, over [`BURST`] jobs published for now to a closed file,
+/// against the same jobs published delayed (due in 1 s) while the daemon's queue is open,
+/// promoted by its first claim. Prints µs and VM steps per claim of each, and the first claim.
+fn burst_claims(dir: &Path) -> anyhow::Result<()> {
+    for delayed in [false, true] {
+        let path = dir.join(format!("burst-{delayed}.db"));
+        let mut client = SqliteQueue::open(&path, OpenMode::Client)?;
+        client.bind(&binding())?;
+        let payloads: Vec<Vec<u8>> = vec![b"x".to_vec(); BATCH];
+        let due = now_ms() + 3000;
+        let options =
+            if delayed { PublishOptions::new().at(at_ms(due)) } else { PublishOptions::new() };
+        let publish = |mut client: SqliteQueue| -> anyhow::Result<()> {
+            for _ in 0..BURST / BATCH {
+                client.publish_with("t.x", &payloads, &options).map_err(|p| p.error)?;
+            }
+            Ok(())
+        };
+        let mut client = Some(client);
+        if !delayed {
+            publish(client.take().expect("a client"))?;
+        }
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon)?;
+        daemon.bind(&binding())?;
+        if let Some(client) = client {
+            publish(client)?;
+            while now_ms() <= due {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let t0 = Instant::now();
+        let first = daemon.claim("t", 1)?;
+        let first_ms = t0.elapsed().as_secs_f64() * 1e3;
+        daemon.complete(&first[0], procyard_daemon::queue::Outcome::Done)?;
+        let steps0 = daemon.claim_steps();
+        let t1 = Instant::now();
+        let mut per = super::claims::per_claim_us(&mut daemon, BURST - 1000)?;
+        let total = t1.elapsed().as_secs_f64();
+        let steps = (daemon.claim_steps() - steps0) as f64 / (BURST - 1000) as f64;
+        eprintln!(
+            "bench: burst claims, {}: first claim {first_ms:.1} ms, then {:.1} µs per claim \
+             (median of rounds), {total:.2} s for {}, {steps:.1} VM steps per claim",
+            if delayed { "delayed (due together)" } else { "published for now" },
+            median(&mut per),
+            BURST - 1000
+        );
     }
     Ok(())
 }
@@ -210,40 +247,91 @@ fn drain_rate(dir: &Path, name: &str, setup: &str, claim: &str) -> anyhow::Resul
     Ok(rate)
 }
 
-/// Runs the scheduling benchmarks and prints their lines.
+/// Runs the scheduling benchmarks and prints their lines; `PROCYARD_BENCH_SCHED` (a
+/// comma-separated list of `claims`, `lateness`, `burst`, `priority`) runs only those parts.
 pub fn run(bin: &Path, me: &Path) -> anyhow::Result<()> {
+    let only = std::env::var("PROCYARD_BENCH_SCHED").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p == name));
     let dir = tempfile::tempdir()?;
-    let (none_db, with_db) = (delayed_file(dir.path(), 0)?, delayed_file(dir.path(), DELAYED)?);
+    if part("claims") {
+        claims(dir.path())?;
+    }
+    if part("lateness") {
+        super::lateness::run(bin, me)?;
+    }
+    if part("burstclaims") {
+        burst_claims(dir.path())?;
+    }
+    if part("burst") {
+        let (mut rates, mut tooks, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let rate = burst_rate(bin, me)?;
+            let took = burst_due_s(bin, me)?;
+            let goal = BURST as f64 / rate + 1.0;
+            eprintln!(
+                "bench: burst round {round}: {BURST} jobs drained at {rate:.0}/s (goal {goal:.2} s); \
+                 due in one second, all ran in {took:.2} s ({:.2}x)",
+                took / goal
+            );
+            rates.push(rate);
+            tooks.push(took);
+            ratios.push(took / goal);
+        }
+        let goal = BURST as f64 / median(&mut rates) + 1.0;
+        eprintln!("bench: burst ratios to the goal {ratios:.2?}");
+        bench(
+            "due_100k_same_second_all_ran_s",
+            median(&mut tooks),
+            "s",
+            "goal_100k_over_rate_plus_1_s",
+            goal,
+        );
+    }
+    if part("priority") {
+        priority(dir.path())?;
+    }
+    Ok(())
+}
+
+/// Claim cost with [`DELAYED`] delayed jobs against none: µs (medians of rounds alternating
+/// the two files) and SQLite VM steps per claim.
+fn claims(dir: &Path) -> anyhow::Result<()> {
+    let (none_db, with_db) = (delayed_file(dir, 0)?, delayed_file(dir, DELAYED)?);
     let (mut none, mut with) = (Vec::new(), Vec::new());
+    let (mut none_steps, mut with_steps) = (0.0, 0.0);
     for round in 0..ROUNDS {
-        none.push(claim_us(&none_db)?);
-        with.push(claim_us(&with_db)?);
+        let (us, steps) = claim_us(&none_db)?;
+        none.push(us);
+        none_steps = steps;
+        let (us, steps) = claim_us(&with_db)?;
+        with.push(us);
+        with_steps = steps;
         eprintln!(
-            "bench: claim µs round {round}: none {:.1}, 1m delayed {:.1}",
+            "bench: claim µs round {round}: none {:.1}, 1m delayed {:.1}; VM steps per claim: \
+             none {none_steps:.2}, 1m delayed {with_steps:.2}",
             none[round], with[round]
         );
     }
+    let ratios: Vec<String> =
+        with.iter().zip(&none).map(|(a, b)| format!("{:.2}", a / b)).collect();
+    eprintln!("bench: claim µs per-round ratios (1m delayed / none): {}", ratios.join(" "));
     bench("claim_us_1m_delayed", median(&mut with), "us", "claim_us_no_delayed", median(&mut none));
-
-    let (now50, now99) = lateness_ms(bin, false)?;
-    let (p50, p99) = lateness_ms(bin, true)?;
-    bench("delayed_start_late_p50_ms", p50, "ms", "goal_ms", 5.0);
-    bench("delayed_start_late_p99_ms", p99, "ms", "goal_ms", 20.0);
-    bench("delayed_start_late_p50_ms_vs_now", p50, "ms", "publish_start_p50_ms", now50);
-    bench("delayed_start_late_p99_ms_vs_now", p99, "ms", "publish_start_p99_ms", now99);
-
-    let rate = burst_rate(bin, me)?;
-    let took = burst_due_s(bin, me)?;
-    let goal = BURST as f64 / rate + 1.0;
-    eprintln!(
-        "bench: {BURST} jobs drained at {rate:.0}/s; due in one second, all ran in {took:.2} s"
+    bench(
+        "claim_vm_steps_1m_delayed",
+        with_steps,
+        "steps",
+        "claim_vm_steps_no_delayed",
+        none_steps,
     );
-    bench("due_100k_same_second_all_ran_s", took, "s", "goal_100k_over_rate_plus_1_s", goal);
+    Ok(())
+}
 
+/// The FIFO path's cost of priorities: rounds alternating the two drains.
+fn priority(dir: &Path) -> anyhow::Result<()> {
     let (mut prio, mut fifo) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        prio.push(drain_rate(dir.path(), "prio", "", PRIORITY_CLAIM)?);
-        fifo.push(drain_rate(dir.path(), "fifo", FIFO_INDEX, FIFO_CLAIM)?);
+        prio.push(drain_rate(dir, "prio", "", PRIORITY_CLAIM)?);
+        fifo.push(drain_rate(dir, "fifo", FIFO_INDEX, FIFO_CLAIM)?);
         eprintln!(
             "bench: default-priority drain round {round}: {:.0}/s, FIFO-only {:.0}/s",
             prio[round], fifo[round]

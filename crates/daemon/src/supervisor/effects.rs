@@ -11,6 +11,7 @@ use super::process::Process;
 use super::reload::keep_restart_settings;
 use super::shell::Shell;
 use super::snapshot::{Observed, snapshot};
+use super::stamp;
 use super::strays;
 use crate::config::Config;
 use crate::control::Response;
@@ -23,19 +24,21 @@ impl Shell {
     pub(super) fn perform(&mut self, action: Action) -> Option<Event> {
         let registry = self.poll.registry();
         match action {
-            Action::Claim { task, max } => match self.queue.claim(&task, max) {
-                Ok(jobs) => {
-                    if let Some(h) = &mut self.http {
-                        h.on_claimed(&task, &jobs);
+            Action::Claim { task, max } => {
+                match stamp::timed("claim", || self.queue.claim(&task, max)) {
+                    Ok(jobs) => {
+                        if let Some(h) = &mut self.http {
+                            h.on_claimed(&task, &jobs);
+                        }
+                        return Some(Event::Claimed { task, max, jobs });
                     }
-                    return Some(Event::Claimed { task, max, jobs });
+                    Err(e) => {
+                        tracing::error!(%task, error = %Report(&e), "unable to claim jobs");
+                        return Some(Event::ClaimFailed { task });
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(%task, error = %Report(&e), "unable to claim jobs");
-                    return Some(Event::ClaimFailed { task });
-                }
-            },
-            Action::Spawn { worker } => return Some(self.spawn(worker)),
+            }
+            Action::Spawn { worker } => return Some(stamp::timed("spawn", || self.spawn(worker))),
             Action::SendJob { worker, job } => {
                 let (Some(p), Some(w)) =
                     (self.processes.get_mut(&worker), self.state.workers.get(&worker))

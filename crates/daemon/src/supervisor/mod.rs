@@ -30,6 +30,7 @@ mod requests;
 mod schedule;
 mod shell;
 mod snapshot;
+mod stamp;
 mod state;
 mod strays;
 #[cfg(test)]

@@ -14,6 +14,7 @@ use super::event::{Action, Event, WorkerId};
 use super::process::{
     KIND_BITS, KIND_CONN, KIND_PIDFD, KIND_STDERR, KIND_STDIN, KIND_STDOUT, Process, token,
 };
+use super::stamp;
 use super::state::{Phase, State};
 use super::{RunOptions, orphans, strays};
 use crate::config::Config;
@@ -149,10 +150,16 @@ impl Shell {
     pub(super) fn run_loop(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.next_deadline().map(|d| Deadline::at(d).remaining());
+            let deadline = self.next_deadline();
+            let timeout = deadline.map(|d| Deadline::at(d).remaining());
             tracing::trace!(?timeout, due = ?self.state.queue_due, "waiting");
             procyard_core::event::poll(&mut self.poll, &mut events, timeout)
                 .map_err(os("wait for events"))?;
+            if events.is_empty()
+                && let Some(d) = deadline
+            {
+                stamp::woke(d);
+            }
             // The jobs sent to workers during this batch of events go out in one write per
             // worker once it is handled (not one per job).
             self.stdin_later = Some(Vec::new());

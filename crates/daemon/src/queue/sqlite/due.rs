@@ -2,7 +2,7 @@
 //! earliest retry falling due, a look every [`DUE_CHECK_EVERY`] in case a publisher's poke was
 //! lost, and the next attempt after a failed write.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{OptionalExtension, params};
 
@@ -28,6 +28,14 @@ fn wake_at(
     }
 }
 
+/// The instant the wall clock reads `ms` (since the epoch), to the microsecond: a job due at
+/// `ms` is claimable from then on (`not_before <= now_ms()`), so the loop wakes no later than
+/// that (a whole millisecond of rounding up was most of a due job's lateness). Now, if past.
+fn instant_at_ms(ms: i64) -> Instant {
+    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+}
+
 impl SqliteQueue {
     /// When the earliest delayed job (a retry) becomes available; cached until something
     /// that could change it (a retry written, a poke, a requeue).
@@ -50,7 +58,7 @@ impl SqliteQueue {
                 due
             }
         };
-        Ok(due.map(|due| Instant::now() + Duration::from_millis((due - now).max(0) as u64 + 1)))
+        Ok(due.map(instant_at_ms))
     }
 
     /// [`QueueBackend::next_due`](crate::queue::QueueBackend::next_due) for this queue.

@@ -111,6 +111,8 @@ pub struct SqliteQueue {
     book: crate::queue::periodic::Book,
     /// Daemon: each task's limits on starts.
     gate: crate::limits::Gate,
+    /// SQLite VM steps of the claims made so far ([`SqliteQueue::claim_steps`]).
+    claim_steps: u64,
     /// Daemon: the thread that checkpoints the write-ahead log, off the loop (`None`: the
     /// loop's connection checkpoints, as SQLite does by default).
     _checkpointer: Option<checkpoint::Checkpointer>,
@@ -181,6 +183,7 @@ impl SqliteQueue {
             prune: retention::PruneClock::new(Instant::now()),
             book: crate::queue::periodic::Book::default(),
             gate: crate::limits::Gate::default(),
+            claim_steps: 0,
             _checkpointer: checkpointer,
         })
     }
