@@ -64,6 +64,8 @@ impl SqliteQueue {
         let now = Instant::now();
         if self.next_check <= now {
             self.next_check = now + DUE_CHECK_EVERY;
+            // A publisher's poke may have been lost: read the delayed jobs again.
+            self.forget_due();
         }
         let trouble = self.trouble.as_ref().map(|t| t.retry_at);
         // The periodic look also takes the next pruning step.
