@@ -29,6 +29,13 @@ fn wake_at(
 }
 
 impl SqliteQueue {
+    /// Forgets what was read of delayed jobs (a retry written, a poke, a requeue, the
+    /// periodic look): the next look reads the file again.
+    pub(super) fn forget_due(&mut self) {
+        self.due_cache = None;
+        self.delayed_cache = None;
+    }
+
     /// When the earliest delayed job (a retry) becomes available; cached until something
     /// that could change it (a retry written, a poke, a requeue).
     pub(super) fn retry_due(&mut self) -> Result<Option<Instant>> {

@@ -199,13 +199,6 @@ impl SqliteQueue {
         &self.path
     }
 
-    /// Forgets what was read of delayed jobs (a retry written, a poke, a requeue): the next
-    /// look reads the file again.
-    fn forget_due(&mut self) {
-        self.due_cache = None;
-        self.delayed_cache = None;
-    }
-
     /// Whether done jobs keep their rows (a retention of zero keeps no history).
     fn keeps_history(&self) -> bool {
         !self.retention.keep_done.is_zero()
