@@ -68,7 +68,7 @@ impl SqliteQueue {
             }
         }
         tx.commit().map_err(e)?;
-        self.due_cache = None;
+        self.forget_due();
         Ok(n)
     }
 }

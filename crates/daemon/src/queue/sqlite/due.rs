@@ -37,6 +37,13 @@ fn instant_at_ms(ms: i64) -> Instant {
 }
 
 impl SqliteQueue {
+    /// Forgets what was read of delayed jobs (a retry written, a poke, a requeue, the
+    /// periodic look): the next look reads the file again.
+    pub(super) fn forget_due(&mut self) {
+        self.due_cache = None;
+        self.delayed_cache = None;
+    }
+
     /// When the earliest delayed job (a retry) becomes available; cached until something
     /// that could change it (a retry written, a poke, a requeue).
     pub(super) fn retry_due(&mut self) -> Result<Option<Instant>> {
@@ -72,6 +79,8 @@ impl SqliteQueue {
         let now = Instant::now();
         if self.next_check <= now {
             self.next_check = now + DUE_CHECK_EVERY;
+            // A publisher's poke may have been lost: read the delayed jobs again.
+            self.forget_due();
         }
         let trouble = self.trouble.as_ref().map(|t| t.retry_at);
         // The periodic look also takes the next pruning step.

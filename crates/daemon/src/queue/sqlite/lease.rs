@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::params;
+use rusqlite::{Transaction, params};
 
 use super::outcomes::write_outcomes;
 use super::schema::{STATE_LEASED, STATE_READY};
@@ -67,15 +67,11 @@ impl SqliteQueue {
         holders::write(&tx, &self.holders).map_err(e)?;
         self.attempts.write(&tx, &self.pending, keep_history).map_err(e)?;
         let retried = write_outcomes(&tx, &self.pending, keep_history).map_err(e)?;
-        let now = now_ms();
-        // Jobs whose delay (or retry backoff) is over join the claim order (`jobs_next`): a
-        // range of `jobs_active`, empty (one probe) when nothing fell due.
-        let mut steps = tx
-            .prepare_cached(
-                "UPDATE jobs SET not_before = 0 WHERE state = 0 AND not_before > 0 AND not_before <= ?1",
-            )
-            .and_then(|mut st| st.execute(params![now]).map(|_| vm_steps(&st)))
-            .map_err(e)?;
+        // Jobs whose delay (or retry backoff) is over join the claim order (`jobs_next`), when
+        // one may be due: most claims find none and skip the statement, which (it changes the
+        // index it walks) builds a temporary table each time it runs.
+        let mut steps = 0;
+        let delayed = promote_due(&tx, self.delayed_cache, now_ms(), &mut steps).map_err(e)?;
         let mut ranked = Vec::new();
         let mut keys = Vec::new();
         if let Some(keyed) = &keyed {
@@ -86,40 +82,16 @@ impl SqliteQueue {
                 ranked.push((std::cmp::Reverse(priority), job));
             }
         } else {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2,
-                         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL,
-                         worker_boot = NULL, worker_started_ms = NULL
-                     WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_next
-                                   WHERE task = ?3 AND state = 0 AND not_before = 0
-                                   ORDER BY priority DESC, seq LIMIT ?4)
-                     RETURNING seq, id, routing_key, payload, attempts, priority",
-                )
-                .map_err(e)?;
-            let mut rows =
-                stmt.query(params![STATE_LEASED, self.owner, task, max as i64]).map_err(e)?;
-            while let Some(row) = rows.next().map_err(e)? {
-                let priority = std::cmp::Reverse(row.get::<_, i64>(5).map_err(e)?);
-                ranked.push((
-                    priority,
-                    Job {
-                        id: row.get(1).map_err(e)?,
-                        task: task.to_owned(),
-                        routing_key: row.get(2).map_err(e)?,
-                        payload: row.get(3).map_err(e)?,
-                        attempt: u32::try_from(row.get::<_, i64>(4).map_err(e)?)
-                            .unwrap_or(u32::MAX),
-                        receipt: Receipt(row.get::<_, i64>(0).map_err(e)? as u64),
-                    },
-                ));
+            for (priority, job) in lease_next(&tx, task, max, &self.owner, &mut steps).map_err(e)? {
+                ranked.push((std::cmp::Reverse(priority), job));
             }
-            drop(rows);
-            steps += vm_steps(&stmt);
         }
         tx.commit().map_err(e)?;
         self.claim_steps += steps;
         self.written(retried);
+        if !retried {
+            self.delayed_cache = Some(delayed);
+        }
         if keyed.is_none() {
             keys = ranked.iter().map(|(_, j)| (j.receipt.0, None)).collect();
         }
@@ -148,7 +120,7 @@ impl SqliteQueue {
                 params![STATE_READY, owner, keep],
             )
             .map_err(|e| Error::queue("recover jobs in", &self.path, e))?;
-        self.due_cache = None;
+        self.forget_due();
         Ok(n as u64)
     }
 
@@ -173,6 +145,87 @@ impl SqliteQueue {
         }
         Ok(n)
     }
+}
+
+/// Moves the delayed rows that fell due into the claim order (`not_before = 0`), unless
+/// `known` (the earliest `not_before` of a delayed row, as last read) says none is due;
+/// returns the earliest `not_before` left.
+fn promote_due(
+    tx: &Transaction<'_>,
+    known: Option<Option<i64>>,
+    now: i64,
+    steps: &mut u64,
+) -> rusqlite::Result<Option<i64>> {
+    if let Some(earliest) = known
+        && earliest.is_none_or(|t| t > now)
+    {
+        return Ok(earliest);
+    }
+    let earliest = |tx: &Transaction<'_>, steps: &mut u64| {
+        let mut st = tx.prepare_cached(
+            "SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > 0",
+        )?;
+        let t = st.query_row([], |r| r.get::<_, Option<i64>>(0))?;
+        *steps += vm_steps(&st);
+        Ok::<_, rusqlite::Error>(t)
+    };
+    if earliest(tx, steps)?.is_some_and(|t| t <= now) {
+        let mut st = tx.prepare_cached(
+            "UPDATE jobs SET not_before = 0 WHERE state = 0 AND not_before > 0 AND not_before <= ?1",
+        )?;
+        st.execute(params![now])?;
+        *steps += vm_steps(&st);
+    }
+    earliest(tx, steps)
+}
+
+/// Leases up to `max` ready jobs of `task` in claim order (priority, then publish order) to
+/// `owner`: read first, then each row updated by its key (no `RETURNING` and no `IN` list,
+/// each of which builds a temporary table per statement); with each job its priority.
+fn lease_next(
+    tx: &Transaction<'_>,
+    task: &str,
+    max: usize,
+    owner: &str,
+    steps: &mut u64,
+) -> rusqlite::Result<Vec<(i64, Job)>> {
+    let mut picked = Vec::with_capacity(max.min(64));
+    {
+        let mut pick = tx.prepare_cached(
+            "SELECT seq, id, routing_key, payload, attempts, priority FROM jobs INDEXED BY jobs_next
+             WHERE task = ?1 AND state = 0 AND not_before = 0
+             ORDER BY priority DESC, seq LIMIT ?2",
+        )?;
+        let mut rows = pick.query(params![task, max as i64])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            picked.push((
+                row.get::<_, i64>(5)?,
+                Job {
+                    id: row.get(1)?,
+                    task: task.to_owned(),
+                    routing_key: row.get(2)?,
+                    payload: row.get(3)?,
+                    attempt: u32::try_from(row.get::<_, i64>(4)?.saturating_add(1))
+                        .unwrap_or(u32::MAX),
+                    receipt: Receipt(seq as u64),
+                },
+            ));
+        }
+        drop(rows);
+        *steps += vm_steps(&pick);
+    }
+    let mut lease = tx.prepare_cached(
+        "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2,
+             worker_pid = NULL, worker_start = NULL, worker_pgid = NULL,
+             worker_boot = NULL, worker_started_ms = NULL
+         WHERE seq = ?3",
+    )?;
+    for (_, job) in &picked {
+        lease.execute(params![STATE_LEASED, owner, job.receipt.0 as i64])?;
+    }
+    *steps += vm_steps(&lease);
+    Ok(picked)
 }
 
 #[cfg(test)]
@@ -233,6 +286,40 @@ mod tests {
         let (none, with) = (steps(0), steps(20_000));
         assert!(none > 0, "steps are counted");
         assert!(with * 10 <= none * 11, "{with} steps with 20,000 delayed jobs, {none} with none");
+    }
+
+    /// A claim skips moving delayed rows while none can be due, and still finds a delayed
+    /// job once it falls due: one published by a client (after the poke), and a retry.
+    #[test]
+    fn delayed_jobs_join_the_claim_order_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut daemon = bound(&path, OpenMode::Daemon);
+        assert!(daemon.claim("mail", 5).unwrap().is_empty());
+        assert_eq!(daemon.delayed_cache, Some(None), "known: nothing delayed");
+        let mut client = bound(&path, OpenMode::Client);
+        let delay = Duration::from_millis(30);
+        let options = crate::queue::PublishOptions {
+            not_before: Some(std::time::SystemTime::now() + delay),
+            ..Default::default()
+        };
+        client.publish_with("mail.a", &[b"later".to_vec()], &options).unwrap();
+        daemon.on_wake().unwrap(); // the client's poke
+        assert!(daemon.claim("mail", 5).unwrap().is_empty(), "not due yet");
+        assert!(matches!(daemon.delayed_cache, Some(Some(_))));
+        let due = daemon.next_due().unwrap().unwrap();
+        // A deadline, not an event: the job's time.
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        let jobs = daemon.claim("mail", 5).unwrap();
+        assert_eq!(jobs.len(), 1, "due: claimed");
+        assert_eq!((jobs[0].payload.as_slice(), jobs[0].attempt), (&b"later"[..], 1));
+        daemon.complete(&jobs[0], Outcome::Retry { delay, reason: "again".into() }).unwrap();
+        assert!(daemon.claim("mail", 5).unwrap().is_empty(), "the retry waits");
+        let due = daemon.next_due().unwrap().unwrap();
+        // A deadline, not an event: the job's time.
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        let again = daemon.claim("mail", 5).unwrap();
+        assert_eq!((again.len(), again[0].attempt), (1, 2), "the retry is claimed when due");
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub struct SqliteQueue {
     pending: Vec<PendingOutcome>,
     /// The earliest `not_before` of a delayed job, once read (`Some(None)`: there is none).
     due_cache: Option<Option<i64>>,
+    /// The earliest `not_before` of any delayed row, due or not, once read (`Some(None)`:
+    /// there is none): a claim moves due rows into the claim order only when one may be due.
+    delayed_cache: Option<Option<i64>>,
     recovered: u64,
     /// Holders of jobs handed to workers, written with the next write transaction.
     holders: Vec<holders::Held>,
@@ -172,6 +175,7 @@ impl SqliteQueue {
             _lock: lock,
             pending: Vec::new(),
             due_cache: None,
+            delayed_cache: None,
             recovered: 0,
             holders: Vec::new(),
             identity,
@@ -249,7 +253,7 @@ impl QueueBackend for SqliteQueue {
             }
         }
         self.tasks = tasks.to_vec();
-        self.due_cache = None;
+        self.forget_due();
         Ok(())
     }
 
@@ -258,7 +262,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn on_wake(&mut self) -> Result<()> {
-        self.due_cache = None;
+        self.forget_due();
         self.book.invalidate();
         // A poke may come from a publisher that wrote to a new file at the path.
         self.check_served(true)

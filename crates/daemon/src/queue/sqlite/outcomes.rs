@@ -128,7 +128,7 @@ impl SqliteQueue {
         self.holders.clear();
         self.attempts.clear();
         if retried {
-            self.due_cache = None;
+            self.forget_due();
         }
     }
 }

@@ -67,6 +67,10 @@ impl SqliteQueue {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
         let out = insert_rows(&tx, &targets, routing_key, payloads, options).map_err(e)?;
         tx.commit().map_err(e)?;
+        if options.not_before_ms() > now_ms() {
+            // A delayed job of this connection's own: the next claim looks for it.
+            self.forget_due();
+        }
         Ok(out)
     }
 }

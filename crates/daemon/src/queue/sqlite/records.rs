@@ -186,7 +186,7 @@ impl SqliteQueue {
                 params![STATE_CANCELLED, now_ms(), id, STATE_READY],
             )
             .map_err(|e| Error::queue("cancel a job in", &self.path, e))?;
-        self.due_cache = None;
+        self.forget_due();
         Ok(n > 0)
     }
 }

@@ -328,6 +328,8 @@ mod tests {
              AND not_before <= ?1",
         );
         assert!(promote.contains("jobs_active"), "{promote}");
+        let delayed = plan("SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > 0");
+        assert!(delayed.contains("jobs_active"), "{delayed}");
         for depth in [
             "SELECT task, COUNT(*) FROM jobs WHERE state = 0 GROUP BY task",
             "SELECT task, COUNT(*) FROM jobs WHERE state = 1 GROUP BY task",
