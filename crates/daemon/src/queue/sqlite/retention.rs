@@ -1,11 +1,8 @@
 //! Retention: done and cancelled jobs are deleted once older than `keep_done`, and the oldest
-//! beyond `keep_done_max`, by the daemon in steps (one short write transaction each, through
-//! the partial index on `finished_ms`), so pruning a million rows never holds the write lock
-//! long enough to delay a claim. A step takes at most [`BATCH`] rows, fewer when steps run
-//! long: the batch halves (down to [`MIN_BATCH`]) after a step that took more than
-//! [`STEP_BUDGET`] and grows back after quick ones, so on a loaded machine a claim or a
-//! publisher waits for the lock a few milliseconds at most. A full step schedules the next one
-//! soon; otherwise the next look is [`PRUNE_EVERY`] later.
+//! beyond `keep_done_max`, by the daemon in steps of at most [`BATCH`] rows (one short write
+//! transaction each, through the partial index on `finished_ms`), so pruning a million rows
+//! never holds the write lock long enough to delay a claim. A full step schedules the next
+//! one soon; otherwise the next look is [`PRUNE_EVERY`] later.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +15,7 @@ use crate::queue::Retention;
 
 /// How often the daemon looks for expired jobs.
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(1);
-/// The next step after one that found a full batch of [`BATCH`] rows (sooner after a smaller
-/// batch, in proportion, so a smaller batch does not slow pruning down as much).
+/// The next step after one that found a full batch.
 const PRUNE_AGAIN: Duration = Duration::from_millis(20);
 /// How often the count-based cutoff (`keep_done_max`) is read again: it walks that many
 /// index entries, so not on every step.
@@ -27,10 +23,6 @@ const COUNT_EVERY: Duration = Duration::from_secs(30);
 /// Index entries walked per step when reading the count-based cutoff: a few milliseconds,
 /// so a large `keep_done_max` (or history) never stalls the daemon's loop in one go.
 const WALK_CHUNK: u64 = 20_000;
-/// The longest a pruning step should hold the write lock.
-const STEP_BUDGET: Duration = Duration::from_millis(4);
-/// The fewest rows a step deletes (when every step runs over [`STEP_BUDGET`]).
-const MIN_BATCH: i64 = 25;
 
 /// When the next pruning step is due, and the last count-based cutoff.
 #[derive(Debug)]
@@ -43,20 +35,11 @@ pub(crate) struct PruneClock {
     /// A read of the count-based cutoff under way, newest first: the last entry walked and
     /// the position (from the newest) of the entry after it.
     walk: Option<(Option<(i64, i64)>, u64)>,
-    /// Rows the next step deletes at most: [`MIN_BATCH`] to [`BATCH`], by how long the
-    /// last steps took.
-    batch: i64,
 }
 
 impl PruneClock {
     pub(crate) fn new(now: Instant) -> PruneClock {
-        PruneClock {
-            next: now + PRUNE_EVERY,
-            count_read: None,
-            count_cutoff: None,
-            walk: None,
-            batch: BATCH,
-        }
+        PruneClock { next: now + PRUNE_EVERY, count_read: None, count_cutoff: None, walk: None }
     }
 
     pub(crate) fn due(&self, now: Instant) -> bool {
@@ -72,20 +55,12 @@ impl PruneClock {
     /// One pruning step of `history` (errors are logged: pruning is retried at the next
     /// step).
     pub(crate) fn step(&mut self, history: &mut History<'_>, retention: &Retention, now: Instant) {
-        let batch = self.batch;
-        let started = Instant::now();
         match self.prune_once(history, retention, now) {
             Ok(n) => {
-                let took = started.elapsed();
-                let full = n as i64 >= batch;
-                self.next = now + if full { again(batch) } else { PRUNE_EVERY };
-                self.batch = next_batch(batch, full, took);
+                let full = n as i64 >= BATCH;
+                self.next = now + if full { PRUNE_AGAIN } else { PRUNE_EVERY };
                 if n > 0 {
-                    tracing::debug!(
-                        jobs = n,
-                        took_us = took.as_micros() as u64,
-                        "pruned ended jobs past their retention"
-                    );
+                    tracing::debug!(jobs = n, "pruned ended jobs past their retention");
                 }
             }
             Err(e) => {
@@ -146,31 +121,14 @@ impl PruneClock {
             "SELECT seq FROM jobs WHERE state IN (2, 4)
                AND (finished_ms <= ?1 OR (finished_ms, seq) <= (?2, ?3))
              ORDER BY finished_ms, seq LIMIT ?4",
-            params![by_age, count_ms, count_seq, self.batch],
+            params![by_age, count_ms, count_seq, BATCH],
         )?;
-        if n < self.batch as usize && self.walk.is_none() {
+        if n < BATCH as usize && self.walk.is_none() {
             // Everything up to the count cutoff is gone: read it again next time.
             self.count_read = None;
         }
         Ok(n)
     }
-}
-
-/// The batch after a step of `batch` rows that took `took` (`full`: it found that many): half
-/// after a slow step, a quarter more after a quick full one, within [`MIN_BATCH`]..=[`BATCH`].
-fn next_batch(batch: i64, full: bool, took: Duration) -> i64 {
-    if took > STEP_BUDGET {
-        (batch / 2).max(MIN_BATCH)
-    } else if full && took < STEP_BUDGET / 2 {
-        (batch + batch / 4 + 1).min(BATCH)
-    } else {
-        batch
-    }
-}
-
-/// The pause after a full step of `batch` rows.
-fn again(batch: i64) -> Duration {
-    (PRUNE_AGAIN * batch.clamp(MIN_BATCH, BATCH) as u32 / BATCH as u32).max(PRUNE_AGAIN / 10)
 }
 
 impl SqliteQueue {
@@ -256,15 +214,10 @@ mod tests {
         q.prune_step();
         assert!(q.prune.walk.is_some(), "the walk goes on at the next step");
         assert_eq!(count(&q), max + 1200, "nothing deleted before the cutoff is known");
-        let mut steps = 0;
-        while count(&q) > max {
-            steps += 1;
-            assert!(steps < 1000, "pruning ends");
+        for _ in 0..10 {
             q.prune.next = Instant::now();
             q.prune_step();
         }
-        q.prune.next = Instant::now();
-        q.prune_step();
         assert_eq!(count(&q), max, "the newest keep_done_max stay");
         let oldest: i64 = q.conn.query_row("SELECT MIN(seq) FROM jobs", [], |r| r.get(0)).unwrap();
         assert_eq!(oldest, 1201, "the oldest went");
@@ -313,33 +266,13 @@ mod tests {
             procyard_core::testkit::wait_for("a publish", Duration::from_secs(30), || {
                 published.load(std::sync::atomic::Ordering::Relaxed) > seen
             });
-            let batch = q.prune.batch;
             q.prune_step();
             let now = expired(&q);
-            assert_eq!(left - now, batch, "step {step} deleted a full batch");
+            assert_eq!(left - now, BATCH, "step {step} deleted a full batch");
             left = now;
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         publisher.join().unwrap();
-    }
-
-    /// The batch halves after a slow step (never below [`MIN_BATCH`]), grows back after quick
-    /// full ones (never above [`BATCH`]), and the pause after a full step shrinks with it.
-    #[test]
-    fn batch_follows_the_step_time() {
-        let slow = STEP_BUDGET * 2;
-        let quick = STEP_BUDGET / 4;
-        assert_eq!(next_batch(BATCH, true, slow), BATCH / 2);
-        assert_eq!(next_batch(MIN_BATCH, true, slow), MIN_BATCH);
-        assert_eq!(next_batch(BATCH, true, quick), BATCH);
-        assert_eq!(next_batch(100, false, quick), 100, "a partial step says nothing");
-        let mut batch = MIN_BATCH;
-        for _ in 0..100 {
-            batch = next_batch(batch, true, quick);
-        }
-        assert_eq!(batch, BATCH);
-        assert_eq!(again(BATCH), PRUNE_AGAIN);
-        assert!(again(BATCH / 2) < PRUNE_AGAIN && again(MIN_BATCH) >= PRUNE_AGAIN / 10);
     }
 
     /// Jobs older than `keep_done` go.

@@ -7,6 +7,7 @@
 //! (with its bounded output), and the count of jobs done per task in `stats`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
@@ -174,7 +175,7 @@ pub(crate) fn connect_with(
 ) -> Result<Connection> {
     let q = |action, e| Error::queue(action, path, e);
     let mut conn = Connection::open(path).map_err(|e| q("open", e))?;
-    super::busy::wait_for_locks(&mut conn).map_err(|e| q("configure", e))?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| q("configure", e))?;
     // Plans stay as prepared: otherwise a new `LIMIT` value re-prepares the claim.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(|e| q("configure", e))?;
