@@ -17,6 +17,9 @@
 //! a bare loop of the same frames and against huey, a 1,000,000-job backlog, oneshot
 //! publish→done latency.
 //!
+//! `PROCYARD_BENCH_ROUNDS=N` runs the history on/off pairs N times, alternating their order,
+//! and prints the median and spread of the ratios (`ROUNDS` lines).
+//!
 //! For profiling: `PROCYARD_BENCH_ONLY=longlived` (a comma-separated list of `oneshot`,
 //! `longlived`, `latency`, `drain`, `huey`, `backlog`, `oneshot_latency`, `rss`, `stop`,
 //! `history`, `http`, `sched`) runs only those parts.
@@ -65,17 +68,22 @@ fn main() -> anyhow::Result<()> {
     let only = std::env::var("PROCYARD_BENCH_ONLY").ok();
     let part = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p == name));
 
+    // History on against off: `PROCYARD_BENCH_ROUNDS` rounds (default 1), the order of the
+    // two swapped every round (the first of a pair ran slower on a loaded machine); the
+    // median of the rounds' ratios and their spread.
+    let rounds: usize =
+        std::env::var("PROCYARD_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
     if part("oneshot") {
         let raw = raw_spawn_rate(2000)?;
-        let off = oneshot_rate(&daemon_bin, 2000, NO_HISTORY)?;
-        let oneshot = oneshot_rate(&daemon_bin, 2000, "")?;
+        let (oneshot, off, spread) = on_off(rounds, |keep| oneshot_rate(&daemon_bin, 2000, keep))?;
         bench("oneshot_jobs_per_s", oneshot, "jobs/s", "raw_spawn_wait_per_s", raw);
         bench("oneshot_history_on_per_s", oneshot, "jobs/s", "oneshot_keep_done_0s_per_s", off);
+        println!("ROUNDS\toneshot_history_on_vs_off\t{rounds}\t{spread}");
     }
 
     if part("longlived") {
-        let off = longlived_rate(&daemon_bin, &me, 20_000, NO_HISTORY)?;
-        let longlived = longlived_rate(&daemon_bin, &me, 20_000, "")?;
+        let (longlived, off, spread) =
+            on_off(rounds, |keep| longlived_rate(&daemon_bin, &me, 20_000, keep))?;
         bench("longlived_jobs_per_s", longlived, "jobs/s", "goal_jobs_per_s", 5000.0);
         bench(
             "longlived_history_on_per_s",
@@ -84,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             "longlived_keep_done_0s_per_s",
             off,
         );
+        println!("ROUNDS\tlonglived_history_on_vs_off\t{rounds}\t{spread}");
     }
 
     if part("latency") {
@@ -137,6 +146,53 @@ fn bench(metric: &str, value: f64, unit: &str, baseline: &str, baseline_value: f
     let ratio =
         if baseline_value > 0.0 { format!("{:.3}", value / baseline_value) } else { "-".into() };
     println!("BENCH\t{metric}\t{value:.1}\t{unit}\t{baseline}\t{baseline_value:.1}\t{ratio}");
+}
+
+/// `rounds` rounds of `rate` (jobs/s, daemon CPU µs per job) with history on (`""`) and off
+/// ([`NO_HISTORY`]), alternating which goes first: the median rates (on, off), and as text
+/// the rounds' rate ratios (sorted) and the median CPU per job of each.
+fn on_off(
+    rounds: usize,
+    mut rate: impl FnMut(&str) -> anyhow::Result<(f64, f64)>,
+) -> anyhow::Result<(f64, f64, String)> {
+    let (mut on, mut off, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_on, mut cpu_off) = (Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        let (a, b) = if round % 2 == 0 {
+            let b = rate(NO_HISTORY)?;
+            (rate("")?, b)
+        } else {
+            let a = rate("")?;
+            (a, rate(NO_HISTORY)?)
+        };
+        on.push(a.0);
+        off.push(b.0);
+        cpu_on.push(a.1);
+        cpu_off.push(b.1);
+        ratios.push(a.0 / b.0);
+    }
+    let text = ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" ");
+    let mid = median(&mut ratios);
+    let (con, coff) = (median(&mut cpu_on), median(&mut cpu_off));
+    Ok((
+        median(&mut on),
+        median(&mut off),
+        format!(
+            "ratios(in round order) {text} median {mid:.3}; daemon cpu us/job on {con:.1} off {coff:.1} ({:.3}x)",
+            con / coff
+        ),
+    ))
+}
+
+/// CPU time (user + system) of process `pid` so far, in µs.
+fn cpu_us(pid: i32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
+    Ok((ticks(11) + ticks(12)) * 1e6 / 100.0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -331,7 +387,7 @@ fn longlived_task(me: &Path, min: usize, max: usize, notify: Option<&Path>) -> S
     )
 }
 
-fn oneshot_rate(bin: &Path, n: usize, daemon: &str) -> anyhow::Result<f64> {
+fn oneshot_rate(bin: &Path, n: usize, daemon: &str) -> anyhow::Result<(f64, f64)> {
     let mut run = Run::with(
         daemon,
         "[[task]]\nname = \"t\"\nrouting_keys = [\"t\"]\ncommand = [\"true\"]\nmax_workers = 8\n",
@@ -346,11 +402,12 @@ fn oneshot_rate(bin: &Path, n: usize, daemon: &str) -> anyhow::Result<f64> {
     run.start(bin)?;
     run.wait_done("t", n as u64, Duration::from_secs(60))?;
     let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let cpu = cpu_us(run.pid())? / n as f64;
     run.stop()?;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
-fn longlived_rate(bin: &Path, me: &Path, n: usize, daemon: &str) -> anyhow::Result<f64> {
+fn longlived_rate(bin: &Path, me: &Path, n: usize, daemon: &str) -> anyhow::Result<(f64, f64)> {
     let mut run = Run::with(daemon, &longlived_task(me, 2, 2, None))?;
     {
         let mut q = run.queue()?;
@@ -362,8 +419,9 @@ fn longlived_rate(bin: &Path, me: &Path, n: usize, daemon: &str) -> anyhow::Resu
     run.start(bin)?;
     run.wait_done("echo", n as u64, Duration::from_secs(60))?;
     let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let cpu = cpu_us(run.pid())? / n as f64;
     run.stop()?;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 fn latency(bin: &Path, me: &Path, n: usize) -> anyhow::Result<(f64, f64)> {
