@@ -25,6 +25,12 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The longest wait for an end notification while one may have been missed.
 const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The longest wait for an end notification once settled: a write whose statement read the
+/// lock free and then waited (on a row lock, on a loaded server) longer than [`SETTLE`]
+/// before it committed is missed too, and a waiter must not hang on it; one look at its jobs
+/// every few seconds bounds that.
+const LOOK_AGAIN_SETTLED: std::time::Duration = std::time::Duration::from_secs(5);
+
 const COLUMNS: &str = "seq, id, task, routing_key, length(payload)::bigint, state, not_before,
     published_ms, finished_ms, attempts, last_error, now_ms()";
 
@@ -182,7 +188,7 @@ impl PgQueue {
     /// passes; the first call starts listening (and takes the waiters' lock, so daemons
     /// notify: `turn.rs`) and returns at once. Until the lock is held and for
     /// [`SETTLE`] after, a write may have missed it: waits are at most [`LOOK_AGAIN`], so
-    /// the caller looks at its jobs again.
+    /// the caller looks at its jobs again; after, at most [`LOOK_AGAIN_SETTLED`].
     pub(super) fn wait_for_ends(&mut self, timeout: std::time::Duration) -> Result<()> {
         let channel = self.target.ended_channel();
         let space = self.target.lock_space();
@@ -196,7 +202,7 @@ impl PgQueue {
             self.take_waiter_lock(space);
         }
         let settled = self.listening_ends.flatten().is_some_and(|t| t.elapsed() >= SETTLE);
-        let timeout = if settled { timeout } else { timeout.min(LOOK_AGAIN) };
+        let timeout = timeout.min(if settled { LOOK_AGAIN_SETTLED } else { LOOK_AGAIN });
         self.with("wait for job ends on", |c| {
             use postgres::fallible_iterator::FallibleIterator;
             let mut notes = c.notifications();
