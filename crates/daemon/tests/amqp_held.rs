@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use procyard_daemon::queue::{self, AmqpQueueType, BackendKind, OpenMode, QueueConfig};
+use procyard_daemon::queue::{
+    self, AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding,
+};
 use procyard_daemon::worker::{Outcome, serve_cancellable_on};
 
 /// Workers of the longlived task, and jobs sent ahead to each (the default, said explicitly).
@@ -106,7 +108,8 @@ impl Cluster {
         wait_consumers(&self.url, &queue, n, Duration::from_secs(60));
     }
 
-    /// Publishes `job0` … `job<n-1>` to `work.job` through the library's client.
+    /// Declares the task's queue (as a client does) and publishes `job0` … `job<n-1>` to
+    /// `work.job` through the library's client.
     fn publish(&self, n: usize) {
         let config = QueueConfig {
             backend: BackendKind::Amqp,
@@ -120,6 +123,12 @@ impl Cluster {
             durability: Default::default(),
         };
         let mut client = queue::open(&config, OpenMode::Client).expect("client");
+        let binding = TaskBinding {
+            name: "work".into(),
+            routing_keys: vec!["work.#".into()],
+            max_attempts: 3,
+        };
+        client.bind(&[binding]).expect("bind");
         for i in 0..n {
             client.publish("work.job", format!("job{i}").as_bytes()).expect("publish");
         }
@@ -262,18 +271,19 @@ fn amqp_held_sigkilled_daemon_with_prefetch_loses_nothing_and_reruns_at_most_wha
     };
     const JOBS: usize = 2_000;
     let mut cluster = Cluster::new(&url);
+    // A backlog first, so that each daemon holds all it may while it drains.
+    cluster.publish(JOBS);
     for i in 0..2 {
         let task = longlived_task(&cluster.out(i));
         cluster.start(i, &task);
     }
-    cluster.wait_consumers(2);
-    cluster.publish(JOBS);
-    // Mid-drain (jobs still ready in the queue), with jobs sent ahead to the victim's workers
-    // (more in flight than it has workers).
+    // Mid-drain (the victim has run 100 jobs), with jobs sent ahead to its workers (more in
+    // flight than it has workers).
+    cluster.wait_runs("daemon 0 ran 100 jobs", |runs| runs[0].len() >= 100);
     let deadline = Instant::now() + DEADLINE;
     let (in_flight, ready, workers) = loop {
         let (in_flight, ready, workers) = cluster.held(0);
-        if in_flight > MAX_WORKERS && ready > 0 {
+        if in_flight > MAX_WORKERS {
             break (in_flight, ready, workers);
         }
         assert!(Instant::now() < deadline, "daemon 0 never held a job sent ahead");
