@@ -3,7 +3,8 @@
 //! a daemon SIGKILLed while its longlived workers hold jobs sent ahead loses none of them, and
 //! the jobs run twice are at most what it held; a job left in the power-of-two ladder of
 //! earlier versions (`E.delay.bit<k>`, `E.delay.<2^k>ms`) on an upgraded broker still reaches
-//! its task's queue and runs on a daemon of today's code.
+//! its task's queue and runs on a daemon of today's code, beside a job delayed by today's
+//! ladder.
 //!
 //! Broker: `PROCYARD_AMQP_URL`, else `amqp://guest:guest@127.0.0.1:5672/%2f`; with no broker
 //! the tests print a skip notice and return, except under `CI=true`, where they fail.
@@ -189,6 +190,7 @@ impl Drop for Cluster {
         self.stop_all();
         let mut cleanup = broker::Cleanup::task(&self.url, &self.exchange, "work", &[50, 100, 200]);
         cleanup.queues.extend(old_ladder::queues(&self.exchange));
+        cleanup.ladder = true;
         drop(cleanup);
         old_ladder::delete_exchanges(&self.url, &self.exchange);
     }
@@ -348,12 +350,23 @@ fn amqp_held_job_in_old_power_of_two_ladder_runs_after_upgrade() {
     assert_eq!(old_ladder::depth(&url, &first), 1, "the job waits in {first}");
     // Today's daemon takes over; it neither declares nor deletes the old ladder.
     cluster.start(0, &oneshot);
-    let runs = cluster.wait_runs("the job from the old ladder ran", |runs| !runs[0].is_empty());
+    // Beside it, a job delayed by today's code, through the base-64 ladder to the same `E`.
+    let out = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
+        .args(["publish", "--delay", "1s", "work.new", "new-ladder-job", "--config"])
+        .arg(cluster.config(0))
+        .output()
+        .expect("run procyard-daemon publish");
+    assert!(out.status.success(), "publish: {}", String::from_utf8_lossy(&out.stderr));
+    let runs = cluster.wait_runs("the job from the old ladder ran", |runs| {
+        runs[0].iter().any(|p| p == "old-ladder-job")
+    });
     let waited = published.elapsed();
-    assert_eq!(runs[0], ["old-ladder-job"]);
     assert!(waited >= Duration::from_millis(5_000), "ran after {waited:?}, before its delay");
+    cluster.wait_runs("the job from the new ladder ran", |runs| runs[0].len() >= 2);
     cluster.stop_all();
-    assert_eq!(read_lines(&cluster.out(0)), ["old-ladder-job"], "it ran once");
+    let mut ran = read_lines(&cluster.out(0));
+    ran.sort();
+    assert_eq!(ran, ["new-ladder-job", "old-ladder-job"], "each ran once (first: {runs:?})");
     // The old queue is still there (today's code does not delete it), and empty.
     assert_eq!(old_ladder::depth(&url, &first), 0, "{first} after the job left it");
 }
