@@ -1,4 +1,4 @@
-//! The broker the AMQP tests talk to, shared by `amqp.rs` and `amqp_daemon.rs`.
+//! The broker the AMQP tests talk to, shared by the `amqp*.rs` test binaries.
 
 use std::time::Duration;
 
