@@ -398,8 +398,9 @@ fn publish_only(url: &str) -> anyhow::Result<()> {
             theirs.push(graphile(dir, url, "publish", PUBLISHES)?);
         }
         eprintln!(
-            "round {round}: publish loop jobs/s {:.0}, addJob {:.0?}",
+            "round {round}: publish loop jobs/s {:.0}, unique {:.0}, addJob {:.0?}",
             ours[round],
+            unique[round],
             theirs.last()
         );
     }
