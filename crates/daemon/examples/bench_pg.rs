@@ -18,6 +18,8 @@
 //! Run: `cargo build --release -p procyard-daemon && cargo run --release -p procyard-daemon
 //! --example bench_pg`. Needs PostgreSQL at `PROCYARD_PG_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); each run uses a schema of its own, dropped after.
+//! `PROCYARD_BENCH_ONLY=publish` runs the publish loops alone (plain, and with a unique key
+//! each) interleaved with graphile-worker's `addJob` loop, `BENCH_PG_ROUNDS` rounds (5).
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -175,6 +177,20 @@ fn publish_rate(config: &QueueConfig) -> anyhow::Result<f64> {
     let start = Instant::now();
     for i in 0..PUBLISHES {
         client.publish("noop", i.to_string().as_bytes())?;
+    }
+    Ok(PUBLISHES as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Jobs/s of single publishes with a unique key each (`publish --unique`) in a loop.
+fn publish_unique_rate(config: &QueueConfig) -> anyhow::Result<f64> {
+    let mut client = queue::open(config, OpenMode::Client)?;
+    client.bind(&[binding()])?;
+    let start = Instant::now();
+    for i in 0..PUBLISHES {
+        let options = queue::PublishOptions::new().unique(format!("k{i}"));
+        client
+            .publish_with("noop", &[i.to_string().into_bytes()], &options)
+            .map_err(|p| p.error)?;
     }
     Ok(PUBLISHES as f64 / start.elapsed().as_secs_f64())
 }
@@ -362,6 +378,47 @@ fn graphile(dir: &Path, url: &str, mode: &str, n: usize) -> anyhow::Result<f64> 
     rate.ok_or_else(|| anyhow::anyhow!("graphile-worker printed no rate: {text}"))
 }
 
+/// `PROCYARD_BENCH_ONLY=publish`: the publish loop alone, interleaved with graphile-worker's
+/// `addJob` loop (when installed) for `BENCH_PG_ROUNDS` rounds (default 5); each round's
+/// rates on stderr, the medians and the ratio of medians on stdout.
+fn publish_only(url: &str) -> anyhow::Result<()> {
+    let rounds = std::env::var("BENCH_PG_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let dir = graphile_dir();
+    let (mut ours, mut theirs, mut unique) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+        let rate = publish_rate(&pg_config(url, &schema));
+        drop_schema(url, &schema);
+        ours.push(rate?);
+        let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+        let rate = publish_unique_rate(&pg_config(url, &schema));
+        drop_schema(url, &schema);
+        unique.push(rate?);
+        if let Some(dir) = &dir {
+            theirs.push(graphile(dir, url, "publish", PUBLISHES)?);
+        }
+        eprintln!(
+            "round {round}: publish loop jobs/s {:.0}, unique {:.0}, addJob {:.0?}",
+            ours[round],
+            unique[round],
+            theirs.last()
+        );
+    }
+    eprintln!("publish loop jobs/s: ours {ours:.0?}, unique {unique:.0?}, addJob {theirs:.0?}");
+    let pg_pub = median(ours);
+    println!("BENCH\tpg_publish_unique_loop_jobs_per_s\t{:.0}\tjobs/s", median(unique));
+    if theirs.is_empty() {
+        println!("BENCH\tpg_publish_loop_jobs_per_s\t{pg_pub:.0}\tjobs/s");
+        return Ok(());
+    }
+    let add_job = median(theirs);
+    println!(
+        "BENCH\tpg_publish_loop_jobs_per_s\t{pg_pub:.0}\tjobs/s\tgraphile_worker_addjob_loop\t{add_job:.0}\t{:.2}",
+        pg_pub / add_job
+    );
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -375,6 +432,9 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let url = std::env::var("PROCYARD_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    if std::env::var("PROCYARD_BENCH_ONLY").is_ok_and(|o| o == "publish") {
+        return publish_only(&url);
+    }
     let bin = daemon_bin()?;
     let root = tempfile::tempdir()?;
     let (mut pg, mut sqlite) = (Vec::new(), Vec::new());

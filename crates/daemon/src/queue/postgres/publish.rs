@@ -12,6 +12,9 @@
 //!   (`--unique-for`); a publish that meets a key whose job has ended and whose window is
 //!   over takes the key off that job (under its row lock) and inserts again.
 
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, Statement};
+
 use super::{PgQueue, now_ms};
 use crate::queue::{Publication, PublishOptions, check_payload};
 use crate::{Error, Result, routing};
@@ -47,6 +50,21 @@ const HOLDER: &str =
 const FREE: &str = "UPDATE jobs SET unique_key = NULL
     WHERE seq = $1 AND unique_key = $2 AND state NOT IN (0, 1, 5)
       AND COALESCE(unique_until <= now_ms(), true)";
+
+/// Runs [`INSERT_UNIQUE`] (prepared as `stmt`) for job `id` of `task`, `rest` its other
+/// parameters in order: whether it inserted.
+fn try_insert(
+    c: &mut impl GenericClient,
+    stmt: &Statement,
+    id: &str,
+    task: &str,
+    rest: &[&(dyn ToSql + Sync); 8],
+) -> std::result::Result<bool, postgres::Error> {
+    let mut args: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(10);
+    args.extend([&id as &(dyn ToSql + Sync), &task]);
+    args.extend_from_slice(rest);
+    Ok(!c.query(stmt, &args)?.is_empty())
+}
 
 /// How often a unique publish inserts again after the key's job went away under it.
 const UNIQUE_TRIES: usize = 5;
@@ -84,56 +102,53 @@ impl PgQueue {
                     data.push(*p);
                 }
             }
-            self.with("publish to", |c| {
+            self.with_stmts("publish to", &[PUBLISH_WITH], |c, s| {
                 c.execute(
-                    PUBLISH_WITH,
+                    &s[0],
                     &[&key, &ids, &tasks, &data, &channel, &delay_ms, &priority, &headers],
                 )
             })?;
             return Ok(Publication { ids, existing: Vec::new() });
         };
         let hold_ms = unique.hold_for.map(super::claim::ms);
-        self.with("publish to", |c| {
+        self.with_stmts("publish to", &[INSERT_UNIQUE, HOLDER, FREE], |c, s| {
+            // One job for one task (the usual case): a first try on its own, one round trip;
+            // it changes nothing unless it inserts, and a held key goes the long way below.
+            if let ([p], [task]) = (payloads, targets.as_slice()) {
+                let id = uuid::Uuid::now_v7().to_string();
+                let rest: [&(dyn ToSql + Sync); 8] =
+                    [&key, p, &delay_ms, &priority, &headers, &unique.key, &hold_ms, &channel];
+                if try_insert(c, &s[0], &id, task, &rest)? {
+                    return Ok(Publication { ids: vec![id], existing: Vec::new() });
+                }
+            }
             let mut tx = c.transaction()?;
             let mut out = Publication::default();
             for p in payloads {
+                let rest: [&(dyn ToSql + Sync); 8] =
+                    [&key, p, &delay_ms, &priority, &headers, &unique.key, &hold_ms, &channel];
                 for task in &targets {
                     let mut placed = None;
                     for _ in 0..UNIQUE_TRIES {
                         let id = uuid::Uuid::now_v7().to_string();
-                        let inserted = tx.query(
-                            INSERT_UNIQUE,
-                            &[
-                                &id,
-                                task,
-                                &key,
-                                p,
-                                &delay_ms,
-                                &priority,
-                                &headers,
-                                &unique.key,
-                                &hold_ms,
-                                &channel,
-                            ],
-                        )?;
-                        if !inserted.is_empty() {
+                        if try_insert(&mut tx, &s[0], &id, task, &rest)? {
                             placed = Some((id, false));
                             break;
                         }
                         // Held, or its job ended: look (a fresh snapshot sees the holder).
-                        let Some(h) = tx.query_opt(HOLDER, &[task, &unique.key])? else {
+                        let Some(h) = tx.query_opt(&s[1], &[task, &unique.key])? else {
                             continue; // gone meanwhile (purged): insert again
                         };
                         if h.get::<_, bool>(2) {
                             placed = Some((h.get(1), true));
                             break;
                         }
-                        tx.execute(FREE, &[&h.get::<_, i64>(0), &unique.key])?;
+                        tx.execute(&s[2], &[&h.get::<_, i64>(0), &unique.key])?;
                     }
                     // Five rounds of the key changing hands under us: say the last holder.
                     let (id, existing) = match placed {
                         Some(p) => p,
-                        None => match tx.query_opt(HOLDER, &[task, &unique.key])? {
+                        None => match tx.query_opt(&s[1], &[task, &unique.key])? {
                             Some(h) => (h.get(1), true),
                             None => continue,
                         },
@@ -147,6 +162,27 @@ impl PgQueue {
             tx.commit()?;
             Ok(out)
         })
+    }
+
+    /// Runs `f` on the connection with `sqls` prepared (once per connection, so each is one
+    /// round trip and keeps its plan cache), noting the outcome like [`PgQueue::with`].
+    fn with_stmts<T>(
+        &mut self,
+        action: &'static str,
+        sqls: &[&'static str],
+        f: impl FnOnce(&mut Client, &[Statement]) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let result = match self.conn() {
+            Ok(c) => sqls
+                .iter()
+                .map(|sql| c.stmt(sql))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .and_then(|s| f(&mut c.client, &s))
+                .map_err(|e| self.target.err(action, e)),
+            Err(e) => Err(e),
+        };
+        self.note(&result);
+        result
     }
 
     /// The bound tasks whose patterns match `key`.
