@@ -19,10 +19,6 @@ use std::time::{Duration, Instant};
 mod broker;
 use broker::{broker_url, wait_consumers};
 
-use procyard_daemon::queue::{
-    self, AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding,
-};
-
 const MAX_WORKERS: usize = 4;
 /// How long a test may wait for its jobs. The work takes seconds (about 15 s for 2,000 jobs
 /// on a quiet 2-core machine); this holds on a machine several times slower, and a real hang
@@ -116,28 +112,7 @@ backoff_initial = "50ms"
     }
 
     fn publish(&self, n: usize) {
-        let config = QueueConfig {
-            backend: BackendKind::Amqp,
-            path: PathBuf::new(),
-            url: Some(self.url.clone()),
-            exchange: self.exchange.clone(),
-            queue_type: AmqpQueueType::Quorum,
-            events: true,
-            priorities: false,
-            schema: "procyard".into(),
-            durability: Default::default(),
-        };
-        let mut client = queue::open(&config, OpenMode::Client).expect("client");
-        let binding = TaskBinding {
-            name: "work".into(),
-            routing_keys: vec!["work.#".into()],
-            max_attempts: 3,
-        };
-        client.bind(&[binding]).expect("bind");
-        for i in 0..n {
-            client.publish("work.job", format!("job{i}").as_bytes()).expect("publish");
-        }
-        client.shutdown().expect("shutdown");
+        broker::publish_work(&self.url, &self.exchange, n);
     }
 
     /// Payloads each daemon ran (with repeats).

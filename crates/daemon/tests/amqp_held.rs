@@ -26,9 +26,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use procyard_daemon::queue::{
-    self, AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding,
-};
 use procyard_daemon::worker::{Outcome, serve_cancellable_on};
 
 /// Workers of the longlived task, and jobs sent ahead to each (the default, said explicitly).
@@ -112,28 +109,7 @@ impl Cluster {
     /// Declares the task's queue (as a client does) and publishes `job0` … `job<n-1>` to
     /// `work.job` through the library's client.
     fn publish(&self, n: usize) {
-        let config = QueueConfig {
-            backend: BackendKind::Amqp,
-            path: PathBuf::new(),
-            url: Some(self.url.clone()),
-            exchange: self.exchange.clone(),
-            queue_type: AmqpQueueType::Quorum,
-            events: true,
-            priorities: false,
-            schema: "procyard".into(),
-            durability: Default::default(),
-        };
-        let mut client = queue::open(&config, OpenMode::Client).expect("client");
-        let binding = TaskBinding {
-            name: "work".into(),
-            routing_keys: vec!["work.#".into()],
-            max_attempts: 3,
-        };
-        client.bind(&[binding]).expect("bind");
-        for i in 0..n {
-            client.publish("work.job", format!("job{i}").as_bytes()).expect("publish");
-        }
-        client.shutdown().expect("shutdown");
+        broker::publish_work(&self.url, &self.exchange, n);
     }
 
     /// Payloads each daemon ran (with repeats), complete lines only.

@@ -123,3 +123,32 @@ impl Drop for Cleanup {
         });
     }
 }
+
+/// Declares the task `work` (routing key `work.#`, 3 attempts) on quorum queues of `exchange`,
+/// as a client does, and publishes `job0` … `job<n-1>` to `work.job` through the library's
+/// client.
+#[allow(dead_code)] // not every test binary that shares this file publishes this way
+pub fn publish_work(url: &str, exchange: &str, n: usize) {
+    use procyard_daemon::queue::{
+        self, AmqpQueueType, BackendKind, OpenMode, QueueConfig, TaskBinding,
+    };
+    let config = QueueConfig {
+        backend: BackendKind::Amqp,
+        path: std::path::PathBuf::new(),
+        url: Some(url.to_owned()),
+        exchange: exchange.to_owned(),
+        queue_type: AmqpQueueType::Quorum,
+        events: true,
+        priorities: false,
+        schema: "procyard".into(),
+        durability: Default::default(),
+    };
+    let mut client = queue::open(&config, OpenMode::Client).expect("client");
+    let binding =
+        TaskBinding { name: "work".into(), routing_keys: vec!["work.#".into()], max_attempts: 3 };
+    client.bind(&[binding]).expect("bind");
+    for i in 0..n {
+        client.publish("work.job", format!("job{i}").as_bytes()).expect("publish");
+    }
+    client.shutdown().expect("shutdown");
+}
