@@ -7,10 +7,12 @@
 
 #[path = "common/dirwatch.rs"]
 mod dirwatch;
+#[path = "common/ready.rs"]
+mod ready;
 use dirwatch::DirWatch;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,28 +50,16 @@ impl Cluster {
             Cluster { dir, watch, url: url.to_owned(), exchange, daemons: Vec::new() };
         for i in 0..n {
             let config = cluster.write_config(i, script);
-            let mut child = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
-                .args(["run", "--ready-fd", "1", "--config"])
-                .arg(&config)
+            let mut child = ready::daemon_command(&config)
                 .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .expect("spawn procyard-daemon");
-            let stdout = child.stdout.take().expect("stdout");
-            // The readiness line, or EOF, within a deadline (a daemon stuck connecting to
-            // the broker must fail the test, not hang it).
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                let _ = BufReader::new(stdout).read_line(&mut line);
-                let _ = tx.send(line);
-            });
-            let line = rx.recv_timeout(Duration::from_secs(60));
+            let line = ready::ready_line(&mut child, Duration::from_secs(60));
             cluster.daemons.push(Some(child));
             match line {
-                Ok(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
-                Err(_) => panic!("daemon {i} not ready within 60 s"),
+                Some(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
+                None => panic!("daemon {i} not ready within 60 s"),
             }
         }
         // Ready does not mean subscribed (the daemon sets its prefetch asynchronously): wait

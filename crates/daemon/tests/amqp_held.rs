@@ -11,6 +11,8 @@
 
 #[path = "common/dirwatch.rs"]
 mod dirwatch;
+#[path = "common/ready.rs"]
+mod ready;
 use dirwatch::DirWatch;
 
 #[path = "common/broker.rs"]
@@ -21,7 +23,7 @@ use broker::{broker_url, wait_consumers};
 mod old_ladder;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,29 +76,19 @@ impl Cluster {
             exchange = self.exchange,
         );
         std::fs::write(self.config(i), text).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
-            .args(["run", "--ready-fd", "1", "--config"])
-            .arg(self.config(i))
+        let mut child = ready::daemon_command(&self.config(i))
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn procyard-daemon");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60));
+        let line = ready::ready_line(&mut child, Duration::from_secs(60));
         if self.daemons.len() <= i {
             self.daemons.resize_with(i + 1, || None);
         }
         self.daemons[i] = Some(child);
         match line {
-            Ok(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
-            Err(_) => panic!("daemon {i} not ready within 60 s"),
+            Some(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
+            None => panic!("daemon {i} not ready within 60 s"),
         }
     }
 

@@ -9,9 +9,10 @@
 
 #[path = "common/dirwatch.rs"]
 mod dirwatch;
+#[path = "common/ready.rs"]
+mod ready;
 use dirwatch::DirWatch;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -40,26 +41,16 @@ impl Cluster {
         let mut cluster = Cluster { dir, url: url.to_owned(), exchange, daemons: Vec::new() };
         for i in 0..n {
             let config = cluster.write_config(i, workers, script);
-            let mut child = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
-                .args(["run", "--ready-fd", "1", "--config"])
-                .arg(&config)
+            let mut child = ready::daemon_command(&config)
                 .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .expect("spawn procyard-daemon");
-            let stdout = child.stdout.take().expect("stdout");
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                let _ = BufReader::new(stdout).read_line(&mut line);
-                let _ = tx.send(line);
-            });
-            let line = rx.recv_timeout(DEADLINE);
+            let line = ready::ready_line(&mut child, DEADLINE);
             cluster.daemons.push(Some(child));
             match line {
-                Ok(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
-                Err(_) => panic!("daemon {i} not ready within {DEADLINE:?}"),
+                Some(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
+                None => panic!("daemon {i} not ready within {DEADLINE:?}"),
             }
         }
         let queue = format!("{}.work", cluster.exchange);

@@ -9,11 +9,13 @@
 
 #[path = "common/dirwatch.rs"]
 mod dirwatch;
+#[path = "common/ready.rs"]
+mod ready;
 use dirwatch::DirWatch;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[path = "common/broker.rs"]
@@ -107,23 +109,13 @@ backoff_initial = "50ms"
         }
         let log = self.dir.path().join(format!("log-{i}-{}", self.logs[i].len()));
         self.logs[i].push(log.clone());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
-            .args(["run", "--ready-fd", "1", "--config"])
-            .arg(self.config(i))
+        let mut child = ready::daemon_command(&self.config(i))
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn procyard-daemon");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(DEADLINE);
-        if line.as_ref().map_or(true, |l| !l.starts_with("ready")) {
+        let line = ready::ready_line(&mut child, DEADLINE);
+        if !line.as_ref().is_some_and(|l| l.starts_with("ready")) {
             eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
         }
         while self.daemons.len() <= i {
@@ -131,8 +123,8 @@ backoff_initial = "50ms"
         }
         self.daemons[i] = Some(child);
         match line {
-            Ok(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
-            Err(_) => panic!("daemon {i} not ready within {DEADLINE:?}"),
+            Some(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
+            None => panic!("daemon {i} not ready within {DEADLINE:?}"),
         }
         let running = self.daemons.iter().flatten().count() as u32;
         wait_consumers(&self.url, &format!("{}.work", self.exchange), running, DEADLINE);

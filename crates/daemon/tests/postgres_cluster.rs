@@ -5,8 +5,9 @@
 
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/ready.rs"]
+mod ready;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,16 +38,12 @@ impl Node {
     }
 
     fn start(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
-            .args(["run", "--ready-fd", "1", "--config"])
-            .arg(&self.config)
+        let mut child = ready::daemon_command(&self.config)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn procyard-daemon");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let line = ready::ready_line(&mut child, Duration::from_secs(60)).unwrap_or_default();
         self.child = Some(child);
         assert!(line.starts_with("ready"), "not ready: {line:?}");
     }

@@ -5,13 +5,15 @@
 
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/ready.rs"]
+mod ready;
 
 #[path = "common/dirwatch.rs"]
 mod dirwatch;
 use dirwatch::DirWatch;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,26 +45,16 @@ impl Cluster {
         let mut cluster = Cluster { schema, dir, watch, daemons: Vec::new() };
         for i in 0..n {
             let config = cluster.write_config(i);
-            let mut child = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
-                .args(["run", "--ready-fd", "1", "--config"])
-                .arg(&config)
+            let mut child = ready::daemon_command(&config)
                 .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .expect("spawn procyard-daemon");
-            let stdout = child.stdout.take().expect("stdout");
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                let _ = BufReader::new(stdout).read_line(&mut line);
-                let _ = tx.send(line);
-            });
-            let line = rx.recv_timeout(Duration::from_secs(60));
+            let line = ready::ready_line(&mut child, Duration::from_secs(60));
             cluster.daemons.push(Some(child));
             match line {
-                Ok(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
-                Err(_) => panic!("daemon {i} not ready within 60 s"),
+                Some(line) => assert!(line.starts_with("ready"), "daemon {i} not ready: {line:?}"),
+                None => panic!("daemon {i} not ready within 60 s"),
             }
         }
         cluster

@@ -5,8 +5,9 @@
 
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/ready.rs"]
+mod ready;
 
-use std::io::{BufRead, BufReader};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -86,16 +87,12 @@ fn upstream(url: &str) -> String {
 }
 
 fn start_daemon(config: &Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_procyard-daemon"))
-        .args(["run", "--ready-fd", "1", "--config"])
-        .arg(config)
+    let mut child = ready::daemon_command(config)
         .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn procyard-daemon");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let line = ready::ready_line(&mut child, Duration::from_secs(60)).unwrap_or_default();
     assert!(line.starts_with("ready"), "not ready: {line:?}");
     child
 }
