@@ -97,25 +97,9 @@ impl Client {
         let mut partial: Option<Live> = None;
         loop {
             let record = self.job(id)?;
-            for a in record.attempts.iter().filter(|a| a.end.is_some()) {
-                if !shown.insert(a.number) {
-                    continue;
-                }
-                let key = (a.delivery, a.worker_pid);
-                if let Some(at) = done_live.iter().position(|k| *k == key) {
-                    done_live.remove(at);
-                    continue;
-                }
-                let (o, e) = match partial.filter(|l| (l.delivery, l.worker_pid) == key) {
-                    Some(l) => {
-                        partial = None;
-                        (l.stdout_at, l.stderr_at)
-                    }
-                    None => (0, 0),
-                };
-                write_stored(&mut sink, Stream::Stdout, a.stdout.as_ref(), o)?;
-                write_stored(&mut sink, Stream::Stderr, a.stderr.as_ref(), e)?;
-            }
+            let mut seen =
+                Seen { shown: &mut shown, done_live: &mut done_live, partial: &mut partial };
+            seen.write_ended(&record, None, &mut sink)?;
             if record.state.is_final() {
                 return Ok(record);
             }
@@ -130,6 +114,18 @@ impl Client {
                         break;
                     }
                     Followed::Output(out) => {
+                        if from.is_none() {
+                            // A run shown from its start: attempts that ended while the
+                            // request was on its way (the one before it, say) come first.
+                            let record = self.job(id)?;
+                            let run = Some((out.delivery, out.worker_pid));
+                            let mut seen = Seen {
+                                shown: &mut shown,
+                                done_live: &mut done_live,
+                                partial: &mut partial,
+                            };
+                            seen.write_ended(&record, run, &mut sink)?;
+                        }
                         sink(Stream::Stdout, &out.stdout)?;
                         sink(Stream::Stderr, &out.stderr)?;
                         if out.ended {
@@ -149,6 +145,48 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// What [`Client::follow_logs`] has written so far.
+struct Seen<'a> {
+    /// The attempts written (by number).
+    shown: &'a mut std::collections::BTreeSet<u32>,
+    /// Runs written whole live, until the record shows them ended.
+    done_live: &'a mut Vec<(u32, Option<i32>)>,
+    /// The run written in part live.
+    partial: &'a mut Option<Live>,
+}
+
+impl Seen<'_> {
+    /// Writes the ended attempts of `record` not written yet, in order, but `run` (the run
+    /// being followed live); an attempt written in part live goes on from where it stopped.
+    fn write_ended(
+        &mut self,
+        record: &JobRecord,
+        run: Option<(u32, Option<i32>)>,
+        sink: &mut impl FnMut(Stream, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for a in record.attempts.iter().filter(|a| a.end.is_some()) {
+            let key = (a.delivery, a.worker_pid);
+            if run == Some(key) || !self.shown.insert(a.number) {
+                continue;
+            }
+            if let Some(at) = self.done_live.iter().position(|k| *k == key) {
+                self.done_live.remove(at);
+                continue;
+            }
+            let (o, e) = match self.partial.filter(|l| (l.delivery, l.worker_pid) == key) {
+                Some(l) => {
+                    *self.partial = None;
+                    (l.stdout_at, l.stderr_at)
+                }
+                None => (0, 0),
+            };
+            write_stored(sink, Stream::Stdout, a.stdout.as_ref(), o)?;
+            write_stored(sink, Stream::Stderr, a.stderr.as_ref(), e)?;
+        }
+        Ok(())
     }
 }
 
