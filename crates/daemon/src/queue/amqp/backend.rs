@@ -235,7 +235,14 @@ impl QueueBackend for AmqpQueue {
                 let _ = self.cmd.send(Cmd::Return { ackers });
             }
         }
-        let capacity = u16::try_from(capacity).unwrap_or(u16::MAX);
+        let capacity = u16::try_from(capacity).unwrap_or_else(|_| {
+            tracing::warn!(
+                %task,
+                asked = capacity,
+                "amqp: a consumer prefetch has 16 bits: the daemon holds at most 65,535 jobs of this task"
+            );
+            u16::MAX
+        });
         self.send("set the prefetch", Cmd::SetCapacity { task: task.to_owned(), capacity })
     }
 
