@@ -91,24 +91,20 @@ impl Client {
         mut sink: impl FnMut(Stream, &[u8]) -> Result<()>,
     ) -> Result<JobRecord> {
         check_job_id(id)?;
-        let mut shown = std::collections::BTreeSet::new();
-        // Runs written whole live, until the record shows them ended.
-        let mut done_live: Vec<(u32, Option<i32>)> = Vec::new();
-        let mut partial: Option<Live> = None;
+        let mut seen = Seen::default();
         loop {
             let record = self.job(id)?;
-            let mut seen =
-                Seen { shown: &mut shown, done_live: &mut done_live, partial: &mut partial };
             seen.write_ended(&record, None, &mut sink)?;
             if record.state.is_final() {
                 return Ok(record);
             }
             loop {
-                let from = partial.filter(|l| !l.over).map(|l| (l.run, l.stdout_at, l.stderr_at));
+                let from =
+                    seen.partial.filter(|l| !l.over).map(|l| (l.run, l.stdout_at, l.stderr_at));
                 match self.follow_output(id, from, None)? {
                     Followed::TimedOut => continue,
                     Followed::Ended => {
-                        if let Some(l) = partial.as_mut() {
+                        if let Some(l) = seen.partial.as_mut() {
                             l.over = true;
                         }
                         break;
@@ -119,21 +115,16 @@ impl Client {
                             // request was on its way (the one before it, say) come first.
                             let record = self.job(id)?;
                             let run = Some((out.delivery, out.worker_pid));
-                            let mut seen = Seen {
-                                shown: &mut shown,
-                                done_live: &mut done_live,
-                                partial: &mut partial,
-                            };
                             seen.write_ended(&record, run, &mut sink)?;
                         }
                         sink(Stream::Stdout, &out.stdout)?;
                         sink(Stream::Stderr, &out.stderr)?;
                         if out.ended {
-                            done_live.push((out.delivery, out.worker_pid));
-                            partial = None;
+                            seen.done_live.push((out.delivery, out.worker_pid));
+                            seen.partial = None;
                             break;
                         }
-                        partial = Some(Live {
+                        seen.partial = Some(Live {
                             run: out.run,
                             delivery: out.delivery,
                             worker_pid: out.worker_pid,
@@ -149,16 +140,17 @@ impl Client {
 }
 
 /// What [`Client::follow_logs`] has written so far.
-struct Seen<'a> {
+#[derive(Default)]
+struct Seen {
     /// The attempts written (by number).
-    shown: &'a mut std::collections::BTreeSet<u32>,
+    shown: std::collections::BTreeSet<u32>,
     /// Runs written whole live, until the record shows them ended.
-    done_live: &'a mut Vec<(u32, Option<i32>)>,
+    done_live: Vec<(u32, Option<i32>)>,
     /// The run written in part live.
-    partial: &'a mut Option<Live>,
+    partial: Option<Live>,
 }
 
-impl Seen<'_> {
+impl Seen {
     /// Writes the ended attempts of `record` not written yet, in order, but `run` (the run
     /// being followed live); an attempt written in part live goes on from where it stopped.
     fn write_ended(
@@ -178,7 +170,7 @@ impl Seen<'_> {
             }
             let (o, e) = match self.partial.filter(|l| (l.delivery, l.worker_pid) == key) {
                 Some(l) => {
-                    *self.partial = None;
+                    self.partial = None;
                     (l.stdout_at, l.stderr_at)
                 }
                 None => (0, 0),
