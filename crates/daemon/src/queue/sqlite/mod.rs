@@ -163,9 +163,7 @@ impl SqliteQueue {
             OpenMode::Daemon => Some(FileIdentity::of(path)?),
             OpenMode::Client => None,
         };
-        let checkpointer = (mode == OpenMode::Daemon)
-            .then(|| checkpoint::Checkpointer::start(&mut conn, path, durability))
-            .flatten();
+        let checkpointer = checkpoint::Checkpointer::start(&mut conn, path, mode, durability);
         Ok(SqliteQueue {
             path: path.to_owned(),
             conn,

@@ -2,7 +2,10 @@
 //! beyond `keep_done_max`, by the daemon in steps of at most [`BATCH`] rows (one short write
 //! transaction each, through the partial index on `finished_ms`), so pruning a million rows
 //! never holds the write lock long enough to delay a claim. A full step schedules the next
-//! one soon; otherwise the next look is [`PRUNE_EVERY`] later.
+//! one soon; otherwise the next look is [`PRUNE_EVERY`] later. A daemon's step waits while
+//! its write-ahead log is behind (`checkpoint.rs`: more than `PACE_PAGES` pages not yet
+//! copied into the file), looking again [`LOG_WAIT`] later: deletes fill the log far faster
+//! than the daemon's other writes, and a log that never catches up grows without bound.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,8 @@ use crate::queue::Retention;
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// The next step after one that found a full batch.
 const PRUNE_AGAIN: Duration = Duration::from_millis(20);
+/// The next look while the write-ahead log is behind.
+const LOG_WAIT: Duration = Duration::from_millis(5);
 /// How often the count-based cutoff (`keep_done_max`) is read again: it walks that many
 /// index entries, so not on every step.
 const COUNT_EVERY: Duration = Duration::from_secs(30);
@@ -132,11 +137,22 @@ impl PruneClock {
 }
 
 impl SqliteQueue {
-    /// One pruning step (errors are logged: pruning is retried at the next step).
-    pub(super) fn prune_step(&mut self) {
+    /// One pruning step (errors are logged: pruning is retried at the next step), unless the
+    /// write-ahead log is behind: then it wakes the checkpointer, looks again [`LOG_WAIT`]
+    /// later and returns false.
+    pub(super) fn prune_step(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some(checkpointer) = &self._checkpointer
+            && checkpointer.behind()
+        {
+            checkpointer.kick();
+            self.prune.next = now + LOG_WAIT;
+            return false;
+        }
         let retention = self.retention;
         let mut history = History::new(&mut self.conn, &self.path);
-        self.prune.step(&mut history, &retention, Instant::now());
+        self.prune.step(&mut history, &retention, now);
+        true
     }
 }
 
@@ -145,6 +161,13 @@ mod tests {
     use super::*;
     use crate::queue::sqlite::tests::bound;
     use crate::queue::{JobFilter, OpenMode, Outcome, QueueBackend, Retention};
+
+    /// One pruning step that runs (one put off while the log catches up is tried again).
+    fn step(q: &mut SqliteQueue) {
+        procyard_core::testkit::wait_for("the log to catch up", Duration::from_secs(30), || {
+            q.prune_step()
+        });
+    }
 
     /// Every job of task `mail` (the test queue copies each to task `all` too).
     fn mail() -> JobFilter {
@@ -173,7 +196,7 @@ mod tests {
             steps += 1;
             let before = q.jobs(&mail());
             q.prune.next = Instant::now();
-            q.prune_step();
+            step(&mut q);
             let after = q.jobs(&mail());
             if before.unwrap().len() == after.unwrap().len() {
                 break;
@@ -211,12 +234,12 @@ mod tests {
                 as u64
         };
         q.prune.next = Instant::now();
-        q.prune_step();
+        step(&mut q);
         assert!(q.prune.walk.is_some(), "the walk goes on at the next step");
         assert_eq!(count(&q), max + 1200, "nothing deleted before the cutoff is known");
         for _ in 0..10 {
             q.prune.next = Instant::now();
-            q.prune_step();
+            step(&mut q);
         }
         assert_eq!(count(&q), max, "the newest keep_done_max stay");
         let oldest: i64 = q.conn.query_row("SELECT MIN(seq) FROM jobs", [], |r| r.get(0)).unwrap();
@@ -260,15 +283,17 @@ mod tests {
             }
         });
         let mut left = expired(&q);
-        for step in 0..steps {
+        for n in 0..steps {
             // A step while the publisher is at work (it has committed since the last one).
             let seen = published.load(std::sync::atomic::Ordering::Relaxed);
             procyard_core::testkit::wait_for("a publish", Duration::from_secs(30), || {
                 published.load(std::sync::atomic::Ordering::Relaxed) > seen
             });
-            q.prune_step();
+            // A step put off while the log catches up deletes nothing; the one that runs,
+            // a full batch.
+            step(&mut q);
             let now = expired(&q);
-            assert_eq!(left - now, BATCH, "step {step} deleted a full batch");
+            assert_eq!(left - now, BATCH, "step {n} deleted a full batch");
             left = now;
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -287,7 +312,7 @@ mod tests {
         q.flush().unwrap();
         q.conn.execute("UPDATE jobs SET finished_ms = finished_ms - 10", []).unwrap();
         q.prune.next = Instant::now();
-        q.prune_step();
+        step(&mut q);
         assert!(q.jobs(&mail()).unwrap().is_empty());
     }
 }

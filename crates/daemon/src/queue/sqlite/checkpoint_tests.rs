@@ -1,0 +1,145 @@
+//! Tests of the checkpoint thread: who checkpoints, and the log kept bounded while a big
+//! history is pruned (alone, and beside a client publishing all the time).
+
+use rusqlite::params;
+
+use super::*;
+use crate::queue::sqlite::tests::bound;
+use crate::queue::sqlite::{SqliteQueue, now_ms};
+use crate::queue::{OpenMode, QueueBackend, Retention};
+
+fn autocheckpoint(conn: &Connection) -> i64 {
+    conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap()
+}
+
+fn log_len(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+}
+
+/// A daemon's connection leaves checkpoints to the thread (SQLite's automatic one is
+/// off on it); a client's keeps SQLite's; the thread syncs as the queue's durability says.
+#[test]
+fn daemon_leaves_checkpoints_to_the_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let daemon = bound(&path, OpenMode::Daemon);
+    assert!(daemon._checkpointer.is_some());
+    assert_eq!(autocheckpoint(&daemon.conn), 0);
+    let client = bound(&path, OpenMode::Client);
+    assert!(client._checkpointer.is_none());
+    // The client's own hook (which SQLite reports as no automatic checkpoint).
+    assert_eq!(autocheckpoint(&client.conn), 0);
+    for (durability, level) in [(Durability::Crash, 1), (Durability::Power, 2)] {
+        let conn = open(&path, durability).unwrap();
+        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, level, "{durability:?}");
+    }
+}
+
+/// Fills the history of `q` with 60,000 done jobs of an hour ago (with an attempt each),
+/// in commits of 1,000, the checkpointer keeping up after each; returns the largest the
+/// log file grew to.
+fn fill(q: &mut SqliteQueue, path: &Path) -> u64 {
+    let old = now_ms() - 3_600_000;
+    let mut largest = 0;
+    for chunk in 0..60 {
+        let tx = q.conn.transaction().unwrap();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            tx.execute(
+                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms,
+                     finished_ms)
+                 VALUES (?1, 'mail', 'mail.a', ?2, 2, ?3, ?3)",
+                params![format!("j{i}"), vec![7u8; 64], old + i],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO attempts (job_seq, delivery, stdout) VALUES (?1, 1, ?2)",
+                params![tx.last_insert_rowid(), vec![b'o'; 64]],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        q._checkpointer.as_ref().unwrap().settle();
+        largest = largest.max(log_len(path));
+    }
+    largest
+}
+
+/// Whether done jobs are left to prune (through the index pruning uses: a reader holds back
+/// checkpoints while it reads).
+fn expired(q: &SqliteQueue) -> bool {
+    q.conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN (2, 4))", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Filling and then pruning a history of tens of MiB: the log file never grows past a
+/// few MiB, because the thread checkpoints as the daemon's commits fill it and the
+/// daemon's next write starts the log again (with no checkpoint at all it would grow to
+/// the size of everything written).
+#[test]
+fn log_stays_bounded_while_pruning() {
+    const LIMIT: u64 = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let mut q = bound(&path, OpenMode::Daemon);
+    q.set_retention(Retention { keep_done: Duration::from_secs(1), keep_done_max: 1 << 40 });
+    let mut largest = fill(&mut q, &path);
+    let db_len = std::fs::metadata(&path).unwrap().len();
+    assert!(db_len > 3 * LIMIT, "the history ({db_len} bytes) dwarfs the limit");
+    let mut steps = 0;
+    while expired(&q) {
+        steps += 1;
+        assert!(steps < 1000, "pruning ends");
+        q.prune_step();
+        q._checkpointer.as_ref().unwrap().settle();
+        largest = largest.max(log_len(&path));
+    }
+    assert!(steps > 100, "in many steps: {steps}");
+    assert!(largest <= LIMIT, "the log grew to {largest} bytes (limit {LIMIT})");
+}
+
+/// The same prune, as the daemon's loop runs it (each step when due), beside a client that
+/// publishes all the time: the log stays bounded and the prune ends. With `PASSIVE`
+/// checkpoints alone no moment ever had the whole log copied with no write under way, and
+/// the log grew without bound (11 MB before the prune ended, 80 MB in 12 s beside a daemon).
+#[test]
+fn log_stays_bounded_while_a_client_publishes() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    const LIMIT: u64 = 8 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let mut q = bound(&path, OpenMode::Daemon);
+    q.set_retention(Retention { keep_done: Duration::from_secs(1), keep_done_max: 1 << 40 });
+    fill(&mut q, &path);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (published, largest) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let publisher = std::thread::spawn({
+        let (stop, published, largest) = (stop.clone(), published.clone(), largest.clone());
+        let path = path.clone();
+        move || {
+            let mut client = bound(&path, OpenMode::Client);
+            while !stop.load(Ordering::Relaxed) {
+                client.publish("other.a", &[b'p'; 200]).unwrap();
+                published.fetch_add(1, Ordering::Relaxed);
+                largest.fetch_max(log_len(&path), Ordering::Relaxed);
+            }
+        }
+    });
+    let deadline = procyard_core::Deadline::after(Duration::from_secs(120));
+    while expired(&q) && !deadline.is_expired() {
+        // The daemon's loop sleeps until the next step is due (or an event wakes it).
+        std::thread::sleep(q.prune.next().saturating_duration_since(std::time::Instant::now()));
+        q.prune_step();
+        largest.fetch_max(log_len(&path), Ordering::Relaxed);
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    assert!(!expired(&q), "the prune ended in time");
+    let (largest, published) = (largest.load(Ordering::Relaxed), published.load(Ordering::Relaxed));
+    eprintln!("log at most {largest} bytes; {published} publishes during the prune");
+    assert!(published > 1000, "the client published all along: {published}");
+    assert!(largest <= LIMIT, "the log grew to {largest} bytes (limit {LIMIT})");
+}
