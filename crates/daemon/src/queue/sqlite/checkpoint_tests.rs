@@ -108,7 +108,7 @@ fn log_stays_bounded_while_pruning() {
 #[test]
 fn log_stays_bounded_while_a_client_publishes() {
     use std::sync::atomic::{AtomicBool, AtomicU64};
-    const LIMIT: u64 = 8 << 20;
+    const LIMIT: u64 = 16 << 20;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q.db");
     let mut q = bound(&path, OpenMode::Daemon);
