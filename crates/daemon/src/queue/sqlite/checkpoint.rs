@@ -66,8 +66,7 @@ const PACE_PAGES: i64 = 2 * KICK_PAGES as i64;
 const CLIENT_PAGES: i32 = 1000;
 /// Pages in the log past which a client's commit checkpoints `RESTART` (about 12 MiB): far
 /// above where a daemon keeps the log while jobs flow, because that `RESTART` holds the write
-/// lock through two syncs and waits for the daemon's checkpoint (at 1,200 pages, publishes in
-/// the prune benchmark waited up to 0.4 s).
+/// lock (the daemon's claims wait) through two syncs, and waits out the daemon's checkpoint.
 const HARD_PAGES: i32 = 3000;
 /// How long a client's `RESTART` is tried while another connection checkpoints...
 const HARD_WAIT: Duration = Duration::from_millis(250);
