@@ -173,9 +173,9 @@ impl Shell {
             tracing::trace!(?deadline, ?timeout, due = ?self.state.queue_due, "waiting");
             procyard_core::event::poll(&mut self.poll, &mut events, timeout)
                 .map_err(os("wait for events"))?;
-            if events.is_empty()
-                && let Some(d) = deadline
-            {
+            // Woken for the timer alone (no other event came first): how late it woke.
+            let timer_alone = events.iter().all(|e| e.token() == TIMER);
+            if timer_alone && let Some(d) = deadline {
                 stamp::woke(d);
             }
             // The jobs sent to workers during this batch of events go out in one write per
@@ -191,11 +191,7 @@ impl Shell {
                     }
                     QUEUE => self.on_queue_wake(),
                     TIMER => {
-                        if self.timer.fired()
-                            && let Some(d) = deadline
-                        {
-                            stamp::woke(d);
-                        }
+                        self.timer.fired();
                     }
                     Token(t) => {
                         let id = (t >> KIND_BITS) as u64;
