@@ -67,7 +67,7 @@ mod session;
 mod tls;
 mod turn;
 
-/// The claim statement (`$1` the daemon's owner name, `$2` the task, `$3` the most jobs), for
+/// The claim statement (`$1` the daemon's owner number, `$2` the task, `$3` the most jobs), for
 /// benchmarks that `EXPLAIN` it.
 pub use claim::CLAIM;
 
