@@ -18,7 +18,8 @@
 //! - [`state_file`] writes atomically and reads with "absent" told from "corrupt";
 //!   [`FileLock`] is an `flock` held for a lifetime.
 //! - [`SignalSource`] (signal-hook's self-pipe, for libraries) and [`SignalFd`] (for binaries
-//!   that own `main`) deliver signals to a mio loop; [`Deadline`] is for real deadlines only.
+//!   that own `main`) deliver signals to a mio loop; [`Deadline`] is for real deadlines only,
+//!   and a [`Timer`] (a timerfd) wakes a mio loop at its next deadline to the nanosecond.
 //! - [`fork()`] and [`daemonize`] are checked at run time to be called from a single-threaded
 //!   process; [`ready_pipe`] lets a child say "ready" through a descriptor.
 //!
@@ -77,6 +78,7 @@ pub mod subreaper;
 mod sys;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod timer;
 mod usage;
 
 pub use backoff::Backoff;
@@ -101,6 +103,7 @@ pub use signal::{
 pub use spawn::{Command, Grouping, Stdio};
 pub use state_file::FileLock;
 pub use stop::{Escalation, KILL_SETTLE, StopLadder, Stopping};
+pub use timer::Timer;
 pub use usage::Usage;
 
 /// mio, re-exported so components use the same version for their event loops.

@@ -213,7 +213,13 @@ fn echo_worker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The daemon the benchmarks drive: `PROCYARD_BENCH_DAEMON` (a binary built elsewhere, e.g.
+/// the previous commit's, to compare two builds on the same machine in alternating runs), or
+/// the release build of this checkout.
 fn build_daemon() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("PROCYARD_BENCH_DAEMON") {
+        return Ok(PathBuf::from(bin));
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
         .args([

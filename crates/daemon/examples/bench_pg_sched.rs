@@ -4,10 +4,13 @@
 //! - Claim cost: the median µs of one claim (with the previous job's outcome, as the daemon
 //!   does) with 1,000,000 delayed jobs in the table, against the same with none; medians of
 //!   batches of 1,000 claims, 3 rounds alternating the two schemas.
+//! - Buffers per claim: `EXPLAIN (ANALYZE, BUFFERS)` of the daemon's claim statement (one job,
+//!   rolled back) with the 1,000,000 delayed jobs against none: the shared buffers (pages)
+//!   it touched, a count that load does not blur.
 //! - Priorities: the same claims when the ready jobs have mixed priorities (0..9) against all
 //!   at the default.
 //! - Due-time lateness: 300 jobs delayed 300 ms + i × 7 ms, claimed by a daemon backend driven
-//!   like the daemon's loop (it sleeps until `next_due`, or until its session wakes it);
+//!   like the daemon's loop (its timer wakes it at `next_due`, or its session does);
 //!   p50 and p99 of claim time − due time, against the publish → claim time of jobs published
 //!   for now through the same loop.
 //!
@@ -33,6 +36,8 @@ const READY: usize = 10_000;
 const BATCH: usize = 10_000;
 const ROUNDS: usize = 3;
 const TIMED: usize = 300;
+/// Claims explained per schema.
+const EXPLAINS: usize = 20;
 
 fn binding() -> Vec<TaskBinding> {
     vec![TaskBinding { name: "t".into(), routing_keys: vec!["t.#".into()], max_attempts: 3 }]
@@ -112,6 +117,35 @@ fn claim_us(url: &str, s: &Schema) -> anyhow::Result<f64> {
     Ok(median(&mut per_claim))
 }
 
+/// Shared buffers (hit + read) of the top plan node, then those of the index scan on
+/// `jobs_ready`, that the daemon's claim of one job touches: `EXPLAIN (ANALYZE, BUFFERS)`,
+/// [`EXPLAINS`] times, each in a transaction rolled back (the same job each time).
+fn claim_buffers(url: &str, s: &Schema) -> anyhow::Result<(Vec<f64>, String)> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+    c.batch_execute(&format!("SET search_path = {}", s.name))?;
+    // The rounds before left dead rows, which autovacuum clears when it gets to them.
+    c.batch_execute("VACUUM ANALYZE jobs")?;
+    let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {}", queue::postgres::CLAIM);
+    let mut touched = Vec::with_capacity(EXPLAINS);
+    let mut last = String::new();
+    for _ in 0..EXPLAINS {
+        let mut tx = c.transaction()?;
+        let rows = tx.query(&sql, &[&424_242i64, &"t", &1i64])?;
+        tx.rollback()?;
+        let lines: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        // The first `Buffers:` line is the top node's: the whole statement's pages.
+        let top = lines.iter().find(|l| l.trim_start().starts_with("Buffers:"));
+        let count = |what: &str| {
+            top.and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix(what)))
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        touched.push(count("hit=") + count("read="));
+        last = lines.join("\n");
+    }
+    Ok((touched, last))
+}
+
 /// Claim time − due time (ms) of `TIMED` jobs, each published with `delay(i)`, claimed by a
 /// daemon backend sleeping on its own deadlines and wake-ups.
 fn lateness_ms(url: &str, delay: impl Fn(usize) -> Duration) -> anyhow::Result<Vec<f64>> {
@@ -119,6 +153,8 @@ fn lateness_ms(url: &str, delay: impl Fn(usize) -> Duration) -> anyhow::Result<V
     let mut daemon = open(url, &s.name, OpenMode::Daemon)?;
     let mut poll = mio::Poll::new()?;
     daemon.attach(poll.registry(), mio::Token(0))?;
+    let mut timer = procyard_core::Timer::new()?;
+    poll.registry().register(&mut timer, mio::Token(1), mio::Interest::READABLE)?;
     let mut due: HashMap<Vec<u8>, Instant> = HashMap::new();
     let publisher = std::thread::spawn({
         let (url, name) = (url.to_owned(), s.name.clone());
@@ -156,8 +192,12 @@ fn lateness_ms(url: &str, delay: impl Fn(usize) -> Duration) -> anyhow::Result<V
             daemon.complete(&job, Outcome::Done)?;
         }
         daemon.flush()?;
-        let next = daemon.next_due()?.unwrap_or(deadline);
-        poll.poll(&mut events, Some(next.saturating_duration_since(Instant::now())))?;
+        // As the daemon's loop: its timer wakes the poll at the next due time.
+        timer.set(Some(daemon.next_due()?.unwrap_or(deadline)))?;
+        poll.poll(&mut events, None)?;
+        if events.iter().any(|e| e.token() == mio::Token(1)) {
+            timer.fired();
+        }
     }
     for (payload, at) in publisher.join().map_err(|_| anyhow::anyhow!("publisher panicked"))?? {
         due.insert(payload, at);
@@ -174,6 +214,9 @@ fn lateness_ms(url: &str, delay: impl Fn(usize) -> Duration) -> anyhow::Result<V
 
 fn main() -> anyhow::Result<()> {
     let url = std::env::var("PROCYARD_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    // `PROCYARD_BENCH_SCHED=claims` (claim cost and buffers only) skips the other parts.
+    let only = std::env::var("PROCYARD_BENCH_SCHED").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p == name));
     // Claim cost with a million delayed jobs against none.
     let (with, without) = (Schema::new(&url), Schema::new(&url));
     {
@@ -198,7 +241,22 @@ fn main() -> anyhow::Result<()> {
         "BENCH\tpg_claim_with_1m_delayed_us\t{a:.1}\tus\tpg_claim_with_none\t{b:.1}\t{:.2}",
         a / b
     );
+    // The pages the claim touches, with the delayed jobs and without (ready jobs in both).
+    fill(&url, &without, false)?;
+    fill(&url, &with, false)?;
+    let (mut a, plan_with) = claim_buffers(&url, &with)?;
+    let (mut b, plan_without) = claim_buffers(&url, &without)?;
+    eprintln!("claim plan with {DELAYED} delayed:\n{plan_with}\nwith none:\n{plan_without}");
+    eprintln!("claim shared buffers: with {DELAYED} delayed {a:?}, with none {b:?}");
+    let (a, b) = (median(&mut a), median(&mut b));
+    println!(
+        "BENCH\tpg_claim_buffers_1m_delayed\t{a:.0}\tpages\tpg_claim_buffers_no_delayed\t{b:.0}\t{:.2}",
+        a / b
+    );
     drop(with);
+    if !part("priority") && !part("lateness") {
+        return Ok(());
+    }
     // Mixed priorities against all default.
     let (mut m, mut d) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
-use procyard_core::{Deadline, Report, SignalFd};
+use procyard_core::{Deadline, Report, SignalFd, Timer};
 
 use super::escapees::Escapees;
 use super::event::{Action, Event, WorkerId};
@@ -25,6 +25,8 @@ use crate::{Error, Result};
 const SIGNAL: Token = Token(0);
 const LISTENER: Token = Token(1);
 const QUEUE: Token = Token(2);
+/// The loop's wake-up timer (worker and connection tokens are 8 and above).
+const TIMER: Token = Token(3);
 /// How soon to ask the queue again when it could not say when jobs fall due.
 const RETRY_READ: Duration = Duration::from_secs(1);
 
@@ -32,6 +34,9 @@ pub(super) struct Shell {
     pub(super) state: State,
     pub(super) poll: Poll,
     signals: SignalFd,
+    /// Wakes the loop at its next deadline to the nanosecond (a poll timeout is in whole
+    /// milliseconds, plus the kernel's slack).
+    timer: Timer,
     pub(super) control: ControlServer,
     pub(super) queue: Box<dyn QueueBackend>,
     pub(super) processes: HashMap<WorkerId, Process>,
@@ -68,6 +73,10 @@ impl Shell {
         poll.registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
             .map_err(os("register the signalfd"))?;
+        let mut timer = Timer::new().map_err(os("create the loop's timer"))?;
+        poll.registry()
+            .register(&mut timer, TIMER, Interest::READABLE)
+            .map_err(os("register the loop's timer"))?;
         let mut queue = queue::open(&config.queue, OpenMode::Daemon)?;
         // Before any claim: the workers a killed daemon left running are stopped, and only
         // then are their jobs put back.
@@ -85,6 +94,7 @@ impl Shell {
             state: State::new(config, Instant::now()),
             poll,
             signals,
+            timer,
             control,
             queue,
             processes: HashMap::new(),
@@ -151,13 +161,21 @@ impl Shell {
         let mut events = Events::with_capacity(1024);
         loop {
             let deadline = self.next_deadline();
-            let timeout = deadline.map(|d| Deadline::at(d).remaining());
-            tracing::trace!(?timeout, due = ?self.state.queue_due, "waiting");
+            // The timer wakes the poll at the deadline; should it fail, the poll's timeout
+            // (whole milliseconds) does.
+            let timeout = match self.timer.set(deadline) {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unable to set the loop's timer");
+                    deadline.map(|d| Deadline::at(d).remaining())
+                }
+            };
+            tracing::trace!(?deadline, ?timeout, due = ?self.state.queue_due, "waiting");
             procyard_core::event::poll(&mut self.poll, &mut events, timeout)
                 .map_err(os("wait for events"))?;
-            if events.is_empty()
-                && let Some(d) = deadline
-            {
+            // Woken for the timer alone (no other event came first): how late it woke.
+            let timer_alone = events.iter().all(|e| e.token() == TIMER);
+            if timer_alone && let Some(d) = deadline {
                 stamp::woke(d);
             }
             // The jobs sent to workers during this batch of events go out in one write per
@@ -172,6 +190,9 @@ impl Shell {
                         }
                     }
                     QUEUE => self.on_queue_wake(),
+                    TIMER => {
+                        self.timer.fired();
+                    }
                     Token(t) => {
                         let id = (t >> KIND_BITS) as u64;
                         match t & ((1 << KIND_BITS) - 1) {

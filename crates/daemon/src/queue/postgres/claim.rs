@@ -25,8 +25,7 @@ const PUBLISH: &str = "WITH ins AS (
 /// Takes the first `$3` ready jobs of task `$2` in claim order: higher priority first, then
 /// FIFO (`jobs_ready (task, priority DESC, seq) WHERE state = 0`). Delayed jobs wait in state
 /// 5, outside this index, until `due.rs` makes them ready: a backlog of them costs nothing.
-pub(super) const CLAIM: &str =
-    "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
+pub const CLAIM: &str = "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL, worker_boot = NULL,
         worker_started_ms = NULL
     WHERE seq IN (SELECT seq FROM jobs WHERE task = $2 AND state = 0

@@ -67,6 +67,10 @@ mod session;
 mod tls;
 mod turn;
 
+/// The claim statement (`$1` the daemon's owner number, `$2` the task, `$3` the most jobs), for
+/// benchmarks that `EXPLAIN` it.
+pub use claim::CLAIM;
+
 use std::collections::HashMap;
 use std::ops::Range;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

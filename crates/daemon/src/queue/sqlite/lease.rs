@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Transaction, params};
 
+use super::due::{PROMOTE_CHUNK, promote_due};
 use super::outcomes::write_outcomes;
 use super::schema::{STATE_LEASED, STATE_READY};
 use super::{SqliteQueue, attempts, holders, limits, now_ms};
@@ -32,7 +33,7 @@ pub(crate) fn lock(path: &Path) -> Result<procyard_core::FileLock> {
 
 /// The virtual-machine steps `stmt` ran since the last call (a repeatable measure of a
 /// statement's cost: it counts the index entries and rows it visited, whatever the load).
-fn vm_steps(stmt: &rusqlite::Statement<'_>) -> u64 {
+pub(super) fn vm_steps(stmt: &rusqlite::Statement<'_>) -> u64 {
     stmt.reset_status(rusqlite::StatementStatus::VmStep).max(0) as u64
 }
 
@@ -71,10 +72,13 @@ impl SqliteQueue {
         // one may be due: most claims find none and skip the statement, which (it changes the
         // index it walks) builds a temporary table each time it runs.
         let mut steps = 0;
-        let delayed = promote_due(&tx, self.delayed_cache, now_ms(), &mut steps).map_err(e)?;
+        let now = now_ms();
         let mut ranked = Vec::new();
         let mut keys = Vec::new();
+        let delayed;
         if let Some(keyed) = &keyed {
+            // A keyed claim skips jobs whose key is full: every due row joins the order first.
+            delayed = promote_due(&tx, self.delayed_cache, now, i64::MAX, &mut steps).map_err(e)?;
             for (priority, job, key) in
                 limits::claim_keyed(&tx, &self.gate, task, max, &self.owner, keyed).map_err(e)?
             {
@@ -82,15 +86,31 @@ impl SqliteQueue {
                 ranked.push((std::cmp::Reverse(priority), job));
             }
         } else {
-            for (priority, job) in lease_next(&tx, task, max, &self.owner, &mut steps).map_err(e)? {
-                ranked.push((std::cmp::Reverse(priority), job));
+            // Due rows join the order a chunk at a time, earliest due first (a burst of due
+            // jobs is not moved in one go, which held the loop for the whole burst): another
+            // chunk only while this claim still finds fewer jobs than it may take.
+            let chunk = (max as i64).saturating_mul(2).max(PROMOTE_CHUNK);
+            let mut known = self.delayed_cache;
+            loop {
+                let promoted = promote_due(&tx, known, now, chunk, &mut steps).map_err(e)?;
+                known = Some(promoted.earliest);
+                let want = max - ranked.len();
+                for (priority, job) in
+                    lease_next(&tx, task, want, &self.owner, &mut steps).map_err(e)?
+                {
+                    ranked.push((std::cmp::Reverse(priority), job));
+                }
+                if ranked.len() >= max || !promoted.more {
+                    delayed = promoted;
+                    break;
+                }
             }
         }
         tx.commit().map_err(e)?;
         self.claim_steps += steps;
         self.written(retried);
         if !retried {
-            self.delayed_cache = Some(delayed);
+            self.delayed_cache = Some(delayed.earliest);
         }
         if keyed.is_none() {
             keys = ranked.iter().map(|(_, j)| (j.receipt.0, None)).collect();
@@ -145,38 +165,6 @@ impl SqliteQueue {
         }
         Ok(n)
     }
-}
-
-/// Moves the delayed rows that fell due into the claim order (`not_before = 0`), unless
-/// `known` (the earliest `not_before` of a delayed row, as last read) says none is due;
-/// returns the earliest `not_before` left.
-fn promote_due(
-    tx: &Transaction<'_>,
-    known: Option<Option<i64>>,
-    now: i64,
-    steps: &mut u64,
-) -> rusqlite::Result<Option<i64>> {
-    if let Some(earliest) = known
-        && earliest.is_none_or(|t| t > now)
-    {
-        return Ok(earliest);
-    }
-    let earliest = |tx: &Transaction<'_>, steps: &mut u64| {
-        let mut st = tx.prepare_cached(
-            "SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > 0",
-        )?;
-        let t = st.query_row([], |r| r.get::<_, Option<i64>>(0))?;
-        *steps += vm_steps(&st);
-        Ok::<_, rusqlite::Error>(t)
-    };
-    if earliest(tx, steps)?.is_some_and(|t| t <= now) {
-        let mut st = tx.prepare_cached(
-            "UPDATE jobs SET not_before = 0 WHERE state = 0 AND not_before > 0 AND not_before <= ?1",
-        )?;
-        st.execute(params![now])?;
-        *steps += vm_steps(&st);
-    }
-    earliest(tx, steps)
 }
 
 /// Leases up to `max` ready jobs of `task` in claim order (priority, then publish order) to
