@@ -4,7 +4,10 @@
 //! - part `drain`: 20,000 no-op jobs published first, then drained by 2 longlived Rust
 //!   workers (`serve_cancellable`, which takes jobs ahead) against a bare loop of the same
 //!   frames over two pipes (this program as the daemon, no queue), one job at a time and with
-//!   as many ahead as the task's `prefetch`; and the same drain with `prefetch = 1`.
+//!   as many ahead as the task's `prefetch`; and the same drain with `prefetch = 1`. With
+//!   `PROCYARD_BENCH_DRAIN_VS=/path/to/procyard-daemon` (a build of another commit) it also
+//!   drains with that binary, interleaved with ours (`PROCYARD_BENCH_ROUNDS` pairs, default
+//!   3, which goes first alternating), and prints both rates and the daemons' CPU per job.
 //! - part `huey`: 20,000 no-op jobs drained by 2 longlived Python workers against huey's
 //!   `SqliteHuey` consumer (`-w 2 -k process`), installed with pip into a virtualenv under the
 //!   target directory (`HUEY_VENV` names another); skipped, and said so, when pip fails.
@@ -70,8 +73,17 @@ fn task(command: &Path, env: &str, prefetch: Option<usize>, model: &str, workers
     )
 }
 
+/// Names another daemon binary to drain with, interleaved with ours (part `drain`).
+const VERSUS_ENV: &str = "PROCYARD_BENCH_DRAIN_VS";
+
 /// Jobs/s of a daemon draining `n` jobs published before it starts (start to last done).
 fn drain(bin: &Path, tasks: &str, n: usize) -> anyhow::Result<f64> {
+    Ok(drain_cpu(bin, tasks, n)?.0)
+}
+
+/// [`drain`], with the daemon's CPU time per job (µs, all its threads, from start to the last
+/// job done): a figure that a loaded machine blurs less than the rate.
+fn drain_cpu(bin: &Path, tasks: &str, n: usize) -> anyhow::Result<(f64, f64)> {
     let mut run = Run::new(tasks)?;
     let last = {
         let mut q = run.queue()?;
@@ -82,8 +94,48 @@ fn drain(bin: &Path, tasks: &str, n: usize) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     run.start(bin)?;
     let rate = wait_last(&run, &last, n, t0)?;
+    let cpu_us = cpu_ns(run.pid())? / 1e3 / n as f64;
     run.stop()?;
-    Ok(rate)
+    Ok((rate, cpu_us))
+}
+
+/// The CPU time (ns) every thread of process `pid` has run (`/proc/PID/task/*/schedstat`).
+fn cpu_ns(pid: i32) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        total += stat.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    }
+    Ok(total)
+}
+
+/// Drains with our daemon and with `other` in turn, `rounds` pairs (which goes first
+/// alternating), at the default `prefetch`; prints the medians of both rates and CPU per job.
+fn versus(bin: &Path, other: &Path, tasks: &str, rounds: usize) -> anyhow::Result<()> {
+    let (mut ours, mut theirs, mut ratios) = ((vec![], vec![]), (vec![], vec![]), vec![]);
+    for round in 0..rounds {
+        let (a, b) = if round % 2 == 0 {
+            let a = drain_cpu(bin, tasks, JOBS)?;
+            (a, drain_cpu(other, tasks, JOBS)?)
+        } else {
+            let b = drain_cpu(other, tasks, JOBS)?;
+            (drain_cpu(bin, tasks, JOBS)?, b)
+        };
+        ratios.push(a.0 / b.0);
+        ours.0.push(a.0);
+        ours.1.push(a.1);
+        theirs.0.push(b.0);
+        theirs.1.push(b.1);
+    }
+    let rate = summary("drain_rust_this_daemon", &mut ours.0);
+    let other_rate = summary("drain_rust_other_daemon", &mut theirs.0);
+    let cpu = summary("drain_rust_this_daemon_cpu_us_per_job", &mut ours.1);
+    let other_cpu = summary("drain_rust_other_daemon_cpu_us_per_job", &mut theirs.1);
+    let ratio = summary("drain_rust_this_vs_other_per_round", &mut ratios);
+    bench("drain_rust_vs_other_daemon", rate, "jobs/s", "other_daemon_per_s", other_rate);
+    bench("drain_rust_cpu_per_job", cpu, "us", "other_daemon_cpu_per_job_us", other_cpu);
+    println!("ROUNDS\tdrain_rust_vs_other_daemon\t{rounds}\tmedian ratio {ratio:.3}");
+    Ok(())
 }
 
 /// Waits for job `last` (published or inserted last) to end, on the daemon's control socket
@@ -186,6 +238,11 @@ pub(super) fn rust(bin: &Path, me: &Path) -> anyhow::Result<()> {
     bench("drain_rust_vs_bare_loop_same_window", ours, "jobs/s", "bare_loop_window_per_s", bare_n);
     for (p, m) in sweep.iter().zip(&medians).skip(1) {
         bench(&format!("drain_rust_prefetch_{p}_vs_1"), *m, "jobs/s", "prefetch_1_per_s", at(1));
+    }
+    if let Some(other) = std::env::var_os(VERSUS_ENV) {
+        let rounds = std::env::var("PROCYARD_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok());
+        let tasks = task(me, &env, None, "longlived", 2);
+        versus(bin, Path::new(&other), &tasks, rounds.unwrap_or(ROUNDS))?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! attempt leaves it open; the next daemon records it `daemon lost`.
 //!
 //! Publishers (the `publish` command) write to the same file concurrently (WAL: readers and
-//! one writer at a time, `busy_timeout` for the rest) and then poke the daemon through its
+//! one writer at a time, a short lock wait for the rest) and then poke the daemon through its
 //! control socket. A poke can be lost (the daemon busy, its descriptors exhausted), so the
 //! daemon also checks the queue every few seconds ([`DUE_CHECK_EVERY`]).
 //!

@@ -108,7 +108,7 @@ impl SqliteQueue {
     /// Writes the buffered outcomes and holders in one transaction.
     pub(super) fn write_pending(&mut self) -> Result<()> {
         // Kept until the transaction commits: after a failure (a writer holding the file past
-        // `busy_timeout`) the next flush writes them, instead of leaving the jobs leased.
+        // its 10 s lock wait) the next flush writes them, instead of leaving the jobs leased.
         let path = self.path.clone();
         let e = |err| Error::queue("record job outcomes in", &path, err);
         let keep = self.keeps_history();

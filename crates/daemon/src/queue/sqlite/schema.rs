@@ -1,5 +1,5 @@
 //! The queue file's tables and how a connection to it is set up: WAL (`synchronous` as the
-//! `[queue] durability` says), plans kept prepared,
+//! `[queue] durability` says), plans kept prepared, a short wait for a lock ([`on_busy`]),
 //! an integrity check for a daemon, the schema created and older files migrated.
 //!
 //! One row per job and receiving task in `jobs` (its state one of the `STATE_*` codes below;
@@ -175,7 +175,7 @@ pub(crate) fn connect_with(
 ) -> Result<Connection> {
     let q = |action, e| Error::queue(action, path, e);
     let mut conn = Connection::open(path).map_err(|e| q("open", e))?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| q("configure", e))?;
+    conn.busy_handler(Some(on_busy)).map_err(|e| q("configure", e))?;
     // Plans stay as prepared: otherwise a new `LIMIT` value re-prepares the claim.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(|e| q("configure", e))?;
@@ -195,6 +195,43 @@ pub(crate) fn connect_with(
         .map_err(|e| q("add the publish count to", e))?;
     conn.execute_batch(SCHEDULING_INDEXES).map_err(|e| q("index the scheduling columns of", e))?;
     Ok(conn)
+}
+
+/// How long a statement waits for a lock that another connection holds before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first wait for a lock; it doubles up to [`BUSY_WAIT_MOST`].
+const BUSY_WAIT_FIRST: Duration = Duration::from_micros(20);
+const BUSY_WAIT_MOST: Duration = Duration::from_millis(1);
+/// Doublings from [`BUSY_WAIT_FIRST`] before the waits are [`BUSY_WAIT_MOST`] each.
+const BUSY_RAMP: u32 = 6;
+
+/// The wait before try `n` (from 0) for a lock, `None` once [`BUSY_TIMEOUT`] is spent.
+fn busy_wait(n: u32) -> Option<Duration> {
+    let ramp = n.min(BUSY_RAMP);
+    let waited = BUSY_WAIT_FIRST * ((1 << ramp) - 1) + BUSY_WAIT_MOST * (n - ramp);
+    if waited >= BUSY_TIMEOUT {
+        return None;
+    }
+    Some(if n < BUSY_RAMP { BUSY_WAIT_FIRST * (1 << n) } else { BUSY_WAIT_MOST })
+}
+
+/// The busy handler (SQLite calls it with how many times it already did for this lock):
+/// sleeps and answers `true` to try again, `false` once [`BUSY_TIMEOUT`] is spent.
+///
+/// SQLite's own handler (`busy_timeout`) sleeps 1 ms at the least, then 2, 5, 10 ms: a claim
+/// that met a publisher's commit (a lock held for well under a millisecond) lost a whole
+/// millisecond, and so did the publisher. Measured on an idle daemon, 300 publishes one at a
+/// time: the loop slept 6 times and the publisher 5, and publish→done at p99 was 1.4–2.5 ms
+/// against 0.15 ms at p50. This one starts at 20 µs and doubles to 1 ms.
+fn on_busy(n: i32) -> bool {
+    match busy_wait(u32::try_from(n).unwrap_or(u32::MAX)) {
+        Some(wait) => {
+            std::thread::sleep(wait);
+            true
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -344,5 +381,18 @@ mod tests {
              ORDER BY finished_ms, seq LIMIT ?2",
         );
         assert!(prune.contains("jobs_finished") && !prune.contains("TEMP B-TREE"), "{prune}");
+    }
+
+    /// A lock held for a moment costs a moment (20 µs, then doubling), and the wait still
+    /// gives up after the same 10 s in all.
+    #[test]
+    fn busy_waits_start_short_and_end_at_the_timeout() {
+        assert_eq!(busy_wait(0), Some(Duration::from_micros(20)));
+        assert_eq!(busy_wait(5), Some(Duration::from_micros(640)));
+        assert_eq!(busy_wait(6), Some(Duration::from_millis(1)));
+        let waits: Vec<Duration> = (0..).map_while(busy_wait).collect();
+        let total: Duration = waits.iter().sum();
+        assert!(total >= BUSY_TIMEOUT && total <= BUSY_TIMEOUT + BUSY_WAIT_MOST, "{total:?}");
+        assert_eq!(busy_wait(u32::MAX), None);
     }
 }
