@@ -8,9 +8,13 @@
 //! `PROCYARD_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`). Celery is measured
 //! when `pip install celery` works in a venv under /tmp (`CELERY_VENV` to reuse one).
 //!
-//! `-- events` measures only what job events cost the drain (events on and off, same run).
-//! `BENCH_PREFETCH=N` sets the tasks' `prefetch` (default 8; 1 holds one job per worker, as
-//! Celery's `worker_prefetch_multiplier = 1`).
+//! `-- events` measures only what job events cost the drain (events on and off, same run,
+//! `BENCH_ROUNDS` rounds, default 3): jobs/s, and CPU time per job of the two daemons and of
+//! the broker (`beam.smp`, when this user can read its `/proc` entry; other clients of the
+//! broker count too). `-- drain` measures the drains against Celery's (quorum and classic,
+//! `BENCH_ROUNDS` interleaved rounds, medians). `BENCH_PREFETCH=N` sets the tasks' `prefetch`
+//! (default 8; 1 holds one job per worker, as Celery's `worker_prefetch_multiplier = 1`).
+//! `BENCH_DAEMON=PATH` runs another `procyard-daemon` binary (an A/B of two builds).
 //!
 //! Every job is handled by a longlived worker (this example re-executed as `worker FILE`) that
 //! appends `JOB_ID DONE_NS` to FILE; latency is done time minus publish time.
@@ -46,6 +50,9 @@ fn worker(file: &str) -> anyhow::Result<()> {
 }
 
 fn daemon_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(bin) = std::env::var("BENCH_DAEMON") {
+        return Ok(PathBuf::from(bin));
+    }
     let exe = std::env::current_exe()?;
     // target/<profile>/examples/bench_amqp → target/<profile>/procyard-daemon
     let bin = exe
@@ -153,6 +160,30 @@ struct Figures {
     jobs_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU time of the daemons (all their threads, start to stop) per job, µs.
+    daemon_cpu_us: f64,
+    /// CPU time of the broker while the daemons ran, per job, µs (NaN when unreadable).
+    broker_cpu_us: f64,
+}
+
+/// User + system CPU time of process `pid` (all its threads), in µs.
+fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start with the state (field 3);
+    // utime and stime are fields 14 and 15, in clock ticks of 100 Hz on Linux.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10_000.0)
+}
+
+/// The broker's process (`beam.smp`), when this machine runs it.
+fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "beam.smp").then_some(pid)
+    })
 }
 
 fn figures(published: &HashMap<String, u128>, done: &HashMap<String, u128>) -> Figures {
@@ -169,6 +200,8 @@ fn figures(published: &HashMap<String, u128>, done: &HashMap<String, u128>) -> F
         jobs_per_s: published.len() as f64 / secs.max(1e-9),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        daemon_cpu_us: f64::NAN,
+        broker_cpu_us: f64::NAN,
     }
 }
 
@@ -236,6 +269,8 @@ fn run_amqp(
         durability: Default::default(),
     };
     let early = if prepublish { Some(publish_all(&config)?) } else { None };
+    let broker = broker_pid();
+    let broker_before = broker.and_then(cpu_us);
     let d1 = start_daemon(bin, &c1)?;
     let d2 = start_daemon(bin, &c2)?;
     let result = match early {
@@ -245,6 +280,11 @@ fn run_amqp(
     .and_then(|published| {
         Ok((wait_done(&dir.join("done.log"), JOBS, Duration::from_secs(120))?, published))
     });
+    let broker_cpu = match (broker_before, broker.and_then(cpu_us)) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
+    let daemon_cpu = [&d1, &d2].iter().map(|d| cpu_us(d.id()).unwrap_or(f64::NAN)).sum::<f64>();
     stop(d1);
     stop(d2);
     let queues = [format!("{exchange}.noop"), format!("{exchange}.noop.dead")];
@@ -252,6 +292,8 @@ fn run_amqp(
     delete_topology(url, &queues, &exchanges);
     let (done, published) = result?;
     let mut f = figures(&published, &done);
+    f.daemon_cpu_us = daemon_cpu / JOBS as f64;
+    f.broker_cpu_us = broker_cpu / JOBS as f64;
     if prepublish {
         let first = done.values().min().copied().unwrap_or(0);
         let last = done.values().max().copied().unwrap_or(0);
@@ -463,29 +505,96 @@ fn run_celery(url: &str, dir: &Path, queue_type: &str) -> anyhow::Result<Figures
     let first = done.values().min().copied().unwrap_or(0);
     let last = done.values().max().copied().unwrap_or(0);
     let secs = last.saturating_sub(first) as f64 / 1e9;
-    Ok(Figures { jobs_per_s: JOBS as f64 / secs.max(1e-9), p50_ms: f64::NAN, p99_ms: f64::NAN })
+    Ok(Figures {
+        jobs_per_s: JOBS as f64 / secs.max(1e-9),
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        daemon_cpu_us: f64::NAN,
+        broker_cpu_us: f64::NAN,
+    })
+}
+
+/// `BENCH_ROUNDS` (default 3).
+fn rounds() -> anyhow::Result<usize> {
+    match std::env::var("BENCH_ROUNDS") {
+        Ok(n) => Ok(n.parse::<usize>()?.max(1)),
+        Err(_) => Ok(3),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// What job events cost the drain: classic queues, jobs published first, with events on and
-/// off alternately (3 rounds each, same run); medians and their ratio.
+/// off alternately (which goes first alternates too), same run; medians and their ratios.
 fn events_cost(bin: &Path, url: &str, root: &Path) -> anyhow::Result<()> {
-    let (mut on, mut off) = (Vec::new(), Vec::new());
-    for round in 0..3 {
-        for (events, out) in [(true, &mut on), (false, &mut off)] {
+    let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds()? {
+        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        for events in order {
             let dir = root.join(format!("events-{events}-{round}"));
             let f = run_amqp(bin, url, &dir, AmqpQueueType::Classic, true, events)?;
-            out.push(f.jobs_per_s);
+            println!(
+                "round {round}: events {}: {:.0} jobs/s, CPU per job: daemons {:.1} µs, broker {:.1} µs",
+                if events { "on" } else { "off" },
+                f.jobs_per_s,
+                f.daemon_cpu_us,
+                f.broker_cpu_us
+            );
+            runs[usize::from(events)].push(f);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (m_on, m_off) = (median(&mut on), median(&mut off));
+    let med = |v: &[Figures], f: fn(&Figures) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    let [off, on] = &runs;
+    let rate = (med(on, |f| f.jobs_per_s), med(off, |f| f.jobs_per_s));
+    let daemon = (med(on, |f| f.daemon_cpu_us), med(off, |f| f.daemon_cpu_us));
+    let broker = (med(on, |f| f.broker_cpu_us), med(off, |f| f.broker_cpu_us));
     println!(
-        "amqp classic drain of {JOBS} jobs, 2 daemons x {WORKERS_PER_DAEMON} workers: events on {m_on:.0} jobs/s (runs {on:.0?}), events off {m_off:.0} jobs/s (runs {off:.0?}); ratio on/off {:.2}",
-        m_on / m_off
+        "amqp classic drain of {JOBS} jobs, 2 daemons x {WORKERS_PER_DAEMON} workers, medians of {} rounds: events on {:.0} jobs/s, off {:.0} (ratio on/off {:.2}); CPU per job: daemons {:.1} vs {:.1} µs ({:.2}x), broker {:.1} vs {:.1} µs ({:.2}x)",
+        on.len(),
+        rate.0,
+        rate.1,
+        rate.0 / rate.1,
+        daemon.0,
+        daemon.1,
+        daemon.0 / daemon.1,
+        broker.0,
+        broker.1,
+        broker.0 / broker.1
     );
+    Ok(())
+}
+
+/// The drains against Celery's, quorum and classic, in `BENCH_ROUNDS` interleaved rounds
+/// (ours, then Celery's, per queue type; events on, as by default): medians and the ratio of
+/// the medians, and each round's ratio.
+fn drain_vs_celery(bin: &Path, url: &str, root: &Path) -> anyhow::Result<()> {
+    let n = rounds()?;
+    for (kind, queue_type) in
+        [("classic", AmqpQueueType::Classic), ("quorum", AmqpQueueType::Quorum)]
+    {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..n {
+            let dir = root.join(format!("drain-{kind}-{round}"));
+            let us = run_amqp(bin, url, &dir, queue_type, true, true)?.jobs_per_s;
+            let celery = run_celery(url, &dir, kind)?.jobs_per_s;
+            println!(
+                "round {round}, {kind}: procyard {us:.0} jobs/s, celery {celery:.0} jobs/s ({:.2}x)",
+                us / celery
+            );
+            ours.push(us);
+            theirs.push(celery);
+        }
+        let (m_us, m_celery) = (median(&ours), median(&theirs));
+        let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a / b).collect();
+        println!(
+            "amqp {kind} drain, medians of {n} rounds: procyard {m_us:.0} jobs/s (runs {ours:.0?}), celery prefork {m_celery:.0} jobs/s (runs {theirs:.0?}); ratio of medians {:.2}x, round ratios {ratios:.2?}",
+            m_us / m_celery
+        );
+    }
     Ok(())
 }
 
@@ -497,8 +606,10 @@ fn main() -> anyhow::Result<()> {
     let url = std::env::var("PROCYARD_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
     let bin = daemon_bin()?;
     let root = tempfile::tempdir()?;
-    if args.get(1).map(String::as_str) == Some("events") {
-        return events_cost(&bin, &url, root.path());
+    match args.get(1).map(String::as_str) {
+        Some("events") => return events_cost(&bin, &url, root.path()),
+        Some("drain") => return drain_vs_celery(&bin, &url, root.path()),
+        _ => {}
     }
     let sqlite_dir = root.path().join("sqlite");
     std::fs::create_dir_all(&sqlite_dir)?;

@@ -1,6 +1,7 @@
 //! Jobs on RabbitMQ as a user follows them, with real `procyard-daemon` processes sharing one
 //! broker: `publish --wait` answered through the reply queue by whichever of two daemons ran
-//! the job; job events seen on `<exchange>.events` by a consumer bound to `#`; `cancel` across
+//! the job; job events seen on `<exchange>.events` by a consumer bound to `#` (each job's
+//! life, and every event of a 200-job drain, started then done, once each); `cancel` across
 //! two daemons (a job running on either, and one still queued); `job` and `logs` from the
 //! local history of the daemon that ran the job (and a clear refusal from the other); bad ids.
 //!
@@ -277,6 +278,55 @@ fn amqp_job_events_are_seen_on_the_events_exchange() {
     assert_eq!(bad_life[1]["outcome"], "exit code 3");
     assert_eq!(bad_life[3]["attempt"], 2);
     assert_eq!(bad_life[5]["attempt"], 2);
+}
+
+/// A drain's events all reach a listener: with jobs ending and starting in the same loop turns
+/// (a turn's acknowledgements and events are handed over together, its events as one batch),
+/// each of 200 jobs is seen started once and then done once.
+#[test]
+fn amqp_every_event_of_a_drain_reaches_the_events_exchange_in_order() {
+    let Some(url) = broker_url("amqp_every_event_of_a_drain_reaches_the_events_exchange") else {
+        return;
+    };
+    let cluster = Cluster::start(&url, 2, 2, "cat >/dev/null");
+    let tap = Tap::new(&url, &cluster.exchange);
+    let ids = publish_classic(&url, &cluster.exchange, 200);
+    let mut life: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut done = 0;
+    tap.until(|v| {
+        let event = v["event"].as_str().unwrap_or("").to_owned();
+        done += usize::from(event == "done");
+        life.entry(v["id"].as_str().unwrap_or("").to_owned()).or_default().push(event);
+        done == ids.len()
+    });
+    for id in &ids {
+        assert_eq!(life.get(id).map(|l| l.join(" ")).as_deref(), Some("started done"), "{id}");
+    }
+    assert_eq!(life.len(), ids.len(), "events of jobs not published here: {life:?}");
+}
+
+/// Publishes `job0` … `job<n-1>` to `work.job` on the classic queues of `exchange` through the
+/// library's client; returns their ids.
+fn publish_classic(url: &str, exchange: &str, n: usize) -> Vec<String> {
+    use procyard_daemon::queue::{self, AmqpQueueType, BackendKind, OpenMode, QueueConfig};
+    let config = QueueConfig {
+        backend: BackendKind::Amqp,
+        path: PathBuf::new(),
+        url: Some(url.to_owned()),
+        exchange: exchange.to_owned(),
+        queue_type: AmqpQueueType::Classic,
+        events: true,
+        priorities: false,
+        schema: "procyard".into(),
+        durability: Default::default(),
+    };
+    let mut client = queue::open(&config, OpenMode::Client).expect("client");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.extend(client.publish("work.job", format!("job{i}").as_bytes()).expect("publish"));
+    }
+    client.shutdown().expect("shutdown");
+    ids
 }
 
 /// `cancel` from either daemon's config reaches the daemon running the job (stopped, ended

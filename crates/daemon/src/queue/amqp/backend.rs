@@ -330,18 +330,21 @@ impl QueueBackend for AmqpQueue {
             priority: flight.priority,
             headers_json: flight.headers_json,
         };
+        // Handed over with the turn's events, at the flush (the contract's buffering).
         let settle = Cmd::Settle { epoch: flight.epoch, acker: flight.acker, job: meta, outcome };
-        self.send("acknowledge a job", settle)
+        self.settles.push(settle);
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        // Outcomes are handed to the broker thread as they come; events once per loop turn,
-        // and the history is written here.
-        self.send_events();
+        // Outcomes and events go to the broker thread together, once per loop turn; the
+        // history is written here.
+        let handed = self.hand_over();
         match self.history.as_mut() {
-            Some(h) if self.mode == OpenMode::Daemon => h.flush(),
-            _ => Ok(()),
+            Some(h) if self.mode == OpenMode::Daemon => h.flush()?,
+            _ => {}
         }
+        handed
     }
 
     fn next_due(&mut self) -> Result<Option<Instant>> {
@@ -433,7 +436,9 @@ impl QueueBackend for AmqpQueue {
         if !self.is_running() {
             return Ok(());
         }
-        self.send_events();
+        if let Err(e) = self.hand_over() {
+            tracing::warn!("amqp: {}", Report(&e));
+        }
         if self.mode == OpenMode::Daemon
             && let Some(h) = self.history.as_mut()
         {

@@ -66,6 +66,10 @@ pub(crate) struct AmqpQueue {
     pub(super) events_on: bool,
     /// Events and replies not yet handed to the broker thread (sent once per loop turn).
     pub(super) outbox: Vec<Emitted>,
+    /// Outcomes (`Cmd::Settle`) not yet handed to the broker thread: sent once per loop turn
+    /// just before the events, so a turn's acknowledgements and events reach the connection
+    /// together (one wake-up of the broker thread and, mostly, one write).
+    pub(super) settles: Vec<Cmd>,
     /// This process in events (`host/pid`).
     pub(super) daemon_id: String,
     /// Daemon: jobs asked to be cancelled, dropped when they arrive.
@@ -131,6 +135,7 @@ impl AmqpQueue {
             history: None,
             events_on: config.events,
             outbox: Vec::new(),
+            settles: Vec::new(),
             daemon_id: daemon_id(),
             tombstones: Tombstones::new(TOMBSTONE_TTL, TOMBSTONE_MAX),
             cancels: Vec::new(),
@@ -234,7 +239,7 @@ impl AmqpQueue {
     }
 
     /// Queues `event` for the events exchange, or with `to` for a publisher's reply queue;
-    /// [`AmqpQueue::send_events`] hands them over once per loop turn. Never waits (an event
+    /// [`AmqpQueue::hand_over`] hands them over once per loop turn. Never waits (an event
     /// is news: when the broker is away it is lost, logged at debug).
     pub(super) fn emit(&mut self, event: &JobEvent, to: Option<&str>) {
         if to.is_none() && !self.events_on {
@@ -245,15 +250,26 @@ impl AmqpQueue {
         self.outbox.push(Emitted { key: event.routing_key(), body, to });
     }
 
-    /// Hands the queued events to the broker thread, in one batch.
-    pub(super) fn send_events(&mut self) {
-        if self.outbox.is_empty() {
-            return;
+    /// Hands the turn's outcomes, then its events (in one batch), to the broker thread.
+    /// Fails when that thread has stopped (the outcomes are then lost with the connection:
+    /// the broker delivers those jobs again).
+    pub(super) fn hand_over(&mut self) -> Result<()> {
+        let mut sent = Ok(());
+        for settle in self.settles.drain(..) {
+            if sent.is_ok() {
+                sent = self.cmd.send(settle).map_err(|_| Error::Broker {
+                    action: "acknowledge a job",
+                    source: "the AMQP client thread has stopped".into(),
+                });
+            }
         }
-        let batch = std::mem::take(&mut self.outbox);
-        if self.cmd.send(Cmd::Emit { batch }).is_err() {
-            tracing::debug!("amqp: the client thread has stopped; events not sent");
+        if !self.outbox.is_empty() {
+            let batch = std::mem::take(&mut self.outbox);
+            if self.cmd.send(Cmd::Emit { batch }).is_err() {
+                tracing::debug!("amqp: the client thread has stopped; events not sent");
+            }
         }
+        sent
     }
 
     /// `task`, or every bound task.
