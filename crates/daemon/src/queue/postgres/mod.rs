@@ -53,6 +53,7 @@
 //! at most 1,000 waiting jobs per claim. Every daemon's clock should be right: a schedule's
 //! due times are read on the clock of the daemon that fires them (delays use the database's).
 
+mod ahead;
 mod backend;
 mod claim;
 mod conn;
@@ -211,6 +212,8 @@ pub(crate) struct PgQueue {
     book: crate::queue::periodic::Book,
     /// Daemon: each task's limits on starts (`limits.rs`).
     limits: limits::Limits,
+    /// Daemon: jobs claimed ahead of the loop's asking (`ahead.rs`).
+    ahead: ahead::Ahead,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -255,6 +258,7 @@ impl PgQueue {
             prune_count: None,
             book: crate::queue::periodic::Book::default(),
             limits: limits::Limits::default(),
+            ahead: ahead::Ahead::default(),
         })
     }
 

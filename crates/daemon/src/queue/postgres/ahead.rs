@@ -1,0 +1,219 @@
+//! Jobs claimed ahead: a claim takes as many jobs as the daemon may hold of the task
+//! ([`QueueBackend::set_capacity`](crate::queue::QueueBackend::set_capacity): `max_workers ×
+//! prefetch`, what the AMQP backend gives the broker as its prefetch), hands the loop what it
+//! asked for and keeps the rest, leased to this daemon, for the next claims. Those are then
+//! answered without a round trip, so a worker gets its next job before the loop writes the
+//! last one's outcome, and runs it while that write is on its way; the write that flushes the
+//! outcomes also takes the next batch when the jobs held ahead run low (one statement,
+//! `turn.rs`). A claim thus costs a round trip per batch, not per job, and a write carries the
+//! outcomes of every worker that finished during the one before.
+//!
+//! Jobs held ahead never started: a SIGKILLed daemon's are put back like its other leases, with
+//! no attempt recorded (they have no worker) and their attempt count restored, as at a stop.
+//! They are put back at once when the task's capacity drops (pause, stop, a reload that lowers
+//! or removes it) or when the task gets limits (rate limits and per-key concurrency claim
+//! only what they start, `limits.rs`); a cancel request for one completes it as cancelled; a
+//! daemon that registered anew (its leases recovered elsewhere) drops them. A daemon never
+//! asked for its capacity (a library caller) claims only what it is asked for.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::PgQueue;
+use crate::Result;
+use crate::queue::{Job, Outcome};
+
+/// Jobs held ahead per task, and what sizes each claim.
+#[derive(Debug, Default)]
+pub(super) struct Ahead {
+    /// The most jobs of a task the daemon holds unfinished at once; none: only what is asked.
+    capacity: HashMap<String, usize>,
+    /// Claimed and not yet handed to the loop, in claim order.
+    held: HashMap<String, VecDeque<Job>>,
+    /// Handed to the loop and not yet completed.
+    given: HashMap<String, usize>,
+    /// Tasks whose last claim found fewer ready jobs than it asked for (until a publish).
+    dry: HashSet<String>,
+}
+
+impl Ahead {
+    /// How many jobs a claim of `task` asking for `want` more takes.
+    fn size(&self, task: &str, want: usize) -> usize {
+        let cap = self.capacity.get(task).copied().unwrap_or(0);
+        let held = self.given.get(task).copied().unwrap_or(0) + self.len(task);
+        want.max(cap.saturating_sub(held))
+    }
+
+    fn len(&self, task: &str) -> usize {
+        self.held.get(task).map_or(0, VecDeque::len)
+    }
+
+    /// Something was published: every task may have jobs again.
+    pub(super) fn published(&mut self) {
+        self.dry.clear();
+    }
+
+    /// A job handed to the loop was completed.
+    pub(super) fn completed(&mut self, job: &Job) {
+        if let Some(n) = self.given.get_mut(&job.task) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// The task (and how many to take) whose jobs held ahead ran low: under half of what the
+    /// daemon may hold beyond its running ones, and not known to be drained.
+    fn low(&self) -> Option<(&str, usize)> {
+        self.capacity.iter().find_map(|(task, cap)| {
+            let given = self.given.get(task).copied().unwrap_or(0);
+            let room = cap.saturating_sub(given);
+            let low = self.len(task) * 2 < room && !self.dry.contains(task);
+            low.then(|| (task.as_str(), room - self.len(task)))
+        })
+    }
+}
+
+impl PgQueue {
+    /// A claim of up to `max` jobs of `task` (no limits on it): the jobs held ahead first; a
+    /// round trip only when they are not enough, taking the task's capacity.
+    pub(super) fn claim_ahead(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+        let mut out = self.take_held(task, max);
+        if out.len() < max {
+            let want = max - out.len();
+            let n = self.ahead.size(task, want);
+            match self.write(Some((task, n))) {
+                Ok(jobs) => {
+                    self.keep_ahead(task, n, jobs, &mut out, want);
+                }
+                // What was held is handed out all the same (the failure is in `health`).
+                Err(_) if !out.is_empty() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        *self.ahead.given.entry(task.to_owned()).or_default() += out.len();
+        Ok(out)
+    }
+
+    /// The flush: the buffered writes, with a claim riding along when a task's jobs held
+    /// ahead ran low (one statement either way).
+    pub(super) fn flush_ahead(&mut self) -> Result<()> {
+        let low = self
+            .ahead
+            .low()
+            .filter(|(task, _)| self.limits.of(task).is_none())
+            .map(|(task, n)| (task.to_owned(), n));
+        let Some((task, n)) = low else {
+            return self.write(None).map(|_| ());
+        };
+        let jobs = self.write(Some((&task, n)))?;
+        let mut none = Vec::new();
+        self.keep_ahead(&task, n, jobs, &mut none, 0);
+        Ok(())
+    }
+
+    /// Of the `n` jobs a claim asked for, hands `want` to `out` and holds the others ahead.
+    fn keep_ahead(
+        &mut self,
+        task: &str,
+        n: usize,
+        mut jobs: Vec<Job>,
+        out: &mut Vec<Job>,
+        want: usize,
+    ) {
+        if jobs.len() < n {
+            self.ahead.dry.insert(task.to_owned());
+        }
+        let rest = jobs.split_off(want.min(jobs.len()));
+        out.extend(jobs);
+        self.ahead.held.entry(task.to_owned()).or_default().extend(rest);
+    }
+
+    /// Up to `max` jobs held ahead for `task` whose lease is still this daemon's.
+    fn take_held(&mut self, task: &str, max: usize) -> Vec<Job> {
+        let owner = self.owner();
+        let mut out = Vec::new();
+        let Some(held) = self.ahead.held.get_mut(task) else { return out };
+        while out.len() < max
+            && let Some(job) = held.pop_front()
+        {
+            let seq = job.receipt.0 as i64;
+            if self.leases.get(&seq) == Some(&owner) {
+                out.push(job);
+            } else {
+                // Leased under a number this daemon no longer has: recovered elsewhere.
+                self.leases.remove(&seq);
+            }
+        }
+        out
+    }
+
+    /// Sets the capacity of `task`; jobs held ahead beyond it are put back.
+    pub(super) fn set_ahead_capacity(&mut self, task: &str, capacity: usize) {
+        if capacity == 0 {
+            self.ahead.capacity.remove(task);
+        } else {
+            self.ahead.capacity.insert(task.to_owned(), capacity);
+        }
+        let given = self.ahead.given.get(task).copied().unwrap_or(0);
+        if given + self.ahead.len(task) > capacity {
+            self.put_back(task);
+        }
+    }
+
+    /// Puts back the jobs held ahead of the tasks that limits now govern.
+    pub(super) fn put_back_limited(&mut self) {
+        let limited: Vec<String> =
+            self.ahead.held.keys().filter(|t| self.limits.of(t).is_some()).cloned().collect();
+        for task in limited {
+            self.put_back(&task);
+        }
+    }
+
+    /// The cancel requests heard, but those of jobs held ahead: completed here as cancelled
+    /// (they never started; the loop does not know them).
+    pub(super) fn cancel_held(&mut self, mut ids: Vec<String>) -> Vec<String> {
+        let mut found = Vec::new();
+        for held in self.ahead.held.values_mut() {
+            held.retain(|job| {
+                let hit = ids.contains(&job.id);
+                if hit {
+                    found.push(job.clone());
+                }
+                !hit
+            });
+        }
+        for job in &found {
+            ids.retain(|id| *id != job.id);
+            self.buffer_outcome(job, Outcome::Cancelled { reason: "cancelled".into() });
+        }
+        ids
+    }
+
+    /// Puts the jobs held ahead of `task` back in `ready` (their attempt count restored).
+    fn put_back(&mut self, task: &str) {
+        let jobs: Vec<Job> = self.ahead.held.remove(task).map(Vec::from).unwrap_or_default();
+        if jobs.is_empty() {
+            return;
+        }
+        let (owner, channel) = (self.owner(), self.target.channel());
+        let seqs: Vec<i64> = jobs.iter().map(|j| j.receipt.0 as i64).collect();
+        let put = self.with("return jobs held ahead to", |c| {
+            c.execute(
+                "WITH b AS (UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
+                        lease_owner = NULL, not_before = now_ms()
+                    WHERE seq = ANY($1) AND state = 1 AND lease_owner = $2 RETURNING task)
+                 SELECT pg_notify($3, t) FROM (SELECT DISTINCT task FROM b) AS x(t)",
+                &[&seqs, &owner, &channel],
+            )
+        });
+        match put {
+            Ok(_) => {
+                for s in &seqs {
+                    self.leases.remove(s);
+                }
+            }
+            // Still leased to this daemon: back at its stop, or when others see it gone.
+            Err(e) => {
+                tracing::warn!(jobs = seqs.len(), error = %e.chain(), "postgres: unable to return jobs held ahead")
+            }
+        }
+    }
+}
