@@ -8,19 +8,37 @@
 //! `turn.rs`). A claim thus costs a round trip per batch, not per job, and a write carries the
 //! outcomes of every worker that finished during the one before.
 //!
+//! A daemon holds ahead no more than its workers finished in the last [`PACE`] (and at most
+//! the capacity): jobs of a few milliseconds are claimed by the batch, while slow jobs are
+//! still claimed one per free worker, so no daemon keeps jobs that another, idle, could run.
+//!
 //! Jobs held ahead never started: a SIGKILLed daemon's are put back like its other leases, with
 //! no attempt recorded (they have no worker) and their attempt count restored, as at a stop.
 //! They are put back at once when the task's capacity drops (pause, stop, a reload that lowers
 //! or removes it) or when the task gets limits (rate limits and per-key concurrency claim
 //! only what they start, `limits.rs`); a cancel request for one completes it as cancelled; a
-//! daemon that registered anew (its leases recovered elsewhere) drops them. A daemon never
+//! daemon that registered anew (its leases recovered elsewhere) drops them. While writes fail
+//! none is handed out (their outcomes could not be written: a daemon whose leases are
+//! recovered meanwhile runs again only the jobs a claim would have let it start). A daemon never
 //! asked for its capacity (a library caller) claims only what it is asked for.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::PgQueue;
 use crate::Result;
 use crate::queue::{Job, Outcome};
+
+/// The window over which a task's pace (jobs finished) is counted.
+const PACE: Duration = Duration::from_millis(100);
+
+/// Jobs of a task finished in the current window and in the one before.
+#[derive(Debug)]
+struct Pace {
+    since: Instant,
+    now: usize,
+    last: usize,
+}
 
 /// Jobs held ahead per task, and what sizes each claim.
 #[derive(Debug, Default)]
@@ -33,14 +51,21 @@ pub(super) struct Ahead {
     given: HashMap<String, usize>,
     /// Tasks whose last claim found fewer ready jobs than it asked for (until a publish).
     dry: HashSet<String>,
+    /// Jobs finished lately, per task.
+    pace: HashMap<String, Pace>,
 }
 
 impl Ahead {
-    /// How many jobs a claim of `task` asking for `want` more takes.
-    fn size(&self, task: &str, want: usize) -> usize {
+    /// How many jobs to hold ahead of `task`, beyond `want` more handed out now: what its
+    /// workers finished in a window of [`PACE`], within its capacity.
+    fn target(&self, task: &str, want: usize) -> usize {
         let cap = self.capacity.get(task).copied().unwrap_or(0);
-        let held = self.given.get(task).copied().unwrap_or(0) + self.len(task);
-        want.max(cap.saturating_sub(held))
+        let given = self.given.get(task).copied().unwrap_or(0);
+        let pace = match self.pace.get(task) {
+            Some(p) if p.since.elapsed() < 2 * PACE => p.last.max(p.now),
+            _ => 0,
+        };
+        pace.min(cap.saturating_sub(given + want))
     }
 
     fn len(&self, task: &str) -> usize {
@@ -57,16 +82,23 @@ impl Ahead {
         if let Some(n) = self.given.get_mut(&job.task) {
             *n = n.saturating_sub(1);
         }
+        let now = Instant::now();
+        let p = self.pace.entry(job.task.clone()).or_insert(Pace { since: now, now: 0, last: 0 });
+        let age = now.saturating_duration_since(p.since);
+        if age >= PACE {
+            p.last = if age < 2 * PACE { p.now } else { 0 };
+            (p.since, p.now) = (now, 0);
+        }
+        p.now += 1;
     }
 
-    /// The task (and how many to take) whose jobs held ahead ran low: under half of what the
-    /// daemon may hold beyond its running ones, and not known to be drained.
-    fn low(&self) -> Option<(&str, usize)> {
-        self.capacity.iter().find_map(|(task, cap)| {
-            let given = self.given.get(task).copied().unwrap_or(0);
-            let room = cap.saturating_sub(given);
-            let low = self.len(task) * 2 < room && !self.dry.contains(task);
-            low.then(|| (task.as_str(), room - self.len(task)))
+    /// The task (and how many to take) whose jobs held ahead ran low: under half of its
+    /// target, and not known to be drained.
+    fn low(&self) -> Option<(String, usize)> {
+        self.capacity.keys().find_map(|task| {
+            let (target, len) = (self.target(task, 0), self.len(task));
+            let low = len * 2 < target && !self.dry.contains(task);
+            low.then(|| (task.clone(), target - len))
         })
     }
 }
@@ -75,17 +107,27 @@ impl PgQueue {
     /// A claim of up to `max` jobs of `task` (no limits on it): the jobs held ahead first; a
     /// round trip only when they are not enough, taking the task's capacity.
     pub(super) fn claim_ahead(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+        if self.trouble.is_some() {
+            // The last write failed: outcomes wait unwritten, so no job starts that a claim
+            // could not take now (the jobs held wait for the database to answer again).
+            let jobs = self.write(Some((task, max)))?;
+            *self.ahead.given.entry(task.to_owned()).or_default() += jobs.len();
+            return Ok(jobs);
+        }
         let mut out = self.take_held(task, max);
         if out.len() < max {
             let want = max - out.len();
-            let n = self.ahead.size(task, want);
+            let n = want + self.ahead.target(task, max);
             match self.write(Some((task, n))) {
-                Ok(jobs) => {
-                    self.keep_ahead(task, n, jobs, &mut out, want);
+                Ok(jobs) => self.keep_ahead(task, n, jobs, &mut out, want),
+                Err(e) => {
+                    // Held again, in order: the loop retries the claim after a failure.
+                    let held = self.ahead.held.entry(task.to_owned()).or_default();
+                    for job in out.into_iter().rev() {
+                        held.push_front(job);
+                    }
+                    return Err(e);
                 }
-                // What was held is handed out all the same (the failure is in `health`).
-                Err(_) if !out.is_empty() => {}
-                Err(e) => return Err(e),
             }
         }
         *self.ahead.given.entry(task.to_owned()).or_default() += out.len();
@@ -95,11 +137,7 @@ impl PgQueue {
     /// The flush: the buffered writes, with a claim riding along when a task's jobs held
     /// ahead ran low (one statement either way).
     pub(super) fn flush_ahead(&mut self) -> Result<()> {
-        let low = self
-            .ahead
-            .low()
-            .filter(|(task, _)| self.limits.of(task).is_none())
-            .map(|(task, n)| (task.to_owned(), n));
+        let low = self.ahead.low().filter(|(task, _)| self.limits.of(task).is_none());
         let Some((task, n)) = low else {
             return self.write(None).map(|_| ());
         };
@@ -121,9 +159,13 @@ impl PgQueue {
         if jobs.len() < n {
             self.ahead.dry.insert(task.to_owned());
         }
+        let held = self.ahead.held.entry(task.to_owned()).or_default();
+        // A job held under an earlier number of this daemon and claimed again: one copy.
+        let new: HashSet<u64> = jobs.iter().map(|j| j.receipt.0).collect();
+        held.retain(|j| !new.contains(&j.receipt.0));
         let rest = jobs.split_off(want.min(jobs.len()));
         out.extend(jobs);
-        self.ahead.held.entry(task.to_owned()).or_default().extend(rest);
+        held.extend(rest);
     }
 
     /// Up to `max` jobs held ahead for `task` whose lease is still this daemon's.
