@@ -69,14 +69,21 @@ fn binding() -> TaskBinding {
 }
 
 /// A daemon config: `queue` lines, `workers` workers running this example as the worker.
+/// `BENCH_PG_PREFETCH=N` sets the task's `prefetch` (its capacity: `max_workers × N`; the
+/// workers here take no jobs ahead): `1` turns the PostgreSQL claims ahead off, for a
+/// same-binary comparison.
 fn write_config(dir: &Path, name: &str, queue: &str, workers: usize, slow: bool) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let mode = if slow { "slow" } else { "worker" };
+    let prefetch = std::env::var("BENCH_PG_PREFETCH")
+        .ok()
+        .and_then(|p| p.parse::<usize>().ok())
+        .map_or(String::new(), |p| format!("prefetch = {p}\n"));
     let text = format!(
         "[daemon]\ngrace_period = \"5s\"\ncontrol_socket = \"{sock}\"\n[queue]\n{queue}\n\
          [[task]]\nname = \"noop\"\nrouting_keys = [\"noop\"]\n\
          command = [\"{exe}\", \"{mode}\", \"{done}\"]\nwork_model = \"longlived\"\n\
-         min_workers = {workers}\nmax_workers = {workers}\nmax_attempts = 3\n",
+         min_workers = {workers}\nmax_workers = {workers}\nmax_attempts = 3\n{prefetch}",
         sock = dir.join(format!("{name}.sock")).display(),
         exe = exe.display(),
         done = dir.join("done.log").display(),

@@ -18,7 +18,9 @@
 //!   it takes, never the backlog, the delayed jobs or the history, and daemons never wait for
 //!   each other's rows. The outcomes, attempts and worker holders buffered since the last
 //!   write go in the same transaction (arrays, one statement per kind), so a daemon killed
-//!   at any moment has recorded both or neither.
+//!   at any moment has recorded both or neither. A daemon whose workers finish quickly
+//!   claims ahead, within the task's capacity (`ahead.rs`): later claims are answered from
+//!   the jobs it holds, and a worker runs its next job while the last outcome is written.
 //! - **Wake-ups**: publish notifies `<schema>_jobs` (one notification per task and
 //!   transaction); nothing polls the table. Delayed jobs (`--delay`, `--at`, a retry's
 //!   backoff) wait in a state of their own; the earliest due time is read from
