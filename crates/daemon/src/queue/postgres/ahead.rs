@@ -110,7 +110,11 @@ impl PgQueue {
         if self.trouble.is_some() {
             // The last write failed: outcomes wait unwritten, so no job starts that a claim
             // could not take now (the jobs held wait for the database to answer again).
-            let jobs = self.write(Some((task, max)))?;
+            let mut jobs = self.write(Some((task, max)))?;
+            // It answers again: the jobs held come next (none is left waiting for a claim
+            // that the loop, told the queue is empty, would not make).
+            let more = self.take_held(task, max - jobs.len());
+            jobs.extend(more);
             *self.ahead.given.entry(task.to_owned()).or_default() += jobs.len();
             return Ok(jobs);
         }
