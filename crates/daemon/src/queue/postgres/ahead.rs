@@ -12,6 +12,10 @@
 //! the capacity): jobs of a few milliseconds are claimed by the batch, while slow jobs are
 //! still claimed one per free worker, so no daemon keeps jobs that another, idle, could run.
 //!
+//! The price: a daemon killed or cut off reruns elsewhere the jobs it was running and those
+//! its workers took from what it held in the loop turn that met the loss, before a write
+//! failed (at most `2 × max_workers`, where a claim per job allowed `max_workers`).
+//!
 //! Jobs held ahead never started: a SIGKILLed daemon's are put back like its other leases, with
 //! no attempt recorded (they have no worker) and their attempt count restored, as at a stop.
 //! They are put back at once when the task's capacity drops (pause, stop, a reload that lowers
@@ -24,6 +28,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
+
+use std::sync::atomic::Ordering;
 
 use super::PgQueue;
 use crate::Result;
@@ -45,8 +51,9 @@ struct Pace {
 pub(super) struct Ahead {
     /// The most jobs of a task the daemon holds unfinished at once; none: only what is asked.
     capacity: HashMap<String, usize>,
-    /// Claimed and not yet handed to the loop, in claim order.
-    held: HashMap<String, VecDeque<Job>>,
+    /// Claimed and not yet handed to the loop, in claim order, each with the session's
+    /// [`epoch`](PgQueue::epoch) when it was claimed.
+    held: HashMap<String, VecDeque<(u64, Job)>>,
     /// Handed to the loop and not yet completed.
     given: HashMap<String, usize>,
     /// Tasks whose last claim found fewer ready jobs than it asked for (until a publish).
@@ -107,6 +114,11 @@ impl PgQueue {
     /// A claim of up to `max` jobs of `task` (no limits on it): the jobs held ahead first; a
     /// round trip only when they are not enough, taking the task's capacity.
     pub(super) fn claim_ahead(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+        if self.epoch() == u64::MAX {
+            // The session is lost, and this daemon's lock with it: another daemon may put
+            // back whatever it takes now. Its reconnection wakes the loop to claim again.
+            return Ok(Vec::new());
+        }
         if self.trouble.is_some() {
             // The last write failed: outcomes wait unwritten, so no job starts that a claim
             // could not take now (the jobs held wait for the database to answer again).
@@ -122,13 +134,14 @@ impl PgQueue {
         if out.len() < max {
             let want = max - out.len();
             let n = want + self.ahead.target(task, max);
+            let epoch = self.epoch();
             match self.write(Some((task, n))) {
-                Ok(jobs) => self.keep_ahead(task, n, jobs, &mut out, want),
+                Ok(jobs) => self.keep_ahead(task, (n, epoch), jobs, &mut out, want),
                 Err(e) => {
                     // Held again, in order: the loop retries the claim after a failure.
                     let held = self.ahead.held.entry(task.to_owned()).or_default();
                     for job in out.into_iter().rev() {
-                        held.push_front(job);
+                        held.push_front((epoch, job));
                     }
                     return Err(e);
                 }
@@ -142,12 +155,14 @@ impl PgQueue {
     /// ahead ran low (one statement either way).
     pub(super) fn flush_ahead(&mut self) -> Result<()> {
         let low = self.ahead.low().filter(|(task, _)| self.limits.of(task).is_none());
+        let low = low.filter(|_| self.epoch() != u64::MAX);
         let Some((task, n)) = low else {
             return self.write(None).map(|_| ());
         };
+        let epoch = self.epoch();
         let jobs = self.write(Some((&task, n)))?;
         let mut none = Vec::new();
-        self.keep_ahead(&task, n, jobs, &mut none, 0);
+        self.keep_ahead(&task, (n, epoch), jobs, &mut none, 0);
         Ok(())
     }
 
@@ -155,7 +170,7 @@ impl PgQueue {
     fn keep_ahead(
         &mut self,
         task: &str,
-        n: usize,
+        (n, epoch): (usize, u64),
         mut jobs: Vec<Job>,
         out: &mut Vec<Job>,
         want: usize,
@@ -166,27 +181,43 @@ impl PgQueue {
         let held = self.ahead.held.entry(task.to_owned()).or_default();
         // A job held under an earlier number of this daemon and claimed again: one copy.
         let new: HashSet<u64> = jobs.iter().map(|j| j.receipt.0).collect();
-        held.retain(|j| !new.contains(&j.receipt.0));
+        held.retain(|(_, j)| !new.contains(&j.receipt.0));
         let rest = jobs.split_off(want.min(jobs.len()));
         out.extend(jobs);
-        held.extend(rest);
+        held.extend(rest.into_iter().map(|j| (epoch, j)));
     }
 
-    /// Up to `max` jobs held ahead for `task` whose lease is still this daemon's.
+    /// The session's epoch: how many times it was lost, or `u64::MAX` while it is (jobs claimed
+    /// then are never handed out from what is held: their leases may be put back meanwhile).
+    pub(super) fn epoch(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| {
+            if s.shared.connected.load(Ordering::SeqCst) {
+                s.shared.losses.load(Ordering::SeqCst)
+            } else {
+                u64::MAX
+            }
+        })
+    }
+
+    /// Up to `max` jobs held ahead for `task` claimed in this epoch of the session. Those of an
+    /// earlier one (the session was lost since: another daemon may have put them back and run
+    /// them) are put back here, if still this daemon's, and never handed out.
     fn take_held(&mut self, task: &str, max: usize) -> Vec<Job> {
-        let owner = self.owner();
+        let epoch = self.epoch();
         let mut out = Vec::new();
+        let mut stale = Vec::new();
         let Some(held) = self.ahead.held.get_mut(task) else { return out };
         while out.len() < max
-            && let Some(job) = held.pop_front()
+            && let Some((at, job)) = held.pop_front()
         {
-            let seq = job.receipt.0 as i64;
-            if self.leases.get(&seq) == Some(&owner) {
+            if at == epoch && epoch != u64::MAX {
                 out.push(job);
             } else {
-                // Leased under a number this daemon no longer has: recovered elsewhere.
-                self.leases.remove(&seq);
+                stale.push((at, job));
             }
+        }
+        if !stale.is_empty() {
+            self.put_back_jobs(task, stale);
         }
         out
     }
@@ -218,7 +249,7 @@ impl PgQueue {
     pub(super) fn cancel_held(&mut self, mut ids: Vec<String>) -> Vec<String> {
         let mut found = Vec::new();
         for held in self.ahead.held.values_mut() {
-            held.retain(|job| {
+            held.retain(|(_, job)| {
                 let hit = ids.contains(&job.id);
                 if hit {
                     found.push(job.clone());
@@ -235,12 +266,18 @@ impl PgQueue {
 
     /// Puts the jobs held ahead of `task` back in `ready` (their attempt count restored).
     fn put_back(&mut self, task: &str) {
-        let jobs: Vec<Job> = self.ahead.held.remove(task).map(Vec::from).unwrap_or_default();
+        let jobs: Vec<(u64, Job)> = self.ahead.held.remove(task).map(Vec::from).unwrap_or_default();
+        self.put_back_jobs(task, jobs);
+    }
+
+    /// Puts `jobs` back in `ready` where they are still leased to this daemon; on a failure
+    /// they stay held under an epoch never handed out, tried again at the next claim.
+    fn put_back_jobs(&mut self, task: &str, jobs: Vec<(u64, Job)>) {
         if jobs.is_empty() {
             return;
         }
         let (owner, channel) = (self.owner(), self.target.channel());
-        let seqs: Vec<i64> = jobs.iter().map(|j| j.receipt.0 as i64).collect();
+        let seqs: Vec<i64> = jobs.iter().map(|(_, j)| j.receipt.0 as i64).collect();
         let put = self.with("return jobs held ahead to", |c| {
             c.execute(
                 "WITH b AS (UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
@@ -256,9 +293,10 @@ impl PgQueue {
                     self.leases.remove(s);
                 }
             }
-            // Still leased to this daemon: back at its stop, or when others see it gone.
             Err(e) => {
-                tracing::warn!(jobs = seqs.len(), error = %e.chain(), "postgres: unable to return jobs held ahead")
+                tracing::warn!(jobs = seqs.len(), error = %e.chain(), "postgres: unable to return jobs held ahead; will retry");
+                let held = self.ahead.held.entry(task.to_owned()).or_default();
+                held.extend(jobs.into_iter().map(|(_, j)| (u64::MAX, j)));
             }
         }
     }
