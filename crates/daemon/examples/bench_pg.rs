@@ -69,14 +69,21 @@ fn binding() -> TaskBinding {
 }
 
 /// A daemon config: `queue` lines, `workers` workers running this example as the worker.
+/// `BENCH_PG_PREFETCH=N` sets the task's `prefetch` (its capacity: `max_workers × N`; the
+/// workers here take no jobs ahead): `1` turns the PostgreSQL claims ahead off, for a
+/// same-binary comparison.
 fn write_config(dir: &Path, name: &str, queue: &str, workers: usize, slow: bool) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let mode = if slow { "slow" } else { "worker" };
+    let prefetch = std::env::var("BENCH_PG_PREFETCH")
+        .ok()
+        .and_then(|p| p.parse::<usize>().ok())
+        .map_or(String::new(), |p| format!("prefetch = {p}\n"));
     let text = format!(
         "[daemon]\ngrace_period = \"5s\"\ncontrol_socket = \"{sock}\"\n[queue]\n{queue}\n\
          [[task]]\nname = \"noop\"\nrouting_keys = [\"noop\"]\n\
          command = [\"{exe}\", \"{mode}\", \"{done}\"]\nwork_model = \"longlived\"\n\
-         min_workers = {workers}\nmax_workers = {workers}\nmax_attempts = 3\n",
+         min_workers = {workers}\nmax_workers = {workers}\nmax_attempts = 3\n{prefetch}",
         sock = dir.join(format!("{name}.sock")).display(),
         exe = exe.display(),
         done = dir.join("done.log").display(),
@@ -240,15 +247,114 @@ fn drain(bin: &Path, root: &Path, pg: Option<&str>, run: usize) -> anyhow::Resul
             Err(e) => result = Err(e),
         }
     }
+    let before = match (pg, &result) {
+        (Some(url), Ok(())) => ServerUse::read(url, &schema, &[]).ok(),
+        _ => None,
+    };
     let done = result.and_then(|()| wait_done(&dir.join("done.log"), JOBS));
+    let cpu = pg.filter(|_| done.is_ok()).map(|url| ServerUse::cpu(url, &schema));
+    let own: u64 = children.iter().map(|c| ticks(c.id() as i32)).sum();
+    eprintln!("daemons' own CPU per job: {:.3} ms", own as f64 * 10.0 / JOBS as f64);
     for c in children {
         stop(c);
+    }
+    if let (Some(url), Some(before), Some(Ok((pids, cpu)))) = (pg, before, cpu) {
+        match ServerUse::read(url, &schema, &pids) {
+            Ok(after) => ServerUse { cpu_ticks: cpu, ..after }.since(&before).show(JOBS),
+            Err(e) => eprintln!("server use not read: {e}"),
+        }
     }
     if let Some(url) = pg {
         drop_schema(url, &schema);
     }
     let (first, last) = done?;
     Ok(JOBS as f64 / (last.saturating_sub(first) as f64 / 1e9).max(1e-9))
+}
+
+/// The CPU time of process `pid` so far, in ticks of 10 ms (0 when it is gone).
+fn ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields 14 and 15 (utime, stime) after the command's closing parenthesis.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// What the database server spent on a drain: the CPU of the daemons' backends (from
+/// `/proc`, so the server must be on this machine), the database's commits (every client of
+/// it, so an upper bound on a shared server), and the row versions written to `jobs`.
+#[derive(Default)]
+struct ServerUse {
+    cpu_ticks: u64,
+    commits: i64,
+    updated: i64,
+    hot: i64,
+}
+
+impl ServerUse {
+    /// The daemons' backends and their CPU ticks so far.
+    fn cpu(url: &str, schema: &str) -> anyhow::Result<(Vec<i32>, u64)> {
+        let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+        let pids: Vec<i32> = c
+            .query(
+                &format!(
+                    "SELECT a.pid FROM pg_stat_activity a JOIN {schema}.daemons d
+                     ON a.application_name LIKE 'procyard-daemon ' || d.name || '%'"
+                ),
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let cpu_ticks = pids.iter().map(|p| ticks(*p)).sum();
+        Ok((pids, cpu_ticks))
+    }
+
+    /// Reads the counters once the backends `gone` have exited (they write their statistics
+    /// as they exit).
+    fn read(url: &str, schema: &str, gone: &[i32]) -> anyhow::Result<ServerUse> {
+        let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let left = "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY($1)";
+        while c.query_one(left, &[&gone])?.get::<_, i64>(0) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cpu_ticks = Self::cpu(url, schema)?.1;
+        let row = c.query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )?;
+        let commits = row.get(0);
+        // The statistics of the other backends' transactions, as of now.
+        c.batch_execute("SELECT pg_stat_clear_snapshot()")?;
+        let row = c.query_one(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+             WHERE schemaname = $1 AND relname = 'jobs'",
+            &[&schema],
+        )?;
+        Ok(ServerUse { cpu_ticks, commits, updated: row.get(0), hot: row.get(1) })
+    }
+
+    fn since(&self, before: &ServerUse) -> ServerUse {
+        ServerUse {
+            cpu_ticks: self.cpu_ticks.saturating_sub(before.cpu_ticks),
+            commits: self.commits - before.commits,
+            updated: self.updated - before.updated,
+            hot: self.hot - before.hot,
+        }
+    }
+
+    fn show(&self, jobs: usize) {
+        let n = jobs as f64;
+        eprintln!(
+            "server per job: backends' CPU {:.3} ms, commits {:.2} (whole database), jobs rows updated {:.2} ({:.2} HOT)",
+            self.cpu_ticks as f64 * 10.0 / n,
+            self.commits as f64 / n,
+            self.updated as f64 / n,
+            self.hot as f64 / n,
+        );
+    }
 }
 
 /// Seconds from a SIGKILL of a daemon holding jobs until all of them are back in `ready`.

@@ -22,6 +22,10 @@ use pg::Schema;
 use procyard_daemon::queue::{self, OpenMode, TaskBinding};
 
 const MAX_WORKERS: usize = 4;
+/// The most jobs a daemon killed or cut off runs that run again elsewhere: those running, and
+/// those its workers took from the jobs it held ahead in the loop turn that met the loss,
+/// before its write failed (`queue/postgres/ahead.rs`).
+const RERUNS: usize = 2 * MAX_WORKERS;
 /// How long a test may wait for its jobs (seconds of work on a quiet machine; this holds on
 /// one several times slower, and a real hang still fails).
 const JOBS_DEADLINE: Duration = Duration::from_secs(300);
@@ -269,7 +273,7 @@ fn pg_daemons_sigkilled_daemon_jobs_back_within_a_second() {
     let total = cluster.wait_all(&ids);
     cluster.stop_all();
     assert_eq!(total.len(), ids.len(), "jobs lost");
-    assert!(twice(&total).len() <= MAX_WORKERS, "ran twice: {:?}", twice(&total));
+    assert!(twice(&total).len() <= RERUNS, "ran twice: {:?}", twice(&total));
 }
 
 #[test]
@@ -309,7 +313,7 @@ fn pg_daemons_terminated_session_reconnects_and_loses_nothing() {
     assert!(status.status.success());
     cluster.stop_all();
     assert_eq!(total.len(), ids.len(), "jobs lost");
-    assert!(twice(&total).len() <= MAX_WORKERS, "ran twice: {:?}", twice(&total));
+    assert!(twice(&total).len() <= RERUNS, "ran twice: {:?}", twice(&total));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The scheduling controls on the PostgreSQL backend, through its API on a real database
 //! (see `common/pg.rs`): delays and priorities in claim order, a publish waking a daemon to
 //! read the next due time, unique keys under 50 concurrent publishers on separate
-//! connections, rate limits and per-key concurrency shared by two daemons.
+//! connections, rate limits and per-key concurrency shared by two daemons; quick jobs
+//! claimed ahead, and put back untouched.
 
 #[path = "common/pg.rs"]
 mod pg;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use pg::Schema;
 use procyard_daemon::limits::{ConcurrencyKey, RateLimit, TaskLimits};
 use procyard_daemon::queue::{
-    self, Job, JobState, OpenMode, Outcome, PublishOptions, QueueBackend, TaskBinding,
+    self, Job, JobFilter, JobState, OpenMode, Outcome, PublishOptions, QueueBackend, TaskBinding,
 };
 
 fn bindings() -> Vec<TaskBinding> {
@@ -228,4 +229,61 @@ fn pg_per_key_concurrency_holds_across_daemons() {
     assert_eq!(payloads(&b.claim("work", 10).unwrap()), ["a2"], "publish order within a key");
     a.shutdown().unwrap();
     b.shutdown().unwrap();
+}
+
+/// A daemon whose workers finish quickly claims more than it is asked for (within its
+/// capacity) and answers the next claims from what it holds, with no write (the outcomes wait
+/// for the flush); one whose jobs finished nothing lately claims what it is asked for (no
+/// daemon keeps slow jobs another could run); a cancel of a job held ahead completes it; at a
+/// stop (capacity 0) the jobs it held go back as if never claimed. A caller that never set a capacity claims what it asks for.
+#[test]
+fn pg_quick_jobs_are_claimed_ahead_and_put_back_untouched() {
+    let Some(s) = Schema::new("pg_quick_jobs_are_claimed_ahead_and_put_back_untouched") else {
+        return;
+    };
+    let mut client = open(&s, OpenMode::Client);
+    client.publish_batch("work.a", &vec![b"x".to_vec(); 40]).unwrap();
+    let mut count = |state: JobState| {
+        let filter = JobFilter { states: vec![state], ..JobFilter::default() };
+        client.jobs(&filter).unwrap().len()
+    };
+    let mut daemon = open(&s, OpenMode::Daemon);
+    let first = daemon.claim("work", 2).unwrap();
+    assert_eq!(count(JobState::Running), 2, "no capacity set: what was asked");
+    daemon.set_capacity("work", 8).unwrap();
+    let slow = daemon.claim("work", 1).unwrap();
+    assert_eq!(count(JobState::Running), 3, "nothing finished lately: what was asked");
+    for job in first.iter().chain(&slow) {
+        daemon.complete(job, Outcome::Done).unwrap();
+    }
+    // Three jobs finished just now: the claim takes three more to hold ahead.
+    let next = daemon.claim("work", 2).unwrap();
+    for job in &next {
+        daemon.complete(job, Outcome::Done).unwrap();
+    }
+    let third = daemon.claim("work", 2).unwrap();
+    assert_eq!((next.len(), third.len()), (2, 2));
+    assert_eq!(count(JobState::Done), 3, "the third claim wrote nothing");
+    assert_eq!(count(JobState::Running), 5, "the second claim took five");
+    // A cancel of the job held ahead (never started) completes it as cancelled.
+    let mut reader = open(&s, OpenMode::Client);
+    let filter = JobFilter { states: vec![JobState::Running], ..JobFilter::default() };
+    let handed: Vec<&str> = next.iter().chain(&third).map(|j| j.id.as_str()).collect();
+    let held = reader.jobs(&filter).unwrap().into_iter().find(|r| !handed.contains(&r.id.as_str()));
+    let held = held.expect("a job held ahead").id;
+    assert!(reader.cancel_everywhere(&held).unwrap());
+    let mut poll = mio::Poll::new().unwrap();
+    daemon.attach(poll.registry(), mio::Token(3)).unwrap();
+    wait_woken(&mut *daemon, &mut poll, Instant::now() + Duration::from_secs(10), |d| {
+        assert_eq!(d.take_cancels(), Vec::<String>::new(), "not the loop's to cancel");
+        d.flush().unwrap();
+        reader.job(&held).unwrap().state == JobState::Cancelled
+    });
+    assert_eq!(count(JobState::Done), 5);
+    daemon.set_capacity("work", 0).unwrap();
+    assert_eq!(count(JobState::Running), 2, "only the jobs handed out stay leased");
+    let mut other = open(&s, OpenMode::Daemon);
+    let rest = other.claim("work", 100).unwrap();
+    assert_eq!(rest.len(), 32);
+    assert!(rest.iter().all(|j| j.attempt == 1), "a job put back was never attempted");
 }

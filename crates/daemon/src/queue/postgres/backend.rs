@@ -59,6 +59,7 @@ impl QueueBackend for PgQueue {
         {
             // Something was published or requeued: retry times may have changed too.
             self.due_cache = None;
+            self.ahead.published();
         }
         if let Some(s) = &self.session
             && s.shared.schedules.swap(false, Ordering::SeqCst)
@@ -98,7 +99,10 @@ impl QueueBackend for PgQueue {
             .map_err(|error| Box::new(PartialPublish { committed: Vec::new(), error }))
     }
 
-    fn set_capacity(&mut self, _task: &str, _capacity: usize) -> Result<()> {
+    fn set_capacity(&mut self, task: &str, capacity: usize) -> Result<()> {
+        if self.mode == OpenMode::Daemon {
+            self.set_ahead_capacity(task, capacity);
+        }
         Ok(())
     }
 
@@ -117,7 +121,7 @@ impl QueueBackend for PgQueue {
         if self.limits.of(task).is_some() {
             return self.claim_limited(task, max);
         }
-        self.write(Some((task, max)))
+        self.claim_ahead(task, max)
     }
 
     fn record_holder(&mut self, job: &Job, holder: &LeaseHolder) -> Result<()> {
@@ -158,6 +162,7 @@ impl QueueBackend for PgQueue {
 
     fn set_limits(&mut self, limits: &[crate::limits::TaskLimits]) -> Result<()> {
         self.limits.set(limits);
+        self.put_back_limited();
         Ok(())
     }
 
@@ -192,10 +197,12 @@ impl QueueBackend for PgQueue {
     }
 
     fn take_cancels(&mut self) -> Vec<String> {
-        self.session
+        let ids = self
+            .session
             .as_ref()
             .and_then(|s| s.shared.cancels.lock().ok().map(|mut ids| std::mem::take(&mut *ids)))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.cancel_held(ids)
     }
 
     fn purge(&mut self, what: &Purge) -> Result<u64> {
@@ -211,6 +218,7 @@ impl QueueBackend for PgQueue {
     }
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
+        self.ahead.completed(job);
         self.buffer_outcome(job, outcome);
         Ok(())
     }
@@ -221,7 +229,7 @@ impl QueueBackend for PgQueue {
         if self.buffers.is_empty() {
             return Ok(());
         }
-        self.write(None).map(|_| ())
+        self.flush_ahead()
     }
 
     fn next_due(&mut self) -> Result<Option<Instant>> {

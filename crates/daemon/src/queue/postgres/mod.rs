@@ -18,7 +18,9 @@
 //!   it takes, never the backlog, the delayed jobs or the history, and daemons never wait for
 //!   each other's rows. The outcomes, attempts and worker holders buffered since the last
 //!   write go in the same transaction (arrays, one statement per kind), so a daemon killed
-//!   at any moment has recorded both or neither.
+//!   at any moment has recorded both or neither. A daemon whose workers finish quickly
+//!   claims ahead, within the task's capacity (`ahead.rs`): later claims are answered from
+//!   the jobs it holds, and a worker runs its next job while the last outcome is written.
 //! - **Wake-ups**: publish notifies `<schema>_jobs` (one notification per task and
 //!   transaction); nothing polls the table. Delayed jobs (`--delay`, `--at`, a retry's
 //!   backoff) wait in a state of their own; the earliest due time is read from
@@ -53,6 +55,7 @@
 //! at most 1,000 waiting jobs per claim. Every daemon's clock should be right: a schedule's
 //! due times are read on the clock of the daemon that fires them (delays use the database's).
 
+mod ahead;
 mod backend;
 mod claim;
 mod conn;
@@ -215,6 +218,8 @@ pub(crate) struct PgQueue {
     book: crate::queue::periodic::Book,
     /// Daemon: each task's limits on starts (`limits.rs`).
     limits: limits::Limits,
+    /// Daemon: jobs claimed ahead of the loop's asking (`ahead.rs`).
+    ahead: ahead::Ahead,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -259,6 +264,7 @@ impl PgQueue {
             prune_count: None,
             book: crate::queue::periodic::Book::default(),
             limits: limits::Limits::default(),
+            ahead: ahead::Ahead::default(),
         })
     }
 

@@ -52,6 +52,9 @@ pub(super) struct Shared {
     pub(super) dead: AtomicBool,
     /// The session is connected.
     pub(super) connected: AtomicBool,
+    /// How many times the session was lost (its lock with it: its leases may have been put
+    /// back by another daemon since).
+    pub(super) losses: std::sync::atomic::AtomicU64,
     /// What went wrong last with the session.
     pub(super) problem: Mutex<Option<String>>,
     /// Jobs whose cancellation was asked on `<schema>_cancel`, not yet taken.
@@ -91,6 +94,8 @@ impl Session {
         let mut client = target.connect(Role::Session, name)?;
         let me = Me { target: target.clone(), name: name.to_owned(), shared: Arc::clone(&shared) };
         me.register(&mut client, None)?;
+        // Connected and registered from now (claims wait for it: `ahead.rs`).
+        shared.connected.store(true, std::sync::atomic::Ordering::SeqCst);
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("procyard-pg-session".into())
@@ -275,6 +280,9 @@ impl Me {
     }
 
     fn connected(&self, yes: bool) {
+        if !yes && self.shared.connected.load(Ordering::SeqCst) {
+            self.shared.losses.fetch_add(1, Ordering::SeqCst);
+        }
         self.shared.connected.store(yes, Ordering::SeqCst);
         if yes {
             self.shared.set_problem(None);
