@@ -299,6 +299,38 @@ fn pg_tls_when_the_url_asks() {
     assert!(msg.contains("sslrootcert") && msg.contains("/nonexistent/ca.pem"), "{msg}");
 }
 
+/// The certificate checks of `verify-ca` and `verify-full` against the server's own
+/// certificate given as `sslrootcert`: Debian's self-signed `ssl-cert-snakeoil`, which names
+/// `localhost` (a DNS name, no IP address). `verify-ca` connects to 127.0.0.1, `verify-full`
+/// connects to `localhost` and refuses 127.0.0.1, saying the certificate is not valid for
+/// that name. Runs where the server has TLS with that certificate, readable here.
+#[test]
+fn pg_tls_verifies_against_sslrootcert() {
+    let Some(s) = Schema::new("pg_tls_verifies_against_sslrootcert") else { return };
+    let show = |what: &str| -> String {
+        s.client().query_one(&format!("SHOW {what}"), &[]).unwrap().get(0)
+    };
+    let cert = std::path::Path::new(&show("data_directory")).join(show("ssl_cert_file"));
+    let snakeoil = cert.to_string_lossy().contains("snakeoil");
+    if show("ssl") != "on" || !snakeoil || std::fs::File::open(&cert).is_err() {
+        eprintln!("SKIP: the server has no TLS with a readable snakeoil certificate ({cert:?})");
+        return;
+    }
+    let with = |host: &str, mode: &str| {
+        let url = s.url.replace("localhost", "127.0.0.1").replace("127.0.0.1", host);
+        let mut c = s.config();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        c.url = Some(format!("{url}{sep}sslrootcert={}&sslmode={mode}", cert.display()));
+        c
+    };
+    let mut q = queue::open(&with("127.0.0.1", "verify-ca"), OpenMode::Client).expect("ca");
+    q.bind(&bindings()).unwrap();
+    q.publish("work.a", b"x").unwrap();
+    queue::open(&with("localhost", "verify-full"), OpenMode::Client).expect("full, by name");
+    let msg = open_err(&with("127.0.0.1", "verify-full"));
+    assert!(msg.contains("connect with TLS to") && msg.contains("not valid for"), "{msg}");
+}
+
 /// A worker holder not yet flushed rides with the daemon's next write (here a claim), and an
 /// outcome written in the same write as its job's holder gets the holder's pid and start
 /// (pinned for any rewrite of the write path that merges its statements).

@@ -1,12 +1,13 @@
-//! TLS when the URL asks for it, with libpq's meanings of `sslmode` (OpenSSL through
-//! `native-tls`):
+//! TLS when the URL asks for it, with libpq's meanings of `sslmode` (rustls with the `ring`
+//! provider: nothing of it is touched until a URL asks for TLS, and no OpenSSL is linked):
 //!
 //! - `disable`, or `prefer` (the default): plain TCP (no TLS is tried);
 //! - `require`: encrypted, the server's certificate not checked (as libpq does without a
 //!   root certificate);
 //! - `verify-ca`: encrypted, the certificate signed by a trusted authority (the system's, or
 //!   the one in `sslrootcert=PATH`), any host name;
-//! - `verify-full`: as `verify-ca`, and the certificate names the host.
+//! - `verify-full`: as `verify-ca`, and the certificate names the host (a DNS or IP subject
+//!   alternative name: the subject's common name is not read).
 //!
 //! The driver knows only `disable`, `prefer` and `require`, so the URL is read here first:
 //! `verify-*` becomes `require` for it, `sslrootcert` is taken out. A TLS connection that
@@ -14,8 +15,17 @@
 //! cannot be read) is an error that says which.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use postgres_native_tls::MakeTlsConnector;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::conn::BoxError;
 
@@ -68,27 +78,137 @@ pub(super) fn split_url(url: &str) -> (String, Option<Tls>) {
 
 impl Tls {
     /// The connector for this TLS.
-    pub(super) fn connector(&self) -> Result<MakeTlsConnector, BoxError> {
-        let mut b = native_tls::TlsConnector::builder();
-        match self.verify {
-            Verify::Nothing => {
-                b.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
-            }
-            Verify::Authority => {
-                b.danger_accept_invalid_hostnames(true);
-            }
-            Verify::Full => {}
-        }
+    pub(super) fn connector(&self) -> Result<MakeRustlsConnect, BoxError> {
+        #[expect(deprecated, reason = "ring has no post-quantum key exchange: not needed here")]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algorithms = provider.signature_verification_algorithms;
+        let verifier: Arc<dyn ServerCertVerifier> = match self.verify {
+            Verify::Nothing => Arc::new(AnyCertificate(algorithms)),
+            Verify::Authority => Arc::new(AnyName(self.webpki(&provider)?)),
+            Verify::Full => self.webpki(&provider)?,
+        };
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(MakeRustlsConnect::new(config))
+    }
+
+    /// The chain-of-trust check: the system's authorities and `sslrootcert`'s.
+    fn webpki(
+        &self,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Arc<WebPkiServerVerifier>, BoxError> {
+        let mut roots = RootCertStore::empty();
+        // Unreadable or malformed system certificates are skipped, as OpenSSL skips them.
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         if let Some(path) = &self.root {
             let pem = std::fs::read(path).map_err(|e| {
                 format!("unable to read the root certificate (sslrootcert) {}: {e}", path.display())
             })?;
-            let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
+            let not_pem = |e: &dyn std::fmt::Display| {
                 format!("the root certificate (sslrootcert) {} is not PEM: {e}", path.display())
-            })?;
-            b.add_root_certificate(cert);
+            };
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| not_pem(&e))?;
+            if certs.is_empty() {
+                return Err(not_pem(&"no certificate in it").into());
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| not_pem(&e))?;
+            }
         }
-        Ok(MakeTlsConnector::new(b.build()?))
+        Ok(WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| format!("no trusted root certificate (system or sslrootcert): {e}"))?)
+    }
+}
+
+/// `require`: any certificate (the handshake's signatures are still checked, so the
+/// connection is encrypted to whoever holds the certificate's key).
+#[derive(Debug)]
+struct AnyCertificate(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain of trust checked, the host name not (webpki checks the name last,
+/// so a name error means the chain was good).
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 
