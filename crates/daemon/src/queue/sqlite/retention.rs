@@ -1,5 +1,5 @@
 //! Retention: done and cancelled jobs are deleted once older than `keep_done`, and the oldest
-//! beyond `keep_done_max`, by the daemon in steps of at most [`BATCH`] rows (one short write
+//! beyond `keep_done_max`, by the daemon in steps of at most [`PRUNE_BATCH`] rows (one short write
 //! transaction each, through the partial index on `finished_ms`), so pruning a million rows
 //! never holds the write lock long enough to delay a claim. A full step schedules the next
 //! one soon; otherwise the next look is [`PRUNE_EVERY`] later. A daemon's step waits while
@@ -11,15 +11,20 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, params};
 
-use super::records::BATCH;
 use super::store::History;
 use super::{SqliteQueue, now_ms};
 use crate::queue::Retention;
 
+/// Rows a pruning step deletes at most. A step runs on the daemon's loop and holds the write
+/// lock while it deletes: 200 rows a step, 8 ms apart, was measured against 500 rows 20 ms
+/// apart on a quiet machine (5 runs each, 1,000,000 records pruned while jobs flow): the
+/// longest publish→start 6.9–9.2 ms against 5.2–29.6 ms, the p99 1.11–1.74× of no pruning
+/// against 1.53–1.87×, for a prune 20 % longer (72–77 s against 60–64 s).
+pub(super) const PRUNE_BATCH: i64 = 200;
 /// How often the daemon looks for expired jobs.
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// The next step after one that found a full batch.
-const PRUNE_AGAIN: Duration = Duration::from_millis(20);
+const PRUNE_AGAIN: Duration = Duration::from_millis(8);
 /// The next look while the write-ahead log is behind.
 const LOG_WAIT: Duration = Duration::from_millis(5);
 /// How often the count-based cutoff (`keep_done_max`) is read again: it walks that many
@@ -62,7 +67,7 @@ impl PruneClock {
     pub(crate) fn step(&mut self, history: &mut History<'_>, retention: &Retention, now: Instant) {
         match self.prune_once(history, retention, now) {
             Ok(n) => {
-                let full = n as i64 >= BATCH;
+                let full = n as i64 >= PRUNE_BATCH;
                 self.next = now + if full { PRUNE_AGAIN } else { PRUNE_EVERY };
                 if n > 0 {
                     tracing::debug!(jobs = n, "pruned ended jobs past their retention");
@@ -126,9 +131,9 @@ impl PruneClock {
             "SELECT seq FROM jobs WHERE state IN (2, 4)
                AND (finished_ms <= ?1 OR (finished_ms, seq) <= (?2, ?3))
              ORDER BY finished_ms, seq LIMIT ?4",
-            params![by_age, count_ms, count_seq, BATCH],
+            params![by_age, count_ms, count_seq, PRUNE_BATCH],
         )?;
-        if n < BATCH as usize && self.walk.is_none() {
+        if n < PRUNE_BATCH as usize && self.walk.is_none() {
             // Everything up to the count cutoff is gone: read it again next time.
             self.count_read = None;
         }
@@ -202,7 +207,7 @@ mod tests {
                 break;
             }
         }
-        assert!(steps >= 3, "in batches of {BATCH}: {steps} steps");
+        assert!(steps >= 3, "in batches of {PRUNE_BATCH}: {steps} steps");
         let left = q.jobs(&mail()).unwrap();
         let dead = left.iter().filter(|j| j.state == crate::queue::JobState::Dead).count();
         assert_eq!(dead, 1, "dead letters stay");
@@ -258,7 +263,7 @@ mod tests {
         let steps = 20;
         let old = now_ms() - 3_600_000;
         let tx = q.conn.transaction().unwrap();
-        for i in 0..steps * BATCH {
+        for i in 0..steps * PRUNE_BATCH {
             tx.execute(
                 "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
                  VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
@@ -293,7 +298,7 @@ mod tests {
             // a full batch.
             step(&mut q);
             let now = expired(&q);
-            assert_eq!(left - now, BATCH, "step {n} deleted a full batch");
+            assert_eq!(left - now, PRUNE_BATCH, "step {n} deleted a full batch");
             left = now;
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
