@@ -5,9 +5,6 @@
 //! for cancel requests, a client's for the events and replies it waits on — whose messages
 //! come back to the daemon's thread as [`Ev::Heard`].
 
-use std::future::Future;
-use std::task::Poll;
-
 use lapin::message::DeliveryResult;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
@@ -45,49 +42,26 @@ impl Broker {
         };
         let events = topo::events_exchange(&self.exchange);
         self.settling.spawn(async move {
-            let mut sends: Vec<_> = batch
-                .iter()
-                .map(|m| {
-                    let mut props =
-                        BasicProperties::default().with_content_type("application/json".into());
-                    let (exchange, key) = match &m.to {
-                        Some((queue, correlation)) => {
-                            props = props.with_correlation_id(correlation.as_str().into());
-                            (String::new(), queue.clone())
-                        }
-                        None => (events.clone(), m.key.clone()),
-                    };
-                    let opts = BasicPublishOptions::default();
-                    Some(Box::pin(channel.basic_publish(
-                        exchange.into(),
-                        key.into(),
-                        opts,
-                        &m.body,
-                        props,
-                    )))
-                })
-                .collect();
-            let mut failed = false;
-            std::future::poll_fn(|cx| {
-                let mut pending = false;
-                for slot in &mut sends {
-                    let Some(send) = slot.as_mut() else { continue };
-                    match send.as_mut().poll(cx) {
-                        Poll::Ready(sent) => {
-                            if let Err(e) = sent
-                                && !failed
-                            {
-                                failed = true;
-                                tracing::debug!("amqp: unable to publish a job event: {e}");
-                            }
-                            *slot = None;
-                        }
-                        Poll::Pending => pending = true,
+            let sends = batch.iter().map(|m| {
+                let mut props =
+                    BasicProperties::default().with_content_type("application/json".into());
+                let (exchange, key) = match &m.to {
+                    Some((queue, correlation)) => {
+                        props = props.with_correlation_id(correlation.as_str().into());
+                        (String::new(), queue.clone())
                     }
+                    None => (events.clone(), m.key.clone()),
+                };
+                let opts = BasicPublishOptions::default();
+                channel.basic_publish(exchange.into(), key.into(), opts, &m.body, props)
+            });
+            // `join_all` polls every publish, in order, before it awaits any.
+            for sent in futures_util::future::join_all(sends).await {
+                if let Err(e) = sent {
+                    tracing::debug!("amqp: unable to publish a job event: {e}");
+                    break;
                 }
-                if pending { Poll::Pending } else { Poll::Ready(()) }
-            })
-            .await;
+            }
         });
     }
 
