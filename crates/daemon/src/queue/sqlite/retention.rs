@@ -89,7 +89,14 @@ impl PruneClock {
         let keep = retention.keep_done.as_millis().min(i64::MAX as u128) as i64;
         let by_age = now_ms().saturating_sub(keep) - 1;
         if self.walk.is_none() && self.count_read.is_none_or(|at| now >= at + COUNT_EVERY) {
-            self.walk = Some((None, 0));
+            if rows_at_most(history, retention.keep_done_max)? {
+                // Too few rows of any state for the count to cut: no walk, whose reads would
+                // fill the connection's page cache (the daemon's memory) for nothing.
+                self.count_cutoff = None;
+                self.count_read = Some(now);
+            } else {
+                self.walk = Some((None, 0));
+            }
         }
         if let Some((cursor, pos)) = self.walk {
             // One chunk of the walk to the entry at position `keep_done_max` (the newest
@@ -133,12 +140,24 @@ impl PruneClock {
              ORDER BY finished_ms, seq LIMIT ?4",
             params![by_age, count_ms, count_seq, PRUNE_BATCH],
         )?;
-        if n < PRUNE_BATCH as usize && self.walk.is_none() {
-            // Everything up to the count cutoff is gone: read it again next time.
+        if n < PRUNE_BATCH as usize && self.walk.is_none() && self.count_cutoff.is_some() {
+            // Everything up to the count cutoff is gone: read it again next time. (With no
+            // cutoff, the count was under the limit: it is read again [`COUNT_EVERY`] later.)
             self.count_read = None;
         }
         Ok(n)
     }
+}
+
+/// Whether the jobs table holds at most `max` rows, told from the span of its row numbers (two
+/// seeks of the primary key, at any table size): rows are numbered in publish order and never
+/// reused, so the span bounds the count from above.
+fn rows_at_most(history: &History<'_>, max: u64) -> rusqlite::Result<bool> {
+    let span: Option<i64> = history
+        .conn
+        .prepare_cached("SELECT (SELECT max(seq) FROM jobs) - (SELECT min(seq) FROM jobs) + 1")?
+        .query_row([], |r| r.get(0))?;
+    Ok(span.is_none_or(|rows| u64::try_from(rows).is_ok_and(|rows| rows <= max)))
 }
 
 impl SqliteQueue {
@@ -249,6 +268,44 @@ mod tests {
         assert_eq!(count(&q), max, "the newest keep_done_max stay");
         let oldest: i64 = q.conn.query_row("SELECT MIN(seq) FROM jobs", [], |r| r.get(0)).unwrap();
         assert_eq!(oldest, 1201, "the oldest went");
+    }
+
+    /// A table whose row numbers span no more than `keep_done_max` is not walked: the count
+    /// cannot cut, and the walk's reads would only fill the daemon's page cache (its memory).
+    #[test]
+    fn no_count_walk_when_the_table_is_smaller_than_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
+        // More rows than one walk chunk: a walk would still be under way after a step.
+        let rows = WALK_CHUNK + 500;
+        let limit = |max| Retention { keep_done: Duration::from_secs(3600), keep_done_max: max };
+        q.set_retention(limit(3 * WALK_CHUNK));
+        let now = now_ms();
+        let tx = q.conn.transaction().unwrap();
+        for i in 0..rows {
+            tx.execute(
+                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
+                 VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
+                params![format!("j{i}"), now - 1000],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        q.prune.next = Instant::now();
+        step(&mut q);
+        assert!(q.prune.walk.is_none(), "no walk: {:?}", q.prune);
+        assert_eq!(q.jobs(&mail()).unwrap().len() as u64, rows, "all kept");
+        // Under the row count, the walk runs (over more than one step) and cuts.
+        q.set_retention(limit(rows - 10));
+        q.prune.count_read = None;
+        q.prune.next = Instant::now();
+        step(&mut q);
+        assert!(q.prune.walk.is_some(), "a walk under way: {:?}", q.prune);
+        for _ in 0..60 {
+            q.prune.next = Instant::now();
+            step(&mut q);
+        }
+        assert_eq!(q.jobs(&mail()).unwrap().len() as u64, rows - 10, "the oldest went");
     }
 
     /// Each step deletes a full batch while a publisher commits all the time: a step that
