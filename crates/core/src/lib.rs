@@ -4,8 +4,9 @@
 //!
 //! # Concepts
 //!
-//! - A [`Command`] builds a child process. It uses `posix_spawn` (the vfork-like fast path)
-//!   unless an option needs `fork`, starts the child in a process group of its own with an
+//! - A [`Command`] builds a child process. It uses `posix_spawn` (the vfork-like fast path),
+//!   or for a parent-death signal the same kind of `clone(CLONE_VM | CLONE_VFORK)` spawn
+//!   written in core (never a `fork` of the caller), starts the child in a process group of its own with an
 //!   empty signal mask and default dispositions, and reports exec failures from
 //!   [`Command::spawn`] itself.
 //! - A [`Child`] owns its pid through a pidfd opened right after the spawn: it reaps only its
@@ -41,8 +42,8 @@
 //! # Limitations
 //!
 //! Linux only (kernel 5.4 or later, for pidfds and `waitid(P_PIDFD)`). `posix_spawnp` searches
-//! the `PATH` of the parent, not the one set with [`Command::env`]. A parent-death signal needs
-//! the slower `fork` path.
+//! the `PATH` of the parent, not the one set with [`Command::env`] (so does the parent-death
+//! signal path's `execvpe`, which also runs a script without `#!` through `/bin/sh`).
 
 #![deny(missing_docs)]
 

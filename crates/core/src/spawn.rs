@@ -47,10 +47,11 @@ pub enum Grouping {
 
 /// A builder for child processes.
 ///
-/// It stays on the `posix_spawn` (vfork-like) fast path unless a parent-death signal is
-/// requested, which needs `fork`; either way the child starts with an empty signal mask and
-/// default signal dispositions, in a new process group unless told otherwise, with only its
-/// stdio and the descriptors passed by [`Command::pass_fd`] open (everything procyard creates is
+/// It takes the `posix_spawn` (vfork-like) fast path, or, for a parent-death signal (which
+/// `posix_spawn` cannot express), the same kind of spawn written in core:
+/// `clone(CLONE_VM | CLONE_VFORK)`, as cheap, never a `fork` of this process. Either way the
+/// child starts with an empty signal mask and default signal dispositions, in a new process
+/// group unless told otherwise, with only its stdio and the descriptors passed by [`Command::pass_fd`] open (everything procyard creates is
 /// close-on-exec). Exec failures (missing program, no permission, missing working directory)
 /// are returned by [`Command::spawn`] itself.
 ///
@@ -175,8 +176,8 @@ impl Command {
 
     /// Asks the kernel to send `signal` to the child when the spawning thread exits.
     ///
-    /// This takes the `fork` path (slower in a large parent); note that Linux ties the
-    /// parent-death signal to the spawning *thread*.
+    /// Note that Linux ties the parent-death signal to the spawning *thread*: the child gets
+    /// it when that thread exits, even if the process lives on.
     pub fn parent_death_signal(&mut self, signal: Signal) -> &mut Command {
         self.parent_death_signal = Some(signal);
         self
@@ -276,7 +277,7 @@ impl Command {
             min_private_fd: floor,
         };
         let spawned = if plan.parent_death_signal.is_some() {
-            sys::spawn::fork_exec(&plan)
+            sys::vfork::vfork_exec(&plan)
         } else {
             sys::spawn::posix_spawn(&plan)
         };

@@ -13,6 +13,7 @@ pub(crate) mod fork;
 pub(crate) mod forking;
 pub(crate) mod signal;
 pub(crate) mod spawn;
+pub(crate) mod vfork;
 pub(crate) mod wait;
 
 use std::io;

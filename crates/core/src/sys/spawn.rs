@@ -1,9 +1,9 @@
-//! Process creation: `posix_spawn` (the vfork-like fast path) and a fork + exec fallback for
-//! what `posix_spawn` cannot express (a parent-death signal).
+//! Process creation with `posix_spawn` (the vfork-like fast path), and the plan that it and
+//! `vfork.rs` (for what `posix_spawn` cannot express: a parent-death signal) both carry out.
 
 use std::ffi::{CStr, CString, c_char};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 
 use super::cvt_errno;
 
@@ -28,12 +28,13 @@ pub(crate) struct SpawnPlan<'a> {
     pub dups: &'a [(RawFd, RawFd)],
     pub group: GroupMode,
     pub parent_death_signal: Option<i32>,
-    /// Lowest descriptor number the fallback's error pipe may use (above every target).
+    /// Lowest descriptor number the child does not keep (above every target): everything from
+    /// here up is close-on-exec in the child.
     pub min_private_fd: RawFd,
 }
 
 /// Null-terminated pointer array over `CString`s; the strings must outlive it.
-fn pointers(strings: &[CString]) -> Vec<*mut c_char> {
+pub(super) fn pointers(strings: &[CString]) -> Vec<*mut c_char> {
     let mut ptrs: Vec<*mut c_char> = strings.iter().map(|s| s.as_ptr().cast_mut()).collect();
     ptrs.push(std::ptr::null_mut());
     ptrs
@@ -49,16 +50,13 @@ unsafe extern "C" {
 /// Handing over `environ` as it is avoids copying the environment at every spawn (std does the
 /// same when nothing changes). Reading it races only with `std::env::set_var`, which is
 /// `unsafe` precisely because its caller must rule out concurrent readers.
-fn env_pointer(envp: Option<&[*mut c_char]>) -> *const *mut c_char {
+pub(super) fn env_pointer(envp: Option<&[*mut c_char]>) -> *const *mut c_char {
     match envp {
         Some(block) => block.as_ptr(),
         // SAFETY: reading the value of the `environ` pointer itself; glibc keeps it valid.
         None => unsafe { environ },
     }
 }
-
-/// Highest signal number to reset in the child (covers real-time signals).
-const MAX_SIGNAL: i32 = 64;
 
 /// Spawns with `posix_spawn`/`posix_spawnp`; returns the pid.
 pub(crate) fn posix_spawn(plan: &SpawnPlan<'_>) -> io::Result<i32> {
@@ -152,142 +150,6 @@ fn all_catchable_signals() -> libc::sigset_t {
     // kernel lay the mask out on 64-bit Linux.
     unsafe { (&raw mut set).cast::<u64>().write(bits) };
     set
-}
-
-/// Spawns with `fork` + `execve`, for options `posix_spawn` lacks. The child runs only
-/// async-signal-safe calls between fork and exec, so this is sound in a multi-threaded parent.
-pub(crate) fn fork_exec(plan: &SpawnPlan<'_>) -> io::Result<i32> {
-    let argv = pointers(plan.argv);
-    let envp = plan.envp.map(pointers);
-    let envp = env_pointer(envp.as_deref());
-    let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    // Keep the error pipe above every dup2 target so the child cannot clobber it.
-    let raised = rustix::io::fcntl_dupfd_cloexec(&err_write, plan.min_private_fd)?;
-    drop(err_write);
-    let err_write = raised;
-    let parent_pid = rustix::process::getpid().as_raw_nonzero().get();
-    let err_fd = err_write.as_raw_fd();
-
-    // SAFETY: fork has no memory-safety preconditions of its own; the child branch below calls
-    // only async-signal-safe functions (setsid, setpgid, prctl, getppid, kill, sigprocmask,
-    // sigaction, dup2, chdir, execve/execvpe, write, _exit) on data prepared before the fork,
-    // so no lock held by another thread is ever needed in the child.
-    let pid = unsafe { libc::fork() };
-    if pid == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: we are the freshly forked child; see the contract of `child_exec`.
-        let errno = unsafe { child_exec(plan, &argv, envp, parent_pid) };
-        let bytes = errno.to_ne_bytes();
-        // SAFETY: writes 4 bytes from a live stack buffer to the error pipe, then exits
-        // without running any destructor or atexit handler.
-        unsafe {
-            libc::write(err_fd, bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(127)
-        }
-    }
-    drop(err_write);
-    let mut buf = [0u8; 4];
-    let mut got = 0;
-    while got < buf.len() {
-        match rustix::io::read(&err_read, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if got == 0 {
-        return Ok(pid);
-    }
-    // exec failed: reap the child we made (by its own pid) and report the errno.
-    loop {
-        // SAFETY: waits for our own child by pid; the status pointer may be null.
-        let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        if r != -1 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
-    if got == 4 {
-        Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf)))
-    } else {
-        Err(io::Error::other("child reported a truncated exec error"))
-    }
-}
-
-/// The child side of `fork_exec`. Returns the errno of the step that failed.
-///
-/// # Safety
-/// Must be called only in a child freshly created by `fork`, and must only be followed by
-/// `_exit`.
-unsafe fn child_exec(
-    plan: &SpawnPlan<'_>,
-    argv: &[*mut c_char],
-    envp: *const *mut c_char,
-    parent_pid: i32,
-) -> i32 {
-    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL);
-    // SAFETY: each call below is async-signal-safe and takes pointers to data that stays
-    // alive (it was allocated before the fork and is never freed in the child).
-    unsafe {
-        match plan.group {
-            GroupMode::Inherit => {}
-            GroupMode::NewGroup => {
-                if libc::setpgid(0, 0) == -1 {
-                    return errno();
-                }
-            }
-            GroupMode::NewSession => {
-                if libc::setsid() == -1 {
-                    return errno();
-                }
-            }
-        }
-        if let Some(sig) = plan.parent_death_signal {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == -1 {
-                return errno();
-            }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() != parent_pid {
-                libc::kill(libc::getpid(), sig);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..=MAX_SIGNAL {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &action, std::ptr::null_mut());
-            }
-        }
-        for &(source, target) in plan.dups {
-            if libc::dup2(source, target) == -1 {
-                return errno();
-            }
-        }
-        // Mark everything above the targets close-on-exec (the error pipe must stay open
-        // until exec, so close_range's CLOEXEC mode rather than closing).
-        libc::syscall(
-            libc::SYS_close_range,
-            plan.min_private_fd as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
-        );
-        if let Some(cwd) = plan.cwd
-            && libc::chdir(cwd.as_ptr()) == -1
-        {
-            return errno();
-        }
-        if plan.search_path {
-            libc::execvpe(plan.program.as_ptr(), argv.as_ptr().cast(), envp.cast());
-        } else {
-            libc::execve(plan.program.as_ptr(), argv.as_ptr().cast(), envp.cast());
-        }
-        errno()
-    }
 }
 
 /// Moves `fd` to a close-on-exec descriptor numbered at least `min`.
