@@ -234,6 +234,20 @@ pub trait QueueBackend {
     /// job leased next to the job claimed in its place.
     fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>>;
 
+    /// [`QueueBackend::claim`], knowing the workers the jobs will be handed to: the `i`-th job
+    /// returned goes to `to[i]` (`None`, or past its end: not known yet). A backend may record
+    /// those holders with the leases, in one write; [`QueueBackend::record_holder`] still
+    /// follows for every job handed, and must then record what differs. The default claims.
+    fn claim_for(
+        &mut self,
+        task: &str,
+        max: usize,
+        to: &[Option<&LeaseHolder>],
+    ) -> Result<Vec<Job>> {
+        let _ = to;
+        self.claim(task, max)
+    }
+
     /// Daemon only: records which worker process runs `job` (step 5); may be buffered until
     /// [`QueueBackend::flush`]. The default records nothing, for backends whose leases end
     /// with the daemon.

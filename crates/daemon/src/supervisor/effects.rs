@@ -25,7 +25,12 @@ impl Shell {
         let registry = self.poll.registry();
         match action {
             Action::Claim { task, max } => {
-                match stamp::timed("claim", || self.queue.claim(&task, max)) {
+                // The workers the jobs will go to, recorded with the leases.
+                let plan = self.state.dispatch_plan(&task, max);
+                let to: Vec<_> = (plan.iter())
+                    .map(|w| self.processes.get(w).and_then(|p| p.holder.as_ref()))
+                    .collect();
+                match stamp::timed("claim", || self.queue.claim_for(&task, max, &to)) {
                     Ok(jobs) => {
                         if let Some(h) = &mut self.http {
                             h.on_claimed(&task, &jobs);

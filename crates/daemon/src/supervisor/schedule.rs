@@ -189,6 +189,31 @@ impl State {
         }
     }
 
+    /// The workers [`State::dispatch`] will hand the next `max` jobs claimed for group `name`
+    /// to, in order (after the jobs already pending; shorter when fewer have room; none for a
+    /// oneshot group), so the claim can record them with the leases.
+    pub(super) fn dispatch_plan(&self, name: &str, max: usize) -> Vec<WorkerId> {
+        let Some(g) = self.groups.get(name) else { return Vec::new() };
+        if g.cfg.work_model != WorkModel::Longlived {
+            return Vec::new();
+        }
+        let prefetch = g.cfg.prefetch;
+        let mut open: Vec<(usize, usize, WorkerId)> = (self.workers.values())
+            .filter(|w| w.group == name && w.generation == g.generation && w.has_room(prefetch))
+            .map(|w| (w.in_flight(), w.capacity(prefetch), w.id))
+            .collect();
+        let mut plan = Vec::new();
+        for slot in 0..g.pending.len() + max {
+            let room = open.iter_mut().filter(|(held, cap, _)| held < cap);
+            let Some(w) = room.min_by_key(|(held, _, id)| (*held, *id)) else { break };
+            w.0 += 1;
+            if slot >= g.pending.len() {
+                plan.push(w.2);
+            }
+        }
+        plan
+    }
+
     /// Longlived: hands pending jobs to workers of the current generation with room, the
     /// least loaded first (idle workers before any is sent a job ahead).
     fn dispatch(&mut self, name: &str, now: Instant, acts: &mut Vec<Action>) {

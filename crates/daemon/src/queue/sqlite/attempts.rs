@@ -3,6 +3,8 @@
 //! attempt's beginning costs no write of its own: it is the lease holder recorded on the job's
 //! row (worker pid, `worker_started_ms`), so a running attempt is read from there, and one
 //! still open when a daemon starts — the dead daemon's — is written `daemon lost` from it.
+//! Nor does the clean end of a job done by a longlived worker (`done`, nothing on stderr):
+//! the done row holds the worker, the start and the end, and [`read`] shows the attempt.
 
 use std::collections::HashSet;
 
@@ -10,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::now_ms;
 use super::outcomes::PendingOutcome;
-use super::schema::STATE_LEASED;
+use super::schema::{STATE_DONE, STATE_LEASED};
 use crate::queue::{Attempt, AttemptEnd, AttemptReport, Captured, Job, Receipt, ResourceUse};
 
 /// An attempt ended and not yet written.
@@ -59,7 +61,9 @@ impl AttemptLog {
 
     /// Writes the buffered attempts inside `tx`, before the outcomes and after the holders
     /// (the attempt's start and pid come from the job's row). Without history, the attempts of
-    /// jobs done now are not written at all: their rows go with the outcome.
+    /// jobs done now are not written at all: their rows go with the outcome. With history, a
+    /// job done now by a clean attempt (a longlived worker's `done`, nothing on stderr) gets no
+    /// row either: its done row holds all of it (holder, start, end), and [`read`] shows it.
     pub(crate) fn write(
         &self,
         tx: &Transaction<'_>,
@@ -69,11 +73,9 @@ impl AttemptLog {
         if self.is_empty() {
             return Ok(());
         }
-        let gone: HashSet<i64> = if keep_history {
-            HashSet::new()
-        } else {
-            pending.iter().filter_map(PendingOutcome::done_seq).collect()
-        };
+        let done: HashSet<i64> = pending.iter().filter_map(PendingOutcome::done_seq).collect();
+        let written =
+            |e: &&Ended| !done.contains(&e.seq) || (keep_history && !is_implied(&e.report));
         let mut insert = tx.prepare_cached(
             "INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms, outcome,
                  reason, stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped,
@@ -82,7 +84,7 @@ impl AttemptLog {
                  ?10, ?11, ?12, ?13, ?14, ?15
              FROM jobs WHERE seq = ?1",
         )?;
-        for e in self.ended.iter().filter(|e| !gone.contains(&e.seq)) {
+        for e in self.ended.iter().filter(written) {
             let r = &e.report;
             let outcome = serde_json::to_string(&r.end).unwrap_or_default();
             let (out, out_total, out_dropped) = columns(r.stdout.as_ref());
@@ -107,6 +109,38 @@ impl AttemptLog {
             ])?;
         }
         Ok(())
+    }
+}
+
+/// Whether `report` is the clean end of a longlived attempt (the worker answered `done`,
+/// wrote nothing on stderr, no resource use of its own): a job done by it keeps no attempt
+/// row, its done row says it all ([`implied`]).
+fn is_implied(report: &AttemptReport) -> bool {
+    matches!(&report.end, AttemptEnd::Replied { outcome } if outcome == IMPLIED_OUTCOME)
+        && report.reason.is_none()
+        && report.stdout.is_none()
+        && report.stderr.is_none()
+        && report.usage.is_none()
+}
+
+/// The worker's answer of an attempt [`is_implied`] holds for.
+const IMPLIED_OUTCOME: &str = "done";
+
+/// The attempt a done row implies when no attempt row has its delivery ([`is_implied`]):
+/// delivery `attempts`, the worker recorded on the row, from its hand-over to `finished_ms`.
+fn implied(
+    delivery: i64,
+    worker_pid: Option<i32>,
+    started: Option<i64>,
+    ended: Option<i64>,
+) -> Attempt {
+    Attempt {
+        delivery: u32::try_from(delivery).unwrap_or(0),
+        worker_pid,
+        started_ms: started,
+        ended_ms: ended,
+        end: Some(AttemptEnd::Replied { outcome: IMPLIED_OUTCOME.to_owned() }),
+        ..Attempt::default()
     }
 }
 
@@ -177,22 +211,31 @@ pub(crate) fn read(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<Attempt>
         })
     })?;
     let mut out = rows.collect::<rusqlite::Result<Vec<Attempt>>>()?;
-    // The attempt running now, from the lease holder on the job's row.
-    let running = conn
+    // The attempt running now, from the lease holder on the job's row; or the clean last
+    // attempt a done row implies (it has no row of its own).
+    let row = conn
         .prepare_cached(
-            "SELECT attempts, worker_pid, worker_started_ms FROM jobs
-             WHERE seq = ?1 AND state = ?2 AND worker_pid IS NOT NULL",
+            "SELECT attempts, worker_pid, worker_started_ms, state, finished_ms FROM jobs
+             WHERE seq = ?1",
         )?
-        .query_row(params![seq, STATE_LEASED], |r| {
-            Ok(Attempt {
-                delivery: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                worker_pid: r.get(1)?,
-                started_ms: r.get(2)?,
-                ..Attempt::default()
-            })
+        .query_row(params![seq], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get(4)?))
         })
         .optional()?;
-    out.extend(running);
+    match row {
+        Some((delivery, Some(pid), started, STATE_LEASED, _)) => out.push(Attempt {
+            delivery: u32::try_from(delivery).unwrap_or(0),
+            worker_pid: Some(pid),
+            started_ms: started,
+            ..Attempt::default()
+        }),
+        Some((delivery, pid, started, STATE_DONE, ended))
+            if delivery > 0 && !out.iter().any(|a| i64::from(a.delivery) == delivery) =>
+        {
+            out.push(implied(delivery, pid, started, ended));
+        }
+        _ => {}
+    }
     for (i, a) in out.iter_mut().enumerate() {
         a.number = i as u32 + 1;
     }
@@ -203,4 +246,82 @@ pub(crate) fn read(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<Attempt>
 pub(super) fn keep_json(keep: &[Receipt]) -> String {
     serde_json::to_string(&keep.iter().map(|r| r.0).collect::<Vec<u64>>())
         .unwrap_or_else(|_| "[]".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::sqlite::SqliteQueue;
+    use crate::queue::sqlite::tests::bound;
+    use crate::queue::{LeaseHolder, OpenMode, Outcome, QueueBackend, Retention};
+
+    fn replied(outcome: &str) -> AttemptReport {
+        AttemptReport {
+            worker_pid: Some(std::process::id() as i32),
+            end: AttemptEnd::Replied { outcome: outcome.into() },
+            reason: None,
+            stdout: None,
+            stderr: None,
+            usage: None,
+        }
+    }
+
+    fn rows(q: &SqliteQueue) -> i64 {
+        q.conn.query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0)).unwrap()
+    }
+
+    /// A longlived job done cleanly writes no attempt row, yet its record shows the attempt
+    /// (worker, start, end) after the failed one before it, which keeps its row.
+    #[test]
+    fn a_clean_longlived_done_is_read_from_the_job_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
+        q.set_retention(Retention::default());
+        let id = q.publish("mail.a", b"x").unwrap().remove(0);
+        let me = procyard_core::ProcessIdentity::current().unwrap();
+        let holder = LeaseHolder { process_group: me.pid, process: me.clone() };
+        let job = q.claim("mail", 1).unwrap().remove(0);
+        q.record_holder(&job, &holder).unwrap();
+        q.flush().unwrap();
+        q.record_attempt(&job, replied("retry"));
+        let retry = Outcome::Retry { delay: std::time::Duration::ZERO, reason: "later".into() };
+        q.complete(&job, retry).unwrap();
+        q.flush().unwrap();
+        let job = q.claim("mail", 1).unwrap().remove(0);
+        q.record_holder(&job, &holder).unwrap();
+        q.flush().unwrap();
+        q.record_attempt(&job, replied("done"));
+        q.complete(&job, Outcome::Done).unwrap();
+        q.flush().unwrap();
+        assert_eq!(rows(&q), 1, "only the retried attempt has a row");
+        let rec = q.job(&id).unwrap();
+        assert_eq!(rec.attempts.len(), 2);
+        let last = &rec.attempts[1];
+        assert_eq!((last.number, last.delivery), (2, 2));
+        assert_eq!(last.end, Some(AttemptEnd::Replied { outcome: "done".into() }));
+        assert_eq!(last.worker_pid, Some(me.pid.as_raw()));
+        assert!(last.duration().is_some(), "start and end known: {last:?}");
+        assert_eq!(rec.attempts[0].end, Some(AttemptEnd::Replied { outcome: "retry".into() }));
+    }
+
+    /// A done job whose worker wrote on stderr keeps its attempt row, with the output.
+    #[test]
+    fn a_done_attempt_with_output_keeps_its_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
+        q.set_retention(Retention::default());
+        let id = q.publish("mail.a", b"x").unwrap().remove(0);
+        let job = q.claim("mail", 1).unwrap().remove(0);
+        let stderr = Some(Captured { bytes: b"warn".to_vec(), total: 4, dropped: 0 });
+        q.record_attempt(&job, AttemptReport { stderr, ..replied("done") });
+        q.complete(&job, Outcome::Done).unwrap();
+        q.flush().unwrap();
+        assert_eq!(rows(&q), 1);
+        let rec = q.job(&id).unwrap();
+        assert_eq!(rec.attempts.len(), 1);
+        assert_eq!(
+            rec.attempts[0].stderr.as_ref().map(|c| c.bytes.clone()),
+            Some(b"warn".to_vec())
+        );
+    }
 }

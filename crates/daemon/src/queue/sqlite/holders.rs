@@ -27,6 +27,76 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 /// A holder to record: the job's row, the worker, and when it was handed the job (ms).
 pub(crate) type Held = (i64, LeaseHolder, i64);
 
+/// A holder's columns as bound (all `NULL` for none).
+pub(super) struct Columns<'a> {
+    pub(super) pid: Option<i32>,
+    pub(super) start: Option<i64>,
+    pub(super) pgid: Option<i32>,
+    pub(super) boot: Option<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    pub(super) fn of(holder: Option<&'a LeaseHolder>) -> Columns<'a> {
+        Columns {
+            pid: holder.map(|h| h.process.pid.as_raw()),
+            start: holder.map(|h| i64::try_from(h.process.start_time).unwrap_or(i64::MAX)),
+            pgid: holder.map(|h| h.process_group.as_raw()),
+            boot: holder.map(|h| h.process.boot_id.as_str()),
+        }
+    }
+}
+
+/// The holders a claim wrote with its leases (the workers the daemon said it would hand the
+/// jobs to), by row, until the daemon reports handing each job over: the same worker needs
+/// no write; another one, or none by the end of the loop's turn, does.
+#[derive(Debug, Default)]
+pub(crate) struct Planned {
+    rows: std::collections::HashMap<i64, (i32, u64, i32)>,
+}
+
+impl Planned {
+    pub(super) fn insert(&mut self, seq: i64, holder: &LeaseHolder) {
+        let key = (holder.process.pid.as_raw(), holder.process.start_time);
+        self.rows.insert(seq, (key.0, key.1, holder.process_group.as_raw()));
+    }
+
+    /// Whether row `seq` was leased with `holder` already (forgotten either way).
+    pub(super) fn written(&mut self, seq: i64, holder: &LeaseHolder) -> bool {
+        let was = self.rows.remove(&seq);
+        was == Some((
+            holder.process.pid.as_raw(),
+            holder.process.start_time,
+            holder.process_group.as_raw(),
+        ))
+    }
+
+    /// The rows leased with a holder that was never handed the job (a plan that did not
+    /// hold): their holder columns must be cleared. Forgets them.
+    pub(super) fn unheld(&mut self) -> Vec<i64> {
+        self.rows.drain().map(|(seq, _)| seq).collect()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// Clears the holder of leased rows `seqs` (recorded with a lease, not handed the job).
+pub(crate) fn clear(tx: &Transaction<'_>, seqs: &[i64]) -> rusqlite::Result<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(
+        "UPDATE jobs SET worker_pid = NULL, worker_start = NULL, worker_pgid = NULL,
+             worker_boot = NULL, worker_started_ms = NULL
+         WHERE seq = ?1 AND state = ?2",
+    )?;
+    for seq in seqs {
+        stmt.execute(params![seq, STATE_LEASED])?;
+    }
+    Ok(())
+}
+
 /// Records the holders of leased rows (a row no longer leased — its outcome came first — is
 /// left alone).
 pub(crate) fn write(tx: &Transaction<'_>, holders: &[Held]) -> rusqlite::Result<()> {

@@ -10,7 +10,7 @@ use super::due::{PROMOTE_CHUNK, promote_due};
 use super::outcomes::write_outcomes;
 use super::schema::{STATE_LEASED, STATE_READY};
 use super::{SqliteQueue, attempts, holders, limits, now_ms};
-use crate::queue::{Abandoned, AttemptEnd, Job, OpenMode, Receipt};
+use crate::queue::{Abandoned, AttemptEnd, Job, LeaseHolder, OpenMode, Receipt};
 use crate::{Error, Result};
 
 /// The lock file that marks the daemon serving `queue`.
@@ -46,8 +46,14 @@ impl SqliteQueue {
     }
 
     /// Records the buffered outcomes and holders and takes up to `max` leases of `task`
-    /// (oldest first), in one transaction.
-    pub(super) fn take_leases(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
+    /// (oldest first), in one transaction; the `i`-th lease taken names `to[i]` as its holder
+    /// when known (one write of the row, and none at the end of the loop's turn).
+    pub(super) fn take_leases(
+        &mut self,
+        task: &str,
+        max: usize,
+        to: &[Option<&LeaseHolder>],
+    ) -> Result<Vec<Job>> {
         if max == 0 || self.mode != OpenMode::Daemon || !self.is_bound(task) {
             return Ok(Vec::new());
         }
@@ -65,6 +71,7 @@ impl SqliteQueue {
         let e = |err| Error::queue("claim jobs from", &path, err);
         let keep_history = self.keeps_history();
         let tx = self.conn.transaction().map_err(e)?;
+        holders::clear(&tx, &self.unheld).map_err(e)?;
         holders::write(&tx, &self.holders).map_err(e)?;
         self.attempts.write(&tx, &self.pending, keep_history).map_err(e)?;
         let retried = write_outcomes(&tx, &self.pending, keep_history).map_err(e)?;
@@ -95,8 +102,11 @@ impl SqliteQueue {
                 let promoted = promote_due(&tx, known, now, chunk, &mut steps).map_err(e)?;
                 known = Some(promoted.earliest);
                 let want = max - ranked.len();
+                let held = to.get(ranked.len()..).unwrap_or_default();
+                let planned = &mut self.planned;
                 for (priority, job) in
-                    lease_next(&tx, task, want, &self.owner, &mut steps).map_err(e)?
+                    lease_next(&tx, task, want, &self.owner, held, planned, &mut steps)
+                        .map_err(e)?
                 {
                     ranked.push((std::cmp::Reverse(priority), job));
                 }
@@ -169,12 +179,15 @@ impl SqliteQueue {
 
 /// Leases up to `max` ready jobs of `task` in claim order (priority, then publish order) to
 /// `owner`: read first, then each row updated by its key (no `RETURNING` and no `IN` list,
-/// each of which builds a temporary table per statement); with each job its priority.
+/// each of which builds a temporary table per statement); with each job its priority. The
+/// `i`-th row leased records `to[i]` as its holder (noted in `planned`), or none.
 fn lease_next(
     tx: &Transaction<'_>,
     task: &str,
     max: usize,
     owner: &str,
+    to: &[Option<&LeaseHolder>],
+    planned: &mut holders::Planned,
     steps: &mut u64,
 ) -> rusqlite::Result<Vec<(i64, Job)>> {
     let mut picked = Vec::with_capacity(max.min(64));
@@ -205,12 +218,29 @@ fn lease_next(
     }
     let mut lease = tx.prepare_cached(
         "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2,
-             worker_pid = NULL, worker_start = NULL, worker_pgid = NULL,
-             worker_boot = NULL, worker_started_ms = NULL
+             worker_pid = ?4, worker_start = ?5, worker_pgid = ?6,
+             worker_boot = ?7, worker_started_ms = ?8
          WHERE seq = ?3",
     )?;
-    for (_, job) in &picked {
-        lease.execute(params![STATE_LEASED, owner, job.receipt.0 as i64])?;
+    let now = now_ms();
+    for (i, (_, job)) in picked.iter().enumerate() {
+        let seq = job.receipt.0 as i64;
+        let holder = to.get(i).copied().flatten();
+        let h = holders::Columns::of(holder);
+        let started = holder.map(|_| now);
+        lease.execute(params![
+            STATE_LEASED,
+            owner,
+            seq,
+            h.pid,
+            h.start,
+            h.pgid,
+            h.boot,
+            started
+        ])?;
+        if let Some(holder) = holder {
+            planned.insert(seq, holder);
+        }
     }
     *steps += vm_steps(&lease);
     Ok(picked)
@@ -222,7 +252,7 @@ mod tests {
 
     use super::*;
     use crate::queue::sqlite::tests::{bindings, bound};
-    use crate::queue::{Outcome, QueueBackend};
+    use crate::queue::{Outcome, QueueBackend, Requeue};
 
     /// A claim records the buffered outcomes in its own transaction: a daemon that dies right
     /// after it leaves only the newly claimed jobs leased, never the finished ones too.
@@ -340,5 +370,52 @@ mod tests {
             SqliteQueue::open(&path, OpenMode::Daemon),
             Err(Error::AlreadyRunning { lock, .. }) if lock == lock_path(&path)
         ));
+    }
+
+    #[test]
+    fn publish_claim_complete_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut client = bound(&path, OpenMode::Client);
+        let ids = client.publish("mail.send", b"hi").unwrap();
+        assert_eq!(ids.len(), 2, "both tasks receive a copy");
+        assert!(matches!(client.publish("x.y", b""), Ok(v) if v.len() == 1));
+        let mut only_mail =
+            SqliteQueue::open(dir.path().join("q2.db").as_path(), OpenMode::Client).unwrap();
+        only_mail.bind(&bindings()[..1]).unwrap();
+        assert!(matches!(only_mail.publish("x.y", b""), Err(Error::Unroutable { .. })));
+
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        assert!(matches!(
+            SqliteQueue::open(&path, OpenMode::Daemon),
+            Err(Error::AlreadyRunning { .. })
+        ));
+        daemon.bind(&bindings()).unwrap();
+        let jobs = daemon.claim("mail", 10).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].attempt, 1);
+        assert_eq!(jobs[0].payload, b"hi");
+        daemon
+            .complete(
+                &jobs[0],
+                Outcome::Retry { delay: Duration::from_secs(60), reason: "x".into() },
+            )
+            .unwrap();
+        daemon.flush().unwrap();
+        assert!(daemon.claim("mail", 10).unwrap().is_empty(), "delayed");
+        assert!(daemon.next_due().unwrap().is_some());
+        let d = daemon.depths().unwrap();
+        assert_eq!(d["mail"].delayed, Some(1));
+        assert_eq!(d["all"].ready, 2);
+        let all = daemon.claim("all", 10).unwrap();
+        daemon.complete(&all[0], Outcome::Done).unwrap();
+        daemon.complete(&all[1], Outcome::DeadLetter { reason: "boom".into() }).unwrap();
+        daemon.flush().unwrap();
+        let dead = daemon.dead_letters(None, 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, "boom");
+        assert_eq!(daemon.depths().unwrap()["all"].done_total, Some(1));
+        assert_eq!(daemon.requeue_dead(None, &Requeue::All).unwrap(), 1);
+        assert_eq!(daemon.claim("all", 10).unwrap()[0].attempt, 1);
     }
 }

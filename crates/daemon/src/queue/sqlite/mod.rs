@@ -96,6 +96,10 @@ pub struct SqliteQueue {
     recovered: u64,
     /// Holders of jobs handed to workers, written with the next write transaction.
     holders: Vec<holders::Held>,
+    /// Holders written with the leases, until the jobs are handed over ([`holders::Planned`]);
+    /// then the rows whose holder must be cleared, with the next write transaction.
+    planned: holders::Planned,
+    unheld: Vec<i64>,
     /// Daemon: the file it serves, to notice it deleted or replaced.
     identity: Option<FileIdentity>,
     /// Set once the file at the path is no longer the one served: every call fails.
@@ -176,6 +180,8 @@ impl SqliteQueue {
             delayed_cache: None,
             recovered: 0,
             holders: Vec::new(),
+            planned: holders::Planned::default(),
+            unheld: Vec::new(),
             identity,
             lost: None,
             trouble: None,
@@ -299,7 +305,17 @@ impl QueueBackend for SqliteQueue {
 
     fn claim(&mut self, task: &str, max: usize) -> Result<Vec<Job>> {
         self.check_served(false)?;
-        let jobs = self.take_leases(task, max);
+        self.claim_for(task, max, &[])
+    }
+
+    fn claim_for(
+        &mut self,
+        task: &str,
+        max: usize,
+        to: &[Option<&LeaseHolder>],
+    ) -> Result<Vec<Job>> {
+        self.check_served(false)?;
+        let jobs = self.take_leases(task, max, to);
         self.note_write(&jobs);
         jobs
     }
@@ -313,7 +329,11 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn record_holder(&mut self, job: &Job, holder: &LeaseHolder) -> Result<()> {
-        self.holders.push((job.receipt.0 as i64, holder.clone(), now_ms()));
+        let seq = job.receipt.0 as i64;
+        if self.planned.written(seq, holder) {
+            return Ok(());
+        }
+        self.holders.push((seq, holder.clone(), now_ms()));
         Ok(())
     }
 
@@ -378,7 +398,14 @@ impl QueueBackend for SqliteQueue {
         if self.mode == OpenMode::Daemon && self.prune.due(Instant::now()) {
             self.prune_step();
         }
-        if self.pending.is_empty() && self.holders.is_empty() && self.attempts.is_empty() {
+        if !self.planned.is_empty() {
+            self.unheld.extend(self.planned.unheld());
+        }
+        if self.pending.is_empty()
+            && self.holders.is_empty()
+            && self.attempts.is_empty()
+            && self.unheld.is_empty()
+        {
             return Ok(());
         }
         let result = self.write_pending();
@@ -447,52 +474,5 @@ pub(crate) mod tests {
             },
             TaskBinding { name: "all".into(), routing_keys: vec!["#".into()], max_attempts: 3 },
         ]
-    }
-
-    #[test]
-    fn publish_claim_complete_cycle() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let mut client = bound(&path, OpenMode::Client);
-        let ids = client.publish("mail.send", b"hi").unwrap();
-        assert_eq!(ids.len(), 2, "both tasks receive a copy");
-        assert!(matches!(client.publish("x.y", b""), Ok(v) if v.len() == 1));
-        let mut only_mail =
-            SqliteQueue::open(dir.path().join("q2.db").as_path(), OpenMode::Client).unwrap();
-        only_mail.bind(&bindings()[..1]).unwrap();
-        assert!(matches!(only_mail.publish("x.y", b""), Err(Error::Unroutable { .. })));
-
-        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
-        assert!(matches!(
-            SqliteQueue::open(&path, OpenMode::Daemon),
-            Err(Error::AlreadyRunning { .. })
-        ));
-        daemon.bind(&bindings()).unwrap();
-        let jobs = daemon.claim("mail", 10).unwrap();
-        assert_eq!(jobs.len(), 1);
-        assert_eq!(jobs[0].attempt, 1);
-        assert_eq!(jobs[0].payload, b"hi");
-        daemon
-            .complete(
-                &jobs[0],
-                Outcome::Retry { delay: Duration::from_secs(60), reason: "x".into() },
-            )
-            .unwrap();
-        daemon.flush().unwrap();
-        assert!(daemon.claim("mail", 10).unwrap().is_empty(), "delayed");
-        assert!(daemon.next_due().unwrap().is_some());
-        let d = daemon.depths().unwrap();
-        assert_eq!(d["mail"].delayed, Some(1));
-        assert_eq!(d["all"].ready, 2);
-        let all = daemon.claim("all", 10).unwrap();
-        daemon.complete(&all[0], Outcome::Done).unwrap();
-        daemon.complete(&all[1], Outcome::DeadLetter { reason: "boom".into() }).unwrap();
-        daemon.flush().unwrap();
-        let dead = daemon.dead_letters(None, 10).unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].reason, "boom");
-        assert_eq!(daemon.depths().unwrap()["all"].done_total, Some(1));
-        assert_eq!(daemon.requeue_dead(None, &Requeue::All).unwrap(), 1);
-        assert_eq!(daemon.claim("all", 10).unwrap()[0].attempt, 1);
     }
 }

@@ -113,6 +113,7 @@ impl SqliteQueue {
         let e = |err| Error::queue("record job outcomes in", &path, err);
         let keep = self.keeps_history();
         let tx = self.conn.transaction().map_err(e)?;
+        holders::clear(&tx, &self.unheld).map_err(e)?;
         holders::write(&tx, &self.holders).map_err(e)?;
         self.attempts.write(&tx, &self.pending, keep).map_err(e)?;
         let retried = write_outcomes(&tx, &self.pending, keep).map_err(e)?;
@@ -126,6 +127,7 @@ impl SqliteQueue {
     pub(super) fn written(&mut self, retried: bool) {
         self.pending.clear();
         self.holders.clear();
+        self.unheld.clear();
         self.attempts.clear();
         if retried {
             self.forget_due();
