@@ -1,12 +1,18 @@
 //! [`Task`]: one task, reached through its supervisor's socket (request, answer), with its
 //! [`Stream`]s and [`Subscription`]s.
 
-use std::io::{ErrorKind, Read, Write};
+use std::fs::File;
+use std::io::{ErrorKind, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use procyard_core::{FrameDecoder, Signal, frame};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+
+use crate::buffer::append_ring;
 
 use crate::layout::TaskPaths;
 use crate::meta::Meta;
@@ -34,11 +40,23 @@ pub struct Task {
     id: String,
     conn: Option<UnixStream>,
     timeout: Option<Duration>,
+    /// Per stream, the supervisor's memfd of retained bytes (read-only) and its ring size,
+    /// once asked for: reads then copy the bytes straight from it.
+    files: [Option<(File, u64)>; 2],
+    /// The supervisor does not hand out its memfds (an older one): reads take the socket.
+    no_files: bool,
 }
 
 impl Task {
     pub(crate) fn new(dir: PathBuf, id: String) -> Task {
-        Task { dir, id, conn: None, timeout: Some(DEFAULT_TIMEOUT) }
+        Task {
+            dir,
+            id,
+            conn: None,
+            timeout: Some(DEFAULT_TIMEOUT),
+            files: [None, None],
+            no_files: false,
+        }
     }
 
     /// Bounds how long each call waits for the supervisor (connecting, sending, and the
@@ -334,16 +352,28 @@ impl Task {
     }
 
     /// Sends a read request and appends the bytes to `buf` (reusing its capacity).
-    pub(crate) fn read_into(&mut self, req: Request, buf: &mut Vec<u8>) -> Result<ReadMeta> {
-        let (offset, len, dropped, info, exited) = match self.call(&req)? {
-            Response::Data { offset, len, dropped, info, exited, .. } => {
-                (offset, len, dropped, info, exited)
+    pub(crate) fn read_into(&mut self, mut req: Request, buf: &mut Vec<u8>) -> Result<ReadMeta> {
+        let Request::Read { stream, file, .. } = &mut req else {
+            return Err(Error::Protocol { id: self.id.clone(), what: "not a read".into() });
+        };
+        let i = stream_slot(*stream);
+        if self.files[i].is_none() && !self.no_files {
+            self.fetch_file(*stream)?;
+        }
+        *file = self.files[i].is_some();
+        let (offset, len, dropped, info, exited, ring) = match self.call(&req)? {
+            Response::Data { offset, len, dropped, info, exited, ring, .. } => {
+                (offset, len, dropped, info, exited, ring)
             }
             other => return Err(self.unexpected(&other)),
         };
         if len > MAX_READ {
             self.conn = None;
             return Err(Error::Protocol { id: self.id.clone(), what: format!("{len}-byte read") });
+        }
+        let meta = ReadMeta { offset, len, dropped, info, exited };
+        if ring > 0 {
+            return self.read_from_file(i, ring, meta, buf);
         }
         let Some(sock) = self.conn.as_mut() else {
             return Err(Error::SupervisorGone { id: self.id.clone() });
@@ -355,9 +385,7 @@ impl Task {
             (&mut *sock).take(len).read_to_end(buf)
         });
         match got {
-            Ok(n) if n as u64 == len && u64::from(u32::from_be_bytes(header)) == len => {
-                Ok(ReadMeta { offset, len, dropped, info, exited })
-            }
+            Ok(n) if n as u64 == len && u64::from(u32::from_be_bytes(header)) == len => Ok(meta),
             Ok(_) => {
                 buf.truncate(before);
                 self.conn = None;
@@ -372,6 +400,123 @@ impl Task {
                 Err(self.classify(self.io_err(e)))
             }
         }
+    }
+
+    /// Copies the bytes of a `file` read from the memfd, then releases them (a request
+    /// without an answer).
+    fn read_from_file(
+        &mut self,
+        i: usize,
+        ring: u64,
+        meta: ReadMeta,
+        buf: &mut Vec<u8>,
+    ) -> Result<ReadMeta> {
+        let stream = if i == 0 { StreamName::Stdout } else { StreamName::Stderr };
+        let copied = match &self.files[i] {
+            Some((file, size)) if *size == ring => {
+                append_ring(file, ring, meta.offset, meta.len as usize, buf)
+                    .map_err(|e| Error::path("read the output of", self.socket_path(), e))
+            }
+            _ => Err(Error::Protocol { id: self.id.clone(), what: "unknown ring".into() }),
+        };
+        let released = match (frame::encode_frame(&Request::Release { stream }), &mut self.conn) {
+            (Ok(bytes), Some(sock)) => sock.write_all(&bytes).is_ok(),
+            _ => false,
+        };
+        if !released {
+            // Closing the connection releases the pin too.
+            self.conn = None;
+        }
+        copied.map(|()| meta)
+    }
+
+    /// Asks for `stream`'s memfd; an older supervisor that does not know the request leaves
+    /// reads on the socket.
+    fn fetch_file(&mut self, stream: StreamName) -> Result<()> {
+        self.connect()?;
+        let Some(mut sock) = self.conn.take() else {
+            return Err(Error::SupervisorGone { id: self.id.clone() });
+        };
+        let result = self.receive_file(&mut sock, stream);
+        match result {
+            Ok(Some(file)) => {
+                self.files[stream_slot(stream)] = Some(file);
+                self.conn = Some(sock);
+                Ok(())
+            }
+            Ok(None) => {
+                self.no_files = true;
+                self.conn = Some(sock);
+                Ok(())
+            }
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    fn receive_file(
+        &self,
+        sock: &mut UnixStream,
+        stream: StreamName,
+    ) -> Result<Option<(File, u64)>> {
+        let bytes = frame::encode_frame(&Request::OutputFile { stream })
+            .map_err(|source| Error::Connection { id: self.id.clone(), source })?;
+        sock.write_all(&bytes).map_err(|e| self.io_err(e))?;
+        // The descriptor comes with the answer's first bytes: receive them with `recvmsg`.
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut header = [0u8; 4];
+        let got = loop {
+            match rustix::net::recvmsg(
+                &*sock,
+                &mut [IoSliceMut::new(&mut header)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other.map_err(|e| self.io_err(e.into()))?.bytes,
+            }
+        };
+        let mut fd: Option<OwnedFd> = None;
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                for received in fds {
+                    fd.get_or_insert(received);
+                }
+            }
+        }
+        if got == 0 {
+            return Err(Error::Connection {
+                id: self.id.clone(),
+                source: procyard_core::Error::FrameTruncated { expected: 4, got: 0 },
+            });
+        }
+        sock.read_exact(&mut header[got..]).map_err(|e| self.io_err(e))?;
+        let len = u32::from_be_bytes(header) as usize;
+        if len > procyard_core::frame::MAX_FRAME {
+            return Err(Error::Protocol { id: self.id.clone(), what: format!("{len}-byte frame") });
+        }
+        let mut body = vec![0u8; len];
+        sock.read_exact(&mut body).map_err(|e| self.io_err(e))?;
+        let response: Response = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
+            id: self.id.clone(),
+            what: format!("invalid response: {e}"),
+        })?;
+        match (response, fd) {
+            (Response::OutputFile { stream: s, ring }, Some(fd)) if s == stream && ring > 0 => {
+                Ok(Some((File::from(fd), ring)))
+            }
+            // Refused (an older supervisor does not know the request, or it could not make
+            // the file): the socket it is.
+            (Response::Error { .. }, _) => Ok(None),
+            (other, _) => Err(self.unexpected(&other)),
+        }
+    }
+}
+
+fn stream_slot(stream: StreamName) -> usize {
+    match stream {
+        StreamName::Stdout => 0,
+        StreamName::Stderr => 1,
     }
 }
 

@@ -19,6 +19,7 @@ fn a_waiting_read_is_parked_until_output_arrives() {
         consume: false,
         wait: true,
         at_least: 0,
+        file: false,
     };
     assert!(request(&mut s, C1, read, clock.at(0.0)).is_empty());
     assert!(s.is_busy(C1));
@@ -53,6 +54,7 @@ fn a_read_that_waits_for_at_least_n_bytes_stays_parked_below_n() {
         consume: true,
         wait: true,
         at_least: 5,
+        file: false,
     };
     let grew = || Event::Output { stream: StreamName::Stdout, grew: true, eof: false, held: false };
     assert!(request(&mut s, C1, read.clone(), clock.at(0.0)).is_empty());
@@ -86,6 +88,7 @@ fn a_parked_read_is_answered_when_the_task_exits() {
         consume: true,
         wait: true,
         at_least: 0,
+        file: false,
     };
     request(&mut s, C1, read, clock.at(0.0));
     let actions = s.step(Event::Reaped { exit: Exit::Code(0) }, clock.at(0.1));
@@ -114,6 +117,7 @@ fn no_reply_goes_to_a_client_that_gave_up() {
         consume: false,
         wait: true,
         at_least: 0,
+        file: false,
     };
     request(&mut s, C1, read, clock.at(0.0));
     s.step(Event::ClientGone { client: C1 }, clock.at(5.0));
@@ -233,6 +237,7 @@ fn output_held_in_the_pipe_after_the_exit_is_still_to_come() {
         consume: true,
         wait: true,
         at_least: 0,
+        file: false,
     };
     let data = |actions: &[Action]| match actions {
         [Action::SendData { client: C1, len, response: Response::Data { exited, .. }, .. }] => {
