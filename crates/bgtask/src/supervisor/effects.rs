@@ -232,21 +232,15 @@ fn read_only(file: &File) -> io::Result<File> {
     std::fs::File::open(path)
 }
 
-/// Appends `[from, from + n)` of the ring to the log file (a copy in the kernel).
+/// Appends `[from, from + n)` of the ring to the log file (opened `O_APPEND`, which
+/// `sendfile` refuses: through a buffer).
 fn log_output(
     buf: &crate::buffer::OutputBuffer,
     log: &mut File,
     from: u64,
     n: usize,
 ) -> io::Result<()> {
-    let Some(ring) = buf.file() else { return Ok(()) };
-    let cap = buf.cap() as u64;
-    let (mut at, end) = (from % cap, from % cap + n as u64);
-    while at < end {
-        let count = (end - at) as usize;
-        if rustix::fs::sendfile(&*log, ring.as_fd(), Some(&mut at), count)? == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-    }
-    Ok(())
+    let mut bytes = Vec::new();
+    buf.read_into(from, n, &mut bytes)?;
+    log.write_all(&bytes)
 }

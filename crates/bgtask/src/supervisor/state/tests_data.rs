@@ -266,3 +266,50 @@ fn output_held_in_the_pipe_after_the_exit_is_still_to_come() {
     );
     assert_eq!(data(&actions), Some((0, true)), "{actions:?}");
 }
+
+#[test]
+fn a_file_read_says_where_the_bytes_are_and_pins_them_until_released() {
+    let (mut s, clock) = running();
+    let stdout = StreamName::Stdout;
+    assert_eq!(
+        request(&mut s, C1, Request::OutputFile { stream: stdout }, clock.at(0.0)),
+        [Action::SendOutputFile { client: C1, stream: stdout }]
+    );
+    s.outputs[0].buf.push(b"hello");
+    let read = Request::Read {
+        stream: stdout,
+        offset: Some(1),
+        count: 3,
+        consume: true,
+        wait: false,
+        at_least: 0,
+        file: true,
+    };
+    let actions = request(&mut s, C1, read, clock.at(0.1));
+    let cap = s.outputs[0].buf.cap() as u64;
+    assert!(
+        matches!(
+            &actions[..],
+            [Action::Send(C1, Response::Data { offset: 1, len: 3, ring, .. })] if *ring == cap
+        ),
+        "{actions:?}"
+    );
+    // Pinned at the answer's first byte: the ring is not filled over it.
+    assert_eq!(s.outputs[0].buf.writable(), cap as usize - 4);
+    assert!(request(&mut s, C1, Request::Release { stream: stdout }, clock.at(0.2)).is_empty());
+    assert_eq!(s.outputs[0].buf.writable(), usize::MAX);
+    // A reader that goes away releases its pin too.
+    let read = Request::Read {
+        stream: stdout,
+        offset: Some(0),
+        count: 3,
+        consume: false,
+        wait: false,
+        at_least: 0,
+        file: true,
+    };
+    request(&mut s, C2, read, clock.at(0.3));
+    assert!(s.outputs[0].buf.writable() < usize::MAX);
+    s.step(Event::ClientGone { client: C2 }, clock.at(0.4));
+    assert_eq!(s.outputs[0].buf.writable(), usize::MAX);
+}
