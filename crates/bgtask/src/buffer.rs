@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, BorrowedFd};
 
+use procyard_core::FileMap;
 use rustix::fs::MemfdFlags;
 use rustix::pipe::SpliceFlags;
 
@@ -14,7 +15,8 @@ use rustix::pipe::SpliceFlags;
 /// are dropped; `consumed` marks how far readers have consumed.
 ///
 /// The bytes live in a memfd used as a ring of `cap` bytes: offset `o` is at `o % cap`. The
-/// task's pipe is spliced into it ([`OutputBuffer::fill_from`]: one copy, in the kernel), and
+/// task's pipe is read into its mapping ([`OutputBuffer::fill_from`]: one copy, in the kernel;
+/// spliced into the file where it cannot be mapped), and
 /// a reader holding the memfd ([`OutputBuffer::file`]) `pread`s its bytes straight from it, so
 /// the supervisor copies nothing on their way out either. While a reader copies a range, that
 /// range is pinned ([`OutputBuffer::pin`]): the ring is not filled over it until the reader
@@ -24,6 +26,9 @@ use rustix::pipe::SpliceFlags;
 pub(crate) struct OutputBuffer {
     /// The memfd (created at the first byte).
     file: Option<File>,
+    /// The memfd mapped, for the pipe to be read into (`None` where it cannot be mapped:
+    /// then spliced into).
+    map: Option<FileMap>,
     start: u64,
     limit: u64,
     consumed: u64,
@@ -36,6 +41,7 @@ impl OutputBuffer {
     pub(crate) fn new(cap: usize) -> OutputBuffer {
         OutputBuffer {
             file: None,
+            map: None,
             start: 0,
             limit: 0,
             consumed: 0,
@@ -111,7 +117,11 @@ impl OutputBuffer {
     pub(crate) fn file_or_create(&mut self) -> io::Result<&File> {
         if self.file.is_none() {
             let fd = rustix::fs::memfd_create("procyard-bgtask-output", MemfdFlags::CLOEXEC)?;
-            self.file = Some(File::from(fd));
+            let file = File::from(fd);
+            // Sparse: pages come as bytes are written.
+            file.set_len(self.cap as u64)?;
+            self.map = FileMap::new(file.as_fd(), self.cap).ok();
+            self.file = Some(file);
         }
         Ok(self.file.as_ref().expect("just created"))
     }
@@ -126,15 +136,20 @@ impl OutputBuffer {
         if max == 0 {
             return Ok(0);
         }
-        let file = self.file_or_create()?;
-        let n = rustix::pipe::splice(
-            pipe,
-            None,
-            file.as_fd(),
-            Some(&mut at),
-            max,
-            SpliceFlags::NONBLOCK,
-        )?;
+        self.file_or_create()?;
+        let n = match (&mut self.map, &self.file) {
+            // Straight into the file's pages, one copy.
+            (Some(map), _) => map.read_from(pipe, at as usize, max)?,
+            (None, Some(file)) => rustix::pipe::splice(
+                pipe,
+                None,
+                file.as_fd(),
+                Some(&mut at),
+                max,
+                SpliceFlags::NONBLOCK,
+            )?,
+            (None, None) => return Err(io::ErrorKind::NotFound.into()),
+        };
         self.appended(n);
         Ok(n)
     }

@@ -63,6 +63,7 @@ pub mod frame;
 mod identity;
 #[cfg(feature = "logs")]
 pub mod logs;
+mod mapping;
 mod output;
 pub mod owner;
 mod pid;
@@ -92,6 +93,7 @@ pub use fork::{
 };
 pub use frame::{FrameDecoder, MAX_FRAME, StreamState};
 pub use identity::{ProcStat, ProcessIdentity, boot_id};
+pub use mapping::FileMap;
 pub use output::{OUTPUT_LIMIT, Output};
 pub use pid::Pid;
 pub use ready::{Readiness, ReadyReader, ReadyWriter, ready_pipe};

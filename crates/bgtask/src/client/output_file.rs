@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use procyard_core::frame;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
-use super::Task;
+use super::{Task, closed_before_answer};
 use crate::buffer::append_ring;
 use crate::protocol::{Request, Response, StreamName};
 use crate::stream::ReadMeta;
@@ -46,26 +46,29 @@ impl Task {
     }
 
     /// Asks for `stream`'s memfd; an older supervisor that does not know the request leaves
-    /// reads on the socket.
+    /// reads on the socket. A kept connection the supervisor closed while it was idle is
+    /// opened again once (as [`Task::call`] does).
     pub(super) fn fetch_file(&mut self, stream: StreamName) -> Result<()> {
+        let reused = self.conn.is_some();
+        let mut result = self.try_fetch_file(stream);
+        if reused && result.as_ref().is_err_and(closed_before_answer) {
+            result = self.try_fetch_file(stream);
+        }
+        result.map_err(|e| self.classify(e))
+    }
+
+    fn try_fetch_file(&mut self, stream: StreamName) -> Result<()> {
         self.connect()?;
         let Some(mut sock) = self.conn.take() else {
             return Err(Error::SupervisorGone { id: self.id.clone() });
         };
-        let result = self.receive_file(&mut sock, stream);
-        match result {
-            Ok(Some(file)) => {
-                self.files[stream_slot(stream)] = Some(file);
-                self.conn = Some(sock);
-                Ok(())
-            }
-            Ok(None) => {
-                self.no_files = true;
-                self.conn = Some(sock);
-                Ok(())
-            }
-            Err(e) => Err(self.classify(e)),
+        // On an error the connection is dropped: its stream may be cut mid-frame.
+        match self.receive_file(&mut sock, stream)? {
+            Some(file) => self.files[stream_slot(stream)] = Some(file),
+            None => self.no_files = true,
         }
+        self.conn = Some(sock);
+        Ok(())
     }
 
     fn receive_file(
