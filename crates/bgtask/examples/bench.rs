@@ -10,8 +10,10 @@
 //! executing the CLI binary's hidden mode (`_exec_cli_binary`) and by the CLI's `spawn`
 //! command (`_cli`).
 //! For profiling: `PROCYARD_BENCH_ONLY=capture` (a comma-separated list of `rss`, `spawn`,
-//! `list`, `capture`) runs only those parts; `BGTASK_BENCH_MIB` sets the bytes captured per
-//! round (default 1024).
+//! `list`, `capture`) runs only those parts (`capture` also prints each process's share of
+//! the CPU time); `BGTASK_BENCH_MIB` sets the bytes captured per
+//! round (default 1024), `BGTASK_BENCH_RETAIN_MIB` the task's retain cap (default 8; the ring
+//! readers copy from, so it sets how much of the output stays in the caches).
 
 use std::io::Read;
 use std::path::Path;
@@ -21,6 +23,11 @@ use std::time::{Duration, Instant};
 use procyard_bgtask::{Filter, Launch, ReadOptions, SpawnOptions, StreamName, Task, TaskPool};
 
 const MIB: u64 = 1024 * 1024;
+
+/// `name` from the environment as a number, else `default`.
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -36,8 +43,9 @@ fn bench(metric: &str, value: f64, unit: &str, baseline: &str, base: f64, higher
     println!("BENCH\t{metric}\t{value:.2}\t{unit}\t{baseline}\t{base:.2}\t{ratio}");
 }
 
-/// A plain pipe read with 64 KiB reads: the baseline for output capture.
-fn pipe_baseline(bytes: u64) -> (f64, f64) {
+/// A plain pipe read with 64 KiB reads: the baseline for output capture. Returns the rate,
+/// the CPU ms per GiB, and that CPU split between the reader and the writer.
+fn pipe_baseline(bytes: u64) -> (f64, f64, [f64; 2]) {
     let (self_before, children_before) = (cpu_ticks("thread-self", false), cpu_ticks("self", true));
     let start = Instant::now();
     let mut child = Command::new("head")
@@ -59,9 +67,10 @@ fn pipe_baseline(bytes: u64) -> (f64, f64) {
     let _ = child.wait();
     let rate = total as f64 / MIB as f64 / start.elapsed().as_secs_f64();
     assert_eq!(total, bytes);
-    let ticks =
-        cpu_ticks("thread-self", false) - self_before + cpu_ticks("self", true) - children_before;
-    (rate, cpu_ms_per_gib(ticks, bytes))
+    let split =
+        [cpu_ticks("thread-self", false) - self_before, cpu_ticks("self", true) - children_before]
+            .map(|t| cpu_ms_per_gib(t, bytes));
+    (rate, split.iter().sum(), split)
 }
 
 /// CPU time (user + system, in clock ticks) of `/proc/<who>`: its own, or with `reaped` that
@@ -84,12 +93,13 @@ fn cpu_ms_per_gib(ticks: u64, bytes: u64) -> f64 {
 
 /// Reads `bytes` of a task's stdout through its supervisor, 4 MiB at most per read into one
 /// reused buffer ([`procyard_bgtask::Stream::read_with_into`], the high-throughput read), each
-/// read waiting for `at_least` bytes (0: answered as soon as there is any).
-fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> (f64, f64) {
+/// read waiting for `at_least` bytes (0: answered as soon as there is any). Returns the rate,
+/// the CPU ms per GiB, and that CPU split between the reader, the supervisor and the task.
+fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> (f64, f64, [f64; 3]) {
     let self_before = cpu_ticks("thread-self", false);
     let start = Instant::now();
     let options = SpawnOptions::new(["head", "-c", &bytes.to_string(), "/dev/zero"])
-        .retain(8 * MIB)
+        .retain(env_u64("BGTASK_BENCH_RETAIN_MIB", 8) * MIB)
         .block_when_full(true);
     let mut task = pool.spawn(&options).expect("spawn");
     let mut total = 0u64;
@@ -115,11 +125,14 @@ fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> (f64, f64) 
         info = task.info().expect("info");
     }
     let pid = info.supervisor_pid.to_string();
-    let ticks = cpu_ticks("thread-self", false) - self_before
-        + cpu_ticks(&pid, false)
-        + cpu_ticks(&pid, true);
+    let split = [
+        cpu_ticks("thread-self", false) - self_before,
+        cpu_ticks(&pid, false),
+        cpu_ticks(&pid, true),
+    ];
     task.delete().expect("delete");
-    (rate, cpu_ms_per_gib(ticks, bytes))
+    let per_gib = split.map(|t| cpu_ms_per_gib(t, bytes));
+    (rate, per_gib.iter().sum(), per_gib)
 }
 
 fn rss_kib(pid: procyard_core::Pid) -> Option<u64> {
@@ -345,9 +358,7 @@ fn main() {
     }
     if part("capture") {
         // Output capture.
-        let size: u64 =
-            std::env::var("BGTASK_BENCH_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024)
-                * MIB;
+        let size: u64 = env_u64("BGTASK_BENCH_MIB", 1024) * MIB;
         // Medians of interleaved rounds: with three processes in the pipeline on two cores, one
         // round's rate depends on how the scheduler happens to place them. The supervisor is
         // read as a throughput reader would (each read waits for at least 1 MiB, so one answer
@@ -357,17 +368,30 @@ fn main() {
         // reader, the supervisor, `head`): less sensitive to what else the machine runs.
         let (mut base, mut ours, mut any) = (Vec::new(), Vec::new(), Vec::new());
         let (mut base_cpu, mut ours_cpu, mut any_cpu) = (Vec::new(), Vec::new(), Vec::new());
+        let mut splits: [Vec<f64>; 3] = Default::default();
+        let mut base_splits: [Vec<f64>; 2] = Default::default();
         for _ in 0..5 {
-            let (rate, cpu) = pipe_baseline(size);
+            let (rate, cpu, split) = pipe_baseline(size);
             base.push(rate);
             base_cpu.push(cpu);
-            let (rate, cpu) = through_supervisor(&pool, size, MIB);
+            for (all, one) in base_splits.iter_mut().zip(split) {
+                all.push(one);
+            }
+            let (rate, cpu, split) = through_supervisor(&pool, size, MIB);
             ours.push(rate);
             ours_cpu.push(cpu);
-            let (rate, cpu) = through_supervisor(&pool, size, 0);
+            for (all, one) in splits.iter_mut().zip(split) {
+                all.push(one);
+            }
+            let (rate, cpu, _) = through_supervisor(&pool, size, 0);
             any.push(rate);
             any_cpu.push(cpu);
         }
+        let [reader, supervisor, task] = splits.map(median);
+        let [base_reader, base_writer] = base_splits.map(median);
+        println!(
+            "output capture CPU ms/GiB, medians per process: plain pipe reader {base_reader:.0}, writer {base_writer:.0}; through the supervisor (reads of at least 1 MiB) reader {reader:.0}, supervisor {supervisor:.0}, task {task:.0}"
+        );
         println!(
             "output capture MiB/s, plain pipe {base:.0?}, through the supervisor {ours:.0?} (reads of at least 1 MiB), {any:.0?} (reads of any size)"
         );

@@ -1,54 +1,56 @@
-//! [`OutputBuffer`]: one output stream's retained bytes, addressed by absolute offsets.
+//! [`OutputBuffer`]: one output stream's retained bytes, addressed by absolute offsets, in a
+//! memfd ring that readers can be given.
 
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, BorrowedFd};
 
-/// First reservation of a ring that grows. Large enough that the allocator maps it apart
-/// from the heap (so growing it moves pages instead of copying them and leaves no freed
-/// block behind); its pages cost memory only once written.
-const FIRST_RING: usize = 256 * 1024;
-
-/// Most bytes made ready (zeroed) ahead of the write position before the ring has been
-/// filled once: reserved pages stay untouched, so memory follows the output.
-const INIT_AHEAD: usize = 16 * 1024;
+use procyard_core::FileMap;
+use rustix::fs::MemfdFlags;
+use rustix::pipe::SpliceFlags;
 
 /// The bytes of one output stream that are still retained, with absolute offsets: offset 0 is
 /// the first byte the task ever wrote (restarts keep counting), `start` the first byte still
 /// held, `limit` the next byte to be written. When more than `cap` bytes are held, the oldest
 /// are dropped; `consumed` marks how far readers have consumed.
 ///
-/// It is a ring over one reservation that grows (by doubling) up to `cap`, and pipes are read
-/// straight into it ([`OutputBuffer::fill_from`]), so output is copied once on its way in.
-/// Memory follows the bytes written: nothing is reserved before the first byte, and the
-/// reservation is initialised only just ahead of the write position.
+/// The bytes live in a memfd used as a ring of `cap` bytes: offset `o` is at `o % cap`. The
+/// task's pipe is read into its mapping ([`OutputBuffer::fill_from`]: one copy, in the kernel;
+/// spliced into the file where it cannot be mapped), and
+/// a reader holding the memfd ([`OutputBuffer::file`]) `pread`s its bytes straight from it, so
+/// the supervisor copies nothing on their way out either. While a reader copies a range, that
+/// range is pinned ([`OutputBuffer::pin`]): the ring is not filled over it until the reader
+/// says it is done (or goes away). Memory follows the output: the memfd is created at the
+/// first byte (or the first reader asking for it), its pages as they are written.
 #[derive(Debug)]
 pub(crate) struct OutputBuffer {
-    /// The reservation (capacity at least `size`); its length is the initialised prefix.
-    ring: Vec<u8>,
-    /// Ring size in use (0 until the first byte).
-    size: usize,
-    /// Physical index of `start`.
-    head: usize,
-    /// Bytes held.
-    len: usize,
+    /// The memfd (created at the first byte).
+    file: Option<File>,
+    /// The memfd mapped, for the pipe to be read into (`None` where it cannot be mapped:
+    /// then spliced into).
+    map: Option<FileMap>,
     start: u64,
+    limit: u64,
     consumed: u64,
     cap: usize,
+    /// Ranges readers are copying: (reader, first offset).
+    pins: Vec<(usize, u64)>,
 }
 
 impl OutputBuffer {
     pub(crate) fn new(cap: usize) -> OutputBuffer {
         OutputBuffer {
-            ring: Vec::new(),
-            size: 0,
-            head: 0,
-            len: 0,
+            file: None,
+            map: None,
             start: 0,
+            limit: 0,
             consumed: 0,
             cap: cap.max(1),
+            pins: Vec::new(),
         }
     }
 
-    /// The most bytes it retains.
+    /// The most bytes it retains (the ring's size).
     pub(crate) fn cap(&self) -> usize {
         self.cap
     }
@@ -60,7 +62,7 @@ impl OutputBuffer {
 
     /// Next offset to be written.
     pub(crate) fn limit(&self) -> u64 {
-        self.start + self.len as u64
+        self.limit
     }
 
     /// Offset up to which readers consumed (never below `start`).
@@ -76,7 +78,7 @@ impl OutputBuffer {
 
     /// Bytes held and not consumed yet.
     pub(crate) fn unconsumed(&self) -> usize {
-        (self.limit() - self.consumed()) as usize
+        (self.limit - self.consumed()) as usize
     }
 
     /// Free room before unconsumed bytes would be dropped.
@@ -84,113 +86,161 @@ impl OutputBuffer {
         self.cap.saturating_sub(self.unconsumed())
     }
 
-    /// Grows the ring (linearising it) when it is full and below the cap. Allocation failure
-    /// just leaves it smaller: the oldest bytes are then dropped sooner.
-    fn grow(&mut self) {
-        let size = self.size;
-        if self.len < size || size >= self.cap {
-            return;
-        }
-        let new_size = (size * 2).clamp(FIRST_RING.min(self.cap), self.cap);
-        // A full ring is wholly initialised: `ring.len() == size`.
-        self.ring.rotate_left(self.head);
-        self.head = 0;
-        if self.ring.try_reserve_exact(new_size - self.ring.len()).is_ok() {
-            self.size = new_size;
+    /// Bytes that may be written before a pinned range would be overwritten.
+    pub(crate) fn writable(&self) -> usize {
+        match self.pins.iter().map(|(_, at)| *at).min() {
+            Some(floor) => self.cap.saturating_sub((self.limit - floor.min(self.limit)) as usize),
+            None => usize::MAX,
         }
     }
 
-    /// Reads once from `r` into the ring (at most `max` bytes), dropping the oldest bytes if
-    /// the ring is full at its cap. `on_bytes` sees the bytes read. Returns the count (0 at
-    /// end of file).
-    pub(crate) fn fill_from<R: Read + ?Sized>(
-        &mut self,
-        r: &mut R,
-        max: usize,
-        on_bytes: impl FnOnce(&[u8]),
-    ) -> io::Result<usize> {
-        self.grow();
-        let size = self.size;
+    /// Pins `[at, ..)` for `reader` (one range per reader; a new pin replaces its old one).
+    pub(crate) fn pin(&mut self, reader: usize, at: u64) {
+        self.unpin(reader);
+        self.pins.push((reader, at));
+    }
+
+    /// Releases `reader`'s pin; returns whether it had one.
+    pub(crate) fn unpin(&mut self, reader: usize) -> bool {
+        let before = self.pins.len();
+        self.pins.retain(|(r, _)| *r != reader);
+        self.pins.len() != before
+    }
+
+    /// The memfd (`None` before the first byte or [`OutputBuffer::file_or_create`]): byte `o`
+    /// of `[start, limit)` is at `o % cap`.
+    pub(crate) fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// The memfd, created if there is none yet.
+    pub(crate) fn file_or_create(&mut self) -> io::Result<&File> {
+        if self.file.is_none() {
+            let fd = rustix::fs::memfd_create("procyard-bgtask-output", MemfdFlags::CLOEXEC)?;
+            let file = File::from(fd);
+            // Sparse: pages come as bytes are written.
+            file.set_len(self.cap as u64)?;
+            self.map = FileMap::new(file.as_fd(), self.cap).ok();
+            self.file = Some(file);
+        }
+        Ok(self.file.as_ref().expect("just created"))
+    }
+
+    /// Moves at most `max` bytes (and no more than [`OutputBuffer::writable`]) from the pipe
+    /// `pipe` into the ring with one `splice`, dropping the oldest beyond the cap. Returns the
+    /// count (0 at end of file; `WouldBlock` when the pipe is empty).
+    pub(crate) fn fill_from(&mut self, pipe: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        let cap = self.cap as u64;
+        let mut at = self.limit % cap;
+        let max = max.min((cap - at) as usize).min(self.writable());
         if max == 0 {
             return Ok(0);
         }
-        if size == 0 {
-            return Err(io::ErrorKind::OutOfMemory.into());
-        }
-        let full = self.len == size;
-        let tail = (self.head + self.len) % size;
-        // When full, the tail is the head: the read overwrites exactly the oldest bytes.
-        let end = if full || tail >= self.head { size } else { self.head };
-        // Bytes below `ring.len()` are initialised, and `tail` never lies beyond them.
-        let slot_end =
-            end.min(tail.saturating_add(max)).min(self.ring.len().max(tail + INIT_AHEAD));
-        if slot_end > self.ring.len() {
-            self.ring.resize(slot_end, 0);
-        }
-        let n = r.read(&mut self.ring[tail..slot_end])?;
-        on_bytes(&self.ring[tail..tail + n]);
-        if full {
-            self.head = (self.head + n) % size;
-            self.start += n as u64;
-        } else {
-            self.len += n;
-        }
+        self.file_or_create()?;
+        let n = match (&mut self.map, &self.file) {
+            // Straight into the file's pages, one copy.
+            (Some(map), _) => map.read_from(pipe, at as usize, max)?,
+            (None, Some(file)) => rustix::pipe::splice(
+                pipe,
+                None,
+                file.as_fd(),
+                Some(&mut at),
+                max,
+                SpliceFlags::NONBLOCK,
+            )?,
+            (None, None) => return Err(io::ErrorKind::NotFound.into()),
+        };
+        self.appended(n);
         Ok(n)
+    }
+
+    /// Accounts for `n` bytes written at `limit`.
+    fn appended(&mut self, n: usize) {
+        self.limit += n as u64;
+        self.start = self.start.max(self.limit.saturating_sub(self.cap as u64));
     }
 
     /// Appends bytes, dropping the oldest beyond the cap.
     #[cfg(test)]
     pub(crate) fn push(&mut self, mut bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let cap = self.cap as u64;
         while !bytes.is_empty() {
-            let n = self.fill_from(&mut bytes, usize::MAX, |_| {}).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
+            let at = self.limit % cap;
+            let n = bytes.len().min((cap - at) as usize);
+            self.file_or_create().expect("memfd").write_all_at(&bytes[..n], at).expect("write");
+            self.appended(n);
+            bytes = &bytes[n..];
         }
     }
 
     /// Copies up to `count` bytes from `offset` (raised to `start` if older bytes were dropped)
     /// into `out`; returns the offset actually served.
-    #[cfg(test)]
-    pub(crate) fn read_into(&self, offset: u64, count: usize, out: &mut Vec<u8>) -> u64 {
-        let (a, b) = self.slices(offset, count);
-        out.extend_from_slice(a);
-        out.extend_from_slice(b);
-        offset.clamp(self.start, self.limit())
-    }
-
-    /// The retained bytes `[offset, offset + count)` (clamped) as the ring's two slices.
-    pub(crate) fn slices(&self, offset: u64, count: usize) -> (&[u8], &[u8]) {
-        let offset = offset.clamp(self.start, self.limit());
-        let skip = (offset - self.start) as usize;
-        let n = count.min(self.len - skip);
-        if n == 0 {
-            return (&[], &[]);
+    pub(crate) fn read_into(
+        &self,
+        offset: u64,
+        count: usize,
+        out: &mut Vec<u8>,
+    ) -> io::Result<u64> {
+        let offset = offset.clamp(self.start, self.limit);
+        let n = count.min((self.limit - offset) as usize);
+        if let (Some(file), true) = (&self.file, n > 0) {
+            // The supervisor's own description of its memfd: seeking it is ours to do.
+            append_ring(file, self.cap as u64, offset, n, out)?;
         }
-        let size = self.size;
-        let from = (self.head + skip) % size;
-        let first = n.min(size - from);
-        (&self.ring[from..from + first], &self.ring[..n - first])
+        Ok(offset)
     }
 
     /// Marks everything before `upto` consumed; the bytes stay retained (up to the cap) for
     /// peeking readers.
     pub(crate) fn consume(&mut self, upto: u64) {
-        let upto = upto.clamp(self.start, self.limit());
+        let upto = upto.clamp(self.start, self.limit);
         self.consumed = self.consumed.max(upto);
     }
 
     /// Marks everything before `upto` consumed and drops it.
     pub(crate) fn discard(&mut self, upto: u64) {
-        let upto = upto.clamp(self.start, self.limit());
+        let upto = upto.clamp(self.start, self.limit);
         self.consumed = self.consumed.max(upto);
-        let n = (upto - self.start) as usize;
-        if n > 0 {
-            self.head = (self.head + n) % self.size;
-            self.len -= n;
-            self.start = upto;
-        }
+        self.start = self.start.max(upto);
     }
+}
+
+/// Appends `len` bytes at absolute `offset` of a ring file of `ring` bytes to `out` (what a
+/// reader holding the memfd does), reading into its spare capacity without zeroing it first.
+/// Seeks `file`: its description must be the caller's own.
+pub(crate) fn append_ring(
+    mut file: &File,
+    ring: u64,
+    offset: u64,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let before = out.len();
+    out.reserve(len);
+    let (mut at, mut left) = (offset, len);
+    let result = loop {
+        if left == 0 {
+            break Ok(());
+        }
+        let pos = at % ring;
+        let n = left.min((ring - pos) as usize);
+        if let Err(e) = file.seek(SeekFrom::Start(pos)) {
+            break Err(e);
+        }
+        match file.take(n as u64).read_to_end(out) {
+            Ok(got) if got == n => {
+                at += n as u64;
+                left -= n;
+            }
+            Ok(_) => break Err(io::ErrorKind::UnexpectedEof.into()),
+            Err(e) => break Err(e),
+        }
+    };
+    if result.is_err() {
+        out.truncate(before);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -199,7 +249,7 @@ mod tests {
 
     fn read(buf: &OutputBuffer, offset: u64, count: usize) -> (u64, Vec<u8>) {
         let mut out = Vec::new();
-        let at = buf.read_into(offset, count, &mut out);
+        let at = buf.read_into(offset, count, &mut out).expect("read");
         (at, out)
     }
 
@@ -221,66 +271,37 @@ mod tests {
         buf.push(b"cdefgh");
         assert_eq!((buf.start(), buf.limit()), (4, 8));
         assert_eq!(read(&buf, 0, 10), (4, b"efgh".to_vec()));
-        assert_eq!(buf.ring.len(), 4);
+    }
+
+    #[test]
+    fn nothing_is_created_before_the_first_byte() {
+        let mut buf = OutputBuffer::new(8 * 1024 * 1024);
+        assert!(buf.file().is_none());
+        assert_eq!(read(&buf, 0, 10), (0, Vec::new()));
+        buf.push(b"hello");
+        let file = buf.file().expect("memfd");
+        // Pages follow the bytes written, not the ring's size.
+        let blocks = rustix::fs::fstat(file.as_fd()).expect("fstat").st_blocks as u64 * 512;
+        assert!(blocks <= 4096, "{blocks} bytes allocated");
+        assert_eq!(read(&buf, 0, 10), (0, b"hello".to_vec()));
     }
 
     #[test]
     fn reads_across_the_ring_seam() {
-        let mut buf = OutputBuffer::new(4);
-        for chunk in [&b"ab"[..], b"cd", b"ef", b"gh", b"ij"] {
-            buf.push(chunk);
-        }
-        assert_eq!(read(&buf, 0, 10), (6, b"ghij".to_vec()));
-        assert_eq!(read(&buf, 7, 2), (7, b"hi".to_vec()));
-    }
-
-    #[test]
-    fn memory_follows_the_output() {
-        let mut buf = OutputBuffer::new(8 * 1024 * 1024);
-        assert_eq!(buf.ring.capacity(), 0, "nothing reserved before the first byte");
-        buf.push(b"hello");
-        assert!(buf.ring.len() <= INIT_AHEAD, "initialised only just ahead");
-        assert_eq!(buf.size, FIRST_RING);
-        let data: Vec<u8> = (0..FIRST_RING as u32 + 10).map(|i| (i % 253) as u8).collect();
-        buf.push(&data);
-        assert_eq!(buf.size, 2 * FIRST_RING);
-        assert!(buf.ring.len() <= FIRST_RING + 5 + 10 + INIT_AHEAD);
-        let (at, got) = read(&buf, 5, usize::MAX);
-        assert_eq!((at, got.as_slice()), (5, data.as_slice()));
-    }
-
-    #[test]
-    fn grows_after_a_wrap_and_discard_keeps_order() {
-        let mut buf = OutputBuffer::new(FIRST_RING + 100);
-        let data: Vec<u8> = (0..FIRST_RING as u32).map(|i| (i % 241) as u8).collect();
-        buf.push(&data);
-        buf.discard(1000);
-        buf.push(&data[..1000]);
-        // Full again, with its head mid-ring: growing linearises it.
-        buf.push(b"xyz");
-        assert_eq!(buf.size, FIRST_RING + 100);
-        let (at, got) = read(&buf, 0, usize::MAX);
-        assert_eq!(at, 1000);
-        let mut want = data[1000..].to_vec();
-        want.extend_from_slice(&data[..1000]);
-        want.extend_from_slice(b"xyz");
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn grows_by_doubling_and_keeps_order() {
         let mut buf = OutputBuffer::new(300_000);
         let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
         for chunk in data.chunks(10_007) {
             buf.push(chunk);
         }
         assert_eq!((buf.start(), buf.limit()), (400_000, 700_000));
-        assert_eq!(buf.ring.len(), 300_000);
         let (at, got) = read(&buf, 0, usize::MAX);
         assert_eq!(at, 400_000);
         assert_eq!(got, &data[400_000..]);
         let (_, got) = read(&buf, 555_555, 1000);
         assert_eq!(got, &data[555_555..556_555]);
+        let mut seam = b"x".to_vec();
+        append_ring(buf.file().expect("memfd"), 300_000, 599_990, 20, &mut seam).expect("read");
+        assert_eq!(&seam[1..], &data[599_990..600_010]);
     }
 
     #[test]
@@ -303,12 +324,24 @@ mod tests {
     }
 
     #[test]
-    fn fill_respects_max_and_reports_bytes() {
+    fn a_pinned_range_is_not_filled_over() {
+        let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+        rustix::io::write(&tx, b"0123456789").expect("write");
         let mut buf = OutputBuffer::new(8);
-        let mut src: &[u8] = b"0123456789";
-        let mut seen = Vec::new();
-        let n = buf.fill_from(&mut src, 3, |b| seen.extend_from_slice(b)).unwrap();
-        assert_eq!((n, seen.as_slice()), (3, &b"012"[..]));
+        assert_eq!(buf.fill_from(rx.as_fd(), 3).expect("fill"), 3);
         assert_eq!(buf.limit(), 3);
+        buf.pin(7, 1);
+        assert_eq!(buf.writable(), 6);
+        // Up to the ring's end, then up to the pin.
+        assert_eq!(buf.fill_from(rx.as_fd(), 100).expect("fill"), 5);
+        assert_eq!(buf.fill_from(rx.as_fd(), 100).expect("fill"), 1);
+        assert_eq!(buf.fill_from(rx.as_fd(), 100).expect("fill"), 0, "pinned");
+        assert_eq!(read(&buf, 1, 100), (1, b"12345678".to_vec()));
+        assert!(buf.unpin(7));
+        assert_eq!(buf.fill_from(rx.as_fd(), 100).expect("fill"), 1);
+        assert_eq!((buf.start(), buf.limit()), (2, 10));
+        assert_eq!(read(&buf, 0, 100), (2, b"23456789".to_vec()));
+        drop(tx);
+        assert_eq!(buf.fill_from(rx.as_fd(), 100).expect("fill"), 0);
     }
 }

@@ -1,6 +1,7 @@
 //! [`Task`]: one task, reached through its supervisor's socket (request, answer), with its
 //! [`Stream`]s and [`Subscription`]s.
 
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -17,6 +18,9 @@ use crate::record::TaskRecord;
 use crate::stream::{ReadMeta, Stream};
 use crate::subscription::Subscription;
 use crate::{Error, RefusalKind, Result};
+use output_file::stream_slot;
+
+mod output_file;
 
 /// Largest stdin chunk per request (sent as a raw frame).
 const WRITE_CHUNK: usize = MAX_REQUEST / 4;
@@ -34,11 +38,23 @@ pub struct Task {
     id: String,
     conn: Option<UnixStream>,
     timeout: Option<Duration>,
+    /// Per stream, the supervisor's memfd of retained bytes (read-only) and its ring size,
+    /// once asked for: reads then copy the bytes straight from it.
+    files: [Option<(File, u64)>; 2],
+    /// The supervisor does not hand out its memfds (an older one): reads take the socket.
+    no_files: bool,
 }
 
 impl Task {
     pub(crate) fn new(dir: PathBuf, id: String) -> Task {
-        Task { dir, id, conn: None, timeout: Some(DEFAULT_TIMEOUT) }
+        Task {
+            dir,
+            id,
+            conn: None,
+            timeout: Some(DEFAULT_TIMEOUT),
+            files: [None, None],
+            no_files: false,
+        }
     }
 
     /// Bounds how long each call waits for the supervisor (connecting, sending, and the
@@ -334,16 +350,28 @@ impl Task {
     }
 
     /// Sends a read request and appends the bytes to `buf` (reusing its capacity).
-    pub(crate) fn read_into(&mut self, req: Request, buf: &mut Vec<u8>) -> Result<ReadMeta> {
-        let (offset, len, dropped, info, exited) = match self.call(&req)? {
-            Response::Data { offset, len, dropped, info, exited, .. } => {
-                (offset, len, dropped, info, exited)
+    pub(crate) fn read_into(&mut self, mut req: Request, buf: &mut Vec<u8>) -> Result<ReadMeta> {
+        let Request::Read { stream, file, .. } = &mut req else {
+            return Err(Error::Protocol { id: self.id.clone(), what: "not a read".into() });
+        };
+        let i = stream_slot(*stream);
+        if self.files[i].is_none() && !self.no_files {
+            self.fetch_file(*stream)?;
+        }
+        *file = self.files[i].is_some();
+        let (offset, len, dropped, info, exited, ring) = match self.call(&req)? {
+            Response::Data { offset, len, dropped, info, exited, ring, .. } => {
+                (offset, len, dropped, info, exited, ring)
             }
             other => return Err(self.unexpected(&other)),
         };
         if len > MAX_READ {
             self.conn = None;
             return Err(Error::Protocol { id: self.id.clone(), what: format!("{len}-byte read") });
+        }
+        let meta = ReadMeta { offset, len, dropped, info, exited };
+        if ring > 0 {
+            return self.read_from_file(i, ring, meta, buf);
         }
         let Some(sock) = self.conn.as_mut() else {
             return Err(Error::SupervisorGone { id: self.id.clone() });
@@ -355,9 +383,7 @@ impl Task {
             (&mut *sock).take(len).read_to_end(buf)
         });
         match got {
-            Ok(n) if n as u64 == len && u64::from(u32::from_be_bytes(header)) == len => {
-                Ok(ReadMeta { offset, len, dropped, info, exited })
-            }
+            Ok(n) if n as u64 == len && u64::from(u32::from_be_bytes(header)) == len => Ok(meta),
             Ok(_) => {
                 buf.truncate(before);
                 self.conn = None;

@@ -31,6 +31,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// An output stream of a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -106,6 +110,23 @@ pub enum Request {
         /// the retention is full. Fewer, larger answers for a reader that wants throughput.
         #[serde(default, skip_serializing_if = "is_zero")]
         at_least: u64,
+        /// The reader holds the stream's memfd ([`Request::OutputFile`]): answer with where
+        /// the bytes are (a [`Response::Data`] with `ring` set, no raw frame), pinned until
+        /// its [`Request::Release`].
+        #[serde(default, skip_serializing_if = "is_false")]
+        file: bool,
+    },
+    /// Asks for the memfd holding `stream`'s retained bytes: the [`Response::OutputFile`]
+    /// answer carries a read-only descriptor of it (`SCM_RIGHTS`).
+    OutputFile {
+        /// Which output stream.
+        stream: StreamName,
+    },
+    /// The reader copied the bytes of its last `file` read of `stream`: the supervisor may
+    /// fill the ring over them again. The one request without an answer.
+    Release {
+        /// Which output stream.
+        stream: StreamName,
     },
     /// Drops retained bytes before `upto`.
     Discard {
@@ -251,6 +272,18 @@ pub enum Response {
         info: StreamInfo,
         /// Whether the task has ended (and its output was collected).
         exited: bool,
+        /// Nonzero for a `file` read: no raw frame follows; the bytes are in the stream's
+        /// memfd, a ring of this many bytes (offset `o` at `o % ring`), until the reader's
+        /// [`Request::Release`].
+        #[serde(default, skip_serializing_if = "is_zero")]
+        ring: u64,
+    },
+    /// The answer to [`Request::OutputFile`], sent with the memfd's descriptor.
+    OutputFile {
+        /// Which output stream.
+        stream: StreamName,
+        /// The ring's size in bytes.
+        ring: u64,
     },
     /// Datagrams from the data channel.
     Datagrams {
@@ -285,7 +318,10 @@ mod tests {
                 consume: false,
                 wait: true,
                 at_least: 5,
+                file: true,
             },
+            Request::OutputFile { stream: StreamName::Stdout },
+            Request::Release { stream: StreamName::Stdout },
             Request::Signal { signal: procyard_core::Signal::HUP },
             Request::Write { len: 3 },
             Request::Delete,

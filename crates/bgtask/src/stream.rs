@@ -141,6 +141,7 @@ impl ReadOptions {
             consume: self.consume,
             wait: self.wait,
             at_least: self.at_least,
+            file: false,
         }
     }
 }

@@ -64,6 +64,7 @@ pub mod frame;
 mod identity;
 #[cfg(feature = "logs")]
 pub mod logs;
+mod mapping;
 mod output;
 pub mod owner;
 mod pid;
@@ -93,6 +94,7 @@ pub use fork::{
 };
 pub use frame::{FrameDecoder, MAX_FRAME, StreamState};
 pub use identity::{ProcStat, ProcessIdentity, boot_id};
+pub use mapping::FileMap;
 pub use output::{OUTPUT_LIMIT, Output};
 pub use pid::Pid;
 pub use ready::{Readiness, ReadyReader, ReadyWriter, ready_pipe};

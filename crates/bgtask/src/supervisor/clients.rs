@@ -43,7 +43,9 @@ impl Supervisor {
     fn resume_throttled(&mut self) -> bool {
         let mut resumed = false;
         for i in 0..2 {
-            if self.pipes[i].throttled && self.state.outputs[i].buf.room() > 0 {
+            let buf = &self.state.outputs[i].buf;
+            let room = !self.options.block_when_full || buf.room() > 0;
+            if self.pipes[i].throttled && room && buf.writable() > 0 {
                 self.read_output(i);
                 resumed = true;
             }

@@ -1,12 +1,16 @@
 //! A client connection of the supervisor: framed input, bounded output, flow control.
 
+use std::fs::File;
 use std::io::{self, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use mio::Token;
 use mio::net::UnixStream;
 use procyard_core::event::retry_interrupted;
 use procyard_core::{Deadline, FrameDecoder, frame};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use super::OUT_HIGH;
 use super::admission::Slot;
@@ -90,36 +94,34 @@ impl Client {
         }
     }
 
-    /// Writes what is pending, then `a` and `b`, straight to the socket (one `writev` per
-    /// round); whatever the socket does not take is appended to the pending output.
-    pub(super) fn write_direct(&mut self, a: &[u8], b: &[u8]) {
-        let (mut a, mut b) = (a, b);
-        if self.pending() <= 64 * 1024 {
-            while !self.dead && (!a.is_empty() || !b.is_empty()) {
-                let head = &self.out[self.out_pos..];
-                let iov = [io::IoSlice::new(head), io::IoSlice::new(a), io::IoSlice::new(b)];
-                match retry_interrupted(|| self.stream.write_vectored(&iov)) {
-                    Ok(0) => self.dead = true,
-                    Ok(mut n) => {
-                        let from_head = n.min(head.len());
-                        self.out_pos += from_head;
-                        n -= from_head;
-                        let from_a = n.min(a.len());
-                        a = &a[from_a..];
-                        b = &b[n - from_a..];
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => self.dead = true,
-                }
+    /// Sends `response` with `file`'s descriptor attached (`SCM_RIGHTS`), after what is
+    /// pending; refuses instead when the pending output does not drain now.
+    pub(super) fn send_with_fd(&mut self, response: &Response, file: &File) {
+        self.flush();
+        let bytes = match frame::encode_frame(response) {
+            Ok(bytes) if self.pending() == 0 => bytes,
+            Ok(_) => return self.refuse(RefusalKind::Failed, "the connection is busy"),
+            Err(e) => {
+                tracing::warn!("cannot encode a response: {e}");
+                self.dead = true;
+                return;
             }
-            if self.out_pos == self.out.len() {
-                self.out.clear();
-                self.out_pos = 0;
+        };
+        let fds = [file.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        match retry_interrupted(|| {
+            rustix::net::sendmsg(&self.stream, &[io::IoSlice::new(&bytes)], &mut control, flags)
+                .map_err(io::Error::from)
+        }) {
+            // The descriptor went with the first byte; the rest is ordinary output.
+            Ok(n) if n > 0 => self.out.extend_from_slice(&bytes[n..]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.refuse(RefusalKind::Failed, "the connection is busy")
             }
-        }
-        if !self.dead {
-            self.out.extend_from_slice(a);
-            self.out.extend_from_slice(b);
+            _ => self.dead = true,
         }
     }
 

@@ -1,7 +1,9 @@
 //! Performing the transition's [`Action`]s, and the byte paths: output pipes into the
 //! retained buffers, the stdin queue into the task's stdin.
 
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use procyard_core::event::retry_interrupted;
@@ -88,12 +90,25 @@ impl Supervisor {
             Action::SendData { client, response, stream, at, len } => {
                 let Some(c) = self.clients.get_mut(&client) else { return };
                 c.send(&response);
-                // The raw frame, written straight from the retained bytes; only what the
-                // socket does not take now is copied.
+                // The raw frame (for a reader without the memfd), copied from the ring.
                 c.out.extend_from_slice(&(len as u32).to_be_bytes());
                 let buf = &self.state.outputs[stream_index(stream)].buf;
-                let (a, b) = buf.slices(at, len as usize);
-                c.write_direct(a, b);
+                if let Err(e) = buf.read_into(at, len as usize, &mut c.out) {
+                    tracing::warn!("cannot read retained output: {e}");
+                    c.dead = true;
+                }
+                c.flush();
+                c.last_active = Instant::now();
+            }
+            Action::SendOutputFile { client, stream } => {
+                let buf = &mut self.state.outputs[stream_index(stream)].buf;
+                let ring = buf.cap() as u64;
+                let file = buf.file_or_create().and_then(read_only);
+                let Some(c) = self.clients.get_mut(&client) else { return };
+                match file {
+                    Ok(file) => c.send_with_fd(&Response::OutputFile { stream, ring }, &file),
+                    Err(e) => c.refuse(RefusalKind::Failed, format!("no output file: {e}")),
+                }
                 c.last_active = Instant::now();
             }
             Action::RemoveFiles => self.remove_files(),
@@ -148,22 +163,19 @@ impl Supervisor {
         let (mut grew, mut eof) = (false, false);
         let mut budget = 4 * PIPE_SIZE;
         loop {
-            let want = if block { buf.room().min(budget) } else { budget };
+            let want = if block { buf.room().min(budget) } else { budget }.min(buf.writable());
             if want == 0 {
                 pipe.throttled = true;
                 break;
             }
-            let log = &mut pipe.log;
-            let result = retry_interrupted(|| {
-                buf.fill_from(rx, want, |bytes| {
-                    if let Some(file) = log.as_mut()
-                        && let Err(e) = file.write_all(bytes)
-                    {
-                        tracing::warn!("cannot log output: {e}");
-                        *log = None;
-                    }
-                })
-            });
+            let from = buf.limit();
+            let result = retry_interrupted(|| buf.fill_from(rx.as_fd(), want));
+            if let (Ok(n), Some(file)) = (&result, pipe.log.as_mut())
+                && let Err(e) = log_output(buf, file, from, *n)
+            {
+                tracing::warn!("cannot log output: {e}");
+                pipe.log = None;
+            }
             match result {
                 Ok(0) => {
                     eof = true;
@@ -212,4 +224,23 @@ impl Supervisor {
         }
         false
     }
+}
+
+/// A read-only descriptor of `file` (a memfd), for a reader.
+fn read_only(file: &File) -> io::Result<File> {
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+    std::fs::File::open(path)
+}
+
+/// Appends `[from, from + n)` of the ring to the log file (opened `O_APPEND`, which
+/// `sendfile` refuses: through a buffer).
+fn log_output(
+    buf: &crate::buffer::OutputBuffer,
+    log: &mut File,
+    from: u64,
+    n: usize,
+) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    buf.read_into(from, n, &mut bytes)?;
+    log.write_all(&bytes)
 }

@@ -103,6 +103,8 @@ pub(super) enum Action {
     Send(ClientId, Response),
     /// Send `response` (a `Data`), then `len` raw bytes of `stream` from offset `at`.
     SendData { client: ClientId, response: Response, stream: StreamName, at: u64, len: u64 },
+    /// Send [`Response::OutputFile`] with a read-only descriptor of `stream`'s memfd.
+    SendOutputFile { client: ClientId, stream: StreamName },
     /// Remove the task's files.
     RemoveFiles,
     /// Deliver the last answers and end the supervisor.
@@ -312,6 +314,9 @@ impl State {
             Event::ClientReady { client } => self.send_owed(client, &mut out),
             Event::ClientGone { client } => {
                 self.peers.remove(&client);
+                for o in &mut self.outputs {
+                    o.buf.unpin(client.0);
+                }
                 self.stdin.waiting.retain(|c| *c != client);
                 if let Some(requesters) = &mut self.deleting {
                     requesters.retain(|c| *c != client);

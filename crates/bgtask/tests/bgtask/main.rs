@@ -20,6 +20,7 @@ use serde_json::json;
 mod dependency;
 mod full;
 mod hardening;
+mod ring;
 
 const BIN: &str = env!("CARGO_BIN_EXE_procyard-bgtask");
 const SUPERVISE_BIN: &str = env!("CARGO_BIN_EXE_procyard-bgtask-supervise");

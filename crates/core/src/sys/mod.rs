@@ -3,7 +3,8 @@
 //! Each function here wraps one or a few system calls that `rustix` does not offer with the
 //! semantics procyard needs (`posix_spawn` with `POSIX_SPAWN_SETSID`, `fork`, signal masks and
 //! dispositions, `signalfd`, `pidfd_send_signal` for every signal number, `waitid` with the
-//! child's rusage). Each `unsafe` block carries a `// SAFETY:` comment; every function exported
+//! child's rusage, `mmap` of a file that only `read(2)` fills). Each `unsafe` block carries
+//! a `// SAFETY:` comment; every function exported
 //! from here is safe to call with any argument, except the ones marked `unsafe fn`, whose
 //! `# Safety` section says what the caller must uphold.
 #![allow(unsafe_code, reason = "the one place where procyard talks to libc directly")]
@@ -11,6 +12,7 @@
 pub(crate) mod fd;
 pub(crate) mod fork;
 pub(crate) mod forking;
+pub(crate) mod map;
 pub(crate) mod signal;
 pub(crate) mod spawn;
 pub(crate) mod vfork;

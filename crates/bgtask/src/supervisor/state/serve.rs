@@ -48,6 +48,14 @@ impl State {
                     Response::Ok
                 }
             }
+            Request::OutputFile { stream } => {
+                out.push(Action::SendOutputFile { client, stream });
+                return;
+            }
+            Request::Release { stream } => {
+                self.outputs[stream_index(stream)].buf.unpin(client.0);
+                return;
+            }
             Request::Subscribe => {
                 self.peers.entry(client).or_default().subscribed = true;
                 Response::Ok
@@ -70,7 +78,7 @@ impl State {
     /// A read: answered now with what is retained, or parked (`wait`) until bytes arrive,
     /// the stream ends or the task exits.
     fn read(&mut self, client: ClientId, request: Request, out: &mut Vec<Action>) {
-        let Request::Read { stream, offset, count, consume, wait, at_least } = request else {
+        let Request::Read { stream, offset, count, consume, wait, at_least, file } = request else {
             return;
         };
         let running = self.running();
@@ -94,9 +102,19 @@ impl State {
         if consume {
             o.buf.consume(at + len);
         }
+        // A reader holding the memfd copies the bytes itself; they stay put until it is done.
+        let ring = if file && o.buf.file().is_some() { o.buf.cap() as u64 } else { 0 };
+        if ring > 0 {
+            o.buf.pin(client.0, at);
+        }
         let info = self.stream_info(stream);
-        let response = Response::Data { stream, offset: at, len, dropped, info, exited: !live };
-        out.push(Action::SendData { client, response, stream, at, len });
+        let response =
+            Response::Data { stream, offset: at, len, dropped, info, exited: !live, ring };
+        if ring > 0 {
+            out.push(Action::Send(client, response));
+        } else {
+            out.push(Action::SendData { client, response, stream, at, len });
+        }
     }
 
     /// A stdin write: queued, and answered once the queue is below its cap.

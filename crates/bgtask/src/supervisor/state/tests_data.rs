@@ -19,6 +19,7 @@ fn a_waiting_read_is_parked_until_output_arrives() {
         consume: false,
         wait: true,
         at_least: 0,
+        file: false,
     };
     assert!(request(&mut s, C1, read, clock.at(0.0)).is_empty());
     assert!(s.is_busy(C1));
@@ -53,6 +54,7 @@ fn a_read_that_waits_for_at_least_n_bytes_stays_parked_below_n() {
         consume: true,
         wait: true,
         at_least: 5,
+        file: false,
     };
     let grew = || Event::Output { stream: StreamName::Stdout, grew: true, eof: false, held: false };
     assert!(request(&mut s, C1, read.clone(), clock.at(0.0)).is_empty());
@@ -86,6 +88,7 @@ fn a_parked_read_is_answered_when_the_task_exits() {
         consume: true,
         wait: true,
         at_least: 0,
+        file: false,
     };
     request(&mut s, C1, read, clock.at(0.0));
     let actions = s.step(Event::Reaped { exit: Exit::Code(0) }, clock.at(0.1));
@@ -114,6 +117,7 @@ fn no_reply_goes_to_a_client_that_gave_up() {
         consume: false,
         wait: true,
         at_least: 0,
+        file: false,
     };
     request(&mut s, C1, read, clock.at(0.0));
     s.step(Event::ClientGone { client: C1 }, clock.at(5.0));
@@ -233,6 +237,7 @@ fn output_held_in_the_pipe_after_the_exit_is_still_to_come() {
         consume: true,
         wait: true,
         at_least: 0,
+        file: false,
     };
     let data = |actions: &[Action]| match actions {
         [Action::SendData { client: C1, len, response: Response::Data { exited, .. }, .. }] => {
@@ -260,4 +265,51 @@ fn output_held_in_the_pipe_after_the_exit_is_still_to_come() {
         clock.at(0.6),
     );
     assert_eq!(data(&actions), Some((0, true)), "{actions:?}");
+}
+
+#[test]
+fn a_file_read_says_where_the_bytes_are_and_pins_them_until_released() {
+    let (mut s, clock) = running();
+    let stdout = StreamName::Stdout;
+    assert_eq!(
+        request(&mut s, C1, Request::OutputFile { stream: stdout }, clock.at(0.0)),
+        [Action::SendOutputFile { client: C1, stream: stdout }]
+    );
+    s.outputs[0].buf.push(b"hello");
+    let read = Request::Read {
+        stream: stdout,
+        offset: Some(1),
+        count: 3,
+        consume: true,
+        wait: false,
+        at_least: 0,
+        file: true,
+    };
+    let actions = request(&mut s, C1, read, clock.at(0.1));
+    let cap = s.outputs[0].buf.cap() as u64;
+    assert!(
+        matches!(
+            &actions[..],
+            [Action::Send(C1, Response::Data { offset: 1, len: 3, ring, .. })] if *ring == cap
+        ),
+        "{actions:?}"
+    );
+    // Pinned at the answer's first byte: the ring is not filled over it.
+    assert_eq!(s.outputs[0].buf.writable(), cap as usize - 4);
+    assert!(request(&mut s, C1, Request::Release { stream: stdout }, clock.at(0.2)).is_empty());
+    assert_eq!(s.outputs[0].buf.writable(), usize::MAX);
+    // A reader that goes away releases its pin too.
+    let read = Request::Read {
+        stream: stdout,
+        offset: Some(0),
+        count: 3,
+        consume: false,
+        wait: false,
+        at_least: 0,
+        file: true,
+    };
+    request(&mut s, C2, read, clock.at(0.3));
+    assert!(s.outputs[0].buf.writable() < usize::MAX);
+    s.step(Event::ClientGone { client: C2 }, clock.at(0.4));
+    assert_eq!(s.outputs[0].buf.writable(), usize::MAX);
 }
