@@ -6,8 +6,9 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
 use super::Broker;
+use super::acks::Lane;
 use super::connection::Consuming;
-use super::messages::{Cmd, Ev};
+use super::messages::{Cmd, Delivered, Ev};
 use crate::queue::OpenMode;
 use crate::queue::amqp::topology as topo;
 
@@ -34,9 +35,14 @@ impl Broker {
             }
             return Ok(());
         }
-        let channel = match live.consumers.get(task) {
-            Some(c) if c.channel.status().connected() => c.channel.clone(),
-            _ => live.conn.create_channel().await?,
+        // A channel's deliveries are numbered on it: a new channel is a new lane of acks.
+        let (channel, lane) = match live.consumers.get(task) {
+            Some(c) if c.channel.status().connected() => (c.channel.clone(), c.lane),
+            _ => {
+                self.lane_seq += 1;
+                self.lanes.insert(self.lane_seq, Lane::default());
+                (live.conn.create_channel().await?, self.lane_seq)
+            }
         };
         channel.basic_qos(capacity, BasicQosOptions { global: false }).await?;
         let consumer = channel
@@ -59,7 +65,8 @@ impl Broker {
             async move {
                 match result {
                     Ok(Some(delivery)) => {
-                        sink.send(Ev::Delivery { epoch, task, delivery: Box::new(delivery) })
+                        let delivery = Box::new(Delivered { lane, delivery });
+                        sink.send(Ev::Delivery { epoch, task, delivery })
                     }
                     Ok(None) => {
                         let error = "consumer cancelled".to_owned();
@@ -72,7 +79,7 @@ impl Broker {
                 }
             }
         });
-        live.consumers.insert(task.to_owned(), Consuming { channel, tag });
+        live.consumers.insert(task.to_owned(), Consuming { channel, tag, lane });
         Ok(())
     }
 }
