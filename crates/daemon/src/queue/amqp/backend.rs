@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use lapin::Acker;
 use procyard_core::Report;
 
-use super::broker::{Cmd, Delivered, JobMeta, Sending, Settlement};
+use super::broker::{Cmd, JobMeta, Sending};
 use super::handle::{AmqpQueue, REQUEST_TIMEOUT};
 use super::periodic::{Answer, Request};
 use super::topology;
@@ -62,8 +63,7 @@ impl AmqpQueue {
 }
 
 /// The concurrency key of a delivery (from its publisher headers or its payload).
-fn delivery_key(source: &ConcurrencyKey, d: &Delivered) -> Option<String> {
-    let d = &d.delivery;
+fn delivery_key(source: &ConcurrencyKey, d: &lapin::message::Delivery) -> Option<String> {
     let headers = topology::header_str(d.properties.headers().as_ref(), topology::H_HEADERS);
     source.of(headers.as_deref(), &d.data)
 }
@@ -229,10 +229,10 @@ impl QueueBackend for AmqpQueue {
         self.drain();
         if capacity == 0 {
             // Give what we hold back to the broker, so another daemon can run it.
-            let deliveries: Vec<Delivered> =
-                self.inbox.take_all(task).into_iter().map(|d| *d).collect();
-            if !deliveries.is_empty() {
-                let _ = self.cmd.send(Cmd::Return { deliveries });
+            let ackers: Vec<Acker> =
+                self.inbox.take_all(task).into_iter().map(|d| d.acker).collect();
+            if !ackers.is_empty() {
+                let _ = self.cmd.send(Cmd::Return { ackers });
             }
         }
         let capacity = u16::try_from(capacity).unwrap_or_else(|_| {
@@ -331,14 +331,8 @@ impl QueueBackend for AmqpQueue {
             headers_json: flight.headers_json,
         };
         // Handed over with the turn's events, at the flush (the contract's buffering).
-        self.settles.push(Settlement {
-            epoch: flight.epoch,
-            lane: flight.lane,
-            tag: flight.tag,
-            acker: flight.acker,
-            job: meta,
-            outcome,
-        });
+        let settle = Cmd::Settle { epoch: flight.epoch, acker: flight.acker, job: meta, outcome };
+        self.settles.push(settle);
         Ok(())
     }
 

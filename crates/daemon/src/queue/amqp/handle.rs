@@ -8,10 +8,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lapin::Acker;
+use lapin::message::Delivery;
 use procyard_core::Report;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::broker::{Broker, BrokerDepth, Cmd, Delivered, Emitted, Ev, Reply, Settlement, Sink};
+use super::broker::{Broker, BrokerDepth, Cmd, Emitted, Ev, Reply, Sink};
 use super::events::{EventKind, JobEvent, TOMBSTONE_MAX, TOMBSTONE_TTL, Tombstones, daemon_id};
 use super::history::LocalHistory;
 use super::inbox::{Inbox, Received};
@@ -27,9 +28,6 @@ pub(super) struct InFlight {
     /// The connection it came on: its acknowledgement is only good there.
     pub(super) epoch: u64,
     pub(super) task: String,
-    /// Its consumer channel's lane and its delivery tag there.
-    pub(super) lane: u64,
-    pub(super) tag: u64,
     pub(super) acker: Acker,
     /// The publisher's reply queue (`publish --wait`).
     pub(super) reply_to: Option<String>,
@@ -55,7 +53,7 @@ pub(crate) struct AmqpQueue {
     pub(super) waker: Arc<OnceLock<mio::Waker>>,
     thread: Option<JoinHandle<()>>,
     pub(super) tasks: Vec<TaskBinding>,
-    pub(super) inbox: Inbox<Box<Delivered>>,
+    pub(super) inbox: Inbox<Box<Delivery>>,
     pub(super) in_flight: HashMap<u64, InFlight>,
     next_receipt: u64,
     pub(super) depth_cache: BTreeMap<String, BrokerDepth>,
@@ -71,7 +69,7 @@ pub(crate) struct AmqpQueue {
     /// Outcomes (`Cmd::Settle`) not yet handed to the broker thread: sent once per loop turn
     /// just before the events, so a turn's acknowledgements and events reach the connection
     /// together (one wake-up of the broker thread and, mostly, one write).
-    pub(super) settles: Vec<Settlement>,
+    pub(super) settles: Vec<Cmd>,
     /// This process in events (`host/pid`).
     pub(super) daemon_id: String,
     /// Daemon: jobs asked to be cancelled, dropped when they arrive.
@@ -257,12 +255,13 @@ impl AmqpQueue {
     /// the broker delivers those jobs again).
     pub(super) fn hand_over(&mut self) -> Result<()> {
         let mut sent = Ok(());
-        if !self.settles.is_empty() {
-            let settles = std::mem::take(&mut self.settles);
-            sent = self.cmd.send(Cmd::Settle { settles }).map_err(|_| Error::Broker {
-                action: "acknowledge a job",
-                source: "the AMQP client thread has stopped".into(),
-            });
+        for settle in self.settles.drain(..) {
+            if sent.is_ok() {
+                sent = self.cmd.send(settle).map_err(|_| Error::Broker {
+                    action: "acknowledge a job",
+                    source: "the AMQP client thread has stopped".into(),
+                });
+            }
         }
         if !self.outbox.is_empty() {
             let batch = std::mem::take(&mut self.outbox);
@@ -282,8 +281,8 @@ impl AmqpQueue {
     }
 
     /// The job in a delivery of `task`, now in flight.
-    pub(super) fn job_from(&mut self, task: &str, received: Received<Box<Delivered>>) -> Job {
-        let d = &received.delivery.delivery;
+    pub(super) fn job_from(&mut self, task: &str, received: Received<Box<Delivery>>) -> Job {
+        let d = &received.delivery;
         let headers = d.properties.headers().as_ref();
         let id = topology::header_str(headers, topology::H_JOB_ID)
             .or_else(|| d.properties.message_id().as_ref().map(|s| s.as_str().to_owned()))
@@ -297,13 +296,11 @@ impl AmqpQueue {
         self.next_receipt += 1;
         let reply_to = d.properties.reply_to().as_ref().map(|q| q.as_str().to_owned());
         let Received { epoch, delivery } = received;
-        let Delivered { lane, delivery } = *delivery;
+        let Delivery { data, acker, .. } = *delivery;
         let flight = InFlight {
             epoch,
             task: task.to_owned(),
-            lane,
-            tag: delivery.delivery_tag,
-            acker: delivery.acker,
+            acker,
             reply_to,
             started_ms: None,
             report: None,
@@ -315,7 +312,7 @@ impl AmqpQueue {
             id,
             task: task.to_owned(),
             routing_key,
-            payload: delivery.data,
+            payload: data,
             attempt,
             receipt: Receipt(receipt),
         }

@@ -24,8 +24,6 @@ pub(super) const RECONNECT: Backoff =
 pub(super) struct Consuming {
     pub(super) channel: Channel,
     pub(super) tag: String,
-    /// The lane of its channel's acknowledgements (`Broker::lanes`).
-    pub(super) lane: u64,
 }
 
 /// One live connection.
@@ -151,8 +149,6 @@ impl Broker {
 
     pub(super) fn drop_live(&mut self) {
         self.sched.reset();
-        // Its channels' acknowledgements end with it.
-        self.lanes.clear();
         if let Some(live) = self.live.take() {
             live.watcher.abort();
             self.settling.spawn(async move {

@@ -6,9 +6,8 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
 use super::Broker;
-use super::acks::Lane;
 use super::connection::Consuming;
-use super::messages::{Cmd, Delivered, Ev};
+use super::messages::{Cmd, Ev};
 use crate::queue::OpenMode;
 use crate::queue::amqp::topology as topo;
 
@@ -35,14 +34,9 @@ impl Broker {
             }
             return Ok(());
         }
-        // A channel's deliveries are numbered on it: a new channel is a new lane of acks.
-        let (channel, lane) = match live.consumers.get(task) {
-            Some(c) if c.channel.status().connected() => (c.channel.clone(), c.lane),
-            _ => {
-                self.lane_seq += 1;
-                self.lanes.insert(self.lane_seq, Lane::default());
-                (live.conn.create_channel().await?, self.lane_seq)
-            }
+        let channel = match live.consumers.get(task) {
+            Some(c) if c.channel.status().connected() => c.channel.clone(),
+            _ => live.conn.create_channel().await?,
         };
         channel.basic_qos(capacity, BasicQosOptions { global: false }).await?;
         let consumer = channel
@@ -65,8 +59,7 @@ impl Broker {
             async move {
                 match result {
                     Ok(Some(delivery)) => {
-                        let delivery = Box::new(Delivered { lane, delivery });
-                        sink.send(Ev::Delivery { epoch, task, delivery })
+                        sink.send(Ev::Delivery { epoch, task, delivery: Box::new(delivery) })
                     }
                     Ok(None) => {
                         let error = "consumer cancelled".to_owned();
@@ -79,7 +72,7 @@ impl Broker {
                 }
             }
         });
-        live.consumers.insert(task.to_owned(), Consuming { channel, tag, lane });
+        live.consumers.insert(task.to_owned(), Consuming { channel, tag });
         Ok(())
     }
 }

@@ -28,27 +28,6 @@ pub(crate) struct JobMeta {
     pub(crate) headers_json: Option<String>,
 }
 
-/// A delivery, with the lane (consumer channel) it came on: its tag counts there. Lanes are
-/// numbered across connections, never reused.
-#[derive(Debug)]
-pub(crate) struct Delivered {
-    pub(crate) lane: u64,
-    pub(crate) delivery: Delivery,
-}
-
-/// One job's outcome, to settle: a copy for a retry or a dead letter first when it needs one,
-/// then its delivery's acknowledgement.
-#[derive(Debug)]
-pub(crate) struct Settlement {
-    /// The connection it came on: its acknowledgement is only good there.
-    pub(crate) epoch: u64,
-    pub(crate) lane: u64,
-    pub(crate) tag: u64,
-    pub(crate) acker: Acker,
-    pub(crate) job: JobMeta,
-    pub(crate) outcome: Outcome,
-}
-
 /// How a job is published, besides its key, payload and id.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Sending {
@@ -117,19 +96,14 @@ pub(crate) enum Cmd {
         task: String,
         capacity: u16,
     },
-    /// A loop turn's outcomes, in the order they were known.
     Settle {
-        settles: Vec<Settlement>,
+        epoch: u64,
+        acker: Acker,
+        job: JobMeta,
+        outcome: Outcome,
     },
-    /// Deliveries given back to the broker (nacked, requeued).
     Return {
-        deliveries: Vec<Delivered>,
-    },
-    /// From a task of this thread: delivery `tag` of `lane` is settled on its own (its ack or
-    /// nack queued), so a multiple ack may pass over it.
-    Settled {
-        lane: u64,
-        tag: u64,
+        ackers: Vec<Acker>,
     },
     Depths {
         tasks: Vec<String>,
@@ -190,7 +164,7 @@ pub(crate) enum Cmd {
 /// What the broker thread tells the daemon's thread. `D` is the delivery (another type
 /// only in tests).
 #[derive(Debug)]
-pub(crate) enum Ev<D = Box<Delivered>> {
+pub(crate) enum Ev<D = Box<Delivery>> {
     /// A job for `task`, on connection `epoch`.
     Delivery { epoch: u64, task: String, delivery: D },
     /// Connection `epoch` is up, its topology declared and its consumers started.

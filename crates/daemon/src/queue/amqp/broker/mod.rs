@@ -16,7 +16,6 @@
 //! prefetch), `publish` (publish and settle outcomes), `depths` and `dead` (what a client
 //! inspects and requeues).
 
-mod acks;
 mod connection;
 mod consume;
 mod dead;
@@ -27,7 +26,7 @@ mod messages;
 mod publish;
 mod scheduler;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use lapin::options::BasicNackOptions;
@@ -35,9 +34,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
 use self::connection::{Live, sleep_until};
-pub(crate) use self::messages::{
-    BrokerDepth, Cmd, Delivered, Emitted, Ev, JobMeta, Reply, Sending, Settlement, Sink,
-};
+pub(crate) use self::messages::{BrokerDepth, Cmd, Emitted, Ev, JobMeta, Reply, Sending, Sink};
 use crate::queue::{AmqpQueueType, OpenMode, TaskBinding};
 use crate::{BoxError, Error};
 
@@ -71,9 +68,6 @@ pub(super) struct Broker {
     retry_at: Option<tokio::time::Instant>,
     settling: JoinSet<()>,
     consumer_seq: u64,
-    /// The acknowledgement ledger of each consumer channel of the live connection.
-    lanes: HashMap<u64, acks::Lane>,
-    lane_seq: u64,
     /// Periodic jobs (daemon): see `scheduler`.
     sched: scheduler::Scheduler,
 }
@@ -108,8 +102,6 @@ impl Broker {
             retry_at: None,
             settling: JoinSet::new(),
             consumer_seq: 0,
-            lanes: HashMap::new(),
-            lane_seq: 0,
             sched: scheduler::Scheduler::default(),
         }
     }
@@ -188,15 +180,14 @@ impl Broker {
                     self.lost(format!("unable to set the prefetch of task {task}: {e}"));
                 }
             }
-            Cmd::Settle { settles } => self.settle(settles).await,
-            Cmd::Return { deliveries } => {
-                for Delivered { lane, delivery } in deliveries {
-                    let requeue = BasicNackOptions { multiple: false, requeue: true };
-                    let _ = delivery.acker.nack(requeue).await;
-                    self.settled(lane, delivery.delivery_tag);
+            Cmd::Settle { epoch, acker, job, outcome } => {
+                self.settle(epoch, acker, job, outcome).await
+            }
+            Cmd::Return { ackers } => {
+                for acker in ackers {
+                    let _ = acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
                 }
             }
-            Cmd::Settled { lane, tag } => self.settled(lane, tag),
             Cmd::Depths { tasks, reply } => {
                 let result = self.depths(&tasks).await;
                 let _ = reply.send(result);

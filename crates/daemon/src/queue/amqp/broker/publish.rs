@@ -1,17 +1,11 @@
-//! Publishing with publisher confirms, and settling a turn's outcomes: a copy to a retry
-//! queue or to the dead letters (confirmed) before the delivery is acknowledged, the done
-//! jobs' acknowledgements in as few frames as their lane's ledger allows.
+//! Publishing with publisher confirms, and settling a job's outcome: a copy to a retry
+//! queue or to the dead letters (confirmed) before the delivery is acknowledged.
 
-use std::collections::BTreeMap;
-
-use lapin::options::{
-    BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Acker, BasicProperties, Confirmation};
 use procyard_core::Report;
 
-use super::acks::{AckPlan, issue_now};
-use super::messages::{Cmd, Ev, JobMeta, Sending, Settlement, Sink};
+use super::messages::{Ev, JobMeta, Sending};
 use super::{Broker, broker_err};
 use crate::queue::Outcome;
 use crate::queue::amqp::options::delay_ms;
@@ -121,77 +115,20 @@ impl Broker {
         }
     }
 
-    /// Settles a loop turn's outcomes: a job done or cancelled is acknowledged with the
-    /// turn's others of its lane (a run of tags in one multiple ack, see `acks`); a retry or a
-    /// dead letter gets its copy confirmed first, then its own ack.
-    pub(super) async fn settle(&mut self, settles: Vec<Settlement>) {
-        let mut plain: BTreeMap<u64, Vec<(u64, Acker, JobMeta)>> = BTreeMap::new();
-        for s in settles {
-            if s.epoch != self.epoch || self.live.is_none() {
-                self.sink.send(Ev::Warning(format!(
-                    "job {} of task {} finished after its broker connection closed; it was not acknowledged and the broker will deliver it again",
-                    s.job.id, s.job.task
-                )));
-                continue;
-            }
-            match s.outcome {
-                Outcome::Done | Outcome::Cancelled { .. } => {
-                    plain.entry(s.lane).or_default().push((s.tag, s.acker, s.job));
-                }
-                _ => self.settle_copy(s).await,
-            }
+    pub(super) async fn settle(
+        &mut self,
+        epoch: u64,
+        acker: Acker,
+        job: JobMeta,
+        outcome: Outcome,
+    ) {
+        if epoch != self.epoch || self.live.is_none() {
+            self.sink.send(Ev::Warning(format!(
+                "job {} of task {} finished after its broker connection closed; it was not acknowledged and the broker will deliver it again",
+                job.id, job.task
+            )));
+            return;
         }
-        for (lane, acks) in plain {
-            self.ack_lane(lane, acks);
-        }
-    }
-
-    /// Acknowledges `acks` of `lane` as its ledger plans, every frame queued before this
-    /// returns (so a later turn's multiple ack never passes one of these still unsent).
-    fn ack_lane(&mut self, lane: u64, acks: Vec<(u64, Acker, JobMeta)>) {
-        let tags: Vec<u64> = acks.iter().map(|(tag, ..)| *tag).collect();
-        let plan = match self.lanes.get_mut(&lane) {
-            Some(l) => l.plan(&tags),
-            None => AckPlan { multiple: None, single: tags },
-        };
-        let covered = acks.len() - plan.single.len();
-        tracing::trace!(
-            lane,
-            acks = acks.len(),
-            frames = plan.single.len() + covered.min(1),
-            "amqp: a turn's acks"
-        );
-        let mut pending = Vec::new();
-        for (tag, acker, job) in acks {
-            let multiple = plan.multiple == Some(tag);
-            if !multiple && !plan.single.contains(&tag) {
-                continue; // The multiple ack takes it.
-            }
-            let what = if multiple {
-                format!("{covered} jobs up to job {} of task {}", job.id, job.task)
-            } else {
-                format!("job {} of task {}", job.id, job.task)
-            };
-            let sent = Box::pin(async move { acker.ack(BasicAckOptions { multiple }).await });
-            match issue_now(sent) {
-                Ok(result) => report_ack(&self.sink, result, &what),
-                Err(fut) => pending.push((fut, what)),
-            }
-        }
-        if !pending.is_empty() {
-            let sink = self.sink.clone();
-            self.settling.spawn(async move {
-                for (fut, what) in pending {
-                    report_ack(&sink, fut.await, &what);
-                }
-            });
-        }
-    }
-
-    /// Settles a retry or a dead letter: its copy published and confirmed, then its ack (or,
-    /// when the copy failed, a nack that returns it to its queue).
-    async fn settle_copy(&mut self, s: Settlement) {
-        let Settlement { lane, tag, acker, job, outcome, .. } = s;
         let target = match &outcome {
             Outcome::Done | Outcome::Cancelled { .. } => None,
             Outcome::Retry { delay, .. } => {
@@ -204,7 +141,6 @@ impl Broker {
                         Report(&e)
                     )));
                     let _ = acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
-                    self.settled(lane, tag);
                     return;
                 }
                 let mut headers =
@@ -227,12 +163,7 @@ impl Broker {
         let Some(live) = self.live.as_ref() else { return };
         let publ = live.publ.clone();
         let sink = self.sink.clone();
-        let cmd_tx = self.cmd_tx.clone();
         self.settling.spawn(async move {
-            // Whatever happens, the delivery is settled on its own once its frame is queued.
-            let settled = || {
-                let _ = cmd_tx.send(Cmd::Settled { lane, tag });
-            };
             if let Some((exchange, key, headers)) = target {
                 let mut props = BasicProperties::default()
                     .with_delivery_mode(2)
@@ -255,33 +186,20 @@ impl Broker {
                         job.id, job.task
                     )));
                     let _ = acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
-                    settled();
                     return;
                 }
             }
-            let result = acker.ack(Default::default()).await;
-            settled();
-            report_ack(&sink, result, &format!("job {} of task {}", job.id, job.task));
+            match acker.ack(Default::default()).await {
+                Ok(true) => {}
+                Ok(false) => sink.send(Ev::Warning(format!(
+                    "job {} of task {}: not acknowledged, its channel is closed; the broker will deliver it again",
+                    job.id, job.task
+                ))),
+                Err(e) => sink.send(Ev::Warning(format!(
+                    "job {} of task {}: acknowledgement failed ({e}); the broker will deliver it again",
+                    job.id, job.task
+                ))),
+            }
         });
-    }
-
-    /// Counts `tag` of `lane` settled on its own (a lane of an older connection is gone).
-    pub(super) fn settled(&mut self, lane: u64, tag: u64) {
-        if let Some(l) = self.lanes.get_mut(&lane) {
-            l.settled(tag);
-        }
-    }
-}
-
-/// Tells the daemon about an acknowledgement that did not happen.
-fn report_ack(sink: &Sink, result: lapin::Result<bool>, what: &str) {
-    match result {
-        Ok(true) => {}
-        Ok(false) => sink.send(Ev::Warning(format!(
-            "{what}: not acknowledged, its channel is closed; the broker will deliver it again"
-        ))),
-        Err(e) => sink.send(Ev::Warning(format!(
-            "{what}: acknowledgement failed ({e}); the broker will deliver it again"
-        ))),
     }
 }
