@@ -4,6 +4,7 @@
 //! number that took it, so an outcome that comes after the lease was recovered elsewhere
 //! changes nothing.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use postgres::Transaction;
@@ -48,14 +49,15 @@ const HOLDERS: &str = "UPDATE jobs j SET worker_pid = u.pid, worker_start = u.st
 const ATTEMPTS: &str = "INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms,
         outcome, reason, stdout, stdout_total, stdout_dropped, stderr, stderr_total,
         stderr_dropped, max_rss_kib, user_cpu_us, system_cpu_us)
-    SELECT u.seq, u.delivery, COALESCE(u.pid, j.worker_pid), j.worker_started_ms, u.ended,
-        u.outcome, u.reason, u.out, u.out_total, u.out_dropped, u.err, u.err_total,
-        u.err_dropped, u.rss, u.ucpu, u.scpu
+    SELECT u.seq, u.delivery, COALESCE(u.pid, j.worker_pid),
+        COALESCE(u.started, j.worker_started_ms), u.ended, u.outcome, u.reason, u.out,
+        u.out_total, u.out_dropped, u.err, u.err_total, u.err_dropped, u.rss, u.ucpu, u.scpu
     FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::bigint[], $6::text[],
                 $7::text[], $8::bytea[], $9::bigint[], $10::bigint[], $11::bytea[],
-                $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[])
+                $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[],
+                $17::bigint[])
         WITH ORDINALITY AS u(seq, owner, delivery, pid, ended, outcome, reason, out, out_total,
-                out_dropped, err, err_total, err_dropped, rss, ucpu, scpu, ord)
+                out_dropped, err, err_total, err_dropped, rss, ucpu, scpu, started, ord)
     JOIN jobs j ON j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
     ORDER BY u.ord";
 
@@ -115,6 +117,9 @@ pub(super) struct Ended {
     pub(super) delivery: u32,
     pub(super) ended_ms: i64,
     pub(super) report: AttemptReport,
+    /// When and in which worker it started, for a job whose holder is not written
+    /// ([`Buffers::fold_holders`]); none: the row's holder columns say.
+    pub(super) started: Option<(i64, i32)>,
 }
 
 /// What the daemon reported and the database does not have yet.
@@ -128,6 +133,31 @@ pub(super) struct Buffers {
 impl Buffers {
     pub(super) fn is_empty(&self) -> bool {
         self.outcomes.is_empty() && self.ended.is_empty() && self.holders.is_empty()
+    }
+
+    /// Drops the holders of jobs done in the same write: the row leaves its lease in that
+    /// write, so no recovery ever reads them; the attempt takes its start and worker from the
+    /// holder instead. Short jobs (started and ended while the write before was on its way)
+    /// then fit the one-statement turn, and their rows are updated once less.
+    pub(super) fn fold_holders(&mut self) {
+        let done: HashSet<i64> =
+            self.outcomes.iter().filter(|p| p.outcome == Outcome::Done).map(|p| p.seq).collect();
+        if done.is_empty() || self.holders.is_empty() {
+            return;
+        }
+        let mut started = HashMap::new();
+        self.holders.retain(|(seq, _, h, at)| {
+            let gone = done.contains(seq);
+            if gone {
+                started.insert(*seq, (*at, h.process.pid.as_raw()));
+            }
+            !gone
+        });
+        for e in &mut self.ended {
+            if let Some(s) = started.get(&e.seq) {
+                e.started = Some(*s);
+            }
+        }
     }
 }
 
@@ -192,7 +222,8 @@ impl PgQueue {
         let seq = job.receipt.0 as i64;
         let owner = self.leases.get(&seq).copied().unwrap_or(0);
         let ended_ms = now_ms();
-        self.buffers.ended.push(Ended { seq, owner, delivery: job.attempt, ended_ms, report });
+        let ended = Ended { seq, owner, delivery: job.attempt, ended_ms, report, started: None };
+        self.buffers.ended.push(ended);
     }
 
     pub(super) fn buffer_holder(&mut self, job: &Job, holder: &LeaseHolder) {
@@ -207,7 +238,8 @@ impl PgQueue {
         let owner = self.owner();
         let keep = !self.retention.keep_done.is_zero();
         // Kept until the transaction commits: after a failure the next write has them.
-        let buffers = std::mem::take(&mut self.buffers);
+        let mut buffers = std::mem::take(&mut self.buffers);
+        buffers.fold_holders();
         let ended = self.target.ended_channel();
         let space = self.target.lock_space();
         let unsure = self.unsure_claim;
@@ -333,7 +365,9 @@ fn write_attempts(
     if cols.is_empty() {
         return Ok(());
     }
-    tx.execute(stmt, &cols.params())?;
+    let mut params = cols.params().to_vec();
+    params.push(cols.started());
+    tx.execute(stmt, &params)?;
     Ok(())
 }
 

@@ -15,8 +15,9 @@
 //!   the daemon that fires it; `rate_buckets`: one token bucket per rate-limited task.
 //! - `migrations`: the versions applied.
 //!
-//! Functions: `now_ms()`, and (version 3) `turn_keep` and `turn_delete`, the loop's usual
-//! write in one call (`turn.rs`).
+//! Functions: `now_ms()`, and (version 3, `turn_v3.rs`) `turn_keep` and `turn_delete`, the
+//! loop's usual write in one call; version 4 (`turn.rs`) adds their overloads with the
+//! attempts' starts (a job started and done in one write has no holder written).
 //!
 //! The partial indexes hold only the rows they serve, so a history of done jobs or a backlog
 //! of delayed ones costs a claim nothing: `jobs_ready (task, priority DESC, seq) WHERE state
@@ -25,7 +26,9 @@
 //! `jobs_unique (task, unique_key)` the unique keys, `jobs_keyed (task, limit_key) WHERE
 //! state = 1` the running jobs per concurrency key, `jobs_leased (lease_owner) WHERE state =
 //! 1` a dead daemon's leases, `jobs_finished (finished_ms, seq) WHERE state IN (2, 4)` the
-//! pruning.
+//! pruning. Version 4 makes `jobs_published` a BRIN (a summary per range of pages): a claim
+//! or a done update enters the row's new version in every b-tree of the table, and the
+//! b-trees over every row (primary key, `id`) are the ones that deepen with a backlog.
 
 use postgres::Client;
 
@@ -131,7 +134,8 @@ CREATE TABLE rate_buckets (
 ";
 
 /// Every version, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, super::turn::V3)];
+const MIGRATIONS: &[(i32, &str)] =
+    &[(1, V1), (2, V2), (3, super::turn_v3::V3), (4, super::turn::V4)];
 
 /// The newest version this build knows.
 pub(super) fn latest() -> i32 {

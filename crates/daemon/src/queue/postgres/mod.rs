@@ -69,6 +69,7 @@ mod schedules;
 mod session;
 mod tls;
 mod turn;
+mod turn_v3;
 
 /// The claim statement (`$1` the daemon's owner number, `$2` the task, `$3` the most jobs), for
 /// benchmarks that `EXPLAIN` it.

@@ -12,10 +12,13 @@
 //! client: a client therefore looks at its jobs again after short waits for a while after it
 //! took the lock (`records.rs`).
 //!
-//! Buffers that hold anything else take the transaction of `claim.rs` ([`fits`]): outcomes
-//! other than done (a retry, a dead letter, a cancel: one statement each), and a job whose
-//! holder is written with its own end (one statement cannot update a row twice, and the
-//! attempt reads its start from the holder's columns).
+//! A job started and done within one write (short jobs, whose worker ends them while the
+//! write before is on its way) has no holder written at all ([`Buffers::fold_holders`]): its
+//! row leaves the lease in that write, and its attempt takes its start from the buffer
+//! (`$31`). Buffers that hold anything else take the transaction of `claim.rs` ([`fits`]):
+//! outcomes other than done (a retry, a dead letter, a cancel: one statement each), and a
+//! job whose holder is written with its own end otherwise (one statement cannot update a row
+//! twice, and the attempt reads its start from the holder's columns).
 
 use std::collections::HashSet;
 
@@ -44,8 +47,9 @@ macro_rules! someone_waits {
 pub(super) use someone_waits;
 
 /// The turn statement around the done CTE `d` (an UPDATE for a kept history, a DELETE
-/// without): holders `$1..$7`, attempts `$8..$23`, done `$24, $25`, this daemon `$26`, the
-/// claim's task and count `$27, $28`, the ended channel `$29`, the lock space `$30`. Columns:
+/// without): holders `$1..$7`, attempts `$8..$23` and `$31` (their starts, NULL: the
+/// holder's), done `$24, $25`, this daemon `$26`, the claim's task and count `$27, $28`, the
+/// ended channel `$29`, the lock space `$30`. Columns:
 /// the claimed job (NULL when none), then the number of done rows written.
 macro_rules! turn_sql {
     ($done:literal) => {
@@ -61,15 +65,16 @@ a AS (
     INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms, outcome, reason,
         stdout, stdout_total, stdout_dropped, stderr, stderr_total, stderr_dropped,
         max_rss_kib, user_cpu_us, system_cpu_us)
-    SELECT u.seq, u.delivery, COALESCE(u.pid, j.worker_pid), j.worker_started_ms, u.ended,
-        u.outcome, u.reason, u.out, u.out_total, u.out_dropped, u.err, u.err_total,
-        u.err_dropped, u.rss, u.ucpu, u.scpu
+    SELECT u.seq, u.delivery, COALESCE(u.pid, j.worker_pid),
+        COALESCE(u.started, j.worker_started_ms), u.ended, u.outcome, u.reason, u.out,
+        u.out_total, u.out_dropped, u.err, u.err_total, u.err_dropped, u.rss, u.ucpu, u.scpu
     FROM unnest($8::bigint[], $9::bigint[], $10::int[], $11::int[], $12::bigint[],
                 $13::text[], $14::text[], $15::bytea[], $16::bigint[], $17::bigint[],
                 $18::bytea[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[],
-                $23::bigint[])
+                $23::bigint[], $31::bigint[])
         WITH ORDINALITY AS u(seq, owner, delivery, pid, ended, outcome, reason, out,
-                out_total, out_dropped, err, err_total, err_dropped, rss, ucpu, scpu, ord)
+                out_total, out_dropped, err, err_total, err_dropped, rss, ucpu, scpu,
+                started, ord)
     JOIN jobs j ON j.seq = ANY($8) AND j.seq = u.seq AND j.state = 1
         AND j.lease_owner = u.owner
     ORDER BY u.ord RETURNING 1),
@@ -107,7 +112,7 @@ macro_rules! turn_function {
             "(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
     bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
     bytea[], bigint[], bigint[], bigint[], bigint[], bigint[],
-    bigint[], bigint[], bigint, text, bigint, text, int)
+    bigint[], bigint[], bigint, text, bigint, text, int, bigint[])
 RETURNS TABLE (seq bigint, id text, routing_key text, payload bytea, attempts int,
     priority smallint, done bigint, told text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $f$
@@ -122,9 +127,21 @@ END $f$;
     };
 }
 
-/// Migration 3: the turn functions, with a kept history (done rows stay, state 2) and
-/// without (done rows are deleted; their attempts are never written).
-pub(super) const V3: &str = concat!(
+/// Migration 4: the turn functions, with a kept history (done rows stay, state 2) and
+/// without (done rows are deleted; their attempts are never written), as overloads of 31
+/// arguments beside migration 3's (`turn_v3.rs`).
+pub(super) const V4: &str = concat!(
+    // A summary of each range of pages instead of an entry per row version: every claim and
+    // every done update enters a new version of the row in each b-tree of the table, and
+    // `published_ms` is only read by `jobs --since` (which a BRIN serves: rows are published
+    // in page order, and `published_ms` never changes).
+    // Room on each page (new pages) for the row's later versions: a write that changes no
+    // indexed column (a holder) then stays on its page with no index entry at all (HOT),
+    // and a claim's or done's new version stays on the page it read.
+    "DROP INDEX jobs_published;
+CREATE INDEX jobs_published ON jobs USING brin (published_ms);
+ALTER TABLE jobs SET (fillfactor = 80);
+",
     turn_function!(
         "turn_keep",
         "UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
@@ -143,12 +160,12 @@ pub(super) const V3: &str = concat!(
 /// The turn with a kept history.
 pub(super) const TURN_KEEP: &str = "SELECT * FROM turn_keep($1, $2, $3, $4, $5, $6, $7, $8, $9,
     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27,
-    $28, $29, $30)";
+    $28, $29, $30, $31)";
 
 /// The turn without history.
 pub(super) const TURN_DELETE: &str = "SELECT * FROM turn_delete($1, $2, $3, $4, $5, $6, $7, $8,
     $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
-    $27, $28, $29, $30)";
+    $27, $28, $29, $30, $31)";
 
 /// Whether `b` can be written by the turn statement (see the module docs).
 pub(super) fn fits(b: &Buffers) -> bool {
@@ -203,6 +220,7 @@ pub(super) struct AttemptCols<'a> {
     owner: Vec<i64>,
     delivery: Vec<i32>,
     pid: Vec<Option<i32>>,
+    started: Vec<Option<i64>>,
     at: Vec<i64>,
     outcome: Vec<String>,
     reason: Vec<Option<&'a str>>,
@@ -238,7 +256,8 @@ impl<'a> AttemptCols<'a> {
         self.seq.push(e.seq);
         self.owner.push(e.owner);
         self.delivery.push(e.delivery as i32);
-        self.pid.push(r.worker_pid);
+        self.pid.push(r.worker_pid.or(e.started.map(|s| s.1)));
+        self.started.push(e.started.map(|s| s.0));
         self.at.push(e.ended_ms);
         self.outcome.push(serde_json::to_string(&r.end).unwrap_or_default());
         self.reason.push(r.reason.as_deref());
@@ -257,6 +276,11 @@ impl<'a> AttemptCols<'a> {
 
     pub(super) fn is_empty(&self) -> bool {
         self.seq.is_empty()
+    }
+
+    /// The attempts' starts (NULL: the holder's columns): the last parameter of each statement.
+    pub(super) fn started(&self) -> &(dyn ToSql + Sync) {
+        &self.started
     }
 
     pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 16] {
@@ -311,7 +335,7 @@ pub(super) fn run(
     let attempts = AttemptCols::of(b, keep_history);
     let done_seq: Vec<i64> = b.outcomes.iter().map(|p| p.seq).collect();
     let done_owner: Vec<i64> = b.outcomes.iter().map(|p| p.owner).collect();
-    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(30);
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(31);
     params.extend(holders.params());
     params.extend(attempts.params());
     params.extend([
@@ -322,6 +346,7 @@ pub(super) fn run(
         &turn.max,
         &turn.ended,
         &turn.space,
+        attempts.started(),
     ]);
     let mut rows = client.query(stmt, &params)?;
     let written = rows.first().map_or(0, |r| r.get::<_, i64>(6)) as usize;
