@@ -1,8 +1,15 @@
 //! procyard-core benchmarks (`cargo xtask bench`): spawn + wait rates, child-exit notification
-//! latency and frame throughput, each beside a baseline measured in the same run.
+//! latency and frame throughput, each beside a baseline measured in the same run, and what one
+//! spawn costs with and without a parent-death signal (part `spawn`, `bench/spawn.rs`).
+//!
+//! `PROCYARD_BENCH_ONLY=spawn` (a comma-separated list of `rates`, `latency`, `frames`,
+//! `spawn`) runs only those parts.
+
+#[path = "bench/spawn.rs"]
+mod spawn;
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use procyard_core::mio::{Events, Interest, Poll, Token};
 use procyard_core::{Command, FrameDecoder, Stdio, frame};
@@ -183,7 +190,24 @@ fn main() {
     })
     .unwrap()
     .len();
-    println!("frame message size: {size} bytes");
+    let only = std::env::var("PROCYARD_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p == name));
+    if part("rates") {
+        rates();
+    }
+    if part("latency") {
+        latency();
+    }
+    if part("frames") {
+        println!("frame message size: {size} bytes");
+        frames();
+    }
+    if part("spawn") {
+        spawn::run();
+    }
+}
+
+fn rates() {
     let (mut sp, mut ss, mut pp, mut ps) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
         sp.push(serial_procyard(400));
@@ -207,7 +231,9 @@ fn main() {
         median(ps),
         true,
     );
+}
 
+fn latency() {
     let mut lp = latency_procyard(1000);
     let mut lw = latency_waitpid(1000);
     lp.sort_by(|a, b| a.total_cmp(b));
@@ -228,7 +254,9 @@ fn main() {
         percentile(&lw, 0.99),
         false,
     );
+}
 
+fn frames() {
     let (mut f, mut j) = (vec![], vec![]);
     for _ in 0..ROUNDS {
         f.push(frames_per_sec(200_000, true));
@@ -242,5 +270,4 @@ fn main() {
         median(j),
         true,
     );
-    let _ = Duration::ZERO;
 }

@@ -56,7 +56,7 @@ pub(crate) fn vfork_exec(plan: &SpawnPlan<'_>) -> io::Result<i32> {
     let argv = pointers(plan.argv);
     let envp_block = plan.envp.map(pointers);
     let envp = env_pointer(envp_block.as_deref());
-    let stack = ChildStack::new(CHILD_STACK_BASE + (plan.argv.len() + 3) * size_of::<usize>())?;
+    let stack = ChildStack::take(CHILD_STACK_BASE + (plan.argv.len() + 3) * size_of::<usize>())?;
     let args = ChildArgs {
         plan,
         argv: argv.as_ptr(),
@@ -80,7 +80,7 @@ pub(crate) fn vfork_exec(plan: &SpawnPlan<'_>) -> io::Result<i32> {
         }
         pid
     };
-    drop(stack);
+    stack.give_back();
     let errno = args.error.load(Ordering::Acquire);
     if errno == 0 {
         return Ok(pid);
@@ -246,12 +246,41 @@ impl Drop for AllSignalsBlocked {
 
 /// An anonymous private mapping for the child's stack, with a `PROT_NONE` guard page at its
 /// low end (stacks grow down), unmapped on drop.
+///
+/// Each thread keeps the last one it used for its next spawn (its pages stay mapped and
+/// resident, a few KiB, so no spawn pays mmap, mprotect, munmap and their page faults and TLB
+/// flushes): the calling thread sleeps while its child runs on it, so one thread's spawns never
+/// share a stack; a spawn that finds none (the first, or one from a signal handler in the
+/// middle of another) maps a new one.
 struct ChildStack {
     base: *mut c_void,
     len: usize,
+    /// The bytes above the guard page.
+    usable: usize,
+}
+
+thread_local! {
+    static SPARE_STACK: std::cell::Cell<Option<ChildStack>> = const { std::cell::Cell::new(None) };
 }
 
 impl ChildStack {
+    /// This thread's spare stack if it has one of at least `size` bytes, else a new one.
+    fn take(size: usize) -> io::Result<ChildStack> {
+        if let Ok(Some(stack)) = SPARE_STACK.try_with(std::cell::Cell::take)
+            && stack.usable >= size
+        {
+            return Ok(stack);
+        }
+        ChildStack::new(size)
+    }
+
+    /// Keeps this stack as the thread's spare (dropping, so unmapping, any other).
+    fn give_back(self) {
+        // Where the thread-local is already gone (a spawn from a thread-local destructor), the
+        // closure is dropped uncalled, and with it this stack.
+        let _ = SPARE_STACK.try_with(|spare| spare.set(Some(self)));
+    }
+
     fn new(size: usize) -> io::Result<ChildStack> {
         // SAFETY: sysconf takes a plain integer; glibc answers this one from the auxiliary
         // vector (never -1 on Linux; 4096 stands in if it ever were).
@@ -272,7 +301,7 @@ impl ChildStack {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let stack = ChildStack { base, len };
+        let stack = ChildStack { base, len, usable: len - page };
         // SAFETY: the first page of the mapping we own; nothing points into it.
         if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } == -1 {
             return Err(io::Error::last_os_error());
