@@ -453,7 +453,6 @@ impl QueueBackend for SqliteQueue {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::time::Duration;
 
     use super::*;
 
