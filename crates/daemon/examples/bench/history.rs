@@ -17,6 +17,8 @@ use rusqlite::params;
 
 use super::{Run, bench, longlived_task, median, rss_kib};
 
+/// Publish→start latencies above this are listed with their time.
+const SLOW_MS: f64 = 20.0;
 /// Records in the big history.
 const BIG: usize = 1_000_000;
 /// Records in the small one (the baseline).
@@ -229,6 +231,7 @@ fn flow_n(
     let socket = run.socket();
     let deadline = Deadline::after(Duration::from_secs(600));
     let mut v = Vec::new();
+    let mut slow = Vec::new();
     let mut buf = [0u8; 64];
     for i in 0.. {
         match db {
@@ -247,9 +250,28 @@ fn flow_n(
                 break;
             }
         }
-        v.push(ms(t0));
+        let took = ms(t0);
+        if took > SLOW_MS {
+            slow.push((took, std::time::SystemTime::now()));
+        }
+        v.push(took);
     }
     anyhow::ensure!(!v.is_empty(), "no job measured");
+    if !slow.is_empty() {
+        // When they happened (the wall clock, to line up with the daemon's log or a trace).
+        slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let at = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+        };
+        let top: Vec<String> =
+            slow.iter().take(5).map(|(ms, t)| format!("{ms:.1} ms at {:.3}", at(*t))).collect();
+        eprintln!(
+            "bench:   {} of {} over {SLOW_MS} ms; longest: {}",
+            slow.len(),
+            v.len(),
+            top.join(", ")
+        );
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     let p99 = v[(v.len() * 99) / 100];
     Ok((p99, v[v.len() - 1], v.len()))

@@ -103,7 +103,10 @@ pub(super) fn tighten(path: &Path) {
 
 /// Runs `PRAGMA quick_check` (every page and index structure, not the content of indexes):
 /// a file with damaged pages behind a valid header is refused with [`Error::QueueCorrupt`]
-/// instead of failing every claim later.
+/// instead of failing every claim later. The check reads every page of the file, so it runs
+/// on a connection of its own, closed after it: on the daemon's connection it filled the
+/// page cache (up to its 2 MiB) with pages the daemon never needs, and a history of a
+/// million jobs cost the daemon that much memory for as long as it ran.
 pub(super) fn quick_check(conn: &rusqlite::Connection, path: &Path) -> Result<()> {
     let corrupt = |report: String| Error::QueueCorrupt { path: path.to_owned(), report };
     let rows: rusqlite::Result<Vec<String>> = conn

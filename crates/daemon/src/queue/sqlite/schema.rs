@@ -183,7 +183,10 @@ pub(crate) fn connect_with(
     conn.pragma_update(None, "synchronous", durability.synchronous())
         .map_err(|e| q("configure", e))?;
     if mode == OpenMode::Daemon {
-        files::quick_check(&conn, path)?;
+        // Its own connection: see `quick_check`.
+        let mut check = Connection::open(path).map_err(|e| q("open", e))?;
+        check.busy_handler(Some(on_busy)).map_err(|e| q("configure", e))?;
+        files::quick_check(&check, path)?;
     }
     conn.execute_batch(SCHEMA).map_err(|e| q("create the schema of", e))?;
     holders::migrate(&mut conn).map_err(|e| q("add the lease holder columns to", e))?;
