@@ -70,12 +70,15 @@ pub(super) fn run(bin: &Path, me: &Path) -> anyhow::Result<()> {
     let mut run = big.run;
     run.stop()?;
     run.rewrite(EXPIRE, &tasks)?;
-    run.start(bin)?;
+    run.start_logging(bin, super::sched::log_filter())?;
     let db = rusqlite::Connection::open(run.dir.path().join("q.db"))?;
     let t0 = Instant::now();
     let (p99, max, samples) = flow(&run, &sock, Some(&db))?;
     let pruned_s = t0.elapsed().as_secs_f64();
     run.stop()?;
+    if super::sched::log_filter() != "warn" {
+        eprintln!("bench:   prune stamps p50/p99/max ms:{}", super::lateness::stamps(&run));
+    }
     bench("history_prune_1m_publish_start_p99_ms", p99, "ms", "no_prune_p99_ms", base_p99);
     bench("history_prune_1m_max_claim_delay_ms", max, "ms", "goal_ms", 50.0);
     bench("history_prune_1m_no_prune_max_ms", base_max, "ms", "goal_ms", 50.0);
@@ -243,6 +246,7 @@ fn flow_n(
         let payload = format!("{i}");
         let t0 = Instant::now();
         q.publish("echo", payload.as_bytes())?;
+        let published = ms(t0);
         control::poke(&socket)?;
         loop {
             let len = sock.recv(&mut buf)?;
@@ -252,7 +256,7 @@ fn flow_n(
         }
         let took = ms(t0);
         if took > SLOW_MS {
-            slow.push((took, std::time::SystemTime::now()));
+            slow.push((took, published, std::time::SystemTime::now()));
         }
         v.push(took);
     }
@@ -263,8 +267,11 @@ fn flow_n(
         let at = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
         };
-        let top: Vec<String> =
-            slow.iter().take(5).map(|(ms, t)| format!("{ms:.1} ms at {:.3}", at(*t))).collect();
+        let top: Vec<String> = slow
+            .iter()
+            .take(5)
+            .map(|(ms, p, t)| format!("{ms:.1} ms (publish {p:.1}) at {:.3}", at(*t)))
+            .collect();
         eprintln!(
             "bench:   {} of {} over {SLOW_MS} ms; longest: {}",
             slow.len(),

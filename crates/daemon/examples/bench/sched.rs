@@ -118,7 +118,7 @@ fn burst_due_s(bin: &Path, me: &Path) -> anyhow::Result<f64> {
 
 /// The burst daemons' log filter: with `PROCYARD_BENCH_STAMPS=1`, the daemon's stamps of its
 /// claims (a log line per claim, which costs the drain: only to see where the time goes).
-fn log_filter() -> &'static str {
+pub(super) fn log_filter() -> &'static str {
     match std::env::var_os("PROCYARD_BENCH_STAMPS") {
         Some(_) => super::lateness::STAMPS,
         None => "warn",

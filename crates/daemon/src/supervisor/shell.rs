@@ -301,7 +301,7 @@ impl Shell {
     }
 
     pub(super) fn flush_queue(&mut self) {
-        if let Err(e) = self.queue.flush() {
+        if let Err(e) = stamp::timed("flush", || self.queue.flush()) {
             tracing::error!(error = %Report(&e), "unable to record job outcomes; will retry");
         }
     }

@@ -1,5 +1,6 @@
 //! Timing stamps of the loop's steps on the way from a due time to a started job: how late
-//! the timer woke the loop, and how long each claim and each worker start took. Emitted as
+//! the timer woke the loop, and how long each claim, each flush of buffered writes (with its
+//! pruning step) and each worker start took. Emitted as
 //! `debug` events of the target `procyard_daemon::stamp` (off unless asked for, e.g.
 //! `RUST_LOG=warn,procyard_daemon::stamp=debug`), which the scheduling benchmark reads to
 //! say where start lateness goes.

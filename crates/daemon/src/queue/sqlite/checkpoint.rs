@@ -30,8 +30,8 @@
 //! SQLite starts the log again only when a writer begins while every page of it is in the
 //! file and no reader still reads from the log. A `PASSIVE` checkpoint never stops anyone
 //! writing, so with a client publishing in a loop beside a daemon pruning a big history
-//! there was never such a moment: the log grew without bound (80 MB in 12 s). Two rules keep
-//! it bounded:
+//! there was never such a moment: the log grew without bound (80 MB in 12 s). Three rules
+//! keep it bounded:
 //!
 //! - Pruning waits for the log ([`Checkpointer::behind`]): while the log holds more than
 //!   [`PACE_PAGES`] pages not known to be copied, a pruning step does not run (it wakes the
@@ -43,13 +43,19 @@
 //!   daemon's thread could not do it for it (tried: SQLite's locks are tries, and a
 //!   `RESTART` on the thread almost never caught the gap between two commits of a client
 //!   publishing in a loop; while it tried, its hold on the checkpoint refused the client's).
+//! - But a client should rarely get there: that client stalled, up to [`HARD_WAIT`] while
+//!   the thread held the checkpoint lock (publishes of 250 ms while a million records were
+//!   pruned). So the daemon's loop, between its own writes, checkpoints `RESTART` itself
+//!   once the log passes [`RESTART_PAGES`] ([`Checkpointer::restart`], from the pruning
+//!   step, which runs at least every second): the thread holds off meanwhile, little is left
+//!   to copy, and the loop waits for other connections only briefly.
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rusqlite::Connection;
@@ -62,6 +68,12 @@ use crate::queue::{Durability, OpenMode};
 pub(super) const KICK_PAGES: i32 = 500;
 /// Pages in the log (not known to be copied) past which pruning waits for the checkpointer.
 const PACE_PAGES: i64 = 2 * KICK_PAGES as i64;
+/// Pages in the log at which the daemon's loop starts the log again itself
+/// ([`Checkpointer::restart`]): below [`HARD_PAGES`], so that clients never get there.
+pub(super) const RESTART_PAGES: i64 = 2000;
+/// How long the loop's `RESTART` waits for another writer's commit or a reader to leave the
+/// log before it gives up (and tries again at the next pruning step).
+const RESTART_WAIT_TRIES: i32 = 10;
 /// Pages in the log at which a client's commit checkpoints `PASSIVE` (SQLite's own mark).
 const CLIENT_PAGES: i32 = 1000;
 /// Pages in the log past which a client's commit checkpoints `RESTART` (about 12 MiB): far
@@ -92,6 +104,9 @@ pub(super) struct Checkpointer {
     /// Pages in the log as last seen (after a commit of the loop's or a checkpoint; 0 once
     /// a checkpoint copied them all).
     log: Arc<AtomicI64>,
+    /// Set while the loop wants to checkpoint itself ([`Checkpointer::restart`]): the thread
+    /// leaves the checkpoint lock free for it.
+    hold: Arc<AtomicBool>,
 }
 
 impl Checkpointer {
@@ -128,14 +143,16 @@ impl Checkpointer {
         // A kick waiting is enough: the thread checkpoints everything there is when it runs.
         let (tx, rx) = crossbeam_channel::bounded(1);
         let log = Arc::new(AtomicI64::new(0));
+        let hold = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("procyard-checkpoint".into())
             .spawn({
-                let (path, log) = (path.to_owned(), log.clone());
-                move || serve(own, &path, &rx, &log)
+                let (path, log, hold) = (path.to_owned(), log.clone(), hold.clone());
+                move || serve(own, &path, &rx, &log, &hold)
             })
             .map_err(CheckpointerError::Spawn)?;
-        let checkpointer = Checkpointer { tx: tx.clone(), thread: Some(thread), log: log.clone() };
+        let checkpointer =
+            Checkpointer { tx: tx.clone(), thread: Some(thread), log: log.clone(), hold };
         conn.wal_hook(Some(move |_: &mut Wal, pages: i32| {
             log.store(i64::from(pages), Ordering::Relaxed);
             if pages >= KICK_PAGES {
@@ -156,6 +173,49 @@ impl Checkpointer {
     /// Asks for a checkpoint (never blocks).
     pub(super) fn kick(&self) {
         kick(&self.tx);
+    }
+
+    /// Pages in the log as last seen.
+    pub(super) fn log_pages(&self) -> i64 {
+        self.log.load(Ordering::Relaxed)
+    }
+
+    /// Lets the thread checkpoint again (the loop no longer wants to).
+    pub(super) fn release(&self) {
+        self.hold.store(false, Ordering::Relaxed);
+    }
+
+    /// The loop's own `RESTART` checkpoint on its connection `conn` (between transactions),
+    /// for a log that stopped starting again by itself: under a steady stream of commits
+    /// (claims, outcomes, a client's publishes, pruning) no `PASSIVE` checkpoint of the
+    /// thread ever ends with the whole log copied and no commit since, so the log only grew
+    /// until a client's commit passed [`HARD_PAGES`] and that client stalled in its own
+    /// `RESTART`, up to [`HARD_WAIT`] (measured: publishes of 250 ms while a million records
+    /// were pruned). Here the loop, which writes most, takes the write lock between its own
+    /// writes: it copies what the thread has not (little: the thread keeps up), syncs, and
+    /// its next write starts the log again. It waits for another connection's commit or
+    /// reader only briefly ([`RESTART_WAIT_TRIES`]); while the thread checkpoints (a lock
+    /// SQLite does not wait for), the thread is asked to hold off until the loop's next try.
+    pub(super) fn restart(&self, conn: &mut Connection) -> Restart {
+        self.hold.store(true, Ordering::Relaxed);
+        let _ = conn.busy_handler(Some(briefly));
+        let row = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        });
+        let _ = conn.busy_handler(Some(super::schema::on_busy));
+        match row {
+            Ok((0, _)) => {
+                self.release();
+                self.log.store(0, Ordering::Relaxed);
+                Restart::Done
+            }
+            // The thread holds the checkpoint lock: it holds off from now on.
+            Ok((_, -1)) => Restart::ThreadBusy,
+            _ => {
+                self.release();
+                Restart::Incomplete
+            }
+        }
     }
 
     /// Returns once every checkpoint asked for so far has run.
@@ -219,6 +279,24 @@ fn client_hook(wal: &mut Wal, pages: i32) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// What [`Checkpointer::restart`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Restart {
+    /// The log is copied to its end: the loop's next write starts it again.
+    Done,
+    /// The thread was checkpointing; it holds off until the loop tries again.
+    ThreadBusy,
+    /// Another connection's commit or reader outlasted the brief wait (or the checkpoint
+    /// failed): the thread checkpoints as before.
+    Incomplete,
+}
+
+/// The busy handler of the loop's `RESTART`: the waits of the usual one, for
+/// [`RESTART_WAIT_TRIES`] tries (a few milliseconds).
+fn briefly(n: i32) -> bool {
+    n < RESTART_WAIT_TRIES && super::schema::on_busy(n)
+}
+
 /// Why the daemon's queue checkpoints on its loop after all.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum CheckpointerError {
@@ -242,11 +320,13 @@ fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
 }
 
 /// The thread: a checkpoint per kick, until asked to stop or the loop's connection is gone.
-fn serve(conn: Connection, path: &Path, rx: &Receiver<Msg>, pages: &AtomicI64) {
+fn serve(conn: Connection, path: &Path, rx: &Receiver<Msg>, pages: &AtomicI64, hold: &AtomicBool) {
     let path: PathBuf = path.to_owned();
     let mut failing = false;
     for msg in rx {
         match msg {
+            // The loop checkpoints itself ([`Checkpointer::restart`]).
+            Msg::Kick if hold.load(Ordering::Relaxed) => {}
             Msg::Kick => match checkpoint(&conn) {
                 Ok((log, copied)) => {
                     // All copied: the next write starts the log again. (`-1`: another

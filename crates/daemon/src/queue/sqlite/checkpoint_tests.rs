@@ -143,3 +143,50 @@ fn log_stays_bounded_while_a_client_publishes() {
     assert!(published > 1000, "the client published all along: {published}");
     assert!(largest <= LIMIT, "the log grew to {largest} bytes (limit {LIMIT})");
 }
+
+/// Writes `n` done jobs (ids `{name}-…`) in commits of 100 on the daemon's connection.
+fn write_jobs(q: &mut SqliteQueue, name: &str, n: usize) {
+    for chunk in 0..n / 100 {
+        let tx = q.conn.transaction().unwrap();
+        for i in 0..100 {
+            tx.execute(
+                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
+                 VALUES (?1, 'mail', 'mail.a', ?2, 2, 1, 1)",
+                params![format!("{name}-{chunk}-{i}"), vec![7u8; 300]],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// Pages in the log now (a `PASSIVE` checkpoint's report, on a connection of its own).
+fn log_pages(path: &Path) -> i64 {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1)).unwrap()
+}
+
+/// A log that could not start again (a reader held it while the daemon wrote) is started
+/// again by the loop's own `RESTART` once the reader is gone: the next write goes to the
+/// log's beginning. While a reader still reads from the log, the `RESTART` gives up after
+/// its brief wait (`Incomplete`) and the thread checkpoints again as before.
+#[test]
+fn the_loops_restart_starts_a_held_log_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let mut q = bound(&path, OpenMode::Daemon);
+    let reader = Connection::open(&path).unwrap();
+    reader.execute_batch("BEGIN; SELECT COUNT(*) FROM jobs;").unwrap();
+    write_jobs(&mut q, "held", 5_000);
+    let held = log_pages(&path);
+    assert!(held > 300, "the log held {held} pages");
+    let checkpointer = q._checkpointer.take().unwrap();
+    assert_eq!(checkpointer.restart(&mut q.conn), Restart::Incomplete, "a reader in the log");
+    assert!(!checkpointer.hold.load(Ordering::Relaxed), "the thread checkpoints again");
+    reader.execute_batch("COMMIT").unwrap();
+    assert_eq!(checkpointer.restart(&mut q.conn), Restart::Done);
+    assert_eq!(checkpointer.log_pages(), 0);
+    write_jobs(&mut q, "after", 100);
+    let after = log_pages(&path);
+    assert!(after < 50, "the log started again: {after} pages (was {held})");
+}

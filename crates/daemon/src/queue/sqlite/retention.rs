@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, params};
 
+use super::checkpoint::{RESTART_PAGES, Restart};
 use super::store::History;
 use super::{SqliteQueue, now_ms};
 use crate::queue::Retention;
@@ -27,6 +28,8 @@ pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(1);
 const PRUNE_AGAIN: Duration = Duration::from_millis(8);
 /// The next look while the write-ahead log is behind.
 const LOG_WAIT: Duration = Duration::from_millis(5);
+/// The next `RESTART` of the loop's after one that a reader or another writer outlasted.
+const RESTART_AGAIN: Duration = Duration::from_millis(50);
 /// How often the count-based cutoff (`keep_done_max`) is read again: it walks that many
 /// index entries, so not on every step.
 const COUNT_EVERY: Duration = Duration::from_secs(30);
@@ -45,11 +48,19 @@ pub(crate) struct PruneClock {
     /// A read of the count-based cutoff under way, newest first: the last entry walked and
     /// the position (from the newest) of the entry after it.
     walk: Option<(Option<(i64, i64)>, u64)>,
+    /// The loop's next `RESTART` checkpoint is not tried before this.
+    restart_at: Instant,
 }
 
 impl PruneClock {
     pub(crate) fn new(now: Instant) -> PruneClock {
-        PruneClock { next: now + PRUNE_EVERY, count_read: None, count_cutoff: None, walk: None }
+        PruneClock {
+            next: now + PRUNE_EVERY,
+            count_read: None,
+            count_cutoff: None,
+            walk: None,
+            restart_at: now,
+        }
     }
 
     pub(crate) fn due(&self, now: Instant) -> bool {
@@ -166,12 +177,24 @@ impl SqliteQueue {
     /// later and returns false.
     pub(super) fn prune_step(&mut self) -> bool {
         let now = Instant::now();
-        if let Some(checkpointer) = &self._checkpointer
-            && checkpointer.behind()
-        {
-            checkpointer.kick();
-            self.prune.next = now + LOG_WAIT;
-            return false;
+        if let Some(checkpointer) = &self._checkpointer {
+            if checkpointer.behind() {
+                // A log that no longer starts again by itself is started again here, before
+                // a client's commit finds it long enough to stall on that.
+                let restart = (checkpointer.log_pages() >= RESTART_PAGES
+                    && self.prune.restart_at <= now)
+                    .then(|| checkpointer.restart(&mut self.conn));
+                if restart != Some(Restart::Done) {
+                    if restart == Some(Restart::Incomplete) {
+                        self.prune.restart_at = now + RESTART_AGAIN;
+                    }
+                    checkpointer.kick();
+                    self.prune.next = now + LOG_WAIT;
+                    return false;
+                }
+            } else {
+                checkpointer.release();
+            }
         }
         let retention = self.retention;
         let mut history = History::new(&mut self.conn, &self.path);

@@ -227,7 +227,7 @@ fn busy_wait(n: u32) -> Option<Duration> {
 /// millisecond, and so did the publisher. Measured on an idle daemon, 300 publishes one at a
 /// time: the loop slept 6 times and the publisher 5, and publish→done at p99 was 1.4–2.5 ms
 /// against 0.15 ms at p50. This one starts at 20 µs and doubles to 1 ms.
-fn on_busy(n: i32) -> bool {
+pub(super) fn on_busy(n: i32) -> bool {
     match busy_wait(u32::try_from(n).unwrap_or(u32::MAX)) {
         Some(wait) => {
             std::thread::sleep(wait);
