@@ -21,9 +21,10 @@
 //! [`KICK_PAGES`] pages. The file is not cut back (`journal_size_limit`): truncating it on
 //! the loop waited for the pages the thread was writing out.
 //!
-//! Clients (the `publish` command) checkpoint as SQLite does, `PASSIVE` from 1,000 pages in
-//! the log ([`CLIENT_PAGES`]): with a daemon running the log rarely gets there, because the
-//! daemon's thread starts at [`KICK_PAGES`].
+//! Clients (the `publish` command) checkpoint `PASSIVE` from 2,500 pages in the log
+//! ([`CLIENT_PAGES`]; SQLite's own mark is 1,000): with a daemon running the log rarely gets
+//! there, because the daemon's thread starts at [`KICK_PAGES`] and its loop starts the log
+//! again at [`RESTART_PAGES`].
 //!
 //! # Keeping the log bounded while others write all the time
 //!
@@ -74,8 +75,11 @@ pub(super) const RESTART_PAGES: i64 = 2000;
 /// How long the loop's `RESTART` waits for another writer's commit or a reader to leave the
 /// log before it gives up (and tries again at the next pruning step).
 const RESTART_WAIT_TRIES: i32 = 10;
-/// Pages in the log at which a client's commit checkpoints `PASSIVE` (SQLite's own mark).
-const CLIENT_PAGES: i32 = 1000;
+/// Pages in the log at which a client's commit checkpoints `PASSIVE`: above
+/// [`RESTART_PAGES`], where a daemon starts the log again, so that beside a daemon a
+/// publish rarely pays for a checkpoint (a copy and two syncs) while its commit waits to
+/// return; SQLite's own mark (1,000) had every publish checkpoint while the daemon pruned.
+const CLIENT_PAGES: i32 = 2500;
 /// Pages in the log past which a client's commit checkpoints `RESTART` (about 12 MiB): far
 /// above where a daemon keeps the log while jobs flow, because that `RESTART` holds the write
 /// lock (the daemon's claims wait) through two syncs, and waits out the daemon's checkpoint.
