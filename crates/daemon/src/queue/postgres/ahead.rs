@@ -280,9 +280,11 @@ impl PgQueue {
         let seqs: Vec<i64> = jobs.iter().map(|(_, j)| j.receipt.0 as i64).collect();
         let put = self.with("return jobs held ahead to", |c| {
             c.execute(
-                "WITH b AS (UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
-                        lease_owner = NULL, not_before = now_ms()
-                    WHERE seq = ANY($1) AND state = 1 AND lease_owner = $2 RETURNING task)
+                "WITH q AS (UPDATE queue SET state = 0, lease_owner = NULL
+                    WHERE seq = ANY($1) AND state = 1 AND lease_owner = $2 RETURNING seq),
+                 b AS (UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
+                        lease_owner = NULL
+                    WHERE seq = ANY(ARRAY(SELECT seq FROM q)) RETURNING task)
                  SELECT pg_notify($3, t) FROM (SELECT DISTINCT task FROM b) AS x(t)",
                 &[&seqs, &owner, &channel],
             )

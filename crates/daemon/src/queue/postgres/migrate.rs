@@ -139,9 +139,47 @@ CREATE TABLE rate_buckets (
 const V5: &str = "DROP INDEX jobs_published;
 CREATE INDEX jobs_published ON jobs (published_ms);";
 
-/// Every version, in order.
-const MIGRATIONS: &[(i32, &str)] =
-    &[(1, V1), (2, V2), (3, super::turn_v3::V3), (4, super::turn::V4), (5, V5)];
+/// The queue's own table (issues #17 and #20): every job but the delayed ones has a row in
+/// `queue` with its state, lease, concurrency key and end time, and the partial indexes that
+/// claims, recovery, dead letters and pruning read are on it; `jobs` keeps the records, with
+/// indexes only over columns that a claim or an outcome never changes. A claim's or an
+/// outcome's update of `jobs` is then HOT (no new index entry in any index of `jobs`): a
+/// backlog of delayed jobs (rows of `jobs` only) no longer deepens the b-trees a claim
+/// writes into. A delayed job is the only one with a `not_before` (`jobs_delayed_due`), so
+/// `jobs_delayed` holds the delayed jobs alone with no predicate over `state`.
+const V6: &str = "ALTER TABLE jobs ALTER COLUMN not_before DROP NOT NULL;
+UPDATE jobs SET not_before = NULL WHERE state <> 5;
+CREATE TABLE queue (
+    seq         bigint PRIMARY KEY,
+    task        text NOT NULL,
+    priority    smallint NOT NULL,
+    state       smallint NOT NULL,
+    lease_owner bigint,
+    limit_key   text,
+    finished_ms bigint
+);
+INSERT INTO queue (seq, task, priority, state, lease_owner, limit_key, finished_ms)
+    SELECT seq, task, priority, state, lease_owner, limit_key, finished_ms FROM jobs
+    WHERE state <> 5;
+CREATE INDEX queue_ready ON queue (task, priority DESC, seq) WHERE state = 0;
+CREATE INDEX queue_leased ON queue (lease_owner) WHERE state = 1;
+CREATE INDEX queue_keyed ON queue (task, limit_key) WHERE state = 1 AND limit_key IS NOT NULL;
+CREATE INDEX queue_dead ON queue (task, seq) WHERE state = 3;
+CREATE INDEX queue_finished ON queue (finished_ms, seq) WHERE state IN (2, 4);
+DROP INDEX jobs_ready, jobs_delayed, jobs_leased, jobs_dead, jobs_finished, jobs_keyed;
+CREATE INDEX jobs_delayed ON jobs (not_before) WHERE not_before IS NOT NULL;
+ALTER TABLE jobs ADD CONSTRAINT jobs_delayed_due CHECK ((state = 5) = (not_before IS NOT NULL));
+";
+
+/// Every version, in order, each in parts run one after the other.
+const MIGRATIONS: &[(i32, &[&str])] = &[
+    (1, &[V1]),
+    (2, &[V2]),
+    (3, &[super::turn_v3::V3]),
+    (4, &[super::turn_v4::V4]),
+    (5, &[V5]),
+    (6, &[V6, super::turn::V6_FUNCTIONS]),
+];
 
 /// The newest version this build knows.
 pub(super) fn latest() -> i32 {
@@ -166,6 +204,13 @@ fn current(client: &mut Client, target: &Target) -> Result<i32> {
 /// Brings the schema to the latest version; returns the versions applied (none when it was
 /// up to date). A schema newer than this build is refused.
 pub(super) fn migrate(client: &mut Client, target: &Target) -> Result<Vec<i32>> {
+    migrate_to(client, target, latest())
+}
+
+/// Brings the schema to version `upto` (at most the latest; tests of an upgrade make an
+/// older schema with it).
+pub(super) fn migrate_to(client: &mut Client, target: &Target, upto: i32) -> Result<Vec<i32>> {
+    let upto = upto.min(latest());
     let now = current(client, target)?;
     if now > latest() {
         return Err(target.err(
@@ -173,7 +218,7 @@ pub(super) fn migrate(client: &mut Client, target: &Target) -> Result<Vec<i32>> 
             format!("its schema is at version {now}, newer than this build knows ({})", latest()),
         ));
     }
-    if now == latest() {
+    if now >= upto {
         return Ok(Vec::new());
     }
     let e = |err| target.err("migrate", err);
@@ -193,8 +238,10 @@ pub(super) fn migrate(client: &mut Client, target: &Target) -> Result<Vec<i32>> 
     let done: i32 =
         tx.query_one("SELECT COALESCE(MAX(version), 0) FROM migrations", &[]).map_err(e)?.get(0);
     let mut applied = Vec::new();
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > done) {
-        tx.batch_execute(sql).map_err(e)?;
+    for (version, parts) in MIGRATIONS.iter().filter(|m| m.0 > done && m.0 <= upto) {
+        for sql in *parts {
+            tx.batch_execute(sql).map_err(e)?;
+        }
         tx.execute("INSERT INTO migrations (version) VALUES ($1)", &[version]).map_err(e)?;
         applied.push(*version);
     }

@@ -70,6 +70,7 @@ mod session;
 mod tls;
 mod turn;
 mod turn_v3;
+mod turn_v4;
 
 /// The claim statement (`$1` the daemon's owner number, `$2` the task, `$3` the most jobs), for
 /// benchmarks that `EXPLAIN` it.
@@ -123,6 +124,15 @@ pub fn migrate(config: &QueueConfig) -> Result<Vec<i32>> {
     let target = Target::new(config.url.as_deref().unwrap_or_default(), &config.schema)?;
     let mut client = target.connect(Role::Client, "")?;
     migrate::migrate(&mut client, &target)
+}
+
+/// Brings the schema `config` names to version `version` of its migrations, not beyond
+/// (an older schema, for tests of the upgrade to the latest).
+#[doc(hidden)]
+pub fn migrate_to(config: &QueueConfig, version: i32) -> Result<Vec<i32>> {
+    let target = Target::new(config.url.as_deref().unwrap_or_default(), &config.schema)?;
+    let mut client = target.connect(Role::Client, "")?;
+    migrate::migrate_to(&mut client, &target, version)
 }
 
 /// Checks `[queue] url` and `schema` for the `postgres` backend (any url and schema pass for

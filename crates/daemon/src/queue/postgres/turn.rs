@@ -46,11 +46,11 @@ macro_rules! someone_waits {
 }
 pub(super) use someone_waits;
 
-/// The turn statement around the done CTE `d` (an UPDATE for a kept history, a DELETE
-/// without): holders `$1..$7`, attempts `$8..$23` and `$31` (their starts, NULL: the
-/// holder's), done `$24, $25`, this daemon `$26`, the claim's task and count `$27, $28`, the
-/// ended channel `$29`, the lock space `$30`. Columns:
-/// the claimed job (NULL when none), then the number of done rows written.
+/// The turn statement around the done CTEs `dq` and `d` (UPDATEs of `queue` then `jobs` for
+/// a kept history, DELETEs without; `d` returns the tasks): holders `$1..$7`, attempts
+/// `$8..$23` and `$31` (their starts, NULL: the holder's), done `$24, $25`, this daemon
+/// `$26`, the claim's task and count `$27, $28`, the ended channel `$29`, the lock space
+/// `$30`. Columns: the claimed job (NULL when none), then the number of done rows written.
 macro_rules! turn_sql {
     ($done:literal) => {
         concat!(
@@ -78,16 +78,19 @@ a AS (
     JOIN jobs j ON j.seq = ANY($8) AND j.seq = u.seq AND j.state = 1
         AND j.lease_owner = u.owner
     ORDER BY u.ord RETURNING 1),
-d AS (",
+",
             $done,
-            "),
+            ",
 s AS (INSERT INTO stats (task, daemon, done) SELECT task, $26, COUNT(*) FROM d GROUP BY task
     ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done),
+cq AS (UPDATE queue SET state = 1, lease_owner = $26
+    WHERE seq = ANY(ARRAY(SELECT seq FROM queue WHERE task = $27 AND state = 0
+                  ORDER BY priority DESC, seq LIMIT $28 FOR UPDATE SKIP LOCKED))
+    RETURNING seq),
 c AS (UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $26,
         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL, worker_boot = NULL,
         worker_started_ms = NULL
-    WHERE seq = ANY(ARRAY(SELECT seq FROM jobs WHERE task = $27 AND state = 0
-                  ORDER BY priority DESC, seq LIMIT $28 FOR UPDATE SKIP LOCKED))
+    WHERE seq = ANY(ARRAY(SELECT seq FROM cq))
     RETURNING seq, id, routing_key, payload, attempts, priority),
 n AS (SELECT x.done, CASE WHEN x.done + x.ended > 0 AND ",
             someone_waits!("$30"),
@@ -99,7 +102,7 @@ FROM n LEFT JOIN c ON true"
     };
 }
 
-/// A PL/pgSQL function `$name` around the turn statement with the done CTE `$done`. A
+/// A PL/pgSQL function `$name` around the turn statement with the done CTEs `$done`. A
 /// function's statement keeps one generic plan for the session (`plan_cache_mode`), where a
 /// prepared statement of this size was planned again at every call (its custom plans won:
 /// about 0.5 ms of server time per turn, more than running it); the shapes above (`= ANY`)
@@ -107,7 +110,7 @@ FROM n LEFT JOIN c ON true"
 macro_rules! turn_function {
     ($name:literal, $done:literal) => {
         concat!(
-            "CREATE FUNCTION ",
+            "CREATE OR REPLACE FUNCTION ",
             $name,
             "(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
     bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
@@ -127,33 +130,26 @@ END $f$;
     };
 }
 
-/// Migration 4: the turn functions, with a kept history (done rows stay, state 2) and
-/// without (done rows are deleted; their attempts are never written), as overloads of 31
-/// arguments beside migration 3's (`turn_v3.rs`).
-pub(super) const V4: &str = concat!(
-    // A summary of each range of pages instead of an entry per row version: every claim and
-    // every done update enters a new version of the row in each b-tree of the table, and
-    // `published_ms` is only read by `jobs --since` (which a BRIN serves: rows are published
-    // in page order, and `published_ms` never changes).
-    // Room on each page (new pages) for the row's later versions: a write that changes no
-    // indexed column (a holder) then stays on its page with no index entry at all (HOT),
-    // and a claim's or done's new version stays on the page it read.
-    "DROP INDEX jobs_published;
-CREATE INDEX jobs_published ON jobs USING brin (published_ms);
-ALTER TABLE jobs SET (fillfactor = 80);
-",
+/// Migration 6's turn functions: migration 4's signatures, their claims and done jobs
+/// through `queue` (`migrate.rs`). Each job's row in `queue` is changed (and locked) first,
+/// then its row in `jobs`, whose update changes no indexed column of `jobs` (HOT: no index
+/// entry at all).
+pub(super) const V6_FUNCTIONS: &str = concat!(
     turn_function!(
         "turn_keep",
-        "UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
+        "dq AS (UPDATE queue q SET state = 2, finished_ms = now_ms(), lease_owner = NULL
     FROM unnest($24::bigint[], $25::bigint[]) AS u(seq, owner)
-    WHERE j.seq = ANY($24) AND j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
-    RETURNING j.task"
+    WHERE q.seq = ANY($24) AND q.seq = u.seq AND q.state = 1 AND q.lease_owner = u.owner
+    RETURNING q.seq),
+d AS (UPDATE jobs SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
+    WHERE seq = ANY(ARRAY(SELECT seq FROM dq)) RETURNING task)"
     ),
     turn_function!(
         "turn_delete",
-        "DELETE FROM jobs j USING unnest($24::bigint[], $25::bigint[]) AS u(seq, owner)
-    WHERE j.seq = ANY($24) AND j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
-    RETURNING j.task"
+        "dq AS (DELETE FROM queue q USING unnest($24::bigint[], $25::bigint[]) AS u(seq, owner)
+    WHERE q.seq = ANY($24) AND q.seq = u.seq AND q.state = 1 AND q.lease_owner = u.owner
+    RETURNING q.seq),
+d AS (DELETE FROM jobs WHERE seq = ANY(ARRAY(SELECT seq FROM dq)) RETURNING task)"
     )
 );
 
