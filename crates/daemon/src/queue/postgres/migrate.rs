@@ -3,9 +3,14 @@
 //! once migrate once and the others wait for it and find the work done.
 //!
 //! Tables (in the configured schema):
-//! - `jobs`: one row per job and receiving task; `state` is one of the `STATE_*` codes in
-//!   `mod.rs`; delayed jobs and retries wait in state 5 until `not_before` (ms, database clock);
-//!   a leased row names its daemon (`lease_owner` = `daemons.no`) and its worker.
+//! - `jobs`: one row per job and receiving task, its record; `state` is one of the `STATE_*`
+//!   codes in `mod.rs`; delayed jobs and retries wait in state 5 until `not_before` (ms,
+//!   database clock; only delayed jobs have one); a leased row names its daemon
+//!   (`lease_owner` = `daemons.no`) and its worker.
+//! - `queue` (version 6): one row per job but the delayed ones, with the columns that pick
+//!   jobs out (task, priority, state, lease, concurrency key, end time). Every change of a
+//!   job's state changes its row here first (its row lock orders claims, cancels and
+//!   outcomes), then its record in `jobs`.
 //! - `attempts`: one row per ended attempt (bounded output, resource use), deleted with
 //!   its job.
 //! - `daemons`: one row per running daemon; alive while its session holds the advisory lock
@@ -16,19 +21,24 @@
 //! - `migrations`: the versions applied.
 //!
 //! Functions: `now_ms()`, and (version 3, `turn_v3.rs`) `turn_keep` and `turn_delete`, the
-//! loop's usual write in one call; version 4 (`turn.rs`) adds their overloads with the
-//! attempts' starts (a job started and done in one write has no holder written).
+//! loop's usual write in one call; version 4 (`turn_v4.rs`) adds their overloads with the
+//! attempts' starts (a job started and done in one write has no holder written); version 6
+//! (`turn.rs`) gives those overloads bodies that go through `queue`.
 //!
 //! The partial indexes hold only the rows they serve, so a history of done jobs or a backlog
-//! of delayed ones costs a claim nothing: `jobs_ready (task, priority DESC, seq) WHERE state
+//! of delayed ones costs a claim nothing: `queue_ready (task, priority DESC, seq) WHERE state
 //! = 0` gives a claim the rows it takes in claim order (higher priority first, then FIFO),
-//! `jobs_delayed (not_before) WHERE state = 5` the next due time and the jobs that fell due,
-//! `jobs_unique (task, unique_key)` the unique keys, `jobs_keyed (task, limit_key) WHERE
-//! state = 1` the running jobs per concurrency key, `jobs_leased (lease_owner) WHERE state =
-//! 1` a dead daemon's leases, `jobs_finished (finished_ms, seq) WHERE state IN (2, 4)` the
-//! pruning. Version 4 made `jobs_published` a BRIN and version 5 a b-tree again (the
-//! BRIN cost a claim more pages than it saved); version 4 also leaves a fifth of each new
-//! page free (`fillfactor`) for HOT writes of the holder.
+//! `jobs_delayed (not_before) WHERE not_before IS NOT NULL` the next due time and the jobs
+//! that fell due, `jobs_unique (task, unique_key)` the unique keys, `queue_keyed (task,
+//! limit_key) WHERE state = 1` the running jobs per concurrency key, `queue_leased
+//! (lease_owner) WHERE state = 1` a dead daemon's leases, `queue_dead (task, seq) WHERE state
+//! = 3` the dead letters, `queue_finished (finished_ms, seq) WHERE state IN (2, 4)` the
+//! pruning. No index of `jobs` is over a column that a claim or an outcome changes, so
+//! their updates of `jobs` are HOT (the new row version on the same page, no index entry):
+//! up to version 5 each entered a new entry in every b-tree of `jobs`, whose depth grew with
+//! the delayed backlog. Version 4 made `jobs_published` a BRIN and version 5 a b-tree again
+//! (the BRIN cost a claim more pages than it saved); version 4 also leaves a fifth of each
+//! new page of `jobs` free (`fillfactor`) for those HOT writes.
 
 use postgres::Client;
 

@@ -12,11 +12,12 @@
 //!   (`session.rs`): it holds the daemon's advisory lock for as long as the daemon lives,
 //!   `LISTEN`s for published jobs and wakes the daemon's loop through its [`mio::Waker`], and
 //!   looks every 200 ms for daemons whose session is gone. A client opens one connection.
-//! - **Claims** (`claim.rs`): `UPDATE … WHERE seq IN (SELECT … ORDER BY priority DESC, seq
-//!   LIMIT n FOR UPDATE SKIP LOCKED)` through the partial index `jobs_ready (task, priority
-//!   DESC, seq) WHERE state = 0` (higher priority first, then FIFO), so a claim costs the rows
-//!   it takes, never the backlog, the delayed jobs or the history, and daemons never wait for
-//!   each other's rows. The outcomes, attempts and worker holders buffered since the last
+//! - **Claims** (`claim.rs`): `UPDATE queue … WHERE seq IN (SELECT … ORDER BY priority
+//!   DESC, seq LIMIT n FOR UPDATE SKIP LOCKED)` through the partial index `queue_ready (task,
+//!   priority DESC, seq) WHERE state = 0` (higher priority first, then FIFO), then the same
+//!   jobs' records in `jobs`, an update that changes no indexed column there (HOT: no index
+//!   entry written, `migrate.rs`), so a claim costs the rows it takes, never the backlog, the
+//!   delayed jobs or the history, and daemons never wait for each other's rows. The outcomes, attempts and worker holders buffered since the last
 //!   write go in the same transaction (arrays, one statement per kind), so a daemon killed
 //!   at any moment has recorded both or neither. A daemon whose workers finish quickly
 //!   claims ahead, within the task's capacity (`ahead.rs`): later claims are answered from
