@@ -238,6 +238,7 @@ impl PgQueue {
         let seq = job.receipt.0 as i64;
         let owner = self.leases.get(&seq).copied().unwrap_or(0);
         self.buffers.outcomes.push(Pending { seq, owner, outcome, reported: Instant::now() });
+        self.buffered_since.get_or_insert_with(Instant::now);
     }
 
     pub(super) fn buffer_attempt(&mut self, job: &Job, report: AttemptReport) {
@@ -246,12 +247,14 @@ impl PgQueue {
         let ended_ms = now_ms();
         let ended = Ended { seq, owner, delivery: job.attempt, ended_ms, report, started: None };
         self.buffers.ended.push(ended);
+        self.buffered_since.get_or_insert_with(Instant::now);
     }
 
     pub(super) fn buffer_holder(&mut self, job: &Job, holder: &LeaseHolder) {
         let seq = job.receipt.0 as i64;
         let owner = self.leases.get(&seq).copied().unwrap_or(0);
         self.buffers.holders.push((seq, owner, holder.clone(), now_ms()));
+        self.buffered_since.get_or_insert_with(Instant::now);
     }
 
     /// Writes the buffers and, when `claim` names a task, takes up to that many of its jobs:
@@ -351,6 +354,7 @@ impl PgQueue {
             }
         };
         self.unsure_claim = false;
+        self.buffered_since = None;
         for p in &buffers.outcomes {
             self.leases.remove(&p.seq);
         }

@@ -207,6 +207,8 @@ pub(crate) struct PgQueue {
     tasks: Vec<TaskBinding>,
     /// Outcomes, attempts and holders not yet written.
     buffers: Buffers,
+    /// Since when the buffers hold something (`flush_soon` writes them by a deadline).
+    buffered_since: Option<Instant>,
     /// Leases this daemon holds: row → the daemon number that took it.
     leases: HashMap<i64, i64>,
     /// A claim failed without a confirmed outcome: the next write puts back what the server
@@ -265,6 +267,7 @@ impl PgQueue {
             session,
             tasks: Vec::new(),
             buffers: Buffers::default(),
+            buffered_since: None,
             leases: HashMap::new(),
             unsure_claim: false,
             retention: Retention::default(),
