@@ -387,7 +387,7 @@ fn write_attempts(
     keep_history: bool,
 ) -> std::result::Result<(), postgres::Error> {
     // Without history the attempts of jobs done now go with their rows: not written at all.
-    let cols = AttemptCols::of(b, keep_history);
+    let cols = AttemptCols::of(b, keep_history, false);
     if cols.is_empty() {
         return Ok(());
     }

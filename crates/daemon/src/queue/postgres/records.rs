@@ -12,8 +12,8 @@ use super::{
     PgQueue, STATE_CANCELLED, STATE_DEAD, STATE_DELAYED, STATE_DONE, STATE_LEASED, STATE_READY,
 };
 use crate::queue::{
-    Attempt, Captured, DeadLetter, JobFilter, JobRecord, JobState, Purge, QueueDepth, Requeue,
-    ResourceUse, check_job_id,
+    Attempt, AttemptEnd, Captured, DeadLetter, JobFilter, JobRecord, JobState, Purge, QueueDepth,
+    Requeue, ResourceUse, check_job_id,
 };
 use crate::{Error, Result};
 
@@ -142,18 +142,39 @@ impl PgQueue {
                 &[&seq],
             )?;
             job.attempts = rows.iter().map(attempt).collect();
-            let running = c.query_opt(
-                "SELECT attempts, worker_pid, worker_started_ms FROM jobs
-                 WHERE seq = $1 AND state = 1 AND worker_pid IS NOT NULL",
+            // The attempt running now, from the lease holder on the job's row; or the clean
+            // last attempt a done row implies (it has no row of its own: `turn.rs`).
+            let last = c.query_one(
+                "SELECT attempts, worker_pid, worker_started_ms, state, finished_ms FROM jobs
+                 WHERE seq = $1",
                 &[&seq],
             )?;
-            if let Some(r) = running {
-                job.attempts.push(Attempt {
-                    delivery: u32::try_from(r.get::<_, i32>(0)).unwrap_or(0),
-                    worker_pid: r.get(1),
-                    started_ms: r.get(2),
+            let delivery = u32::try_from(last.get::<_, i32>(0)).unwrap_or(0);
+            let (pid, started): (Option<i32>, Option<i64>) = (last.get(1), last.get(2));
+            match last.get::<_, i16>(3) {
+                STATE_LEASED if pid.is_some() => job.attempts.push(Attempt {
+                    delivery,
+                    worker_pid: pid,
+                    started_ms: started,
                     ..Attempt::default()
-                });
+                }),
+                STATE_DONE
+                    if delivery > 0
+                        && pid.is_some()
+                        && !job.attempts.iter().any(|a| a.delivery == delivery) =>
+                {
+                    job.attempts.push(Attempt {
+                        delivery,
+                        worker_pid: pid,
+                        started_ms: started,
+                        ended_ms: last.get(4),
+                        end: Some(AttemptEnd::Replied {
+                            outcome: super::turn::IMPLIED_OUTCOME.to_owned(),
+                        }),
+                        ..Attempt::default()
+                    })
+                }
+                _ => {}
             }
             for (i, a) in job.attempts.iter_mut().enumerate() {
                 a.number = i as u32 + 1;

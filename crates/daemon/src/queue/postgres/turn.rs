@@ -20,12 +20,12 @@
 //! job whose holder is written with its own end otherwise (one statement cannot update a row
 //! twice, and the attempt reads its start from the holder's columns).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use postgres::types::ToSql;
 
 use super::claim::{Buffers, Ended};
-use crate::queue::{Captured, Outcome};
+use crate::queue::{AttemptEnd, AttemptReport, Captured, Outcome};
 
 /// Taken shared by a client waiting for ends (`$1`: the lock space); `false` when a write
 /// holds it for a moment (the client tries again on its next wait).
@@ -48,9 +48,10 @@ pub(super) use someone_waits;
 
 /// The turn statement around the done CTEs `dq` and `d` (UPDATEs of `queue` then `jobs` for
 /// a kept history, DELETEs without; `d` returns the tasks): holders `$1..$7`, attempts
-/// `$8..$23` and `$31` (their starts, NULL: the holder's), done `$24, $25`, this daemon
-/// `$26`, the claim's task and count `$27, $28`, the ended channel `$29`, the lock space
-/// `$30`. Columns: the claimed job (NULL when none), then the number of done rows written.
+/// `$8..$23` and `$31` (their starts, NULL: the holder's), done `$24, $25` with the worker
+/// and start of a holder never written `$32, $33` (NULL: the row's), this daemon `$26`, the
+/// claim's task and count `$27, $28`, the ended channel `$29`, the lock space `$30`.
+/// Columns: the claimed job (NULL when none), then the number of done rows written.
 macro_rules! turn_sql {
     ($done:literal) => {
         concat!(
@@ -110,12 +111,12 @@ FROM n LEFT JOIN c ON true"
 macro_rules! turn_function {
     ($name:literal, $done:literal) => {
         concat!(
-            "CREATE OR REPLACE FUNCTION ",
+            "CREATE FUNCTION ",
             $name,
             "(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
     bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
     bytea[], bigint[], bigint[], bigint[], bigint[], bigint[],
-    bigint[], bigint[], bigint, text, bigint, text, int, bigint[])
+    bigint[], bigint[], bigint, text, bigint, text, int, bigint[], int[], bigint[])
 RETURNS TABLE (seq bigint, id text, routing_key text, payload bytea, attempts int,
     priority smallint, done bigint, told text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $f$
@@ -130,19 +131,40 @@ END $f$;
     };
 }
 
-/// Migration 6's turn functions: migration 4's signatures, their claims and done jobs
-/// through `queue` (`migrate.rs`). Each job's row in `queue` is changed (and locked) first,
-/// then its row in `jobs`, whose update changes no indexed column of `jobs` (HOT: no index
-/// entry at all).
+/// Migration 6's turn functions (33 arguments; those of migrations 3 and 4 dropped): claims
+/// and done jobs through `queue` (`migrate.rs`). Each job's row in `queue` is changed (and
+/// locked) first, then its row in `jobs`, whose update changes no indexed column of `jobs`
+/// (HOT: no index entry at all). A job done cleanly keeps its worker and start on its done
+/// row instead of an attempt row (`records.rs` shows the attempt from there).
 pub(super) const V6_FUNCTIONS: &str = concat!(
+    "DROP FUNCTION turn_keep(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
+    bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
+    bytea[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint,
+    text, bigint, text, int);
+DROP FUNCTION turn_delete(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
+    bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
+    bytea[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint,
+    text, bigint, text, int);
+DROP FUNCTION turn_keep(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
+    bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
+    bytea[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint,
+    text, bigint, text, int, bigint[]);
+DROP FUNCTION turn_delete(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
+    bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
+    bytea[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint,
+    text, bigint, text, int, bigint[]);
+",
     turn_function!(
         "turn_keep",
         "dq AS (UPDATE queue q SET state = 2, finished_ms = now_ms(), lease_owner = NULL
     FROM unnest($24::bigint[], $25::bigint[]) AS u(seq, owner)
     WHERE q.seq = ANY($24) AND q.seq = u.seq AND q.state = 1 AND q.lease_owner = u.owner
     RETURNING q.seq),
-d AS (UPDATE jobs SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
-    WHERE seq = ANY(ARRAY(SELECT seq FROM dq)) RETURNING task)"
+d AS (UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL,
+        lease_owner = NULL, worker_pid = COALESCE(w.pid, j.worker_pid),
+        worker_started_ms = COALESCE(w.started, j.worker_started_ms)
+    FROM unnest($24::bigint[], $32::int[], $33::bigint[]) AS w(seq, pid, started)
+    WHERE j.seq = ANY(ARRAY(SELECT seq FROM dq)) AND j.seq = w.seq RETURNING j.task)"
     ),
     turn_function!(
         "turn_delete",
@@ -156,12 +178,12 @@ d AS (DELETE FROM jobs WHERE seq = ANY(ARRAY(SELECT seq FROM dq)) RETURNING task
 /// The turn with a kept history.
 pub(super) const TURN_KEEP: &str = "SELECT * FROM turn_keep($1, $2, $3, $4, $5, $6, $7, $8, $9,
     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27,
-    $28, $29, $30, $31)";
+    $28, $29, $30, $31, $32, $33)";
 
 /// The turn without history.
 pub(super) const TURN_DELETE: &str = "SELECT * FROM turn_delete($1, $2, $3, $4, $5, $6, $7, $8,
     $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
-    $27, $28, $29, $30, $31)";
+    $27, $28, $29, $30, $31, $32, $33)";
 
 /// Whether `b` can be written by the turn statement (see the module docs).
 pub(super) fn fits(b: &Buffers) -> bool {
@@ -233,16 +255,17 @@ pub(super) struct AttemptCols<'a> {
 
 impl<'a> AttemptCols<'a> {
     /// The attempts of `b` but those of jobs done now when the history is not kept (they go
-    /// with their rows).
-    pub(super) fn of(b: &'a Buffers, keep_history: bool) -> AttemptCols<'a> {
-        let gone: HashSet<i64> = if keep_history {
-            HashSet::new()
-        } else {
-            b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).map(|p| p.seq).collect()
-        };
+    /// with their rows), and, when `implied` (the turn statement, which writes the worker
+    /// and start on the done row), the clean ends of jobs done now ([`is_implied`]).
+    pub(super) fn of(b: &'a Buffers, keep_history: bool, implied: bool) -> AttemptCols<'a> {
+        let done: HashSet<i64> =
+            b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).map(|p| p.seq).collect();
         let mut c = AttemptCols::default();
-        for e in b.ended.iter().filter(|e| !gone.contains(&e.seq)) {
-            c.push(e);
+        for e in &b.ended {
+            let gone = done.contains(&e.seq) && (!keep_history || implied && is_implied(&e.report));
+            if !gone {
+                c.push(e);
+            }
         }
         c
     }
@@ -301,6 +324,21 @@ impl<'a> AttemptCols<'a> {
     }
 }
 
+/// Whether `report` is the clean end of a longlived attempt (the worker answered `done`,
+/// nothing on stdout or stderr, no resource use of its own, no reason): a job done by it
+/// keeps no attempt row, its done row holds the worker, the start and the end, and
+/// `records.rs` shows the attempt from there (as the SQLite queue does).
+pub(super) fn is_implied(report: &AttemptReport) -> bool {
+    matches!(&report.end, AttemptEnd::Replied { outcome } if outcome == IMPLIED_OUTCOME)
+        && report.reason.is_none()
+        && report.stdout.is_none()
+        && report.stderr.is_none()
+        && report.usage.is_none()
+}
+
+/// The worker's answer of an attempt [`is_implied`] holds for.
+pub(super) const IMPLIED_OUTCOME: &str = "done";
+
 /// One captured stream as columns: bytes, total, dropped.
 fn captured(c: Option<&Captured>) -> (Option<&[u8]>, Option<i64>, Option<i64>) {
     match c {
@@ -328,10 +366,17 @@ pub(super) fn run(
     turn: &Turn<'_>,
 ) -> Result<(Vec<postgres::Row>, usize), postgres::Error> {
     let holders = HolderCols::of(b);
-    let attempts = AttemptCols::of(b, keep_history);
+    let attempts = AttemptCols::of(b, keep_history, true);
     let done_seq: Vec<i64> = b.outcomes.iter().map(|p| p.seq).collect();
     let done_owner: Vec<i64> = b.outcomes.iter().map(|p| p.owner).collect();
-    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(31);
+    // The worker and start of each done job whose holder was never written (folded).
+    let started: HashMap<i64, (i64, i32)> =
+        b.ended.iter().filter_map(|e| e.started.map(|s| (e.seq, s))).collect();
+    let done_pid: Vec<Option<i32>> =
+        b.outcomes.iter().map(|p| started.get(&p.seq).map(|s| s.1)).collect();
+    let done_start: Vec<Option<i64>> =
+        b.outcomes.iter().map(|p| started.get(&p.seq).map(|s| s.0)).collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(33);
     params.extend(holders.params());
     params.extend(attempts.params());
     params.extend([
@@ -343,6 +388,8 @@ pub(super) fn run(
         &turn.ended,
         &turn.space,
         attempts.started(),
+        &done_pid,
+        &done_start,
     ]);
     let mut rows = client.query(stmt, &params)?;
     let written = rows.first().map_or(0, |r| r.get::<_, i64>(6)) as usize;
