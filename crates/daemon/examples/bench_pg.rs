@@ -20,6 +20,10 @@
 //! `postgres://postgres@127.0.0.1:5432/test`); each run uses a schema of its own, dropped after.
 //! `PROCYARD_BENCH_ONLY=publish` runs the publish loops alone (plain, and with a unique key
 //! each) interleaved with graphile-worker's `addJob` loop, `BENCH_PG_ROUNDS` rounds (5).
+//! `BENCH_DAEMON=/path/to/procyard-daemon` names the daemon under test (default: the one
+//! beside this example); `BENCH_PG_VS=/path/to/an/older/procyard-daemon` adds that daemon's
+//! PostgreSQL drain to each run (interleaved: SQLite, ours, the older one) for a same-run A/B,
+//! each in a schema of its own that it migrates; `BENCH_PG_RUNS` drain runs (3).
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -54,6 +58,9 @@ fn worker(file: &str, slow: bool) -> anyhow::Result<()> {
 }
 
 fn daemon_bin() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("BENCH_DAEMON") {
+        return Ok(PathBuf::from(bin));
+    }
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()
@@ -177,6 +184,21 @@ fn prepublish(config: &QueueConfig, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Publishes `n` jobs in one batch with `bin publish --lines` and the config `config`.
+fn prepublish_with(bin: &Path, config: &Path, n: usize) -> anyhow::Result<()> {
+    let mut child = Command::new(bin)
+        .args(["publish", "--lines", "--config"])
+        .arg(config)
+        .arg("noop")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let lines: String = (0..n).map(|i| format!("{i}\n")).collect();
+    child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?.write_all(lines.as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "{} publish failed", bin.display());
+    Ok(())
+}
+
 /// Jobs/s of single publishes in a loop.
 fn publish_rate(config: &QueueConfig) -> anyhow::Result<f64> {
     let mut client = queue::open(config, OpenMode::Client)?;
@@ -237,12 +259,20 @@ fn drain(bin: &Path, root: &Path, pg: Option<&str>, run: usize) -> anyhow::Resul
             (sqlite_config(&db), format!("backend = \"sqlite\"\npath = \"{}\"", db.display()), 1, 4)
         }
     };
-    prepublish(&config, JOBS)?;
+    let configs: Vec<PathBuf> = (0..daemons)
+        .map(|i| write_config(&dir, &format!("d{i}"), &queue_lines, workers, false))
+        .collect();
+    if pg.is_some() {
+        // Through the daemon under test, which creates (or migrates) the schema its way: an
+        // older daemon refuses a schema that this build's library made newer.
+        prepublish_with(bin, &configs[0], JOBS)?;
+    } else {
+        prepublish(&config, JOBS)?;
+    }
     let mut children = Vec::new();
     let mut result = Ok(());
-    for i in 0..daemons {
-        let c = write_config(&dir, &format!("d{i}"), &queue_lines, workers, false);
-        match start_daemon(bin, &c) {
+    for c in &configs {
+        match start_daemon(bin, c) {
             Ok(child) => children.push(child),
             Err(e) => result = Err(e),
         }
@@ -543,12 +573,33 @@ fn main() -> anyhow::Result<()> {
     }
     let bin = daemon_bin()?;
     let root = tempfile::tempdir()?;
-    let (mut pg, mut sqlite) = (Vec::new(), Vec::new());
-    for run in 0..RUNS {
+    let vs = std::env::var_os("BENCH_PG_VS").map(PathBuf::from);
+    let runs = std::env::var("BENCH_PG_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(RUNS);
+    let (mut pg, mut sqlite, mut old) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
         sqlite.push(drain(&bin, root.path(), None, run)?);
         pg.push(drain(&bin, root.path(), Some(&url), run)?);
+        if let Some(vs) = &vs {
+            old.push(drain(vs, root.path(), Some(&url), run + runs)?);
+        }
     }
     eprintln!("drain jobs/s: postgres {pg:.0?}, sqlite {sqlite:.0?}");
+    if !old.is_empty() {
+        let ratios: Vec<f64> = pg.iter().zip(&old).map(|(n, o)| n / o).collect();
+        let ratios_sq: Vec<f64> = old.iter().zip(&sqlite).map(|(o, s)| o / s).collect();
+        eprintln!(
+            "drain jobs/s: older daemon {old:.0?}; ours/older {ratios:.2?}; older/sqlite {ratios_sq:.2?}"
+        );
+        let (p, o, s) = (median(pg.clone()), median(old), median(sqlite.clone()));
+        println!(
+            "BENCH\tpg_drain_2x2_jobs_per_s\t{p:.0}\tjobs/s\tolder_daemon_pg_drain\t{o:.0}\t{:.2}",
+            p / o
+        );
+        println!(
+            "BENCH\tolder_daemon_pg_drain_jobs_per_s\t{o:.0}\tjobs/s\tsqlite_1x4_drain\t{s:.0}\t{:.2}",
+            o / s
+        );
+    }
     let (pg, sqlite) = (median(pg), median(sqlite));
     println!(
         "BENCH\tpg_drain_2x2_jobs_per_s\t{pg:.0}\tjobs/s\tsqlite_1x4_drain\t{sqlite:.0}\t{:.2}",

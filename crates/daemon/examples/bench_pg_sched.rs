@@ -124,7 +124,7 @@ fn claim_buffers(url: &str, s: &Schema) -> anyhow::Result<(Vec<f64>, String)> {
     let mut c = postgres::Client::connect(url, postgres::NoTls)?;
     c.batch_execute(&format!("SET search_path = {}", s.name))?;
     // The rounds before left dead rows, which autovacuum clears when it gets to them.
-    c.batch_execute("VACUUM ANALYZE jobs")?;
+    c.batch_execute("VACUUM ANALYZE jobs, queue")?;
     let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {}", queue::postgres::CLAIM);
     let mut touched = Vec::with_capacity(EXPLAINS);
     let mut last = String::new();

@@ -156,7 +156,7 @@ fn pg_daemons_starting_together_migrate_once() {
         .query_one(&format!("SELECT COUNT(*) FROM {}.migrations", s.name), &[])
         .unwrap()
         .get(0);
-    assert_eq!(n, 5, "each version applied once (five versions)");
+    assert_eq!(n, 6, "each version applied once (six versions)");
     assert!(queue::postgres::migrate(&config).unwrap().is_empty());
 }
 
@@ -358,6 +358,42 @@ fn pg_holders_ride_with_the_next_write() {
     assert_eq!(rec.state, JobState::Done);
     assert_eq!(rec.attempts[0].worker_pid, Some(std::process::id() as i32));
     assert!(rec.attempts[0].started_ms.is_some(), "{rec:?}");
+}
+
+/// A job done cleanly by a longlived worker (its answer `done`, no output, no resource use)
+/// keeps no attempt row: its done row holds the worker, the start and the end, and its record
+/// shows that attempt; a job whose attempt said more keeps its row.
+#[test]
+fn pg_a_clean_longlived_done_is_read_from_the_job_row() {
+    let Some(s) = Schema::new("pg_a_clean_longlived_done_is_read_from_the_job_row") else {
+        return;
+    };
+    let mut client = open(&s, OpenMode::Client);
+    let ids = client.publish_batch("work.a", &vec![b"x".to_vec(); 2]).unwrap();
+    let mut daemon = open(&s, OpenMode::Daemon);
+    let jobs = daemon.claim("work", 2).unwrap();
+    let done = AttemptEnd::Replied { outcome: "done".into() };
+    let clean = AttemptReport { stdout: None, ..report(done.clone(), "") };
+    for (job, report) in jobs.iter().zip([clean, report(done.clone(), "said something")]) {
+        daemon.record_holder(job, &holder()).unwrap();
+        daemon.record_attempt(job, report);
+        daemon.complete(job, Outcome::Done).unwrap();
+    }
+    daemon.flush().unwrap();
+    let rows: i64 = s
+        .client()
+        .query_one(&format!("SELECT COUNT(*) FROM {}.attempts", s.name), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "only the attempt with output has a row");
+    for id in &ids {
+        let rec = client.job(id).unwrap();
+        assert_eq!((rec.state, rec.attempts.len()), (JobState::Done, 1), "{rec:?}");
+        let a = &rec.attempts[0];
+        assert_eq!((a.number, a.delivery, a.end.as_ref()), (1, 1, Some(&done)));
+        assert_eq!(a.worker_pid, Some(std::process::id() as i32));
+        assert!(a.started_ms.is_some() && a.ended_ms.is_some(), "{a:?}");
+    }
 }
 
 /// The usual turn (an attempt, a done outcome and the next claim, in one write) records all

@@ -437,6 +437,13 @@ pub trait QueueBackend {
     /// Makes buffered outcomes durable. Called at the end of every loop iteration.
     fn flush(&mut self) -> Result<()>;
 
+    /// At the end of a loop iteration while the daemon runs: [`QueueBackend::flush`], or, in a
+    /// backend that batches the outcomes of a few iterations into one write, nothing yet when
+    /// [`QueueBackend::next_due`] reports the deadline by which they are written.
+    fn flush_soon(&mut self) -> Result<()> {
+        self.flush()
+    }
+
     /// The earliest instant a delayed job becomes available on its own, if the daemon must
     /// wake up for it (see step 6).
     fn next_due(&mut self) -> Result<Option<Instant>>;

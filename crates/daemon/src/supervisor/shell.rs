@@ -238,7 +238,11 @@ impl Shell {
             // many to run again.
             self.feed(Event::Reconcile);
             self.write_stdin_later();
-            self.flush_queue();
+            if self.state.phase == Phase::Running {
+                self.flush_queue_soon();
+            } else {
+                self.flush_queue();
+            }
             self.publish_http(Instant::now());
             if self.state.is_finished() && self.escapees.is_empty() {
                 return self.finish_stop();
@@ -298,6 +302,14 @@ impl Shell {
             self.feed(Event::CancelRequested { ids });
         }
         self.feed(Event::QueueWake);
+    }
+
+    /// The end of a loop iteration while running: the queue may batch these outcomes with
+    /// the next ones, by a deadline it reports (`next_due`).
+    fn flush_queue_soon(&mut self) {
+        if let Err(e) = self.queue.flush_soon() {
+            tracing::error!(error = %Report(&e), "unable to record job outcomes; will retry");
+        }
     }
 
     pub(super) fn flush_queue(&mut self) {

@@ -232,6 +232,13 @@ impl QueueBackend for PgQueue {
         self.flush_ahead()
     }
 
+    fn flush_soon(&mut self) -> Result<()> {
+        if self.may_defer_write() {
+            return Ok(());
+        }
+        self.flush()
+    }
+
     fn next_due(&mut self) -> Result<Option<Instant>> {
         let trouble = self.trouble.as_ref().map(|t| t.retry_at).filter(|t| *t > Instant::now());
         let retry = match self.delayed_due() {
@@ -253,7 +260,9 @@ impl QueueBackend for PgQueue {
         };
         // A rate-limited task's next token is a deadline too.
         let token = self.limits.next_wake(Instant::now());
-        Ok([retry, trouble, prune, schedule, token].into_iter().flatten().min())
+        // Outcomes left for the next write (`flush_soon`) are written by their deadline.
+        let write = self.write_due();
+        Ok([retry, trouble, prune, schedule, token, write].into_iter().flatten().min())
     }
 
     fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {

@@ -17,28 +17,35 @@ use crate::{Error, Result, routing};
 /// Inserts a batch and notifies each receiving task, in one statement (one round trip; its
 /// own transaction).
 const PUBLISH: &str = "WITH ins AS (
-        INSERT INTO jobs (id, task, routing_key, payload, state, not_before, published_ms)
-        SELECT u.id, u.task, $1, u.payload, 0, now_ms(), now_ms()
+        INSERT INTO jobs (id, task, routing_key, payload, state, published_ms)
+        SELECT u.id, u.task, $1, u.payload, 0, now_ms()
         FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(id, task, payload)
-        RETURNING task)
+        RETURNING seq, task, priority),
+    q AS (INSERT INTO queue (seq, task, priority, state) SELECT seq, task, priority, 0 FROM ins)
     SELECT pg_notify($5, t) FROM (SELECT DISTINCT task FROM ins) AS x(t)";
 
 /// Takes the first `$3` ready jobs of task `$2` in claim order: higher priority first, then
-/// FIFO (`jobs_ready (task, priority DESC, seq) WHERE state = 0`). Delayed jobs wait in state
-/// 5, outside this index, until `due.rs` makes them ready: a backlog of them costs nothing.
-pub const CLAIM: &str = "UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
+/// FIFO (`queue_ready (task, priority DESC, seq) WHERE state = 0`), leasing their rows of
+/// `queue` first, then updating their records in `jobs` (no indexed column of `jobs`
+/// changes: HOT). Delayed jobs have no row in `queue` until `due.rs` makes them ready: a
+/// backlog of them costs nothing but the one descent of `jobs`' primary key per job taken.
+pub const CLAIM: &str = "WITH q AS (UPDATE queue SET state = 1, lease_owner = $1
+        WHERE seq IN (SELECT seq FROM queue WHERE task = $2 AND state = 0
+                      ORDER BY priority DESC, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+        RETURNING seq)
+    UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1,
         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL, worker_boot = NULL,
         worker_started_ms = NULL
-    WHERE seq IN (SELECT seq FROM jobs WHERE task = $2 AND state = 0
-                  ORDER BY priority DESC, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+    WHERE seq = ANY(ARRAY(SELECT seq FROM q))
     RETURNING seq, id, routing_key, payload, attempts, priority";
 
 /// Puts back the jobs leased to this daemon (`$1`) that it does not know it holds (not in
 /// `$2`): after a claim whose commit was not confirmed (the connection dropped during it),
 /// the server may have committed the claim that the daemon never saw.
-const RELEASE_UNSEEN: &str = "UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0),
-        lease_owner = NULL, not_before = now_ms()
-    WHERE state = 1 AND lease_owner = $1 AND NOT (seq = ANY($2))";
+const RELEASE_UNSEEN: &str = "WITH q AS (UPDATE queue SET state = 0, lease_owner = NULL
+        WHERE state = 1 AND lease_owner = $1 AND NOT (seq = ANY($2)) RETURNING seq)
+    UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0), lease_owner = NULL
+    WHERE seq = ANY(ARRAY(SELECT seq FROM q))";
 
 const HOLDERS: &str = "UPDATE jobs j SET worker_pid = u.pid, worker_start = u.start,
         worker_pgid = u.pgid, worker_boot = u.boot, worker_started_ms = u.at
@@ -64,10 +71,13 @@ const ATTEMPTS: &str = "INSERT INTO attempts (job_seq, delivery, worker_pid, sta
 /// Done jobs (kept), counted per task and daemon, and waiting clients told (if any: `$5` the
 /// lock space, see `turn.rs`): one statement.
 const DONE_KEEP: &str = concat!(
-    r#"WITH d AS (
-        UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
+    r#"WITH dq AS (
+        UPDATE queue q SET state = 2, finished_ms = now_ms(), lease_owner = NULL
         FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
-        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),
+        WHERE q.seq = u.seq AND q.state = 1 AND q.lease_owner = u.owner RETURNING q.seq),
+    d AS (
+        UPDATE jobs SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
+        WHERE seq = ANY(ARRAY(SELECT seq FROM dq)) RETURNING task),
     s AS (INSERT INTO stats (task, daemon, done) SELECT task, $3, COUNT(*) FROM d GROUP BY task
         ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done)
     SELECT (SELECT COUNT(*) FROM d), CASE WHEN "#,
@@ -77,9 +87,10 @@ const DONE_KEEP: &str = concat!(
 
 /// Done jobs (no history: deleted), counted, and waiting clients told (if any): one statement.
 const DONE_DELETE: &str = concat!(
-    r#"WITH d AS (
-        DELETE FROM jobs j USING unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
-        WHERE j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner RETURNING j.task),
+    r#"WITH dq AS (
+        DELETE FROM queue q USING unnest($1::bigint[], $2::bigint[]) AS u(seq, owner)
+        WHERE q.seq = u.seq AND q.state = 1 AND q.lease_owner = u.owner RETURNING q.seq),
+    d AS (DELETE FROM jobs WHERE seq = ANY(ARRAY(SELECT seq FROM dq)) RETURNING task),
     s AS (INSERT INTO stats (task, daemon, done) SELECT task, $3, COUNT(*) FROM d GROUP BY task
         ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done)
     SELECT (SELECT COUNT(*) FROM d), CASE WHEN "#,
@@ -91,13 +102,24 @@ const DONE_DELETE: &str = concat!(
 const NOTIFY_ONE: &str =
     concat!("SELECT CASE WHEN ", someone_waits!("$2"), " THEN pg_notify($1, '') END");
 
-/// A retry with a delay waits as delayed (state 5) until its time.
-const END: &str = "UPDATE jobs SET
+/// A retry with a delay waits as delayed (state 5) until its time, out of `queue` (its row
+/// there deleted); any other end keeps its row in `queue` with its new state.
+const END: &str = "WITH k AS (
+        UPDATE queue SET state = $3::smallint, lease_owner = NULL,
+            finished_ms = CASE WHEN $3::smallint = 0 THEN NULL ELSE now_ms() END
+        WHERE seq = $1 AND state = 1 AND lease_owner = $2
+          AND NOT ($3::smallint = 0 AND $4::bigint > 0)
+        RETURNING seq),
+    w AS (
+        DELETE FROM queue WHERE seq = $1 AND state = 1 AND lease_owner = $2
+          AND $3::smallint = 0 AND $4::bigint > 0
+        RETURNING seq)
+    UPDATE jobs SET
         state = CASE WHEN $3::smallint = 0 AND $4::bigint > 0 THEN 5 ELSE $3::smallint END,
         finished_ms = CASE WHEN $3::smallint = 0 THEN NULL ELSE now_ms() END,
-        not_before = CASE WHEN $3::smallint = 0 THEN now_ms() + $4::bigint ELSE not_before END,
+        not_before = CASE WHEN $3::smallint = 0 AND $4::bigint > 0 THEN now_ms() + $4::bigint END,
         last_error = $5, lease_owner = NULL
-    WHERE seq = $1 AND state = 1 AND lease_owner = $2";
+    WHERE seq IN (SELECT seq FROM k UNION ALL SELECT seq FROM w)";
 
 /// An outcome reported and not yet written.
 #[derive(Debug)]
@@ -216,6 +238,7 @@ impl PgQueue {
         let seq = job.receipt.0 as i64;
         let owner = self.leases.get(&seq).copied().unwrap_or(0);
         self.buffers.outcomes.push(Pending { seq, owner, outcome, reported: Instant::now() });
+        self.buffered_since.get_or_insert_with(Instant::now);
     }
 
     pub(super) fn buffer_attempt(&mut self, job: &Job, report: AttemptReport) {
@@ -224,12 +247,14 @@ impl PgQueue {
         let ended_ms = now_ms();
         let ended = Ended { seq, owner, delivery: job.attempt, ended_ms, report, started: None };
         self.buffers.ended.push(ended);
+        self.buffered_since.get_or_insert_with(Instant::now);
     }
 
     pub(super) fn buffer_holder(&mut self, job: &Job, holder: &LeaseHolder) {
         let seq = job.receipt.0 as i64;
         let owner = self.leases.get(&seq).copied().unwrap_or(0);
         self.buffers.holders.push((seq, owner, holder.clone(), now_ms()));
+        self.buffered_since.get_or_insert_with(Instant::now);
     }
 
     /// Writes the buffers and, when `claim` names a task, takes up to that many of its jobs:
@@ -329,6 +354,7 @@ impl PgQueue {
             }
         };
         self.unsure_claim = false;
+        self.buffered_since = None;
         for p in &buffers.outcomes {
             self.leases.remove(&p.seq);
         }
@@ -361,7 +387,7 @@ fn write_attempts(
     keep_history: bool,
 ) -> std::result::Result<(), postgres::Error> {
     // Without history the attempts of jobs done now go with their rows: not written at all.
-    let cols = AttemptCols::of(b, keep_history);
+    let cols = AttemptCols::of(b, keep_history, false);
     if cols.is_empty() {
         return Ok(());
     }

@@ -1,9 +1,10 @@
 //! Delayed jobs falling due: jobs published with `--delay`/`--at` and retries waiting for
-//! their backoff sit in state 5 (`STATE_DELAYED`), outside the claim index, until their
-//! `not_before`. The daemon keeps the earliest due time (one read of `jobs_delayed`, cached
-//! until a notification says something was published or requeued) as a real deadline of its
-//! loop; when it comes, one statement makes the jobs that fell due ready (a batch at a time,
-//! `SKIP LOCKED`, so daemons doing it together never wait for each other) and notifies their
+//! their backoff sit in state 5 (`STATE_DELAYED`), with no row in `queue` (so outside the
+//! claim index), until their `not_before` (only delayed jobs have one: `jobs_delayed`). The
+//! daemon keeps the earliest due time (one read of `jobs_delayed`, cached until a
+//! notification says something was published or requeued) as a real deadline of its loop;
+//! when it comes, one statement makes the jobs that fell due ready (a batch at a time, `SKIP
+//! LOCKED`, so daemons doing it together never wait for each other) and notifies their
 //! tasks, so every daemon claims them — no polling.
 
 use std::time::{Duration, Instant};
@@ -17,17 +18,20 @@ use crate::Result;
 /// The most jobs made ready by one statement (more: the next turn takes the rest at once).
 const PROMOTE_BATCH: i64 = 10_000;
 
-/// Jobs whose time came become ready; each of their tasks notified; returns how many.
+/// Jobs whose time came become ready (their `not_before` cleared, a row in `queue` each);
+/// each of their tasks notified; returns how many.
 const PROMOTE: &str = "WITH p AS (
-        UPDATE jobs SET state = 0
-        WHERE seq IN (SELECT seq FROM jobs WHERE state = 5 AND not_before <= now_ms()
+        UPDATE jobs SET state = 0, not_before = NULL
+        WHERE seq IN (SELECT seq FROM jobs WHERE not_before <= now_ms() AND state = 5
                       ORDER BY not_before LIMIT $2 FOR UPDATE SKIP LOCKED)
-        RETURNING task)
+        RETURNING seq, task, priority),
+    q AS (INSERT INTO queue (seq, task, priority, state) SELECT seq, task, priority, 0 FROM p)
     SELECT (SELECT COUNT(*) FROM p),
            (SELECT COUNT(pg_notify($1, t)) FROM (SELECT DISTINCT task FROM p) AS x(t))";
 
 /// The earliest due time, in ms from now (a statement asked after every notification).
-const DUE: &str = "SELECT MIN(not_before) - now_ms() FROM jobs WHERE state = 5";
+/// Only delayed jobs have a `not_before` (`jobs_delayed`).
+const DUE: &str = "SELECT MIN(not_before) - now_ms() FROM jobs WHERE not_before IS NOT NULL";
 
 impl PgQueue {
     /// Runs `sql` (prepared once per connection: one round trip) for its one row.

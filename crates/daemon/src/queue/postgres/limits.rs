@@ -6,7 +6,7 @@
 //!   next token is due (a deadline of its loop), then tries again.
 //! - `concurrency_key` with `max_per_key`: a claim takes the task's transaction-level
 //!   advisory lock (so two daemons never both count the same free slot), counts the running
-//!   jobs of the keys it meets through `jobs_keyed (task, limit_key) WHERE state = 1`, and
+//!   jobs of the keys it meets through `queue_keyed (task, limit_key) WHERE state = 1`, and
 //!   walks the claim order (at most [`SCAN`] waiting rows) skipping the jobs whose key is
 //!   full; a job it takes is leased with its key in `limit_key`. With `max_per_key = 1` the
 //!   jobs of a key run one at a time, in claim order.
@@ -27,18 +27,22 @@ use crate::queue::{Job, Receipt};
 /// blocked ones wait for those to start.
 const SCAN: i64 = 1000;
 
-const CANDIDATES: &str = "SELECT seq, headers, payload FROM jobs
-    WHERE task = $1 AND state = 0 ORDER BY priority DESC, seq LIMIT $2";
+const CANDIDATES: &str = "SELECT q.seq, j.headers, j.payload FROM queue q
+    JOIN jobs j ON j.seq = q.seq
+    WHERE q.task = $1 AND q.state = 0 ORDER BY q.priority DESC, q.seq LIMIT $2";
 
-const RUNNING: &str = "SELECT limit_key, COUNT(*) FROM jobs
+const RUNNING: &str = "SELECT limit_key, COUNT(*) FROM queue
     WHERE task = $1 AND state = 1 AND limit_key = ANY($2) GROUP BY limit_key";
 
-const LEASE_KEYED: &str = "UPDATE jobs j SET state = 1, attempts = attempts + 1,
-        lease_owner = $1, limit_key = u.key, worker_pid = NULL, worker_start = NULL,
-        worker_pgid = NULL, worker_boot = NULL, worker_started_ms = NULL
-    FROM unnest($2::bigint[], $3::text[]) AS u(seq, key)
-    WHERE j.seq = u.seq AND j.state = 0
-    RETURNING j.seq, j.id, j.routing_key, j.payload, j.attempts, j.priority";
+/// The key is kept on the lease's row of `queue` (`queue_keyed`), where `RUNNING` counts it.
+const LEASE_KEYED: &str = "WITH q AS (UPDATE queue q SET state = 1, lease_owner = $1,
+            limit_key = u.key
+        FROM unnest($2::bigint[], $3::text[]) AS u(seq, key)
+        WHERE q.seq = u.seq AND q.state = 0 RETURNING q.seq)
+    UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $1, worker_pid = NULL,
+        worker_start = NULL, worker_pgid = NULL, worker_boot = NULL, worker_started_ms = NULL
+    WHERE seq = ANY(ARRAY(SELECT seq FROM q))
+    RETURNING seq, id, routing_key, payload, attempts, priority";
 
 /// The daemon's limits, with when each throttled task gets its next token.
 #[derive(Debug, Default)]

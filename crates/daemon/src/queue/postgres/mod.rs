@@ -12,11 +12,12 @@
 //!   (`session.rs`): it holds the daemon's advisory lock for as long as the daemon lives,
 //!   `LISTEN`s for published jobs and wakes the daemon's loop through its [`mio::Waker`], and
 //!   looks every 200 ms for daemons whose session is gone. A client opens one connection.
-//! - **Claims** (`claim.rs`): `UPDATE … WHERE seq IN (SELECT … ORDER BY priority DESC, seq
-//!   LIMIT n FOR UPDATE SKIP LOCKED)` through the partial index `jobs_ready (task, priority
-//!   DESC, seq) WHERE state = 0` (higher priority first, then FIFO), so a claim costs the rows
-//!   it takes, never the backlog, the delayed jobs or the history, and daemons never wait for
-//!   each other's rows. The outcomes, attempts and worker holders buffered since the last
+//! - **Claims** (`claim.rs`): `UPDATE queue … WHERE seq IN (SELECT … ORDER BY priority
+//!   DESC, seq LIMIT n FOR UPDATE SKIP LOCKED)` through the partial index `queue_ready (task,
+//!   priority DESC, seq) WHERE state = 0` (higher priority first, then FIFO), then the same
+//!   jobs' records in `jobs`, an update that changes no indexed column there (HOT: no index
+//!   entry written, `migrate.rs`), so a claim costs the rows it takes, never the backlog, the
+//!   delayed jobs or the history, and daemons never wait for each other's rows. The outcomes, attempts and worker holders buffered since the last
 //!   write go in the same transaction (arrays, one statement per kind), so a daemon killed
 //!   at any moment has recorded both or neither. A daemon whose workers finish quickly
 //!   claims ahead, within the task's capacity (`ahead.rs`): later claims are answered from
@@ -70,6 +71,7 @@ mod session;
 mod tls;
 mod turn;
 mod turn_v3;
+mod turn_v4;
 
 /// The claim statement (`$1` the daemon's owner number, `$2` the task, `$3` the most jobs), for
 /// benchmarks that `EXPLAIN` it.
@@ -123,6 +125,15 @@ pub fn migrate(config: &QueueConfig) -> Result<Vec<i32>> {
     let target = Target::new(config.url.as_deref().unwrap_or_default(), &config.schema)?;
     let mut client = target.connect(Role::Client, "")?;
     migrate::migrate(&mut client, &target)
+}
+
+/// Brings the schema `config` names to version `version` of its migrations, not beyond
+/// (an older schema, for tests of the upgrade to the latest).
+#[doc(hidden)]
+pub fn migrate_to(config: &QueueConfig, version: i32) -> Result<Vec<i32>> {
+    let target = Target::new(config.url.as_deref().unwrap_or_default(), &config.schema)?;
+    let mut client = target.connect(Role::Client, "")?;
+    migrate::migrate_to(&mut client, &target, version)
 }
 
 /// Checks `[queue] url` and `schema` for the `postgres` backend (any url and schema pass for
@@ -196,6 +207,8 @@ pub(crate) struct PgQueue {
     tasks: Vec<TaskBinding>,
     /// Outcomes, attempts and holders not yet written.
     buffers: Buffers,
+    /// Since when the buffers hold something (`flush_soon` writes them by a deadline).
+    buffered_since: Option<Instant>,
     /// Leases this daemon holds: row → the daemon number that took it.
     leases: HashMap<i64, i64>,
     /// A claim failed without a confirmed outcome: the next write puts back what the server
@@ -254,6 +267,7 @@ impl PgQueue {
             session,
             tasks: Vec::new(),
             buffers: Buffers::default(),
+            buffered_since: None,
             leases: HashMap::new(),
             unsure_claim: false,
             retention: Retention::default(),

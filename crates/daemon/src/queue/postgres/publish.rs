@@ -19,15 +19,19 @@ use super::{PgQueue, now_ms};
 use crate::queue::{Publication, PublishOptions, check_payload};
 use crate::{Error, Result, routing};
 
-/// A batch without a unique key, notifying each receiving task.
+/// A batch without a unique key (ready jobs get their row in `queue`), notifying each
+/// receiving task.
 const PUBLISH_WITH: &str = "WITH ins AS (
         INSERT INTO jobs (id, task, routing_key, payload, state, not_before, published_ms,
                           priority, headers)
         SELECT u.id, u.task, $1, u.payload,
-               CASE WHEN $6::bigint > 0 THEN 5 ELSE 0 END, now_ms() + $6::bigint, now_ms(),
+               CASE WHEN $6::bigint > 0 THEN 5 ELSE 0 END,
+               CASE WHEN $6::bigint > 0 THEN now_ms() + $6::bigint END, now_ms(),
                $7::smallint, $8::text
         FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(id, task, payload)
-        RETURNING task)
+        RETURNING seq, task, priority, state),
+    q AS (INSERT INTO queue (seq, task, priority, state)
+        SELECT seq, task, priority, 0 FROM ins WHERE state = 0)
     SELECT pg_notify($5, t) FROM (SELECT DISTINCT task FROM ins) AS x(t)";
 
 /// One job with a unique key: a row back when it was inserted, none when the key is held.
@@ -35,10 +39,12 @@ const INSERT_UNIQUE: &str = "WITH ins AS (
         INSERT INTO jobs (id, task, routing_key, payload, state, not_before, published_ms,
                           priority, headers, unique_key, unique_until)
         VALUES ($1, $2, $3, $4, CASE WHEN $5::bigint > 0 THEN 5 ELSE 0 END,
-                now_ms() + $5::bigint, now_ms(), $6::smallint, $7::text, $8::text,
-                now_ms() + $9::bigint)
+                CASE WHEN $5::bigint > 0 THEN now_ms() + $5::bigint END, now_ms(),
+                $6::smallint, $7::text, $8::text, now_ms() + $9::bigint)
         ON CONFLICT (task, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
-        RETURNING task)
+        RETURNING seq, task, priority, state),
+    q AS (INSERT INTO queue (seq, task, priority, state)
+        SELECT seq, task, priority, 0 FROM ins WHERE state = 0)
     SELECT pg_notify($10, task) FROM ins";
 
 /// The job holding a key: held while it waits or runs (0, 1, 5) or within its window.

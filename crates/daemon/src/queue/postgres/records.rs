@@ -1,6 +1,8 @@
 //! Job records read back (`job ID` by the unique `id` index, `jobs` newest first by the
 //! primary key), cancelling a waiting job, `purge` in batches, dead letters listed and
-//! requeued, and depths — from any daemon or client on the database.
+//! requeued, and depths — from any daemon or client on the database. The records are in
+//! `jobs`; the states that pick rows out (dead, finished, ready, running) are read from
+//! `queue`'s partial indexes, the delayed jobs from `jobs_delayed`.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +12,8 @@ use super::{
     PgQueue, STATE_CANCELLED, STATE_DEAD, STATE_DELAYED, STATE_DONE, STATE_LEASED, STATE_READY,
 };
 use crate::queue::{
-    Attempt, Captured, DeadLetter, JobFilter, JobRecord, JobState, Purge, QueueDepth, Requeue,
-    ResourceUse, check_job_id,
+    Attempt, AttemptEnd, Captured, DeadLetter, JobFilter, JobRecord, JobState, Purge, QueueDepth,
+    Requeue, ResourceUse, check_job_id,
 };
 use crate::{Error, Result};
 
@@ -34,9 +36,9 @@ const LOOK_AGAIN_SETTLED: std::time::Duration = std::time::Duration::from_secs(5
 const COLUMNS: &str = "seq, id, task, routing_key, length(payload)::bigint, state, not_before,
     published_ms, finished_ms, attempts, last_error, now_ms()";
 
-fn state_of(code: i16, not_before: i64, now: i64) -> JobState {
+fn state_of(code: i16, not_before: Option<i64>, now: i64) -> JobState {
     match code {
-        STATE_DELAYED if not_before <= now => JobState::Ready,
+        STATE_DELAYED if not_before.is_none_or(|t| t <= now) => JobState::Ready,
         STATE_DELAYED => JobState::Delayed,
         STATE_READY => JobState::Ready,
         STATE_LEASED => JobState::Running,
@@ -140,18 +142,39 @@ impl PgQueue {
                 &[&seq],
             )?;
             job.attempts = rows.iter().map(attempt).collect();
-            let running = c.query_opt(
-                "SELECT attempts, worker_pid, worker_started_ms FROM jobs
-                 WHERE seq = $1 AND state = 1 AND worker_pid IS NOT NULL",
+            // The attempt running now, from the lease holder on the job's row; or the clean
+            // last attempt a done row implies (it has no row of its own: `turn.rs`).
+            let last = c.query_one(
+                "SELECT attempts, worker_pid, worker_started_ms, state, finished_ms FROM jobs
+                 WHERE seq = $1",
                 &[&seq],
             )?;
-            if let Some(r) = running {
-                job.attempts.push(Attempt {
-                    delivery: u32::try_from(r.get::<_, i32>(0)).unwrap_or(0),
-                    worker_pid: r.get(1),
-                    started_ms: r.get(2),
+            let delivery = u32::try_from(last.get::<_, i32>(0)).unwrap_or(0);
+            let (pid, started): (Option<i32>, Option<i64>) = (last.get(1), last.get(2));
+            match last.get::<_, i16>(3) {
+                STATE_LEASED if pid.is_some() => job.attempts.push(Attempt {
+                    delivery,
+                    worker_pid: pid,
+                    started_ms: started,
                     ..Attempt::default()
-                });
+                }),
+                STATE_DONE
+                    if delivery > 0
+                        && pid.is_some()
+                        && !job.attempts.iter().any(|a| a.delivery == delivery) =>
+                {
+                    job.attempts.push(Attempt {
+                        delivery,
+                        worker_pid: pid,
+                        started_ms: started,
+                        ended_ms: last.get(4),
+                        end: Some(AttemptEnd::Replied {
+                            outcome: super::turn::IMPLIED_OUTCOME.to_owned(),
+                        }),
+                        ..Attempt::default()
+                    })
+                }
+                _ => {}
             }
             for (i, a) in job.attempts.iter_mut().enumerate() {
                 a.number = i as u32 + 1;
@@ -232,11 +255,27 @@ impl PgQueue {
         let ended = self.target.ended_channel();
         let n = self.with("cancel a job in", |c| {
             let mut tx = c.transaction()?;
-            let n = tx.execute(
-                "UPDATE jobs SET state = 4, finished_ms = now_ms(), last_error = 'cancelled'
-                 WHERE id = $1 AND state IN (0, 5)",
+            // A delayed job (no row in `queue`) gets one as cancelled, for the pruning; a
+            // ready one is taken in `queue` first, as a claim would. Delayed first: a job
+            // made ready meanwhile is then found ready by the second statement.
+            let mut n = tx.execute(
+                "WITH c AS (UPDATE jobs SET state = 4, finished_ms = now_ms(),
+                         last_error = 'cancelled', not_before = NULL
+                     WHERE id = $1 AND state = 5 RETURNING seq, task, priority, finished_ms)
+                 INSERT INTO queue (seq, task, priority, state, finished_ms)
+                 SELECT seq, task, priority, 4, finished_ms FROM c",
                 &[&id],
             )?;
+            if n == 0 {
+                n = tx.execute(
+                    "WITH q AS (UPDATE queue SET state = 4, finished_ms = now_ms()
+                         WHERE seq = (SELECT seq FROM jobs WHERE id = $1) AND state = 0
+                         RETURNING seq)
+                     UPDATE jobs SET state = 4, finished_ms = now_ms(), last_error = 'cancelled'
+                     WHERE seq = ANY(ARRAY(SELECT seq FROM q))",
+                    &[&id],
+                )?;
+            }
             tx.execute("SELECT pg_notify($1, '')", &[&ended])?;
             tx.commit()?;
             Ok(n)
@@ -262,10 +301,11 @@ impl PgQueue {
         loop {
             let n = self.with("purge jobs from", |c| {
                 c.execute(
-                    "DELETE FROM jobs WHERE seq IN (
-                         SELECT seq FROM jobs WHERE state = ANY($1)
+                    "WITH q AS (DELETE FROM queue WHERE seq IN (
+                         SELECT seq FROM queue WHERE state = ANY($1)
                            AND COALESCE(finished_ms, 0) <= $2
-                         LIMIT $3 FOR UPDATE SKIP LOCKED)",
+                         LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING seq)
+                     DELETE FROM jobs WHERE seq = ANY(ARRAY(SELECT seq FROM q))",
                     &[&states, &cutoff, &BATCH],
                 )
             })?;
@@ -285,10 +325,11 @@ impl PgQueue {
         let limit = limit.min(i64::MAX as usize) as i64;
         self.with("list dead letters in", |c| {
             let rows = c.query(
-                "SELECT id, task, routing_key, attempts, COALESCE(last_error, ''),
-                        length(payload)::bigint
-                 FROM jobs WHERE state = 3 AND ($1::text IS NULL OR task = $1)
-                 ORDER BY seq LIMIT $2",
+                "SELECT j.id, j.task, j.routing_key, j.attempts, COALESCE(j.last_error, ''),
+                        length(j.payload)::bigint
+                 FROM queue q JOIN jobs j ON j.seq = q.seq
+                 WHERE q.state = 3 AND ($1::text IS NULL OR q.task = $1)
+                 ORDER BY q.seq LIMIT $2",
                 &[&task, &limit],
             )?;
             Ok(rows
@@ -315,10 +356,13 @@ impl PgQueue {
         let result = self.with("requeue dead letters in", |c| {
             let mut tx = c.transaction()?;
             let rows = tx.query(
-                "UPDATE jobs SET state = 0, attempts = 0, not_before = now_ms(),
-                     finished_ms = NULL, last_error = NULL
-                 WHERE state = 3 AND ($1::text IS NULL OR task = $1)
-                   AND ($2::text[] IS NULL OR id = ANY($2))
+                "WITH q AS (UPDATE queue q SET state = 0, finished_ms = NULL
+                     FROM jobs j
+                     WHERE j.seq = q.seq AND q.state = 3 AND ($1::text IS NULL OR q.task = $1)
+                       AND ($2::text[] IS NULL OR j.id = ANY($2))
+                     RETURNING q.seq)
+                 UPDATE jobs SET state = 0, attempts = 0, finished_ms = NULL, last_error = NULL
+                 WHERE seq = ANY(ARRAY(SELECT seq FROM q))
                  RETURNING id, task",
                 &[&task, &ids],
             )?;
@@ -352,8 +396,11 @@ impl PgQueue {
             self.tasks.iter().map(|t| (t.name.clone(), known())).collect();
         let (rows, done) = self.with("count jobs in", |c| {
             let rows = c.query(
-                "SELECT task, state, COUNT(*), COUNT(*) FILTER (WHERE not_before > now_ms())
-                 FROM jobs WHERE state IN (0, 1, 3, 5) GROUP BY task, state",
+                "SELECT task, state, COUNT(*), 0::bigint
+                 FROM queue WHERE state IN (0, 1, 3) GROUP BY task, state
+                 UNION ALL
+                 SELECT task, 5::smallint, COUNT(*), COUNT(*) FILTER (WHERE not_before > now_ms())
+                 FROM jobs WHERE not_before IS NOT NULL GROUP BY task",
                 &[],
             )?;
             let done = c.query("SELECT task, SUM(done)::bigint FROM stats GROUP BY task", &[])?;

@@ -27,15 +27,17 @@ fn release(
 ) -> std::result::Result<(u64, Vec<String>), postgres::Error> {
     tx.execute(
         "INSERT INTO attempts (job_seq, delivery, worker_pid, started_ms, ended_ms, outcome)
-         SELECT seq, attempts, worker_pid, worker_started_ms, $3, $4 FROM jobs
-         WHERE state = 1 AND lease_owner = ANY($1) AND worker_pid IS NOT NULL
-           AND NOT (seq = ANY($2))",
+         SELECT j.seq, j.attempts, j.worker_pid, j.worker_started_ms, $3, $4
+         FROM queue q JOIN jobs j ON j.seq = q.seq
+         WHERE q.state = 1 AND q.lease_owner = ANY($1) AND j.worker_pid IS NOT NULL
+           AND NOT (q.seq = ANY($2))",
         &[&owners, &keep, &now_ms(), &serde_json::to_string(end).unwrap_or_default()],
     )?;
     let rows = tx.query(
-        "UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0), lease_owner = NULL,
-             not_before = now_ms()
-         WHERE state = 1 AND lease_owner = ANY($1) AND NOT (seq = ANY($2))
+        "WITH q AS (UPDATE queue SET state = 0, lease_owner = NULL
+             WHERE state = 1 AND lease_owner = ANY($1) AND NOT (seq = ANY($2)) RETURNING seq)
+         UPDATE jobs SET state = 0, attempts = GREATEST(attempts - 1, 0), lease_owner = NULL
+         WHERE seq = ANY(ARRAY(SELECT seq FROM q))
          RETURNING task",
         &[&owners, &keep],
     )?;
@@ -73,9 +75,11 @@ impl PgQueue {
         let rows = self.with("read the jobs of dead daemons in", |c| {
             c.query(
                 &format!(
-                    "SELECT seq, id, task, worker_pid, worker_start, worker_pgid, worker_boot
-                     FROM jobs WHERE state = 1 AND lease_owner <> $2
-                       AND lease_owner IN ({DEAD_DAEMONS}) ORDER BY seq"
+                    "SELECT j.seq, j.id, j.task, j.worker_pid, j.worker_start, j.worker_pgid,
+                            j.worker_boot
+                     FROM queue q JOIN jobs j ON j.seq = q.seq
+                     WHERE q.state = 1 AND q.lease_owner <> $2
+                       AND q.lease_owner IN ({DEAD_DAEMONS}) ORDER BY q.seq"
                 ),
                 &[&space, &me],
             )
@@ -126,7 +130,7 @@ impl PgQueue {
             let (n, tasks) = release(&mut tx, &dead, &keep, &AttemptEnd::DaemonLost)?;
             tx.execute(
                 "DELETE FROM daemons d WHERE d.no = ANY($1)
-                   AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 1 AND lease_owner = d.no)",
+                   AND NOT EXISTS (SELECT 1 FROM queue WHERE state = 1 AND lease_owner = d.no)",
                 &[&dead],
             )?;
             tx.execute(
@@ -178,7 +182,7 @@ impl PgQueue {
         if self.prune_count.is_none_or(|(at, _)| now >= at + COUNT_EVERY) {
             let cutoff = self.with("read the retention cutoff of", |c| {
                 let row = c.query_opt(
-                    "SELECT finished_ms, seq FROM jobs WHERE state IN (2, 4)
+                    "SELECT finished_ms, seq FROM queue WHERE state IN (2, 4)
                      ORDER BY finished_ms DESC, seq DESC OFFSET $1 LIMIT 1",
                     &[&max],
                 )?;
@@ -195,10 +199,11 @@ impl PgQueue {
         let (cms, cseq) = self.prune_count.and_then(|c| c.1).unwrap_or((i64::MIN, 0));
         let n = self.with("prune", |c| {
             c.execute(
-                "DELETE FROM jobs WHERE seq IN (
-                     SELECT seq FROM jobs WHERE state IN (2, 4)
+                "WITH q AS (DELETE FROM queue WHERE seq IN (
+                     SELECT seq FROM queue WHERE state IN (2, 4)
                        AND (finished_ms <= now_ms() - $1 - 1 OR (finished_ms, seq) <= ($2, $3))
-                     ORDER BY finished_ms, seq LIMIT $4 FOR UPDATE SKIP LOCKED)",
+                     ORDER BY finished_ms, seq LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING seq)
+                 DELETE FROM jobs WHERE seq = ANY(ARRAY(SELECT seq FROM q))",
                 &[&keep_ms, &cms, &cseq, &super::records::BATCH],
             )
         });

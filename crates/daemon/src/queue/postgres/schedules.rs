@@ -36,11 +36,11 @@ const ENSURE: &str = "INSERT INTO schedules (name, spec, since_ms) VALUES ($1, $
 
 /// One job of a schedule (headers `schedule` and `due`), notifying its task.
 const INSERT: &str = "WITH ins AS (
-        INSERT INTO jobs (id, task, routing_key, payload, state, not_before, published_ms,
-                          headers)
-        SELECT u.id, u.task, $1, $2, 0, now_ms(), now_ms(), $3
+        INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, headers)
+        SELECT u.id, u.task, $1, $2, 0, now_ms(), $3
         FROM unnest($4::text[], $5::text[]) AS u(id, task)
-        RETURNING task)
+        RETURNING seq, task, priority),
+    q AS (INSERT INTO queue (seq, task, priority, state) SELECT seq, task, priority, 0 FROM ins)
     SELECT pg_notify($6, t) FROM (SELECT DISTINCT task FROM ins) AS x(t)";
 
 /// A schedule's stored row.

@@ -20,12 +20,12 @@
 //! job whose holder is written with its own end otherwise (one statement cannot update a row
 //! twice, and the attempt reads its start from the holder's columns).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use postgres::types::ToSql;
 
 use super::claim::{Buffers, Ended};
-use crate::queue::{Captured, Outcome};
+use crate::queue::{AttemptEnd, AttemptReport, Captured, Outcome};
 
 /// Taken shared by a client waiting for ends (`$1`: the lock space); `false` when a write
 /// holds it for a moment (the client tries again on its next wait).
@@ -46,11 +46,12 @@ macro_rules! someone_waits {
 }
 pub(super) use someone_waits;
 
-/// The turn statement around the done CTE `d` (an UPDATE for a kept history, a DELETE
-/// without): holders `$1..$7`, attempts `$8..$23` and `$31` (their starts, NULL: the
-/// holder's), done `$24, $25`, this daemon `$26`, the claim's task and count `$27, $28`, the
-/// ended channel `$29`, the lock space `$30`. Columns:
-/// the claimed job (NULL when none), then the number of done rows written.
+/// The turn statement around the done CTEs `dq` and `d` (UPDATEs of `queue` then `jobs` for
+/// a kept history, DELETEs without; `d` returns the tasks): holders `$1..$7`, attempts
+/// `$8..$23` and `$31` (their starts, NULL: the holder's), done `$24, $25` with the worker
+/// and start of a holder never written `$32, $33` (NULL: the row's), this daemon `$26`, the
+/// claim's task and count `$27, $28`, the ended channel `$29`, the lock space `$30`.
+/// Columns: the claimed job (NULL when none), then the number of done rows written.
 macro_rules! turn_sql {
     ($done:literal) => {
         concat!(
@@ -78,16 +79,19 @@ a AS (
     JOIN jobs j ON j.seq = ANY($8) AND j.seq = u.seq AND j.state = 1
         AND j.lease_owner = u.owner
     ORDER BY u.ord RETURNING 1),
-d AS (",
+",
             $done,
-            "),
+            ",
 s AS (INSERT INTO stats (task, daemon, done) SELECT task, $26, COUNT(*) FROM d GROUP BY task
     ON CONFLICT (task, daemon) DO UPDATE SET done = stats.done + excluded.done),
+cq AS (UPDATE queue SET state = 1, lease_owner = $26
+    WHERE seq = ANY(ARRAY(SELECT seq FROM queue WHERE task = $27 AND state = 0
+                  ORDER BY priority DESC, seq LIMIT $28 FOR UPDATE SKIP LOCKED))
+    RETURNING seq),
 c AS (UPDATE jobs SET state = 1, attempts = attempts + 1, lease_owner = $26,
         worker_pid = NULL, worker_start = NULL, worker_pgid = NULL, worker_boot = NULL,
         worker_started_ms = NULL
-    WHERE seq = ANY(ARRAY(SELECT seq FROM jobs WHERE task = $27 AND state = 0
-                  ORDER BY priority DESC, seq LIMIT $28 FOR UPDATE SKIP LOCKED))
+    WHERE seq = ANY(ARRAY(SELECT seq FROM cq))
     RETURNING seq, id, routing_key, payload, attempts, priority),
 n AS (SELECT x.done, CASE WHEN x.done + x.ended > 0 AND ",
             someone_waits!("$30"),
@@ -99,7 +103,7 @@ FROM n LEFT JOIN c ON true"
     };
 }
 
-/// A PL/pgSQL function `$name` around the turn statement with the done CTE `$done`. A
+/// A PL/pgSQL function `$name` around the turn statement with the done CTEs `$done`. A
 /// function's statement keeps one generic plan for the session (`plan_cache_mode`), where a
 /// prepared statement of this size was planned again at every call (its custom plans won:
 /// about 0.5 ms of server time per turn, more than running it); the shapes above (`= ANY`)
@@ -112,7 +116,7 @@ macro_rules! turn_function {
             "(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
     bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
     bytea[], bigint[], bigint[], bigint[], bigint[], bigint[],
-    bigint[], bigint[], bigint, text, bigint, text, int, bigint[])
+    bigint[], bigint[], bigint, text, bigint, text, int, bigint[], int[], bigint[])
 RETURNS TABLE (seq bigint, id text, routing_key text, payload bytea, attempts int,
     priority smallint, done bigint, told text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $f$
@@ -127,45 +131,59 @@ END $f$;
     };
 }
 
-/// Migration 4: the turn functions, with a kept history (done rows stay, state 2) and
-/// without (done rows are deleted; their attempts are never written), as overloads of 31
-/// arguments beside migration 3's (`turn_v3.rs`).
-pub(super) const V4: &str = concat!(
-    // A summary of each range of pages instead of an entry per row version: every claim and
-    // every done update enters a new version of the row in each b-tree of the table, and
-    // `published_ms` is only read by `jobs --since` (which a BRIN serves: rows are published
-    // in page order, and `published_ms` never changes).
-    // Room on each page (new pages) for the row's later versions: a write that changes no
-    // indexed column (a holder) then stays on its page with no index entry at all (HOT),
-    // and a claim's or done's new version stays on the page it read.
-    "DROP INDEX jobs_published;
-CREATE INDEX jobs_published ON jobs USING brin (published_ms);
-ALTER TABLE jobs SET (fillfactor = 80);
+/// Migration 6's turn functions (33 arguments; those of migrations 3 and 4 dropped): claims
+/// and done jobs through `queue` (`migrate.rs`). Each job's row in `queue` is changed (and
+/// locked) first, then its row in `jobs`, whose update changes no indexed column of `jobs`
+/// (HOT: no index entry at all). A job done cleanly keeps its worker and start on its done
+/// row instead of an attempt row (`records.rs` shows the attempt from there).
+pub(super) const V6_FUNCTIONS: &str = concat!(
+    "DROP FUNCTION turn_keep(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
+    bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
+    bytea[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint,
+    text, bigint, text, int);
+DROP FUNCTION turn_delete(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
+    bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
+    bytea[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint,
+    text, bigint, text, int);
+DROP FUNCTION turn_keep(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
+    bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
+    bytea[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint,
+    text, bigint, text, int, bigint[]);
+DROP FUNCTION turn_delete(bigint[], bigint[], int[], bigint[], int[], text[], bigint[],
+    bigint[], bigint[], int[], int[], bigint[], text[], text[], bytea[], bigint[], bigint[],
+    bytea[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint[], bigint,
+    text, bigint, text, int, bigint[]);
 ",
     turn_function!(
         "turn_keep",
-        "UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL, lease_owner = NULL
+        "dq AS (UPDATE queue q SET state = 2, finished_ms = now_ms(), lease_owner = NULL
     FROM unnest($24::bigint[], $25::bigint[]) AS u(seq, owner)
-    WHERE j.seq = ANY($24) AND j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
-    RETURNING j.task"
+    WHERE q.seq = ANY($24) AND q.seq = u.seq AND q.state = 1 AND q.lease_owner = u.owner
+    RETURNING q.seq),
+d AS (UPDATE jobs j SET state = 2, finished_ms = now_ms(), last_error = NULL,
+        lease_owner = NULL, worker_pid = COALESCE(w.pid, j.worker_pid),
+        worker_started_ms = COALESCE(w.started, j.worker_started_ms)
+    FROM unnest($24::bigint[], $32::int[], $33::bigint[]) AS w(seq, pid, started)
+    WHERE j.seq = ANY(ARRAY(SELECT seq FROM dq)) AND j.seq = w.seq RETURNING j.task)"
     ),
     turn_function!(
         "turn_delete",
-        "DELETE FROM jobs j USING unnest($24::bigint[], $25::bigint[]) AS u(seq, owner)
-    WHERE j.seq = ANY($24) AND j.seq = u.seq AND j.state = 1 AND j.lease_owner = u.owner
-    RETURNING j.task"
+        "dq AS (DELETE FROM queue q USING unnest($24::bigint[], $25::bigint[]) AS u(seq, owner)
+    WHERE q.seq = ANY($24) AND q.seq = u.seq AND q.state = 1 AND q.lease_owner = u.owner
+    RETURNING q.seq),
+d AS (DELETE FROM jobs WHERE seq = ANY(ARRAY(SELECT seq FROM dq)) RETURNING task)"
     )
 );
 
 /// The turn with a kept history.
 pub(super) const TURN_KEEP: &str = "SELECT * FROM turn_keep($1, $2, $3, $4, $5, $6, $7, $8, $9,
     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27,
-    $28, $29, $30, $31)";
+    $28, $29, $30, $31, $32, $33)";
 
 /// The turn without history.
 pub(super) const TURN_DELETE: &str = "SELECT * FROM turn_delete($1, $2, $3, $4, $5, $6, $7, $8,
     $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
-    $27, $28, $29, $30, $31)";
+    $27, $28, $29, $30, $31, $32, $33)";
 
 /// Whether `b` can be written by the turn statement (see the module docs).
 pub(super) fn fits(b: &Buffers) -> bool {
@@ -237,16 +255,17 @@ pub(super) struct AttemptCols<'a> {
 
 impl<'a> AttemptCols<'a> {
     /// The attempts of `b` but those of jobs done now when the history is not kept (they go
-    /// with their rows).
-    pub(super) fn of(b: &'a Buffers, keep_history: bool) -> AttemptCols<'a> {
-        let gone: HashSet<i64> = if keep_history {
-            HashSet::new()
-        } else {
-            b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).map(|p| p.seq).collect()
-        };
+    /// with their rows), and, when `implied` (the turn statement, which writes the worker
+    /// and start on the done row), the clean ends of jobs done now ([`is_implied`]).
+    pub(super) fn of(b: &'a Buffers, keep_history: bool, implied: bool) -> AttemptCols<'a> {
+        let done: HashSet<i64> =
+            b.outcomes.iter().filter(|p| p.outcome == Outcome::Done).map(|p| p.seq).collect();
         let mut c = AttemptCols::default();
-        for e in b.ended.iter().filter(|e| !gone.contains(&e.seq)) {
-            c.push(e);
+        for e in &b.ended {
+            let gone = done.contains(&e.seq) && (!keep_history || implied && is_implied(&e.report));
+            if !gone {
+                c.push(e);
+            }
         }
         c
     }
@@ -305,6 +324,21 @@ impl<'a> AttemptCols<'a> {
     }
 }
 
+/// Whether `report` is the clean end of a longlived attempt (the worker answered `done`,
+/// nothing on stdout or stderr, no resource use of its own, no reason): a job done by it
+/// keeps no attempt row, its done row holds the worker, the start and the end, and
+/// `records.rs` shows the attempt from there (as the SQLite queue does).
+pub(super) fn is_implied(report: &AttemptReport) -> bool {
+    matches!(&report.end, AttemptEnd::Replied { outcome } if outcome == IMPLIED_OUTCOME)
+        && report.reason.is_none()
+        && report.stdout.is_none()
+        && report.stderr.is_none()
+        && report.usage.is_none()
+}
+
+/// The worker's answer of an attempt [`is_implied`] holds for.
+pub(super) const IMPLIED_OUTCOME: &str = "done";
+
 /// One captured stream as columns: bytes, total, dropped.
 fn captured(c: Option<&Captured>) -> (Option<&[u8]>, Option<i64>, Option<i64>) {
     match c {
@@ -332,10 +366,17 @@ pub(super) fn run(
     turn: &Turn<'_>,
 ) -> Result<(Vec<postgres::Row>, usize), postgres::Error> {
     let holders = HolderCols::of(b);
-    let attempts = AttemptCols::of(b, keep_history);
+    let attempts = AttemptCols::of(b, keep_history, true);
     let done_seq: Vec<i64> = b.outcomes.iter().map(|p| p.seq).collect();
     let done_owner: Vec<i64> = b.outcomes.iter().map(|p| p.owner).collect();
-    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(31);
+    // The worker and start of each done job whose holder was never written (folded).
+    let started: HashMap<i64, (i64, i32)> =
+        b.ended.iter().filter_map(|e| e.started.map(|s| (e.seq, s))).collect();
+    let done_pid: Vec<Option<i32>> =
+        b.outcomes.iter().map(|p| started.get(&p.seq).map(|s| s.1)).collect();
+    let done_start: Vec<Option<i64>> =
+        b.outcomes.iter().map(|p| started.get(&p.seq).map(|s| s.0)).collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(33);
     params.extend(holders.params());
     params.extend(attempts.params());
     params.extend([
@@ -347,6 +388,8 @@ pub(super) fn run(
         &turn.ended,
         &turn.space,
         attempts.started(),
+        &done_pid,
+        &done_start,
     ]);
     let mut rows = client.query(stmt, &params)?;
     let written = rows.first().map_or(0, |r| r.get::<_, i64>(6)) as usize;
