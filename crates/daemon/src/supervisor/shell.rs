@@ -307,7 +307,7 @@ impl Shell {
     /// The end of a loop iteration while running: the queue may batch these outcomes with
     /// the next ones, by a deadline it reports (`next_due`).
     fn flush_queue_soon(&mut self) {
-        if let Err(e) = self.queue.flush_soon() {
+        if let Err(e) = stamp::timed("flush", || self.queue.flush_soon()) {
             tracing::error!(error = %Report(&e), "unable to record job outcomes; will retry");
         }
     }
