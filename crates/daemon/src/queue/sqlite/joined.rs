@@ -60,6 +60,11 @@ impl Joined {
         *self = Joined::default();
     }
 
+    /// No row joined.
+    pub(super) fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
     /// How many rows of `task` joined.
     pub(super) fn len(&self, task: &str) -> usize {
         self.order.get(task).map_or(0, BTreeSet::len)
@@ -288,6 +293,31 @@ mod tests {
         let rest = drain(&mut q, "mail");
         assert_eq!(rest.len(), 600, "{rest:?}");
         assert_eq!(rest.last().map(String::as_str), Some("late"), "after those published before");
+    }
+
+    /// A claim of a task with a concurrency key writes every due row into the claim order,
+    /// those another task joined in memory too: that task still claims each of them.
+    #[test]
+    fn a_keyed_claim_leaves_no_joined_row_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
+        let names: Vec<String> = (0..100).map(|i| format!("{i:02}")).collect();
+        let payloads: Vec<&str> = names.iter().map(String::as_str).collect();
+        fell_due(&mut q, "mail.a", &payloads, 5, 20);
+        let first = q.claim("mail", 1).unwrap();
+        q.complete(&first[0], Outcome::Done).unwrap();
+        assert_eq!(q.joined.len("mail"), 99);
+        let keyed = crate::limits::TaskLimits {
+            task: "all".into(),
+            rate: None,
+            key: Some(crate::limits::ConcurrencyKey::Header("tenant".into())),
+            max_per_key: 1,
+        };
+        q.set_limits(&[keyed]).unwrap();
+        q.claim("all", 1).unwrap();
+        assert!(q.joined.is_empty());
+        let rest = drain(&mut q, "mail");
+        assert_eq!(rest, names[1..]);
     }
 
     /// The claims of a burst of due jobs cost little more than the claims of as many ready

@@ -58,8 +58,8 @@ impl SqliteQueue {
         let taken = self.try_take_leases(task, max, to);
         if taken.is_err() {
             // Rolled back: rows taken from memory or written into other tasks' order are due
-            // again behind the cursor; the next read starts from the first due row.
-            self.joined.rewind();
+            // again behind the cursor; the next claim reads from the first due row.
+            self.forget_due();
         }
         taken
     }
@@ -100,9 +100,11 @@ impl SqliteQueue {
         let delayed;
         if let Some(keyed) = &keyed {
             // A keyed claim skips jobs whose key is full: every due row joins the order first.
-            // Rows joined in memory are among them: they are written into the order too.
+            // Rows joined in memory are among them (written into the order too, whatever the
+            // earliest delayed row still ahead is).
+            let known = if self.joined.is_empty() { self.delayed_cache } else { None };
             self.joined.clear();
-            let earliest = promote_due(&tx, self.delayed_cache, now, &mut steps).map_err(e)?;
+            let earliest = promote_due(&tx, known, now, &mut steps).map_err(e)?;
             delayed = Some(earliest);
             for (priority, job, key) in
                 limits::claim_keyed(&tx, &self.gate, task, max, &self.owner, keyed).map_err(e)?
