@@ -25,6 +25,8 @@
 //! `history`, `http`, `sched`) runs only those parts.
 //! Part `http` is the HTTP face's (`bench/http.rs`).
 
+#[path = "bench/burst_ab.rs"]
+mod burst_ab;
 #[path = "bench/claims.rs"]
 mod claims;
 #[path = "bench/lateness.rs"]

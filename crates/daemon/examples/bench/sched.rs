@@ -21,6 +21,7 @@ use procyard_daemon::queue::{OpenMode, PublishOptions, QueueBackend, TaskBinding
 use procyard_daemon::{Client, Config, control};
 use rusqlite::params;
 
+use super::burst_ab::{Cost, Meter};
 use super::{Run, bench, longlived_task, median};
 
 const READY: usize = 20_000;
@@ -29,7 +30,7 @@ const BATCH: usize = 10_000;
 /// Rounds of each same-run comparison (medians reported, every round on stderr).
 const ROUNDS: usize = 3;
 /// Jobs due in the same second.
-const BURST: usize = 100_000;
+pub(super) const BURST: usize = 100_000;
 /// The jobs of a burst waited for (the last published: two workers end the burst with them).
 const LAST: usize = 8;
 
@@ -84,36 +85,40 @@ fn claim_us(path: &Path) -> anyhow::Result<(f64, f64)> {
 
 /// Jobs/s of two longlived echo workers draining [`BURST`] jobs published for now (the
 /// daemon started after the publish, as `longlived_rate` does).
-fn burst_rate(bin: &Path, me: &Path) -> anyhow::Result<f64> {
+pub(super) fn burst_rate(bin: &Path, me: &Path) -> anyhow::Result<(f64, Cost)> {
     let mut run = Run::new(&longlived_task(me, 2, 2, None))?;
     let last = publish_burst(&run, &PublishOptions::new())?;
     let t0 = Instant::now();
     run.start_logging(bin, log_filter())?;
+    let meter = Meter::start(&run)?;
     wait_burst(&run, &last)?;
     let rate = BURST as f64 / t0.elapsed().as_secs_f64();
+    let cost = meter.stop(&run)?;
     run.stop()?;
     if log_filter() != "warn" {
         eprintln!("bench:   drain stamps p50/p99/max ms:{}", super::lateness::stamps(&run));
     }
-    Ok(rate)
+    Ok((rate, cost))
 }
 
 /// Seconds from the due second until [`BURST`] jobs due in it all ran, on the same workers
 /// as [`burst_rate`], the daemon running (and asleep) when they fall due.
-fn burst_due_s(bin: &Path, me: &Path) -> anyhow::Result<f64> {
+pub(super) fn burst_due_s(bin: &Path, me: &Path) -> anyhow::Result<(f64, Cost)> {
     let mut run = Run::new(&longlived_task(me, 2, 2, None))?;
     run.start_logging(bin, log_filter())?;
     let due = now_ms() + 10_000;
     let last = publish_burst(&run, &PublishOptions::new().at(at_ms(due)))?;
     anyhow::ensure!(now_ms() < due, "publishing took longer than the margin");
     control::poke(&run.socket())?;
+    let meter = Meter::start(&run)?;
     wait_burst(&run, &last)?;
     let took = (now_ms() - due) as f64 / 1e3;
+    let cost = meter.stop(&run)?;
     run.stop()?;
     if log_filter() != "warn" {
         eprintln!("bench:   burst stamps p50/p99/max ms:{}", super::lateness::stamps(&run));
     }
-    Ok(took)
+    Ok((took, cost))
 }
 
 /// The burst daemons' log filter: with `PROCYARD_BENCH_STAMPS=1`, the daemon's stamps of its
@@ -262,11 +267,15 @@ pub fn run(bin: &Path, me: &Path) -> anyhow::Result<()> {
     if part("burstclaims") {
         burst_claims(dir.path())?;
     }
-    if part("burst") {
+    if part("burst")
+        && let Some(old) = std::env::var_os("PROCYARD_BENCH_BURST_AB")
+    {
+        super::burst_ab::run(Path::new(&old), bin, me)?;
+    } else if part("burst") {
         let (mut rates, mut tooks, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..ROUNDS {
-            let rate = burst_rate(bin, me)?;
-            let took = burst_due_s(bin, me)?;
+            let (rate, _) = burst_rate(bin, me)?;
+            let (took, _) = burst_due_s(bin, me)?;
             let goal = BURST as f64 / rate + 1.0;
             eprintln!(
                 "bench: burst round {round}: {BURST} jobs drained at {rate:.0}/s (goal {goal:.2} s); \

@@ -43,6 +43,7 @@ impl SqliteQueue {
     pub(super) fn forget_due(&mut self) {
         self.due_cache = None;
         self.delayed_cache = None;
+        self.joined.rewind();
     }
 
     /// When the earliest delayed job (a retry) becomes available; cached until something
@@ -102,42 +103,45 @@ impl SqliteQueue {
     }
 }
 
-/// The fewest delayed rows that fell due one claim moves into the claim order (it moves more
-/// when it may take more jobs): a few milliseconds of work, however many fell due at once.
-pub(super) const PROMOTE_CHUNK: i64 = 512;
+/// The fewest due rows one claim reads in due order (it reads more when it may take more
+/// jobs): a few milliseconds of work, however many fell due at once.
+pub(super) const DUE_CHUNK: i64 = 512;
 
-/// What [`promote_due`] did.
-pub(super) struct Promoted {
-    /// The earliest `not_before` of a delayed row left (a past one when `more`).
-    pub(super) earliest: Option<i64>,
-    /// The chunk was full: more rows may have fallen due.
-    pub(super) more: bool,
+/// The earliest `not_before` of a delayed row still ahead of `now`, if any.
+pub(super) fn earliest_after(
+    tx: &Transaction<'_>,
+    now: i64,
+    steps: &mut u64,
+) -> rusqlite::Result<Option<i64>> {
+    let mut st =
+        tx.prepare_cached("SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > ?1")?;
+    let earliest = st.query_row(params![now], |r| r.get::<_, Option<i64>>(0))?;
+    *steps += vm_steps(&st);
+    Ok(earliest)
 }
 
-/// Moves up to `chunk` delayed rows that fell due by `now` into the claim order
-/// (`not_before = 0`), earliest due first, unless `known` (the earliest `not_before` of a
-/// delayed row, as last read) says none is due. Each row is read, then updated by its key
-/// (an `UPDATE … WHERE seq IN (SELECT … LIMIT)` would build a temporary table each time).
+/// Moves every delayed row that fell due by `now` into the claim order (`not_before = 0`),
+/// unless `known` (the earliest `not_before` of a delayed row, as last read) says none is due;
+/// returns the earliest `not_before` of a delayed row left. Each row is read, then updated by
+/// its key (an `UPDATE … WHERE seq IN (SELECT …)` would build a temporary table each time).
 pub(super) fn promote_due(
     tx: &Transaction<'_>,
     known: Option<Option<i64>>,
     now: i64,
-    chunk: i64,
     steps: &mut u64,
-) -> rusqlite::Result<Promoted> {
+) -> rusqlite::Result<Option<i64>> {
     if let Some(earliest) = known
         && earliest.is_none_or(|t| t > now)
     {
-        return Ok(Promoted { earliest, more: false });
+        return Ok(earliest);
     }
     let mut due = Vec::new();
     {
         let mut st = tx.prepare_cached(
             "SELECT seq FROM jobs INDEXED BY jobs_active
-             WHERE state = 0 AND not_before > 0 AND not_before <= ?1
-             ORDER BY not_before LIMIT ?2",
+             WHERE state = 0 AND not_before > 0 AND not_before <= ?1",
         )?;
-        let mut rows = st.query(params![now, chunk])?;
+        let mut rows = st.query(params![now])?;
         while let Some(row) = rows.next()? {
             due.push(row.get::<_, i64>(0)?);
         }
@@ -151,11 +155,7 @@ pub(super) fn promote_due(
         }
         *steps += vm_steps(&st);
     }
-    let mut st =
-        tx.prepare_cached("SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > 0")?;
-    let earliest = st.query_row([], |r| r.get::<_, Option<i64>>(0))?;
-    *steps += vm_steps(&st);
-    Ok(Promoted { earliest, more: due.len() as i64 >= chunk })
+    earliest_after(tx, now, steps)
 }
 
 #[cfg(test)]
@@ -216,7 +216,7 @@ mod tests {
     fn a_claim_finds_its_jobs_behind_another_tasks_burst() {
         let dir = tempfile::tempdir().unwrap();
         let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
-        fell_due(&mut q, "x.other", 3 * PROMOTE_CHUNK as usize, 3_000);
+        fell_due(&mut q, "x.other", 3 * DUE_CHUNK as usize, 3_000);
         let mail = fell_due(&mut q, "mail.a", 1, 2_000); // for `mail`, then for `all`
         let jobs = q.claim("mail", 5).unwrap();
         assert_eq!(jobs.iter().map(|j| &j.id).collect::<Vec<_>>(), [&mail[0]]);
@@ -229,7 +229,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
         let late = fell_due(&mut q, "x.late", 10, 1_000);
-        let burst = fell_due(&mut q, "x.burst", PROMOTE_CHUNK as usize, 3_000);
+        let burst = fell_due(&mut q, "x.burst", DUE_CHUNK as usize, 3_000);
         let first = q.claim("all", 10).unwrap();
         assert_eq!(first.len(), 10);
         assert!(first.iter().all(|j| burst.contains(&j.id) && !late.contains(&j.id)));

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Transaction, params};
 
-use super::due::{PROMOTE_CHUNK, promote_due};
+use super::due::{DUE_CHUNK, earliest_after, promote_due};
+use super::joined::{JOIN_LOW, Joined};
 use super::outcomes::write_outcomes;
 use super::schema::{STATE_LEASED, STATE_READY};
 use super::{SqliteQueue, attempts, holders, limits, now_ms};
@@ -54,6 +55,21 @@ impl SqliteQueue {
         max: usize,
         to: &[Option<&LeaseHolder>],
     ) -> Result<Vec<Job>> {
+        let taken = self.try_take_leases(task, max, to);
+        if taken.is_err() {
+            // Rolled back: rows taken from memory or written into other tasks' order are due
+            // again behind the cursor; the next claim reads from the first due row.
+            self.forget_due();
+        }
+        taken
+    }
+
+    fn try_take_leases(
+        &mut self,
+        task: &str,
+        max: usize,
+        to: &[Option<&LeaseHolder>],
+    ) -> Result<Vec<Job>> {
         if max == 0 || self.mode != OpenMode::Daemon || !self.is_bound(task) {
             return Ok(Vec::new());
         }
@@ -75,9 +91,8 @@ impl SqliteQueue {
         holders::write(&tx, &self.holders).map_err(e)?;
         self.attempts.write(&tx, &self.pending, keep_history).map_err(e)?;
         let retried = write_outcomes(&tx, &self.pending, keep_history).map_err(e)?;
-        // Jobs whose delay (or retry backoff) is over join the claim order (`jobs_next`), when
-        // one may be due: most claims find none and skip the statement, which (it changes the
-        // index it walks) builds a temporary table each time it runs.
+        // Jobs whose delay (or retry backoff) is over join the claim order, when one may be due
+        // (most claims know none is and read nothing).
         let mut steps = 0;
         let now = now_ms();
         let mut ranked = Vec::new();
@@ -85,7 +100,12 @@ impl SqliteQueue {
         let delayed;
         if let Some(keyed) = &keyed {
             // A keyed claim skips jobs whose key is full: every due row joins the order first.
-            delayed = promote_due(&tx, self.delayed_cache, now, i64::MAX, &mut steps).map_err(e)?;
+            // Rows joined in memory are among them (written into the order too, whatever the
+            // earliest delayed row still ahead is).
+            let known = if self.joined.is_empty() { self.delayed_cache } else { None };
+            self.joined.clear();
+            let earliest = promote_due(&tx, known, now, &mut steps).map_err(e)?;
+            delayed = Some(earliest);
             for (priority, job, key) in
                 limits::claim_keyed(&tx, &self.gate, task, max, &self.owner, keyed).map_err(e)?
             {
@@ -93,25 +113,41 @@ impl SqliteQueue {
                 ranked.push((std::cmp::Reverse(priority), job));
             }
         } else {
-            // Due rows join the order a chunk at a time, earliest due first (a burst of due
-            // jobs is not moved in one go, which held the loop for the whole burst): another
-            // chunk only while this claim still finds fewer jobs than it may take.
-            let chunk = (max as i64).saturating_mul(2).max(PROMOTE_CHUNK);
+            // Due rows join the order in due order, a chunk at a time while this claim still
+            // finds fewer jobs than it may take: this task's in memory ([`Joined`]: leased
+            // with one write), other tasks' written into theirs. A read only when one may be
+            // due and this task has few joined rows left.
+            let chunk = (max as i64).saturating_mul(2).max(DUE_CHUNK);
+            let low = JOIN_LOW.max(max);
+            let may_be_due =
+                |known: Option<Option<i64>>| known.is_none_or(|t| t.is_some_and(|t| t <= now));
             let mut known = self.delayed_cache;
             loop {
-                let promoted = promote_due(&tx, known, now, chunk, &mut steps).map_err(e)?;
-                known = Some(promoted.earliest);
+                let read = may_be_due(known) && self.joined.len(task) < low;
+                let mut more = false;
+                if read {
+                    more = self.joined.read(&tx, task, now, chunk, &mut steps).map_err(e)?;
+                    // Full: more may be due now; otherwise the first delayed row still ahead.
+                    let next = if more {
+                        Some(now)
+                    } else {
+                        earliest_after(&tx, now, &mut steps).map_err(e)?
+                    };
+                    known = Some(next);
+                }
                 let want = max - ranked.len();
                 let held = to.get(ranked.len()..).unwrap_or_default();
-                let planned = &mut self.planned;
+                let (planned, joined) = (&mut self.planned, &mut self.joined);
                 for (priority, job) in
-                    lease_next(&tx, task, want, &self.owner, held, planned, &mut steps)
+                    lease_next(&tx, task, want, &self.owner, held, planned, joined, &mut steps)
                         .map_err(e)?
                 {
                     ranked.push((std::cmp::Reverse(priority), job));
                 }
-                if ranked.len() >= max || !promoted.more {
-                    delayed = promoted;
+                // Short of `max`: read on when the chunk was full, or when the joined rows ran
+                // out (cancelled meanwhile) without a read.
+                if ranked.len() >= max || !(more || (!read && may_be_due(known))) {
+                    delayed = known;
                     break;
                 }
             }
@@ -120,7 +156,7 @@ impl SqliteQueue {
         self.claim_steps += steps;
         self.written(retried);
         if !retried {
-            self.delayed_cache = Some(delayed.earliest);
+            self.delayed_cache = delayed;
         }
         if keyed.is_none() {
             keys = ranked.iter().map(|(_, j)| (j.receipt.0, None)).collect();
@@ -177,10 +213,12 @@ impl SqliteQueue {
     }
 }
 
-/// Leases up to `max` ready jobs of `task` in claim order (priority, then publish order) to
-/// `owner`: read first, then each row updated by its key (no `RETURNING` and no `IN` list,
-/// each of which builds a temporary table per statement); with each job its priority. The
-/// `i`-th row leased records `to[i]` as its holder (noted in `planned`), or none.
+/// Leases up to `max` jobs of `task` in claim order (priority, then publish order) to `owner`,
+/// from `jobs_next` and the due rows `joined` in memory: read first, then each row updated by
+/// its key (no `RETURNING` and no `IN` list, each of which builds a temporary table per
+/// statement); with each job its priority. The `i`-th row leased records `to[i]` as its
+/// holder (noted in `planned`), or none.
+#[allow(clippy::too_many_arguments)] // reason: the claim's parts, each borrowed from the queue
 fn lease_next(
     tx: &Transaction<'_>,
     task: &str,
@@ -188,6 +226,7 @@ fn lease_next(
     owner: &str,
     to: &[Option<&LeaseHolder>],
     planned: &mut holders::Planned,
+    joined: &mut Joined,
     steps: &mut u64,
 ) -> rusqlite::Result<Vec<(i64, Job)>> {
     let mut picked = Vec::with_capacity(max.min(64));
@@ -216,8 +255,11 @@ fn lease_next(
         drop(rows);
         *steps += vm_steps(&pick);
     }
+    let picked = joined.merge(tx, task, max, picked, steps)?;
+    // `not_before = 0` for a due row leased from memory (a leased row is never delayed: put
+    // back, it is ready); it costs a ready row nothing, whose index entries move anyway.
     let mut lease = tx.prepare_cached(
-        "UPDATE jobs SET state = ?1, attempts = attempts + 1, lease_owner = ?2,
+        "UPDATE jobs SET state = ?1, not_before = 0, attempts = attempts + 1, lease_owner = ?2,
              worker_pid = ?4, worker_start = ?5, worker_pgid = ?6,
              worker_boot = ?7, worker_started_ms = ?8
          WHERE seq = ?3",

@@ -50,6 +50,7 @@ mod depths;
 mod due;
 mod files;
 mod holders;
+mod joined;
 mod lease;
 mod limits;
 mod outcomes;
@@ -90,9 +91,12 @@ pub struct SqliteQueue {
     pending: Vec<PendingOutcome>,
     /// The earliest `not_before` of a delayed job, once read (`Some(None)`: there is none).
     due_cache: Option<Option<i64>>,
-    /// The earliest `not_before` of any delayed row, due or not, once read (`Some(None)`:
-    /// there is none): a claim moves due rows into the claim order only when one may be due.
+    /// The earliest `not_before` of a delayed row that may not have joined the claim order yet,
+    /// due or not, once read (`Some(None)`: there is none): a claim reads due rows only when
+    /// one may be due.
     delayed_cache: Option<Option<i64>>,
+    /// Daemon: due rows joined to their task's claim order in memory ([`joined`]).
+    joined: joined::Joined,
     recovered: u64,
     /// Holders of jobs handed to workers, written with the next write transaction.
     holders: Vec<holders::Held>,
@@ -178,6 +182,7 @@ impl SqliteQueue {
             pending: Vec::new(),
             due_cache: None,
             delayed_cache: None,
+            joined: joined::Joined::default(),
             recovered: 0,
             holders: Vec::new(),
             planned: holders::Planned::default(),
@@ -258,6 +263,7 @@ impl QueueBackend for SqliteQueue {
         }
         self.tasks = tasks.to_vec();
         self.forget_due();
+        self.joined.clear();
         Ok(())
     }
 

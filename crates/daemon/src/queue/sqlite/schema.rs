@@ -106,8 +106,10 @@ const JOB_SCHEDULING_COLUMNS: [(&str, &str); 4] = [
 /// The indexes over the scheduling columns, made once the columns exist (an older file gains
 /// them first). `jobs_next` holds only the rows a claim may take now (ready, not delayed:
 /// `not_before = 0`), in claim order — priority first, then publish order — so a claim reads
-/// the rows it takes and nothing else, however many jobs wait for a later time; a delayed job
-/// enters it when it falls due (the claim's first statement moves it: `not_before = 0`).
+/// the rows it takes and nothing else, however many jobs wait for a later time. A delayed job
+/// that falls due is read from `jobs_active` in due order and joins the order in the daemon's
+/// memory, leased from there with one write (`joined.rs`); another task's due job met on the
+/// way, or any due job for a task with a concurrency key, enters `jobs_next` (`not_before = 0`).
 /// `jobs_unique` makes a unique key the store's rule, not a read-then-write.
 const SCHEDULING_INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS jobs_next ON jobs(task, priority DESC, seq)
@@ -368,6 +370,20 @@ mod tests {
              AND not_before <= ?1",
         );
         assert!(promote.contains("jobs_active"), "{promote}");
+        // The claim's read of due rows from its cursor seeks to the cursor's time and task
+        // and walks on in the index's order (no sort); it passes over the rows of that time
+        // and task that joined already (a few hundred at most: it reads only when few are left).
+        let join = plan(
+            "SELECT not_before, task, seq, priority FROM jobs INDEXED BY jobs_active
+             WHERE state = 0 AND (not_before, task, seq) > (?2, ?3, ?4)
+               AND not_before <= ?1
+             ORDER BY not_before, task, seq LIMIT ?5",
+        );
+        assert!(
+            join.contains("INDEX jobs_active (state=? AND (not_before,task)>(?,?)")
+                && !join.contains("TEMP B-TREE"),
+            "{join}"
+        );
         let delayed = plan("SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > 0");
         assert!(delayed.contains("jobs_active"), "{delayed}");
         for depth in [
