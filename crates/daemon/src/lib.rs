@@ -138,6 +138,7 @@ pub mod protocol;
 pub mod queue;
 pub mod routing;
 pub mod schedule;
+mod stamp;
 pub mod status;
 mod supervisor;
 pub mod worker;

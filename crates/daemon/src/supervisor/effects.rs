@@ -11,11 +11,11 @@ use super::process::Process;
 use super::reload::keep_restart_settings;
 use super::shell::Shell;
 use super::snapshot::{Observed, snapshot};
-use super::stamp;
 use super::strays;
 use crate::config::Config;
 use crate::control::Response;
 use crate::queue::{AttemptReport, Job, Outcome};
+use crate::stamp;
 use crate::status::Status;
 use crate::{Error, Result};
 

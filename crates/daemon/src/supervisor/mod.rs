@@ -30,7 +30,6 @@ mod requests;
 mod schedule;
 mod shell;
 mod snapshot;
-mod stamp;
 mod state;
 mod strays;
 #[cfg(test)]

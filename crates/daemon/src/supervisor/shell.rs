@@ -14,12 +14,12 @@ use super::event::{Action, Event, WorkerId};
 use super::process::{
     KIND_BITS, KIND_CONN, KIND_PIDFD, KIND_STDERR, KIND_STDIN, KIND_STDOUT, Process, token,
 };
-use super::stamp;
 use super::state::{Phase, State};
 use super::{RunOptions, orphans, strays};
 use crate::config::Config;
 use crate::control::{ControlServer, Incoming};
 use crate::queue::{self, Captured, OpenMode, QueueBackend, ResourceUse};
+use crate::stamp;
 use crate::{Error, Result};
 
 const SIGNAL: Token = Token(0);

@@ -401,17 +401,23 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.mode == OpenMode::Daemon && self.prune.due(Instant::now()) {
-            self.prune_step();
-        }
         if !self.planned.is_empty() {
             self.unheld.extend(self.planned.unheld());
         }
-        if self.pending.is_empty()
+        let idle = self.pending.is_empty()
             && self.holders.is_empty()
             && self.attempts.is_empty()
-            && self.unheld.is_empty()
-        {
+            && self.unheld.is_empty();
+        if self.mode == OpenMode::Daemon {
+            let now = Instant::now();
+            if !idle {
+                self.prune.note_busy(now);
+            }
+            if self.prune.due(now) {
+                self.prune_step();
+            }
+        }
+        if idle {
             return Ok(());
         }
         let result = self.write_pending();

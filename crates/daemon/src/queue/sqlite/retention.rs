@@ -1,40 +1,46 @@
 //! Retention: done and cancelled jobs are deleted once older than `keep_done`, and the oldest
-//! beyond `keep_done_max`, by the daemon in steps of at most [`PRUNE_BATCH`] rows (one short write
-//! transaction each, through the partial index on `finished_ms`), so pruning a million rows
-//! never holds the write lock long enough to delay a claim. A full step schedules the next
-//! one soon; otherwise the next look is [`PRUNE_EVERY`] later. A daemon's step waits while
-//! its write-ahead log is behind (`checkpoint.rs`: more than `PACE_PAGES` pages not yet
-//! copied into the file), looking again [`LOG_WAIT`] later: deletes fill the log far faster
-//! than the daemon's other writes, and a log that never catches up grows without bound.
+//! beyond `keep_done_max`, by the daemon in steps (one short write transaction each, through
+//! the partial index on `finished_ms`), so pruning a million rows never holds the write lock
+//! long enough to delay a claim. While jobs flow (the loop wrote outcomes or leases within
+//! [`BUSY_WINDOW`]), a step deletes at most [`PRUNE_BATCH_BUSY`] rows, short enough that a job
+//! that comes meanwhile hardly waits; otherwise up to [`PRUNE_BATCH`], which costs less per
+//! row. A full step schedules the next one soon; otherwise the next look is [`PRUNE_EVERY`]
+//! later. A daemon's step waits while its write-ahead log is behind (`checkpoint.rs`: more
+//! than `PACE_PAGES` pages not yet copied into the file), looking again [`LOG_WAIT`] later:
+//! deletes fill the log far faster than the daemon's other writes, and a log that never
+//! catches up grows without bound.
 
 use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, params};
 
-use super::checkpoint::{RESTART_PAGES, Restart};
 use super::store::History;
 use super::{SqliteQueue, now_ms};
 use crate::queue::Retention;
 
-/// Rows a pruning step deletes at most. A step runs on the daemon's loop and holds the write
-/// lock while it deletes: 200 rows a step, 8 ms apart, was measured against 500 rows 20 ms
-/// apart on a quiet machine (5 runs each, 1,000,000 records pruned while jobs flow): the
-/// longest publish→start 6.9–9.2 ms against 5.2–29.6 ms, the p99 1.11–1.74× of no pruning
-/// against 1.53–1.87×, for a prune 20 % longer (72–77 s against 60–64 s).
+/// Rows a pruning step deletes at most while no job flows. A step runs on the daemon's loop
+/// and holds the write lock while it deletes: 200 rows a step, 8 ms apart, was measured
+/// against 500 rows 20 ms apart on a quiet machine (5 runs each, 1,000,000 records pruned
+/// while jobs flow): the longest publish→start 6.9–9.2 ms against 5.2–29.6 ms, the p99
+/// 1.11–1.74× of no pruning against 1.53–1.87×, for a prune 20 % longer (72–77 s against
+/// 60–64 s). Then 64 rows 2.5 ms apart: the longest 8.5–15.3 ms, the p99 1.51–2.04×.
 ///
-/// Then 64 rows 2.5 ms apart (the same rows per second) against 200 rows 8 ms apart, the same
-/// way (2026-12-07, quiet, 4 runs each, with the loop's own `RESTART`): the longest 8.5–15.3 ms
-/// against 13.6 ms and more, the p99 1.51–2.04× of no pruning against 2.10–2.37×, for a prune
-/// of 84 s against 68–71 s.
-pub(super) const PRUNE_BATCH: i64 = 64;
+/// Measured per step on a 1,000,000-record file (the least of 300 steps): 8 rows 49 µs and
+/// 8.6 log pages, 16 rows 64 µs and 12, 64 rows 191 µs and 20, 128 rows 340 µs and 26: a
+/// fixed cost (the interior pages of five b-trees, the commit) and about 2.5 µs a row.
+pub(super) const PRUNE_BATCH: i64 = 128;
+/// Rows a pruning step deletes at most while jobs flow: a step of about 0.1 ms, so the job
+/// that comes during one (in a chain of jobs, where each end brings the next publish, the
+/// steps that end the loop's turns meet them often) waits less than its own start takes.
+pub(super) const PRUNE_BATCH_BUSY: i64 = 16;
+/// Jobs flow when the loop wrote outcomes or leases this recently.
+const BUSY_WINDOW: Duration = Duration::from_millis(100);
 /// How often the daemon looks for expired jobs.
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// The next step after one that found a full batch.
 const PRUNE_AGAIN: Duration = Duration::from_micros(2500);
 /// The next look while the write-ahead log is behind.
 const LOG_WAIT: Duration = Duration::from_millis(5);
-/// The next `RESTART` of the loop's after one that a reader or another writer outlasted.
-const RESTART_AGAIN: Duration = Duration::from_millis(50);
 /// How often the count-based cutoff (`keep_done_max`) is read again: it walks that many
 /// index entries, so not on every step.
 const COUNT_EVERY: Duration = Duration::from_secs(30);
@@ -53,8 +59,8 @@ pub(crate) struct PruneClock {
     /// A read of the count-based cutoff under way, newest first: the last entry walked and
     /// the position (from the newest) of the entry after it.
     walk: Option<(Option<(i64, i64)>, u64)>,
-    /// The loop's next `RESTART` checkpoint is not tried before this.
-    restart_at: Instant,
+    /// Jobs flow until then ([`PruneClock::note_busy`]).
+    busy_until: Instant,
 }
 
 impl PruneClock {
@@ -64,7 +70,7 @@ impl PruneClock {
             count_read: None,
             count_cutoff: None,
             walk: None,
-            restart_at: now,
+            busy_until: now,
         }
     }
 
@@ -75,15 +81,26 @@ impl PruneClock {
     pub(super) fn next(&self) -> Instant {
         self.next
     }
+
+    /// The loop writes outcomes or leases now: steps stay short for [`BUSY_WINDOW`].
+    pub(super) fn note_busy(&mut self, now: Instant) {
+        self.busy_until = now + BUSY_WINDOW;
+    }
+
+    /// Rows the next step deletes at most.
+    fn batch(&self, now: Instant) -> i64 {
+        if now < self.busy_until { PRUNE_BATCH_BUSY } else { PRUNE_BATCH }
+    }
 }
 
 impl PruneClock {
     /// One pruning step of `history` (errors are logged: pruning is retried at the next
     /// step).
     pub(crate) fn step(&mut self, history: &mut History<'_>, retention: &Retention, now: Instant) {
-        match self.prune_once(history, retention, now) {
+        let batch = self.batch(now);
+        match self.prune_once(history, retention, now, batch) {
             Ok(n) => {
-                let full = n as i64 >= PRUNE_BATCH;
+                let full = n as i64 >= batch;
                 self.next = now + if full { PRUNE_AGAIN } else { PRUNE_EVERY };
                 if n > 0 {
                     tracing::debug!(jobs = n, "pruned ended jobs past their retention");
@@ -101,6 +118,7 @@ impl PruneClock {
         history: &mut History<'_>,
         retention: &Retention,
         now: Instant,
+        batch: i64,
     ) -> rusqlite::Result<usize> {
         let keep = retention.keep_done.as_millis().min(i64::MAX as u128) as i64;
         let by_age = now_ms().saturating_sub(keep) - 1;
@@ -154,9 +172,9 @@ impl PruneClock {
             "SELECT seq FROM jobs WHERE state IN (2, 4)
                AND (finished_ms <= ?1 OR (finished_ms, seq) <= (?2, ?3))
              ORDER BY finished_ms, seq LIMIT ?4",
-            params![by_age, count_ms, count_seq, PRUNE_BATCH],
+            params![by_age, count_ms, count_seq, batch],
         )?;
-        if n < PRUNE_BATCH as usize && self.walk.is_none() && self.count_cutoff.is_some() {
+        if n < batch as usize && self.walk.is_none() && self.count_cutoff.is_some() {
             // Everything up to the count cutoff is gone: read it again next time. (With no
             // cutoff, the count was under the limit: it is read again [`COUNT_EVERY`] later.)
             self.count_read = None;
@@ -182,28 +200,16 @@ impl SqliteQueue {
     /// later and returns false.
     pub(super) fn prune_step(&mut self) -> bool {
         let now = Instant::now();
-        if let Some(checkpointer) = &self._checkpointer {
-            if checkpointer.behind() {
-                // A log that no longer starts again by itself is started again here, before
-                // a client's commit finds it long enough to stall on that.
-                let restart = (checkpointer.log_pages() >= RESTART_PAGES
-                    && self.prune.restart_at <= now)
-                    .then(|| checkpointer.restart(&mut self.conn));
-                if restart != Some(Restart::Done) {
-                    if restart == Some(Restart::Incomplete) {
-                        self.prune.restart_at = now + RESTART_AGAIN;
-                    }
-                    checkpointer.kick();
-                    self.prune.next = now + LOG_WAIT;
-                    return false;
-                }
-            } else {
-                checkpointer.release();
-            }
+        if let Some(checkpointer) = &self._checkpointer
+            && checkpointer.behind()
+        {
+            checkpointer.kick();
+            self.prune.next = now + LOG_WAIT;
+            return false;
         }
         let retention = self.retention;
         let mut history = History::new(&mut self.conn, &self.path);
-        self.prune.step(&mut history, &retention, now);
+        crate::stamp::timed("prune", || self.prune.step(&mut history, &retention, now));
         true
     }
 }
@@ -334,6 +340,46 @@ mod tests {
             step(&mut q);
         }
         assert_eq!(q.jobs(&mail()).unwrap().len() as u64, rows - 10, "the oldest went");
+    }
+
+    /// While jobs flow (the loop just wrote outcomes or leases) a step deletes a short
+    /// batch; once they stop for a while, a full one.
+    #[test]
+    fn steps_are_short_while_jobs_flow() {
+        use crate::queue::Outcome;
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
+        q.set_retention(Retention { keep_done: Duration::from_secs(1), keep_done_max: 1 << 40 });
+        let old = now_ms() - 3_600_000;
+        let tx = q.conn.transaction().unwrap();
+        for i in 0..3 * PRUNE_BATCH {
+            tx.execute(
+                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
+                 VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
+                params![format!("j{i}"), old + i],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let count = |q: &SqliteQueue| -> i64 {
+            q.conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap()
+        };
+        // A job ran: the flush that writes its outcome notes the flow.
+        q.publish("mail.a", b"x").unwrap();
+        let jobs = q.claim("mail", 1).unwrap();
+        q.complete(&jobs[0], Outcome::Done).unwrap();
+        q.prune.next = Instant::now() + Duration::from_secs(3600);
+        q.flush().unwrap();
+        let before = count(&q);
+        q.prune.next = Instant::now();
+        step(&mut q);
+        assert_eq!(before - count(&q), PRUNE_BATCH_BUSY, "a short step while jobs flow");
+        // No job for a while: a full step.
+        q.prune.busy_until = Instant::now();
+        let before = count(&q);
+        q.prune.next = Instant::now();
+        step(&mut q);
+        assert_eq!(before - count(&q), PRUNE_BATCH, "a full step once jobs stopped");
     }
 
     /// Each step deletes a full batch while a publisher commits all the time: a step that

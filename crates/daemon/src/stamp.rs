@@ -1,6 +1,7 @@
 //! Timing stamps of the loop's steps on the way from a due time to a started job: how late
 //! the timer woke the loop, and how long each claim, each flush of buffered writes (with its
-//! pruning step) and each worker start took. Emitted as
+//! pruning step), each worker start, and on the embedded queue each pruning step and each
+//! `RESTART` checkpoint of the loop's took. Emitted as
 //! `debug` events of the target `procyard_daemon::stamp` (off unless asked for, e.g.
 //! `RUST_LOG=warn,procyard_daemon::stamp=debug`), which the scheduling benchmark reads to
 //! say where start lateness goes.
@@ -11,7 +12,7 @@ use std::time::Instant;
 const TARGET: &str = "procyard_daemon::stamp";
 
 /// The loop woke for the timer of `deadline` (no event came first).
-pub(super) fn woke(deadline: Instant) {
+pub(crate) fn woke(deadline: Instant) {
     if tracing::enabled!(target: TARGET, tracing::Level::DEBUG) {
         let late = Instant::now().saturating_duration_since(deadline);
         tracing::debug!(target: TARGET, late_us = late.as_micros() as u64, "woke");
@@ -19,7 +20,7 @@ pub(super) fn woke(deadline: Instant) {
 }
 
 /// Runs `step` (a claim, a spawn) and stamps how long it took.
-pub(super) fn timed<T>(what: &'static str, step: impl FnOnce() -> T) -> T {
+pub(crate) fn timed<T>(what: &'static str, step: impl FnOnce() -> T) -> T {
     if !tracing::enabled!(target: TARGET, tracing::Level::DEBUG) {
         return step();
     }
