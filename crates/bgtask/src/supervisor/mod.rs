@@ -56,14 +56,17 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const PIPE_SIZE: usize = 1024 * 1024;
 /// How long a pipe that just gave bytes is left alone before it is read again (see
 /// [`Pipe::resting`]). Watched all the time, a pipe wakes the supervisor at each of the
-/// task's writes (4 KiB for `head`, 8 KiB for most programs): ~40,000 wake-ups per GiB,
-/// each a few kilobytes read. Left alone for 250 µs, the pipe collects what the task writes
-/// meanwhile (at 2 GiB/s, 500 KiB: half of [`PIPE_SIZE`], so the task rarely waits for room)
-/// and one read takes it all: ~2,000 wake-ups per GiB, and the task's writes wake nobody.
-/// Measured with a C model of the loop (1 GiB from `head`, 3 rounds, load 4): reader and
-/// writer 430–700 ms/GiB of CPU watched all the time, 500–650 resting 250 µs (1 ms: the
-/// task waits for room, and the rate falls by a third). A quiet task's first byte is read
-/// at once: only output that follows output within 250 µs waits.
+/// task's writes (4 KiB for `head`, 8 KiB for most programs), and a supervisor that keeps up
+/// reads a few KiB per wake-up. Left alone for 250 µs, the pipe collects what the task writes
+/// meanwhile (at 2 GiB/s, 500 KiB: half of [`PIPE_SIZE`], so the task seldom waits for room)
+/// and one read takes it all; the task's writes wake nobody. `bench_bgtask` (capture, 1 GiB
+/// from `head`, 10 runs of 7 rounds interleaved with the previous build, load 7–10): the
+/// supervisor woke 1.5–1.9 times per MiB (watched all the time: 29), its CPU 170–200 ms per
+/// GiB (270–380), the task's 290–320 (350–450); all processes 0.95–1.13× of a plain pipe
+/// read (0.65–0.94×). Rests of 500 µs let the 1 MiB pipe fill, and the task waits for room
+/// (0.55–0.81× the plain pipe's rate); 125 µs woke the supervisor 2.4–2.6 times per MiB for
+/// no gain. A quiet task's first byte is read at once: only output that follows output within
+/// 250 µs waits.
 const REST: Duration = Duration::from_micros(250);
 
 /// One output pipe of the task, as the shell reads it.
