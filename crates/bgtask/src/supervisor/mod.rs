@@ -60,9 +60,9 @@ const PIPE_SIZE: usize = 1024 * 1024;
 /// reads a few KiB per wake-up. Left alone for 250 µs, the pipe collects what the task writes
 /// meanwhile (at 2 GiB/s, 500 KiB: half of [`PIPE_SIZE`], so the task seldom waits for room)
 /// and one read takes it all; the task's writes wake nobody. `bench_bgtask` (capture, 1 GiB
-/// from `head`, 10 runs of 7 rounds interleaved with the previous build, load 7–10): the
-/// supervisor woke 1.5–1.9 times per MiB (watched all the time: 29), its CPU 170–200 ms per
-/// GiB (270–380), the task's 290–320 (350–450); all processes 0.95–1.13× of a plain pipe
+/// from `head`, 13 runs of 7 rounds interleaved with the previous build, load 7–16): the
+/// supervisor woke 1.5–1.9 times per MiB (watched all the time: 29), its CPU 170–210 ms per
+/// GiB (270–380), the task's 290–320 (350–450); all processes 0.90–1.13× of a plain pipe
 /// read (0.65–0.94×). Rests of 500 µs let the 1 MiB pipe fill, and the task waits for room
 /// (0.55–0.81× the plain pipe's rate); 125 µs woke the supervisor 2.4–2.6 times per MiB for
 /// no gain. A quiet task's first byte is read at once: only output that follows output within
