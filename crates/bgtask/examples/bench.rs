@@ -12,8 +12,10 @@
 //! For profiling: `PROCYARD_BENCH_ONLY=capture` (a comma-separated list of `rss`, `spawn`,
 //! `list`, `capture`) runs only those parts (`capture` also prints each process's share of
 //! the CPU time); `BGTASK_BENCH_MIB` sets the bytes captured per
-//! round (default 1024), `BGTASK_BENCH_RETAIN_MIB` the task's retain cap (default 8; the ring
-//! readers copy from, so it sets how much of the output stays in the caches).
+//! round (default 1024), `BGTASK_BENCH_ROUNDS` the interleaved rounds (default 5),
+//! `BGTASK_BENCH_RETAIN_MIB` the task's retain cap (default 8; the ring readers copy from, so
+//! it sets how much of the output stays in the caches). `capture` also prints the wake-ups per
+//! MiB (voluntary context switches) of the plain reader and of the supervisor.
 
 use std::io::Read;
 use std::path::Path;
@@ -44,9 +46,11 @@ fn bench(metric: &str, value: f64, unit: &str, baseline: &str, base: f64, higher
 }
 
 /// A plain pipe read with 64 KiB reads: the baseline for output capture. Returns the rate,
-/// the CPU ms per GiB, and that CPU split between the reader and the writer.
-fn pipe_baseline(bytes: u64) -> (f64, f64, [f64; 2]) {
+/// the CPU ms per GiB, that CPU split between the reader and the writer, and the reader's
+/// wake-ups per MiB.
+fn pipe_baseline(bytes: u64) -> (f64, f64, [f64; 2], f64) {
     let (self_before, children_before) = (cpu_ticks("thread-self", false), cpu_ticks("self", true));
+    let sleeps_before = sleeps("thread-self");
     let start = Instant::now();
     let mut child = Command::new("head")
         .args(["-c", &bytes.to_string(), "/dev/zero"])
@@ -70,7 +74,18 @@ fn pipe_baseline(bytes: u64) -> (f64, f64, [f64; 2]) {
     let split =
         [cpu_ticks("thread-self", false) - self_before, cpu_ticks("self", true) - children_before]
             .map(|t| cpu_ms_per_gib(t, bytes));
-    (rate, split.iter().sum(), split)
+    let wakeups = (sleeps("thread-self") - sleeps_before) as f64 * MIB as f64 / bytes as f64;
+    (rate, split.iter().sum(), split, wakeups)
+}
+
+/// Voluntary context switches of `/proc/<who>` so far: how often it slept (each a wake-up).
+fn sleeps(who: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{who}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU time (user + system, in clock ticks) of `/proc/<who>`: its own, or with `reaped` that
@@ -94,8 +109,9 @@ fn cpu_ms_per_gib(ticks: u64, bytes: u64) -> f64 {
 /// Reads `bytes` of a task's stdout through its supervisor, 4 MiB at most per read into one
 /// reused buffer ([`procyard_bgtask::Stream::read_with_into`], the high-throughput read), each
 /// read waiting for `at_least` bytes (0: answered as soon as there is any). Returns the rate,
-/// the CPU ms per GiB, and that CPU split between the reader, the supervisor and the task.
-fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> (f64, f64, [f64; 3]) {
+/// the CPU ms per GiB, that CPU split between the reader, the supervisor and the task, and
+/// the supervisor's wake-ups per MiB.
+fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> (f64, f64, [f64; 3], f64) {
     let self_before = cpu_ticks("thread-self", false);
     let start = Instant::now();
     let options = SpawnOptions::new(["head", "-c", &bytes.to_string(), "/dev/zero"])
@@ -130,9 +146,10 @@ fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> (f64, f64, 
         cpu_ticks(&pid, false),
         cpu_ticks(&pid, true),
     ];
+    let wakeups = sleeps(&pid) as f64 * MIB as f64 / bytes as f64;
     task.delete().expect("delete");
     let per_gib = split.map(|t| cpu_ms_per_gib(t, bytes));
-    (rate, per_gib.iter().sum(), per_gib)
+    (rate, per_gib.iter().sum(), per_gib, wakeups)
 }
 
 fn rss_kib(pid: procyard_core::Pid) -> Option<u64> {
@@ -370,20 +387,23 @@ fn main() {
         let (mut base_cpu, mut ours_cpu, mut any_cpu) = (Vec::new(), Vec::new(), Vec::new());
         let mut splits: [Vec<f64>; 3] = Default::default();
         let mut base_splits: [Vec<f64>; 2] = Default::default();
-        for _ in 0..5 {
-            let (rate, cpu, split) = pipe_baseline(size);
+        let (mut base_wakeups, mut wakeups) = (Vec::new(), Vec::new());
+        for _ in 0..env_u64("BGTASK_BENCH_ROUNDS", 5).max(1) {
+            let (rate, cpu, split, woke) = pipe_baseline(size);
+            base_wakeups.push(woke);
             base.push(rate);
             base_cpu.push(cpu);
             for (all, one) in base_splits.iter_mut().zip(split) {
                 all.push(one);
             }
-            let (rate, cpu, split) = through_supervisor(&pool, size, MIB);
+            let (rate, cpu, split, woke) = through_supervisor(&pool, size, MIB);
+            wakeups.push(woke);
             ours.push(rate);
             ours_cpu.push(cpu);
             for (all, one) in splits.iter_mut().zip(split) {
                 all.push(one);
             }
-            let (rate, cpu, _) = through_supervisor(&pool, size, 0);
+            let (rate, cpu, _, _) = through_supervisor(&pool, size, 0);
             any.push(rate);
             any_cpu.push(cpu);
         }
@@ -391,6 +411,11 @@ fn main() {
         let [base_reader, base_writer] = base_splits.map(median);
         println!(
             "output capture CPU ms/GiB, medians per process: plain pipe reader {base_reader:.0}, writer {base_writer:.0}; through the supervisor (reads of at least 1 MiB) reader {reader:.0}, supervisor {supervisor:.0}, task {task:.0}"
+        );
+        println!(
+            "output capture wake-ups per MiB, medians: plain pipe reader {:.1}; supervisor (reads of at least 1 MiB) {:.1}",
+            median(base_wakeups),
+            median(wakeups)
         );
         println!(
             "output capture MiB/s, plain pipe {base:.0?}, through the supervisor {ours:.0?} (reads of at least 1 MiB), {any:.0?} (reads of any size)"

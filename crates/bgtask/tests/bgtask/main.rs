@@ -17,6 +17,7 @@ use procyard_core::testkit::{self, wait_for};
 use procyard_core::{Deadline, Pid, ProcStat, ProcessIdentity, Signal};
 use serde_json::json;
 
+mod capture;
 mod dependency;
 mod full;
 mod hardening;

@@ -1,0 +1,24 @@
+//! Output capture: a pipe that just gave bytes rests a moment (not watched) before it is read
+//! again, so a streaming task wakes its supervisor a few times per MiB instead of at each
+//! write; output after a quiet spell still arrives at once.
+
+use super::*;
+
+/// Output that follows a quiet spell longer than a rest reaches a waiting reader while the
+/// task runs (the pipe is watched again once a rest's end finds it empty).
+#[test]
+fn bgtask_capture_output_after_a_quiet_spell_arrives_while_the_task_runs() {
+    let sb = Sandbox::new();
+    let script = "echo early; sleep 0.05; echo middle; sleep 0.05; echo late; exec sleep 60";
+    let mut task = sb.spawn(sh(script));
+    task.set_timeout(Some(Duration::from_secs(20)));
+    let mut got = Vec::new();
+    while !got.ends_with(b"late\n") {
+        let read = ReadOptions::new().consume(true).wait(true);
+        let chunk = task.stream(StreamName::Stdout).read_with(read).unwrap();
+        assert!(!chunk.exited, "read before the task's exit");
+        got.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), "early\nmiddle\nlate\n");
+    task.delete().unwrap();
+}
