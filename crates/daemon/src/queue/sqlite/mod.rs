@@ -323,11 +323,15 @@ impl QueueBackend for SqliteQueue {
         self.check_served(false)?;
         let jobs = self.take_leases(task, max, to);
         self.note_write(&jobs);
+        if jobs.as_ref().is_ok_and(|jobs| !jobs.is_empty()) {
+            self.prune.note_busy(Instant::now());
+        }
         jobs
     }
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
         self.gate.ended(job.receipt.0);
+        self.prune.note_busy(Instant::now());
         // The retry delay runs from now: the caller may compute when the job falls due right
         // after this call, and a flush that comes later must not push that time back.
         self.pending.push(PendingOutcome::now(job, outcome));
@@ -404,20 +408,14 @@ impl QueueBackend for SqliteQueue {
         if !self.planned.is_empty() {
             self.unheld.extend(self.planned.unheld());
         }
-        let idle = self.pending.is_empty()
+        if self.mode == OpenMode::Daemon && self.prune.due(Instant::now()) {
+            self.prune_step();
+        }
+        if self.pending.is_empty()
             && self.holders.is_empty()
             && self.attempts.is_empty()
-            && self.unheld.is_empty();
-        if self.mode == OpenMode::Daemon {
-            let now = Instant::now();
-            if !idle {
-                self.prune.note_busy(now);
-            }
-            if self.prune.due(now) {
-                self.prune_step();
-            }
-        }
-        if idle {
+            && self.unheld.is_empty()
+        {
             return Ok(());
         }
         let result = self.write_pending();

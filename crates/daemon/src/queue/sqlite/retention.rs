@@ -1,7 +1,7 @@
 //! Retention: done and cancelled jobs are deleted once older than `keep_done`, and the oldest
 //! beyond `keep_done_max`, by the daemon in steps (one short write transaction each, through
 //! the partial index on `finished_ms`), so pruning a million rows never holds the write lock
-//! long enough to delay a claim. While jobs flow (the loop wrote outcomes or leases within
+//! long enough to delay a claim. While jobs flow (the loop claimed or ended a job within
 //! [`BUSY_WINDOW`]), a step deletes at most [`PRUNE_BATCH_BUSY`] rows, short enough that a job
 //! that comes meanwhile hardly waits; otherwise up to [`PRUNE_BATCH`], which costs less per
 //! row. A full step schedules the next one soon; otherwise the next look is [`PRUNE_EVERY`]
@@ -33,7 +33,7 @@ pub(super) const PRUNE_BATCH: i64 = 128;
 /// that comes during one (in a chain of jobs, where each end brings the next publish, the
 /// steps that end the loop's turns meet them often) waits less than its own start takes.
 pub(super) const PRUNE_BATCH_BUSY: i64 = 16;
-/// Jobs flow when the loop wrote outcomes or leases this recently.
+/// Jobs flow when the loop claimed or ended one this recently.
 const BUSY_WINDOW: Duration = Duration::from_millis(100);
 /// How often the daemon looks for expired jobs.
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(1);
@@ -82,7 +82,7 @@ impl PruneClock {
         self.next
     }
 
-    /// The loop writes outcomes or leases now: steps stay short for [`BUSY_WINDOW`].
+    /// The loop claims or ends a job now: steps stay short for [`BUSY_WINDOW`].
     pub(super) fn note_busy(&mut self, now: Instant) {
         self.busy_until = now + BUSY_WINDOW;
     }
@@ -342,8 +342,8 @@ mod tests {
         assert_eq!(q.jobs(&mail()).unwrap().len() as u64, rows - 10, "the oldest went");
     }
 
-    /// While jobs flow (the loop just wrote outcomes or leases) a step deletes a short
-    /// batch; once they stop for a while, a full one.
+    /// While jobs flow (the loop just claimed or ended one) a step deletes a short batch;
+    /// once they stop for a while, a full one.
     #[test]
     fn steps_are_short_while_jobs_flow() {
         use crate::queue::Outcome;
@@ -364,7 +364,7 @@ mod tests {
         let count = |q: &SqliteQueue| -> i64 {
             q.conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap()
         };
-        // A job ran: the flush that writes its outcome notes the flow.
+        // A job ran: its claim and its end note the flow.
         q.publish("mail.a", b"x").unwrap();
         let jobs = q.claim("mail", 1).unwrap();
         q.complete(&jobs[0], Outcome::Done).unwrap();
