@@ -176,18 +176,18 @@ fn main() {
         println!("{}", bare_fork_rate(cores).unwrap_or(f64::NAN));
         return;
     }
-    // For profiling: `PROCYARD_BENCH_ONLY=default` or `fork_per_job` runs that part alone.
+    // For profiling: `PROCYARD_BENCH_ONLY=default` or `fork_per_job` runs that part alone and
+    // prints its figures (no baseline).
     let only = std::env::var("PROCYARD_BENCH_ONLY").ok();
-    match only.as_deref() {
-        Some("default") => {
-            run(Config::default(), &mut || {});
-            return;
-        }
-        Some("fork_per_job") => {
-            run(Config::default().fork_per_job(), &mut || {});
-            return;
-        }
-        _ => {}
+    if let Some(part @ ("default" | "fork_per_job")) = only.as_deref() {
+        let config =
+            if part == "default" { Config::default() } else { Config::default().fork_per_job() };
+        let f = run(config, &mut || {});
+        println!(
+            "{part}: {:.1} jobs/s, p50 {:.1} us, p99 {:.1} us",
+            f.jobs_per_s, f.p50_us, f.p99_us
+        );
+        return;
     }
     let python = bench_python(cores);
     let ours = run(Config::default(), &mut || {});

@@ -57,8 +57,19 @@ impl Shell {
         let (pipe, err_pipe) = pipes.map_or((None, None), |(o, e)| (Some(o), Some(e)));
         let buf = Vec::new();
         let (err_buf, truncated) = (Vec::new(), false);
-        let job =
-            JobChild { child, kind, pipe, job_pipe, served, buf, err_pipe, err_buf, truncated };
+        let reported = 0;
+        let job = JobChild {
+            child,
+            kind,
+            pipe,
+            job_pipe,
+            served,
+            reported,
+            buf,
+            err_pipe,
+            err_buf,
+            truncated,
+        };
         self.children.insert(id, job);
         Ok((id, kind, further))
     }
@@ -138,8 +149,8 @@ impl Shell {
             Ok(Forked::Parent(child)) => Ok((id, child)),
             Ok(Forked::Child) => {
                 self.close_for_child();
-                let report = self.run_function(message);
-                let code = if write_report(&self.reports_write, id, &report) { 0 } else { 70 };
+                let (tag, body) = self.run_function(message);
+                let code = if write_report(&self.reports_write, id, tag, &body) { 0 } else { 70 };
                 procyard_core::exit_immediately(code)
             }
         }
@@ -171,8 +182,8 @@ impl Shell {
                         // The worker closed the pipe without a job: it is stopping.
                         _ => procyard_core::exit_immediately(0),
                     };
-                    let report = self.run_function(&message);
-                    if !write_report(&self.reports_write, id, &report) {
+                    let (tag, body) = self.run_function(&message);
+                    if !write_report(&self.reports_write, id, tag, &body) {
                         procyard_core::exit_immediately(70);
                     }
                     if !self.reuse {
@@ -184,7 +195,7 @@ impl Shell {
     }
 
     /// In a job child: runs the function a job message names and returns the report.
-    fn run_function(&self, message: &[u8]) -> Vec<u8> {
+    fn run_function(&self, message: &[u8]) -> (u8, Vec<u8>) {
         super::job::run_function(&self.functions, message)
     }
 
@@ -226,8 +237,11 @@ impl Shell {
             }
         };
         if job.kind == Kind::Function {
-            // Everything it wrote is in the pipe by now.
-            self.read_reports(Some(id));
+            // Everything it wrote is in the pipe by now; nothing is left to read if it
+            // reported every job it was sent (saves a read per job with a fork per job).
+            if job.reported < job.served {
+                self.read_reports(Some(id));
+            }
         } else {
             drain(job, &mut self.scratch);
         }
@@ -253,6 +267,14 @@ impl Shell {
             match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => self.report_chunks.extend_from_slice(&self.scratch[..n]),
+            }
+            // A pipe read returns all that is buffered, up to the length asked for: a short
+            // one emptied the pipe, and a later write raises a new readiness edge (this pipe
+            // never reaches end of file: the worker holds a write end). Stopping here saves
+            // the read that would only say `EAGAIN` (a syscall, and a write to `errno`, on a
+            // page each fork shares with the child) once per wake-up.
+            if read.is_ok_and(|n| n < self.scratch.len()) {
+                break;
             }
         }
         let mut touched = std::mem::take(&mut self.touched);
@@ -304,6 +326,7 @@ impl Shell {
             }
             let report = job.buf[4..4 + len].to_vec();
             job.buf.drain(..4 + len);
+            job.reported += 1;
             if job.buf.is_empty() && job.buf.capacity() > KEEP_BUFFER {
                 job.buf = Vec::new();
             }

@@ -15,7 +15,7 @@ use procyard_core::{Child, Command, Signal, Stdio};
 use super::process::write_report;
 use crate::job::{ErasedFn, registered};
 use crate::mode::{ENV_JOB, ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, JOB_REPORT_FD};
-use crate::wire::{TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body};
+use crate::wire::{TAG_ERROR, TAG_VALUE, WireError, error_body};
 
 /// In the worker: starts the job process for child `id` and hands it `frame` (the job
 /// message, framed) on its stdin.
@@ -60,24 +60,24 @@ pub(crate) fn run_job(id: usize) -> ! {
         .map(procyard_core::ReadyWriter::into_fd);
     let mut stdin = std::io::stdin().lock();
     let message = procyard_core::frame::read_frame_bytes(&mut stdin, procyard_core::MAX_FRAME);
-    let report = match message {
+    let (tag, body) = match message {
         Ok(Some(message)) => run_function(&registered(), &message),
         Ok(None) | Err(_) => {
             let message = "the job process got no job".to_owned();
-            encode_report(TAG_ERROR, &error_body(&WireError::Failed { message }))
+            (TAG_ERROR, error_body(&WireError::Failed { message }))
         }
     };
     let code = match reports {
-        Some(fd) if write_report(&fd, id, &report) => 0,
+        Some(fd) if write_report(&fd, id, tag, &body) => 0,
         _ => 70,
     };
     procyard_core::exit_immediately(code)
 }
 
-/// Runs the function a job message names (from `functions`) and returns the report.
-pub(super) fn run_function(functions: &HashMap<String, ErasedFn>, message: &[u8]) -> Vec<u8> {
-    let failed =
-        |message: String| encode_report(TAG_ERROR, &error_body(&WireError::Failed { message }));
+/// Runs the function a job message names (from `functions`) and returns its report: the
+/// tag ([`TAG_VALUE`] or [`TAG_ERROR`]) and the body.
+pub(super) fn run_function(functions: &HashMap<String, ErasedFn>, message: &[u8]) -> (u8, Vec<u8>) {
+    let failed = |message: String| (TAG_ERROR, error_body(&WireError::Failed { message }));
     let Some((len, rest)) = message.split_first_chunk::<4>() else {
         return failed("truncated job message".into());
     };
@@ -89,10 +89,10 @@ pub(super) fn run_function(functions: &HashMap<String, ErasedFn>, message: &[u8]
     let name = String::from_utf8_lossy(name);
     let Some(f) = functions.get(name.as_ref()) else {
         let error = WireError::UnknownFunction { name: name.into_owned() };
-        return encode_report(TAG_ERROR, &error_body(&error));
+        return (TAG_ERROR, error_body(&error));
     };
     match std::panic::catch_unwind(AssertUnwindSafe(|| f(body))) {
-        Ok(Ok(value)) => encode_report(TAG_VALUE, &value),
+        Ok(Ok(value)) => (TAG_VALUE, value),
         Ok(Err(message)) => failed(message),
         Err(panic) => {
             let what = panic

@@ -59,33 +59,55 @@ pub(super) fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> bool {
     true
 }
 
-/// In a function child: writes `report` (framed) into the shared report pipe as chunks of at
-/// most [`PIPE_ATOMIC`] bytes, each `u32` length, `u64` child id, data. The pipe is blocking
-/// and `PIPE_BUF` is 4096 on Linux, so each chunk is written whole, never mixed with another
-/// child's. False on any error.
-pub(super) fn write_report(fd: &OwnedFd, id: usize, report: &[u8]) -> bool {
-    let Ok(len) = u32::try_from(report.len()) else { return false };
-    let mut chunk = Vec::with_capacity(PIPE_ATOMIC.min(16 + report.len()));
-    let mut rest = report;
+/// In a function child: writes its report (`tag`, then `body`; framed) into the shared
+/// report pipe as chunks of at most [`PIPE_ATOMIC`] bytes, each `u32` length, `u64` child id,
+/// data. The pipe is blocking and `PIPE_BUF` is 4096 on Linux, so each chunk is written whole
+/// (a `writev` to a pipe is one write), never mixed with another child's. The chunk headers
+/// are built on the stack and the body is written from where it lies: no allocation, so the
+/// child copies no heap page for it (every page a forked child writes is copied). False on
+/// any error.
+pub(super) fn write_report(fd: &OwnedFd, id: usize, tag: u8, body: &[u8]) -> bool {
+    let Ok(len) = u32::try_from(body.len() + 1) else { return false };
+    let mut first = true;
+    let mut rest = body;
     loop {
-        chunk.clear();
-        chunk.extend_from_slice(&[0; 4]);
-        chunk.extend_from_slice(&(id as u64).to_be_bytes());
-        if rest.len() == report.len() {
-            // The report's own frame header travels as data, like the rest.
-            chunk.extend_from_slice(&len.to_be_bytes());
+        // Length, id, and in the first chunk the report's own frame header and its tag.
+        let mut header = [0u8; 17];
+        header[4..12].copy_from_slice(&(id as u64).to_be_bytes());
+        let mut head_len = 12;
+        if first {
+            header[12..16].copy_from_slice(&len.to_be_bytes());
+            header[16] = tag;
+            head_len = 17;
         }
-        let take = (PIPE_ATOMIC - chunk.len()).min(rest.len());
-        chunk.extend_from_slice(&rest[..take]);
-        rest = &rest[take..];
-        let n = (chunk.len() - 4) as u32;
-        chunk[..4].copy_from_slice(&n.to_be_bytes());
-        if !write_all(fd, &chunk) {
+        let take = (PIPE_ATOMIC - head_len).min(rest.len());
+        let n = (head_len - 4 + take) as u32;
+        header[..4].copy_from_slice(&n.to_be_bytes());
+        if !write_all_vectored(fd, &header[..head_len], &rest[..take]) {
             return false;
         }
+        rest = &rest[take..];
+        first = false;
         if rest.is_empty() {
             return true;
         }
+    }
+}
+
+/// Writes `head` then `tail` to a blocking descriptor in one `writev` (one atomic pipe write
+/// when they fit in `PIPE_BUF`); false on any error.
+fn write_all_vectored(fd: &OwnedFd, head: &[u8], tail: &[u8]) -> bool {
+    use std::io::IoSlice;
+    let total = head.len() + tail.len();
+    let written = retry_interrupted(|| {
+        rustix::io::writev(fd, &[IoSlice::new(head), IoSlice::new(tail)]).map_err(Into::into)
+    });
+    match written {
+        Ok(n) if n == total => true,
+        // A blocking pipe writes up to `PIPE_BUF` bytes whole; anything else finishes here.
+        Ok(n) if n < head.len() => write_all(fd, &head[n..]) && write_all(fd, tail),
+        Ok(n) if n < total => write_all(fd, &tail[n - head.len()..]),
+        Ok(_) | Err(_) => false,
     }
 }
 
@@ -135,6 +157,53 @@ pub(super) fn spawn_command(spec: &CommandSpec) -> Result<(Child, OwnedFd, Owned
         _ => {
             let _ = child.kill_and_reap();
             Err(WireError::Failed { message: "no stdout or stderr pipe".into() })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PIPE_ATOMIC, write_report};
+
+    /// Reads back what `write_report` wrote: checks each chunk (at most `PIPE_ATOMIC` bytes,
+    /// tagged with `id`) and returns the report's frame (length, tag, body) reassembled.
+    fn chunks_of(bytes: &[u8], id: usize) -> (usize, Vec<u8>) {
+        let (mut pos, mut count, mut data) = (0, 0, Vec::new());
+        while pos < bytes.len() {
+            let len = u32::from_be_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+            assert!(4 + len <= PIPE_ATOMIC, "a chunk of {} bytes", 4 + len);
+            let tagged = u64::from_be_bytes(bytes[pos + 4..pos + 12].try_into().unwrap());
+            assert_eq!(tagged, id as u64);
+            data.extend_from_slice(&bytes[pos + 12..pos + 4 + len]);
+            pos += 4 + len;
+            count += 1;
+        }
+        (count, data)
+    }
+
+    #[test]
+    fn reports_are_written_in_tagged_chunks_without_a_copy() {
+        for size in [0, 1, 100, PIPE_ATOMIC - 17, PIPE_ATOMIC - 16, 10_000, 40_000] {
+            let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+            // The reader drains concurrently: a report larger than the pipe would block.
+            let reader = std::thread::spawn(move || {
+                use std::io::Read;
+                let mut all = Vec::new();
+                std::fs::File::from(read_end).read_to_end(&mut all).unwrap();
+                all
+            });
+            assert!(write_report(&write_end, 7, 1, &body));
+            drop(write_end);
+            let (count, frame) = chunks_of(&reader.join().unwrap(), 7);
+            // The first chunk carries 17 bytes of headers, the others 12.
+            let first = PIPE_ATOMIC - 17;
+            let expected = 1 + size.saturating_sub(first).div_ceil(PIPE_ATOMIC - 12);
+            assert_eq!(count, expected, "size {size}");
+            let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+            assert_eq!(len, 1 + size);
+            assert_eq!(frame[4], 1, "the tag");
+            assert_eq!(&frame[5..], &body[..], "size {size}");
         }
     }
 }

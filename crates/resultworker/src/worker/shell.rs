@@ -44,6 +44,9 @@ pub(super) struct JobChild {
     /// Function jobs sent to the child over its life (its current one and those written
     /// ahead included).
     pub(super) served: usize,
+    /// Reports taken from it (a function child): once it reported every job it was sent,
+    /// its exit needs no further read of the report pipe.
+    pub(super) reported: usize,
     /// What it wrote that is not a complete report yet (a command: its stdout).
     pub(super) buf: Vec<u8>,
     /// A command's stderr.

@@ -421,3 +421,20 @@ fn spares_are_wanted_only_when_idle_or_reusing_under_load() {
     step(&mut idle, Event::Stop { grace: MS }, t);
     assert!(!idle.wants_spare(0), "no spare while stopping");
 }
+
+#[test]
+fn a_burst_queue_shrinks_as_it_drains() {
+    let (mut s, t) = (state(1, false), Instant::now());
+    for key in 0..4_000 {
+        step(&mut s, Event::Run(function(key, None)), t);
+    }
+    assert!(s.queue.capacity() >= 4_000);
+    for key in 0..4_000 {
+        assert_eq!(starts(&step(&mut s, Event::Admit, t)), [key]);
+        let (len, capacity) = (s.queue.len(), s.queue.capacity());
+        assert!(capacity <= QUEUE_KEEP || capacity <= 4 * (len + 1), "{len} in {capacity}");
+        let error = WireError::Failed { message: "no fork".into() };
+        step(&mut s, Event::StartFailed { key, error }, t);
+    }
+    assert!(s.queue.capacity() <= QUEUE_KEEP, "{} slots kept", s.queue.capacity());
+}
