@@ -331,7 +331,7 @@ impl QueueBackend for SqliteQueue {
 
     fn complete(&mut self, job: &Job, outcome: Outcome) -> Result<()> {
         self.gate.ended(job.receipt.0);
-        self.prune.note_busy(Instant::now());
+        self.prune.note_ended(Instant::now());
         // The retry delay runs from now: the caller may compute when the job falls due right
         // after this call, and a flush that comes later must not push that time back.
         self.pending.push(PendingOutcome::now(job, outcome));

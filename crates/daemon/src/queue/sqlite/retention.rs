@@ -32,7 +32,11 @@ pub(super) const PRUNE_BATCH: i64 = 128;
 /// Rows a pruning step deletes at most while jobs flow: a step of about 0.1 ms, so the job
 /// that comes during one (in a chain of jobs, where each end brings the next publish, the
 /// steps that end the loop's turns meet them often) waits less than its own start takes.
+/// A step deletes at least as many rows as jobs ended since the one before, though, so that
+/// pruning keeps up with any flow (up to [`PRUNE_BATCH_MOST`]).
 pub(super) const PRUNE_BATCH_BUSY: i64 = 16;
+/// The most rows a step deletes to keep up with the jobs that end.
+const PRUNE_BATCH_MOST: i64 = 4 * PRUNE_BATCH;
 /// Jobs flow when the loop claimed or ended one this recently.
 const BUSY_WINDOW: Duration = Duration::from_millis(100);
 /// How often the daemon looks for expired jobs.
@@ -61,6 +65,8 @@ pub(crate) struct PruneClock {
     walk: Option<(Option<(i64, i64)>, u64)>,
     /// Jobs flow until then ([`PruneClock::note_busy`]).
     busy_until: Instant,
+    /// Jobs ended since the last step ([`PruneClock::note_ended`]).
+    ended: i64,
 }
 
 impl PruneClock {
@@ -71,6 +77,7 @@ impl PruneClock {
             count_cutoff: None,
             walk: None,
             busy_until: now,
+            ended: 0,
         }
     }
 
@@ -87,9 +94,20 @@ impl PruneClock {
         self.busy_until = now + BUSY_WINDOW;
     }
 
-    /// Rows the next step deletes at most.
-    fn batch(&self, now: Instant) -> i64 {
-        if now < self.busy_until { PRUNE_BATCH_BUSY } else { PRUNE_BATCH }
+    /// A job ended now: jobs flow, and the next step deletes a row more.
+    pub(super) fn note_ended(&mut self, now: Instant) {
+        self.note_busy(now);
+        self.ended = self.ended.saturating_add(1);
+    }
+
+    /// Rows the next step deletes at most (and the count of ended jobs starts again).
+    fn batch(&mut self, now: Instant) -> i64 {
+        let ended = std::mem::take(&mut self.ended);
+        if now < self.busy_until {
+            ended.clamp(PRUNE_BATCH_BUSY, PRUNE_BATCH_MOST)
+        } else {
+            PRUNE_BATCH
+        }
     }
 }
 
@@ -374,6 +392,18 @@ mod tests {
         q.prune.next = Instant::now();
         step(&mut q);
         assert_eq!(before - count(&q), PRUNE_BATCH_BUSY, "a short step while jobs flow");
+        // More jobs ended since the last step than a short step deletes: the step keeps up.
+        let many = 2 * PRUNE_BATCH_BUSY;
+        q.publish_batch("mail.a", &vec![b"x".to_vec(); many as usize]).unwrap();
+        for job in q.claim("mail", many as usize).unwrap() {
+            q.complete(&job, Outcome::Done).unwrap();
+        }
+        q.prune.next = Instant::now() + Duration::from_secs(3600);
+        q.flush().unwrap();
+        let before = count(&q);
+        q.prune.next = Instant::now();
+        step(&mut q);
+        assert_eq!(before - count(&q), many, "as many rows as jobs ended");
         // No job for a while: a full step.
         q.prune.busy_until = Instant::now();
         let before = count(&q);
