@@ -360,17 +360,11 @@ mod tests {
         assert_eq!(q.jobs(&mail()).unwrap().len() as u64, rows - 10, "the oldest went");
     }
 
-    /// While jobs flow (the loop just claimed or ended one) a step deletes a short batch;
-    /// once they stop for a while, a full one.
-    #[test]
-    fn steps_are_short_while_jobs_flow() {
-        use crate::queue::Outcome;
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
-        q.set_retention(Retention { keep_done: Duration::from_secs(1), keep_done_max: 1 << 40 });
+    /// `n` done jobs of task `mail` that ended an hour ago, one ms apart.
+    fn expired_jobs(q: &mut SqliteQueue, n: i64) {
         let old = now_ms() - 3_600_000;
         let tx = q.conn.transaction().unwrap();
-        for i in 0..3 * PRUNE_BATCH {
+        for i in 0..n {
             tx.execute(
                 "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
                  VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
@@ -379,6 +373,17 @@ mod tests {
             .unwrap();
         }
         tx.commit().unwrap();
+    }
+
+    /// While jobs flow (the loop just claimed or ended one) a step deletes a short batch;
+    /// once they stop for a while, a full one.
+    #[test]
+    fn steps_are_short_while_jobs_flow() {
+        use crate::queue::Outcome;
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
+        q.set_retention(Retention { keep_done: Duration::from_secs(1), keep_done_max: 1 << 40 });
+        expired_jobs(&mut q, 3 * PRUNE_BATCH);
         let count = |q: &SqliteQueue| -> i64 {
             q.conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap()
         };
@@ -422,17 +427,7 @@ mod tests {
         let mut q = bound(&path, OpenMode::Daemon);
         q.set_retention(Retention { keep_done: Duration::from_secs(1), keep_done_max: 1 << 40 });
         let steps = 20;
-        let old = now_ms() - 3_600_000;
-        let tx = q.conn.transaction().unwrap();
-        for i in 0..steps * PRUNE_BATCH {
-            tx.execute(
-                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
-                 VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
-                params![format!("j{i}"), old + i],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
+        expired_jobs(&mut q, steps * PRUNE_BATCH);
         let expired = |q: &SqliteQueue| -> i64 {
             q.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = 2", [], |r| r.get(0)).unwrap()
         };
