@@ -218,23 +218,25 @@ impl AmqpQueue {
             self.inbox.apply(ev, &broker);
             return;
         };
-        let event: JobEvent = match serde_json::from_slice(&body) {
+        let events = match JobEvent::from_message(&body) {
             Ok(e) => e,
             Err(e) => {
                 tracing::debug!("amqp: ignored a malformed message on the events exchange: {e}");
                 return;
             }
         };
-        match self.mode {
-            OpenMode::Daemon if event.event == EventKind::Cancel => {
-                if crate::queue::check_job_id(&event.id).is_ok() {
-                    tracing::info!(job = %event.id, from = %event.daemon, "amqp: cancel requested");
-                    self.tombstones.insert(&event.id, Instant::now());
-                    self.cancels.push(event.id);
+        for event in events {
+            match self.mode {
+                OpenMode::Daemon if event.event == EventKind::Cancel => {
+                    if crate::queue::check_job_id(&event.id).is_ok() {
+                        tracing::info!(job = %event.id, from = %event.daemon, "amqp: cancel requested");
+                        self.tombstones.insert(&event.id, Instant::now());
+                        self.cancels.push(event.id);
+                    }
                 }
+                OpenMode::Daemon => {}
+                OpenMode::Client => self.heard.push_back(event),
             }
-            OpenMode::Daemon => {}
-            OpenMode::Client => self.heard.push_back(event),
         }
     }
 
@@ -247,7 +249,7 @@ impl AmqpQueue {
         }
         let Ok(body) = serde_json::to_vec(event) else { return };
         let to = to.map(|q| (q.to_owned(), event.id.clone()));
-        self.outbox.push(Emitted { key: event.routing_key(), body, to });
+        self.outbox.push(Emitted { key: event.routing_key(), id: event.id.clone(), body, to });
     }
 
     /// Hands the turn's outcomes, then its events (in one batch), to the broker thread.
