@@ -250,7 +250,8 @@ impl AmqpQueue {
     }
 
     /// Queues `event` for the events exchange, or with `to` for a publisher's reply queue;
-    /// [`AmqpQueue::hand_over`] hands them over once per loop turn. Never waits (an event
+    /// [`AmqpQueue::hand_over`] hands them over with a turn's outcomes (or within
+    /// [`EVENTS_HOLD`]). Never waits (an event
     /// is news: when the broker is away it is lost, logged at debug).
     pub(super) fn emit(&mut self, event: &JobEvent, to: Option<&str>) {
         if to.is_none() && !self.events_on {
