@@ -339,7 +339,18 @@ impl QueueBackend for AmqpQueue {
     fn flush(&mut self) -> Result<()> {
         // Outcomes and events go to the broker thread together, once per loop turn; the
         // history is written here.
-        let handed = self.hand_over();
+        let handed = self.hand_over(true);
+        match self.history.as_mut() {
+            Some(h) if self.mode == OpenMode::Daemon => h.flush()?,
+            _ => {}
+        }
+        handed
+    }
+
+    fn flush_soon(&mut self) -> Result<()> {
+        // The same, but events alone wait (`events_due`) for a turn whose outcomes wake the
+        // broker thread anyway.
+        let handed = self.hand_over(false);
         match self.history.as_mut() {
             Some(h) if self.mode == OpenMode::Daemon => h.flush()?,
             _ => {}
@@ -349,8 +360,9 @@ impl QueueBackend for AmqpQueue {
 
     fn next_due(&mut self) -> Result<Option<Instant>> {
         // Retries and delayed jobs come back through the broker (TTL queues), which wakes
-        // us; only a task waiting for its rate needs a deadline.
-        Ok(self.gate.next_wake(Instant::now()))
+        // us; only a task waiting for its rate, or events held back, need a deadline.
+        let events = self.events_due();
+        Ok([self.gate.next_wake(Instant::now()), events].into_iter().flatten().min())
     }
 
     fn depths(&mut self) -> Result<BTreeMap<String, QueueDepth>> {
@@ -436,7 +448,7 @@ impl QueueBackend for AmqpQueue {
         if !self.is_running() {
             return Ok(());
         }
-        if let Err(e) = self.hand_over() {
+        if let Err(e) = self.hand_over(true) {
             tracing::warn!("amqp: {}", Report(&e));
         }
         if self.mode == OpenMode::Daemon

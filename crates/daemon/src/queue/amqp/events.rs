@@ -49,7 +49,9 @@ impl EventKind {
     }
 }
 
-/// One message on the events exchange (and, with its `record`, in a publisher's reply queue).
+/// One job event: on the events exchange a message holds one (a JSON object) or several of
+/// its routing key (a JSON array, see [`JobEvent::from_message`]); in a publisher's reply
+/// queue, with its `record`, always one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobEvent {
     /// What happened.
@@ -86,6 +88,22 @@ impl JobEvent {
             outcome: None,
             record: None,
         }
+    }
+
+    /// The events in one message from the events exchange or a reply queue: one JSON object,
+    /// or (events a daemon gathered for a few milliseconds, all of the message's routing key)
+    /// a JSON array of them, in order.
+    pub fn from_message(body: &[u8]) -> serde_json::Result<Vec<JobEvent>> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Message {
+            One(Box<JobEvent>),
+            Many(Vec<JobEvent>),
+        }
+        Ok(match serde_json::from_slice(body)? {
+            Message::One(e) => vec![*e],
+            Message::Many(v) => v,
+        })
     }
 
     /// Its routing key: `<task>.<event>` (`_.cancel` for a cancel request of unknown task).
@@ -180,6 +198,20 @@ mod tests {
         let cancel = JobEvent::new(EventKind::Cancel, "0190", "", 0, "client/2");
         assert_eq!(cancel.routing_key(), "_.cancel");
         assert!(EventKind::Dead.is_final() && !EventKind::Retried.is_final());
+    }
+
+    /// A message holds one event (an object) or several (an array); anything else is refused.
+    #[test]
+    fn a_message_holds_one_event_or_an_array_of_them() {
+        let a = JobEvent::new(EventKind::Done, "01", "mail", 1, "h/1");
+        let b = JobEvent::new(EventKind::Done, "02", "mail", 1, "h/1");
+        let one = serde_json::to_vec(&a).unwrap();
+        assert_eq!(JobEvent::from_message(&one).unwrap(), std::slice::from_ref(&a));
+        let many = serde_json::to_vec(&[&a, &b]).unwrap();
+        assert_eq!(JobEvent::from_message(&many).unwrap(), [a, b]);
+        for bad in [&b"{}"[..], b"[1]", b"\"x\"", b"[{\"event\":\"done\"}"] {
+            assert!(JobEvent::from_message(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     /// A tombstone is kept for its time, then forgotten; past the bound the oldest go first.

@@ -20,6 +20,12 @@ use super::topology;
 use crate::queue::{AttemptReport, Job, OpenMode, QueueConfig, Receipt, TaskBinding};
 use crate::{Error, Result};
 
+/// The longest a turn's events wait in the daemon's thread for a turn with outcomes, which
+/// wakes the broker thread anyway. A drain's deliveries each start a job in a turn of their
+/// own: handing that `started` over alone woke the broker thread once more per job (a futex
+/// wake and a runtime turn). Well under the broker thread's window (`broker/batch.rs`).
+pub(super) const EVENTS_HOLD: Duration = Duration::from_millis(2);
+
 /// How long a synchronous request may wait for the broker thread.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -64,8 +70,10 @@ pub(crate) struct AmqpQueue {
     pub(super) history: Option<LocalHistory>,
     /// Whether job events are published (`[queue] events`).
     pub(super) events_on: bool,
-    /// Events and replies not yet handed to the broker thread (sent once per loop turn).
+    /// Events and replies not yet handed to the broker thread (see [`AmqpQueue::hand_over`]).
     pub(super) outbox: Vec<Emitted>,
+    /// Since when the outbox holds something.
+    pub(super) outbox_since: Option<Instant>,
     /// Outcomes (`Cmd::Settle`) not yet handed to the broker thread: sent once per loop turn
     /// just before the events, so a turn's acknowledgements and events reach the connection
     /// together (one wake-up of the broker thread and, mostly, one write).
@@ -135,6 +143,7 @@ impl AmqpQueue {
             history: None,
             events_on: config.events,
             outbox: Vec::new(),
+            outbox_since: None,
             settles: Vec::new(),
             daemon_id: daemon_id(),
             tombstones: Tombstones::new(TOMBSTONE_TTL, TOMBSTONE_MAX),
@@ -218,28 +227,31 @@ impl AmqpQueue {
             self.inbox.apply(ev, &broker);
             return;
         };
-        let event: JobEvent = match serde_json::from_slice(&body) {
+        let events = match JobEvent::from_message(&body) {
             Ok(e) => e,
             Err(e) => {
                 tracing::debug!("amqp: ignored a malformed message on the events exchange: {e}");
                 return;
             }
         };
-        match self.mode {
-            OpenMode::Daemon if event.event == EventKind::Cancel => {
-                if crate::queue::check_job_id(&event.id).is_ok() {
-                    tracing::info!(job = %event.id, from = %event.daemon, "amqp: cancel requested");
-                    self.tombstones.insert(&event.id, Instant::now());
-                    self.cancels.push(event.id);
+        for event in events {
+            match self.mode {
+                OpenMode::Daemon if event.event == EventKind::Cancel => {
+                    if crate::queue::check_job_id(&event.id).is_ok() {
+                        tracing::info!(job = %event.id, from = %event.daemon, "amqp: cancel requested");
+                        self.tombstones.insert(&event.id, Instant::now());
+                        self.cancels.push(event.id);
+                    }
                 }
+                OpenMode::Daemon => {}
+                OpenMode::Client => self.heard.push_back(event),
             }
-            OpenMode::Daemon => {}
-            OpenMode::Client => self.heard.push_back(event),
         }
     }
 
     /// Queues `event` for the events exchange, or with `to` for a publisher's reply queue;
-    /// [`AmqpQueue::hand_over`] hands them over once per loop turn. Never waits (an event
+    /// [`AmqpQueue::hand_over`] hands them over with a turn's outcomes (or within
+    /// [`EVENTS_HOLD`]). Never waits (an event
     /// is news: when the broker is away it is lost, logged at debug).
     pub(super) fn emit(&mut self, event: &JobEvent, to: Option<&str>) {
         if to.is_none() && !self.events_on {
@@ -247,13 +259,28 @@ impl AmqpQueue {
         }
         let Ok(body) = serde_json::to_vec(event) else { return };
         let to = to.map(|q| (q.to_owned(), event.id.clone()));
-        self.outbox.push(Emitted { key: event.routing_key(), body, to });
+        self.outbox.push(Emitted { key: event.routing_key(), id: event.id.clone(), body, to });
     }
 
-    /// Hands the turn's outcomes, then its events (in one batch), to the broker thread.
-    /// Fails when that thread has stopped (the outcomes are then lost with the connection:
-    /// the broker delivers those jobs again).
-    pub(super) fn hand_over(&mut self) -> Result<()> {
+    /// When events held back must go (the loop wakes then): [`EVENTS_HOLD`] after the
+    /// oldest was queued.
+    pub(super) fn events_due(&self) -> Option<Instant> {
+        self.outbox_since.map(|at| at + EVENTS_HOLD)
+    }
+
+    /// Hands the turn's outcomes, then its events (in one batch), to the broker thread. With
+    /// `all` false, events without outcomes or replies wait (up to [`EVENTS_HOLD`]) for a
+    /// turn that wakes the broker thread anyway. Fails when that thread has stopped (the
+    /// outcomes are then lost with the connection: the broker delivers those jobs again).
+    pub(super) fn hand_over(&mut self, all: bool) -> Result<()> {
+        if self.outbox.is_empty() {
+            self.outbox_since = None;
+        } else if self.outbox_since.is_none() {
+            self.outbox_since = Some(Instant::now());
+        }
+        let due = self.events_due().is_some_and(|at| at <= Instant::now());
+        let replies = self.outbox.iter().any(|m| m.to.is_some());
+        let events_go = all || due || replies || !self.settles.is_empty();
         let mut sent = Ok(());
         for settle in self.settles.drain(..) {
             if sent.is_ok() {
@@ -263,7 +290,8 @@ impl AmqpQueue {
                 });
             }
         }
-        if !self.outbox.is_empty() {
+        if events_go && !self.outbox.is_empty() {
+            self.outbox_since = None;
             let batch = std::mem::take(&mut self.outbox);
             if self.cmd.send(Cmd::Emit { batch }).is_err() {
                 tracing::debug!("amqp: the client thread has stopped; events not sent");

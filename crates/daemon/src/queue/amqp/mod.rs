@@ -38,10 +38,17 @@
 //! - **Job history** (`history`): each daemon records the jobs it runs in a local SQLite file
 //!   (`[queue] history`; the embedded queue's tables and code, `sqlite::store`), written once
 //!   per loop turn; `job`, `jobs`, `logs` and `purge` read it. Local, not cluster-wide.
-//! - **Events** (`events`, `records`): as a job moves the daemon publishes a [`JobEvent`]
-//!   (JSON) on `E.events` with routing key `<task>.<event>` — `started`, `failed`, `retried`,
-//!   `done`, `dead`, `cancelled` — on a channel without confirms: one frame handed to the
-//!   broker thread, no round trip on the hot path.
+//! - **Events** (`events`, `records`, `broker/batch.rs`): as a job moves the daemon publishes
+//!   a [`JobEvent`] (JSON) on `E.events` with routing key `<task>.<event>` — `started`,
+//!   `failed`, `retried`, `done`, `dead`, `cancelled` — on a channel without confirms. The
+//!   daemon's thread hands a turn's events over with its outcomes (events alone wait up to
+//!   2 ms for such a turn, so a delivery's `started` does not wake the broker thread by
+//!   itself). Events share messages: the first after a quiet 5 ms leaves at once, later
+//!   ones within 5 ms of the last message are gathered and leave together, one message per
+//!   run of a routing key, its body a JSON array of the events (a lone event stays an object;
+//!   read either with [`JobEvent::from_message`]). Each key keeps its order and so does each
+//!   job's life across keys; a drain sends about three messages per 5 ms instead of two per
+//!   job.
 //! - **Replies** (`publish --wait`): the client declares an exclusive, auto-delete reply queue
 //!   (also bound to `E.events` for the ends of jobs), publishes with `reply_to` and
 //!   `correlation_id` = job id (kept on retry copies), and the daemon that ends the job (done,

@@ -1,6 +1,6 @@
 //! The events exchange on the broker thread: job events and replies published without
-//! waiting for a confirm, a batch handed to the connection at once (the hot path pays its
-//! frames in the job's loop turn's write, not a round trip per event), cancel requests
+//! waiting for a confirm — replies at once, events gathered for a short window into a few
+//! messages (`batch`), each batch handed to the connection at once — cancel requests
 //! published with one (a canceller must know a daemon heard it), and listeners — a daemon's
 //! for cancel requests, a client's for the events and replies it waits on — whose messages
 //! come back to the daemon's thread as [`Ev::Heard`].
@@ -12,20 +12,60 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 
+use super::batch::EVENTS_WINDOW;
 use super::messages::{Emitted, Ev};
 use super::{Broker, broker_err};
 use crate::queue::amqp::topology as topo;
 use crate::{Error, Result};
 
 impl Broker {
-    /// Publishes a batch of events (or replies, to a publisher's queue) in order, in a task
-    /// of its own so the broker thread goes on with acknowledgements meanwhile. Nothing is
-    /// awaited but the frames' hand-over, and the whole batch is handed over at once: every
-    /// publish queues its frames on its first poll, and they are polled in order before any
-    /// is awaited, so the connection's writer takes the batch in one go (one write, one
-    /// wake-up of its thread) instead of one round trip to it per event. A failure is logged
-    /// (an event is news, not a job: it is never retried).
+    /// Takes a loop turn's events and replies: replies leave at once (a waiting publisher
+    /// hears its job's end first), events join the window's batch, which leaves now when the
+    /// last one left a window ago (or it is full), else when the window ends
+    /// ([`Broker::run`] waits for `events_due`).
     pub(super) async fn emit(&mut self, batch: Vec<Emitted>) {
+        let mut replies = Vec::new();
+        for m in batch {
+            match m.to {
+                Some(_) => replies.push(m),
+                None => self.events.push(&m.key, &m.id, m.body),
+            }
+        }
+        if !replies.is_empty() {
+            self.send_now(replies).await;
+        }
+        if self.events.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let next = self.events_sent.map(|at| at + EVENTS_WINDOW);
+        if self.events.is_full() || next.is_none_or(|at| at <= now) {
+            self.flush_events().await;
+        } else if self.events_due.is_none() {
+            self.events_due = next;
+        }
+    }
+
+    /// Sends the window's events, one message per run of a key (see `batch`).
+    pub(super) async fn flush_events(&mut self) {
+        self.events_due = None;
+        if self.events.is_empty() {
+            return;
+        }
+        self.events_sent = Some(tokio::time::Instant::now());
+        let messages = self.events.take().into_iter();
+        let batch = messages.map(|(key, body)| Emitted { key, id: String::new(), body, to: None });
+        self.send_now(batch.collect()).await;
+    }
+
+    /// Publishes messages on the events channel (to the events exchange, or with `to` to a
+    /// queue) in order, in a task of its own so the broker thread goes on with
+    /// acknowledgements meanwhile. Nothing is awaited but the frames' hand-over, and the whole
+    /// batch is handed over at once: every publish queues its frames on its first poll, and
+    /// they are polled in order before any is awaited, so the connection's writer takes the
+    /// batch in one go (one write, one wake-up of its thread) instead of one round trip to it
+    /// per message. A failure is logged (an event is news, not a job: it is never retried).
+    async fn send_now(&mut self, batch: Vec<Emitted>) {
         let Some(live) = self.live.as_mut() else { return };
         let channel = match &live.events {
             Some(c) if c.status().connected() => c.clone(),

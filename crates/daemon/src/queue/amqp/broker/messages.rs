@@ -47,6 +47,8 @@ pub(crate) struct Sending {
 #[derive(Debug)]
 pub(crate) struct Emitted {
     pub(crate) key: String,
+    /// The job it is about (keeps a job's events in order when they are batched).
+    pub(crate) id: String,
     pub(crate) body: Vec<u8>,
     pub(crate) to: Option<(String, String)>,
 }
@@ -74,8 +76,8 @@ pub(crate) enum Cmd {
         sending: Sending,
         reply: Reply<()>,
     },
-    /// Job events for the events exchange, in order, sent as one batch per loop turn of the
-    /// daemon: no confirm awaited.
+    /// A loop turn's job events and replies, in order: replies leave at once, events join
+    /// the window's batch (`batch`); no confirm awaited.
     Emit {
         batch: Vec<Emitted>,
     },

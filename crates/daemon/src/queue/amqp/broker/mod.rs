@@ -16,6 +16,7 @@
 //! prefetch), `publish` (publish and settle outcomes), `depths` and `dead` (what a client
 //! inspects and requeues).
 
+mod batch;
 mod connection;
 mod consume;
 mod dead;
@@ -70,6 +71,12 @@ pub(super) struct Broker {
     consumer_seq: u64,
     /// Periodic jobs (daemon): see `scheduler`.
     sched: scheduler::Scheduler,
+    /// Job events of the current window, not sent yet (see `batch`).
+    events: batch::EventBatch,
+    /// When the window's events leave (`None`: none wait, or they left at once).
+    events_due: Option<tokio::time::Instant>,
+    /// When events last left.
+    events_sent: Option<tokio::time::Instant>,
 }
 
 impl Broker {
@@ -103,6 +110,9 @@ impl Broker {
             settling: JoinSet::new(),
             consumer_seq: 0,
             sched: scheduler::Scheduler::default(),
+            events: batch::EventBatch::default(),
+            events_due: None,
+            events_sent: None,
         }
     }
 
@@ -121,8 +131,13 @@ impl Broker {
                 Some(_) => (self.sched.wake, self.sched.restart),
                 None => (None, None),
             };
+            let events_due = self.events_due;
             let cmd = tokio::select! {
                 cmd = rx.recv() => cmd,
+                () = sleep_until(events_due), if events_due.is_some() => {
+                    self.flush_events().await;
+                    continue;
+                }
                 () = sleep_until(wake), if wake.is_some() => {
                     if let Err(e) = self.sched_step().await {
                         tracing::warn!("amqp: scheduler: {}", procyard_core::Report(&e));
@@ -242,7 +257,8 @@ impl Broker {
     }
 
     async fn shutdown(&mut self) {
-        // Let outcomes already handed over reach the broker.
+        self.flush_events().await;
+        // Let outcomes and events already handed over reach the broker.
         let drain = async { while self.settling.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
         if let Some(live) = self.live.take() {

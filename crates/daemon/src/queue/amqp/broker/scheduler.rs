@@ -277,6 +277,7 @@ impl Broker {
                         let body = serde_json::to_vec(&answer).ok()?;
                         Some(Emitted {
                             key: String::new(),
+                            id: String::new(),
                             body,
                             to: Some((to?, corr.unwrap_or_default())),
                         })
