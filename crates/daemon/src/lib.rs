@@ -81,7 +81,7 @@
 //!   `failed`, `retried`, `done`, `dead` and `cancelled` as JSON on the topic exchange
 //!   `<exchange>.events` (routing key `<task>.<event>`; see `queue::amqp::JobEvent`), without
 //!   waiting for confirms, a few milliseconds' events of one key in one message (a JSON
-//!   array; a lone event is an object); `publish --wait` — the publisher's exclusive reply queue gets the
+//!   array, even of one event); `publish --wait` — the publisher's exclusive reply queue gets the
 //!   outcome (with the last attempt's output) from whichever daemon ends the job; `cancel` —
 //!   a request on the events exchange that every running daemon honours: the one running the
 //!   job stops it (it ends `cancelled`, never retried), and each keeps a tombstone (24 h, at

@@ -132,7 +132,7 @@ impl Drop for Cluster {
 }
 
 /// A consumer of `<exchange>.events` bound to `#`: every job event, as JSON, one by one (a
-/// message holds one event, an object, or several of its routing key, an array).
+/// message holds an array of events of its routing key, a cancel request one object).
 struct Tap {
     rx: Receiver<Value>,
     /// Messages received so far.
@@ -189,9 +189,14 @@ impl Tap {
                     let v: Value = serde_json::from_slice(&d.data).expect("event is JSON");
                     let key = d.routing_key.as_str().to_owned();
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Job events always come as an array (even of one); only a cancel
+                    // request is a lone object.
                     let events = match v {
                         Value::Array(many) => many,
-                        one => vec![one],
+                        one => {
+                            assert_eq!(one["event"], "cancel", "a lone object: {one}");
+                            vec![one]
+                        }
                     };
                     for v in events {
                         let event = v["event"].as_str().unwrap_or("?");

@@ -90,9 +90,10 @@ impl JobEvent {
         }
     }
 
-    /// The events in one message from the events exchange or a reply queue: one JSON object,
-    /// or (events a daemon gathered for a few milliseconds, all of the message's routing key)
-    /// a JSON array of them, in order.
+    /// The events in one message from the events exchange or a reply queue: one JSON object
+    /// (a reply, a cancel request, or an event from a daemon before events shared messages),
+    /// or a JSON array of them, in order (job events, which a daemon gathers for a few
+    /// milliseconds, all of the message's routing key).
     pub fn from_message(body: &[u8]) -> serde_json::Result<Vec<JobEvent>> {
         #[derive(Deserialize)]
         #[serde(untagged)]

@@ -45,8 +45,8 @@
 //!   2 ms for such a turn, so a delivery's `started` does not wake the broker thread by
 //!   itself). Events share messages: the first after a quiet 5 ms leaves at once, later
 //!   ones within 5 ms of the last message are gathered and leave together, one message per
-//!   run of a routing key, its body a JSON array of the events (a lone event stays an object;
-//!   read either with [`JobEvent::from_message`]). Each key keeps its order and so does each
+//!   run of a routing key, its body a JSON array of the events (always an array; cancel
+//!   requests and replies are one object; [`JobEvent::from_message`] reads both forms). Each key keeps its order and so does each
 //!   job's life across keys; a drain sends about three messages per 5 ms instead of two per
 //!   job.
 //! - **Replies** (`publish --wait`): the client declares an exclusive, auto-delete reply queue

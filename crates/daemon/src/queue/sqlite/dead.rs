@@ -45,7 +45,10 @@ impl SqliteQueue {
     pub(super) fn requeue(&mut self, task: Option<&str>, which: &Requeue) -> Result<u64> {
         let path = self.path.clone();
         let e = |err| Error::queue("requeue dead letters in", &path, err);
-        let tx = self.conn.transaction().map_err(e)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e)?;
         let mut n = 0u64;
         {
             let sql = "UPDATE jobs SET state = ?1, attempts = 0, not_before = 0, finished_ms = NULL

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Transaction, TransactionBehavior, params};
 
 use super::due::{DUE_CHUNK, earliest_after, promote_due};
 use super::joined::{JOIN_LOW, Joined};
@@ -86,7 +86,12 @@ impl SqliteQueue {
         let path = self.path.clone();
         let e = |err| Error::queue("claim jobs from", &path, err);
         let keep_history = self.keeps_history();
-        let tx = self.conn.transaction().map_err(e)?;
+        // `IMMEDIATE`: the write lock first, waited for as the busy handler says. A deferred
+        // transaction that read first and then wrote while another connection held the lock
+        // (a client's publish, the checkpoint thread's `RESTART`) failed at once, without a
+        // wait (SQLite cannot wait there: a reader that waits for the writer may deadlock),
+        // and the claim was retried 250 ms later: measured, 250 ms publish→start stalls.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
         holders::clear(&tx, &self.unheld).map_err(e)?;
         holders::write(&tx, &self.holders).map_err(e)?;
         self.attempts.write(&tx, &self.pending, keep_history).map_err(e)?;

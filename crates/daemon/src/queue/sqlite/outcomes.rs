@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Transaction, TransactionBehavior, params};
 
 use super::schema::{STATE_CANCELLED, STATE_DEAD, STATE_DONE, STATE_READY};
 use super::{SqliteQueue, holders, now_ms};
@@ -112,7 +112,8 @@ impl SqliteQueue {
         let path = self.path.clone();
         let e = |err| Error::queue("record job outcomes in", &path, err);
         let keep = self.keeps_history();
-        let tx = self.conn.transaction().map_err(e)?;
+        // `IMMEDIATE`, as a claim's (`lease.rs`): never a read that cannot wait for the lock.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
         holders::clear(&tx, &self.unheld).map_err(e)?;
         holders::write(&tx, &self.holders).map_err(e)?;
         self.attempts.write(&tx, &self.pending, keep).map_err(e)?;
@@ -189,5 +190,40 @@ mod tests {
         );
         let dead = daemon.dead_letters(Some("mail"), 10).unwrap();
         assert_eq!((dead.len(), dead[0].reason.as_str()), (1, "bad input"));
+    }
+
+    /// A claim and a flush wait for the write lock that another connection holds (a client's
+    /// publish, the checkpoint thread's `RESTART`), and then succeed. Deferred, they read
+    /// first, and their first write then failed at once ("database is locked") without a
+    /// wait: the daemon retried 250 ms later, and a job waited that long to start.
+    #[test]
+    fn claims_and_flushes_wait_for_another_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut daemon = bound(&path, OpenMode::Daemon);
+        daemon.publish("mail.a", b"1").unwrap();
+        daemon.publish("mail.a", b"2").unwrap();
+        let hold = |path: std::path::PathBuf| {
+            let (locked_tx, locked) = std::sync::mpsc::channel();
+            let writer = std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open(&path).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                locked_tx.send(()).unwrap();
+                // A writer that takes its time (a slow commit, a checkpoint's sync).
+                std::thread::sleep(Duration::from_millis(100));
+                conn.execute_batch("COMMIT").unwrap();
+            });
+            locked.recv_timeout(Duration::from_secs(10)).unwrap();
+            writer
+        };
+        let writer = hold(path.clone());
+        let jobs = daemon.claim("mail", 1).expect("the claim waits for the lock");
+        writer.join().unwrap();
+        assert_eq!(jobs.len(), 1);
+        daemon.complete(&jobs[0], Outcome::Done).unwrap();
+        let writer = hold(path.clone());
+        daemon.flush().expect("the flush waits for the lock");
+        writer.join().unwrap();
+        assert_eq!(daemon.depths().unwrap()["mail"].done_total, Some(1));
     }
 }

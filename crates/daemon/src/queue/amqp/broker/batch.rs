@@ -1,7 +1,7 @@
 //! Job events gathered into few messages: the events of a window ([`EVENTS_WINDOW`]) leave as
 //! one message per run of a routing key, its body the events' JSON objects in a JSON array
-//! (a lone event stays a plain object), so a drain pays the broker a handful of messages per
-//! window instead of two per job.
+//! (always an array, a lone event too: a consumer reads one shape, whatever the load), so a
+//! drain pays the broker a handful of messages per window instead of two per job.
 //!
 //! Each event stays under its own routing key (`<task>.<event>`): a consumer bound to
 //! `#.done` gets only `done` events, as before. Order: events of one key keep their order, and
@@ -77,11 +77,8 @@ impl EventBatch {
     }
 }
 
-/// One body as it is; several as a JSON array of them.
-fn join(mut bodies: Vec<Vec<u8>>) -> Vec<u8> {
-    if bodies.len() == 1 {
-        return bodies.pop().unwrap_or_default();
-    }
+/// The bodies as a JSON array of them (one or more).
+fn join(bodies: Vec<Vec<u8>>) -> Vec<u8> {
     let len = bodies.iter().map(|b| b.len() + 1).sum::<usize>() + 1;
     let mut out = Vec::with_capacity(len);
     out.push(b'[');
@@ -116,13 +113,15 @@ mod tests {
         out
     }
 
-    /// A lone event is its object; several of a key are one array, in order.
+    /// Events of a key are one array, in order; a lone event too (one shape for consumers,
+    /// whether the window held one event or many).
     #[test]
-    fn one_event_is_an_object_several_an_array() {
+    fn events_are_always_an_array() {
         let out = batch_of(&[("a", "started")]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, "t.started");
-        assert_eq!(out[0].1["id"], "a");
+        assert_eq!(out[0].1.as_array().map(Vec::len), Some(1));
+        assert_eq!(out[0].1[0]["id"], "a");
         let out = batch_of(&[("a", "started"), ("b", "started"), ("c", "started")]);
         assert_eq!(out.len(), 1);
         let ids: Vec<_> = out[0].1.as_array().unwrap().iter().map(|v| v["id"].clone()).collect();
@@ -148,10 +147,7 @@ mod tests {
         assert_eq!(keys, ["t.done", "t.started", "t.done"]);
         let flat: Vec<(String, String)> = out
             .iter()
-            .flat_map(|(_, v)| match v.as_array() {
-                Some(a) => a.clone(),
-                None => vec![v.clone()],
-            })
+            .flat_map(|(_, v)| v.as_array().cloned().unwrap_or_default())
             .map(|v| (v["id"].as_str().unwrap().to_owned(), v["event"].as_str().unwrap().into()))
             .collect();
         for id in ["w", "x", "y", "z"] {
