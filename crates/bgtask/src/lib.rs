@@ -17,8 +17,7 @@
 //!   to a cap (oldest bytes dropped) with absolute offsets ([`Stream`]: `start`, `limit`,
 //!   read/peek/discard; a read asking for dropped bytes says how many in [`Chunk::dropped`];
 //!   the bytes sit in a memfd ring per stream, which a reader is handed read-only and copies
-//!   from itself, so they cross no socket; a pipe that just gave bytes is left alone for
-//!   250 µs, so a streaming task wakes its supervisor a few times per MiB, not at each write),
+//!   from itself, so they cross no socket),
 //!   writes stdin, signals the group, pauses/resumes, restarts a finished task keeping its
 //!   output, announces [`Event`]s to subscribers, and on delete kills the task (INT → TERM →
 //!   KILL with grace) and removes every file.
@@ -72,9 +71,7 @@
 //! while its own parent lives on outside the group is reparented to the supervisor only when
 //! that parent exits; and the escapees of a supervisor that was SIGKILLed went to init with
 //! it, where nothing tells them from strangers (a lost task's delete stops its group only).
-//! Command arguments, environment and metadata must be UTF-8. Output that follows other
-//! output within 250 µs reaches the retained buffer (and readers) up to 250 µs later; the
-//! first byte after a quiet spell is read at once.
+//! Command arguments, environment and metadata must be UTF-8.
 //!
 //! # One dependency
 //!

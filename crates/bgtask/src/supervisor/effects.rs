@@ -6,12 +6,11 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use mio::Interest;
 use procyard_core::event::retry_interrupted;
 use procyard_core::{Deadline, report};
 
 use super::state::{Action, Event, stream_index};
-use super::{OUT_MAX, PIPE_SIZE, REST, STDERR, STDOUT, Supervisor};
+use super::{OUT_MAX, PIPE_SIZE, Supervisor};
 use crate::RefusalKind;
 use crate::protocol::{Response, StreamName};
 
@@ -56,13 +55,10 @@ impl Supervisor {
                 for (i, stream) in STREAMS.into_iter().enumerate() {
                     self.read_output(i);
                     let pipe = &mut self.pipes[i];
-                    if let Some(mut rx) = pipe.rx.take()
-                        && pipe.watched
-                    {
+                    if let Some(mut rx) = pipe.rx.take() {
                         let _ = self.poll.registry().deregister(&mut rx);
                     }
                     (pipe.throttled, pipe.more) = (false, false);
-                    (pipe.watched, pipe.resting) = (false, None);
                     if std::mem::take(&mut pipe.held) {
                         self.emit(Event::Output { stream, grew: false, eof: false, held: false });
                     }
@@ -156,8 +152,7 @@ impl Supervisor {
     }
 
     /// Reads pipe `i` into its buffer (bounded per call so one chatty task cannot starve the
-    /// clients) and reports what changed. A pipe that gave bytes rests for [`REST`] (not
-    /// watched, read again when due); one that gave none is watched again.
+    /// clients) and reports what changed.
     pub(super) fn read_output(&mut self, i: usize) {
         let block = self.options.block_when_full;
         let pipe = &mut self.pipes[i];
@@ -203,32 +198,7 @@ impl Supervisor {
             }
         }
         if eof && let Some(mut rx) = pipe.rx.take() {
-            if pipe.watched {
-                let _ = self.poll.registry().deregister(&mut rx);
-            }
-            (pipe.watched, pipe.resting) = (false, None);
-        }
-        if let Some(rx) = pipe.rx.as_mut() {
-            let registry = self.poll.registry();
-            if grew && !pipe.more && !pipe.throttled {
-                // Emptied after giving bytes: more is likely on its way; it waits in the pipe.
-                if std::mem::take(&mut pipe.watched) {
-                    let _ = registry.deregister(rx);
-                }
-                pipe.resting = Some(Instant::now() + REST);
-            } else if pipe.watched {
-                pipe.resting = None;
-            } else {
-                // Registering reports bytes already there: none is missed.
-                let token = if i == 0 { STDOUT } else { STDERR };
-                match registry.register(rx, token, Interest::READABLE) {
-                    Ok(()) => (pipe.watched, pipe.resting) = (true, None),
-                    Err(e) => {
-                        tracing::debug!("cannot watch the output pipe again: {e}");
-                        pipe.resting = Some(Instant::now() + REST);
-                    }
-                }
-            }
+            let _ = self.poll.registry().deregister(&mut rx);
         }
         let held = pipe.rx.is_some() && (pipe.throttled || pipe.more);
         let changed = held != std::mem::replace(&mut pipe.held, held);

@@ -20,7 +20,7 @@ use mio::unix::pipe::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token};
 use procyard_core::socket::SocketPath;
 use procyard_core::{
-    Child, DaemonStatus, Deadline, Pid, ProcessIdentity, Signal, SignalFd, Timer, report,
+    Child, DaemonStatus, Deadline, Pid, ProcessIdentity, Signal, SignalFd, report,
 };
 
 use crate::options::SpawnOptions;
@@ -43,7 +43,6 @@ const CHILD: Token = Token(3);
 const STDOUT: Token = Token(4);
 const STDERR: Token = Token(5);
 const STDIN: Token = Token(6);
-const REST_TIMER: Token = Token(7);
 const FIRST_CLIENT: usize = 16;
 
 /// A client whose unsent answers exceed this is not read from until they drain.
@@ -54,20 +53,6 @@ const OUT_MAX: usize = 8 * 1024 * 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pipe buffer size asked for (throughput).
 const PIPE_SIZE: usize = 1024 * 1024;
-/// How long a pipe that just gave bytes is left alone before it is read again (see
-/// [`Pipe::resting`]). Watched all the time, a pipe wakes the supervisor at each of the
-/// task's writes (4 KiB for `head`, 8 KiB for most programs), and a supervisor that keeps up
-/// reads a few KiB per wake-up. Left alone for 250 µs, the pipe collects what the task writes
-/// meanwhile (at 2 GiB/s, 500 KiB: half of [`PIPE_SIZE`], so the task seldom waits for room)
-/// and one read takes it all; the task's writes wake nobody. `bench_bgtask` (capture, 1 GiB
-/// from `head`, 13 runs of 7 rounds interleaved with the previous build, load 7–16): the
-/// supervisor woke 1.5–1.9 times per MiB (watched all the time: 29), its CPU 170–210 ms per
-/// GiB (270–380), the task's 290–320 (350–450); all processes 0.90–1.13× of a plain pipe
-/// read (0.65–0.94×). Rests of 500 µs let the 1 MiB pipe fill, and the task waits for room
-/// (0.55–0.81× the plain pipe's rate); 125 µs woke the supervisor 2.4–2.6 times per MiB for
-/// no gain. A quiet task's first byte is read at once: only output that follows output within
-/// 250 µs waits.
-const REST: Duration = Duration::from_micros(250);
 
 /// One output pipe of the task, as the shell reads it.
 struct Pipe {
@@ -78,11 +63,6 @@ struct Pipe {
     more: bool,
     /// What the state was last told: stopped reading with bytes perhaps left in the pipe.
     held: bool,
-    /// Registered in the poll (a resting pipe is not: the task's writes wake nobody).
-    watched: bool,
-    /// Left alone until then: the last read took bytes and emptied it ([`REST`]). Then it
-    /// is read again; if that finds nothing, it is watched again.
-    resting: Option<Instant>,
     log: Option<File>,
 }
 
@@ -102,9 +82,6 @@ struct Supervisor {
     session: Option<Pid>,
     identity: ProcessIdentity,
     pipes: [Pipe; 2],
-    /// Wakes the loop when a resting pipe is due (to the microsecond: a poll timeout would
-    /// round [`REST`] up to a millisecond).
-    timer: Timer,
     stdin: Option<Sender>,
     clients: HashMap<Token, connection::Client>,
     next_token: usize,
@@ -179,7 +156,6 @@ impl Supervisor {
 
     fn run(&mut self, mut signals: SignalFd) -> io::Result<()> {
         self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        self.poll.registry().register(&mut self.timer, REST_TIMER, Interest::READABLE)?;
         let mut events = Events::with_capacity(256);
         // The task may have written before its pipes were registered.
         self.read_output(0);
@@ -188,11 +164,6 @@ impl Supervisor {
         while !self.state.is_finished() {
             let busy = self.pipes.iter().any(|p| p.more && p.rx.is_some());
             let timeout = if busy { Some(Duration::ZERO) } else { self.poll_timeout() };
-            let rest_end = self.pipes.iter().filter_map(|p| p.resting).min();
-            if let Err(e) = self.timer.set(rest_end) {
-                // The poll's timeout (a millisecond later) reads it then.
-                tracing::debug!("cannot arm the rest timer: {e}");
-            }
             procyard_core::event::poll(&mut self.poll, &mut events, timeout)?;
             for event in events.iter() {
                 match event.token() {
@@ -212,10 +183,6 @@ impl Supervisor {
                     CHILD => self.emit(Event::LeaderExited),
                     STDOUT => self.read_output(0),
                     STDERR => self.read_output(1),
-                    REST_TIMER => {
-                        // Resting pipes are read below, when due.
-                        self.timer.fired();
-                    }
                     STDIN => {
                         let broken = self.flush_stdin();
                         self.emit(Event::StdinFlushed { broken });
@@ -234,10 +201,8 @@ impl Supervisor {
             }
             self.settle();
             self.expire_clients();
-            let now = Instant::now();
             for i in 0..2 {
-                let pipe = &self.pipes[i];
-                if pipe.more || pipe.resting.is_some_and(|at| at <= now) {
+                if self.pipes[i].more {
                     self.read_output(i);
                 }
             }
@@ -252,8 +217,7 @@ impl Supervisor {
         Ok(())
     }
 
-    /// The nearest deadline: the stop's next step, a hello owed, an idle connection's end, a
-    /// resting pipe's (which the rest timer wakes the loop for first).
+    /// The nearest deadline: the stop's next step, a hello owed, an idle connection's end.
     fn poll_timeout(&self) -> Option<Duration> {
         let hellos = self.clients.values().filter(|c| !c.hello).map(|c| c.hello_deadline);
         let idle = self
@@ -261,10 +225,7 @@ impl Supervisor {
             .iter()
             .filter_map(|(t, c)| admission::idle_deadline(&self.slot(*t, c)))
             .map(Deadline::at);
-        let rests = self.pipes.iter().filter_map(|p| p.resting).map(Deadline::at);
-        Deadline::poll_timeout(
-            self.state.deadline().into_iter().chain(hellos).chain(idle).chain(rests),
-        )
+        Deadline::poll_timeout(self.state.deadline().into_iter().chain(hellos).chain(idle))
     }
 
     /// A connection that does not greet in time, or stays idle too long, gives its slot back.

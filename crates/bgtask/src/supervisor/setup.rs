@@ -10,7 +10,7 @@ use mio::net::{UnixDatagram, UnixListener};
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Poll};
 use procyard_core::socket::{self, SocketPath};
-use procyard_core::{Pid, ProcStat, ProcessIdentity, Stdio, Timer, report};
+use procyard_core::{Pid, ProcStat, ProcessIdentity, Stdio, report};
 
 use super::state::{self, Event, State};
 use super::{
@@ -118,18 +118,9 @@ impl Supervisor {
             } else {
                 None
             };
-            Ok(Pipe {
-                rx: None,
-                throttled: false,
-                more: false,
-                held: false,
-                watched: false,
-                resting: None,
-                log,
-            })
+            Ok(Pipe { rx: None, throttled: false, more: false, held: false, log })
         };
         let pipes = [pipe(StreamName::Stdout)?, pipe(StreamName::Stderr)?];
-        let timer = Timer::new().map_err(|e| format!("cannot create a timer: {e}"))?;
         let task = state::Task {
             id: id.to_owned(),
             command: options.command.clone(),
@@ -151,7 +142,6 @@ impl Supervisor {
             session,
             identity,
             pipes,
-            timer,
             stdin: None,
             clients: HashMap::new(),
             next_token: FIRST_CLIENT,
@@ -216,7 +206,6 @@ impl Supervisor {
                     let pipe = &mut self.pipes[i];
                     (pipe.rx, pipe.throttled, pipe.more, pipe.held) =
                         (Some(rx), false, false, false);
-                    (pipe.watched, pipe.resting) = (true, None);
                 }
             }
             if let Some(fd) = child.take_stdin() {

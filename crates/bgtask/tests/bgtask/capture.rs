@@ -1,11 +1,10 @@
-//! Output capture: a pipe that just gave bytes rests a moment (not watched) before it is read
-//! again, so a streaming task wakes its supervisor a few times per MiB instead of at each
-//! write; output after a quiet spell still arrives at once.
+//! Output capture: output that comes in spurts, with quiet spells between them, reaches a
+//! reader waiting for it while the task runs.
 
 use super::*;
 
-/// Output that follows a quiet spell longer than a rest reaches a waiting reader while the
-/// task runs (the pipe is watched again once a rest's end finds it empty).
+/// Output that follows a quiet spell reaches a waiting reader while the task runs (a
+/// supervisor that stopped watching a pipe for a while must watch it again).
 #[test]
 fn bgtask_capture_output_after_a_quiet_spell_arrives_while_the_task_runs() {
     let sb = Sandbox::new();
