@@ -46,14 +46,14 @@
 //!   million records were pruned): it pauses [`HARD_GAP`] instead, a gap between its
 //!   commits in which the thread's own `RESTART` takes the write lock.
 //! - But a client should rarely get there: the daemon's thread, once the log passes
-//!   [`RESTART_PAGES`], checkpoints
-//!   `RESTART` itself ([`restart`]): first `PASSIVE` (the copy and its sync, while everyone
-//!   writes on), then `RESTART`, which takes the write lock between two commits (tried every
-//!   [`RESTART_TRY`], so it catches the gap), copies the few pages committed since, and waits
-//!   for readers to leave the log only briefly. The loop never checkpoints: when it did
-//!   (`RESTART` on its own connection, from the pruning step), each one held it for the pages
-//!   the thread had not copied and a sync, 7.9 ms at p99, and about 2.5 % of the loop's time
-//!   while a million records were pruned: the jobs that came meanwhile waited.
+//!   [`RESTART_PAGES`], checkpoints `RESTART` itself ([`restart`]): first `PASSIVE` (the
+//!   copy and its sync, while everyone writes on), then `RESTART`, which takes the write
+//!   lock between two commits (tried every [`RESTART_TRY`], so it catches the gap), copies
+//!   the few pages committed since, and waits for readers to leave the log only briefly.
+//!   The loop never checkpoints: when it did (`RESTART` on its own connection, from the
+//!   pruning step), each one held it for the pages the thread had not copied and a sync,
+//!   7.9 ms at p99, and about 2.5 % of the loop's time while a million records were pruned:
+//!   the jobs that came meanwhile waited.
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
