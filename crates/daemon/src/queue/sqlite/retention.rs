@@ -2,13 +2,13 @@
 //! beyond `keep_done_max`, by the daemon in steps (one short write transaction each, through
 //! the partial index on `finished_ms`), so pruning a million rows never holds the write lock
 //! long enough to delay a claim. While jobs flow (the loop claimed or ended a job within
-//! [`BUSY_WINDOW`]), a step deletes at most [`PRUNE_BATCH_BUSY`] rows, short enough that a job
-//! that comes meanwhile hardly waits; otherwise up to [`PRUNE_BATCH`], which costs less per
-//! row. A full step schedules the next one soon; otherwise the next look is [`PRUNE_EVERY`]
-//! later. A daemon's step waits while its write-ahead log is behind (`checkpoint.rs`: more
-//! than `PACE_PAGES` pages not yet copied into the file), looking again [`LOG_WAIT`] later:
-//! deletes fill the log far faster than the daemon's other writes, and a log that never
-//! catches up grows without bound.
+//! [`BUSY_WINDOW`]), a step deletes [`PRUNE_BATCH_BUSY`] rows (or as many as jobs ended since
+//! the step before); otherwise up to [`PRUNE_BATCH`], which costs less per row. A full step
+//! schedules the next one soon; otherwise the next look is [`PRUNE_EVERY`] later. A daemon's
+//! step waits while its write-ahead log is behind (`checkpoint.rs`: more than `PACE_PAGES`
+//! pages not yet copied into the file), looking again [`LOG_WAIT`] later: deletes fill the log
+//! far faster than the daemon's other writes, and a log that never catches up grows without
+//! bound.
 
 use std::time::{Duration, Instant};
 
@@ -28,16 +28,17 @@ use crate::queue::Retention;
 /// Measured per step on a 1,000,000-record file (Python's `sqlite3`, the least of 300 steps):
 /// 8 rows 49 µs and 8.6 log pages, 16 rows 64 µs and 12, 64 rows 191 µs and 20, 128 rows
 /// 340 µs and 26: a fixed cost (the interior pages of five b-trees, the commit) and about
-/// 2.5 µs a row. With 16-row steps while jobs flow, the p99 of publish→start during a
-/// prune of 1,000,000 records was 1.1–1.3 ms in 3 quiet runs (64-row steps: 1.1–1.3 ms too,
-/// with the loop's own checkpoints then), the longest 36.6 ms; the prune took 250 s.
+/// 2.5 µs a row.
 pub(super) const PRUNE_BATCH: i64 = 128;
-/// Rows a pruning step deletes at most while jobs flow: a step of about 0.1 ms, so the job
-/// that comes during one (in a chain of jobs, where each end brings the next publish, the
-/// steps that end the loop's turns meet them often) waits less than its own start takes.
-/// A step deletes at least as many rows as jobs ended since the one before, though, so that
-/// pruning keeps up with any flow (up to [`PRUNE_BATCH_MOST`]).
-pub(super) const PRUNE_BATCH_BUSY: i64 = 16;
+/// Rows a pruning step deletes at most while jobs flow, 2.5 ms apart. Shorter steps are not
+/// kinder to the jobs: 16-row steps (about 0.1 ms each) against 64-row ones, quiet, 1,000,000
+/// records pruned while jobs flow, the checkpoint thread restarting the log: the p99 of
+/// publish→start 1.1–1.3 ms (3 runs) against 1.1 ms, the longest 36.6 ms against 6.4 ms, the
+/// prune 250 s against 83 s. Each row of a short step leaves more pages in the log (0.75
+/// against 0.31), which the thread copies and syncs again. A step deletes at least as many
+/// rows as jobs ended since the one before, so that pruning keeps up with any flow (up to
+/// [`PRUNE_BATCH_MOST`]).
+pub(super) const PRUNE_BATCH_BUSY: i64 = 64;
 /// The most rows a step deletes to keep up with the jobs that end.
 const PRUNE_BATCH_MOST: i64 = 4 * PRUNE_BATCH;
 /// Jobs flow when the loop claimed or ended one this recently.
@@ -407,7 +408,7 @@ mod tests {
         step(&mut q);
         assert_eq!(before - count(&q), PRUNE_BATCH_BUSY, "a short step while jobs flow");
         // More jobs ended since the last step than a short step deletes: the step keeps up.
-        let many = 2 * PRUNE_BATCH_BUSY;
+        let many = PRUNE_BATCH_BUSY + 20;
         q.publish_batch("mail.a", &vec![b"x".to_vec(); many as usize]).unwrap();
         for job in q.claim("mail", many as usize).unwrap() {
             q.complete(&job, Outcome::Done).unwrap();
