@@ -1,7 +1,7 @@
 //! Timing stamps of the loop's steps on the way from a due time to a started job: how late
 //! the timer woke the loop, and how long each claim, each flush of buffered writes (with its
-//! pruning step), each worker start, and on the embedded queue each pruning step and each
-//! `RESTART` checkpoint of the loop's took. Emitted as
+//! pruning step), each worker start, and on the embedded queue each pruning step took.
+//! Emitted as
 //! `debug` events of the target `procyard_daemon::stamp` (off unless asked for, e.g.
 //! `RUST_LOG=warn,procyard_daemon::stamp=debug`), which the scheduling benchmark reads to
 //! say where start lateness goes.

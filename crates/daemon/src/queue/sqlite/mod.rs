@@ -405,11 +405,11 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if !self.planned.is_empty() {
-            self.unheld.extend(self.planned.unheld());
-        }
         if self.mode == OpenMode::Daemon && self.prune.due(Instant::now()) {
             self.prune_step();
+        }
+        if !self.planned.is_empty() {
+            self.unheld.extend(self.planned.unheld());
         }
         if self.pending.is_empty()
             && self.holders.is_empty()
