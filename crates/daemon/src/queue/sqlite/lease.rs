@@ -1,8 +1,6 @@
-//! Leases: the daemon's lock on the queue file, claiming jobs (with the outcomes buffered
-//! since the last write, in the same transaction), and putting leased jobs back — this
-//! daemon's at shutdown, a dead daemon's at the next start.
-
-use std::path::{Path, PathBuf};
+//! Leases: claiming jobs (with the outcomes buffered since the last write, in the same
+//! transaction), and putting leased jobs back — this daemon's at shutdown, a dead daemon's at
+//! the next start. The daemon's lock on the queue file is `lock.rs`.
 
 use rusqlite::{Transaction, TransactionBehavior, params};
 
@@ -13,24 +11,6 @@ use super::schema::{STATE_LEASED, STATE_READY};
 use super::{SqliteQueue, attempts, holders, limits, now_ms};
 use crate::queue::{Abandoned, AttemptEnd, Job, LeaseHolder, OpenMode, Receipt};
 use crate::{Error, Result};
-
-/// The lock file that marks the daemon serving `queue`.
-pub fn lock_path(queue: &Path) -> PathBuf {
-    let mut p = queue.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
-}
-
-/// Takes the daemon lock of the queue at `path` ([`Error::AlreadyRunning`] when another daemon
-/// holds it). The kernel drops it when the daemon dies, however it dies.
-pub(crate) fn lock(path: &Path) -> Result<procyard_core::FileLock> {
-    let lock_file = lock_path(path);
-    match procyard_core::FileLock::try_exclusive(&lock_file) {
-        Ok(Some(lock)) => Ok(lock),
-        Ok(None) => Err(Error::AlreadyRunning { queue: path.to_owned(), lock: lock_file }),
-        Err(e) => Err(Error::process(format!("lock {}", lock_file.display()), e)),
-    }
-}
 
 /// The virtual-machine steps `stmt` ran since the last call (a repeatable measure of a
 /// statement's cost: it counts the index entries and rows it visited, whatever the load).
@@ -298,6 +278,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::queue::sqlite::lock_path;
     use crate::queue::sqlite::tests::{bindings, bound};
     use crate::queue::{Outcome, QueueBackend, Requeue};
 

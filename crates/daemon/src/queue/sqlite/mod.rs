@@ -53,6 +53,7 @@ mod holders;
 mod joined;
 mod lease;
 mod limits;
+mod lock;
 mod outcomes;
 mod publish;
 mod records;
@@ -66,7 +67,7 @@ use super::trouble::Trouble;
 use attempts::AttemptLog;
 pub use due::DUE_CHECK_EVERY;
 use files::FileIdentity;
-pub use lease::lock_path;
+pub use lock::lock_path;
 use outcomes::PendingOutcome;
 
 /// Retry delays after a failed write: 250 ms, doubling, at most 5 s.
@@ -163,7 +164,7 @@ impl SqliteQueue {
         files::create_private(path)?;
         let lock = match mode {
             OpenMode::Client => None,
-            OpenMode::Daemon => Some(lease::lock(path)?),
+            OpenMode::Daemon => Some(lock::lock(path)?),
         };
         let mut conn = schema::connect_with(path, mode, durability)?;
         files::tighten(path);

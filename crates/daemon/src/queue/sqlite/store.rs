@@ -16,7 +16,7 @@ use rusqlite::Connection;
 
 pub(crate) use super::attempts::{AttemptLog, end_open};
 pub(crate) use super::holders::{Held, write as write_holders};
-pub(crate) use super::lease::lock;
+pub(crate) use super::lock::lock;
 pub(crate) use super::outcomes::{PendingOutcome, write_outcomes};
 pub(crate) use super::retention::PruneClock;
 pub(crate) use super::schema::{STATE_LEASED, STATE_READY};
