@@ -65,7 +65,16 @@ impl Child {
         if new_process_group {
             let _ = rustix::process::setpgid(Some(pid.to_rustix()), Some(pid.to_rustix()));
         }
-        Ok(Child { pid, pidfd, group, exit: None, usage: None, stdin: None, stdout: None, stderr: None })
+        Ok(Child {
+            pid,
+            pidfd,
+            group,
+            exit: None,
+            usage: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+        })
     }
 
     /// The process id (stable until the child is reaped).

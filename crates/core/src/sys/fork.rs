@@ -68,9 +68,8 @@ pub(crate) unsafe fn fork_sibling() -> io::Result<ForkSide> {
     let mut tid_address: *mut libc::c_int = std::ptr::null_mut();
     // SAFETY: PR_GET_TID_ADDRESS writes one pointer through its second argument, which points
     // to a live local of that type.
-    let ret = unsafe {
-        libc::prctl(libc::PR_GET_TID_ADDRESS, &mut tid_address as *mut *mut libc::c_int)
-    };
+    let ret =
+        unsafe { libc::prctl(libc::PR_GET_TID_ADDRESS, &mut tid_address as *mut *mut libc::c_int) };
     super::cvt(ret)?;
     if tid_address.is_null() {
         return Err(io::ErrorKind::Unsupported.into());
@@ -104,7 +103,8 @@ pub(crate) unsafe fn fork_sibling() -> io::Result<ForkSide> {
     }
     let flags = libc::CLONE_PARENT | libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID;
     // With CLONE_PARENT the exit signal is the caller's own (clone3 wants 0 here).
-    let args = CloneArgs { flags: flags as u64, child_tid: tid_address as u64, ..Default::default() };
+    let args =
+        CloneArgs { flags: flags as u64, child_tid: tid_address as u64, ..Default::default() };
     // SAFETY: clone3 reads `size` bytes of `args`, a live, initialised repr(C) struct of the
     // kernel's layout. Without CLONE_VM the child runs on a copy of this stack, returning here
     // like fork; the address it writes its tid to is glibc's own slot for it in the child's

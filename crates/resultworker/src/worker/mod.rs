@@ -97,7 +97,11 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
     poll.registry().register(&mut SourceFd(&raw(&output)), OUT, Interest::WRITABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&reports)), REPORTS, Interest::READABLE)?;
     if let Some(zygote) = &zygote {
-        poll.registry().register(&mut SourceFd(&raw(zygote.births())), BIRTHS, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&raw(zygote.births())),
+            BIRTHS,
+            Interest::READABLE,
+        )?;
     }
     Ok(Shell::new(
         poll,

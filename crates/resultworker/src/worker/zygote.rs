@@ -103,7 +103,9 @@ impl Zygote {
         // one.
         let mut buf = [0u8; BIRTH * 64];
         loop {
-            let read = retry_interrupted(|| rustix::io::read(&self.births, &mut buf[..]).map_err(Into::into));
+            let read = retry_interrupted(|| {
+                rustix::io::read(&self.births, &mut buf[..]).map_err(Into::into)
+            });
             let n = match read {
                 Ok(0) => return false,
                 Ok(n) => n,
@@ -139,7 +141,9 @@ pub(super) fn run(ends: Ends, functions: &HashMap<String, ErasedFn>, reports: &O
         if filled == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
-        let read = retry_interrupted(|| rustix::io::read(&ends.orders, &mut buf[filled..]).map_err(Into::into));
+        let read = retry_interrupted(|| {
+            rustix::io::read(&ends.orders, &mut buf[filled..]).map_err(Into::into)
+        });
         match read {
             Ok(0) => procyard_core::exit_immediately(0),
             Ok(n) => filled += n,
@@ -166,7 +170,8 @@ pub(super) fn run(ends: Ends, functions: &HashMap<String, ErasedFn>, reports: &O
                 Ok(ForkedSibling::Child) => {
                     drop(ends);
                     let (tag, body) = super::job::run_function(functions, message);
-                    let code = if write_report(reports, id as ChildId, tag, &body) { 0 } else { 70 };
+                    let code =
+                        if write_report(reports, id as ChildId, tag, &body) { 0 } else { 70 };
                     procyard_core::exit_immediately(code)
                 }
                 Ok(ForkedSibling::Forker(pid)) => pid.as_raw(),
@@ -279,8 +284,12 @@ impl Shell {
         let _ = self.poll.registry().deregister(&mut SourceFd(&raw(zygote.births())));
         let exit = zygote.end();
         tracing::warn!(?exit, "procyard-resultworker: the zygote died; the worker forks jobs");
-        let mut unborn: Vec<ChildId> =
-            self.children.iter().filter(|(_, job)| job.child.is_none()).map(|(id, _)| *id).collect();
+        let mut unborn: Vec<ChildId> = self
+            .children
+            .iter()
+            .filter(|(_, job)| job.child.is_none())
+            .map(|(id, _)| *id)
+            .collect();
         if unborn.is_empty() {
             return;
         }
