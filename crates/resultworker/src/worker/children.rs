@@ -13,7 +13,6 @@ use procyard_core::{Child, Forked, Signal};
 use super::process::{PIPE_ATOMIC, drain, raw, spawn_command, write_report};
 use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, Shell, Spare, TOKENS_PER_JOB};
 use super::state::{ChildId, Event, Kind, StartJob};
-use super::zygote::Zygote;
 use crate::wire::{self, WireError};
 
 /// A reusable child's job pipe, and the jobs it has taken (the current one included).
@@ -130,11 +129,11 @@ impl Shell {
                 Some(spare) => spare,
                 None if !self.reuse => {
                     let id = self.new_id();
-                    if let Some(zygote) = &self.zygote {
-                        if zygote.order(id, &message) {
-                            return Ok((id, None, None, Some(message)));
-                        }
-                        // It died: its births pipe ends, and `read_births` says so.
+                    // If the zygote died, its births pipe ends, and `read_births` says so.
+                    if let Some(zygote) = &self.zygote
+                        && zygote.order(id, &message)
+                    {
+                        return Ok((id, None, None, Some(message)));
                     }
                     let child = self.fork_job(id, &message)?;
                     return Ok((id, Some(child), None, None));
@@ -222,7 +221,9 @@ impl Shell {
         self.input = None;
         self.output = None;
         self.reports = None;
-        self.zygote.take().map(Zygote::detach);
+        if let Some(zygote) = self.zygote.take() {
+            zygote.detach();
+        }
         for spare in self.idle.drain(..) {
             spare.child.detach();
         }
