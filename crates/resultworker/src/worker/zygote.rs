@@ -32,6 +32,7 @@ use procyard_core::mio::unix::SourceFd;
 use procyard_core::mio::{Interest, Token};
 use procyard_core::{Child, Exit, Forked, Pid, Signal};
 
+use super::job::{call, lookup};
 use super::process::{raw, write_all, write_all_vectored, write_report};
 use super::shell::{FIRST_JOB, Shell, TOKENS_PER_JOB};
 use super::state::{ChildId, Event};
@@ -133,6 +134,11 @@ pub(super) fn run(ends: Ends, functions: &HashMap<String, ErasedFn>, reports: &O
     }
     let _ = rustix::stdio::dup2_stdout(io::stderr().as_fd());
     let config = ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
+    // Blocks of the size a job's value starts at (serde_json's `to_vec` reserves 128 bytes),
+    // freed here into the allocator's per-thread cache (glibc's tcache keeps 7 of each size):
+    // each child's first allocation takes one, and writes fewer pages than carving a new
+    // block from the heap would (each page a child writes first is a fault, and a copy).
+    drop((0..7).map(|_| Vec::<u8>::with_capacity(128)).collect::<Vec<_>>());
     // Allocated once; a read writes only the bytes it brings (each page the zygote writes
     // after a fork is a fault).
     let mut buf = vec![0u8; ORDERS];
@@ -153,7 +159,8 @@ pub(super) fn run(ends: Ends, functions: &HashMap<String, ErasedFn>, reports: &O
         while let Some(header) = buf[pos..filled].first_chunk::<12>() {
             let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
             let end = pos + 4 + len;
-            if len < 8 {
+            if !(8..=8 + procyard_core::MAX_FRAME).contains(&len) {
+                // Only the worker writes there: a corrupt stream ends the zygote.
                 procyard_core::exit_immediately(1);
             }
             if end > filled {
@@ -165,11 +172,16 @@ pub(super) fn run(ends: Ends, functions: &HashMap<String, ErasedFn>, reports: &O
             let mut id = [0u8; 8];
             id.copy_from_slice(&header[4..12]);
             let id = u64::from_be_bytes(id);
-            let message = &buf[pos + 12..end];
+            // Looked up here, not in each child: the child then runs less code, and each
+            // page of code a child runs first is a page fault in it.
+            let job = lookup(functions, &buf[pos + 12..end]);
             let pid = match procyard_core::fork::fork_sibling(config) {
                 Ok(ForkedSibling::Child) => {
                     drop(ends);
-                    let (tag, body) = super::job::run_function(functions, message);
+                    let (tag, body) = match job {
+                        Ok((f, args)) => call(f, args),
+                        Err(report) => report,
+                    };
                     let code =
                         if write_report(reports, id as ChildId, tag, &body) { 0 } else { 70 };
                     procyard_core::exit_immediately(code)
@@ -187,6 +199,10 @@ pub(super) fn run(ends: Ends, functions: &HashMap<String, ErasedFn>, reports: &O
         }
         buf.copy_within(pos..filled, 0);
         filled -= pos;
+        // A large job's buffer is let go once empty (each resident page costs every fork).
+        if filled == 0 && buf.len() > ORDERS {
+            buf = vec![0u8; ORDERS];
+        }
     }
 }
 
