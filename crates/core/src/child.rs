@@ -45,6 +45,38 @@ impl Child {
         Ok(Child { pid, pidfd, group, exit: None, usage: None, stdin, stdout, stderr })
     }
 
+    /// Takes charge of a child of this process that another process forked for it (a zygote,
+    /// with [`fork_sibling`](crate::fork::fork_sibling)), given its pid, as if this process
+    /// had forked it. With `new_process_group` it also makes the child the leader of a group
+    /// of its own (which the child does too, after [`ForkConfig`](crate::fork::ForkConfig)'s
+    /// `new_process_group`: whichever runs first).
+    ///
+    /// Refused unless `pid` names an unreaped child of this process; so it cannot name a
+    /// recycled pid, since only this process reaps its children (through their pidfds).
+    pub fn adopt(pid: Pid, new_process_group: bool) -> Result<Child> {
+        let failed = |source: std::io::Error| Error::Process { action: "adopt", pid, source };
+        let pidfd =
+            rustix::process::pidfd_open(pid.to_rustix(), rustix::process::PidfdFlags::empty())
+                .map_err(|e| failed(e.into()))?;
+        // Reaps nothing (WNOWAIT); fails with ECHILD unless the process is our child.
+        let options = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        sys::wait::waitid_pidfd(pidfd.as_fd(), options).map_err(failed)?;
+        let group = new_process_group.then_some(pid);
+        if new_process_group {
+            let _ = rustix::process::setpgid(Some(pid.to_rustix()), Some(pid.to_rustix()));
+        }
+        Ok(Child {
+            pid,
+            pidfd,
+            group,
+            exit: None,
+            usage: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+        })
+    }
+
     /// The process id (stable until the child is reaped).
     pub fn id(&self) -> Pid {
         self.pid

@@ -6,6 +6,6 @@
 //! hatch whose contract says what the child may do.
 
 pub use crate::sys::forking::{
-    DaemonConfig, DaemonStatus, Daemonized, ForkConfig, Forked, daemonize, exit_immediately, fork,
-    fork_unchecked, set_parent_death_signal, thread_count,
+    DaemonConfig, DaemonStatus, Daemonized, ForkConfig, Forked, ForkedSibling, daemonize,
+    exit_immediately, fork, fork_sibling, fork_unchecked, set_parent_death_signal, thread_count,
 };

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use procyard_core::fork::{
-    DaemonConfig, Daemonized, ForkConfig, Forked, daemonize, exit_immediately, fork, thread_count,
+    DaemonConfig, Daemonized, ForkConfig, Forked, ForkedSibling, daemonize, exit_immediately, fork,
+    fork_sibling, thread_count,
 };
-use procyard_core::{Deadline, Error, Exit, Pid, ProcStat, ProcessIdentity, Signal};
+use procyard_core::{Child, Deadline, Error, Exit, Pid, ProcStat, ProcessIdentity, Signal};
 
 fn fork_reports_exit_and_group() {
     match fork(ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) })
@@ -16,6 +17,48 @@ fn fork_reports_exit_and_group() {
         Forked::Parent(mut child) => {
             assert_eq!(child.process_group(), Some(child.id()));
             assert_eq!(child.wait().unwrap(), Exit::Code(9));
+        }
+    }
+}
+
+/// A zygote forks a sibling: the sibling is this process's child, which adopts it by pid and
+/// waits for it; in it, std (threads included) works as after a fork.
+fn fork_sibling_makes_a_child_of_the_parent() {
+    let me = Pid::current();
+    let (read_end, write_end) = std::io::pipe().unwrap();
+    let config = ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
+    match fork(ForkConfig::default()).unwrap() {
+        Forked::Child => {
+            drop(read_end);
+            let code = match fork_sibling(config) {
+                Ok(ForkedSibling::Child) => {
+                    let grouped = ProcStat::read(Pid::current()).ok().flatten().map(|s| s.pgid);
+                    let ok = Pid::parent() == Some(me)
+                        && grouped == Some(Pid::current().as_raw())
+                        && std::thread::spawn(|| 5).join().ok() == Some(5);
+                    exit_immediately(if ok { 7 } else { 1 })
+                }
+                Ok(ForkedSibling::Forker(pid)) => {
+                    use std::io::Write;
+                    let mut write_end = write_end;
+                    write_end.write_all(&pid.as_raw().to_be_bytes()).map_or(2, |()| 0)
+                }
+                Err(_) => 3,
+            };
+            exit_immediately(code)
+        }
+        Forked::Parent(mut zygote) => {
+            drop(write_end);
+            assert_eq!(zygote.wait().unwrap(), Exit::Code(0));
+            let mut raw = [0u8; 4];
+            std::io::Read::read_exact(&mut { read_end }, &mut raw).unwrap();
+            let pid = Pid::from_raw(i32::from_be_bytes(raw)).unwrap();
+            let mut sibling = Child::adopt(pid, true).unwrap();
+            assert_eq!(sibling.process_group(), Some(pid));
+            assert_eq!(sibling.wait().unwrap(), Exit::Code(7));
+            // Reaped, it is nobody's child any more; nor was this process ever its own.
+            assert!(Child::adopt(pid, false).is_err());
+            assert!(Child::adopt(me, false).is_err());
         }
     }
 }
@@ -55,6 +98,8 @@ fn fork_refuses_in_a_threaded_process() {
     let err = fork(ForkConfig::default()).unwrap_err();
     assert!(matches!(err, Error::NotSingleThreaded { threads: 2, .. }), "{err:?}");
     let err = daemonize(&DaemonConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::NotSingleThreaded { .. }), "{err:?}");
+    let err = fork_sibling(ForkConfig::default()).unwrap_err();
     assert!(matches!(err, Error::NotSingleThreaded { .. }), "{err:?}");
     drop(tx);
     thread.join().unwrap();
@@ -128,6 +173,7 @@ fn daemon_dying_silently_is_an_error() {
 fn main() {
     let tests: &[(&str, fn())] = &[
         ("fork_reports_exit_and_group", fork_reports_exit_and_group),
+        ("fork_sibling_makes_a_child_of_the_parent", fork_sibling_makes_a_child_of_the_parent),
         ("daemonize_reports_the_daemon_pid", daemonize_reports_the_daemon_pid),
         ("daemonize_failure_is_an_error", daemonize_failure_is_an_error),
         ("daemon_dying_silently_is_an_error", daemon_dying_silently_is_an_error),

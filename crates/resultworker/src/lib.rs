@@ -43,13 +43,19 @@
 //!   (status, stdout, stderr, each stream bounded by [`OUTPUT_LIMIT`]); one that does not exit
 //!   with status 0 is [`Error::CommandFailed`], which keeps the same output.
 //! - A fork per job ([`Config::fork_per_job`]) is the cost of isolation, so the worker keeps
-//!   it cheap: when idle it keeps a spare child forked ahead of time (the next job does not
-//!   wait for a fork); when jobs queue up, each is forked with its job already in memory (no
-//!   job pipe, no wake-up). Every function child reports into one pipe shared by all (whole chunks of at most
-//!   `PIPE_BUF` bytes, tagged with the child's id), and a result is forwarded as soon as its
-//!   report arrives, before the child exits. The worker keeps few resident pages and writes
-//!   few of them per job: a fork copies the page tables of every resident page, and each
-//!   page written while a child shares it is copied.
+//!   it cheap. When jobs queue up, each is forked with its job already in memory (no job
+//!   pipe, no wake-up) by the worker's **zygote**: a small process the worker forks as it
+//!   starts, before it holds any queue or buffer, so each fork copies few page tables and
+//!   the child writes (copies) few pages; the forks also run beside the worker's loop rather
+//!   than inside it. The job's process is still the worker's child (the zygote forks it with
+//!   `CLONE_PARENT`, through procyard-core's `fork_sibling`): the worker waits for it, times
+//!   it out and signals its group as before, it dies with the worker, and its outcome is typed
+//!   the same. If the zygote dies, the jobs it had not started fail with [`Error::Failed`]
+//!   and the worker forks the next ones itself. When idle, the worker keeps a spare child
+//!   forked ahead of time (the next job does not wait for a fork). Every function child
+//!   reports into one pipe shared by all (whole chunks of at most `PIPE_BUF` bytes, tagged
+//!   with the child's id), and a result is forwarded as soon as its report arrives, before
+//!   the child exits.
 //! - Frames are procyard-core's length-prefixed frames, so payloads are binary-safe. If the
 //!   worker dies, every pending future fails with [`Error::WorkerLost`] and the worker is
 //!   restarted with backoff. The worker dies with the application (parent-death signal and

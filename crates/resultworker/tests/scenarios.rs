@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 mod hardening;
 #[path = "scenarios/reuse.rs"]
 mod reuse;
+#[path = "scenarios/zygote.rs"]
+mod zygote;
 
 fn micros_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
@@ -714,6 +716,14 @@ const TESTS: &[Test] = &[
     (
         "resultworker_job_children_hold_no_sibling_pipes",
         resultworker_job_children_hold_no_sibling_pipes,
+    ),
+    (
+        "resultworker_fork_per_job_children_are_the_workers",
+        zygote::resultworker_fork_per_job_children_are_the_workers,
+    ),
+    (
+        "resultworker_fork_per_job_survives_its_zygote",
+        zygote::resultworker_fork_per_job_survives_its_zygote,
     ),
 ];
 

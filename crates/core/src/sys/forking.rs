@@ -107,6 +107,50 @@ pub unsafe fn fork_unchecked(config: ForkConfig) -> Result<Forked> {
     }
 }
 
+/// Which side of a [`fork_sibling`] this is.
+#[derive(Debug)]
+pub enum ForkedSibling {
+    /// The caller, given the new process's pid. The process is its parent's child, which
+    /// owns it from [`Child::adopt`] on.
+    Forker(Pid),
+    /// The new process. It should end with [`exit_immediately`], as after [`fork`].
+    Child,
+}
+
+/// Forks a process that is the calling process's **parent's** child (`clone3` with
+/// `CLONE_PARENT`): for a zygote, a small process forked early, which forks the processes its
+/// parent asks for (each fork then copies the zygote's few pages, not the parent's), while
+/// the parent owns them (waits for them, signals them) after [`Child::adopt`]. The calling
+/// process must be single-threaded (checked; otherwise [`Error::NotSingleThreaded`]).
+///
+/// It differs from [`fork`] in two ways: no `pthread_atfork` handler runs (as with glibc's
+/// `_Fork`), and the child's parent-death signal, when asked for, follows its new parent.
+/// Linux with glibc only (`clone3`, `PR_GET_TID_ADDRESS`); an error elsewhere, or while the
+/// calling thread holds a robust mutex.
+pub fn fork_sibling(config: ForkConfig) -> Result<ForkedSibling> {
+    ensure_single_threaded("fork")?;
+    let parent = Pid::parent();
+    // SAFETY: the process has exactly one thread (checked above), as for `fork`.
+    let side = unsafe { sys::fork::fork_sibling() }.map_err(|e| Error::os("fork", e))?;
+    match side {
+        ForkSide::Child => {
+            if config.new_process_group {
+                let _ = rustix::process::setpgid(None, None);
+            }
+            if let Some(sig) = config.parent_death_signal {
+                let _ = sys::fork::set_parent_death_signal(sig.as_raw());
+                if Pid::parent() != parent {
+                    let _ = sys::signal::raise_self(sig.as_raw());
+                }
+            }
+            Ok(ForkedSibling::Child)
+        }
+        ForkSide::Parent(raw) => Pid::from_raw(raw)
+            .map(ForkedSibling::Forker)
+            .ok_or_else(|| Error::os("fork", std::io::Error::other("invalid pid"))),
+    }
+}
+
 /// Ends the process at once: no destructors, no atexit handlers, no stdio flush.
 pub fn exit_immediately(code: i32) -> ! {
     sys::fork::exit_immediately(code)

@@ -18,26 +18,32 @@ use crate::wire::{self, WireError};
 /// A reusable child's job pipe, and the jobs it has taken (the current one included).
 type JobPipe = (OwnedFd, usize);
 
+/// A dispatched function job: its child's id, the child (`None` until the zygote's birth
+/// message), a reusable child's job pipe, and an unborn child's job message.
+type Dispatched = (ChildId, Option<Child>, Option<JobPipe>, Option<Box<[u8]>>);
+
 impl Shell {
     /// Starts a job: returns its child's id, its kind and how many further jobs the child may
     /// take after this one (see `Event::Started`).
     pub(super) fn start(&mut self, job: StartJob) -> Result<(ChildId, Kind, usize), WireError> {
-        let (id, mut child, pipes, kind, job_pipe) = match (job.function, job.command) {
+        let (id, mut child, pipes, kind, job_pipe, unborn) = match (job.function, job.command) {
             (Some(message), _) => {
-                let (id, child, job_pipe) = self.dispatch_function(&message)?;
-                (id, child, None, Kind::Function, job_pipe)
+                let (id, child, job_pipe, unborn) = self.dispatch_function(message)?;
+                (id, child, None, Kind::Function, job_pipe, unborn)
             }
             (None, Some(spec)) => {
                 let (child, stdout, stderr) = spawn_command(&spec)?;
-                (self.new_id(), child, Some((stdout, stderr)), Kind::Command, None)
+                (self.new_id(), Some(child), Some((stdout, stderr)), Kind::Command, None, None)
             }
             (None, None) => {
                 return Err(WireError::Malformed { reason: "a job with no work".into() });
             }
         };
         let registry = self.poll.registry();
-        let registered = registry
-            .register(&mut child, Token(FIRST_JOB + id * TOKENS_PER_JOB), Interest::READABLE)
+        let token = Token(FIRST_JOB + id * TOKENS_PER_JOB);
+        let registered = child
+            .as_mut()
+            .map_or(Ok(()), |child| registry.register(child, token, Interest::READABLE))
             .and_then(|()| {
                 let Some((stdout, stderr)) = &pipes else { return Ok(()) };
                 for (n, pipe) in [stdout, stderr].into_iter().enumerate() {
@@ -48,7 +54,9 @@ impl Shell {
                 Ok(())
             });
         if let Err(e) = registered {
-            let _ = child.kill_and_reap();
+            if let Some(mut child) = child {
+                let _ = child.kill_and_reap();
+            }
             return Err(WireError::Failed { message: format!("unable to watch the job: {e}") });
         }
         let (job_pipe, served) = job_pipe.map_or((None, 1), |(pipe, served)| (Some(pipe), served));
@@ -60,6 +68,8 @@ impl Shell {
         let reported = 0;
         let job = JobChild {
             child,
+            unborn,
+            pending: None,
             kind,
             pipe,
             job_pipe,
@@ -98,29 +108,35 @@ impl Shell {
     }
 
     /// Sends a function job to a spare child, which becomes the job's child; without a spare
-    /// (or if it died), forks a child for the job (which then has no job pipe), or in reuse
-    /// mode a spare to send it to. With a job pipe comes the number of jobs the child has
-    /// taken, this one included.
-    fn dispatch_function(
-        &mut self,
-        message: &[u8],
-    ) -> Result<(ChildId, Child, Option<JobPipe>), WireError> {
-        let Some(frame) = wire::frame(message) else {
+    /// (or if it died), orders a child for the job from the zygote (not born yet: no `Child`;
+    /// the message is kept until it is) or forks one (either has no job pipe), or in reuse
+    /// mode forks a spare to send it to. With a job pipe comes the number of jobs the child
+    /// has taken, this one included.
+    fn dispatch_function(&mut self, message: Box<[u8]>) -> Result<Dispatched, WireError> {
+        if message.len() > procyard_core::MAX_FRAME {
             let reason = format!("job of {} bytes exceeds the frame limit", message.len());
             return Err(WireError::Malformed { reason });
-        };
+        }
         if self.exec_jobs {
             let id = self.new_id();
+            let frame = wire::frame(&message).unwrap_or_default();
             let child = super::job::spawn_job(id, &frame, &self.reports_write)?;
-            return Ok((id, child, None));
+            return Ok((id, Some(child), None, None));
         }
         let mut fresh = 0;
         while fresh < 2 {
             let spare = match self.idle.pop() {
                 Some(spare) => spare,
                 None if !self.reuse => {
-                    let (id, child) = self.fork_job(message)?;
-                    return Ok((id, child, None));
+                    let id = self.new_id();
+                    // If the zygote died, its births pipe ends, and `read_births` says so.
+                    if let Some(zygote) = &self.zygote
+                        && zygote.order(id, &message)
+                    {
+                        return Ok((id, None, None, Some(message)));
+                    }
+                    let child = self.fork_job(id, &message)?;
+                    return Ok((id, Some(child), None, None));
                 }
                 None => {
                     fresh += 1;
@@ -129,24 +145,24 @@ impl Shell {
             };
             let Spare { id, child, job, served } = spare;
             // Blocking (the child reads its job as it arrives).
+            let frame = wire::frame(&message).unwrap_or_default();
             if super::process::write_all(&job, &frame) {
-                return Ok((id, child, Some((job, served + 1))));
+                return Ok((id, Some(child), Some((job, served + 1)), None));
             }
             // The idle child died (EPIPE): its Child is killed and reaped on drop; next one.
         }
         Err(WireError::Failed { message: "the job's process died before taking the job".into() })
     }
 
-    /// Forks a child that runs the job `message` (it has it in memory: no job pipe, and it
-    /// starts at once), reports and exits. Used when no spare is waiting: when jobs queue up,
-    /// a spare would only add its pipe and a wake-up to every job.
-    fn fork_job(&mut self, message: &[u8]) -> Result<(ChildId, Child), WireError> {
-        let id = self.new_id();
+    /// Forks a child `id` that runs the job `message` (it has it in memory: no job pipe, and
+    /// it starts at once), reports and exits. Used when no spare is waiting and there is no
+    /// zygote: when jobs queue up, a spare would only add its pipe and a wake-up to every job.
+    pub(super) fn fork_job(&mut self, id: ChildId, message: &[u8]) -> Result<Child, WireError> {
         let config =
             ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
         match procyard_core::fork(config) {
             Err(e) => Err(WireError::Failed { message: procyard_core::report(&e) }),
-            Ok(Forked::Parent(child)) => Ok((id, child)),
+            Ok(Forked::Parent(child)) => Ok(child),
             Ok(Forked::Child) => {
                 self.close_for_child();
                 let (tag, body) = self.run_function(message);
@@ -205,22 +221,26 @@ impl Shell {
         self.input = None;
         self.output = None;
         self.reports = None;
+        if let Some(zygote) = self.zygote.take() {
+            zygote.detach();
+        }
         for spare in self.idle.drain(..) {
             spare.child.detach();
         }
         for (_, job) in self.children.drain() {
             drop((job.pipe, job.err_pipe));
-            job.child.detach();
+            job.child.map(Child::detach);
         }
     }
 
     /// Puts a function job's child back among the idle ones, for the next job.
     pub(super) fn recycle(&mut self, id: ChildId) {
         let Some(mut job) = self.children.remove(&id) else { return };
-        let _ = self.poll.registry().deregister(&mut job.child);
+        let Some(mut child) = job.child.take() else { return };
+        let _ = self.poll.registry().deregister(&mut child);
         let Some(job_pipe) = job.job_pipe.take() else { return };
         if self.idle.len() < self.max_workers {
-            self.idle.push(Spare { id, child: job.child, job: job_pipe, served: job.served });
+            self.idle.push(Spare { id, child, job: job_pipe, served: job.served });
         }
     }
 
@@ -228,7 +248,8 @@ impl Shell {
     /// state.
     pub(super) fn finish(&mut self, id: ChildId) {
         let Some(job) = self.children.get_mut(&id) else { return };
-        let exit = match job.child.try_wait() {
+        let Some(child) = job.child.as_mut() else { return };
+        let exit = match child.try_wait() {
             Ok(Some(exit)) => exit,
             Ok(None) => return,
             Err(e) => {
@@ -247,7 +268,9 @@ impl Shell {
         }
         let Some(mut job) = self.children.remove(&id) else { return };
         let registry = self.poll.registry();
-        let _ = registry.deregister(&mut job.child);
+        if let Some(child) = job.child.as_mut() {
+            let _ = registry.deregister(child);
+        }
         for pipe in [job.pipe.take(), job.err_pipe.take()].into_iter().flatten() {
             let _ = registry.deregister(&mut SourceFd(&raw(&pipe)));
         }

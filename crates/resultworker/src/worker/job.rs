@@ -77,20 +77,46 @@ pub(crate) fn run_job(id: usize) -> ! {
 /// Runs the function a job message names (from `functions`) and returns its report: the
 /// tag ([`TAG_VALUE`] or [`TAG_ERROR`]) and the body.
 pub(super) fn run_function(functions: &HashMap<String, ErasedFn>, message: &[u8]) -> (u8, Vec<u8>) {
-    let failed = |message: String| (TAG_ERROR, error_body(&WireError::Failed { message }));
+    match lookup(functions, message) {
+        Ok((f, body)) => call(f, body),
+        Err(report) => report,
+    }
+}
+
+/// A report: its tag ([`TAG_VALUE`] or [`TAG_ERROR`]) and its body.
+type Report = (u8, Vec<u8>);
+
+/// The function a job message names (from `functions`) and its JSON arguments; or, if there
+/// is none, the report that says so.
+pub(super) fn lookup<'a>(
+    functions: &'a HashMap<String, ErasedFn>,
+    message: &'a [u8],
+) -> Result<(&'a ErasedFn, &'a [u8]), Report> {
+    let failed = |message: &str| {
+        let message = message.to_owned();
+        (TAG_ERROR, error_body(&WireError::Failed { message }))
+    };
     let Some((len, rest)) = message.split_first_chunk::<4>() else {
-        return failed("truncated job message".into());
+        return Err(failed("truncated job message"));
     };
     let len = u32::from_be_bytes(*len) as usize;
     if len > rest.len() {
-        return failed("truncated job message".into());
+        return Err(failed("truncated job message"));
     }
     let (name, body) = rest.split_at(len);
     let name = String::from_utf8_lossy(name);
-    let Some(f) = functions.get(name.as_ref()) else {
-        let error = WireError::UnknownFunction { name: name.into_owned() };
-        return (TAG_ERROR, error_body(&error));
-    };
+    match functions.get(name.as_ref()) {
+        Some(f) => Ok((f, body)),
+        None => {
+            let error = WireError::UnknownFunction { name: name.into_owned() };
+            Err((TAG_ERROR, error_body(&error)))
+        }
+    }
+}
+
+/// Calls `f` with `body` and returns its report (a panic is a failure).
+pub(super) fn call(f: &ErasedFn, body: &[u8]) -> (u8, Vec<u8>) {
+    let failed = |message: String| (TAG_ERROR, error_body(&WireError::Failed { message }));
     match std::panic::catch_unwind(AssertUnwindSafe(|| f(body))) {
         Ok(Ok(value)) => (TAG_VALUE, value),
         Ok(Err(message)) => failed(message),

@@ -16,6 +16,7 @@
 //! - `children.rs`: starting jobs (spare children, forks, spawns) and reading their reports.
 //! - `job.rs`: a job process started by exec, for a worker that has other threads.
 //! - `process.rs`: small pipe helpers shared by the worker and its children.
+//! - `zygote.rs`: the small process that forks the children of a fork per job.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -31,10 +32,11 @@ mod job;
 mod process;
 mod shell;
 mod state;
+mod zygote;
 
 pub(crate) use job::run_job;
 use process::raw;
-use shell::{IN, OUT, REPORTS, Shell};
+use shell::{BIRTHS, IN, OUT, REPORTS, Shell};
 
 /// Runs the worker until it is stopped or its parent goes away; returns the exit code.
 ///
@@ -60,6 +62,26 @@ fn take_std(fd: impl AsFd) -> io::Result<OwnedFd> {
 }
 
 fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
+    let max_jobs: usize = std::env::var(ENV_REUSE).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let reuse = !exec_jobs && max_jobs > 0;
+    let (reports, reports_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let functions = registered();
+    // A fork per job: the zygote is forked first, while the worker is small (see `zygote`).
+    let zygote = if exec_jobs || reuse {
+        None
+    } else {
+        match zygote::fork() {
+            Ok(zygote::Side::Zygote(ends)) => {
+                drop(reports);
+                zygote::run(ends, &functions, &reports_write)
+            }
+            Ok(zygote::Side::Worker(zygote)) => Some(zygote),
+            Err(e) => {
+                tracing::warn!(error = %e, "procyard-resultworker: no zygote; the worker forks");
+                None
+            }
+        }
+    };
     let input = take_std(io::stdin().as_fd())?;
     let output = take_std(io::stdout().as_fd())?;
     let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
@@ -67,7 +89,6 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
     rustix::stdio::dup2_stdout(io::stderr().as_fd())?;
     rustix::io::ioctl_fionbio(&input, true)?;
     rustix::io::ioctl_fionbio(&output, true)?;
-    let (reports, reports_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     // The read end only: the children's writes block (a write of up to PIPE_BUF bytes is
     // then all or nothing, never split or mixed with another child's).
     rustix::io::ioctl_fionbio(&reports, true)?;
@@ -75,8 +96,13 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
     poll.registry().register(&mut SourceFd(&raw(&input)), IN, Interest::READABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&output)), OUT, Interest::WRITABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&reports)), REPORTS, Interest::READABLE)?;
-    let max_jobs: usize = std::env::var(ENV_REUSE).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let reuse = !exec_jobs && max_jobs > 0;
+    if let Some(zygote) = &zygote {
+        poll.registry().register(
+            &mut SourceFd(&raw(zygote.births())),
+            BIRTHS,
+            Interest::READABLE,
+        )?;
+    }
     Ok(Shell::new(
         poll,
         std::fs::File::from(input),
@@ -85,7 +111,7 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
         reports_write,
         max_workers,
         (reuse, max_jobs),
-        exec_jobs,
-        registered(),
+        (exec_jobs, zygote),
+        functions,
     ))
 }

@@ -57,3 +57,13 @@ pub(super) fn outcome(job: &Job, exit: Exit, captured: Captured) -> Option<Vec<u
         }
     }
 }
+
+/// The report for a job whose child was never born (see `Event::Lost`), unless it was sent
+/// already.
+pub(super) fn lost(job: &Job, error: WireError) -> Option<Vec<u8>> {
+    if job.phase != Phase::Running {
+        let captured = Captured { output: Vec::new(), stderr: Vec::new(), truncated: false };
+        return outcome(job, Exit::Code(0), captured);
+    }
+    Some(encode_report(TAG_ERROR, &error_body(&error)))
+}

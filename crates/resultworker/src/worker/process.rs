@@ -96,7 +96,7 @@ pub(super) fn write_report(fd: &OwnedFd, id: usize, tag: u8, body: &[u8]) -> boo
 
 /// Writes `head` then `tail` to a blocking descriptor in one `writev` (one atomic pipe write
 /// when they fit in `PIPE_BUF`); false on any error.
-fn write_all_vectored(fd: &OwnedFd, head: &[u8], tail: &[u8]) -> bool {
+pub(super) fn write_all_vectored(fd: &OwnedFd, head: &[u8], tail: &[u8]) -> bool {
     use std::io::IoSlice;
     let total = head.len() + tail.len();
     let written = retry_interrupted(|| {

@@ -16,6 +16,7 @@ use procyard_core::{Child, Deadline, FrameDecoder, Report, Signal, StreamState};
 
 use super::process::{drain, raw, read_small, write_all};
 use super::state::{Action, ChildId, Event, Kind, Queued, State, Verdict, Work};
+use super::zygote::Zygote;
 use crate::job::ErasedFn;
 use crate::wire::{
     self, Request, Spec, TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body, job_message,
@@ -29,13 +30,20 @@ pub(super) const KEEP_BUFFER: usize = 64 * 1024;
 pub(super) const IN: Token = Token(0);
 pub(super) const OUT: Token = Token(1);
 pub(super) const REPORTS: Token = Token(2);
-pub(super) const FIRST_JOB: usize = 3;
+/// The zygote's births pipe (see `zygote`).
+pub(super) const BIRTHS: Token = Token(3);
+pub(super) const FIRST_JOB: usize = 4;
 /// Tokens per job child: its pidfd, then a command's stdout and stderr.
 pub(super) const TOKENS_PER_JOB: usize = 3;
 
 /// A job's child as the shell holds it.
 pub(super) struct JobChild {
-    pub(super) child: Child,
+    /// `None` until the zygote that forks it says it was born (see `zygote`).
+    pub(super) child: Option<Child>,
+    /// A job ordered from the zygote and not born yet: its message (forked here instead if
+    /// the zygote cannot), and the signal for its group once born (a timeout, a stop).
+    pub(super) unborn: Option<Box<[u8]>>,
+    pub(super) pending: Option<Signal>,
     pub(super) kind: Kind,
     /// A command's stdout.
     pub(super) pipe: Option<OwnedFd>,
@@ -99,6 +107,10 @@ pub(super) struct Shell {
     pub(super) report_chunks: Vec<u8>,
     /// Ids of the children whose chunks the last read of `reports` brought (reused).
     pub(super) touched: Vec<ChildId>,
+    /// The process that forks function jobs' children with a fork per job (see `zygote`).
+    pub(super) zygote: Option<Zygote>,
+    /// Births read from the zygote (reused).
+    pub(super) births: Vec<(ChildId, i32)>,
     /// The state's answers, reused from step to step.
     actions: Vec<Action>,
 }
@@ -113,7 +125,7 @@ impl Shell {
         reports_write: OwnedFd,
         max_workers: usize,
         (reuse, max_jobs): (bool, usize),
-        exec_jobs: bool,
+        (exec_jobs, zygote): (bool, Option<Zygote>),
         functions: HashMap<String, ErasedFn>,
     ) -> Shell {
         let names = functions.keys().cloned().collect();
@@ -138,6 +150,8 @@ impl Shell {
             reports_write,
             report_chunks: Vec::new(),
             touched: Vec::new(),
+            zygote,
+            births: Vec::new(),
             actions: Vec::new(),
         }
     }
@@ -157,8 +171,10 @@ impl Shell {
                 }
                 Some(Verdict::Abandoned) => {
                     // The application is gone: nobody wants the results.
-                    for (_, mut job) in self.children.drain() {
-                        let _ = job.child.kill_and_reap();
+                    for (_, job) in self.children.drain() {
+                        if let Some(mut child) = job.child {
+                            let _ = child.kill_and_reap();
+                        }
                     }
                     return Ok(1);
                 }
@@ -173,6 +189,7 @@ impl Shell {
                     IN => self.read_requests(),
                     OUT => self.flush(),
                     REPORTS => self.read_reports(None),
+                    BIRTHS => self.read_births(),
                     Token(t) => {
                         let id = (t - FIRST_JOB) / TOKENS_PER_JOB;
                         if (t - FIRST_JOB).is_multiple_of(TOKENS_PER_JOB) {
@@ -224,8 +241,11 @@ impl Shell {
                 }
             }
             Action::Kill { id } => {
-                if let Some(job) = self.children.get(&id) {
-                    let _ = job.child.kill();
+                if let Some(job) = self.children.get_mut(&id) {
+                    match &job.child {
+                        Some(child) => drop(child.kill()),
+                        None => job.pending = Some(Signal::KILL),
+                    }
                 }
             }
             Action::SignalAll(signal) => self.signal_all(signal),
@@ -239,9 +259,14 @@ impl Shell {
         }
     }
 
-    fn signal_all(&self, signal: Signal) {
-        for job in self.children.values() {
-            let _ = job.child.signal_group(signal);
+    fn signal_all(&mut self, signal: Signal) {
+        for job in self.children.values_mut() {
+            match &job.child {
+                Some(child) => drop(child.signal_group(signal)),
+                // A KILL already due stays due.
+                None if job.pending != Some(Signal::KILL) => job.pending = Some(signal),
+                None => {}
+            }
         }
     }
 

@@ -126,6 +126,8 @@ pub(super) enum Event {
     /// its stdout), `stderr` a command's stderr, `truncated` whether a command's stream
     /// went beyond the limit.
     Exited { id: ChildId, exit: Exit, output: Vec<u8>, stderr: Vec<u8>, truncated: bool },
+    /// The child `id` never ran its job: the zygote could not fork it, or died first.
+    Lost { id: ChildId, error: WireError },
     /// A job written ahead into the child `id` could not be written (the last one).
     WriteAheadFailed { id: ChildId },
     /// A deadline may have passed.
@@ -238,6 +240,13 @@ impl State {
             }
             Event::Exited { id, exit, output, stderr, truncated } => {
                 self.on_exit(id, exit, Captured { output, stderr, truncated }, actions);
+            }
+            Event::Lost { id, error } => {
+                if let Some(job) = self.jobs.remove(&id)
+                    && let Some(report) = outcome::lost(&job, error)
+                {
+                    actions.push(Action::Send { key: job.key, report });
+                }
             }
             Event::WriteAheadFailed { id } => {
                 if let Some(job) = self.jobs.get_mut(&id)

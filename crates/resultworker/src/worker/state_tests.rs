@@ -109,6 +109,30 @@ fn start_failed_sends_the_error_and_frees_the_slot() {
 }
 
 #[test]
+fn a_child_never_born_fails_its_job_typed_and_frees_the_slot() {
+    let t = Instant::now();
+    let mut s = state(1, false);
+    running(&mut s, 1, 0, None, t);
+    step(&mut s, Event::Run(function(2, None)), t);
+    assert!(starts(&step(&mut s, Event::Admit, t)).is_empty(), "the one slot is taken");
+    let lost = WireError::Failed { message: "the zygote died".into() };
+    let actions = step(&mut s, Event::Lost { id: 0, error: lost.clone() }, t);
+    assert_eq!(error_for(&actions, 1), lost);
+    assert_eq!(starts(&step(&mut s, Event::Admit, t)), [2]);
+    // One that timed out meanwhile ends as timed out; one that reported, as reported.
+    let started =
+        Event::Started { key: 2, id: 1, kind: Kind::Function, timeout: Some(MS), further: 0 };
+    step(&mut s, started, t);
+    assert_eq!(step(&mut s, Event::Tick, t + 2 * MS), [Action::Kill { id: 1 }]);
+    let actions = step(&mut s, Event::Lost { id: 1, error: lost.clone() }, t + 3 * MS);
+    assert!(matches!(error_for(&actions, 2), WireError::TimedOut { timeout_ms: 1 }));
+    running(&mut s, 3, 2, None, t);
+    step(&mut s, Event::Report { id: 2, report: value(b"9"), recyclable: false }, t);
+    assert!(step(&mut s, Event::Lost { id: 2, error: lost }, t).is_empty());
+    assert_eq!(s.verdict(), None);
+}
+
+#[test]
 fn report_sends_the_value_once_and_a_bad_one_kills_the_child() {
     let t = Instant::now();
     let mut s = state(2, false);
