@@ -140,6 +140,17 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// A daemon's name on its leases: the first 16 hex digits of a v7 UUID (the millisecond it
+/// opened the file, and 12 random bits). Only one daemon serves a file at a time (the lock),
+/// so that is unique among the file's owners, and each leased row grows by 16 bytes where
+/// the whole UUID took 36: a row that grows past its page's free space splits the page (more
+/// log frames for the claim that took it).
+fn lease_owner() -> String {
+    let mut name = uuid::Uuid::now_v7().simple().to_string();
+    name.truncate(16);
+    name
+}
+
 /// Every file of the queue at `queue`: the database, its `-wal` and `-shm` files, and the
 /// daemon's lock.
 pub fn companion_files(queue: &Path) -> [PathBuf; 4] {
@@ -177,7 +188,7 @@ impl SqliteQueue {
             conn,
             tasks: Vec::new(),
             mode,
-            owner: uuid::Uuid::now_v7().to_string(),
+            owner: lease_owner(),
             _lock: lock,
             pending: Vec::new(),
             due_cache: None,
