@@ -192,8 +192,9 @@ impl Shell {
             // A longlived worker that answered: what it wrote on stderr during the job.
             None => {
                 let relay = self.processes.get_mut(&ended.worker).and_then(|p| p.relay.as_mut());
-                if let Some(r) = relay {
+                if let Some(r) = relay.filter(|r| !r.fresh) {
                     r.read(self.poll.registry());
+                    r.fresh = true;
                 }
                 let relay = self.processes.get_mut(&ended.worker).and_then(|p| p.relay.as_mut());
                 let capture = relay.and_then(|r| r.job.take());

@@ -34,6 +34,10 @@ pub(crate) struct Relay {
     pub rx: Option<pipe::Receiver>,
     /// The current job's stderr, when the worker runs one.
     pub job: Option<Capture>,
+    /// Read since the replies being fed were read from stdout: whatever their jobs wrote on
+    /// stderr (before replying) is already taken, so the attempts they end need no read of
+    /// their own (one `read` per batch of replies instead of one per job).
+    pub fresh: bool,
 }
 
 impl Relay {
@@ -229,7 +233,7 @@ impl Process {
                 }),
                 None,
             ),
-            WorkModel::Longlived => (None, Some(Relay { rx: stderr, job: None })),
+            WorkModel::Longlived => (None, Some(Relay { rx: stderr, job: None, fresh: false })),
         };
         let holder = worker_holder(&child);
         let mut worker = Process {

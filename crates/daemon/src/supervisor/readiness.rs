@@ -83,6 +83,10 @@ impl Shell {
         let state = p.decoder.read_from(stdout);
         let outer = self.stdin_later.replace(Vec::new());
         self.feed_replies(id);
+        // The next replies may come from jobs that wrote on stderr after this batch's read.
+        if let Some(r) = self.processes.get_mut(&id).and_then(|p| p.relay.as_mut()) {
+            r.fresh = false;
+        }
         self.write_stdin_later();
         self.stdin_later = outer;
         match state {

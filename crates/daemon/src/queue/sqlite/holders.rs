@@ -3,7 +3,9 @@
 //! write transaction after the hand-off, and read back by the next daemon to stop the workers
 //! of a dead one before their jobs are put back.
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use procyard_core::boot_id;
 
 use super::schema::{STATE_LEASED, add_columns};
 use crate::queue::{Abandoned, LeaseHolder, Receipt};
@@ -41,9 +43,28 @@ impl<'a> Columns<'a> {
             pid: holder.map(|h| h.process.pid.as_raw()),
             start: holder.map(|h| i64::try_from(h.process.start_time).unwrap_or(i64::MAX)),
             pgid: holder.map(|h| h.process_group.as_raw()),
-            boot: holder.map(|h| h.process.boot_id.as_str()),
+            // This machine's boot is the one its lease owner registered ([`register_owner`]).
+            boot: holder.map(|h| h.process.boot_id.as_str()).filter(|b| *b != boot_id()),
         }
     }
+}
+
+/// Registers `owner`, the daemon about to take leases, with this machine's boot, and forgets
+/// the owners that no leased row names. A lease it takes records its worker's boot as `NULL`
+/// when it is this one ([`Columns::of`]) and [`abandoned`] reads it from here: a leased row
+/// grows 36 bytes less, and a row that grows past its page's free space splits the page (more
+/// log frames for the claim that took it).
+pub(super) fn register_owner(conn: &Connection, owner: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM owners WHERE owner NOT IN
+             (SELECT lease_owner FROM jobs WHERE state = 1 AND lease_owner IS NOT NULL)",
+        [],
+    )?;
+    conn.execute(
+        "INSERT OR REPLACE INTO owners (owner, boot) VALUES (?1, ?2)",
+        params![owner, boot_id()],
+    )?;
+    Ok(())
 }
 
 /// The holders a claim wrote with its leases (the workers the daemon said it would hand the
@@ -123,25 +144,34 @@ pub(crate) fn write(tx: &Transaction<'_>, holders: &[Held]) -> rusqlite::Result<
 }
 
 /// Every leased row, with its holder when one was recorded (and is well-formed: a pid or
-/// group that is not a positive number is no holder at all).
+/// group that is not a positive number is no holder at all). A holder whose boot is not on
+/// the row has its lease owner's ([`register_owner`]).
 pub(super) fn abandoned(conn: &Connection) -> rusqlite::Result<Vec<Abandoned>> {
     let mut stmt = conn.prepare(
         "SELECT seq, id, task, worker_pid, worker_start, worker_pgid, worker_boot
          FROM jobs WHERE state = 1 ORDER BY seq",
     )?;
-    let rows = stmt.query_map([], |r| {
-        let pid: Option<i64> = r.get(3)?;
-        let start: Option<i64> = r.get(4)?;
-        let pgid: Option<i64> = r.get(5)?;
-        let boot: Option<String> = r.get(6)?;
-        Ok(Abandoned {
-            receipt: Receipt(r.get::<_, i64>(0)? as u64),
-            id: r.get(1)?,
-            task: r.get(2)?,
-            holder: holder(pid, start, pgid, boot),
-        })
+    type Row = (i64, String, String, Option<i64>, Option<i64>, Option<i64>, Option<String>);
+    let rows = stmt.query_map([], |r| -> rusqlite::Result<Row> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
     })?;
-    rows.collect()
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, id, task, pid, start, pgid, mut boot) = row?;
+        if boot.is_none() && pid.is_some() && start.is_some() && pgid.is_some() {
+            boot = conn
+                .query_row(
+                    "SELECT o.boot FROM jobs j JOIN owners o ON o.owner = j.lease_owner
+                     WHERE j.seq = ?1",
+                    [seq],
+                    |r| r.get(0),
+                )
+                .optional()?;
+        }
+        let holder = holder(pid, start, pgid, boot);
+        out.push(Abandoned { receipt: Receipt(seq as u64), id, task, holder });
+    }
+    Ok(out)
 }
 
 fn holder(
@@ -229,6 +259,55 @@ mod tests {
             (jobs[0].id.as_str(), Some(&holder))
         );
         assert_eq!(third.recover(&[]).unwrap(), 1);
+    }
+
+    /// A holder written with the lease leaves this machine's boot off the row (the row grows
+    /// less); the next daemon still finds the worker with its boot, after the daemon that
+    /// leased it is gone and while a third one starts. A worker of another boot keeps its own.
+    #[test]
+    fn holders_written_with_the_lease_keep_their_boot() {
+        use crate::queue::sqlite::SqliteQueue;
+        use crate::queue::{OpenMode, QueueBackend, TaskBinding};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let bind =
+            [TaskBinding { name: "t".into(), routing_keys: vec!["#".into()], max_attempts: 3 }];
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        daemon.bind(&bind).unwrap();
+        daemon.publish("a", b"1").unwrap();
+        daemon.publish("a", b"2").unwrap();
+        let me = procyard_core::ProcessIdentity::current().unwrap();
+        let here = LeaseHolder { process_group: me.pid, process: me.clone() };
+        let mut there = here.clone();
+        there.process.boot_id = "another-boot".into();
+        let jobs = daemon.claim_for("t", 2, &[Some(&here), Some(&there)]).unwrap();
+        assert_eq!(jobs.len(), 2);
+        let boots: Vec<Option<String>> = daemon
+            .conn
+            .prepare("SELECT worker_boot FROM jobs ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(boots, [None, Some("another-boot".to_owned())], "this boot left off");
+        drop(daemon); // as if killed: no hand-off written, the planned holders stand
+
+        for _ in 0..2 {
+            // The second time, a daemon that recovered nothing has come and gone.
+            let mut again = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+            let found = again.abandoned().unwrap();
+            let holders: Vec<_> = found.iter().map(|a| a.holder.clone()).collect();
+            assert_eq!(holders, [Some(here.clone()), Some(there.clone())]);
+            drop(again);
+        }
+        let mut last = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        assert_eq!(last.recover(&[]).unwrap(), 2);
+        drop(last);
+        let next = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        let owners: i64 =
+            next.conn.query_row("SELECT COUNT(*) FROM owners", [], |r| r.get(0)).unwrap();
+        assert_eq!(owners, 1, "only the daemon now serving: no lease names the others");
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! The embedded queue: one SQLite file in WAL mode.
 //!
 //! Each published job is one row per receiving task. A daemon claims rows (state `leased`,
-//! attempt count + 1, oldest first through the `jobs_ready` index, so a claim costs the rows
-//! it takes, not the backlog) inside a transaction that also records the outcomes buffered
-//! since the last one (one write transaction per loop turn), and holds `<file>.lock` (an `flock`) for as long
-//! as it runs, so exactly one daemon serves a queue file. Leases do not expire while that
-//! daemon lives; when it dies — even by SIGKILL — the kernel drops the lock, and the next
-//! daemon puts every leased row back (without counting the interrupted attempt), so a job is
-//! never lost. Done rows are kept (state done) and counted, with one row per attempt in
+//! attempt count + 1, oldest first through the `jobs_next` index, so a claim costs the rows it
+//! takes, not the backlog) inside a transaction that also records the outcomes buffered since
+//! the last one (one write transaction per loop turn), and holds `<file>.lock` (an `flock`,
+//! `lock.rs`) while it runs, so exactly one daemon serves a queue file. Leases do not expire
+//! while that daemon lives; when it dies — even by SIGKILL — the kernel drops the lock, and the
+//! next daemon puts every leased row back (without counting the interrupted attempt), so a job
+//! is never lost. Done rows are kept (state done) and counted, with one row per attempt in
 //! `attempts` (how it ended, its bounded output), until the retention prunes them in small
 //! batches ([`Retention`]: `keep_done`, `keep_done_max`); retries wait in the table with a
 //! `not_before` time; dead letters stay until requeued or purged. A daemon killed during an
@@ -141,8 +141,15 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Every file of the queue at `queue`: the database, its `-wal` and `-shm` files, and the
-/// daemon's lock.
+/// A daemon's name on its leases: 16 hex digits of a v7 UUID (the millisecond it opened the
+/// file, 12 random bits), 20 bytes less per leased row (`holders::register_owner`: why).
+fn lease_owner() -> String {
+    let mut name = uuid::Uuid::now_v7().simple().to_string();
+    name.truncate(16);
+    name
+}
+
+/// Every file of the queue at `queue`: the database, its `-wal` and `-shm`, the daemon's lock.
 pub fn companion_files(queue: &Path) -> [PathBuf; 4] {
     files::queue_files(queue)
 }
@@ -172,13 +179,18 @@ impl SqliteQueue {
             OpenMode::Daemon => Some(FileIdentity::of(path)?),
             OpenMode::Client => None,
         };
+        let owner = lease_owner();
+        if mode == OpenMode::Daemon {
+            holders::register_owner(&conn, &owner)
+                .map_err(|e| Error::queue("register the daemon in", path, e))?;
+        }
         let checkpointer = checkpoint::Checkpointer::start(&mut conn, path, mode, durability);
         Ok(SqliteQueue {
             path: path.to_owned(),
             conn,
             tasks: Vec::new(),
             mode,
-            owner: uuid::Uuid::now_v7().to_string(),
+            owner,
             _lock: lock,
             pending: Vec::new(),
             due_cache: None,

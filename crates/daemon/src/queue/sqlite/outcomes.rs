@@ -59,8 +59,28 @@ pub(crate) fn write_outcomes(
     let now = now_ms();
     let mut done_per_task: BTreeMap<&str, i64> = BTreeMap::new();
     let mut retried = false;
-    let mut del = tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?;
-    let mut del_attempts = tx.prepare_cached("DELETE FROM attempts WHERE job_seq = ?1")?;
+    // Done rows a run of consecutive rows at a time, one statement each: the workers' jobs
+    // interleave, so a turn's done rows are mostly one run.
+    let mut done: Vec<i64> = pending.iter().filter_map(PendingOutcome::done_seq).collect();
+    done.sort_unstable();
+    done.dedup();
+    if keep_history {
+        let mut finish = tx.prepare_cached(
+            "UPDATE jobs SET state = ?1, finished_ms = ?2, last_error = NULL, lease_owner = NULL
+             WHERE seq BETWEEN ?3 AND ?4",
+        )?;
+        for (first, last) in runs(&done) {
+            finish.execute(params![STATE_DONE, now, first, last])?;
+        }
+    } else {
+        let mut del = tx.prepare_cached("DELETE FROM jobs WHERE seq BETWEEN ?1 AND ?2")?;
+        let mut del_attempts =
+            tx.prepare_cached("DELETE FROM attempts WHERE job_seq BETWEEN ?1 AND ?2")?;
+        for (first, last) in runs(&done) {
+            del.execute(params![first, last])?;
+            del_attempts.execute(params![first, last])?;
+        }
+    }
     let mut retry = tx.prepare_cached(
         "UPDATE jobs SET state = ?1, not_before = ?2, last_error = ?3, lease_owner = NULL
          WHERE seq = ?4",
@@ -71,15 +91,7 @@ pub(crate) fn write_outcomes(
     )?;
     for p in pending {
         match &p.outcome {
-            Outcome::Done => {
-                if keep_history {
-                    dead.execute(params![STATE_DONE, now, None::<String>, p.seq])?;
-                } else {
-                    del.execute(params![p.seq])?;
-                    del_attempts.execute(params![p.seq])?;
-                }
-                *done_per_task.entry(&p.task).or_default() += 1;
-            }
+            Outcome::Done => *done_per_task.entry(&p.task).or_default() += 1,
             Outcome::Cancelled { reason } => {
                 dead.execute(params![STATE_CANCELLED, now, reason, p.seq])?;
             }
@@ -102,6 +114,21 @@ pub(crate) fn write_outcomes(
         stats.execute(params![task, n])?;
     }
     Ok(retried)
+}
+
+/// The runs of consecutive numbers in `sorted` (ascending, no repeats), as (first, last).
+fn runs(sorted: &[i64]) -> impl Iterator<Item = (i64, i64)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = *sorted.get(i)?;
+        let mut last = first;
+        i += 1;
+        while last < i64::MAX && sorted.get(i) == Some(&(last + 1)) {
+            last += 1;
+            i += 1;
+        }
+        Some((first, last))
+    })
 }
 
 impl SqliteQueue {
@@ -165,6 +192,13 @@ mod tests {
         let again = daemon.claim("mail", 1).unwrap();
         assert_eq!(again.len(), 1, "the retry is claimable once its delay after complete passed");
         assert_eq!(again[0].attempt, 2);
+    }
+
+    #[test]
+    fn done_rows_are_written_a_run_at_a_time() {
+        let got: Vec<_> = runs(&[1, 2, 3, 5, 7, 8]).collect();
+        assert_eq!(got, [(1, 3), (5, 5), (7, 8)]);
+        assert_eq!(runs(&[]).count(), 0);
     }
 
     /// Each outcome lands where `status` and `dead` look: done counted, retry delayed with

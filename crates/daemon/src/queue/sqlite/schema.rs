@@ -4,7 +4,8 @@
 //!
 //! One row per job and receiving task in `jobs` (its state one of the `STATE_*` codes below;
 //! done and cancelled rows stay for the retention window), one row per attempt in `attempts`
-//! (with its bounded output), and the count of jobs done per task in `stats`.
+//! (with its bounded output), the count of jobs done per task in `stats`, and in `owners` the
+//! boot of each daemon whose leases leave it out (`holders::register_owner`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -91,6 +92,10 @@ CREATE TABLE IF NOT EXISTS schedules (
 CREATE TABLE IF NOT EXISTS stats (
     task TEXT PRIMARY KEY,
     done INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS owners (
+    owner TEXT PRIMARY KEY,
+    boot  TEXT NOT NULL
 );
 ";
 
