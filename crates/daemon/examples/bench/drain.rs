@@ -488,7 +488,7 @@ pub(super) fn oneshot_latency(bin: &Path, me: &Path) -> anyhow::Result<()> {
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     let env = format!("{ONESHOT_ENV} = \"1\", {NOTIFY_ENV} = \"{}\"", notify.display());
     let mut run = Run::new(&task(me, &env, None, "oneshot", 1))?;
-    run.start(bin)?;
+    run.start_logging(bin, super::sched::log_filter())?;
     let mut q = run.queue()?;
     let socket = run.socket();
     let mut buf = [0u8; 64];
@@ -507,6 +507,9 @@ pub(super) fn oneshot_latency(bin: &Path, me: &Path) -> anyhow::Result<()> {
         ours.push(t0.elapsed().as_secs_f64() * 1e6);
     }
     run.stop()?;
+    if super::sched::log_filter() != "warn" {
+        eprintln!("bench:   oneshot stamps p50/p99/max ms:{}", super::lateness::stamps(&run));
+    }
     let mut raw = Vec::with_capacity(N);
     for i in 0..N {
         let payload = format!("r{i}");

@@ -14,8 +14,7 @@ impl Shell {
         // The leader is a zombie until reaped, so its group id cannot be recycled yet: kill
         // whatever the worker left behind in its group before reaping it.
         let Some(p) = self.processes.get_mut(&id) else { return };
-        if procyard_core::ProcStat::read(p.child.id()).ok().flatten().is_some_and(|s| s.is_zombie())
-        {
+        if p.child.has_exited().unwrap_or(false) {
             let _ = p.child.signal_group(Signal::KILL);
         }
         let exit = match p.child.try_wait_usage() {
