@@ -181,6 +181,19 @@ mod tests {
         assert!(parse_stat("1 (x) S 1").is_none());
     }
 
+    /// A `/proc` file longer than the first buffer reads whole (a `stat` line can pass 1 KiB
+    /// with large counters): the same bytes as `std::fs::read`.
+    #[test]
+    fn small_proc_files_read_whole() {
+        let status = read_small("/proc/self/status").unwrap();
+        assert!(status.len() > 1024, "/proc/self/status is {} bytes", status.len());
+        let head = |b: &[u8]| String::from_utf8_lossy(b).lines().next().map(str::to_owned);
+        assert_eq!(head(&status), head(&std::fs::read("/proc/self/status").unwrap()));
+        assert!(status.ends_with(b"\n"), "nothing cut off at the end");
+        let stat = read_small("/proc/self/stat").unwrap();
+        assert!(parse_stat(&String::from_utf8_lossy(&stat)).is_some());
+    }
+
     #[test]
     fn current_process_is_itself() {
         let me = ProcessIdentity::current().unwrap();

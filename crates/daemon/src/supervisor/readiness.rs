@@ -67,7 +67,19 @@ impl Shell {
         let registry = self.poll.registry();
         let Some(p) = self.processes.get_mut(&id) else { return };
         match (p.output.as_mut(), p.relay.as_mut()) {
-            (Some(output), _) => output.read(kind, registry),
+            (Some(output), _) => {
+                output.read(kind, registry);
+                // Both streams at their end: a job's descriptors close as it exits, just
+                // before it becomes a zombie. Take its exit in this turn if it is one (the
+                // pidfd's wake-up then finds nothing), rather than a turn later: that turn
+                // stood between a job's end and the claim of the next.
+                if output.stdout.is_none()
+                    && output.stderr.is_none()
+                    && p.child.has_exited().unwrap_or(false)
+                {
+                    return crate::stamp::timed("reap", || self.on_worker_exit(id));
+                }
+            }
             (None, _) if kind == KIND_STDOUT => return self.read_replies(id),
             (None, Some(relay)) => relay.read(registry),
             (None, None) => {}

@@ -19,15 +19,17 @@ pub(super) fn tend(shell: &mut Shell, reap: bool, stop: bool) {
     if !reap && !stop {
         return;
     }
-    let children = children_of_self();
+    let mut children = children_of_self();
     if reap {
-        reap_unknown_among(shell, &children);
+        // Reaped, a pid is no longer our child's: it could name another process at once.
+        let reaped = reap_unknown_among(shell, &children);
+        children.retain(|pid| !reaped.contains(pid));
     }
     // An escapee may have been reparented to us when its parent exited.
     stop_escapees_among(shell, &children);
 }
 
-/// [`stop_escapees`] among `children` (those reaped meanwhile are skipped: they are gone).
+/// [`stop_escapees`] among `children`, which must all still be our children (not reaped).
 fn stop_escapees_among(shell: &mut Shell, children: &[i32]) {
     let known: HashSet<i32> = shell.processes.values().map(|p| p.child.id().as_raw()).collect();
     let running: HashSet<u64> = shell.state.workers.keys().copied().collect();
@@ -42,9 +44,10 @@ pub(super) fn reap_unknown_children(shell: &mut Shell) {
     reap_unknown_among(shell, &children_of_self());
 }
 
-/// [`reap_unknown_children`] among `children`.
-fn reap_unknown_among(shell: &mut Shell, children: &[i32]) {
+/// [`reap_unknown_children`] among `children`; returns the pids it reaped.
+fn reap_unknown_among(shell: &mut Shell, children: &[i32]) -> Vec<i32> {
     let ours: HashSet<i32> = shell.processes.values().map(|p| p.child.id().as_raw()).collect();
+    let mut reaped = Vec::new();
     for &pid in children {
         let Some(p) = Pid::from_raw(pid) else { continue };
         if ours.contains(&pid) {
@@ -56,6 +59,7 @@ fn reap_unknown_among(shell: &mut Shell, children: &[i32]) {
         let Some(rpid) = rustix::process::Pid::from_raw(pid) else { continue };
         match rustix::process::waitpid(Some(rpid), rustix::process::WaitOptions::NOHANG) {
             Ok(Some((_, status))) => {
+                reaped.push(pid);
                 if shell.escapees.reaped(p) {
                     tracing::debug!(pid, ?status, "reaped a process that escaped its worker");
                 } else {
@@ -66,6 +70,7 @@ fn reap_unknown_among(shell: &mut Shell, children: &[i32]) {
             Err(e) => tracing::debug!(pid, error = %Report(&e), "unable to reap an unknown child"),
         }
     }
+    reaped
 }
 
 /// The daemon's children (started or adopted), as raw pids.
