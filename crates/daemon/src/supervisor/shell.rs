@@ -239,7 +239,9 @@ impl Shell {
             // Strays and escapees after the claims and starts that refill the freed capacity.
             let (reap, stop) =
                 (std::mem::take(&mut self.reap_strays), std::mem::take(&mut self.escapees_due));
-            stamp::timed("strays", || strays::tend(self, reap, stop));
+            if reap || stop {
+                stamp::timed("strays", || strays::tend(self, reap, stop));
+            }
             if self.state.phase == Phase::Running {
                 self.flush_queue_soon();
             } else {
