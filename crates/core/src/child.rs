@@ -149,6 +149,25 @@ impl Child {
         }
     }
 
+    /// Whether the child has exited (it may not be reaped yet); never blocks and reaps
+    /// nothing: one `waitid(WNOWAIT)` on the pidfd, where reading `/proc/PID/stat` for a
+    /// zombie takes several system calls.
+    pub fn has_exited(&self) -> Result<bool> {
+        if self.exit.is_some() {
+            return Ok(true);
+        }
+        let options = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        loop {
+            match sys::wait::waitid_pidfd(self.pidfd.as_fd(), options) {
+                Ok(waited) => return Ok(waited.is_some()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => {
+                    return Err(Error::Process { action: "wait for", pid: self.pid, source: e });
+                }
+            }
+        }
+    }
+
     /// Reaps the child if it has exited; never blocks.
     pub fn try_wait(&mut self) -> Result<Option<Exit>> {
         self.reap(true)

@@ -40,13 +40,14 @@ impl ProcStat {
     /// Reads `/proc/PID/stat`; `Ok(None)` when no such process exists.
     pub fn read(pid: Pid) -> Result<Option<ProcStat>> {
         let path = format!("/proc/{pid}/stat");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_small(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             // ESRCH can surface while the process is being torn down.
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
             Err(e) => return Err(Error::path("read", path, e)),
         };
+        let text = String::from_utf8_lossy(&text);
         parse_stat(&text).map(Some).ok_or_else(|| {
             Error::path(
                 "parse",
@@ -65,6 +66,35 @@ impl ProcStat {
     pub fn is_stopped(&self) -> bool {
         self.state == 'T' || self.state == 't'
     }
+}
+
+/// The whole of a small `/proc` file: open, one read into a buffer that holds it (a
+/// `stat` line is a few hundred bytes), close — where `read_to_string` also asks the size
+/// and reads in doubling steps from 32 bytes (seven system calls for a `stat` line, on the
+/// daemon's path from a job's exit to the next job's start).
+fn read_small(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            // A short read of a `/proc` record is the whole of it.
+            Ok(n) if len + n < buf.len() => {
+                len += n;
+                break;
+            }
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Parses the text of `/proc/PID/stat`. The command name (field 2) may hold spaces and
@@ -149,6 +179,19 @@ mod tests {
         assert_eq!(stat.num_threads, 1);
         assert!(parse_stat("garbage").is_none());
         assert!(parse_stat("1 (x) S 1").is_none());
+    }
+
+    /// A `/proc` file longer than the first buffer reads whole (a `stat` line can pass 1 KiB
+    /// with large counters): the same bytes as `std::fs::read`.
+    #[test]
+    fn small_proc_files_read_whole() {
+        let status = read_small("/proc/self/status").unwrap();
+        assert!(status.len() > 1024, "/proc/self/status is {} bytes", status.len());
+        let head = |b: &[u8]| String::from_utf8_lossy(b).lines().next().map(str::to_owned);
+        assert_eq!(head(&status), head(&std::fs::read("/proc/self/status").unwrap()));
+        assert!(status.ends_with(b"\n"), "nothing cut off at the end");
+        let stat = read_small("/proc/self/stat").unwrap();
+        assert!(parse_stat(&String::from_utf8_lossy(&stat)).is_some());
     }
 
     #[test]

@@ -237,6 +237,30 @@ fn pidfd_wakes_a_mio_loop_on_exit() {
     assert_eq!(child.try_wait().unwrap(), Some(Exit::Code(0)));
 }
 
+/// `has_exited` says whether the child ended without reaping it: the exit code is still
+/// there for `try_wait` afterwards, and a running child is not "exited".
+#[test]
+fn has_exited_tells_without_reaping() {
+    use procyard_core::mio::{Events, Interest, Poll, Token};
+    let mut running = Command::new("sleep").arg("30").spawn().unwrap();
+    assert!(!running.has_exited().unwrap());
+    let mut poll = Poll::new().unwrap();
+    let mut child = Command::shell("exit 3").spawn().unwrap();
+    poll.registry().register(&mut child, Token(7), Interest::READABLE).unwrap();
+    let mut events = Events::with_capacity(4);
+    let deadline = procyard_core::Deadline::after(Duration::from_secs(10));
+    while !events.iter().any(|e| e.token() == Token(7)) {
+        assert!(!deadline.is_expired(), "no exit event");
+        poll.poll(&mut events, Some(deadline.remaining())).unwrap();
+    }
+    assert!(child.has_exited().unwrap());
+    assert!(child.has_exited().unwrap(), "asking again reaps nothing either");
+    assert_eq!(child.try_wait().unwrap(), Some(Exit::Code(3)));
+    assert!(child.has_exited().unwrap(), "and a reaped child has exited");
+    assert!(!running.has_exited().unwrap());
+    running.kill_and_reap().unwrap();
+}
+
 #[test]
 fn drop_kills_and_reaps_the_group() {
     let child = Command::new("sleep").arg("30").spawn().unwrap();

@@ -488,16 +488,27 @@ pub(super) fn oneshot_latency(bin: &Path, me: &Path) -> anyhow::Result<()> {
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     let env = format!("{ONESHOT_ENV} = \"1\", {NOTIFY_ENV} = \"{}\"", notify.display());
     let mut run = Run::new(&task(me, &env, None, "oneshot", 1))?;
-    run.start(bin)?;
+    run.start_logging(bin, super::sched::log_filter())?;
     let mut q = run.queue()?;
     let socket = run.socket();
     let mut buf = [0u8; 64];
     let mut ours = Vec::with_capacity(N);
+    // With `PROCYARD_BENCH_TRACE=FILE`: each job's publish, poke and done instants (µs since
+    // the epoch) to FILE, and the daemon's log (its stamps) to FILE.daemon.log.
+    let trace = std::env::var_os("PROCYARD_BENCH_TRACE").map(PathBuf::from);
+    let mut lines = String::new();
+    let unix_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+    };
     for i in 0..N {
         let payload = format!("{i}");
-        let t0 = Instant::now();
+        let (t0, w0) = (Instant::now(), unix_us());
         q.publish("echo", payload.as_bytes())?;
+        let w1 = unix_us();
         control::poke(&socket)?;
+        let w2 = unix_us();
         loop {
             let len = sock.recv(&mut buf)?;
             if &buf[..len] == payload.as_bytes() {
@@ -505,8 +516,19 @@ pub(super) fn oneshot_latency(bin: &Path, me: &Path) -> anyhow::Result<()> {
             }
         }
         ours.push(t0.elapsed().as_secs_f64() * 1e6);
+        if trace.is_some() {
+            lines += &format!("{i} {w0} {w1} {w2} {}\n", unix_us());
+        }
     }
     run.stop()?;
+    if let Some(path) = &trace {
+        std::fs::write(path, lines)?;
+        let log = std::fs::read(run.dir.path().join("daemon.log")).unwrap_or_default();
+        std::fs::write(path.with_extension("daemon.log"), log)?;
+    }
+    if super::sched::log_filter() != "warn" {
+        eprintln!("bench:   oneshot stamps p50/p99/max ms:{}", super::lateness::stamps(&run));
+    }
     let mut raw = Vec::with_capacity(N);
     for i in 0..N {
         let payload = format!("r{i}");

@@ -154,7 +154,7 @@ impl Shell {
                 self.control.respond(conn, &response, registry);
             }
             Action::ReapStrays => self.reap_strays = true,
-            Action::StopEscapees => strays::stop_escapees(self),
+            Action::StopEscapees => self.escapees_due = true,
             Action::Notify(state) => crate::notify::systemd(state),
             Action::ForceStop => self.forced = true,
         }

@@ -216,8 +216,7 @@ impl Process {
                 cmd.env(PROTOCOL_ENV, PROTOCOL_VERSION.to_string());
             }
         }
-        let mut child = cmd
-            .spawn()
+        let mut child = crate::stamp::timed("exec", || cmd.spawn())
             .map_err(|e| Error::process(format!("spawn a worker for task {}", cfg.name), e))?;
         let stdin = child.take_stdin().map(nonblocking).transpose()?.map(pipe::Sender::from);
         let mut stdout =

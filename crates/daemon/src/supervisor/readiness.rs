@@ -14,8 +14,7 @@ impl Shell {
         // The leader is a zombie until reaped, so its group id cannot be recycled yet: kill
         // whatever the worker left behind in its group before reaping it.
         let Some(p) = self.processes.get_mut(&id) else { return };
-        if procyard_core::ProcStat::read(p.child.id()).ok().flatten().is_some_and(|s| s.is_zombie())
-        {
+        if p.child.has_exited().unwrap_or(false) {
             let _ = p.child.signal_group(Signal::KILL);
         }
         let exit = match p.child.try_wait_usage() {
@@ -68,7 +67,19 @@ impl Shell {
         let registry = self.poll.registry();
         let Some(p) = self.processes.get_mut(&id) else { return };
         match (p.output.as_mut(), p.relay.as_mut()) {
-            (Some(output), _) => output.read(kind, registry),
+            (Some(output), _) => {
+                output.read(kind, registry);
+                // Both streams at their end: a job's descriptors close as it exits, just
+                // before it becomes a zombie. Take its exit in this turn if it is one (the
+                // pidfd's wake-up then finds nothing), rather than a turn later: that turn
+                // stood between a job's end and the claim of the next.
+                if output.stdout.is_none()
+                    && output.stderr.is_none()
+                    && p.child.has_exited().unwrap_or(false)
+                {
+                    return crate::stamp::timed("reap", || self.on_worker_exit(id));
+                }
+            }
             (None, _) if kind == KIND_STDOUT => return self.read_replies(id),
             (None, Some(relay)) => relay.read(registry),
             (None, None) => {}

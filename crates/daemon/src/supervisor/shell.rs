@@ -48,6 +48,8 @@ pub(super) struct Shell {
     pub(super) forced: bool,
     /// A SIGCHLD arrived: reap strays at the end of the turn.
     pub(super) reap_strays: bool,
+    /// A worker exited: stop its escapees at the end of the turn.
+    pub(super) escapees_due: bool,
     /// The captured stdout and stderr of oneshot workers that exited, until their job's
     /// attempt is recorded.
     pub(super) outputs: HashMap<WorkerId, (Option<Captured>, Option<Captured>)>,
@@ -102,6 +104,7 @@ impl Shell {
             fatal: None,
             forced: false,
             reap_strays: false,
+            escapees_due: false,
             outputs: HashMap::new(),
             usage: HashMap::new(),
             followers: Vec::new(),
@@ -196,7 +199,7 @@ impl Shell {
                     Token(t) => {
                         let id = (t >> KIND_BITS) as u64;
                         match t & ((1 << KIND_BITS) - 1) {
-                            KIND_PIDFD => self.on_worker_exit(id),
+                            KIND_PIDFD => stamp::timed("reap", || self.on_worker_exit(id)),
                             KIND_STDOUT | KIND_STDERR => self.read_output(id, t & 7),
                             KIND_STDIN => {
                                 if let Some(p) = self.processes.get_mut(&id) {
@@ -218,11 +221,6 @@ impl Shell {
                     return self.force_stop();
                 }
             }
-            if std::mem::take(&mut self.reap_strays) {
-                strays::reap_unknown_children(self);
-                // An escapee may have been reparented to us when its parent exited.
-                strays::stop_escapees(self);
-            }
             self.write_stdin_later();
             self.stdin_later = Some(Vec::new());
             let now = Instant::now();
@@ -238,6 +236,12 @@ impl Shell {
             // many to run again.
             self.feed(Event::Reconcile);
             self.write_stdin_later();
+            // Strays and escapees after the claims and starts that refill the freed capacity.
+            let (reap, stop) =
+                (std::mem::take(&mut self.reap_strays), std::mem::take(&mut self.escapees_due));
+            if reap || stop {
+                stamp::timed("strays", || strays::tend(self, reap, stop));
+            }
             if self.state.phase == Phase::Running {
                 self.flush_queue_soon();
             } else {
