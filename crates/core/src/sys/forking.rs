@@ -81,15 +81,7 @@ pub unsafe fn fork_unchecked(config: ForkConfig) -> Result<Forked> {
     let side = unsafe { sys::fork::fork() }.map_err(|e| Error::os("fork", e))?;
     match side {
         ForkSide::Child => {
-            if config.new_process_group {
-                let _ = rustix::process::setpgid(None, None);
-            }
-            if let Some(sig) = config.parent_death_signal {
-                let _ = sys::fork::set_parent_death_signal(sig.as_raw());
-                if Pid::parent() != Some(parent) {
-                    let _ = sys::signal::raise_self(sig.as_raw());
-                }
-            }
+            set_up_child(&config, Some(parent));
             Ok(Forked::Child)
         }
         ForkSide::Parent(raw) => {
@@ -134,20 +126,27 @@ pub fn fork_sibling(config: ForkConfig) -> Result<ForkedSibling> {
     let side = unsafe { sys::fork::fork_sibling() }.map_err(|e| Error::os("fork", e))?;
     match side {
         ForkSide::Child => {
-            if config.new_process_group {
-                let _ = rustix::process::setpgid(None, None);
-            }
-            if let Some(sig) = config.parent_death_signal {
-                let _ = sys::fork::set_parent_death_signal(sig.as_raw());
-                if Pid::parent() != parent {
-                    let _ = sys::signal::raise_self(sig.as_raw());
-                }
-            }
+            set_up_child(&config, parent);
             Ok(ForkedSibling::Child)
         }
         ForkSide::Parent(raw) => Pid::from_raw(raw)
             .map(ForkedSibling::Forker)
             .ok_or_else(|| Error::os("fork", std::io::Error::other("invalid pid"))),
+    }
+}
+
+/// In a forked child: its own process group and its parent-death signal as `config` asks
+/// (raised at once when `parent`, the parent it was forked for, is no longer its parent).
+/// Async-signal-safe: system calls only.
+fn set_up_child(config: &ForkConfig, parent: Option<Pid>) {
+    if config.new_process_group {
+        let _ = rustix::process::setpgid(None, None);
+    }
+    if let Some(sig) = config.parent_death_signal {
+        let _ = sys::fork::set_parent_death_signal(sig.as_raw());
+        if Pid::parent() != parent {
+            let _ = sys::signal::raise_self(sig.as_raw());
+        }
     }
 }
 
