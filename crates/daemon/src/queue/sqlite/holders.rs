@@ -194,6 +194,23 @@ fn holder(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::sqlite::SqliteQueue;
+    use crate::queue::{OpenMode, QueueBackend, TaskBinding};
+
+    /// A daemon's queue in a directory of its own (kept alive by the first value), task `t`
+    /// bound to every key, two jobs published.
+    fn daemon_with_two_jobs()
+    -> (tempfile::TempDir, std::path::PathBuf, [TaskBinding; 1], SqliteQueue) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let bind =
+            [TaskBinding { name: "t".into(), routing_keys: vec!["#".into()], max_attempts: 3 }];
+        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
+        daemon.bind(&bind).unwrap();
+        daemon.publish("a", b"1").unwrap();
+        daemon.publish("a", b"2").unwrap();
+        (dir, path, bind, daemon)
+    }
 
     /// A queue file from before the holder columns gains them, keeps its jobs, and a second
     /// migration changes nothing.
@@ -220,16 +237,7 @@ mod tests {
     /// through recovery and through that daemon's own shutdown.
     #[test]
     fn holders_survive_the_daemon_and_kept_jobs_stay_leased() {
-        use crate::queue::sqlite::SqliteQueue;
-        use crate::queue::{OpenMode, QueueBackend, TaskBinding};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let bind =
-            [TaskBinding { name: "t".into(), routing_keys: vec!["#".into()], max_attempts: 3 }];
-        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
-        daemon.bind(&bind).unwrap();
-        daemon.publish("a", b"1").unwrap();
-        daemon.publish("a", b"2").unwrap();
+        let (_dir, path, bind, mut daemon) = daemon_with_two_jobs();
         let jobs = daemon.claim("t", 2).unwrap();
         let me = procyard_core::ProcessIdentity::current().unwrap();
         let holder = LeaseHolder { process_group: me.pid, process: me };
@@ -266,16 +274,7 @@ mod tests {
     /// leased it is gone and while a third one starts. A worker of another boot keeps its own.
     #[test]
     fn holders_written_with_the_lease_keep_their_boot() {
-        use crate::queue::sqlite::SqliteQueue;
-        use crate::queue::{OpenMode, QueueBackend, TaskBinding};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let bind =
-            [TaskBinding { name: "t".into(), routing_keys: vec!["#".into()], max_attempts: 3 }];
-        let mut daemon = SqliteQueue::open(&path, OpenMode::Daemon).unwrap();
-        daemon.bind(&bind).unwrap();
-        daemon.publish("a", b"1").unwrap();
-        daemon.publish("a", b"2").unwrap();
+        let (_dir, path, _, mut daemon) = daemon_with_two_jobs();
         let me = procyard_core::ProcessIdentity::current().unwrap();
         let here = LeaseHolder { process_group: me.pid, process: me.clone() };
         let mut there = here.clone();

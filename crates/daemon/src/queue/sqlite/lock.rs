@@ -9,7 +9,6 @@
 //! finds the lock held by a process that no longer runs waits for it, up to
 //! [`LEFTOVER_WAIT`]; one held by a running daemon is refused at once.
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,8 +78,7 @@ fn record_holder(lock: &FileLock) {
             text.push(b'\n');
             let file = lock.file();
             file.set_len(0).map_err(|e| e.to_string())?;
-            file.write_all_at(&text, 0).map_err(|e| e.to_string())?;
-            (&*file).flush().map_err(|e| e.to_string())
+            file.write_all_at(&text, 0).map_err(|e| e.to_string())
         });
     if let Err(e) = written {
         tracing::warn!(lock = %lock.path().display(), error = %e, "unable to record this daemon in its lock file");
