@@ -54,7 +54,18 @@ fn spread(v: &mut [f64]) -> [f64; 3] {
 pub fn stamps(run: &Run) -> String {
     let log = std::fs::read_to_string(run.dir.path().join("daemon.log")).unwrap_or_default();
     let mut out = String::new();
-    for what in ["woke", "claim", "flush", "spawn", "exec", "reap", "strays", "prune"] {
+    for what in [
+        "woke",
+        "claim",
+        "flush",
+        "spawn",
+        "exec",
+        "reap",
+        "strays",
+        "prune",
+        "checkpoint",
+        "restart",
+    ] {
         let mut v: Vec<f64> = log
             .lines()
             .filter_map(|l| l.split_once("procyard_daemon::stamp: ").map(|(_, r)| r))

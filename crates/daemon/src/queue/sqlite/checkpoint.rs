@@ -21,10 +21,11 @@
 //! [`KICK_PAGES`] pages. The file is not cut back (`journal_size_limit`): truncating it on
 //! the loop waited for the pages the thread was writing out.
 //!
-//! Clients (the `publish` command) checkpoint `PASSIVE` from 2,500 pages in the log
-//! ([`CLIENT_PAGES`]; SQLite's own mark is 1,000): with a daemon running the log rarely gets
-//! there, because the daemon's thread starts at [`KICK_PAGES`] and its loop starts the log
-//! again at [`RESTART_PAGES`].
+//! Clients (the `publish` command) with no daemon running checkpoint `PASSIVE` from 2,500
+//! pages in the log ([`CLIENT_PAGES`]; SQLite's own mark is 1,000). Beside a running daemon
+//! (its lock file names it) they leave that to the daemon's thread, which starts at
+//! [`KICK_PAGES`] and starts the log again at [`RESTART_PAGES`]: a publish that copied the
+//! log itself returned tens of milliseconds late.
 //!
 //! # Keeping the log bounded while others write all the time
 //!
@@ -47,7 +48,8 @@
 //!   commits in which the thread's own `RESTART` takes the write lock.
 //! - But a client should rarely get there: the daemon's thread, once the log passes
 //!   [`RESTART_PAGES`], checkpoints `RESTART` itself ([`restart`]): first `PASSIVE` (the
-//!   copy and its sync, while everyone writes on), then `RESTART`, which takes the write
+//!   copy and its sync, while everyone writes on), again while a pass finds many pages
+//!   committed during the one before ([`catch_up`]), then `RESTART`, which takes the write
 //!   lock between two commits (tried every [`RESTART_TRY`], so it catches the gap), copies
 //!   the few pages committed since, and waits for readers to leave the log only briefly.
 //!   The loop never checkpoints: when it did (`RESTART` on its own connection, from the
@@ -76,6 +78,11 @@ const PACE_PAGES: i64 = 2 * KICK_PAGES as i64;
 /// Pages in the log at which the daemon's thread starts the log again ([`restart`]): below
 /// [`HARD_PAGES`], so that clients never get there.
 const RESTART_PAGES: i64 = 2000;
+/// Pages committed during a `PASSIVE` pass below which the `RESTART` follows it at once
+/// ([`catch_up`]): copied with the write lock held, about a millisecond's worth.
+const RESTART_FRESH: i64 = 128;
+/// `PASSIVE` passes at most before a `RESTART`, after the first ([`catch_up`]).
+const CATCH_UP_PASSES: usize = 4;
 /// How often the thread's `RESTART` tries for the write lock (and, once it holds it, for
 /// readers to leave the log): well under one commit, so it takes the lock in the first gap
 /// between two writers' commits; a wait that doubles up to a millisecond (the usual busy
@@ -84,6 +91,8 @@ const RESTART_TRY: Duration = Duration::from_micros(25);
 /// Tries of the thread's `RESTART` in all (about 2 ms): once it holds the write lock, every
 /// writer waits while it waits for readers, so that wait must stay short.
 const RESTART_TRIES: i32 = 40;
+/// The longest the thread's `RESTART` waits in all (see [`briefly`]).
+const RESTART_WAIT: Duration = Duration::from_millis(3);
 /// The next `RESTART` after one that a reader outlasted (the thread checkpoints `PASSIVE`
 /// meanwhile): a reader that stays would otherwise have every writer wait on each try.
 const RESTART_AGAIN: Duration = Duration::from_millis(50);
@@ -96,6 +105,12 @@ const CLIENT_PAGES: i32 = 2500;
 /// above where a daemon keeps the log while jobs flow, because that `RESTART` holds the write
 /// lock (the daemon's claims wait) through two syncs, and waits out the daemon's checkpoint.
 const HARD_PAGES: i32 = 3000;
+/// Pages past [`HARD_PAGES`] per [`HARD_GAP`] more of a client's pause ([`hard_gap`]).
+const HARD_STEP: i32 = 256;
+/// The longest pause of a client's ([`hard_gap`]).
+const HARD_GAP_MOST: Duration = Duration::from_millis(20);
+/// How long a client's answer to "does a daemon serve this queue" stands.
+const DAEMON_LOOK: Duration = Duration::from_millis(250);
 /// How long a client pauses after its commit when its `RESTART` found another connection
 /// checkpointing: several of the thread's tries for the write lock ([`RESTART_TRY`]).
 const HARD_GAP: Duration = Duration::from_millis(1);
@@ -132,7 +147,9 @@ impl Checkpointer {
         durability: Durability,
     ) -> Option<Checkpointer> {
         if mode == OpenMode::Client {
-            if let Err(e) = conn.wal_hook(Some(client_hook)) {
+            let mut daemon = DaemonSeen::new(path);
+            let hook = move |wal: &mut Wal, pages: i32| client_hook(wal, pages, &mut daemon);
+            if let Err(e) = conn.wal_hook(Some(hook)) {
                 tracing::warn!(queue = %path.display(), error = %procyard_core::Report(&e),
                     "this client checkpoints as SQLite does by default");
             }
@@ -216,31 +233,87 @@ fn kick(tx: &Sender<Msg>) {
     }
 }
 
-/// A client's commit that left `pages` in the log: SQLite's own `PASSIVE` checkpoint from
-/// [`CLIENT_PAGES`] (refused when another connection checkpoints: the next commit tries
-/// again); past [`HARD_PAGES`], `RESTART` (waiting for the write lock and readers as the
-/// connection's busy timeout says), or, while another connection (a daemon's thread)
-/// checkpoints, a pause of [`HARD_GAP`] that lets that one start the log again.
-fn client_hook(wal: &mut Wal, pages: i32) -> rusqlite::Result<()> {
+/// A client's commit that left `pages` in the log. From [`CLIENT_PAGES`], SQLite's own
+/// `PASSIVE` checkpoint, unless a daemon serves the queue (its thread checkpoints; a client's
+/// copy of thousands of pages made its publish wait up to 51 ms on a quiet machine while a
+/// million records were pruned). Past [`HARD_PAGES`], whoever else runs, the log is started
+/// again: `PASSIVE` first (the copy, with no lock held), then `RESTART` (the write lock, for
+/// the few pages committed meanwhile, and readers, as the connection's busy handler says);
+/// when another connection checkpoints (a daemon's thread), a pause instead ([`hard_gap`])
+/// that lets that one start the log again.
+fn client_hook(wal: &mut Wal, pages: i32, daemon: &mut DaemonSeen) -> rusqlite::Result<()> {
+    let busy =
+        |e: &rusqlite::Error| e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
     if pages > HARD_PAGES {
-        match wal.checkpoint_v2(CheckpointMode::RESTART) {
+        let restarted = wal
+            .checkpoint_v2(CheckpointMode::PASSIVE)
+            .and_then(|_| wal.checkpoint_v2(CheckpointMode::RESTART));
+        match restarted {
             Ok(_) => {}
-            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
-                std::thread::sleep(HARD_GAP);
-            }
+            Err(e) if busy(&e) => std::thread::sleep(hard_gap(pages)),
             Err(e) => tracing::debug!(pages, error = %e, "the log was not started again"),
         }
-    } else if pages >= CLIENT_PAGES {
+    } else if pages >= CLIENT_PAGES && !daemon.runs() {
         // Refused: another connection checkpoints; the next commit tries again.
         let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
     }
     Ok(())
 }
 
+/// How long a client pauses after a commit that left `pages` (past [`HARD_PAGES`]) in the
+/// log while another connection checkpoints: [`HARD_GAP`], and one more for every
+/// [`HARD_STEP`] pages further, up to [`HARD_GAP_MOST`]. The further the log outgrows its
+/// bound, the slower the writer that outruns the checkpoints (under load a checkpoint of the
+/// daemon's thread took a third of a second, and a client pausing 1 ms per commit grew the
+/// log by 6 MB meanwhile).
+fn hard_gap(pages: i32) -> Duration {
+    let steps = u32::try_from((pages - HARD_PAGES) / HARD_STEP).unwrap_or(0);
+    (HARD_GAP * (1 + steps)).min(HARD_GAP_MOST)
+}
+
+/// Whether a daemon serves a client's queue (the holder its lock file names runs), looked
+/// at most every [`DAEMON_LOOK`].
+struct DaemonSeen {
+    queue: PathBuf,
+    /// The answer and when it was found.
+    seen: Option<(Instant, bool)>,
+}
+
+impl DaemonSeen {
+    fn new(queue: &Path) -> DaemonSeen {
+        DaemonSeen { queue: queue.to_owned(), seen: None }
+    }
+
+    fn runs(&mut self) -> bool {
+        let now = Instant::now();
+        match self.seen {
+            Some((at, runs)) if now.duration_since(at) < DAEMON_LOOK => runs,
+            _ => {
+                let runs = super::lock::holder_runs(&self.queue);
+                self.seen = Some((now, runs));
+                runs
+            }
+        }
+    }
+}
+
 /// The busy handler of the thread's connection (only its `RESTART` waits): a try every
-/// [`RESTART_TRY`], [`RESTART_TRIES`] in all.
+/// [`RESTART_TRY`], [`RESTART_TRIES`] in all and for [`RESTART_WAIT`] at most. On a loaded
+/// machine each sleep lasts until the thread gets a core again, several milliseconds: counted
+/// in tries alone, the wait for readers (with the write lock held) took over 100 ms.
 fn briefly(n: i32) -> bool {
-    if n >= RESTART_TRIES {
+    thread_local! {
+        /// When this wait began (SQLite counts `n` from 0 for each).
+        static SINCE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    let since = SINCE.with(|since| {
+        if n == 0 || since.get().is_none() {
+            since.set(Some(now));
+        }
+        since.get().unwrap_or(now)
+    });
+    if n >= RESTART_TRIES || now.duration_since(since) >= RESTART_WAIT {
         return false;
     }
     std::thread::sleep(RESTART_TRY);
@@ -281,18 +354,23 @@ fn serve(conn: Connection, path: &Path, rx: &Receiver<Msg>, pages: &AtomicI64) {
             Msg::Kick => {
                 // The log as a `PASSIVE` checkpoint finds it (whoever wrote it), started
                 // again when long.
-                let result = checkpoint(&conn).and_then(|passive| {
-                    if passive.1 < RESTART_PAGES || Instant::now() < restart_at {
-                        return Ok(passive);
-                    }
-                    let restarted = restart(&conn)?;
-                    // A reader outlasted the tries (`-1`: another connection was
-                    // checkpointing, and the next kick tries again).
-                    if restarted.1 > 0 {
-                        restart_at = Instant::now() + RESTART_AGAIN;
-                    }
-                    Ok(restarted)
-                });
+                let result =
+                    crate::stamp::timed("checkpoint", || checkpoint(&conn)).and_then(|passive| {
+                        if passive.1 < RESTART_PAGES || Instant::now() < restart_at {
+                            return Ok(passive);
+                        }
+                        let passive = catch_up(&conn, passive)?;
+                        if passive.1 < 0 {
+                            return Ok(passive);
+                        }
+                        let restarted = crate::stamp::timed("restart", || restart(&conn))?;
+                        // A reader outlasted the tries (`-1`: another connection was
+                        // checkpointing, and the next kick tries again).
+                        if restarted.1 > 0 {
+                            restart_at = Instant::now() + RESTART_AGAIN;
+                        }
+                        Ok(restarted)
+                    });
                 match result {
                     Ok((_, log, copied)) => {
                         // All copied: the next write starts the log again (after a `RESTART`
@@ -322,6 +400,28 @@ fn serve(conn: Connection, path: &Path, rx: &Receiver<Msg>, pages: &AtomicI64) {
             Msg::Stop => break,
         }
     }
+}
+
+/// `PASSIVE` again while the last pass found more than [`RESTART_FRESH`] pages committed
+/// since the one before (at most [`CATCH_UP_PASSES`] more passes), so that the `RESTART`
+/// after them has few pages left to copy: it copies them holding the write lock, and after
+/// a long pass (a log of thousands of pages, while clients and the loop wrote on) copying
+/// what came meanwhile held every writer up to 390 ms under load, 51 ms on a quiet machine.
+/// Each pass copies what came during the one before, so they shorten quickly. Returns the
+/// last pass's report.
+fn catch_up(conn: &Connection, first: (i64, i64, i64)) -> rusqlite::Result<(i64, i64, i64)> {
+    let mut last = first;
+    for _ in 0..CATCH_UP_PASSES {
+        let next = crate::stamp::timed("checkpoint", || checkpoint(conn))?;
+        // Fewer pages than before: the log started again meanwhile; `-1`: another
+        // connection checkpoints.
+        let fresh = next.1 - last.1;
+        last = next;
+        if next.1 < 0 || fresh <= RESTART_FRESH {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 /// Starts the log again, after a `PASSIVE` checkpoint copied it (its sync done while

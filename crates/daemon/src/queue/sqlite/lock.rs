@@ -85,6 +85,12 @@ fn record_holder(lock: &FileLock) {
     }
 }
 
+/// Whether a running daemon serves the queue at `queue`: its lock file names a holder that
+/// runs. Without a record (none yet, or a daemon of an older version): no.
+pub(super) fn holder_runs(queue: &Path) -> bool {
+    read_holder(&lock_path(queue)).is_some_and(|h| h.is_running().unwrap_or(false))
+}
+
 /// The holder recorded in the lock file, if one is.
 fn read_holder(lock_file: &Path) -> Option<ProcessIdentity> {
     let text = std::fs::read(lock_file).ok()?;
