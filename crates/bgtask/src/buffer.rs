@@ -137,7 +137,7 @@ impl OutputBuffer {
     pub(crate) fn fill_from(&mut self, pipe: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         let cap = self.cap as u64;
         let mut at = self.limit % cap;
-        let max = max.min((cap - at) as usize).min(self.writable());
+        let max = self.fill_size(max);
         if max == 0 {
             return Ok(0);
         }
@@ -157,6 +157,14 @@ impl OutputBuffer {
         };
         self.appended(n);
         Ok(n)
+    }
+
+    /// How many bytes [`OutputBuffer::fill_from`] asks the pipe for when allowed `max`: no
+    /// more than fit before the ring's end or a pinned range. A fill that returns fewer found
+    /// the pipe empty.
+    pub(crate) fn fill_size(&self, max: usize) -> usize {
+        let cap = self.cap as u64;
+        max.min((cap - self.limit % cap) as usize).min(self.writable())
     }
 
     /// Accounts for `n` bytes written at `limit`.
