@@ -15,7 +15,8 @@
 //! round (default 1024), `BGTASK_BENCH_ROUNDS` the interleaved rounds (default 5),
 //! `BGTASK_BENCH_RETAIN_MIB` the task's retain cap (default 8; the ring readers copy from, so
 //! it sets how much of the output stays in the caches). `capture` also prints the wake-ups per
-//! MiB (voluntary context switches) of the plain reader and of the supervisor.
+//! MiB (voluntary context switches) and the `read(2)` calls per MiB (`/proc/PID/io`) of the
+//! plain reader and of the supervisor.
 
 use std::io::Read;
 use std::path::Path;
@@ -47,10 +48,10 @@ fn bench(metric: &str, value: f64, unit: &str, baseline: &str, base: f64, higher
 
 /// A plain pipe read with 64 KiB reads: the baseline for output capture. Returns the rate,
 /// the CPU ms per GiB, that CPU split between the reader and the writer, and the reader's
-/// wake-ups per MiB.
-fn pipe_baseline(bytes: u64) -> (f64, f64, [f64; 2], f64) {
+/// wake-ups and `read(2)` calls per MiB.
+fn pipe_baseline(bytes: u64) -> (f64, f64, [f64; 2], [f64; 2]) {
     let (self_before, children_before) = (cpu_ticks("thread-self", false), cpu_ticks("self", true));
-    let sleeps_before = sleeps("thread-self");
+    let (sleeps_before, reads_before) = (sleeps("thread-self"), read_calls("thread-self"));
     let start = Instant::now();
     let mut child = Command::new("head")
         .args(["-c", &bytes.to_string(), "/dev/zero"])
@@ -74,8 +75,10 @@ fn pipe_baseline(bytes: u64) -> (f64, f64, [f64; 2], f64) {
     let split =
         [cpu_ticks("thread-self", false) - self_before, cpu_ticks("self", true) - children_before]
             .map(|t| cpu_ms_per_gib(t, bytes));
-    let wakeups = (sleeps("thread-self") - sleeps_before) as f64 * MIB as f64 / bytes as f64;
-    (rate, split.iter().sum(), split, wakeups)
+    let per_mib = MIB as f64 / bytes as f64;
+    let wakeups = (sleeps("thread-self") - sleeps_before) as f64 * per_mib;
+    let reads = (read_calls("thread-self") - reads_before) as f64 * per_mib;
+    (rate, split.iter().sum(), split, [wakeups, reads])
 }
 
 /// Voluntary context switches of `/proc/<who>` so far: how often it slept (each a wake-up).
@@ -84,6 +87,15 @@ fn sleeps(who: &str) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `read(2)`-family calls made so far by `/proc/<who>` (`syscr` of its `io` file).
+fn read_calls(who: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{who}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -110,8 +122,12 @@ fn cpu_ms_per_gib(ticks: u64, bytes: u64) -> f64 {
 /// reused buffer ([`procyard_bgtask::Stream::read_with_into`], the high-throughput read), each
 /// read waiting for `at_least` bytes (0: answered as soon as there is any). Returns the rate,
 /// the CPU ms per GiB, that CPU split between the reader, the supervisor and the task, and
-/// the supervisor's wake-ups per MiB.
-fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> (f64, f64, [f64; 3], f64) {
+/// the supervisor's wake-ups and `read(2)` calls per MiB.
+fn through_supervisor(
+    pool: &TaskPool,
+    bytes: u64,
+    at_least: u64,
+) -> (f64, f64, [f64; 3], [f64; 2]) {
     let self_before = cpu_ticks("thread-self", false);
     let start = Instant::now();
     let options = SpawnOptions::new(["head", "-c", &bytes.to_string(), "/dev/zero"])
@@ -146,7 +162,8 @@ fn through_supervisor(pool: &TaskPool, bytes: u64, at_least: u64) -> (f64, f64, 
         cpu_ticks(&pid, false),
         cpu_ticks(&pid, true),
     ];
-    let wakeups = sleeps(&pid) as f64 * MIB as f64 / bytes as f64;
+    let per_mib = MIB as f64 / bytes as f64;
+    let wakeups = [sleeps(&pid), read_calls(&pid)].map(|n| n as f64 * per_mib);
     task.delete().expect("delete");
     let per_gib = split.map(|t| cpu_ms_per_gib(t, bytes));
     (rate, per_gib.iter().sum(), per_gib, wakeups)
@@ -412,10 +429,15 @@ fn main() {
         println!(
             "output capture CPU ms/GiB, medians per process: plain pipe reader {base_reader:.0}, writer {base_writer:.0}; through the supervisor (reads of at least 1 MiB) reader {reader:.0}, supervisor {supervisor:.0}, task {task:.0}"
         );
+        let [base_wakeups, base_reads] =
+            [0, 1].map(|k| median(base_wakeups.iter().map(|w: &[f64; 2]| w[k]).collect()));
+        let [wakeups, reads] =
+            [0, 1].map(|k| median(wakeups.iter().map(|w: &[f64; 2]| w[k]).collect()));
         println!(
-            "output capture wake-ups per MiB, medians: plain pipe reader {:.1}; supervisor (reads of at least 1 MiB) {:.1}",
-            median(base_wakeups),
-            median(wakeups)
+            "output capture wake-ups per MiB, medians: plain pipe reader {base_wakeups:.1}; supervisor (reads of at least 1 MiB) {wakeups:.1}"
+        );
+        println!(
+            "output capture read(2) calls per MiB, medians: plain pipe reader {base_reads:.1}; supervisor (reads of at least 1 MiB) {reads:.1}"
         );
         println!(
             "output capture MiB/s, plain pipe {base:.0?}, through the supervisor {ours:.0?} (reads of at least 1 MiB), {any:.0?} (reads of any size)"

@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use procyard_core::FileMap;
-use rustix::fs::MemfdFlags;
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::pipe::SpliceFlags;
 
 /// The bytes of one output stream that are still retained, with absolute offsets: offset 0 is
@@ -17,8 +17,10 @@ use rustix::pipe::SpliceFlags;
 /// The bytes live in a memfd used as a ring of `cap` bytes: offset `o` is at `o % cap`. The
 /// task's pipe is read into its mapping ([`OutputBuffer::fill_from`]: one copy, in the kernel;
 /// spliced into the file where it cannot be mapped), and
-/// a reader holding the memfd ([`OutputBuffer::file`]) `pread`s its bytes straight from it, so
-/// the supervisor copies nothing on their way out either. While a reader copies a range, that
+/// a reader holding the memfd ([`OutputBuffer::file`]) copies its bytes straight from it (from
+/// a mapping of it: the memfd is sealed against shrinking and growing, so no page of a reader's
+/// mapping can lose its backing; or with `pread`), so the supervisor copies nothing on their
+/// way out either. While a reader copies a range, that
 /// range is pinned ([`OutputBuffer::pin`]): the ring is not filled over it until the reader
 /// says it is done (or goes away). Memory follows the output: the memfd is created at the
 /// first byte (or the first reader asking for it), its pages as they are written.
@@ -116,10 +118,13 @@ impl OutputBuffer {
     /// The memfd, created if there is none yet.
     pub(crate) fn file_or_create(&mut self) -> io::Result<&File> {
         if self.file.is_none() {
-            let fd = rustix::fs::memfd_create("procyard-bgtask-output", MemfdFlags::CLOEXEC)?;
+            let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+            let fd = rustix::fs::memfd_create("procyard-bgtask-output", flags)?;
             let file = File::from(fd);
             // Sparse: pages come as bytes are written.
             file.set_len(self.cap as u64)?;
+            // Its size is final: readers may map it (no page can lose its backing under them).
+            rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW)?;
             self.map = FileMap::new(file.as_fd(), self.cap).ok();
             self.file = Some(file);
         }
@@ -132,7 +137,7 @@ impl OutputBuffer {
     pub(crate) fn fill_from(&mut self, pipe: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         let cap = self.cap as u64;
         let mut at = self.limit % cap;
-        let max = max.min((cap - at) as usize).min(self.writable());
+        let max = self.fill_size(max);
         if max == 0 {
             return Ok(0);
         }
@@ -152,6 +157,14 @@ impl OutputBuffer {
         };
         self.appended(n);
         Ok(n)
+    }
+
+    /// How many bytes [`OutputBuffer::fill_from`] asks the pipe for when allowed `max`: no
+    /// more than fit before the ring's end or a pinned range. A fill that returns fewer found
+    /// the pipe empty.
+    pub(crate) fn fill_size(&self, max: usize) -> usize {
+        let cap = self.cap as u64;
+        max.min((cap - self.limit % cap) as usize).min(self.writable())
     }
 
     /// Accounts for `n` bytes written at `limit`.

@@ -1,7 +1,6 @@
 //! [`Task`]: one task, reached through its supervisor's socket (request, answer), with its
 //! [`Stream`]s and [`Subscription`]s.
 
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -18,7 +17,7 @@ use crate::record::TaskRecord;
 use crate::stream::{ReadMeta, Stream};
 use crate::subscription::Subscription;
 use crate::{Error, RefusalKind, Result};
-use output_file::stream_slot;
+use output_file::{RingFile, stream_slot};
 
 mod output_file;
 
@@ -38,9 +37,9 @@ pub struct Task {
     id: String,
     conn: Option<UnixStream>,
     timeout: Option<Duration>,
-    /// Per stream, the supervisor's memfd of retained bytes (read-only) and its ring size,
-    /// once asked for: reads then copy the bytes straight from it.
-    files: [Option<(File, u64)>; 2],
+    /// Per stream, the supervisor's memfd of retained bytes (read-only, mapped where it is
+    /// sealed), once asked for: reads then copy the bytes straight from it.
+    files: [Option<RingFile>; 2],
     /// The supervisor does not hand out its memfds (an older one): reads take the socket.
     no_files: bool,
 }

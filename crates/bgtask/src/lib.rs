@@ -16,8 +16,8 @@
 //! - The supervisor runs the command in its own process group, retains output per stream up
 //!   to a cap (oldest bytes dropped) with absolute offsets ([`Stream`]: `start`, `limit`,
 //!   read/peek/discard; a read asking for dropped bytes says how many in [`Chunk::dropped`];
-//!   the bytes sit in a memfd ring per stream, which a reader is handed read-only and copies
-//!   from itself, so they cross no socket),
+//!   the bytes sit in a memfd ring per stream, sealed at its size, which a reader is handed
+//!   read-only, maps and copies from itself, so they cross no socket),
 //!   writes stdin, signals the group, pauses/resumes, restarts a finished task keeping its
 //!   output, announces [`Event`]s to subscribers, and on delete kills the task (INT → TERM →
 //!   KILL with grace) and removes every file.

@@ -94,7 +94,7 @@ pub use fork::{
 };
 pub use frame::{FrameDecoder, MAX_FRAME, StreamState};
 pub use identity::{ProcStat, ProcessIdentity, boot_id};
-pub use mapping::FileMap;
+pub use mapping::{FileMap, FileView};
 pub use output::{OUTPUT_LIMIT, Output};
 pub use pid::Pid;
 pub use ready::{Readiness, ReadyReader, ReadyWriter, ready_pipe};

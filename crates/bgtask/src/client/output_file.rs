@@ -4,10 +4,10 @@
 use std::fs::File;
 use std::io::{IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use procyard_core::frame;
+use procyard_core::{FileView, frame};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 use super::{Task, closed_before_answer};
@@ -28,10 +28,9 @@ impl Task {
     ) -> Result<ReadMeta> {
         let stream = if i == 0 { StreamName::Stdout } else { StreamName::Stderr };
         let copied = match &self.files[i] {
-            Some((file, size)) if *size == ring => {
-                append_ring(file, ring, meta.offset, meta.len as usize, buf)
-                    .map_err(|e| Error::path("read the output of", self.socket_path(), e))
-            }
+            Some(file) if file.ring == ring => file
+                .copy(meta.offset, meta.len as usize, buf)
+                .map_err(|e| Error::path("read the output of", self.socket_path(), e)),
             _ => Err(Error::Protocol { id: self.id.clone(), what: "unknown ring".into() }),
         };
         let released = match (frame::encode_frame(&Request::Release { stream }), &mut self.conn) {
@@ -71,11 +70,7 @@ impl Task {
         Ok(())
     }
 
-    fn receive_file(
-        &self,
-        sock: &mut UnixStream,
-        stream: StreamName,
-    ) -> Result<Option<(File, u64)>> {
+    fn receive_file(&self, sock: &mut UnixStream, stream: StreamName) -> Result<Option<RingFile>> {
         let bytes = frame::encode_frame(&Request::OutputFile { stream })
             .map_err(|source| Error::Connection { id: self.id.clone(), source })?;
         sock.write_all(&bytes).map_err(|e| self.io_err(e))?;
@@ -121,7 +116,7 @@ impl Task {
         })?;
         match (response, fd) {
             (Response::OutputFile { stream: s, ring }, Some(fd)) if s == stream && ring > 0 => {
-                Ok(Some((File::from(fd), ring)))
+                Ok(Some(RingFile::new(File::from(fd), ring)))
             }
             // Refused (an older supervisor does not know the request, or it could not make
             // the file): the socket it is.
@@ -131,9 +126,89 @@ impl Task {
     }
 }
 
+/// A supervisor's memfd of one stream's retained bytes (a ring of `ring` bytes: offset `o` at
+/// `o % ring`), mapped where the supervisor sealed it against shrinking: a read's bytes are
+/// then copied out of the mapping (no system call, no page lookup per page), else `pread`.
+#[derive(Debug)]
+pub(super) struct RingFile {
+    file: File,
+    ring: u64,
+    view: Option<FileView>,
+}
+
+impl RingFile {
+    fn new(file: File, ring: u64) -> RingFile {
+        // An older supervisor's memfd is not sealed: then it is read with `pread`.
+        let view = usize::try_from(ring).ok().and_then(|len| FileView::new(file.as_fd(), len).ok());
+        RingFile { file, ring, view }
+    }
+
+    /// Appends `len` bytes at absolute `offset` to `out` (nothing on an error).
+    fn copy(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let Some(view) = &self.view else {
+            return append_ring(&self.file, self.ring, offset, len, out);
+        };
+        let before = out.len();
+        out.reserve(len);
+        let (mut at, mut left) = (offset, len);
+        while left > 0 {
+            let pos = at % self.ring;
+            let n = left.min((self.ring - pos) as usize);
+            if let Err(e) = view.copy_to(pos as usize, n, out) {
+                out.truncate(before);
+                return Err(e);
+            }
+            at += n as u64;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn stream_slot(stream: StreamName) -> usize {
     match stream {
         StreamName::Stdout => 0,
         StreamName::Stderr => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::buffer::OutputBuffer;
+
+    /// The ring's bytes, read as a reader does: mapped (the supervisor's memfd is sealed) and
+    /// with `pread` (an unsealed memfd, as an older supervisor's), across the ring's seam.
+    #[test]
+    fn a_reader_copies_the_same_bytes_mapped_or_not() {
+        let mut buf = OutputBuffer::new(300_000);
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        for chunk in data.chunks(10_007) {
+            buf.push(chunk);
+        }
+        let path = format!("/proc/self/fd/{}", buf.file().expect("memfd").as_raw_fd());
+        let mapped = RingFile::new(File::open(&path).expect("reopen"), 300_000);
+        assert!(mapped.view.is_some(), "the supervisor's memfd can be mapped");
+        let plain = std::fs::File::from(
+            rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd"),
+        );
+        std::io::copy(&mut File::open(&path).expect("reopen"), &mut &plain).expect("copy");
+        let unsealed = RingFile::new(plain, 300_000);
+        assert!(unsealed.view.is_none(), "an unsealed memfd is not mapped");
+        for file in [&mapped, &unsealed] {
+            let mut out = b"x".to_vec();
+            file.copy(599_990, 20, &mut out).expect("across the seam");
+            assert_eq!(&out[1..], &data[599_990..600_010]);
+            out.clear();
+            file.copy(400_000, 300_000, &mut out).expect("the whole ring");
+            assert_eq!(out, &data[400_000..]);
+        }
+        // A range the ring does not hold in one piece fails and leaves `out` as it was.
+        let mut out = b"kept".to_vec();
+        let short = RingFile { ring: 400_000, ..RingFile::new(File::open(&path).unwrap(), 1) };
+        assert!(short.copy(0, 400_000, &mut out).is_err());
+        assert_eq!(out, b"kept");
     }
 }

@@ -53,12 +53,12 @@ impl Supervisor {
             Action::ReleasePipes => {
                 // Whatever is left in the old pipes (held open by a grandchild) is collected.
                 for (i, stream) in STREAMS.into_iter().enumerate() {
-                    self.read_output(i);
+                    self.drain_output(i);
                     let pipe = &mut self.pipes[i];
                     if let Some(mut rx) = pipe.rx.take() {
                         let _ = self.poll.registry().deregister(&mut rx);
                     }
-                    (pipe.throttled, pipe.more) = (false, false);
+                    (pipe.throttled, pipe.more, pipe.hung_up) = (false, false, false);
                     if std::mem::take(&mut pipe.held) {
                         self.emit(Event::Output { stream, grew: false, eof: false, held: false });
                     }
@@ -146,20 +146,37 @@ impl Supervisor {
             }
         };
         let _ = self.poll.registry().deregister(child);
-        self.read_output(0);
-        self.read_output(1);
+        self.drain_output(0);
+        self.drain_output(1);
         self.emit(Event::Reaped { exit });
     }
 
     /// Reads pipe `i` into its buffer (bounded per call so one chatty task cannot starve the
-    /// clients) and reports what changed.
+    /// clients) and reports what changed. Stops at a short read: a pipe answers with fewer
+    /// bytes than asked only once it is empty, and whatever is written after that wakes the
+    /// loop again (the pipe is watched edge-triggered, and the edge fires for every write or
+    /// close after the event was taken), so the `WouldBlock` read that would confirm it is
+    /// saved: one read per wake-up, not two.
     pub(super) fn read_output(&mut self, i: usize) {
+        self.read_pipe(i, false);
+    }
+
+    /// Reads pipe `i` as [`Supervisor::read_output`] does, but on to its end or `WouldBlock`:
+    /// for a pipe whose writers are gone or going (the task's leader exited, its hang-up
+    /// came), so that the end is seen now.
+    pub(super) fn drain_output(&mut self, i: usize) {
+        self.read_pipe(i, true);
+    }
+
+    fn read_pipe(&mut self, i: usize, drain: bool) {
         let block = self.options.block_when_full;
         let pipe = &mut self.pipes[i];
         let Some(rx) = pipe.rx.as_mut() else { return };
         let buf = &mut self.state.outputs[i].buf;
         pipe.throttled = false;
         pipe.more = false;
+        // A hang-up reported once must still end in an end of file, whenever the read is.
+        let drain = drain || pipe.hung_up;
         let (mut grew, mut eof) = (false, false);
         let mut budget = 4 * PIPE_SIZE;
         loop {
@@ -168,6 +185,7 @@ impl Supervisor {
                 pipe.throttled = true;
                 break;
             }
+            let asked = buf.fill_size(want);
             let from = buf.limit();
             let result = retry_interrupted(|| buf.fill_from(rx.as_fd(), want));
             if let (Ok(n), Some(file)) = (&result, pipe.log.as_mut())
@@ -187,6 +205,10 @@ impl Supervisor {
                     if budget == 0 {
                         // More may be waiting: come back after serving the clients.
                         pipe.more = true;
+                        break;
+                    }
+                    if n < asked && !drain {
+                        // Empty now: the next write (or the close) wakes us.
                         break;
                     }
                 }

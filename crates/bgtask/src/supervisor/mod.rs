@@ -63,6 +63,8 @@ struct Pipe {
     more: bool,
     /// What the state was last told: stopped reading with bytes perhaps left in the pipe.
     held: bool,
+    /// The pipe reported a hang-up (its writers closed): read it on to its end.
+    hung_up: bool,
     log: Option<File>,
 }
 
@@ -158,8 +160,8 @@ impl Supervisor {
         self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let mut events = Events::with_capacity(256);
         // The task may have written before its pipes were registered.
-        self.read_output(0);
-        self.read_output(1);
+        self.drain_output(0);
+        self.drain_output(1);
         self.settle();
         while !self.state.is_finished() {
             let busy = self.pipes.iter().any(|p| p.more && p.rx.is_some());
@@ -181,8 +183,13 @@ impl Supervisor {
                         }
                     }
                     CHILD => self.emit(Event::LeaderExited),
-                    STDOUT => self.read_output(0),
-                    STDERR => self.read_output(1),
+                    STDOUT | STDERR => {
+                        let i = usize::from(event.token() == STDERR);
+                        if event.is_read_closed() || event.is_error() {
+                            self.pipes[i].hung_up = true;
+                        }
+                        self.read_output(i);
+                    }
                     STDIN => {
                         let broken = self.flush_stdin();
                         self.emit(Event::StdinFlushed { broken });

@@ -118,7 +118,7 @@ impl Supervisor {
             } else {
                 None
             };
-            Ok(Pipe { rx: None, throttled: false, more: false, held: false, log })
+            Ok(Pipe { rx: None, throttled: false, more: false, held: false, hung_up: false, log })
         };
         let pipes = [pipe(StreamName::Stdout)?, pipe(StreamName::Stderr)?];
         let task = state::Task {
@@ -204,8 +204,8 @@ impl Supervisor {
                     rx.set_nonblocking(true)?;
                     registry.register(&mut rx, token, Interest::READABLE)?;
                     let pipe = &mut self.pipes[i];
-                    (pipe.rx, pipe.throttled, pipe.more, pipe.held) =
-                        (Some(rx), false, false, false);
+                    (pipe.rx, pipe.throttled, pipe.more, pipe.held, pipe.hung_up) =
+                        (Some(rx), false, false, false, false);
                 }
             }
             if let Some(fd) = child.take_stdin() {

@@ -63,6 +63,88 @@ impl Mapping {
     }
 }
 
+/// `len` bytes of a file mapped shared and read-only, copied out by [`View::copy_to`]. Made
+/// only of a file sealed against shrinking and at least `len` bytes long, so no page of the
+/// mapping can lose its backing (the `SIGBUS` of a truncated file cannot happen).
+#[derive(Debug)]
+pub(crate) struct View {
+    ptr: NonNull<libc::c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only memory owned by the `View`; nothing in it is tied to the
+// thread that made it.
+unsafe impl Send for View {}
+// SAFETY: `&View` only allows copying bytes out of read-only memory.
+unsafe impl Sync for View {}
+
+impl View {
+    /// Maps the first `len` bytes of `file`, which the caller checked is sealed against
+    /// shrinking and at least `len` bytes long.
+    pub(crate) fn new_sealed(file: BorrowedFd<'_>, len: usize) -> io::Result<View> {
+        if len == 0 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        // SAFETY: a fresh mapping at an address the kernel picks: no existing memory is
+        // touched; the file descriptor is borrowed and stays open for the call.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        Ok(View { ptr, len })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends bytes `[at, at + n)` of the mapping to `out`; `None` (and `out` unchanged)
+    /// where the range leaves the mapping.
+    pub(crate) fn copy_to(&self, at: usize, n: usize, out: &mut Vec<u8>) -> Option<()> {
+        if at.checked_add(n)? > self.len {
+            return None;
+        }
+        out.reserve(n);
+        let before = out.len();
+        // SAFETY: `[at, at + n)` lies inside the mapping, which stays mapped while `self`
+        // lives and whose pages keep their backing (the file cannot shrink: `new_sealed`);
+        // `out` has room for `n` more bytes after its `before` initialized ones, and the two
+        // regions cannot overlap (the mapping is not part of any allocation). No reference
+        // to the mapped bytes is formed: they are copied as raw bytes (any value is a valid
+        // `u8`; a process writing the same range meanwhile can only make them stale), then
+        // the copied bytes become part of `out`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().cast::<u8>().add(at),
+                out.as_mut_ptr().add(before),
+                n,
+            );
+            out.set_len(before + n);
+        }
+        Some(())
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new_sealed`, unmapped once; nothing refers to it any
+        // more.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr(), self.len);
+        }
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once; nothing refers to it any more.
