@@ -60,7 +60,6 @@ DROP INDEX IF EXISTS jobs_claim;
 DROP INDEX IF EXISTS jobs_ready;
 DROP INDEX IF EXISTS jobs_due;
 DROP INDEX IF EXISTS jobs_waiting;
-DROP INDEX IF EXISTS jobs_active;
 CREATE INDEX IF NOT EXISTS jobs_aside ON jobs(state, not_before, task)
     WHERE state = 1 OR state = 3 OR not_before > 0;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_ms) WHERE state IN (2, 4);
@@ -200,6 +199,13 @@ pub(crate) fn connect_with(
         files::quick_check(&check, path)?;
     }
     conn.execute_batch(SCHEMA).map_err(|e| q("create the schema of", e))?;
+    if mode == OpenMode::Daemon {
+        // `jobs_aside` replaces it. Only a daemon drops it: a client of this version beside
+        // a daemon of the last one (which reads it `INDEXED BY`) leaves it, and the daemon
+        // keeps both up to date until it is restarted.
+        conn.execute_batch("DROP INDEX IF EXISTS jobs_active")
+            .map_err(|e| q("drop the old index of", e))?;
+    }
     holders::migrate(&mut conn).map_err(|e| q("add the lease holder columns to", e))?;
     add_columns(&mut conn, "attempts", &ATTEMPT_USAGE_COLUMNS)
         .map_err(|e| q("add the resource use columns to", e))?;
@@ -361,8 +367,10 @@ mod tests {
         }
     }
 
-    /// A file made when rows ready now were also in `jobs_active`: the index gives way to
-    /// `jobs_aside`, and ready, delayed, leased and dead rows are all counted where they are.
+    /// A file made when rows ready now were also in `jobs_active`: a client opening it leaves
+    /// the index (a daemon of that version may be serving the file and reads it `INDEXED BY`),
+    /// a daemon drops it; `jobs_aside` is made either way, and ready, delayed, leased and dead
+    /// rows are all counted where they are.
     #[test]
     fn jobs_active_gives_way_to_jobs_aside() {
         let dir = tempfile::tempdir().unwrap();
@@ -378,25 +386,30 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let mut queue = super::super::SqliteQueue::open(&path, OpenMode::Client).unwrap();
+        let indexes = || -> Vec<String> {
+            let conn = Connection::open(&path).unwrap();
+            let mut st = conn
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'",
+                )
+                .unwrap();
+            st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
         let bind = crate::queue::TaskBinding {
             name: "t".into(),
             routing_keys: vec!["#".into()],
             max_attempts: 3,
         };
-        crate::queue::QueueBackend::bind(&mut queue, &[bind]).unwrap();
-        let d = &crate::queue::QueueBackend::depths(&mut queue).unwrap()["t"];
-        assert_eq!((d.ready, d.delayed, d.in_flight, d.dead), (1, Some(1), 1, Some(1)));
-        let conn = Connection::open(&path).unwrap();
-        let indexes: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert!(indexes.iter().any(|i| i == "jobs_aside"), "{indexes:?}");
-        assert!(!indexes.iter().any(|i| i == "jobs_active"), "{indexes:?}");
+        for (mode, active) in [(OpenMode::Client, true), (OpenMode::Daemon, false)] {
+            let mut queue = super::super::SqliteQueue::open(&path, mode).unwrap();
+            crate::queue::QueueBackend::bind(&mut queue, std::slice::from_ref(&bind)).unwrap();
+            let d = &crate::queue::QueueBackend::depths(&mut queue).unwrap()["t"];
+            assert_eq!((d.ready, d.delayed, d.in_flight, d.dead), (1, Some(1), 1, Some(1)));
+            drop(queue);
+            let names = indexes();
+            assert!(names.iter().any(|i| i == "jobs_aside"), "{mode:?}: {names:?}");
+            assert_eq!(names.iter().any(|i| i == "jobs_active"), active, "{mode:?}: {names:?}");
+        }
     }
 
     /// The hot queries use the partial indexes (so a history of done jobs costs them nothing)
