@@ -50,7 +50,10 @@ fn rust_worker_entry() {
     let stdin = BufReader::new(std::io::stdin());
     let result = serve_cancellable_on(stdin, BufWriter::new(protocol), announce, |job, cancel| {
         let payload = text(&job.payload);
-        eprintln!("rust worker {}: job {} {payload}", std::process::id(), job.id);
+        // One write: `eprintln!` writes its pieces one by one, and the daemon's own log lines
+        // (which the test reads this line among) could land between them.
+        let line = format!("rust worker {}: job {} {payload}\n", std::process::id(), job.id);
+        std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes()).expect("stderr");
         match payload.as_str() {
             "wait-cancel" if cancel.wait_timeout(SECS(120)) => {
                 eprintln!("rust worker: stopped job {} on its cancel", job.id);

@@ -41,10 +41,13 @@ impl SqliteQueue {
         let e = |err| Error::queue("count jobs in", &path, err);
         let mut out: BTreeMap<String, QueueDepth> =
             self.tasks.iter().map(|t| (t.name.clone(), known_empty())).collect();
-        // Waiting, leased and dead rows through `jobs_active`: never the history of done jobs.
+        // Rows ready now through `jobs_next`, delayed, leased and dead rows through
+        // `jobs_aside`: never the history of done jobs.
         for sql in [
-            "SELECT task, state, COUNT(*), SUM(not_before > ?1) FROM jobs WHERE state = 0
+            "SELECT task, 0, COUNT(*), ?1 - ?1 FROM jobs WHERE state = 0 AND not_before = 0
              GROUP BY task",
+            "SELECT task, state, COUNT(*), SUM(not_before > ?1) FROM jobs
+             WHERE state = 0 AND not_before > 0 GROUP BY task",
             "SELECT task, state, COUNT(*), ?1 - ?1 FROM jobs WHERE state = 1 GROUP BY task",
             "SELECT task, state, COUNT(*), ?1 - ?1 FROM jobs WHERE state = 3 GROUP BY task",
         ] {

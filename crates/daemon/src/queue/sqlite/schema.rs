@@ -18,10 +18,13 @@ use crate::queue::{Durability, OpenMode};
 use crate::{Error, Result};
 
 // The indexes hold only the rows they serve, so a history of a million done jobs costs the
-// claim, the retry times, the depths and the dead letters nothing: `jobs_next` (claims),
-// `jobs_active` (retry times, depths, dead letters), `jobs_finished` (pruning). Queries that
-// use a partial index name the states as literals (the planner cannot see through a bound
-// parameter), so the codes below are written as numbers in the SQL too.
+// claim, the retry times, the depths and the dead letters nothing: `jobs_next` (claims, and
+// the count of jobs ready now), `jobs_aside` (the rows out of the claim order: leased, dead,
+// delayed; retry times, depths, dead letters), `jobs_finished` (pruning). A row ready now is
+// in `jobs_next` alone: a claim moves it out of one index into `jobs_aside`, not out of two.
+// Queries that use a partial index name the states as literals (the planner cannot see
+// through a bound parameter), so the codes below are written as numbers in the SQL too; a
+// query over delayed rows says `not_before > 0`, the term that puts them in `jobs_aside`.
 
 /// A job that can be claimed (now, or once `not_before` has passed: a retry).
 pub(crate) const STATE_READY: i64 = 0;
@@ -57,8 +60,8 @@ DROP INDEX IF EXISTS jobs_claim;
 DROP INDEX IF EXISTS jobs_ready;
 DROP INDEX IF EXISTS jobs_due;
 DROP INDEX IF EXISTS jobs_waiting;
-CREATE INDEX IF NOT EXISTS jobs_active ON jobs(state, not_before, task)
-    WHERE state = 0 OR state = 1 OR state = 3;
+CREATE INDEX IF NOT EXISTS jobs_aside ON jobs(state, not_before, task)
+    WHERE state = 1 OR state = 3 OR not_before > 0;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_ms) WHERE state IN (2, 4);
 CREATE TABLE IF NOT EXISTS attempts (
     n              INTEGER PRIMARY KEY,
@@ -112,7 +115,7 @@ const JOB_SCHEDULING_COLUMNS: [(&str, &str); 4] = [
 /// them first). `jobs_next` holds only the rows a claim may take now (ready, not delayed:
 /// `not_before = 0`), in claim order — priority first, then publish order — so a claim reads
 /// the rows it takes and nothing else, however many jobs wait for a later time. A delayed job
-/// that falls due is read from `jobs_active` in due order and joins the order in the daemon's
+/// that falls due is read from `jobs_aside` in due order and joins the order in the daemon's
 /// memory, leased from there with one write (`joined.rs`); another task's due job met on the
 /// way, or any due job for a task with a concurrency key, enters `jobs_next` (`not_before = 0`).
 /// `jobs_unique` makes a unique key the store's rule, not a read-then-write.
@@ -196,6 +199,13 @@ pub(crate) fn connect_with(
         files::quick_check(&check, path)?;
     }
     conn.execute_batch(SCHEMA).map_err(|e| q("create the schema of", e))?;
+    if mode == OpenMode::Daemon {
+        // `jobs_aside` replaces it. Only a daemon drops it: a client of this version beside
+        // a daemon of the last one (which reads it `INDEXED BY`) leaves it, and the daemon
+        // keeps both up to date until it is restarted.
+        conn.execute_batch("DROP INDEX IF EXISTS jobs_active")
+            .map_err(|e| q("drop the old index of", e))?;
+    }
     holders::migrate(&mut conn).map_err(|e| q("add the lease holder columns to", e))?;
     add_columns(&mut conn, "attempts", &ATTEMPT_USAGE_COLUMNS)
         .map_err(|e| q("add the resource use columns to", e))?;
@@ -347,8 +357,59 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert!(indexes.iter().any(|i| i == "jobs_next"), "{indexes:?}");
-        assert!(!indexes.iter().any(|i| i == "jobs_waiting"), "{indexes:?}");
+        for (index, present) in [
+            ("jobs_next", true),
+            ("jobs_aside", true),
+            ("jobs_waiting", false),
+            ("jobs_active", false),
+        ] {
+            assert_eq!(indexes.iter().any(|i| i == index), present, "{index}: {indexes:?}");
+        }
+    }
+
+    /// A file made when rows ready now were also in `jobs_active`: a client opening it leaves
+    /// the index (a daemon of that version may be serving the file and reads it `INDEXED BY`),
+    /// a daemon drops it; `jobs_aside` is made either way, and ready, delayed, leased and dead
+    /// rows are all counted where they are.
+    #[test]
+    fn jobs_active_gives_way_to_jobs_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let conn = connect(&path, OpenMode::Client).unwrap();
+        conn.execute_batch(
+            "DROP INDEX jobs_aside;
+             CREATE INDEX jobs_active ON jobs(state, not_before, task)
+                 WHERE state = 0 OR state = 1 OR state = 3;
+             INSERT INTO jobs (id, task, routing_key, payload, state, not_before, published_ms)
+             VALUES ('r', 't', 'k', x'00', 0, 0, 0), ('d', 't', 'k', x'00', 0, 9e15, 0),
+                    ('l', 't', 'k', x'00', 1, 0, 0), ('x', 't', 'k', x'00', 3, 0, 0);",
+        )
+        .unwrap();
+        drop(conn);
+        let indexes = || -> Vec<String> {
+            let conn = Connection::open(&path).unwrap();
+            let mut st = conn
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'",
+                )
+                .unwrap();
+            st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        let bind = crate::queue::TaskBinding {
+            name: "t".into(),
+            routing_keys: vec!["#".into()],
+            max_attempts: 3,
+        };
+        for (mode, active) in [(OpenMode::Client, true), (OpenMode::Daemon, false)] {
+            let mut queue = super::super::SqliteQueue::open(&path, mode).unwrap();
+            crate::queue::QueueBackend::bind(&mut queue, std::slice::from_ref(&bind)).unwrap();
+            let d = &crate::queue::QueueBackend::depths(&mut queue).unwrap()["t"];
+            assert_eq!((d.ready, d.delayed, d.in_flight, d.dead), (1, Some(1), 1, Some(1)));
+            drop(queue);
+            let names = indexes();
+            assert!(names.iter().any(|i| i == "jobs_aside"), "{mode:?}: {names:?}");
+            assert_eq!(names.iter().any(|i| i == "jobs_active"), active, "{mode:?}: {names:?}");
+        }
     }
 
     /// The hot queries use the partial indexes (so a history of done jobs costs them nothing)
@@ -371,35 +432,47 @@ mod tests {
         );
         assert!(claim.contains("jobs_next") && !claim.contains("TEMP B-TREE"), "{claim}");
         let promote = plan(
-            "UPDATE jobs SET not_before = 0 WHERE state = 0 AND not_before > 0
-             AND not_before <= ?1",
+            "SELECT seq FROM jobs INDEXED BY jobs_aside
+             WHERE state = 0 AND not_before > 0 AND not_before <= ?1",
         );
-        assert!(promote.contains("jobs_active"), "{promote}");
+        assert!(promote.contains("jobs_aside (state=? AND not_before>? AND"), "{promote}");
         // The claim's read of due rows from its cursor seeks to the cursor's time and task
         // and walks on in the index's order (no sort); it passes over the rows of that time
         // and task that joined already (a few hundred at most: it reads only when few are left).
         let join = plan(
-            "SELECT not_before, task, seq, priority FROM jobs INDEXED BY jobs_active
-             WHERE state = 0 AND (not_before, task, seq) > (?2, ?3, ?4)
+            "SELECT not_before, task, seq, priority FROM jobs INDEXED BY jobs_aside
+             WHERE state = 0 AND likely(not_before > 0) AND (not_before, task, seq) > (?2, ?3, ?4)
                AND not_before <= ?1
              ORDER BY not_before, task, seq LIMIT ?5",
         );
         assert!(
-            join.contains("INDEX jobs_active (state=? AND (not_before,task)>(?,?)")
+            join.contains("INDEX jobs_aside (state=? AND (not_before,task)>(?,?)")
                 && !join.contains("TEMP B-TREE"),
             "{join}"
         );
         let delayed = plan("SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > 0");
-        assert!(delayed.contains("jobs_active"), "{delayed}");
+        assert!(delayed.contains("jobs_aside"), "{delayed}");
+        // Jobs ready now are counted in `jobs_next` (they are not in `jobs_aside`), the others
+        // in `jobs_aside`; never a walk of the table.
+        let ready = plan(
+            "SELECT task, 0, COUNT(*), ?1 - ?1 FROM jobs WHERE state = 0 AND not_before = 0
+             GROUP BY task",
+        );
+        assert!(ready.contains("COVERING INDEX jobs_next") && !ready.contains("TEMP"), "{ready}");
         for depth in [
-            "SELECT task, COUNT(*) FROM jobs WHERE state = 0 GROUP BY task",
+            "SELECT task, state, COUNT(*), SUM(not_before > ?1) FROM jobs
+             WHERE state = 0 AND not_before > 0 GROUP BY task",
             "SELECT task, COUNT(*) FROM jobs WHERE state = 1 GROUP BY task",
+            "SELECT task, COUNT(*) FROM jobs WHERE state = 3 GROUP BY task",
         ] {
             let depth = plan(depth);
-            assert!(depth.contains("jobs_active"), "{depth}");
+            assert!(depth.contains("jobs_aside"), "{depth}");
         }
-        let due = plan("SELECT MIN(not_before) FROM jobs WHERE state = 0 AND not_before > ?1");
-        assert!(due.contains("jobs_active"), "{due}");
+        let due = plan(
+            "SELECT MIN(not_before) FROM jobs WHERE state = 0 AND likely(not_before > 0)
+             AND not_before > ?1",
+        );
+        assert!(due.contains("jobs_aside"), "{due}");
         // A range of the index (SEARCH), never a walk of it (SCAN) that ends only at a match.
         let prune = plan(super::super::retention::PRUNE_SELECT);
         assert!(
