@@ -105,6 +105,13 @@ const CLIENT_PAGES: i32 = 2500;
 /// above where a daemon keeps the log while jobs flow, because that `RESTART` holds the write
 /// lock (the daemon's claims wait) through two syncs, and waits out the daemon's checkpoint.
 const HARD_PAGES: i32 = 3000;
+/// Pages in the log up to which a client beside a running daemon only pauses past
+/// [`HARD_PAGES`] ([`hard_gap`]) and leaves the copy to the daemon's thread: the thread
+/// catches up within one of its checkpoints, while a client that copied the log itself
+/// (thousands of pages, then a `RESTART` with its sync under the write lock) made its
+/// publish, and the daemon's next claim, wait 100-170 ms. Past it the client copies anyway
+/// (a daemon that writes nothing does not wake its thread).
+const ALONE_PAGES: i32 = HARD_PAGES + 2000;
 /// Pages past [`HARD_PAGES`] per [`HARD_GAP`] more of a client's pause ([`hard_gap`]).
 const HARD_STEP: i32 = 256;
 /// The longest pause of a client's ([`hard_gap`]).
@@ -235,8 +242,9 @@ fn kick(tx: &Sender<Msg>) {
 
 /// A client's commit that left `pages` in the log. From [`CLIENT_PAGES`], SQLite's own
 /// `PASSIVE` checkpoint, unless a daemon serves the queue (its thread checkpoints anyway, and
-/// a publish that copies 2,500 pages and syncs the file returns that much later). Past [`HARD_PAGES`], whoever else runs, the log is started
-/// again: `PASSIVE` first (the copy, with no lock held), then `RESTART` (the write lock, for
+/// a publish that copies 2,500 pages and syncs the file returns that much later). Past
+/// [`HARD_PAGES`], a pause ([`hard_gap`]) while a daemon runs, up to [`ALONE_PAGES`]; past
+/// that, or with no daemon, the log is started again: `PASSIVE` first (the copy, with no lock held), then `RESTART` (the write lock, for
 /// the few pages committed meanwhile, and readers, as the connection's busy handler says);
 /// when another connection checkpoints (a daemon's thread), a pause instead ([`hard_gap`])
 /// that lets that one start the log again.
@@ -244,6 +252,11 @@ fn client_hook(wal: &mut Wal, pages: i32, daemon: &mut DaemonSeen) -> rusqlite::
     let busy =
         |e: &rusqlite::Error| e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
     if pages > HARD_PAGES {
+        if pages <= ALONE_PAGES && daemon.runs() {
+            // The daemon's thread is behind (a long checkpoint): slow down, do not copy.
+            std::thread::sleep(hard_gap(pages));
+            return Ok(());
+        }
         let restarted = wal
             .checkpoint_v2(CheckpointMode::PASSIVE)
             .and_then(|_| wal.checkpoint_v2(CheckpointMode::RESTART));
