@@ -6,10 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use procyard_core::Exit;
-use procyard_core::testkit::wait_for;
 use procyard_resultworker::{Config, Error, Job, ResultFuture, ResultWorker};
 
-use super::{LONG, get, recorded_pids, sigkill, wait_gone};
+use super::{LONG, get, is_gone, recorded_pids, sigkill, wait_gone};
 
 fn cfg(max_workers: usize) -> Config {
     Config::default()
@@ -26,31 +25,18 @@ fn parent_and_group(pid: u32) -> (u32, u32) {
 }
 
 /// The worker's zygote: its child in the worker's own process group (job processes and spare
-/// children lead groups of their own, which a child just forked may not do yet, and a child
-/// may be gone between the listing and its stat: looked at again until one is found).
+/// children lead groups of their own).
 fn zygote_of(worker: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
+        .expect("the worker's children");
     let (_, group) = parent_and_group(worker);
-    let zygotes = || -> Vec<u32> {
-        let children = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
-            .expect("the worker's children");
-        children
-            .split_whitespace()
-            .filter_map(|pid| pid.parse().ok())
-            .filter(|&pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                    let fields: Vec<&str> =
-                        stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-                    fields.first() != Some(&"Z") && fields.get(2) == Some(&&*group.to_string())
-                })
-            })
-            .collect()
-    };
-    let mut found = Vec::new();
-    wait_for("one zygote among the worker's children", LONG, || {
-        found = zygotes();
-        found.len() == 1
-    });
-    found[0]
+    let zygotes: Vec<u32> = children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .filter(|&pid| !is_gone(pid) && parent_and_group(pid).1 == group)
+        .collect();
+    assert_eq!(zygotes.len(), 1, "one zygote among the worker's children: {zygotes:?}");
+    zygotes[0]
 }
 
 fn sleeper(dir: &Path) -> Job {
