@@ -229,31 +229,39 @@ pub(crate) fn append_ring(
     len: usize,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
+    append_ring_with(ring, offset, len, out, |pos, n, out| {
+        file.seek(SeekFrom::Start(pos))?;
+        match file.take(n as u64).read_to_end(out)? {
+            got if got == n => Ok(()),
+            _ => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    })
+}
+
+/// Appends `len` bytes at absolute `offset` of a ring of `ring` bytes to `out`, in at most
+/// two pieces (before and after the ring's seam), each appended by `piece(at, n, out)` from
+/// position `at` of the ring; on an error, `out` is left as it was.
+pub(crate) fn append_ring_with(
+    ring: u64,
+    offset: u64,
+    len: usize,
+    out: &mut Vec<u8>,
+    mut piece: impl FnMut(u64, usize, &mut Vec<u8>) -> io::Result<()>,
+) -> io::Result<()> {
     let before = out.len();
     out.reserve(len);
     let (mut at, mut left) = (offset, len);
-    let result = loop {
-        if left == 0 {
-            break Ok(());
-        }
+    while left > 0 {
         let pos = at % ring;
         let n = left.min((ring - pos) as usize);
-        if let Err(e) = file.seek(SeekFrom::Start(pos)) {
-            break Err(e);
+        if let Err(e) = piece(pos, n, out) {
+            out.truncate(before);
+            return Err(e);
         }
-        match file.take(n as u64).read_to_end(out) {
-            Ok(got) if got == n => {
-                at += n as u64;
-                left -= n;
-            }
-            Ok(_) => break Err(io::ErrorKind::UnexpectedEof.into()),
-            Err(e) => break Err(e),
-        }
-    };
-    if result.is_err() {
-        out.truncate(before);
+        at += n as u64;
+        left -= n;
     }
-    result
+    Ok(())
 }
 
 #[cfg(test)]

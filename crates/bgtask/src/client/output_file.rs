@@ -11,7 +11,7 @@ use procyard_core::{FileView, frame};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 use super::{Task, closed_before_answer};
-use crate::buffer::append_ring;
+use crate::buffer::{append_ring, append_ring_with};
 use crate::protocol::{Request, Response, StreamName};
 use crate::stream::ReadMeta;
 use crate::{Error, Result};
@@ -148,20 +148,9 @@ impl RingFile {
         let Some(view) = &self.view else {
             return append_ring(&self.file, self.ring, offset, len, out);
         };
-        let before = out.len();
-        out.reserve(len);
-        let (mut at, mut left) = (offset, len);
-        while left > 0 {
-            let pos = at % self.ring;
-            let n = left.min((self.ring - pos) as usize);
-            if let Err(e) = view.copy_to(pos as usize, n, out) {
-                out.truncate(before);
-                return Err(e);
-            }
-            at += n as u64;
-            left -= n;
-        }
-        Ok(())
+        append_ring_with(self.ring, offset, len, out, |pos, n, out| {
+            view.copy_to(pos as usize, n, out)
+        })
     }
 }
 
