@@ -84,6 +84,11 @@ pub(super) fn run(bin: &Path, me: &Path) -> anyhow::Result<()> {
     if super::sched::log_filter() != "warn" {
         eprintln!("bench:   prune stamps p50/p99/max ms:{}", super::lateness::stamps(&run));
     }
+    // With `PROCYARD_BENCH_TRACE=FILE`: the daemon's log of the prune (its stamps, with the
+    // wall clock) to FILE, to line up with the slow jobs printed above.
+    if let Some(path) = std::env::var_os("PROCYARD_BENCH_TRACE") {
+        std::fs::copy(run.dir.path().join("daemon.log"), path)?;
+    }
     let after = flow_n(&run, &sock, BASE_JOBS / 2, None)?;
     run.stop()?;
     let longest = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
@@ -261,9 +266,10 @@ fn flow_n(
         }
         let payload = format!("{i}");
         let t0 = Instant::now();
-        q.publish("echo", payload.as_bytes())?;
+        let id = q.publish("echo", payload.as_bytes())?;
         let published = ms(t0);
         control::poke(&socket)?;
+        let poked = ms(t0);
         loop {
             let len = sock.recv(&mut buf)?;
             if &buf[..len] == payload.as_bytes() {
@@ -272,7 +278,7 @@ fn flow_n(
         }
         let took = ms(t0);
         if took > SLOW_MS {
-            slow.push((took, published, std::time::SystemTime::now()));
+            slow.push((took, published, poked, id, std::time::SystemTime::now()));
         }
         v.push(took);
         pubs.push(published);
@@ -304,7 +310,9 @@ fn flow_n(
         let top: Vec<String> = slow
             .iter()
             .take(5)
-            .map(|(ms, p, t)| format!("{ms:.1} ms (publish {p:.1}) at {:.3}", at(*t)))
+            .map(|(ms, p, k, id, t)| {
+                format!("{ms:.1} ms (publish {p:.1}, poked {k:.1}, {id:?}) at {:.3}", at(*t))
+            })
             .collect();
         eprintln!(
             "bench:   {} of {} over {SLOW_MS} ms; longest: {}",

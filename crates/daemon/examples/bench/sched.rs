@@ -124,9 +124,11 @@ pub(super) fn burst_due_s(bin: &Path, me: &Path) -> anyhow::Result<(f64, Cost)> 
 /// The burst daemons' log filter: with `PROCYARD_BENCH_STAMPS=1`, the daemon's stamps of its
 /// claims (a log line per claim, which costs the drain: only to see where the time goes).
 pub(super) fn log_filter() -> &'static str {
-    match std::env::var_os("PROCYARD_BENCH_STAMPS") {
-        Some(_) => super::lateness::STAMPS,
-        None => "warn",
+    match std::env::var("PROCYARD_BENCH_STAMPS") {
+        // A filter of its own (e.g. `warn,procyard_daemon=trace`), or the stamps.
+        Ok(f) if f.contains('=') => Box::leak(f.into_boxed_str()),
+        Ok(_) => super::lateness::STAMPS,
+        Err(_) => "warn",
     }
 }
 

@@ -62,6 +62,7 @@ mod schedules;
 mod schema;
 pub(crate) mod store;
 mod unique;
+mod warm;
 
 use super::trouble::Trouble;
 use attempts::AttemptLog;
@@ -206,7 +207,7 @@ impl SqliteQueue {
             next_check: Instant::now() + DUE_CHECK_EVERY,
             attempts: AttemptLog::default(),
             retention: Retention::default(),
-            prune: retention::PruneClock::new(Instant::now()),
+            prune: retention::PruneClock::of_queue(Instant::now(), path, mode),
             book: crate::queue::periodic::Book::default(),
             gate: crate::limits::Gate::default(),
             claim_steps: 0,

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{OptionalExtension, params};
 
 use super::store::History;
+use super::warm::Warmer;
 use super::{SqliteQueue, now_ms};
-use crate::queue::Retention;
+use crate::queue::{OpenMode, Retention};
 
 /// Rows a pruning step deletes at most while no job flows. A step runs on the daemon's loop
 /// and holds the write lock while it deletes: 200 rows a step, 8 ms apart, was measured
@@ -71,6 +72,8 @@ pub(crate) struct PruneClock {
     busy_until: Instant,
     /// Jobs ended since the last step ([`PruneClock::note_ended`]).
     ended: i64,
+    /// A daemon's queue: the thread that reads the rows ahead of the steps (`warm.rs`).
+    warm: Option<Warmer>,
 }
 
 impl PruneClock {
@@ -82,7 +85,15 @@ impl PruneClock {
             walk: None,
             busy_until: now,
             ended: 0,
+            warm: None,
         }
+    }
+
+    /// A queue's clock: a daemon's with a thread reading ahead of its steps in the file at
+    /// `path` (a client never prunes).
+    pub(super) fn of_queue(now: Instant, path: &std::path::Path, mode: OpenMode) -> PruneClock {
+        let warm = if mode == OpenMode::Daemon { Warmer::start(path) } else { None };
+        PruneClock { warm, ..PruneClock::new(now) }
     }
 
     pub(crate) fn due(&self, now: Instant) -> bool {
@@ -118,19 +129,30 @@ impl PruneClock {
 impl PruneClock {
     /// One pruning step of `history` (errors are logged: pruning is retried at the next
     /// step).
-    pub(crate) fn step(&mut self, history: &mut History<'_>, retention: &Retention, now: Instant) {
+    /// Returns false when the step ran out of rows read ahead (`warm.rs`) before its batch:
+    /// the next one waits for the thread.
+    pub(crate) fn step(
+        &mut self,
+        history: &mut History<'_>,
+        retention: &Retention,
+        now: Instant,
+    ) -> bool {
         let batch = self.batch(now);
         match self.prune_once(history, retention, now, batch) {
-            Ok(n) => {
+            Ok((n, ran_out)) => {
                 let full = n as i64 >= batch;
-                self.next = now + if full { PRUNE_AGAIN } else { PRUNE_EVERY };
+                // Out of rows read ahead: the next step once the thread has read more.
+                let wait = if ran_out { LOG_WAIT } else { PRUNE_EVERY };
+                self.next = now + if full { PRUNE_AGAIN } else { wait };
                 if n > 0 {
                     tracing::debug!(jobs = n, "pruned ended jobs past their retention");
                 }
+                !ran_out
             }
             Err(e) => {
                 self.next = now + PRUNE_EVERY;
                 tracing::warn!(error = %procyard_core::Report(&e), "unable to prune ended jobs");
+                true
             }
         }
     }
@@ -141,9 +163,12 @@ impl PruneClock {
         retention: &Retention,
         now: Instant,
         batch: i64,
-    ) -> rusqlite::Result<usize> {
+    ) -> rusqlite::Result<(usize, bool)> {
         let keep = retention.keep_done.as_millis().min(i64::MAX as u128) as i64;
         let by_age = now_ms().saturating_sub(keep) - 1;
+        if self.warm.as_ref().is_some_and(|w| !w.started((by_age, i64::MAX))) {
+            return Ok((0, true));
+        }
         if self.walk.is_none() && self.count_read.is_none_or(|at| now >= at + COUNT_EVERY) {
             if rows_at_most(history, retention.keep_done_max)? {
                 // Too few rows of any state for the count to cut: no walk, whose reads would
@@ -191,14 +216,21 @@ impl PruneClock {
         // `keep_done_max` (ties on the end time broken by row). Both cut the same order (end
         // time, then row), so the rows to go are those up to the later of the two cutoffs.
         let count = self.count_cutoff.unwrap_or((i64::MIN, 0));
-        let (cut_ms, cut_seq) = std::cmp::max((by_age, i64::MAX), count);
-        let n = history.delete_batch(PRUNE_SELECT, params![cut_ms, cut_seq, batch])?;
+        let cut = std::cmp::max((by_age, i64::MAX), count);
+        // Only rows the warm thread has read: their pages are in memory.
+        let bound = self.warm.as_ref().map_or(cut, |w| w.bound(cut));
+        let n = history.delete_batch(PRUNE_SELECT, params![bound.0, bound.1, batch])?;
+        let short = bound < cut && (n as i64) < batch;
+        let ran_out = self.warm.as_ref().is_some_and(|w| w.deleted(n, short, bound, cut));
+        if ran_out {
+            return Ok((n, true));
+        }
         if n < batch as usize && self.walk.is_none() && self.count_cutoff.is_some() {
             // Everything up to the count cutoff is gone: read it again next time. (With no
             // cutoff, the count was under the limit: it is read again [`COUNT_EVERY`] later.)
             self.count_read = None;
         }
-        Ok(n)
+        Ok((n, false))
     }
 }
 
@@ -224,10 +256,15 @@ fn rows_at_most(history: &History<'_>, max: u64) -> rusqlite::Result<bool> {
 
 impl SqliteQueue {
     /// One pruning step (errors are logged: pruning is retried at the next step), unless the
-    /// write-ahead log is behind: then it wakes the checkpointer, looks again [`LOG_WAIT`]
-    /// later and returns false.
+    /// write-ahead log is behind or the rows ahead are not read yet (`warm.rs`): then it wakes
+    /// the thread that catches up, looks again [`LOG_WAIT`] later and returns false (also
+    /// after a step that ran out of rows read ahead before its batch).
     pub(super) fn prune_step(&mut self) -> bool {
         let now = Instant::now();
+        if self.prune.warm.as_ref().is_some_and(Warmer::waiting) {
+            self.prune.next = now + LOG_WAIT;
+            return false;
+        }
         if let Some(checkpointer) = &self._checkpointer
             && checkpointer.behind()
         {
@@ -237,253 +274,10 @@ impl SqliteQueue {
         }
         let retention = self.retention;
         let mut history = History::new(&mut self.conn, &self.path);
-        crate::stamp::timed("prune", || self.prune.step(&mut history, &retention, now));
-        true
+        crate::stamp::timed("prune", || self.prune.step(&mut history, &retention, now))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::queue::sqlite::tests::bound;
-    use crate::queue::{JobFilter, OpenMode, Outcome, QueueBackend, Retention};
-
-    /// One pruning step that runs (one put off while the log catches up is tried again).
-    fn step(q: &mut SqliteQueue) {
-        procyard_core::testkit::wait_for("the log to catch up", Duration::from_secs(30), || {
-            q.prune_step()
-        });
-    }
-
-    /// Every job of task `mail` (the test queue copies each to task `all` too).
-    fn mail() -> JobFilter {
-        JobFilter { task: Some("mail".into()), limit: usize::MAX, ..JobFilter::default() }
-    }
-
-    /// Done jobs beyond `keep_done_max` go, the newest stay; dead letters are never pruned;
-    /// a big backlog goes in batches.
-    #[test]
-    fn prunes_by_count_in_batches_and_keeps_dead_letters() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
-        q.set_retention(Retention { keep_done: Duration::from_secs(3600), keep_done_max: 10 });
-        let n = 1200;
-        let payloads: Vec<Vec<u8>> = (0..n).map(|i| format!("{i}").into_bytes()).collect();
-        q.publish_batch("mail.a", &payloads).unwrap();
-        let jobs = q.claim("mail", n).unwrap();
-        for (i, j) in jobs.iter().enumerate() {
-            let outcome =
-                if i == 0 { Outcome::DeadLetter { reason: "x".into() } } else { Outcome::Done };
-            q.complete(j, outcome).unwrap();
-        }
-        q.flush().unwrap();
-        let mut steps = 0;
-        loop {
-            steps += 1;
-            let before = q.jobs(&mail());
-            q.prune.next = Instant::now();
-            step(&mut q);
-            let after = q.jobs(&mail());
-            if before.unwrap().len() == after.unwrap().len() {
-                break;
-            }
-        }
-        assert!(steps >= 3, "in batches of {PRUNE_BATCH}: {steps} steps");
-        let left = q.jobs(&mail()).unwrap();
-        let dead = left.iter().filter(|j| j.state == crate::queue::JobState::Dead).count();
-        assert_eq!(dead, 1, "dead letters stay");
-        let done = left.len() - dead;
-        assert_eq!(done, 10, "the newest keep_done_max remain");
-    }
-
-    /// A `keep_done_max` beyond one walk chunk is read over several steps (none walks more
-    /// than [`WALK_CHUNK`] entries), and then exactly that many of the newest stay.
-    #[test]
-    fn count_cutoff_is_walked_in_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
-        let max = WALK_CHUNK + 1000;
-        q.set_retention(Retention { keep_done: Duration::from_secs(3600), keep_done_max: max });
-        let now = now_ms();
-        let tx = q.conn.transaction().unwrap();
-        for i in 0..max + 1200 {
-            tx.execute(
-                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
-                 VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
-                params![format!("j{i}"), now - 1000 + (i / 100) as i64],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
-        let count = |q: &SqliteQueue| -> u64 {
-            q.conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0)).unwrap()
-                as u64
-        };
-        q.prune.next = Instant::now();
-        step(&mut q);
-        assert!(q.prune.walk.is_some(), "the walk goes on at the next step");
-        assert_eq!(count(&q), max + 1200, "nothing deleted before the cutoff is known");
-        for _ in 0..=1200 / PRUNE_BATCH + 1 {
-            q.prune.next = Instant::now();
-            step(&mut q);
-        }
-        assert_eq!(count(&q), max, "the newest keep_done_max stay");
-        let oldest: i64 = q.conn.query_row("SELECT MIN(seq) FROM jobs", [], |r| r.get(0)).unwrap();
-        assert_eq!(oldest, 1201, "the oldest went");
-    }
-
-    /// A table whose row numbers span no more than `keep_done_max` is not walked: the count
-    /// cannot cut, and the walk's reads would only fill the daemon's page cache (its memory).
-    #[test]
-    fn no_count_walk_when_the_table_is_smaller_than_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
-        // More rows than one walk chunk: a walk would still be under way after a step.
-        let rows = WALK_CHUNK + 500;
-        let limit = |max| Retention { keep_done: Duration::from_secs(3600), keep_done_max: max };
-        q.set_retention(limit(3 * WALK_CHUNK));
-        let now = now_ms();
-        let tx = q.conn.transaction().unwrap();
-        for i in 0..rows {
-            tx.execute(
-                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
-                 VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
-                params![format!("j{i}"), now - 1000],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
-        q.prune.next = Instant::now();
-        step(&mut q);
-        assert!(q.prune.walk.is_none(), "no walk: {:?}", q.prune);
-        assert_eq!(q.jobs(&mail()).unwrap().len() as u64, rows, "all kept");
-        // Under the row count, the walk runs (over more than one step) and cuts.
-        q.set_retention(limit(rows - 10));
-        q.prune.count_read = None;
-        q.prune.next = Instant::now();
-        step(&mut q);
-        assert!(q.prune.walk.is_some(), "a walk under way: {:?}", q.prune);
-        for _ in 0..60 {
-            q.prune.next = Instant::now();
-            step(&mut q);
-        }
-        assert_eq!(q.jobs(&mail()).unwrap().len() as u64, rows - 10, "the oldest went");
-    }
-
-    /// `n` done jobs of task `mail` that ended an hour ago, one ms apart.
-    fn expired_jobs(q: &mut SqliteQueue, n: i64) {
-        let old = now_ms() - 3_600_000;
-        let tx = q.conn.transaction().unwrap();
-        for i in 0..n {
-            tx.execute(
-                "INSERT INTO jobs (id, task, routing_key, payload, state, published_ms, finished_ms)
-                 VALUES (?1, 'mail', 'mail.a', x'', 2, ?2, ?2)",
-                params![format!("j{i}"), old + i],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
-    }
-
-    /// While jobs flow (the loop just claimed or ended one) a step deletes a short batch;
-    /// once they stop for a while, a full one.
-    #[test]
-    fn steps_are_short_while_jobs_flow() {
-        use crate::queue::Outcome;
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
-        q.set_retention(Retention { keep_done: Duration::from_secs(1), keep_done_max: 1 << 40 });
-        expired_jobs(&mut q, 3 * PRUNE_BATCH);
-        let count = |q: &SqliteQueue| -> i64 {
-            q.conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap()
-        };
-        // A job ran: its claim and its end note the flow.
-        q.publish("mail.a", b"x").unwrap();
-        let jobs = q.claim("mail", 1).unwrap();
-        q.complete(&jobs[0], Outcome::Done).unwrap();
-        q.prune.next = Instant::now() + Duration::from_secs(3600);
-        q.flush().unwrap();
-        let before = count(&q);
-        q.prune.next = Instant::now();
-        step(&mut q);
-        assert_eq!(before - count(&q), PRUNE_BATCH_BUSY, "a short step while jobs flow");
-        // More jobs ended since the last step than a short step deletes: the step keeps up.
-        let many = PRUNE_BATCH_BUSY + 20;
-        q.publish_batch("mail.a", &vec![b"x".to_vec(); many as usize]).unwrap();
-        for job in q.claim("mail", many as usize).unwrap() {
-            q.complete(&job, Outcome::Done).unwrap();
-        }
-        q.prune.next = Instant::now() + Duration::from_secs(3600);
-        q.flush().unwrap();
-        let before = count(&q);
-        q.prune.next = Instant::now();
-        step(&mut q);
-        assert_eq!(before - count(&q), many, "as many rows as jobs ended");
-        // No job for a while: a full step.
-        q.prune.busy_until = Instant::now();
-        let before = count(&q);
-        q.prune.next = Instant::now();
-        step(&mut q);
-        assert_eq!(before - count(&q), PRUNE_BATCH, "a full step once jobs stopped");
-    }
-
-    /// Each step deletes a full batch while a publisher commits all the time: a step that
-    /// read before taking the write lock failed ("database is locked") whenever a publish
-    /// landed in between, and pruning then crawled at one retry a second.
-    #[test]
-    fn prunes_while_a_publisher_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let mut q = bound(&path, OpenMode::Daemon);
-        q.set_retention(Retention { keep_done: Duration::from_secs(1), keep_done_max: 1 << 40 });
-        let steps = 20;
-        expired_jobs(&mut q, steps * PRUNE_BATCH);
-        let expired = |q: &SqliteQueue| -> i64 {
-            q.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = 2", [], |r| r.get(0)).unwrap()
-        };
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let publisher = std::thread::spawn({
-            let (stop, published, path) = (stop.clone(), published.clone(), path.clone());
-            move || {
-                let mut client = bound(&path, OpenMode::Client);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    client.publish("other.a", b"x").unwrap();
-                    published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        });
-        let mut left = expired(&q);
-        for n in 0..steps {
-            // A step while the publisher is at work (it has committed since the last one).
-            let seen = published.load(std::sync::atomic::Ordering::Relaxed);
-            procyard_core::testkit::wait_for("a publish", Duration::from_secs(30), || {
-                published.load(std::sync::atomic::Ordering::Relaxed) > seen
-            });
-            // A step put off while the log catches up deletes nothing; the one that runs,
-            // a full batch.
-            step(&mut q);
-            let now = expired(&q);
-            assert_eq!(left - now, PRUNE_BATCH, "step {n} deleted a full batch");
-            left = now;
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        publisher.join().unwrap();
-    }
-
-    /// Jobs older than `keep_done` go.
-    #[test]
-    fn prunes_by_age() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = bound(&dir.path().join("q.db"), OpenMode::Daemon);
-        q.set_retention(Retention { keep_done: Duration::from_millis(1), keep_done_max: 1000 });
-        q.publish("mail.a", b"1").unwrap();
-        let job = q.claim("mail", 1).unwrap().remove(0);
-        q.complete(&job, Outcome::Done).unwrap();
-        q.flush().unwrap();
-        q.conn.execute("UPDATE jobs SET finished_ms = finished_ms - 10", []).unwrap();
-        q.prune.next = Instant::now();
-        step(&mut q);
-        assert!(q.jobs(&mail()).unwrap().is_empty());
-    }
-}
+#[path = "retention_tests.rs"]
+mod tests;
