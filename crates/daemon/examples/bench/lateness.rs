@@ -65,6 +65,7 @@ pub fn stamps(run: &Run) -> String {
         "prune",
         "checkpoint",
         "restart",
+        "start_again",
     ] {
         let mut v: Vec<f64> = log
             .lines()
