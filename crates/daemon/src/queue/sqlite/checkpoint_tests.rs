@@ -90,10 +90,13 @@ fn log_stays_bounded_while_pruning() {
     let db_len = std::fs::metadata(&path).unwrap().len();
     assert!(db_len > 3 * LIMIT, "the history ({db_len} bytes) dwarfs the limit");
     let mut steps = 0;
+    let deadline = procyard_core::Deadline::after(Duration::from_secs(60));
     while expired(&q) {
-        steps += 1;
-        assert!(steps < 1000, "pruning ends");
-        q.prune_step();
+        assert!(steps < 1000 && !deadline.is_expired(), "pruning ends");
+        // A step put off (the log behind, the rows ahead not read yet) is tried again.
+        if q.prune_step() {
+            steps += 1;
+        }
         q._checkpointer.as_ref().unwrap().settle();
         largest = largest.max(log_len(&path));
     }

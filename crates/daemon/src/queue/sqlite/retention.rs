@@ -73,7 +73,18 @@ pub(crate) struct PruneClock {
     /// Jobs ended since the last step ([`PruneClock::note_ended`]).
     ended: i64,
     /// A daemon's queue: the thread that reads the rows ahead of the steps (`warm.rs`).
-    warm: Option<Warmer>,
+    warm: Warm,
+}
+
+/// The thread that reads ahead of the steps: started by the first step that deletes a row
+/// (a connection and a thread cost an idle daemon about 2 MiB), on a daemon's queue only.
+#[derive(Debug)]
+enum Warm {
+    /// No thread (a history beside AMQP or PostgreSQL, or the thread failed to start).
+    Off,
+    /// The queue file whose pruning has not deleted anything yet.
+    Later(std::path::PathBuf),
+    On(Warmer),
 }
 
 impl PruneClock {
@@ -85,15 +96,23 @@ impl PruneClock {
             walk: None,
             busy_until: now,
             ended: 0,
-            warm: None,
+            warm: Warm::Off,
         }
     }
 
     /// A queue's clock: a daemon's with a thread reading ahead of its steps in the file at
     /// `path` (a client never prunes).
     pub(super) fn of_queue(now: Instant, path: &std::path::Path, mode: OpenMode) -> PruneClock {
-        let warm = if mode == OpenMode::Daemon { Warmer::start(path) } else { None };
+        let warm = if mode == OpenMode::Daemon { Warm::Later(path.to_owned()) } else { Warm::Off };
         PruneClock { warm, ..PruneClock::new(now) }
+    }
+
+    /// The thread reading ahead of the steps, once started.
+    fn warmer(&self) -> Option<&Warmer> {
+        match &self.warm {
+            Warm::On(w) => Some(w),
+            Warm::Off | Warm::Later(_) => None,
+        }
     }
 
     pub(crate) fn due(&self, now: Instant) -> bool {
@@ -137,9 +156,15 @@ impl PruneClock {
         retention: &Retention,
         now: Instant,
     ) -> bool {
+        let ended = self.ended;
         let batch = self.batch(now);
         match self.prune_once(history, retention, now, batch) {
             Ok((n, ran_out)) => {
+                if ran_out {
+                    // The jobs that ended count toward the next step, which waits for the
+                    // thread.
+                    self.ended = ended.saturating_sub(n as i64);
+                }
                 let full = n as i64 >= batch;
                 // Out of rows read ahead: the next step once the thread has read more.
                 let wait = if ran_out { LOG_WAIT } else { PRUNE_EVERY };
@@ -166,7 +191,7 @@ impl PruneClock {
     ) -> rusqlite::Result<(usize, bool)> {
         let keep = retention.keep_done.as_millis().min(i64::MAX as u128) as i64;
         let by_age = now_ms().saturating_sub(keep) - 1;
-        if self.warm.as_ref().is_some_and(|w| !w.started((by_age, i64::MAX))) {
+        if self.warmer().is_some_and(|w| !w.started((by_age, i64::MAX))) {
             return Ok((0, true));
         }
         if self.walk.is_none() && self.count_read.is_none_or(|at| now >= at + COUNT_EVERY) {
@@ -218,10 +243,15 @@ impl PruneClock {
         let count = self.count_cutoff.unwrap_or((i64::MIN, 0));
         let cut = std::cmp::max((by_age, i64::MAX), count);
         // Only rows the warm thread has read: their pages are in memory.
-        let bound = self.warm.as_ref().map_or(cut, |w| w.bound(cut));
+        let bound = self.warmer().map_or(cut, |w| w.bound(cut));
         let n = history.delete_batch(PRUNE_SELECT, params![bound.0, bound.1, batch])?;
         let short = bound < cut && (n as i64) < batch;
-        let ran_out = self.warm.as_ref().is_some_and(|w| w.deleted(n, short, bound, cut));
+        let ran_out = self.warmer().is_some_and(|w| w.deleted(n, short, bound, cut));
+        if n > 0
+            && let Warm::Later(path) = &self.warm
+        {
+            self.warm = Warmer::start(path).map_or(Warm::Off, Warm::On);
+        }
         if ran_out {
             return Ok((n, true));
         }
@@ -261,7 +291,7 @@ impl SqliteQueue {
     /// after a step that ran out of rows read ahead before its batch).
     pub(super) fn prune_step(&mut self) -> bool {
         let now = Instant::now();
-        if self.prune.warm.as_ref().is_some_and(Warmer::waiting) {
+        if self.prune.warmer().is_some_and(Warmer::waiting) {
             self.prune.next = now + LOG_WAIT;
             return false;
         }
