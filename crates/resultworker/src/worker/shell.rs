@@ -14,7 +14,7 @@ use procyard_core::mio::unix::SourceFd;
 use procyard_core::mio::{Events, Poll, Token};
 use procyard_core::{Child, Deadline, FrameDecoder, Report, Signal, StreamState};
 
-use super::process::{drain, raw, read_small, write_all};
+use super::process::{drain, raw, write_all};
 use super::state::{Action, ChildId, Event, Kind, Queued, State, Verdict, Work};
 use super::zygote::Zygote;
 use crate::job::ErasedFn;
@@ -73,6 +73,9 @@ pub(super) struct Spare {
     pub(super) job: OwnedFd,
     /// Function jobs it ran before (a recycled child).
     pub(super) served: usize,
+    /// Its pidfd is still registered with the poll (a recycled child: it keeps its token, so
+    /// reusing it costs no `epoll_ctl`).
+    pub(super) watched: bool,
 }
 
 pub(super) struct Shell {
@@ -103,6 +106,9 @@ pub(super) struct Shell {
     pub(super) reports: Option<OwnedFd>,
     /// Its write end, which the children inherit.
     pub(super) reports_write: OwnedFd,
+    /// The write end of the direct pipe to the application (non-blocking), on which children
+    /// send small results straight to it (see `Shell::report`); `None` if the worker got none.
+    pub(super) direct: Option<OwnedFd>,
     /// Chunks read from `reports`, the last one possibly incomplete.
     pub(super) report_chunks: Vec<u8>,
     /// Ids of the children whose chunks the last read of `reports` brought (reused).
@@ -122,7 +128,7 @@ impl Shell {
         input: File,
         output: OwnedFd,
         reports: OwnedFd,
-        reports_write: OwnedFd,
+        (reports_write, direct): (OwnedFd, Option<OwnedFd>),
         max_workers: usize,
         (reuse, max_jobs): (bool, usize),
         (exec_jobs, zygote): (bool, Option<Zygote>),
@@ -148,6 +154,7 @@ impl Shell {
             scratch: vec![0; super::process::SCRATCH],
             reports: Some(reports),
             reports_write,
+            direct,
             report_chunks: Vec::new(),
             touched: Vec::new(),
             zygote,
@@ -272,7 +279,7 @@ impl Shell {
 
     fn read_requests(&mut self) {
         let Some(input) = self.input.as_mut() else { return };
-        let state = read_small(input, &mut self.decoder, &mut self.scratch);
+        let state = wire::read_pipe("read requests", input, &mut self.decoder, &mut self.scratch);
         let mut large = false;
         loop {
             match self.decoder.next_bytes() {
@@ -313,7 +320,7 @@ impl Shell {
             Ok((Request::Run { key, spec, timeout_ms }, body)) => {
                 let work = match spec {
                     Spec::Function { name } => {
-                        Work::Function(job_message(&name, body).into_boxed_slice())
+                        Work::Function(job_message(key, &name, body).into_boxed_slice())
                     }
                     Spec::Command(spec) => Work::Command(Box::new(spec)),
                 };

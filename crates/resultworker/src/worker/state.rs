@@ -17,6 +17,7 @@ use procyard_core::{Exit, Signal, StopLadder};
 use super::process::{PIPE_ATOMIC, PIPELINE_BYTES, PIPELINE_DEPTH};
 use crate::stop::GracefulStop;
 use crate::wire::{CommandSpec, TAG_ERROR, WireError, encode_report, error_body, is_report};
+use crate::wire::{is_delivered, split_job_message};
 use outcome::{Captured, outcome};
 
 /// A job child's id in the worker (tags its reports; never reused).
@@ -61,8 +62,9 @@ impl Queued {
     }
 }
 
-/// The name a job message (name length, name, JSON arguments) calls; empty if truncated.
+/// The name a job message (key, name length, name, JSON arguments) calls; empty if truncated.
 pub(super) fn function_name(message: &[u8]) -> &[u8] {
+    let Some((_, message)) = split_job_message(message) else { return &[] };
     let Some((len, rest)) = message.split_first_chunk::<4>() else { return &[] };
     rest.get(..u32::from_be_bytes(*len) as usize).unwrap_or(&[])
 }
@@ -413,7 +415,9 @@ impl State {
         if job.phase != Phase::Running || job.kind != Kind::Function {
             return;
         }
-        if !is_report(&report) {
+        // The child sent its report straight to the application: nothing to forward.
+        let delivered = is_delivered(&report);
+        if !delivered && !is_report(&report) {
             // The child is in no state to trust: its exit settles what it still holds.
             job.phase = Phase::Reported;
             actions.push(Action::Kill { id });
@@ -421,7 +425,9 @@ impl State {
             actions.push(send_error(job.key, &WireError::Malformed { reason }));
             return;
         }
-        actions.push(Action::Send { key: job.key, report });
+        if !delivered {
+            actions.push(Action::Send { key: job.key, report });
+        }
         if let Some(next) = job.next.pop_front() {
             job.next_bytes = job.next_bytes.saturating_sub(next.pipelined_len());
             job.key = next.key;
