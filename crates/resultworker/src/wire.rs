@@ -233,6 +233,13 @@ pub(crate) fn split_job_message(message: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_be_bytes(*key), rest))
 }
 
+/// The name a job message (see [`job_message`]) calls; empty if truncated.
+pub(crate) fn function_name(message: &[u8]) -> &[u8] {
+    let Some((_, message)) = split_job_message(message) else { return &[] };
+    let Some((len, rest)) = message.split_first_chunk::<4>() else { return &[] };
+    rest.get(..u32::from_be_bytes(*len) as usize).unwrap_or(&[])
+}
+
 /// Whether a job child's report (tag + body) is the note that it went straight to the
 /// application (see [`TAG_DELIVERED`]).
 pub(crate) fn is_delivered(report: &[u8]) -> bool {

@@ -12,7 +12,7 @@ use procyard_core::mio::unix::SourceFd;
 use procyard_core::{Child, Forked, Signal};
 
 use super::process::{PIPE_ATOMIC, drain, raw, spawn_command, write_report, write_result};
-use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, Shell, Spare, TOKENS_PER_JOB};
+use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, REPORTS, Shell, Spare, TOKENS_PER_JOB};
 use super::state::{ChildId, Event, Kind, StartJob};
 use crate::wire::{self, TAG_DELIVERED, WireError};
 
@@ -235,7 +235,53 @@ impl Shell {
         {
             return write_report(&self.reports_write, id, TAG_DELIVERED, &[]);
         }
+        // With lazy notes the worker may not watch the report pipe: it is woken first, and
+        // watches the pipe until this report is complete (a large one fills the pipe, and this
+        // write blocks until the worker reads).
+        if let Some(wake) = &self.wake_write
+            && !super::process::write_all(wake, &[1])
+        {
+            return false;
+        }
         write_report(&self.reports_write, id, tag, body)
+    }
+
+    /// Lazy notes (reuse mode with a direct pipe): a child whose result went straight to the
+    /// application leaves only a note in the report pipe, which the worker needs at once only
+    /// when the state does (`State::needs_reports`: a queued job, a timeout, a stop). Otherwise
+    /// the report pipe is not watched, so a note does not wake the worker (one wake-up fewer
+    /// per job, off the result's path but on a core the caller may want): it is taken here, at
+    /// the worker's next turn (a request), and reports that must go through the worker wake
+    /// it on the wake pipe. A note that comes after the next request (its child was preempted
+    /// between its two writes) leaves the child busy for that turn: the job goes to another.
+    pub(super) fn take_notes(&mut self) {
+        if self.wake.is_some() && !self.reports_watched && self.state.busy() > 0 {
+            self.read_reports(None);
+        }
+    }
+
+    /// Watches the report pipe while the state needs reports at once (see `take_notes`).
+    pub(super) fn watch_reports(&mut self) -> std::io::Result<()> {
+        if self.state.busy() == 0 {
+            // No job runs: none of the announced reports will come (a child died sending one).
+            self.full_reports = 0;
+        }
+        let want = self.wake.is_none() || self.full_reports > 0 || self.state.needs_reports();
+        if want == self.reports_watched {
+            return Ok(());
+        }
+        let Some(reports) = &self.reports else { return Ok(()) };
+        let registry = self.poll.registry();
+        let source = &mut SourceFd(&raw(reports));
+        if want {
+            // Reports already waiting raise an event at once (edge-triggered: readiness is
+            // checked as the descriptor is added).
+            registry.register(source, REPORTS, Interest::READABLE)?;
+        } else {
+            registry.deregister(source)?;
+        }
+        self.reports_watched = want;
+        Ok(())
     }
 
     /// In a forked job child: closes the worker's descriptors (pipes of the application and of
@@ -244,6 +290,7 @@ impl Shell {
         self.input = None;
         self.output = None;
         self.reports = None;
+        self.wake = None;
         if let Some(zygote) = self.zygote.take() {
             zygote.detach();
         }
@@ -376,6 +423,9 @@ impl Shell {
             job.reported += 1;
             if job.buf.is_empty() && job.buf.capacity() > KEEP_BUFFER {
                 job.buf = Vec::new();
+            }
+            if !wire::is_delivered(&report) {
+                self.full_reports = self.full_reports.saturating_sub(1);
             }
             self.step(Event::Report { id, report, recyclable });
         }

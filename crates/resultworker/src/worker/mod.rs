@@ -38,7 +38,7 @@ mod zygote;
 
 pub(crate) use job::run_job;
 use process::raw;
-use shell::{BIRTHS, IN, OUT, REPORTS, Shell};
+use shell::{BIRTHS, IN, OUT, REPORTS, Shell, WAKE};
 
 /// Runs the worker until it is stopped or its parent goes away; returns the exit code.
 ///
@@ -108,6 +108,18 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
     poll.registry().register(&mut SourceFd(&raw(&input)), IN, Interest::READABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&output)), OUT, Interest::WRITABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&reports)), REPORTS, Interest::READABLE)?;
+    // Reuse mode with a direct pipe: children's notes are taken lazily (see
+    // `Shell::take_notes`), and a report that must go through the worker wakes it here.
+    let wake = match &direct {
+        Some(_) if reuse => {
+            let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            // The read end only: a child's announcement is never lost to a full pipe.
+            rustix::io::ioctl_fionbio(&read, true)?;
+            poll.registry().register(&mut SourceFd(&raw(&read)), WAKE, Interest::READABLE)?;
+            Some((read, write))
+        }
+        _ => None,
+    };
     if let Some(zygote) = &zygote {
         poll.registry().register(
             &mut SourceFd(&raw(zygote.births())),
@@ -120,7 +132,7 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
         std::fs::File::from(input),
         output,
         reports,
-        (reports_write, direct),
+        (reports_write, direct, wake),
         max_workers,
         (reuse, max_jobs),
         (exec_jobs, zygote),

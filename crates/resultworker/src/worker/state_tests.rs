@@ -473,3 +473,19 @@ fn a_report_delivered_straight_to_the_application_is_not_sent_again() {
     step(&mut s, Event::Run(function(2, None)), t);
     assert_eq!(starts(&step(&mut s, Event::Admit, t)), [2], "its slot is free");
 }
+
+#[test]
+fn reports_are_needed_at_once_only_for_a_queue_a_timeout_or_a_stop() {
+    let t = Instant::now();
+    let mut s = state(1, true);
+    running(&mut s, 1, 0, None, t);
+    assert!(!s.needs_reports(), "a lone job without a timeout: its note can wait");
+    step(&mut s, Event::Run(function(2, None)), t);
+    assert!(s.needs_reports(), "a job queued behind it");
+    let mut s = state(2, true);
+    running(&mut s, 1, 0, Some(MS), t);
+    assert!(s.needs_reports(), "a timeout");
+    let mut s = state(1, true);
+    step(&mut s, Event::Stop { grace: MS }, t);
+    assert!(s.needs_reports(), "a stop");
+}
