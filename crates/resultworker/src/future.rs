@@ -67,11 +67,14 @@ impl Slot {
                 return false;
             }
             state.outcome = Some(outcome);
-            self.set.notify_all();
             let callbacks = std::mem::take(&mut state.callbacks);
             let wakers = std::mem::take(&mut state.wakers);
             (callbacks, wakers, state.outcome.clone())
         };
+        // After the lock is released, so that a woken waiter does not find it still held and
+        // sleep again on it (the outcome is stored under the lock, which a waiter holds from
+        // its check to its wait: none misses this).
+        self.set.notify_all();
         for waker in wakers {
             waker.wake();
         }

@@ -52,10 +52,13 @@
 //!   it out and signals its group as before, it dies with the worker, and its outcome is typed
 //!   the same. If the zygote dies, the jobs it had not started fail with [`Error::Failed`]
 //!   and the worker forks the next ones itself. When idle, the worker keeps a spare child
-//!   forked ahead of time (the next job does not wait for a fork). Every function child
-//!   reports into one pipe shared by all (whole chunks of at most `PIPE_BUF` bytes, tagged
-//!   with the child's id), and a result is forwarded as soon as its report arrives, before
-//!   the child exits.
+//!   forked ahead of time (the next job does not wait for a fork). A function child that the
+//!   worker forked writes a small result (up to `PIPE_BUF` bytes) straight to the
+//!   application's listener, on a pipe all children share, and tells the worker only that it
+//!   did, so the worker is no hop on the result's way; a larger one (or one that pipe has no
+//!   room for) goes through the worker: every function child reports into one pipe shared by
+//!   all (whole chunks of at most `PIPE_BUF` bytes, tagged with the child's id), and a result
+//!   is forwarded as soon as its report arrives, before the child exits.
 //! - Frames are procyard-core's length-prefixed frames, so payloads are binary-safe. If the
 //!   worker dies, every pending future fails with [`Error::WorkerLost`] and the worker is
 //!   restarted with backoff. The worker dies with the application (parent-death signal and

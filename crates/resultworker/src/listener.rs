@@ -14,7 +14,9 @@ use procyard_core::{
 };
 
 use crate::future::lock_map;
-use crate::mode::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, EXIT_INIT_NOT_CALLED};
+use crate::mode::{
+    DIRECT_FD, ENV_DIRECT, ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, EXIT_INIT_NOT_CALLED,
+};
 use crate::shared::{Shared, lock};
 use crate::stop::GracefulStop;
 use crate::wire::{self, Decoded, Request, WireError};
@@ -22,6 +24,9 @@ use crate::{Error, Result};
 
 const READER: Token = Token(1);
 const PIDFD: Token = Token(2);
+/// The direct pipe: job children's small results, straight from them (not through the
+/// worker: one wake-up fewer per round trip).
+const DIRECT: Token = Token(3);
 
 /// How long the worker may take beyond a stop's grace period (its own TERM → KILL ladder
 /// included) before the application TERMs it, and then KILLs it.
@@ -38,6 +43,10 @@ struct Running {
     child: Child,
     reader: File,
     decoder: FrameDecoder,
+    /// The read end of the direct pipe, which the worker's job children write whole result
+    /// frames into (each in one atomic write, so frames never interleave).
+    direct: File,
+    direct_decoder: FrameDecoder,
     started: Instant,
 }
 
@@ -50,11 +59,14 @@ pub(crate) struct Listener {
     failures: u32,
     /// The worker's stop, once one was asked for.
     stop: Option<GracefulStop>,
+    /// The buffer the result pipes are read through.
+    scratch: Vec<u8>,
 }
 
 impl Listener {
     fn new(shared: Arc<Shared>, poll: Poll) -> Listener {
-        Listener { shared, poll, worker: None, restart_at: None, failures: 0, stop: None }
+        let scratch = vec![0; 64 * 1024];
+        Listener { shared, poll, worker: None, restart_at: None, failures: 0, stop: None, scratch }
     }
 
     pub(crate) fn run(shared: Arc<Shared>, poll: Poll, started: mpsc::Sender<Result<()>>) {
@@ -171,6 +183,7 @@ impl Listener {
             for event in events.iter() {
                 match event.token() {
                     READER => exited |= self.read_results(),
+                    DIRECT => exited |= self.read_direct(),
                     PIDFD => exited = true,
                     _ => {}
                 }
@@ -207,11 +220,51 @@ impl Listener {
         }
     }
 
-    /// Reads and dispatches every complete frame; returns whether the stream ended (or is
-    /// corrupt, in which case the worker is killed).
-    fn read_results(&mut self) -> bool {
+    /// Reads and dispatches every complete frame of the direct pipe; returns whether it is
+    /// corrupt (the worker is then killed). Its end of file only says that the worker and its
+    /// children are gone, which the worker's own pipe and pidfd say too.
+    fn read_direct(&mut self) -> bool {
         let Some(worker) = self.worker.as_mut() else { return false };
-        let state = worker.decoder.read_from(&mut worker.reader);
+        let state = wire::read_pipe(
+            "read results",
+            &mut worker.direct,
+            &mut worker.direct_decoder,
+            &mut self.scratch,
+        );
+        loop {
+            match worker.direct_decoder.next_bytes() {
+                Ok(Some(payload)) => dispatch(&self.shared, payload),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "procyard-resultworker: corrupt direct results");
+                    let _ = worker.child.kill();
+                    return true;
+                }
+            }
+        }
+        if let Err(e) = wire::stream_state(state, &worker.direct_decoder) {
+            tracing::error!(error = %e, "procyard-resultworker: corrupt direct results");
+            let _ = worker.child.kill();
+            return true;
+        }
+        false
+    }
+
+    /// Reads and dispatches every complete frame, those of the direct pipe first (a result
+    /// a child wrote there came before any error the worker sends later for its job, such as
+    /// a timeout); returns whether the worker's stream ended (or either is corrupt, in which
+    /// case the worker is killed).
+    fn read_results(&mut self) -> bool {
+        if self.read_direct() {
+            return true;
+        }
+        let Some(worker) = self.worker.as_mut() else { return false };
+        let state = wire::read_pipe(
+            "read results",
+            &mut worker.reader,
+            &mut worker.decoder,
+            &mut self.scratch,
+        );
         loop {
             match worker.decoder.next_bytes() {
                 Ok(Some(payload)) => dispatch(&self.shared, payload),
@@ -244,7 +297,9 @@ impl Listener {
         let Some(mut worker) = self.worker.take() else { return };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut worker.child);
-        let _ = registry.deregister(&mut procyard_core::mio::unix::SourceFd(&raw(&worker.reader)));
+        for fd in [raw(&worker.reader), raw(&worker.direct)] {
+            let _ = registry.deregister(&mut procyard_core::mio::unix::SourceFd(&fd));
+        }
         // A closed pipe with a live worker means it is broken: make sure it is gone.
         if !matches!(worker.child.try_wait(), Ok(Some(_))) {
             let _ = worker.child.kill_and_reap();
@@ -275,6 +330,7 @@ impl Listener {
         };
         let (job_read, job_write) = pipe()?;
         let (result_read, result_write) = pipe()?;
+        let (direct_read, direct_write) = pipe()?;
         let config = &self.shared.config;
         let program = match &config.program {
             Some(p) => p.clone(),
@@ -285,6 +341,8 @@ impl Listener {
             .env(ENV_WORKER, self.shared.owner.as_raw().to_string())
             .env(ENV_MAX_WORKERS, config.max_workers.max(1).to_string())
             .env(ENV_REUSE, config.jobs_per_process().to_string())
+            .env(ENV_DIRECT, DIRECT_FD.to_string())
+            .pass_fd(direct_write, DIRECT_FD)
             .stdin(Stdio::Fd(job_read))
             .stdout(Stdio::Fd(result_write))
             .stderr(Stdio::Inherit)
@@ -294,10 +352,13 @@ impl Listener {
         // Closes this process's copies of the worker's ends.
         drop(cmd);
         let mut child = spawned.map_err(start_err)?;
-        rustix::io::ioctl_fionbio(&result_read, true)
-            .map_err(|e| Error::os("make the result pipe non-blocking", e))?;
+        for read_end in [&result_read, &direct_read] {
+            rustix::io::ioctl_fionbio(read_end, true)
+                .map_err(|e| Error::os("make the result pipe non-blocking", e))?;
+        }
         let registry = self.poll.registry();
         let reader = File::from(result_read);
+        let direct = File::from(direct_read);
         registry
             .register(&mut child, PIDFD, Interest::READABLE)
             .and_then(|()| {
@@ -306,6 +367,10 @@ impl Listener {
                     READER,
                     Interest::READABLE,
                 )
+            })
+            .and_then(|()| {
+                let direct = &mut procyard_core::mio::unix::SourceFd(&raw(&direct));
+                registry.register(direct, DIRECT, Interest::READABLE)
             })
             .map_err(|e| Error::os("watch the worker", e))?;
         lock(&self.shared.status).worker_pid = Some(child.id());
@@ -325,8 +390,14 @@ impl Listener {
                 link.file = Some(file);
             }
         }
-        self.worker =
-            Some(Running { child, reader, decoder: FrameDecoder::new(), started: Instant::now() });
+        self.worker = Some(Running {
+            child,
+            reader,
+            decoder: FrameDecoder::new(),
+            direct,
+            direct_decoder: FrameDecoder::new(),
+            started: Instant::now(),
+        });
         Ok(())
     }
 }

@@ -22,6 +22,13 @@ pub(crate) const ENV_JOB: &str = "PROCYARD_RESULTWORKER_JOB";
 /// The descriptor a job process started by exec writes its report to.
 pub(crate) const JOB_REPORT_FD: i32 = 3;
 
+/// Set (to the descriptor's number) in the worker's environment: the write end of the direct
+/// pipe, on which job children send small results straight to the application's listener
+/// (see `worker::children`).
+pub(crate) const ENV_DIRECT: &str = "PROCYARD_RESULTWORKER_DIRECT";
+/// The descriptor the worker inherits the direct pipe as.
+pub(crate) const DIRECT_FD: i32 = 3;
+
 /// `Some(child_id)` when this process is a job process that its parent, a threaded worker,
 /// started by exec.
 pub(crate) fn job_mode() -> Option<usize> {

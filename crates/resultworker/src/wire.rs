@@ -5,7 +5,9 @@
 //!   raw body (a function's JSON arguments).
 //! - Results (worker → application): `u64` key, one tag byte (`0` value, `1` error), then the
 //!   body: the value's JSON, or a JSON [`WireError`].
-//! - Inside the worker, a job child reports to the worker with one tag byte and the body.
+//! - Inside the worker, a job child reports to the worker with one tag byte and the body. A
+//!   small report goes instead straight to the application, as its result frame, on the
+//!   direct pipe; the worker then gets only a note that it was delivered ([`TAG_DELIVERED`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +25,9 @@ pub(crate) const READY_KEY: u64 = 0;
 pub(crate) const TAG_VALUE: u8 = 0;
 /// Tag byte of an error.
 pub(crate) const TAG_ERROR: u8 = 1;
+/// Tag byte of a job child's note to the worker (no body): its report went straight to the
+/// application on the direct pipe.
+pub(crate) const TAG_DELIVERED: u8 = 2;
 
 /// What the worker runs for one job.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -129,9 +134,11 @@ pub(crate) fn write_frame<W: std::io::Write + ?Sized>(
     procyard_core::frame::write_frame_bytes(w, payload)
 }
 
-/// A function job as the job child reads it: name length, name, JSON arguments.
-pub(crate) fn job_message(name: &str, body: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(4 + name.len() + body.len());
+/// A function job as the job child reads it: the job's key (`u64`, for a report sent straight
+/// to the application), name length, name, JSON arguments.
+pub(crate) fn job_message(key: u64, name: &str, body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(12 + name.len() + body.len());
+    message.extend_from_slice(&key.to_be_bytes());
     message.extend_from_slice(&(name.len() as u32).to_be_bytes());
     message.extend_from_slice(name.as_bytes());
     message.extend_from_slice(body);
@@ -219,13 +226,62 @@ pub(crate) fn decode_result(mut payload: Vec<u8>) -> Decoded {
     }
 }
 
+/// The key a job message (see [`job_message`]) carries, and the rest of it; `None` if
+/// truncated.
+pub(crate) fn split_job_message(message: &[u8]) -> Option<(u64, &[u8])> {
+    let (key, rest) = message.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*key), rest))
+}
+
+/// The name a job message (see [`job_message`]) calls; empty if truncated.
+pub(crate) fn function_name(message: &[u8]) -> &[u8] {
+    let Some((_, message)) = split_job_message(message) else { return &[] };
+    let Some((len, rest)) = message.split_first_chunk::<4>() else { return &[] };
+    rest.get(..u32::from_be_bytes(*len) as usize).unwrap_or(&[])
+}
+
+/// Whether a job child's report (tag + body) is the note that it went straight to the
+/// application (see [`TAG_DELIVERED`]).
+pub(crate) fn is_delivered(report: &[u8]) -> bool {
+    report == [TAG_DELIVERED]
+}
+
 /// Whether a job child's report (tag + body) is well formed: a value, or an error that
-/// decodes.
+/// decodes (a [`TAG_DELIVERED`] note is not a report).
 pub(crate) fn is_report(report: &[u8]) -> bool {
     match report.split_first() {
         Some((&TAG_VALUE, _)) => true,
         Some((&TAG_ERROR, body)) => serde_json::from_slice::<WireError>(body).is_ok(),
         _ => false,
+    }
+}
+
+/// Reads what the non-blocking pipe `input` holds into `decoder`, through `chunk`, like
+/// [`FrameDecoder::read_from`](procyard_core::FrameDecoder::read_from) but stopping at a short
+/// read (`action` names the read in an error): a pipe read returns all that is buffered, up to the length asked for, so a short one
+/// emptied the pipe, and a later write raises a new (edge-triggered) readiness event. That
+/// saves the read that would only say `EAGAIN`, once per wake-up.
+pub(crate) fn read_pipe(
+    action: &'static str,
+    input: &mut std::fs::File,
+    decoder: &mut procyard_core::FrameDecoder,
+    chunk: &mut [u8],
+) -> procyard_core::Result<procyard_core::StreamState> {
+    use std::io::Read;
+    loop {
+        match procyard_core::event::retry_interrupted(|| input.read(chunk)) {
+            Ok(0) => return decoder.finish().map(|()| procyard_core::StreamState::Closed),
+            Ok(n) => {
+                decoder.feed(&chunk[..n]);
+                if n < chunk.len() {
+                    return Ok(procyard_core::StreamState::Open);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok(procyard_core::StreamState::Open);
+            }
+            Err(e) => return Err(procyard_core::Error::Os { action, source: e }),
+        }
     }
 }
 
@@ -312,5 +368,17 @@ mod tests {
         assert!(!is_report(&[]));
         assert!(!is_report(&[1, b'x']));
         assert!(!is_report(&[7, b'1']));
+        assert!(!is_report(&[TAG_DELIVERED]));
+        assert!(is_delivered(&[TAG_DELIVERED]));
+        assert!(!is_delivered(&[TAG_DELIVERED, b'1']));
+    }
+
+    #[test]
+    fn job_messages_carry_their_key() {
+        let message = job_message(42, "f", b"[1]");
+        let (key, rest) = split_job_message(&message).unwrap();
+        assert_eq!(key, 42);
+        assert_eq!(rest, [&[0, 0, 0, 1][..], b"f[1]"].concat());
+        assert_eq!(split_job_message(&[1, 2, 3]), None);
     }
 }

@@ -2,6 +2,7 @@
 //! forked with its job, or a spawned command), recycling and spares, the function children's
 //! side (run the function, report), and reading their reports and exits back as events.
 
+use std::fs::File;
 use std::os::fd::OwnedFd;
 
 use procyard_core::fork::ForkConfig;
@@ -10,13 +11,14 @@ use procyard_core::mio::Token;
 use procyard_core::mio::unix::SourceFd;
 use procyard_core::{Child, Forked, Signal};
 
-use super::process::{PIPE_ATOMIC, drain, raw, spawn_command, write_report};
-use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, Shell, Spare, TOKENS_PER_JOB};
+use super::process::{PIPE_ATOMIC, drain, raw, spawn_command, write_report, write_result};
+use super::shell::{FIRST_JOB, JobChild, KEEP_BUFFER, REPORTS, Shell, Spare, TOKENS_PER_JOB};
 use super::state::{ChildId, Event, Kind, StartJob};
-use crate::wire::{self, WireError};
+use crate::wire::{self, TAG_DELIVERED, WireError};
 
-/// A reusable child's job pipe, and the jobs it has taken (the current one included).
-type JobPipe = (OwnedFd, usize);
+/// A reusable child's job pipe, the jobs it has taken (the current one included), and
+/// whether its pidfd is registered already (see `Spare::watched`).
+type JobPipe = (OwnedFd, usize, bool);
 
 /// A dispatched function job: its child's id, the child (`None` until the zygote's birth
 /// message), a reusable child's job pipe, and an unborn child's job message.
@@ -41,8 +43,10 @@ impl Shell {
         };
         let registry = self.poll.registry();
         let token = Token(FIRST_JOB + id * TOKENS_PER_JOB);
+        let watched = job_pipe.as_ref().is_some_and(|(_, _, watched)| *watched);
         let registered = child
             .as_mut()
+            .filter(|_| !watched)
             .map_or(Ok(()), |child| registry.register(child, token, Interest::READABLE))
             .and_then(|()| {
                 let Some((stdout, stderr)) = &pipes else { return Ok(()) };
@@ -59,7 +63,8 @@ impl Shell {
             }
             return Err(WireError::Failed { message: format!("unable to watch the job: {e}") });
         }
-        let (job_pipe, served) = job_pipe.map_or((None, 1), |(pipe, served)| (Some(pipe), served));
+        let (job_pipe, served) =
+            job_pipe.map_or((None, 1), |(pipe, served, _)| (Some(pipe), served));
         let further =
             if self.reuse && job_pipe.is_some() { self.max_jobs.saturating_sub(served) } else { 0 };
         let (pipe, err_pipe) = pipes.map_or((None, None), |(o, e)| (Some(o), Some(e)));
@@ -143,11 +148,11 @@ impl Shell {
                     self.fork_spare()?
                 }
             };
-            let Spare { id, child, job, served } = spare;
+            let Spare { id, child, job, served, watched } = spare;
             // Blocking (the child reads its job as it arrives).
             let frame = wire::frame(&message).unwrap_or_default();
             if super::process::write_all(&job, &frame) {
-                return Ok((id, Some(child), Some((job, served + 1)), None));
+                return Ok((id, Some(child), Some((job, served + 1, watched)), None));
             }
             // The idle child died (EPIPE): its Child is killed and reaped on drop; next one.
         }
@@ -166,7 +171,7 @@ impl Shell {
             Ok(Forked::Child) => {
                 self.close_for_child();
                 let (tag, body) = self.run_function(message);
-                let code = if write_report(&self.reports_write, id, tag, &body) { 0 } else { 70 };
+                let code = if self.report(id, message, tag, &body) { 0 } else { 70 };
                 procyard_core::exit_immediately(code)
             }
         }
@@ -186,11 +191,14 @@ impl Shell {
             ForkConfig { new_process_group: true, parent_death_signal: Some(Signal::KILL) };
         match procyard_core::fork(config) {
             Err(e) => Err(failed("fork", &e)),
-            Ok(Forked::Parent(child)) => Ok(Spare { id, child, job: job_write, served: 0 }),
+            Ok(Forked::Parent(child)) => {
+                Ok(Spare { id, child, job: job_write, served: 0, watched: false })
+            }
             Ok(Forked::Child) => {
                 drop(job_write);
                 self.close_for_child();
-                let mut input = std::fs::File::from(job_read);
+                // Buffered: a small job (header and message) is taken in one read.
+                let mut input = std::io::BufReader::with_capacity(1024, File::from(job_read));
                 loop {
                     let max = procyard_core::MAX_FRAME;
                     let message = match procyard_core::frame::read_frame_bytes(&mut input, max) {
@@ -199,7 +207,7 @@ impl Shell {
                         _ => procyard_core::exit_immediately(0),
                     };
                     let (tag, body) = self.run_function(&message);
-                    if !write_report(&self.reports_write, id, tag, &body) {
+                    if !self.report(id, &message, tag, &body) {
                         procyard_core::exit_immediately(70);
                     }
                     if !self.reuse {
@@ -215,12 +223,74 @@ impl Shell {
         super::job::run_function(&self.functions, message)
     }
 
+    /// In a job child: sends the report of the job `message`. A small one goes straight to
+    /// the application as its result frame, on the direct pipe (so the worker is not a hop on
+    /// the result's way, one wake-up fewer per round trip), and the worker gets only a note
+    /// that it was delivered, to free the slot; a large one, or one the direct pipe has no
+    /// room for now, goes through the worker. False on any error.
+    fn report(&self, id: ChildId, message: &[u8], tag: u8, body: &[u8]) -> bool {
+        if let Some(direct) = &self.direct
+            && let Some((key, _)) = wire::split_job_message(message)
+            && write_result(direct, key, tag, body)
+        {
+            return write_report(&self.reports_write, id, TAG_DELIVERED, &[]);
+        }
+        // With lazy notes the worker may not watch the report pipe: it is woken first, and
+        // watches the pipe until this report is complete (a large one fills the pipe, and this
+        // write blocks until the worker reads).
+        if let Some(wake) = &self.wake_write
+            && !super::process::write_all(wake, &[1])
+        {
+            return false;
+        }
+        write_report(&self.reports_write, id, tag, body)
+    }
+
+    /// Lazy notes (reuse mode with a direct pipe): a child whose result went straight to the
+    /// application leaves only a note in the report pipe, which the worker needs at once only
+    /// when the state does (`State::needs_reports`: a queued job, a timeout, a stop). Otherwise
+    /// the report pipe is not watched, so a note does not wake the worker (one wake-up fewer
+    /// per job, off the result's path but on a core the caller may want): it is taken here, at
+    /// the worker's next turn (a request), and reports that must go through the worker wake
+    /// it on the wake pipe. A note that comes after the next request (its child was preempted
+    /// between its two writes) leaves the child busy for that turn: the job goes to another.
+    pub(super) fn take_notes(&mut self) {
+        if self.wake.is_some() && !self.reports_watched && self.state.busy() > 0 {
+            self.read_reports(None);
+        }
+    }
+
+    /// Watches the report pipe while the state needs reports at once (see `take_notes`).
+    pub(super) fn watch_reports(&mut self) -> std::io::Result<()> {
+        if self.state.busy() == 0 {
+            // No job runs: none of the announced reports will come (a child died sending one).
+            self.full_reports = 0;
+        }
+        let want = self.wake.is_none() || self.full_reports > 0 || self.state.needs_reports();
+        if want == self.reports_watched {
+            return Ok(());
+        }
+        let Some(reports) = &self.reports else { return Ok(()) };
+        let registry = self.poll.registry();
+        let source = &mut SourceFd(&raw(reports));
+        if want {
+            // Reports already waiting raise an event at once (edge-triggered: readiness is
+            // checked as the descriptor is added).
+            registry.register(source, REPORTS, Interest::READABLE)?;
+        } else {
+            registry.deregister(source)?;
+        }
+        self.reports_watched = want;
+        Ok(())
+    }
+
     /// In a forked job child: closes the worker's descriptors (pipes of the application and of
     /// sibling jobs) without signalling anything.
     fn close_for_child(&mut self) {
         self.input = None;
         self.output = None;
         self.reports = None;
+        self.wake = None;
         if let Some(zygote) = self.zygote.take() {
             zygote.detach();
         }
@@ -233,14 +303,15 @@ impl Shell {
         }
     }
 
-    /// Puts a function job's child back among the idle ones, for the next job.
+    /// Puts a function job's child back among the idle ones, for the next job. Its pidfd stays
+    /// registered (under its id's token, which it keeps): an exit while idle is an event for
+    /// no job, ignored, and a job written to it then fails and goes to another child.
     pub(super) fn recycle(&mut self, id: ChildId) {
         let Some(mut job) = self.children.remove(&id) else { return };
-        let Some(mut child) = job.child.take() else { return };
-        let _ = self.poll.registry().deregister(&mut child);
+        let Some(child) = job.child.take() else { return };
         let Some(job_pipe) = job.job_pipe.take() else { return };
         if self.idle.len() < self.max_workers {
-            self.idle.push(Spare { id, child, job: job_pipe, served: job.served });
+            self.idle.push(Spare { id, child, job: job_pipe, served: job.served, watched: true });
         }
     }
 
@@ -352,6 +423,9 @@ impl Shell {
             job.reported += 1;
             if job.buf.is_empty() && job.buf.capacity() > KEEP_BUFFER {
                 job.buf = Vec::new();
+            }
+            if !wire::is_delivered(&report) {
+                self.full_reports = self.full_reports.saturating_sub(1);
             }
             self.step(Event::Report { id, report, recyclable });
         }

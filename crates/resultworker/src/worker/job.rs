@@ -14,7 +14,7 @@ use procyard_core::{Child, Command, Signal, Stdio};
 
 use super::process::write_report;
 use crate::job::{ErasedFn, registered};
-use crate::mode::{ENV_JOB, ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, JOB_REPORT_FD};
+use crate::mode::{ENV_DIRECT, ENV_JOB, ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER, JOB_REPORT_FD};
 use crate::wire::{TAG_ERROR, TAG_VALUE, WireError, error_body};
 
 /// In the worker: starts the job process for child `id` and hands it `frame` (the job
@@ -34,6 +34,7 @@ pub(super) fn spawn_job(id: usize, frame: &[u8], reports: &OwnedFd) -> Result<Ch
         .env_remove(ENV_WORKER)
         .env_remove(ENV_MAX_WORKERS)
         .env_remove(ENV_REUSE)
+        .env_remove(ENV_DIRECT)
         .stdin(Stdio::Fd(job_read))
         .pass_fd(reports, JOB_REPORT_FD)
         .parent_death_signal(Signal::KILL);
@@ -95,6 +96,9 @@ pub(super) fn lookup<'a>(
     let failed = |message: &str| {
         let message = message.to_owned();
         (TAG_ERROR, error_body(&WireError::Failed { message }))
+    };
+    let Some((_key, message)) = crate::wire::split_job_message(message) else {
+        return Err(failed("truncated job message"));
     };
     let Some((len, rest)) = message.split_first_chunk::<4>() else {
         return Err(failed("truncated job message"));

@@ -4,7 +4,9 @@
 //!
 //! Its stdin is the request pipe and its stdout the result pipe; both are moved to private
 //! descriptors at start, so a job that prints writes to stderr. Function children report
-//! through one pipe they all share (see `write_report`); commands through their stdout. It
+//! through one pipe they all share (see `write_report`), or, for a small result, straight to
+//! the application on the direct pipe it passed (descriptor `DIRECT_FD`), with a note to the
+//! worker (see `Shell::report`); commands through their stdout. It
 //! dies with the application: parent-death signal (set by the spawner) and end of file on the
 //! request pipe. It installs no signal handler, so TERM and INT end it.
 //!
@@ -25,7 +27,7 @@ use procyard_core::mio::unix::SourceFd;
 use procyard_core::mio::{Interest, Poll};
 
 use crate::job::registered;
-use crate::mode::ENV_REUSE;
+use crate::mode::{ENV_DIRECT, ENV_REUSE};
 
 mod children;
 mod job;
@@ -36,7 +38,7 @@ mod zygote;
 
 pub(crate) use job::run_job;
 use process::raw;
-use shell::{BIRTHS, IN, OUT, REPORTS, Shell};
+use shell::{BIRTHS, IN, OUT, REPORTS, Shell, WAKE};
 
 /// Runs the worker until it is stopped or its parent goes away; returns the exit code.
 ///
@@ -61,11 +63,21 @@ fn take_std(fd: impl AsFd) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, 3)?)
 }
 
+/// The direct pipe to the application that the worker inherited (see `ENV_DIRECT`), made
+/// non-blocking: a child whose result does not fit in it now sends it through the worker.
+fn direct_pipe() -> Option<OwnedFd> {
+    let fd = std::env::var(ENV_DIRECT).ok()?.parse().ok()?;
+    let fd = procyard_core::ReadyWriter::inherited(fd).ok()?.into_fd();
+    rustix::io::ioctl_fionbio(&fd, true).ok()?;
+    Some(fd)
+}
+
 fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
     let max_jobs: usize = std::env::var(ENV_REUSE).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let reuse = !exec_jobs && max_jobs > 0;
     let (reports, reports_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let functions = registered();
+    let direct = direct_pipe();
     // A fork per job: the zygote is forked first, while the worker is small (see `zygote`).
     let zygote = if exec_jobs || reuse {
         None
@@ -96,6 +108,18 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
     poll.registry().register(&mut SourceFd(&raw(&input)), IN, Interest::READABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&output)), OUT, Interest::WRITABLE)?;
     poll.registry().register(&mut SourceFd(&raw(&reports)), REPORTS, Interest::READABLE)?;
+    // Reuse mode with a direct pipe: children's notes are taken lazily (see
+    // `Shell::take_notes`), and a report that must go through the worker wakes it here.
+    let wake = match &direct {
+        Some(_) if reuse => {
+            let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            // The read end only: a child's announcement is never lost to a full pipe.
+            rustix::io::ioctl_fionbio(&read, true)?;
+            poll.registry().register(&mut SourceFd(&raw(&read)), WAKE, Interest::READABLE)?;
+            Some((read, write))
+        }
+        _ => None,
+    };
     if let Some(zygote) = &zygote {
         poll.registry().register(
             &mut SourceFd(&raw(zygote.births())),
@@ -108,7 +132,7 @@ fn new_shell(max_workers: usize, exec_jobs: bool) -> io::Result<Shell> {
         std::fs::File::from(input),
         output,
         reports,
-        reports_write,
+        (reports_write, direct, wake),
         max_workers,
         (reuse, max_jobs),
         (exec_jobs, zygote),

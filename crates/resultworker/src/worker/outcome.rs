@@ -5,7 +5,9 @@ use procyard_core::Exit;
 
 use super::{Job, Kind, Phase};
 use crate::output::CommandOutput;
-use crate::wire::{TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body, is_report};
+use crate::wire::{
+    TAG_ERROR, TAG_VALUE, WireError, encode_report, error_body, is_delivered, is_report,
+};
 
 /// What a child left behind: its unreported bytes (a command: its stdout), a command's stderr,
 /// and whether a command's stream was cut at the limit.
@@ -34,6 +36,8 @@ pub(super) fn outcome(job: &Job, exit: Exit, captured: Captured) -> Option<Vec<u
                 procyard_core::frame::read_frame_bytes(&mut bytes, procyard_core::MAX_FRAME);
             match (exit, report) {
                 (Exit::Code(0), Ok(Some(report))) if is_report(&report) => Some(report),
+                // Its report went straight to the application.
+                (Exit::Code(0), Ok(Some(report))) if is_delivered(&report) => None,
                 (Exit::Code(0), _) => error(WireError::Malformed {
                     reason: "the job exited without a complete report".into(),
                 }),

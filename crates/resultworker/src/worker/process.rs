@@ -1,15 +1,14 @@
 //! Small I/O helpers of the worker and its job children: reading and writing pipes, the
 //! report chunks, spawning a command.
 
-use std::io;
 use std::os::fd::OwnedFd;
 
 use procyard_core::event::retry_interrupted;
-use procyard_core::{Child, FrameDecoder, Signal, Stdio, StreamState};
+use procyard_core::{Child, Signal, Stdio};
 
 use super::shell::JobChild;
 use super::state::Kind;
-use crate::mode::{ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER};
+use crate::mode::{ENV_DIRECT, ENV_MAX_WORKERS, ENV_REUSE, ENV_WORKER};
 use crate::output::OUTPUT_LIMIT;
 use crate::wire::{CommandSpec, WireError};
 
@@ -22,23 +21,6 @@ pub(super) fn raw(fd: &impl std::os::fd::AsRawFd) -> std::os::fd::RawFd {
 /// read touches only the pages it fills, where a zeroed buffer on the stack would touch all
 /// of them for every read.
 pub(super) const SCRATCH: usize = 8 * 1024;
-
-/// [`FrameDecoder::read_from`] through the worker's `scratch` buffer (see [`SCRATCH`]).
-pub(super) fn read_small(
-    input: &mut std::fs::File,
-    decoder: &mut FrameDecoder,
-    chunk: &mut [u8],
-) -> procyard_core::Result<StreamState> {
-    use std::io::Read;
-    loop {
-        match retry_interrupted(|| input.read(chunk)) {
-            Ok(0) => return decoder.finish().map(|()| StreamState::Closed),
-            Ok(n) => decoder.feed(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(StreamState::Open),
-            Err(e) => return Err(procyard_core::Error::Os { action: "read requests", source: e }),
-        }
-    }
-}
 
 /// Writes below this size fit in a pipe without blocking while a previous small job waits in
 /// it (`PIPE_BUF`, and far below the 64 KiB pipe capacity).
@@ -94,6 +76,27 @@ pub(super) fn write_report(fd: &OwnedFd, id: usize, tag: u8, body: &[u8]) -> boo
     }
 }
 
+/// In a function child: writes the result frame of the job `key` (frame length, key, `tag`,
+/// `body`) into the direct pipe to the application, in one `writev`, if the frame fits in one
+/// atomic pipe write ([`PIPE_ATOMIC`]) and the pipe (non-blocking) has room for it now. False
+/// otherwise, and then nothing was written (a pipe write of up to `PIPE_BUF` bytes is all or
+/// nothing), so the report can still go through the worker.
+pub(super) fn write_result(fd: &OwnedFd, key: u64, tag: u8, body: &[u8]) -> bool {
+    use std::io::IoSlice;
+    let mut header = [0u8; 13];
+    let total = header.len() + body.len();
+    if total > PIPE_ATOMIC {
+        return false;
+    }
+    header[..4].copy_from_slice(&((total - 4) as u32).to_be_bytes());
+    header[4..12].copy_from_slice(&key.to_be_bytes());
+    header[12] = tag;
+    let written = retry_interrupted(|| {
+        rustix::io::writev(fd, &[IoSlice::new(&header), IoSlice::new(body)]).map_err(Into::into)
+    });
+    written.is_ok_and(|n| n == total)
+}
+
 /// Writes `head` then `tail` to a blocking descriptor in one `writev` (one atomic pipe write
 /// when they fit in `PIPE_BUF`); false on any error.
 pub(super) fn write_all_vectored(fd: &OwnedFd, head: &[u8], tail: &[u8]) -> bool {
@@ -140,6 +143,7 @@ pub(super) fn spawn_command(spec: &CommandSpec) -> Result<(Child, OwnedFd, Owned
         .env_remove(ENV_WORKER)
         .env_remove(ENV_MAX_WORKERS)
         .env_remove(ENV_REUSE)
+        .env_remove(ENV_DIRECT)
         .stdin(Stdio::Null)
         .stdout(Stdio::Pipe)
         .stderr(Stdio::Pipe)

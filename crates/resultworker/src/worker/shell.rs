@@ -14,7 +14,7 @@ use procyard_core::mio::unix::SourceFd;
 use procyard_core::mio::{Events, Poll, Token};
 use procyard_core::{Child, Deadline, FrameDecoder, Report, Signal, StreamState};
 
-use super::process::{drain, raw, read_small, write_all};
+use super::process::{drain, raw, write_all};
 use super::state::{Action, ChildId, Event, Kind, Queued, State, Verdict, Work};
 use super::zygote::Zygote;
 use crate::job::ErasedFn;
@@ -32,7 +32,9 @@ pub(super) const OUT: Token = Token(1);
 pub(super) const REPORTS: Token = Token(2);
 /// The zygote's births pipe (see `zygote`).
 pub(super) const BIRTHS: Token = Token(3);
-pub(super) const FIRST_JOB: usize = 4;
+/// The wake pipe of lazy notes (see `Shell::take_notes`).
+pub(super) const WAKE: Token = Token(4);
+pub(super) const FIRST_JOB: usize = 5;
 /// Tokens per job child: its pidfd, then a command's stdout and stderr.
 pub(super) const TOKENS_PER_JOB: usize = 3;
 
@@ -73,6 +75,9 @@ pub(super) struct Spare {
     pub(super) job: OwnedFd,
     /// Function jobs it ran before (a recycled child).
     pub(super) served: usize,
+    /// Its pidfd is still registered with the poll (a recycled child: it keeps its token, so
+    /// reusing it costs no `epoll_ctl`).
+    pub(super) watched: bool,
 }
 
 pub(super) struct Shell {
@@ -103,6 +108,18 @@ pub(super) struct Shell {
     pub(super) reports: Option<OwnedFd>,
     /// Its write end, which the children inherit.
     pub(super) reports_write: OwnedFd,
+    /// The write end of the direct pipe to the application (non-blocking), on which children
+    /// send small results straight to it (see `Shell::report`); `None` if the worker got none.
+    pub(super) direct: Option<OwnedFd>,
+    /// With lazy notes (reuse mode with a direct pipe, see `Shell::take_notes`): the wake
+    /// pipe's read end, watched, and its write end (non-blocking), which children inherit.
+    pub(super) wake: Option<OwnedFd>,
+    pub(super) wake_write: Option<OwnedFd>,
+    /// Whether the report pipe is registered with the poll now (always, without lazy notes).
+    pub(super) reports_watched: bool,
+    /// Full reports announced on the wake pipe and not taken yet: the report pipe is watched
+    /// until they are.
+    pub(super) full_reports: usize,
     /// Chunks read from `reports`, the last one possibly incomplete.
     pub(super) report_chunks: Vec<u8>,
     /// Ids of the children whose chunks the last read of `reports` brought (reused).
@@ -122,13 +139,14 @@ impl Shell {
         input: File,
         output: OwnedFd,
         reports: OwnedFd,
-        reports_write: OwnedFd,
+        (reports_write, direct, wake): (OwnedFd, Option<OwnedFd>, Option<(OwnedFd, OwnedFd)>),
         max_workers: usize,
         (reuse, max_jobs): (bool, usize),
         (exec_jobs, zygote): (bool, Option<Zygote>),
         functions: HashMap<String, ErasedFn>,
     ) -> Shell {
         let names = functions.keys().cloned().collect();
+        let (wake, wake_write) = wake.map_or((None, None), |(r, w)| (Some(r), Some(w)));
         Shell {
             state: State::new(max_workers, reuse, names),
             poll,
@@ -148,6 +166,11 @@ impl Shell {
             scratch: vec![0; super::process::SCRATCH],
             reports: Some(reports),
             reports_write,
+            direct,
+            wake,
+            wake_write,
+            reports_watched: true,
+            full_reports: 0,
             report_chunks: Vec::new(),
             touched: Vec::new(),
             zygote,
@@ -162,6 +185,7 @@ impl Shell {
         loop {
             // Results first: starting jobs may fork, which should not delay them.
             self.flush();
+            self.take_notes();
             self.step(Event::Admit);
             self.tend_spares();
             match self.state.verdict() {
@@ -181,6 +205,7 @@ impl Shell {
                 None => {}
             }
             self.flush();
+            self.watch_reports()?;
             let deadline = self.state.next_deadline().map(Deadline::at);
             let timeout = Deadline::poll_timeout(deadline);
             procyard_core::event::poll(&mut self.poll, &mut events, timeout)?;
@@ -190,6 +215,15 @@ impl Shell {
                     OUT => self.flush(),
                     REPORTS => self.read_reports(None),
                     BIRTHS => self.read_births(),
+                    WAKE => {
+                        // One byte per full report announced (see `Shell::report`).
+                        while let Some(wake) = &self.wake
+                            && let Ok(n @ 1..) = rustix::io::read(wake, &mut self.scratch[..])
+                        {
+                            self.full_reports += n;
+                        }
+                        self.read_reports(None);
+                    }
                     Token(t) => {
                         let id = (t - FIRST_JOB) / TOKENS_PER_JOB;
                         if (t - FIRST_JOB).is_multiple_of(TOKENS_PER_JOB) {
@@ -272,7 +306,7 @@ impl Shell {
 
     fn read_requests(&mut self) {
         let Some(input) = self.input.as_mut() else { return };
-        let state = read_small(input, &mut self.decoder, &mut self.scratch);
+        let state = wire::read_pipe("read requests", input, &mut self.decoder, &mut self.scratch);
         let mut large = false;
         loop {
             match self.decoder.next_bytes() {
@@ -313,7 +347,7 @@ impl Shell {
             Ok((Request::Run { key, spec, timeout_ms }, body)) => {
                 let work = match spec {
                     Spec::Function { name } => {
-                        Work::Function(job_message(&name, body).into_boxed_slice())
+                        Work::Function(job_message(key, &name, body).into_boxed_slice())
                     }
                     Spec::Command(spec) => Work::Command(Box::new(spec)),
                 };

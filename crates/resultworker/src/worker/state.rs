@@ -17,6 +17,7 @@ use procyard_core::{Exit, Signal, StopLadder};
 use super::process::{PIPE_ATOMIC, PIPELINE_BYTES, PIPELINE_DEPTH};
 use crate::stop::GracefulStop;
 use crate::wire::{CommandSpec, TAG_ERROR, WireError, encode_report, error_body, is_report};
+use crate::wire::{function_name, is_delivered};
 use outcome::{Captured, outcome};
 
 /// A job child's id in the worker (tags its reports; never reused).
@@ -59,12 +60,6 @@ impl Queued {
             Work::Command(_) => 0,
         }
     }
-}
-
-/// The name a job message (name length, name, JSON arguments) calls; empty if truncated.
-pub(super) fn function_name(message: &[u8]) -> &[u8] {
-    let Some((len, rest)) = message.split_first_chunk::<4>() else { return &[] };
-    rest.get(..u32::from_be_bytes(*len) as usize).unwrap_or(&[])
 }
 
 /// What a job's child runs.
@@ -287,6 +282,13 @@ impl State {
         self.stop.is_some()
     }
 
+    /// Whether a report must be taken at once (to start a queued job, time one out, or stop);
+    /// otherwise notes of results delivered straight to the application can wait.
+    pub(super) fn needs_reports(&self) -> bool {
+        let timed = self.jobs.values().any(|j| j.phase == Phase::Running && j.deadline.is_some());
+        self.stop.is_some() || !self.queue.is_empty() || timed
+    }
+
     /// Whether the shell should fork a spare child now, having `idle` of them: only while
     /// idle (a fork while a lone job runs would delay its result), or in reuse mode when jobs
     /// wait. Jobs that queue up without reuse are each forked with their job instead.
@@ -298,7 +300,7 @@ impl State {
 
     /// Jobs whose outcome is not known yet (a job that reported but has not exited yet no
     /// longer counts against `max_workers`).
-    fn busy(&self) -> usize {
+    pub(super) fn busy(&self) -> usize {
         self.starting + self.jobs.values().filter(|j| j.phase != Phase::Reported).count()
     }
 
@@ -413,7 +415,9 @@ impl State {
         if job.phase != Phase::Running || job.kind != Kind::Function {
             return;
         }
-        if !is_report(&report) {
+        // The child sent its report straight to the application: nothing to forward.
+        let delivered = is_delivered(&report);
+        if !delivered && !is_report(&report) {
             // The child is in no state to trust: its exit settles what it still holds.
             job.phase = Phase::Reported;
             actions.push(Action::Kill { id });
@@ -421,7 +425,9 @@ impl State {
             actions.push(send_error(job.key, &WireError::Malformed { reason }));
             return;
         }
-        actions.push(Action::Send { key: job.key, report });
+        if !delivered {
+            actions.push(Action::Send { key: job.key, report });
+        }
         if let Some(next) = job.next.pop_front() {
             job.next_bytes = job.next_bytes.saturating_sub(next.pipelined_len());
             job.key = next.key;

@@ -11,7 +11,7 @@ fn state(max_workers: usize, reuse: bool) -> State {
 }
 
 fn function(key: u64, timeout: Option<Duration>) -> Queued {
-    let message = job_message("f", b"1").into_boxed_slice();
+    let message = job_message(key, "f", b"1").into_boxed_slice();
     Queued { key, work: Work::Function(message), timeout }
 }
 
@@ -87,7 +87,7 @@ fn run_and_admit_start_at_most_max_workers() {
 fn admit_refuses_an_unknown_function_without_starting_it() {
     let t = Instant::now();
     let mut s = state(1, false);
-    let message = job_message("nope", b"1").into_boxed_slice();
+    let message = job_message(4, "nope", b"1").into_boxed_slice();
     step(&mut s, Event::Run(Queued { key: 4, work: Work::Function(message), timeout: None }), t);
     step(&mut s, Event::Run(command(5)), t);
     let actions = step(&mut s, Event::Admit, t);
@@ -461,4 +461,31 @@ fn a_burst_queue_shrinks_as_it_drains() {
         step(&mut s, Event::StartFailed { key, error }, t);
     }
     assert!(s.queue.capacity() <= QUEUE_KEEP, "{} slots kept", s.queue.capacity());
+}
+
+#[test]
+fn a_report_delivered_straight_to_the_application_is_not_sent_again() {
+    let t = Instant::now();
+    let mut s = state(1, false);
+    running(&mut s, 1, 0, None, t);
+    let note = Event::Report { id: 0, report: vec![crate::wire::TAG_DELIVERED], recyclable: true };
+    assert_eq!(step(&mut s, note, t), [Action::Retire { id: 0 }], "no Send");
+    step(&mut s, Event::Run(function(2, None)), t);
+    assert_eq!(starts(&step(&mut s, Event::Admit, t)), [2], "its slot is free");
+}
+
+#[test]
+fn reports_are_needed_at_once_only_for_a_queue_a_timeout_or_a_stop() {
+    let t = Instant::now();
+    let mut s = state(1, true);
+    running(&mut s, 1, 0, None, t);
+    assert!(!s.needs_reports(), "a lone job without a timeout: its note can wait");
+    step(&mut s, Event::Run(function(2, None)), t);
+    assert!(s.needs_reports(), "a job queued behind it");
+    let mut s = state(2, true);
+    running(&mut s, 1, 0, Some(MS), t);
+    assert!(s.needs_reports(), "a timeout");
+    let mut s = state(1, true);
+    step(&mut s, Event::Stop { grace: MS }, t);
+    assert!(s.needs_reports(), "a stop");
 }

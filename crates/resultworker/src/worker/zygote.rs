@@ -100,27 +100,35 @@ impl Zygote {
     /// Reads the births that arrived into `out` (the child's id, then its pid or minus an
     /// `errno`); false once the zygote is gone (end of file, or an error).
     pub(super) fn read_births(&self, out: &mut Vec<(ChildId, i32)>) -> bool {
-        // A multiple of BIRTH: births are written whole (below PIPE_BUF), so reads never split
-        // one.
-        let mut buf = [0u8; BIRTH * 64];
-        loop {
-            let read = retry_interrupted(|| {
-                rustix::io::read(&self.births, &mut buf[..]).map_err(Into::into)
-            });
-            let n = match read {
-                Ok(0) => return false,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(_) => return false,
-            };
-            for birth in buf[..n].chunks_exact(BIRTH) {
-                let (id, pid) = birth.split_at(8);
-                let id = u64::from_be_bytes(id.try_into().unwrap_or_default()) as ChildId;
-                out.push((id, i32::from_be_bytes(pid.try_into().unwrap_or_default())));
-            }
-            if n < buf.len() {
-                return true;
-            }
+        read_births(&self.births, out)
+    }
+}
+
+/// Reads the non-blocking births pipe until it is empty: false at its end of file (or an
+/// error).
+///
+/// Never stops at a short read. The zygote's last births and its death (the pipe's last
+/// writer closing) can come before the worker's read: one read then returns the births, and
+/// the end of file raises no further readiness edge (it happened before the read). Stopping
+/// there left the jobs ordered and not born waiting forever (the zygote SIGKILLed amid a
+/// burst: "future N not set"). The read that says `EAGAIN` costs the worker one syscall per
+/// wake-up, on no child's pages: the zygote forks the children, not the worker.
+fn read_births(births: &OwnedFd, out: &mut Vec<(ChildId, i32)>) -> bool {
+    // A multiple of BIRTH: births are written whole (below PIPE_BUF), so reads never split
+    // one.
+    let mut buf = [0u8; BIRTH * 64];
+    loop {
+        let read = retry_interrupted(|| rustix::io::read(births, &mut buf[..]).map_err(Into::into));
+        let n = match read {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        };
+        for birth in buf[..n].chunks_exact(BIRTH) {
+            let (id, pid) = birth.split_at(8);
+            let id = u64::from_be_bytes(id.try_into().unwrap_or_default()) as ChildId;
+            out.push((id, i32::from_be_bytes(pid.try_into().unwrap_or_default())));
         }
     }
 }
@@ -340,5 +348,54 @@ impl Shell {
                 let _ = stray.kill_and_reap();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn birth(id: u64, pid: i32) -> [u8; BIRTH] {
+        let mut birth = [0u8; BIRTH];
+        birth[..8].copy_from_slice(&id.to_be_bytes());
+        birth[8..].copy_from_slice(&pid.to_be_bytes());
+        birth
+    }
+
+    fn births_pipe() -> (OwnedFd, OwnedFd) {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        rustix::io::ioctl_fionbio(&read, true).unwrap();
+        (read, write)
+    }
+
+    /// The order that hung: the zygote's last births and its death, both before the worker
+    /// reads. One wake-up must bring the births and the news that it is gone.
+    #[test]
+    fn last_births_and_the_zygotes_end_are_read_in_one_go() {
+        let (read, write) = births_pipe();
+        assert!(write_all(&write, &birth(7, 1234)));
+        assert!(write_all(&write, &birth(8, -11)));
+        drop(write);
+        let mut out = Vec::new();
+        assert!(!read_births(&read, &mut out), "the zygote is gone");
+        assert_eq!(out, vec![(7, 1234), (8, -11)]);
+    }
+
+    #[test]
+    fn births_while_the_zygote_lives_then_its_end() {
+        let (read, write) = births_pipe();
+        let mut out = Vec::new();
+        assert!(read_births(&read, &mut out), "nothing yet");
+        // More than one read's worth.
+        for id in 0..100 {
+            assert!(write_all(&write, &birth(id, 100 + id as i32)));
+        }
+        assert!(read_births(&read, &mut out), "alive");
+        assert_eq!(out.len(), 100);
+        assert_eq!(out[99], (99, 199));
+        drop(write);
+        out.clear();
+        assert!(!read_births(&read, &mut out));
+        assert!(out.is_empty());
     }
 }

@@ -99,3 +99,39 @@ pub(crate) fn resultworker_stop_with_jobs_written_ahead() {
     }
     assert!(values <= 8, "{values} jobs ran after the stop: only those written ahead may");
 }
+
+/// The listener thread held up (a callback that waits): small results fill the direct pipe
+/// from the children, the rest go through the worker (which the children wake, whether or not
+/// it watches their report pipe), and every result arrives, right, once the listener goes on.
+pub(crate) fn resultworker_results_arrive_while_the_listener_is_held_up() {
+    const JOBS: u64 = 5_000;
+    let w = ResultWorker::new(cfg(2)).expect("start");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir_s = dir.path().to_string_lossy().into_owned();
+    let rendezvous = |mark: &str, wait_for: &str| {
+        Job::function("rendezvous", &(dir_s.clone(), mark.to_owned(), wait_for.to_owned()))
+    };
+    // Its callback holds the listener thread until `release`; registered while the job waits
+    // at its gate, so it runs there, not here.
+    let gate = w.submit::<(u64, u64)>(rendezvous("", "open"));
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = std::sync::Mutex::new(held);
+    gate.on_set(move |_| {
+        let _ = held.lock().map(|rx| rx.recv_timeout(Duration::from_secs(60)));
+    });
+    std::fs::write(dir.path().join("open"), b"").expect("open the gate");
+    // About 100 KB of result frames, more than a pipe holds; the last job marks that the
+    // children have run them all (each child runs its jobs in order).
+    let futures: Vec<ResultFuture<u64>> =
+        (0..JOBS).map(|i| w.submit(Job::function("square", &i))).collect();
+    let last = w.submit::<(u64, u64)>(rendezvous("last", ""));
+    let mark = dir.path().join("last");
+    wait_for("the last job to run", Duration::from_secs(60), || mark.exists());
+    release.send(()).expect("the callback waits");
+    for (i, f) in futures.iter().enumerate() {
+        let value = f.wait_timeout(Duration::from_secs(60)).expect("a result");
+        assert_eq!(value.expect("a value"), (i * i) as u64, "job {i}");
+    }
+    assert!(gate.wait().is_ok() && last.wait().is_ok());
+    w.stop(Duration::from_secs(10));
+}

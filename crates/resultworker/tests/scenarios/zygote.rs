@@ -8,7 +8,7 @@ use std::time::Duration;
 use procyard_core::Exit;
 use procyard_resultworker::{Config, Error, Job, ResultFuture, ResultWorker};
 
-use super::{LONG, get, is_gone, recorded_pids, sigkill, wait_gone};
+use super::{LONG, get, recorded_pids, sigkill, wait_gone};
 
 fn cfg(max_workers: usize) -> Config {
     Config::default()
@@ -24,8 +24,17 @@ fn parent_and_group(pid: u32) -> (u32, u32) {
     (fields[1].parse().expect("ppid"), fields[2].parse().expect("pgid"))
 }
 
+/// The process group of `pid`, unless it has ended (a zombie, or reaped: gone from `/proc`).
+/// One read: a job's child can be reaped at any moment.
+fn live_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    (fields.first() != Some(&"Z")).then(|| fields.get(2)?.parse().ok()).flatten()
+}
+
 /// The worker's zygote: its child in the worker's own process group (job processes and spare
-/// children lead groups of their own).
+/// children lead groups of their own). A job's child that ends between the listing and its
+/// stat is not one.
 fn zygote_of(worker: u32) -> u32 {
     let children = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
         .expect("the worker's children");
@@ -33,7 +42,7 @@ fn zygote_of(worker: u32) -> u32 {
     let zygotes: Vec<u32> = children
         .split_whitespace()
         .filter_map(|pid| pid.parse().ok())
-        .filter(|&pid| !is_gone(pid) && parent_and_group(pid).1 == group)
+        .filter(|&pid| live_group(pid) == Some(group))
         .collect();
     assert_eq!(zygotes.len(), 1, "one zygote among the worker's children: {zygotes:?}");
     zygotes[0]
