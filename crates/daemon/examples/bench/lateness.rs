@@ -65,7 +65,6 @@ pub fn stamps(run: &Run) -> String {
         "prune",
         "checkpoint",
         "restart",
-        "start_again",
     ] {
         let mut v: Vec<f64> = log
             .lines()

@@ -16,11 +16,10 @@
 //! commit past the mark wakes the thread again. The thread's connection syncs as the queue's
 //! `durability` says, so a checkpoint keeps its meaning.
 //!
-//! When the log starts again, SQLite syncs its new header once (its guard against corruption
-//! at `synchronous = NORMAL`): the thread starts it itself right after a checkpoint that
-//! copied everything ([`start_again`]), so that sync rarely falls on the loop's or a client's
-//! commit. The file is not cut back (`journal_size_limit`): truncating it on the loop waited
-//! for the pages the thread was writing out.
+//! What stays on the loop: when the log starts again, SQLite syncs its new header once (its
+//! guard against corruption at `synchronous = NORMAL`), one `fsync` of one page per cycle of
+//! [`KICK_PAGES`] pages. The file is not cut back (`journal_size_limit`): truncating it on
+//! the loop waited for the pages the thread was writing out.
 //!
 //! Clients (the `publish` command) with no daemon running checkpoint `PASSIVE` from 2,500
 //! pages in the log ([`CLIENT_PAGES`]; SQLite's own mark is 1,000). Beside a running daemon
@@ -350,8 +349,7 @@ fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
     conn.busy_handler(Some(briefly))?;
     conn.pragma_update(None, "synchronous", durability.synchronous())?;
-    // This connection writes only to start the log again ([`start_again`]); it must not
-    // checkpoint on close either way.
+    // This connection writes nothing; it must not checkpoint on close either way.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
 }
@@ -388,15 +386,12 @@ fn serve(conn: Connection, path: &Path, rx: &Receiver<Msg>, pages: &AtomicI64) {
                         Ok(restarted)
                     });
                 match result {
-                    Ok((busy, log, copied)) => {
+                    Ok((_, log, copied)) => {
                         // All copied: the next write starts the log again (after a `RESTART`
-                        // that ended, the log is empty: 0 pages), this thread's if it can.
-                        // `-1`: another connection was checkpointing; nothing learnt.
+                        // that ended, the log is empty: 0 pages). `-1`: another connection
+                        // was checkpointing; nothing learnt.
                         if log >= 0 {
                             pages.store(if copied >= log { 0 } else { log }, Ordering::Relaxed);
-                        }
-                        if busy == 0 && log >= 0 && copied >= log {
-                            start_again(&conn);
                         }
                         if failing {
                             failing = false;
@@ -418,29 +413,6 @@ fn serve(conn: Connection, path: &Path, rx: &Receiver<Msg>, pages: &AtomicI64) {
             }
             Msg::Stop => break,
         }
-    }
-}
-
-/// Starts the log again on this thread once a checkpoint copied all of it. The first write
-/// after such a checkpoint starts the log from its beginning and syncs its new header
-/// (SQLite's guard against a torn log at `synchronous = NORMAL`); that sync fell on whichever
-/// writer came next, a claim on the daemon's loop or a client's publish: measured, in 27 of
-/// 1,000 oneshot jobs' publish→done, 0.3–5 ms each, enough to set the p99. Here the write
-/// is this thread's own: the file header's `user_version`, which the queue does not use,
-/// written back unchanged. When another connection holds the write lock (the busy handler
-/// gives up within [`RESTART_WAIT`]) that writer starts the log, as before.
-fn start_again(conn: &Connection) {
-    let rewrite = || -> rusqlite::Result<()> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        conn.pragma_update(None, "user_version", version)?;
-        conn.execute_batch("COMMIT")
-    };
-    if let Err(e) = crate::stamp::timed("start_again", rewrite) {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        tracing::trace!(error = %e, "the log starts again at the next writer's commit");
     }
 }
 

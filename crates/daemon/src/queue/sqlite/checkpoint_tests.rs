@@ -256,23 +256,3 @@ fn a_client_checkpoints_only_without_a_daemon() {
     assert!(publish_until(&mut client, || log_frames(&served) >= short_of_hard));
     assert_eq!(len(&served), small, "beside a daemon the client did not checkpoint");
 }
-
-/// Once the thread has copied the whole log, it starts the log again itself: the log holds
-/// its one write (the header's `user_version`, unchanged), not the pages the daemon wrote,
-/// before the daemon writes again, so the sync of the log's new header is not the next
-/// claim's.
-#[test]
-fn the_thread_starts_a_copied_log_again_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("q.db");
-    let mut q = bound(&path, OpenMode::Daemon);
-    let version = |q: &SqliteQueue| -> i64 {
-        q.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
-    };
-    let before = version(&q);
-    write_jobs(&mut q, "many", 3_000);
-    q._checkpointer.as_ref().unwrap().settle();
-    let pages = log_pages(&path);
-    assert!((0..=2).contains(&pages), "the log started again: {pages} pages");
-    assert_eq!(version(&q), before, "the header's user_version is unchanged");
-}
