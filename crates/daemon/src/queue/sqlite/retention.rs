@@ -8,7 +8,8 @@
 //! step waits while its write-ahead log is behind (`checkpoint.rs`: more than `PACE_PAGES`
 //! pages not yet copied into the file), looking again [`LOG_WAIT`] later: deletes fill the log
 //! far faster than the daemon's other writes, and a log that never catches up grows without
-//! bound.
+//! bound. A daemon's step deletes only rows a thread has read ahead (`warm.rs`), so that it
+//! never waits for the disk with the write lock held.
 
 use std::time::{Duration, Instant};
 
