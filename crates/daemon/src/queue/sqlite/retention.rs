@@ -78,7 +78,8 @@ pub(crate) struct PruneClock {
 }
 
 /// The thread that reads ahead of the steps: started by the first step that deletes a row
-/// (a connection and a thread cost an idle daemon about 2 MiB), on a daemon's queue only.
+/// (with the queue, a connection and a thread cost an idle daemon 0.5 MiB), on a daemon's queue
+/// only.
 #[derive(Debug)]
 enum Warm {
     /// No thread (a history beside AMQP or PostgreSQL, or the thread failed to start).
