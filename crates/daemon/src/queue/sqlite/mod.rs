@@ -126,8 +126,7 @@ pub struct SqliteQueue {
     gate: crate::limits::Gate,
     /// SQLite VM steps of the claims made so far ([`SqliteQueue::claim_steps`]).
     claim_steps: u64,
-    /// Daemon: the thread that checkpoints the write-ahead log, off the loop (`None`: the
-    /// loop's connection checkpoints, as SQLite does by default).
+    /// Daemon: the thread that checkpoints the log, off the loop (`None`: the loop's does).
     _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
